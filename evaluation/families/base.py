@@ -1,0 +1,118 @@
+"""What every task family provides, and what the harness does the same way for all of them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from evaluation.metrics import METRICS
+from evaluation.scenarios import SCENARIOS
+from pilots.errors import SpecError
+from pilots.spec import PilotSpec
+from pilots.yamlio import validation_error
+from sandbox.bundle import sha256_file
+from sandbox.runner import Phase, SandboxResult
+from serving.contracts import Contract
+
+__all__ = ["TaskFamily", "Outcome"]
+
+
+@dataclass
+class Outcome:
+    """What a family's scoring found, before criteria and gates."""
+
+    metrics: dict[str, dict[str, float]]
+    """Scenario name (`clean` first) -> metric name -> value."""
+    groups: dict[str, dict[str, float]]
+    """`key=value` group -> metric name -> value, on the clean scenario."""
+    baseline: dict[str, Any]
+    """The non-deep-learning reference on the same clean items: `name`, and metric values."""
+    violations: list[str] = field(default_factory=list)
+    """Contract violations found in responses (any makes the verdict `contract_violation`)."""
+    coverage: float = 1.0
+    """Share of clean items that got a valid prediction."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Family data for plots (not serialised)."""
+
+
+class TaskFamily(ABC):
+    name: ClassVar[str]
+    contract: ClassVar[Contract]
+    Options: ClassVar[type[BaseModel]]
+    """The pydantic model of the spec's `task:` options."""
+    group_keys: ClassVar[tuple[str, ...]]
+    primary_metric: ClassVar[str]
+    """The metric that ranks, measures retention and equity, and compares against the baseline."""
+    technology_fields: ClassVar[tuple[str, ...]] = ()
+    """Vendor technology fields that match this family (evidence for criteria)."""
+
+    def __init__(self, spec: PilotSpec, data_dir: Path):
+        self.spec = spec
+        self.data_dir = data_dir
+        self.options = self.Options.model_validate(spec.task)
+
+    @classmethod
+    def validate_spec(cls, spec: PilotSpec, where: str) -> None:
+        """Cross-check a spec against what this family offers; raise SpecError naming the field."""
+        try:
+            cls.Options.model_validate(spec.task)
+        except ValidationError as exc:
+            err = validation_error(where, cls.Options, exc)
+            raise SpecError(err.problem.replace("field `", "field `task."), where=where, fix=err.fix) from None
+        metrics = METRICS.where(family=cls.name)
+        for i, threshold in enumerate(spec.thresholds):
+            if threshold.metric not in metrics:
+                raise SpecError(f"field `thresholds.{i}.metric`: unknown metric {threshold.metric!r}", where=where,
+                                fix=f"use one of the {cls.name} metrics: {', '.join(sorted(metrics))}")
+        scenarios = SCENARIOS.where(family=cls.name)
+        for i, sc in enumerate(spec.scenarios):
+            if sc.name not in scenarios:
+                raise SpecError(f"field `scenarios.{i}.name`: unknown scenario {sc.name!r}", where=where,
+                                fix=f"use one of the {cls.name} scenarios: {', '.join(sorted(scenarios))}")
+        for i, group in enumerate(spec.groups):
+            if group not in cls.group_keys:
+                raise SpecError(f"field `groups.{i}`: unknown group {group!r}", where=where,
+                                fix=f"use one of: {', '.join(cls.group_keys)}")
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir / self.spec.dataset.path
+
+    def dataset_sha256(self) -> str:
+        """sha256 of the data file, checked against the spec (evaluation refuses other bytes)."""
+        where = f"pilot {self.spec.id}: dataset.path"
+        if not self.data_path.is_file():
+            raise SpecError(f"data file {self.data_path} not found", where=where,
+                            fix="set TESTBED_DATA_DIR to the folder that holds the pilot's data")
+        digest = sha256_file(self.data_path)
+        if digest != self.spec.dataset.sha256:
+            raise SpecError(f"{self.data_path} has sha256 {digest}, the spec says {self.spec.dataset.sha256}",
+                            where=where, fix="restore the original data file, or update dataset.sha256 on purpose")
+        return digest
+
+    def metric_functions(self) -> dict[str, Any]:
+        return METRICS.where(family=self.name)
+
+    @abstractmethod
+    def load(self, split: str) -> Any:
+        """The split's inputs and ground truth (ground truth never leaves this process)."""
+
+    @abstractmethod
+    def phases(self, data: Any) -> list[Phase]:
+        """Requests to send: `clean`, one per spec scenario, then `single_stream` and `offline` load phases."""
+
+    @abstractmethod
+    def score(self, data: Any, result: SandboxResult) -> Outcome:
+        """Decode and check responses, compute metrics per scenario and group, and the baseline's."""
+
+    @abstractmethod
+    def export(self, data: Any, out_dir: Path) -> list[Path]:
+        """Write a public split for vendors in the contract's own format; return the files written."""
+
+    def plots(self, data: Any, outcome: Outcome) -> dict[str, Any]:
+        """Family-specific matplotlib figures for the scorecard, by file stem."""
+        return {}

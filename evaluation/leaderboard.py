@@ -1,0 +1,49 @@
+"""The leaderboard of a pilot, read back from MLflow (the system of record)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from evaluation.families import FAMILIES
+from evaluation.tracking import Tracker
+from pilots.spec import PilotSpec
+from pilots.workspace import Workspace
+
+__all__ = ["leaderboard_rows", "leaderboard_table"]
+
+CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
+
+
+def leaderboard_rows(spec: PilotSpec, ws: Workspace) -> list[dict]:
+    primary = FAMILIES.get(spec.family).primary_metric
+    rows = []
+    for run in Tracker(ws).leaderboard_runs(spec.id):
+        m, tags = run.data.metrics, run.data.tags
+        rows.append({
+            "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
+            "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
+            primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
+            **{c: m.get(f"criteria/{c}") for c in CRITERIA},
+            "p95_latency_ms": m.get("latency_ms/p95"), "run_id": run.info.run_id,
+        })
+    rows.sort(key=lambda r: (not r["passed"], -(r["total_score"] or 0)))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def _fmt(v, digits=3) -> str:
+    return "—" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
+    primary = FAMILIES.get(spec.family).primary_metric
+    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="total is provisional until "
+                  "evaluators score policy fit; rejected = failed a hard gate")
+    for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "local", "total"):
+        table.add_column(col, justify="right" if col in (primary, "DL fit", "viability", "local", "total") else "left")
+    for r in rows:
+        table.add_row(str(r["rank"]), r["submission"], r["vendor"], r["verdict"],
+                      "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
+                      *(_fmt(r[c], 3) for c in CRITERIA), _fmt(r["total_score"], 3))
+    return table

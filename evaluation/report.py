@@ -1,0 +1,90 @@
+"""The scorecard for people: a self-contained HTML page with plots (PNG embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
+
+from evaluation.scorecard import Scorecard  # noqa: E402
+
+__all__ = ["standard_figures", "render_html", "write_report"]
+
+_env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
+_env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
+    f"{v:.{d}g}" if isinstance(v, float) else v)
+
+
+def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
+    """Plots every family gets: per-group error, scenario retention, latency."""
+    figs = {}
+    metric = card.equity.get("metric")
+    if card.groups and metric:
+        names = list(card.groups)
+        fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
+        ax.barh(names, [card.groups[n].get(metric, math.nan) for n in names], color="#4c72b0")
+        ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
+        ax.set(xlabel=metric, title=f"{metric} by group (equity)")
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs["groups"] = fig
+    if card.retention:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(card.retention) + 1.2))
+        vals = [card.retention[k] for k in card.retention]
+        ax.barh(list(card.retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set(xlim=(0, max(1.1, *[v for v in vals if not math.isnan(v)])), xlabel="retention vs clean",
+               title=f"Robustness: {metric} retained per scenario")
+        fig.tight_layout()
+        figs["retention"] = fig
+    latencies = card.performance.get("latencies_ms") or []
+    if latencies:
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        ax.hist(latencies, bins=min(30, max(5, len(latencies) // 3)), color="#8172b2")
+        for q in ("p50", "p95"):
+            ax.axvline(card.performance["latency_ms"][q], color="black", ls=":" if q == "p50" else "--", label=q)
+        ax.set(xlabel="ms per request (single stream, through the sandbox)", ylabel="requests", title="Latency")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs["latency"] = fig
+    return figs
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_html(card: Scorecard, pngs: dict[str, bytes], title: str) -> str:
+    images = {name: base64.b64encode(data).decode() for name, data in pngs.items()}
+    return _env.get_template("scorecard.html.j2").render(card=card, images=images, title=title)
+
+
+def write_report(card: Scorecard, figures: dict[str, plt.Figure], out_dir: Path, title: str) -> dict[str, Path]:
+    """Write scorecard.json, scorecard.html and plots/*.png into `out_dir` (atomically per file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    pngs = {name: _png(fig) for name, fig in {**figures, **standard_figures(card)}.items()}
+    written = {}
+    for name, data in pngs.items():
+        written[f"plots/{name}.png"] = _atomic(out_dir / "plots" / f"{name}.png", data)
+    written["scorecard.json"] = _atomic(out_dir / "scorecard.json", card.model_dump_json(indent=2).encode())
+    written["scorecard.html"] = _atomic(out_dir / "scorecard.html", render_html(card, pngs, title).encode())
+    return written
+
+
+def _atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,233 @@
+"""`testbed`: the command line for vendors, city evaluators and operators."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pilots.catalogue import all_pilots, get_pilot
+from pilots.errors import NotFound, TestbedError
+from pilots.submissions import SubmissionStore
+from pilots.workspace import Workspace
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Seoul public-service AI pilot testbed: pilots → sandbox → evaluation → serving.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args_is_help=True)
+app.add_typer(pilots_app, name="pilots")
+out = Console()
+err = Console(stderr=True)
+
+UNSAFE_HELP = "Run the bundle WITHOUT the sandbox (trusted code only). Printed loudly, recorded, fails a gate."
+
+
+def friendly(fn):
+    """User mistakes become one clear message and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TestbedError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _emit_json(data) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _warn_unsafe() -> None:
+    err.print("[bold white on red] UNSAFE: --unsafe-no-sandbox given. The bundle runs WITHOUT isolation, with "
+              "network and file access. Only for code you trust. This is recorded on the result. [/]")
+
+
+@pilots_app.command("list")
+@friendly
+def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the pilots."""
+    pilots = all_pilots()
+    if as_json:
+        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()])
+    table = Table("id", "family", "title", "department")
+    for p in pilots.values():
+        table.add_row(p.id, p.family, f"{p.title.en}\n{p.title.ko}", p.department)
+    out.print(table)
+
+
+@pilots_app.command("show")
+@friendly
+def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Show a pilot's spec and the task contract a bundle must implement."""
+    from serving.contracts import get_contract
+
+    spec = get_pilot(pilot)
+    contract = get_contract(spec.family)
+    if as_json:
+        return _emit_json({"spec": spec.model_dump(mode="json"),
+                           "contract": {"api": contract.api, "inputs": list(contract.inputs),
+                                        "summary": contract.summary}})
+    out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
+    out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
+    out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{contract.summary}\n")
+    out.print("[bold]Thresholds[/]: " + ", ".join(
+        f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
+        for t in spec.thresholds))
+    out.print(f"[bold]Scenarios[/]: {', '.join(s.name for s in spec.scenarios) or 'none'}   "
+              f"[bold]Groups[/]: {', '.join(spec.groups)}")
+    out.print(f"[bold]Resources[/]: {spec.resources.model_dump()}\n[bold]Service level[/]: "
+              f"{spec.service_level.model_dump()}\n[bold]Criteria weights[/]: {spec.criteria.weights.model_dump()}")
+
+
+@pilots_app.command("data")
+@friendly
+def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Folder to write the public splits to.")):
+    """Export the pilot's PUBLIC splits (training data and sample) in the contract's own format."""
+    from evaluation.families import FAMILIES
+
+    spec = get_pilot(pilot)
+    fam = FAMILIES.get(spec.family)(spec, Workspace.from_env().data_dir)
+    fam.dataset_sha256()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, split in spec.dataset.splits.items():
+        if split.public:
+            for path in fam.export(fam.load(name), out_dir):
+                out.print(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def submit(pilot: str, bundle: Path, vendor: Path = typer.Option(..., "--vendor", help="Vendor profile YAML."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Validate a .bento against the pilot's contract and store it with the vendor profile; prints its id."""
+    spec = get_pilot(pilot)
+    sub, new = SubmissionStore(Workspace.from_env()).submit(spec, bundle, vendor)
+    if as_json:
+        return _emit_json({**sub.model_dump(mode="json"), "new": new})
+    if not new:
+        err.print(f"these bytes were already submitted (sha256 {sub.bundle_sha256[:12]}…); same submission:")
+    print(sub.id)
+
+
+@app.command()
+@friendly
+def check(pilot: str, bundle: Path,
+          vendor: Path | None = typer.Option(None, "--vendor", help="Vendor profile YAML (optional)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
+          unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
+    """Vendor kit: the city's own sandbox and contract checks on the PUBLIC sample. Nothing is logged."""
+    from evaluation.evaluate import evaluate_bundle
+    from pilots.vendor import VendorProfile
+    from pilots.yamlio import load_model
+    from sandbox.bundle import inspect_bundle
+    from sandbox.executor import RayExecutor
+
+    spec, ws = get_pilot(pilot), Workspace.from_env()
+    unsafe and _warn_unsafe()
+    profile = load_model(vendor, VendorProfile) if vendor else VendorProfile(
+        name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
+        technology_field="other", model_description="not given", licence="not given")
+    info = inspect_bundle(bundle)
+    executor = RayExecutor()
+    try:
+        with err.status("checking in the sandbox on the public sample…"):
+            ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample", official=False,
+                                 isolated=not unsafe, submission=f"check-{info.sha256[:12]}",
+                                 out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
+    finally:
+        executor.shutdown()
+    _report(ev.card, ev.files, as_json)
+    if ev.card.verdict != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
+             unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
+    """Run a submission in the sandbox on Ray against the sequestered split, score it, log it to MLflow."""
+    from evaluation.evaluate import evaluate_bundle
+    from sandbox.executor import RayExecutor
+
+    ws = Workspace.from_env()
+    store = SubmissionStore(ws)
+    sub = store.get(submission)
+    unsafe and _warn_unsafe()
+    executor = RayExecutor()
+    try:
+        with err.status(f"evaluating {sub.id} in the sandbox…"):
+            ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
+                                 out_dir=store.report_dir(sub.id), submission=sub.id, isolated=not unsafe)
+    finally:
+        executor.shutdown()
+    _report(ev.card, ev.files, as_json)
+
+
+def _report(card, files, as_json: bool) -> None:
+    if as_json:
+        print(card.model_dump_json(indent=2))
+        return
+    colour = "green" if card.passed else "red"
+    out.print(f"[bold]{card.submission}[/] verdict [bold]{card.verdict}[/] · gates "
+              f"[{colour}]{'passed' if card.passed else 'FAILED'}[/] · total {card.total_score:.1f}"
+              f"{' (provisional)' if card.total_is_provisional else ''}")
+    for gate in card.gates:
+        if not gate.passed:
+            out.print(f"  [red]✗ {gate.name}[/]: {gate.detail}")
+    out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}")
+    if card.mlflow_run_id:
+        out.print(f"  MLflow run: {card.mlflow_run_id}")
+
+
+@app.command()
+@friendly
+def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", help="Copy the HTML page here."),
+              as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON.")):
+    """Show the latest official scorecard of a submission."""
+    from evaluation.scorecard import Scorecard
+
+    store = SubmissionStore(Workspace.from_env())
+    store.get(submission)
+    folder = store.report_dir(submission)
+    if not (folder / "scorecard.json").is_file():
+        raise NotFound(f"submission {submission} has no scorecard yet", fix=f"run `testbed evaluate {submission}`")
+    if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "scorecard.html", html)
+        err.print(f"wrote {html}")
+    card = Scorecard.model_validate_json((folder / "scorecard.json").read_text())
+    if as_json:
+        print(card.model_dump_json(indent=2))
+    elif not html:
+        _report(card, {"scorecard.html": folder / "scorecard.html", "scorecard.json": folder / "scorecard.json"},
+                False)
+
+
+@app.command()
+@friendly
+def leaderboard(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Rank a pilot's evaluated submissions (from MLflow): gates first, then total score."""
+    from evaluation.leaderboard import leaderboard_rows, leaderboard_table
+
+    rows = leaderboard_rows(get_pilot(pilot), Workspace.from_env())
+    if as_json:
+        return _emit_json(rows)
+    out.print(leaderboard_table(get_pilot(pilot), rows))
+
+
+@app.command()
+@friendly
+def demo(pilot: list[str] = typer.Option(None, "--pilot", help="Only this pilot's examples (repeatable).")):
+    """Build the example bundles, submit them, evaluate them on a local Ray, and print the leaderboards."""
+    from pilots.demo import run_demo
+
+    run_demo(out, err, pilot or None)

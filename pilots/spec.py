@@ -1,0 +1,168 @@
+"""Pilot specs: the city's call for one pilot, as YAML validated by these models."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
+    "CriteriaWeights", "Criteria",
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Title(_Spec):
+    ko: str = Field(min_length=1)
+    """Title in Korean, as the call was published."""
+    en: str = Field(min_length=1)
+    """Title in English."""
+
+
+class Split(_Spec):
+    public: bool
+    """True when vendors may see this split (training data, validation sample); false = sequestered."""
+    start: datetime | None = None
+    """First timestamp of the split's targets (time-series families)."""
+    end: datetime | None = None
+    """Last timestamp of the split's targets, inclusive (time-series families)."""
+    members: str | None = None
+    """Key in the dataset's split file that lists this split's items (image families)."""
+
+
+class DatasetSpec(_Spec):
+    name: str
+    """Human name of the dataset."""
+    path: str
+    """Main data file, relative to the testbed's data directory (`TESTBED_DATA_DIR`, default `data/`)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the main data file; evaluation refuses to run on different bytes."""
+    licence: str
+    """The data's licence (see the SOURCE.md beside the data)."""
+    splits: dict[str, Split]
+    """Named splits; `sample` (public) and `test` (sequestered) are required."""
+
+    @model_validator(mode="after")
+    def _required_splits(self) -> DatasetSpec:
+        for name, public in (("sample", True), ("test", False)):
+            split = self.splits.get(name)
+            if split is None:
+                raise ValueError(f"a `{name}` split is required")
+            if split.public != public:
+                raise ValueError(f"the `{name}` split must have public: {str(public).lower()}")
+        return self
+
+
+class Threshold(_Spec):
+    metric: str
+    """A metric the pilot's task family computes (e.g. `mase`, `map_50`), judged on the clean scenario."""
+    max: float | None = None
+    """Acceptance threshold for lower-is-better metrics: the value must be at most this."""
+    min: float | None = None
+    """Acceptance threshold for higher-is-better metrics: the value must be at least this."""
+    gate: bool = True
+    """A hard gate: failing it rejects the submission whatever its total score."""
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of `max` or `min`")
+        return self
+
+    def passes(self, value: float) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        return value <= self.max if self.max is not None else value >= self.min
+
+
+class ScenarioSpec(_Spec):
+    name: str
+    """A robustness scenario registered for the pilot's task family (e.g. `missing_hours`, `fog`)."""
+    severity: float = Field(default=0.5, ge=0, le=1)
+    """How harsh the perturbation is, from 0 (none) to 1 (worst)."""
+    seed: int = 0
+    """Seed of the scenario's random draws: the same seed gives the same perturbed inputs."""
+
+
+class Resources(_Spec):
+    cpus: float = Field(default=1, gt=0)
+    """CPU cores the evaluation asks Ray for."""
+    gpus: float = Field(default=0, ge=0)
+    """GPUs the evaluation asks Ray for (0 = CPU only); the bundle uses CUDA when it sees one."""
+    memory_mb: int = Field(default=3072, ge=256)
+    """Address-space limit of the sandboxed service in MiB; exceeding it ends the run as `resource_limit`."""
+    max_processes: int = Field(default=64, ge=4)
+    """Most processes/threads the sandboxed service may run at once."""
+    wall_time_s: int = Field(default=600, ge=10)
+    """Wall-clock limit for the whole sandboxed run, start-up included; exceeding it gives `timeout`."""
+    startup_timeout_s: int = Field(default=120, ge=5)
+    """How long the service may take to become ready."""
+
+
+class ServiceLevel(_Spec):
+    p95_latency_ms: float = Field(gt=0)
+    """Single-request 95th-percentile latency the city needs, in milliseconds."""
+    min_throughput: float = Field(gt=0)
+    """Items (windows, frames) per second the city needs in batch mode."""
+    max_error_rate: float = Field(default=0.0, ge=0, le=1)
+    """Largest acceptable share of failed requests; above it is a hard gate failure."""
+
+
+class CriteriaWeights(_Spec):
+    deep_learning_fit: float = Field(ge=0)
+    """Weight of criterion 1: deep learning is the right tool and beats the non-deep-learning baseline."""
+    viability: float = Field(ge=0)
+    """Weight of criterion 2: accuracy, robustness, reliability, latency, throughput."""
+    policy_fit: float = Field(ge=0)
+    """Weight of criterion 3: serves the pilot's policy goals (evaluators' rubric and equity)."""
+    local_strength_fit: float = Field(ge=0)
+    """Weight of criterion 4: builds on the strengths of Seoul-based companies."""
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> CriteriaWeights:
+        total = sum(self.model_dump().values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"the four weights must sum to 1 (they sum to {total:g})")
+        return self
+
+
+class Criteria(_Spec):
+    weights: CriteriaWeights
+    """Weights of the four decision criteria in the total score."""
+    full_credit_skill: float = Field(default=0.3, gt=0, le=1)
+    """Skill over the non-deep-learning baseline (1 - error ratio) that earns the full deep-learning-fit score."""
+
+
+class PilotSpec(_Spec):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,48}$")
+    """Short id: lower-case letters, digits and dashes (used in commands, MLflow names and paths)."""
+    title: Title
+    """The pilot's title in Korean and English."""
+    department: str
+    """The owning department of the Seoul Metropolitan Government."""
+    policy_goals: list[str] = Field(min_length=1)
+    """The Seoul policy goals this pilot serves (what the evaluators' rubric scores against)."""
+    family: str
+    """Task family: a registered family such as `forecasting` or `detection`."""
+    task: dict[str, Any] = Field(default_factory=dict)
+    """Family-specific options (validated by the family, e.g. `horizon` for forecasting)."""
+    dataset: DatasetSpec
+    """The pilot's data and its public and sequestered splits."""
+    thresholds: list[Threshold] = Field(min_length=1)
+    """Acceptance thresholds on metrics (the accuracy part of viability; gates where marked)."""
+    scenarios: list[ScenarioSpec] = Field(default_factory=list)
+    """Robustness scenarios run besides the clean one."""
+    groups: list[str] = Field(default_factory=list)
+    """Group keys for per-group (equity) metrics, as the family defines them (e.g. `hour_band`)."""
+    criteria: Criteria
+    """How the four decision criteria are weighted and scored."""
+    resources: Resources = Field(default_factory=Resources)
+    """Resource budget of one sandboxed evaluation."""
+    service_level: ServiceLevel
+    """Latency, throughput and reliability the service must offer."""

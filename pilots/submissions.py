@@ -1,0 +1,87 @@
+"""Submissions: a vetted `.bento`, its vendor profile and its hash, stored once per (pilot, bytes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from pilots.errors import NotFound
+from pilots.spec import PilotSpec
+from pilots.vendor import VendorProfile
+from pilots.workspace import Workspace
+from pilots.yamlio import load_model
+from sandbox.bundle import inspect_bundle
+from serving.contracts import get_contract
+
+__all__ = ["Submission", "SubmissionStore"]
+
+
+class Submission(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    id: str
+    """`<pilot>-<first 12 hex of the bundle's sha256>`: the same bytes give the same id."""
+    pilot: str
+    """The pilot it was submitted to."""
+    vendor: VendorProfile
+    """The vendor profile given at submission."""
+    bundle_sha256: str
+    """sha256 of the `.bento` bytes."""
+    bundle_size: int
+    """Size of the `.bento` file in bytes."""
+    bento_tag: str
+    """`name:version` declared in the bundle."""
+    apis: list[str]
+    """API names the bundle declares."""
+    submitted_at: str
+    """When it was first submitted (UTC)."""
+
+
+class SubmissionStore:
+    def __init__(self, ws: Workspace):
+        self.root = ws.submissions
+
+    def submit(self, spec: PilotSpec, bundle: Path, vendor_file: Path) -> tuple[Submission, bool]:
+        """Validate and store; returns the submission and whether it is new (False: same bytes seen before)."""
+        vendor = load_model(vendor_file, VendorProfile)
+        info = inspect_bundle(bundle)
+        get_contract(spec.family).check_routes(info.routes, where=str(bundle))
+        sub_id = f"{spec.id}-{info.sha256[:12]}"
+        if (self.root / sub_id / "submission.json").is_file():
+            return self.get(sub_id), False
+        sub = Submission(id=sub_id, pilot=spec.id, vendor=vendor, bundle_sha256=info.sha256, bundle_size=info.size,
+                         bento_tag=info.tag, apis=[r.get("name") for r in info.routes],
+                         submitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{sub_id}-", dir=self.root))
+        try:
+            shutil.copyfile(bundle, staging / "bundle.bento")
+            (staging / "submission.json").write_text(sub.model_dump_json(indent=2))
+            staging.rename(self.root / sub_id)  # atomic: a submission is whole or absent
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return sub, True
+
+    def get(self, sub_id: str) -> Submission:
+        path = self.root / sub_id / "submission.json"
+        if not path.is_file():
+            known = ", ".join(s.id for s in self.list()) or "none yet"
+            raise NotFound(f"no submission {sub_id!r}", fix=f"use an id printed by `testbed submit` (known: {known})")
+        return Submission.model_validate(json.loads(path.read_text()))
+
+    def bundle(self, sub_id: str) -> Path:
+        return self.root / sub_id / "bundle.bento"
+
+    def report_dir(self, sub_id: str) -> Path:
+        return self.root / sub_id / "scorecard"
+
+    def list(self, pilot: str | None = None) -> list[Submission]:
+        subs = [Submission.model_validate(json.loads(p.read_text()))
+                for p in sorted(self.root.glob("*/submission.json")) if not p.parent.name.startswith(".")]
+        return [s for s in subs if pilot is None or s.pilot == pilot]

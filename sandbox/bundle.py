@@ -1,0 +1,113 @@
+"""Safe handling of an untrusted `.bento` archive: inspect without executing, extract without escaping."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pilots.errors import BundleError
+
+__all__ = ["BundleInfo", "inspect_bundle", "import_bundle", "sha256_file", "Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits for submitted archives."""
+
+    max_archive_bytes: int = 1 << 30
+    """Largest accepted `.bento` file."""
+    max_unpacked_bytes: int = 4 << 30
+    """Largest total size of the archive's files once unpacked."""
+    max_members: int = 20_000
+    """Most files and folders in one archive."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle declares, read from its `bento.yaml` without running any of its code."""
+
+    path: Path
+    sha256: str
+    size: int
+    tag: str
+    """`name:version` as BentoML will import it."""
+    manifest: dict[str, Any] = field(repr=False)
+    """The parsed `bento.yaml`."""
+
+    @property
+    def routes(self) -> list[dict[str, Any]]:
+        schema = self.manifest.get("schema") or {}
+        return list(schema.get("routes") or [])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unsafe(where: str, problem: str) -> BundleError:
+    return BundleError(problem, where=where,
+                       fix="submit the archive that `bentoml export NAME:VERSION FILE.bento` writes, unmodified")
+
+
+def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
+    """Check every member is a plain file or folder inside the archive, within limits; read `bento.yaml`."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise BundleError("no such file", where=where, fix="give the path of a `.bento` file made by `bentoml export`")
+    size = path.stat().st_size
+    if size > limits.max_archive_bytes:
+        raise _unsafe(where, f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit")
+    manifest_bytes, total, count = None, 0, 0
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                count += 1
+                name = member.name
+                normal = posixpath.normpath(name.lstrip("./") or ".")
+                if name.startswith("/") or normal == ".." or normal.startswith("../"):
+                    raise _unsafe(where, f"member {name!r} points outside the archive")
+                if not (member.isfile() or member.isdir()):
+                    raise _unsafe(where, f"member {name!r} is a link or special file; only files and folders allowed")
+                total += member.size
+                if count > limits.max_members or total > limits.max_unpacked_bytes:
+                    raise _unsafe(where, "archive unpacks to more files or bytes than the limits allow")
+                if normal == "bento.yaml" and member.isfile():
+                    manifest_bytes = tar.extractfile(member).read(1 << 20)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _unsafe(where, f"not a readable .bento archive ({exc})") from None
+    if manifest_bytes is None:
+        raise _unsafe(where, "no bento.yaml inside: this is not a BentoML bundle")
+    try:
+        manifest = yaml.safe_load(manifest_bytes)
+        tag = f"{manifest['name']}:{manifest['version']}"
+    except (yaml.YAMLError, TypeError, KeyError) as exc:
+        raise _unsafe(where, f"bento.yaml is malformed ({exc})") from None
+    if not all(isinstance(manifest.get(k), str) and manifest[k].replace("-", "").replace("_", "").replace(".", "")
+               .isalnum() for k in ("name", "version")):
+        raise _unsafe(where, "bento.yaml name/version must be plain identifiers")
+    return BundleInfo(path=path, sha256=sha256_file(path), size=size, tag=tag, manifest=manifest)
+
+
+def import_bundle(path: Path, bentoml_home: Path) -> str:
+    """Import an inspected archive into a private BentoML home (no vendor code runs). Returns the tag."""
+    info = inspect_bundle(path)
+    env = {"BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "import", str(path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise BundleError(f"BentoML could not import the archive: {proc.stderr.strip()[-500:]}", where=str(path),
+                          fix="re-export the bundle with `bentoml export` using BentoML 1.4")
+    return info.tag

@@ -1,0 +1,73 @@
+"""Where a sandbox job runs: a Ray task (local Ray bound to loopback, or the cluster at `RAY_ADDRESS`),
+or inline (the test double for Ray). Ray runs only this trusted harness code; the vendor's code runs only
+inside the sandbox that the task starts."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from pilots.errors import ResourceUnavailable
+from pilots.spec import Resources
+from sandbox.runner import SandboxJob, SandboxResult, run_job
+
+__all__ = ["Executor", "RayExecutor", "InlineExecutor"]
+
+
+class Executor(Protocol):
+    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult: ...
+
+
+class InlineExecutor:
+    """Runs the job in this process: for unit tests and debugging (still sandboxed unless the job says not)."""
+
+    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult:
+        return run_job(job)
+
+
+class RayExecutor:
+    """Runs each job as a Ray task that asks for the pilot's CPUs and GPUs."""
+
+    def __init__(self) -> None:
+        self.started_local = False
+
+    @property
+    def address(self) -> str | None:
+        return os.environ.get("RAY_ADDRESS") or None
+
+    def connect(self) -> None:
+        if not self.address:
+            # Must be set before Ray reads its constants: local services bind to 127.0.0.1 only.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        import ray
+
+        if ray.is_initialized():
+            return
+        common = {"log_to_driver": False, "configure_logging": False}
+        if self.address:
+            ray.init(address=self.address, **common)
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+            self.started_local = True
+
+    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult:
+        import ray
+
+        self.connect()
+        have = ray.cluster_resources()
+        for key, need in (("CPU", resources.cpus), ("GPU", resources.gpus)):
+            if need > have.get(key, 0):
+                raise ResourceUnavailable(
+                    f"the pilot asks for {need:g} {key}, the Ray cluster has {have.get(key, 0):g}",
+                    where=f"Ray at {self.address or 'local (127.0.0.1)'}",
+                    fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
+        task = ray.remote(max_retries=0)(run_job).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
+                                                         name="testbed-sandbox-evaluation")
+        return ray.get(task.remote(job))
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.started_local and ray.is_initialized():
+            ray.shutdown()
+            self.started_local = False

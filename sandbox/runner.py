@@ -1,0 +1,230 @@
+"""Run one bundle in the sandbox and stream requests to it. This is what a Ray task executes.
+
+The job carries only inputs (pre-encoded request bodies), never labels; the result carries raw responses,
+timings and a verdict. Scoring happens elsewhere, where the ground truth is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from sandbox.bundle import import_bundle
+from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command
+
+__all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
+
+VERDICTS = ("completed", "contract_violation", "timeout", "resource_limit", "crashed", "sandbox_violation")
+VIOLATION_MARK = "TESTBED-SANDBOX-VIOLATION"
+RESOURCE_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "Resource temporarily unavailable",
+                  "can't start new thread", "Too many open files", "No space left on device")
+
+
+@dataclass
+class Phase:
+    """One batch of requests: a scenario, or a load pattern (single stream, offline)."""
+
+    name: str
+    bodies: list[bytes]
+    """JSON request bodies, sent in order."""
+    items: list[int]
+    """How many items (windows, frames) each request carries."""
+    concurrency: int = 1
+
+
+@dataclass
+class SandboxJob:
+    bundle: bytes
+    route: str
+    """API route of the task contract, e.g. `/forecast`."""
+    phases: list[Phase]
+    limits: SandboxLimits
+    wall_time_s: float
+    startup_timeout_s: float
+    isolated: bool = True
+    """False only with the explicit unsafe flag: the bundle then runs as a plain subprocess."""
+    gpu: bool = False
+    forbidden: list[str] = field(default_factory=list)
+    """Host paths whose access the worker reports as a sandbox violation (they are not mounted anyway)."""
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    bodies: list[bytes | None]
+    """Response body of each request that answered 200, else None."""
+    statuses: list[int]
+    """HTTP status of each request; 0 when there was no answer."""
+    latencies_s: list[float]
+    items: list[int]
+    wall_s: float
+    errors: list[str] = field(default_factory=list)
+    """The first few error texts."""
+
+
+@dataclass
+class SandboxResult:
+    verdict: str
+    reason: str
+    phases: dict[str, PhaseResult]
+    log: str
+    startup_s: float
+    peak_rss_mb: float
+    isolated: bool
+    node: str = field(default_factory=socket.gethostname)
+
+
+def classify(*, returncode: int | None, log: str, timed_out: bool, stopped_by_us: bool) -> tuple[str, str]:
+    """Verdict and reason from how the sandboxed process ended and what it printed."""
+    marks = [line.split(VIOLATION_MARK, 1)[1].strip() for line in log.splitlines() if VIOLATION_MARK in line]
+    if marks:
+        return "sandbox_violation", "; ".join(marks[:3])
+    died = returncode is not None and not stopped_by_us
+    hit = next((m for m in RESOURCE_MARKS if m in log), None)
+    if hit:
+        return "resource_limit", f"the service hit a resource limit ({hit})"
+    if died and returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return "resource_limit", f"the service was killed by a limit (signal {-returncode})"
+    if timed_out:
+        return "timeout", "the run went past the pilot's wall-time limit"
+    if died:
+        return "crashed", f"the service exited unexpectedly (exit code {returncode})"
+    return "completed", "all phases ran"
+
+
+class _Watch(threading.Thread):
+    """Samples the resident memory of the sandboxed process tree."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                root = psutil.Process(self.pid)
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                self.peak = max(self.peak, rss)
+            except psutil.Error:
+                return
+
+
+def _prepare(job: SandboxJob, tmp: Path) -> tuple[list[str], Path, dict[str, str] | None]:
+    bundle = tmp / "bundle.bento"
+    bundle.write_bytes(job.bundle)
+    home, sockets = tmp / "bentoml", tmp / "sock"
+    tag = import_bundle(bundle, home)
+    bundle.unlink()
+    sockets.mkdir(mode=0o700)
+    for path in [home, *home.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    if not job.isolated:
+        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+        return [sys.executable, "-I", str(WORKER), tag, str(sockets / "service.sock")], sockets, env
+    if os.geteuid() == 0:
+        os.chown(sockets, NOBODY, NOBODY)
+    extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}
+    argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *job.forbidden]
+    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpu, env=extra)
+    return cmd, sockets, None
+
+
+def _send(client: httpx.Client, route: str, body: bytes, timeout: float) -> tuple[int, bytes | None, float, str]:
+    start = time.perf_counter()
+    try:
+        resp = client.post(route, content=body, headers={"content-type": "application/json"}, timeout=timeout)
+        elapsed = time.perf_counter() - start
+        if resp.status_code == 200:
+            return 200, resp.content, elapsed, ""
+        return resp.status_code, None, elapsed, f"HTTP {resp.status_code}: {resp.text[:300]}"
+    except httpx.HTTPError as exc:
+        return 0, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def run_job(job: SandboxJob) -> SandboxResult:
+    """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict."""
+    started = time.monotonic()
+    deadline = started + job.wall_time_s
+    with tempfile.TemporaryDirectory(prefix="testbed-run-") as tmpdir:
+        tmp = Path(tmpdir)
+        cmd, sockets, env = _prepare(job, tmp)
+        log_path = tmp / "sandbox.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        watch = _Watch(proc.pid)
+        watch.start()
+        transport = httpx.HTTPTransport(uds=str(sockets / "service.sock"))
+        phases: dict[str, PhaseResult] = {}
+        timed_out, ready_at = False, None
+        with httpx.Client(transport=transport, base_url="http://sandbox") as client:
+            ready_deadline = min(deadline, time.monotonic() + job.startup_timeout_s)
+            while proc.poll() is None and time.monotonic() < ready_deadline:
+                try:
+                    if client.get("/readyz", timeout=2).status_code == 200:
+                        ready_at = time.monotonic()
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            timed_out = ready_at is None and proc.poll() is None
+            for phase in job.phases if ready_at else []:
+                result = _run_phase(client, job.route, phase, deadline, proc)
+                phases[phase.name] = result
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                if timed_out or proc.poll() is not None:
+                    break
+        returncode = proc.poll()
+        stopped_by_us = returncode is None
+        _stop(proc)
+        watch.stop.set()
+        log_text = log_path.read_text(errors="replace")[-200_000:]
+    verdict, reason = classify(returncode=returncode, log=log_text, timed_out=timed_out, stopped_by_us=stopped_by_us)
+    if verdict == "timeout" and ready_at is None:
+        reason = f"the service was not ready within {job.startup_timeout_s:g} s"
+    return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log_text,
+                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=watch.peak / 2**20,
+                         isolated=job.isolated)
+
+
+def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, proc) -> PhaseResult:
+    def one(body: bytes):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or proc.poll() is not None:
+            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)"
+        return _send(client, route, body, remaining)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
+        outcomes = list(pool.map(one, phase.bodies))
+    wall = time.perf_counter() - start
+    errors = [err for *_, err in outcomes if err][:5]
+    return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
+                       latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue

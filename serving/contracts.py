@@ -1,0 +1,71 @@
+"""Task contracts: the API a bundle must expose for its pilot's task family.
+
+A contract is checked twice: statically at submission, against the routes the bundle declares in its
+`bento.yaml` (nothing runs), and dynamically, on every response the sandboxed service returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pilots.errors import ContractError, NotFound
+
+__all__ = ["Contract", "ContractViolation", "register_contract", "get_contract", "CONTRACTS"]
+
+CONTRACTS: dict[str, Contract] = {}
+
+
+class ContractViolation(ValueError):
+    """A response does not follow the contract (raised while decoding responses)."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The BentoML API a task family requires."""
+
+    family: str
+    api: str
+    """Name of the `@bentoml.api` method (and its route `/<api>`)."""
+    inputs: dict[str, tuple[str, ...]]
+    """Required parameter names and the schema types BentoML may declare for each."""
+    summary: str
+    """One paragraph for vendors: what goes in, what must come out."""
+    example: str = field(default="", repr=False)
+    """A minimal service implementing the contract."""
+
+    @property
+    def route(self) -> str:
+        return f"/{self.api}"
+
+    def check_routes(self, routes: list[dict[str, Any]], where: str) -> None:
+        """Raise ContractError unless the declared routes include this contract's API with its inputs."""
+        fix = f"expose `@bentoml.api def {self.api}({', '.join(self.inputs)})` — see `testbed pilots show PILOT`"
+        route = next((r for r in routes if r.get("name") == self.api), None)
+        if route is None:
+            names = ", ".join(sorted(str(r.get("name")) for r in routes)) or "none"
+            raise ContractError(f"the bundle has no `{self.api}` API (it declares: {names})", where=where, fix=fix)
+        props = (route.get("input") or {}).get("properties") or {}
+        for name, types in self.inputs.items():
+            if name not in props:
+                raise ContractError(f"API `{self.api}` lacks the input `{name}`", where=where, fix=fix)
+            declared = props[name].get("type")
+            if declared not in types:
+                raise ContractError(f"API `{self.api}` input `{name}` is declared as {declared!r}, expected one "
+                                    f"of {', '.join(types)}", where=where, fix=fix)
+        extra = set((route.get("input") or {}).get("required") or []) - set(self.inputs)
+        if extra:
+            raise ContractError(f"API `{self.api}` requires inputs the contract does not send: {sorted(extra)}",
+                                where=where, fix="give those parameters default values, or remove them")
+
+
+def register_contract(contract: Contract) -> Contract:
+    CONTRACTS[contract.family] = contract
+    return contract
+
+
+def get_contract(family: str) -> Contract:
+    try:
+        return CONTRACTS[family]
+    except KeyError:
+        raise NotFound(f"no task contract for family {family!r}", fix=f"use one of {sorted(CONTRACTS)}") from None
