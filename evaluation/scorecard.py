@@ -158,10 +158,12 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                    "gap": abs(worst - best), "worst_vs_overall": _ratio(goal, clean.get(primary), worst)}
 
     # 1. deep-learning fit: does it beat the non-deep-learning reference, by how much?
-    skill = _skill(goal, outcome.baseline.get(primary), clean.get(primary))
+    versus = fam.baseline_metric or primary
+    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
     dl = Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill), evidence={
-        "baseline": outcome.baseline.get("name"), f"baseline_{primary}": outcome.baseline.get(primary),
-        f"model_{primary}": clean.get(primary), "skill_over_baseline": skill,
+        "baseline": outcome.baseline.get("name"), "compared_on": versus,
+        f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
+        "skill_over_baseline": skill,
         "beats_baseline": bool(skill > 0), "full_credit_skill": spec.criteria.full_credit_skill})
     # 2. viability: accuracy against thresholds, robustness, reliability, latency, throughput.
     lat = perf["latency_ms"].get("p95", math.nan)

@@ -83,7 +83,8 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                 "LANG": "C.UTF-8", "BENTOML_HOME": "/bento", "BENTOML_DO_NOT_TRACK": "true",
                 "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib", "YOLO_CONFIG_DIR": "/tmp/yolo",
-                "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "OMP_NUM_THREADS": threads,
+                "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "ORT_DISABLE_TELEMETRY": "1",
+                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, **(env or {})}
     cmd += ["--clearenv"]
     for key, value in base_env.items():

@@ -47,6 +47,8 @@ class TaskFamily(ABC):
     group_keys: ClassVar[tuple[str, ...]]
     primary_metric: ClassVar[str]
     """The metric that ranks, measures retention and equity, and compares against the baseline."""
+    baseline_metric: ClassVar[str | None] = None
+    """Metric on which the non-deep-learning baseline is compared (default: the primary metric)."""
     technology_fields: ClassVar[tuple[str, ...]] = ()
     """Vendor technology fields that match this family (evidence for criteria)."""
 
