@@ -41,7 +41,7 @@ def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
         vals = [card.retention[k] for k in card.retention]
         ax.barh(list(card.retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
         ax.axvline(1.0, color="black", lw=1)
-        ax.set(xlim=(0, max(1.1, *[v for v in vals if not math.isnan(v)])), xlabel="retention vs clean",
+        ax.set(xlim=(0, max([1.1, *(v for v in vals if not math.isnan(v))])), xlabel="retention vs clean",
                title=f"Robustness: {metric} retained per scenario")
         fig.tight_layout()
         figs["retention"] = fig

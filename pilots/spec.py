@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
@@ -48,15 +48,16 @@ class DatasetSpec(_Spec):
     splits: dict[str, Split]
     """Named splits; `sample` (public) and `test` (sequestered) are required."""
 
-    @model_validator(mode="after")
-    def _required_splits(self) -> DatasetSpec:
+    @field_validator("splits")
+    @classmethod
+    def _required_splits(cls, splits: dict[str, Split]) -> dict[str, Split]:
         for name, public in (("sample", True), ("test", False)):
-            split = self.splits.get(name)
+            split = splits.get(name)
             if split is None:
                 raise ValueError(f"a `{name}` split is required")
             if split.public != public:
                 raise ValueError(f"the `{name}` split must have public: {str(public).lower()}")
-        return self
+        return splits
 
 
 class Threshold(_Spec):

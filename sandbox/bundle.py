@@ -76,7 +76,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
             for member in tar:
                 count += 1
                 name = member.name
-                normal = posixpath.normpath(name.lstrip("./") or ".")
+                normal = posixpath.normpath(name)
                 if name.startswith("/") or normal == ".." or normal.startswith("../"):
                     raise _unsafe(where, f"member {name!r} points outside the archive")
                 if not (member.isfile() or member.isdir()):

@@ -48,7 +48,7 @@ def read_series(path) -> pd.DataFrame:
     raw = pd.read_csv(path, encoding="latin-1")
     frame = raw.rename(columns=COLUMNS)
     frame["time"] = pd.to_datetime(raw["Date"], format="%d/%m/%Y") + pd.to_timedelta(raw["Hour"], unit="h")
-    frame["day_of_week"] = frame["time"].dt.dayofweek
+    frame["day_of_week"] = frame["time"].dt.day_of_week
     frame["holiday"] = (raw["Holiday"] == "Holiday").astype(float)
     frame["functioning_day"] = (raw["Functioning Day"] == "Yes").astype(float)
     frame["season"] = raw["Seasons"].str.lower()
@@ -101,7 +101,7 @@ class Forecasting(TaskFamily):
         idx = np.stack([np.arange(t, t + o.horizon) for t in origins])
         groups = {
             "hour_band": band,
-            "day_type": np.where(np.stack([t.dayofweek for t in target_times]) >= 5, "weekend", "weekday"),
+            "day_type": np.where(np.stack([t.day_of_week for t in target_times]) >= 5, "weekend", "weekday"),
             "season": frame["season"].to_numpy()[idx],
             "holiday": np.where(frame["holiday"].to_numpy()[idx] > 0, "holiday", "working_day"),
         }

@@ -1,0 +1,99 @@
+"""The detection task contract (road users on camera frames: boxes, classes, scores).
+
+    @bentoml.service
+    class MyDetector:
+        @bentoml.api
+        def detect(self, images: list[str]) -> list[list[dict]]: ...
+
+- `images`: a list of base64-encoded image files (JPEG or PNG, RGB or greyscale; EXIF orientation is not
+  applied), one per camera frame. One request carries many frames.
+- returns: one list per input image, in input order, of detections
+  `{"label": str, "score": float, "box": [x1, y1, x2, y2]}`: `label` a COCO class name (e.g. `person`, `car`,
+  `motorcycle`), `score` in [0, 1], `box` the corners in pixels of the input image (x1 < x2, y1 < y2; boxes may
+  reach past the frame, the harness clips them). Return low-score detections too (the harness computes mAP
+  over all scores and counts those above the pilot's count threshold); at most 100 per image are scored.
+  Labels outside the pilot's classes are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import NamedTuple
+
+from serving.contracts import Contract, ContractViolation, register_contract
+
+__all__ = ["DETECT", "Detection", "encode_request", "decode_response"]
+
+DETECT = register_contract(Contract(
+    family="detection",
+    api="detect",
+    inputs={"images": ("array",)},
+    summary=__doc__.split("\n\n", 1)[1].strip(),
+))
+
+TOLERANCE = 0.01
+"""Pixels by which a box may be inverted (x2 < x1) through rounding before it is a violation."""
+
+
+class Detection(NamedTuple):
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    """x1, y1, x2, y2 in pixels, clipped to the image when its size is known."""
+
+
+def encode_request(images: list[bytes]) -> bytes:
+    """JSON body for one request: the image files, base64-encoded."""
+    return json.dumps({"images": [base64.b64encode(im).decode("ascii") for im in images]}).encode()
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _detection(det, where: str, size: tuple[int, int] | None) -> Detection | None:
+    if not isinstance(det, dict):
+        raise ContractViolation(f"{where}: a detection must be an object, got {type(det).__name__}")
+    missing = {"label", "score", "box"} - set(det)
+    if missing:
+        raise ContractViolation(f"{where}: detection lacks {', '.join(sorted(missing))}")
+    label, score, box = det["label"], det["score"], det["box"]
+    if not isinstance(label, str):
+        raise ContractViolation(f"{where}: `label` must be a string, got {label!r}")
+    if not _number(score) or not 0 <= score <= 1:
+        raise ContractViolation(f"{where}: `score` must be a number in [0, 1], got {score!r}")
+    if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+        raise ContractViolation(f"{where}: `box` must be [x1, y1, x2, y2] numbers, got {box!r}")
+    if not all(math.isfinite(v) for v in box):
+        raise ContractViolation(f"{where}: `box` has a non-finite coordinate: {box!r}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 < x1 - TOLERANCE or y2 < y1 - TOLERANCE:
+        raise ContractViolation(f"{where}: `box` {box!r} is not [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
+    if size is not None:
+        w, h = size
+        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
+        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+    if x2 <= x1 or y2 <= y1:
+        return None  # empty (or entirely outside the frame): nothing to score
+    return Detection(label, float(score), (x1, y1, x2, y2))
+
+
+def decode_response(body: bytes, n_images: int, sizes: list[tuple[int, int]] | None = None) -> list[list[Detection]]:
+    """Parse and check one response for `n_images` frames of `sizes` (width, height); raise ContractViolation
+    with what is wrong. Boxes are clipped to the frame; empty boxes are dropped."""
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError) as exc:
+        raise ContractViolation(f"response is not JSON ({exc})") from None
+    if not isinstance(data, list) or not all(isinstance(dets, list) for dets in data):
+        raise ContractViolation("response must be a list with one list of detections per image")
+    if len(data) != n_images:
+        raise ContractViolation(f"response has {len(data)} lists of detections for {n_images} images")
+    out = []
+    for i, dets in enumerate(data):
+        size = sizes[i] if sizes is not None else None
+        found = (_detection(det, f"image {i}, detection {j}", size) for j, det in enumerate(dets))
+        out.append([d for d in found if d is not None])
+    return out

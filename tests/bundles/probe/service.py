@@ -1,0 +1,36 @@
+"""Hostile test bundle: tries to reach the network and the host's files, and reports what it got."""
+
+import os
+import socket
+
+import bentoml
+
+
+def attempt(target: str) -> str:
+    kind, _, arg = target.partition(":")
+    try:
+        if kind == "tcp":
+            host, port = arg.rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=2).close()
+        elif kind == "read":
+            with open(arg, "rb") as fh:
+                fh.read(16)
+        elif kind == "list":
+            os.listdir(arg)
+        elif kind == "write":
+            with open(arg, "w") as fh:
+                fh.write("x")
+        elif kind == "dns":
+            socket.getaddrinfo(arg, 80)
+        return "allowed"
+    except Exception as exc:  # noqa: BLE001 - the point is to report any refusal
+        return f"denied: {type(exc).__name__}"
+
+
+@bentoml.service
+class Probe:
+    @bentoml.api
+    def probe(self, targets: list[str]) -> dict:
+        status = open("/proc/self/status").read()
+        caps = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff"))
+        return {"uid": os.getuid(), "cap_eff": caps, "results": {t: attempt(t) for t in targets}}

@@ -1,0 +1,95 @@
+"""Shared fixtures. Integration tests use the real thing (bentoml build, Ray, MLflow SQLite, bubblewrap)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pilots.workspace import PROJECT_ROOT, Workspace
+
+BUNDLES = Path(__file__).parent / "bundles"
+EXAMPLES = PROJECT_ROOT / "examples"
+
+
+def make_workspace(root: Path) -> Workspace:
+    """A private workspace: its own submissions, BentoML home and MLflow SQLite store; the real data."""
+    return Workspace(home=root / "home", data_dir=PROJECT_ROOT / "data", bentoml_home=root / "bentoml",
+                     tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "artifacts")
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return make_workspace(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def build_ws(tmp_path_factory) -> Workspace:
+    return make_workspace(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def built(build_ws):
+    """`built("probe")` -> path of a real `.bento` made by `bentoml build` + `bentoml export` (cached)."""
+    from pilots.demo import build_bundle
+
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            src = BUNDLES / name if (BUNDLES / name).is_dir() else EXAMPLES / name
+            cache[name] = build_bundle(src, build_ws)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bike_spec():
+    from pilots.catalogue import get_pilot
+
+    return get_pilot("bike-demand")
+
+
+@pytest.fixture
+def fake_bento(tmp_path: Path):
+    """A minimal `.bento` archive declaring the given routes (enough for static checks; nothing runs)."""
+    import io
+    import tarfile
+
+    import yaml
+
+    def make(routes: list[dict], name: str = "fake", version: str = "v1") -> Path:
+        manifest = yaml.safe_dump({"name": name, "version": version, "schema": {"routes": routes}}).encode()
+        path = tmp_path / f"{name}-{version}.bento"
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo("./bento.yaml")
+            info.size = len(manifest)
+            tar.addfile(info, io.BytesIO(manifest))
+        return path
+
+    return make
+
+
+FORECAST_ROUTE = {"name": "forecast", "input": {"properties": {"history": {"type": "tensor"},
+                                                               "future": {"type": "tensor"}},
+                                                "required": ["history", "future"]}}
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def json_body(phase_body: bytes) -> dict:
+    return json.loads(phase_body)
+
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

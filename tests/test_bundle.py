@@ -1,0 +1,82 @@
+"""Untrusted archives: unsafe members are refused before anything is extracted or run."""
+
+import io
+import tarfile
+
+import pytest
+
+from pilots.errors import BundleError, ContractError
+from sandbox.bundle import Limits, inspect_bundle
+from serving import get_contract
+from tests.conftest import FORECAST_ROUTE
+
+
+def archive(tmp_path, members, name="evil.bento"):
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def file_member(name, data=b"name: x\nversion: y\n"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def link_member(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+@pytest.mark.parametrize("member, words", [
+    (file_member("../../etc/cron.d/evil"), "outside the archive"),
+    (file_member("/etc/passwd"), "outside the archive"),
+    (link_member("src/data", "/work/data"), "link"),
+    (link_member("src/model.pt", "../../x", tarfile.LNKTYPE), "link"),
+])
+def test_unsafe_members_are_refused(tmp_path, member, words):
+    path = archive(tmp_path, [file_member("./bento.yaml"), member])
+    with pytest.raises(BundleError, match=words) as info:
+        inspect_bundle(path)
+    assert str(path) in str(info.value) and "bentoml export" in str(info.value)
+
+
+def test_size_limits(tmp_path):
+    path = archive(tmp_path, [file_member("./bento.yaml"), file_member("big", b"x" * 5000)])
+    with pytest.raises(BundleError, match="limit"):
+        inspect_bundle(path, Limits(max_archive_bytes=100))
+    with pytest.raises(BundleError, match="limits"):
+        inspect_bundle(path, Limits(max_unpacked_bytes=1000))
+
+
+def test_not_a_bento(tmp_path):
+    junk = tmp_path / "junk.bento"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(BundleError, match="not a readable"):
+        inspect_bundle(junk)
+    with pytest.raises(BundleError, match="no bento.yaml"):
+        inspect_bundle(archive(tmp_path, [file_member("readme.txt")]))
+    with pytest.raises(BundleError, match="no such file"):
+        inspect_bundle(tmp_path / "missing.bento")
+
+
+def test_manifest_tag_and_hash(fake_bento):
+    info = inspect_bundle(fake_bento([FORECAST_ROUTE]))
+    assert info.tag == "fake:v1" and len(info.sha256) == 64 and info.routes[0]["name"] == "forecast"
+
+
+@pytest.mark.parametrize("route, words", [
+    ({**FORECAST_ROUTE, "name": "predict"}, "no `forecast` API"),
+    ({"name": "forecast", "input": {"properties": {"history": {"type": "tensor"}}}}, "lacks the input `future`"),
+    ({"name": "forecast", "input": {"properties": {"history": {"type": "string"}, "future": {"type": "tensor"}}}},
+     "declared as 'string'"),
+    ({**FORECAST_ROUTE, "input": {**FORECAST_ROUTE["input"], "required": ["history", "future", "api_key"]}},
+     "api_key"),
+])
+def test_contract_mismatch_is_refused(fake_bento, route, words):
+    path = fake_bento([route])
+    with pytest.raises(ContractError, match=words):
+        get_contract("forecasting").check_routes(inspect_bundle(path).routes, where=str(path))

@@ -1,0 +1,64 @@
+"""The command line: user mistakes give one clear message and a non-zero exit, never a traceback."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pilots.cli import app
+from tests.conftest import FORECAST_ROUTE
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_pilots_list_and_show():
+    result = runner.invoke(app, ["pilots", "list", "--json"])
+    assert result.exit_code == 0 and "bike-demand" in [p["id"] for p in json.loads(result.stdout)]
+    result = runner.invoke(app, ["pilots", "show", "bike-demand", "--json"])
+    assert json.loads(result.stdout)["contract"]["api"] == "forecast"
+
+
+def test_every_verb_has_help():
+    for verb in (["pilots", "list"], ["pilots", "show"], ["pilots", "data"], ["submit"], ["check"], ["evaluate"],
+                 ["scorecard"], ["leaderboard"], ["demo"]):
+        result = runner.invoke(app, [*verb, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pilots", "show", "nope"], "no pilot 'nope'"),
+    (["evaluate", "bike-demand-000"], "no submission"),
+    (["scorecard", "bike-demand-000"], "no submission"),
+    (["submit", "bike-demand", "missing.bento", "--vendor", "missing.yaml"], "missing.yaml: file not found"),
+])
+def test_user_errors_are_clean(args, words):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and words in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_submit_validates_stores_and_recognises_the_same_bytes(tmp_path, fake_bento):
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump({"name": "Acme", "headquarters_district": "Mapo-gu", "seoul_based": True,
+                                      "startup": False, "technology_field": "time_series",
+                                      "model_description": "x", "licence": "MIT"}))
+    bundle = fake_bento([FORECAST_ROUTE])
+    first = runner.invoke(app, ["submit", "bike-demand", str(bundle), "--vendor", str(vendor), "--json"])
+    assert first.exit_code == 0, first.output
+    sub = json.loads(first.stdout)
+    assert sub["new"] and sub["id"].startswith("bike-demand-") and sub["apis"] == ["forecast"]
+    again = runner.invoke(app, ["submit", "bike-demand", str(bundle), "--vendor", str(vendor)])
+    assert again.exit_code == 0 and again.stdout.strip() == sub["id"] and "already submitted" in again.stderr
+
+    wrong = fake_bento([{**FORECAST_ROUTE, "name": "predict"}], name="wrong")
+    result = runner.invoke(app, ["submit", "bike-demand", str(wrong), "--vendor", str(vendor)])
+    assert result.exit_code == 2 and str(wrong) in result.stderr and "no `forecast` API" in result.stderr
+    home = tmp_path / "home" / "submissions"
+    assert sorted(p.name for p in home.iterdir()) == [sub["id"]]  # nothing half-written for the rejected one

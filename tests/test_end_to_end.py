@@ -1,0 +1,83 @@
+"""A real bundle through submission, a real local Ray, the real sandbox and a real MLflow store. Slow."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from evaluation.evaluate import evaluate_bundle
+from evaluation.leaderboard import leaderboard_rows
+from evaluation.tracking import registered_model_name
+from pilots.errors import ContractError
+from pilots.submissions import SubmissionStore
+from pilots.workspace import PROJECT_ROOT
+from sandbox.executor import RayExecutor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    executor = RayExecutor()
+    yield executor
+    executor.shutdown()
+
+
+def independent_seasonal_naive_mase() -> float:
+    """MASE of 'same hour yesterday' on the test split, computed from the raw CSV without the testbed's code."""
+    raw = pd.read_csv(PROJECT_ROOT / "data/seoul-bike/SeoulBikeData.csv", encoding="latin-1")
+    demand = raw["Rented Bike Count"].to_numpy(float)
+    start = pd.Timestamp("2018-10-01") - pd.Timestamp("2017-12-01")
+    first, last = int(start.total_seconds() // 3600), len(demand) - 24
+    errors = []
+    for t in range(first, last + 1, 6):
+        history = demand[t - 168:t]
+        scale = max(np.mean(np.abs(history[24:] - history[:-24])), 1.0)
+        errors.append(np.abs(demand[t:t + 24] - demand[t - 24:t]) / scale)
+    return float(np.mean(errors))
+
+
+def test_baseline_bundle_end_to_end(built, ws, bike_spec, ray_executor):
+    store = SubmissionStore(ws)
+    vendor = PROJECT_ROOT / "examples/bike_seasonal_naive/vendor.yaml"
+    sub, new = store.submit(bike_spec, built("bike_seasonal_naive"), vendor)
+    assert new
+    ev = evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=ray_executor, ws=ws,
+                         out_dir=store.report_dir(sub.id), submission=sub.id)
+    card = ev.card
+    assert card.verdict == "completed" and card.isolated
+    assert card.metrics["clean"]["mase"] == pytest.approx(independent_seasonal_naive_mase(), rel=1e-9)
+    assert card.retention["missing_hours"] < 1
+    assert card.performance["error_rate"] == 0 and card.performance["latency_ms"]["p50"] > 0
+    assert card.performance["throughput_items_per_s"] > 0 and card.performance["peak_rss_mb"] > 50
+
+    client = MlflowClient(ws.tracking_uri)
+    run = client.get_run(card.mlflow_run_id)
+    assert run.data.params["bundle_sha256"] == sub.bundle_sha256
+    assert run.data.metrics["clean/mase"] == pytest.approx(card.metrics["clean"]["mase"])
+    version = client.search_model_versions(f"name='{registered_model_name('bike-demand')}'")[0]
+    assert version.tags["testbed.submission"] == sub.id and version.tags["testbed.verdict"] == "completed"
+    bento = client.list_artifacts(run.info.run_id, "bento")
+    assert bento and bento[0].file_size == sub.bundle_size
+    rows = leaderboard_rows(bike_spec, ws)
+    assert [r["submission"] for r in rows] == [sub.id]
+
+
+def test_contract_violation_at_runtime(built, ws, bike_spec, ray_executor):
+    ev = evaluate_bundle(bike_spec, built("bad_output"), _vendor(), ws=ws,
+                         executor=ray_executor, out_dir=ws.home / "bad", submission="bad", split="sample",
+                         official=False)
+    assert ev.card.verdict == "contract_violation" and "shape" in ev.card.verdict_reason and not ev.card.passed
+
+
+def test_wrong_api_is_refused_at_submission(built, ws, bike_spec):
+    with pytest.raises(ContractError, match="no `forecast` API"):
+        SubmissionStore(ws).submit(bike_spec, built("wrong_api"), PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")
+    assert not ws.submissions.exists() or not any(ws.submissions.iterdir())
+
+
+def _vendor():
+    from pilots.vendor import VendorProfile
+    from pilots.yamlio import load_model
+
+    return load_model(PROJECT_ROOT / "examples/bike_mlp/vendor.yaml", VendorProfile)

@@ -1,0 +1,102 @@
+"""The forecasting family: windows, metrics, scenario, response checks and scoring."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.families import FAMILIES
+from evaluation.metrics import METRICS
+from evaluation.scenarios import SCENARIOS
+from pilots.workspace import PROJECT_ROOT
+from serving.contracts import ContractViolation
+from serving.forecasting import CALENDAR_FEATURES, HISTORY_FEATURES, decode_response
+from tests.doubles import FakeSandbox
+
+
+@pytest.fixture(scope="module")
+def fam(bike_spec):
+    return FAMILIES.get("forecasting")(bike_spec, PROJECT_ROOT / "data")
+
+
+@pytest.fixture(scope="module")
+def test_windows(fam):
+    return fam.load("test")
+
+
+def test_test_windows_stay_in_the_sequestered_period(fam, bike_spec, test_windows):
+    split = bike_spec.dataset.splits["test"]
+    first, last = test_windows.origins[0], test_windows.origins[-1] + pd.Timedelta(hours=23)
+    assert first >= pd.Timestamp(split.start) and last <= pd.Timestamp(split.end)
+    assert (test_windows.origins.hour % 6 == 0).all()
+    # the history ends right before the origin: the last history hour is the origin minus one hour
+    series = pd.read_csv(PROJECT_ROOT / "data/seoul-bike/SeoulBikeData.csv", encoding="latin-1")["Rented Bike Count"]
+    origin = int((first - pd.Timestamp("2017-12-01")).total_seconds() // 3600)
+    assert test_windows.history[0, -1, 0] == series[origin - 1] and test_windows.truth[0, 0] == series[origin]
+
+
+def test_public_splits_do_not_overlap_the_test_targets(fam, test_windows):
+    sample = fam.load("sample")
+    assert sample.origins[-1] + pd.Timedelta(hours=23) < test_windows.origins[0]
+
+
+def test_metrics_on_a_hand_example():
+    y, yhat, scale = np.array([10.0, 0.0, 5.0]), np.array([8.0, 0.0, 9.0]), np.array([2.0, 2.0, 2.0])
+    fns = METRICS.where(family="forecasting")
+    assert fns["mae"](y, yhat, scale) == pytest.approx(2.0)
+    assert fns["rmse"](y, yhat, scale) == pytest.approx(np.sqrt((4 + 0 + 16) / 3))
+    assert fns["smape"](y, yhat, scale) == pytest.approx(100 * (4 / 18 + 0 + 8 / 14) / 3)
+    assert fns["mase"](y, yhat, scale) == pytest.approx(1.0)
+
+
+def test_missing_hours_is_seeded_and_spares_the_calendar(test_windows):
+    fn = SCENARIOS.get("missing_hours")
+    h1, f1 = fn(test_windows.history, test_windows.future, 0.2, np.random.default_rng(7))
+    h2, _ = fn(test_windows.history, test_windows.future, 0.2, np.random.default_rng(7))
+    assert np.array_equal(np.isnan(h1), np.isnan(h2))
+    lost = np.isnan(h1[..., 0]).mean()
+    assert 0.15 < lost < 0.25 and not np.isnan(test_windows.history).any()
+    for name in CALENDAR_FEATURES:
+        assert not np.isnan(h1[..., HISTORY_FEATURES.index(name)]).any()
+    assert np.array_equal(f1, test_windows.future)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[[1, 2]]", "shape"), (b'{"x": 1}', "numeric"), (json.dumps([[float("nan")] * 24]).encode(), "NaN"),
+    (json.dumps([[-1.0] * 24]).encode(), "negative"),
+])
+def test_decode_response_rejects_contract_violations(body, words):
+    with pytest.raises(ContractViolation, match=words):
+        decode_response(body, 1, 24)
+
+
+def oracle(truth_by_key):
+    """A handler that answers with the truth (looked up by the window's history)."""
+
+    def handle(route, payload):
+        history = np.asarray(payload["history"], dtype=float)
+        return [truth_by_key[h[:, 0].tobytes()] for h in np.nan_to_num(history)]
+
+    return handle
+
+
+def test_score_perfect_and_failing_services(fam, test_windows):
+    key = {np.nan_to_num(h[:, 0]).tobytes(): t.tolist() for h, t in zip(test_windows.history, test_windows.truth,
+                                                                        strict=True)}
+    result = FakeSandbox(oracle(key)).run(type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"}),
+                                          None)
+    outcome = fam.score(test_windows, result)
+    assert outcome.metrics["clean"]["mae"] == 0 and outcome.coverage == 1 and not outcome.violations
+    assert list(outcome.metrics) == ["clean", "missing_hours"]
+    assert {"hour_band=night", "day_type=weekend", "season=autumn", "holiday=holiday"} <= set(outcome.groups)
+    assert outcome.baseline["name"] == "seasonal_naive" and outcome.baseline["mase"] > 0.5
+
+    def flaky(route, payload):
+        if len(payload["history"]) > 1:
+            raise RuntimeError("boom")
+        return [[1.0] * 23]
+
+    outcome = fam.score(test_windows, FakeSandbox(flaky).run(
+        type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"}), None))
+    assert outcome.coverage == 0 and any("shape" in v for v in outcome.violations)

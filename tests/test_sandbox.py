@@ -1,0 +1,78 @@
+"""The real sandbox (bubblewrap, rlimits) with real bundles made by `bentoml build`. Slow."""
+
+import json
+import socket
+import threading
+
+import pytest
+
+from pilots.workspace import PROJECT_ROOT
+from sandbox.isolation import SandboxLimits, check_isolation
+from sandbox.runner import Phase, SandboxJob, run_job
+
+pytestmark = pytest.mark.slow
+
+LIMITS = SandboxLimits(memory_mb=3072, max_processes=64, cpu_seconds=300, threads=1)
+
+
+def job(bundle, route, payloads, **kw):
+    kw.setdefault("limits", LIMITS)
+    kw.setdefault("wall_time_s", 120)
+    kw.setdefault("startup_timeout_s", 60)
+    return SandboxJob(bundle=bundle.read_bytes(), route=route, phases=[
+        Phase("p", [json.dumps(p).encode() for p in payloads], [1] * len(payloads))], **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolation_available():
+    check_isolation()
+
+
+@pytest.fixture
+def host_server():
+    """A TCP server on the host's loopback: the sandbox must not reach it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: server.accept(), daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
+    data_file = PROJECT_ROOT / "data" / "seoul-bike" / "SeoulBikeData.csv"
+    targets = [f"tcp:127.0.0.1:{host_server}", "tcp:1.1.1.1:53", "dns:pypi.org", f"read:{data_file}",
+               f"list:{PROJECT_ROOT / 'data'}", f"read:{PROJECT_ROOT / 'mlflow' / 'README.md'}", "read:/etc/shadow",
+               "write:/usr/lib/evil", "write:/bento/evil", "write:/tmp/scratch-is-fine"]
+    result = run_job(job(built("probe"), "/probe", [{"targets": targets}],
+                         forbidden=[str(PROJECT_ROOT / "data"), str(PROJECT_ROOT / "mlflow")]))
+    answer = json.loads(result.phases["p"].bodies[0])
+    assert answer["uid"] == 65534 and int(answer["cap_eff"], 16) == 0
+    outcome = answer["results"]
+    assert outcome.pop("write:/tmp/scratch-is-fine") == "allowed"
+    assert all(v.startswith("denied") for v in outcome.values()), outcome
+    assert result.verdict == "sandbox_violation" and "network" in result.reason
+    assert result.isolated
+
+
+def test_contract_route_missing_gives_http_errors_not_a_crash(built):
+    result = run_job(job(built("probe"), "/forecast", [{"history": [], "future": []}]))
+    assert result.verdict == "completed" and result.phases["p"].statuses == [404]
+
+
+def test_memory_limit_ends_as_resource_limit(built):
+    result = run_job(job(built("hog"), "/hog", [{"kind": "memory"}]))
+    assert result.verdict == "resource_limit" and "MemoryError" in result.reason
+
+
+def test_process_limit_ends_as_resource_limit(built):
+    result = run_job(job(built("hog"), "/hog", [{"kind": "processes"}]))
+    assert result.verdict == "resource_limit"
+
+
+def test_crash_on_start(built):
+    result = run_job(job(built("crash_on_start"), "/forecast", []))
+    assert result.verdict == "crashed" and "corrupt" in result.log
+
+
+def test_slow_start_times_out(built):
+    result = run_job(job(built("slow_start"), "/forecast", [{"history": [], "future": []}], startup_timeout_s=8))
+    assert result.verdict == "timeout" and "not ready within 8" in result.reason and result.phases == {}

@@ -1,0 +1,107 @@
+"""From evidence to criteria, gates and the total; the whole evaluation against the test doubles."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from evaluation.evaluate import evaluate_bundle
+from evaluation.tracking import experiment_name, registered_model_name
+from pilots.vendor import VendorProfile
+from sandbox.runner import classify
+from tests.conftest import FORECAST_ROUTE
+from tests.doubles import FakeSandbox
+
+VENDOR = VendorProfile(name="Acme", headquarters_district="Gangnam-gu", seoul_based=True, startup=True,
+                       technology_field="computer_vision", model_description="x", licence="MIT")
+
+
+def last_day(route, payload):
+    """Seasonal naive, in the test double: the same hour a day earlier (NaN -> 0)."""
+    history = np.nan_to_num(np.asarray(payload["history"], dtype=float))
+    return history[:, -24:, 0].tolist()
+
+
+@pytest.fixture
+def evaluated(ws, bike_spec, fake_bento):
+    bundle = fake_bento([FORECAST_ROUTE])
+    return evaluate_bundle(bike_spec, bundle, VENDOR, executor=FakeSandbox(last_day), ws=ws, out_dir=ws.home / "out",
+                           submission="bike-demand-fake", official=True)
+
+
+def test_scorecard_json_has_the_documented_keys(evaluated):
+    card = json.loads(evaluated.files["scorecard.json"].read_text())
+    for key in ("pilot", "submission", "bundle_sha256", "dataset_sha256", "harness_version", "verdict", "metrics",
+                "groups", "performance", "criteria", "gates", "total_score", "mlflow_run_id"):
+        assert key in card, key
+    assert list(card["metrics"])[0] == "clean"
+    assert set(card["criteria"]) == {"deep_learning_fit", "viability", "policy_fit", "local_strength_fit"}
+    for crit in card["criteria"].values():
+        assert {"score", "evidence"} <= set(crit)
+    assert card["criteria"]["policy_fit"]["status"] == "pending_evaluator"
+    assert card["criteria"]["policy_fit"]["score"] is None and card["total_is_provisional"]
+    html = evaluated.files["scorecard.html"].read_text()
+    assert "data:image/png;base64," in html and "pending evaluator" in html
+
+
+def test_the_seasonal_naive_has_no_skill_and_fails_the_mase_gate(evaluated):
+    card = evaluated.card
+    assert card.criteria["deep_learning_fit"].score == 0  # equals the harness's own baseline
+    assert card.metrics["clean"]["mase"] == pytest.approx(card.baseline["mase"])
+    gates = {g.name: g.passed for g in card.gates}
+    assert gates["verdict"] and gates["isolation"] and not gates["threshold:mase"] and not card.passed
+    assert card.criteria["local_strength_fit"].score == 100
+    weights = {"deep_learning_fit": 0.25, "viability": 0.35, "local_strength_fit": 0.15}
+    expected = sum(w * card.criteria[k].score for k, w in weights.items()) / sum(weights.values())
+    assert card.total_score == pytest.approx(expected, abs=0.01)
+
+
+def test_mlflow_records_the_evaluation(evaluated, ws):
+    client = MlflowClient(ws.tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name("bike-demand"))
+    run = client.get_run(evaluated.card.mlflow_run_id)
+    assert run.info.experiment_id == exp.experiment_id and run.info.status == "FINISHED"
+    assert run.data.params["bundle_sha256"] == evaluated.card.bundle_sha256
+    assert run.data.params["dataset_sha256"] == evaluated.card.dataset_sha256
+    assert run.data.metrics["clean/mase"] == pytest.approx(evaluated.card.metrics["clean"]["mase"])
+    assert run.data.tags["testbed.verdict"] == "completed"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"scorecard.json", "scorecard.html", "sandbox.log", "plots", "bento"} <= artifacts
+    versions = client.search_model_versions(f"name='{registered_model_name('bike-demand')}'")
+    assert len(versions) == 1 and versions[0].tags["testbed.submission"] == "bike-demand-fake"
+    assert versions[0].run_id == run.info.run_id
+
+
+def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake_bento):
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
+                         executor=FakeSandbox(lambda r, p: [[1.0] * 5 for _ in p["history"]]), ws=ws,
+                         out_dir=ws.home / "o", submission="x", split="sample", official=False)
+    assert ev.card.verdict == "contract_violation" and "shape" in ev.card.verdict_reason and not ev.card.passed
+    assert ev.card.mlflow_run_id is None and ev.card.criteria["viability"].score == 0
+
+
+def test_unsafe_runs_fail_the_isolation_gate(ws, bike_spec, fake_bento):
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
+                         executor=FakeSandbox(last_day, isolated=False), ws=ws, out_dir=ws.home / "o",
+                         submission="x", split="sample", official=False, isolated=False)
+    assert not next(g for g in ev.card.gates if g.name == "isolation").passed and not ev.card.isolated
+
+
+@pytest.mark.parametrize("kwargs, verdict", [
+    ({"returncode": None, "log": "", "timed_out": False, "stopped_by_us": True}, "completed"),
+    ({"returncode": None, "log": "x TESTBED-SANDBOX-VIOLATION network", "timed_out": False, "stopped_by_us": True},
+     "sandbox_violation"),
+    ({"returncode": 1, "log": "MemoryError", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
+    ({"returncode": -24, "log": "", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
+    ({"returncode": None, "log": "", "timed_out": True, "stopped_by_us": True}, "timeout"),
+    ({"returncode": 3, "log": "Traceback", "timed_out": False, "stopped_by_us": False}, "crashed"),
+])
+def test_verdicts(kwargs, verdict):
+    assert classify(**kwargs)[0] == verdict
+
+
+def test_no_nan_leaks_into_gate_details(evaluated):
+    assert all("nan" not in g.detail for g in evaluated.card.gates)
+    assert not math.isnan(evaluated.card.total_score)

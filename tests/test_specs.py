@@ -1,0 +1,75 @@
+"""Pilot specs and vendor profiles: invalid input fails with the file, the field path and the fix."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pilots.catalogue import CATALOGUE_DIR, all_pilots, load_pilot
+from pilots.errors import SpecError
+from pilots.vendor import VendorProfile
+from pilots.yamlio import load_model
+
+BIKE = yaml.safe_load((CATALOGUE_DIR / "bike-demand.yaml").read_text())
+
+
+def write(tmp_path: Path, data, name="spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def test_catalogue_specs_are_valid():
+    pilots = all_pilots()
+    assert "bike-demand" in pilots
+    assert pilots["bike-demand"].dataset.splits["test"].public is False
+
+
+@pytest.mark.parametrize("change, field, fix_words", [
+    (lambda s: s["criteria"]["weights"].update(viability=0.9), "criteria.weights", "sum to 1"),
+    (lambda s: s["resources"].update(memory_mb="lots"), "resources.memory_mb", "address-space limit"),
+    (lambda s: s.pop("department"), "department", "owning department"),
+    (lambda s: s["thresholds"][0].update(metric="accuracy"), "thresholds.0.metric", "mase"),
+    (lambda s: s["scenarios"][0].update(name="earthquake"), "scenarios.0.name", "missing_hours"),
+    (lambda s: s.update(groups=["district"]), "groups.0", "hour_band"),
+    (lambda s: s["task"].update(horizon=0), "task.horizon", "greater than or equal"),
+    (lambda s: s.update(family="telepathy"), "family", "forecasting"),
+    (lambda s: s["dataset"]["splits"]["test"].update(public=True), "dataset.splits", "public: false"),
+])
+def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
+    spec = yaml.safe_load(yaml.safe_dump(BIKE))
+    change(spec)
+    path = write(tmp_path, spec)
+    with pytest.raises(SpecError) as info:
+        load_pilot(path)
+    message = str(info.value)
+    assert str(path) in message and f"`{field}" in message and fix_words in message
+
+
+def test_yaml_syntax_error_is_reported_not_raised_raw(tmp_path):
+    path = write(tmp_path, "id: [unclosed\n")
+    with pytest.raises(SpecError, match="YAML"):
+        load_pilot(path)
+
+
+VENDOR = {"name": "Acme", "headquarters_district": "Gangnam-gu", "seoul_based": True, "startup": True,
+          "technology_field": "computer_vision", "model_description": "x", "licence": "MIT"}
+
+
+def test_valid_vendor_profile(tmp_path):
+    profile = load_model(write(tmp_path, VENDOR), VendorProfile)
+    assert profile.seoul_based and profile.technology_field == "computer_vision"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"headquarters_district": "Busan"}, "neither a Seoul district"),
+    ({"seoul_based": False}, "seoul_based is False"),
+    ({"technology_field": "blockchain"}, "technology_field"),
+    ({"licence": ""}, "licence"),
+    ({"surprise": 1}, "surprise"),
+])
+def test_invalid_vendor_profile(tmp_path, change, words):
+    path = write(tmp_path, {**VENDOR, **change}, "vendor.yaml")
+    with pytest.raises(SpecError) as info:
+        load_model(path, VendorProfile)
+    assert str(path) in str(info.value) and words in str(info.value) and "fix:" in str(info.value)
