@@ -22,13 +22,18 @@ from pilots.errors import BundleError
 from pilots.submissions import SubmissionStore
 from pilots.workspace import PROJECT_ROOT, Workspace
 
-__all__ = ["run_demo", "build_bundle", "example_dirs"]
+__all__ = ["run_demo", "build_bundle", "example_dirs", "pilot_of"]
 
 EXAMPLES = PROJECT_ROOT / "examples"
 
 
 def example_dirs() -> list[Path]:
     return sorted(d for d in EXAMPLES.iterdir() if (d / "bentofile.yaml").is_file() and (d / "vendor.yaml").is_file())
+
+
+def pilot_of(example: Path) -> str | None:
+    """The pilot an example bundle is for: the `pilot` label in its bentofile.yaml."""
+    return (yaml.safe_load((example / "bentofile.yaml").read_text()).get("labels") or {}).get("pilot")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -70,7 +75,7 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
     examples = example_dirs()
     by_pilot: dict[str, list[Path]] = {}
     for ex in examples:
-        pilot = (yaml.safe_load((ex / "bentofile.yaml").read_text()).get("labels") or {}).get("pilot")
+        pilot = pilot_of(ex)
         if not only or pilot in only:
             by_pilot.setdefault(pilot, []).append(ex)
     executor = RayExecutor()

@@ -1,0 +1,134 @@
+"""`make bench`: wall time of each example's evaluation, and the harness overhead.
+
+For every example bundle: the official evaluation (sandbox on a local Ray, MLflow) is timed end to end, then
+the same model is loaded in-process (trusted examples only: no sandbox) and given the very same request
+bodies, to compare single-stream latency and batch time. Writes benchmarks/report.md and report.json.
+Usage: python benchmarks/bench.py [--pilot ID ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+
+
+def in_process(bundle: Path, home: Path, route: str, phases, contract) -> dict:
+    """Time the bundle's API called directly in this process on the same bodies (no HTTP, no sandbox)."""
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "bentoml", "import", str(bundle)], env=env, check=True, capture_output=True)
+    os.environ["BENTOML_HOME"] = str(home)
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.bentoml_home.set(str(home))
+    tag = bentoml.bentos.list()[0].tag
+    t0 = time.perf_counter()
+    service = bentoml.load(str(tag))
+    instance = service()
+    load_s = time.perf_counter() - t0
+    api = getattr(instance, route.strip("/"))
+
+    def call(body: bytes) -> float:
+        payload = json.loads(body)
+        kwargs = {k: np.asarray(v) if "tensor" in contract.inputs[k] else v for k, v in payload.items()}
+        start = time.perf_counter()
+        api(**kwargs)
+        return time.perf_counter() - start
+
+    by_name = {p.name: p for p in phases}
+    call(by_name["single_stream"].bodies[0])  # warm-up, as the sandbox's readiness check is
+    single = [call(b) for b in by_name["single_stream"].bodies]
+    offline = sum(call(b) for b in by_name["offline"].bodies)
+    every_phase = sum(call(b) for p in phases for b in p.bodies)
+    return {"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
+            "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,
+            "offline_items_per_s": sum(by_name["offline"].items) / offline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pilot", action="append")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="testbed-bench-"))
+    os.environ.update(TESTBED_HOME=str(root / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+                      BENTOML_HOME=str(root / "bentoml"))
+    from evaluation.evaluate import evaluate_bundle
+    from evaluation.families import FAMILIES
+    from pilots.catalogue import get_pilot
+    from pilots.demo import build_bundle, example_dirs, pilot_of
+    from pilots.submissions import SubmissionStore
+    from pilots.workspace import Workspace
+    from sandbox.executor import RayExecutor
+
+    ws = Workspace.from_env()
+    store = SubmissionStore(ws)
+    executor = RayExecutor()
+    t0 = time.perf_counter()
+    executor.connect()
+    ray_init_s = time.perf_counter() - t0
+    rows = []
+    try:
+        for folder in example_dirs():
+            pilot = pilot_of(folder)
+            if args.pilot and pilot not in args.pilot:
+                continue
+            spec = get_pilot(pilot)
+            fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
+            public = ws.home / "public" / pilot
+            public.mkdir(parents=True, exist_ok=True)
+            if (folder / "train.py").is_file() and not (public / "train.npz").exists():
+                fam.export(fam.load("train"), public)
+            bundle = build_bundle(folder, ws, public)
+            sub, _ = store.submit(spec, bundle, folder / "vendor.yaml")
+            t0 = time.perf_counter()
+            ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
+                                 out_dir=store.report_dir(sub.id), submission=sub.id)
+            wall = time.perf_counter() - t0
+            card = ev.card
+            phases = fam.phases(fam.load("test"))
+            local = in_process(bundle, root / f"inproc-{folder.name}", fam.contract.route, phases, fam.contract)
+            perf = card.performance
+            rows.append({
+                "pilot": pilot, "example": folder.name, "verdict": card.verdict, fam.primary_metric:
+                card.metrics["clean"].get(fam.primary_metric), "evaluation_wall_s": wall,
+                "sandbox_startup_s": perf["startup_s"], "peak_rss_mb": perf["peak_rss_mb"],
+                "sandbox_single_p50_ms": perf["latency_ms"]["p50"], "sandbox_single_p90_ms": perf["latency_ms"]["p90"],
+                "sandbox_offline_items_per_s": perf["throughput_items_per_s"],
+                "inprocess_single_p50_ms": local["single_p50_ms"], "inprocess_single_p90_ms": local["single_p90_ms"],
+                "inprocess_offline_items_per_s": local["offline_items_per_s"], "inprocess_load_s": local["load_s"],
+                "overhead_ratio_single_p50": perf["latency_ms"]["p50"] / local["single_p50_ms"],
+                "overhead_ratio_offline": local["offline_items_per_s"] / max(1e-9, perf["throughput_items_per_s"]),
+                "inprocess_total_s": local["total_s"], "overhead_ratio_evaluation": wall / local["total_s"],
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        executor.shutdown()
+    report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
+              "ray_init_s": ray_init_s, "rows": rows}
+    (HERE / "report.json").write_text(json.dumps(report, indent=2))
+    lines = ["# Benchmark report", "", f"Machine: {report['machine']}. Local Ray start: {ray_init_s:.1f} s.", "",
+             "Sandbox numbers are measured through the whole harness (Ray task → bubblewrap → BentoML over a Unix "
+             "socket); in-process numbers call the same model's API directly on the same request bodies.",
+             "`overhead_ratio_evaluation` = official evaluation wall time (bundle import, sandbox start, every "
+             "phase, scoring, report, MLflow) / in-process load + every phase.", ""]
+    keys = list(rows[0]) if rows else []
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    (HERE / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {HERE / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
