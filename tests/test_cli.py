@@ -62,3 +62,29 @@ def test_submit_validates_stores_and_recognises_the_same_bytes(tmp_path, fake_be
     assert result.exit_code == 2 and str(wrong) in result.stderr and "no `forecast` API" in result.stderr
     home = tmp_path / "home" / "submissions"
     assert sorted(p.name for p in home.iterdir()) == [sub["id"]]  # nothing half-written for the rejected one
+
+
+def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
+    out = tmp_path / "public"
+    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["sample.npz", "train.npz"]
+    import numpy as np
+
+    origins = np.load(out / "sample.npz")["origins"]
+    assert origins.max() < "2018-10-01"
+
+
+def test_refuses_to_run_without_isolation(monkeypatch, tmp_path, fake_bento):
+    import shutil
+
+    from sandbox import isolation
+
+    isolation.check_isolation.cache_clear()
+    real_which = shutil.which
+    monkeypatch.setattr(isolation.shutil, "which", lambda tool: None if tool == "bwrap" else real_which(tool))
+    try:
+        result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE]))])
+    finally:
+        isolation.check_isolation.cache_clear()
+    assert result.exit_code == 2 and "bwrap" in result.stderr and "--unsafe-no-sandbox" in result.stderr

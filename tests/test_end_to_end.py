@@ -81,3 +81,31 @@ def _vendor():
     from pilots.yamlio import load_model
 
     return load_model(PROJECT_ROOT / "examples/bike_mlp/vendor.yaml", VendorProfile)
+
+
+def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pilots.cli import app
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runner, bundle = CliRunner(), str(built("bike_seasonal_naive"))
+    check = runner.invoke(app, ["check", "bike-demand", bundle, "--json"])
+    assert check.exit_code == 0, check.output
+    card = json.loads(check.stdout)
+    assert card["split"] == "sample" and not card["official"] and card["mlflow_run_id"] is None
+
+    vendor = str(PROJECT_ROOT / "examples/bike_seasonal_naive/vendor.yaml")
+    sub_id = runner.invoke(app, ["submit", "bike-demand", bundle, "--vendor", vendor]).stdout.strip()
+    evaluated = runner.invoke(app, ["evaluate", sub_id, "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    card = json.loads(evaluated.stdout)
+    assert card["submission"] == sub_id and card["split"] == "test" and card["mlflow_run_id"]
+    html = tmp_path / "card.html"
+    assert runner.invoke(app, ["scorecard", sub_id, "--html", str(html)]).exit_code == 0
+    assert sub_id in html.read_text()
+    board = json.loads(runner.invoke(app, ["leaderboard", "bike-demand", "--json"]).stdout)
+    assert board[0]["submission"] == sub_id and board[0]["mase"] == pytest.approx(card["metrics"]["clean"]["mase"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,9 +146,9 @@ class ObjectDetection(TaskFamily):
         return Frames([im["file_name"] for im in images], ids, jpeg, [(im["width"], im["height"]) for im in images],
                       gt, cat_ids, counts, groups, split)
 
-    def perturb(self, data: Frames, i: int, sc: ScenarioSpec) -> bytes:
-        """Frame `i` under scenario `sc` as an image file (each frame has its own seeded generator)."""
-        out = SCENARIOS.get(sc.name)(_decode(data.jpeg[i]), sc.severity, np.random.default_rng([sc.seed, i]))
+    def perturb(self, image: np.ndarray, i: int, sc: ScenarioSpec) -> bytes:
+        """Frame `i` (decoded) under scenario `sc`, as an image file; each frame has its own seeded generator."""
+        out = SCENARIOS.get(sc.name)(image, sc.severity, np.random.default_rng([sc.seed, i]))
         return out if isinstance(out, bytes) else _png(out)
 
     def _phase(self, name: str, frames: list[bytes], size: int) -> Phase:
@@ -154,10 +156,12 @@ class ObjectDetection(TaskFamily):
         return Phase(name, [encode_request(frames[s]) for s in cuts], [s.stop - s.start for s in cuts])
 
     def phases(self, data: Frames) -> list[Phase]:
-        o, n = self.options, len(data.jpeg)
+        o, frames = self.options, [_decode(raw) for raw in data.jpeg]
         phases = [self._phase("clean", data.jpeg, o.batch_size)]
-        phases += [self._phase(sc.name, [self.perturb(data, i, sc) for i in range(n)], o.batch_size)
-                   for sc in self.spec.scenarios]
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow and numpy release the GIL
+            for sc in self.spec.scenarios:
+                files = list(pool.map(self.perturb, frames, range(len(frames)), [sc] * len(frames)))
+                phases.append(self._phase(sc.name, files, o.batch_size))
         return [*phases, self._phase("single_stream", data.jpeg, 1),
                 self._phase("offline", data.jpeg, o.offline_batch_size)]
 
@@ -276,7 +280,7 @@ class ObjectDetection(TaskFamily):
                                      squeeze=False)
             for r, i in enumerate(rows):
                 for c, name in enumerate(cols):
-                    raw = data.jpeg[i] if name == "clean" else self.perturb(data, i, scenarios[name])
+                    raw = data.jpeg[i] if name == "clean" else self.perturb(_decode(data.jpeg[i]), i, scenarios[name])
                     self._draw(axes[r, c], _decode(raw), data, i, kept[name][i], name)
             fig.legend(handles=[Line2D([], [], color=TRUE_COLOUR, ls="--", label="ground truth (dotted: crowd)"),
                                 Line2D([], [], color=PRED_COLOUR, label="detected, score ≥ "

@@ -170,7 +170,7 @@ class Forecasting(TaskFamily):
     def export(self, data: Windows, out_dir) -> list:
         path = out_dir / f"{data.split}.npz"
         np.savez_compressed(path, history=data.history, future=data.future, target=data.truth,
-                            origins=data.origins.astype("datetime64[s]").astype(str))
+                            origins=np.asarray(data.origins.strftime("%Y-%m-%dT%H:%M"), dtype="U16"))
         return [path]
 
     def plots(self, data: Windows, outcome: Outcome) -> dict:
