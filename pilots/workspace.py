@@ -37,24 +37,27 @@ class Workspace:
     tracking_uri: str
     """MLflow tracking URI."""
     artifact_root: Path | None
-    """Artifact folder for new experiments when the tracking store is the default local SQLite."""
+    """Artifact folder for new experiments with a local store (beside the database); None for a server."""
 
     @classmethod
     def from_env(cls) -> Workspace:
         home = Path(os.environ.get("TESTBED_HOME", PROJECT_ROOT / "var")).resolve()
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        artifact_root = None
-        if not uri:
-            store = PROJECT_ROOT / "mlflow"
-            uri, artifact_root = f"sqlite:///{store / 'mlflow.db'}", store / "artifacts"
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
         return cls(
             home=home,
             data_dir=Path(os.environ.get("TESTBED_DATA_DIR", PROJECT_ROOT / "data")).resolve(),
             bentoml_home=Path(os.environ.get("BENTOML_HOME", home / "bentoml")).resolve(),
             tracking_uri=uri,
-            artifact_root=artifact_root,
+            artifact_root=_local_artifact_root(uri),
         )
 
     @property
     def submissions(self) -> Path:
         return self.home / "submissions"
+
+
+def _local_artifact_root(uri: str) -> Path | None:
+    """A local SQLite store keeps its artifacts beside the database (not in `./mlruns` of the current folder)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
+    return None  # a tracking server or file store decides where artifacts go
