@@ -26,7 +26,7 @@ setup: $(STAMP) ## install what is missing: bubblewrap (apt-get), the venv and t
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==0.13.9
-	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e '.[dev]'
 	@touch $@
 
 demo: setup ## build, submit and evaluate the example bundles end to end (local Ray, MLflow under mlflow/)
