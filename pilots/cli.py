@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pilots.catalogue import all_pilots, get_pilot
@@ -78,7 +79,7 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
                                         "summary": contract.summary}})
     out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
     out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
-    out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{contract.summary}\n")
+    out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{escape(contract.summary)}\n")
     out.print("[bold]Thresholds[/]: " + ", ".join(
         f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
         for t in spec.thresholds))

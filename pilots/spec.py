@@ -42,7 +42,10 @@ class DatasetSpec(_Spec):
     path: str
     """Main data file, relative to the testbed's data directory (`TESTBED_DATA_DIR`, default `data/`)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    """sha256 of the main data file; evaluation refuses to run on different bytes."""
+    """sha256 of the main data file, or of the `manifest` when one is given; evaluation refuses other bytes."""
+    manifest: str | None = None
+    """For datasets of many files: a `sha256sum`-format file (relative to the data directory) listing every
+    file with its hash; each listed file is verified before an evaluation."""
     licence: str
     """The data's licence (see the SOURCE.md beside the data)."""
     splits: dict[str, Split]

@@ -54,7 +54,10 @@ def _parents(path: Path) -> list[Path]:
 def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
                     env: dict[str, str] | None = None) -> list[str]:
     """The full command line that runs `argv` inside the sandbox."""
-    cmd = ["prlimit", f"--as={limits.memory_mb << 20}", f"--nproc={limits.max_processes}", "--nofile=4096",
+    # The address-space limit is exact on CPU; CUDA reserves huge PROT_NONE ranges, so with a GPU the limit
+    # applies to writable memory (RLIMIT_DATA) instead.
+    memory = f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"
+    cmd = ["prlimit", memory, f"--nproc={limits.max_processes}", "--nofile=4096",
            f"--cpu={limits.cpu_seconds}", "--core=0", "--",
            "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
            "--unshare-uts", "--unshare-cgroup-try", *_user_namespace(), "--hostname", "sandbox",

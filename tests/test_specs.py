@@ -73,3 +73,31 @@ def test_invalid_vendor_profile(tmp_path, change, words):
     with pytest.raises(SpecError) as info:
         load_model(path, VendorProfile)
     assert str(path) in str(info.value) and words in str(info.value) and "fix:" in str(info.value)
+
+
+def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
+    import shutil
+
+    from evaluation.families import FAMILIES
+    from pilots.catalogue import get_pilot
+    from pilots.workspace import PROJECT_ROOT
+
+    spec = get_pilot("cctv-road-users")
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    fam = FAMILIES.get(spec.family)(spec, data)
+    assert fam.dataset_sha256() == spec.dataset.sha256
+    image = sorted((data / "coco-street" / "images").iterdir())[3]
+    image.write_bytes(image.read_bytes()[:-1] + b"\x00")  # one byte of one image
+    with pytest.raises(SpecError, match=f"{image.name} is missing or differs"):
+        fam.dataset_sha256()
+
+
+def test_gpu_runs_limit_writable_memory_not_address_space():
+    from sandbox.isolation import SandboxLimits, SandboxPaths, sandbox_command
+
+    limits = SandboxLimits(memory_mb=1024, max_processes=8, cpu_seconds=10, threads=1)
+    paths = SandboxPaths(Path("/tmp"), Path("/tmp"))
+    assert f"--as={1 << 30}" in sandbox_command(["x"], paths, limits)
+    gpu = sandbox_command(["x"], paths, limits, gpu=True)
+    assert f"--data={1 << 30}" in gpu and not any(a.startswith("--as=") for a in gpu)

@@ -85,15 +85,23 @@ class TaskFamily(ABC):
         return self.data_dir / self.spec.dataset.path
 
     def dataset_sha256(self) -> str:
-        """sha256 of the data file, checked against the spec (evaluation refuses other bytes)."""
-        where = f"pilot {self.spec.id}: dataset.path"
-        if not self.data_path.is_file():
-            raise SpecError(f"data file {self.data_path} not found", where=where,
+        """sha256 pinning the data (the main file, or the manifest of every file), checked against the spec."""
+        ds, where = self.spec.dataset, f"pilot {self.spec.id}: dataset"
+        pinned = self.data_dir / (ds.manifest or ds.path)
+        if not pinned.is_file():
+            raise SpecError(f"data file {pinned} not found", where=where,
                             fix="set TESTBED_DATA_DIR to the folder that holds the pilot's data")
-        digest = sha256_file(self.data_path)
-        if digest != self.spec.dataset.sha256:
-            raise SpecError(f"{self.data_path} has sha256 {digest}, the spec says {self.spec.dataset.sha256}",
-                            where=where, fix="restore the original data file, or update dataset.sha256 on purpose")
+        digest = sha256_file(pinned)
+        if digest != ds.sha256:
+            raise SpecError(f"{pinned} has sha256 {digest}, the spec says {ds.sha256}", where=where,
+                            fix="restore the original data, or update dataset.sha256 on purpose")
+        if ds.manifest:
+            for line in pinned.read_text().splitlines():
+                expected, name = line.split(maxsplit=1)
+                member = pinned.parent / name.lstrip("*")
+                if not member.is_file() or sha256_file(member) != expected:
+                    raise SpecError(f"{member} is missing or differs from {pinned.name}", where=where,
+                                    fix="restore the original data files listed in the manifest")
         return digest
 
     def metric_functions(self) -> dict[str, Any]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,15 +124,20 @@ class ObjectDetection(TaskFamily):
         if unknown:
             raise SpecError(f"classes {unknown} are not categories of {self.data_path.name}",
                             where=f"pilot {self.spec.id}: task.classes", fix=f"use some of: {', '.join(by_name)}")
-        by_file = {im["file_name"]: im for im in coco["images"]}
-        images = [by_file[name] for name in self._members(split)]
+        by_file, members = {im["file_name"]: im for im in coco["images"]}, self._members(split)
+        missing = [name for name in members if name not in by_file]
+        if missing:
+            raise SpecError(f"split {split!r} lists {len(missing)} images that {self.data_path.name} lacks, "
+                            f"e.g. {missing[0]}", where=f"pilot {self.spec.id}: dataset",
+                            fix="use the splits.json that belongs to this annotations file")
+        images = [by_file[name] for name in members]
         return coco, images, [by_name[c] for c in self.options.classes]
 
     def load(self, split: str) -> Frames:
         o = self.options
         coco, images, cat_ids = self._read(split)
         ids = [im["id"] for im in images]
-        anns = [a for a in coco["annotations"] if a["image_id"] in set(ids) and a["category_id"] in cat_ids]
+        anns = [a for a in coco["annotations"] if a["image_id"] in set(ids) and a["category_id"] in set(cat_ids)]
         gt = {"info": coco.get("info", {}), "licenses": coco.get("licenses", []), "images": images,
               "annotations": anns, "categories": [c for c in coco["categories"] if c["id"] in cat_ids]}
         jpeg = [(self.data_path.parent / "images" / im["file_name"]).read_bytes() for im in images]
@@ -158,10 +162,8 @@ class ObjectDetection(TaskFamily):
     def phases(self, data: Frames) -> list[Phase]:
         o, frames = self.options, [_decode(raw) for raw in data.jpeg]
         phases = [self._phase("clean", data.jpeg, o.batch_size)]
-        with ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow and numpy release the GIL
-            for sc in self.spec.scenarios:
-                files = list(pool.map(self.perturb, frames, range(len(frames)), [sc] * len(frames)))
-                phases.append(self._phase(sc.name, files, o.batch_size))
+        for sc in self.spec.scenarios:
+            phases.append(self._phase(sc.name, [self.perturb(f, i, sc) for i, f in enumerate(frames)], o.batch_size))
         return [*phases, self._phase("single_stream", data.jpeg, 1),
                 self._phase("offline", data.jpeg, o.offline_batch_size)]
 
@@ -209,7 +211,8 @@ class ObjectDetection(TaskFamily):
         metrics = {name: {m: fn(ev["all"]) for m, fn in fns.items()} for name, ev in evals.items()}
         clean, classes = evals["clean"]["all"], self.options.classes
         class_aps = {name: [class_ap(ev["all"], k) for k in range(len(classes))] for name, ev in evals.items()}
-        metrics["clean"] |= {f"ap/{c}": ap for c, ap in zip(classes, class_aps["clean"], strict=True) if ap == ap}
+        metrics["clean"] |= {f"ap/{c}": ap for c, ap in zip(classes, class_aps["clean"], strict=True)
+                             if not math.isnan(ap)}  # classes absent from the split have no AP
         metrics["clean"] |= {f"count_mae/{c}": class_count_mae(clean, k) for k, c in enumerate(classes)}
         groups = {}
         for key in self.spec.groups:
@@ -220,13 +223,14 @@ class ObjectDetection(TaskFamily):
                 found = {f"{key}={v}": self._evaluate(data, kept["clean"][0], np.flatnonzero(labels == v))["all"]
                          for v in sorted(set(labels))}
             groups |= {g: {m: fn(ev) for m, fn in fns.items()} for g, ev in found.items() if (ev.precision > -1).any()}
+        baseline = self._baseline(clean)
         return Outcome(
             metrics=metrics, groups=groups, violations=violations,
-            baseline={"name": self.baseline_name, **{m: fn(self._baseline(data, clean)) for m, fn in fns.items()}},
+            baseline={"name": self.baseline_name, **{m: fn(baseline) for m, fn in fns.items()}},
             coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
             extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})
 
-    def _baseline(self, data: Frames, clean: DetectionEval) -> DetectionEval:
+    def _baseline(self, clean: DetectionEval) -> DetectionEval:
         """Non-deep-learning rule: no boxes; every frame's count is the public sample's mean count per class."""
         coco, images, cat_ids = self._read("sample")
         ids = [im["id"] for im in images]

@@ -33,7 +33,7 @@ def night(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.nd
     x = _float(image) * (1 - 0.8 * severity)
     x = x ** (1 + 1.2 * severity)
     x = x * np.array([1 - 0.15 * severity, 1 - 0.05 * severity, 1 + 0.05 * severity], np.float32)
-    x = x + rng.normal(0, 0.05 * severity, x.shape).astype(np.float32)
+    x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.05 * severity)
     return _uint8(x)
 
 
@@ -48,12 +48,13 @@ def rain(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.nda
     x = _float(np.asarray(blurred))
     layer = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(layer)
-    wind = rng.uniform(-0.35, 0.35)
-    for _ in range(int(severity * h * w / 600)):
-        x0, y0 = rng.uniform(0, w), rng.uniform(-20, h)
-        length, angle = rng.uniform(8, 8 + 30 * severity), wind + rng.normal(0, 0.04)
-        draw.line([(x0, y0), (x0 + length * np.sin(angle), y0 + length * np.cos(angle))],
-                  fill=int(rng.uniform(120, 255)), width=int(rng.integers(1, 3)))
+    n = int(severity * h * w / 600)
+    x0, y0 = rng.uniform(0, w, n), rng.uniform(-20, h, n)
+    length, angle = rng.uniform(8, 8 + 30 * severity, n), rng.uniform(-0.35, 0.35) + rng.normal(0, 0.04, n)
+    x1, y1 = x0 + length * np.sin(angle), y0 + length * np.cos(angle)
+    for line, fill, width in zip(np.stack([x0, y0, x1, y1], 1).tolist(), rng.integers(120, 256, n).tolist(),
+                                 rng.integers(1, 3, n).tolist(), strict=True):
+        draw.line(line, fill=fill, width=width)
     streaks = _float(np.asarray(layer.filter(ImageFilter.GaussianBlur(0.6))))[..., None]
     return _uint8(x + streaks * (0.85 - x) * 0.8)
 

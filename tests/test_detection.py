@@ -1,0 +1,345 @@
+"""The detection family: COCO metrics against pycocotools, the contract, image scenarios, scoring, the spec."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation.families import FAMILIES
+from evaluation.scenarios import SCENARIOS
+from pilots.errors import ContractError, SpecError
+from pilots.workspace import PROJECT_ROOT
+from serving.contracts import ContractViolation
+from serving.detection import DETECT, decode_response
+from tests.doubles import FakeSandbox
+
+FRAME = PROJECT_ROOT / "data/coco-street/images/000000000257.jpg"
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from pilots.catalogue import get_pilot
+
+    return get_pilot("cctv-road-users")
+
+
+def family(spec, **changes):
+    return FAMILIES.get("detection")(spec.model_copy(update=changes), PROJECT_ROOT / "data")
+
+
+@pytest.fixture(scope="module")
+def fam(spec):
+    return family(spec, scenarios=[])
+
+
+@pytest.fixture(scope="module")
+def test_frames(fam):
+    return fam.load("test")
+
+
+def names(data) -> dict[int, str]:
+    return {c["id"]: c["name"] for c in data.gt["categories"]}
+
+
+def truth(data) -> list[list[dict]]:
+    """A perfect detector's answer: every non-crowd ground-truth box, score 1."""
+    out, label = {i: [] for i in data.image_ids}, names(data)
+    for a in data.gt["annotations"]:
+        if not a["iscrowd"]:
+            x, y, w, h = a["bbox"]
+            out[a["image_id"]].append({"label": label[a["category_id"]], "score": 1.0, "box": [x, y, x + w, y + h]})
+    return [out[i] for i in data.image_ids]
+
+
+def noisy(data, seed: int = 0) -> list[list[dict]]:
+    """Ground truth jittered, some missed, some mislabelled, plus duplicates, false positives and a non-pilot label."""
+    rng, labels = np.random.default_rng(seed), sorted(names(data).values())
+    out = []
+    for dets, (w, h) in zip(truth(data), data.sizes, strict=True):
+        mine = []
+        for d in dets:
+            if rng.random() < 0.15:
+                continue
+            x1, y1, x2, y2 = d["box"]
+            bw, bh = x2 - x1, y2 - y1
+            for _ in range(1 + (rng.random() < 0.2)):
+                box = [x1 + rng.normal(0, 0.08 * bw), y1 + rng.normal(0, 0.08 * bh),
+                       x2 + rng.normal(0, 0.08 * bw), y2 + rng.normal(0, 0.08 * bh)]
+                label = d["label"] if rng.random() > 0.1 else str(rng.choice(labels))
+                mine.append({"label": label, "score": float(rng.uniform(0.05, 1)), "box": box})
+        for _ in range(int(rng.integers(0, 5))):
+            x, y = rng.uniform(0, w - 20), rng.uniform(0, h - 20)
+            mine.append({"label": str(rng.choice(labels)), "score": float(rng.uniform(0.01, 0.6)),
+                         "box": [x, y, x + rng.uniform(5, w - x), y + rng.uniform(5, h - y)]})
+        for d in mine:
+            x1, y1, x2, y2 = d["box"]
+            d["box"] = [round(min(max(x1, 0), w - 2), 2), round(min(max(y1, 0), h - 2), 2),
+                        round(min(max(x2, x1 + 1.5), w), 2), round(min(max(y2, y1 + 1.5), h), 2)]
+        mine.append({"label": "dog", "score": 0.9, "box": [0, 0, 10, 10]})
+        out.append(mine)
+    return out
+
+
+def oracle(data, answers):
+    """A service answering each frame (by its bytes) with `answers[i]`; unknown frames get no detections."""
+    by_frame = {hashlib.sha256(raw).hexdigest(): dets for raw, dets in zip(data.jpeg, answers, strict=True)}
+
+    def handle(route, payload):
+        return [by_frame.get(hashlib.sha256(base64.b64decode(im)).hexdigest(), []) for im in payload["images"]]
+
+    return handle
+
+
+def run(fam, data, handler):
+    return fam.score(data, FakeSandbox(handler).run(type("J", (), {"phases": fam.phases(data), "route": "/detect"}),
+                                                    None))
+
+
+# -- (a) the family's COCO numbers are pycocotools' numbers ------------------------------------------------------
+
+def test_map_equals_pycocotools(fam, test_frames):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    answers = noisy(test_frames)
+    outcome = run(fam, test_frames, oracle(test_frames, answers))
+    ids = {v: k for k, v in names(test_frames).items()}
+    results = [{"image_id": img, "category_id": ids[d["label"]], "score": d["score"],
+                "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]]}
+               for img, dets in zip(test_frames.image_ids, answers, strict=True) for d in dets if d["label"] in ids]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = json.loads(json.dumps(test_frames.gt))
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.params.catIds = test_frames.cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    clean, groups = outcome.metrics["clean"], outcome.groups
+    assert 0.2 < ev.stats[0] < 0.9  # the fixture is neither trivial nor hopeless
+    assert clean["map"] == pytest.approx(ev.stats[0], abs=1e-6)
+    assert clean["map_50"] == pytest.approx(ev.stats[1], abs=1e-6)
+    assert clean["mar_100"] == pytest.approx(ev.stats[8], abs=1e-6)
+    for k, size in ((3, "small"), (4, "medium"), (5, "large")):
+        assert groups[f"size={size}"]["map"] == pytest.approx(ev.stats[k], abs=1e-6)
+    person = ev.eval["precision"][:, :, test_frames.cat_ids.index(1), 0, -1]
+    assert clean["ap/person"] == pytest.approx(person[person > -1].mean(), abs=1e-6)
+
+
+# -- (b) the contract ---------------------------------------------------------------------------------------------
+
+GOOD = {"label": "car", "score": 0.5, "box": [1, 2, 30, 40]}
+
+
+@pytest.mark.parametrize("response, words", [
+    ([[GOOD]], "1 lists of detections for 2 images"),
+    ({"images": []}, "one list of detections per image"),
+    ([[GOOD], [{**GOOD, "score": 1.2}]], r"image 1, detection 0: `score` must be a number in \[0, 1\]"),
+    ([[{**GOOD, "score": True}], []], "score"),
+    ([[{**GOOD, "box": [30, 2, 1, 40]}], []], "x1 < x2"),
+    ([[{**GOOD, "box": [1, 2, 30]}], []], r"\[x1, y1, x2, y2\]"),
+    ([[{"label": "car", "box": [1, 2, 3, 4]}], []], "lacks score"),
+    ([[{**GOOD, "label": 3}], []], "label"),
+])
+def test_decode_response_rejects_violations(response, words):
+    with pytest.raises(ContractViolation, match=words):
+        decode_response(json.dumps(response).encode(), 2, [(100, 100), (100, 100)])
+
+
+def test_decode_response_rejects_non_finite_and_non_json():
+    with pytest.raises(ContractViolation, match="non-finite"):
+        decode_response(b'[[{"label": "car", "score": 0.5, "box": [0, 0, NaN, 4]}]]', 1)
+    with pytest.raises(ContractViolation, match="not JSON"):
+        decode_response(b"<html>", 1)
+
+
+def test_decode_response_accepts_unknown_labels_and_clips_boxes():
+    inverted_by_rounding = {**GOOD, "box": [5, 5, 4.995, 9]}  # tolerated, but empty
+    body = json.dumps([[{"label": "zebra crossing", "score": 0.0, "box": [-5, 10, 120, 50]},
+                        {**GOOD, "box": [200, 0, 300, 10]}, inverted_by_rounding]]).encode()
+    (dets,) = decode_response(body, 1, [(100, 80)])
+    assert [(d.label, d.box) for d in dets] == [("zebra crossing", (0.0, 10.0, 100.0, 50.0))]  # outside, empty: dropped
+
+
+def test_check_routes_requires_images():
+    good = [{"name": "detect", "input": {"properties": {"images": {"type": "array"}}, "required": ["images"]}}]
+    DETECT.check_routes(good, where="x")
+    with pytest.raises(ContractError, match="lacks the input `images`"):
+        DETECT.check_routes([{"name": "detect", "input": {"properties": {"frames": {"type": "array"}}}}], where="x")
+    with pytest.raises(ContractError, match="declared as 'string'"):
+        DETECT.check_routes([{"name": "detect", "input": {"properties": {"images": {"type": "string"}}}}], where="x")
+
+
+# -- (c) scenarios ------------------------------------------------------------------------------------------------
+
+def as_array(out) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(out)).convert("RGB")) if isinstance(out, bytes) else out
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS.where(family="detection")))
+def test_scenarios_are_seeded_keep_the_frame_and_grow_with_severity(name):
+    image, fn = np.asarray(Image.open(FRAME).convert("RGB")), SCENARIOS.get(name)
+    first, again = fn(image, 0.5, np.random.default_rng(3)), fn(image, 0.5, np.random.default_rng(3))
+    assert np.array_equal(as_array(first), as_array(again))
+    out = as_array(first)
+    assert out.shape == image.shape and out.dtype == np.uint8
+
+    def change(severity: float) -> float:
+        return float(np.abs(as_array(fn(image, severity, np.random.default_rng(3))).astype(float) - image).mean())
+
+    assert change(0.3) > 1.0
+    assert change(0.8) > 1.2 * change(0.3)
+    if not isinstance(first, bytes):
+        assert change(0.0) < 0.01  # severity 0 leaves the frame as it is
+
+
+def test_scenario_phases_send_the_perturbed_frames(spec, fam):
+    data = fam.load("sample")
+    phases = {p.name: p for p in family(spec).phases(data)}
+    assert list(phases) == ["clean", *(s.name for s in spec.scenarios), "single_stream", "offline"]
+    assert phases["single_stream"].items == [1] * 10 and sum(phases["offline"].items) == 10
+    clean = json.loads(phases["clean"].bodies[0])["images"]
+    assert base64.b64decode(clean[0]) == data.jpeg[0]
+    assert all(sum(p.items) == 10 and len(p.bodies) == 3 for name, p in phases.items() if name in ("clean", "fog"))
+    fog = base64.b64decode(json.loads(phases["fog"].bodies[0])["images"][0])
+    jpeg = base64.b64decode(json.loads(phases["jpeg"].bodies[0])["images"][0])
+    assert fog.startswith(b"\x89PNG") and jpeg.startswith(b"\xff\xd8")
+
+
+# -- (d) the spec ---------------------------------------------------------------------------------------------------
+
+def test_spec_loads_and_validates(spec):
+    assert spec.family == "detection" and spec.groups == ["size", "density", "lighting"]
+    assert {s.name for s in spec.scenarios} == set(SCENARIOS.where(family="detection"))
+    assert all(0 < s.severity <= 1 for s in spec.scenarios)
+    fam = FAMILIES.get("detection")
+    assert fam.primary_metric == "map" and fam.baseline_metric == "count_mae"
+    with pytest.raises(SpecError, match="task.batch_size"):
+        fam.validate_spec(spec.model_copy(update={"task": {"batch_size": 0}}), "x")
+    with pytest.raises(SpecError, match="task.colour"):
+        fam.validate_spec(spec.model_copy(update={"task": {"colour": "red"}}), "x")
+    with pytest.raises(SpecError, match="not categories"):
+        family(spec, task={"classes": ["person", "tram"]}).load("sample")
+
+
+# -- (e) scoring ----------------------------------------------------------------------------------------------------
+
+def test_perfect_detector_and_failed_requests(fam, test_frames):
+    outcome = run(fam, test_frames, oracle(test_frames, truth(test_frames)))
+    clean = outcome.metrics["clean"]
+    assert clean["map"] == pytest.approx(1) and clean["map_50"] == pytest.approx(1) and clean["count_mae"] == 0
+    assert outcome.coverage == 1 and not outcome.violations
+    assert {"size=small", "size=large", "density=crowded", "density=sparse", "lighting=dark"} <= set(outcome.groups)
+    assert all(g["map"] == pytest.approx(1) for g in outcome.groups.values())
+
+    first_batch = {hashlib.sha256(raw).hexdigest() for raw in test_frames.jpeg[:4]}
+    perfect = oracle(test_frames, truth(test_frames))
+
+    def flaky(route, payload):  # the first batch of the clean phase fails; its frames count as misses
+        if any(hashlib.sha256(base64.b64decode(im)).hexdigest() in first_batch for im in payload["images"]) and \
+                len(payload["images"]) == 4:
+            raise RuntimeError("boom")
+        return perfect(route, payload)
+
+    outcome = run(fam, test_frames, flaky)
+    missed = test_frames.true_counts["all"][:4]
+    assert outcome.coverage == pytest.approx(25 / 29) and not outcome.violations
+    assert outcome.metrics["clean"]["map"] < 0.97
+    assert outcome.metrics["clean"]["count_mae"] == pytest.approx(missed.sum() / missed.size / 29 * 4)
+
+
+def test_violations_are_reported_per_phase(fam, test_frames):
+    def bad(route, payload):
+        return [[{"label": "car", "score": 2.0, "box": [0, 0, 1, 1]}] for _ in payload["images"]]
+
+    outcome = run(fam, test_frames, bad)
+    assert outcome.violations and all("`score` must be" in v for v in outcome.violations)
+    assert {v.split(":")[0] for v in outcome.violations} == {"clean", "single_stream", "offline"}
+    assert outcome.coverage == 0 and outcome.metrics["clean"]["map"] == 0
+
+
+def test_baseline_is_the_public_sample_mean_count(fam, test_frames):
+    coco = json.loads((PROJECT_ROOT / "data/coco-street/annotations.json").read_text())
+    splits = json.loads((PROJECT_ROOT / "data/coco-street/splits.json").read_text())
+    ids = {im["file_name"]: im["id"] for im in coco["images"]}
+
+    def counts(files):
+        table = np.zeros((len(files), len(test_frames.cat_ids)))
+        rows = {ids[f]: r for r, f in enumerate(files)}
+        for a in coco["annotations"]:
+            if not a["iscrowd"] and a["image_id"] in rows:
+                table[rows[a["image_id"]], test_frames.cat_ids.index(a["category_id"])] += 1
+        return table
+
+    expected = np.abs(counts(splits["test"]) - counts(splits["sample"]).mean(0)).mean()
+    outcome = run(fam, test_frames, oracle(test_frames, noisy(test_frames)))
+    assert outcome.baseline == {"name": "mean_count_from_public_sample", "map": 0.0, "map_50": 0.0,
+                                "mar_100": 0.0, "count_mae": pytest.approx(expected)}
+    assert outcome.metrics["clean"]["count_mae"] < outcome.baseline["count_mae"]
+
+
+def test_plots_and_export(spec, tmp_path):
+    fam = family(spec, scenarios=[s for s in spec.scenarios if s.name in ("fog", "low_resolution")])
+    data = fam.load("sample")
+    outcome = run(fam, data, oracle(data, noisy(data)))
+    assert set(outcome.metrics) == {"clean", "fog", "low_resolution"}
+    assert all(math.isfinite(outcome.metrics[s]["map"]) for s in outcome.metrics)
+    figures = fam.plots(data, outcome)
+    assert set(figures) == {"example_frames", "per_class"}
+    assert len(figures["example_frames"].axes) == 4  # 2 frames x (clean, the harshest scenario)
+    files = fam.export(data, tmp_path)
+    exported = json.loads((tmp_path / "sample" / "annotations.json").read_text())
+    assert len(files) == 11 and len(exported["images"]) == 10
+    assert {c["name"] for c in exported["categories"]} == set(spec.task["classes"])
+    assert (tmp_path / "sample/images" / data.files[0]).read_bytes() == data.jpeg[0]
+
+
+# -- integration ----------------------------------------------------------------------------------------------------
+
+def evaluate(spec, bundle, tmp_path, executor):
+    from evaluation.evaluate import evaluate_bundle
+    from pilots.vendor import VendorProfile
+    from pilots.yamlio import load_model
+    from tests.conftest import make_workspace
+
+    vendor = load_model(PROJECT_ROOT / "examples/cctv_yolox_nano/vendor.yaml", VendorProfile)
+    return evaluate_bundle(spec, bundle, vendor, executor=executor, ws=make_workspace(tmp_path),
+                           out_dir=tmp_path / "card", submission="t", split="sample", official=False)
+
+
+@pytest.mark.slow
+def test_yolox_bundle_on_the_sample(spec, built, tmp_path):
+    from sandbox.executor import InlineExecutor
+
+    ev = evaluate(spec, built("cctv_yolox_nano"), tmp_path, InlineExecutor())
+    card = ev.card
+    assert card.verdict == "completed", card.verdict_reason
+    assert card.metrics["clean"]["map"] > 0.1 and card.metrics["clean"]["map_50"] > card.metrics["clean"]["map"]
+    assert set(card.metrics) == {"clean", *(s.name for s in spec.scenarios)}
+    assert min(card.retention.values()) < 1 and card.performance["error_rate"] == 0
+    assert {"plots/example_frames.png", "plots/per_class.png", "scorecard.html"} <= set(ev.files)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_spec_evaluates_through_ray(spec, built, tmp_path):
+    from sandbox.executor import RayExecutor
+
+    gpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 1})})
+    executor = RayExecutor()
+    try:
+        card = evaluate(gpu, built("cctv_yolov8n"), tmp_path, executor).card
+    finally:
+        executor.shutdown()
+    assert card.verdict == "completed", card.verdict_reason
+    assert card.metrics["clean"]["map"] > 0.1
