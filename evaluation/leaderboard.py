@@ -41,7 +41,8 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="total is provisional until "
                   "evaluators score policy fit; rejected = failed a hard gate")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "local", "total"):
-        table.add_column(col, justify="right" if col in (primary, "DL fit", "viability", "local", "total") else "left")
+        numeric = col in (primary, "DL fit", "viability", "local", "total")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "vendor")
     for r in rows:
         table.add_row(str(r["rank"]), r["submission"], r["vendor"], r["verdict"],
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),

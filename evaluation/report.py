@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 from pathlib import Path
 
@@ -20,6 +21,20 @@ __all__ = ["standard_figures", "render_html", "write_report"]
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
 _env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
     f"{v:.{d}g}" if isinstance(v, float) else v)
+
+
+def _readable(value):
+    """Evidence for people: floats to 4 significant digits, text as written (Korean included)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _readable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_readable(v) for v in value]
+    return value
+
+
+_env.filters["readable"] = lambda v: json.dumps(_readable(v), ensure_ascii=False)
 
 
 def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:

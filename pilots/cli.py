@@ -23,7 +23,7 @@ app = typer.Typer(help="Seoul public-service AI pilot testbed: pilots → sandbo
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args_is_help=True)
 app.add_typer(pilots_app, name="pilots")
-out = Console()
+out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
 err = Console(stderr=True)
 
 UNSAFE_HELP = "Run the bundle WITHOUT the sandbox (trusted code only). Printed loudly, recorded, fails a gate."
@@ -184,7 +184,7 @@ def _report(card, files, as_json: bool) -> None:
     for gate in card.gates:
         if not gate.passed:
             out.print(f"  [red]✗ {gate.name}[/]: {gate.detail}")
-    out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}")
+    out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}", soft_wrap=True)
     if card.mlflow_run_id:
         out.print(f"  MLflow run: {card.mlflow_run_id}")
 

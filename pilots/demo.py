@@ -111,8 +111,9 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
         executor.shutdown()
     out.rule("[bold]Scorecards[/]")
     for ev in cards:
-        out.print(f"{ev.card.submission}\n  HTML: {ev.files['scorecard.html']}\n  JSON: {ev.files['scorecard.json']}")
+        out.print(f"{ev.card.submission}\n  HTML: {ev.files['scorecard.html']}\n  JSON: {ev.files['scorecard.json']}",
+                  soft_wrap=True)
     uri, mlflow_bin = ws.tracking_uri, Path(sys.executable).parent / "mlflow"
     out.print(f"\nMLflow store: {uri}\nOpen the MLflow UI:  make mlflow-ui   (or: {mlflow_bin} ui "
-              f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000")
+              f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", soft_wrap=True)
     out.print(f"demo finished in {time.perf_counter() - started:.0f} s")
