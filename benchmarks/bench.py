@@ -23,43 +23,55 @@ import numpy as np
 HERE = Path(__file__).parent
 
 
-def in_process(bundle: Path, home: Path, route: str, phases, contract) -> dict:
-    """Time the bundle's API called directly in this process on the same bodies (no HTTP, no sandbox)."""
+def in_process(pilot: str, bundle: Path, home: Path) -> dict:
+    """Time the bundle's API called directly, in a fresh interpreter (no HTTP, no sandbox), on the same bodies."""
     env = {**os.environ, "BENTOML_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "bentoml", "import", str(bundle)], env=env, check=True, capture_output=True)
-    os.environ["BENTOML_HOME"] = str(home)
-    import bentoml
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    out = subprocess.run([sys.executable, __file__, "--in-process", pilot, str(bundle)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
-    BentoMLContainer.bentoml_home.set(str(home))
-    tag = bentoml.bentos.list()[0].tag
+
+def _measure_in_process(pilot: str, bundle: Path) -> None:
+    """Child process of `in_process`: load the imported bundle and time the contract's API."""
+    import bentoml
+
+    from evaluation.families import FAMILIES
+    from pilots.catalogue import get_pilot
+    from pilots.workspace import Workspace
+    from sandbox.bundle import inspect_bundle
+
+    spec = get_pilot(pilot)
+    fam = FAMILIES.get(spec.family)(spec, Workspace.from_env().data_dir)
+    phases = {p.name: p for p in fam.phases(fam.load("test"))}
     t0 = time.perf_counter()
-    service = bentoml.load(str(tag))
-    instance = service()
+    instance = bentoml.load(inspect_bundle(bundle).tag)()
     load_s = time.perf_counter() - t0
-    api = getattr(instance, route.strip("/"))
+    api = getattr(instance, fam.contract.api)
 
     def call(body: bytes) -> float:
         payload = json.loads(body)
-        kwargs = {k: np.asarray(v) if "tensor" in contract.inputs[k] else v for k, v in payload.items()}
+        kwargs = {k: np.asarray(v) if "tensor" in fam.contract.inputs[k] else v for k, v in payload.items()}
         start = time.perf_counter()
         api(**kwargs)
         return time.perf_counter() - start
 
-    by_name = {p.name: p for p in phases}
-    call(by_name["single_stream"].bodies[0])  # warm-up, as the sandbox's readiness check is
-    single = [call(b) for b in by_name["single_stream"].bodies]
-    offline = sum(call(b) for b in by_name["offline"].bodies)
-    every_phase = sum(call(b) for p in phases for b in p.bodies)
-    return {"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
-            "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,
-            "offline_items_per_s": sum(by_name["offline"].items) / offline}
+    call(phases["single_stream"].bodies[0])  # warm-up, as the sandbox's readiness check is
+    single = [call(b) for b in phases["single_stream"].bodies]
+    offline = sum(call(b) for b in phases["offline"].bodies)
+    every_phase = sum(call(b) for p in phases.values() for b in p.bodies)
+    print(json.dumps({"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
+                      "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,
+                      "offline_items_per_s": sum(phases["offline"].items) / offline}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pilot", action="append")
+    parser.add_argument("--in-process", nargs=2, metavar=("PILOT", "BUNDLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.in_process:
+        return _measure_in_process(args.in_process[0], Path(args.in_process[1]))
     root = Path(tempfile.mkdtemp(prefix="testbed-bench-"))
     os.environ.update(TESTBED_HOME=str(root / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
                       BENTOML_HOME=str(root / "bentoml"))
@@ -96,8 +108,7 @@ def main() -> None:
                                  out_dir=store.report_dir(sub.id), submission=sub.id)
             wall = time.perf_counter() - t0
             card = ev.card
-            phases = fam.phases(fam.load("test"))
-            local = in_process(bundle, root / f"inproc-{folder.name}", fam.contract.route, phases, fam.contract)
+            local = in_process(pilot, bundle, root / f"inproc-{folder.name}")
             perf = card.performance
             rows.append({
                 "pilot": pilot, "example": folder.name, "verdict": card.verdict, fam.primary_metric:

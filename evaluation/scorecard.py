@@ -164,7 +164,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
         "baseline": outcome.baseline.get("name"), "compared_on": versus,
         f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
         "skill_over_baseline": skill,
-        "beats_baseline": bool(skill > 0), "full_credit_skill": spec.criteria.full_credit_skill})
+        "beats_baseline": bool(skill > 0), "full_credit_skill": spec.criteria.full_credit_skill,
+        "vendor_field_matches_task": profile.technology_field in fam.technology_fields})
     # 2. viability: accuracy against thresholds, robustness, reliability, latency, throughput.
     lat = perf["latency_ms"].get("p95", math.nan)
     parts = {

@@ -133,7 +133,8 @@ def check(pilot: str, bundle: Path,
     from sandbox.executor import RayExecutor
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
-    unsafe and _warn_unsafe()
+    if unsafe:
+        _warn_unsafe()
     profile = load_model(vendor, VendorProfile) if vendor else VendorProfile(
         name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
         technology_field="other", model_description="not given", licence="not given")
@@ -162,7 +163,8 @@ def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help
     ws = Workspace.from_env()
     store = SubmissionStore(ws)
     sub = store.get(submission)
-    unsafe and _warn_unsafe()
+    if unsafe:
+        _warn_unsafe()
     executor = RayExecutor()
     try:
         with err.status(f"evaluating {sub.id} in the sandbox…"):

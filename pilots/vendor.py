@@ -36,7 +36,7 @@ class VendorProfile(BaseModel):
     startup: bool
     """True for a startup (under 7 years old, as the city's SME programmes define it)."""
     technology_field: Field_
-    """Main field: one of computer_vision, nlp, autonomous_driving, time_series, other."""
+    """The main technology field: one of computer_vision, nlp, autonomous_driving, time_series, other."""
     model_description: str = Field(min_length=1, max_length=2000)
     """What the model is and how it was trained, in a few sentences."""
     licence: str = Field(min_length=1, max_length=120)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from pilots.errors import ResourceUnavailable
+from pilots.errors import ResourceUnavailable, TestbedError
 from pilots.spec import Resources
 from sandbox.runner import SandboxJob, SandboxResult, run_job
 
@@ -63,7 +63,12 @@ class RayExecutor:
                     fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
         task = ray.remote(max_retries=0)(run_job).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                                          name="testbed-sandbox-evaluation")
-        return ray.get(task.remote(job))
+        try:
+            return ray.get(task.remote(job))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, TestbedError):  # a user-facing error raised in the task: say it plainly
+                raise exc.cause from None
+            raise
 
     def shutdown(self) -> None:
         import ray

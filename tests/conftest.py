@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -86,10 +85,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
-
-
-def json_body(phase_body: bytes) -> dict:
-    return json.loads(phase_body)
 
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

@@ -109,3 +109,15 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
     assert sub_id in html.read_text()
     board = json.loads(runner.invoke(app, ["leaderboard", "bike-demand", "--json"]).stdout)
     assert board[0]["submission"] == sub_id and board[0]["mase"] == pytest.approx(card["metrics"]["clean"]["mase"])
+
+
+def test_errors_raised_inside_the_ray_task_reach_the_user_plainly(ray_executor, bike_spec):
+    from pilots.errors import BundleError
+    from sandbox.isolation import SandboxLimits
+    from sandbox.runner import SandboxJob
+
+    job = SandboxJob(bundle=b"not a bento", route="/forecast", phases=[], wall_time_s=30, startup_timeout_s=10,
+                     limits=SandboxLimits(memory_mb=1024, max_processes=16, cpu_seconds=30, threads=1))
+    with pytest.raises(BundleError, match="not a readable .bento archive") as info:
+        ray_executor.run(job, bike_spec.resources)
+    assert "Traceback" not in str(info.value)

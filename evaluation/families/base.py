@@ -50,7 +50,9 @@ class TaskFamily(ABC):
     baseline_metric: ClassVar[str | None] = None
     """Metric on which the non-deep-learning baseline is compared (default: the primary metric)."""
     technology_fields: ClassVar[tuple[str, ...]] = ()
-    """Vendor technology fields that match this family (evidence for criteria)."""
+    """Vendor technology fields that match this family (evidence for deep-learning fit)."""
+    baseline_name: ClassVar[str] = "none"
+    """Name of the non-deep-learning baseline the family computes in `score`."""
 
     def __init__(self, spec: PilotSpec, data_dir: Path):
         self.spec = spec
