@@ -31,6 +31,7 @@ class SandboxLimits:
     cpu_seconds: int
     threads: int
     tmp_mb: int = 2048
+    """Size of the private /tmp, and the largest file the service may write anywhere (the socket folder too)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     # applies to writable memory (RLIMIT_DATA) instead.
     memory = f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"
     cmd = ["prlimit", memory, f"--nproc={limits.max_processes}", "--nofile=4096",
-           f"--cpu={limits.cpu_seconds}", "--core=0", "--",
+           f"--cpu={limits.cpu_seconds}", f"--fsize={limits.tmp_mb << 20}", "--core=0", "--",
            "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
            "--unshare-uts", "--unshare-cgroup-try", *_user_namespace(), "--hostname", "sandbox",
            "--ro-bind", "/usr", "/usr",

@@ -95,7 +95,7 @@ def classify(*, returncode: int | None, log: str, timed_out: bool, stopped_by_us
     hit = next((m for m in RESOURCE_MARKS if m in log), None)
     if hit:
         return "resource_limit", f"the service hit a resource limit ({hit})"
-    if died and returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if died and returncode in (-signal.SIGXCPU, -signal.SIGXFSZ, -signal.SIGKILL):
         return "resource_limit", f"the service was killed by a limit (signal {-returncode})"
     if timed_out:
         return "timeout", "the run went past the pilot's wall-time limit"

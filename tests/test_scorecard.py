@@ -95,6 +95,7 @@ def test_unsafe_runs_fail_the_isolation_gate(ws, bike_spec, fake_bento):
      "sandbox_violation"),
     ({"returncode": 1, "log": "MemoryError", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
     ({"returncode": -24, "log": "", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
+    ({"returncode": -25, "log": "", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
     ({"returncode": None, "log": "", "timed_out": True, "stopped_by_us": True}, "timeout"),
     ({"returncode": 3, "log": "Traceback", "timed_out": False, "stopped_by_us": False}, "crashed"),
 ])

@@ -20,6 +20,10 @@ def attempt(target: str) -> str:
         elif kind == "write":
             with open(arg, "w") as fh:
                 fh.write("x")
+        elif kind == "bigfile":
+            with open(arg, "wb") as fh:
+                for _ in range(64):
+                    fh.write(b"\0" * (1 << 20))
         elif kind == "dns":
             socket.getaddrinfo(arg, 80)
         return "allowed"
