@@ -8,17 +8,21 @@ not the city data, not the labels, not the MLflow store, not other submissions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilots.errors import SandboxUnavailable
+from sandbox.seccomp import user_namespace_filter
 
-__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "NOBODY"]
+__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "seccomp_file", "NOBODY"]
 
 NOBODY = 65534
 WORKER = Path(__file__).with_name("worker.py")
@@ -53,8 +57,9 @@ def _parents(path: Path) -> list[Path]:
 
 
 def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
-                    env: dict[str, str] | None = None) -> list[str]:
-    """The full command line that runs `argv` inside the sandbox."""
+                    env: dict[str, str] | None = None, seccomp_fd: int | None = None) -> list[str]:
+    """The full command line that runs `argv` inside the sandbox (`seccomp_fd`: an open file holding
+    `seccomp.user_namespace_filter()`, to be inherited by the command)."""
     # The address-space limit is exact on CPU; CUDA reserves huge PROT_NONE ranges, so with a GPU the limit
     # applies to writable memory (RLIMIT_DATA) instead.
     memory = f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"
@@ -94,6 +99,8 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     for key, value in base_env.items():
         cmd += ["--setenv", key, value]
     cmd += ["--chdir", "/tmp"]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     if os.geteuid() == 0:
         # As root, a user namespace would map the sandbox to uid 0 outside, where process rlimits do not
         # apply: drop to a real unprivileged uid instead, with every capability gone.
@@ -109,6 +116,21 @@ def _user_namespace() -> list[str]:
     return ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
 
 
+@contextlib.contextmanager
+def seccomp_file() -> Iterator[int | None]:
+    """A file descriptor holding the seccomp filter, for ONE command (bwrap reads it to the end); None on
+    unknown architectures."""
+    program = user_namespace_filter()
+    if program is None:
+        yield None
+        return
+    with tempfile.TemporaryFile() as fh:
+        fh.write(program)
+        fh.flush()
+        fh.seek(0)
+        yield fh.fileno()
+
+
 @functools.cache
 def check_isolation() -> None:
     """Raise SandboxUnavailable unless bubblewrap can build a no-network, unprivileged sandbox here."""
@@ -120,9 +142,12 @@ def check_isolation() -> None:
             f"isolation tools missing: {', '.join(missing)}; untrusted bundles will not run",
             fix="run `make setup` (installs the Debian package bubblewrap), or pass --unsafe-no-sandbox to run "
                 "trusted code without isolation (recorded on the run, fails the isolation gate)")
-    probe = sandbox_command(["/usr/bin/true"], SandboxPaths(Path("/tmp"), Path("/tmp")),
-                            SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=10, threads=1))
-    result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    with seccomp_file() as fd:
+        probe = sandbox_command(["/usr/bin/true"], SandboxPaths(Path("/tmp"), Path("/tmp")),
+                                SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=10, threads=1),
+                                seccomp_fd=fd)
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=30,
+                                pass_fds=() if fd is None else (fd,))
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"bubblewrap cannot create a sandbox here: {result.stderr.strip()[-300:]}",

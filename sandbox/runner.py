@@ -22,7 +22,7 @@ import httpx
 import psutil
 
 from sandbox.bundle import import_bundle
-from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command
+from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command, seccomp_file
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
 
@@ -121,7 +121,7 @@ class _Watch(threading.Thread):
                 return
 
 
-def _prepare(job: SandboxJob, tmp: Path) -> tuple[list[str], Path, dict[str, str] | None]:
+def _prepare(job: SandboxJob, tmp: Path, seccomp_fd: int | None) -> tuple[list[str], Path, dict[str, str] | None]:
     bundle = tmp / "bundle.bento"
     bundle.write_bytes(job.bundle)
     home, sockets = tmp / "bentoml", tmp / "sock"
@@ -137,7 +137,8 @@ def _prepare(job: SandboxJob, tmp: Path) -> tuple[list[str], Path, dict[str, str
         os.chown(sockets, NOBODY, NOBODY)
     extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}
     argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *job.forbidden]
-    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpu, env=extra)
+    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpu, env=extra,
+                          seccomp_fd=seccomp_fd)
     return cmd, sockets, None
 
 
@@ -159,11 +160,11 @@ def run_job(job: SandboxJob) -> SandboxResult:
     deadline = started + job.wall_time_s
     with tempfile.TemporaryDirectory(prefix="testbed-run-") as tmpdir:
         tmp = Path(tmpdir)
-        cmd, sockets, env = _prepare(job, tmp)
         log_path = tmp / "sandbox.log"
-        with open(log_path, "wb") as log:
+        with seccomp_file() as fd, open(log_path, "wb") as log:
+            cmd, sockets, env = _prepare(job, tmp, fd if job.isolated else None)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=(fd,) if fd is not None and job.isolated else ())
         watch = _Watch(proc.pid)
         watch.start()
         transport = httpx.HTTPTransport(uds=str(sockets / "service.sock"))

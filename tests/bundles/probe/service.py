@@ -24,6 +24,18 @@ def attempt(target: str) -> str:
             with open(arg, "wb") as fh:
                 for _ in range(64):
                     fh.write(b"\0" * (1 << 20))
+        elif kind == "userns":
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+                raise PermissionError(os.strerror(ctypes.get_errno()))
+        elif kind == "thread":
+            import threading
+
+            worker = threading.Thread(target=lambda: None)
+            worker.start()
+            worker.join()
         elif kind == "dns":
             socket.getaddrinfo(arg, 80)
         return "allowed"
