@@ -40,6 +40,16 @@ def _job(spec: PilotSpec, bundle: Path, phases, ws: Workspace, isolated: bool) -
         forbidden=sorted({str(ws.data_dir), str(ws.home), str(PROJECT_ROOT / "mlflow")}))
 
 
+def _write(card: Scorecard, figures: dict, out_dir: Path, title: str) -> dict[str, Path]:
+    """Write the report beside `out_dir`, then swap it in: the previous scorecard stays whole until then."""
+    staging = out_dir.with_name(out_dir.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    written = write_report(card, figures, staging, title)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return {rel: out_dir / rel for rel in written}
+
+
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
                     out_dir: Path, submission: str, split: str = "test", official: bool = True,
                     isolated: bool = True) -> Evaluation:
@@ -62,14 +72,13 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
             "bundle_sha256": info.sha256, "dataset_sha256": dataset_sha256, "harness_version": HARNESS_VERSION,
             "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
             "isolated": isolated, "resources": spec.resources.model_dump_json()})
-    staging = out_dir.with_name(out_dir.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    figures = fam.plots(data, outcome) if card.verdict in ("completed", "contract_violation") else {}
-    title = f"{spec.title.en} — {spec.title.ko}"
-    files = write_report(card, figures, staging, title)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    files = {rel: out_dir / rel for rel in files}
+    try:
+        files = _write(card, fam.plots(data, outcome) if card.verdict in ("completed", "contract_violation") else {},
+                       out_dir, f"{spec.title.en} — {spec.title.ko}")
+    except BaseException:
+        if tracker:
+            tracker.client.set_terminated(card.mlflow_run_id, status="FAILED")
+        raise
     if tracker:
         tracker.finish(card.mlflow_run_id, card, files, bundle, result.log)
     else:

@@ -192,7 +192,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
         stopped_by_us = returncode is None
         _stop(proc)
         watch.stop.set()
-        log_text = log_path.read_text(errors="replace")[-200_000:]
+        log_text = _tail(log_path, 200_000)
     verdict, reason = classify(returncode=returncode, log=log_text, timed_out=timed_out, stopped_by_us=stopped_by_us)
     if verdict == "timeout" and ready_at is None:
         reason = f"the service was not ready within {job.startup_timeout_s:g} s"
@@ -215,6 +215,13 @@ def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, 
     errors = [err for *_, err in outcomes if err][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors)
+
+
+def _tail(path: Path, limit: int) -> str:
+    """The last `limit` bytes of a log the service may have made huge."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - limit))
+        return fh.read().decode(errors="replace")
 
 
 def _stop(proc: subprocess.Popen) -> None:
