@@ -97,11 +97,7 @@ def main() -> None:
                 continue
             spec = get_pilot(pilot)
             fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
-            public = ws.home / "public" / pilot
-            public.mkdir(parents=True, exist_ok=True)
-            if (folder / "train.py").is_file() and not (public / "train.npz").exists():
-                fam.export(fam.load("train"), public)
-            bundle = build_bundle(folder, ws, public)
+            bundle = build_bundle(folder, ws)
             sub, _ = store.submit(spec, bundle, folder / "vendor.yaml")
             t0 = time.perf_counter()
             ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,

@@ -22,7 +22,7 @@ from pilots.errors import BundleError
 from pilots.submissions import SubmissionStore
 from pilots.workspace import PROJECT_ROOT, Workspace
 
-__all__ = ["run_demo", "build_bundle", "example_dirs", "pilot_of"]
+__all__ = ["run_demo", "build_bundle", "example_dirs", "pilot_of", "public_training_data"]
 
 EXAMPLES = PROJECT_ROOT / "examples"
 
@@ -44,7 +44,24 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def build_bundle(src: Path, ws: Workspace, public_dir: Path | None = None) -> Path:
+def public_training_data(pilot_id: str, ws: Workspace) -> Path:
+    """The pilot's public training split in the contract's own format, exported once per workspace."""
+    from evaluation.families import FAMILIES
+
+    folder = ws.home / "public" / pilot_id
+    if not folder.is_dir():
+        spec = get_pilot(pilot_id)
+        fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
+        fam.dataset_sha256()
+        staging = folder.with_name(folder.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        fam.export(fam.load("train"), staging)
+        staging.rename(folder)
+    return folder
+
+
+def build_bundle(src: Path, ws: Workspace) -> Path:
     """`bentoml build` + `bentoml export` of an example folder (trained first if it has train.py)."""
     stage = ws.home / "build" / src.name
     shutil.rmtree(stage, ignore_errors=True)
@@ -52,9 +69,8 @@ def build_bundle(src: Path, ws: Workspace, public_dir: Path | None = None) -> Pa
     env = {**os.environ, "BENTOML_HOME": str(ws.bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
     bin_dir = Path(sys.executable).parent
     if (stage / "train.py").is_file():
-        if public_dir is None:
-            raise BundleError("this example needs training data", where=str(src), fix="pass the public data folder")
-        _run([sys.executable, "train.py", str(public_dir / "train.npz"), "model.pt"], stage, env)
+        public = public_training_data(pilot_of(src), ws)
+        _run([sys.executable, "train.py", str(public / "train.npz"), "model.pt"], stage, env)
     tag = _run([str(bin_dir / "bentoml"), "build", ".", "--output", "tag"], stage, env).strip().splitlines()[-1]
     tag = tag.removeprefix("__tag__:")
     target = ws.home / "build" / f"{src.name}.bento"
@@ -85,15 +101,11 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
             spec = get_pilot(pilot_id)
             fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
             fam.dataset_sha256()
-            public = ws.home / "public" / pilot_id
-            public.mkdir(parents=True, exist_ok=True)
-            if any((f / "train.py").is_file() for f in folders):
-                fam.export(fam.load("train"), public)
             out.rule(f"[bold]{pilot_id}[/] · {spec.title.en}")
             for folder in folders:
                 t0 = time.perf_counter()
                 with err.status(f"building {folder.name} (bentoml build)…"):
-                    bundle = build_bundle(folder, ws, public)
+                    bundle = build_bundle(folder, ws)
                 sub, new = store.submit(spec, bundle, folder / "vendor.yaml")
                 out.print(f"built and submitted [bold]{folder.name}[/] → {sub.id}"
                           f"{'' if new else ' (same bytes as before)'}  [{time.perf_counter() - t0:.1f} s]")

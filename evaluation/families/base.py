@@ -98,9 +98,14 @@ class TaskFamily(ABC):
             raise SpecError(f"{pinned} has sha256 {digest}, the spec says {ds.sha256}", where=where,
                             fix="restore the original data, or update dataset.sha256 on purpose")
         if ds.manifest:
-            for line in pinned.read_text().splitlines():
-                expected, name = line.split(maxsplit=1)
-                member = pinned.parent / name.lstrip("*")
+            for number, line in enumerate(pinned.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                expected, _, name = line.strip().partition(" ")
+                if len(expected) != 64 or not name.strip():
+                    raise SpecError(f"{pinned} line {number} is not `SHA256  FILE`", where=where,
+                                    fix="regenerate the manifest with `sha256sum FILES > SHA256SUMS`")
+                member = pinned.parent / name.strip().lstrip("*")
                 if not member.is_file() or sha256_file(member) != expected:
                     raise SpecError(f"{member} is missing or differs from {pinned.name}", where=where,
                                     fix="restore the original data files listed in the manifest")
