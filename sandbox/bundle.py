@@ -87,7 +87,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
                 if normal == "bento.yaml" and member.isfile():
                     manifest_bytes = tar.extractfile(member).read(1 << 20)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise _unsafe(where, f"not a readable .bento archive ({exc})") from None
+        raise _unsafe(where, f"not a readable .bento archive ({str(exc).splitlines()[0].rstrip(':')})") from None
     if manifest_bytes is None:
         raise _unsafe(where, "no bento.yaml inside: this is not a BentoML bundle")
     try:
