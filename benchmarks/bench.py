@@ -36,13 +36,13 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     """Child process of `in_process`: load the imported bundle and time the contract's API."""
     import bentoml
 
-    from evaluation.families import FAMILIES
-    from pilots.catalogue import get_pilot
-    from pilots.workspace import Workspace
+    from evaluation.families import open_family
     from sandbox.bundle import inspect_bundle
+    from testbed.config import Workspace
+    from workflow.catalogue import get_pilot
 
     spec = get_pilot(pilot)
-    fam = FAMILIES.get(spec.family)(spec, Workspace.from_env().data_dir)
+    fam = open_family(spec, Workspace.from_env().data_dir)
     phases = {p.name: p for p in fam.phases(fam.load("test"))}
     t0 = time.perf_counter()
     instance = bentoml.load(inspect_bundle(bundle).tag)()
@@ -75,33 +75,33 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="testbed-bench-"))
     os.environ.update(TESTBED_HOME=str(root / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
                       BENTOML_HOME=str(root / "bentoml"))
-    from evaluation.evaluate import evaluate_bundle
-    from evaluation.families import FAMILIES
-    from pilots.catalogue import get_pilot
-    from pilots.demo import build_bundle, example_dirs, pilot_of
-    from pilots.submissions import SubmissionStore
-    from pilots.workspace import Workspace
+    from evaluation.families import open_family
+    from evaluation.tracking import MlflowTracker
     from sandbox.executor import RayExecutor
+    from testbed.config import Workspace
+    from workflow.build import build_bundle, example_dirs, pilot_of
+    from workflow.catalogue import get_pilot
+    from workflow.evaluate import evaluate_bundle
+    from workflow.submissions import SubmissionStore
 
     ws = Workspace.from_env()
-    store = SubmissionStore(ws)
-    executor = RayExecutor()
-    t0 = time.perf_counter()
-    executor.connect()
-    ray_init_s = time.perf_counter() - t0
+    store, tracker = SubmissionStore(ws), MlflowTracker(ws)
     rows = []
-    try:
+    with RayExecutor() as executor:
+        t0 = time.perf_counter()
+        executor.connect()
+        ray_init_s = time.perf_counter() - t0
         for folder in example_dirs():
             pilot = pilot_of(folder)
             if args.pilot and pilot not in args.pilot:
                 continue
             spec = get_pilot(pilot)
-            fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
+            fam = open_family(spec, ws.data_dir)
             bundle = build_bundle(folder, ws)
             sub, _ = store.submit(spec, bundle, folder / "vendor.yaml")
             t0 = time.perf_counter()
             ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                                 out_dir=store.report_dir(sub.id), submission=sub.id)
+                                 tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
             wall = time.perf_counter() - t0
             card = ev.card
             local = in_process(pilot, bundle, root / f"inproc-{folder.name}")
@@ -119,8 +119,6 @@ def main() -> None:
                 "inprocess_total_s": local["total_s"], "overhead_ratio_evaluation": wall / local["total_s"],
             })
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        executor.shutdown()
     report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
               "ray_init_s": ray_init_s, "rows": rows}
     (HERE / "report.json").write_text(json.dumps(report, indent=2))

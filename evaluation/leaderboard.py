@@ -1,4 +1,4 @@
-"""The leaderboard of a pilot, read back from MLflow (the system of record)."""
+"""The leaderboard of a pilot, read back from the tracker (MLflow: the system of record)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,23 @@ from rich.table import Table
 from evaluation.families import FAMILIES
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
-from pilots.workspace import Workspace
 
 __all__ = ["leaderboard_rows", "leaderboard_table"]
 
 CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
 
-def leaderboard_rows(spec: PilotSpec, ws: Workspace) -> list[dict]:
+def leaderboard_rows(spec: PilotSpec, tracker: Tracker) -> list[dict]:
     primary = FAMILIES.get(spec.family).primary_metric
     rows = []
-    for run in Tracker(ws).leaderboard_runs(spec.id):
-        m, tags = run.data.metrics, run.data.tags
+    for run in tracker.official_runs(spec.id):
+        m, tags = run.metrics, run.tags
         rows.append({
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
-            "p95_latency_ms": m.get("latency_ms/p95"), "run_id": run.info.run_id,
+            "p95_latency_ms": m.get("latency_ms/p95"), "run_id": run.run_id,
         })
     rows.sort(key=lambda r: (not r["passed"], -(r["total_score"] or 0)))
     for rank, row in enumerate(rows, 1):

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from evaluation.families.base import Outcome, TaskFamily
-from evaluation.metrics import METRICS, goal_of
+from evaluation.family import Outcome, TaskFamily
+from evaluation.registry import METRICS, goal_of
 from pilots.spec import PilotSpec
 from pilots.vendor import SEOUL_LEADING_FIELDS, VendorProfile
 from sandbox.runner import SandboxResult
@@ -56,7 +56,7 @@ class Scorecard(BaseModel):
     dataset_sha256: str
     """sha256 of the data file the split was cut from."""
     harness_version: str
-    """Version of the testbed that produced this scorecard."""
+    """Version of the testbed that produced this scorecard: package version + git commit (`+g<sha>[.dirty]`)."""
     split: str
     """`test` (sequestered, official) or `sample` (public, vendor check)."""
     official: bool

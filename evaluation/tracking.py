@@ -1,22 +1,23 @@
-"""MLflow: an experiment per pilot, a run per evaluation, a registered model per pilot.
-
-Honours `MLFLOW_TRACKING_URI`; the default is the SQLite store under `mlflow/`.
+"""Tracking: where official evaluations are recorded. `MlflowTracker` is the real one (an experiment per pilot,
+a run per evaluation, a registered model per pilot; honours `MLFLOW_TRACKING_URI`, default the SQLite store
+under `mlflow/`). `MemoryTracker` is the in-memory double for unit tests. Both satisfy `Tracker`, which the
+workflow is given, as it is given an executor.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from typing import Protocol
 
 from evaluation.scorecard import Scorecard
-from pilots.workspace import Workspace
+from testbed.config import Workspace
 
-__all__ = ["Tracker", "experiment_name", "registered_model_name"]
+__all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
+           "flatten"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -27,7 +28,39 @@ def registered_model_name(pilot: str) -> str:
     return f"testbed-{pilot}"
 
 
-def _flatten(card: Scorecard) -> dict[str, float]:
+@dataclass
+class RunRecord:
+    """One tracked evaluation as the leaderboard reads it back."""
+
+    run_id: str
+    tags: dict[str, str]
+    """`testbed.*` tags: submission, vendor, pilot, official, isolated, verdict, passed."""
+    metrics: dict[str, float]
+    """Flattened scorecard metrics (see `flatten`)."""
+    status: str = "RUNNING"
+    """RUNNING, FINISHED or FAILED."""
+    start_time: int = 0
+    """Milliseconds since the epoch."""
+    params: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+class Tracker(Protocol):
+    def start(self, card: Scorecard, params: dict[str, str]) -> str:
+        """Open a run for `card`; returns its id."""
+
+    def finish(self, run_id: str, card: Scorecard, files: dict[str, Path], bundle: Path, sandbox_log: str) -> None:
+        """Log metrics and artifacts, register the bundle, close the run (FAILED if anything fails)."""
+
+    def fail(self, run_id: str) -> None:
+        """Close the run as FAILED."""
+
+    def official_runs(self, pilot: str) -> list[RunRecord]:
+        """The latest finished official run per submission, newest first."""
+
+
+def flatten(card: Scorecard) -> dict[str, float]:
+    """The scorecard's numbers as flat metric names (`clean/mase`, `group/hour_band/night/mase`, ...)."""
     out = {f"{scenario}/{m}": v for scenario, vals in card.metrics.items() for m, v in vals.items()}
     out |= {f"retention/{k}": v for k, v in card.retention.items()}
     out |= {f"group/{g.replace('=', '/')}/{m}": v for g, vals in card.groups.items() for m, v in vals.items()}
@@ -40,8 +73,57 @@ def _flatten(card: Scorecard) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
 
-class Tracker:
+def _tags(card: Scorecard) -> dict[str, str]:
+    return {"testbed.submission": card.submission, "testbed.vendor": card.vendor, "testbed.pilot": card.pilot,
+            "testbed.official": str(card.official).lower(), "testbed.isolated": str(card.isolated).lower()}
+
+
+def _outcome_tags(card: Scorecard) -> dict[str, str]:
+    return {"testbed.verdict": card.verdict, "testbed.passed": str(card.passed).lower()}
+
+
+def _latest_per_submission(runs: list[RunRecord]) -> list[RunRecord]:
+    latest: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: -r.start_time):
+        if run.status == "FINISHED" and run.tags.get("testbed.official") == "true":
+            latest.setdefault(run.tags.get("testbed.submission", ""), run)
+    return list(latest.values())
+
+
+class MemoryTracker:
+    """The in-memory Tracker for unit tests: records what the MLflow one would, in `runs` and `versions`."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunRecord] = {}
+        self.versions: list[dict[str, str]] = []
+        self._ids = itertools.count(1)
+
+    def start(self, card: Scorecard, params: dict[str, str]) -> str:
+        run_id = f"memory-{next(self._ids)}"
+        self.runs[run_id] = RunRecord(run_id, _tags(card), {}, params={k: str(v) for k, v in params.items()},
+                                      start_time=time.time_ns() // 1_000_000 + len(self.runs))
+        return run_id
+
+    def finish(self, run_id: str, card: Scorecard, files: dict[str, Path], bundle: Path, sandbox_log: str) -> None:
+        run = self.runs[run_id]
+        run.metrics, run.status = flatten(card), "FINISHED"
+        run.tags |= _outcome_tags(card)
+        run.artifacts = {**files, "bento/" + bundle.name: bundle}
+        self.versions.append({"pilot": card.pilot, "run_id": run_id, "bundle_sha256": card.bundle_sha256})
+
+    def fail(self, run_id: str) -> None:
+        self.runs[run_id].status = "FAILED"
+
+    def official_runs(self, pilot: str) -> list[RunRecord]:
+        return _latest_per_submission([r for r in self.runs.values() if r.tags.get("testbed.pilot") == pilot])
+
+
+class MlflowTracker:
+    """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
+
     def __init__(self, ws: Workspace):
+        import mlflow
+
         self.ws = ws
         mlflow.set_tracking_uri(ws.tracking_uri)
         self.client = mlflow.MlflowClient(ws.tracking_uri)
@@ -55,21 +137,21 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location, tags={"testbed.pilot": pilot})
 
     def start(self, card: Scorecard, params: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(card.pilot), run_name=card.submission, tags={
-            "testbed.submission": card.submission, "testbed.vendor": card.vendor, "testbed.pilot": card.pilot,
-            "testbed.official": str(card.official).lower(), "testbed.isolated": str(card.isolated).lower()})
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(card.pilot), run_name=card.submission, tags=_tags(card))
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         return run.info.run_id
 
     def finish(self, run_id: str, card: Scorecard, files: dict[str, Path], bundle: Path, sandbox_log: str) -> None:
-        """Log metrics, artifacts and the bundle; register the bundle as a model version."""
+        from mlflow.entities import Metric, RunTag
+
         try:
             now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, 0) for k, v in _flatten(card).items()]
+            metrics = [Metric(k, v, now, 0) for k, v in flatten(card).items()]
             for i in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            self.client.log_batch(run_id, tags=[RunTag("testbed.verdict", card.verdict),
-                                                RunTag("testbed.passed", str(card.passed).lower())])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _outcome_tags(card).items()])
             for rel, path in files.items():
                 parent = str(Path(rel).parent)
                 self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
@@ -79,11 +161,16 @@ class Tracker:
             self.client.log_artifact(run_id, str(bundle), "bento")
             self._register(run_id, card)
         except Exception:
-            self.client.set_terminated(run_id, status="FAILED")
+            self.fail(run_id)
             raise
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def fail(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, status="FAILED")
+
     def _register(self, run_id: str, card: Scorecard) -> None:
+        from mlflow.exceptions import MlflowException
+
         name = registered_model_name(card.pilot)
         try:
             self.client.create_registered_model(name, tags={"testbed.pilot": card.pilot},
@@ -96,15 +183,12 @@ class Tracker:
             "testbed.submission": card.submission, "testbed.verdict": card.verdict,
             "testbed.passed": str(card.passed).lower(), "testbed.bundle_sha256": card.bundle_sha256})
 
-    def leaderboard_runs(self, pilot: str) -> list:
-        """Latest official run per submission, newest first."""
+    def official_runs(self, pilot: str) -> list[RunRecord]:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))
         if exp is None:
             return []
         runs = self.client.search_runs([exp.experiment_id], "tags.`testbed.official` = 'true'",
                                        order_by=["attributes.start_time DESC"], max_results=1000)
-        latest = {}
-        for run in runs:
-            if run.info.status == "FINISHED":
-                latest.setdefault(run.data.tags.get("testbed.submission"), run)
-        return list(latest.values())
+        return _latest_per_submission([
+            RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.metrics), r.info.status, r.info.start_time or 0,
+                      dict(r.data.params)) for r in runs])

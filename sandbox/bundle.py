@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pilots.errors import BundleError
+from testbed.errors import BundleError
 
 __all__ = ["BundleInfo", "inspect_bundle", "import_bundle", "sha256_file", "Limits"]
 

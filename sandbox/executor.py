@@ -5,28 +5,44 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Protocol, Self
 
-from pilots.errors import ResourceUnavailable, TestbedError
-from pilots.spec import Resources
 from sandbox.runner import SandboxJob, SandboxResult, run_job
+from testbed.errors import ResourceUnavailable, TestbedError
 
 __all__ = ["Executor", "RayExecutor", "InlineExecutor"]
 
 
 class Executor(Protocol):
-    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult: ...
+    """Runs a sandbox job somewhere and returns its result; a context manager that releases what it started."""
+
+    def run(self, job: SandboxJob) -> SandboxResult: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
-class InlineExecutor:
+class _Closing:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Release what this executor started (nothing by default)."""
+
+
+class InlineExecutor(_Closing):
     """Runs the job in this process: for unit tests and debugging (still sandboxed unless the job says not)."""
 
-    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult:
+    def run(self, job: SandboxJob) -> SandboxResult:
         return run_job(job)
 
 
-class RayExecutor:
-    """Runs each job as a Ray task that asks for the pilot's CPUs and GPUs."""
+class RayExecutor(_Closing):
+    """Runs each job as a Ray task that asks for the job's CPUs and GPUs."""
 
     def __init__(self) -> None:
         self.started_local = False
@@ -50,18 +66,18 @@ class RayExecutor:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
             self.started_local = True
 
-    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult:
+    def run(self, job: SandboxJob) -> SandboxResult:
         import ray
 
         self.connect()
         have = ray.cluster_resources()
-        for key, need in (("CPU", resources.cpus), ("GPU", resources.gpus)):
+        for key, need in (("CPU", job.cpus), ("GPU", job.gpus)):
             if need > have.get(key, 0):
                 raise ResourceUnavailable(
                     f"the pilot asks for {need:g} {key}, the Ray cluster has {have.get(key, 0):g}",
                     where=f"Ray at {self.address or 'local (127.0.0.1)'}",
                     fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
-        task = ray.remote(max_retries=0)(run_job).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
+        task = ray.remote(max_retries=0)(run_job).options(num_cpus=job.cpus, num_gpus=job.gpus,
                                                          name="testbed-sandbox-evaluation")
         try:
             return ray.get(task.remote(job))

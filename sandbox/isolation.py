@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilots.errors import SandboxUnavailable
 from sandbox.seccomp import user_namespace_filter
+from testbed.errors import SandboxUnavailable
 
 __all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "seccomp_file", "NOBODY"]
 

@@ -55,7 +55,10 @@ class SandboxJob:
     startup_timeout_s: float
     isolated: bool = True
     """False only with the explicit unsafe flag: the bundle then runs as a plain subprocess."""
-    gpu: bool = False
+    cpus: float = 1
+    """CPU cores the executor reserves for this job (a Ray task's `num_cpus`)."""
+    gpus: float = 0
+    """GPUs the executor reserves; above 0 the sandbox exposes the NVIDIA devices."""
     forbidden: list[str] = field(default_factory=list)
     """Host paths whose access the worker reports as a sandbox violation (they are not mounted anyway)."""
 
@@ -137,7 +140,7 @@ def _prepare(job: SandboxJob, tmp: Path, seccomp_fd: int | None) -> tuple[list[s
         os.chown(sockets, NOBODY, NOBODY)
     extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}
     argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *job.forbidden]
-    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpu, env=extra,
+    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpus > 0, env=extra,
                           seccomp_fd=seccomp_fd)
     return cmd, sockets, None
 

@@ -1,8 +1,4 @@
-"""Task contracts for vendors (what a bundle must expose), and production serving."""
+"""Production serving of promoted bundles (BentoML under the sandbox, Prometheus metrics).
 
-from pilots.registry import load_plugins
-from serving.contracts import CONTRACTS, Contract, ContractViolation, get_contract, register_contract
-
-__all__ = ["CONTRACTS", "Contract", "ContractViolation", "get_contract", "register_contract"]
-
-load_plugins("serving")
+Only bundles that an evaluator approved and an operator promoted, unchanged, are served from here.
+"""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pilots.workspace import PROJECT_ROOT, Workspace
+from testbed.config import PROJECT_ROOT, Workspace
 
 BUNDLES = Path(__file__).parent / "bundles"
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -32,7 +32,7 @@ def build_ws(tmp_path_factory) -> Workspace:
 @pytest.fixture(scope="session")
 def built(build_ws):
     """`built("probe")` -> path of a real `.bento` made by `bentoml build` + `bentoml export` (cached)."""
-    from pilots.demo import build_bundle
+    from workflow.build import build_bundle
 
     cache: dict[str, Path] = {}
 
@@ -47,7 +47,7 @@ def built(build_ws):
 
 @pytest.fixture(scope="session")
 def bike_spec():
-    from pilots.catalogue import get_pilot
+    from workflow.catalogue import get_pilot
 
     return get_pilot("bike-demand")
 

@@ -1,15 +1,16 @@
-"""Test doubles for the external boundaries: Ray + the sandboxed BentoML service."""
+"""Test doubles for the external boundaries: Ray + the sandboxed BentoML service (MLflow's is the public
+`evaluation.tracking.MemoryTracker`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 
-from pilots.spec import Resources
+from sandbox.executor import InlineExecutor
 from sandbox.runner import PhaseResult, SandboxJob, SandboxResult
 
 
-class FakeSandbox:
+class FakeSandbox(InlineExecutor):
     """An Executor that answers each request with `handler(route, payload)` in-process.
 
     `handler` returns the response object (JSON-able), or raises to simulate a failed request (HTTP 500).
@@ -19,7 +20,7 @@ class FakeSandbox:
         self.handler, self.verdict, self.isolated = handler, verdict, isolated
         self.jobs: list[SandboxJob] = []
 
-    def run(self, job: SandboxJob, resources: Resources) -> SandboxResult:
+    def run(self, job: SandboxJob) -> SandboxResult:
         self.jobs.append(job)
         phases = {}
         for phase in job.phases:

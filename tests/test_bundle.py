@@ -5,9 +5,9 @@ import tarfile
 
 import pytest
 
-from pilots.errors import BundleError, ContractError
+from evaluation.families import FAMILIES
 from sandbox.bundle import Limits, inspect_bundle
-from serving import get_contract
+from testbed.errors import BundleError, ContractError
 from tests.conftest import FORECAST_ROUTE
 
 
@@ -79,4 +79,4 @@ def test_manifest_tag_and_hash(fake_bento):
 def test_contract_mismatch_is_refused(fake_bento, route, words):
     path = fake_bento([route])
     with pytest.raises(ContractError, match=words):
-        get_contract("forecasting").check_routes(inspect_bundle(path).routes, where=str(path))
+        FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))

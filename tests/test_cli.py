@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pilots.cli import app
+from cli.app import app
 from tests.conftest import FORECAST_ROUTE
 
 runner = CliRunner()

@@ -14,11 +14,10 @@ import pytest
 from PIL import Image
 
 from evaluation.families import FAMILIES
-from evaluation.scenarios import SCENARIOS
-from pilots.errors import ContractError, SpecError
-from pilots.workspace import PROJECT_ROOT
-from serving.contracts import ContractViolation
-from serving.detection import DETECT, decode_response
+from evaluation.families.detection.contract import DETECT, decode_response
+from evaluation.registry import SCENARIOS
+from testbed.config import PROJECT_ROOT
+from testbed.errors import ContractError, ContractViolation, SpecError
 from tests.doubles import FakeSandbox
 
 FRAME = PROJECT_ROOT / "data/coco-street/images/000000000257.jpg"
@@ -26,7 +25,7 @@ FRAME = PROJECT_ROOT / "data/coco-street/images/000000000257.jpg"
 
 @pytest.fixture(scope="module")
 def spec():
-    from pilots.catalogue import get_pilot
+    from workflow.catalogue import get_pilot
 
     return get_pilot("cctv-road-users")
 
@@ -99,8 +98,7 @@ def oracle(data, answers):
 
 
 def run(fam, data, handler):
-    return fam.score(data, FakeSandbox(handler).run(type("J", (), {"phases": fam.phases(data), "route": "/detect"}),
-                                                    None))
+    return fam.score(data, FakeSandbox(handler).run(type("J", (), {"phases": fam.phases(data), "route": "/detect"})))
 
 
 # -- (a) the family's COCO numbers are pycocotools' numbers ------------------------------------------------------
@@ -306,14 +304,14 @@ def test_plots_and_export(spec, tmp_path):
 # -- integration ----------------------------------------------------------------------------------------------------
 
 def evaluate(spec, bundle, tmp_path, executor):
-    from evaluation.evaluate import evaluate_bundle
     from pilots.vendor import VendorProfile
-    from pilots.yamlio import load_model
+    from testbed.yamlio import load_model
     from tests.conftest import make_workspace
+    from workflow.evaluate import evaluate_bundle
 
     vendor = load_model(PROJECT_ROOT / "examples/cctv_yolox_nano/vendor.yaml", VendorProfile)
     return evaluate_bundle(spec, bundle, vendor, executor=executor, ws=make_workspace(tmp_path),
-                           out_dir=tmp_path / "card", submission="t", split="sample", official=False)
+                           out_dir=tmp_path / "card", submission="t", split="sample")
 
 
 @pytest.mark.slow
@@ -336,10 +334,7 @@ def test_gpu_spec_evaluates_through_ray(spec, built, tmp_path):
     from sandbox.executor import RayExecutor
 
     gpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 1})})
-    executor = RayExecutor()
-    try:
+    with RayExecutor() as executor:
         card = evaluate(gpu, built("cctv_yolov8n"), tmp_path, executor).card
-    finally:
-        executor.shutdown()
     assert card.verdict == "completed", card.verdict_reason
     assert card.metrics["clean"]["map"] > 0.1

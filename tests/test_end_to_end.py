@@ -5,22 +5,21 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from evaluation.evaluate import evaluate_bundle
 from evaluation.leaderboard import leaderboard_rows
-from evaluation.tracking import registered_model_name
-from pilots.errors import ContractError
-from pilots.submissions import SubmissionStore
-from pilots.workspace import PROJECT_ROOT
+from evaluation.tracking import MlflowTracker, registered_model_name
 from sandbox.executor import RayExecutor
+from testbed.config import PROJECT_ROOT
+from testbed.errors import ContractError
+from workflow.evaluate import evaluate_bundle
+from workflow.submissions import SubmissionStore
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ray_executor():
-    executor = RayExecutor()
-    yield executor
-    executor.shutdown()
+    with RayExecutor() as executor:
+        yield executor
 
 
 def independent_seasonal_naive_mase() -> float:
@@ -43,7 +42,7 @@ def test_baseline_bundle_end_to_end(built, ws, bike_spec, ray_executor):
     sub, new = store.submit(bike_spec, built("bike_seasonal_naive"), vendor)
     assert new
     ev = evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=ray_executor, ws=ws,
-                         out_dir=store.report_dir(sub.id), submission=sub.id)
+                         tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id)
     card = ev.card
     assert card.verdict == "completed" and card.isolated
     assert card.metrics["clean"]["mase"] == pytest.approx(independent_seasonal_naive_mase(), rel=1e-9)
@@ -59,14 +58,13 @@ def test_baseline_bundle_end_to_end(built, ws, bike_spec, ray_executor):
     assert version.tags["testbed.submission"] == sub.id and version.tags["testbed.verdict"] == "completed"
     bento = client.list_artifacts(run.info.run_id, "bento")
     assert bento and bento[0].file_size == sub.bundle_size
-    rows = leaderboard_rows(bike_spec, ws)
+    rows = leaderboard_rows(bike_spec, MlflowTracker(ws))
     assert [r["submission"] for r in rows] == [sub.id]
 
 
 def test_contract_violation_at_runtime(built, ws, bike_spec, ray_executor):
     ev = evaluate_bundle(bike_spec, built("bad_output"), _vendor(), ws=ws,
-                         executor=ray_executor, out_dir=ws.home / "bad", submission="bad", split="sample",
-                         official=False)
+                         executor=ray_executor, out_dir=ws.home / "bad", submission="bad", split="sample")
     assert ev.card.verdict == "contract_violation" and "shape" in ev.card.verdict_reason and not ev.card.passed
 
 
@@ -78,7 +76,7 @@ def test_wrong_api_is_refused_at_submission(built, ws, bike_spec):
 
 def _vendor():
     from pilots.vendor import VendorProfile
-    from pilots.yamlio import load_model
+    from testbed.yamlio import load_model
 
     return load_model(PROJECT_ROOT / "examples/bike_mlp/vendor.yaml", VendorProfile)
 
@@ -88,7 +86,7 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
 
     from typer.testing import CliRunner
 
-    from pilots.cli import app
+    from cli.app import app
 
     monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -112,12 +110,12 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
 
 
 def test_errors_raised_inside_the_ray_task_reach_the_user_plainly(ray_executor, bike_spec):
-    from pilots.errors import BundleError
     from sandbox.isolation import SandboxLimits
     from sandbox.runner import SandboxJob
+    from testbed.errors import BundleError
 
     job = SandboxJob(bundle=b"not a bento", route="/forecast", phases=[], wall_time_s=30, startup_timeout_s=10,
                      limits=SandboxLimits(memory_mb=1024, max_processes=16, cpu_seconds=30, threads=1))
     with pytest.raises(BundleError, match="not a readable .bento archive") as info:
-        ray_executor.run(job, bike_spec.resources)
+        ray_executor.run(job)
     assert "Traceback" not in str(info.value)

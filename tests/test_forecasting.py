@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 
 from evaluation.families import FAMILIES
-from evaluation.metrics import METRICS
-from evaluation.scenarios import SCENARIOS
-from pilots.workspace import PROJECT_ROOT
-from serving.contracts import ContractViolation
-from serving.forecasting import CALENDAR_FEATURES, HISTORY_FEATURES, decode_response
+from evaluation.families.forecasting.contract import CALENDAR_FEATURES, HISTORY_FEATURES, decode_response
+from evaluation.registry import METRICS, SCENARIOS
+from testbed.config import PROJECT_ROOT
+from testbed.errors import ContractViolation
 from tests.doubles import FakeSandbox
 
 
@@ -84,8 +83,7 @@ def oracle(truth_by_key):
 def test_score_perfect_and_failing_services(fam, test_windows):
     key = {np.nan_to_num(h[:, 0]).tobytes(): t.tolist() for h, t in zip(test_windows.history, test_windows.truth,
                                                                         strict=True)}
-    result = FakeSandbox(oracle(key)).run(type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"}),
-                                          None)
+    result = FakeSandbox(oracle(key)).run(type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"}))
     outcome = fam.score(test_windows, result)
     assert outcome.metrics["clean"]["mae"] == 0 and outcome.coverage == 1 and not outcome.violations
     assert list(outcome.metrics) == ["clean", "missing_hours"]
@@ -98,5 +96,5 @@ def test_score_perfect_and_failing_services(fam, test_windows):
         return [[1.0] * 23]
 
     outcome = fam.score(test_windows, FakeSandbox(flaky).run(
-        type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"}), None))
+        type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"})))
     assert outcome.coverage == 0 and any("shape" in v for v in outcome.violations)

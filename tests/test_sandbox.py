@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from pilots.workspace import PROJECT_ROOT
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import Phase, SandboxJob, run_job
+from testbed.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

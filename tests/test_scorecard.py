@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from evaluation.evaluate import evaluate_bundle
-from evaluation.tracking import experiment_name, registered_model_name
+from evaluation.tracking import MemoryTracker, MlflowTracker, experiment_name, registered_model_name
 from pilots.vendor import VendorProfile
 from sandbox.runner import classify
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
+from workflow.evaluate import evaluate_bundle
 
 VENDOR = VendorProfile(name="Acme", headquarters_district="Gangnam-gu", seoul_based=True, startup=True,
                        technology_field="computer_vision", model_description="x", licence="MIT")
@@ -24,11 +24,20 @@ def last_day(route, payload):
     return history[:, -24:, 0].tolist()
 
 
-@pytest.fixture
-def evaluated(ws, bike_spec, fake_bento):
+def evaluate_fake(ws, bike_spec, fake_bento, tracker):
     bundle = fake_bento([FORECAST_ROUTE])
     return evaluate_bundle(bike_spec, bundle, VENDOR, executor=FakeSandbox(last_day), ws=ws, out_dir=ws.home / "out",
-                           submission="bike-demand-fake", official=True)
+                           submission="bike-demand-fake", tracker=tracker)
+
+
+@pytest.fixture
+def tracker():
+    return MemoryTracker()
+
+
+@pytest.fixture
+def evaluated(ws, bike_spec, fake_bento, tracker):
+    return evaluate_fake(ws, bike_spec, fake_bento, tracker)
 
 
 def test_scorecard_json_has_the_documented_keys(evaluated):
@@ -58,7 +67,21 @@ def test_the_seasonal_naive_has_no_skill_and_fails_the_mase_gate(evaluated):
     assert card.total_score == pytest.approx(expected, abs=0.01)
 
 
-def test_mlflow_records_the_evaluation(evaluated, ws):
+def test_the_tracker_gets_one_finished_official_run(evaluated, tracker):
+    (run,) = tracker.runs.values()
+    assert run.status == "FINISHED" and run.run_id == evaluated.card.mlflow_run_id
+    assert run.tags["testbed.official"] == "true" and run.tags["testbed.verdict"] == "completed"
+    assert run.params["bundle_sha256"] == evaluated.card.bundle_sha256
+    assert run.metrics["clean/mase"] == pytest.approx(evaluated.card.metrics["clean"]["mase"])
+    assert {"scorecard.json", "scorecard.html"} <= set(run.artifacts)
+    assert tracker.versions == [{"pilot": "bike-demand", "run_id": run.run_id,
+                                 "bundle_sha256": evaluated.card.bundle_sha256}]
+    assert [r.run_id for r in tracker.official_runs("bike-demand")] == [run.run_id]
+
+
+@pytest.mark.slow
+def test_mlflow_records_the_evaluation(ws, bike_spec, fake_bento):
+    evaluated = evaluate_fake(ws, bike_spec, fake_bento, MlflowTracker(ws))
     client = MlflowClient(ws.tracking_uri)
     exp = client.get_experiment_by_name(experiment_name("bike-demand"))
     run = client.get_run(evaluated.card.mlflow_run_id)
@@ -77,7 +100,7 @@ def test_mlflow_records_the_evaluation(evaluated, ws):
 def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake_bento):
     ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
                          executor=FakeSandbox(lambda r, p: [[1.0] * 5 for _ in p["history"]]), ws=ws,
-                         out_dir=ws.home / "o", submission="x", split="sample", official=False)
+                         out_dir=ws.home / "o", submission="x", split="sample")
     assert ev.card.verdict == "contract_violation" and "shape" in ev.card.verdict_reason and not ev.card.passed
     assert ev.card.mlflow_run_id is None and ev.card.criteria["viability"].score == 0
 
@@ -85,7 +108,7 @@ def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake
 def test_unsafe_runs_fail_the_isolation_gate(ws, bike_spec, fake_bento):
     ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
                          executor=FakeSandbox(last_day, isolated=False), ws=ws, out_dir=ws.home / "o",
-                         submission="x", split="sample", official=False, isolated=False)
+                         submission="x", split="sample", isolated=False)
     assert not next(g for g in ev.card.gates if g.name == "isolation").passed and not ev.card.isolated
 
 

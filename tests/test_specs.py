@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pilots.catalogue import CATALOGUE_DIR, all_pilots, load_pilot
-from pilots.errors import SpecError
+from pilots.catalogue import CATALOGUE_DIR
 from pilots.vendor import VendorProfile
-from pilots.yamlio import load_model
+from testbed.errors import SpecError
+from testbed.yamlio import load_model
+from workflow.catalogue import all_pilots, load_pilot
 
 BIKE = yaml.safe_load((CATALOGUE_DIR / "bike-demand.yaml").read_text())
 
@@ -78,19 +79,18 @@ def test_invalid_vendor_profile(tmp_path, change, words):
 def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
     import shutil
 
-    from evaluation.families import FAMILIES
-    from pilots.catalogue import get_pilot
-    from pilots.workspace import PROJECT_ROOT
+    from evaluation.families import open_family
+    from testbed.config import PROJECT_ROOT
+    from workflow.catalogue import get_pilot
 
     spec = get_pilot("cctv-road-users")
     data = tmp_path / "data"
     shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
-    fam = FAMILIES.get(spec.family)(spec, data)
-    assert fam.dataset_sha256() == spec.dataset.sha256
+    assert open_family(spec, data).dataset_sha256 == spec.dataset.sha256
     image = sorted((data / "coco-street" / "images").iterdir())[3]
     image.write_bytes(image.read_bytes()[:-1] + b"\x00")  # one byte of one image
     with pytest.raises(SpecError, match=f"{image.name} is missing or differs"):
-        fam.dataset_sha256()
+        open_family(spec, data)
 
 
 def test_gpu_runs_limit_writable_memory_not_address_space():

@@ -1,21 +1,27 @@
-"""Task families. A family is one module here: a `TaskFamily` subclass registered with `@family(name)`,
-bringing its contract, data loader, request phases, scoring and plots."""
+"""Task families, one folder each: its contract, data loading, phases, metrics, scenarios and plots.
+
+Adding a family is copying a folder and registering its class with `@family(name)` (see
+`evaluation.registry`); every folder here is imported on first use, so nothing else needs to change.
+"""
 
 from __future__ import annotations
 
-from pilots.registry import Registry, load_plugins
+from pathlib import Path
 
-__all__ = ["FAMILIES", "family"]
+from evaluation.family import TaskFamily
+from evaluation.registry import FAMILIES
+from pilots.spec import PilotSpec
+from testbed.registry import load_plugins
 
-FAMILIES: Registry = Registry("task family")
+__all__ = ["FAMILIES", "open_family"]
 
-
-def family(name: str):
-    def add(cls):
-        cls.name = name
-        return FAMILIES.register(name)(cls)
-
-    return add
+load_plugins(__name__)
 
 
-load_plugins("evaluation.families")
+def open_family(spec: PilotSpec, data_dir: Path, *, verify: bool = True) -> TaskFamily:
+    """The spec's family bound to the data folder; with `verify`, the data are checked against the spec's
+    sha256 first (a SpecError names the file that differs)."""
+    fam = FAMILIES.get(spec.family)(spec, data_dir)
+    if verify:
+        fam.dataset_sha256  # noqa: B018 - verifies and caches
+    return fam

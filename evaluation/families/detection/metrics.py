@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.metrics import metric
+from evaluation.registry import metric
 
 __all__ = ["AREA_RANGES", "DetectionEval", "coco_evaluate", "class_ap", "class_count_mae"]
 

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pilots.catalogue import all_pilots, get_pilot
-from pilots.errors import NotFound, TestbedError
-from pilots.submissions import SubmissionStore
-from pilots.workspace import Workspace
+from testbed.config import Workspace
+from testbed.errors import NotFound, TestbedError
+from workflow.catalogue import all_pilots, get_pilot
+from workflow.submissions import SubmissionStore
 
 __all__ = ["app"]
 
@@ -69,10 +69,10 @@ def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @friendly
 def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Show a pilot's spec and the task contract a bundle must implement."""
-    from serving.contracts import get_contract
+    from evaluation.families import FAMILIES
 
     spec = get_pilot(pilot)
-    contract = get_contract(spec.family)
+    contract = FAMILIES.get(spec.family).contract
     if as_json:
         return _emit_json({"spec": spec.model_dump(mode="json"),
                            "contract": {"api": contract.api, "inputs": list(contract.inputs),
@@ -93,11 +93,10 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
 @friendly
 def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Folder to write the public splits to.")):
     """Export the pilot's PUBLIC splits (training data and sample) in the contract's own format."""
-    from evaluation.families import FAMILIES
+    from evaluation.families import open_family
 
     spec = get_pilot(pilot)
-    fam = FAMILIES.get(spec.family)(spec, Workspace.from_env().data_dir)
-    fam.dataset_sha256()
+    fam = open_family(spec, Workspace.from_env().data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, split in spec.dataset.splits.items():
         if split.public:
@@ -126,11 +125,11 @@ def check(pilot: str, bundle: Path,
           as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
           unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
     """Vendor kit: the city's own sandbox and contract checks on the PUBLIC sample. Nothing is logged."""
-    from evaluation.evaluate import evaluate_bundle
     from pilots.vendor import VendorProfile
-    from pilots.yamlio import load_model
     from sandbox.bundle import inspect_bundle
     from sandbox.executor import RayExecutor
+    from testbed.yamlio import load_model
+    from workflow.evaluate import evaluate_bundle
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
     if unsafe:
@@ -139,14 +138,10 @@ def check(pilot: str, bundle: Path,
         name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
         technology_field="other", model_description="not given", licence="not given")
     info = inspect_bundle(bundle)
-    executor = RayExecutor()
-    try:
-        with err.status("checking in the sandbox on the public sample…"):
-            ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample", official=False,
-                                 isolated=not unsafe, submission=f"check-{info.sha256[:12]}",
-                                 out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
-    finally:
-        executor.shutdown()
+    with RayExecutor() as executor, err.status("checking in the sandbox on the public sample…"):
+        ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample", isolated=not unsafe,
+                             submission=f"check-{info.sha256[:12]}",
+                             out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
     _report(ev.card, ev.files, as_json)
     if ev.card.verdict != "completed":
         raise typer.Exit(1)
@@ -157,21 +152,19 @@ def check(pilot: str, bundle: Path,
 def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
              unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
     """Run a submission in the sandbox on Ray against the sequestered split, score it, log it to MLflow."""
-    from evaluation.evaluate import evaluate_bundle
+    from evaluation.tracking import MlflowTracker
     from sandbox.executor import RayExecutor
+    from workflow.evaluate import evaluate_bundle
 
     ws = Workspace.from_env()
     store = SubmissionStore(ws)
     sub = store.get(submission)
     if unsafe:
         _warn_unsafe()
-    executor = RayExecutor()
-    try:
-        with err.status(f"evaluating {sub.id} in the sandbox…"):
-            ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                                 out_dir=store.report_dir(sub.id), submission=sub.id, isolated=not unsafe)
-    finally:
-        executor.shutdown()
+    with RayExecutor() as executor, err.status(f"evaluating {sub.id} in the sandbox…"):
+        ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
+                             tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
+                             isolated=not unsafe)
     _report(ev.card, ev.files, as_json)
 
 
@@ -220,8 +213,9 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
 def leaderboard(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Rank a pilot's evaluated submissions (from MLflow): gates first, then total score."""
     from evaluation.leaderboard import leaderboard_rows, leaderboard_table
+    from evaluation.tracking import MlflowTracker
 
-    rows = leaderboard_rows(get_pilot(pilot), Workspace.from_env())
+    rows = leaderboard_rows(get_pilot(pilot), MlflowTracker(Workspace.from_env()))
     if as_json:
         return _emit_json(rows)
     out.print(leaderboard_table(get_pilot(pilot), rows))
@@ -231,6 +225,6 @@ def leaderboard(pilot: str, as_json: bool = typer.Option(False, "--json", help="
 @friendly
 def demo(pilot: list[str] = typer.Option(None, "--pilot", help="Only this pilot's examples (repeatable).")):
     """Build the example bundles, submit them, evaluate them on a local Ray, and print the leaderboards."""
-    from pilots.demo import run_demo
+    from cli.demo import run_demo
 
     run_demo(out, err, pilot or None)

@@ -1,24 +1,31 @@
-"""What every task family provides, and what the harness does the same way for all of them."""
+"""What every task family provides, and what the harness does the same way for all of them: validating the
+spec against the family, pinning the data, the phase plan (clean, one per scenario, single stream, offline)
+and reading the answers back."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from evaluation.metrics import METRICS
-from evaluation.scenarios import SCENARIOS
-from pilots.errors import SpecError
-from pilots.spec import PilotSpec
-from pilots.yamlio import validation_error
+from evaluation.contract import Contract
+from evaluation.registry import METRICS, SCENARIOS
+from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.bundle import sha256_file
 from sandbox.runner import Phase, SandboxResult
-from serving.contracts import Contract
+from testbed.errors import ContractViolation, SpecError
+from testbed.yamlio import validation_error
 
-__all__ = ["TaskFamily", "Outcome"]
+__all__ = ["TaskFamily", "Outcome", "LOAD_PHASES"]
+
+LOAD_PHASES = ("single_stream", "offline")
+"""Phases that measure the service (latency, throughput); their answers are checked against the contract too."""
 
 
 @dataclass
@@ -40,6 +47,10 @@ class Outcome:
 
 
 class TaskFamily(ABC):
+    """One kind of task (forecasting, detection, ...): a folder under `evaluation/families/` holding this
+    subclass (registered with `@family(name)`), its contract, metrics, scenarios and plots. An instance is
+    bound to one pilot spec and the city's data folder."""
+
     name: ClassVar[str]
     contract: ClassVar[Contract]
     Options: ClassVar[type[BaseModel]]
@@ -86,8 +97,10 @@ class TaskFamily(ABC):
     def data_path(self) -> Path:
         return self.data_dir / self.spec.dataset.path
 
+    @cached_property
     def dataset_sha256(self) -> str:
-        """sha256 pinning the data (the main file, or the manifest of every file), checked against the spec."""
+        """sha256 pinning the data (the main file, or the manifest of every file), checked against the spec;
+        raises SpecError when the data on disk are not the bytes the spec pins."""
         ds, where = self.spec.dataset, f"pilot {self.spec.id}: dataset"
         pinned = self.data_dir / (ds.manifest or ds.path)
         if not pinned.is_file():
@@ -114,13 +127,31 @@ class TaskFamily(ABC):
     def metric_functions(self) -> dict[str, Any]:
         return METRICS.where(family=self.name)
 
+    def scenario_rng(self, sc: ScenarioSpec, *key: int) -> np.random.Generator:
+        """The seeded generator of scenario `sc` (optionally per item `key`): same seed, same perturbation."""
+        return np.random.default_rng([sc.seed, *key])
+
+    # What a family provides ------------------------------------------------------------------------------
+
     @abstractmethod
     def load(self, split: str) -> Any:
         """The split's inputs and ground truth (ground truth never leaves this process)."""
 
     @abstractmethod
-    def phases(self, data: Any) -> list[Phase]:
-        """Requests to send: `clean`, one per spec scenario, then `single_stream` and `offline` load phases."""
+    def inputs(self, data: Any) -> Any:
+        """The clean model inputs of `data`, in the form `encode` and `perturb` take."""
+
+    @abstractmethod
+    def size(self, data: Any) -> int:
+        """Number of items (windows, frames) in `data`."""
+
+    @abstractmethod
+    def perturb(self, data: Any, inputs: Any, sc: ScenarioSpec) -> Any:
+        """`inputs` under scenario `sc` (same shape; the ground truth stays valid)."""
+
+    @abstractmethod
+    def encode(self, inputs: Any, rows: slice) -> bytes:
+        """The request body carrying items `rows` of `inputs`."""
 
     @abstractmethod
     def score(self, data: Any, result: SandboxResult) -> Outcome:
@@ -133,3 +164,42 @@ class TaskFamily(ABC):
     def plots(self, data: Any, outcome: Outcome) -> dict[str, Any]:
         """Family-specific matplotlib figures for the scorecard, by file stem."""
         return {}
+
+    # What the harness does the same way for every family --------------------------------------------------
+
+    @property
+    def scenario_names(self) -> list[str]:
+        """`clean` first, then the spec's scenarios in order."""
+        return ["clean", *(sc.name for sc in self.spec.scenarios)]
+
+    def phases(self, data: Any) -> list[Phase]:
+        """Requests to send: `clean` and one phase per scenario in batches of the options' `batch_size`, then
+        `single_stream` (one item per request, `single_stream_requests` of them) and `offline` (batches of
+        `offline_batch_size`; all items in one request when the family has no such option)."""
+        o, n, clean = self.options, self.size(data), self.inputs(data)
+        sets = {"clean": clean} | {sc.name: self.perturb(data, clean, sc) for sc in self.spec.scenarios}
+        phases = [self._phase(name, inputs, n, o.batch_size) for name, inputs in sets.items()]
+        single = min(n, getattr(o, "single_stream_requests", n))
+        phases.append(self._phase("single_stream", clean, single, 1))
+        phases.append(self._phase("offline", clean, n, getattr(o, "offline_batch_size", None) or max(n, 1)))
+        return phases
+
+    def _phase(self, name: str, inputs: Any, n: int, size: int) -> Phase:
+        cuts = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        return Phase(name, [self.encode(inputs, s) for s in cuts], [s.stop - s.start for s in cuts])
+
+    def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, int, int], Any],
+                violations: list[str]) -> Iterator[tuple[int, int, Any]]:
+        """`(first item, items, decoded)` for every answered request of phase `name`. `decode(body, first,
+        items)` raises ContractViolation for a bad answer, which is collected in `violations`."""
+        phase, start = result.phases.get(name), 0
+        for body, items in zip(phase.bodies, phase.items, strict=True) if phase else []:
+            decoded = None
+            if body is not None:
+                try:
+                    decoded = decode(body, start, items)
+                except ContractViolation as exc:
+                    violations.append(f"{name}: {exc}")
+            if decoded is not None:
+                yield start, items, decoded
+            start += items

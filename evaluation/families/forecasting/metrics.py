@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.metrics import metric
+from evaluation.registry import metric
 
 
 @metric("mae", family="forecasting", goal="min")

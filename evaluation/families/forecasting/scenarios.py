@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.scenarios import scenario
-from serving.forecasting import CALENDAR_FEATURES, HISTORY_FEATURES
+from evaluation.families.forecasting.contract import CALENDAR_FEATURES, HISTORY_FEATURES
+from evaluation.registry import scenario
 
 
 @scenario("missing_hours", family="forecasting")

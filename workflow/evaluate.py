@@ -1,4 +1,4 @@
-"""One evaluation, end to end: data -> sandbox job on the executor -> scoring -> scorecard -> MLflow."""
+"""One evaluation, end to end: data -> sandbox job on the executor -> scoring -> scorecard -> tracker."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.families import FAMILIES
+from evaluation.families import open_family
+from evaluation.family import TaskFamily
 from evaluation.report import write_report
 from evaluation.scorecard import Scorecard, build_scorecard
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
-from pilots.workspace import HARNESS_VERSION, PROJECT_ROOT, Workspace
 from sandbox.bundle import inspect_bundle
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob
-from serving.contracts import get_contract
+from testbed.config import Workspace, harness_version
 
-__all__ = ["Evaluation", "evaluate_bundle"]
+__all__ = ["Evaluation", "evaluate_bundle", "sandbox_job"]
 
 
 @dataclass
@@ -30,14 +30,15 @@ class Evaluation:
     """Scorecard files written (scorecard.json, scorecard.html, plots)."""
 
 
-def _job(spec: PilotSpec, bundle: Path, phases, ws: Workspace, isolated: bool) -> SandboxJob:
+def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool) -> SandboxJob:
+    """The job for one bundle: inputs only (the family's phases), the spec's limits and resources."""
     r = spec.resources
     return SandboxJob(
-        bundle=bundle.read_bytes(), route=get_contract(spec.family).route, phases=phases,
+        bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data),
         limits=SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                              cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus)),
-        wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, gpu=r.gpus > 0,
-        forbidden=sorted({str(ws.data_dir), str(ws.home), str(PROJECT_ROOT / "mlflow")}))
+        wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
+        gpus=r.gpus, forbidden=ws.harness_paths)
 
 
 def _write(card: Scorecard, figures: dict, out_dir: Path, title: str) -> dict[str, Path]:
@@ -51,25 +52,25 @@ def _write(card: Scorecard, figures: dict, out_dir: Path, title: str) -> dict[st
 
 
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
-                    out_dir: Path, submission: str, split: str = "test", official: bool = True,
+                    out_dir: Path, submission: str, tracker: Tracker | None = None, split: str = "test",
                     isolated: bool = True) -> Evaluation:
-    """Evaluate `bundle` on `split`. Official runs (the sequestered split) are logged to MLflow."""
+    """Evaluate `bundle` on `split`. With a tracker the run is official and recorded there; without one it is
+    a check (the vendor kit): nothing is recorded."""
     if isolated:
         check_isolation()
     info = inspect_bundle(bundle)
-    get_contract(spec.family).check_routes(info.routes, where=str(bundle))
-    fam = FAMILIES.get(spec.family)(spec, ws.data_dir)
-    dataset_sha256 = fam.dataset_sha256()
+    fam = open_family(spec, ws.data_dir)
+    fam.contract.check_routes(info.routes, where=str(bundle))
     data = fam.load(split)
-    result = executor.run(_job(spec, bundle, fam.phases(data), ws, isolated), spec.resources)
+    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated))
     outcome = fam.score(data, result)
+    version = harness_version()
     card = build_scorecard(spec, fam, vendor, outcome, result, submission=submission, vendor=vendor.name,
-                           bundle_sha256=info.sha256, dataset_sha256=dataset_sha256, harness_version=HARNESS_VERSION,
-                           split=split, official=official)
-    tracker = Tracker(ws) if official else None
+                           bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256, harness_version=version,
+                           split=split, official=tracker is not None)
     if tracker:
         card.mlflow_run_id = tracker.start(card, {
-            "bundle_sha256": info.sha256, "dataset_sha256": dataset_sha256, "harness_version": HARNESS_VERSION,
+            "bundle_sha256": info.sha256, "dataset_sha256": fam.dataset_sha256, "harness_version": version,
             "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
             "isolated": isolated, "resources": spec.resources.model_dump_json()})
     try:
@@ -77,7 +78,7 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
                        out_dir, f"{spec.title.en} — {spec.title.ko}")
     except BaseException:
         if tracker:
-            tracker.client.set_terminated(card.mlflow_run_id, status="FAILED")
+            tracker.fail(card.mlflow_run_id)
         raise
     if tracker:
         tracker.finish(card.mlflow_run_id, card, files, bundle, result.log)

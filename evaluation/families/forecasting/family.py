@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from evaluation.families import family
-from evaluation.families.base import Outcome, TaskFamily
-from evaluation.scenarios import SCENARIOS
-from sandbox.runner import Phase, SandboxResult
-from serving.contracts import ContractViolation
-from serving.forecasting import FORECAST, HISTORY_FEATURES, decode_response, encode_request
+from evaluation.families.forecasting.contract import FORECAST, HISTORY_FEATURES, decode_response, encode_request
+from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.registry import SCENARIOS, family
+from pilots.spec import ScenarioSpec
+from sandbox.runner import SandboxResult
 
 __all__ = ["Forecasting", "Windows", "read_series"]
 
@@ -107,37 +106,24 @@ class Forecasting(TaskFamily):
         }
         return Windows(hist, future, truth, np.maximum(scale, 1.0), baseline, times[origins], groups, split)
 
-    def _batches(self, n: int, size: int) -> list[slice]:
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    def inputs(self, data: Windows) -> tuple[np.ndarray, np.ndarray]:
+        return data.history, data.future
 
-    def phases(self, data: Windows) -> list[Phase]:
-        o, n = self.options, len(data.truth)
-        inputs = {"clean": (data.history, data.future)}
-        for sc in self.spec.scenarios:
-            fn = SCENARIOS.get(sc.name)
-            inputs[sc.name] = fn(data.history, data.future, sc.severity, np.random.default_rng(sc.seed))
-        phases = [Phase(name, [encode_request(h[s], f[s]) for s in self._batches(n, o.batch_size)],
-                        [s.stop - s.start for s in self._batches(n, o.batch_size)])
-                  for name, (h, f) in inputs.items()]
-        k = min(o.single_stream_requests, n)
-        phases.append(Phase("single_stream", [encode_request(data.history[i:i + 1], data.future[i:i + 1])
-                                              for i in range(k)], [1] * k))
-        phases.append(Phase("offline", [encode_request(data.history, data.future)], [n]))
-        return phases
+    def size(self, data: Windows) -> int:
+        return len(data.truth)
+
+    def perturb(self, data: Windows, inputs, sc: ScenarioSpec) -> tuple[np.ndarray, np.ndarray]:
+        return SCENARIOS.get(sc.name)(*inputs, sc.severity, self.scenario_rng(sc))
+
+    def encode(self, inputs, rows: slice) -> bytes:
+        history, future = inputs
+        return encode_request(history[rows], future[rows])
 
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
-        phase = result.phases.get(name)
-        if phase is None:
-            return preds
-        start = 0
-        for body, items in zip(phase.bodies, phase.items, strict=True):
-            if body is not None:
-                try:
-                    preds[start:start + items] = decode_response(body, items, self.options.horizon)
-                except ContractViolation as exc:
-                    violations.append(f"{name}: {exc}")
-            start += items
+        decode = lambda body, start, items: decode_response(body, items, self.options.horizon)  # noqa: E731
+        for start, items, values in self.answers(result, name, decode, violations):
+            preds[start:start + items] = values
         return preds
 
     def score(self, data: Windows, result: SandboxResult) -> Outcome:
@@ -151,9 +137,8 @@ class Forecasting(TaskFamily):
                 return {m: float("nan") for m in fns}
             return {m: fn(data.truth[ok], pred[ok], scale[ok]) for m, fn in fns.items()}
 
-        names = ["clean", *(sc.name for sc in self.spec.scenarios)]
-        preds = {name: self._predictions(result, name, n, violations) for name in names}
-        for load_phase in ("single_stream", "offline"):
+        preds = {name: self._predictions(result, name, n, violations) for name in self.scenario_names}
+        for load_phase in LOAD_PHASES:
             self._predictions(result, load_phase, n, violations)
         clean = preds["clean"]
         groups = {f"{key}={value}": compute(clean, labels == value)

@@ -1,6 +1,17 @@
 """One small exception tree. Every message says what is wrong, where, and how to fix it.
 
-The CLI prints these without a traceback and exits non-zero; anything else is a bug.
+    TestbedError                 where + problem + fix; the CLI prints it without a traceback, exit 2
+    ├── SpecError                a pilot spec or vendor profile is invalid
+    ├── BundleError              a `.bento` archive is unsafe, malformed or too large
+    │   └── ContractError        ...or does not declare its pilot's task contract
+    ├── ContractViolation        a response of the running service breaks the contract (scored, not raised
+    │                            to the user: it makes the verdict `contract_violation`)
+    ├── SandboxUnavailable       isolation (bubblewrap) is missing: untrusted code must not run
+    ├── NotFound                 a pilot, submission, scorecard or registered name does not exist
+    ├── RegistryError            a plugin registers a name twice (a programming error in a plugin)
+    └── ResourceUnavailable      the Ray cluster cannot give what a pilot asks for
+
+Anything else reaching the CLI is a bug.
 """
 
 from __future__ import annotations
@@ -10,8 +21,10 @@ __all__ = [
     "SpecError",
     "BundleError",
     "ContractError",
+    "ContractViolation",
     "SandboxUnavailable",
     "NotFound",
+    "RegistryError",
     "ResourceUnavailable",
 ]
 
@@ -43,12 +56,20 @@ class ContractError(BundleError):
     """A bundle does not expose its pilot's task contract."""
 
 
+class ContractViolation(TestbedError):
+    """A response of the sandboxed service does not follow the contract (raised while decoding responses)."""
+
+
 class SandboxUnavailable(TestbedError):
     """Isolation (bubblewrap) is not available, so untrusted code must not run."""
 
 
 class NotFound(TestbedError):
     """A pilot, submission or scorecard does not exist."""
+
+
+class RegistryError(TestbedError):
+    """A plugin (task family, metric, scenario) is registered twice under one name."""
 
 
 class ResourceUnavailable(TestbedError):

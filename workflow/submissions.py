@@ -10,13 +10,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from pilots.errors import NotFound
+from evaluation.families import FAMILIES
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
-from pilots.workspace import Workspace
-from pilots.yamlio import load_model
 from sandbox.bundle import inspect_bundle
-from serving.contracts import get_contract
+from testbed.config import Workspace
+from testbed.errors import NotFound
+from testbed.yamlio import load_model
 
 __all__ = ["Submission", "SubmissionStore"]
 
@@ -50,7 +50,7 @@ class SubmissionStore:
         """Validate and store; returns the submission and whether it is new (False: same bytes seen before)."""
         vendor = load_model(vendor_file, VendorProfile)
         info = inspect_bundle(bundle)
-        get_contract(spec.family).check_routes(info.routes, where=str(bundle))
+        FAMILIES.get(spec.family).contract.check_routes(info.routes, where=str(bundle))
         sub_id = f"{spec.id}-{info.sha256[:12]}"
         if (self.root / sub_id / "submission.json").is_file():
             return self.get(sub_id), False

@@ -7,7 +7,7 @@ import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from pilots.errors import NotFound
+from testbed.errors import NotFound, RegistryError
 
 __all__ = ["Registry", "load_plugins"]
 
@@ -23,7 +23,9 @@ class Registry(Generic[T]):
     def register(self, name: str, **meta) -> Callable[[T], T]:
         def add(item: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise RegistryError(f"{self.kind} {name!r} is registered twice",
+                                    where=getattr(item, "__module__", None),
+                                    fix=f"give the {self.kind} another name, or remove the duplicate")
             for key, value in meta.items():
                 setattr(item, f"__testbed_{key}__", value)
             self._items[name] = item
@@ -51,7 +53,8 @@ class Registry(Generic[T]):
 
 
 def load_plugins(package: str) -> None:
-    """Import every module of `package`, so each registers itself: adding one is adding a file."""
+    """Import every module and subpackage of `package`, so each registers itself: adding one is adding a file
+    (or a folder)."""
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{package}.{info.name}")

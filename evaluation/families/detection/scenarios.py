@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from evaluation.scenarios import scenario
+from evaluation.registry import scenario
 
 __all__ = ["night", "rain", "fog", "motion_blur", "jpeg", "low_resolution"]
 

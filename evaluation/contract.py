@@ -1,7 +1,8 @@
 """Task contracts: the API a bundle must expose for its pilot's task family.
 
-A contract is checked twice: statically at submission, against the routes the bundle declares in its
-`bento.yaml` (nothing runs), and dynamically, on every response the sandboxed service returns.
+Each task family declares its contract in its folder's `contract.py`. A contract is checked twice: statically
+at submission, against the routes the bundle declares in its `bento.yaml` (nothing runs), and dynamically, on
+every response the sandboxed service returns.
 """
 
 from __future__ import annotations
@@ -9,15 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilots.errors import ContractError, NotFound
+from testbed.errors import ContractError, ContractViolation
 
-__all__ = ["Contract", "ContractViolation", "register_contract", "get_contract", "CONTRACTS"]
-
-CONTRACTS: dict[str, Contract] = {}
-
-
-class ContractViolation(ValueError):
-    """A response does not follow the contract (raised while decoding responses)."""
+__all__ = ["Contract", "ContractViolation"]
 
 
 @dataclass(frozen=True)
@@ -58,14 +53,3 @@ class Contract:
             raise ContractError(f"API `{self.api}` requires inputs the contract does not send: {sorted(extra)}",
                                 where=where, fix="give those parameters default values, or remove them")
 
-
-def register_contract(contract: Contract) -> Contract:
-    CONTRACTS[contract.family] = contract
-    return contract
-
-
-def get_contract(family: str) -> Contract:
-    try:
-        return CONTRACTS[family]
-    except KeyError:
-        raise NotFound(f"no task contract for family {family!r}", fix=f"use one of {sorted(CONTRACTS)}") from None

@@ -1,27 +1,56 @@
-"""Where things live. Defaults are project-local; the ecosystem's variables override them.
+"""Where things live, and which harness this is. Defaults are project-local; the ecosystem's variables
+override them:
 
 - `MLFLOW_TRACKING_URI`: tracking store (default: SQLite under `mlflow/`, artifacts in `mlflow/artifacts/`).
 - `BENTOML_HOME`: BentoML's store for bundles the testbed builds (default `var/bentoml`).
 - `RAY_ADDRESS`: a Ray cluster (default: a local Ray bound to loopback).
 - `TESTBED_HOME`: submissions and scorecards (default `var/`).
 - `TESTBED_DATA_DIR`: the city's data, including sequestered splits (default `data/`).
+
+Run from a source checkout, "project-local" means the checkout; installed from a wheel (a Ray node), it means
+the current folder.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-__all__ = ["Workspace", "PROJECT_ROOT", "HARNESS_VERSION"]
+__all__ = ["Workspace", "PROJECT_ROOT", "DISTRIBUTION", "harness_version"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-HARNESS_VERSION = "0.1.0"
+DISTRIBUTION = "seoul-ai-testbed"
+_SOURCE = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _SOURCE if (_SOURCE / "pyproject.toml").is_file() else Path.cwd()
+"""The source checkout holding the packages, or the current folder when they are installed from a wheel."""
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+
+@functools.cache
+def harness_version() -> str:
+    """The package version from its metadata, plus the git commit of a source checkout (`+g<sha>`, and
+    `.dirty` when files differ from it): a scorecard names exactly the code that produced it."""
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    if not (_SOURCE / ".git").exists():
+        return version
+    try:
+        sha = subprocess.run(["git", "-C", str(_SOURCE), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(_SOURCE), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}{'.dirty' if dirty else ''}" if sha else version
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,16 @@ class Workspace:
     @property
     def submissions(self) -> Path:
         return self.home / "submissions"
+
+    @property
+    def harness_paths(self) -> list[str]:
+        """Host folders a sandboxed bundle must never see (they are not mounted; touching them is reported)."""
+        paths = {self.data_dir, self.home}
+        if self.tracking_uri.startswith("sqlite:///"):
+            paths.add(Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent)
+        if self.artifact_root:
+            paths.add(self.artifact_root)
+        return sorted(str(p) for p in paths)
 
 
 def _local_artifact_root(uri: str) -> Path | None:

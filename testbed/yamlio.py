@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pilots.errors import SpecError
+from testbed.errors import SpecError
 
 __all__ = ["load_model", "validation_error"]
 

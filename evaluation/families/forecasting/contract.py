@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from serving.contracts import Contract, ContractViolation, register_contract
+from evaluation.contract import Contract, ContractViolation
 
 __all__ = ["FORECAST", "HISTORY_FEATURES", "FUTURE_FEATURES", "CALENDAR_FEATURES", "encode_request",
            "decode_response"]
@@ -35,12 +35,12 @@ HISTORY_FEATURES = ("demand", *FUTURE_FEATURES)
 CALENDAR_FEATURES = ("hour", "day_of_week", "holiday", "functioning_day")
 """Columns never missing: the calendar is always known."""
 
-FORECAST = register_contract(Contract(
+FORECAST = Contract(
     family="forecasting",
     api="forecast",
     inputs={"history": ("tensor", "array"), "future": ("tensor", "array")},
     summary=__doc__.split("\n\n", 1)[1].strip(),
-))
+)
 
 
 def encode_request(history: np.ndarray, future: np.ndarray) -> bytes:

@@ -22,16 +22,16 @@ import json
 import math
 from typing import NamedTuple
 
-from serving.contracts import Contract, ContractViolation, register_contract
+from evaluation.contract import Contract, ContractViolation
 
 __all__ = ["DETECT", "Detection", "encode_request", "decode_response"]
 
-DETECT = register_contract(Contract(
+DETECT = Contract(
     family="detection",
     api="detect",
     inputs={"images": ("array",)},
     summary=__doc__.split("\n\n", 1)[1].strip(),
-))
+)
 
 TOLERANCE = 0.01
 """Pixels by which a box may be inverted (x2 < x1) through rounding before it is a violation."""

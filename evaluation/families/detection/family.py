@@ -1,0 +1,176 @@
+"""Road-user detection and counting on camera frames: images in, boxes with classes and scores out."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from evaluation.families.detection.contract import DETECT, decode_response, encode_request
+from evaluation.families.detection.data import (
+    DetectionOptions,
+    Frames,
+    Kept,
+    decode_image,
+    object_counts,
+    png,
+)
+from evaluation.families.detection.metrics import AREA_RANGES, DetectionEval, class_ap, class_count_mae, coco_evaluate
+from evaluation.families.detection.plots import detection_plots
+from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.registry import SCENARIOS, family
+from pilots.spec import ScenarioSpec
+from sandbox.runner import SandboxResult
+from testbed.errors import SpecError
+
+__all__ = ["ObjectDetection"]
+
+
+@family("detection")
+class ObjectDetection(TaskFamily):
+    contract = DETECT
+    Options = DetectionOptions
+    group_keys = ("size", "density", "lighting")
+    primary_metric = "map"
+    baseline_metric = "count_mae"
+    technology_fields = ("computer_vision", "autonomous_driving")
+    baseline_name = "mean_count_from_public_sample"
+
+    def _members(self, split: str) -> list[str]:
+        where = f"pilot {self.spec.id}: dataset.splits.{split}.members"
+        key, path = self.spec.dataset.splits[split].members, self.data_path.parent / "splits.json"
+        members = json.loads(path.read_text()).get(key) if key and path.is_file() else None
+        if not members:
+            raise SpecError(f"no list {key!r} in {path}", where=where,
+                            fix="name a key of the splits.json beside the annotations file")
+        return members
+
+    def _read(self, split: str) -> tuple[dict, list[dict], list[int]]:
+        coco = json.loads(self.data_path.read_text())
+        by_name = {c["name"]: c["id"] for c in coco["categories"]}
+        unknown = [c for c in self.options.classes if c not in by_name]
+        if unknown:
+            raise SpecError(f"classes {unknown} are not categories of {self.data_path.name}",
+                            where=f"pilot {self.spec.id}: task.classes", fix=f"use some of: {', '.join(by_name)}")
+        by_file, members = {im["file_name"]: im for im in coco["images"]}, self._members(split)
+        missing = [name for name in members if name not in by_file]
+        if missing:
+            raise SpecError(f"split {split!r} lists {len(missing)} images that {self.data_path.name} lacks, "
+                            f"e.g. {missing[0]}", where=f"pilot {self.spec.id}: dataset",
+                            fix="use the splits.json that belongs to this annotations file")
+        images = [by_file[name] for name in members]
+        return coco, images, [by_name[c] for c in self.options.classes]
+
+    def load(self, split: str) -> Frames:
+        o = self.options
+        coco, images, cat_ids = self._read(split)
+        ids = [im["id"] for im in images]
+        anns = [a for a in coco["annotations"] if a["image_id"] in set(ids) and a["category_id"] in set(cat_ids)]
+        gt = {"info": coco.get("info", {}), "licenses": coco.get("licenses", []), "images": images,
+              "annotations": anns, "categories": [c for c in coco["categories"] if c["id"] in cat_ids]}
+        jpeg = [(self.data_path.parent / "images" / im["file_name"]).read_bytes() for im in images]
+        counts = {area: object_counts(anns, ids, cat_ids, lo, hi) for area, (lo, hi) in AREA_RANGES.items()}
+        crowd = {a["image_id"] for a in anns if a.get("iscrowd")}
+        crowded = (counts["all"].sum(1) >= o.crowded_min_objects) | np.isin(ids, list(crowd))
+        pixels = [decode_image(raw) for raw in jpeg]
+        luma = np.array([float((im @ np.array([0.299, 0.587, 0.114])).mean()) for im in pixels])
+        groups = {"density": np.where(crowded, "crowded", "sparse"),
+                  "lighting": np.where(luma < o.dark_luminance, "dark", "normal")}
+        return Frames([im["file_name"] for im in images], ids, jpeg, [(im["width"], im["height"]) for im in images],
+                      gt, cat_ids, counts, groups, split, pixels)
+
+    def perturb_frame(self, image: np.ndarray, i: int, sc: ScenarioSpec) -> bytes:
+        """Frame `i` (decoded) under scenario `sc`, as an image file; each frame has its own seeded generator."""
+        out = SCENARIOS.get(sc.name)(image, sc.severity, self.scenario_rng(sc, i))
+        return out if isinstance(out, bytes) else png(out)
+
+    def inputs(self, data: Frames) -> list[bytes]:
+        return data.jpeg
+
+    def size(self, data: Frames) -> int:
+        return len(data.jpeg)
+
+    def perturb(self, data: Frames, inputs: list[bytes], sc: ScenarioSpec) -> list[bytes]:
+        return [self.perturb_frame(frame, i, sc) for i, frame in enumerate(data.pixels)]
+
+    def encode(self, inputs: list[bytes], rows: slice) -> bytes:
+        return encode_request(inputs[rows])
+
+    def _detections(self, data: Frames, result: SandboxResult, name: str, violations: list[str]):
+        """Kept detections per frame (none where a request failed) and which frames got a valid answer."""
+        index = {c: k for k, c in enumerate(self.options.classes)}
+        kept: Kept = [[] for _ in data.jpeg]
+        answered = np.zeros(len(data.jpeg), bool)
+        decode = lambda body, start, items: decode_response(body, items, data.sizes[start:start + items])  # noqa: E731
+        for start, _, frames in self.answers(result, name, decode, violations):
+            for i, dets in enumerate(frames, start):
+                mine = sorted(((index[d.label], d.score, d.box) for d in dets if d.label in index), key=lambda t: -t[1])
+                kept[i], answered[i] = mine[:self.options.max_detections], True
+        return kept, answered
+
+    def _evaluate(self, data: Frames, kept: Kept, rows: np.ndarray) -> dict[str, DetectionEval]:
+        """COCO evaluation of the frames `rows`, per area range, with the counts beside it."""
+        o = self.options
+        results = [{"image_id": data.image_ids[i], "category_id": data.cat_ids[k], "score": s,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1]} for i in rows for k, s, (x1, y1, x2, y2) in kept[i]]
+        coco = coco_evaluate(data.gt, results, data.cat_ids, [data.image_ids[i] for i in rows], o.max_detections)
+        out = {}
+        for area, (precision, recall) in coco.items():
+            lo, hi = AREA_RANGES[area]
+            pred = np.zeros((len(rows), len(data.cat_ids)))
+            for r, i in enumerate(rows):
+                for k, s, (x1, y1, x2, y2) in kept[i]:
+                    pred[r, k] += s >= o.count_score_threshold and lo <= (x2 - x1) * (y2 - y1) <= hi
+            out[area] = DetectionEval(precision, recall, data.true_counts[area][rows], pred)
+        return out
+
+    def score(self, data: Frames, result: SandboxResult) -> Outcome:
+        violations, fns, every = [], self.metric_functions(), np.arange(len(data.jpeg))
+        kept = {name: self._detections(data, result, name, violations) for name in self.scenario_names}
+        for load_phase in LOAD_PHASES:
+            self._detections(data, result, load_phase, violations)
+        evals = {name: self._evaluate(data, k, every) for name, (k, _) in kept.items()}
+        metrics = {name: {m: fn(ev["all"]) for m, fn in fns.items()} for name, ev in evals.items()}
+        clean, classes = evals["clean"]["all"], self.options.classes
+        class_aps = {name: [class_ap(ev["all"], k) for k in range(len(classes))] for name, ev in evals.items()}
+        metrics["clean"] |= {f"ap/{c}": ap for c, ap in zip(classes, class_aps["clean"], strict=True)
+                             if not math.isnan(ap)}  # classes absent from the split have no AP
+        metrics["clean"] |= {f"count_mae/{c}": class_count_mae(clean, k) for k, c in enumerate(classes)}
+        groups = {}
+        for key in self.spec.groups:
+            if key == "size":
+                found = {f"size={a}": evals["clean"][a] for a in ("small", "medium", "large")}
+            else:
+                labels = data.groups[key]
+                found = {f"{key}={v}": self._evaluate(data, kept["clean"][0], np.flatnonzero(labels == v))["all"]
+                         for v in sorted(set(labels))}
+            groups |= {g: {m: fn(ev) for m, fn in fns.items()} for g, ev in found.items() if (ev.precision > -1).any()}
+        baseline = self._baseline(clean)
+        return Outcome(
+            metrics=metrics, groups=groups, violations=violations,
+            baseline={"name": self.baseline_name, **{m: fn(baseline) for m, fn in fns.items()}},
+            coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
+            extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})
+
+    def _baseline(self, clean: DetectionEval) -> DetectionEval:
+        """Non-deep-learning rule: no boxes; every frame's count is the public sample's mean count per class."""
+        coco, images, cat_ids = self._read("sample")
+        ids = [im["id"] for im in images]
+        mean = object_counts(coco["annotations"], ids, cat_ids, *AREA_RANGES["all"]).mean(0)
+        return DetectionEval(np.where(clean.precision > -1, 0.0, -1.0), np.where(clean.recall > -1, 0.0, -1.0),
+                             clean.true_counts, np.broadcast_to(mean, clean.true_counts.shape))
+
+    def export(self, data: Frames, out_dir) -> list:
+        folder = out_dir / data.split
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, raw in zip(data.files, data.jpeg, strict=True):
+            paths.append(folder / "images" / name)
+            paths[-1].write_bytes(raw)
+        paths.append(folder / "annotations.json")
+        paths[-1].write_text(json.dumps(data.gt, indent=1))
+        return paths
+
+    def plots(self, data: Frames, outcome: Outcome) -> dict:
+        return detection_plots(self, data, outcome)
