@@ -6,23 +6,16 @@ timings and a verdict. Scoring happens elsewhere, where the ground truth is.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import psutil
 
-from sandbox.bundle import import_bundle
-from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command, seccomp_file
+from sandbox.isolation import SandboxLimits
+from sandbox.service import SandboxedService
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
 
@@ -107,44 +100,6 @@ def classify(*, returncode: int | None, log: str, timed_out: bool, stopped_by_us
     return "completed", "all phases ran"
 
 
-class _Watch(threading.Thread):
-    """Samples the resident memory of the sandboxed process tree."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.2):
-            try:
-                root = psutil.Process(self.pid)
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                self.peak = max(self.peak, rss)
-            except psutil.Error:
-                return
-
-
-def _prepare(job: SandboxJob, tmp: Path, seccomp_fd: int | None) -> tuple[list[str], Path, dict[str, str] | None]:
-    bundle = tmp / "bundle.bento"
-    bundle.write_bytes(job.bundle)
-    home, sockets = tmp / "bentoml", tmp / "sock"
-    tag = import_bundle(bundle, home)
-    bundle.unlink()
-    sockets.mkdir(mode=0o700)
-    for path in [home, *home.rglob("*")]:
-        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
-    if not job.isolated:
-        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-        return [sys.executable, "-I", str(WORKER), tag, str(sockets / "service.sock")], sockets, env
-    if os.geteuid() == 0:
-        os.chown(sockets, NOBODY, NOBODY)
-    extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} if "CUDA_VISIBLE_DEVICES" in os.environ else {}
-    argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *job.forbidden]
-    cmd = sandbox_command(argv, SandboxPaths(home, sockets), job.limits, gpu=job.gpus > 0, env=extra,
-                          seccomp_fd=seccomp_fd)
-    return cmd, sockets, None
-
-
 def _send(client: httpx.Client, route: str, body: bytes, timeout: float) -> tuple[int, bytes | None, float, str]:
     start = time.perf_counter()
     try:
@@ -161,47 +116,26 @@ def run_job(job: SandboxJob) -> SandboxResult:
     """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict."""
     started = time.monotonic()
     deadline = started + job.wall_time_s
-    with tempfile.TemporaryDirectory(prefix="testbed-run-") as tmpdir:
-        tmp = Path(tmpdir)
-        log_path = tmp / "sandbox.log"
-        with seccomp_file() as fd, open(log_path, "wb") as log:
-            cmd, sockets, env = _prepare(job, tmp, fd if job.isolated else None)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True, pass_fds=(fd,) if fd is not None and job.isolated else ())
-        watch = _Watch(proc.pid)
-        watch.start()
-        transport = httpx.HTTPTransport(uds=str(sockets / "service.sock"))
-        phases: dict[str, PhaseResult] = {}
-        timed_out, ready_at = False, None
-        with httpx.Client(transport=transport, base_url="http://sandbox") as client:
-            ready_deadline = min(deadline, time.monotonic() + job.startup_timeout_s)
-            while proc.poll() is None and time.monotonic() < ready_deadline:
-                try:
-                    if client.get("/readyz", timeout=2).status_code == 200:
-                        ready_at = time.monotonic()
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            timed_out = ready_at is None and proc.poll() is None
+    phases: dict[str, PhaseResult] = {}
+    with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
+                          forbidden=job.forbidden) as svc:
+        ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
+        timed_out = ready_at is None and svc.alive()
+        with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:
             for phase in job.phases if ready_at else []:
-                result = _run_phase(client, job.route, phase, deadline, proc)
-                phases[phase.name] = result
+                phases[phase.name] = _run_phase(client, job.route, phase, deadline, svc.proc)
                 if time.monotonic() >= deadline:
                     timed_out = True
-                if timed_out or proc.poll() is not None:
+                if timed_out or not svc.alive():
                     break
-        returncode = proc.poll()
-        stopped_by_us = returncode is None
-        _stop(proc)
-        watch.stop.set()
-        log_text = _tail(log_path, 200_000)
+        svc.stop()
+        log_text = svc.log_tail()
+        returncode, stopped_by_us, peak = svc.returncode, svc.stopped_by_us, svc.peak_rss_mb
     verdict, reason = classify(returncode=returncode, log=log_text, timed_out=timed_out, stopped_by_us=stopped_by_us)
     if verdict == "timeout" and ready_at is None:
         reason = f"the service was not ready within {job.startup_timeout_s:g} s"
     return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log_text,
-                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=watch.peak / 2**20,
-                         isolated=job.isolated)
+                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=peak, isolated=job.isolated)
 
 
 def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, proc) -> PhaseResult:
@@ -218,24 +152,3 @@ def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, 
     errors = [err for *_, err in outcomes if err][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors)
-
-
-def _tail(path: Path, limit: int) -> str:
-    """The last `limit` bytes of a log the service may have made huge."""
-    with open(path, "rb") as fh:
-        fh.seek(max(0, path.stat().st_size - limit))
-        return fh.read().decode(errors="replace")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
