@@ -14,7 +14,7 @@ from rich.table import Table
 
 from testbed.config import Workspace
 from testbed.errors import NotFound, TestbedError
-from workflow.catalogue import all_pilots, get_pilot
+from workflow.catalogue import get_pilot, scan_pilots
 from workflow.submissions import SubmissionStore
 
 __all__ = ["app"]
@@ -55,14 +55,18 @@ def _warn_unsafe() -> None:
 @pilots_app.command("list")
 @friendly
 def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the pilots."""
-    pilots = all_pilots()
+    """List the pilots, and any spec file that is broken with its error."""
+    pilots, broken = scan_pilots()
     if as_json:
-        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()])
+        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()]
+                          + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
     table = Table("id", "family", "title", "department")
     for p in pilots.values():
         table.add_row(p.id, p.family, f"{p.title.en}\n{p.title.ko}", p.department)
     out.print(table)
+    for path, exc in broken.items():
+        err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
 
 
 @pilots_app.command("show")
@@ -73,13 +77,17 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
 
     spec = get_pilot(pilot)
     contract = FAMILIES.get(spec.family).contract
+    details = FAMILIES.get(spec.family).contract_details(spec)
     if as_json:
         return _emit_json({"spec": spec.model_dump(mode="json"),
                            "contract": {"api": contract.api, "inputs": list(contract.inputs),
-                                        "summary": contract.summary}})
+                                        "summary": contract.summary, **details}})
     out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
     out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
     out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{escape(contract.summary)}\n")
+    for name, value in details.items():
+        shown = ", ".join(f"{i}: {v}" for i, v in enumerate(value)) if name.endswith("features") else value
+        out.print(f"  [bold]{name}[/]: {escape(str(shown))}")
     out.print("[bold]Thresholds[/]: " + ", ".join(
         f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
         for t in spec.thresholds))

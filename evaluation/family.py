@@ -42,6 +42,9 @@ class Outcome:
     """Contract violations found in responses (any makes the verdict `contract_violation`)."""
     coverage: float = 1.0
     """Share of clean items that got a valid prediction."""
+    equity: dict[str, Any] | None = None
+    """Per-group intervals, gap and too-small groups on the primary metric (`evaluation.equity.assess_groups`);
+    None: the scorecard ranks `groups` without uncertainty."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Family data for plots (not serialised)."""
 
@@ -88,10 +91,21 @@ class TaskFamily(ABC):
             if sc.name not in scenarios:
                 raise SpecError(f"field `scenarios.{i}.name`: unknown scenario {sc.name!r}", where=where,
                                 fix=f"use one of the {cls.name} scenarios: {', '.join(sorted(scenarios))}")
+        available = cls.available_groups(spec)
         for i, group in enumerate(spec.groups):
-            if group not in cls.group_keys:
+            if group not in available:
                 raise SpecError(f"field `groups.{i}`: unknown group {group!r}", where=where,
-                                fix=f"use one of: {', '.join(cls.group_keys)}")
+                                fix=f"use one of: {', '.join(available)}")
+
+    @classmethod
+    def available_groups(cls, spec: PilotSpec) -> tuple[str, ...]:
+        """Group keys a spec may name (default: the family's fixed `group_keys`)."""
+        return cls.group_keys
+
+    @classmethod
+    def contract_details(cls, spec: PilotSpec) -> dict[str, Any]:
+        """What the contract means for this pilot (shapes, feature names and order), shown by `pilots show`."""
+        return {}
 
     @property
     def data_path(self) -> Path:

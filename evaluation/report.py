@@ -12,11 +12,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from evaluation.scorecard import Scorecard  # noqa: E402
 
-__all__ = ["standard_figures", "render_html", "write_report"]
+__all__ = ["standard_figures", "shown_groups", "render_html", "write_report"]
 
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
 _env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
@@ -37,20 +38,51 @@ def _readable(value):
 _env.filters["readable"] = lambda v: json.dumps(_readable(v), ensure_ascii=False)
 
 
+PER_KEY = 12
+"""Groups shown per key in the plot and the table (the worst first); the JSON scorecard has them all."""
+
+
+def shown_groups(card: Scorecard) -> dict[str, list[tuple[str, dict]]]:
+    """Per group key, the groups to show: worst judged first, then the too-small ones, at most PER_KEY."""
+    eq = card.equity.get("groups") or {}
+    if not eq:  # a family without intervals: the plain per-group values
+        metric = card.equity.get("metric")
+        eq = {g: {"key": g.split("=", 1)[0], "value": v.get(metric, math.nan), "judged": True}
+              for g, v in card.groups.items()}
+    worst_first = card.equity.get("goal", "min") == "min"
+    by_key: dict[str, list[tuple[str, dict]]] = {}
+    for name, g in eq.items():
+        by_key.setdefault(g["key"], []).append((name, g))
+    for key, rows in by_key.items():
+        rows.sort(key=lambda r: (not r[1]["judged"], -r[1]["value"] if worst_first else r[1]["value"]))
+        by_key[key] = rows[:PER_KEY]
+    return by_key
+
+
+def _groups_figure(card: Scorecard, metric: str) -> plt.Figure:
+    rows = [r for rows in shown_groups(card).values() for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    names, values = [n for n, _ in rows], np.array([g["value"] for _, g in rows], dtype=float)
+    low = np.array([g.get("low", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
+    high = np.array([g.get("high", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
+    colours = ["#4c72b0" if g["judged"] else "#bbbbbb" for _, g in rows]
+    ax.barh(names, values, color=colours, xerr=np.nan_to_num([values - low, high - values]), ecolor="#333333",
+            capsize=2)
+    ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
+    ax.set(xlabel=f"{metric} ({card.equity.get('level', 0.95):.0%} bootstrap interval; grey: too small to judge)"
+           if "groups" in card.equity else metric, title=f"{metric} by group (equity)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
     """Plots every family gets: per-group error, scenario retention, latency."""
     figs = {}
     metric = card.equity.get("metric")
     if card.groups and metric:
-        names = list(card.groups)
-        fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
-        ax.barh(names, [card.groups[n].get(metric, math.nan) for n in names], color="#4c72b0")
-        ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
-        ax.set(xlabel=metric, title=f"{metric} by group (equity)")
-        ax.invert_yaxis()
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figs["groups"] = fig
+        figs["groups"] = _groups_figure(card, metric)
     if card.retention:
         fig, ax = plt.subplots(figsize=(6, 0.4 * len(card.retention) + 1.2))
         vals = [card.retention[k] for k in card.retention]
@@ -82,7 +114,8 @@ def _png(fig: plt.Figure) -> bytes:
 
 def render_html(card: Scorecard, pngs: dict[str, bytes], title: str) -> str:
     images = {name: base64.b64encode(data).decode() for name, data in pngs.items()}
-    return _env.get_template("scorecard.html.j2").render(card=card, images=images, title=title)
+    return _env.get_template("scorecard.html.j2").render(card=card, images=images, title=title,
+                                                         shown=shown_groups(card), per_key=PER_KEY)
 
 
 def write_report(card: Scorecard, figures: dict[str, plt.Figure], out_dir: Path, title: str) -> dict[str, Path]:

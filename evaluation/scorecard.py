@@ -74,7 +74,8 @@ class Scorecard(BaseModel):
     groups: dict[str, dict[str, float]]
     """`key=value` group -> metric -> value (clean scenario)."""
     equity: dict[str, Any]
-    """Worst and best group on the primary metric and the gap between them."""
+    """Worst and best group on the primary metric and the gap between them; with bootstrap intervals per group,
+    per key and for the gap, and the groups too small to judge (`evaluation.equity.assess_groups`)."""
     performance: dict[str, Any]
     """Latency percentiles (single stream), offline throughput, error rate, start-up time, peak memory."""
     baseline: dict[str, Any]
@@ -151,8 +152,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                  for name, m in outcome.metrics.items() if name != "clean"}
     ranked = sorted(((v[primary], k) for k, v in outcome.groups.items() if not math.isnan(v.get(primary, math.nan))),
                     reverse=goal == "min")
-    equity = {"metric": primary}
-    if ranked:
+    equity = outcome.equity or {"metric": primary}  # with intervals when the family bootstraps them
+    if ranked and outcome.equity is None:
         (worst, worst_g), (best, best_g) = ranked[0], ranked[-1]
         equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
                    "gap": abs(worst - best), "worst_vs_overall": _ratio(goal, clean.get(primary), worst)}
@@ -181,7 +182,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                                     "coverage": outcome.coverage})
     # 3. policy fit: the evaluators' rubric; equity across groups is evidence for them.
     policy = Criterion(score=None, status="pending_evaluator",
-                       evidence={"policy_goals": spec.policy_goals, "equity": equity})
+                       evidence={"policy_goals": spec.policy_goals,
+                                 "equity": {k: v for k, v in equity.items() if k not in ("groups", "keys")}})
     # 4. local strength fit: Seoul-based, startup, a field where Seoul leads.
     local_parts = {"seoul_based": profile.seoul_based, "startup": profile.startup,
                    "seoul_leading_field": profile.technology_field in SEOUL_LEADING_FIELDS}

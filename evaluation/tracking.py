@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,16 @@ class Tracker(Protocol):
         """The latest finished official run per submission, newest first."""
 
 
+def _safe(label: str) -> str:
+    """A group label as MLflow accepts it in a metric name (letters of any script, digits, `_.- :`)."""
+    return re.sub(r"[^\w.\- :=]", "_", label).replace("..", "_")
+
+
 def flatten(card: Scorecard) -> dict[str, float]:
     """The scorecard's numbers as flat metric names (`clean/mase`, `group/hour_band/night/mase`, ...)."""
     out = {f"{scenario}/{m}": v for scenario, vals in card.metrics.items() for m, v in vals.items()}
     out |= {f"retention/{k}": v for k, v in card.retention.items()}
-    out |= {f"group/{g.replace('=', '/')}/{m}": v for g, vals in card.groups.items() for m, v in vals.items()}
+    out |= {f"group/{_safe(g).replace('=', '/')}/{m}": v for g, vals in card.groups.items() for m, v in vals.items()}
     out |= {f"latency_ms/{q}": v for q, v in card.performance["latency_ms"].items()}
     out |= {f"criteria/{k}": c.score for k, c in card.criteria.items() if c.score is not None}
     out |= {"throughput_items_per_s": card.performance["throughput_items_per_s"],

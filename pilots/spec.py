@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
-    "CriteriaWeights", "Criteria",
+    "CriteriaWeights", "Criteria", "EquitySettings",
 ]
 
 
@@ -143,6 +143,17 @@ class Criteria(_Spec):
     """Skill over the non-deep-learning baseline (1 - error ratio) that earns the full deep-learning-fit score."""
 
 
+class EquitySettings(_Spec):
+    resamples: int = Field(default=1000, ge=50, le=20000)
+    """Bootstrap resamples behind each group's confidence interval."""
+    level: float = Field(default=0.95, gt=0.5, lt=1)
+    """Confidence level of the intervals (0.95 = 95 %)."""
+    min_units: int = Field(default=30, ge=1)
+    """Groups with fewer resampling units (windows, frames, texts) are marked too small to judge."""
+    seed: int = 0
+    """Seed of the bootstrap draws: the same seed gives the same intervals."""
+
+
 class PilotSpec(_Spec):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,48}$")
     """Short id: lower-case letters, digits and dashes (used in commands, MLflow names and paths)."""
@@ -164,6 +175,8 @@ class PilotSpec(_Spec):
     """Robustness scenarios run besides the clean one."""
     groups: list[str] = Field(default_factory=list)
     """Group keys for per-group (equity) metrics, as the family defines them (e.g. `hour_band`)."""
+    equity: EquitySettings = Field(default_factory=EquitySettings)
+    """How per-group uncertainty is measured (bootstrap confidence intervals, smallest group judged)."""
     criteria: Criteria
     """How the four decision criteria are weighted and scored."""
     resources: Resources = Field(default_factory=Resources)

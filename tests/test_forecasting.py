@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from evaluation.families import FAMILIES
-from evaluation.families.forecasting.contract import CALENDAR_FEATURES, HISTORY_FEATURES, decode_response
-from evaluation.registry import METRICS, SCENARIOS
+from evaluation.families.forecasting.contract import decode_response
+from evaluation.registry import METRICS
 from testbed.config import PROJECT_ROOT
 from testbed.errors import ContractViolation
 from tests.doubles import FakeSandbox
@@ -49,15 +49,18 @@ def test_metrics_on_a_hand_example():
     assert fns["mase"](y, yhat, scale) == pytest.approx(1.0)
 
 
-def test_missing_hours_is_seeded_and_spares_the_calendar(test_windows):
-    fn = SCENARIOS.get("missing_hours")
-    h1, f1 = fn(test_windows.history, test_windows.future, 0.2, np.random.default_rng(7))
-    h2, _ = fn(test_windows.history, test_windows.future, 0.2, np.random.default_rng(7))
+def test_missing_hours_is_seeded_and_spares_the_calendar(fam, test_windows):
+    data = fam.options.data
+    sc = type("S", (), {"name": "missing_hours", "severity": 0.2, "seed": 7})()
+    h1, f1 = fam.perturb(test_windows, fam.inputs(test_windows), sc)
+    h2, _ = fam.perturb(test_windows, fam.inputs(test_windows), sc)
     assert np.array_equal(np.isnan(h1), np.isnan(h2))
     lost = np.isnan(h1[..., 0]).mean()
     assert 0.15 < lost < 0.25 and not np.isnan(test_windows.history).any()
-    for name in CALENDAR_FEATURES:
-        assert not np.isnan(h1[..., HISTORY_FEATURES.index(name)]).any()
+    assert data.calendar == ["hour", "day_of_week", "is_holiday", "functioning_day"]
+    for name in data.calendar:
+        assert not np.isnan(h1[..., data.history_features.index(name)]).any()
+    assert np.isnan(h1[..., data.history_features.index("temperature")]).any()
     assert np.array_equal(f1, test_windows.future)
 
 

@@ -10,7 +10,7 @@ from pilots.catalogue import read_spec, spec_files
 from pilots.spec import PilotSpec
 from testbed.errors import NotFound, SpecError
 
-__all__ = ["load_pilot", "all_pilots", "get_pilot"]
+__all__ = ["load_pilot", "scan_pilots", "all_pilots", "get_pilot"]
 
 
 def load_pilot(path: Path, *, catalogued: bool = False) -> PilotSpec:
@@ -23,16 +23,37 @@ def load_pilot(path: Path, *, catalogued: bool = False) -> PilotSpec:
     return spec
 
 
-def all_pilots() -> dict[str, PilotSpec]:
+def scan_pilots() -> tuple[dict[str, PilotSpec], dict[Path, SpecError]]:
+    """Every valid pilot by id, and every spec file that is not valid with its error: one bad file never hides
+    the others. A second file claiming an id already taken is reported as broken."""
     pilots: dict[str, PilotSpec] = {}
+    sources: dict[str, Path] = {}
+    broken: dict[Path, SpecError] = {}
     for path in spec_files():
-        spec = load_pilot(path, catalogued=True)
-        pilots[spec.id] = spec
-    return pilots
+        try:
+            spec = load_pilot(path, catalogued=True)
+        except SpecError as exc:
+            broken[path] = exc
+            continue
+        if spec.id in pilots:
+            broken[path] = SpecError(f"pilot id {spec.id!r} is already defined by {sources[spec.id]}",
+                                     where=str(path), fix="remove one of the two files, or rename one pilot")
+            continue
+        pilots[spec.id], sources[spec.id] = spec, path
+    return pilots, broken
+
+
+def all_pilots() -> dict[str, PilotSpec]:
+    """The valid pilots by id (`scan_pilots` also lists the broken spec files)."""
+    return scan_pilots()[0]
 
 
 def get_pilot(pilot_id: str) -> PilotSpec:
-    pilots = all_pilots()
+    """One pilot; when its own spec file is broken, that file's error (the other files do not matter)."""
+    pilots, broken = scan_pilots()
     if pilot_id not in pilots:
+        mine = [exc for path, exc in broken.items() if path.stem == pilot_id]
+        if mine:
+            raise mine[0]
         raise NotFound(f"no pilot {pilot_id!r}", fix=f"use one of: {', '.join(sorted(pilots))} (testbed pilots list)")
     return pilots[pilot_id]

@@ -1,7 +1,10 @@
-"""Forecasting of an hourly series: windows of history in, the next `horizon` hours out (pilot `bike-demand`)."""
+"""Forecasting of time series driven by the pilot spec: one series or a panel, windows of history in, the
+next `horizon` steps out (pilots `bike-demand`, `subway-ridership`)."""
 
-from evaluation.families.forecasting import metrics, scenarios  # noqa: F401 - they register themselves
+from evaluation.families.forecasting import adapters, metrics, scenarios  # noqa: F401 - they register themselves
 from evaluation.families.forecasting.contract import FORECAST
-from evaluation.families.forecasting.family import Forecasting, Windows, read_series
+from evaluation.families.forecasting.family import Forecasting, ForecastOptions, Windows
+from evaluation.families.forecasting.series import ADAPTERS, SeriesData, adapter, read_panel
 
-__all__ = ["FORECAST", "Forecasting", "Windows", "read_series"]
+__all__ = ["FORECAST", "Forecasting", "ForecastOptions", "Windows", "ADAPTERS", "SeriesData", "adapter",
+           "read_panel"]

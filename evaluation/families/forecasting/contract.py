@@ -1,17 +1,19 @@
-"""The forecasting task contract (hourly demand, next 24 hours).
+"""The forecasting task contract (any pilot of the family; the pilot spec fixes the sizes and the features).
 
     @bentoml.service
     class MyForecaster:
         @bentoml.api
         def forecast(self, history: np.ndarray, future: np.ndarray) -> np.ndarray: ...
 
-- `history`: float array (windows, history_hours, len(HISTORY_FEATURES)), oldest hour first. Hours missing
-  from the record are NaN (sent as the JSON literal `NaN`), calendar columns excepted.
-- `future`: float array (windows, horizon, len(FUTURE_FEATURES)): the coming hours' calendar and weather,
-  as a weather forecast gives it.
-- returns: float array (windows, horizon) of predicted demand, finite and non-negative.
+- `history`: float array (windows, history, len(history_features)), oldest step first. Features in the
+  pilot's order (`testbed pilots show PILOT` lists them; the public data carry them as `history_features`):
+  the target first, then calendar, known-in-advance and observed covariates. Steps missing from the record are
+  NaN (sent as the JSON literal `NaN`), calendar features excepted.
+- `future`: float array (windows, horizon, len(future_features)): the calendar and the known-in-advance
+  covariates of the steps to forecast (as a weather forecast gives them).
+- returns: float array (windows, horizon) of predicted targets, finite and non-negative.
 
-One request carries many windows; services may also set `batchable=True`.
+One request carries many windows (of one or many series); services may also set `batchable=True`.
 """
 
 from __future__ import annotations
@@ -22,18 +24,7 @@ import numpy as np
 
 from evaluation.contract import Contract, ContractViolation
 
-__all__ = ["FORECAST", "HISTORY_FEATURES", "FUTURE_FEATURES", "CALENDAR_FEATURES", "encode_request",
-           "decode_response"]
-
-FUTURE_FEATURES = (
-    "hour", "day_of_week", "holiday", "functioning_day", "temperature", "humidity", "wind_speed", "visibility",
-    "dew_point", "solar_radiation", "rainfall", "snowfall",
-)
-"""Columns of `future` (and of `history` after `demand`). Calendar first, then weather."""
-HISTORY_FEATURES = ("demand", *FUTURE_FEATURES)
-"""Columns of `history`: demand (bikes rented in the hour) first."""
-CALENDAR_FEATURES = ("hour", "day_of_week", "holiday", "functioning_day")
-"""Columns never missing: the calendar is always known."""
+__all__ = ["FORECAST", "encode_request", "decode_response"]
 
 FORECAST = Contract(
     family="forecasting",
@@ -59,5 +50,5 @@ def decode_response(body: bytes, windows: int, horizon: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ContractViolation("response contains NaN or infinite values")
     if (array < 0).any():
-        raise ContractViolation("response contains negative demand")
+        raise ContractViolation("response contains negative values")
     return array

@@ -1,69 +1,60 @@
-"""Hourly demand forecasting: windows of the past week in, the next `horizon` hours out."""
+"""Forecasting driven by the pilot spec: windows of `history` steps in, the next `horizon` steps out, for one
+series or a panel of them (`task.data` in the spec says how to read the data; `series.py` reads them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from evaluation.families.forecasting.contract import FORECAST, HISTORY_FEATURES, decode_response, encode_request
+from evaluation.equity import assess_groups
+from evaluation.families.forecasting.contract import FORECAST, decode_response, encode_request
+from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, read_panel
 from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
-from pilots.spec import ScenarioSpec
+from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.runner import SandboxResult
+from testbed.errors import SpecError
 
-__all__ = ["Forecasting", "Windows", "read_series"]
-
-COLUMNS = {  # source column -> feature name
-    "Rented Bike Count": "demand", "Hour": "hour", "Temperature(°C)": "temperature", "Humidity(%)": "humidity",
-    "Wind speed (m/s)": "wind_speed", "Visibility (10m)": "visibility", "Dew point temperature(°C)": "dew_point",
-    "Solar Radiation (MJ/m2)": "solar_radiation", "Rainfall(mm)": "rainfall", "Snowfall (cm)": "snowfall",
-}
-HOUR_BANDS = [(0, 5, "night"), (6, 9, "morning_peak"), (10, 16, "daytime"), (17, 20, "evening_peak"),
-              (21, 23, "late_evening")]
+__all__ = ["Forecasting", "ForecastOptions", "Windows"]
 
 
 class ForecastOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    history_hours: int = Field(default=168, ge=24, le=24 * 28)
-    """Hours of history in each window."""
-    horizon: int = Field(default=24, ge=1, le=24 * 7)
-    """Hours to forecast from each origin."""
-    stride_hours: int = Field(default=6, ge=1)
-    """Hours between consecutive forecast origins."""
-    season: int = Field(default=24, ge=1)
-    """Lag of the seasonal-naive baseline and of the MASE scale, in hours."""
+    data: SeriesData
+    """How to read the dataset as time series: time column, target, covariates, frequency, series keys."""
+    history: int = Field(ge=2, le=5000)
+    """Steps of history in each window."""
+    horizon: int = Field(ge=1, le=1000)
+    """Steps to forecast from each origin."""
+    stride: int = Field(default=1, ge=1)
+    """Steps between consecutive forecast origins (counted from the first timestamp of the data)."""
+    season: int = Field(default=1, ge=1)
+    """Lag of the seasonal-naive baseline and of the MASE scale, in steps (1 = the last value)."""
+    mase_floor: float = Field(default=1.0, gt=0)
+    """Smallest in-sample error that scales MASE, in target units (keeps near-constant series from dominating)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
     """Windows per request in the scenario phases."""
     single_stream_requests: int = Field(default=60, ge=1)
     """One-window requests sent one after another to measure latency."""
 
 
-def read_series(path) -> pd.DataFrame:
-    """The hourly series with feature columns (UCI's latin-1 CSV), indexed by timestamp."""
-    raw = pd.read_csv(path, encoding="latin-1")
-    frame = raw.rename(columns=COLUMNS)
-    frame["time"] = pd.to_datetime(raw["Date"], format="%d/%m/%Y") + pd.to_timedelta(raw["Hour"], unit="h")
-    frame["day_of_week"] = frame["time"].dt.day_of_week
-    frame["holiday"] = (raw["Holiday"] == "Holiday").astype(float)
-    frame["functioning_day"] = (raw["Functioning Day"] == "Yes").astype(float)
-    frame["season"] = raw["Seasons"].str.lower()
-    return frame.set_index("time").sort_index()
-
-
 @dataclass
 class Windows:
-    """Model inputs and harness-only truth for one split."""
+    """Model inputs and harness-only truth for one split; windows ordered by series, then origin."""
 
-    history: np.ndarray  # (n, history_hours, len(HISTORY_FEATURES))
-    future: np.ndarray  # (n, horizon, len(FUTURE_FEATURES))
+    history: np.ndarray  # (n, history, len(history_features))
+    future: np.ndarray  # (n, horizon, len(future_features))
     truth: np.ndarray  # (n, horizon)
-    scale: np.ndarray  # (n,) in-sample seasonal-naive MAE of each window's history
+    scale: np.ndarray  # (n,) in-sample seasonal-naive MAE of each window's history (at least mase_floor)
     baseline: np.ndarray  # (n, horizon) seasonal-naive forecast
-    origins: pd.DatetimeIndex
+    origins: pd.DatetimeIndex  # (n,) first forecast step of each window
+    series: np.ndarray  # (n, len(series_keys)) str
     groups: dict[str, np.ndarray]  # key -> (n, horizon) labels
     split: str = ""
 
@@ -72,39 +63,66 @@ class Windows:
 class Forecasting(TaskFamily):
     contract = FORECAST
     Options = ForecastOptions
-    group_keys = ("hour_band", "day_type", "season", "holiday")
+    group_keys = tuple(DERIVED_GROUPS)
     primary_metric = "mase"
     technology_fields = ("time_series",)
     baseline_name = "seasonal_naive"
 
+    @classmethod
+    def available_groups(cls, spec: PilotSpec) -> tuple[str, ...]:
+        """Any column the spec's `task.data` names (series keys, attributes, covariates), or a derived group."""
+        data = ForecastOptions.model_validate(spec.task).data
+        return tuple(dict.fromkeys([*data.series_keys, *data.attributes, *data.calendar, *data.known,
+                                    *data.observed, *DERIVED_GROUPS]))
+
+    @classmethod
+    def contract_details(cls, spec: PilotSpec) -> dict[str, Any]:
+        o = ForecastOptions.model_validate(spec.task)
+        d = o.data
+        return {"history_shape": ["windows", o.history, len(d.history_features)],
+                "history_features": d.history_features,
+                "future_shape": ["windows", o.horizon, len(d.future_features)],
+                "future_features": d.future_features, "never_missing": d.calendar, "frequency": d.frequency,
+                "series_keys": d.series_keys, "returns": ["windows", o.horizon], "target": d.target}
+
+    @cached_property
+    def panel(self) -> Panel:
+        return read_panel(self.data_path, self.options.data, f"pilot {self.spec.id}: dataset {self.data_path.name}")
+
+    def _labels(self, key: str, s: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        panel = self.panel
+        if key in panel.labels:
+            return panel.labels[key][s[:, None], steps]
+        if key in DERIVED_GROUPS:
+            return DERIVED_GROUPS[key](panel.times)[steps]
+        return np.asarray(DERIVED_FEATURES[key](panel.times).astype(int).astype(str), dtype=object)[steps]
+
     def load(self, split: str) -> Windows:
-        o, window = self.options, self.spec.dataset.splits[split]
-        frame = read_series(self.data_path)
-        values = frame[list(HISTORY_FEATURES)].to_numpy(np.float64)
-        times = frame.index
-        first = max(times.searchsorted(window.start), o.history_hours)
-        last = times.searchsorted(window.end, side="right") - o.horizon
-        origins = np.arange(first, last + 1)
-        origins = origins[times[origins].hour % o.stride_hours == 0]
-        hist = np.stack([values[t - o.history_hours:t] for t in origins])
-        future = np.stack([values[t:t + o.horizon, 1:] for t in origins])
-        truth = np.stack([values[t:t + o.horizon, 0] for t in origins])
-        demand = hist[..., 0]
-        scale = np.mean(np.abs(demand[:, o.season:] - demand[:, :-o.season]), axis=1)
-        baseline = np.stack([np.resize(d[-o.season:], o.horizon) for d in demand])
-        target_times = [times[t:t + o.horizon] for t in origins]
-        hours = np.stack([t.hour for t in target_times])
-        band = np.empty(hours.shape, dtype=object)
-        for lo, hi, name in HOUR_BANDS:
-            band[(hours >= lo) & (hours <= hi)] = name
-        idx = np.stack([np.arange(t, t + o.horizon) for t in origins])
-        groups = {
-            "hour_band": band,
-            "day_type": np.where(np.stack([t.day_of_week for t in target_times]) >= 5, "weekend", "weekday"),
-            "season": frame["season"].to_numpy()[idx],
-            "holiday": np.where(frame["holiday"].to_numpy()[idx] > 0, "holiday", "working_day"),
-        }
-        return Windows(hist, future, truth, np.maximum(scale, 1.0), baseline, times[origins], groups, split)
+        o, panel, window = self.options, self.panel, self.spec.dataset.splits[split]
+        n_series, n_steps = panel.present.shape
+        steps = np.arange(n_steps)
+        start = panel.times.searchsorted(window.start) if window.start else 0
+        end = (panel.times.searchsorted(window.end, side="right") if window.end else n_steps) - o.horizon
+        origins = steps[(steps >= max(start, o.history)) & (steps <= end) & (steps % o.stride == 0)]
+        filled = np.concatenate([np.zeros((n_series, 1), int), np.cumsum(panel.present, 1)], axis=1)
+        complete = filled[:, origins + o.horizon] - filled[:, origins - o.history] == o.history + o.horizon
+        s, k = np.nonzero(complete)  # series-major, then origin order
+        if not len(s):
+            raise SpecError(f"split {split!r} has no complete window of {o.history} + {o.horizon} steps",
+                            where=f"pilot {self.spec.id}: dataset.splits.{split}",
+                            fix="widen the split, or shorten task.history / task.horizon")
+        t = origins[k]
+        past, ahead = t[:, None] + np.arange(-o.history, 0), t[:, None] + np.arange(o.horizon)
+        hist = panel.values[s[:, None], past]
+        future_cols = [o.data.history_features.index(c) for c in o.data.future_features]
+        future = panel.values[s[:, None], ahead][..., future_cols]
+        truth = panel.values[s[:, None], ahead, 0]
+        target = hist[..., 0]
+        scale = np.mean(np.abs(target[:, o.season:] - target[:, :-o.season]), axis=1)
+        baseline = target[:, -o.season:][:, np.arange(o.horizon) % o.season]
+        groups = {key: self._labels(key, s, ahead) for key in self.spec.groups}
+        return Windows(hist, future, truth, np.maximum(scale, o.mase_floor), baseline, panel.times[t],
+                       panel.keys[s], groups, split)
 
     def inputs(self, data: Windows) -> tuple[np.ndarray, np.ndarray]:
         return data.history, data.future
@@ -113,7 +131,9 @@ class Forecasting(TaskFamily):
         return len(data.truth)
 
     def perturb(self, data: Windows, inputs, sc: ScenarioSpec) -> tuple[np.ndarray, np.ndarray]:
-        return SCENARIOS.get(sc.name)(*inputs, sc.severity, self.scenario_rng(sc))
+        d = self.options.data
+        measured = [i for i, name in enumerate(d.history_features) if name not in d.calendar]
+        return SCENARIOS.get(sc.name)(*inputs, sc.severity, self.scenario_rng(sc), measured=measured)
 
     def encode(self, inputs, rows: slice) -> bytes:
         history, future = inputs
@@ -141,11 +161,20 @@ class Forecasting(TaskFamily):
         for load_phase in LOAD_PHASES:
             self._predictions(result, load_phase, n, violations)
         clean = preds["clean"]
-        groups = {f"{key}={value}": compute(clean, labels == value)
-                  for key in self.spec.groups for labels in [data.groups[key]] for value in sorted(set(labels.flat))}
+        groups = {}
+        for key, labels in data.groups.items():
+            members = pd.Series(np.arange(labels.size)).groupby(labels.ravel().astype(str)).indices
+            for value in sorted(members):
+                mask = np.zeros(labels.size, bool)
+                mask[members[value]] = True
+                groups[f"{key}={value}"] = compute(clean, mask.reshape(labels.shape))
+        metrics = {name: compute(p) for name, p in preds.items()}
+        equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
+                               goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
+                               units=np.repeat(np.arange(n), self.options.horizon),
+                               overall=metrics["clean"][self.primary_metric], settings=self.spec.equity)
         return Outcome(
-            metrics={name: compute(p) for name, p in preds.items()},
-            groups=groups,
+            metrics=metrics, groups=groups, equity=equity,
             baseline={"name": self.baseline_name, **compute(data.baseline)},
             violations=violations,
             coverage=float(np.isfinite(clean).all(axis=1).mean()),
@@ -153,24 +182,15 @@ class Forecasting(TaskFamily):
         )
 
     def export(self, data: Windows, out_dir) -> list:
-        path = out_dir / f"{data.split}.npz"
+        d, path = self.options.data, out_dir / f"{data.split}.npz"
+        extra = {"series": data.series, "series_keys": np.asarray(d.series_keys, dtype=str)} if d.series_keys else {}
         np.savez_compressed(path, history=data.history, future=data.future, target=data.truth,
-                            origins=np.asarray(data.origins.strftime("%Y-%m-%dT%H:%M"), dtype="U16"))
+                            origins=np.asarray(data.origins.strftime("%Y-%m-%dT%H:%M"), dtype="U16"),
+                            history_features=np.asarray(d.history_features, dtype=str),
+                            future_features=np.asarray(d.future_features, dtype=str), **extra)
         return [path]
 
     def plots(self, data: Windows, outcome: Outcome) -> dict:
-        import matplotlib.pyplot as plt
+        from evaluation.families.forecasting.plots import forecast_plots
 
-        pred = outcome.extras["pred"]
-        step = max(1, self.options.horizon // self.options.stride_hours)
-        rows = list(range(0, min(len(data.truth), 7 * step), step))
-        fig, ax = plt.subplots(figsize=(10, 3.2))
-        hours = np.arange(len(rows) * self.options.horizon)
-        ax.plot(hours, data.truth[rows].ravel(), label="actual", color="black", lw=1.4)
-        ax.plot(hours, pred[rows].ravel(), label="model", color="#1f77b4", lw=1.2)
-        ax.plot(hours, data.baseline[rows].ravel(), label="seasonal naive", color="#ff7f0e", lw=1, ls="--")
-        ax.set(xlabel=f"hours from {data.origins[0]:%Y-%m-%d %H:%M}", ylabel="bikes rented / hour",
-               title="Forecast against actual (first week of the test split)")
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        return {"forecast_vs_actual": fig}
+        return forecast_plots(self, data, outcome)

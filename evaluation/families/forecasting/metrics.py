@@ -9,19 +9,19 @@ from evaluation.registry import metric
 
 @metric("mae", family="forecasting", goal="min")
 def mae(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
-    """Mean absolute error, in bikes per hour."""
+    """Mean absolute error, in target units."""
     return float(np.mean(np.abs(y - yhat)))
 
 
 @metric("rmse", family="forecasting", goal="min")
 def rmse(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
-    """Root mean squared error, in bikes per hour."""
+    """Root mean squared error, in target units."""
     return float(np.sqrt(np.mean((y - yhat) ** 2)))
 
 
 @metric("smape", family="forecasting", goal="min")
 def smape(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
-    """Symmetric MAPE in percent (0..200); hours where truth and forecast are both 0 count as 0."""
+    """Symmetric MAPE in percent (0..200); points where truth and forecast are both 0 count as 0."""
     denom = np.abs(y) + np.abs(yhat)
     ratio = np.divide(2 * np.abs(y - yhat), denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
     return float(100 * np.mean(ratio))

@@ -1,0 +1,241 @@
+"""Reading a dataset as time series, as its pilot spec describes it (`task.data`): the time column, target,
+covariates, frequency and series keys of long/panel data; strict checks (unknown columns, duplicate timestamps
+in a series, gaps, misaligned timestamps); derived calendar features and groups; a dense panel to cut windows
+from. Sources that need reshaping first name a registered adapter (`adapters.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from testbed.errors import SpecError
+from testbed.registry import Registry
+
+__all__ = ["SeriesData", "Panel", "read_panel", "ADAPTERS", "adapter", "DERIVED_FEATURES", "DERIVED_GROUPS"]
+
+ADAPTERS: Registry = Registry("data adapter")
+
+
+def adapter(name: str):
+    """Register `fn(raw: pd.DataFrame) -> pd.DataFrame` reshaping a source file into one row per time step
+    (and series); a spec names it in `task.data.adapter`."""
+    return ADAPTERS.register(name)
+
+
+HOUR_BANDS = [(0, 5, "night"), (6, 9, "morning_peak"), (10, 16, "daytime"), (17, 20, "evening_peak"),
+              (21, 23, "late_evening")]
+
+
+def _weekdays_in_month(t: pd.DatetimeIndex) -> np.ndarray:
+    first = t.to_period("M").to_timestamp()
+    return np.busday_count(first.values.astype("datetime64[D]"),
+                           (first + pd.offsets.MonthBegin(1)).values.astype("datetime64[D]")).astype(float)
+
+
+DERIVED_FEATURES = {
+    "hour": lambda t: t.hour.to_numpy(float),
+    "day_of_week": lambda t: t.day_of_week.to_numpy(float),
+    "day_of_month": lambda t: t.day.to_numpy(float),
+    "day_of_year": lambda t: t.day_of_year.to_numpy(float),
+    "month": lambda t: t.month.to_numpy(float),
+    "is_weekend": lambda t: (t.day_of_week >= 5).to_numpy(float),
+    "days_in_month": lambda t: t.days_in_month.to_numpy(float),
+    "weekdays_in_month": _weekdays_in_month,
+}
+"""Calendar features computed from the time column when the data have no column of that name."""
+
+
+def _hour_band(t: pd.DatetimeIndex) -> np.ndarray:
+    band = np.empty(len(t), dtype=object)
+    for lo, hi, name in HOUR_BANDS:
+        band[(t.hour >= lo) & (t.hour <= hi)] = name
+    return band
+
+
+DERIVED_GROUPS = {
+    "hour_band": _hour_band,
+    "day_type": lambda t: np.where(t.day_of_week >= 5, "weekend", "weekday").astype(object),
+    "month": lambda t: np.asarray(t.strftime("%Y-%m"), dtype=object),
+}
+"""Groups computed from the target time when the data have no column of that name (hour_band: night 0-5,
+morning_peak 6-9, daytime 10-16, evening_peak 17-20, late_evening 21-23)."""
+
+
+class SeriesData(BaseModel):
+    """How to read the dataset file as time series."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    adapter: str | None = None
+    """A registered data adapter reshaping the raw file first (e.g. `uci_seoul_bike`); none for tidy files."""
+    encoding: str = "utf-8"
+    """Text encoding of the CSV file (e.g. `utf-8`, `cp949`, `latin-1`)."""
+    time: str
+    """Column holding each row's timestamp (after the adapter, if any)."""
+    time_format: str | None = None
+    """strftime format of the time column (default: ISO 8601, inferred)."""
+    frequency: str
+    """Step between consecutive rows of one series, as a pandas offset alias: `h` hourly, `D` daily, `MS` monthly."""
+    target: str
+    """Column to forecast (numeric)."""
+    series_keys: list[str] = Field(default_factory=list)
+    """Columns naming one series in long/panel data (e.g. `[district]`); empty for a single series."""
+    calendar: list[str] = Field(default_factory=list)
+    """Features always known and never missing: columns, or derived from the time column (hour, day_of_week,
+    day_of_month, day_of_year, month, is_weekend, days_in_month, weekdays_in_month)."""
+    known: list[str] = Field(default_factory=list)
+    """Numeric covariates known in advance (sent for the history and the horizon, e.g. a weather forecast)."""
+    observed: list[str] = Field(default_factory=list)
+    """Numeric covariates known only up to the forecast origin (sent for the history only)."""
+    attributes: list[str] = Field(default_factory=list)
+    """Other columns kept only to group results by (e.g. `season`); never sent to the model."""
+    on_gap: Literal["error", "skip"] = "error"
+    """A series missing a step inside its own span: `error` refuses the data; `skip` cuts no window across it."""
+
+    @field_validator("frequency")
+    @classmethod
+    def _frequency(cls, value: str) -> str:
+        try:
+            pd.tseries.frequencies.to_offset(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a pandas frequency (use e.g. h, D, MS)") from None
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, value: str | None) -> str | None:
+        if value is not None and value not in ADAPTERS:
+            raise ValueError(f"unknown data adapter {value!r} (registered: {', '.join(ADAPTERS.names()) or 'none'})")
+        return value
+
+    @model_validator(mode="after")
+    def _each_column_once(self) -> SeriesData:
+        seen: dict[str, str] = {}
+        for role in ("time", "target", "series_keys", "calendar", "known", "observed", "attributes"):
+            value = getattr(self, role)
+            for column in value if isinstance(value, list) else [value]:
+                if column in seen:
+                    raise ValueError(f"column {column!r} is given both as `{seen[column]}` and as `{role}`")
+                seen[column] = role
+        return self
+
+    @property
+    def history_features(self) -> list[str]:
+        """Columns of `history`, in order: target, calendar, known, observed."""
+        return [self.target, *self.calendar, *self.known, *self.observed]
+
+    @property
+    def future_features(self) -> list[str]:
+        """Columns of `future`, in order: calendar, known."""
+        return [*self.calendar, *self.known]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column the spec names (groups may use any of them)."""
+        return [self.time, self.target, *self.series_keys, *self.calendar, *self.known, *self.observed,
+                *self.attributes]
+
+
+@dataclass
+class Panel:
+    """The data as a dense grid: series x time steps on the common frequency grid."""
+
+    values: np.ndarray  # (series, steps, len(history_features)); NaN where a row is absent
+    present: np.ndarray  # (series, steps) bool: the row exists
+    times: pd.DatetimeIndex  # (steps,) the grid
+    keys: np.ndarray  # (series, len(series_keys)) str
+    labels: dict[str, np.ndarray]  # column -> (series, steps) object labels, for groups
+
+
+def _fail(where: str, problem: str, fix: str):
+    raise SpecError(problem, where=where, fix=fix)
+
+
+def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
+    try:
+        raw = pd.read_csv(path, encoding=data.encoding, low_memory=False)
+    except (UnicodeDecodeError, LookupError) as exc:
+        _fail(where, f"{path.name} cannot be read as {data.encoding} ({exc.__class__.__name__})",
+              "set `task.data.encoding` to the file's encoding")
+    frame = ADAPTERS.get(data.adapter)(raw) if data.adapter else raw
+    needed = [c for c in data.columns if c not in DERIVED_FEATURES or c not in data.calendar]
+    unknown = [c for c in needed if c not in frame.columns]
+    if unknown:
+        _fail(where, f"unknown columns {unknown}: {path.name}{' after adapter ' + data.adapter if data.adapter else ''}"
+                     f" has {list(frame.columns)}", "name columns of the data in `task.data`")
+    for c in [data.target, *data.known, *data.observed, *(c for c in data.calendar if c in frame.columns)]:
+        if not pd.api.types.is_numeric_dtype(frame[c]):
+            _fail(where, f"column {c!r} is not numeric", "use it as a series key or attribute, or encode it "
+                                                          "numerically in a data adapter")
+    if frame[data.target].isna().any():
+        _fail(where, f"target {data.target!r} has {int(frame[data.target].isna().sum())} missing values",
+              "drop or fill those rows in the data (or leave the steps out and set `on_gap: skip`)")
+    return frame
+
+
+def _times(frame: pd.DataFrame, data: SeriesData, where: str) -> pd.DatetimeIndex:
+    try:
+        times = pd.DatetimeIndex(pd.to_datetime(frame[data.time], format=data.time_format))
+    except (ValueError, TypeError) as exc:
+        _fail(where, f"time column {data.time!r} does not parse ({exc})".replace("\n", " "),
+              "set `task.data.time_format` (strftime), or fix the column")
+    if times.isna().any():
+        _fail(where, f"time column {data.time!r} has {int(times.isna().sum())} empty values", "fix those rows")
+    return times
+
+
+def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
+    """The file as a dense panel, refusing duplicate timestamps, off-grid timestamps and (with `on_gap: error`)
+    gaps inside a series."""
+    frame = _frame(path, data, where)
+    times = _times(frame, data, where)
+    grid = pd.date_range(times.min(), times.max(), freq=data.frequency)
+    step = grid.get_indexer(times)
+    if (step < 0).any():
+        bad = times[step < 0][0]
+        _fail(where, f"timestamp {bad} is not on the `{data.frequency}` grid starting {grid[0]}",
+              "check `task.data.frequency`, or align the timestamps")
+    key_frame = frame[data.series_keys].astype(str) if data.series_keys else pd.DataFrame(index=frame.index)
+    codes, keys = (pd.MultiIndex.from_frame(key_frame).factorize() if data.series_keys
+                   else (np.zeros(len(frame), int), pd.MultiIndex.from_tuples([()])))
+    dup = pd.DataFrame({"s": codes, "t": step}).duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        name = ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[codes[i]], strict=True)) or "the series"
+        _fail(where, f"duplicate timestamp {times[i]} in {name} ({int(dup.sum())} duplicate rows in all)",
+              "declare the columns that tell series apart in `task.data.series_keys`" if not data.series_keys
+              else "keep one row per series and timestamp")
+    n_series, n_steps = len(keys), len(grid)
+    present = np.zeros((n_series, n_steps), bool)
+    present[codes, step] = True
+    first, last = present.argmax(1), n_steps - 1 - present[:, ::-1].argmax(1)
+    span = (np.arange(n_steps) >= first[:, None]) & (np.arange(n_steps) <= last[:, None])
+    gaps = span & ~present
+    if gaps.any() and data.on_gap == "error":
+        s, t = np.argwhere(gaps)[0]
+        name = ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[s], strict=True)) or "the series"
+        _fail(where, f"gap: {name} has no row for {grid[t]} ({int(gaps.sum())} missing steps in "
+                     f"{int(gaps.any(1).sum())} series)", "complete the data, or set `task.data.on_gap: skip` "
+                                                         "to cut no window across a gap")
+    values = np.full((n_series, n_steps, len(data.history_features)), np.nan)
+    for j, name in enumerate(data.history_features):
+        if name in frame.columns:
+            values[codes, step, j] = frame[name].to_numpy(float)
+        else:  # derived calendar feature: known on the whole grid
+            values[:, :, j] = DERIVED_FEATURES[name](grid)[None, :]
+    labels = {}
+    for name in dict.fromkeys([*data.series_keys, *data.attributes, *data.calendar, *data.known, *data.observed]):
+        if name in frame.columns:
+            grid_labels = np.full((n_series, n_steps), None, dtype=object)
+            column = frame[name]
+            if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
+                column = column.astype("Int64")
+            grid_labels[codes, step] = column.astype(str).to_numpy(object)
+            labels[name] = grid_labels
+    key_array = np.array([list(k) for k in keys], dtype=str).reshape(n_series, len(data.series_keys))
+    return Panel(values, present, grid, key_array, labels)
