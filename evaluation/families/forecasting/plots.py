@@ -4,6 +4,7 @@ of many series, predicted against actual over all windows."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["forecast_plots"]
 
@@ -12,10 +13,10 @@ def forecast_plots(fam, data, outcome) -> dict:
     import matplotlib.pyplot as plt
 
     o, pred, figs = fam.options, outcome.extras["pred"], {}
-    series = [",".join(row) for row in data.series] if data.series.shape[1] else [""] * len(data.truth)
-    names = list(dict.fromkeys(series))
-    busiest = max(names, key=lambda name: np.mean([data.truth[i].mean() for i, s in enumerate(series) if s == name]))
-    mine = [i for i, s in enumerate(series) if s == busiest]
+    series = pd.Series([",".join(row) for row in data.series] if data.series.shape[1] else [""] * len(data.truth))
+    level = pd.Series(data.truth.mean(1)).groupby(series).mean()
+    names, busiest = list(level.index), level.idxmax()
+    mine = list(np.flatnonzero(series == busiest))
     step = max(1, -(-o.horizon // o.stride))  # consecutive windows that do not overlap
     rows = mine[::step][:max(1, 168 // o.horizon)]
     fig, ax = plt.subplots(figsize=(10, 3.2))

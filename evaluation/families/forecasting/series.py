@@ -189,6 +189,12 @@ def _times(frame: pd.DataFrame, data: SeriesData, where: str) -> pd.DatetimeInde
     return times
 
 
+def _series_name(data: SeriesData, keys, code: int) -> str:
+    if not data.series_keys:
+        return "the series"
+    return ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[code], strict=True))
+
+
 def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     """The file as a dense panel, refusing duplicate timestamps, off-grid timestamps and (with `on_gap: error`)
     gaps inside a series."""
@@ -206,7 +212,7 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     dup = pd.DataFrame({"s": codes, "t": step}).duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        name = ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[codes[i]], strict=True)) or "the series"
+        name = _series_name(data, keys, codes[i])
         _fail(where, f"duplicate timestamp {times[i]} in {name} ({int(dup.sum())} duplicate rows in all)",
               "declare the columns that tell series apart in `task.data.series_keys`" if not data.series_keys
               else "keep one row per series and timestamp")
@@ -218,7 +224,7 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     gaps = span & ~present
     if gaps.any() and data.on_gap == "error":
         s, t = np.argwhere(gaps)[0]
-        name = ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[s], strict=True)) or "the series"
+        name = _series_name(data, keys, s)
         _fail(where, f"gap: {name} has no row for {grid[t]} ({int(gaps.sum())} missing steps in "
                      f"{int(gaps.any(1).sum())} series)", "complete the data, or set `task.data.on_gap: skip` "
                                                          "to cut no window across a gap")

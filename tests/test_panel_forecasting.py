@@ -1,0 +1,207 @@
+"""Forecasting driven by the spec alone: a 25-district long-format pilot written as YAML (no new code), strict
+data checks, and one bad spec file that never hides the other pilots."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli.app import app
+from evaluation.families import open_family
+from pilots.catalogue import CATALOGUE_DIR
+from testbed.errors import SpecError
+from tests.doubles import FakeSandbox
+from workflow.catalogue import get_pilot, load_pilot, scan_pilots
+
+DISTRICTS = [f"district-{i:02d}" for i in range(25)]
+BIKE = yaml.safe_load((CATALOGUE_DIR / "bike-demand.yaml").read_text())
+
+
+def district_csv(path, hours=24 * 20, drop=None, stack=False):
+    """Hourly demand of 25 districts in long format: time, district, demand, temperature, zone."""
+    times = pd.date_range("2024-03-01", periods=hours, freq="h")
+    rows = []
+    for i, name in enumerate(DISTRICTS):
+        demand = 100 * (i + 1) + 50 * np.sin(2 * np.pi * times.hour / 24) + np.arange(hours) % 7
+        rows.append(pd.DataFrame({"time": times.strftime("%Y-%m-%d %H:%M"), "district": name, "demand": demand,
+                                  "temperature": 10 + i / 10, "zone": "north" if i < 12 else "south"}))
+    frame = pd.concat(rows, ignore_index=True)
+    if drop is not None:
+        frame = frame.drop(index=drop)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def district_spec(folder, data_dir, **data_changes):
+    import hashlib
+
+    csv = data_dir / "districts" / "demand.csv"
+    spec = {**BIKE, "id": "district-demand", "groups": ["district", "zone", "hour_band"],
+            "title": {"ko": "자치구별 수요 예측", "en": "Demand per district"},
+            "scenarios": [{"name": "missing_hours", "severity": 0.2, "seed": 1}],
+            "task": {"data": {"time": "time", "frequency": "h", "target": "demand", "series_keys": ["district"],
+                              "calendar": ["hour", "day_of_week"], "known": ["temperature"],
+                              "attributes": ["zone"], **data_changes},
+                     "history": 48, "horizon": 48, "stride": 24, "season": 24, "batch_size": 64},
+            "dataset": {"name": "synthetic districts", "path": "districts/demand.csv", "licence": "CC0",
+                        "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(),
+                        "splits": {"train": {"public": True, "start": "2024-03-03T00:00:00",
+                                             "end": "2024-03-12T23:00:00"},
+                                   "sample": {"public": True, "start": "2024-03-13T00:00:00",
+                                              "end": "2024-03-15T23:00:00"},
+                                   "test": {"public": False, "start": "2024-03-16T00:00:00",
+                                            "end": "2024-03-20T23:00:00"}}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "district-demand.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def districts(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    district_csv(data_dir / "districts" / "demand.csv")
+    spec_path = district_spec(tmp_path / "pilots", data_dir)
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path / "pilots"))
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    return spec_path, data_dir
+
+
+def test_a_25_district_long_format_pilot_needs_no_new_code(districts, tmp_path):
+    spec_path, data_dir = districts
+    spec = get_pilot("district-demand")
+    fam = open_family(spec, data_dir)
+    test = fam.load("test")
+    # test targets 03-16 00h .. 03-20 23h, horizon 48, origins every 24 h: 4 origins x 25 districts, none stacked
+    assert test.history.shape == (100, 48, 4) and test.future.shape == (100, 48, 3)
+    assert sorted(set(test.series[:, 0])) == DISTRICTS and len(set(zip(test.series[:, 0], test.origins))) == 100
+    csv = pd.read_csv(data_dir / "districts" / "demand.csv")
+    one = csv[csv.district == test.series[5, 0]].set_index("time")["demand"]
+    origin = test.origins[5]
+    expected = one.loc[(origin - pd.Timedelta(hours=48)).strftime("%Y-%m-%d %H:%M"):
+                       (origin - pd.Timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")].to_numpy()
+    assert np.array_equal(test.history[5, :, 0], expected)  # 48 consecutive hours of that district only
+    assert np.array_equal(test.truth[5], one.loc[origin.strftime("%Y-%m-%d %H:%M"):].to_numpy()[:48])
+
+    key = {np.nan_to_num(h[:, 0]).tobytes(): t.tolist() for h, t in zip(test.history, test.truth, strict=True)}
+
+    def oracle_but_district_0_off(route, payload):
+        out = []
+        for h in np.asarray(payload["history"], dtype=float):
+            truth = np.asarray(key[np.nan_to_num(h[:, 0]).tobytes()])
+            out.append((truth * (1.5 if h[:, 0].mean() < 150 else 1.0)).tolist())
+        return out
+
+    outcome = fam.score(test, FakeSandbox(oracle_but_district_0_off).run(
+        type("J", (), {"phases": fam.phases(test), "route": "/forecast"})))
+    assert {f"district={d}" for d in DISTRICTS} | {"zone=north", "zone=south"} <= set(outcome.groups)
+    eq = outcome.equity
+    off = eq["groups"]["district=district-00"]
+    assert off["value"] > 0 and eq["groups"]["district=district-01"]["value"] == 0
+    # 4 windows per district: too small to judge, so the worst judged group is its zone, with an interval
+    assert off["units"] == 4 and not off["judged"] and "district=district-00" in eq["too_small"]
+    assert eq["worst_group"] == "zone=north" and eq["best_group"] == "zone=south" and eq["gap_low"] > 0
+
+    runner = CliRunner()
+    shown = json.loads(runner.invoke(app, ["pilots", "show", "district-demand", "--json"]).stdout)["contract"]
+    assert shown["history_features"] == ["demand", "hour", "day_of_week", "temperature"]
+    assert shown["future_features"] == ["hour", "day_of_week", "temperature"] and shown["series_keys"] == ["district"]
+    out = tmp_path / "public"
+    assert runner.invoke(app, ["pilots", "data", "district-demand", "--out", str(out)]).exit_code == 0
+    train = np.load(out / "train.npz")
+    assert list(train["history_features"]) == shown["history_features"] and train["series"].shape[1] == 1
+    assert max(train["origins"]) < "2024-03-16"
+
+
+@pytest.mark.parametrize("changes, csv_kwargs, words", [
+    ({"series_keys": [], "attributes": ["zone", "district"]}, {}, "duplicate timestamp 2024-03-01 00:00:00"),
+    ({}, {"drop": [30]}, "gap: district=district-00 has no row for 2024-03-02 06:00:00"),
+    ({"known": ["temperature", "rain"]}, {}, "unknown columns ['rain']"),
+    ({"known": ["temperature", "zone"], "attributes": []}, {}, "column 'zone' is not numeric"),
+    ({"frequency": "2h"}, {}, "not on the `2h` grid"),
+])
+def test_the_data_is_checked_strictly(districts, changes, csv_kwargs, words):
+    spec_path, data_dir = districts
+    district_csv(data_dir / "districts" / "demand.csv", **csv_kwargs)
+    spec = load_pilot(district_spec(spec_path.parent, data_dir, **changes))
+    with pytest.raises(SpecError) as info:
+        open_family(spec, data_dir).load("test")
+    assert words in str(info.value) and "fix:" in str(info.value)
+    if not changes.get("series_keys", True):
+        assert "series_keys" in str(info.value)
+
+
+def test_a_gap_can_be_skipped_instead(districts):
+    spec_path, data_dir = districts
+    drop = 24 * 20 * 3 + 24 * 17  # district-03, 2024-03-18 00:00, inside the test period
+    district_csv(data_dir / "districts" / "demand.csv", drop=[drop])
+    spec = load_pilot(district_spec(spec_path.parent, data_dir, on_gap="skip"))
+    test = open_family(spec, data_dir).load("test")
+    assert len(test.truth) == 100 - 3 and (test.series[:, 0] == "district-03").sum() == 1
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"groups": ["borough"]}, "groups.0"),
+    ({"task": {"data": {"time": "t", "frequency": "fortnightly", "target": "y"}, "history": 4, "horizon": 1}},
+     "task.data.frequency"),
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "known": ["y"]}, "history": 4,
+               "horizon": 1}}, "task.data"),
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "adapter": "nope"}, "history": 4,
+               "horizon": 1}}, "task.data.adapter"),
+])
+def test_spec_errors_name_the_field(tmp_path, change, field):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({**BIKE, **change}, allow_unicode=True))
+    with pytest.raises(SpecError) as info:
+        load_pilot(path)
+    assert f"`{field}" in str(info.value)
+
+
+def test_one_bad_spec_never_hides_the_other_pilots(tmp_path, monkeypatch):
+    folder = tmp_path / "pilots"
+    folder.mkdir()
+    (folder / "broken-pilot.yaml").write_text(yaml.safe_dump({**BIKE, "id": "broken-pilot", "groups": ["nope"]}))
+    (folder / "bike-demand.yaml").write_text(yaml.safe_dump(BIKE, allow_unicode=True))  # a second bike-demand
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(folder))
+    pilots, broken = scan_pilots()
+    assert {"bike-demand", "subway-ridership"} <= set(pilots)
+    assert {p.name for p in broken} == {"broken-pilot.yaml", "bike-demand.yaml"}
+    runner = CliRunner()
+    listed = runner.invoke(app, ["pilots", "list"])
+    assert listed.exit_code == 0 and "bike-demand" in listed.stdout
+    assert "broken-pilot.yaml" in listed.stderr and "unknown group 'nope'" in listed.stderr
+    assert "already defined" in listed.stderr
+    rows = json.loads(runner.invoke(app, ["pilots", "list", "--json"]).stdout)
+    assert any(r["id"] == "broken-pilot" and "unknown group" in r["error"] for r in rows)
+    assert runner.invoke(app, ["pilots", "show", "bike-demand"]).exit_code == 0
+    shown = runner.invoke(app, ["pilots", "show", "broken-pilot"])
+    assert shown.exit_code == 2 and "groups.0" in shown.stderr and "Traceback" not in shown.output
+
+
+def test_a_missing_pilots_folder_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path / "nowhere"))
+    result = CliRunner().invoke(app, ["pilots", "list"])
+    assert result.exit_code == 2 and "TESTBED_PILOTS_DIR" in result.stderr and "does not exist" in result.stderr
+    assert "fix:" in result.stderr and "Traceback" not in result.output
+
+
+def test_subway_pilot_reads_the_real_panel():
+    from testbed.config import PROJECT_ROOT
+
+    spec = get_pilot("subway-ridership")
+    fam = open_family(spec, PROJECT_ROOT / "data")
+    sample, test = fam.load("sample"), fam.load("test")
+    assert set(sample.origins.strftime("%Y-%m")) == {"2022-09"}
+    assert set(test.origins.strftime("%Y-%m")) == {"2022-10", "2022-11"}
+    assert fam.panel.keys.shape == (621 * 24, 3) and len(test.truth) > 14000
+    gangnam = (test.series == ["2호선", "강남", "18-19"]).all(1)
+    raw = pd.read_csv(PROJECT_ROOT / "data" / spec.dataset.path, encoding="cp949")
+    row = raw[(raw["사용월"] == 202210) & (raw["호선명"] == "2호선") & (raw["지하철역"] == "강남")]
+    assert test.truth[gangnam][0, 0] == row["18시-19시 승차인원"].item()
+    assert test.history[gangnam][0, -1, 5] == raw[(raw["사용월"] == 202209) & (raw["호선명"] == "2호선")
+                                                  & (raw["지하철역"] == "강남")]["18시-19시 하차인원"].item()
