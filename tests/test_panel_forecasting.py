@@ -79,7 +79,8 @@ def test_a_25_district_long_format_pilot_needs_no_new_code(districts, tmp_path):
     test = fam.load("test")
     # test targets 03-16 00h .. 03-20 23h, horizon 48, origins every 24 h: 4 origins x 25 districts, none stacked
     assert test.history.shape == (100, 48, 4) and test.future.shape == (100, 48, 3)
-    assert sorted(set(test.series[:, 0])) == DISTRICTS and len(set(zip(test.series[:, 0], test.origins))) == 100
+    assert sorted(set(test.series[:, 0])) == DISTRICTS
+    assert len(set(zip(test.series[:, 0], test.origins, strict=True))) == 100
     csv = pd.read_csv(data_dir / "districts" / "demand.csv")
     one = csv[csv.district == test.series[5, 0]].set_index("time")["demand"]
     origin = test.origins[5]
