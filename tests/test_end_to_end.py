@@ -119,3 +119,24 @@ def test_errors_raised_inside_the_ray_task_reach_the_user_plainly(ray_executor, 
     with pytest.raises(BundleError, match="not a readable .bento archive") as info:
         ray_executor.run(job)
     assert "Traceback" not in str(info.value)
+
+
+def test_subway_examples_the_deep_learning_bundle_beats_the_reference(built, ws, ray_executor):
+    from pilots.vendor import VendorProfile
+    from testbed.yamlio import load_model
+    from workflow.catalogue import get_pilot
+
+    spec, cards = get_pilot("subway-ridership"), {}
+    for name in ("subway_last_month", "subway_mlp"):
+        vendor = load_model(PROJECT_ROOT / "examples" / name / "vendor.yaml", VendorProfile)
+        cards[name] = evaluate_bundle(spec, built(name), vendor, executor=ray_executor, ws=ws,
+                                      out_dir=ws.home / name, submission=name).card
+    ref, dl = cards["subway_last_month"], cards["subway_mlp"]
+    assert ref.verdict == dl.verdict == "completed"
+    assert ref.metrics["clean"]["mase"] == pytest.approx(ref.baseline["mase"], rel=1e-9)  # = the harness's own
+    assert dl.metrics["clean"]["mase"] < 0.9 * ref.metrics["clean"]["mase"] and dl.passed and not ref.passed
+    assert dl.criteria["deep_learning_fit"].evidence["beats_baseline"]
+    station = dl.equity["keys"]["station"]
+    assert station["gap_low"] <= station["gap"] <= station["gap_high"]
+    assert all(g["low"] <= g["value"] <= g["high"] for g in dl.equity["groups"].values())
+    print({n: (c.metrics["clean"]["mase"], c.metrics["clean"]["smape"], c.total_score) for n, c in cards.items()})

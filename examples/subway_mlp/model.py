@@ -23,14 +23,15 @@ def features(history: np.ndarray, future: np.ndarray) -> tuple[torch.Tensor, tor
     days = history[:, :, 2]
     board, alight = history[:, :, 0] / days, history[:, :, 5] / days
     seen, alight_seen = np.isfinite(board), np.isfinite(alight)
-    level = _mean_seen(board, seen) + 0.1
+    level = _mean_seen(board, seen)  # 0 for a band nobody used: the forecast is then 0 too
     alight_level = _mean_seen(alight, alight_seen) + 0.1
     weekday_share = history[:, :, 3] / days
     coming_days, coming_weekday_share = future[:, 0, 1], future[:, 0, 2] / future[:, 0, 1]
     hour = np.nan_to_num(future[:, 0, 3]).astype(int) % 24
-    x = np.concatenate([np.where(seen, board, 0.0) / level[:, None], seen, np.where(alight_seen, alight, 0.0)
-                        / alight_level[:, None], alight_seen, np.log(level)[:, None] / 10,
-                        np.log(alight_level / level)[:, None], weekday_share, coming_weekday_share[:, None],
+    x = np.concatenate([np.where(seen, board, 0.0) / (level[:, None] + 0.1), seen,
+                        np.where(alight_seen, alight, 0.0) / alight_level[:, None], alight_seen,
+                        np.log(level + 0.1)[:, None] / 10, np.log(alight_level / (level + 0.1))[:, None],
+                        weekday_share, coming_weekday_share[:, None],
                         coming_days[:, None] / 31, (coming_days - days[:, -1])[:, None] / 3, np.eye(24)[hour]], axis=1)
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(level * coming_days, dtype=torch.float32)
 

@@ -22,4 +22,4 @@ class RidershipMLP:
     def forecast(self, history: np.ndarray, future: np.ndarray) -> np.ndarray:
         x, scale = features(history.astype(np.float64), future.astype(np.float64))
         with torch.no_grad():
-            return (self.model(x) * scale[:, None]).numpy().astype(np.float64)
+            return np.round((self.model(x) * scale[:, None]).numpy().astype(np.float64))  # whole passengers
