@@ -23,7 +23,7 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker) -> list[dict]:
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
-            "p95_latency_ms": m.get("latency_ms/p95"), "run_id": run.run_id,
+            "p95_latency_ms": m.get("service_latency_ms/p95", m.get("latency_ms/p95")), "run_id": run.run_id,
         })
     rows.sort(key=lambda r: (not r["passed"], -(r["total_score"] or 0)))
     for rank, row in enumerate(rows, 1):
