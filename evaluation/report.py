@@ -41,8 +41,9 @@ def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
     """Plots every family gets: per-group error, scenario retention, latency."""
     figs = {}
     metric = card.equity.get("metric")
-    if card.groups and metric:
-        names = list(card.groups)
+    measured = [n for n in card.groups if not math.isnan(card.groups[n].get(metric, math.nan))]
+    if measured and metric:
+        names = measured
         fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.2))
         ax.barh(names, [card.groups[n].get(metric, math.nan) for n in names], color="#4c72b0")
         ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
@@ -51,10 +52,11 @@ def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         figs["groups"] = fig
-    if card.retention:
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(card.retention) + 1.2))
-        vals = [card.retention[k] for k in card.retention]
-        ax.barh(list(card.retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
+    retention = {k: v for k, v in card.retention.items() if not math.isnan(v)}
+    if retention:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(retention) + 1.2))
+        vals = list(retention.values())
+        ax.barh(list(retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
         ax.axvline(1.0, color="black", lw=1)
         ax.set(xlim=(0, max([1.1, *(v for v in vals if not math.isnan(v))])), xlabel="retention vs clean",
                title=f"Robustness: {metric} retained per scenario")

@@ -219,6 +219,9 @@ def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) ->
         return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
                     detail=f"the `{split}` split's truth is not public")
     exact = outcome.exactness
+    if exact is None and math.isnan(skill):
+        return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
+                    detail="no predictions to compare with the public truth")
     suspected = (exact is not None and exact >= LOOKUP_EXACTNESS) or (not math.isnan(skill) and skill >= LOOKUP_SKILL)
     detail = (f"exactness {'—' if exact is None else f'{exact:.5f}'} (flag at {LOOKUP_EXACTNESS}), skill over "
               f"baseline {skill:.3f} (flag at {LOOKUP_SKILL}); the `{split}` split's truth is public")
@@ -272,7 +275,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                   detail="ran in the sandbox" if result.isolated else "ran WITHOUT isolation (--unsafe-no-sandbox)"),
              Gate(name="error_rate", passed=perf["error_rate"] <= spec.service_level.max_error_rate,
                   detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
-                         f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})"),
+                         f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
+                  else "no requests were sent (the service never became ready)"),
              _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
     for t in spec.thresholds:
         if t.gate:
