@@ -81,7 +81,7 @@ class MachineMeter:
         self.cores = self._start[2]
 
     def stop(self) -> float | None:
-        busy, total = _stat()
+        busy, total, _ = _stat()
         if total - self._start[1] <= 0:
             return None
         return (busy - self._start[0]) / (total - self._start[1])
