@@ -291,3 +291,81 @@ def test_the_audit_recomputes_the_scorecard_and_catches_tampering(ws, submitted,
     report = audit_submission(sub.id, ws=ws, tracker=tracker)
     assert not report.ok and "predictions sha256" in {c.name for c in report.mismatches}
     assert any(c.name.startswith("metrics/clean/") for c in report.mismatches)
+
+
+# -- integration: real bundles in the real sandbox, a CPU hog, a real local Ray ------------------------------------------
+
+@pytest.fixture(scope="module")
+def lookup_bundle(build_ws, tmp_path_factory):
+    """The lookup bundle, built with the public UCI file copied in beside its service (as a cheat would)."""
+    import shutil
+
+    from workflow.build import build_bundle
+
+    src = tmp_path_factory.mktemp("lookup") / "lookup"
+    shutil.copytree(PROJECT_ROOT / "tests/bundles/lookup", src)
+    shutil.copyfile(PROJECT_ROOT / "data/seoul-bike/SeoulBikeData.csv", src / "SeoulBikeData.csv")
+    return build_bundle(src, build_ws)
+
+
+@pytest.mark.slow
+def test_lookup_and_numpy_heuristic_get_no_deep_learning_credit(ws, bike_spec, built, lookup_bundle):
+    from sandbox.executor import InlineExecutor
+    from testbed.yamlio import load_model
+
+    cards = {}
+    for name, bundle in (("lookup", lookup_bundle), ("numpy_heuristic", built("numpy_heuristic"))):
+        vendor = load_model(PROJECT_ROOT / f"tests/bundles/{name}/vendor.yaml", VendorProfile)
+        cards[name] = evaluate_bundle(bike_spec, bundle, vendor, executor=InlineExecutor(), ws=ws, split="sample",
+                                      out_dir=ws.home / name, submission=name).card
+    lookup, heuristic = cards["lookup"], cards["numpy_heuristic"]
+    assert lookup.verdict == heuristic.verdict == "completed", (lookup.verdict_reason, heuristic.verdict_reason)
+    assert lookup.metrics["clean"]["mae"] == pytest.approx(1.0)  # truth + 1, read from the public file
+    for card in cards.values():
+        assert card.criteria["deep_learning_fit"].score == 0 and not card.model_evidence
+    assert heuristic.criteria["deep_learning_fit"].evidence["beats_baseline"]  # beats it, still no credit
+    flagged = {name: not next(g for g in c.gates if g.name == "suspected_lookup").passed for name, c in cards.items()}
+    assert flagged == {"lookup": True, "numpy_heuristic": False} and not lookup.passed
+
+
+@pytest.mark.slow
+def test_a_cpu_hog_moves_the_total_by_at_most_one_point(ws, bike_spec, built):
+    """The same bytes, measured idle and with every core busy, scored against a service level set where the wall
+    clock would move the total: 3x the idle latency, a third of the idle throughput."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from evaluation.families import open_family
+    from evaluation.scorecard import build_scorecard
+    from sandbox.executor import InlineExecutor
+    from workflow.evaluate import sandbox_job
+
+    fam = open_family(bike_spec, PROJECT_ROOT / "data")
+    data = fam.load("sample")
+    job = sandbox_job(bike_spec, fam, built("numpy_heuristic"), data, ws, isolated=True, seed=1)
+    idle = InlineExecutor().run(job)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(0.5)
+        busy = InlineExecutor().run(job)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    base = performance(idle)
+    level = bike_spec.service_level.model_copy(update={
+        "p95_latency_ms": 3 * base["service_latency_ms"]["p95"],
+        "min_throughput": base["service_throughput_items_per_s"] / 3})
+    spec = bike_spec.model_copy(update={"service_level": level})
+    cards = [build_scorecard(spec, fam, VendorProfile(**LOOKUP_VENDOR), fam.score(data, result), result, submission="h",
+                             vendor="v", bundle_sha256="0", dataset_sha256="0", harness_version="0", split="sample",
+                             official=False) for result in (idle, busy)]
+    loaded = cards[1].performance
+    print(f"\nidle: raw p95 {base['latency_ms']['p95']:.2f} ms, scored p95 {base['service_latency_ms']['p95']:.2f} ms, "
+          f"total {cards[0].total_score}; hog: raw p95 {loaded['latency_ms']['p95']:.2f} ms, scored p95 "
+          f"{loaded['service_latency_ms']['p95']:.2f} ms, total {cards[1].total_score}, others busy "
+          f"{loaded['contention']['single_stream']['others_busy']:.2f}")
+    assert loaded["contention"]["single_stream"]["others_busy"] > 0.5  # the hog did compete for the CPUs
+    assert abs(cards[0].total_score - cards[1].total_score) <= 1.0
