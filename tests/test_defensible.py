@@ -293,7 +293,7 @@ def test_the_audit_recomputes_the_scorecard_and_catches_tampering(ws, submitted,
     assert any(c.name.startswith("metrics/clean/") for c in report.mismatches)
 
 
-# -- integration: real bundles in the real sandbox, a CPU hog, a real local Ray ------------------------------------------
+# -- integration: real bundles in the real sandbox, a CPU hog ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def lookup_bundle(build_ws, tmp_path_factory):
