@@ -37,8 +37,9 @@ def _fmt(v, digits=3) -> str:
 
 def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     primary = FAMILIES.get(spec.family).primary_metric
-    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="total is provisional until "
-                  "evaluators score policy fit; rejected = failed a hard gate")
+    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="one official evaluation per "
+                  "submission; total is provisional until evaluators score policy fit and confirm the vendor's "
+                  "claims (local); rejected = failed a hard gate")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "local", "total"):
         numeric = col in (primary, "DL fit", "viability", "local", "total")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "vendor")
