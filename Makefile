@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
+# A local Ray (no RAY_ADDRESS) listens on 127.0.0.1 only when this is set before `ray` is first imported.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= $(if $(RAY_ADDRESS),1,0)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint bench mlflow-ui clean

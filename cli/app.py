@@ -158,12 +158,19 @@ def check(pilot: str, bundle: Path,
 @app.command()
 @friendly
 def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
-             unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
-    """Run a submission in the sandbox on Ray against the sequestered split, score it, log it to MLflow."""
+             unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+             reevaluate: bool = typer.Option(False, "--reevaluate", help="Evaluate again although the official "
+                                             "evaluation exists; recorded beside it, never replacing it."),
+             reason: str | None = typer.Option(None, "--reason", help="Why (required with --reevaluate).")):
+    """Run a submission in the sandbox on Ray against the sequestered split, score it, log it to MLflow. The
+    first evaluation of a submission is its official one (the leaderboard ranks it)."""
     from evaluation.tracking import MlflowTracker
     from sandbox.executor import RayExecutor
     from workflow.evaluate import evaluate_bundle
 
+    if reevaluate and not (reason or "").strip():
+        raise TestbedError("--reevaluate needs a --reason", where="testbed evaluate",
+                           fix=f'testbed evaluate {submission} --reevaluate --reason "WHY"')
     ws = Workspace.from_env()
     store = SubmissionStore(ws)
     sub = store.get(submission)
@@ -172,8 +179,37 @@ def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help
     with RayExecutor() as executor, err.status(f"evaluating {sub.id} in the sandbox…"):
         ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
                              tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
-                             isolated=not unsafe)
+                             isolated=not unsafe, reevaluate=reason if reevaluate else None)
     _report(ev.card, ev.files, as_json)
+
+
+@app.command()
+@friendly
+def audit(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Recompute every metric of a submission's official scorecard from its logged predictions and the
+    sequestered labels; exit 1 when anything differs (e.g. a tampered prediction artifact)."""
+    from evaluation.tracking import MlflowTracker
+    from workflow.audit import audit_submission
+
+    ws = Workspace.from_env()
+    report = audit_submission(submission, ws=ws, tracker=MlflowTracker(ws))
+    if as_json:
+        _emit_json({"submission": report.submission, "run_id": report.run_id, "ok": report.ok,
+                    "checks": [vars(c) for c in report.checks]})
+    else:
+        table = Table("check", "recorded", "recomputed", "", title=f"Audit · {submission} · run {report.run_id}")
+        shown = report.mismatches or report.checks[:3] + report.checks[-3:]
+        for c in shown:
+            table.add_row(c.name, escape(str(c.recorded))[:70], escape(str(c.recomputed))[:70],
+                          "[green]✓[/]" if c.ok else "[red]✗[/]")
+        out.print(table)
+        if report.ok:
+            out.print(f"[green]audit passed[/]: all {len(report.checks)} checks recomputed from the logged predictions "
+                      "and the sequestered labels match the scorecard")
+        else:
+            out.print(f"[red]AUDIT FAILED[/]: {len(report.mismatches)} of {len(report.checks)} checks differ")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _report(card, files, as_json: bool) -> None:
@@ -184,9 +220,15 @@ def _report(card, files, as_json: bool) -> None:
     out.print(f"[bold]{card.submission}[/] verdict [bold]{card.verdict}[/] · gates "
               f"[{colour}]{'passed' if card.passed else 'FAILED'}[/] · total {card.total_score:.1f}"
               f"{' (provisional)' if card.total_is_provisional else ''}")
+    if card.evaluation == "reevaluation":
+        out.print(f"  re-evaluation ({escape(card.reevaluation_reason or '')}); the official evaluation stays ranked")
     for gate in card.gates:
         if not gate.passed:
-            out.print(f"  [red]✗ {gate.name}[/]: {gate.detail}")
+            out.print(f"  [red]✗ {gate.name}[/]: {escape(gate.detail)}", soft_wrap=True)
+    if card.log_tail:
+        out.print("  last lines of sandbox.log:")
+        for line in card.log_tail[-8:]:
+            out.print(f"    {escape(line)}", highlight=False, soft_wrap=True)
     out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}", soft_wrap=True)
     if card.mlflow_run_id:
         out.print(f"  MLflow run: {card.mlflow_run_id}")

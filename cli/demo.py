@@ -11,12 +11,13 @@ from rich.console import Console
 
 from evaluation.families import open_family
 from evaluation.leaderboard import leaderboard_rows, leaderboard_table
+from evaluation.scorecard import Scorecard
 from evaluation.tracking import MlflowTracker
 from sandbox.executor import RayExecutor
 from testbed.config import Workspace
 from workflow.build import build_bundle, example_dirs, pilot_of
 from workflow.catalogue import get_pilot
-from workflow.evaluate import evaluate_bundle
+from workflow.evaluate import Evaluation, evaluate_bundle
 from workflow.submissions import SubmissionStore
 
 __all__ = ["run_demo"]
@@ -47,9 +48,19 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                 out.print(f"built and submitted [bold]{folder.name}[/] → {sub.id}"
                           f"{'' if new else ' (same bytes as before)'}  [{time.perf_counter() - t0:.1f} s]")
                 t0 = time.perf_counter()
-                with err.status(f"evaluating {sub.id} in the sandbox on Ray…"):
-                    ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                                         tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
+                official, folder = tracker.official_run(spec.id, sub.id), store.report_dir(sub.id)
+                if official is not None:
+                    out.print(f"  already evaluated officially (MLflow run {official.run_id}); not re-run "
+                              f"(`testbed evaluate {sub.id} --reevaluate --reason ...` to run it again)")
+                    if not (folder / "scorecard.json").is_file():
+                        continue
+                    ev = Evaluation(Scorecard.model_validate_json((folder / "scorecard.json").read_text()),
+                                    {"scorecard.html": folder / "scorecard.html",
+                                     "scorecard.json": folder / "scorecard.json"})
+                else:
+                    with err.status(f"evaluating {sub.id} in the sandbox on Ray…"):
+                        ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
+                                             tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
                 cards.append(ev)
                 out.print(f"  verdict {ev.card.verdict}, {fam.primary_metric} "
                           f"{ev.card.metrics['clean'].get(fam.primary_metric, float('nan')):.4g}, total "

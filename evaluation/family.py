@@ -45,6 +45,10 @@ class Outcome:
     equity: dict[str, Any] | None = None
     """Per-group intervals, gap and too-small groups on the primary metric (`evaluation.equity.assess_groups`);
     None: the scorecard ranks `groups` without uncertainty."""
+    exactness: float | None = None
+    """`TaskFamily.exactness` of the clean predictions (1 = the truth copied up to offset and scale)."""
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    """What `TaskFamily.predictions` decoded: logged with official runs, recomputed by the audit."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Family data for plots (not serialised)."""
 
@@ -164,12 +168,31 @@ class TaskFamily(ABC):
         """`inputs` under scenario `sc` (same shape; the ground truth stays valid)."""
 
     @abstractmethod
-    def encode(self, inputs: Any, rows: slice) -> bytes:
-        """The request body carrying items `rows` of `inputs`."""
+    def encode(self, inputs: Any, rows: np.ndarray) -> bytes:
+        """The request body carrying items `rows` (indices, in this order) of `inputs`."""
 
     @abstractmethod
+    def predictions(self, data: Any, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
+        """Decode and check every phase's responses (contract violations go to `violations`); return the
+        predictions of the clean and scenario phases as named arrays (what is logged for the audit)."""
+
+    @abstractmethod
+    def score_predictions(self, data: Any, preds: dict[str, np.ndarray]) -> Outcome:
+        """Metrics per scenario and group, and the baseline's, from `predictions` output alone: the audit
+        recomputes a scorecard's numbers with this and nothing else."""
+
+    def exactness(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
+        """How exactly the clean predictions reproduce the ground truth up to a constant offset and scale (1 =
+        a copy of the truth); None when the family does not say. Flags a lookup when the truth is public."""
+        return None
+
     def score(self, data: Any, result: SandboxResult) -> Outcome:
-        """Decode and check responses, compute metrics per scenario and group, and the baseline's."""
+        """Decode, check and score a run's responses."""
+        violations: list[str] = []
+        preds = self.predictions(data, result, violations)
+        outcome = self.score_predictions(data, preds)
+        outcome.violations, outcome.exactness, outcome.predictions = violations, self.exactness(data, preds), preds
+        return outcome
 
     @abstractmethod
     def export(self, data: Any, out_dir: Path) -> list[Path]:
@@ -186,34 +209,54 @@ class TaskFamily(ABC):
         """`clean` first, then the spec's scenarios in order."""
         return ["clean", *(sc.name for sc in self.spec.scenarios)]
 
-    def phases(self, data: Any) -> list[Phase]:
-        """Requests to send: `clean` and one phase per scenario in batches of the options' `batch_size`, then
-        `single_stream` (one item per request, `single_stream_requests` of them) and `offline` (batches of
-        `offline_batch_size`; all items in one request when the family has no such option)."""
+    def phases(self, data: Any, seed: int = 0) -> list[Phase]:
+        """Requests to send: `clean` and one phase per scenario in batches of up to the options' `batch_size`,
+        then `single_stream` (one item per request, `single_stream_requests` of them) and `offline` (batches of
+        `offline_batch_size`; all items in one request when the family has no such option). Anti-replay: each
+        phase sends the items in its own order drawn from `seed`, and the accuracy phases in their own batch
+        sizes, so no phase repeats another's sequence of requests. `plan` keeps which items each request
+        carries; `plan_record()` is what the scorecard records."""
         o, n, clean = self.options, self.size(data), self.inputs(data)
+        rng = np.random.default_rng(seed)
         sets = {"clean": clean} | {sc.name: self.perturb(data, clean, sc) for sc in self.spec.scenarios}
-        phases = [self._phase(name, inputs, n, o.batch_size) for name, inputs in sets.items()]
+        self.plan_seed, self.plan = seed, {}
+        phases = [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
+                  for name, inputs in sets.items()]
         single = min(n, getattr(o, "single_stream_requests", n))
-        phases.append(self._phase("single_stream", clean, single, 1))
-        phases.append(self._phase("offline", clean, n, getattr(o, "offline_batch_size", None) or max(n, 1)))
+        phases.append(self._phase("single_stream", clean, rng.permutation(n)[:single], [1] * single))
+        size = getattr(o, "offline_batch_size", None) or max(n, 1)
+        phases.append(self._phase("offline", clean, rng.permutation(n), [min(size, n - i) for i in range(0, n, size)]))
         return phases
 
-    def _phase(self, name: str, inputs: Any, n: int, size: int) -> Phase:
-        cuts = [slice(i, min(i + size, n)) for i in range(0, n, size)]
-        return Phase(name, [self.encode(inputs, s) for s in cuts], [s.stop - s.start for s in cuts])
+    @staticmethod
+    def _sizes(rng: np.random.Generator, n: int, most: int) -> list[int]:
+        sizes: list[int] = []
+        while sum(sizes) < n:
+            sizes.append(min(int(rng.integers(max(1, (most + 1) // 2), most + 1)), n - sum(sizes)))
+        return sizes
 
-    def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, int, int], Any],
-                violations: list[str]) -> Iterator[tuple[int, int, Any]]:
-        """`(first item, items, decoded)` for every answered request of phase `name`. `decode(body, first,
-        items)` raises ContractViolation for a bad answer, which is collected in `violations`."""
-        phase, start = result.phases.get(name), 0
-        for body, items in zip(phase.bodies, phase.items, strict=True) if phase else []:
+    def _phase(self, name: str, inputs: Any, order: np.ndarray, sizes: list[int]) -> Phase:
+        cuts = np.split(order, np.cumsum(sizes)[:-1]) if sizes else []
+        self.plan[name] = cuts
+        return Phase(name, [self.encode(inputs, rows) for rows in cuts], [len(rows) for rows in cuts])
+
+    def plan_record(self) -> dict[str, Any]:
+        """The phase plan as recorded on the scorecard: the seed, and each phase's batch sizes."""
+        return {"seed": getattr(self, "plan_seed", None),
+                "batch_sizes": {name: [len(rows) for rows in cuts] for name, cuts in getattr(self, "plan", {}).items()}}
+
+    def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, np.ndarray], Any],
+                violations: list[str]) -> Iterator[tuple[np.ndarray, Any]]:
+        """`(items, decoded)` for every answered request of phase `name`: the item indices the request carried
+        (from the phase plan) and its decoded answer. `decode(body, items)` raises ContractViolation for a bad
+        answer, which is collected in `violations`."""
+        phase = result.phases.get(name)
+        for body, rows in zip(phase.bodies, self.plan[name], strict=False) if phase else []:
             decoded = None
             if body is not None:
                 try:
-                    decoded = decode(body, start, items)
+                    decoded = decode(body, rows)
                 except ContractViolation as exc:
                     violations.append(f"{name}: {exc}")
             if decoded is not None:
-                yield start, items, decoded
-            start += items
+                yield rows, decoded

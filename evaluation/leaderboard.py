@@ -23,7 +23,7 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker) -> list[dict]:
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
-            "p95_latency_ms": m.get("latency_ms/p95"), "run_id": run.run_id,
+            "p95_latency_ms": m.get("service_latency_ms/p95", m.get("latency_ms/p95")), "run_id": run.run_id,
         })
     rows.sort(key=lambda r: (not r["passed"], -(r["total_score"] or 0)))
     for rank, row in enumerate(rows, 1):
@@ -37,8 +37,9 @@ def _fmt(v, digits=3) -> str:
 
 def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     primary = FAMILIES.get(spec.family).primary_metric
-    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="total is provisional until "
-                  "evaluators score policy fit; rejected = failed a hard gate")
+    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="one official evaluation per "
+                  "submission; total is provisional until evaluators score policy fit and confirm the vendor's "
+                  "claims (local); rejected = failed a hard gate")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "local", "total"):
         numeric = col in (primary, "DL fit", "viability", "local", "total")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "vendor")

@@ -81,12 +81,14 @@ def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
     """Plots every family gets: per-group error, scenario retention, latency."""
     figs = {}
     metric = card.equity.get("metric")
-    if card.groups and metric:
+    measured = [n for n in card.groups if not math.isnan(card.groups[n].get(metric, math.nan))]
+    if measured and metric:
         figs["groups"] = _groups_figure(card, metric)
-    if card.retention:
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(card.retention) + 1.2))
-        vals = [card.retention[k] for k in card.retention]
-        ax.barh(list(card.retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
+    retention = {k: v for k, v in card.retention.items() if not math.isnan(v)}
+    if retention:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(retention) + 1.2))
+        vals = list(retention.values())
+        ax.barh(list(retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
         ax.axvline(1.0, color="black", lw=1)
         ax.set(xlim=(0, max([1.1, *(v for v in vals if not math.isnan(v))])), xlabel="retention vs clean",
                title=f"Robustness: {metric} retained per scenario")

@@ -1,8 +1,15 @@
-"""The scorecard: evidence -> four decision criteria, hard gates and the weighted total."""
+"""The scorecard: evidence -> four decision criteria, hard gates and the weighted total.
+
+Evidence over claims: deep-learning fit needs a deep-learning model found in the bundle (`sandbox.artifacts`);
+a near-exact match to a public truth is a suspected lookup that only an evaluator can override; the vendor's
+claims score once an evaluator confirms them (`apply_review`); performance is measured against load
+(`evaluation.performance`)."""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -10,14 +17,25 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.family import Outcome, TaskFamily
+from evaluation.local_strength import declared_claims, local_strength
+from evaluation.performance import credits, performance
 from evaluation.registry import METRICS, goal_of
 from pilots.spec import PilotSpec
-from pilots.vendor import SEOUL_LEADING_FIELDS, VendorProfile
+from pilots.vendor import VendorProfile
+from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
+from testbed.errors import TestbedError
 
-__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance"]
+__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "apply_review", "rescore",
+           "OVERRIDABLE_GATES", "LOOKUP_EXACTNESS", "LOOKUP_SKILL"]
 
 CRITERIA = ("deep_learning_fit", "viability", "policy_fit", "local_strength_fit")
+OVERRIDABLE_GATES = frozenset({"suspected_lookup"})
+"""Gates an evaluator may override in a review (with a justification); every other gate is final."""
+LOOKUP_EXACTNESS = 0.99
+"""When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
+LOOKUP_SKILL = 0.95
+"""...and so is a skill over the non-deep-learning baseline this close to perfect."""
 
 
 class Criterion(BaseModel):
@@ -26,7 +44,7 @@ class Criterion(BaseModel):
     score: float | None
     """0–100, or None while it waits for a city evaluator."""
     status: Literal["scored", "pending_evaluator"] = "scored"
-    """`pending_evaluator` until an evaluator's review exists (policy fit)."""
+    """`pending_evaluator` until an evaluator's review exists (policy fit; local strength while claims wait)."""
     evidence: dict[str, Any] = Field(default_factory=dict)
     """The measured facts the score was computed from."""
 
@@ -38,6 +56,12 @@ class Gate(BaseModel):
     """False rejects the submission whatever its total."""
     detail: str
     """The measured value against the requirement."""
+    measured: bool | None = None
+    """The check's own result (None: same as `passed`); differs from `passed` only under an override."""
+    overridable: bool = False
+    """An evaluator may override a failure of this gate in a review (suspected lookup only)."""
+    override: str | None = None
+    """The evaluator's justification, when overridden."""
 
 
 class Scorecard(BaseModel):
@@ -64,7 +88,8 @@ class Scorecard(BaseModel):
     isolated: bool
     """False when run with the explicit unsafe flag (no sandbox): never an acceptable result."""
     verdict: str
-    """completed, contract_violation, timeout, resource_limit, crashed or sandbox_violation."""
+    """completed, contract_violation, request_failures (more failed requests than the service level allows),
+    timeout, resource_limit, crashed or sandbox_violation."""
     verdict_reason: str
     """Why the run ended the way it did."""
     metrics: dict[str, dict[str, float]]
@@ -90,65 +115,134 @@ class Scorecard(BaseModel):
     """Weighted total (0–100) over the scored criteria."""
     total_is_provisional: bool
     """True while a criterion (policy fit) waits for an evaluator; weights are renormalised meanwhile."""
+    log_tail: list[str] = Field(default_factory=list)
+    """The sandbox log's last lines when the run did not complete (the cause of a crash)."""
+    model_evidence: list[dict[str, Any]] = Field(default_factory=list)
+    """Model artifacts found by reading the bundle statically (`sandbox.artifacts`)."""
+    phase_plan: dict[str, Any] = Field(default_factory=dict)
+    """The anti-replay plan: its seed and each phase's batch sizes (the order follows from the seed)."""
+    weights: dict[str, float] = Field(default_factory=dict)
+    """The pilot's criteria weights, so the total can be recomputed after a review."""
+    evaluation: Literal["official", "reevaluation", "check"] = "check"
+    """`official` (the one the leaderboard ranks), `reevaluation` (explicit, with a reason) or a vendor check."""
+    reevaluation_reason: str | None = None
+    """Why a re-evaluation was run."""
+    review: dict[str, Any] = Field(default_factory=dict)
+    """What `apply_review` applied: gate overrides with justifications, and confirmed vendor claims."""
+    pilot_spec_sha256: str | None = None
+    """sha256 of the pilot spec (JSON) the run was scored against; the spec is logged with official runs."""
+    predictions_sha256: str | None = None
+    """sha256 of the logged prediction artifact (`predictions.npz`) of an official run."""
     mlflow_run_id: str | None = None
     """The MLflow run that holds this evaluation (official runs only)."""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     """When the evaluation finished (UTC)."""
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    arr = np.asarray(values) * 1000
-    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 95, 99)} | {"mean": float(arr.mean())}
+def _known(*values: float | None) -> bool:
+    return all(v is not None and not math.isnan(v) for v in values)
 
 
-def performance(result: SandboxResult) -> dict[str, Any]:
-    """Service-level measurements, the same for every family."""
-    statuses = [s for p in result.phases.values() for s in p.statuses]
-    single = result.phases.get("single_stream")
-    offline = result.phases.get("offline")
-    ok_latency = [lat for lat, s in zip(single.latencies_s, single.statuses, strict=True) if s == 200] if single else []
-    done = sum(i for i, s in zip(offline.items, offline.statuses, strict=True) if s == 200) if offline else 0
-    return {
-        "latency_ms": _percentiles(ok_latency),
-        "latencies_ms": [round(x * 1000, 3) for x in ok_latency],
-        "throughput_items_per_s": done / offline.wall_s if offline and offline.wall_s > 0 else 0.0,
-        "error_rate": (sum(s != 200 for s in statuses) / len(statuses)) if statuses else 1.0,
-        "requests": len(statuses),
-        "startup_s": result.startup_s,
-        "peak_rss_mb": result.peak_rss_mb,
-        "errors": [e for p in result.phases.values() for e in p.errors][:5],
-    }
-
-
-def _ratio(goal: str, clean: float, other: float) -> float:
-    if any(v is None or math.isnan(v) for v in (clean, other)) or min(clean, other) <= 0:
+def _retention(goal: str, clean: float | None, other: float | None) -> float:
+    """`other` relative to `clean` (1 = as good, below 1 = worse); a perfect clean score loses nothing to a
+    perfect other score."""
+    if not _known(clean, other):
         return float("nan")
-    return clean / other if goal == "min" else other / clean
+    if goal == "min":
+        return clean / other if other > 0 else 1.0
+    return other / clean if clean > 0 else 1.0
 
 
 def _skill(goal: str, baseline: float | None, model: float | None) -> float:
-    """Relative improvement over the baseline: 1 - model/baseline for errors, 1 - baseline/model for scores."""
-    ratio = _ratio(goal, baseline, model)
-    return float("nan") if math.isnan(ratio) else 1 - 1 / ratio
+    """Relative improvement over the baseline: 1 - model/baseline for errors (zero error = 1, perfect),
+    1 - baseline/model for scores."""
+    if not _known(baseline, model):
+        return float("nan")
+    if goal == "min":
+        return 1 - model / baseline if baseline > 0 else 0.0
+    return 1 - baseline / model if model > 0 else (0.0 if baseline <= 0 else -1.0)
 
 
-def _clip(x: float) -> float:
+def _clip(x: float | None) -> float:
     return 0.0 if x is None or math.isnan(x) else float(min(1.0, max(0.0, x)))
 
 
+def _cause(log: str) -> str | None:
+    """The last exception line of a log (e.g. `ModuleNotFoundError: No module named 'x'`)."""
+    found = re.findall(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", log, flags=re.M)
+    return found[-1].strip()[:300] if found else None
+
+
+def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dict) -> tuple[str, str, list[str]]:
+    verdict, reason = result.verdict, result.reason
+    if verdict == "completed" and outcome.violations:
+        verdict, reason = "contract_violation", "; ".join(outcome.violations[:3])
+    allowed = spec.service_level.max_error_rate
+    if verdict == "completed" and perf["error_rate"] > allowed:
+        verdict = "request_failures"
+        reason = (f"{perf['failed_requests']} of {perf['requests']} requests failed (error rate "
+                  f"{perf['error_rate']:.1%}; the service level allows {allowed:.1%})")
+        reason += f"; first error: {perf['errors'][0]}" if perf["errors"] else ""
+    tail: list[str] = []
+    if verdict != "completed":
+        tail = [line for line in result.log.splitlines() if line.strip()][-15:]
+        cause = _cause(result.log)
+        if cause and cause not in reason:
+            reason += f"; sandbox.log ends with: {cause}"
+    return verdict, reason, tail
+
+
+def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
+                       models: list[ModelArtifact]) -> tuple[Criterion, float]:
+    """Criterion 1: a deep-learning model found in the bundle, and how much it beats the harness's
+    non-deep-learning baseline. No such model: no credit, whatever it beats."""
+    versus = fam.baseline_metric or fam.primary_metric
+    clean = outcome.metrics.get("clean", {})
+    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
+    model = deep_learning_model(models)
+    return Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill) if model else 0.0, evidence={
+        "deep_learning_model": model.as_dict() if model else None,
+        "finding": ("deep-learning model found by reading the bundle (that the service uses it is for the "
+                    "evaluator to confirm)") if model else
+                   "no deep-learning model found in the bundle: no deep-learning credit, whatever it beats",
+        "model_artifacts_found": len(models),
+        "baseline": outcome.baseline.get("name"), "compared_on": versus,
+        f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
+        "skill_over_baseline": skill, "beats_baseline": bool(skill > 0),
+        "full_credit_skill": spec.criteria.full_credit_skill,
+        "declared_field": profile.technology_field, "declared_field_matches_task":
+            profile.technology_field in fam.technology_fields}), skill
+
+
+def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> Gate:
+    """Too good to be true: near-exact agreement with a truth the vendor could have had."""
+    if not spec.dataset.splits[split].truth_known:
+        return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
+                    detail=f"the `{split}` split's truth is not public")
+    exact = outcome.exactness
+    if exact is None and math.isnan(skill):
+        return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
+                    detail="no predictions to compare with the public truth")
+    suspected = (exact is not None and exact >= LOOKUP_EXACTNESS) or (not math.isnan(skill) and skill >= LOOKUP_SKILL)
+    detail = (f"exactness {'—' if exact is None else f'{exact:.5f}'} (flag at {LOOKUP_EXACTNESS}), skill over "
+              f"baseline {skill:.3f} (flag at {LOOKUP_SKILL}); the `{split}` split's truth is public")
+    if suspected:
+        detail = "SUSPECTED LOOKUP: predictions match the public truth near-exactly; " + detail + \
+                 " — passes only with an evaluator's override in a review"
+    return Gate(name="suspected_lookup", passed=not suspected, measured=not suspected, overridable=True,
+                detail=detail)
+
+
 def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
-                    result: SandboxResult, **ids: Any) -> Scorecard:
-    """Combine a family's outcome, the run's performance and the vendor profile into a scorecard."""
+                    result: SandboxResult, *, models: list[ModelArtifact] | None = None, **ids: Any) -> Scorecard:
+    """Combine a family's outcome, the run's performance, the bundle's model evidence and the vendor profile
+    into a scorecard."""
     primary = fam.primary_metric
     goal = goal_of(METRICS.where(family=fam.name)[primary])
     clean = outcome.metrics.get("clean", {})
     perf = performance(result)
-    verdict, reason = result.verdict, result.reason
-    if verdict == "completed" and outcome.violations:
-        verdict, reason = "contract_violation", "; ".join(outcome.violations[:3])
-    retention = {name: _ratio(goal, clean.get(primary), m.get(primary))
+    verdict, reason, tail = _verdict(spec, result, outcome, perf)
+    retention = {name: _retention(goal, clean.get(primary), m.get(primary))
                  for name, m in outcome.metrics.items() if name != "clean"}
     ranked = sorted(((v[primary], k) for k, v in outcome.groups.items() if not math.isnan(v.get(primary, math.nan))),
                     reverse=goal == "min")
@@ -156,58 +250,80 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     if ranked and outcome.equity is None:
         (worst, worst_g), (best, best_g) = ranked[0], ranked[-1]
         equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
-                   "gap": abs(worst - best), "worst_vs_overall": _ratio(goal, clean.get(primary), worst)}
+                   "gap": abs(worst - best), "worst_vs_overall": _retention(goal, clean.get(primary), worst)}
 
-    # 1. deep-learning fit: does it beat the non-deep-learning reference, by how much?
-    versus = fam.baseline_metric or primary
-    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
-    dl = Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill), evidence={
-        "baseline": outcome.baseline.get("name"), "compared_on": versus,
-        f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
-        "skill_over_baseline": skill,
-        "beats_baseline": bool(skill > 0), "full_credit_skill": spec.criteria.full_credit_skill,
-        "vendor_field_matches_task": profile.technology_field in fam.technology_fields})
-    # 2. viability: accuracy against thresholds, robustness, reliability, latency, throughput.
-    lat = perf["latency_ms"].get("p95", math.nan)
+    dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [])
+    latency, throughput = credits(perf, spec.service_level)
     parts = {
         "accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
         "robustness": float(np.mean([_clip(r) for r in retention.values()])) if retention else 1.0,
         "reliability": 1 - perf["error_rate"],
-        "latency": _clip(spec.service_level.p95_latency_ms / lat) if lat and not math.isnan(lat) else 0.0,
-        "throughput": _clip(perf["throughput_items_per_s"] / spec.service_level.min_throughput),
+        "latency": latency,
+        "throughput": throughput,
     }
     viability = Criterion(score=100 * float(np.mean(list(parts.values()))) if verdict == "completed" else 0.0,
-                          evidence={"components": parts, "p95_latency_ms": lat,
-                                    "throughput_items_per_s": perf["throughput_items_per_s"],
-                                    "coverage": outcome.coverage})
-    # 3. policy fit: the evaluators' rubric; equity across groups is evidence for them.
+                          evidence={"components": parts, "p95_latency_ms": perf["service_latency_ms"].get("p95"),
+                                    "throughput_items_per_s": perf["service_throughput_items_per_s"],
+                                    "performance_method": perf["method"], "coverage": outcome.coverage})
     policy = Criterion(score=None, status="pending_evaluator",
                        evidence={"policy_goals": spec.policy_goals,
                                  "equity": {k: v for k, v in equity.items() if k not in ("groups", "keys")}})
-    # 4. local strength fit: Seoul-based, startup, a field where Seoul leads.
-    local_parts = {"seoul_based": profile.seoul_based, "startup": profile.startup,
-                   "seoul_leading_field": profile.technology_field in SEOUL_LEADING_FIELDS}
-    local = Criterion(score=100 * (0.4 * local_parts["seoul_based"] + 0.2 * local_parts["startup"]
-                                   + 0.4 * local_parts["seoul_leading_field"]),
-                      evidence={**local_parts, "district": profile.headquarters_district,
-                                "technology_field": profile.technology_field})
+    score, status, evidence = local_strength(declared_claims(profile, fam.technology_fields))
+    local = Criterion(score=score, status=status, evidence=evidence)
     criteria = dict(zip(CRITERIA, (dl, viability, policy, local), strict=True))
 
     gates = [Gate(name="verdict", passed=verdict == "completed", detail=f"{verdict}: {reason}"),
              Gate(name="isolation", passed=result.isolated,
                   detail="ran in the sandbox" if result.isolated else "ran WITHOUT isolation (--unsafe-no-sandbox)"),
              Gate(name="error_rate", passed=perf["error_rate"] <= spec.service_level.max_error_rate,
-                  detail=f"{perf['error_rate']:.3f} (max {spec.service_level.max_error_rate})")]
+                  detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
+                         f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
+                  else "no requests were sent (the service never became ready)"),
+             _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
     for t in spec.thresholds:
         if t.gate:
             bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
-            gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(clean.get(t.metric)),
-                              detail=f"{clean.get(t.metric, math.nan):.4g} ({bound})"))
-    weights = spec.criteria.weights.model_dump()
-    scored = {k: c.score for k, c in criteria.items() if c.score is not None}
-    total = sum(weights[k] * s for k, s in scored.items()) / max(1e-9, sum(weights[k] for k in scored))
-    return Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
+            value = clean.get(t.metric, math.nan)
+            gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
+                              detail=f"{'not measured' if math.isnan(value) else f'{value:.4g}'} ({bound})"))
+    card = Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
                      retention=retention, groups=outcome.groups, equity=equity, performance=perf,
-                     baseline=outcome.baseline, criteria=criteria, gates=gates, passed=all(g.passed for g in gates),
-                     total_score=round(total, 2), total_is_provisional=len(scored) < len(criteria),
-                     isolated=result.isolated, **ids)
+                     baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False, total_score=0.0,
+                     total_is_provisional=True, isolated=result.isolated, log_tail=tail,
+                     model_evidence=[m.as_dict() for m in models or []], phase_plan=fam.plan_record(),
+                     weights=spec.criteria.weights.model_dump(), **ids)
+    return rescore(card)
+
+
+def rescore(card: Scorecard) -> Scorecard:
+    """Recompute `passed` and the total from the card's gates, criteria and weights (in place; returns it)."""
+    scored = {k: c.score for k, c in card.criteria.items() if c.score is not None}
+    weight = sum(card.weights.get(k, 0) for k in scored)
+    total = sum(card.weights.get(k, 0) * s for k, s in scored.items()) / weight if weight > 0 else 0.0
+    card.passed = all(g.passed for g in card.gates)
+    card.total_score = round(total, 2)
+    card.total_is_provisional = len(scored) < len(card.criteria)
+    return card
+
+
+def apply_review(card: Scorecard, *, overrides: dict[str, str] | None = None,
+                 confirmed_claims: Iterable[str] = ()) -> Scorecard:
+    """A copy of `card` with an evaluator's review applied: `overrides` maps an overridable gate's name (e.g.
+    `suspected_lookup`) to the justification; `confirmed_claims` lists the vendor claims the evaluator verified
+    (`seoul_based`, `startup`, `technology_field`); unlisted claims then earn nothing. Pure: applying the same
+    review again gives the same card; an empty review restores the measured gates."""
+    overrides = dict(overrides or {})
+    gates = {g.name: g for g in card.gates}
+    refused = sorted(name for name in overrides if name not in gates or not gates[name].overridable)
+    if refused:
+        raise TestbedError(f"gate(s) {', '.join(refused)} cannot be overridden", where=f"review of {card.submission}",
+                           fix=f"only these gates take an evaluator's override: {', '.join(sorted(OVERRIDABLE_GATES))}")
+    new = card.model_copy(deep=True)
+    for gate in new.gates:
+        measured = gate.passed if gate.measured is None else gate.measured
+        gate.override = overrides.get(gate.name) if not measured else None
+        gate.passed = measured or gate.override is not None
+    local = new.criteria["local_strength_fit"]
+    local.score, local.status, local.evidence = local_strength(local.evidence["claims"], confirmed_claims)
+    new.review = {"overrides": overrides, "confirmed_claims": sorted(set(confirmed_claims))}
+    return rescore(new)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from evaluation.scorecard import Scorecard
 from testbed.config import Workspace
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
-           "flatten"]
+           "flatten", "official_per_submission"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -35,7 +36,8 @@ class RunRecord:
 
     run_id: str
     tags: dict[str, str]
-    """`testbed.*` tags: submission, vendor, pilot, official, isolated, verdict, passed."""
+    """`testbed.*` tags: submission, vendor, pilot, official, evaluation (official or reevaluation), reason,
+    isolated, verdict, passed."""
     metrics: dict[str, float]
     """Flattened scorecard metrics (see `flatten`)."""
     status: str = "RUNNING"
@@ -57,7 +59,13 @@ class Tracker(Protocol):
         """Close the run as FAILED."""
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
-        """The latest finished official run per submission, newest first."""
+        """The official evaluation of each submission (re-evaluations never replace it)."""
+
+    def official_run(self, pilot: str, submission: str) -> RunRecord | None:
+        """The official evaluation of one submission, or None."""
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        """Copy artifact `path` of a run into folder `dst`; returns the local file."""
 
 
 def _safe(label: str) -> str:
@@ -71,8 +79,10 @@ def flatten(card: Scorecard) -> dict[str, float]:
     out |= {f"retention/{k}": v for k, v in card.retention.items()}
     out |= {f"group/{_safe(g).replace('=', '/')}/{m}": v for g, vals in card.groups.items() for m, v in vals.items()}
     out |= {f"latency_ms/{q}": v for q, v in card.performance["latency_ms"].items()}
+    out |= {f"service_latency_ms/{q}": v for q, v in card.performance.get("service_latency_ms", {}).items()}
     out |= {f"criteria/{k}": c.score for k, c in card.criteria.items() if c.score is not None}
     out |= {"throughput_items_per_s": card.performance["throughput_items_per_s"],
+            "service_throughput_items_per_s": card.performance.get("service_throughput_items_per_s"),
             "error_rate": card.performance["error_rate"], "startup_s": card.performance["startup_s"],
             "peak_rss_mb": card.performance["peak_rss_mb"], "total_score": card.total_score,
             "passed": float(card.passed)}
@@ -80,20 +90,27 @@ def flatten(card: Scorecard) -> dict[str, float]:
 
 
 def _tags(card: Scorecard) -> dict[str, str]:
-    return {"testbed.submission": card.submission, "testbed.vendor": card.vendor, "testbed.pilot": card.pilot,
-            "testbed.official": str(card.official).lower(), "testbed.isolated": str(card.isolated).lower()}
+    tags = {"testbed.submission": card.submission, "testbed.vendor": card.vendor, "testbed.pilot": card.pilot,
+            "testbed.official": str(card.official).lower(), "testbed.isolated": str(card.isolated).lower(),
+            "testbed.evaluation": card.evaluation}
+    if card.reevaluation_reason:
+        tags["testbed.reason"] = card.reevaluation_reason[:5000]
+    return tags
 
 
 def _outcome_tags(card: Scorecard) -> dict[str, str]:
     return {"testbed.verdict": card.verdict, "testbed.passed": str(card.passed).lower()}
 
 
-def _latest_per_submission(runs: list[RunRecord]) -> list[RunRecord]:
-    latest: dict[str, RunRecord] = {}
-    for run in sorted(runs, key=lambda r: -r.start_time):
-        if run.status == "FINISHED" and run.tags.get("testbed.official") == "true":
-            latest.setdefault(run.tags.get("testbed.submission", ""), run)
-    return list(latest.values())
+def official_per_submission(runs: list[RunRecord]) -> list[RunRecord]:
+    """Per submission, its official evaluation: the first finished run tagged `official` (runs from before
+    re-evaluations existed have no `testbed.evaluation` tag and count as official). Newest first."""
+    first: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.start_time):
+        if run.status == "FINISHED" and run.tags.get("testbed.official") == "true" and \
+                run.tags.get("testbed.evaluation", "official") == "official":
+            first.setdefault(run.tags.get("testbed.submission", ""), run)
+    return sorted(first.values(), key=lambda r: -r.start_time)
 
 
 class MemoryTracker:
@@ -115,13 +132,22 @@ class MemoryTracker:
         run.metrics, run.status = flatten(card), "FINISHED"
         run.tags |= _outcome_tags(card)
         run.artifacts = {**files, "bento/" + bundle.name: bundle}
-        self.versions.append({"pilot": card.pilot, "run_id": run_id, "bundle_sha256": card.bundle_sha256})
+        if card.evaluation == "official" and not any(v["pilot"] == card.pilot and
+                                                     v["bundle_sha256"] == card.bundle_sha256 for v in self.versions):
+            self.versions.append({"pilot": card.pilot, "run_id": run_id, "bundle_sha256": card.bundle_sha256})
 
     def fail(self, run_id: str) -> None:
         self.runs[run_id].status = "FAILED"
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
-        return _latest_per_submission([r for r in self.runs.values() if r.tags.get("testbed.pilot") == pilot])
+        return official_per_submission([r for r in self.runs.values() if r.tags.get("testbed.pilot") == pilot])
+
+    def official_run(self, pilot: str, submission: str) -> RunRecord | None:
+        return next((r for r in self.official_runs(pilot) if r.tags.get("testbed.submission") == submission), None)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(self.runs[run_id].artifacts[path], dst / Path(path).name))
 
 
 class MlflowTracker:
@@ -165,7 +191,8 @@ class MlflowTracker:
             log_file.write_text(sandbox_log)
             self.client.log_artifact(run_id, str(log_file))
             self.client.log_artifact(run_id, str(bundle), "bento")
-            self._register(run_id, card)
+            if card.evaluation == "official":
+                self._register(run_id, card)
         except Exception:
             self.fail(run_id)
             raise
@@ -184,6 +211,9 @@ class MlflowTracker:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        known = self.client.search_model_versions(f"name='{name}'")
+        if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256 for v in known):
+            return  # one registered version per bundle hash, however often the bytes are evaluated
         source = f"{self.client.get_run(run_id).info.artifact_uri}/bento"
         self.client.create_model_version(name, source=source, run_id=run_id, tags={
             "testbed.submission": card.submission, "testbed.verdict": card.verdict,
@@ -194,7 +224,14 @@ class MlflowTracker:
         if exp is None:
             return []
         runs = self.client.search_runs([exp.experiment_id], "tags.`testbed.official` = 'true'",
-                                       order_by=["attributes.start_time DESC"], max_results=1000)
-        return _latest_per_submission([
+                                       order_by=["attributes.start_time ASC"], max_results=5000)
+        return official_per_submission([
             RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.metrics), r.info.status, r.info.start_time or 0,
                       dict(r.data.params)) for r in runs])
+
+    def official_run(self, pilot: str, submission: str) -> RunRecord | None:
+        return next((r for r in self.official_runs(pilot) if r.tags.get("testbed.submission") == submission), None)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))

@@ -34,6 +34,15 @@ class Split(_Spec):
     """Last timestamp of the split's targets, inclusive (time-series families)."""
     members: str | None = None
     """Key in the dataset's split file that lists this split's items (image families)."""
+    truth_public: bool = False
+    """True when this split's ground truth is published somewhere (e.g. the dataset is an open download): a
+    sequestered split is then only withheld from the submission, and near-exact matches to the truth are
+    flagged as a suspected lookup. A `public` split's truth is always public."""
+
+    @property
+    def truth_known(self) -> bool:
+        """Whether a vendor could have the truth of this split."""
+        return self.public or self.truth_public
 
 
 class DatasetSpec(_Spec):

@@ -52,13 +52,17 @@ class RayExecutor(_Closing):
         return os.environ.get("RAY_ADDRESS") or None
 
     def connect(self) -> None:
-        if not self.address:
-            # Must be set before Ray reads its constants: local services bind to 127.0.0.1 only.
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         import ray
+        from ray._private import ray_constants
 
         if ray.is_initialized():
             return
+        if not self.address and ray_constants.ENABLE_RAY_CLUSTER:
+            raise TestbedError(
+                "Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a local Ray would listen "
+                "on every network interface", where="local Ray",
+                fix="import testbed.config before anything that imports ray, or export "
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (or set RAY_ADDRESS to use a cluster)")
         common = {"log_to_driver": False, "configure_logging": False}
         if self.address:
             ray.init(address=self.address, **common)

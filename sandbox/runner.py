@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from sandbox.contention import MachineMeter, delta, snapshot
 from sandbox.isolation import SandboxLimits
 from sandbox.service import SandboxedService
 
@@ -68,6 +69,14 @@ class PhaseResult:
     wall_s: float
     errors: list[str] = field(default_factory=list)
     """The first few error texts."""
+    cpu_s: list[float] = field(default_factory=list)
+    """Per request: CPU seconds of the service's threads and the calling harness thread (`sandbox.contention`)."""
+    wait_s: list[float] = field(default_factory=list)
+    """Per request: seconds those threads waited, runnable, for a CPU (queueing behind other processes)."""
+    machine_busy: float | None = None
+    """Share of all the machine's CPUs that were busy during the phase."""
+    cores: int = 1
+    """CPUs of the machine."""
 
 
 @dataclass
@@ -142,13 +151,18 @@ def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, 
     def one(body: bytes):
         remaining = deadline - time.monotonic()
         if remaining <= 0 or proc.poll() is not None:
-            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)"
-        return _send(client, route, body, remaining)
+            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
+        before = snapshot(proc.pid)
+        sent = _send(client, route, body, remaining)
+        return *sent, delta(before, snapshot(proc.pid))
 
+    meter = MachineMeter()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
         outcomes = list(pool.map(one, phase.bodies))
     wall = time.perf_counter() - start
-    errors = [err for *_, err in outcomes if err][:5]
+    errors = [o[3] for o in outcomes if o[3]][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
-                       latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors)
+                       latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors,
+                       cpu_s=[o[4][0] for o in outcomes], wait_s=[o[4][1] for o in outcomes],
+                       machine_busy=meter.stop(), cores=meter.cores)

@@ -10,3 +10,6 @@ Every other room imports from here and nothing here imports from them. The rooms
     serving      production serving of promoted bundles
     cli          the `testbed` command and the demo
 """
+
+from testbed import config as _config  # noqa: E402,F401 - first import of any room: sets the environment (Ray binds
+# to loopback only if RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before `ray` is first imported)

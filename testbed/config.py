@@ -31,6 +31,11 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+if not os.environ.get("RAY_ADDRESS"):
+    # A local Ray binds every service to 127.0.0.1 only if this is set before the process first imports `ray`
+    # (Ray reads it into a constant at import). Every entry point imports this module first; the executor
+    # refuses to start a local Ray that was imported without it.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @functools.cache

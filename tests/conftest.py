@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.config import PROJECT_ROOT, Workspace
+from testbed.config import PROJECT_ROOT, Workspace  # sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before any ray import
 
 BUNDLES = Path(__file__).parent / "bundles"
 EXAMPLES = PROJECT_ROOT / "examples"

@@ -108,6 +108,32 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
     board = json.loads(runner.invoke(app, ["leaderboard", "bike-demand", "--json"]).stdout)
     assert board[0]["submission"] == sub_id and board[0]["mase"] == pytest.approx(card["metrics"]["clean"]["mase"])
 
+    again = runner.invoke(app, ["evaluate", sub_id])  # the official evaluation exists: refused, nothing run
+    assert again.exit_code == 2 and "--reevaluate" in again.output
+    audit = runner.invoke(app, ["audit", sub_id])
+    assert audit.exit_code == 0 and "audit passed" in audit.output, audit.output
+    (logged,) = (tmp_path / "artifacts").rglob("predictions.npz")
+    with np.load(logged) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez_compressed(logged, **{**arrays, "clean": arrays["clean"] * 1.01})
+    tampered = runner.invoke(app, ["audit", sub_id])
+    assert tampered.exit_code == 1 and "AUDIT FAILED" in tampered.output
+
+
+def test_every_listener_of_the_local_ray_is_on_loopback(ray_executor):
+    import os
+
+    import psutil
+
+    ray_executor.connect()
+    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}  # the Ray this test started
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len({c.pid for c in listening}) >= 2, "expected gcs_server, raylet and others to listen"
+    exposed = [(psutil.Process(c.pid).name(), c.laddr) for c in listening
+               if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, f"Ray listens beyond loopback: {exposed}"
+    assert not any(c.laddr.port == 8265 for c in listening)  # no dashboard
+
 
 def test_errors_raised_inside_the_ray_task_reach_the_user_plainly(ray_executor, bike_spec):
     from sandbox.isolation import SandboxLimits

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
+import secrets
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from evaluation.families import open_family
 from evaluation.family import TaskFamily
@@ -14,13 +20,18 @@ from evaluation.scorecard import Scorecard, build_scorecard
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
+from sandbox.artifacts import scan_models
 from sandbox.bundle import inspect_bundle
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob
 from testbed.config import Workspace, harness_version
+from testbed.errors import TestbedError
 
-__all__ = ["Evaluation", "evaluate_bundle", "sandbox_job"]
+__all__ = ["Evaluation", "evaluate_bundle", "sandbox_job", "AUDIT_FILES"]
+
+AUDIT_FILES = ("predictions.npz", "pilot_spec.json", "vendor.json")
+"""Written beside every scorecard and logged with every official run: what `testbed audit` recomputes from."""
 
 
 @dataclass
@@ -30,52 +41,99 @@ class Evaluation:
     """Scorecard files written (scorecard.json, scorecard.html, plots)."""
 
 
-def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool) -> SandboxJob:
-    """The job for one bundle: inputs only (the family's phases), the spec's limits and resources."""
+def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool,
+                seed: int = 0) -> SandboxJob:
+    """The job for one bundle: inputs only (the family's phases, ordered by `seed`), the spec's limits and
+    resources."""
     r = spec.resources
     return SandboxJob(
-        bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data),
+        bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data, seed),
         limits=SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                              cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus)),
         wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
         gpus=r.gpus, forbidden=ws.harness_paths)
 
 
-def _write(card: Scorecard, figures: dict, out_dir: Path, title: str) -> dict[str, Path]:
-    """Write the report beside `out_dir`, then swap it in: the previous scorecard stays whole until then."""
+def _write(card: Scorecard, figures: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
+    """Write the report (and `extra` files) beside `out_dir`, then swap it in: the previous scorecard stays
+    whole until then."""
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     written = write_report(card, figures, staging, title)
+    for name, data in extra.items():
+        (staging / name).write_bytes(data)
+        written[name] = staging / name
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return {rel: out_dir / rel for rel in written}
 
 
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate: str | None) -> str:
+    """`official` for a submission's first tracked evaluation, `reevaluation` after it (only when asked for
+    explicitly, with a reason), `check` without a tracker."""
+    if tracker is None:
+        return "check"
+    existing = tracker.official_run(spec.id, submission)
+    if existing is None:
+        return "official"
+    if not (reevaluate or "").strip():
+        total = existing.metrics.get("total_score")
+        raise TestbedError(
+            f"submission {submission} already has its official evaluation (MLflow run {existing.run_id}"
+            f"{f', total {total:.1f}' if total is not None else ''}); the leaderboard ranks that one",
+            fix=f"to evaluate it again on purpose: testbed evaluate {submission} --reevaluate --reason \"WHY\" "
+                "(recorded beside the official evaluation, never replacing it)")
+    return "reevaluation"
+
+
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
                     out_dir: Path, submission: str, tracker: Tracker | None = None, split: str = "test",
-                    isolated: bool = True) -> Evaluation:
-    """Evaluate `bundle` on `split`. With a tracker the run is official and recorded there; without one it is
-    a check (the vendor kit): nothing is recorded."""
+                    isolated: bool = True, reevaluate: str | None = None) -> Evaluation:
+    """Evaluate `bundle` on `split`. With a tracker the run is recorded there: the submission's first one is its
+    official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
+    `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded."""
+    role = _role(tracker, spec, submission, reevaluate)
+    if role == "reevaluation":
+        out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
         check_isolation()
     info = inspect_bundle(bundle)
+    models = scan_models(bundle)
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
     data = fam.load(split)
-    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated))
+    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32)))
     outcome = fam.score(data, result)
     version = harness_version()
-    card = build_scorecard(spec, fam, vendor, outcome, result, submission=submission, vendor=vendor.name,
-                           bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256, harness_version=version,
-                           split=split, official=tracker is not None)
+    extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
+             "vendor.json": vendor.model_dump_json(indent=2).encode()}
+    card = build_scorecard(spec, fam, vendor, outcome, result, models=models, submission=submission,
+                           vendor=vendor.name, bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256,
+                           harness_version=version, split=split, official=tracker is not None, evaluation=role,
+                           reevaluation_reason=reevaluate if role == "reevaluation" else None,
+                           pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
+                           predictions_sha256=_sha(extra["predictions.npz"]))
     if tracker:
         card.mlflow_run_id = tracker.start(card, {
             "bundle_sha256": info.sha256, "dataset_sha256": fam.dataset_sha256, "harness_version": version,
             "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
-            "isolated": isolated, "resources": spec.resources.model_dump_json()})
+            "isolated": isolated, "resources": spec.resources.model_dump_json(), "evaluation": role,
+            "pilot_spec_sha256": card.pilot_spec_sha256, "predictions_sha256": card.predictions_sha256,
+            "phase_seed": card.phase_plan.get("seed")})
     try:
-        files = _write(card, fam.plots(data, outcome) if card.verdict in ("completed", "contract_violation") else {},
-                       out_dir, f"{spec.title.en} — {spec.title.ko}")
+        completed = card.verdict in ("completed", "contract_violation", "request_failures")
+        files = _write(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {},
+                       out_dir, f"{spec.title.en} — {spec.title.ko}", extra)
     except BaseException:
         if tracker:
             tracker.fail(card.mlflow_run_id)

@@ -94,17 +94,17 @@ class ObjectDetection(TaskFamily):
     def perturb(self, data: Frames, inputs: list[bytes], sc: ScenarioSpec) -> list[bytes]:
         return [self.perturb_frame(frame, i, sc) for i, frame in enumerate(data.pixels)]
 
-    def encode(self, inputs: list[bytes], rows: slice) -> bytes:
-        return encode_request(inputs[rows])
+    def encode(self, inputs: list[bytes], rows: np.ndarray) -> bytes:
+        return encode_request([inputs[i] for i in rows])
 
     def _detections(self, data: Frames, result: SandboxResult, name: str, violations: list[str]):
         """Kept detections per frame (none where a request failed) and which frames got a valid answer."""
         index = {c: k for k, c in enumerate(self.options.classes)}
         kept: Kept = [[] for _ in data.jpeg]
         answered = np.zeros(len(data.jpeg), bool)
-        decode = lambda body, start, items: decode_response(body, items, data.sizes[start:start + items])  # noqa: E731
-        for start, _, frames in self.answers(result, name, decode, violations):
-            for i, dets in enumerate(frames, start):
+        decode = lambda body, rows: decode_response(body, len(rows), [data.sizes[i] for i in rows])  # noqa: E731
+        for rows, frames in self.answers(result, name, decode, violations):
+            for i, dets in zip(rows, frames, strict=True):
                 mine = sorted(((index[d.label], d.score, d.box) for d in dets if d.label in index), key=lambda t: -t[1])
                 kept[i], answered[i] = mine[:self.options.max_detections], True
         return kept, answered
@@ -125,11 +125,29 @@ class ObjectDetection(TaskFamily):
             out[area] = DetectionEval(precision, recall, data.true_counts[area][rows], pred)
         return out
 
-    def score(self, data: Frames, result: SandboxResult) -> Outcome:
-        violations, fns, every = [], self.metric_functions(), np.arange(len(data.jpeg))
-        kept = {name: self._detections(data, result, name, violations) for name in self.scenario_names}
+    def predictions(self, data: Frames, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
+        """Per scenario: `NAME` rows (frame, class index, score, x1, y1, x2, y2), best first within a frame,
+        and `NAME/answered` (frames that got a valid answer)."""
+        preds = {}
+        for name in self.scenario_names:
+            kept, answered = self._detections(data, result, name, violations)
+            preds[name] = np.array([(i, k, s, *box) for i, dets in enumerate(kept) for k, s, box in dets],
+                                   dtype=np.float64).reshape(-1, 7)
+            preds[f"{name}/answered"] = answered
         for load_phase in LOAD_PHASES:
             self._detections(data, result, load_phase, violations)
+        return preds
+
+    @staticmethod
+    def _kept(rows: np.ndarray, n: int) -> Kept:
+        kept: Kept = [[] for _ in range(n)]
+        for i, k, s, *box in rows.tolist():
+            kept[int(i)].append((int(k), s, tuple(box)))
+        return kept
+
+    def score_predictions(self, data: Frames, preds: dict[str, np.ndarray]) -> Outcome:
+        fns, every, n = self.metric_functions(), np.arange(len(data.jpeg)), len(data.jpeg)
+        kept = {name: (self._kept(preds[name], n), preds[f"{name}/answered"]) for name in self.scenario_names}
         evals = {name: self._evaluate(data, k, every) for name, (k, _) in kept.items()}
         metrics = {name: {m: fn(ev["all"]) for m, fn in fns.items()} for name, ev in evals.items()}
         clean, classes = evals["clean"]["all"], self.options.classes
@@ -148,10 +166,29 @@ class ObjectDetection(TaskFamily):
             groups |= {g: {m: fn(ev) for m, fn in fns.items()} for g, ev in found.items() if (ev.precision > -1).any()}
         baseline = self._baseline(clean)
         return Outcome(
-            metrics=metrics, groups=groups, violations=violations,
+            metrics=metrics, groups=groups,
             baseline={"name": self.baseline_name, **{m: fn(baseline) for m, fn in fns.items()}},
             coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
             extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})
+
+    def exactness(self, data: Frames, preds: dict[str, np.ndarray]) -> float | None:
+        """Share of the true boxes that a clean detection of the same class reproduces almost exactly (IoU at
+        least 0.95): models trained on other images localise far less tightly."""
+        rows, cls = preds["clean"], {c: k for k, c in enumerate(data.cat_ids)}
+        truth = [a for a in data.gt["annotations"] if not a.get("iscrowd")]
+        if not truth:
+            return None
+        frame = {image_id: i for i, image_id in enumerate(data.image_ids)}
+        exact = 0
+        for a in truth:
+            mine = rows[(rows[:, 0] == frame[a["image_id"]]) & (rows[:, 1] == cls[a["category_id"]])]
+            if len(mine):
+                x, y, w, h = a["bbox"]
+                ix = np.clip(np.minimum(mine[:, 5], x + w) - np.maximum(mine[:, 3], x), 0, None)
+                iy = np.clip(np.minimum(mine[:, 6], y + h) - np.maximum(mine[:, 4], y), 0, None)
+                union = w * h + (mine[:, 5] - mine[:, 3]) * (mine[:, 6] - mine[:, 4]) - ix * iy
+                exact += bool((ix * iy / np.maximum(union, 1e-9) >= 0.95).any())
+        return exact / len(truth)
 
     def _baseline(self, clean: DetectionEval) -> DetectionEval:
         """Non-deep-learning rule: no boxes; every frame's count is the public sample's mean count per class."""

@@ -135,20 +135,26 @@ class Forecasting(TaskFamily):
         measured = [i for i, name in enumerate(d.history_features) if name not in d.calendar]
         return SCENARIOS.get(sc.name)(*inputs, sc.severity, self.scenario_rng(sc), measured=measured)
 
-    def encode(self, inputs, rows: slice) -> bytes:
+    def encode(self, inputs, rows: np.ndarray) -> bytes:
         history, future = inputs
         return encode_request(history[rows], future[rows])
 
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
-        decode = lambda body, start, items: decode_response(body, items, self.options.horizon)  # noqa: E731
-        for start, items, values in self.answers(result, name, decode, violations):
-            preds[start:start + items] = values
+        decode = lambda body, rows: decode_response(body, len(rows), self.options.horizon)  # noqa: E731
+        for rows, values in self.answers(result, name, decode, violations):
+            preds[rows] = values
         return preds
 
-    def score(self, data: Windows, result: SandboxResult) -> Outcome:
-        n, violations = len(data.truth), []
-        fns = self.metric_functions()
+    def predictions(self, data: Windows, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
+        n = len(data.truth)
+        preds = {name: self._predictions(result, name, n, violations) for name in self.scenario_names}
+        for load_phase in LOAD_PHASES:
+            self._predictions(result, load_phase, n, violations)
+        return preds
+
+    def score_predictions(self, data: Windows, preds: dict[str, np.ndarray]) -> Outcome:
+        n, fns = len(data.truth), self.metric_functions()
         scale = np.broadcast_to(data.scale[:, None], data.truth.shape)
 
         def compute(pred: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -157,9 +163,6 @@ class Forecasting(TaskFamily):
                 return {m: float("nan") for m in fns}
             return {m: fn(data.truth[ok], pred[ok], scale[ok]) for m, fn in fns.items()}
 
-        preds = {name: self._predictions(result, name, n, violations) for name in self.scenario_names}
-        for load_phase in LOAD_PHASES:
-            self._predictions(result, load_phase, n, violations)
         clean = preds["clean"]
         groups = {}
         for key, labels in data.groups.items():
@@ -168,7 +171,7 @@ class Forecasting(TaskFamily):
                 mask = np.zeros(labels.size, bool)
                 mask[members[value]] = True
                 groups[f"{key}={value}"] = compute(clean, mask.reshape(labels.shape))
-        metrics = {name: compute(p) for name, p in preds.items()}
+        metrics = {name: compute(preds[name]) for name in self.scenario_names}
         equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
                                goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
                                units=np.repeat(np.arange(n), self.options.horizon),
@@ -176,10 +179,19 @@ class Forecasting(TaskFamily):
         return Outcome(
             metrics=metrics, groups=groups, equity=equity,
             baseline={"name": self.baseline_name, **compute(data.baseline)},
-            violations=violations,
             coverage=float(np.isfinite(clean).all(axis=1).mean()),
             extras={"pred": clean},
         )
+
+    def exactness(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
+        """R² of the clean forecast against the best affine map of the truth (a·truth + b): 1 means the
+        forecast is the truth shifted or scaled."""
+        ok = np.isfinite(preds["clean"])
+        y, x = preds["clean"][ok], data.truth[ok]
+        if len(y) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            return None
+        fitted = np.polyval(np.polyfit(x, y, 1), x)
+        return float(1 - np.sum((y - fitted) ** 2) / np.sum((y - y.mean()) ** 2))
 
     def export(self, data: Windows, out_dir) -> list:
         d, path = self.options.data, out_dir / f"{data.split}.npz"

@@ -1,0 +1,95 @@
+"""Service performance from a sandbox run, measured so that it does not follow the machine's load.
+
+A wall-clock latency on a shared machine is the bundle's work plus the time its threads queued behind other
+processes for a CPU. Linux counts both per thread (`schedstat`, see `sandbox.contention`), so each request's
+latency is scored with the queueing share taken out — but only up to the share of the machine that *other*
+processes kept busy during the phase, so a service that crowds its own CPUs gets no discount. Credits saturate
+at the service level: at or under it is full credit; over it, credit falls in proportion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pilots.spec import ServiceLevel
+from sandbox.runner import PhaseResult, SandboxResult
+
+__all__ = ["METHOD", "performance", "credits"]
+
+METHOD = ("latency: p95 of single-stream requests, each with the CPU-queueing delay that other processes caused "
+          "taken out (Linux schedstat of the service's threads, capped by the share of the machine others kept "
+          "busy); throughput: offline items per second with the same correction; credit 1 at or within the "
+          "service level, else in proportion")
+
+
+def _percentiles(values_ms: list[float]) -> dict[str, float]:
+    if not values_ms:
+        return {}
+    arr = np.asarray(values_ms)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 95, 99)} | {"mean": float(arr.mean())}
+
+
+def _external(phase: PhaseResult) -> float:
+    """Share of the machine's CPUs that processes other than the service and the harness kept busy."""
+    if phase.machine_busy is None or phase.wall_s <= 0:
+        return 0.0
+    own = sum(phase.cpu_s) / (phase.wall_s * max(1, phase.cores))
+    return float(min(1.0, max(0.0, phase.machine_busy - own)))
+
+
+def _queued(cpu: float, wait: float, cap: float) -> float:
+    """Share of runnable time spent queueing for a CPU, at most `cap`."""
+    return min(cap, wait / (cpu + wait)) if cpu + wait > 0 else 0.0
+
+
+def _request(phase: PhaseResult, i: int) -> tuple[float, float]:
+    return (phase.cpu_s[i], phase.wait_s[i]) if i < min(len(phase.cpu_s), len(phase.wait_s)) else (0.0, 0.0)
+
+
+def performance(result: SandboxResult) -> dict[str, Any]:
+    """Service-level measurements, the same for every family: raw and load-corrected."""
+    statuses = [s for p in result.phases.values() for s in p.statuses]
+    single, offline = result.phases.get("single_stream"), result.phases.get("offline")
+    raw, service, contention = [], [], {}
+    if single:
+        cap = _external(single)
+        for i, (lat, status) in enumerate(zip(single.latencies_s, single.statuses, strict=True)):
+            if status == 200:
+                raw.append(lat * 1000)
+                service.append(lat * 1000 * (1 - _queued(*_request(single, i), cap)))
+        contention["single_stream"] = {"others_busy": cap, "queued": _queued(sum(single.cpu_s), sum(single.wait_s), 1)}
+    throughput = service_throughput = 0.0
+    if offline and offline.wall_s > 0:
+        done = sum(i for i, s in zip(offline.items, offline.statuses, strict=True) if s == 200)
+        cap = _external(offline)
+        throughput = done / offline.wall_s
+        queued = _queued(sum(offline.cpu_s), sum(offline.wait_s), 1)
+        service_throughput = done / (offline.wall_s * (1 - min(queued, cap)))
+        contention["offline"] = {"others_busy": cap, "queued": queued}
+    failed = sum(s != 200 for s in statuses)
+    return {
+        "method": METHOD,
+        "latency_ms": _percentiles(raw),
+        "service_latency_ms": _percentiles(service),
+        "latencies_ms": [round(x, 3) for x in raw],
+        "throughput_items_per_s": throughput,
+        "service_throughput_items_per_s": service_throughput,
+        "contention": contention,
+        "error_rate": failed / len(statuses) if statuses else 1.0,
+        "requests": len(statuses),
+        "failed_requests": failed,
+        "startup_s": result.startup_s,
+        "peak_rss_mb": result.peak_rss_mb,
+        "errors": [e for p in result.phases.values() for e in p.errors][:5],
+    }
+
+
+def credits(perf: dict[str, Any], level: ServiceLevel) -> tuple[float, float]:
+    """(latency credit, throughput credit), each 0–1, from the load-corrected measurements."""
+    p95 = perf["service_latency_ms"].get("p95", math.nan)
+    latency = 0.0 if math.isnan(p95) else 1.0 if p95 <= level.p95_latency_ms else level.p95_latency_ms / p95
+    throughput = min(1.0, perf["service_throughput_items_per_s"] / level.min_throughput)
+    return latency, throughput

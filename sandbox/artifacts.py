@@ -1,0 +1,250 @@
+"""Static evidence of the model a bundle carries: its files are read as data, never run or imported.
+
+Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package without external data),
+PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose `data.pkl` is walked by a stub
+unpickler that never calls anything the pickle names), safetensors (a JSON header) and BentoML model-store
+entries (`models/NAME/VERSION/model.yaml`). Each artifact gives its framework, an architecture summary and its
+parameter count. What the bundle does with the artifact at run time is not proven by this: an evaluator
+confirms it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import posixpath
+import struct
+import tarfile
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
+
+MAX_PARSED_BYTES = 512 << 20
+"""Files larger than this are reported by size only, not parsed."""
+MAX_PICKLE_BYTES = 32 << 20
+MAX_WALK = 200_000
+MIN_DL_PARAMETERS = 1_000
+"""A deep-learning model has at least this many learned parameters..."""
+MIN_DL_LAYERS = 2
+"""...in at least this many weight matrices or kernels (tensors of rank 2 or more): a neural network, not a
+lookup table or a linear rule."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """One model file found in a bundle."""
+
+    path: str
+    """Member path inside the `.bento` archive."""
+    format: str
+    """onnx, torchscript, torch_save, safetensors or bentoml_model."""
+    framework: str
+    """onnx, pytorch, safetensors, or the BentoML module (e.g. `bentoml.pytorch`)."""
+    parameters: int
+    """Learned parameters (elements of the weight tensors)."""
+    layers: int
+    """Weight tensors of rank 2 or more (matrices, convolution kernels)."""
+    summary: str
+    """Architecture in a line: operator or layer types, largest weights."""
+
+    @property
+    def is_deep_learning(self) -> bool:
+        return self.parameters >= MIN_DL_PARAMETERS and self.layers >= MIN_DL_LAYERS
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"is_deep_learning": self.is_deep_learning}
+
+
+def deep_learning_model(artifacts: list[ModelArtifact]) -> ModelArtifact | None:
+    """The largest deep-learning model among `artifacts`, or None."""
+    deep = [a for a in artifacts if a.is_deep_learning]
+    return max(deep, key=lambda a: a.parameters) if deep else None
+
+
+def scan_models(bundle: Path) -> list[ModelArtifact]:
+    """Every model artifact in a `.bento` archive (already vetted by `inspect_bundle`), read statically."""
+    found = []
+    with tarfile.open(bundle, "r:*") as tar:
+        for member in tar:
+            if not member.isfile() or member.size < 8:
+                continue
+            name = posixpath.normpath(member.name)
+            with tar.extractfile(member) as fh:
+                head = fh.read(16)
+                if member.size > MAX_PARSED_BYTES:
+                    continue
+                kind = _kind(name, head)
+                if kind is None:
+                    continue
+                data = head + fh.read()
+            try:
+                artifact = _READERS[kind](name, data)
+            except Exception as exc:  # noqa: BLE001 - hostile bytes: any parse failure is "unreadable"
+                artifact = ModelArtifact(name, kind, "unknown", 0, 0, f"unreadable {kind} file ({type(exc).__name__})")
+            if artifact:
+                found.append(artifact)
+    return found
+
+
+def _kind(name: str, head: bytes) -> str | None:
+    if name.endswith(".onnx"):
+        return "onnx"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) > 9 and head[8:9] == b"{" and (name.endswith(".safetensors") or head[9:10] == b'"'):
+        return "safetensors"
+    if posixpath.basename(name) == "model.yaml" and "models/" in name:
+        return "bentoml_model"
+    return None
+
+
+def _describe_weights(shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, str]:
+    params = sum(math.prod(s) for s in shapes.values())
+    weights = {k: s for k, s in shapes.items() if len(s) >= 2}
+    top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
+    largest = ", ".join(f"{k} {'×'.join(map(str, s))}" for k, s in top)
+    return params, len(weights), f"{len(shapes)} tensors, {len(weights)} weight matrices/kernels" + (
+        f"; largest: {largest}" if largest else "")
+
+
+def _onnx(name: str, data: bytes) -> ModelArtifact:
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    shapes = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    params, layers, weights = _describe_weights(shapes)
+    ops = Counter(node.op_type for node in model.graph.node)
+    summary = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))}); {weights}"
+    return ModelArtifact(name, "onnx", "onnx", params, layers, summary)
+
+
+def _safetensors(name: str, data: bytes) -> ModelArtifact:
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + min(length, 100 << 20)])
+    shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    params, layers, weights = _describe_weights(shapes)
+    return ModelArtifact(name, "safetensors", "safetensors", params, layers, weights)
+
+
+def _bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
+    meta = yaml.safe_load(data)
+    if not isinstance(meta, dict) or "module" not in meta:
+        return None
+    context = meta.get("context") if isinstance(meta.get("context"), dict) else {}
+    framework = str(meta.get("module"))
+    summary = f"BentoML model {meta.get('name')}:{meta.get('version')} ({context.get('framework_name', framework)})"
+    return ModelArtifact(name, "bentoml_model", framework, 0, 0, summary)
+
+
+# PyTorch archives --------------------------------------------------------------------------------------------
+
+class _Stub:
+    """Stands for any object a pickle names. Nothing the pickle names is ever looked up or called."""
+
+    qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        self.state = (self.state, key, value)
+
+    def append(self, value):
+        self.state = (self.state, value)
+
+    extend = add = append
+
+
+class _Dict(dict):
+    """An OrderedDict as a plain dict that takes attributes (a state dict carries `_metadata`)."""
+
+
+@dataclass
+class _Tensor:
+    shape: tuple[int, ...]
+
+
+def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
+    return _Tensor(tuple(int(s) for s in size) if isinstance(size, tuple | list) else ())
+
+
+def _rebuild_parameter(data, *rest, **kwargs):
+    return data
+
+
+class _StubUnpickler(pickle.Unpickler):
+    TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor"}
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.classes: Counter = Counter()
+
+    def find_class(self, module: str, name: str):
+        if module == "torch._utils" and name in self.TENSOR_BUILDERS:
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "collections" and name == "OrderedDict":
+            return _Dict
+        self.classes[f"{module}.{name}"] += 1
+        return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
+
+    def persistent_load(self, pid):
+        return None
+
+
+def _walk(root) -> dict[str, tuple[int, ...]]:
+    """Tensors reachable from `root`, by dotted path (iterative, bounded, cycle-safe)."""
+    shapes, stack, seen = {}, [("", root)], set()
+    while stack and len(seen) < MAX_WALK:
+        path, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, _Tensor):
+            shapes[path or "tensor"] = obj.shape
+        elif isinstance(obj, dict):
+            stack += [(f"{path}.{k}".lstrip(".") if isinstance(k, str) else path, v) for k, v in obj.items()]
+        elif isinstance(obj, list | tuple):
+            stack += [(path, v) for v in obj]
+        elif isinstance(obj, _Stub):
+            stack += [(path, obj.args), (path, obj.state)]
+    return shapes
+
+
+def _zip(name: str, data: bytes) -> ModelArtifact | None:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None or zf.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
+            return None
+        root = pkl.rpartition("/")[0]
+        scripted = any(n.startswith(f"{root}/code/") for n in names)
+        unpickler = _StubUnpickler(zf.read(pkl))
+        shapes = _walk(unpickler.load())
+    params, layers, weights = _describe_weights(shapes)
+    if scripted:
+        modules = Counter({k.removeprefix("__torch__.").rpartition(".")[2]: n for k, n in unpickler.classes.items()
+                           if k.startswith("__torch__.")})
+        described = ", ".join(f"{m}×{n}" if n > 1 else m for m, n in modules.most_common(6))
+        return ModelArtifact(name, "torchscript", "pytorch", params, layers, f"TorchScript modules: {described}; "
+                             f"{weights}")
+    return ModelArtifact(name, "torch_save", "pytorch", params, layers, f"torch.save archive; {weights}")
+
+
+_READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model}

@@ -1,0 +1,87 @@
+"""CPU contention around each request, so that performance scores do not follow the machine's load.
+
+Linux keeps, per thread, the time it ran on a CPU and the time it waited, runnable, for one (`schedstat`). Around
+each request the runner snapshots both for every thread of the sandboxed service (and the calling harness
+thread), and how busy the whole machine was during the phase (`/proc/stat`). The scorecard turns them into
+latencies with the queueing delay that other processes caused taken out (see `evaluation.performance`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import psutil
+
+__all__ = ["Snapshot", "snapshot", "delta", "MachineMeter"]
+
+Snapshot = dict[tuple[int, int], tuple[int, int]]
+"""(pid, tid) -> (ns on a CPU, ns waiting for a CPU)."""
+
+
+def _read(path: str) -> tuple[int, int] | None:
+    try:
+        cpu, wait, _ = Path(path).read_text().split()
+        return int(cpu), int(wait)
+    except (OSError, ValueError):
+        return None
+
+
+def snapshot(pid: int | None) -> Snapshot:
+    """Scheduler counters of every thread of process `pid` and its descendants, and of the calling thread."""
+    out: Snapshot = {}
+    me = _read(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+    if me:
+        out[(0, threading.get_native_id())] = me
+    if pid is None:
+        return out
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
+        try:
+            tids = os.listdir(f"/proc/{proc.pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            counters = _read(f"/proc/{proc.pid}/task/{tid}/schedstat")
+            if counters:
+                out[(proc.pid, int(tid))] = counters
+    return out
+
+
+def delta(before: Snapshot, after: Snapshot) -> tuple[float, float]:
+    """(CPU seconds, wait seconds) between two snapshots; threads that ended in between are not counted."""
+    cpu = wait = 0
+    for key, (c, w) in after.items():
+        c0, w0 = before.get(key, (0, 0))
+        cpu, wait = cpu + max(0, c - c0), wait + max(0, w - w0)
+    return cpu / 1e9, wait / 1e9
+
+
+def _stat() -> tuple[int, int, int]:
+    """(busy, total) jiffies summed over the machine's CPUs, and how many CPUs `/proc/stat` lists."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        fields = [int(x) for x in lines[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0, 1
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return sum(fields[:8]) - idle, sum(fields[:8]), max(1, cores)
+
+
+class MachineMeter:
+    """Share of all the machine's CPUs that were busy from construction to `stop()`."""
+
+    def __init__(self) -> None:
+        self._start = _stat()
+        self.cores = self._start[2]
+
+    def stop(self) -> float | None:
+        busy, total, _ = _stat()
+        if total - self._start[1] <= 0:
+            return None
+        return (busy - self._start[0]) / (total - self._start[1])

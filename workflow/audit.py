@@ -1,0 +1,116 @@
+"""`testbed audit`: recompute every number of a submission's official scorecard from what was logged with the
+run (the predictions, the pilot spec) and the sequestered labels, and say whether they match."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.families import open_family
+from evaluation.scorecard import Scorecard
+from evaluation.tracking import Tracker
+from pilots.spec import PilotSpec
+from testbed.config import Workspace
+from testbed.errors import NotFound
+from workflow.submissions import SubmissionStore
+
+__all__ = ["AuditCheck", "AuditReport", "audit_submission"]
+
+
+@dataclass
+class AuditCheck:
+    name: str
+    """What was compared: a hash, or `metrics/<scenario>/<metric>`, `groups/<group>/<metric>`, `baseline/...`."""
+    recorded: Any
+    """The value on the scorecard (and in MLflow)."""
+    recomputed: Any
+    """The value the audit computed itself."""
+    ok: bool
+
+
+@dataclass
+class AuditReport:
+    submission: str
+    run_id: str
+    checks: list[AuditCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def mismatches(self) -> list[AuditCheck]:
+        return [c for c in self.checks if not c.ok]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _numbers(metrics: dict, groups: dict, baseline: dict) -> dict[str, float]:
+    out = {f"metrics/{s}/{m}": v for s, vals in metrics.items() for m, v in vals.items()}
+    out |= {f"groups/{g}/{m}": v for g, vals in groups.items() for m, v in vals.items()}
+    return out | {f"baseline/{m}": v for m, v in baseline.items() if isinstance(v, int | float)}
+
+
+def _mlflow_name(key: str) -> str:
+    kind, rest = key.split("/", 1)
+    return rest if kind == "metrics" else "group/" + rest.replace("=", "/", 1) if kind == "groups" else ""
+
+
+def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> AuditReport:
+    """Audit the official evaluation of `submission` (raises NotFound when there is none)."""
+    sub = SubmissionStore(ws).get(submission)
+    run = tracker.official_run(sub.pilot, submission)
+    if run is None:
+        raise NotFound(f"submission {submission} has no official evaluation to audit",
+                       fix=f"run `testbed evaluate {submission}` first")
+    report = AuditReport(submission, run.run_id)
+    check = report.checks.append
+    with tempfile.TemporaryDirectory(prefix="testbed-audit-") as tmp:
+        folder = Path(tmp)
+        card = Scorecard.model_validate_json(tracker.download(run.run_id, "scorecard.json", folder).read_text())
+        spec_file = tracker.download(run.run_id, "pilot_spec.json", folder)
+        preds_file = tracker.download(run.run_id, "predictions.npz", folder)
+        for name, path, recorded in (("pilot spec sha256", spec_file, card.pilot_spec_sha256),
+                                     ("predictions sha256", preds_file, card.predictions_sha256)):
+            logged = run.params.get(name.replace(" sha256", "_sha256").replace(" ", "_"), recorded)
+            digest = _sha(path)
+            check(AuditCheck(name, recorded, digest, digest == recorded == logged))
+        spec = PilotSpec.model_validate_json(spec_file.read_text())
+        with np.load(preds_file, allow_pickle=False) as npz:
+            preds = {k: npz[k] for k in npz.files}
+    fam = open_family(spec, ws.data_dir)  # verifies the data against the spec's sha256
+    check(AuditCheck("dataset sha256", card.dataset_sha256, fam.dataset_sha256,
+                     fam.dataset_sha256 == card.dataset_sha256))
+    data = fam.load(card.split)
+    try:
+        outcome = fam.score_predictions(data, preds)
+    except (KeyError, ValueError, IndexError) as exc:
+        check(AuditCheck("predictions readable", True, f"{type(exc).__name__}: {exc}", False))
+        return report
+    mine = _numbers(outcome.metrics, outcome.groups, outcome.baseline)
+    recorded = _numbers(card.metrics, card.groups, card.baseline)
+    for key in sorted(set(mine) | set(recorded)):
+        ours, theirs = mine.get(key), recorded.get(key)
+        logged = run.metrics.get(_mlflow_name(key), theirs) if theirs is not None and not math.isnan(theirs) else theirs
+        check(AuditCheck(key, theirs, ours, ours is not None and theirs is not None and _same(ours, theirs)
+                         and _same(ours, logged)))
+    exact = fam.exactness(data, preds)
+    gate = next((g for g in card.gates if g.name == "suspected_lookup"), None)
+    if gate is not None and exact is not None:
+        check(AuditCheck("exactness (suspected-lookup check)", gate.detail, exact,
+                         f"{exact:.5f}" in gate.detail or "not public" in gate.detail))
+    return report
