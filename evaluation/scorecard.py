@@ -15,7 +15,8 @@ from pilots.spec import PilotSpec
 from pilots.vendor import SEOUL_LEADING_FIELDS, VendorProfile
 from sandbox.runner import SandboxResult
 
-__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance"]
+__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "weighted_total", "score_policy_fit",
+           "RUBRIC_MAX"]
 
 CRITERIA = ("deep_learning_fit", "viability", "policy_fit", "local_strength_fit")
 
@@ -209,3 +210,37 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                      baseline=outcome.baseline, criteria=criteria, gates=gates, passed=all(g.passed for g in gates),
                      total_score=round(total, 2), total_is_provisional=len(scored) < len(criteria),
                      isolated=result.isolated, **ids)
+
+
+# -- policy fit from the evaluators' rubric (criterion 3) ---------------------------------------------------------
+
+RUBRIC_MAX = 4
+"""Each policy goal is scored 0 (not served) to 4 (fully served) by the evaluators."""
+
+
+def weighted_total(scores: dict[str, float | None], weights: dict[str, float]) -> tuple[float, bool]:
+    """The weighted mean of the scored criteria (weights renormalised over them) and whether it is provisional
+    (a criterion still unscored)."""
+    scored = {k: s for k, s in scores.items() if s is not None}
+    total = sum(weights[k] * s for k, s in scored.items()) / max(1e-9, sum(weights[k] for k in scored))
+    return round(total, 2), len(scored) < len(CRITERIA)
+
+
+def score_policy_fit(card: Scorecard, rubric: dict[str, int], weights: dict[str, float],
+                     evidence: dict[str, Any] | None = None) -> Scorecard:
+    """A copy of `card` with policy fit scored from the evaluators' rubric (goal -> 0..4, every goal of the
+    pilot scored): 100 * mean / 4; the total recomputed and no longer provisional. `evidence` (who reviewed,
+    justifications) is added to the criterion's evidence. Pure: raises ValueError for an incomplete rubric."""
+    policy = card.criteria["policy_fit"]
+    goals = list(policy.evidence.get("policy_goals") or rubric)
+    missing = [g for g in goals if g not in rubric]
+    if missing or set(rubric) - set(goals):
+        raise ValueError(f"the rubric must score exactly the pilot's policy goals (missing {missing}, unknown "
+                         f"{sorted(set(rubric) - set(goals))})")
+    if any(not 0 <= rubric[g] <= RUBRIC_MAX for g in goals):
+        raise ValueError(f"rubric scores must be between 0 and {RUBRIC_MAX}")
+    score = 100 * sum(rubric[g] for g in goals) / (RUBRIC_MAX * len(goals))
+    criteria = {**card.criteria, "policy_fit": Criterion(score=score, status="scored", evidence={
+        **policy.evidence, "rubric": {g: rubric[g] for g in goals}, **(evidence or {})})}
+    total, provisional = weighted_total({k: c.score for k, c in criteria.items()}, weights)
+    return card.model_copy(update={"criteria": criteria, "total_score": total, "total_is_provisional": provisional})

@@ -58,6 +58,9 @@ class Tracker(Protocol):
     def official_runs(self, pilot: str) -> list[RunRecord]:
         """The latest finished official run per submission, newest first."""
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on an existing run (e.g. the evaluators' decision, mirrored from the audit trail)."""
+
 
 def flatten(card: Scorecard) -> dict[str, float]:
     """The scorecard's numbers as flat metric names (`clean/mase`, `group/hour_band/night/mase`, ...)."""
@@ -116,6 +119,9 @@ class MemoryTracker:
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
         return _latest_per_submission([r for r in self.runs.values() if r.tags.get("testbed.pilot") == pilot])
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        self.runs[run_id].tags |= tags
 
 
 class MlflowTracker:
@@ -182,6 +188,11 @@ class MlflowTracker:
         self.client.create_model_version(name, source=source, run_id=run_id, tags={
             "testbed.submission": card.submission, "testbed.verdict": card.verdict,
             "testbed.passed": str(card.passed).lower(), "testbed.bundle_sha256": card.bundle_sha256})
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))
