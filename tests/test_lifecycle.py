@@ -70,7 +70,8 @@ def metrics(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def count(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
 
 
 def test_every_refusal_leaves_the_registry_and_the_trails_untouched(world, fake_bento):
