@@ -325,6 +325,7 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
         raise SpecError("give the policy-fit rubric either as --score flags or as --rubric FILE", where="review",
                         fix=f"`testbed review show {submission}` lists the goals to score")
     ws = Workspace.from_env()
+    SubmissionStore(ws).get(submission)  # before touching MLflow
     extra = load_rubric_file(rubric) if rubric else None
     review = ReviewBook(ws).record(
         MlflowTracker(ws), submission, decision, by=by, note=note, run_id=run_id,
@@ -391,7 +392,9 @@ def promote(submission: str, by: str = typer.Option(..., "--by", help="The opera
     """Put an approved, gate-passing, unaltered submission into production (MLflow alias `production`)."""
     from workflow.promote import Production
 
-    entry, ok = Production(Workspace.from_env()).promote(submission, by=by, note=note)
+    ws = Workspace.from_env()
+    SubmissionStore(ws).get(submission)  # before touching MLflow
+    entry, ok = Production(ws).promote(submission, by=by, note=note)
     if entry is None:
         out.print(f"{ok.submission.id} (version {ok.version}) is already in production: nothing changed")
         return

@@ -224,3 +224,30 @@ def test_the_metrics_summary_counts_exactly_what_was_observed(bike_spec):
     assert rows["error rate"]["value"] == pytest.approx(1 / 102) and rows["error rate"]["met"] is True
     assert 10 < rows["latency p50"]["value"] <= 25 and 150 < rows["latency p99"]["value"] <= 200
     assert quantile({0.1: 0, 0.2: 10, float("inf"): 10}, 0.5) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["promote", "bike-demand-000", "--by", "lee"], "no submission"),
+    pytest.param(["rollback", "bike-demand", "--by", "lee"], "nothing in production to roll back",
+                 marks=pytest.mark.slow),  # these two create a real MLflow store (a few seconds)
+    pytest.param(["serve", "bike-demand"], "bike-demand has no production version", marks=pytest.mark.slow),
+    (["review", "show", "bike-demand-000"], "no submission"),
+    (["review", "approve", "bike-demand-000", "--by", "kim", "--note", "x", "--score", "1=3:x"], "no submission"),
+])
+def test_operator_mistakes_are_one_clear_line(args, words, tmp_path, monkeypatch):
+    from cli.app import app
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_every_new_verb_has_help():
+    from cli.app import app
+
+    for verb in (["review", "list"], ["review", "show"], ["review", "approve"], ["review", "reject"],
+                 ["review", "history"], ["promote"], ["production"], ["rollback"], ["serve"], ["monitor"]):
+        result = CliRunner().invoke(app, [*verb, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.stdout
