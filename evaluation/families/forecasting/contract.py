@@ -11,7 +11,8 @@
   as a weather forecast gives it.
 - returns: float array (windows, horizon) of predicted demand, finite and non-negative.
 
-One request carries many windows; services may also set `batchable=True`.
+One request carries many windows. (BentoML's `batchable=True` batches single-input APIs only and fails on this
+one with HTTP 500; in production the testbed's serving proxy batches concurrent requests itself.)
 """
 
 from __future__ import annotations
