@@ -299,7 +299,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
         return
     out.print(f"latest evaluation: run {run.run_id} · verdict {run.tags.get('testbed.verdict')} · gates "
               f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total "
-              f"{run.metrics.get('total_score', 0):.1f} (provisional until reviewed)")
+              f"{run.metrics.get('total_score', 0):.1f}{'' if review else ' (provisional until reviewed)'}")
     for gate in card.get("gates", []):
         if not gate["passed"]:
             out.print(f"  [red]✗ {gate['name']}[/]: {gate['detail']}")
@@ -380,7 +380,7 @@ def review_history(submission: str, as_json: bool = typer.Option(False, "--json"
     for r in history:
         table.add_row(str(r.seq), r.at, r.by, r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", r.note, r.hash[:12])
     out.print(table)
-    out.print(f"hash chain intact ({len(history)} entries); the last one is in force" if history else "no reviews")
+    out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")
 
 
 # -- operators: promotion, rollback, serving, monitoring ---------------------------------------------------------
