@@ -297,9 +297,11 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
+    same = card.get("mlflow_run_id") == run.run_id
+    total = card["total_score"] if same else run.metrics.get("total_score", 0)
     out.print(f"latest evaluation: run {run.run_id} · verdict {run.tags.get('testbed.verdict')} · gates "
-              f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total "
-              f"{run.metrics.get('total_score', 0):.1f}{'' if review else ' (provisional until reviewed)'}")
+              f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total {total:.1f}"
+              f"{' (provisional until reviewed)' if not same or card.get('total_is_provisional') else ''}")
     for gate in card.get("gates", []):
         if not gate["passed"]:
             out.print(f"  [red]✗ {gate['name']}[/]: {gate['detail']}")
