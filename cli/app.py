@@ -454,10 +454,18 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
           batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching in the proxy."),
           max_batch: int = typer.Option(64, "--max-batch", help="Most items per call into the sandbox.")):
     """Serve the pilot's production bundle (from the MLflow registry) in the sandbox, with Prometheus metrics."""
+    import socket
+
     import uvicorn
 
     from serving.server import ProductionServer
+    from testbed.errors import Refused
 
+    try:  # fail before starting the sandbox when the address is taken
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})", fix="choose another --port") from None
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
     server.start()
     try:

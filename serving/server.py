@@ -54,7 +54,7 @@ class _Served:
     def __init__(self, ok: Approved, service: SandboxedService):
         self.ok, self.service, self.version = ok, service, ok.version
         self.client = httpx.Client(transport=service.transport(), base_url="http://sandbox", timeout=60)
-        self.inflight, self.crashed = 0, False
+        self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
 
     def close(self, drain_s: float = 10) -> None:
         deadline = time.monotonic() + drain_s
@@ -191,7 +191,8 @@ class ProductionServer:
     # -- the proxy ---------------------------------------------------------------------------------------------
 
     def _call(self, served: _Served, body: bytes, items: int) -> tuple[int, bytes]:
-        served.inflight += 1
+        with served.lock:
+            served.inflight += 1
         try:
             r = served.client.post(self.contract.route, content=body, headers={"content-type": "application/json"})
             self.metrics.batch.labels(self.pilot, served.version).observe(items)
@@ -202,7 +203,8 @@ class ProductionServer:
                 return 503, json.dumps({"error": self.reason}).encode()
             return 502, json.dumps({"error": f"the served bundle did not answer ({type(exc).__name__})"}).encode()
         finally:
-            served.inflight -= 1
+            with served.lock:
+                served.inflight -= 1
 
     async def _api(self, request: Request) -> Response:
         started = time.perf_counter()
