@@ -20,11 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.tracking import MlflowTracker, registered_model_name
 from sandbox.executor import InlineExecutor
+from serving.monitor import scrape, summarize
 from serving.server import ProductionServer, running
 from testbed.config import PROJECT_ROOT
 from testbed.errors import NotFound, Refused
 from tests.conftest import make_workspace
 from workflow.evaluate import evaluate_bundle
+from workflow.pages import refresh_scorecard
 from workflow.promote import Production
 from workflow.review import ReviewBook
 from workflow.submissions import SubmissionStore
@@ -132,6 +134,9 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         assert count(samples, "testbed_request_duration_seconds_count", model_version=v1) == 9
         info = next(dict(ls) for (n, ls) in samples if n == "testbed_bundle_info")
         assert info["bundle_sha256"] == w.store.get(w.mlp).bundle_sha256 and info["model_version"] == v1
+        summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
+        assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.mlp
+        assert "In service" in refresh_scorecard(w.ws, w.mlp, summary).read_text()
 
         w.evaluate(w.mlp)  # a re-evaluation (a new run, a new registry version) needs a new review
         with pytest.raises(Refused, match="latest evaluation is run"):
