@@ -42,9 +42,9 @@ class World:
         self.store, self.tracker = SubmissionStore(self.ws), MlflowTracker(self.ws)
         self.book, self.prod = ReviewBook(self.ws), Production(self.ws)
         self.client = MlflowClient(self.ws.tracking_uri)
-        self.mlp = self.submit(built("bike_mlp"), "bike_mlp")
+        self.good = self.submit(built("week_mean"), "bike_mlp")  # passes the gates; builds in seconds
         self.naive = self.submit(built("bike_seasonal_naive"), "bike_seasonal_naive")
-        self.evaluate(self.mlp)
+        self.evaluate(self.good)
         self.evaluate(self.naive)
 
     def submit(self, bundle: Path, example: str) -> str:
@@ -88,26 +88,26 @@ def test_every_refusal_leaves_the_registry_and_the_trails_untouched(world, fake_
     with pytest.raises(Refused, match="no official evaluation to review"):
         w.review(unevaluated)
     with pytest.raises(Refused, match="is not the latest official evaluation"):
-        w.review(w.mlp, run_id="0" * 32)  # a run that does not exist
-    assert w.book.history(w.mlp) == []
+        w.review(w.good, run_id="0" * 32)  # a run that does not exist
+    assert w.book.history(w.good) == []
     with pytest.raises(Refused, match="no review"):
-        w.prod.promote(w.mlp, by="op")
-    w.review(w.mlp, "reject")
+        w.prod.promote(w.good, by="op")
+    w.review(w.good, "reject")
     with pytest.raises(Refused, match="rejected by kim"):
-        w.prod.promote(w.mlp, by="op")
+        w.prod.promote(w.good, by="op")
     w.review(w.naive)  # an evaluator's approval does not lift a hard gate
     with pytest.raises(Refused, match=r"failed hard gates \(threshold:mase\)"):
         w.prod.promote(w.naive, by="op")
 
-    w.review(w.mlp)  # supersedes the rejection, which stays in the history
-    assert [r.decision for r in w.book.history(w.mlp)] == ["reject", "approve"]
-    version = w.prod.approved(w.mlp).version
+    w.review(w.good)  # supersedes the rejection, which stays in the history
+    assert [r.decision for r in w.book.history(w.good)] == ["reject", "approve"]
+    version = w.prod.approved(w.good).version
     stored = next(Path(urlparse(w.client.get_model_version(MODEL, version).source).path).glob("*.bento"))
     original = stored.read_bytes()
     stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped in the registry's copy
     try:
         with pytest.raises(Refused, match="the stored bundle was altered"):
-            w.prod.promote(w.mlp, by="op")
+            w.prod.promote(w.good, by="op")
     finally:
         stored.write_bytes(original)
     assert w.prod.current_version("bike-demand") is None and w.prod.history("bike-demand") == []
@@ -115,7 +115,7 @@ def test_every_refusal_leaves_the_registry_and_the_trails_untouched(world, fake_
 
 def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
     w = world
-    first, _ = w.prod.promote(w.mlp, by="op-lee", note="first")
+    first, _ = w.prod.promote(w.good, by="op-lee", note="first")
     assert w.prod.current_version("bike-demand") == first["version"]
     logs: list[str] = []
     server = ProductionServer(w.ws, "bike-demand", poll_s=3600, log=logs.append)  # checked by hand below
@@ -133,16 +133,16 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         assert count(samples, "testbed_requests_total", model_version=v1, outcome="client_error") == 2
         assert count(samples, "testbed_request_duration_seconds_count", model_version=v1) == 9
         info = next(dict(ls) for (n, ls) in samples if n == "testbed_bundle_info")
-        assert info["bundle_sha256"] == w.store.get(w.mlp).bundle_sha256 and info["model_version"] == v1
+        assert info["bundle_sha256"] == w.store.get(w.good).bundle_sha256 and info["model_version"] == v1
         summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
-        assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.mlp
-        assert "In service" in refresh_scorecard(w.ws, w.mlp, summary).read_text()
+        assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.good
+        assert "In service" in refresh_scorecard(w.ws, w.good, summary).read_text()
 
-        w.evaluate(w.mlp)  # a re-evaluation (a new run, a new registry version) needs a new review
+        w.evaluate(w.good)  # a re-evaluation (a new run, a new registry version) needs a new review
         with pytest.raises(Refused, match="latest evaluation is run"):
-            w.prod.promote(w.mlp, by="op-lee")
-        w.review(w.mlp)
-        second, _ = w.prod.promote(w.mlp, by="op-park", note="re-evaluated")
+            w.prod.promote(w.good, by="op-lee")
+        w.review(w.good)
+        second, _ = w.prod.promote(w.good, by="op-park", note="re-evaluated")
         assert second["previous_version"] == v1 and second["version"] != v1
         server.check()
         assert server.served.version == second["version"] and server.ready
@@ -173,7 +173,7 @@ def test_concurrent_promotions_are_applied_one_after_the_other(world):
 
     def operator(name: str) -> None:
         try:
-            results.append(Production(w.ws).promote(w.mlp, by=name)[0])
+            results.append(Production(w.ws).promote(w.good, by=name)[0])
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
