@@ -26,7 +26,7 @@ from workflow.catalogue import get_pilot
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
-           "resolve_rubric", "latest_evaluation", "review_status", "reviewed_rows"]
+           "load_rubric_file", "resolve_rubric", "latest_evaluation", "review_status", "reviewed_rows"]
 
 Claim = Literal["seoul_based", "startup", "technology_field"]
 Decision = Literal["approve", "reject"]
