@@ -2,8 +2,10 @@
 
 For every example bundle: the official evaluation (sandbox on a local Ray, MLflow) is timed end to end, then
 the same model is loaded in-process (trusted examples only: no sandbox) and given the very same request
-bodies, to compare single-stream latency and batch time. Writes benchmarks/report.md and report.json.
-Usage: python benchmarks/bench.py [--pilot ID ...]
+bodies, to compare single-stream latency and batch time. Then the best forecasting bundle is approved,
+promoted and served (`benchmarks/serving_bench.py`): a steady request rate for 60 s, and the throughput with and
+without adaptive batching. Writes benchmarks/report.md and report.json.
+Usage: python benchmarks/bench.py [--pilot ID ...] [--no-serving] [--rate REQ_PER_S]
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pilot", action="append")
+    parser.add_argument("--no-serving", action="store_true", help="Skip the serving benchmark.")
+    parser.add_argument("--rate", type=float, default=50, help="Steady request rate of the serving benchmark.")
     parser.add_argument("--in-process", nargs=2, metavar=("PILOT", "BUNDLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_process:
@@ -86,7 +90,7 @@ def main() -> None:
 
     ws = Workspace.from_env()
     store, tracker = SubmissionStore(ws), MlflowTracker(ws)
-    rows = []
+    rows, servable = [], []
     with RayExecutor() as executor:
         t0 = time.perf_counter()
         executor.connect()
@@ -104,6 +108,8 @@ def main() -> None:
                                  tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
             wall = time.perf_counter() - t0
             card = ev.card
+            if fam.name == "forecasting" and card.passed:
+                servable.append((card.total_score, spec, sub.id))
             local = in_process(pilot, bundle, root / f"inproc-{folder.name}")
             perf = card.performance
             rows.append({
@@ -119,8 +125,14 @@ def main() -> None:
                 "inprocess_total_s": local["total_s"], "overhead_ratio_evaluation": wall / local["total_s"],
             })
             print(json.dumps(rows[-1]), flush=True)
+    serving = None
+    if servable and not args.no_serving:
+        from serving_bench import serving_benchmark  # beside this file (its folder is on sys.path)
+
+        _, spec, sub_id = max(servable, key=lambda x: x[0])
+        serving = serving_benchmark(ws, spec, sub_id, rate=args.rate)
     report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
-              "ray_init_s": ray_init_s, "rows": rows}
+              "ray_init_s": ray_init_s, "rows": rows, "serving": serving}
     (HERE / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Benchmark report", "", f"Machine: {report['machine']}. Local Ray start: {ray_init_s:.1f} s.", "",
              "Sandbox numbers are measured through the whole harness (Ray task → bubblewrap → BentoML over a Unix "
@@ -131,6 +143,10 @@ def main() -> None:
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    if serving:
+        from serving_bench import serving_markdown
+
+        lines += serving_markdown(serving)
     (HERE / "report.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'report.md'}")
 

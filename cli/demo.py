@@ -1,5 +1,8 @@
 """`testbed demo`: the whole job on embedded defaults, as a city operator would run it: build every example
-bundle (`workflow.build`), submit it, evaluate it on a local Ray, log it to MLflow, print the leaderboards."""
+bundle (`workflow.build`), submit it, evaluate it on a local Ray, log it to MLflow, print the leaderboards.
+Then the rest of the lifecycle on the forecasting pilot: a demo evaluator approves the better bundle and
+rejects the reference, the operator promotes, serves it (sandbox + Prometheus), sends real requests with
+BentoML's own client, reads `/metrics`, is refused a second promotion, rolls back and stops the service."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import bentoml
 from rich.console import Console
 
 from evaluation.families import open_family
@@ -14,10 +18,16 @@ from evaluation.leaderboard import leaderboard_rows, leaderboard_table
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import MlflowTracker
 from sandbox.executor import RayExecutor
+from serving.monitor import scrape, summarize
+from serving.server import ProductionServer, running
 from testbed.config import Workspace
+from testbed.errors import Refused
 from workflow.build import build_bundle, example_dirs, pilot_of
 from workflow.catalogue import get_pilot
 from workflow.evaluate import Evaluation, evaluate_bundle
+from workflow.pages import refresh_scorecard
+from workflow.promote import Production
+from workflow.review import ReviewBook, reviewed_rows
 from workflow.submissions import SubmissionStore
 
 __all__ = ["run_demo"]
@@ -67,6 +77,11 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                           f"{ev.card.total_score:.1f}, gates {'passed' if ev.card.passed else 'FAILED'}  "
                           f"[{time.perf_counter() - t0:.1f} s]")
             out.print(leaderboard_table(spec, leaderboard_rows(spec, tracker)))
+            mine = [ev for ev in cards if ev.card.pilot == pilot_id]
+            if spec.family == "forecasting" and len(mine) >= 2:
+                t0 = time.perf_counter()
+                _review_promote_serve(out, ws, tracker, pilot_id, mine)
+                out.print(f"[dim]review → promotion → serving → rollback in {time.perf_counter() - t0:.1f} s[/]")
     out.rule("[bold]Scorecards[/]")
     for ev in cards:
         out.print(f"{ev.card.submission}\n  HTML: {ev.files['scorecard.html']}\n  JSON: {ev.files['scorecard.json']}",
@@ -75,3 +90,64 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
     out.print(f"\nMLflow store: {uri}\nOpen the MLflow UI:  make mlflow-ui   (or: {mlflow_bin} ui "
               f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", soft_wrap=True)
     out.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, pilot: str,
+                          evaluated: list[Evaluation]) -> None:
+    spec = get_pilot(pilot)
+    ranked = sorted(evaluated, key=lambda ev: (not ev.card.passed, -ev.card.criteria["deep_learning_fit"].score))
+    better, reference = ranked[0].card, ranked[-1].card
+    out.rule(f"[bold]{pilot}[/] · evaluator review, promotion and production serving")
+    book = ReviewBook(ws)
+    equity = better.equity
+    book.record(tracker, better.submission, "approve", by="demo-evaluator",
+                note=f"beats the seasonal-naive reference (skill "
+                     f"{better.criteria['deep_learning_fit'].evidence['skill_over_baseline']:.0%}); all gates pass",
+                rubric=[{"goal": i, "score": 3, "justification": f"worst group {equity.get('worst_group')} still "
+                         f"within the thresholds" if i == len(spec.policy_goals) else "forecasts the peaks the goal "
+                         "depends on, one day ahead"} for i in range(1, len(spec.policy_goals) + 1)])
+    book.record(tracker, reference.submission, "reject", by="demo-evaluator",
+                note="the reference has no skill over the non-deep-learning baseline: not a candidate",
+                rubric=[{"goal": i, "score": 1, "justification": "repeats yesterday: misses weather-driven changes"}
+                        for i in range(1, len(spec.policy_goals) + 1)])
+    for card in (better, reference):
+        refresh_scorecard(ws, card.submission)
+    out.print(f"demo-evaluator approved {better.submission} and rejected {reference.submission}")
+    out.print(leaderboard_table(spec, reviewed_rows(spec, tracker, ws)))
+
+    prod = Production(ws)
+    entry, ok = prod.promote(better.submission, by="demo-operator", note="demo")
+    out.print(f"promoted {ok.submission.id}: testbed-{pilot} version {ok.version} is in production "
+              f"(bundle sha256 {ok.sha256[:16]}…)")
+    try:
+        prod.promote(reference.submission, by="demo-operator")
+    except Refused as why:
+        out.print(f"promotion of {reference.submission} refused: {why.problem}")
+
+    fam = open_family(spec, ws.data_dir)
+    inputs = fam.inputs(fam.load("sample"))
+    names = list(fam.contract.inputs)
+    server = ProductionServer(ws, pilot, poll_s=0.5, log=lambda line: out.print(f"[dim]serve: {line}[/]"))
+    with running(server) as url:
+        client = bentoml.SyncHTTPClient(url)
+        sent = 20
+        for i in range(sent):
+            getattr(client, fam.contract.api)(**{n: arr[i:i + 1] for n, arr in zip(names, inputs, strict=True)})
+        client.close()
+        summary = summarize(spec, scrape(url))
+        out.print(f"served {sent} requests through bentoml.SyncHTTPClient at {url}; /metrics reports "
+                  f"{summary['requests']} requests ({summary['errors']} failed), version {summary['version']}, "
+                  f"bundle sha256 {summary['bundle_sha256'][:16]}…")
+        out.print("  " + " · ".join(f"{r['measure']} {r['value']:.3g} {r['unit']}" for r in summary["rows"]))
+        page = refresh_scorecard(ws, ok.submission.id, summary)
+        out.print(f"  in-service section added to {page}", soft_wrap=True)
+        entry, _ = prod.rollback(pilot, by="demo-operator", note="demo rollback")
+        out.print(f"rolled back: production is {'version ' + entry['version'] if entry['version'] else 'withdrawn'}"
+                  f" (was {entry['previous_version']})")
+        deadline = time.monotonic() + 30
+        while server.served is not None and server.served.version == ok.version and time.monotonic() < deadline:
+            time.sleep(0.2)  # the server picks the change up by itself (it polls the alias)
+        ready = server.ready
+        out.print(f"the running service noticed without a restart: /readyz "
+                  f"{'serves version ' + server.served.version if ready else 'answers 503'}")
+    out.print("service stopped")

@@ -36,15 +36,21 @@ def _fmt(v, digits=3) -> str:
 
 
 def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
+    """Rows from `leaderboard_rows`, or with the evaluators' decisions (`policy_fit`, `review`, `provisional`)
+    added by the workflow."""
     primary = FAMILIES.get(spec.family).primary_metric
     table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="one official evaluation per "
-                  "submission; total is provisional until evaluators score policy fit and confirm the vendor's "
+                  "submission; * total provisional until an evaluator scores policy fit and confirms the vendor's "
                   "claims (local); rejected = failed a hard gate")
-    for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "local", "total"):
-        numeric = col in (primary, "DL fit", "viability", "local", "total")
+    for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "policy", "local",
+                "total", "review"):
+        numeric = col in (primary, "DL fit", "viability", "policy", "local", "total")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "vendor")
     for r in rows:
+        review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
+            r.get("review"), r.get("review") or "awaiting")
         table.add_row(str(r["rank"]), r["submission"], r["vendor"], r["verdict"],
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
-                      *(_fmt(r[c], 3) for c in CRITERIA), _fmt(r["total_score"], 3))
+                      *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
+                      _fmt(r["total_score"], 3) + ("*" if r.get("provisional", True) else ""), review)
     return table

@@ -114,10 +114,12 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def render_html(card: Scorecard, pngs: dict[str, bytes], title: str) -> str:
+def render_html(card: Scorecard, pngs: dict[str, bytes], title: str, in_service: dict | None = None) -> str:
+    """The page; `in_service` (what the live service reports, see `serving.monitor`) adds an "In service" block."""
     images = {name: base64.b64encode(data).decode() for name, data in pngs.items()}
     return _env.get_template("scorecard.html.j2").render(card=card, images=images, title=title,
-                                                         shown=shown_groups(card), per_key=PER_KEY)
+                                                         shown=shown_groups(card), per_key=PER_KEY,
+                                                         in_service=in_service)
 
 
 def write_report(card: Scorecard, figures: dict[str, plt.Figure], out_dir: Path, title: str) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from sandbox.runner import SandboxResult
 from testbed.errors import TestbedError
 
 __all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "apply_review", "rescore",
-           "OVERRIDABLE_GATES", "LOOKUP_EXACTNESS", "LOOKUP_SKILL"]
+           "score_policy_fit", "OVERRIDABLE_GATES", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "RUBRIC_MAX"]
 
 CRITERIA = ("deep_learning_fit", "viability", "policy_fit", "local_strength_fit")
 OVERRIDABLE_GATES = frozenset({"suspected_lookup"})
@@ -326,4 +326,29 @@ def apply_review(card: Scorecard, *, overrides: dict[str, str] | None = None,
     local = new.criteria["local_strength_fit"]
     local.score, local.status, local.evidence = local_strength(local.evidence["claims"], confirmed_claims)
     new.review = {"overrides": overrides, "confirmed_claims": sorted(set(confirmed_claims))}
+    return rescore(new)
+
+
+# -- policy fit from the evaluators' rubric (criterion 3) ---------------------------------------------------------
+
+RUBRIC_MAX = 4
+"""Each policy goal is scored 0 (not served) to 4 (fully served) by the evaluators."""
+
+
+def score_policy_fit(card: Scorecard, rubric: dict[str, int], evidence: dict[str, Any] | None = None) -> Scorecard:
+    """A copy of `card` with policy fit scored from the evaluators' rubric (goal -> 0..4, every goal of the
+    pilot scored): 100 * mean / 4; the total recomputed. `evidence` (who reviewed, justifications) is added to the
+    criterion's evidence. Pure: raises ValueError for an incomplete rubric."""
+    policy = card.criteria["policy_fit"]
+    goals = list(policy.evidence.get("policy_goals") or rubric)
+    missing = [g for g in goals if g not in rubric]
+    if missing or set(rubric) - set(goals):
+        raise ValueError(f"the rubric must score exactly the pilot's policy goals (missing {missing}, unknown "
+                         f"{sorted(set(rubric) - set(goals))})")
+    if any(not 0 <= rubric[g] <= RUBRIC_MAX for g in goals):
+        raise ValueError(f"rubric scores must be between 0 and {RUBRIC_MAX}")
+    score = 100 * sum(rubric[g] for g in goals) / (RUBRIC_MAX * len(goals))
+    new = card.model_copy(deep=True)
+    new.criteria["policy_fit"] = Criterion(score=score, status="scored", evidence={
+        **policy.evidence, "rubric": {g: rubric[g] for g in goals}, **(evidence or {})})
     return rescore(new)

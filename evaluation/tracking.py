@@ -72,6 +72,9 @@ def _safe(label: str) -> str:
     """A group label as MLflow accepts it in a metric name (letters of any script, digits, `_.- :`)."""
     return re.sub(r"[^\w.\- :=]", "_", label).replace("..", "_")
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on an existing run (e.g. the evaluators' decision, mirrored from the audit trail)."""
+
 
 def flatten(card: Scorecard) -> dict[str, float]:
     """The scorecard's numbers as flat metric names (`clean/mase`, `group/hour_band/night/mase`, ...)."""
@@ -149,6 +152,9 @@ class MemoryTracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copyfile(self.runs[run_id].artifacts[path], dst / Path(path).name))
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        self.runs[run_id].tags |= tags
+
 
 class MlflowTracker:
     """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
@@ -218,6 +224,11 @@ class MlflowTracker:
         self.client.create_model_version(name, source=source, run_id=run_id, tags={
             "testbed.submission": card.submission, "testbed.verdict": card.verdict,
             "testbed.passed": str(card.passed).lower(), "testbed.bundle_sha256": card.bundle_sha256})
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))

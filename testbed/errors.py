@@ -9,7 +9,9 @@
     ├── SandboxUnavailable       isolation (bubblewrap) is missing: untrusted code must not run
     ├── NotFound                 a pilot, submission, scorecard or registered name does not exist
     ├── RegistryError            a plugin registers a name twice (a programming error in a plugin)
-    └── ResourceUnavailable      the Ray cluster cannot give what a pilot asks for
+    ├── ResourceUnavailable      the Ray cluster cannot give what a pilot asks for
+    ├── Refused                  a review, promotion, rollback or serve is not allowed (the reason says why)
+    └── AuditError               an audit trail is unreadable or was edited (its hash chain is broken)
 
 Anything else reaching the CLI is a bug.
 """
@@ -26,6 +28,8 @@ __all__ = [
     "NotFound",
     "RegistryError",
     "ResourceUnavailable",
+    "Refused",
+    "AuditError",
 ]
 
 
@@ -74,3 +78,11 @@ class RegistryError(TestbedError):
 
 class ResourceUnavailable(TestbedError):
     """The Ray cluster cannot provide the resources a pilot asks for."""
+
+
+class Refused(TestbedError):
+    """A review, promotion, rollback or serve is refused; the message gives the reason and what would allow it."""
+
+
+class AuditError(TestbedError):
+    """An append-only audit trail is unreadable, or an entry was edited, removed or reordered."""

@@ -13,7 +13,9 @@
   covariates of the steps to forecast (as a weather forecast gives them).
 - returns: float array (windows, horizon) of predicted targets, finite and non-negative.
 
-One request carries many windows (of one or many series); services may also set `batchable=True`.
+One request carries many windows (of one or many series). (BentoML's `batchable=True` batches single-input
+APIs only and fails on this one with HTTP 500; in production the testbed's serving proxy batches concurrent
+requests itself.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,111 @@
+"""Adaptive batching in the trusted proxy, along the contract's batch axis.
+
+BentoML's own adaptive batching (`@bentoml.api(batchable=True)`) batches a single input argument; the
+forecasting contract has two (`history`, `future`), so BentoML refuses to batch it. Every task contract sends
+its items along the first axis of each input and returns one output item per input item, so the proxy can
+batch any of them: while a call is in the sandbox, arriving requests queue; the next call takes all of them
+(up to `max_items` items). Under light load a request goes alone at once (no added wait); under load the
+batches grow and the per-call cost is shared. A merged call that fails is retried request by request, so one
+bad request never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+__all__ = ["Batcher", "Call"]
+
+Call = Callable[[bytes, int], tuple[int, bytes]]
+"""Sends one JSON body holding `items` items to the sandboxed API (in a worker thread); returns (status, body)."""
+
+
+@dataclass
+class _Job:
+    payload: dict
+    items: int
+    future: asyncio.Future
+
+
+class Batcher:
+    def __init__(self, call: Call, inputs: list[str], *, max_items: int = 64, concurrency: int = 2):
+        self.call, self.inputs, self.max_items = call, list(inputs), max_items
+        self._pending: deque[_Job] = deque()
+        self._wake: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._concurrency = concurrency
+        self._task: asyncio.Task | None = None
+
+    def parse(self, body: bytes) -> tuple[dict, int] | str:
+        """The request's contract inputs and its item count, or why it cannot be batched (a 400)."""
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            return f"the body is not JSON ({exc})"
+        if not isinstance(payload, dict) or any(not isinstance(payload.get(k), list) for k in self.inputs):
+            return f"the body must be a JSON object with the list inputs {', '.join(self.inputs)}"
+        sizes = {len(payload[k]) for k in self.inputs}
+        if len(sizes) != 1 or 0 in sizes:
+            return f"the inputs {', '.join(self.inputs)} must hold the same, non-zero number of items"
+        return {k: payload[k] for k in self.inputs}, sizes.pop()
+
+    async def submit(self, payload: dict, items: int) -> tuple[int, bytes]:
+        if self._task is None or self._task.done():
+            self._wake, self._slots = asyncio.Event(), asyncio.Semaphore(self._concurrency)
+            self._task = asyncio.get_running_loop().create_task(self._dispatch())
+        job = _Job(payload, items, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._wake.set()
+        return await job.future
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self._pending.popleft()]
+            total = batch[0].items
+            while self._pending and total + self._pending[0].items <= self.max_items:
+                batch.append(self._pending.popleft())
+                total += batch[-1].items
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Job]) -> None:
+        try:
+            results = await self._send(batch)
+            if len(batch) > 1 and any(status != 200 for status, _ in results):
+                results = [(await self._send([job]))[0] for job in batch]  # isolate the request at fault
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+        except BaseException as exc:  # noqa: BLE001 - every waiting request must get an answer
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+        finally:
+            self._slots.release()
+
+    async def _send(self, batch: list[_Job]) -> list[tuple[int, bytes]]:
+        merged = {k: [x for job in batch for x in job.payload[k]] for k in self.inputs}
+        total = sum(job.items for job in batch)
+        status, body = await anyio.to_thread.run_sync(self.call, json.dumps(merged).encode(), total)
+        if status != 200 or len(batch) == 1:
+            return [(status, body)] * len(batch)
+        try:
+            out = json.loads(body)
+        except ValueError:
+            out = None
+        if not isinstance(out, list) or len(out) != total:
+            error = b'{"error": "the served bundle broke the contract: one output item per input item"}'
+            return [(502, error)] * len(batch)
+        results, start = [], 0
+        for job in batch:
+            results.append((200, json.dumps(out[start:start + job.items]).encode()))
+            start += job.items
+        return results

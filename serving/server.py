@@ -1,0 +1,270 @@
+"""`testbed serve`: the pilot's production bundle, served in the sandbox, behind a trusted proxy.
+
+The bundle comes from the MLflow registry by the `production` alias (never from a path someone typed) and is
+checked again as a promotion is (latest review approves its latest evaluation, gates passed, bytes hash to what
+was evaluated); otherwise nothing is served. It runs under the same sandbox as evaluation (no network,
+unprivileged, rlimits) on a Unix socket; the proxy, on 127.0.0.1 by default, adds `/healthz`, `/readyz`,
+Prometheus `/metrics` and adaptive batching (`serving.batching`), and forwards the contract's API and
+`/schema.json` (what `bentoml.SyncHTTPClient` reads). A watcher polls the alias: a promotion or rollback is
+served without a restart (the new bundle starts beside the old, then takes over); a withdrawal stops serving.
+A served bundle that dies makes `/readyz` fail and requests get 503, with one log line saying what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from evaluation.families import FAMILIES
+from evaluation.tracking import registered_model_name
+from sandbox.isolation import SandboxLimits, check_isolation
+from sandbox.service import SandboxedService
+from serving.batching import Batcher
+from serving.metrics import ServingMetrics
+from testbed.config import Workspace
+from testbed.errors import Refused, TestbedError
+from workflow.catalogue import get_pilot
+from workflow.promote import Approved, Production
+
+__all__ = ["ProductionServer", "running"]
+
+SERVICE_CPU_SECONDS = 10**9
+"""A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
+
+
+def _stderr(line: str) -> None:
+    print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {line}", file=sys.stderr, flush=True)
+
+
+class _Served:
+    """One approved bundle running in the sandbox."""
+
+    def __init__(self, ok: Approved, service: SandboxedService):
+        self.ok, self.service, self.version = ok, service, ok.version
+        self.client = httpx.Client(transport=service.transport(), base_url="http://sandbox", timeout=60)
+        self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
+
+    def close(self, drain_s: float = 10) -> None:
+        deadline = time.monotonic() + drain_s
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.client.close()
+        self.service.stop()
+        self.service.close()
+
+
+class ProductionServer:
+    """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
+
+    def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = True,
+                 max_batch: int = 64, log: Callable[[str], None] = _stderr):
+        self.ws, self.spec, self.poll_s, self.log = ws, get_pilot(pilot), poll_s, log
+        self.pilot, self.model = pilot, registered_model_name(pilot)
+        self.contract = FAMILIES.get(self.spec.family).contract
+        self.production, self.metrics = Production(ws), ServingMetrics(pilot)
+        self.batching, self.max_batch = batching, max_batch
+        self.served: _Served | None = None
+        self.reason = "starting"
+        """Why the service is not ready (shown by /readyz and in 503 answers)."""
+        self._batcher: Batcher | None = None
+        self._refused: str | None = None
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resolve and start the production bundle (raises NotFound/Refused: nothing served), then watch."""
+        check_isolation()
+        ok = self.production.resolve(self.pilot)
+        self._swap(self._launch(ok))
+        self.log(f"serving {self.model} version {ok.version} ({ok.submission.id}, bundle sha256 {ok.sha256[:16]}…)")
+        self._watcher = threading.Thread(target=self._watch, name="testbed-serve-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join(timeout=30)
+        self._swap(None, "stopped")
+
+    def __enter__(self) -> ProductionServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def ready(self) -> bool:
+        served = self.served
+        return served is not None and not served.crashed and served.service.alive()
+
+    def _launch(self, ok: Approved) -> _Served:
+        r = self.spec.resources
+        limits = SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
+                               cpu_seconds=SERVICE_CPU_SECONDS, threads=max(1, round(r.cpus)))
+        service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths)
+        service.start()
+        if service.wait_ready(timeout=r.startup_timeout_s) is None:
+            tail = [line for line in service.log_tail(4000).splitlines() if line.strip()]
+            service.stop()
+            service.close()
+            raise Refused(f"version {ok.version} ({ok.submission.id}) did not become ready within "
+                          f"{r.startup_timeout_s} s in the sandbox: {tail[-1] if tail else 'no output'}",
+                          fix="check the bundle with `testbed check`; the previous state is kept")
+        return _Served(ok, service)
+
+    def _swap(self, new: _Served | None, reason: str = "") -> None:
+        with self._lock:
+            old, self.served = self.served, new
+            self._batcher = Batcher(lambda body, items, s=new: self._call(s, body, items), list(self.contract.inputs),
+                                    max_items=self.max_batch) if new and self.batching else None
+            self.reason = "" if new else reason
+        if new:
+            self.metrics.serving(new.version, submission=new.ok.submission.id, bundle_sha256=new.ok.sha256,
+                                 run_id=new.ok.run.run_id)
+        else:
+            self.metrics.serving(None)
+        if old:
+            old.close()
+
+    # -- watching the alias and the process --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - the watcher must survive a registry hiccup
+                self.log(f"could not check the production alias ({exc}); will retry in {self.poll_s:g} s")
+
+    def check(self) -> None:
+        """One round of the watcher: notice a dead bundle, a promotion, a rollback or a withdrawal."""
+        served = self.served
+        if served and not served.crashed and not served.service.alive():
+            self._crashed(served)
+        version = self.production.current_version(self.pilot)
+        current = served.version if served else None
+        if version == current or (version is not None and version == self._refused):
+            return
+        if version is None:
+            self._swap(None, f"{self.model} has no production version (withdrawn); waiting for a promotion")
+            self.log(f"production of {self.pilot} was withdrawn: stopped serving version {current}; /readyz "
+                     "fails and requests get 503 until an operator promotes a version")
+            return
+        try:
+            ok = self.production.resolve(self.pilot)
+            new = self._launch(ok)
+        except TestbedError as exc:
+            self._refused = version
+            self.log(f"refusing to serve version {version}: {exc.problem}; "
+                     f"{'still serving version ' + current if current else 'nothing is served'}")
+            return
+        self._refused = None
+        self._swap(new)
+        self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was version {current}")
+
+    def _crashed(self, served: _Served) -> None:
+        with self._lock:
+            if served.crashed:
+                return
+            served.crashed = True
+            code = served.service.proc.poll() if served.service.proc else None
+            tail = [line for line in served.service.log_tail(4000).splitlines() if line.strip()]
+            self.reason = f"the served bundle (version {served.version}) exited with status {code}"
+        self.metrics.ready.labels(self.pilot).set(0)
+        self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
+                 f"restart `testbed serve {self.pilot}` or promote another version")
+
+    # -- the proxy ---------------------------------------------------------------------------------------------
+
+    def _call(self, served: _Served, body: bytes, items: int) -> tuple[int, bytes]:
+        with served.lock:
+            served.inflight += 1
+        try:
+            r = served.client.post(self.contract.route, content=body, headers={"content-type": "application/json"})
+            self.metrics.batch.labels(self.pilot, served.version).observe(items)
+            return r.status_code, r.content
+        except httpx.HTTPError as exc:
+            if not served.service.alive():
+                self._crashed(served)
+                return 503, json.dumps({"error": self.reason}).encode()
+            return 502, json.dumps({"error": f"the served bundle did not answer ({type(exc).__name__})"}).encode()
+        finally:
+            with served.lock:
+                served.inflight -= 1
+
+    async def _api(self, request: Request) -> Response:
+        started = time.perf_counter()
+        served, batcher = self.served, self._batcher
+        version = served.version if served else "none"
+        body = await request.body()
+        if served is None or served.crashed:
+            status, out = 503, json.dumps({"error": self.reason or "not ready"}).encode()
+        elif batcher is not None:
+            parsed = batcher.parse(body)
+            if isinstance(parsed, str):
+                status, out = 400, json.dumps({"error": parsed}).encode()
+            else:
+                status, out = await batcher.submit(*parsed)
+        else:
+            status, out = await anyio.to_thread.run_sync(self._call, served, body, 1)
+        self.metrics.observe(version, status, time.perf_counter() - started)
+        return Response(out, status, media_type="application/json")
+
+    async def _schema(self, request: Request) -> Response:
+        served = self.served
+        if served is None or served.crashed:
+            return JSONResponse({"error": self.reason or "not ready"}, 503)
+        r = await anyio.to_thread.run_sync(served.client.get, "/schema.json")
+        return Response(r.content, r.status_code, media_type="application/json")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.ready:
+            return Response(f"ready: {self.model} version {self.served.version}\n")
+        return Response(f"not ready: {self.reason or 'the served bundle is not running'}\n", 503)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/healthz", lambda request: Response("ok\n")),
+            Route("/readyz", self._readyz),
+            Route("/metrics", lambda request: Response(self.metrics.exposition(),
+                                                       media_type="text/plain; version=0.0.4")),
+            Route("/schema.json", self._schema),
+            Route(self.contract.route, self._api, methods=["POST"]),
+        ])
+
+
+@contextmanager
+def running(server: ProductionServer, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Start `server` and its HTTP proxy in a background thread; yields the base URL; stops both after."""
+    import uvicorn
+
+    server.start()
+    web = uvicorn.Server(uvicorn.Config(server.app(), host=host, port=port, log_level="warning", access_log=False,
+                                        lifespan="off"))
+    thread = threading.Thread(target=web.run, name="testbed-serve-http", daemon=True)
+    thread.start()
+    try:
+        while not web.started:
+            if not thread.is_alive():
+                raise Refused(f"could not listen on {host}:{port}", fix="choose another --port")
+            time.sleep(0.05)
+        bound = web.servers[0].sockets[0].getsockname()
+        yield f"http://{host}:{bound[1]}"
+    finally:
+        web.should_exit = True
+        thread.join(timeout=15)
+        server.stop()

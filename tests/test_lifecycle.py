@@ -1,0 +1,210 @@
+"""Review -> promotion -> production serving with the real MLflow store, the real sandbox and real bundles. Slow.
+
+The tests of this module share one workspace and run in order: refusals first, then promotion, serving,
+rollback and withdrawal, concurrent promotions, and a served bundle that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from evaluation.tracking import MlflowTracker, registered_model_name
+from sandbox.executor import InlineExecutor
+from serving.monitor import scrape, summarize
+from serving.server import ProductionServer, running
+from testbed.config import PROJECT_ROOT
+from testbed.errors import NotFound, Refused
+from tests.conftest import make_workspace
+from workflow.evaluate import evaluate_bundle
+from workflow.pages import refresh_scorecard
+from workflow.promote import Production
+from workflow.review import ReviewBook
+from workflow.submissions import SubmissionStore
+
+pytestmark = pytest.mark.slow
+MODEL = registered_model_name("bike-demand")
+GOOD = [{"goal": i, "score": 3, "justification": "serves it"} for i in (1, 2, 3)]
+
+
+class World:
+    def __init__(self, root: Path, built, spec):
+        self.ws, self.spec = make_workspace(root), spec
+        self.store, self.tracker = SubmissionStore(self.ws), MlflowTracker(self.ws)
+        self.book, self.prod = ReviewBook(self.ws), Production(self.ws)
+        self.client = MlflowClient(self.ws.tracking_uri)
+        self.good = self.submit(built("week_mean"), "bike_mlp")  # passes the gates; builds in seconds
+        self.naive = self.submit(built("bike_seasonal_naive"), "bike_seasonal_naive")
+        self.evaluate(self.good)
+        self.evaluate(self.naive)
+
+    def submit(self, bundle: Path, example: str) -> str:
+        return self.store.submit(self.spec, bundle, PROJECT_ROOT / "examples" / example / "vendor.yaml")[0].id
+
+    def evaluate(self, sub_id: str):
+        sub = self.store.get(sub_id)
+        return evaluate_bundle(self.spec, self.store.bundle(sub_id), sub.vendor, executor=InlineExecutor(), ws=self.ws,
+                               tracker=self.tracker, out_dir=self.store.report_dir(sub_id), submission=sub_id).card
+
+    def review(self, sub_id: str, decision: str = "approve", **kw):
+        return self.book.record(self.tracker, sub_id, decision, by="kim", note="checked", rubric=GOOD, **kw)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, built, bike_spec):
+    return World(tmp_path_factory.mktemp("lifecycle"), built, bike_spec)
+
+
+def metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics, parsed by prometheus_client: (name, sorted labels) -> value."""
+    text = httpx.get(url + "/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def count(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+
+def test_every_refusal_leaves_the_registry_and_the_trails_untouched(world, fake_bento):
+    w = world
+    with pytest.raises(NotFound, match="no submission"):
+        w.prod.promote("bike-demand-000000000000", by="op")
+    unevaluated = w.store.submit(w.spec, fake_bento([{"name": "forecast", "input": {"properties": {
+        "history": {"type": "tensor"}, "future": {"type": "tensor"}}}}]),
+        PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")[0].id
+    with pytest.raises(Refused, match="has not been evaluated"):
+        w.prod.promote(unevaluated, by="op")
+    with pytest.raises(Refused, match="no official evaluation to review"):
+        w.review(unevaluated)
+    with pytest.raises(Refused, match="is not the official evaluation"):
+        w.review(w.good, run_id="0" * 32)  # a run that does not exist
+    assert w.book.history(w.good) == []
+    with pytest.raises(Refused, match="no review"):
+        w.prod.promote(w.good, by="op")
+    w.review(w.good, "reject")
+    with pytest.raises(Refused, match="rejected by kim"):
+        w.prod.promote(w.good, by="op")
+    w.review(w.naive)  # an evaluator's approval does not lift a hard gate
+    with pytest.raises(Refused, match=r"failed hard gates \(threshold:mase\)"):
+        w.prod.promote(w.naive, by="op")
+
+    w.review(w.good)  # supersedes the rejection, which stays in the history
+    assert [r.decision for r in w.book.history(w.good)] == ["reject", "approve"]
+    version = w.prod.approved(w.good).version
+    stored = next(Path(urlparse(w.client.get_model_version(MODEL, version).source).path).glob("*.bento"))
+    original = stored.read_bytes()
+    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped in the registry's copy
+    try:
+        with pytest.raises(Refused, match="the stored bundle was altered"):
+            w.prod.promote(w.good, by="op")
+    finally:
+        stored.write_bytes(original)
+    assert w.prod.current_version("bike-demand") is None and w.prod.history("bike-demand") == []
+
+
+def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
+    w = world
+    first, _ = w.prod.promote(w.good, by="op-lee", note="first")
+    assert w.prod.current_version("bike-demand") == first["version"]
+    logs: list[str] = []
+    server = ProductionServer(w.ws, "bike-demand", poll_s=3600, log=logs.append)  # checked by hand below
+    history, future = np.random.default_rng(0).random((1, 168, 13)), np.random.default_rng(1).random((1, 24, 12))
+    with running(server) as url:
+        assert httpx.get(url + "/readyz").status_code == 200
+        with bentoml.SyncHTTPClient(url) as client:
+            for _ in range(7):
+                assert client.forecast(history=history, future=future).shape == (1, 24)
+        for _ in range(2):
+            assert httpx.post(url + "/forecast", content=b"{not json").status_code == 400
+        samples = metrics(url)
+        v1 = first["version"]
+        assert count(samples, "testbed_requests_total", model_version=v1, outcome="ok") == 7
+        assert count(samples, "testbed_requests_total", model_version=v1, outcome="client_error") == 2
+        assert count(samples, "testbed_request_duration_seconds_count", model_version=v1) == 9
+        info = next(dict(ls) for (n, ls) in samples if n == "testbed_bundle_info")
+        assert info["bundle_sha256"] == w.store.get(w.good).bundle_sha256 and info["model_version"] == v1
+        summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
+        assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.good
+        assert "In service" in refresh_scorecard(w.ws, w.good, summary).read_text()
+
+        w.evaluate(w.good)  # a re-evaluation (a new run, a new registry version) needs a new review
+        with pytest.raises(Refused, match="latest evaluation is run"):
+            w.prod.promote(w.good, by="op-lee")
+        w.review(w.good)
+        second, _ = w.prod.promote(w.good, by="op-park", note="re-evaluated")
+        assert second["previous_version"] == v1 and second["version"] != v1
+        server.check()
+        assert server.served.version == second["version"] and server.ready
+        assert httpx.post(url + "/forecast", json={"history": history.tolist(), "future": future.tolist()}
+                          ).status_code == 200
+
+        back, skipped = w.prod.rollback("bike-demand", by="op-park", note="undo")
+        assert back["version"] == v1 and not skipped
+        server.check()
+        assert server.served.version == v1
+        gone, _ = w.prod.rollback("bike-demand", by="op-park")
+        assert gone["version"] is None and w.prod.current_version("bike-demand") is None
+        server.check()
+        assert httpx.get(url + "/readyz").status_code == 503
+        assert httpx.post(url + "/forecast", json={"history": [], "future": []}).status_code == 503
+        assert count(metrics(url), "testbed_requests_total", outcome="unavailable") == 1
+    assert [(e["action"], e["version"]) for e in w.prod.history("bike-demand")] == [
+        ("promote", v1), ("promote", second["version"]), ("rollback", v1), ("rollback", None)]
+    tags = w.client.get_registered_model(MODEL).tags
+    assert sorted(k for k in tags if k.startswith("testbed.production.")) == [
+        f"testbed.production.{i:04d}" for i in range(1, 5)]
+    assert any("withdrawn" in line for line in logs)
+
+
+def test_concurrent_promotions_are_applied_one_after_the_other(world):
+    w = world
+    results, errors = [], []
+
+    def operator(name: str) -> None:
+        try:
+            results.append(Production(w.ws).promote(w.good, by=name)[0])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=operator, args=(f"op-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    written = [e for e in results if e is not None]
+    assert len(written) == 1  # the others found it already in production
+    history = w.prod.history("bike-demand")  # verified chain
+    assert history[-1] == written[0] and w.prod.current_version("bike-demand") == written[0]["version"]
+
+
+def test_a_served_bundle_that_dies_fails_readiness_and_answers_503(world):
+    logs: list[str] = []
+    server = ProductionServer(world.ws, "bike-demand", poll_s=3600, log=logs.append)
+    with running(server) as url:
+        os.killpg(server.served.service.proc.pid, signal.SIGKILL)
+        server.served.service.proc.wait(timeout=10)
+        server.check()
+        assert httpx.get(url + "/readyz").status_code == 503
+        answer = httpx.post(url + "/forecast", json={"history": [[[0] * 13] * 168], "future": [[[0] * 12] * 24]})
+        assert answer.status_code == 503 and "exited" in answer.json()["error"]
+        assert httpx.get(url + "/healthz").status_code == 200
+    crashed = [line for line in logs if "exited" in line]
+    assert len(crashed) == 1 and "503" in crashed[0] and "testbed serve bike-demand" in crashed[0]
+
+
+def test_serving_a_pilot_with_no_production_version_is_a_clear_error(tmp_path):
+    with pytest.raises(NotFound, match="bike-demand has no production version") as info:
+        ProductionServer(make_workspace(tmp_path), "bike-demand").start()
+    assert "testbed promote" in info.value.fix

@@ -1,0 +1,258 @@
+"""Reviews, the audit chain, the policy-fit rubric, batching and the metrics summary, on the test doubles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evaluation.scorecard import apply_review, score_policy_fit
+from evaluation.tracking import MemoryTracker
+from serving.batching import Batcher
+from serving.metrics import ServingMetrics
+from serving.monitor import Scrape, quantile, summarize
+from testbed.config import PROJECT_ROOT
+from testbed.errors import AuditError, Refused, SpecError
+from tests.conftest import FORECAST_ROUTE
+from tests.doubles import FakeSandbox
+from tests.test_scorecard import last_day
+from workflow.evaluate import evaluate_bundle
+from workflow.ledger import AuditChain
+from workflow.review import ReviewBook, parse_score_flags, resolve_rubric, review_status, reviewed_rows
+from workflow.submissions import SubmissionStore
+
+GOOD = [{"goal": i, "score": 4 - i, "justification": "because"} for i in (1, 2, 3)]
+
+
+# -- the audit chain ---------------------------------------------------------------------------------------------
+
+def write_three(path):
+    chain = AuditChain(path)
+    for i in range(3):
+        with chain.locked() as txn:
+            txn.append({"note": f"entry {i}"})
+    return chain
+
+
+def test_the_chain_links_every_entry_to_the_previous_one(tmp_path):
+    chain = write_three(tmp_path / "t.jsonl")
+    entries = chain.entries()
+    assert [e["seq"] for e in entries] == [1, 2, 3] and entries[0]["prev"] == "0" * 64
+    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (lambda lines: [lines[0], lines[1].replace("entry 1", "entry X"), lines[2]], "entry 2 was edited"),
+    (lambda lines: [lines[0], lines[2]], "entry 2 does not follow entry 1"),
+    (lambda lines: [lines[1], lines[0], lines[2]], "does not follow"),
+])
+def test_an_edited_removed_or_reordered_entry_is_detected(tmp_path, tamper, words):
+    chain = write_three(tmp_path / "t.jsonl")
+    lines = chain.path.read_text().splitlines()
+    chain.path.write_text("\n".join(tamper(lines)) + "\n")
+    with pytest.raises(AuditError, match=words):
+        chain.entries()
+    with pytest.raises(AuditError), chain.locked():
+        pass  # nothing can be appended to a broken chain either
+
+
+def test_an_edit_that_recomputes_its_own_hash_still_breaks_the_next_link(tmp_path):
+    from workflow.ledger import entry_hash
+
+    chain = write_three(tmp_path / "t.jsonl")
+    lines = [json.loads(x) for x in chain.path.read_text().splitlines()]
+    lines[0]["note"] = "rewritten"
+    lines[0]["hash"] = entry_hash(lines[0])
+    chain.path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(AuditError, match="entry 2 does not follow entry 1"):
+        chain.entries()
+
+
+def test_a_torn_last_line_is_reported_not_skipped(tmp_path):
+    chain = write_three(tmp_path / "t.jsonl")
+    chain.path.write_bytes(chain.path.read_bytes()[:-10])
+    with pytest.raises(AuditError, match="incomplete"):
+        chain.entries()
+
+
+def test_concurrent_writers_are_serialised(tmp_path):
+    chain = AuditChain(tmp_path / "t.jsonl")
+
+    def writer(n):
+        for i in range(15):
+            with AuditChain(chain.path).locked() as txn:
+                txn.append({"writer": n, "i": i})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e["seq"] for e in chain.entries()] == list(range(1, 91))
+
+
+# -- the rubric and policy fit -----------------------------------------------------------------------------------
+
+def test_score_flags_and_rubric_resolution(bike_spec):
+    third = bike_spec.policy_goals[2]
+    items = parse_score_flags(["1=4:peaks forecast", "2 = 0 : no modal shift shown", f"{third}=2:x"])
+    goals = resolve_rubric(bike_spec, items, "--score")
+    assert [g.score for g in goals] == [4, 0, 2] and [g.goal for g in goals] == bike_spec.policy_goals
+    with pytest.raises(SpecError, match="GOAL=SCORE:JUSTIFICATION"):
+        parse_score_flags(["1:4"])
+    with pytest.raises(SpecError, match=r"missing: 3\."):
+        resolve_rubric(bike_spec, items[:2], "--score")
+    with pytest.raises(SpecError, match="unknown policy goal '7'"):
+        resolve_rubric(bike_spec, [*items, {"goal": "7", "score": 1, "justification": "x"}], "--score")
+    with pytest.raises(SpecError, match="scored twice"):
+        resolve_rubric(bike_spec, [*items, items[0]], "--score")
+    with pytest.raises(SpecError, match="less than or equal to 4"):
+        resolve_rubric(bike_spec, [{**items[0], "score": 5}, *items[1:]], "--score")
+
+
+@pytest.fixture
+def evaluated(ws, bike_spec, fake_bento):
+    """A stored submission with one official evaluation in the in-memory tracker."""
+    tracker, store = MemoryTracker(), SubmissionStore(ws)
+    sub, _ = store.submit(bike_spec, fake_bento([FORECAST_ROUTE]), PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")
+
+    def evaluate(reason=None):
+        return evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=FakeSandbox(last_day), ws=ws,
+                               tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id,
+                               reevaluate=reason).card
+
+    return tracker, sub, evaluate, evaluate()
+
+
+def test_policy_fit_from_the_rubric_makes_the_total_final(evaluated, bike_spec):
+    card = evaluated[3]
+    weights = bike_spec.criteria.weights.model_dump()
+    scored = score_policy_fit(card, {g: 2 for g in bike_spec.policy_goals})
+    assert scored.criteria["policy_fit"].score == 50
+    assert scored.total_is_provisional  # the vendor's claims still wait for an evaluator's confirmation
+    final = apply_review(scored, confirmed_claims=["seoul_based", "startup", "technology_field"])
+    assert not final.total_is_provisional
+    expected = sum(weights[k] * c.score for k, c in final.criteria.items())
+    assert final.total_score == pytest.approx(expected, abs=0.01)
+    assert card.total_is_provisional and card.criteria["policy_fit"].score is None  # the input is unchanged
+    with pytest.raises(ValueError, match="exactly the pilot's policy goals"):
+        score_policy_fit(card, {bike_spec.policy_goals[0]: 4})
+
+
+def test_a_review_names_the_official_evaluation_and_a_re_evaluation_never_replaces_it(ws, evaluated, bike_spec):
+    tracker, sub, evaluate, card = evaluated
+    book = ReviewBook(ws)
+    review = book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    assert review.run_id == card.mlflow_run_id and review.bundle_sha256 == sub.bundle_sha256
+    assert review.policy_fit == 50 and review.seq == 1 and review.overrides == [] and review.confirmed_claims == []
+    assert tracker.runs[card.mlflow_run_id].tags["testbed.review"] == "approve"
+    row = reviewed_rows(bike_spec, tracker, ws)[0]
+    assert row["review"] == "approve" and row["policy_fit"] == 50 and not row["provisional"]
+
+    again = evaluate(reason="harness upgrade")
+    assert review_status(book, sub.id, again.mlflow_run_id) == ("stale", None)  # it judged another run
+    row = reviewed_rows(bike_spec, tracker, ws)[0]  # the official evaluation is still the one ranked and reviewed
+    assert row["run_id"] == card.mlflow_run_id and row["review"] == "approve"
+    with pytest.raises(Refused, match="is not the official evaluation"):
+        book.record(tracker, sub.id, "reject", by="kim", note="x", rubric=GOOD, run_id=again.mlflow_run_id)
+    book.record(tracker, sub.id, "reject", by="lee", note="re-checked", rubric=GOOD)
+    assert [(r.by, r.decision) for r in book.history(sub.id)] == [("kim", "approve"), ("lee", "reject")]
+
+
+def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated, tmp_path, monkeypatch):
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text(yaml.safe_dump({"scores": GOOD, "confirmed_claims": ["seoul_based"],
+                                      "overrides": [{"gate": "suspected_lookup", "justification": "verified"}]}))
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
+                                     str(rubric), "--json"])
+    assert result.exit_code == 0, result.output
+    review = json.loads(result.stdout)
+    assert review["confirmed_claims"] == ["seoul_based"] and review["overrides"][0]["gate"] == "suspected_lookup"
+    card = json.loads((SubmissionStore(ws).report_dir(sub.id) / "scorecard.json").read_text())
+    assert card["criteria"]["policy_fit"]["score"] == 50 and not card["total_is_provisional"]
+
+    trail = ws.home / "reviews" / f"{sub.id}.jsonl"
+    trail.write_text(trail.read_text().replace('"note": "ok"', '"note": "edited later"'))
+    result = runner.invoke(cli.app, ["review", "history", sub.id])
+    assert result.exit_code == 2 and "was edited" in result.stderr and "Traceback" not in result.output
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "x"])
+    assert result.exit_code == 2 and "--score flags or as --rubric FILE" in result.stderr
+
+
+# -- serving pieces ----------------------------------------------------------------------------------------------
+
+def test_batching_merges_concurrent_requests_and_isolates_a_bad_one():
+    calls = []
+
+    def call(body: bytes, items: int):
+        payload = json.loads(body)
+        calls.append(items)
+        if "bad" in payload["history"]:
+            return 400, b'{"error": "bad"}'
+        return 200, json.dumps([[h] for h in payload["history"]]).encode()
+
+    async def main():
+        batcher = Batcher(call, ["history", "future"], max_items=64, concurrency=1)
+        jobs = [batcher.submit({"history": [i, i], "future": [0, 0]}, 2) for i in range(20)]
+        jobs.append(batcher.submit({"history": ["bad"], "future": [0]}, 1))
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(main())
+    assert [json.loads(body) for _, body in results[:20]] == [[[i], [i]] for i in range(20)]
+    assert results[20][0] == 400 and all(status == 200 for status, _ in results[:20])
+    assert len(calls) < 21 + 21 and max(calls) > 2  # merged calls happened
+    assert Batcher(call, ["history", "future"]).parse(b'{"history": [1], "future": []}').startswith("the inputs")
+
+
+def test_the_metrics_summary_counts_exactly_what_was_observed(bike_spec):
+    m = ServingMetrics("bike-demand")
+    m.serving("3", submission="s", bundle_sha256="ab" * 32, run_id="r")
+    for seconds in [0.02] * 90 + [0.2] * 10:
+        m.observe("3", 200, seconds)
+    m.observe("3", 500, 0.1)
+    m.observe("3", 400, 0.01)
+    m.observe("2", 200, 0.01)  # an earlier version does not count for the one in service
+    summary = summarize(bike_spec, Scrape(m.exposition().decode(), at=time.time() + 10))
+    assert summary["requests"] == 102 and summary["errors"] == 1 and summary["version"] == "3"
+    rows = {r["measure"]: r for r in summary["rows"]}
+    assert rows["error rate"]["value"] == pytest.approx(1 / 102) and rows["error rate"]["met"] is True
+    assert 10 < rows["latency p50"]["value"] <= 25 and 150 < rows["latency p99"]["value"] <= 200
+    assert quantile({0.1: 0, 0.2: 10, float("inf"): 10}, 0.5) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["promote", "bike-demand-000", "--by", "lee"], "no submission"),
+    pytest.param(["rollback", "bike-demand", "--by", "lee"], "nothing in production to roll back",
+                 marks=pytest.mark.slow),  # these two create a real MLflow store (a few seconds)
+    pytest.param(["serve", "bike-demand"], "bike-demand has no production version", marks=pytest.mark.slow),
+    (["review", "show", "bike-demand-000"], "no submission"),
+    (["review", "approve", "bike-demand-000", "--by", "kim", "--note", "x", "--score", "1=3:x"], "no submission"),
+])
+def test_operator_mistakes_are_one_clear_line(args, words, tmp_path, monkeypatch):
+    from cli.app import app
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_every_new_verb_has_help():
+    from cli.app import app
+
+    for verb in (["review", "list"], ["review", "show"], ["review", "approve"], ["review", "reject"],
+                 ["review", "history"], ["promote"], ["production"], ["rollback"], ["serve"], ["monitor"]):
+        result = CliRunner().invoke(app, [*verb, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.stdout

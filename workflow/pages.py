@@ -1,0 +1,48 @@
+"""The stored scorecard of a submission as people read it after the evaluation: policy fit from the current
+review, and an "In service" block once the version is in production and monitored. Rewritten in place
+(each file atomically); the plots of the evaluation are reused as they are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluation.report import render_html
+from evaluation.scorecard import Scorecard
+from testbed.config import Workspace
+from workflow.catalogue import get_pilot
+from workflow.review import ReviewBook, reviewed_card
+from workflow.submissions import SubmissionStore
+
+__all__ = ["refresh_scorecard", "IN_SERVICE"]
+
+IN_SERVICE = "in_service.json"
+"""Written beside the scorecard by `testbed monitor`; shown as the page's "In service" block."""
+
+
+def refresh_scorecard(ws: Workspace, submission: str, in_service: dict | None = None) -> Path | None:
+    """Rewrite the submission's scorecard.json/html with its current review (and `in_service`, kept for later
+    refreshes); returns the HTML path, or None when it has no scorecard."""
+    store = SubmissionStore(ws)
+    sub = store.get(submission)
+    folder = store.report_dir(sub.id)
+    if not (folder / "scorecard.json").is_file():
+        return None
+    if in_service is not None:
+        _atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
+    elif (folder / IN_SERVICE).is_file():
+        in_service = json.loads((folder / IN_SERVICE).read_text())
+    spec = get_pilot(sub.pilot)
+    card = Scorecard.model_validate_json((folder / "scorecard.json").read_text())
+    card = reviewed_card(card, ReviewBook(ws).latest(sub.id))
+    pngs = {p.stem: p.read_bytes() for p in sorted((folder / "plots").glob("*.png"))}
+    _atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
+    html = render_html(card, pngs, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)
+    return _atomic(folder / "scorecard.html", html.encode())
+
+
+def _atomic(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path

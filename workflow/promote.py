@@ -1,0 +1,218 @@
+"""Promotion: what is served is exactly what was evaluated and approved.
+
+The pilot's registered model `testbed-<pilot>` in MLflow holds every evaluated bundle as a version; the alias
+`production` names the one in service. `promote` moves it only when the latest review approves the latest
+official evaluation of the submission, every hard gate passed and the registry's bytes still hash to what was
+evaluated and reviewed. Every move (promote, rollback, withdraw) is an entry in the pilot's append-only
+hash-chained trail `TESTBED_HOME/production/<pilot>.jsonl`, mirrored as registered-model tags
+`testbed.production.NNNN`. A pilot's moves are serialised by an exclusive lock on that trail held across the
+checks, the alias change and the entry, so two operators promoting at once are applied one after the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
+from testbed.config import Workspace
+from testbed.errors import NotFound, Refused
+from workflow.ledger import AuditChain
+from workflow.review import Review, ReviewBook, official_card, official_evaluation, reviewed_card
+from workflow.submissions import Submission, SubmissionStore
+
+__all__ = ["Approved", "Production", "ALIAS"]
+
+ALIAS = "production"
+
+
+@dataclass
+class Approved:
+    """A bundle cleared for service: the submission, the evaluation and review behind it, its registry
+    version and its verified bytes."""
+
+    submission: Submission
+    run: RunRecord
+    review: Review
+    version: str
+    bundle: bytes
+
+    @property
+    def sha256(self) -> str:
+        return self.review.bundle_sha256
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Production:
+    """The production alias of every pilot, its history and its checks (real MLflow registry)."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.tracker = MlflowTracker(ws)
+        self.client = self.tracker.client
+        self.store, self.book = SubmissionStore(ws), ReviewBook(ws)
+
+    def chain(self, pilot: str) -> AuditChain:
+        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl")
+
+    # -- checks ------------------------------------------------------------------------------------------------
+
+    def approved(self, submission: str, version: str | None = None) -> Approved:
+        """Everything promotion requires of `submission`, or Refused with the reason. With `version`, that
+        registry version's bytes are the ones checked (serve, rollback); otherwise the version of its evaluation."""
+        sub = self.store.get(submission)
+        run = official_evaluation(self.tracker, sub)
+        if run is None:
+            raise Refused(f"{sub.id} has not been evaluated", fix=f"run `testbed evaluate {sub.id}`, then review it")
+        review = self.book.latest(sub.id)
+        if review is None:
+            raise Refused(f"{sub.id} has no review: an evaluator must approve it first",
+                          fix=f"`testbed review approve {sub.id} --by NAME --note ... --score ...`")
+        if review.run_id != run.run_id:
+            raise Refused(f"the latest review of {sub.id} judged run {review.run_id}, but its latest evaluation is "
+                          f"run {run.run_id}", fix=f"an evaluator must review the new evaluation ({sub.id})")
+        if review.decision != "approve":
+            raise Refused(f"{sub.id} was rejected by {review.by} at {review.at}: {review.note}",
+                          fix="only an approved submission can be promoted")
+        card = official_card(self.ws, sub.id, run.run_id)
+        card = reviewed_card(card, review) if card else None  # the gates an evaluator overrode count as passed
+        if not (card.passed if card else run.tags.get("testbed.passed") == "true"):
+            failed = ", ".join(g.name for g in card.gates if not g.passed) if card else "see the scorecard"
+            raise Refused(f"{sub.id} failed hard gates ({failed}): it cannot be served whatever its review",
+                          fix="submit a bundle that passes every gate")
+        name = registered_model_name(sub.pilot)
+        version = version or self._version_of(name, run.run_id, review.bundle_sha256)
+        bundle = self._download(name, version)
+        actual = hashlib.sha256(bundle).hexdigest()
+        if not actual == review.bundle_sha256 == run.params.get("bundle_sha256", actual):
+            raise Refused(f"the bytes of {name} version {version} hash to {actual[:16]}…, but the evaluation and "
+                          f"review were of {review.bundle_sha256[:16]}…: the stored bundle was altered",
+                          where=f"models:/{name}/{version}",
+                          fix="do not serve it; re-submit and re-evaluate the vendor's original bundle")
+        return Approved(sub, run, review, version, bundle)
+
+    def _version_of(self, name: str, run_id: str, sha: str) -> str:
+        versions = self.client.search_model_versions(f"name='{name}'")
+        by_run = [v for v in versions if v.run_id == run_id]
+        by_hash = [v for v in versions if v.tags.get("testbed.bundle_sha256") == sha]
+        chosen = by_run or by_hash
+        if not chosen:
+            raise Refused(f"no version of {name} holds run {run_id}", fix="re-run `testbed evaluate`")
+        return str(max(int(v.version) for v in chosen))
+
+    def _download(self, name: str, version: str) -> bytes:
+        import mlflow
+
+        with tempfile.TemporaryDirectory(prefix="testbed-promote-") as tmp:
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
+                                                            tracking_uri=self.ws.tracking_uri))
+            files = sorted(path.rglob("*.bento")) if path.is_dir() else [path]
+            if len(files) != 1:
+                raise Refused(f"{name} version {version} does not hold exactly one .bento", where=str(path))
+            return files[0].read_bytes()
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def current_version(self, pilot: str) -> str | None:
+        """The version the `production` alias names now (None: nothing in production)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(registered_model_name(pilot), ALIAS).version)
+        except MlflowException:
+            return None
+
+    def history(self, pilot: str) -> list[dict]:
+        """Every production move of `pilot`, oldest first (chain verified)."""
+        return self.chain(pilot).entries()
+
+    def resolve(self, pilot: str) -> Approved:
+        """What `testbed serve` may serve: the alias's version, checked again like a promotion."""
+        version = self.current_version(pilot)
+        if version is None:
+            raise NotFound(f"pilot {pilot} has no production version", where=f"models:/{registered_model_name(pilot)}"
+                           f"@{ALIAS}", fix="an operator promotes one: `testbed promote SUBMISSION --by NAME`")
+        mv = self.client.get_model_version(registered_model_name(pilot), version)
+        submission = mv.tags.get("testbed.submission")
+        if not submission:
+            raise Refused(f"version {version} carries no testbed.submission tag", fix="promote with `testbed promote`")
+        return self.approved(submission, version)
+
+    # -- moves -------------------------------------------------------------------------------------------------
+
+    def promote(self, submission: str, *, by: str, note: str = "") -> tuple[dict | None, Approved]:
+        """Move `production` to the submission's version; the trail entry (None when it already was there)."""
+        pilot = self.store.get(submission).pilot
+        with self.chain(pilot).locked() as txn:  # checked under the lock: nothing moves in between
+            ok = self.approved(submission)
+            previous = self.current_version(pilot)
+            if previous == ok.version:
+                return None, ok
+            entry = self._move(txn, pilot, "promote", ok, by, note, previous)
+        return entry, ok
+
+    def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
+        """Move `production` back to the previous version that is still approved (skipping the others, with the
+        reasons returned); with none left, withdraw it (nothing in production). Returns the entry and skips."""
+        skipped: list[str] = []
+        with self.chain(pilot).locked() as txn:
+            stack = _stack(txn.entries)
+            previous = self.current_version(pilot)
+            if not stack or previous is None:
+                raise Refused(f"pilot {pilot} has nothing in production to roll back",
+                              fix="promote a submission first: `testbed promote SUBMISSION --by NAME`")
+            for earlier in reversed(stack[:-1]):
+                if earlier["version"] == previous:
+                    continue
+                try:
+                    target = self.approved(earlier["submission"], earlier["version"])
+                    return self._move(txn, pilot, "rollback", target, by, note, previous), skipped
+                except Refused as why:
+                    skipped.append(f"version {earlier['version']} ({earlier['submission']}): {why.problem}")
+            return self._move(txn, pilot, "rollback", None, by, note, previous), skipped
+
+    def _move(self, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
+              previous: str | None) -> dict:
+        name = registered_model_name(pilot)
+        if ok is not None:
+            self.client.set_registered_model_alias(name, ALIAS, ok.version)
+        else:
+            self.client.delete_registered_model_alias(name, ALIAS)
+        event = {"action": action, "pilot": pilot, "version": ok.version if ok else None,
+                 "submission": ok.submission.id if ok else None, "run_id": ok.run.run_id if ok else None,
+                 "bundle_sha256": ok.sha256 if ok else None, "review_hash": ok.review.hash if ok else None,
+                 "previous_version": previous, "by": by, "note": note, "at": _now()}
+        try:
+            entry = txn.append(event)
+        except BaseException:  # the trail could not record it: put the alias back, so both agree
+            if previous is None:
+                self.client.delete_registered_model_alias(name, ALIAS)
+            else:
+                self.client.set_registered_model_alias(name, ALIAS, previous)
+            raise
+        try:  # the trail is the record; the registry's tags mirror it for people browsing MLflow
+            self.client.set_registered_model_tag(name, f"testbed.production.{entry['seq']:04d}", json.dumps(
+                {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
+        except Exception as exc:  # noqa: BLE001 - the move itself is complete and recorded
+            warnings.warn(f"production move recorded, but the registry tag could not be set: {exc}", stacklevel=2)
+        return entry
+
+
+def _stack(entries: list[dict]) -> list[dict]:
+    """Replay the trail: a promotion pushes its version, a rollback pops back to its target (or empties)."""
+    stack: list[dict] = []
+    for e in entries:
+        if e["action"] == "promote":
+            stack.append(e)
+        elif e["action"] == "rollback":
+            while stack and stack[-1]["version"] != e["version"]:
+                stack.pop()
+    return stack

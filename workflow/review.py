@@ -1,0 +1,264 @@
+"""City evaluators' reviews: a decision on one exact evaluation, with the policy-fit rubric, kept in an
+append-only hash-chained trail per submission (`TESTBED_HOME/reviews/<submission>.jsonl`, see `workflow.ledger`)
+and mirrored as tags on the MLflow run it judged. A later review supersedes an earlier one and never erases it;
+a review applies only to the evaluation (run id, bundle sha256) it names, so a re-evaluation needs a new one.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evaluation.leaderboard import leaderboard_rows
+from evaluation.scorecard import OVERRIDABLE_GATES, RUBRIC_MAX, Scorecard, apply_review, score_policy_fit
+from evaluation.tracking import RunRecord, Tracker
+from pilots.spec import PilotSpec
+from testbed.config import Workspace
+from testbed.errors import Refused, SpecError
+from testbed.yamlio import load_model, validation_error
+from workflow.catalogue import get_pilot
+from workflow.ledger import AuditChain
+from workflow.submissions import Submission, SubmissionStore
+
+__all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
+           "load_rubric_file", "resolve_rubric", "official_evaluation", "review_status", "reviewed_rows",
+           "reviewed_card", "official_card"]
+
+Claim = Literal["seoul_based", "startup", "technology_field"]
+Decision = Literal["approve", "reject"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class GoalScore(_Model):
+    goal: str
+    """One of the pilot's Seoul policy goals, exactly as the spec words it."""
+    score: int = Field(ge=0, le=RUBRIC_MAX)
+    """0 (does not serve the goal) to 4 (fully serves it)."""
+    justification: str = Field(min_length=1, max_length=2000)
+    """Why this score: what in the evidence (scorecard, equity across groups, vendor material) supports it."""
+
+
+class Override(_Model):
+    gate: str = Field(min_length=1)
+    """Name of a gate the evaluator explicitly overrides: only `suspected_lookup` (the integrity check on
+    public truth) takes an override; every other gate is final."""
+    justification: str = Field(min_length=1, max_length=2000)
+    """Why the evaluator judges the gate's finding not to disqualify the submission."""
+
+
+class RubricFile(_Model):
+    """`--rubric FILE`: the policy-fit rubric as YAML (goals by number, as `testbed review show` lists them, or
+    by their exact text)."""
+
+    scores: list[dict] = Field(min_length=1)
+    """One item per policy goal: `{goal: 1, score: 3, justification: "..."}`."""
+    overrides: list[Override] = Field(default_factory=list)
+    """Gates the evaluator explicitly overrides, each with a justification."""
+    confirmed_claims: list[Claim] = Field(default_factory=list)
+    """Vendor-profile claims the evaluator verified: seoul_based, startup, technology_field."""
+
+
+class Review(_Model):
+    """One evaluator decision, as stored in the audit trail (the chain fields are set when it is written)."""
+
+    submission: str
+    """The submission reviewed."""
+    pilot: str
+    """Its pilot."""
+    run_id: str
+    """The MLflow run of the exact evaluation judged."""
+    bundle_sha256: str
+    """sha256 of the bundle that evaluation ran; promotion serves only these bytes."""
+    decision: Decision
+    """approve or reject."""
+    by: str = Field(min_length=1)
+    """Who decided (the evaluator's name)."""
+    note: str = Field(min_length=1)
+    """Why, in the evaluator's words."""
+    rubric: list[GoalScore]
+    """Every policy goal of the pilot scored 0–4 with a justification."""
+    policy_fit: float
+    """The rubric as the scorecard's policy-fit criterion: 100 × mean score / 4."""
+    overrides: list[Override] = Field(default_factory=list)
+    """Gates the evaluator explicitly overrides (name + justification); recorded, not yet used by promotion."""
+    confirmed_claims: list[Claim] = Field(default_factory=list)
+    """Vendor-profile claims the evaluator verified (seoul_based, startup, technology_field); recorded."""
+    at: str
+    """When (UTC, ISO 8601)."""
+    seq: int | None = None
+    """Position in the submission's trail (1 = first review)."""
+    prev: str | None = None
+    """Hash of the previous entry (64 zeros for the first)."""
+    hash: str | None = None
+    """sha256 of this entry (see `workflow.ledger`)."""
+
+
+def _goal(spec: PilotSpec, ref: object, where: str) -> str:
+    goals = spec.policy_goals
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        if 1 <= int(ref) <= len(goals):
+            return goals[int(ref) - 1]
+    elif ref in goals:
+        return ref
+    listing = "; ".join(f"{i}. {g}" for i, g in enumerate(goals, 1))
+    raise SpecError(f"unknown policy goal {ref!r}", where=where, fix=f"name a goal by number or exact text: {listing}")
+
+
+def resolve_rubric(spec: PilotSpec, items: list[dict], where: str) -> list[GoalScore]:
+    """Scores given by goal number or text -> one GoalScore per policy goal, in the spec's order."""
+    scored: dict[str, GoalScore] = {}
+    for i, item in enumerate(items):
+        goal = _goal(spec, item.get("goal"), where)
+        if goal in scored:
+            raise SpecError(f"policy goal {goal!r} is scored twice", where=where, fix="score each goal once")
+        try:
+            scored[goal] = GoalScore.model_validate({**item, "goal": goal})
+        except ValidationError as exc:
+            raise validation_error(f"{where} (score {i + 1})", GoalScore, exc) from None
+    missing = [f"{i}. {g}" for i, g in enumerate(spec.policy_goals, 1) if g not in scored]
+    if missing:
+        raise SpecError(f"the rubric does not score every policy goal (missing: {'; '.join(missing)})", where=where,
+                        fix=f"give a score 0–{RUBRIC_MAX} with a justification for each goal")
+    return [scored[g] for g in spec.policy_goals]
+
+
+def parse_score_flags(flags: list[str]) -> list[dict]:
+    """`--score "1=3:justification"` -> `{goal: "1", score: 3, justification: ...}`."""
+    items = []
+    for flag in flags:
+        match = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+)\s*:\s*(.+)", flag, re.S)
+        if not match:
+            raise SpecError(f"cannot read {flag!r}", where="--score",
+                            fix='write GOAL=SCORE:JUSTIFICATION, e.g. --score "1=3:rebalances before the peaks"')
+        items.append({"goal": match[1], "score": int(match[2]), "justification": match[3].strip()})
+    return items
+
+
+def load_rubric_file(path: Path) -> RubricFile:
+    return load_model(path, RubricFile)
+
+
+def official_evaluation(tracker: Tracker, sub: Submission) -> RunRecord | None:
+    """The official evaluation of `sub` (what a review judges; re-evaluations never replace it)."""
+    return tracker.official_run(sub.pilot, sub.id)
+
+
+class ReviewBook:
+    """Every review, one audit trail per submission."""
+
+    def __init__(self, ws: Workspace):
+        self.ws, self.root = ws, ws.home / "reviews"
+
+    def chain(self, submission: str) -> AuditChain:
+        return AuditChain(self.root / f"{submission}.jsonl")
+
+    def history(self, submission: str) -> list[Review]:
+        """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited)."""
+        return [Review.model_validate(e) for e in self.chain(submission).entries()]
+
+    def latest(self, submission: str) -> Review | None:
+        history = self.history(submission)
+        return history[-1] if history else None
+
+    def record(self, tracker: Tracker, submission: str, decision: Decision, *, by: str, note: str,
+               rubric: list[dict], where: str = "--score", overrides: list[Override] = (),
+               confirmed_claims: list[Claim] = (), run_id: str | None = None) -> Review:
+        """Judge the official evaluation of `submission` (or refuse: not evaluated, unknown run)."""
+        store = SubmissionStore(self.ws)
+        sub = store.get(submission)
+        spec = get_pilot(sub.pilot)
+        run = official_evaluation(tracker, sub)
+        if run is None:
+            raise Refused(f"submission {sub.id} has no official evaluation to review",
+                          fix=f"run `testbed evaluate {sub.id}` first")
+        if run_id and run_id != run.run_id:
+            raise Refused(f"run {run_id!r} is not the official evaluation of {sub.id} (that is run "
+                          f"{run.run_id})", fix="review the official evaluation: leave out --run, or give that run id")
+        goals = resolve_rubric(spec, rubric, where)
+        refused = sorted({o.gate for o in overrides} - OVERRIDABLE_GATES)
+        if refused:
+            allowed = ", ".join(sorted(OVERRIDABLE_GATES))
+            raise SpecError(f"gate(s) {', '.join(refused)} cannot be overridden", where=where,
+                            fix=f"only these gates take an evaluator's override: {allowed}")
+        sha = run.params.get("bundle_sha256", sub.bundle_sha256)
+        if not by.strip() or not note.strip():
+            raise SpecError("a review needs the evaluator's name and a note", where="--by/--note",
+                            fix='give --by NAME --note "why"')
+        review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sha,
+                        decision=decision, by=by.strip(), note=note.strip(), rubric=goals,
+                        policy_fit=round(100 * sum(g.score for g in goals) / (RUBRIC_MAX * len(goals)), 2),
+                        overrides=list(overrides), confirmed_claims=list(confirmed_claims),
+                        at=datetime.now(UTC).isoformat(timespec="seconds"))
+        with self.chain(sub.id).locked() as txn:
+            entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+        review = Review.model_validate(entry)
+        try:  # the audit trail is the record; MLflow mirrors it for people browsing the runs
+            tracker.tag(run.run_id, {"testbed.review": decision, "testbed.review.by": review.by,
+                                     "testbed.review.at": review.at, "testbed.review.seq": str(review.seq),
+                                     "testbed.review.hash": review.hash,
+                                     "testbed.review.policy_fit": f"{review.policy_fit:g}"})
+        except Exception as exc:  # noqa: BLE001 - a mirror failing must not hide a recorded decision
+            warnings.warn(f"review recorded, but MLflow could not be tagged: {exc}", stacklevel=2)
+        return review
+
+
+def review_status(book: ReviewBook, submission: str, run_id: str) -> tuple[str, Review | None]:
+    """`approve`/`reject` (the latest review judged this run), `stale` (it judged an earlier evaluation) or
+    `awaiting` (no review yet), with the review that applies (None unless current)."""
+    latest = book.latest(submission)
+    if latest is None:
+        return "awaiting", None
+    if latest.run_id != run_id:
+        return "stale", None
+    return latest.decision, latest
+
+
+def reviewed_card(card: Scorecard, review: Review | None) -> Scorecard:
+    """`card` with the review applied when `review` judged this very evaluation (policy fit from its rubric, the
+    gates it overrides, the vendor claims it confirmed); unchanged otherwise."""
+    if review is None or review.run_id != card.mlflow_run_id:
+        return card
+    card = score_policy_fit(card, {g.goal: g.score for g in review.rubric}, evidence={
+        "decision": review.decision, "reviewed_by": review.by, "reviewed_at": review.at, "note": review.note,
+        "justifications": {g.goal: g.justification for g in review.rubric}, "review_hash": review.hash})
+    return apply_review(card, overrides={o.gate: o.justification for o in review.overrides},
+                        confirmed_claims=review.confirmed_claims)
+
+
+def official_card(ws: Workspace, submission: str, run_id: str) -> Scorecard | None:
+    """The stored scorecard of the official evaluation `run_id` of `submission`, if it is the one on disk."""
+    path = SubmissionStore(ws).report_dir(submission) / "scorecard.json"
+    if not path.is_file():
+        return None
+    card = Scorecard.model_validate_json(path.read_text())
+    return card if card.mlflow_run_id == run_id else None
+
+
+def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict]:
+    """The leaderboard with the evaluators' decisions: each official scorecard with its current review applied
+    (policy fit, overrides, confirmed claims), totals and gates recomputed, ranked again."""
+    book = ReviewBook(ws)
+    rows = leaderboard_rows(spec, tracker)
+    for row in rows:
+        status, review = review_status(book, row["submission"], row["run_id"])
+        row["review"] = status
+        card = official_card(ws, row["submission"], row["run_id"])
+        if card is None:
+            row["policy_fit"], row["provisional"] = None, True
+            continue
+        card = reviewed_card(card, review)
+        row |= {c: card.criteria[c].score for c in ("deep_learning_fit", "viability", "policy_fit",
+                                                    "local_strength_fit")}
+        row |= {"total_score": card.total_score, "provisional": card.total_is_provisional, "passed": card.passed}
+    rows.sort(key=lambda r: (not r["passed"], r["review"] == "reject", -(r["total_score"] or 0)))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
