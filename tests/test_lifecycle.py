@@ -6,6 +6,7 @@ rollback and withdrawal, concurrent promotions, and a served bundle that dies.""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -24,7 +25,8 @@ from serving.monitor import scrape, summarize
 from serving.server import ProductionServer, running
 from testbed.config import PROJECT_ROOT
 from testbed.errors import NotFound, Refused
-from tests.conftest import make_workspace
+from tests.conftest import BUNDLES, make_workspace
+from workflow.build import build_bundle
 from workflow.evaluate import evaluate_bundle
 from workflow.pages import refresh_scorecard
 from workflow.promote import Production
@@ -43,9 +45,18 @@ class World:
         self.book, self.prod = ReviewBook(self.ws), Production(self.ws)
         self.client = MlflowClient(self.ws.tracking_uri)
         self.good = self.submit(built("week_mean"), "bike_mlp")  # passes the gates; builds in seconds
+        self.other = self.submit(self.variant(root, "week_mean"), "bike_mlp")  # a second vendor's passing bundle
         self.naive = self.submit(built("bike_seasonal_naive"), "bike_seasonal_naive")
-        self.evaluate(self.good)
-        self.evaluate(self.naive)
+        for sub_id in (self.good, self.other, self.naive):
+            self.evaluate(sub_id)
+
+    def variant(self, root: Path, name: str) -> Path:
+        """The same service as bundle `name`, built again under another name: other bytes, other submission."""
+        src = root / f"{name}_variant"
+        shutil.copytree(BUNDLES / name, src)
+        bentofile = src / "bentofile.yaml"
+        bentofile.write_text(bentofile.read_text().replace('description: "', 'description: "(variant) ', 1))
+        return build_bundle(src, self.ws)
 
     def submit(self, bundle: Path, example: str) -> str:
         return self.store.submit(self.spec, bundle, PROJECT_ROOT / "examples" / example / "vendor.yaml")[0].id
@@ -138,11 +149,10 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.good
         assert "In service" in refresh_scorecard(w.ws, w.good, summary).read_text()
 
-        w.evaluate(w.good)  # a re-evaluation (a new run, a new registry version) needs a new review
-        with pytest.raises(Refused, match="latest evaluation is run"):
-            w.prod.promote(w.good, by="op-lee")
-        w.review(w.good)
-        second, _ = w.prod.promote(w.good, by="op-park", note="re-evaluated")
+        with pytest.raises(Refused, match="no review"):
+            w.prod.promote(w.other, by="op-lee")
+        w.review(w.other)
+        second, _ = w.prod.promote(w.other, by="op-park", note="a second approved vendor")
         assert second["previous_version"] == v1 and second["version"] != v1
         server.check()
         assert server.served.version == second["version"] and server.ready
