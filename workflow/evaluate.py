@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluation.families import open_family
@@ -63,7 +63,12 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     fam.contract.check_routes(info.routes, where=str(bundle))
     data = fam.load(split)
     result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated))
-    outcome = fam.score(data, result)
+    try:
+        outcome = fam.score(data, result)
+    except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
+        result = replace(result, phases={}, verdict="contract_violation",
+                         reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
+        outcome = fam.score(data, result)
     version = harness_version()
     card = build_scorecard(spec, fam, vendor, outcome, result, submission=submission, vendor=vendor.name,
                            bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256, harness_version=version,
