@@ -41,7 +41,8 @@ def host_server():
 
 def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
     data_file = PROJECT_ROOT / "data" / "seoul-bike" / "SeoulBikeData.csv"
-    targets = ["write:/tmp/scratch-is-fine", f"tcp:127.0.0.1:{host_server}", "tcp:1.1.1.1:53", "dns:pypi.org", f"read:{data_file}",
+    targets = ["write:/tmp/scratch-is-fine", f"tcp:127.0.0.1:{host_server}", "tcp:1.1.1.1:53", "dns:pypi.org",
+               f"read:{data_file}",
                f"list:{PROJECT_ROOT / 'data'}", f"read:{PROJECT_ROOT / 'mlflow' / 'README.md'}", "read:/etc/shadow",
                "write:/usr/lib/evil", "write:/bento/evil", "bigfile:/tmp/fill-the-disk", "write:/run/x",
                "userns:", "thread:"]
