@@ -12,6 +12,7 @@ the harness connects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from sandbox.bundle import import_bundle
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
@@ -132,8 +134,10 @@ class SandboxedService:
                                          pass_fds=(*own_fds, *fds))
 
     def stop(self) -> None:
-        """Stop everything the sandbox runs (its cgroup, else its process group: SIGTERM, then SIGKILL);
-        record how it ended. Safe to call more than once, from any thread."""
+        """Stop everything the sandbox runs: SIGTERM to the service (bubblewrap then reports how it ended), then
+        SIGKILL to all that is left (its cgroup, and bubblewrap's process group). Record how it ended: a death
+        by anything but our signals (e.g. SIGSYS from the seccomp filter a moment before) still counts as the
+        service's own. Safe to call more than once, from any thread."""
         with self._stop_lock:
             if self.proc is None or self._stopped:
                 return
@@ -141,24 +145,37 @@ class SandboxedService:
             if self._watch:
                 self._watch.sample()  # the last network counters, before the namespace goes
                 self._watch.stop.set()
-            self.returncode = self.proc.poll()
-            self.stopped_by_us = self.returncode is None
-            for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    continue
+            running = self.proc.poll() is None
+            if running:
+                self._terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=3)
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             if self._cgroups:
                 self._cgroups.kill_all()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            code = self.proc.returncode
+            ours = code in (0, -signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
+            self.stopped_by_us = running and (code is None or ours)
+            self.returncode = None if self.stopped_by_us else code
             for reader in (self._output, self._reports):
                 if reader:
                     reader.join(timeout=2)
+
+    def _terminate(self) -> None:
+        """SIGTERM to the service's processes (not to bubblewrap, which must live to report their status)."""
+        if not self.isolated:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            return
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process(self.proc.pid).children(recursive=True):
+                if proc.name() != "bwrap":
+                    with contextlib.suppress(psutil.Error):
+                        proc.terminate()
 
     def close(self) -> None:
         """Remove the private BentoML home, socket, cgroups; give the uid back."""

@@ -7,12 +7,13 @@ import numpy as np
 
 @bentoml.service
 class Forecaster:
-    calls = 0
+    def __init__(self):
+        self.calls = 0
 
     @bentoml.api
     def forecast(self, history: np.ndarray, future: np.ndarray) -> str:
-        Forecaster.calls += 1
-        if Forecaster.calls % 2:
+        self.calls += 1
+        if self.calls % 2:
             return "[" * 200_000 + "]" * 200_000
         huge = "9" * 400
         return "[" + ",".join("[" + ",".join([huge] * future.shape[1]) + "]" for _ in range(len(history))) + "]"

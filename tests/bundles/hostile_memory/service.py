@@ -12,10 +12,12 @@ import bentoml
 class Memory:
     @bentoml.api
     def hog(self, kind: str, mb: int = 0) -> dict:
-        if kind == "memfd":
-            fd, chunk = os.memfd_create("hog"), b"\1" * (1 << 20)
-            for _ in range(mb):
-                os.write(fd, chunk)
+        if kind == "memfd":  # many files, each below the file-size limit
+            fds, chunk = [], b"\1" * (1 << 20)
+            for i in range(mb):
+                if i % 32 == 0:
+                    fds.append(os.memfd_create("hog"))
+                os.write(fds[-1], chunk)
             return {"held_mb": mb}
         if kind == "inodes":
             os.makedirs("/tmp/many", exist_ok=True)
@@ -28,7 +30,9 @@ class Memory:
                 return {"files": count, "stopped_by": errno.errorcode.get(exc.errno, str(exc))}
             return {"files": count, "stopped_by": None}
         if kind == "shared_forks":
-            block = bytearray(b"\1" * (mb << 20))  # touched: resident, then shared by every child
+            block = bytearray(mb << 20)
+            for page in range(0, len(block), 4096):  # touched: resident, then shared by every child
+                block[page] = 1
             children = []
             for _ in range(8):
                 pid = os.fork()
