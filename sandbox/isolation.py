@@ -210,5 +210,6 @@ def check_isolation() -> None:
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"bubblewrap cannot create a sandbox here: {result.stderr.strip()[-300:]}",
-            fix="allow user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run as root; "
-                "inside containers, start them with --privileged or a seccomp profile that allows clone(2)")
+            fix="as root: bubblewrap, setpriv and unshare must be able to mount and change uid here (inside "
+                "containers, start them with --privileged); as a normal user: allow user namespaces (sysctl "
+                "kernel.unprivileged_userns_clone=1)")

@@ -67,8 +67,8 @@ class Reports(threading.Thread):
 
     def run(self) -> None:
         with contextlib.suppress(OSError), os.fdopen(self.fd, "rb") as pipe:
-            for line in pipe:
-                path = line[:4096].decode(errors="replace").rstrip("\n").partition(" ")[2]
+            while line := pipe.readline(4096):  # bounded: a line without an end is read in pieces
+                path = line.decode(errors="replace").rstrip("\n").partition(" ")[2]
                 if len(self.hits) < 20 and any(path == p or path.startswith(p + "/") for p in self.forbidden):
                     self.hits.append(path)
 
