@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import dataclass, replace
@@ -77,7 +78,8 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
         card.mlflow_run_id = tracker.start(card, {
             "bundle_sha256": info.sha256, "dataset_sha256": fam.dataset_sha256, "harness_version": version,
             "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
-            "isolated": isolated, "resources": spec.resources.model_dump_json()})
+            "isolated": isolated, "resources": spec.resources.model_dump_json(),
+            "sandbox_limits": json.dumps(result.limits, sort_keys=True)})
     try:
         files = _write(card, fam.plots(data, outcome) if card.verdict in ("completed", "contract_violation") else {},
                        out_dir, f"{spec.title.en} — {spec.title.ko}")
