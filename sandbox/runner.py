@@ -23,6 +23,7 @@ __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "cl
 
 VERDICTS = ("completed", "contract_violation", "timeout", "resource_limit", "crashed", "sandbox_violation")
 MAX_RESPONSE_BYTES = 64 << 20
+MAX_RUN_RESPONSE_BYTES = 512 << 20
 
 
 @dataclass
@@ -56,6 +57,8 @@ class SandboxJob:
     """Host paths whose access the worker reports as a sandbox violation (they are not mounted anyway)."""
     max_response_bytes: int = MAX_RESPONSE_BYTES
     """Largest response body the harness reads; a larger one is cut there and is a contract violation."""
+    max_run_response_bytes: int = MAX_RUN_RESPONSE_BYTES
+    """Most response bytes the harness keeps over the whole run (so many large answers cannot add up)."""
 
 
 @dataclass
@@ -130,9 +133,22 @@ def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, ev
     return "completed", "all phases ran"
 
 
-def _send(client: httpx.Client, route: str, body: bytes, deadline: float,
-          cap: int) -> tuple[int, bytes | None, float, str]:
-    """One request, read as a stream: cut at `cap` bytes or at `deadline` (a total, not a per-read, limit)."""
+class _Budget:
+    """Response bytes the run may still keep (shared by a phase's threads)."""
+
+    def __init__(self, total: int):
+        self.left, self.lock = total, threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            self.left -= n
+            return self.left >= 0
+
+
+def _send(client: httpx.Client, route: str, body: bytes, deadline: float, cap: int,
+          budget: _Budget) -> tuple[int, bytes | None, float, str]:
+    """One request, read as a stream: cut at `cap` bytes, when the run's byte budget is spent, or at `deadline`
+    (a total, not a per-read, limit)."""
     start = time.perf_counter()
     headers = {"content-type": "application/json", "accept-encoding": "identity"}
     try:
@@ -143,6 +159,8 @@ def _send(client: httpx.Client, route: str, body: bytes, deadline: float,
                 size += len(chunk)
                 if size > cap:
                     return 0, None, time.perf_counter() - start, f"oversize: the response passed {cap} bytes"
+                if not budget.take(len(chunk)):
+                    return 0, None, time.perf_counter() - start, "oversize: the run's responses passed their total cap"
                 if time.monotonic() > deadline:
                     return 0, None, time.perf_counter() - start, "deadline: the run's time ran out mid-response"
                 data.append(chunk)
@@ -161,7 +179,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
     started = time.monotonic()
     deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
-    expired = threading.Event()
+    expired, budget = threading.Event(), _Budget(job.max_run_response_bytes)
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
                           forbidden=job.forbidden) as svc:
         def expire() -> None:
@@ -176,7 +194,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
             timed_out = ready_at is None and svc.alive()
             with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:
                 for phase in job.phases if ready_at else []:
-                    phases[phase.name] = _run_phase(client, job, phase, deadline, svc)
+                    phases[phase.name] = _run_phase(client, job, phase, deadline, svc, budget)
                     if expired.is_set() or time.monotonic() >= deadline:
                         timed_out = True
                     if timed_out or not svc.alive():
@@ -198,12 +216,12 @@ def run_job(job: SandboxJob) -> SandboxResult:
                          limits=limits)
 
 
-def _run_phase(client: httpx.Client, job: SandboxJob, phase: Phase, deadline: float,
-               svc: SandboxedService) -> PhaseResult:
+def _run_phase(client: httpx.Client, job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
+               budget: _Budget) -> PhaseResult:
     def one(body: bytes):
         if time.monotonic() >= deadline or not svc.alive():
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)"
-        return _send(client, job.route, body, deadline, job.max_response_bytes)
+        return _send(client, job.route, body, deadline, job.max_response_bytes, budget)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
