@@ -62,7 +62,12 @@ class SandboxedService:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def __enter__(self) -> SandboxedService:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # e.g. an archive BentoML refuses: leave nothing behind
+            self.stop()
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
