@@ -117,6 +117,9 @@ class Scorecard(BaseModel):
     """True while a criterion (policy fit) waits for an evaluator; weights are renormalised meanwhile."""
     log_tail: list[str] = Field(default_factory=list)
     """The sandbox log's last lines when the run did not complete (the cause of a crash)."""
+    sandbox_limits: dict[str, str] = Field(default_factory=dict)
+    """How each limit was enforced (uid, memory, processes, tmp): cgroups, or rlimits where cgroups were
+    unavailable (then memfd/shm memory is not bounded)."""
     model_evidence: list[dict[str, Any]] = Field(default_factory=list)
     """Model artifacts found by reading the bundle statically (`sandbox.artifacts`)."""
     phase_plan: dict[str, Any] = Field(default_factory=dict)
@@ -290,6 +293,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                      retention=retention, groups=outcome.groups, equity=equity, performance=perf,
                      baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False, total_score=0.0,
                      total_is_provisional=True, isolated=result.isolated, log_tail=tail,
+                     sandbox_limits=dict(result.limits),
                      model_evidence=[m.as_dict() for m in models or []], phase_plan=fam.plan_record(),
                      weights=spec.criteria.weights.model_dump(), **ids)
     return rescore(card)

@@ -56,6 +56,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+XZ_MAGIC = b"\xfd7zXZ\x00"
+"""`bentoml export` writes a `.bento` as an xz-compressed tar, the only format `bentoml import` reads for it."""
+OTHER_FORMATS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+
+
 def _unsafe(where: str, problem: str) -> BundleError:
     return BundleError(problem, where=where,
                        fix="submit the archive that `bentoml export NAME:VERSION FILE.bento` writes, unmodified")
@@ -70,9 +75,15 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
     size = path.stat().st_size
     if size > limits.max_archive_bytes:
         raise _unsafe(where, f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != XZ_MAGIC:
+        kind = next((name for m, name in OTHER_FORMATS.items() if magic.startswith(m)), None)
+        raise _unsafe(where, f"a {kind} archive: a .bento is the xz-compressed tar `bentoml export` writes" if kind
+                      else "not a readable .bento archive (a .bento is the xz-compressed tar `bentoml export` writes)")
     manifest_bytes, total, count = None, 0, 0
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:xz") as tar:
             for member in tar:
                 count += 1
                 name = member.name
@@ -93,12 +104,46 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
     try:
         manifest = yaml.safe_load(manifest_bytes)
         tag = f"{manifest['name']}:{manifest['version']}"
-    except (yaml.YAMLError, TypeError, KeyError) as exc:
+    except (yaml.YAMLError, TypeError, KeyError, RecursionError) as exc:
         raise _unsafe(where, f"bento.yaml is malformed ({exc})") from None
     if not all(isinstance(manifest.get(k), str) and manifest[k].replace("-", "").replace("_", "").replace(".", "")
                .isalnum() for k in ("name", "version")):
         raise _unsafe(where, "bento.yaml name/version must be plain identifiers")
+    _check_routes_shape(manifest, where)
     return BundleInfo(path=path, sha256=sha256_file(path), size=size, tag=tag, manifest=manifest)
+
+
+def _check_routes_shape(manifest: dict, where: str) -> None:
+    """`schema.routes` as BentoML writes it: a list of mappings, each with a string `name` and mappings for
+    `input` and its `properties` (whose values are mappings too) — anything else is a clear error, never a
+    traceback in the contract check."""
+    def bad(problem: str) -> BundleError:
+        return BundleError(f"bento.yaml `schema.routes` is malformed: {problem}", where=f"{where}: bento.yaml",
+                           fix="build the bundle with `bentoml build` and export it unmodified")
+
+    schema = manifest.get("schema")
+    if schema is None:
+        return
+    if not isinstance(schema, dict):
+        raise bad("`schema` is not a mapping")
+    routes = schema.get("routes")
+    if routes is None:
+        return
+    if not isinstance(routes, list):
+        raise bad("`routes` is not a list")
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict) or not isinstance(route.get("name"), str):
+            raise bad(f"route {i} is not a mapping with a string `name`")
+        spec = route.get("input")
+        if spec is None:
+            continue
+        if not isinstance(spec, dict):
+            raise bad(f"route {route['name']!r}: `input` is not a mapping")
+        props, required = spec.get("properties"), spec.get("required")
+        if props is not None and not (isinstance(props, dict) and all(isinstance(v, dict) for v in props.values())):
+            raise bad(f"route {route['name']!r}: `input.properties` is not a mapping of mappings")
+        if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+            raise bad(f"route {route['name']!r}: `input.required` is not a list of names")
 
 
 def import_bundle(path: Path, bentoml_home: Path) -> str:

@@ -83,8 +83,14 @@ class RayExecutor(_Closing):
                     fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
         task = ray.remote(max_retries=0)(run_job).options(num_cpus=job.cpus, num_gpus=job.gpus,
                                                          name="testbed-sandbox-evaluation")
+        ref = task.remote(job)
         try:
-            return ray.get(task.remote(job))
+            while not ray.wait([ref], timeout=0.5)[0]:  # short waits: Ctrl-C is seen at once
+                pass
+            return ray.get(ref)
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)  # kills the task's worker; the sandbox dies with it (--die-with-parent)
+            raise
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, TestbedError):  # a user-facing error raised in the task: say it plainly
                 raise exc.cause from None

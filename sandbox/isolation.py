@@ -1,9 +1,12 @@
 """The bubblewrap sandbox: what the vendor's process can see and do.
 
-Inside: the Python runtime and the bundle (read-only), a private `/tmp`, one socket folder shared with the
-harness, an empty network namespace, its own PID/IPC/UTS namespaces, no capabilities, an unprivileged uid
-(65534), and rlimits on address space, processes, open files and CPU time. Nothing else of the host's files:
-not the city data, not the labels, not the MLflow store, not other submissions.
+Inside: the Python runtime and the bundle (read-only), a private size- and inode-limited `/tmp`, a minimal
+`/etc`, an empty network namespace, its own PID/IPC/UTS namespaces, no capabilities, an unprivileged uid of
+its own, the seccomp filter of `sandbox.seccomp`, and limits: a memory and a pids cgroup of its own where the
+host has cgroup v1 (rlimits on address space and processes otherwise), rlimits on CPU time, file size and open
+files. Nothing else of the host's files: not the city data, not the labels, not the MLflow store, not other
+submissions, not the harness's folders. The harness talks to the service over a socket it created and hands
+in as a file descriptor: no path the sandbox can write is ever followed by the harness.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.seccomp import user_namespace_filter
+from sandbox.seccomp import sandbox_filter
 from testbed.errors import SandboxUnavailable
 
-__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "seccomp_file", "NOBODY"]
+__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "launch", "check_isolation", "NOBODY", "WORKER"]
 
 NOBODY = 65534
 WORKER = Path(__file__).with_name("worker.py")
+ETC_FROM_HOST = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "mime.types")
+"""The host's /etc entries the runtime needs (dynamic linker, library alternatives); nothing else of /etc."""
+_JOIN_AND_MOUNT = ('b=$1 a=$2 d=$3 o=$4; shift 4; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; '
+                   'done; shift; mount -t tmpfs -o "$o" testbed-tmp "$d" || exit 125; exec "$b" --args "$a" -- "$@"')
 
 
 @dataclass(frozen=True)
@@ -35,19 +42,27 @@ class SandboxLimits:
     cpu_seconds: int
     threads: int
     tmp_mb: int = 2048
-    """Size of the private /tmp, and the largest file the service may write anywhere (the socket folder too)."""
+    """Size of the private /tmp, and the largest file the service may write."""
+    tmp_inodes: int = 65536
+    """Files and folders the private /tmp may hold (where the harness can mount it itself: as root)."""
 
 
 @dataclass(frozen=True)
 class SandboxPaths:
     bentoml_home: Path
     """Private BentoML home holding only this bundle (mounted read-only at /bento)."""
-    socket_dir: Path
-    """Folder shared with the harness (mounted at /run/testbed): the service's Unix socket lives here."""
+    workdir: Path
+    """The harness's private folder for this sandbox (never mounted): synthetic /etc files, /tmp's mount point."""
+    uid: int = NOBODY
+    """The unprivileged uid the service runs as (as root: one leased per sandbox; otherwise mapped in a user
+    namespace)."""
+    cgroup_procs: list[str] = field(default_factory=list)
+    """`cgroup.procs` files of the sandbox's own cgroups: it joins them before anything runs (empty: none)."""
 
 
 def _runtime_dirs() -> list[Path]:
-    """Python runtime folders the sandbox needs: the venv and its base interpreter."""
+    """Python runtime folders the sandbox needs: the venv and its base interpreter (mounted read-only at the
+    same paths). The single place where the runtime is decided."""
     dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
     return sorted(d for d in dirs if not str(d).startswith("/usr"))
 
@@ -56,20 +71,40 @@ def _parents(path: Path) -> list[Path]:
     return [p for p in reversed(path.parents) if p != Path("/")]
 
 
-def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
-                    env: dict[str, str] | None = None, seccomp_fd: int | None = None) -> list[str]:
-    """The full command line that runs `argv` inside the sandbox (`seccomp_fd`: an open file holding
-    `seccomp.user_namespace_filter()`, to be inherited by the command)."""
-    # The address-space limit is exact on CPU; CUDA reserves huge PROT_NONE ranges, so with a GPU the limit
-    # applies to writable memory (RLIMIT_DATA) instead.
-    memory = f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"
-    cmd = ["prlimit", memory, f"--nproc={limits.max_processes}", "--nofile=4096",
-           f"--cpu={limits.cpu_seconds}", f"--fsize={limits.tmp_mb << 20}", "--core=0", "--",
-           "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-           "--unshare-uts", "--unshare-cgroup-try", *_user_namespace(), "--hostname", "sandbox",
-           "--ro-bind", "/usr", "/usr",
-           "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
-           "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+def _write_etc(folder: Path, uid: int) -> dict[str, Path]:
+    """Synthetic account and name-service files: the service's uid has a name, `localhost` and the sandbox's
+    hostname resolve without a network."""
+    folder.mkdir(exist_ok=True)
+    files = {
+        "passwd": f"root:x:0:0::/nonexistent:/usr/sbin/nologin\nsandbox:x:{uid}:{uid}::/tmp:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nsandbox:x:{uid}:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o644)
+    return {name: folder / name for name in files}
+
+
+def bwrap_arguments(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
+                    env: dict[str, str] | None = None, seccomp_fd: int | None = None) -> tuple[list[str], list[str]]:
+    """bubblewrap's options (handed over on a file descriptor, so that no harness path shows in the sandbox's
+    /proc/1/cmdline) and the command it runs."""
+    root = os.geteuid() == 0
+    cmd = ["--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr", "--proc", "/proc",
+           "--dev", "/dev", "--perms", "0755", "--dir", "/etc"]
+    if root:  # /tmp is a tmpfs the harness mounted with size and inode limits (see `sandbox_command`)
+        cmd += ["--bind", str(paths.workdir / "tmp"), "/tmp"]
+    else:
+        cmd += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL",
+                "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+    for name in ETC_FROM_HOST:
+        if os.path.lexists(f"/etc/{name}"):
+            cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for name, path in _write_etc(paths.workdir / "etc", paths.uid if root else NOBODY).items():
+        cmd += ["--ro-bind", str(path), f"/etc/{name}"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
@@ -83,17 +118,16 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
                 made.add(parent)
         cmd += ["--ro-bind", str(runtime), str(runtime)]
     cmd += ["--perms", "0755", "--dir", "/opt/testbed", "--ro-bind", str(WORKER), "/opt/testbed/worker.py",
-            "--ro-bind", str(paths.bentoml_home), "/bento",
-            "--perms", "0755", "--dir", "/run", "--bind", str(paths.socket_dir), "/run/testbed"]
+            "--ro-bind", str(paths.bentoml_home), "/bento"]
     if gpu:
         for dev in sorted(Path("/dev").glob("nvidia*")):
             cmd += ["--dev-bind", str(dev), str(dev)]
     threads = str(max(1, limits.threads))
     base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
-                "LANG": "C.UTF-8", "BENTOML_HOME": "/bento", "BENTOML_DO_NOT_TRACK": "true",
-                "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib", "YOLO_CONFIG_DIR": "/tmp/yolo",
-                "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "ORT_DISABLE_TELEMETRY": "1",
-                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads,
+                "USER": "sandbox", "LOGNAME": "sandbox", "LANG": "C.UTF-8", "BENTOML_HOME": "/bento",
+                "BENTOML_DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib",
+                "YOLO_CONFIG_DIR": "/tmp/yolo", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false",
+                "ORT_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, **(env or {})}
     cmd += ["--clearenv"]
     for key, value in base_env.items():
@@ -101,55 +135,81 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     cmd += ["--chdir", "/tmp"]
     if seccomp_fd is not None:
         cmd += ["--seccomp", str(seccomp_fd)]
-    if os.geteuid() == 0:
-        # As root, a user namespace would map the sandbox to uid 0 outside, where process rlimits do not
-        # apply: drop to a real unprivileged uid instead, with every capability gone.
-        cmd += ["/usr/bin/setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
-    return cmd + argv
+    if not root:
+        return cmd, argv
+    # As root, a user namespace would map the sandbox to uid 0 outside, where process rlimits do not apply:
+    # drop to a real unprivileged uid of its own instead, with every capability gone.
+    return cmd, ["/usr/bin/setpriv", f"--reuid={paths.uid}", f"--regid={paths.uid}", "--clear-groups",
+                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--", *argv]
 
 
-def _user_namespace() -> list[str]:
-    """Unprivileged users get an unprivileged uid through a user namespace (root uses setpriv instead)."""
-    if os.geteuid() == 0:
-        return []
-    return ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
+def sandbox_command(paths: SandboxPaths, limits: SandboxLimits, args_fd: int, *, gpu: bool = False) -> list[str]:
+    """The command line that starts bubblewrap with its options read from `args_fd` (append `--` and the
+    command). As root it first joins the sandbox's cgroups and mounts the private /tmp in a mount namespace of
+    its own (gone with the sandbox)."""
+    # With cgroups, they bound memory and processes (and count what they refuse); the process rlimit stays as a
+    # looser backstop. Without, the rlimits are the limits.
+    cgroups = bool(paths.cgroup_procs)
+    memory = [] if cgroups else [f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"]
+    nproc = 2 * limits.max_processes if cgroups else limits.max_processes
+    cmd = ["prlimit", *memory, f"--nproc={nproc}", "--nofile=4096",
+           f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 5}", f"--fsize={limits.tmp_mb << 20}", "--core=0", "--"]
+    bwrap = shutil.which("bwrap") or "bwrap"
+    if os.geteuid() != 0:
+        return [*cmd, bwrap, "--args", str(args_fd)]
+    options = f"size={limits.tmp_mb << 20},nr_inodes={limits.tmp_inodes},mode=1777,nosuid,nodev"
+    return [*cmd, "/usr/bin/unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _JOIN_AND_MOUNT,
+            "sh", bwrap, str(args_fd), str(paths.workdir / "tmp"), options, *paths.cgroup_procs]
 
 
 @contextlib.contextmanager
-def seccomp_file() -> Iterator[int | None]:
-    """A file descriptor holding the seccomp filter, for ONE command (bwrap reads it to the end); None on
-    unknown architectures."""
-    program = user_namespace_filter()
-    if program is None:
-        yield None
-        return
-    with tempfile.TemporaryFile() as fh:
-        fh.write(program)
-        fh.flush()
-        fh.seek(0)
-        yield fh.fileno()
+def launch(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
+           env: dict[str, str] | None = None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    """`(command, fds)` for ONE `Popen(command, pass_fds=fds + yours)`: bubblewrap reads its arguments and the
+    seccomp filter from those files, which close when the block ends."""
+    program = sandbox_filter()
+    (paths.workdir / "tmp").mkdir(exist_ok=True)
+    with tempfile.TemporaryFile() as filt, tempfile.TemporaryFile() as args:
+        fds = (args.fileno(),) if program is None else (args.fileno(), filt.fileno())
+        if program is not None:
+            filt.write(program)
+            filt.flush()
+            filt.seek(0)
+        options, command = bwrap_arguments(argv, paths, limits, gpu=gpu, env=env,
+                                           seccomp_fd=None if program is None else filt.fileno())
+        args.write(b"".join(a.encode() + b"\0" for a in options))
+        args.flush()
+        args.seek(0)
+        yield [*sandbox_command(paths, limits, args.fileno(), gpu=gpu), "--", *command], fds
 
 
 @functools.cache
 def check_isolation() -> None:
     """Raise SandboxUnavailable unless bubblewrap can build a no-network, unprivileged sandbox here."""
     missing = [tool for tool in ("bwrap", "prlimit") if shutil.which(tool) is None]
-    if os.geteuid() == 0 and not Path("/usr/bin/setpriv").exists():
-        missing.append("setpriv")
+    if os.geteuid() == 0:
+        missing += [tool for tool in ("/usr/bin/setpriv", "/usr/bin/unshare") if not Path(tool).exists()]
     if missing:
         raise SandboxUnavailable(
             f"isolation tools missing: {', '.join(missing)}; untrusted bundles will not run",
             fix="run `make setup` (installs the Debian package bubblewrap), or pass --unsafe-no-sandbox to run "
                 "trusted code without isolation (recorded on the run, fails the isolation gate)")
-    with seccomp_file() as fd:
-        probe = sandbox_command(["/usr/bin/true"], SandboxPaths(Path("/tmp"), Path("/tmp")),
-                                SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=10, threads=1),
-                                seccomp_fd=fd)
-        result = subprocess.run(probe, capture_output=True, text=True, timeout=30,
-                                pass_fds=() if fd is None else (fd,))
+    from sandbox.host import UidLease
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lease = UidLease() if os.geteuid() == 0 else None
+        try:
+            paths = SandboxPaths(Path(tmp), Path(tmp), uid=lease.uid if lease else NOBODY)
+            limits = SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=10, threads=1, tmp_mb=1)
+            with launch(["/usr/bin/true"], paths, limits) as (cmd, fds):
+                result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, pass_fds=fds,
+                                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        finally:
+            if lease:
+                lease.release()
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"bubblewrap cannot create a sandbox here: {result.stderr.strip()[-300:]}",
-            fix="allow user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run as root; "
-                "inside containers, start them with --privileged or a seccomp profile that allows clone(2)")
+            fix="as root: bubblewrap, setpriv and unshare must be able to mount and change uid here (inside "
+                "containers, start them with --privileged); as a normal user: allow user namespaces (sysctl "
+                "kernel.unprivileged_userns_clone=1)")

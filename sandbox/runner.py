@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,14 +17,14 @@ import httpx
 
 from sandbox.contention import MachineMeter, delta, snapshot
 from sandbox.isolation import SandboxLimits
+from sandbox.observe import Evidence
 from sandbox.service import SandboxedService
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
 
 VERDICTS = ("completed", "contract_violation", "timeout", "resource_limit", "crashed", "sandbox_violation")
-VIOLATION_MARK = "TESTBED-SANDBOX-VIOLATION"
-RESOURCE_MARKS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "Resource temporarily unavailable",
-                  "can't start new thread", "Too many open files", "No space left on device")
+MAX_RESPONSE_BYTES = 64 << 20
+MAX_RUN_RESPONSE_BYTES = 512 << 20
 
 
 @dataclass
@@ -55,6 +56,10 @@ class SandboxJob:
     """GPUs the executor reserves; above 0 the sandbox exposes the NVIDIA devices."""
     forbidden: list[str] = field(default_factory=list)
     """Host paths whose access the worker reports as a sandbox violation (they are not mounted anyway)."""
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+    """Largest response body the harness reads; a larger one is cut there and is a contract violation."""
+    max_run_response_bytes: int = MAX_RUN_RESPONSE_BYTES
+    """Most response bytes the harness keeps over the whole run (so many large answers cannot add up)."""
 
 
 @dataclass
@@ -89,72 +94,146 @@ class SandboxResult:
     peak_rss_mb: float
     isolated: bool
     node: str = field(default_factory=socket.gethostname)
+    limits: dict[str, str] = field(default_factory=dict)
+    """How each limit was enforced on this run (`memory`: cgroup, or an rlimit "(cgroups unavailable)"; `uid`,
+    `processes`, `tmp`): what the scorecard says about the isolation."""
 
 
-def classify(*, returncode: int | None, log: str, timed_out: bool, stopped_by_us: bool) -> tuple[str, str]:
-    """Verdict and reason from how the sandboxed process ended and what it printed."""
-    marks = [line.split(VIOLATION_MARK, 1)[1].strip() for line in log.splitlines() if VIOLATION_MARK in line]
-    if marks:
-        return "sandbox_violation", "; ".join(marks[:3])
+def _signal(returncode: int | None, isolated: bool) -> int | None:
+    """The signal that ended the service: a negative status for a plain subprocess, 128 + N through bubblewrap."""
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    return returncode - 128 if isolated and 128 < returncode < 160 else None
+
+
+def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, evidence: Evidence | None = None,
+             isolated: bool = True) -> tuple[str, str]:
+    """Verdict and reason from what the harness observed: how the sandboxed process ended (exit status,
+    signal), the kernel's counters (network namespace, cgroups) and the harness's own cuts. Never from text
+    the bundle wrote."""
+    ev = evidence or Evidence()
     died = returncode is not None and not stopped_by_us
-    hit = next((m for m in RESOURCE_MARKS if m in log), None)
-    if hit:
-        return "resource_limit", f"the service hit a resource limit ({hit})"
-    if died and returncode in (-signal.SIGXCPU, -signal.SIGXFSZ, -signal.SIGKILL):
-        return "resource_limit", f"the service was killed by a limit (signal {-returncode})"
+    sig = _signal(returncode, isolated) if died else None
+    if ev.network:
+        counters = ", ".join(f"{k}={v}" for k, v in sorted(ev.network.items()))
+        return "sandbox_violation", ("the service tried to reach the network (its empty network namespace "
+                                     f"counted {counters})")
+    if sig == signal.SIGSYS:
+        return "sandbox_violation", "the service made a forbidden system call (killed by the sandbox's seccomp filter)"
+    if ev.harness_paths:
+        return "sandbox_violation", f"the service tried to open harness paths: {', '.join(ev.harness_paths[:3])}"
+    if ev.oom_kills:
+        return "resource_limit", (f"memory limit reached: the kernel stopped {ev.oom_kills} process(es) in the "
+                                  "sandbox's memory cgroup")
+    if ev.pid_limit_hits:
+        return "resource_limit", (f"process limit reached: {ev.pid_limit_hits} fork(s) refused by the sandbox's "
+                                  "pids cgroup")
+    if sig in (signal.SIGXCPU, signal.SIGXFSZ):
+        return "resource_limit", f"the service was killed by a limit ({signal.Signals(sig).name}: CPU or file size)"
+    if ev.oversize:
+        return "contract_violation", f"response larger than the cap: {ev.oversize[0]}"
     if timed_out:
         return "timeout", "the run went past the pilot's wall-time limit"
     if died:
-        return "crashed", f"the service exited unexpectedly (exit code {returncode})"
+        how = f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"exit code {returncode}"
+        return "crashed", f"the service exited unexpectedly ({how})"
     return "completed", "all phases ran"
 
 
-def _send(client: httpx.Client, route: str, body: bytes, timeout: float) -> tuple[int, bytes | None, float, str]:
+class _Budget:
+    """Response bytes the run may still keep (shared by a phase's threads)."""
+
+    def __init__(self, total: int):
+        self.left, self.lock = total, threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            self.left -= n
+            return self.left >= 0
+
+
+def _send(client: httpx.Client, route: str, body: bytes, deadline: float, cap: int,
+          budget: _Budget) -> tuple[int, bytes | None, float, str]:
+    """One request, read as a stream: cut at `cap` bytes, when the run's byte budget is spent, or at `deadline`
+    (a total, not a per-read, limit)."""
     start = time.perf_counter()
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
     try:
-        resp = client.post(route, content=body, headers={"content-type": "application/json"}, timeout=timeout)
+        with client.stream("POST", route, content=body, headers=headers,
+                           timeout=max(0.001, deadline - time.monotonic())) as resp:
+            data, size = [], 0
+            for chunk in resp.iter_raw():
+                size += len(chunk)
+                if size > cap:
+                    return 0, None, time.perf_counter() - start, f"oversize: the response passed {cap} bytes"
+                if not budget.take(len(chunk)):
+                    return 0, None, time.perf_counter() - start, "oversize: the run's responses passed their total cap"
+                if time.monotonic() > deadline:
+                    return 0, None, time.perf_counter() - start, "deadline: the run's time ran out mid-response"
+                data.append(chunk)
         elapsed = time.perf_counter() - start
+        content = b"".join(data)
         if resp.status_code == 200:
-            return 200, resp.content, elapsed, ""
-        return resp.status_code, None, elapsed, f"HTTP {resp.status_code}: {resp.text[:300]}"
+            return 200, content, elapsed, ""
+        return resp.status_code, None, elapsed, f"HTTP {resp.status_code}: {content[:300].decode(errors='replace')}"
     except httpx.HTTPError as exc:
         return 0, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"[:300]
 
 
 def run_job(job: SandboxJob) -> SandboxResult:
-    """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict."""
+    """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict. A
+    watchdog stops the service at the wall-time limit, whatever state the requests are in."""
     started = time.monotonic()
     deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
+    expired, budget = threading.Event(), _Budget(job.max_run_response_bytes)
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
                           forbidden=job.forbidden) as svc:
-        ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
-        timed_out = ready_at is None and svc.alive()
-        with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:
-            for phase in job.phases if ready_at else []:
-                phases[phase.name] = _run_phase(client, job.route, phase, deadline, svc.proc)
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                if timed_out or not svc.alive():
-                    break
+        def expire() -> None:
+            expired.set()
+            svc.stop()
+
+        watchdog = threading.Timer(job.wall_time_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
+            timed_out = ready_at is None and svc.alive()
+            with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:
+                for phase in job.phases if ready_at else []:
+                    phases[phase.name] = _run_phase(client, job, phase, deadline, svc, budget)
+                    if expired.is_set() or time.monotonic() >= deadline:
+                        timed_out = True
+                    if timed_out or not svc.alive():
+                        break
+        finally:
+            watchdog.cancel()
         svc.stop()
+        timed_out = timed_out or expired.is_set()
+        evidence = svc.evidence()
+        evidence.oversize = [f"{name}: {e}" for name, p in phases.items() for e in p.errors if e.startswith("oversize")]
         log_text = svc.log_tail()
-        returncode, stopped_by_us, peak = svc.returncode, svc.stopped_by_us, svc.peak_rss_mb
-    verdict, reason = classify(returncode=returncode, log=log_text, timed_out=timed_out, stopped_by_us=stopped_by_us)
+        returncode, stopped_by_us, peak, limits = svc.returncode, svc.stopped_by_us, svc.peak_rss_mb, svc.enforcement
+    verdict, reason = classify(returncode=returncode, timed_out=timed_out, stopped_by_us=stopped_by_us,
+                               evidence=evidence, isolated=job.isolated)
     if verdict == "timeout" and ready_at is None:
         reason = f"the service was not ready within {job.startup_timeout_s:g} s"
     return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log_text,
-                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=peak, isolated=job.isolated)
+                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=peak, isolated=job.isolated,
+                         limits=limits)
 
 
-def _run_phase(client: httpx.Client, route: str, phase: Phase, deadline: float, proc) -> PhaseResult:
+def _run_phase(client: httpx.Client, job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
+               budget: _Budget) -> PhaseResult:
     def one(body: bytes):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
+        if time.monotonic() >= deadline or not svc.alive():
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
-        before = snapshot(proc.pid)
-        sent = _send(client, route, body, remaining)
-        return *sent, delta(before, snapshot(proc.pid))
+        pid = svc.proc.pid if svc.proc else None
+        before = snapshot(pid)
+        sent = _send(client, job.route, body, deadline, job.max_response_bytes, budget)
+        return *sent, delta(before, snapshot(pid))
 
     meter = MachineMeter()
     start = time.perf_counter()

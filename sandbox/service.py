@@ -1,17 +1,22 @@
 """One bundle served inside the sandbox: the building block of both evaluation (`runner.run_job`) and
-production serving. The harness imports the bundle into a private BentoML home, starts the service under
-bubblewrap (or, with the explicit unsafe flag, as a plain subprocess) and talks to it over a Unix socket.
+production serving. The harness imports the bundle into a private BentoML home, creates the service's socket
+in its own private folder, starts the service under bubblewrap (or, with the explicit unsafe flag, as a plain
+subprocess) with that socket as a file descriptor, and talks to it there. Nothing from inside decides where
+the harness connects.
 
     with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths) as svc:
         if svc.wait_ready(timeout=120):
             with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client: ...
-    svc.returncode, svc.stopped_by_us, svc.log_tail()
+    svc.returncode, svc.stopped_by_us, svc.log_tail(), svc.evidence()
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,30 +28,15 @@ import httpx
 import psutil
 
 from sandbox.bundle import import_bundle
-from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command, seccomp_file
+from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
+from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
+from sandbox.observe import Evidence, OutputTail, Reports, Watch
 
 __all__ = ["SandboxedService"]
 
 
-class _Watch(threading.Thread):
-    """Samples the resident memory of the sandboxed process tree."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.2):
-            try:
-                root = psutil.Process(self.pid)
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                self.peak = max(self.peak, rss)
-            except psutil.Error:
-                return
-
-
 class SandboxedService:
-    """A bundle's BentoML service running in the sandbox, reachable only through a Unix socket."""
+    """A bundle's BentoML service running in the sandbox, reachable only through the harness's own socket."""
 
     def __init__(self, bundle: bytes, limits: SandboxLimits, *, isolated: bool = True, gpus: float = 0,
                  forbidden: list[str] | tuple[str, ...] = ()):
@@ -58,13 +48,26 @@ class SandboxedService:
         self.stopped_by_us = False
         """True when the service was still running when the harness stopped it."""
         self.started_at = 0.0
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self._watch: _Watch | None = None
+        self.enforcement: dict[str, str] = {}
+        """How each limit is enforced on this run (cgroup, rlimit, tmpfs…), for the scorecard."""
+        self._workdir: Path | None = None
+        self._uid: UidLease | None = None
+        self._cgroups: Cgroups | None = None
+        self._watch: Watch | None = None
+        self._output: OutputTail | None = None
+        self._reports: Reports | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def __enter__(self) -> SandboxedService:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # e.g. an archive BentoML refuses: leave nothing behind
+            self.stop()
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -74,76 +77,133 @@ class SandboxedService:
     def start(self) -> None:
         """Import the bundle privately (no vendor code runs) and start its service in the sandbox."""
         self.started_at = time.monotonic()
-        self._tmp = tempfile.TemporaryDirectory(prefix="testbed-run-")
-        tmp = Path(self._tmp.name)
-        with seccomp_file() as fd, open(self.log_path, "wb") as log:
-            cmd, env = self._command(tmp, fd if self.isolated else None)
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True,
-                                         pass_fds=(fd,) if fd is not None and self.isolated else ())
-        self._watch = _Watch(self.proc.pid)
+        sweep_stale()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
+        tag = self._import()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.socket_path))
+        listener.listen(256)
+        out_r, out_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        argv = [str(listener.fileno()), str(rep_w)]
+        try:
+            if self.isolated:
+                self._start_isolated(tag, argv, (listener.fileno(), rep_w), out_w)
+            else:
+                env = {**os.environ, "BENTOML_HOME": str(self.workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+                self.enforcement = {"isolation": "none (--unsafe-no-sandbox)"}
+                self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), tag, *argv], stdout=out_w,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                             start_new_session=True, pass_fds=(listener.fileno(), rep_w))
+        finally:
+            listener.close()  # only the service holds it now: if it dies, connecting fails at once
+            os.close(out_w)
+            os.close(rep_w)
+        self._output, self._reports = OutputTail(out_r), Reports(rep_r, self.forbidden)
+        self._output.start()
+        self._reports.start()
+        self._watch = Watch(self.proc.pid, sample_memory=not (self._cgroups and self._cgroups.available))
         self._watch.start()
 
-    def _command(self, tmp: Path, seccomp_fd: int | None) -> tuple[list[str], dict[str, str] | None]:
-        bundle = tmp / "bundle.bento"
+    def _import(self) -> str:
+        bundle, home = self.workdir / "bundle.bento", self.workdir / "bentoml"
         bundle.write_bytes(self.bundle)
-        home, sockets = tmp / "bentoml", tmp / "sock"
         tag = import_bundle(bundle, home)
         bundle.unlink()
-        sockets.mkdir(mode=0o700)
         for path in [home, *home.rglob("*")]:
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
-        if not self.isolated:
-            env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-            return [sys.executable, "-I", str(WORKER), tag, str(self.socket_path)], env
-        if os.geteuid() == 0:
-            os.chown(sockets, NOBODY, NOBODY)
+        return tag
+
+    def _start_isolated(self, tag: str, argv: list[str], fds: tuple[int, ...], out_w: int) -> None:
+        root = os.geteuid() == 0
+        if root:
+            self._uid = UidLease()
+            self._cgroups = Cgroups(self.workdir.name.removeprefix(RUN_PREFIX), self.limits.memory_mb,
+                                    self.limits.max_processes + 2)  # + bubblewrap's own two
+        cgroups = self._cgroups is not None and self._cgroups.available
+        self.enforcement = {
+            "uid": f"{self._uid.uid} (leased for this sandbox)" if self._uid else f"{NOBODY} (user namespace)",
+            "memory": "cgroup (memfd, shm and tmpfs included)" if cgroups else
+            ("rlimit data segment" if self.gpus > 0 else "rlimit address space") + " (cgroups unavailable)",
+            "processes": "cgroup pids" if cgroups else "rlimit nproc (cgroups unavailable)",
+            "tmp": f"tmpfs {self.limits.tmp_mb} MiB" + (f", {self.limits.tmp_inodes} inodes" if root else ""),
+        }
         extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} \
             if "CUDA_VISIBLE_DEVICES" in os.environ else {}
-        argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *self.forbidden]
-        return sandbox_command(argv, SandboxPaths(home, sockets), self.limits, gpu=self.gpus > 0, env=extra,
-                               seccomp_fd=seccomp_fd), None
+        paths = SandboxPaths(self.workdir / "bentoml", self.workdir, uid=self._uid.uid if self._uid else NOBODY,
+                             cgroup_procs=self._cgroups.procs_files if cgroups else [])
+        worker = [sys.executable, "-I", "/opt/testbed/worker.py", tag, *argv]
+        with launch(worker, paths, self.limits, gpu=self.gpus > 0, env=extra) as (cmd, own_fds):
+            self.proc = subprocess.Popen(cmd, stdout=out_w, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True,
+                                         pass_fds=(*own_fds, *fds))
 
     def stop(self) -> None:
-        """Stop the whole process group (SIGTERM, then SIGKILL); record how it ended."""
-        if self.proc is None:
+        """Stop everything the sandbox runs: SIGTERM to the service (bubblewrap then reports how it ended), then
+        SIGKILL to all that is left (its cgroup, and bubblewrap's process group). Record how it ended: a death
+        by anything but our signals (e.g. SIGSYS from the seccomp filter a moment before) still counts as the
+        service's own. Safe to call more than once, from any thread."""
+        with self._stop_lock:
+            if self.proc is None or self._stopped:
+                return
+            self._stopped = True
+            if self._watch:
+                self._watch.sample()  # the last network counters, before the namespace goes
+                self._watch.stop.set()
+            running = self.proc.poll() is None
+            if running:
+                self._terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=3)
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            if self._cgroups:
+                self._cgroups.kill_all()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            code = self.proc.returncode
+            ours = code in (0, -signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
+            self.stopped_by_us = running and (code is None or ours)
+            self.returncode = None if self.stopped_by_us else code
+            for reader in (self._output, self._reports):
+                if reader:
+                    reader.join(timeout=2)
+
+    def _terminate(self) -> None:
+        """SIGTERM to the service's processes (not to bubblewrap, which must live to report their status)."""
+        if not self.isolated:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             return
-        self.returncode = self.proc.poll()
-        self.stopped_by_us = self.returncode is None
-        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self._watch:
-            self._watch.stop.set()
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process(self.proc.pid).children(recursive=True):
+                if proc.name() != "bwrap":
+                    with contextlib.suppress(psutil.Error):
+                        proc.terminate()
 
     def close(self) -> None:
-        """Remove the private BentoML home, socket folder and log."""
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        """Remove the private BentoML home, socket, cgroups; give the uid back."""
+        if self._cgroups:
+            self._cgroups.remove()
+        if self._uid:
+            self._uid.release()
+            self._uid = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     # -- talking to it -----------------------------------------------------------------------------------------
 
     @property
     def workdir(self) -> Path:
-        assert self._tmp is not None, "the service is not started"
-        return Path(self._tmp.name)
+        assert self._workdir is not None, "the service is not started"
+        return self._workdir
 
     @property
     def socket_path(self) -> Path:
-        return self.workdir / "sock" / "service.sock"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "sandbox.log"
+        """The service's socket, in the harness's private folder (never mounted in the sandbox)."""
+        return self.workdir / "service.sock"
 
     def transport(self) -> httpx.HTTPTransport:
         """An httpx transport to the service's socket (use with base_url `http://sandbox`)."""
@@ -163,18 +223,23 @@ class SandboxedService:
                         return time.monotonic()
                 except httpx.HTTPError:
                     pass
-                time.sleep(0.1)
+                time.sleep(0.05)
         return None
 
     @property
     def peak_rss_mb(self) -> float:
+        """Peak memory: the memory cgroup's high-water mark (shared pages once), else sampled RSS."""
+        if self._cgroups and self._cgroups.available:
+            return self._cgroups.peak_memory_bytes() / 2**20
         return (self._watch.peak if self._watch else 0) / 2**20
 
+    def evidence(self) -> Evidence:
+        """What the harness observed from outside the sandbox (read after `stop`)."""
+        cg = self._cgroups if self._cgroups and self._cgroups.available else None
+        return Evidence(network=dict(self._watch.network) if self._watch else {},
+                        harness_paths=list(self._reports.hits) if self._reports else [],
+                        oom_kills=cg.oom_kills() if cg else 0, pid_limit_hits=cg.pid_limit_hits() if cg else 0)
+
     def log_tail(self, limit: int = 200_000) -> str:
-        """The last `limit` bytes of the service's log (which the service may have made huge)."""
-        path = self.log_path
-        if not path.is_file():
-            return ""
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - limit))
-            return fh.read().decode(errors="replace")
+        """The last `limit` bytes of what the service printed (drained from a pipe as it was written)."""
+        return self._output.text()[-limit:] if self._output else ""

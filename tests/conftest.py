@@ -63,7 +63,7 @@ def fake_bento(tmp_path: Path):
     def make(routes: list[dict], name: str = "fake", version: str = "v1") -> Path:
         manifest = yaml.safe_dump({"name": name, "version": version, "schema": {"routes": routes}}).encode()
         path = tmp_path / f"{name}-{version}.bento"
-        with tarfile.open(path, "w:gz") as tar:
+        with tarfile.open(path, "w:xz") as tar:
             info = tarfile.TarInfo("./bento.yaml")
             info.size = len(manifest)
             tar.addfile(info, io.BytesIO(manifest))

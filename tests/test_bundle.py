@@ -13,7 +13,7 @@ from tests.conftest import FORECAST_ROUTE
 
 def archive(tmp_path, members, name="evil.bento"):
     path = tmp_path / name
-    with tarfile.open(path, "w:gz") as tar:
+    with tarfile.open(path, "w:xz") as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path

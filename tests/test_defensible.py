@@ -33,7 +33,7 @@ def bento(tmp_path, routes, files: dict[str, bytes] | None = None, name="fake") 
     path = tmp_path / f"{name}.bento"
     members = {"bento.yaml": yaml.safe_dump({"name": name, "version": "v1", "schema": {"routes": routes}}).encode(),
                **(files or {})}
-    with tarfile.open(path, "w:gz") as tar:
+    with tarfile.open(path, "w:xz") as tar:
         for member, data in members.items():
             info = tarfile.TarInfo(member)
             info.size = len(data)

@@ -45,6 +45,9 @@ def test_baseline_bundle_end_to_end(built, ws, bike_spec, ray_executor):
                          tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id)
     card = ev.card
     assert card.verdict == "completed" and card.isolated
+    assert set(card.sandbox_limits) >= {"uid", "memory", "processes"}  # how each limit was enforced, on the card
+    if __import__("os").geteuid() == 0:
+        assert card.sandbox_limits["memory"].startswith("cgroup") and "cgroup" in card.sandbox_limits["processes"]
     assert card.metrics["clean"]["mase"] == pytest.approx(independent_seasonal_naive_mase(), rel=1e-9)
     assert card.retention["missing_hours"] < 1
     assert card.performance["error_rate"] == 0 and card.performance["latency_ms"]["p50"] > 0

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from evaluation.tracking import MemoryTracker, MlflowTracker, experiment_name, registered_model_name
 from pilots.vendor import VendorProfile
+from sandbox.observe import Evidence
 from sandbox.runner import classify
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
@@ -113,14 +114,23 @@ def test_unsafe_runs_fail_the_isolation_gate(ws, bike_spec, fake_bento):
 
 
 @pytest.mark.parametrize("kwargs, verdict", [
-    ({"returncode": None, "log": "", "timed_out": False, "stopped_by_us": True}, "completed"),
-    ({"returncode": None, "log": "x TESTBED-SANDBOX-VIOLATION network", "timed_out": False, "stopped_by_us": True},
+    ({"returncode": None, "timed_out": False, "stopped_by_us": True}, "completed"),
+    ({"returncode": None, "timed_out": False, "stopped_by_us": True,
+      "evidence": Evidence(network={"TcpActiveOpens": 1})}, "sandbox_violation"),
+    ({"returncode": 128 + 31, "timed_out": False, "stopped_by_us": False}, "sandbox_violation"),  # SIGSYS: seccomp
+    ({"returncode": None, "timed_out": False, "stopped_by_us": True, "evidence": Evidence(harness_paths=["/d/x"])},
      "sandbox_violation"),
-    ({"returncode": 1, "log": "MemoryError", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
-    ({"returncode": -24, "log": "", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
-    ({"returncode": -25, "log": "", "timed_out": False, "stopped_by_us": False}, "resource_limit"),
-    ({"returncode": None, "log": "", "timed_out": True, "stopped_by_us": True}, "timeout"),
-    ({"returncode": 3, "log": "Traceback", "timed_out": False, "stopped_by_us": False}, "crashed"),
+    ({"returncode": 137, "timed_out": False, "stopped_by_us": False, "evidence": Evidence(oom_kills=1)},
+     "resource_limit"),
+    ({"returncode": None, "timed_out": False, "stopped_by_us": True, "evidence": Evidence(pid_limit_hits=3)},
+     "resource_limit"),
+    ({"returncode": 128 + 24, "timed_out": False, "stopped_by_us": False}, "resource_limit"),  # SIGXCPU
+    ({"returncode": -25, "timed_out": False, "stopped_by_us": False, "isolated": False}, "resource_limit"),  # SIGXFSZ
+    ({"returncode": None, "timed_out": False, "stopped_by_us": True, "evidence": Evidence(oversize=["p: 9 bytes"])},
+     "contract_violation"),
+    ({"returncode": None, "timed_out": True, "stopped_by_us": True}, "timeout"),
+    ({"returncode": 3, "timed_out": False, "stopped_by_us": False}, "crashed"),
+    ({"returncode": 137, "timed_out": False, "stopped_by_us": False}, "crashed"),  # SIGKILL, no OOM counted
 ])
 def test_verdicts(kwargs, verdict):
     assert classify(**kwargs)[0] == verdict

@@ -5,9 +5,10 @@ import struct
 
 import pytest
 
-from sandbox.seccomp import _ARCH, CLONE_NEWUSER, user_namespace_filter
+from sandbox.seccomp import AUDIT_ARCH, CLONE_NEWUSER, KILL, NOT_IMPLEMENTED, REFUSE, SYSCALLS, sandbox_filter
 
-ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+ALLOW, KILLED = 0x7FFF0000, 0x80000000
+EPERM, ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
 
 
 def run(program: bytes, arch: int, nr: int, flags: int = 0) -> int:
@@ -24,23 +25,40 @@ def run(program: bytes, arch: int, nr: int, flags: int = 0) -> int:
             pc = pc + 1 + (jt if hit else jf)
         elif code == 0x06:
             return k
+        else:
+            raise AssertionError(f"unexpected instruction {code:#x}")
         assert 0 <= pc < len(prog), "jump out of the program"
     raise AssertionError("no return reached")
 
 
-@pytest.mark.parametrize("machine", sorted(_ARCH))
+@pytest.mark.parametrize("machine", sorted(AUDIT_ARCH))
 def test_filter_decisions(machine):
-    audit_arch, unshare, clone, clone3 = _ARCH[machine]
-    program = user_namespace_filter(machine)
-    assert run(program, audit_arch, clone, flags=0x3D0F00) == ALLOW  # a thread
-    assert run(program, audit_arch, clone, flags=CLONE_NEWUSER) == EPERM
-    assert run(program, audit_arch, unshare, flags=CLONE_NEWUSER | 0x20000) == EPERM
-    assert run(program, audit_arch, unshare, flags=0x400) == ALLOW  # CLONE_FS, harmless
-    assert run(program, audit_arch, clone3) == ENOSYS
-    assert run(program, audit_arch, 0) == ALLOW and run(program, audit_arch, 39) == ALLOW
+    column = 0 if machine == "x86_64" else 1
+    nr = {name: nums[column] for name, nums in SYSCALLS.items() if nums[column] is not None}
+    arch, program = AUDIT_ARCH[machine], sandbox_filter(machine)
+    assert run(program, arch, nr["clone"], flags=0x3D0F00) == ALLOW  # a thread
+    assert run(program, arch, nr["clone"], flags=CLONE_NEWUSER) == EPERM
+    assert run(program, arch, nr["unshare"], flags=CLONE_NEWUSER | 0x20000) == EPERM
+    assert run(program, arch, nr["unshare"], flags=0x400) == ALLOW  # CLONE_FS, harmless
+    for name in KILL:
+        if name in nr:
+            assert run(program, arch, nr[name]) == KILLED, name
+    for name in REFUSE:
+        assert run(program, arch, nr[name]) == EPERM, name
+    for name in NOT_IMPLEMENTED:
+        assert run(program, arch, nr[name]) == ENOSYS, name
+    denied = {nr[n] for n in (*KILL, *REFUSE, *NOT_IMPLEMENTED) if n in nr} | {nr["clone"], nr["unshare"]}
+    for allowed in set(range(0, 460)) - denied:  # read, write, mmap, socket, memfd_create, ... stay allowed
+        assert run(program, arch, allowed) == ALLOW, allowed
     assert run(program, 0x40000003, 1) == EPERM  # i386 ABI from a 64-bit process
-    assert run(program, audit_arch, 0x40000000 | unshare) == EPERM  # x32
+    assert run(program, arch, 0x40000000 | nr["unshare"]) == EPERM  # x32
+
+
+def test_the_docker_default_essentials_are_refused():
+    for name in ("keyctl", "add_key", "request_key", "bpf", "ptrace", "mount", "kexec_load", "io_uring_setup",
+                 "perf_event_open", "userfaultfd", "setns", "init_module", "open_by_handle_at"):
+        assert name in KILL + REFUSE + NOT_IMPLEMENTED, name
 
 
 def test_unknown_architecture_gets_no_filter():
-    assert user_namespace_filter("sparc64") is None
+    assert sandbox_filter("sparc64") is None

@@ -97,7 +97,7 @@ def test_gpu_runs_limit_writable_memory_not_address_space():
     from sandbox.isolation import SandboxLimits, SandboxPaths, sandbox_command
 
     limits = SandboxLimits(memory_mb=1024, max_processes=8, cpu_seconds=10, threads=1)
-    paths = SandboxPaths(Path("/tmp"), Path("/tmp"))
-    assert f"--as={1 << 30}" in sandbox_command(["x"], paths, limits)
-    gpu = sandbox_command(["x"], paths, limits, gpu=True)
+    paths = SandboxPaths(Path("/tmp"), Path("/tmp"))  # no cgroups: rlimits bound memory
+    assert f"--as={1 << 30}" in sandbox_command(paths, limits, 3)
+    gpu = sandbox_command(paths, limits, 3, gpu=True)
     assert f"--data={1 << 30}" in gpu and not any(a.startswith("--as=") for a in gpu)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,7 +114,12 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     fam.contract.check_routes(info.routes, where=str(bundle))
     data = fam.load(split)
     result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32)))
-    outcome = fam.score(data, result)
+    try:
+        outcome = fam.score(data, result)
+    except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
+        result = replace(result, phases={}, verdict="contract_violation",
+                         reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
+        outcome = fam.score(data, result)
     version = harness_version()
     extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
              "vendor.json": vendor.model_dump_json(indent=2).encode()}
@@ -129,7 +135,7 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
             "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
             "isolated": isolated, "resources": spec.resources.model_dump_json(), "evaluation": role,
             "pilot_spec_sha256": card.pilot_spec_sha256, "predictions_sha256": card.predictions_sha256,
-            "phase_seed": card.phase_plan.get("seed")})
+            "phase_seed": card.phase_plan.get("seed"), "sandbox_limits": json.dumps(result.limits, sort_keys=True)})
     try:
         completed = card.verdict in ("completed", "contract_violation", "request_failures")
         files = _write(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {},

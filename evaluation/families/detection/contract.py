@@ -83,10 +83,10 @@ def _detection(det, where: str, size: tuple[int, int] | None) -> Detection | Non
 def decode_response(body: bytes, n_images: int, sizes: list[tuple[int, int]] | None = None) -> list[list[Detection]]:
     """Parse and check one response for `n_images` frames of `sizes` (width, height); raise ContractViolation
     with what is wrong. Boxes are clipped to the frame; empty boxes are dropped."""
-    try:
-        data = json.loads(body)
-    except (ValueError, TypeError) as exc:
-        raise ContractViolation(f"response is not JSON ({exc})") from None
+    try:  # hostile input: huge integers become inf (refused as non-finite), deep nesting is refused
+        data = json.loads(body, parse_int=float)
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        raise ContractViolation(f"response is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(data, list) or not all(isinstance(dets, list) for dets in data):
         raise ContractViolation("response must be a list with one list of detections per image")
     if len(data) != n_images:

@@ -43,10 +43,10 @@ def encode_request(history: np.ndarray, future: np.ndarray) -> bytes:
 
 def decode_response(body: bytes, windows: int, horizon: int) -> np.ndarray:
     """Parse and check one response; raise ContractViolation with what is wrong."""
-    try:
-        array = np.asarray(json.loads(body), dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise ContractViolation(f"response is not a numeric array ({exc})") from None
+    try:  # hostile input: huge integers become inf (caught below), deep nesting is refused, not a crash
+        array = np.asarray(json.loads(body, parse_int=float), dtype=np.float64)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise ContractViolation(f"response is not a numeric array ({type(exc).__name__}: {str(exc)[:200]})") from None
     if array.shape != (windows, horizon):
         raise ContractViolation(f"response shape {array.shape}, expected ({windows}, {horizon})")
     if not np.isfinite(array).all():

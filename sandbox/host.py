@@ -1,0 +1,197 @@
+"""What each sandbox holds on the host, so that tenants share nothing: its own unprivileged uid from a reserved
+range, its own cgroups (memory with memfd/shm/tmpfs pages, and processes), and a private working folder. Each
+is released when the sandbox stops; what a killed harness left behind is swept by the next one (keyed by the
+owner's process id, which is dead by then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from testbed.errors import ResourceUnavailable
+
+__all__ = ["UidLease", "Cgroups", "sweep_stale", "uid_range", "RUN_PREFIX"]
+
+RUN_PREFIX = "testbed-run-"
+"""Private working folders are `<tmp>/testbed-run-<harness pid>-<random>`."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "pids")
+DEFAULT_UIDS = "1600000000-1600004095"
+
+
+def uid_range() -> range:
+    """Uids reserved for sandboxes (`TESTBED_SANDBOX_UIDS=FIRST-LAST`); no host account may use them."""
+    first, _, last = os.environ.get("TESTBED_SANDBOX_UIDS", DEFAULT_UIDS).partition("-")
+    return range(int(first), int(last) + 1)
+
+
+def _lock_dir() -> Path:
+    path = Path("/run/testbed-sandbox") if os.access("/run", os.W_OK) else \
+        Path(tempfile.gettempdir()) / f"testbed-sandbox-{os.geteuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+class UidLease:
+    """One uid of the reserved range, held (an flock) while the sandbox lives. The kernel drops the lock when
+    the holder dies, so a killed harness leaves nothing to clean; the uid's leftovers are swept on lease."""
+
+    def __init__(self) -> None:
+        self.uid, self._fd = -1, -1
+        folder = _lock_dir()
+        for uid in uid_range():
+            fd = os.open(folder / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.uid, self._fd = uid, fd
+            _kill_uid(uid)  # a sandbox of a killed harness may have left a process behind
+            return
+        raise ResourceUnavailable(f"all {len(uid_range())} sandbox uids are in use",
+                                  where="TESTBED_SANDBOX_UIDS", fix="run fewer sandboxes at once, or widen the range")
+
+    def release(self) -> None:
+        """Give the uid back (its processes are gone: the sandbox's cgroup was emptied, or its PID namespace)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _kill_uid(uid: int) -> None:
+    for proc in psutil.process_iter(["uids"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if proc.info["uids"] and uid in proc.info["uids"]:
+                proc.kill()
+
+
+class Cgroups:
+    """A cgroup v1 `memory` and `pids` group of its own for one sandbox, under this harness's groups.
+    `available` is False where they cannot be made (not root, cgroup v2 only, read-only): rlimits then apply."""
+
+    def __init__(self, name: str, memory_mb: int, max_processes: int) -> None:
+        self.paths: dict[str, Path] = {}
+        try:
+            for ctl in CONTROLLERS:
+                parent = _own_group(ctl) / "testbed"
+                parent.mkdir(exist_ok=True)
+                group = parent / name
+                group.mkdir()
+                self.paths[ctl] = group
+            memory = self.paths["memory"]
+            (memory / "memory.limit_in_bytes").write_text(str(memory_mb << 20))
+            if (memory / "memory.memsw.limit_in_bytes").exists():  # swap accounting: no way around by swapping
+                (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_mb << 20))
+            (self.paths["pids"] / "pids.max").write_text(str(max_processes))
+        except OSError:
+            self.remove()
+
+    @property
+    def available(self) -> bool:
+        return set(self.paths) == set(CONTROLLERS)
+
+    @property
+    def procs_files(self) -> list[str]:
+        """`cgroup.procs` files the sandbox's first process writes its pid to, before anything else runs."""
+        return [str(p / "cgroup.procs") for p in self.paths.values()]
+
+    def _read(self, ctl: str, file: str) -> str:
+        try:
+            return (self.paths[ctl] / file).read_text()
+        except (OSError, KeyError):
+            return ""
+
+    def peak_memory_bytes(self) -> int:
+        return int(self._read("memory", "memory.max_usage_in_bytes") or 0)
+
+    def oom_kills(self) -> int:
+        """Processes the kernel's OOM killer stopped in this group (the memory limit was reached)."""
+        fields = dict(line.split() for line in self._read("memory", "memory.oom_control").splitlines())
+        return int(fields.get("oom_kill", 0))
+
+    def pid_limit_hits(self) -> int:
+        """Forks refused because the group was at its process limit."""
+        events = dict(line.split() for line in self._read("pids", "pids.events").splitlines())
+        return int(events.get("max", 0))
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the group until none is left (forks racing the kill included)."""
+        if "pids" in self.paths:
+            _empty(self.paths["pids"])
+
+    def remove(self) -> None:
+        self.kill_all()
+        for group in self.paths.values():
+            _rmdir(group)
+        self.paths = {}
+
+
+def _own_group(ctl: str) -> Path:
+    """This process's group in a v1 hierarchy (sandboxes nest under it, so its own limits still bound them)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if ctl in names.split(","):
+            return CGROUP_ROOT / ctl / path.lstrip("/")
+    raise OSError(f"no cgroup v1 {ctl} hierarchy")
+
+
+def _empty(group: Path) -> None:
+    for _ in range(100):
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _rmdir(group: Path) -> None:
+    for _ in range(50):  # a killed process leaves the group a moment after it dies
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def _dead(path: Path, name: str) -> bool:
+    """Whether the harness that made `path` (named `<pid>-...`) is gone: its pid is free, or reused since."""
+    try:
+        pid, made = int(name.split("-")[0]), path.stat().st_mtime
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > made + 1
+    except (ValueError, OSError):
+        return False
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def sweep_stale() -> None:
+    """Remove the working folders and cgroups that harnesses killed mid-run left behind."""
+    for path in Path(tempfile.gettempdir()).glob(RUN_PREFIX + "*"):
+        if _dead(path, path.name.removeprefix(RUN_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+    for ctl in ("pids", "memory"):  # kill through the pids group first: a memory group empties with it
+        with contextlib.suppress(OSError):
+            for group in (_own_group(ctl) / "testbed").iterdir():
+                if group.is_dir() and _dead(group, group.name):
+                    _empty(group)
+                    _rmdir(group)

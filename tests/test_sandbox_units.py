@@ -1,0 +1,140 @@
+"""Fast checks of the sandbox's defences that need no sandbox: archive format and manifest shape, the sweep of
+what killed harnesses left, hostile response bodies, and uid leases."""
+
+import gzip
+import io
+import os
+import subprocess
+import tarfile
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evaluation.families.detection.contract import decode_response as decode_detections
+from evaluation.families.forecasting.contract import decode_response as decode_forecast
+from evaluation.tracking import MemoryTracker
+from pilots.vendor import VendorProfile
+from sandbox import host
+from sandbox.bundle import inspect_bundle
+from sandbox.executor import InlineExecutor
+from sandbox.runner import PhaseResult, SandboxResult
+from testbed.errors import BundleError, ContractViolation
+from tests.conftest import FORECAST_ROUTE
+from workflow.evaluate import evaluate_bundle
+
+VENDOR = VendorProfile(name="V", headquarters_district="Mapo-gu", seoul_based=True, startup=True,
+                       technology_field="other", model_description="x", licence="MIT")
+NESTED = b"[" * 100_000 + b"]" * 100_000
+HUGE_INT = b"[[" + b"9" * 400 + b"]]"
+
+
+def bento(tmp_path, manifest: dict, mode: str = "w:xz", name: str = "x.bento"):
+    data = yaml.safe_dump(manifest).encode()
+    path = tmp_path / name
+    with tarfile.open(path, mode) as tar:
+        info = tarfile.TarInfo("./bento.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("mode, words", [("w:gz", "gzip"), ("w:bz2", "bzip2"), ("w", "not a readable")])
+def test_only_the_xz_tar_bentoml_writes_is_accepted(tmp_path, mode, words):
+    path = bento(tmp_path, {"name": "x", "version": "v1"}, mode)
+    with pytest.raises(BundleError, match=words) as info:
+        inspect_bundle(path)
+    assert "bentoml export" in str(info.value)
+
+
+def test_a_gzip_bento_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    from cli.app import app
+    from sandbox import executor
+
+    monkeypatch.setattr(executor.RayExecutor, "__init__", lambda self: pytest.fail("Ray was started"))
+    path = tmp_path / "model.bento"
+    path.write_bytes(gzip.compress(bento(tmp_path, {"name": "x", "version": "v1"}, "w").read_bytes()))
+    result = CliRunner().invoke(app, ["check", "bike-demand", str(path)])
+    assert result.exit_code == 2 and "gzip" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("schema", [
+    "routes", ["routes"], {"routes": {"forecast": {}}}, {"routes": ["forecast"]}, {"routes": [{"name": 3}]},
+    {"routes": [{"name": "forecast", "input": ["history"]}]},
+    {"routes": [{"name": "forecast", "input": {"properties": {"history": "tensor"}}}]},
+    {"routes": [{"name": "forecast", "input": {"properties": {}, "required": "history"}}]},
+])
+def test_malformed_routes_are_a_clear_bundle_error(tmp_path, schema):
+    with pytest.raises(BundleError, match="schema.routes") as info:
+        inspect_bundle(bento(tmp_path, {"name": "x", "version": "v1", "schema": schema}))
+    assert "bento.yaml" in str(info.value)
+
+
+def test_what_a_killed_harness_left_is_swept(tmp_path, monkeypatch):
+    monkeypatch.setattr(host.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{host.RUN_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{host.RUN_PREFIX}{os.getpid()}-def"
+    reused = tmp_path / f"{host.RUN_PREFIX}{os.getpid()}-ghi"  # same pid, folder older than the process
+    for folder in (stale, live, reused):
+        (folder / "bentoml").mkdir(parents=True)
+    old = time.time() - 10 * 24 * 3600
+    os.utime(reused, (old, old))
+    host.sweep_stale()
+    assert not stale.exists() and not reused.exists() and live.exists()
+
+
+@pytest.mark.parametrize("body", [NESTED, HUGE_INT, b"[[NaN]]", b"\xff\xfe", b'"[[1]]"', b"[[1e999]]"])
+def test_hostile_forecasts_are_contract_violations(body):
+    with pytest.raises(ContractViolation):
+        decode_forecast(body, 1, 1)
+
+
+@pytest.mark.parametrize("body", [
+    NESTED, b"[[" + b'{"label": "car", "score": 1, "box": [0, 0, ' + b"9" * 400 + b", 1]}]]",
+    b'[[{"label": "car", "score": ' + b"1" * 400 + b', "box": [0, 0, 1, 1]}]]', b"\x00",
+])
+def test_hostile_detections_are_contract_violations(body):
+    with pytest.raises(ContractViolation):
+        decode_detections(body, 1)
+
+
+class RawBodies(InlineExecutor):
+    """An executor whose service answered every request with the same raw bytes."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def run(self, job):
+        phases = {p.name: PhaseResult(name=p.name, bodies=[self.body] * len(p.bodies), statuses=[200] * len(p.bodies),
+                                      latencies_s=[0.01] * len(p.bodies), items=list(p.items), wall_s=0.1)
+                  for p in job.phases}
+        return SandboxResult(verdict="completed", reason="", phases=phases, log="", startup_s=0.1, peak_rss_mb=1,
+                             isolated=True)
+
+
+@pytest.mark.parametrize("body", [NESTED, HUGE_INT])
+def test_whatever_the_answers_the_evaluation_ends_with_a_verdict_a_scorecard_and_a_run(ws, bike_spec, fake_bento,
+                                                                                       body):
+    tracker = MemoryTracker()
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=RawBodies(body), ws=ws,
+                         out_dir=ws.home / "out", submission="x", tracker=tracker, split="sample")
+    assert ev.card.verdict == "contract_violation" and (ws.home / "out" / "scorecard.json").is_file()
+    assert [r.status for r in tracker.runs.values()] == ["FINISHED"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid leases are for root (otherwise a user namespace maps the uid)")
+def test_concurrent_sandboxes_get_distinct_uids_given_back_on_release(monkeypatch, tmp_path):
+    monkeypatch.setenv("TESTBED_SANDBOX_UIDS", "1700000000-1700000001")
+    monkeypatch.setattr(host, "_lock_dir", lambda: tmp_path)
+    first, second = host.UidLease(), host.UidLease()
+    assert {first.uid, second.uid} == {1700000000, 1700000001}
+    with pytest.raises(Exception, match="in use"):
+        host.UidLease()
+    first.release()
+    third = host.UidLease()
+    assert third.uid == 1700000000
+    second.release()
+    third.release()
