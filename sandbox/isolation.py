@@ -22,10 +22,13 @@ from pathlib import Path
 from sandbox.seccomp import user_namespace_filter
 from testbed.errors import SandboxUnavailable
 
-__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "seccomp_file", "NOBODY"]
+__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "check_isolation", "seccomp_file", "NOBODY",
+           "ENV_MOUNT"]
 
 NOBODY = 65534
 WORKER = Path(__file__).with_name("worker.py")
+ENV_MOUNT = Path("/opt/venv")
+"""Where a bundle's own Python environment (`sandbox.environment`) is mounted, read-only, in the sandbox."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,16 @@ class SandboxPaths:
     """Folder shared with the harness (mounted at /run/testbed): the service's Unix socket lives here."""
 
 
-def _runtime_dirs() -> list[Path]:
-    """Python runtime folders the sandbox needs: the venv and its base interpreter."""
-    dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+def _runtime_dirs(python_env: Path | None = None) -> list[Path]:
+    """Python runtime folders the sandbox needs at their own paths: the harness's venv and its base
+    interpreter; with a bundle's own environment (mounted at ENV_MOUNT), only that environment's base
+    interpreter (the `home` of its pyvenv.cfg): the harness's venv is then not mounted at all."""
+    if python_env is None:
+        dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    else:
+        lines = (python_env / "pyvenv.cfg").read_text().splitlines()
+        cfg = {key.strip(): value.strip() for key, _, value in (line.partition("=") for line in lines)}
+        dirs = {Path(cfg["home"]).resolve().parent}
     return sorted(d for d in dirs if not str(d).startswith("/usr"))
 
 
@@ -57,9 +67,11 @@ def _parents(path: Path) -> list[Path]:
 
 
 def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
-                    env: dict[str, str] | None = None, seccomp_fd: int | None = None) -> list[str]:
+                    env: dict[str, str] | None = None, seccomp_fd: int | None = None,
+                    python_env: Path | None = None) -> list[str]:
     """The full command line that runs `argv` inside the sandbox (`seccomp_fd`: an open file holding
-    `seccomp.user_namespace_filter()`, to be inherited by the command)."""
+    `seccomp.user_namespace_filter()`, to be inherited by the command). `python_env`: a bundle's own virtual
+    environment, mounted read-only at ENV_MOUNT instead of the harness's (run `ENV_MOUNT/bin/python`)."""
     # The address-space limit is exact on CPU; CUDA reserves huge PROT_NONE ranges, so with a GPU the limit
     # applies to writable memory (RLIMIT_DATA) instead.
     memory = f"--data={limits.memory_mb << 20}" if gpu else f"--as={limits.memory_mb << 20}"
@@ -76,7 +88,7 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
     made: set[Path] = {Path("/tmp"), Path("/usr"), Path("/etc")}
-    for runtime in _runtime_dirs():
+    for runtime in _runtime_dirs(python_env):
         for parent in _parents(runtime):
             if parent not in made:
                 cmd += ["--perms", "0755", "--dir", str(parent)]
@@ -85,11 +97,14 @@ def sandbox_command(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     cmd += ["--perms", "0755", "--dir", "/opt/testbed", "--ro-bind", str(WORKER), "/opt/testbed/worker.py",
             "--ro-bind", str(paths.bentoml_home), "/bento",
             "--perms", "0755", "--dir", "/run", "--bind", str(paths.socket_dir), "/run/testbed"]
+    if python_env is not None:
+        cmd += ["--ro-bind", str(python_env), str(ENV_MOUNT)]
     if gpu:
         for dev in sorted(Path("/dev").glob("nvidia*")):
             cmd += ["--dev-bind", str(dev), str(dev)]
     threads = str(max(1, limits.threads))
-    base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+    bin_dir = ENV_MOUNT / "bin" if python_env is not None else Path(sys.executable).parent
+    base_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                 "LANG": "C.UTF-8", "BENTOML_HOME": "/bento", "BENTOML_DO_NOT_TRACK": "true",
                 "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib", "YOLO_CONFIG_DIR": "/tmp/yolo",
                 "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "ORT_DISABLE_TELEMETRY": "1",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from sandbox.environment import PythonEnvironment
 from sandbox.isolation import SandboxLimits
 from sandbox.service import SandboxedService
 
@@ -54,6 +55,9 @@ class SandboxJob:
     """GPUs the executor reserves; above 0 the sandbox exposes the NVIDIA devices."""
     forbidden: list[str] = field(default_factory=list)
     """Host paths whose access the worker reports as a sandbox violation (they are not mounted anyway)."""
+    environment: PythonEnvironment | None = None
+    """The bundle's own Python environment, built (or found in its cache) on the node before the sandbox
+    starts; None runs the bundle on the harness's own Python (trusted test bundles only)."""
 
 
 @dataclass
@@ -113,12 +117,14 @@ def _send(client: httpx.Client, route: str, body: bytes, timeout: float) -> tupl
 
 
 def run_job(job: SandboxJob) -> SandboxResult:
-    """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict."""
+    """Build (or reuse) the bundle's environment, import the bundle privately, serve it in the sandbox, run
+    every phase, stop it, give the verdict. The wall-time limit starts once the environment is ready."""
+    python_env = job.environment.ensure() if job.environment is not None else None
     started = time.monotonic()
     deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
-                          forbidden=job.forbidden) as svc:
+                          forbidden=job.forbidden, python_env=python_env) as svc:
         ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
         timed_out = ready_at is None and svc.alive()
         with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:

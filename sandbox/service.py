@@ -2,7 +2,7 @@
 production serving. The harness imports the bundle into a private BentoML home, starts the service under
 bubblewrap (or, with the explicit unsafe flag, as a plain subprocess) and talks to it over a Unix socket.
 
-    with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths) as svc:
+    with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths, python_env=env.ensure()) as svc:
         if svc.wait_ready(timeout=120):
             with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client: ...
     svc.returncode, svc.stopped_by_us, svc.log_tail()
@@ -23,7 +23,7 @@ import httpx
 import psutil
 
 from sandbox.bundle import import_bundle
-from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command, seccomp_file
+from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, sandbox_command, seccomp_file
 
 __all__ = ["SandboxedService"]
 
@@ -49,9 +49,11 @@ class SandboxedService:
     """A bundle's BentoML service running in the sandbox, reachable only through a Unix socket."""
 
     def __init__(self, bundle: bytes, limits: SandboxLimits, *, isolated: bool = True, gpus: float = 0,
-                 forbidden: list[str] | tuple[str, ...] = ()):
+                 forbidden: list[str] | tuple[str, ...] = (), python_env: Path | None = None):
         self.bundle, self.limits, self.isolated, self.gpus = bundle, limits, isolated, gpus
         self.forbidden = list(forbidden)
+        self.python_env = python_env
+        """The bundle's own virtual environment (`sandbox.environment`), or None for the harness's Python."""
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         """Exit status once stopped (None: it was still running when the harness stopped it)."""
@@ -95,14 +97,16 @@ class SandboxedService:
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
         if not self.isolated:
             env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-            return [sys.executable, "-I", str(WORKER), tag, str(self.socket_path)], env
+            python = str(self.python_env / "bin" / "python") if self.python_env else sys.executable
+            return [python, "-I", str(WORKER), tag, str(self.socket_path)], env
         if os.geteuid() == 0:
             os.chown(sockets, NOBODY, NOBODY)
         extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} \
             if "CUDA_VISIBLE_DEVICES" in os.environ else {}
-        argv = [sys.executable, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *self.forbidden]
+        python = str(ENV_MOUNT / "bin" / "python") if self.python_env else sys.executable
+        argv = [python, "-I", "/opt/testbed/worker.py", tag, "/run/testbed/service.sock", *self.forbidden]
         return sandbox_command(argv, SandboxPaths(home, sockets), self.limits, gpu=self.gpus > 0, env=extra,
-                               seccomp_fd=seccomp_fd), None
+                               seccomp_fd=seccomp_fd, python_env=self.python_env), None
 
     def stop(self) -> None:
         """Stop the whole process group (SIGTERM, then SIGKILL); record how it ended."""

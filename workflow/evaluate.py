@@ -15,6 +15,7 @@ from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
+from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob
@@ -30,15 +31,17 @@ class Evaluation:
     """Scorecard files written (scorecard.json, scorecard.html, plots)."""
 
 
-def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool) -> SandboxJob:
-    """The job for one bundle: inputs only (the family's phases), the spec's limits and resources."""
+def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool,
+                environment: PythonEnvironment | None = None) -> SandboxJob:
+    """The job for one bundle: inputs only (the family's phases), the spec's limits and resources, and the
+    Python environment the bundle declared (built by the executor's node before the sandbox starts)."""
     r = spec.resources
     return SandboxJob(
         bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data),
         limits=SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                              cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus)),
         wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
-        gpus=r.gpus, forbidden=ws.harness_paths)
+        gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 
 
 def _write(card: Scorecard, figures: dict, out_dir: Path, title: str) -> dict[str, Path]:
@@ -61,8 +64,9 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     info = inspect_bundle(bundle)
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
+    environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     data = fam.load(split)
-    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated))
+    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, environment))
     outcome = fam.score(data, result)
     version = harness_version()
     card = build_scorecard(spec, fam, vendor, outcome, result, submission=submission, vendor=vendor.name,
