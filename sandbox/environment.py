@@ -162,7 +162,7 @@ class PythonEnvironment:
         names = [Requirement(r).name for r in self.requirements if not r.startswith("bentoml==")] + ["bentoml"]
         named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
         vendors = [n for n in named if n != "bentoml"]
-        return vendors or named or names
+        return vendors or named or names[:-1] or names
 
 
 def bundle_environment(manifest: dict[str, Any], cache: Path, where: str) -> PythonEnvironment:
