@@ -42,7 +42,7 @@ def test_splits_follow_the_dates_and_never_share_a_petition(fam, spec, test_text
     assert max(train.times) < min(sample.times) <= max(sample.times) < min(test_texts.times)
     assert not set(train.ids) & set(test_texts.ids) and len(set(test_texts.ids)) == len(test_texts.ids)
     assert set(np.unique(test_texts.labels)) == set(range(17))
-    assert set(test_texts.groups["length"]) == {"0-19", "20-39", "40+"}
+    assert set(test_texts.groups["length"]) == {"0-19", "20-39", "40_plus"}
 
 
 def test_public_export_has_texts_labels_and_the_category_order(fam, tmp_path):
@@ -131,5 +131,5 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
     assert outcome.metrics["clean"]["ece"] == pytest.approx(1 - expected)  # all confidence 1
     assert set(outcome.metrics) == {"clean", *(sc.name for sc in spec.scenarios)}
     assert outcome.metrics["typos"]["accuracy"] < 1.0  # perturbed titles are not in the oracle's table
-    assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40+" in outcome.groups
+    assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40_plus" in outcome.groups
     assert outcome.baseline["name"] == fam.baseline_name and 0.3 < outcome.baseline["macro_f1"] < 0.6

@@ -29,7 +29,7 @@ class TextOptions(BaseModel):
     id_column: str = "id"
     """CSV column identifying an item; a repeated id keeps its first row."""
     length_bins: list[int] = Field(default_factory=lambda: [20, 40], min_length=1)
-    """Text lengths (characters) where the `length` groups split: [20, 40] gives <20, 20-39, >=40."""
+    """Text lengths (characters) where the `length` groups split: [20, 40] gives the groups 0-19, 20-39 and 40_plus."""
     batch_size: int = Field(default=64, ge=1, le=4096)
     """Texts per request in the clean and scenario phases."""
     offline_batch_size: int = Field(default=512, ge=1, le=8192)
@@ -78,7 +78,7 @@ def _day(value: datetime | None) -> date | None:
 
 def length_groups(texts: list[str], bins: list[int]) -> np.ndarray:
     edges = [0, *bins]
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{bins[-1]}+"]
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{bins[-1]}_plus"]
     return np.array([names[int(np.searchsorted(bins, len(t), side="right"))] for t in texts])
 
 
