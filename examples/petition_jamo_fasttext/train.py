@@ -9,7 +9,7 @@ import torch
 from model import FastText, batch, ngrams
 
 
-def main(data_path: str, out_path: str, epochs: int = 3, seed: int = 0, lr: float = 0.01) -> None:
+def main(data_path: str, out_path: str, epochs: int = 4, seed: int = 0, lr: float = 0.02) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     data = np.load(data_path)
@@ -17,6 +17,8 @@ def main(data_path: str, out_path: str, epochs: int = 3, seed: int = 0, lr: floa
     index = {c: k for k, c in enumerate(categories)}
     y = torch.tensor([index[str(label)] for label in data["labels"]])
     cut = int(len(feats) * 0.9)
+    counts = torch.bincount(y[:cut], minlength=len(categories)).clamp(min=1).float()
+    weight = (counts.sum() / counts).sqrt()  # rarer categories weigh more: every policy area matters
     model = FastText(len(categories))
     sparse = torch.optim.SparseAdam(list(model.embed.parameters()), lr=lr)
     dense = torch.optim.Adam(model.out.parameters(), lr=lr)
@@ -26,7 +28,8 @@ def main(data_path: str, out_path: str, epochs: int = 3, seed: int = 0, lr: floa
         for rows in torch.randperm(cut).split(64):
             sparse.zero_grad()
             dense.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(*batch(ids=[feats[i] for i in rows])), y[rows])
+            logits = model(*batch(ids=[feats[i] for i in rows]))
+            loss = torch.nn.functional.cross_entropy(logits, y[rows], weight=weight)
             loss.backward()
             for step in (sparse, dense, *decay):
                 step.step()

@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import bentoml
+import model  # noqa: F401 - the pickled pipeline refers to model.morphemes
 
 HERE = Path(__file__).parent
 
