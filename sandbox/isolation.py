@@ -25,10 +25,13 @@ from pathlib import Path
 from sandbox.seccomp import sandbox_filter
 from testbed.errors import SandboxUnavailable
 
-__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "launch", "check_isolation", "NOBODY", "WORKER"]
+__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "launch", "check_isolation", "NOBODY", "WORKER",
+           "ENV_MOUNT"]
 
 NOBODY = 65534
 WORKER = Path(__file__).with_name("worker.py")
+ENV_MOUNT = Path("/opt/venv")
+"""Where a bundle's own Python environment (`sandbox.environment`) is mounted, read-only, in the sandbox."""
 ETC_FROM_HOST = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "mime.types")
 """The host's /etc entries the runtime needs (dynamic linker, library alternatives); nothing else of /etc."""
 _JOIN_AND_MOUNT = ('b=$1 a=$2 d=$3 o=$4; shift 4; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; '
@@ -60,10 +63,17 @@ class SandboxPaths:
     """`cgroup.procs` files of the sandbox's own cgroups: it joins them before anything runs (empty: none)."""
 
 
-def _runtime_dirs() -> list[Path]:
-    """Python runtime folders the sandbox needs: the venv and its base interpreter (mounted read-only at the
-    same paths). The single place where the runtime is decided."""
-    dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+def _runtime_dirs(python_env: Path | None = None) -> list[Path]:
+    """Python runtime folders the sandbox needs, mounted read-only at their own paths: the harness's venv and
+    its base interpreter; with a bundle's own environment (mounted at ENV_MOUNT), only that environment's base
+    interpreter (the `home` of its pyvenv.cfg): the harness's venv is then not mounted at all. The single place
+    where the runtime is decided."""
+    if python_env is None:
+        dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    else:
+        lines = (python_env / "pyvenv.cfg").read_text().splitlines()
+        cfg = {key.strip(): value.strip() for key, _, value in (line.partition("=") for line in lines)}
+        dirs = {Path(cfg["home"]).resolve().parent}
     return sorted(d for d in dirs if not str(d).startswith("/usr"))
 
 
@@ -88,9 +98,11 @@ def _write_etc(folder: Path, uid: int) -> dict[str, Path]:
 
 
 def bwrap_arguments(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
-                    env: dict[str, str] | None = None, seccomp_fd: int | None = None) -> tuple[list[str], list[str]]:
+                    env: dict[str, str] | None = None, seccomp_fd: int | None = None,
+                    python_env: Path | None = None) -> tuple[list[str], list[str]]:
     """bubblewrap's options (handed over on a file descriptor, so that no harness path shows in the sandbox's
-    /proc/1/cmdline) and the command it runs."""
+    /proc/1/cmdline) and the command it runs. `python_env`: a bundle's own virtual environment, mounted
+    read-only at ENV_MOUNT instead of the harness's (run `ENV_MOUNT/bin/python`)."""
     root = os.geteuid() == 0
     cmd = ["--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr", "--proc", "/proc",
@@ -111,7 +123,7 @@ def bwrap_arguments(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
     made: set[Path] = {Path("/tmp"), Path("/usr"), Path("/etc")}
-    for runtime in _runtime_dirs():
+    for runtime in _runtime_dirs(python_env):
         for parent in _parents(runtime):
             if parent not in made:
                 cmd += ["--perms", "0755", "--dir", str(parent)]
@@ -119,11 +131,14 @@ def bwrap_arguments(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
         cmd += ["--ro-bind", str(runtime), str(runtime)]
     cmd += ["--perms", "0755", "--dir", "/opt/testbed", "--ro-bind", str(WORKER), "/opt/testbed/worker.py",
             "--ro-bind", str(paths.bentoml_home), "/bento"]
+    if python_env is not None:
+        cmd += ["--ro-bind", str(python_env), str(ENV_MOUNT)]
     if gpu:
         for dev in sorted(Path("/dev").glob("nvidia*")):
             cmd += ["--dev-bind", str(dev), str(dev)]
     threads = str(max(1, limits.threads))
-    base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+    bin_dir = ENV_MOUNT / "bin" if python_env is not None else Path(sys.executable).parent
+    base_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
                 "USER": "sandbox", "LOGNAME": "sandbox", "LANG": "C.UTF-8", "BENTOML_HOME": "/bento",
                 "BENTOML_DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib",
                 "YOLO_CONFIG_DIR": "/tmp/yolo", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false",
@@ -164,7 +179,8 @@ def sandbox_command(paths: SandboxPaths, limits: SandboxLimits, args_fd: int, *,
 
 @contextlib.contextmanager
 def launch(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: bool = False,
-           env: dict[str, str] | None = None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+           env: dict[str, str] | None = None,
+           python_env: Path | None = None) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     """`(command, fds)` for ONE `Popen(command, pass_fds=fds + yours)`: bubblewrap reads its arguments and the
     seccomp filter from those files, which close when the block ends."""
     program = sandbox_filter()
@@ -175,7 +191,7 @@ def launch(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: 
             filt.write(program)
             filt.flush()
             filt.seek(0)
-        options, command = bwrap_arguments(argv, paths, limits, gpu=gpu, env=env,
+        options, command = bwrap_arguments(argv, paths, limits, gpu=gpu, env=env, python_env=python_env,
                                            seccomp_fd=None if program is None else filt.fileno())
         args.write(b"".join(a.encode() + b"\0" for a in options))
         args.flush()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from sandbox.contention import MachineMeter, delta, snapshot
+from sandbox.environment import PythonEnvironment
 from sandbox.isolation import SandboxLimits
 from sandbox.observe import Evidence
 from sandbox.service import SandboxedService
@@ -60,6 +61,9 @@ class SandboxJob:
     """Largest response body the harness reads; a larger one is cut there and is a contract violation."""
     max_run_response_bytes: int = MAX_RUN_RESPONSE_BYTES
     """Most response bytes the harness keeps over the whole run (so many large answers cannot add up)."""
+    environment: PythonEnvironment | None = None
+    """The bundle's own Python environment, built (or found in its cache) on the node before the sandbox
+    starts; None runs the bundle on the harness's own Python (trusted test bundles only)."""
 
 
 @dataclass
@@ -183,14 +187,16 @@ def _send(client: httpx.Client, route: str, body: bytes, deadline: float, cap: i
 
 
 def run_job(job: SandboxJob) -> SandboxResult:
-    """Import the bundle privately, serve it in the sandbox, run every phase, stop it, give the verdict. A
-    watchdog stops the service at the wall-time limit, whatever state the requests are in."""
+    """Build (or reuse) the bundle's environment, import the bundle privately, serve it in the sandbox, run
+    every phase, stop it, give the verdict. The wall-time limit starts once the environment is ready; a watchdog
+    stops the service at that limit, whatever state the requests are in."""
+    python_env = job.environment.ensure() if job.environment is not None else None
     started = time.monotonic()
     deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
     expired, budget = threading.Event(), _Budget(job.max_run_response_bytes)
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
-                          forbidden=job.forbidden) as svc:
+                          forbidden=job.forbidden, python_env=python_env) as svc:
         def expire() -> None:
             expired.set()
             svc.stop()

@@ -4,7 +4,7 @@ in its own private folder, starts the service under bubblewrap (or, with the exp
 subprocess) with that socket as a file descriptor, and talks to it there. Nothing from inside decides where
 the harness connects.
 
-    with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths) as svc:
+    with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths, python_env=env.ensure()) as svc:
         if svc.wait_ready(timeout=120):
             with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client: ...
     svc.returncode, svc.stopped_by_us, svc.log_tail(), svc.evidence()
@@ -29,7 +29,7 @@ import psutil
 
 from sandbox.bundle import import_bundle
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
-from sandbox.isolation import NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
+from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, OutputTail, Reports, Watch
 
 __all__ = ["SandboxedService"]
@@ -39,9 +39,11 @@ class SandboxedService:
     """A bundle's BentoML service running in the sandbox, reachable only through the harness's own socket."""
 
     def __init__(self, bundle: bytes, limits: SandboxLimits, *, isolated: bool = True, gpus: float = 0,
-                 forbidden: list[str] | tuple[str, ...] = ()):
+                 forbidden: list[str] | tuple[str, ...] = (), python_env: Path | None = None):
         self.bundle, self.limits, self.isolated, self.gpus = bundle, limits, isolated, gpus
         self.forbidden = list(forbidden)
+        self.python_env = python_env
+        """The bundle's own virtual environment (`sandbox.environment`), or None for the harness's Python."""
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         """Exit status once stopped (None: it was still running when the harness stopped it)."""
@@ -92,7 +94,8 @@ class SandboxedService:
             else:
                 env = {**os.environ, "BENTOML_HOME": str(self.workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
                 self.enforcement = {"isolation": "none (--unsafe-no-sandbox)"}
-                self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), tag, *argv], stdout=out_w,
+                python = str(self.python_env / "bin" / "python") if self.python_env else sys.executable
+                self.proc = subprocess.Popen([python, "-I", str(WORKER), tag, *argv], stdout=out_w,
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                              start_new_session=True, pass_fds=(listener.fileno(), rep_w))
         finally:
@@ -132,8 +135,10 @@ class SandboxedService:
             if "CUDA_VISIBLE_DEVICES" in os.environ else {}
         paths = SandboxPaths(self.workdir / "bentoml", self.workdir, uid=self._uid.uid if self._uid else NOBODY,
                              cgroup_procs=self._cgroups.procs_files if cgroups else [])
-        worker = [sys.executable, "-I", "/opt/testbed/worker.py", tag, *argv]
-        with launch(worker, paths, self.limits, gpu=self.gpus > 0, env=extra) as (cmd, own_fds):
+        python = str(ENV_MOUNT / "bin" / "python") if self.python_env else sys.executable
+        worker = [python, "-I", "/opt/testbed/worker.py", tag, *argv]
+        with launch(worker, paths, self.limits, gpu=self.gpus > 0, env=extra,
+                    python_env=self.python_env) as (cmd, own_fds):
             self.proc = subprocess.Popen(cmd, stdout=out_w, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True,
                                          pass_fds=(*own_fds, *fds))

@@ -6,6 +6,7 @@ override them:
 - `RAY_ADDRESS`: a Ray cluster (default: a local Ray bound to loopback).
 - `TESTBED_HOME`: submissions and scorecards (default `var/`).
 - `TESTBED_DATA_DIR`: the city's data, including sequestered splits (default `data/`).
+- `TESTBED_ENVS_DIR`: the bundles' own Python environments, one per requirements hash (default `var/envs/`).
 
 Run from a source checkout, "project-local" means the checkout; installed from a wheel (a Ray node), it means
 the current folder.
@@ -72,6 +73,8 @@ class Workspace:
     """MLflow tracking URI."""
     artifact_root: Path | None
     """Artifact folder for new experiments with a local store (beside the database); None for a server."""
+    env_cache: Path | None = None
+    """Bundles' Python environments, one per requirements hash (default: `envs/` under `home`)."""
 
     @classmethod
     def from_env(cls) -> Workspace:
@@ -83,11 +86,17 @@ class Workspace:
             bentoml_home=Path(os.environ.get("BENTOML_HOME", home / "bentoml")).resolve(),
             tracking_uri=uri,
             artifact_root=_local_artifact_root(uri),
+            env_cache=Path(os.environ["TESTBED_ENVS_DIR"]).resolve() if os.environ.get("TESTBED_ENVS_DIR") else None,
         )
 
     @property
     def submissions(self) -> Path:
         return self.home / "submissions"
+
+    @property
+    def envs(self) -> Path:
+        """Where bundles' Python environments are built and cached (mounted read-only into a sandbox)."""
+        return self.env_cache or self.home / "envs"
 
     @property
     def harness_paths(self) -> list[str]:

@@ -11,12 +11,16 @@ from testbed.config import PROJECT_ROOT, Workspace  # sets RAY_ENABLE_WINDOWS_OR
 
 BUNDLES = Path(__file__).parent / "bundles"
 EXAMPLES = PROJECT_ROOT / "examples"
+ENV_CACHE = Path(os.environ.get("TESTBED_ENVS_DIR") or PROJECT_ROOT / "var" / "envs")
+"""Bundles' Python environments, shared by every test and the demo: one per requirements hash, reused."""
 
 
 def make_workspace(root: Path) -> Workspace:
-    """A private workspace: its own submissions, BentoML home and MLflow SQLite store; the real data."""
+    """A private workspace: its own submissions, BentoML home and MLflow SQLite store; the real data; the
+    shared cache of bundle environments (keyed by their requirements, so sharing cannot mix them up)."""
     return Workspace(home=root / "home", data_dir=PROJECT_ROOT / "data", bentoml_home=root / "bentoml",
-                     tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "artifacts")
+                     tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "artifacts",
+                     env_cache=ENV_CACHE)
 
 
 @pytest.fixture
@@ -60,8 +64,11 @@ def fake_bento(tmp_path: Path):
 
     import yaml
 
-    def make(routes: list[dict], name: str = "fake", version: str = "v1") -> Path:
-        manifest = yaml.safe_dump({"name": name, "version": version, "schema": {"routes": routes}}).encode()
+    def make(routes: list[dict], name: str = "fake", version: str = "v1", requirements: str | None = None) -> Path:
+        manifest = {"name": name, "version": version, "schema": {"routes": routes}}
+        if requirements is not None:  # what `python.packages` in bentofile.yaml becomes
+            manifest["image"] = {"python_requirements": requirements}
+        manifest = yaml.safe_dump(manifest).encode()
         path = tmp_path / f"{name}-{version}.bento"
         with tarfile.open(path, "w:xz") as tar:
             info = tarfile.TarInfo("./bento.yaml")

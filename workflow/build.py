@@ -1,8 +1,9 @@
 """Building vendor bundles the way a vendor does (`bentoml build` + `bentoml export`), for the example bundles
 of the demo, the tests and the benchmarks. Every folder in `examples/` with a `bentofile.yaml` and a
 `vendor.yaml` is a vendor's bundle for the pilot named in its `bentofile.yaml` labels (`pilot:`). A folder with
-a `train.py` is trained first, on the pilot's public training split only:
-`python train.py <public>/train.npz model.pt`.
+a `train.py` is trained first, on the pilot's public training split only, with the Python environment its
+`bentofile.yaml` declares (`python.packages`, built like a submitted bundle's):
+`<env>/bin/python train.py <public>/train.npz model.pt`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from evaluation.families import open_family
+from sandbox.environment import PythonEnvironment, parse_requirements
 from testbed.config import PROJECT_ROOT, Workspace
 from testbed.errors import BundleError
 from workflow.catalogue import get_pilot
@@ -64,7 +66,10 @@ def build_bundle(src: Path, ws: Workspace) -> Path:
     bin_dir = Path(sys.executable).parent
     if (stage / "train.py").is_file():
         public = public_training_data(pilot_of(src), ws)
-        _run([sys.executable, "train.py", str(public / "train.npz"), "model.pt"], stage, env)
+        packages = ((yaml.safe_load((src / "bentofile.yaml").read_text()).get("python") or {}).get("packages") or [])
+        where = str(src / "bentofile.yaml")
+        prefix = PythonEnvironment(tuple(parse_requirements("\n".join(packages), where)), ws.envs, where).ensure()
+        _run([str(prefix / "bin" / "python"), "train.py", str(public / "train.npz"), "model.pt"], stage, env)
     tag = _run([str(bin_dir / "bentoml"), "build", ".", "--output", "tag"], stage, env).strip().splitlines()[-1]
     tag = tag.removeprefix("__tag__:")
     target = ws.home / "build" / f"{src.name}.bento"

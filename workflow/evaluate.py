@@ -23,6 +23,7 @@ from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
 from sandbox.bundle import inspect_bundle
+from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob
@@ -43,16 +44,17 @@ class Evaluation:
 
 
 def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Workspace, isolated: bool,
-                seed: int = 0) -> SandboxJob:
+                seed: int = 0, environment: PythonEnvironment | None = None) -> SandboxJob:
     """The job for one bundle: inputs only (the family's phases, ordered by `seed`), the spec's limits and
-    resources."""
+    resources, and the Python environment the bundle declared (built by the executor's node before the sandbox
+    starts)."""
     r = spec.resources
     return SandboxJob(
         bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data, seed),
         limits=SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                              cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus)),
         wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
-        gpus=r.gpus, forbidden=ws.harness_paths)
+        gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 
 
 def _write(card: Scorecard, figures: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
@@ -112,8 +114,10 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     models = scan_models(bundle)
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
+    environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     data = fam.load(split)
-    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32)))
+    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32),
+                                      environment=environment))
     try:
         outcome = fam.score(data, result)
     except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict

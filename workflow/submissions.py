@@ -14,6 +14,7 @@ from evaluation.families import FAMILIES
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
+from sandbox.environment import bundle_environment
 from testbed.config import Workspace
 from testbed.errors import NotFound
 from testbed.yamlio import load_model
@@ -44,13 +45,15 @@ class Submission(BaseModel):
 
 class SubmissionStore:
     def __init__(self, ws: Workspace):
-        self.root = ws.submissions
+        self.root, self.envs = ws.submissions, ws.envs
 
     def submit(self, spec: PilotSpec, bundle: Path, vendor_file: Path) -> tuple[Submission, bool]:
-        """Validate and store; returns the submission and whether it is new (False: same bytes seen before)."""
+        """Validate, build the bundle's declared Python environment (a package that cannot be installed is a
+        BundleError naming it) and store; returns the submission and whether it is new (False: same bytes)."""
         vendor = load_model(vendor_file, VendorProfile)
         info = inspect_bundle(bundle)
         FAMILIES.get(spec.family).contract.check_routes(info.routes, where=str(bundle))
+        bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
         sub_id = f"{spec.id}-{info.sha256[:12]}"
         if (self.root / sub_id / "submission.json").is_file():
             return self.get(sub_id), False

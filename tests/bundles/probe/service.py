@@ -38,6 +38,8 @@ def attempt(target: str) -> str:
             worker.join()
         elif kind == "dns":
             socket.getaddrinfo(arg, 80)
+        elif kind == "import":
+            __import__(arg)
         return "allowed"
     except Exception as exc:  # noqa: BLE001 - the point is to report any refusal
         return f"denied: {type(exc).__name__}"

@@ -1,0 +1,110 @@
+"""Short texts for the text-classification family: the pilot's options, reading a split from a CSV file,
+and the groups (category, title length)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["TextOptions", "Texts", "read_texts", "length_groups"]
+
+
+class TextOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    categories: dict[str, str] = Field(min_length=2)
+    """The categories, in the contract's order: the label as written in the data (and in answers) -> a short
+    ASCII name used for groups, plots and MLflow metric names."""
+    text_column: str = "title"
+    """CSV column holding the text to classify."""
+    label_column: str = "category"
+    """CSV column holding the true category."""
+    time_column: str = "expiryDate"
+    """CSV column (YYYY-MM-DD) the splits' `start`/`end` cut on."""
+    id_column: str = "id"
+    """CSV column identifying an item; a repeated id keeps its first row."""
+    length_bins: list[int] = Field(default_factory=lambda: [20, 40], min_length=1)
+    """Text lengths (characters) where the `length` groups split: [20, 40] gives the groups 0-19, 20-39 and 40_plus."""
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    """Texts per request in the clean and scenario phases."""
+    offline_batch_size: int = Field(default=512, ge=1, le=8192)
+    """Texts per request in the offline (throughput) phase."""
+    single_stream_requests: int = Field(default=100, ge=1)
+    """One-text requests sent one after another to measure latency."""
+    calibration_bins: int = Field(default=15, ge=2, le=100)
+    """Equal-width confidence bins of the expected calibration error."""
+
+    @field_validator("categories")
+    @classmethod
+    def _ascii_names(cls, value: dict[str, str]) -> dict[str, str]:
+        names = list(value.values())
+        if len(set(names)) != len(names) or not all(n.isascii() and n.replace("_", "").isalnum() for n in names):
+            raise ValueError("short names must be unique ASCII identifiers (letters, digits, _)")
+        return value
+
+    @field_validator("length_bins")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] <= 0:
+            raise ValueError("length bins must be positive and increasing")
+        return value
+
+
+@dataclass
+class Texts:
+    """Model inputs and harness-only truth for one split."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    """True category index of each text, in the options' category order."""
+    times: list[str]
+    """The time column of each text (YYYY-MM-DD)."""
+    categories: list[str]
+    """The category labels, in the contract's order."""
+    groups: dict[str, np.ndarray]
+    """`category` and `length` group of each text."""
+    split: str = ""
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.date() if value is not None else None
+
+
+def length_groups(texts: list[str], bins: list[int]) -> np.ndarray:
+    edges = [0, *bins]
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{bins[-1]}_plus"]
+    return np.array([names[int(np.searchsorted(bins, len(t), side="right"))] for t in texts])
+
+
+def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime | None,
+               split: str) -> tuple[Texts, list[str]]:
+    """The rows of `path` whose time falls in [start, end] (days, inclusive), ids deduplicated; also the
+    labels found that are not among the categories (the caller decides what that means)."""
+    categories = list(o.categories)
+    index = {c: k for k, c in enumerate(categories)}
+    first, last = _day(start), _day(end)
+    seen: set[str] = set()
+    ids, texts, labels, times, unknown = [], [], [], [], []
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for row in csv.DictReader(fh):
+            when = date.fromisoformat(row[o.time_column][:10])
+            if (first and when < first) or (last and when > last) or row[o.id_column] in seen:
+                continue
+            seen.add(row[o.id_column])
+            if row[o.label_column] not in index:
+                unknown.append(row[o.label_column])
+                continue
+            ids.append(row[o.id_column])
+            texts.append(row[o.text_column])
+            labels.append(index[row[o.label_column]])
+            times.append(row[o.time_column][:10])
+    y = np.array(labels, int)
+    short = np.array(list(o.categories.values()))
+    groups = {"category": short[y] if len(y) else np.array([], str), "length": length_groups(texts, o.length_bins)}
+    return Texts(ids, texts, y, times, categories, groups, split), sorted(set(unknown))

@@ -1,0 +1,160 @@
+"""Short-text classification (citizen petition routing): texts in, a category with probabilities out."""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.equity import assess_groups
+from evaluation.families.text_classification.contract import CLASSIFY, decode_response, encode_request
+from evaluation.families.text_classification.data import TextOptions, Texts, read_texts
+from evaluation.families.text_classification.metrics import ClassEval, class_f1
+from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.registry import SCENARIOS, family
+from pilots.spec import ScenarioSpec
+from sandbox.runner import SandboxResult
+from testbed.errors import SpecError
+
+__all__ = ["TextClassification", "tfidf_baseline"]
+
+
+@functools.lru_cache(maxsize=4)
+def _fit_baseline(texts: tuple[str, ...], labels: tuple[int, ...]):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import make_pipeline
+
+    logistic = SGDClassifier(loss="log_loss", alpha=2e-5, max_iter=20, tol=None, random_state=0)  # seeded, ~5 s
+    model = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
+                          logistic)
+    return model.fit(list(texts), list(labels))
+
+
+def tfidf_baseline(train: Texts, texts: list[str], n_classes: int) -> np.ndarray:
+    """The non-deep-learning reference: TF-IDF of character 1-3-grams (within words) and a logistic regression
+    (one-vs-rest, fitted by seeded SGD) on the public training split; (items, categories) probabilities."""
+    model = _fit_baseline(tuple(train.texts), tuple(int(y) for y in train.labels))
+    probs = np.zeros((len(texts), n_classes))
+    probs[:, model.classes_] = model.predict_proba(texts)
+    return probs
+
+
+@family("text-classification")
+class TextClassification(TaskFamily):
+    contract = CLASSIFY
+    Options = TextOptions
+    group_keys = ("category", "length")
+    primary_metric = "macro_f1"
+    technology_fields = ("nlp",)
+    baseline_name = "tfidf_char_ngrams_logistic_regression"
+
+    def load(self, split: str) -> Texts:
+        window, where = self.spec.dataset.splits[split], f"pilot {self.spec.id}: dataset"
+        try:
+            data, unknown = read_texts(self.data_path, self.options, window.start, window.end, split)
+        except KeyError as exc:
+            raise SpecError(f"{self.data_path.name} has no column {exc}", where=where,
+                            fix="name the data's columns in task.text_column / label_column / time_column / "
+                                "id_column") from None
+        if unknown:
+            raise SpecError(f"split {split!r} has labels that are not in task.categories: {unknown[:5]}",
+                            where=f"pilot {self.spec.id}: task.categories",
+                            fix="list every category of the data in task.categories")
+        if not data.texts:
+            raise SpecError(f"split {split!r} selects no rows of {self.data_path.name}", where=where,
+                            fix="set the split's start/end inside the data's time range")
+        return data
+
+    def inputs(self, data: Texts) -> list[str]:
+        return data.texts
+
+    def size(self, data: Texts) -> int:
+        return len(data.texts)
+
+    def perturb(self, data: Texts, inputs: list[str], sc: ScenarioSpec) -> list[str]:
+        fn = SCENARIOS.get(sc.name)
+        return [fn(text, sc.severity, self.scenario_rng(sc, i)) for i, text in enumerate(inputs)]
+
+    def encode(self, inputs: list[str], rows: np.ndarray) -> bytes:
+        return encode_request([inputs[i] for i in rows])
+
+    def _probabilities(self, data: Texts, result: SandboxResult, name: str, violations: list[str]) -> np.ndarray:
+        """(texts, categories) probabilities the service answered for phase `name`; NaN rows where it did not."""
+        probs = np.full((len(data.texts), len(data.categories)), np.nan)
+        decode = lambda body, rows: decode_response(body, len(rows), data.categories)  # noqa: E731
+        for rows, (_, p) in self.answers(result, name, decode, violations):
+            probs[rows] = p
+        return probs
+
+    def predictions(self, data: Texts, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
+        """Per scenario, the answered probabilities (the contract makes `label` their argmax)."""
+        preds = {name: self._probabilities(data, result, name, violations) for name in self.scenario_names}
+        for load_phase in LOAD_PHASES:
+            self._probabilities(data, result, load_phase, violations)
+        return preds
+
+    @staticmethod
+    def _decided(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        answered = np.isfinite(probs).all(axis=1)
+        return np.where(answered, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0), answered
+
+    def _metrics(self, data: Texts, pred: np.ndarray, probs: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+        fns = self.metric_functions()
+        if not rows.any():
+            return {m: float("nan") for m in fns}
+        ev = ClassEval(data.labels[rows], pred[rows], probs[rows], len(data.categories), self.options.calibration_bins)
+        return {m: fn(ev) for m, fn in fns.items()}
+
+    def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
+        decided = {name: (*self._decided(probs), probs) for name, probs in preds.items()}
+        pred, answered, probs = decided["clean"]
+        k = len(data.categories)
+        f1 = class_f1(ClassEval(data.labels[answered], pred[answered], probs[answered], k))
+        short = list(self.options.categories.values())
+        groups = {}
+        for key in self.spec.groups:
+            labels = data.groups[key]
+            for value in sorted(set(labels)):
+                groups[f"{key}={value}"] = self._metrics(data, pred, probs, answered & (labels == value))
+                groups[f"{key}={value}"]["items"] = float((labels == value).sum())
+                if key == "category":
+                    groups[f"{key}={value}"]["class_f1"] = float(f1[short.index(value)])
+        metrics = {name: self._metrics(data, p, pr, a) for name, (p, a, pr) in decided.items()
+                   if name in self.scenario_names}
+        correct = (answered & (pred == data.labels)).astype(float)  # an unanswered text counts as wrong
+        equity = assess_groups({key: data.groups[key] for key in self.spec.groups}, metric="accuracy", goal="max",
+                               values=correct, overall=metrics["clean"].get("accuracy"), settings=self.spec.equity)
+        base_probs = tfidf_baseline(self.load(self._training_split()), data.texts, k)
+        base_pred, everything = base_probs.argmax(1), np.ones(len(data.texts), bool)
+        baseline = {"name": self.baseline_name, **self._metrics(data, base_pred, base_probs, everything)}
+        return Outcome(
+            metrics=metrics, groups=groups, baseline=baseline, coverage=float(answered.mean()), equity=equity,
+            extras={"pred": pred, "probs": probs, "answered": answered, "class_f1": f1,
+                    "baseline_class_f1": class_f1(ClassEval(data.labels, base_pred, base_probs, k))})
+
+    def _training_split(self) -> str:
+        """The public split the baseline learns from: `train`, else the public `sample`."""
+        splits = self.spec.dataset.splits
+        return "train" if "train" in splits and splits["train"].public else "sample"
+
+    def export(self, data: Texts, out_dir: Path) -> list[Path]:
+        """`<split>.csv` (id, time, text, label; UTF-8) and `<split>.npz` (the same columns as string arrays,
+        plus `categories` in the contract's order)."""
+        csv_path, npz_path = out_dir / f"{data.split}.csv", out_dir / f"{data.split}.npz"
+        labels = [data.categories[y] for y in data.labels]
+        with open(csv_path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "time", "text", "label"])
+            writer.writerows(zip(data.ids, data.times, data.texts, labels, strict=True))
+        np.savez_compressed(npz_path, ids=np.array(data.ids, str), times=np.array(data.times, str),
+                            texts=np.array(data.texts, str), labels=np.array(labels, str),
+                            categories=np.array(data.categories, str))
+        return [csv_path, npz_path]
+
+    def plots(self, data: Texts, outcome: Outcome) -> dict:
+        from evaluation.families.text_classification.plots import text_plots
+
+        return text_plots(self, data, outcome)

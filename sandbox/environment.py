@@ -1,0 +1,170 @@
+"""Each bundle's own Python environment, built from the packages its `bentofile.yaml` declared.
+
+BentoML writes what `python.packages` (and `requirements_txt`) declared into the bundle's `bento.yaml`
+(`image.python_requirements`, the same lines as `env/python/requirements.txt`). The harness reads them without
+running anything, accepts plain index requirements only (`name[extras] <specifier> ; marker`: no URLs, paths or
+pip options), adds its own exact `bentoml` (the worker inside the sandbox needs BentoML and uvicorn) and builds
+a virtual environment with uv, OUTSIDE the sandbox and BEFORE the run:
+
+- wheels only (`--no-build`): no code of a declared package runs on the host while installing; a package
+  published only as a source archive is refused, named;
+- from the package index only (PyPI, or the index the operator configured for uv), with uv's own cache
+  (files are linked from it, so a second environment with torch costs seconds);
+- once per requirements hash: `<cache>/<sha256>/`, built in a staging folder and renamed when complete, so
+  concurrent builders never see half an environment and a finished one is reused as it is.
+
+The sandbox then runs the worker on that environment, mounted read-only; the harness's own packages are not
+in it unless the bundle declared them. Nothing here knows about pilots.
+
+    env = bundle_environment(info.manifest, cache=ws.envs, where=str(bundle))   # validates the lines
+    prefix = env.ensure()                                                       # builds once, then reuses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from testbed.errors import BundleError
+
+__all__ = ["PythonEnvironment", "bundle_environment", "declared_requirements", "parse_requirements", "COMPLETE"]
+
+COMPLETE = ".testbed-complete"
+"""Marker written last into a finished environment (with the requirements it was built from)."""
+BUILD_TIMEOUT_S = 1800
+FIX = ("declare only packages that exist on the package index with wheels for CPython "
+       f"{sys.version_info.major}.{sys.version_info.minor} on {sysconfig.get_platform()} "
+       "(bentofile.yaml `python.packages`), then rebuild and export the bundle")
+
+
+def _harness_bentoml() -> str:
+    return f"bentoml=={metadata.version('bentoml')}"
+
+
+def parse_requirements(text: str, where: str) -> list[str]:
+    """Requirement lines checked to be plain index requirements (BundleError naming the first that is not),
+    sorted, with any `bentoml` line replaced by the harness's own exact version."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            req = None if line.startswith("-") else Requirement(line)
+        except InvalidRequirement:
+            req = None
+        if req is None or req.url:
+            raise BundleError(f"declared requirement {line!r} is not a package from the index (URLs, paths and "
+                              "pip options are not accepted)", where=where, fix=FIX)
+        if canonicalize_name(req.name) != "bentoml":
+            found.add(str(req))
+    return sorted(found) + [_harness_bentoml()]
+
+
+def declared_requirements(manifest: dict[str, Any], where: str) -> list[str]:
+    """The requirements a bundle declared, from its parsed `bento.yaml` (`image.python_requirements`)."""
+    text = (manifest.get("image") or {}).get("python_requirements") or ""
+    if not isinstance(text, str):
+        raise BundleError("bento.yaml `image.python_requirements` is not text", where=where, fix=FIX)
+    return parse_requirements(text, where)
+
+
+@dataclass(frozen=True)
+class PythonEnvironment:
+    """The Python environment one bundle runs on: its requirements and the cache folder it is built in."""
+
+    requirements: tuple[str, ...]
+    """Plain index requirements, sorted, the harness's exact `bentoml==...` included."""
+    cache: Path
+    """Folder of built environments, one sub-folder per requirements hash."""
+    where: str = "bundle"
+    """What to name in errors (the bundle's file)."""
+
+    @property
+    def key(self) -> str:
+        """sha256 of the requirements, the interpreter and the platform: what makes two environments equal."""
+        ident = {"requirements": list(self.requirements), "python": sys.version, "platform": sysconfig.get_platform(),
+                 "builder": 1}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def prefix(self) -> Path:
+        return self.cache / self.key
+
+    @property
+    def ready(self) -> bool:
+        return (self.prefix / COMPLETE).is_file()
+
+    def ensure(self) -> Path:
+        """The environment's prefix, built first when no finished one is cached (BundleError naming the
+        packages when uv cannot install them)."""
+        if self.ready:
+            return self.prefix
+        self.cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.key[:16]}-", dir=self.cache))
+        try:
+            self._build(staging / "env")
+            try:
+                os.rename(staging / "env", self.prefix)
+            except OSError:
+                if not self.ready:  # not another builder's finished environment: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.prefix
+
+    def _build(self, target: Path) -> None:
+        uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+        if uv is None:
+            raise BundleError("uv is not installed, so bundle environments cannot be built", where=self.where,
+                              fix="run `make setup` (installs the pinned uv into the harness's venv)")
+        python = getattr(sys, "_base_executable", None) or sys.executable
+        reqs = target.parent / "requirements.txt"
+        reqs.write_text("\n".join(self.requirements) + "\n")
+        self._uv([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)])
+        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build",
+                  "--python", str(target / "bin" / "python"), "-r", str(reqs)])
+        (target / COMPLETE).write_text("\n".join(self.requirements) + "\n")
+
+    def _uv(self, cmd: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BundleError(f"installing the declared packages took longer than {BUILD_TIMEOUT_S} s",
+                              where=self.where, fix=FIX) from None
+        if proc.returncode != 0:
+            message = (proc.stderr or proc.stdout).strip()
+            names = ", ".join(self.culprits(message))
+            if len(message) > 1500:
+                message = f"{message[:900]} […] {message[-500:]}"
+            raise BundleError(f"cannot install the declared package(s) {names}: {message}", where=self.where,
+                              fix=FIX)
+
+    def culprits(self, message: str) -> list[str]:
+        """Declared packages that uv's error names, the vendor's before the harness's `bentoml` (all of the
+        vendor's when it names none)."""
+        names = [Requirement(r).name for r in self.requirements if not r.startswith("bentoml==")] + ["bentoml"]
+        named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
+        vendors = [n for n in named if n != "bentoml"]
+        return vendors or named or names[:-1] or names
+
+
+def bundle_environment(manifest: dict[str, Any], cache: Path, where: str) -> PythonEnvironment:
+    """The environment a bundle declared (validated, not built): see `PythonEnvironment.ensure`."""
+    return PythonEnvironment(tuple(declared_requirements(manifest, where)), Path(cache), where)

@@ -1,0 +1,112 @@
+"""Bundles bring their own dependencies: what a bundle declares is installed (wheels, index only, cached per
+requirements hash) outside the sandbox, and only that is importable inside it."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox.bundle import inspect_bundle
+from sandbox.environment import COMPLETE, PythonEnvironment, bundle_environment, parse_requirements
+from sandbox.isolation import ENV_MOUNT, SandboxLimits, SandboxPaths, bwrap_arguments
+from testbed.config import PROJECT_ROOT
+from testbed.errors import BundleError
+from tests.conftest import FORECAST_ROUTE
+
+HARNESS_BENTOML = f"bentoml=={__import__('importlib.metadata').metadata.version('bentoml')}"
+
+
+@pytest.mark.parametrize("line", ["git+https://example.org/x.git", "evil @ https://example.org/evil.whl",
+                                  "-e .", "--index-url http://127.0.0.1/simple", "./local.whl", "not a requirement!"])
+def test_only_plain_index_requirements_are_accepted(line):
+    with pytest.raises(BundleError, match="not a package from the index") as exc:
+        parse_requirements(f"numpy\n{line}\n", "bundle.bento")
+    assert line in str(exc.value) and exc.value.where == "bundle.bento"
+
+
+def test_the_harness_pins_its_own_bentoml_and_the_key_ignores_order(tmp_path):
+    reqs = parse_requirements("# comment\nbentoml==1.4.0\ntorch==2.15.0 ; python_version >= '3.10'\n\nnumpy\n", "b")
+    assert reqs[-1] == HARNESS_BENTOML and "bentoml==1.4.0" not in reqs
+    assert reqs[:-1] == sorted(reqs[:-1]) and "numpy" in reqs
+    a = PythonEnvironment(tuple(reqs), tmp_path, "b")
+    b = PythonEnvironment(tuple(parse_requirements("numpy\ntorch==2.15.0; python_version>='3.10'", "b")), tmp_path)
+    c = PythonEnvironment(tuple(parse_requirements("numpy\ntorch==2.14.0", "b")), tmp_path)
+    assert a.key == b.key != c.key and a.prefix == tmp_path / a.key
+
+
+def test_declared_requirements_come_from_bento_yaml(fake_bento):
+    info = inspect_bundle(fake_bento([FORECAST_ROUTE], requirements="jamo==0.4.1\nbentoml==1.4.39\n"))
+    assert bundle_environment(info.manifest, Path("/c"), "b").requirements == ("jamo==0.4.1", HARNESS_BENTOML)
+    bare = inspect_bundle(fake_bento([FORECAST_ROUTE], name="bare"))
+    assert bundle_environment(bare.manifest, Path("/c"), "b").requirements == (HARNESS_BENTOML,)
+
+
+def test_a_finished_environment_is_reused_without_building(tmp_path, monkeypatch):
+    env = PythonEnvironment(("jamo==0.4.1", HARNESS_BENTOML), tmp_path)
+    env.prefix.mkdir()
+    (env.prefix / COMPLETE).write_text("")
+    monkeypatch.setattr(PythonEnvironment, "_build", lambda *a: pytest.fail("rebuilt a cached environment"))
+    assert env.ensure() == env.prefix
+
+
+def test_uv_errors_name_the_vendors_package_first(tmp_path):
+    env = PythonEnvironment(("jamo==0.4.1", "no-such-pkg", HARNESS_BENTOML), tmp_path)
+    assert env.culprits("Because no-such-pkg was not found and you require bentoml==1.4.39 ...") == ["no-such-pkg"]
+    assert env.culprits("network is down") == ["jamo", "no-such-pkg"]
+
+
+def test_the_sandbox_mounts_the_bundles_environment_and_not_the_harness_venv(tmp_path):
+    env = tmp_path / "env"
+    env.mkdir()
+    (env / "pyvenv.cfg").write_text(f"home = {Path(sys._base_executable).parent}\nversion_info = 3.11\n")
+    paths, limits = SandboxPaths(tmp_path, tmp_path), SandboxLimits(512, 64, 10, 1)
+    cmd, _ = bwrap_arguments(["python"], paths, limits, python_env=env)
+    binds = {(cmd[i + 1], cmd[i + 2]) for i, arg in enumerate(cmd) if arg == "--ro-bind"}
+    assert (str(env), str(ENV_MOUNT)) in binds
+    assert not any(src == str(Path(sys.prefix).resolve()) for src, _ in binds) or sys.prefix == sys.base_prefix
+    assert f"{ENV_MOUNT}/bin:/usr/bin:/bin" in cmd
+    default, _ = bwrap_arguments(["python"], paths, limits)  # without one: today's behaviour, the harness's venv
+    assert any(arg == str(Path(sys.prefix).resolve()) for arg in default) and str(ENV_MOUNT) not in default
+
+
+# -- the real thing: uv, the package index, bubblewrap ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_bundle_runs_on_its_own_packages_and_sees_none_of_the_harness(built, ws):
+    from sandbox.runner import Phase, SandboxJob, run_job
+
+    bundle = built("own_deps")
+    env = bundle_environment(inspect_bundle(bundle).manifest, ws.envs, str(bundle))
+    assert env.requirements == ("jamo==0.4.1", HARNESS_BENTOML)
+    harness_only = ["torch", "ray", "mlflow", "sklearn", "ultralytics", "evaluation", "sandbox", "testbed"]
+    body = json.dumps({"targets": harness_only}).encode()
+    job = SandboxJob(bundle=bundle.read_bytes(), route="/probe", phases=[Phase("p", [body], [1])],
+                     limits=SandboxLimits(memory_mb=3072, max_processes=64, cpu_seconds=300, threads=1),
+                     wall_time_s=120, startup_timeout_s=60, environment=env)
+    result = run_job(job)
+    assert result.verdict == "completed", result.log[-2000:]
+    answer = json.loads(result.phases["p"].bodies[0])
+    assert answer["jamo"] == "ㅎㅏㄴㄱㅜㄱㅇㅓ"  # the declared package works inside the sandbox
+    assert answer["prefix"] == str(ENV_MOUNT) and answer["env_writable"] is False
+    assert answer["imports"] == dict.fromkeys(harness_only, "missing")
+    assert env.ready and (env.prefix / "lib").is_dir()
+
+
+@pytest.mark.slow
+def test_an_uninstallable_package_is_refused_by_name_at_submit_and_in_check(ws, fake_bento, bike_spec):
+    from pilots.vendor import VendorProfile
+    from sandbox.executor import InlineExecutor
+    from testbed.yamlio import load_model
+    from workflow.evaluate import evaluate_bundle
+    from workflow.submissions import SubmissionStore
+
+    bundle = fake_bento([FORECAST_ROUTE], requirements="numpy\ntestbed-no-such-package-3f9a==1.0\n")
+    vendor = PROJECT_ROOT / "examples" / "bike_mlp" / "vendor.yaml"
+    with pytest.raises(BundleError, match=r"cannot install the declared package\(s\) testbed-no-such-package-3f9a"):
+        SubmissionStore(ws).submit(bike_spec, bundle, vendor)
+    assert not ws.submissions.exists() or not any(ws.submissions.iterdir())  # nothing stored
+    with pytest.raises(BundleError, match="testbed-no-such-package-3f9a"):
+        evaluate_bundle(bike_spec, bundle, load_model(vendor, VendorProfile), executor=InlineExecutor(), ws=ws,
+                        out_dir=ws.home / "check", submission="check", split="sample")

@@ -1,0 +1,135 @@
+"""The text-classification family (petition routing): data splits, contract, Korean-aware scenarios, metrics,
+scoring against the TF-IDF baseline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from evaluation.families import FAMILIES
+from evaluation.families.text_classification.contract import decode_response
+from evaluation.families.text_classification.hangul import compose, decompose, is_syllable, to_keys
+from evaluation.families.text_classification.metrics import ClassEval, class_f1
+from evaluation.registry import METRICS, SCENARIOS
+from pilots.spec import ScenarioSpec
+from testbed.config import PROJECT_ROOT
+from testbed.errors import ContractViolation
+from tests.doubles import FakeSandbox
+
+CATS = ["가", "나", "다"]
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from workflow.catalogue import get_pilot
+
+    return get_pilot("petition-routing")
+
+
+@pytest.fixture(scope="module")
+def fam(spec):
+    return FAMILIES.get("text-classification")(spec, PROJECT_ROOT / "data")
+
+
+@pytest.fixture(scope="module")
+def test_texts(fam):
+    return fam.load("test")
+
+
+def test_splits_follow_the_dates_and_never_share_a_petition(fam, spec, test_texts):
+    train, sample = fam.load("train"), fam.load("sample")
+    assert (len(train.texts), len(sample.texts), len(test_texts.texts)) == (11918, 915, 2587)
+    assert max(train.times) < min(sample.times) <= max(sample.times) < min(test_texts.times)
+    assert not set(train.ids) & set(test_texts.ids) and len(set(test_texts.ids)) == len(test_texts.ids)
+    assert set(np.unique(test_texts.labels)) == set(range(17))
+    assert set(test_texts.groups["length"]) == {"0-19", "20-39", "40_plus"}
+
+
+def test_public_export_has_texts_labels_and_the_category_order(fam, tmp_path):
+    paths = fam.export(fam.load("sample"), tmp_path)
+    saved = np.load(tmp_path / "sample.npz")
+    assert [p.name for p in paths] == ["sample.csv", "sample.npz"]
+    assert list(saved["categories"]) == list(fam.options.categories) and len(saved["texts"]) == 915
+    assert set(saved["labels"]) <= set(saved["categories"])
+
+
+def answer(label, scores):
+    return {"label": label, "scores": dict(zip(CATS, scores, strict=True))}
+
+
+def test_decode_accepts_a_good_answer_and_names_each_violation():
+    labels, probs = decode_response(json.dumps([answer("나", [0.2, 0.7, 0.1])]).encode(), 1, CATS)
+    assert labels.tolist() == [1] and probs[0] == pytest.approx([0.2, 0.7, 0.1])
+    bad = {"not JSON": b"{", "one object per text": json.dumps([]).encode(),
+           "not one of the pilot's categories": json.dumps([answer("라", [0.2, 0.7, 0.1])]).encode(),
+           "exactly the pilot's 3 categories": json.dumps([{"label": "가", "scores": {"가": 1.0}}]).encode(),
+           "sum to 0.5000": json.dumps([answer("나", [0.1, 0.3, 0.1])]).encode(),
+           "highest score": json.dumps([answer("가", [0.2, 0.7, 0.1])]).encode(),
+           "probability in [0, 1]": json.dumps([answer("나", [-0.2, 1.1, 0.1])]).encode()}
+    for message, body in bad.items():
+        with pytest.raises(ContractViolation, match=message.replace("[", r"\[").replace("]", r"\]")):
+            decode_response(body, 1, CATS)
+
+
+def test_hangul_arithmetic_round_trips_and_types_like_a_keyboard():
+    for ch in "가값청원뷁힣":
+        assert compose(*decompose(ch)) == ch
+    assert decompose("값") == ("ㄱ", "ㅏ", "ㅄ") and compose("ㄱ", "ㅏ", "ㅃ") == "ㄱㅏㅃ"  # ㅃ is no final
+    assert to_keys("청원합니다") == "cjddnjsgkqslek" and to_keys("괜찮아 OK") == "rhoscksgdk OK"
+
+
+@pytest.mark.parametrize("name", ["typos", "missing_spaces", "jamo_noise", "informal_endings", "mixed_latin"])
+def test_scenarios_are_seeded_leave_text_alone_at_zero_and_change_it_when_harsh(name, fam, test_texts):
+    sc = ScenarioSpec(name=name, severity=1.0, seed=3)
+    texts = test_texts.texts[:300]
+    once, again = fam.perturb(test_texts, texts, sc), fam.perturb(test_texts, texts, sc)
+    assert once == again and len(once) == len(texts)
+    assert fam.perturb(test_texts, texts, ScenarioSpec(name=name, severity=0.0, seed=3)) == texts
+    assert sum(a != b for a, b in zip(once, texts, strict=True)) > 100
+
+
+def test_scenarios_do_what_they_say():
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    assert SCENARIOS.get("missing_spaces")("반려견 학대 처벌 강화", 1.0, rng()) == "반려견학대처벌강화"
+    typed = [SCENARIOS.get("mixed_latin")("청원 합니다", 1.0, np.random.default_rng(s)).split() for s in range(20)]
+    assert {w for words in typed for w in words} == {"청원", "합니다", "cjddnjs", "gkqslek"}
+    informal = SCENARIOS.get("informal_endings")("처벌을 강화해 주세요.", 1.0, rng())
+    assert not informal.endswith(("주세요", "주세요.")) and informal.startswith("처벌을 강화")
+    noisy = SCENARIOS.get("jamo_noise")("abc 청원합니다 123", 1.0, rng())
+    assert noisy.startswith("abc ") and noisy.endswith(" 123") and noisy != "abc 청원합니다 123"
+    assert all(is_syllable(c) or "\u3131" <= c <= "\u318e" for c in noisy[4:-4])
+
+
+def test_metrics_on_a_hand_example():
+    truth, pred = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    probs = np.eye(3)[pred] * 0.6 + 0.4 / 3
+    ev = ClassEval(truth, pred, probs, 3, bins=10)
+    fns = METRICS.where(family="text-classification")
+    assert fns["accuracy"](ev) == 0.5
+    assert class_f1(ev) == pytest.approx([2 / 3, 0.5, 0.0])  # class 0: p 1, r .5; class 1: p 1/3, r 1
+    assert fns["macro_f1"](ev) == pytest.approx((2 / 3 + 0.5) / 3)
+    assert fns["ece"](ev) == pytest.approx(abs(0.5 - (0.6 + 0.4 / 3)))  # one bin, all at the same confidence
+
+
+def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test_texts):
+    truth = dict(zip(test_texts.texts, test_texts.labels.tolist(), strict=False))
+    cats = test_texts.categories
+
+    def oracle(route, payload):
+        out = []
+        for text in payload["texts"]:
+            k = truth.get(text, 0)
+            out.append({"label": cats[k], "scores": {c: float(i == k) for i, c in enumerate(cats)}})
+        return out
+
+    job = type("J", (), {"phases": fam.phases(test_texts), "route": "/classify"})
+    outcome = fam.score(test_texts, FakeSandbox(oracle).run(job))
+    assert not outcome.violations and outcome.coverage == 1.0
+    expected = np.mean([truth[t] == y for t, y in zip(test_texts.texts, test_texts.labels, strict=True)])
+    assert 0.999 < expected <= 1  # a repeated title filed under two categories
+    assert outcome.metrics["clean"]["accuracy"] == pytest.approx(expected)
+    assert outcome.metrics["clean"]["ece"] == pytest.approx(1 - expected)  # all confidence 1
+    assert set(outcome.metrics) == {"clean", *(sc.name for sc in spec.scenarios)}
+    assert outcome.metrics["typos"]["accuracy"] < 1.0  # perturbed titles are not in the oracle's table
+    assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40_plus" in outcome.groups
+    assert outcome.baseline["name"] == fam.baseline_name and 0.3 < outcome.baseline["macro_f1"] < 0.6
