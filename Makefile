@@ -15,7 +15,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= $(if $(RAY_ADDRESS),1,0)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## install what is missing: bubblewrap (apt-get), the venv and the pinned stack
+setup: $(STAMP) ## install what is missing: bubblewrap and a Hangul font (apt-get), the venv and the pinned stack
 	@command -v bwrap >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing bubblewrap (sandbox isolation) with apt-get"; \
@@ -24,6 +24,9 @@ setup: $(STAMP) ## install what is missing: bubblewrap (apt-get), the venv and t
 	  else \
 	    echo "bubblewrap is missing and this is not root: run 'sudo apt-get install bubblewrap', then make again"; exit 1; \
 	  fi; }
+	@test -e /usr/share/fonts/truetype/nanum || [ "$$(id -u)" != 0 ] || { \
+	  echo "installing fonts-nanum (Hangul in the scorecards' plots) with apt-get"; \
+	  apt-get install -y -q fonts-nanum >/dev/null 2>&1 || echo "fonts-nanum not installed: Korean plot labels show as boxes"; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

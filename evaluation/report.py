@@ -11,6 +11,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+from matplotlib import font_manager  # noqa: E402
+
+if any(f.name.startswith("NanumGothic") for f in font_manager.fontManager.ttflist):
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", "NanumGothic"]  # Hangul labels (station names) fall back
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402

@@ -240,6 +240,9 @@ def test_perfect_detector_and_failed_requests(fam, test_frames):
     assert outcome.coverage == 1 and not outcome.violations
     assert {"size=small", "size=large", "density=crowded", "density=sparse", "lighting=dark"} <= set(outcome.groups)
     assert all(g["map"] == pytest.approx(1) for g in outcome.groups.values())
+    equity = outcome.equity  # intervals on the per-frame counting error; 29 frames: small groups are not judged
+    assert equity["metric"] == "count_mae" and {"density=sparse", "lighting=dark"} <= set(equity["groups"])
+    assert all(g["value"] == 0 for g in equity["groups"].values())
 
     first = hashlib.sha256(test_frames.jpeg[0]).hexdigest()
     perfect = oracle(test_frames, truth(test_frames))

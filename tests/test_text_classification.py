@@ -132,4 +132,9 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
     assert set(outcome.metrics) == {"clean", *(sc.name for sc in spec.scenarios)}
     assert outcome.metrics["typos"]["accuracy"] < 1.0  # perturbed titles are not in the oracle's table
     assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40_plus" in outcome.groups
+    groups = outcome.equity["groups"]  # accuracy per group with bootstrap intervals; rare categories too small
+    assert outcome.equity["metric"] == "accuracy" and "category=pets" in groups
+    assert any(not g["judged"] for g in groups.values()) and any(g["judged"] for g in groups.values())
+    judged = next(g for g in groups.values() if g["judged"])
+    assert judged["low"] <= judged["value"] <= judged["high"]
     assert outcome.baseline["name"] == fam.baseline_name and 0.3 < outcome.baseline["macro_f1"] < 0.6

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from evaluation.equity import assess_groups
 from evaluation.families.detection.contract import DETECT, decode_response, encode_request
 from evaluation.families.detection.data import (
     DetectionOptions,
@@ -165,8 +166,14 @@ class ObjectDetection(TaskFamily):
                          for v in sorted(set(labels))}
             groups |= {g: {m: fn(ev) for m, fn in fns.items()} for g, ev in found.items() if (ev.precision > -1).any()}
         baseline = self._baseline(clean)
+        # Intervals on a per-frame metric (mAP is not a mean over frames): each frame's counting error, with the
+        # frame as the resampling unit; `size` groups are per object, not per frame, and stay without interval.
+        frame_keys = {key: data.groups[key] for key in self.spec.groups if key != "size"}
+        equity = assess_groups(frame_keys, metric="count_mae", goal="min", settings=self.spec.equity,
+                               values=np.abs(clean.pred_counts - clean.true_counts).mean(axis=1),
+                               overall=metrics["clean"]["count_mae"]) if frame_keys else None
         return Outcome(
-            metrics=metrics, groups=groups,
+            metrics=metrics, groups=groups, equity=equity,
             baseline={"name": self.baseline_name, **{m: fn(baseline) for m, fn in fns.items()}},
             coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
             extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})
