@@ -2,14 +2,13 @@
 
 Evidence over claims: deep-learning fit needs a deep-learning model found in the bundle (`sandbox.artifacts`);
 a near-exact match to a public truth is a suspected lookup that only an evaluator can override; the vendor's
-claims score once an evaluator confirms them (`apply_review`); performance is measured against load
+claims score once an evaluator confirms them (`evaluation.decisions`); performance is measured against load
 (`evaluation.performance`)."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -24,14 +23,11 @@ from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
-from testbed.errors import TestbedError
 
-__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "apply_review", "rescore",
-           "score_policy_fit", "OVERRIDABLE_GATES", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "RUBRIC_MAX"]
+__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "rescore", "LOOKUP_EXACTNESS",
+           "LOOKUP_SKILL"]
 
 CRITERIA = ("deep_learning_fit", "viability", "policy_fit", "local_strength_fit")
-OVERRIDABLE_GATES = frozenset({"suspected_lookup"})
-"""Gates an evaluator may override in a review (with a justification); every other gate is final."""
 LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
 LOOKUP_SKILL = 0.95
@@ -308,51 +304,3 @@ def rescore(card: Scorecard) -> Scorecard:
     card.total_score = round(total, 2)
     card.total_is_provisional = len(scored) < len(card.criteria)
     return card
-
-
-def apply_review(card: Scorecard, *, overrides: dict[str, str] | None = None,
-                 confirmed_claims: Iterable[str] = ()) -> Scorecard:
-    """A copy of `card` with an evaluator's review applied: `overrides` maps an overridable gate's name (e.g.
-    `suspected_lookup`) to the justification; `confirmed_claims` lists the vendor claims the evaluator verified
-    (`seoul_based`, `startup`, `technology_field`); unlisted claims then earn nothing. Pure: applying the same
-    review again gives the same card; an empty review restores the measured gates."""
-    overrides = dict(overrides or {})
-    gates = {g.name: g for g in card.gates}
-    refused = sorted(name for name in overrides if name not in gates or not gates[name].overridable)
-    if refused:
-        raise TestbedError(f"gate(s) {', '.join(refused)} cannot be overridden", where=f"review of {card.submission}",
-                           fix=f"only these gates take an evaluator's override: {', '.join(sorted(OVERRIDABLE_GATES))}")
-    new = card.model_copy(deep=True)
-    for gate in new.gates:
-        measured = gate.passed if gate.measured is None else gate.measured
-        gate.override = overrides.get(gate.name) if not measured else None
-        gate.passed = measured or gate.override is not None
-    local = new.criteria["local_strength_fit"]
-    local.score, local.status, local.evidence = local_strength(local.evidence["claims"], confirmed_claims)
-    new.review = {"overrides": overrides, "confirmed_claims": sorted(set(confirmed_claims))}
-    return rescore(new)
-
-
-# -- policy fit from the evaluators' rubric (criterion 3) ---------------------------------------------------------
-
-RUBRIC_MAX = 4
-"""Each policy goal is scored 0 (not served) to 4 (fully served) by the evaluators."""
-
-
-def score_policy_fit(card: Scorecard, rubric: dict[str, int], evidence: dict[str, Any] | None = None) -> Scorecard:
-    """A copy of `card` with policy fit scored from the evaluators' rubric (goal -> 0..4, every goal of the
-    pilot scored): 100 * mean / 4; the total recomputed. `evidence` (who reviewed, justifications) is added to the
-    criterion's evidence. Pure: raises ValueError for an incomplete rubric."""
-    policy = card.criteria["policy_fit"]
-    goals = list(policy.evidence.get("policy_goals") or rubric)
-    missing = [g for g in goals if g not in rubric]
-    if missing or set(rubric) - set(goals):
-        raise ValueError(f"the rubric must score exactly the pilot's policy goals (missing {missing}, unknown "
-                         f"{sorted(set(rubric) - set(goals))})")
-    if any(not 0 <= rubric[g] <= RUBRIC_MAX for g in goals):
-        raise ValueError(f"rubric scores must be between 0 and {RUBRIC_MAX}")
-    score = 100 * sum(rubric[g] for g in goals) / (RUBRIC_MAX * len(goals))
-    new = card.model_copy(deep=True)
-    new.criteria["policy_fit"] = Criterion(score=score, status="scored", evidence={
-        **policy.evidence, "rubric": {g: rubric[g] for g in goals}, **(evidence or {})})
-    return rescore(new)

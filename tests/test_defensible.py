@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from evaluation.decisions import apply_review
 from evaluation.performance import performance
-from evaluation.scorecard import _retention, _skill, apply_review
+from evaluation.scorecard import _retention, _skill
 from evaluation.tracking import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from evaluation.scorecard import apply_review, score_policy_fit
+from evaluation.decisions import apply_review, score_policy_fit
 from evaluation.tracking import MemoryTracker
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics

@@ -14,8 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, score_policy_fit
 from evaluation.leaderboard import leaderboard_rows
-from evaluation.scorecard import OVERRIDABLE_GATES, RUBRIC_MAX, Scorecard, apply_review, score_policy_fit
+from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
