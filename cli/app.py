@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import shutil
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli import operate
+from cli.console import emit_json as _emit_json
+from cli.console import err, friendly, out
+from cli.console import warn_unsafe as _warn_unsafe
+from cli.review import review_app
 from testbed.config import Workspace
 from testbed.errors import NotFound, TestbedError
-from workflow.catalogue import all_pilots, get_pilot, scan_pilots
+from workflow.catalogue import get_pilot, scan_pilots
 from workflow.submissions import SubmissionStore
 
 __all__ = ["app"]
@@ -23,33 +25,10 @@ app = typer.Typer(help="Seoul public-service AI pilot testbed: pilots → sandbo
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args_is_help=True)
 app.add_typer(pilots_app, name="pilots")
-out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
-err = Console(stderr=True)
-
+app.add_typer(review_app, name="review")
+for command in operate.COMMANDS:  # promote, rollback, production, serve, monitor
+    app.command()(command)
 UNSAFE_HELP = "Run the bundle WITHOUT the sandbox (trusted code only). Printed loudly, recorded, fails a gate."
-
-
-def friendly(fn):
-    """User mistakes become one clear message and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TestbedError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def _emit_json(data) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _warn_unsafe() -> None:
-    err.print("[bold white on red] UNSAFE: --unsafe-no-sandbox given. The bundle runs WITHOUT isolation, with "
-              "network and file access. Only for code you trust. This is recorded on the result. [/]")
 
 
 @pilots_app.command("list")
@@ -280,279 +259,3 @@ def demo(pilot: list[str] = typer.Option(None, "--pilot", help="Only this pilot'
     from cli.demo import run_demo
 
     run_demo(out, err, pilot or None)
-
-
-# -- evaluators: reviews with the policy-fit rubric and an audit trail -------------------------------------------
-
-review_app = typer.Typer(help="City evaluators: decide on evaluations (policy-fit rubric, append-only audit trail).",
-                         no_args_is_help=True)
-app.add_typer(review_app, name="review")
-
-SCORE_HELP = ('A policy goal\'s score: GOAL=SCORE:JUSTIFICATION, GOAL the number `testbed review show` gives, SCORE '
-              '0–4 (repeat for every goal).')
-
-
-@review_app.command("list")
-@friendly
-def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."),
-                everything: bool = typer.Option(False, "--all", help="Also the decided ones."),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What awaits a decision: evaluated submissions without a review of their latest evaluation."""
-    from evaluation.tracking import MlflowTracker
-    from workflow.review import ReviewBook, review_status
-
-    ws = Workspace.from_env()
-    tracker, book = MlflowTracker(ws), ReviewBook(ws)
-    rows = []
-    for spec in ([get_pilot(pilot)] if pilot else all_pilots().values()):
-        for run in tracker.official_runs(spec.id):
-            sub = run.tags.get("testbed.submission", "")
-            status, review = review_status(book, sub, run.run_id)
-            if everything or status in ("awaiting", "stale"):
-                rows.append({"pilot": spec.id, "submission": sub, "vendor": run.tags.get("testbed.vendor"),
-                             "run_id": run.run_id, "gates": "pass" if run.tags.get("testbed.passed") == "true"
-                             else "FAILED", "total": run.metrics.get("total_score"), "status": status,
-                             "by": review.by if review else None})
-    if as_json:
-        return _emit_json(rows)
-    if not rows:
-        out.print("nothing awaits a decision" + ("" if everything else " (--all shows the decided ones)"))
-        return
-    table = Table("pilot", "submission", "vendor", "gates", "total", "status", "run")
-    for r in rows:
-        table.add_row(r["pilot"], r["submission"], r["vendor"], r["gates"], f"{r['total'] or 0:.1f}",
-                      r["status"] + (f" by {r['by']}" if r["by"] else ""), r["run_id"])
-    out.print(table)
-
-
-@review_app.command("show")
-@friendly
-def review_show(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What an evaluator judges: the latest evaluation, the pilot's policy goals (numbered) and the decision."""
-    from evaluation.tracking import MlflowTracker
-    from workflow.review import ReviewBook, official_evaluation, review_status
-
-    ws = Workspace.from_env()
-    sub = SubmissionStore(ws).get(submission)
-    spec, run = get_pilot(sub.pilot), official_evaluation(MlflowTracker(ws), sub)
-    status, review = review_status(ReviewBook(ws), sub.id, run.run_id) if run else ("not evaluated", None)
-    card_file = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    if as_json:
-        return _emit_json({"submission": sub.model_dump(mode="json"), "run_id": run.run_id if run else None,
-                           "status": status, "policy_goals": spec.policy_goals,
-                           "review": review.model_dump(mode="json") if review else None,
-                           "gates": card.get("gates"), "equity": card.get("equity")})
-    out.print(f"[bold]{sub.id}[/] by {sub.vendor.name} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
-    if run is None:
-        out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
-        return
-    same = card.get("mlflow_run_id") == run.run_id
-    total = card["total_score"] if same else run.metrics.get("total_score", 0)
-    out.print(f"latest evaluation: run {run.run_id} · verdict {run.tags.get('testbed.verdict')} · gates "
-              f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total {total:.1f}"
-              f"{' (provisional until reviewed)' if not same or card.get('total_is_provisional') else ''}")
-    for gate in card.get("gates", []):
-        if not gate["passed"]:
-            out.print(f"  [red]✗ {gate['name']}[/]: {gate['detail']}")
-    if card.get("equity"):
-        eq = card["equity"]
-        out.print(f"equity on {eq.get('metric')}: worst group {eq.get('worst_group')} ({eq.get('worst', 0):.4g}), "
-                  f"best {eq.get('best_group')} ({eq.get('best', 0):.4g})")
-    out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
-    for i, goal in enumerate(spec.policy_goals, 1):
-        out.print(f"  {i}. {goal}")
-    out.print(f"decision: [bold]{status}[/]" + (f" by {review.by} at {review.at}: {review.note}" if review else ""))
-    out.print(f"scorecard: {card_file.with_suffix('.html')}", soft_wrap=True)
-
-
-def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,
-            run_id: str | None, as_json: bool) -> None:
-    from evaluation.tracking import MlflowTracker
-    from testbed.errors import SpecError
-    from workflow.pages import refresh_scorecard
-    from workflow.review import ReviewBook, load_rubric_file, parse_score_flags
-
-    if bool(scores) == bool(rubric):
-        raise SpecError("give the policy-fit rubric either as --score flags or as --rubric FILE", where="review",
-                        fix=f"`testbed review show {submission}` lists the goals to score")
-    ws = Workspace.from_env()
-    SubmissionStore(ws).get(submission)  # before touching MLflow
-    extra = load_rubric_file(rubric) if rubric else None
-    review = ReviewBook(ws).record(
-        MlflowTracker(ws), submission, decision, by=by, note=note, run_id=run_id,
-        rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
-        overrides=extra.overrides if extra else (), confirmed_claims=extra.confirmed_claims if extra else ())
-    page = refresh_scorecard(ws, review.submission)
-    if as_json:
-        return _emit_json(review.model_dump(mode="json"))
-    out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "
-              f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
-    if page:
-        out.print(f"  scorecard: {page}", soft_wrap=True)
-
-
-@review_app.command("approve")
-@friendly
-def review_approve(submission: str, by: str = typer.Option(..., "--by", help="The evaluator's name."),
-                   note: str = typer.Option(..., "--note", help="Why."),
-                   score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
-                   rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML (scores, overrides, "
-                                                      "confirmed_claims)."),
-                   run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
-                   as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
-    """Approve the latest evaluation of a submission, scoring every policy goal."""
-    _decide("approve", submission, by, note, score or [], rubric, run_id, as_json)
-
-
-@review_app.command("reject")
-@friendly
-def review_reject(submission: str, by: str = typer.Option(..., "--by", help="The evaluator's name."),
-                  note: str = typer.Option(..., "--note", help="Why."),
-                  score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
-                  rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML."),
-                  run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
-                  as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
-    """Reject the latest evaluation of a submission, scoring every policy goal."""
-    _decide("reject", submission, by, note, score or [], rubric, run_id, as_json)
-
-
-@review_app.command("history")
-@friendly
-def review_history(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Every review of a submission (who, when, what, why), after checking the hash chain."""
-    from workflow.review import ReviewBook
-
-    ws = Workspace.from_env()
-    SubmissionStore(ws).get(submission)
-    history = ReviewBook(ws).history(submission)
-    if as_json:
-        return _emit_json([r.model_dump(mode="json") for r in history])
-    table = Table("#", "at", "by", "decision", "run", "policy fit", "note", "hash", title=f"Reviews of {submission}")
-    for r in history:
-        table.add_row(str(r.seq), r.at, r.by, r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", r.note, r.hash[:12])
-    out.print(table)
-    out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")
-
-
-# -- operators: promotion, rollback, serving, monitoring ---------------------------------------------------------
-
-@app.command()
-@friendly
-def promote(submission: str, by: str = typer.Option(..., "--by", help="The operator's name."),
-            note: str = typer.Option("", "--note", help="Why (kept in the audit trail).")):
-    """Put an approved, gate-passing, unaltered submission into production (MLflow alias `production`)."""
-    from workflow.promote import Production
-
-    ws = Workspace.from_env()
-    SubmissionStore(ws).get(submission)  # before touching MLflow
-    entry, ok = Production(ws).promote(submission, by=by, note=note)
-    if entry is None:
-        out.print(f"{ok.submission.id} (version {ok.version}) is already in production: nothing changed")
-        return
-    out.print(f"promoted {ok.submission.id}: testbed-{ok.submission.pilot} version {ok.version} is in production "
-              f"(was {entry['previous_version'] or 'none'}) · bundle sha256 {ok.sha256[:16]}… · entry #{entry['seq']}")
-
-
-@app.command()
-@friendly
-def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator's name."),
-             note: str = typer.Option("", "--note", help="Why (kept in the audit trail).")):
-    """Move production back to the previous approved version (none left: production is withdrawn)."""
-    from workflow.promote import Production
-
-    get_pilot(pilot)
-    entry, skipped = Production(Workspace.from_env()).rollback(pilot, by=by, note=note)
-    for line in skipped:
-        err.print(f"skipped {line}")
-    if entry["version"]:
-        out.print(f"rolled back: testbed-{pilot} version {entry['version']} ({entry['submission']}) is in production "
-                  f"again (was {entry['previous_version']})")
-    else:
-        out.print(f"rolled back: no earlier approved version, so production of {pilot} is withdrawn (was version "
-                  f"{entry['previous_version']}); `testbed serve` answers 503 until the next promotion")
-
-
-@app.command()
-@friendly
-def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What is in production for a pilot, and every promotion and rollback (who, when, which version)."""
-    from workflow.promote import Production
-
-    get_pilot(pilot)
-    prod = Production(Workspace.from_env())
-    version, history = prod.current_version(pilot), prod.history(pilot)
-    last = next((e["version"] for e in reversed(history)), None)
-    if as_json:
-        return _emit_json({"pilot": pilot, "version": version, "history": history, "consistent": version == last})
-    out.print(f"[bold]testbed-{pilot}[/] production: version {version or 'none'}")
-    if version != last:
-        err.print(f"[bold red]warning:[/] the registry says version {version} but the audit trail's last move is "
-                  f"{last}: the alias was changed outside the testbed")
-    table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
-    for e in history:
-        table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",
-                      e["by"], e["previous_version"] or "—", e["note"])
-    out.print(table)
-
-
-@app.command()
-@friendly
-def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(3000, "--port", help="Port to listen on."),
-          poll: float = typer.Option(5.0, "--poll", help="Seconds between checks of the production alias."),
-          batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching in the proxy."),
-          max_batch: int = typer.Option(64, "--max-batch", help="Most items per call into the sandbox.")):
-    """Serve the pilot's production bundle (from the MLflow registry) in the sandbox, with Prometheus metrics."""
-    import socket
-
-    import uvicorn
-
-    from serving.server import ProductionServer
-    from testbed.errors import Refused
-
-    try:  # fail before starting the sandbox when the address is taken
-        with socket.create_server((host, port)):
-            pass
-    except OSError as exc:
-        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})", fix="choose another --port") from None
-    server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
-    server.start()
-    try:
-        err.print(f"http://{host}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops")
-        uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-    finally:
-        server.stop()
-
-
-@app.command()
-@friendly
-def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url", help="The service's address."),
-            window: float = typer.Option(5.0, "--window", help="Seconds between two readings (0: since start)."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Latency, throughput and error rate of the live service against the pilot's service level; adds an
-    "in service" section to the production version's scorecard page."""
-    import time
-
-    from serving.monitor import scrape, summarize
-    from workflow.pages import refresh_scorecard
-
-    spec, ws = get_pilot(pilot), Workspace.from_env()
-    before = scrape(url) if window > 0 else None
-    if before:
-        time.sleep(window)
-    summary = summarize(spec, scrape(url), before)
-    page = refresh_scorecard(ws, summary["submission"], summary) if summary.get("submission") else None
-    if as_json:
-        return _emit_json(summary)
-    out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "
-              f"{'ready' if summary['ready'] else '[red]NOT READY[/]'} · {summary['requests']} requests in "
-              f"{summary['window_s']:.1f} s")
-    table = Table("measure", "in service", "service level", "met")
-    for row in summary["rows"]:
-        met = "—" if row["met"] is None else "[green]yes[/]" if row["met"] else "[red]no[/]"
-        table.add_row(row["measure"], f"{row['value']:.4g} {row['unit']}",
-                      "—" if row["target"] is None else f"{row['target']:g} {row['unit']}", met)
-    out.print(table)
-    if page:
-        out.print(f"scorecard with the in-service section: {page}", soft_wrap=True)

@@ -1,0 +1,38 @@
+"""What every `testbed` command shares: the consoles, the error handling, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import typer
+from rich.console import Console
+
+from testbed.errors import TestbedError
+
+__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
+
+out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
+err = Console(stderr=True)
+
+def friendly(fn):
+    """User mistakes become one clear message and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TestbedError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def emit_json(data) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def warn_unsafe() -> None:
+    err.print("[bold white on red] UNSAFE: --unsafe-no-sandbox given. The bundle runs WITHOUT isolation, with "
+              "network and file access. Only for code you trust. This is recorded on the result. [/]")

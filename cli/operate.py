@@ -1,0 +1,132 @@
+"""Operators' commands: promotion, rollback, what is in production, serving and monitoring."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cli.console import emit_json as _emit_json
+from cli.console import err, friendly, out
+from testbed.config import Workspace
+from workflow.catalogue import get_pilot
+from workflow.submissions import SubmissionStore
+
+
+@friendly
+def promote(submission: str, by: str = typer.Option(..., "--by", help="The operator's name."),
+            note: str = typer.Option("", "--note", help="Why (kept in the audit trail).")):
+    """Put an approved, gate-passing, unaltered submission into production (MLflow alias `production`)."""
+    from workflow.promote import Production
+
+    ws = Workspace.from_env()
+    SubmissionStore(ws).get(submission)  # before touching MLflow
+    entry, ok = Production(ws).promote(submission, by=by, note=note)
+    if entry is None:
+        out.print(f"{ok.submission.id} (version {ok.version}) is already in production: nothing changed")
+        return
+    out.print(f"promoted {ok.submission.id}: testbed-{ok.submission.pilot} version {ok.version} is in production "
+              f"(was {entry['previous_version'] or 'none'}) · bundle sha256 {ok.sha256[:16]}… · entry #{entry['seq']}")
+
+
+@friendly
+def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator's name."),
+             note: str = typer.Option("", "--note", help="Why (kept in the audit trail).")):
+    """Move production back to the previous approved version (none left: production is withdrawn)."""
+    from workflow.promote import Production
+
+    get_pilot(pilot)
+    entry, skipped = Production(Workspace.from_env()).rollback(pilot, by=by, note=note)
+    for line in skipped:
+        err.print(f"skipped {line}")
+    if entry["version"]:
+        out.print(f"rolled back: testbed-{pilot} version {entry['version']} ({entry['submission']}) is in production "
+                  f"again (was {entry['previous_version']})")
+    else:
+        out.print(f"rolled back: no earlier approved version, so production of {pilot} is withdrawn (was version "
+                  f"{entry['previous_version']}); `testbed serve` answers 503 until the next promotion")
+
+
+@friendly
+def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """What is in production for a pilot, and every promotion and rollback (who, when, which version)."""
+    from workflow.promote import Production
+
+    get_pilot(pilot)
+    prod = Production(Workspace.from_env())
+    version, history = prod.current_version(pilot), prod.history(pilot)
+    last = next((e["version"] for e in reversed(history)), None)
+    if as_json:
+        return _emit_json({"pilot": pilot, "version": version, "history": history, "consistent": version == last})
+    out.print(f"[bold]testbed-{pilot}[/] production: version {version or 'none'}")
+    if version != last:
+        err.print(f"[bold red]warning:[/] the registry says version {version} but the audit trail's last move is "
+                  f"{last}: the alias was changed outside the testbed")
+    table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
+    for e in history:
+        table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",
+                      e["by"], e["previous_version"] or "—", e["note"])
+    out.print(table)
+
+
+@friendly
+def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+          port: int = typer.Option(3000, "--port", help="Port to listen on."),
+          poll: float = typer.Option(5.0, "--poll", help="Seconds between checks of the production alias."),
+          batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching in the proxy."),
+          max_batch: int = typer.Option(64, "--max-batch", help="Most items per call into the sandbox.")):
+    """Serve the pilot's production bundle (from the MLflow registry) in the sandbox, with Prometheus metrics."""
+    import socket
+
+    import uvicorn
+
+    from serving.server import ProductionServer
+    from testbed.errors import Refused
+
+    try:  # fail before starting the sandbox when the address is taken
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})", fix="choose another --port") from None
+    server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
+    server.start()
+    try:
+        err.print(f"http://{host}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops")
+        uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    finally:
+        server.stop()
+
+
+@friendly
+def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url", help="The service's address."),
+            window: float = typer.Option(5.0, "--window", help="Seconds between two readings (0: since start)."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Latency, throughput and error rate of the live service against the pilot's service level; adds an
+    "in service" section to the production version's scorecard page."""
+    import time
+
+    from serving.monitor import scrape, summarize
+    from workflow.pages import refresh_scorecard
+
+    spec, ws = get_pilot(pilot), Workspace.from_env()
+    before = scrape(url) if window > 0 else None
+    if before:
+        time.sleep(window)
+    summary = summarize(spec, scrape(url), before)
+    page = refresh_scorecard(ws, summary["submission"], summary) if summary.get("submission") else None
+    if as_json:
+        return _emit_json(summary)
+    out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "
+              f"{'ready' if summary['ready'] else '[red]NOT READY[/]'} · {summary['requests']} requests in "
+              f"{summary['window_s']:.1f} s")
+    table = Table("measure", "in service", "service level", "met")
+    for row in summary["rows"]:
+        met = "—" if row["met"] is None else "[green]yes[/]" if row["met"] else "[red]no[/]"
+        table.add_row(row["measure"], f"{row['value']:.4g} {row['unit']}",
+                      "—" if row["target"] is None else f"{row['target']:g} {row['unit']}", met)
+    out.print(table)
+    if page:
+        out.print(f"scorecard with the in-service section: {page}", soft_wrap=True)
+
+
+COMMANDS = [promote, rollback, production, serve, monitor]
+"""Registered as top-level `testbed` commands by `cli.app`."""

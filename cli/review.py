@@ -1,0 +1,166 @@
+"""`testbed review ...`: city evaluators decide on evaluations (policy-fit rubric, append-only audit trail)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.console import emit_json as _emit_json
+from cli.console import friendly, out
+from testbed.config import Workspace
+from workflow.catalogue import all_pilots, get_pilot
+from workflow.submissions import SubmissionStore
+
+__all__ = ["review_app"]
+
+review_app = typer.Typer(help="City evaluators: decide on evaluations (policy-fit rubric, append-only audit trail).",
+                         no_args_is_help=True)
+
+SCORE_HELP = ('A policy goal\'s score: GOAL=SCORE:JUSTIFICATION, GOAL the number `testbed review show` gives, SCORE '
+              '0–4 (repeat for every goal).')
+
+
+@review_app.command("list")
+@friendly
+def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."),
+                everything: bool = typer.Option(False, "--all", help="Also the decided ones."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """What awaits a decision: evaluated submissions without a review of their latest evaluation."""
+    from evaluation.tracking import MlflowTracker
+    from workflow.review import ReviewBook, review_status
+
+    ws = Workspace.from_env()
+    tracker, book = MlflowTracker(ws), ReviewBook(ws)
+    rows = []
+    for spec in ([get_pilot(pilot)] if pilot else all_pilots().values()):
+        for run in tracker.official_runs(spec.id):
+            sub = run.tags.get("testbed.submission", "")
+            status, review = review_status(book, sub, run.run_id)
+            if everything or status in ("awaiting", "stale"):
+                rows.append({"pilot": spec.id, "submission": sub, "vendor": run.tags.get("testbed.vendor"),
+                             "run_id": run.run_id, "gates": "pass" if run.tags.get("testbed.passed") == "true"
+                             else "FAILED", "total": run.metrics.get("total_score"), "status": status,
+                             "by": review.by if review else None})
+    if as_json:
+        return _emit_json(rows)
+    if not rows:
+        out.print("nothing awaits a decision" + ("" if everything else " (--all shows the decided ones)"))
+        return
+    table = Table("pilot", "submission", "vendor", "gates", "total", "status", "run")
+    for r in rows:
+        table.add_row(r["pilot"], r["submission"], r["vendor"], r["gates"], f"{r['total'] or 0:.1f}",
+                      r["status"] + (f" by {r['by']}" if r["by"] else ""), r["run_id"])
+    out.print(table)
+
+
+@review_app.command("show")
+@friendly
+def review_show(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """What an evaluator judges: the latest evaluation, the pilot's policy goals (numbered) and the decision."""
+    from evaluation.tracking import MlflowTracker
+    from workflow.review import ReviewBook, official_evaluation, review_status
+
+    ws = Workspace.from_env()
+    sub = SubmissionStore(ws).get(submission)
+    spec, run = get_pilot(sub.pilot), official_evaluation(MlflowTracker(ws), sub)
+    status, review = review_status(ReviewBook(ws), sub.id, run.run_id) if run else ("not evaluated", None)
+    card_file = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    if as_json:
+        return _emit_json({"submission": sub.model_dump(mode="json"), "run_id": run.run_id if run else None,
+                           "status": status, "policy_goals": spec.policy_goals,
+                           "review": review.model_dump(mode="json") if review else None,
+                           "gates": card.get("gates"), "equity": card.get("equity")})
+    out.print(f"[bold]{sub.id}[/] by {sub.vendor.name} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
+    if run is None:
+        out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
+        return
+    same = card.get("mlflow_run_id") == run.run_id
+    total = card["total_score"] if same else run.metrics.get("total_score", 0)
+    out.print(f"latest evaluation: run {run.run_id} · verdict {run.tags.get('testbed.verdict')} · gates "
+              f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total {total:.1f}"
+              f"{' (provisional until reviewed)' if not same or card.get('total_is_provisional') else ''}")
+    for gate in card.get("gates", []):
+        if not gate["passed"]:
+            out.print(f"  [red]✗ {gate['name']}[/]: {gate['detail']}")
+    if card.get("equity"):
+        eq = card["equity"]
+        out.print(f"equity on {eq.get('metric')}: worst group {eq.get('worst_group')} ({eq.get('worst', 0):.4g}), "
+                  f"best {eq.get('best_group')} ({eq.get('best', 0):.4g})")
+    out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
+    for i, goal in enumerate(spec.policy_goals, 1):
+        out.print(f"  {i}. {goal}")
+    out.print(f"decision: [bold]{status}[/]" + (f" by {review.by} at {review.at}: {review.note}" if review else ""))
+    out.print(f"scorecard: {card_file.with_suffix('.html')}", soft_wrap=True)
+
+
+def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,
+            run_id: str | None, as_json: bool) -> None:
+    from evaluation.tracking import MlflowTracker
+    from testbed.errors import SpecError
+    from workflow.pages import refresh_scorecard
+    from workflow.review import ReviewBook, load_rubric_file, parse_score_flags
+
+    if bool(scores) == bool(rubric):
+        raise SpecError("give the policy-fit rubric either as --score flags or as --rubric FILE", where="review",
+                        fix=f"`testbed review show {submission}` lists the goals to score")
+    ws = Workspace.from_env()
+    SubmissionStore(ws).get(submission)  # before touching MLflow
+    extra = load_rubric_file(rubric) if rubric else None
+    review = ReviewBook(ws).record(
+        MlflowTracker(ws), submission, decision, by=by, note=note, run_id=run_id,
+        rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
+        overrides=extra.overrides if extra else (), confirmed_claims=extra.confirmed_claims if extra else ())
+    page = refresh_scorecard(ws, review.submission)
+    if as_json:
+        return _emit_json(review.model_dump(mode="json"))
+    out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "
+              f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
+    if page:
+        out.print(f"  scorecard: {page}", soft_wrap=True)
+
+
+@review_app.command("approve")
+@friendly
+def review_approve(submission: str, by: str = typer.Option(..., "--by", help="The evaluator's name."),
+                   note: str = typer.Option(..., "--note", help="Why."),
+                   score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
+                   rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML (scores, overrides, "
+                                                      "confirmed_claims)."),
+                   run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
+    """Approve the latest evaluation of a submission, scoring every policy goal."""
+    _decide("approve", submission, by, note, score or [], rubric, run_id, as_json)
+
+
+@review_app.command("reject")
+@friendly
+def review_reject(submission: str, by: str = typer.Option(..., "--by", help="The evaluator's name."),
+                  note: str = typer.Option(..., "--note", help="Why."),
+                  score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
+                  rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML."),
+                  run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
+    """Reject the latest evaluation of a submission, scoring every policy goal."""
+    _decide("reject", submission, by, note, score or [], rubric, run_id, as_json)
+
+
+@review_app.command("history")
+@friendly
+def review_history(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Every review of a submission (who, when, what, why), after checking the hash chain."""
+    from workflow.review import ReviewBook
+
+    ws = Workspace.from_env()
+    SubmissionStore(ws).get(submission)
+    history = ReviewBook(ws).history(submission)
+    if as_json:
+        return _emit_json([r.model_dump(mode="json") for r in history])
+    table = Table("#", "at", "by", "decision", "run", "policy fit", "note", "hash", title=f"Reviews of {submission}")
+    for r in history:
+        table.add_row(str(r.seq), r.at, r.by, r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", r.note, r.hash[:12])
+    out.print(table)
+    out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")
