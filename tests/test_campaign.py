@@ -126,3 +126,34 @@ def test_several_evaluations_finishing_at_once_are_all_tracked_in_sqlite_once(ws
     runs = tracker.client.search_runs([tracker.experiment_id("bike-demand")])
     assert sorted(r.data.tags["testbed.submission"] for r in runs) == sorted(s.id for s in subs)
     assert {r.info.status for r in runs} == {"FINISHED"} and all("total_score" in r.data.metrics for r in runs)
+
+
+def test_the_campaign_command_evaluates_what_is_pending_and_a_rerun_skips_it(tmp_path, monkeypatch, bike_spec):
+    """`testbed evaluate --all PILOT`, with the doubles in place of Ray and MLflow: a summary per submission."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import evaluation.tracking
+    import sandbox.executor
+    from cli.app import app
+    from testbed.config import Workspace
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    tracker = MemoryTracker()
+    monkeypatch.setattr(evaluation.tracking, "MlflowTracker", lambda ws: tracker)
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: FakeSandbox(last_day))
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(LOOKUP_VENDOR))
+    store = SubmissionStore(Workspace.from_env())
+    ids = [store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name=f"c{i}"), vendor)[0].id for i in range(2)]
+    runner = CliRunner()
+    first = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert sorted(i["submission"] for i in summary["items"] if i["status"] == "evaluated") == sorted(ids)
+    again = runner.invoke(app, ["evaluate", *ids])
+    assert again.exit_code == 0 and again.stdout.count("skipped") == 2 and "0 evaluated" in again.stdout
+    assert len(tracker.runs) == 2
+    refused = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--reevaluate", "--reason", "x"])
+    assert refused.exit_code == 2 and "--reevaluate is for one" in refused.stderr
