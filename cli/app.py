@@ -136,17 +136,34 @@ def check(pilot: str, bundle: Path,
 
 @app.command()
 @friendly
-def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
+def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids (several: a campaign)."),
+             all_pilot: str | None = typer.Option(None, "--all", metavar="PILOT", help="A campaign: every "
+                                                  "submission to PILOT without a finished official evaluation."),
+             as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON (campaign: the summary)."),
              unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
              reevaluate: bool = typer.Option(False, "--reevaluate", help="Evaluate again although the official "
                                              "evaluation exists; recorded beside it, never replacing it."),
-             reason: str | None = typer.Option(None, "--reason", help="Why (required with --reevaluate).")):
+             reason: str | None = typer.Option(None, "--reason", help="Why (required with --reevaluate)."),
+             retries: int = typer.Option(2, "--retries", min=0, help="Campaign: retries of a job whose Ray "
+                                         "worker or node died (infrastructure, never a bundle's own failure).")):
     """Run a submission in the sandbox on Ray against the sequestered split, score it, log it to MLflow. The
-    first evaluation of a submission is its official one (the leaderboard ranks it)."""
+    first evaluation of a submission is its official one (the leaderboard ranks it). Several ids, or --all
+    PILOT, run a campaign: every one still without a finished official evaluation, in parallel on Ray."""
     from evaluation.tracking import MlflowTracker
     from sandbox.executor import RayExecutor
     from workflow.evaluate import evaluate_bundle
 
+    submissions = submissions or []
+    if all_pilot or len(submissions) > 1:
+        if reevaluate:
+            raise TestbedError("a campaign evaluates what has no official evaluation; --reevaluate is for one "
+                               "submission", where="testbed evaluate",
+                               fix="testbed evaluate ID --reevaluate --reason ...")
+        return _campaign(submissions, all_pilot, as_json, unsafe, retries)
+    if not submissions:
+        raise TestbedError("nothing to evaluate", where="testbed evaluate",
+                           fix="give a submission id (several for a campaign), or --all PILOT")
+    submission = submissions[0]
     if reevaluate and not (reason or "").strip():
         raise TestbedError("--reevaluate needs a --reason", where="testbed evaluate",
                            fix=f'testbed evaluate {submission} --reevaluate --reason "WHY"')
@@ -160,6 +177,62 @@ def evaluate(submission: str, as_json: bool = typer.Option(False, "--json", help
                              tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
                              isolated=not unsafe, reevaluate=reason if reevaluate else None)
     _report(ev.card, ev.files, as_json)
+
+
+_STATUS = {"queued": "dim", "running": "yellow", "evaluated": "green", "skipped": "cyan", "failed": "red"}
+
+
+def _campaign_table(items, title: str) -> Table:
+    table = Table("submission", "status", "verdict", "total", "passed", "retries", "wall s", "run / error",
+                  title=title)
+    for i in items:
+        table.add_row(i.submission, f"[{_STATUS[i.status]}]{i.status}[/]", i.verdict or "",
+                      "" if i.total is None else f"{i.total:.1f}",
+                      "" if i.passed is None else ("✓" if i.passed else "✗"),
+                      str(len(i.retries)) if i.retries else "", f"{i.wall_s:.1f}" if i.wall_s else "",
+                      escape(i.error or i.run_id or "")[:90])
+    return table
+
+
+def _campaign(ids: list[str], pilot: str | None, as_json: bool, unsafe: bool, retries: int) -> None:
+    import time
+
+    from rich.live import Live
+
+    from evaluation.tracking import MlflowTracker
+    from sandbox.executor import RayExecutor
+    from workflow.campaign import CampaignItem, pending_submissions, run_campaign
+
+    ws = Workspace.from_env()
+    tracker = MlflowTracker(ws)
+    todo, done = pending_submissions(SubmissionStore(ws), tracker, pilot=pilot, ids=ids)
+    if unsafe:
+        _warn_unsafe()
+    shown = {s.id: CampaignItem(s.id) for s in todo} | {s.id: CampaignItem(s.id, status="skipped",
+                                                                         error="official evaluation exists")
+                                                      for s in done}
+    started = time.monotonic()
+
+    def title() -> str:
+        finished = sum(i.status in ("evaluated", "failed") for i in shown.values())
+        return (f"Campaign{f' · {pilot}' if pilot else ''}: {finished}/{len(todo)} done · "
+                f"{time.monotonic() - started:.0f} s")
+
+    with RayExecutor() as executor, Live(_campaign_table(shown.values(), title()), console=err,
+                                         refresh_per_second=2, transient=True) as live:
+        def update(item: CampaignItem) -> None:
+            shown[item.submission] = item
+            live.update(_campaign_table(shown.values(), title()))
+
+        items = run_campaign(todo, executor=executor, tracker=tracker, ws=ws, retries=retries, isolated=not unsafe,
+                             on_update=update)
+    wall = time.monotonic() - started
+    if as_json:
+        return _emit_json({"wall_s": wall, "items": [vars(i) for i in shown.values()]})
+    out.print(_campaign_table(shown.values(), f"Campaign{f' · {pilot}' if pilot else ''}: {len(items)} evaluated "
+                              f"in {wall:.1f} s, {len(done)} already official"))
+    if any(i.status == "failed" for i in items):
+        raise typer.Exit(1)
 
 
 @app.command()

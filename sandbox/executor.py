@@ -5,18 +5,31 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from typing import Protocol, Self
 
 from sandbox.runner import SandboxJob, SandboxResult, run_job
-from testbed.errors import ResourceUnavailable, TestbedError
+from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
 
-__all__ = ["Executor", "RayExecutor", "InlineExecutor"]
+__all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS"]
+
+INFRASTRUCTURE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+                         "ObjectReconstructionFailedError", "ObjectFetchTimedOutError", "LocalRayletDiedError",
+                         "RaySystemError", "ReferenceCountingAssertionError", "OutOfMemoryError")
+"""`ray.exceptions` that mean the machinery failed, not the bundle (a bundle's own failure is a verdict inside
+the result, never an exception): `submit`'s future raises them as `InfrastructureFailure`."""
 
 
 class Executor(Protocol):
-    """Runs a sandbox job somewhere and returns its result; a context manager that releases what it started."""
+    """Runs a sandbox job somewhere and returns its result; a context manager that releases what it started.
+    `submit` places a job without waiting: its future gives the result, or raises `InfrastructureFailure`
+    (retry) or another `TestbedError` (say it plainly); once done, its `node` names where the job ran."""
 
     def run(self, job: SandboxJob) -> SandboxResult: ...
+
+    def submit(self, job: SandboxJob) -> Future[SandboxResult]: ...
+
+    def cancel(self, future: Future) -> None: ...
 
     def __enter__(self) -> Self: ...
 
@@ -40,12 +53,26 @@ class InlineExecutor(_Closing):
     def run(self, job: SandboxJob) -> SandboxResult:
         return run_job(job)
 
+    def submit(self, job: SandboxJob) -> Future[SandboxResult]:
+        """Runs the job now, in this process; the future is already done."""
+        future: Future[SandboxResult] = Future()
+        future.node = "inline"  # type: ignore[attr-defined]
+        try:
+            future.set_result(self.run(job))
+        except Exception as exc:  # noqa: BLE001 - the future carries it, as a Ray task's would
+            future.set_exception(exc)
+        return future
+
+    def cancel(self, future: Future) -> None:
+        future.cancel()
+
 
 class RayExecutor(_Closing):
     """Runs each job as a Ray task that asks for the job's CPUs and GPUs."""
 
     def __init__(self) -> None:
         self.started_local = False
+        self._refs: dict[Future, object] = {}
 
     @property
     def address(self) -> str | None:
@@ -70,7 +97,8 @@ class RayExecutor(_Closing):
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
             self.started_local = True
 
-    def run(self, job: SandboxJob) -> SandboxResult:
+    def submit(self, job: SandboxJob) -> Future[SandboxResult]:
+        """Place the job as a Ray task asking for its CPUs and GPUs; Ray starts it when a node has them free."""
         import ray
 
         self.connect()
@@ -81,19 +109,41 @@ class RayExecutor(_Closing):
                     f"the pilot asks for {need:g} {key}, the Ray cluster has {have.get(key, 0):g}",
                     where=f"Ray at {self.address or 'local (127.0.0.1)'}",
                     fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
-        task = ray.remote(max_retries=0)(run_job).options(num_cpus=job.cpus, num_gpus=job.gpus,
-                                                         name="testbed-sandbox-evaluation")
+        task = ray.remote(max_retries=0)(_run_on_node).options(num_cpus=job.cpus, num_gpus=job.gpus,
+                                                              name="testbed-sandbox-evaluation")
         ref = task.remote(job)
+        future: Future[SandboxResult] = Future()
+        self._refs[future] = ref
+
+        def settle(done: Future) -> None:
+            self._refs.pop(future, None)
+            try:
+                result, future.node = done.result()  # type: ignore[attr-defined]
+                future.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - translated for the caller, who decides
+                future.set_exception(_translate(exc))
+
+        ref.future().add_done_callback(settle)
+        return future
+
+    def cancel(self, future: Future) -> None:
+        """Stop a placed job: kills its worker; the sandbox dies with it (--die-with-parent)."""
+        import ray
+
+        ref = self._refs.pop(future, None)
+        if ref is not None:
+            ray.cancel(ref, force=True)
+
+    def run(self, job: SandboxJob) -> SandboxResult:
+        future = self.submit(job)
         try:
-            while not ray.wait([ref], timeout=0.5)[0]:  # short waits: Ctrl-C is seen at once
-                pass
-            return ray.get(ref)
+            while True:
+                try:
+                    return future.result(timeout=0.5)  # short waits: Ctrl-C is seen at once
+                except TimeoutError:
+                    continue
         except KeyboardInterrupt:
-            ray.cancel(ref, force=True)  # kills the task's worker; the sandbox dies with it (--die-with-parent)
-            raise
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, TestbedError):  # a user-facing error raised in the task: say it plainly
-                raise exc.cause from None
+            self.cancel(future)
             raise
 
     def shutdown(self) -> None:
@@ -102,3 +152,25 @@ class RayExecutor(_Closing):
         if self.started_local and ray.is_initialized():
             ray.shutdown()
             self.started_local = False
+
+
+def _run_on_node(job: SandboxJob) -> tuple[SandboxResult, str]:
+    """The Ray task: the job's result and the id of the Ray node that ran it (a campaign records where)."""
+    import ray
+
+    return run_job(job), ray.get_runtime_context().get_node_id()
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """A Ray failure as the caller should see it: the TestbedError a task raised, said plainly; a failure of
+    the machinery as `InfrastructureFailure`; anything else unchanged."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, TestbedError):
+        return exc.cause
+    if type(exc).__name__ in INFRASTRUCTURE_ERRORS or any(
+            c.__name__ in INFRASTRUCTURE_ERRORS for c in type(exc).__mro__):
+        return InfrastructureFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                                     where="Ray", fix="nothing to do: a campaign retries it; check the Ray nodes "
+                                                      "if it keeps happening")
+    return exc

@@ -30,6 +30,7 @@ __all__ = [
     "ResourceUnavailable",
     "Refused",
     "AuditError",
+    "InfrastructureFailure",
 ]
 
 
@@ -86,3 +87,8 @@ class Refused(TestbedError):
 
 class AuditError(TestbedError):
     """An append-only audit trail is unreadable, or an entry was edited, removed or reordered."""
+
+
+class InfrastructureFailure(TestbedError):
+    """The machinery under an evaluation failed (a Ray worker or node died, an object was lost), not the bundle:
+    a campaign retries it a bounded number of times."""

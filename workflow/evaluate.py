@@ -26,11 +26,12 @@ from sandbox.bundle import inspect_bundle
 from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
-from sandbox.runner import SandboxJob
+from sandbox.runner import SandboxJob, SandboxResult
 from testbed.config import Workspace, harness_version
 from testbed.errors import TestbedError
 
-__all__ = ["Evaluation", "evaluate_bundle", "sandbox_job", "AUDIT_FILES"]
+__all__ = ["Evaluation", "PreparedEvaluation", "evaluate_bundle", "prepare_evaluation", "conclude_evaluation",
+           "sandbox_job", "AUDIT_FILES"]
 
 AUDIT_FILES = ("predictions.npz", "pilot_spec.json", "vendor.json")
 """Written beside every scorecard and logged with every official run: what `testbed audit` recomputes from."""
@@ -99,12 +100,31 @@ def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate:
     return "reevaluation"
 
 
-def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
-                    out_dir: Path, submission: str, tracker: Tracker | None = None, split: str = "test",
-                    isolated: bool = True, reevaluate: str | None = None) -> Evaluation:
-    """Evaluate `bundle` on `split`. With a tracker the run is recorded there: the submission's first one is its
-    official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
-    `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded."""
+@dataclass
+class PreparedEvaluation:
+    """Everything decided before the sandbox runs: the job to place, and what scoring and tracking need after."""
+
+    spec: PilotSpec
+    bundle: Path
+    vendor: VendorProfile
+    submission: str
+    job: SandboxJob
+    fam: TaskFamily
+    data: object
+    info: object
+    models: object
+    role: str
+    out_dir: Path
+    split: str
+    isolated: bool
+    reevaluate: str | None
+
+
+def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, ws: Workspace, out_dir: Path,
+                       submission: str, tracker: Tracker | None = None, split: str = "test", isolated: bool = True,
+                       reevaluate: str | None = None) -> PreparedEvaluation:
+    """Check the bundle and build its sandbox job (refused when the official evaluation exists and no
+    `reevaluate` reason is given); nothing is recorded yet."""
     role = _role(tracker, spec, submission, reevaluate)
     if role == "reevaluation":
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -116,8 +136,30 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     fam.contract.check_routes(info.routes, where=str(bundle))
     environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     data = fam.load(split)
-    result = executor.run(sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32),
-                                      environment=environment))
+    job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
+    return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models, role, out_dir, split,
+                              isolated, reevaluate)
+
+
+def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
+                    out_dir: Path, submission: str, tracker: Tracker | None = None, split: str = "test",
+                    isolated: bool = True, reevaluate: str | None = None) -> Evaluation:
+    """Evaluate `bundle` on `split`. With a tracker the run is recorded there: the submission's first one is its
+    official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
+    `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded."""
+    prepared = prepare_evaluation(spec, bundle, vendor, ws=ws, out_dir=out_dir, submission=submission,
+                                  tracker=tracker, split=split, isolated=isolated, reevaluate=reevaluate)
+    return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
+
+
+def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker: Tracker | None = None,
+                        params: dict[str, str] | None = None) -> Evaluation:
+    """Score the sandbox's `result`, write the scorecard and record the run (with extra `params`, e.g. the
+    infrastructure retries a campaign made). An official evaluation that another process finished meanwhile is
+    refused here, so a submission never gets two."""
+    spec, fam, data, info, role, reevaluate = p.spec, p.fam, p.data, p.info, p.role, p.reevaluate
+    if tracker is not None and role == "official":
+        _role(tracker, spec, p.submission, None)
     try:
         outcome = fam.score(data, result)
     except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
@@ -126,20 +168,22 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
         outcome = fam.score(data, result)
     version = harness_version()
     extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
-             "vendor.json": vendor.model_dump_json(indent=2).encode()}
-    card = build_scorecard(spec, fam, vendor, outcome, result, models=models, submission=submission,
-                           vendor=vendor.name, bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256,
-                           harness_version=version, split=split, official=tracker is not None, evaluation=role,
+             "vendor.json": p.vendor.model_dump_json(indent=2).encode()}
+    card = build_scorecard(spec, fam, p.vendor, outcome, result, models=p.models, submission=p.submission,
+                           vendor=p.vendor.name, bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256,
+                           harness_version=version, split=p.split, official=tracker is not None, evaluation=role,
                            reevaluation_reason=reevaluate if role == "reevaluation" else None,
                            pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
                            predictions_sha256=_sha(extra["predictions.npz"]))
     if tracker:
         card.mlflow_run_id = tracker.start(card, {
             "bundle_sha256": info.sha256, "dataset_sha256": fam.dataset_sha256, "harness_version": version,
-            "bento_tag": info.tag, "family": spec.family, "split": split, "vendor": vendor.name,
-            "isolated": isolated, "resources": spec.resources.model_dump_json(), "evaluation": role,
+            "bento_tag": info.tag, "family": spec.family, "split": p.split, "vendor": p.vendor.name,
+            "isolated": p.isolated, "resources": spec.resources.model_dump_json(), "evaluation": role,
             "pilot_spec_sha256": card.pilot_spec_sha256, "predictions_sha256": card.predictions_sha256,
-            "phase_seed": card.phase_plan.get("seed"), "sandbox_limits": json.dumps(result.limits, sort_keys=True)})
+            "phase_seed": card.phase_plan.get("seed"), "sandbox_limits": json.dumps(result.limits, sort_keys=True),
+            **(params or {})})
+    out_dir = p.out_dir
     try:
         completed = card.verdict in ("completed", "contract_violation", "request_failures")
         files = _write(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {},
@@ -149,7 +193,7 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
             tracker.fail(card.mlflow_run_id)
         raise
     if tracker:
-        tracker.finish(card.mlflow_run_id, card, files, bundle, result.log)
+        tracker.finish(card.mlflow_run_id, card, files, p.bundle, result.log)
     else:
         (out_dir / "sandbox.log").write_text(result.log)
     return Evaluation(card=card, files=files)

@@ -1,0 +1,159 @@
+"""Campaigns (unit level, with the doubles): every pending submission once, a rerun only what is unfinished,
+infrastructure failures retried and recorded, a bundle's failure a verdict, a killed driver leaves nothing
+that looks finished."""
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+import yaml
+
+from evaluation.tracking import MemoryTracker
+from testbed.errors import InfrastructureFailure
+from tests.conftest import FORECAST_ROUTE
+from tests.doubles import FakeSandbox
+from tests.test_defensible import LOOKUP_VENDOR, bento, last_day
+from workflow.campaign import pending_submissions, run_campaign
+from workflow.submissions import SubmissionStore
+
+
+@pytest.fixture
+def subs(ws, tmp_path, bike_spec):
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(LOOKUP_VENDOR))
+    store = SubmissionStore(ws)
+    return [store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name=f"v{i}"), vendor)[0] for i in range(3)]
+
+
+class Flaky(FakeSandbox):
+    """A placement whose first `failures` submissions die with the machinery (as a killed Ray worker does)."""
+
+    def __init__(self, failures: int, **kw):
+        super().__init__(last_day, **kw)
+        self.failures, self.submitted = failures, 0
+
+    def submit(self, job):
+        self.submitted += 1
+        if self.submitted <= self.failures:
+            future = Future()
+            future.set_exception(InfrastructureFailure("WorkerCrashedError: the worker died", where="Ray"))
+            return future
+        return super().submit(job)
+
+
+def test_a_campaign_evaluates_each_pending_submission_once_and_a_rerun_nothing(ws, subs):
+    tracker = MemoryTracker()
+    store = SubmissionStore(ws)
+    first, _ = pending_submissions(store, tracker, pilot="bike-demand")
+    items = run_campaign(first[:2], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert [i.status for i in items] == ["evaluated", "evaluated"] and all(i.run_id for i in items)
+    todo, done = pending_submissions(store, tracker, pilot="bike-demand")
+    assert [s.id for s in todo] == [first[2].id] and len(done) == 2
+    run_campaign(todo, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert pending_submissions(store, tracker, pilot="bike-demand")[0] == []
+    official = tracker.official_runs("bike-demand")
+    assert sorted(r.tags["testbed.submission"] for r in official) == sorted(s.id for s in subs)
+    assert len(tracker.runs) == 3  # nothing evaluated twice
+    # listed explicitly, an officially evaluated submission is skipped, not evaluated again
+    todo, done = pending_submissions(store, tracker, ids=[subs[0].id, subs[0].id])
+    assert todo == [] and [s.id for s in done] == [subs[0].id]
+
+
+def test_infrastructure_failures_are_retried_and_recorded(ws, subs):
+    tracker = MemoryTracker()
+    items = run_campaign(subs[:1], executor=Flaky(failures=2), tracker=tracker, ws=ws, retries=2)
+    assert items[0].status == "evaluated" and len(items[0].retries) == 2
+    run = tracker.runs[items[0].run_id]
+    assert run.params["campaign_retries"].count("WorkerCrashedError") == 2 and run.status == "FINISHED"
+
+
+def test_retries_are_bounded_and_leave_no_run(ws, subs):
+    tracker = MemoryTracker()
+    items = run_campaign(subs[:1], executor=Flaky(failures=2), tracker=tracker, ws=ws, retries=1)
+    assert items[0].status == "failed" and "WorkerCrashedError" in items[0].error and len(items[0].retries) == 1
+    assert tracker.runs == {}
+    items = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)  # the rerun
+    assert items[0].status == "evaluated" and tracker.runs[items[0].run_id].params["campaign_retries"] == "none"
+
+
+def test_a_bundles_own_failure_is_a_verdict_never_retried(ws, subs):
+    executor = FakeSandbox(last_day, verdict="crashed")
+    items = run_campaign(subs[:1], executor=executor, tracker=MemoryTracker(), ws=ws)
+    assert items[0].status == "evaluated" and items[0].verdict == "crashed" and not items[0].passed
+    assert items[0].retries == [] and len(executor.jobs) == 1
+
+
+class KilledWhileLogging(MemoryTracker):
+    """The driver dies (SIGKILL, power) after opening the run and before finishing it."""
+
+    def finish(self, *args, **kw):
+        raise KeyboardInterrupt
+
+
+def test_a_driver_killed_mid_campaign_leaves_nothing_official_and_resume_makes_no_duplicate(ws, subs):
+    tracker = KilledWhileLogging()
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert [r.status for r in tracker.runs.values()] == ["RUNNING"]  # opened, never finished: not official
+    assert tracker.official_runs("bike-demand") == []
+    resumed = MemoryTracker()
+    resumed.runs = tracker.runs  # the same store, read by the next `testbed evaluate --all`
+    todo, _ = pending_submissions(SubmissionStore(ws), resumed, pilot="bike-demand")
+    assert subs[0].id in [s.id for s in todo]
+    run_campaign(todo, executor=FakeSandbox(last_day), tracker=resumed, ws=ws)
+    assert [r.tags["testbed.submission"] for r in resumed.official_runs("bike-demand")].count(subs[0].id) == 1
+
+
+class Threaded(FakeSandbox):
+    """Jobs answered concurrently from threads, as Ray tasks return: results arrive together."""
+
+    def __init__(self):
+        super().__init__(last_day)
+        self.pool = ThreadPoolExecutor(4)
+
+    def submit(self, job):
+        return self.pool.submit(self.run, job)
+
+
+@pytest.mark.slow
+def test_several_evaluations_finishing_at_once_are_all_tracked_in_sqlite_once(ws, subs):
+    """The real MLflow SQLite store: evaluations returning together are logged by the driver one after another,
+    none lost ("database is locked" never happens), each exactly once."""
+    from evaluation.tracking import MlflowTracker
+
+    tracker = MlflowTracker(ws)
+    items = run_campaign(subs, executor=Threaded(), tracker=tracker, ws=ws)
+    assert [i.status for i in items] == ["evaluated"] * 3
+    runs = tracker.client.search_runs([tracker.experiment_id("bike-demand")])
+    assert sorted(r.data.tags["testbed.submission"] for r in runs) == sorted(s.id for s in subs)
+    assert {r.info.status for r in runs} == {"FINISHED"} and all("total_score" in r.data.metrics for r in runs)
+
+
+def test_the_campaign_command_evaluates_what_is_pending_and_a_rerun_skips_it(tmp_path, monkeypatch, bike_spec):
+    """`testbed evaluate --all PILOT`, with the doubles in place of Ray and MLflow: a summary per submission."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import evaluation.tracking
+    import sandbox.executor
+    from cli.app import app
+    from testbed.config import Workspace
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    tracker = MemoryTracker()
+    monkeypatch.setattr(evaluation.tracking, "MlflowTracker", lambda ws: tracker)
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: FakeSandbox(last_day))
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(LOOKUP_VENDOR))
+    store = SubmissionStore(Workspace.from_env())
+    ids = [store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name=f"c{i}"), vendor)[0].id for i in range(2)]
+    runner = CliRunner()
+    first = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert sorted(i["submission"] for i in summary["items"] if i["status"] == "evaluated") == sorted(ids)
+    again = runner.invoke(app, ["evaluate", *ids])
+    assert again.exit_code == 0 and again.stdout.count("skipped") == 2 and "0 evaluated" in again.stdout
+    assert len(tracker.runs) == 2
+    refused = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--reevaluate", "--reason", "x"])
+    assert refused.exit_code == 2 and "--reevaluate is for one" in refused.stderr

@@ -1,0 +1,137 @@
+"""Campaigns: every submission without a finished official evaluation, evaluated in parallel.
+
+Each sandbox job is placed on the executor at once (a Ray task asking for the spec's CPUs/GPUs: Ray starts it
+when a node has them free, so the cluster bounds the parallelism). Scoring, the scorecard and every tracking
+write happen here, in the driver, one evaluation after another as the jobs return: the tracking store never
+sees two writers from one campaign, so SQLite's single writer is enough (and a tracking server, when
+`MLFLOW_TRACKING_URI` names one, works the same).
+
+Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
+created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
+finished but is not, and a rerun evaluates exactly what has no finished official run. A failure of the
+machinery (`InfrastructureFailure`: a Ray worker or node died) is retried up to `retries` times, each retry
+recorded on the run (param `campaign_retries`); a bundle's own failure is a verdict, never retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+
+from evaluation.tracking import Tracker
+from sandbox.executor import Executor
+from testbed.config import Workspace
+from testbed.errors import InfrastructureFailure, TestbedError
+from workflow.catalogue import get_pilot
+from workflow.evaluate import PreparedEvaluation, conclude_evaluation, prepare_evaluation
+from workflow.submissions import Submission, SubmissionStore
+
+__all__ = ["CampaignItem", "pending_submissions", "run_campaign"]
+
+
+@dataclass
+class CampaignItem:
+    """What became of one submission in a campaign."""
+
+    submission: str
+    status: str = "queued"
+    """queued, running, evaluated, skipped (an official evaluation exists) or failed (an error, not a verdict)."""
+    verdict: str | None = None
+    total: float | None = None
+    passed: bool | None = None
+    run_id: str | None = None
+    retries: list[str] = field(default_factory=list)
+    """One line per infrastructure failure retried."""
+    error: str | None = None
+    node: str | None = None
+    """Where the sandbox ran (the Ray node id)."""
+    wall_s: float = 0.0
+    """From placing the job to the tracked result."""
+
+
+def pending_submissions(store: SubmissionStore, tracker: Tracker, *, pilot: str | None = None,
+                        ids: list[str] | None = None) -> tuple[list[Submission], list[Submission]]:
+    """(to evaluate, already officially evaluated): `ids` in order, or every submission to `pilot`."""
+    subs = [store.get(i) for i in ids] if ids else store.list(get_pilot(pilot).id if pilot else None)
+    todo, done = [], []
+    for sub in _unique(subs):
+        (done if tracker.official_run(sub.pilot, sub.id) else todo).append(sub)
+    return todo, done
+
+
+def _unique(subs: list[Submission]) -> list[Submission]:
+    seen: dict[str, Submission] = {}
+    for sub in subs:
+        seen.setdefault(sub.id, sub)
+    return list(seen.values())
+
+
+def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker, ws: Workspace,
+                 retries: int = 2, isolated: bool = True,
+                 on_update: Callable[[CampaignItem], None] = lambda item: None) -> list[CampaignItem]:
+    """Evaluate `subs` in parallel on `executor`, recording each official evaluation in `tracker`; returns one
+    item per submission (in order). `on_update` is called whenever an item changes (progress display)."""
+    store = SubmissionStore(ws)
+    items = {sub.id: CampaignItem(sub.id) for sub in subs}
+    placed: dict[Future, tuple[PreparedEvaluation, float]] = {}
+
+    def fail(item: CampaignItem, exc: BaseException, status: str = "failed") -> None:
+        item.status, item.error = status, str(exc).splitlines()[0]
+        on_update(item)
+
+    def place(item: CampaignItem, prepared: PreparedEvaluation, started: float) -> None:
+        try:
+            placed[executor.submit(prepared.job)] = (prepared, started)
+            item.status = "running"
+        except TestbedError as exc:
+            fail(item, exc)
+        on_update(item)
+
+    try:
+        for sub in subs:
+            item = items[sub.id]
+            try:
+                prepared = prepare_evaluation(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, ws=ws,
+                                              out_dir=store.report_dir(sub.id), submission=sub.id,
+                                              tracker=tracker, isolated=isolated)
+            except TestbedError as exc:
+                fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
+                continue
+            place(item, prepared, time.monotonic())
+        while placed:
+            done, _ = wait(list(placed), timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                prepared, started = placed.pop(future)
+                item = items[prepared.submission]
+                try:
+                    result = future.result()
+                except InfrastructureFailure as exc:
+                    if len(item.retries) >= retries:
+                        fail(item, exc)
+                        continue
+                    item.retries.append(f"attempt {len(item.retries) + 1}: {exc.problem}")
+                    place(item, prepared, started)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one broken task never stops the campaign
+                    fail(item, exc)
+                    continue
+                item.node = getattr(future, "node", None)
+                params = {"campaign_retries": "; ".join(item.retries) or "none", "ray_node": item.node or ""}
+                try:
+                    ev = conclude_evaluation(prepared, result, tracker=tracker, params=params)
+                except TestbedError as exc:
+                    fail(item, exc, "skipped" if tracker.official_run(prepared.spec.id, item.submission) else
+                         "failed")
+                    continue
+                card = ev.card
+                item.status, item.verdict, item.total, item.passed = "evaluated", card.verdict, card.total_score, \
+                    card.passed
+                item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
+                on_update(item)
+    except BaseException:
+        for future in list(placed):
+            executor.cancel(future)
+        raise
+    return [items[sub.id] for sub in subs]
