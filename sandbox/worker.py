@@ -11,7 +11,8 @@ taken back, but a determined bundle can stop further reports.
 Arrays travel in binary when the harness asks for it (`binary_arrays` below): the request body is an `.npz`
 (`application/x-testbed-npz`, read with `allow_pickle=False`), handed to BentoML through its own pickle
 serde, which the app accepts only from this wrapper (pickle from outside is refused, as BentoML's main server
-does), and a 200 answer goes back as one `.npy` (`application/x-npy`). The harness decodes it with
+does), and a 200 answer goes back as one `.npy` (`application/x-npy`) when it is a numeric array, else as JSON
+(text the service returned goes back as it is), for the harness to judge. The harness decodes it with
 `allow_pickle=False` too: it never unpickles anything from the sandbox. Any other request is BentoML's own.
 
 Usage (by the harness): python -I worker.py TAG SOCKET_FD REPORT_FD
@@ -58,6 +59,7 @@ def binary_arrays(app):
         if media != NPZ:
             return await app(scope, receive, send)
         import io
+        import json
         import pickle
 
         import numpy as np
@@ -93,20 +95,25 @@ def binary_arrays(app):
 
         await app(inner, once, capture)
         data, out_headers = b"".join(answer["body"]), dict(answer["headers"])
-        if answer["status"] != 200:
+        if answer["status"] != 200 or b"buffer-lengths" not in out_headers:  # an error, or text BentoML sent as is
             return await _reply(send, answer["status"], data, out_headers.get(b"content-type", b"text/plain"))
-        try:
-            from _bentoml_impl.serde import Payload, PickleSerde
+        from _bentoml_impl.serde import Payload, PickleSerde
 
+        try:
             meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in out_headers.items()}
-            array = np.asarray(PickleSerde().deserialize_value(Payload((data,), metadata=meta)))
-            if array.dtype.kind not in "biuf":
-                raise TypeError(f"the answer is not a numeric array (dtype {array.dtype})")
-            out = io.BytesIO()
-            np.save(out, array, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - the service's answer cannot travel as an array
-            return await _reply(send, 500, f"{type(exc).__name__}: {exc}"[:500].encode())
-        return await _reply(send, 200, out.getvalue(), NPY)
+            value = PickleSerde().deserialize_value(Payload((data,), metadata=meta))
+            array = np.asarray(value)
+            if array.dtype.kind in "biuf":
+                out = io.BytesIO()
+                np.save(out, array, allow_pickle=False)
+                return await _reply(send, 200, out.getvalue(), NPY)
+        except Exception:  # noqa: BLE001 - not an array: sent as JSON below, for the harness to judge
+            pass
+        try:
+            text = json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, default=str).encode()
+        except Exception as exc:  # noqa: BLE001 - the answer cannot travel at all
+            return await _reply(send, 500, f"the answer cannot be sent: {type(exc).__name__}"[:500].encode())
+        return await _reply(send, 200, text, b"application/json")
 
     return wrapped
 
