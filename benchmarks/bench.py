@@ -4,13 +4,16 @@ For every example bundle: the official evaluation (sandbox on a local Ray, MLflo
 the same model is loaded in-process (trusted examples only: no sandbox) and given the very same request
 bodies, to compare single-stream latency and batch time. Then the best forecasting bundle is approved,
 promoted and served (`benchmarks/serving_bench.py`): a steady request rate for 60 s, and the throughput with and
-without adaptive batching. Writes benchmarks/report.md and report.json.
+without adaptive batching. Two sandboxed runs of the first forecasting example at once are compared with one
+alone (throughput on the machine's cores). Writes benchmarks/report.md and report.json, whose `targets` list
+each goal of issue 11 next to its measured value.
 Usage: python benchmarks/bench.py [--pilot ID ...] [--no-serving] [--rate REQ_PER_S]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -25,13 +28,18 @@ import numpy as np
 HERE = Path(__file__).parent
 
 
-def in_process(pilot: str, bundle: Path, home: Path) -> dict:
-    """Time the bundle's API called directly, in a fresh interpreter (no HTTP, no sandbox), on the same bodies."""
+def in_process(pilot: str, bundle: Path, home: Path) -> dict | None:
+    """Time the bundle's API called directly, in a fresh interpreter (no HTTP, no sandbox), on the same bodies.
+    It runs on the harness's Python: None (and a note) for a bundle that needs packages only its own
+    environment has."""
     env = {**os.environ, "BENTOML_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "bentoml", "import", str(bundle)], env=env, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, __file__, "--in-process", pilot, str(bundle)], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, __file__, "--in-process", pilot, str(bundle)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"no in-process figures for {bundle.name}: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _measure_in_process(pilot: str, bundle: Path) -> None:
@@ -52,7 +60,11 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     api = getattr(instance, fam.contract.api)
 
     def call(body: bytes) -> float:
-        payload = json.loads(body)
+        if fam.content_type == "application/x-testbed-npz":  # binary arrays, as the sandbox's worker reads them
+            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                payload = {name: npz[name] for name in npz.files}
+        else:
+            payload = json.loads(body)
         kwargs = {k: np.asarray(v) if "tensor" in fam.contract.inputs[k] else v for k, v in payload.items()}
         start = time.perf_counter()
         api(**kwargs)
@@ -65,6 +77,60 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     print(json.dumps({"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
                       "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,
                       "offline_items_per_s": sum(phases["offline"].items) / offline}))
+
+
+GOALS = {"evaluation_forecasting": 1.5, "evaluation_detection": 1.1, "per_request": 2.0, "startup_beyond_load_s": 1.5,
+         "concurrent_throughput": 1.8}
+
+
+def targets(rows: list[dict], concurrency: dict | None) -> list[dict]:
+    """Each target of issue 11 next to its goal: `{name, value, goal, met}` (goals are ceilings, except the
+    concurrent throughput, a floor)."""
+    out = []
+
+    def add(name: str, value: float, goal: float, floor: bool = False) -> None:
+        out.append({"name": name, "value": round(value, 3), "goal": f"{'≥' if floor else '≤'} {goal:g}",
+                    "met": bool(value >= goal if floor else value <= goal)})
+
+    for r in rows:
+        if "inprocess_total_s" not in r:  # no in-process figures to compare with
+            continue
+        family = {"forecasting": "forecasting", "detection": "detection"}.get(r["family"])
+        if family:
+            add(f"evaluation ÷ in-process, {r['example']}", r["overhead_ratio_evaluation"],
+                GOALS[f"evaluation_{family}"])
+        add(f"per request ÷ in-process (single-stream p50), {r['example']}", r["overhead_ratio_single_p50"],
+            GOALS["per_request"])
+        add(f"sandbox start-up beyond the model's load (s), {r['example']}", r["startup_beyond_load_s"],
+            GOALS["startup_beyond_load_s"])
+    if concurrency:
+        add(f"two concurrent evaluations on {concurrency['cores']} cores ÷ one (throughput), "
+            f"{concurrency['example']}", concurrency["speedup"], GOALS["concurrent_throughput"], floor=True)
+    return out
+
+
+def concurrent_runs(spec, fam, bundle: Path, ws, example: str) -> dict:
+    """Throughput of two sandboxed runs of the same job at once (threads, InlineExecutor) against one alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sandbox.bundle import inspect_bundle
+    from sandbox.environment import bundle_environment
+    from sandbox.executor import InlineExecutor
+    from workflow.evaluate import sandbox_job
+
+    env = bundle_environment(inspect_bundle(bundle).manifest, ws.envs, where=str(bundle))
+    job = sandbox_job(spec, fam, bundle, fam.load("test"), ws, True, environment=env)
+    executor = InlineExecutor()
+    executor.run(job)  # warm: the environment is built, the page cache holds the bundle
+    t0 = time.perf_counter()
+    assert executor.run(job).verdict == "completed"
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        verdicts = [r.verdict for r in pool.map(executor.run, [job, job])]
+    two = time.perf_counter() - t0
+    return {"example": example, "cores": os.cpu_count(), "one_s": one, "two_s": two, "verdicts": verdicts,
+            "speedup": 2 * one / two}
 
 
 def main() -> None:
@@ -90,7 +156,7 @@ def main() -> None:
 
     ws = Workspace.from_env()
     store, tracker = SubmissionStore(ws), MlflowTracker(ws)
-    rows, servable = [], []
+    rows, servable, first_forecaster = [], [], None
     with RayExecutor() as executor:
         t0 = time.perf_counter()
         executor.connect()
@@ -110,10 +176,17 @@ def main() -> None:
             card = ev.card
             if fam.name == "forecasting" and card.passed:
                 servable.append((card.total_score, spec, sub.id))
+            if fam.name == "forecasting" and first_forecaster is None:
+                first_forecaster = (spec, fam, bundle, folder.name)
             local = in_process(pilot, bundle, root / f"inproc-{folder.name}")
             perf = card.performance
+            if local is None:
+                rows.append({"pilot": pilot, "example": folder.name, "family": fam.name, "verdict": card.verdict,
+                             fam.primary_metric: card.metrics["clean"].get(fam.primary_metric),
+                             "evaluation_wall_s": wall, "sandbox_startup_s": perf["startup_s"]})
+                continue
             rows.append({
-                "pilot": pilot, "example": folder.name, "verdict": card.verdict, fam.primary_metric:
+                "pilot": pilot, "example": folder.name, "family": fam.name, "verdict": card.verdict, fam.primary_metric:
                 card.metrics["clean"].get(fam.primary_metric), "evaluation_wall_s": wall,
                 "sandbox_startup_s": perf["startup_s"], "peak_rss_mb": perf["peak_rss_mb"],
                 "sandbox_single_p50_ms": perf["latency_ms"]["p50"], "sandbox_single_p90_ms": perf["latency_ms"]["p90"],
@@ -123,8 +196,10 @@ def main() -> None:
                 "overhead_ratio_single_p50": perf["latency_ms"]["p50"] / local["single_p50_ms"],
                 "overhead_ratio_offline": local["offline_items_per_s"] / max(1e-9, perf["throughput_items_per_s"]),
                 "inprocess_total_s": local["total_s"], "overhead_ratio_evaluation": wall / local["total_s"],
+                "startup_beyond_load_s": perf["startup_s"] - local["load_s"],
             })
             print(json.dumps(rows[-1]), flush=True)
+    concurrency = concurrent_runs(*first_forecaster[:3], ws, first_forecaster[3]) if first_forecaster else None
     serving = None
     if servable and not args.no_serving:
         from serving_bench import serving_benchmark  # beside this file (its folder is on sys.path)
@@ -132,17 +207,26 @@ def main() -> None:
         _, spec, sub_id = max(servable, key=lambda x: x[0])
         serving = serving_benchmark(ws, spec, sub_id, rate=args.rate)
     report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
-              "ray_init_s": ray_init_s, "rows": rows, "serving": serving}
+              "ray_init_s": ray_init_s, "targets": targets(rows, concurrency), "rows": rows,
+              "concurrency": concurrency, "serving": serving}
     (HERE / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Benchmark report", "", f"Machine: {report['machine']}. Local Ray start: {ray_init_s:.1f} s.", "",
              "Sandbox numbers are measured through the whole harness (Ray task → bubblewrap → BentoML over a Unix "
              "socket); in-process numbers call the same model's API directly on the same request bodies.",
              "`overhead_ratio_evaluation` = official evaluation wall time (bundle import, sandbox start, every "
-             "phase, scoring, report, MLflow) / in-process load + every phase.", ""]
-    keys = list(rows[0]) if rows else []
+             "phase, scoring, report, MLflow) / in-process load + every phase.", "", "## Targets (issue 11)", "",
+             "| target | value | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
+              for t in report["targets"]]
+    if concurrency:
+        lines += ["", f"Concurrency: one sandboxed run of {concurrency['example']} alone {concurrency['one_s']:.2f} s, "
+                  f"two at once {concurrency['two_s']:.2f} s ({concurrency['verdicts']})."]
+    lines += ["", "## Every example", ""]
+    keys = list(max(rows, key=len)) if rows else []
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "–"))
+                                       for k in keys) + " |")
     if serving:
         from serving_bench import serving_markdown
 

@@ -71,6 +71,8 @@ class TaskFamily(ABC):
     """Vendor technology fields that match this family (evidence for deep-learning fit)."""
     baseline_name: ClassVar[str] = "none"
     """Name of the non-deep-learning baseline the family computes in `score`."""
+    content_type: ClassVar[str] = "application/json"
+    """Media type of what `encode` returns (the sandbox's worker converts a binary one for BentoML)."""
 
     def __init__(self, spec: PilotSpec, data_dir: Path):
         self.spec = spec
@@ -238,7 +240,8 @@ class TaskFamily(ABC):
     def _phase(self, name: str, inputs: Any, order: np.ndarray, sizes: list[int]) -> Phase:
         cuts = np.split(order, np.cumsum(sizes)[:-1]) if sizes else []
         self.plan[name] = cuts
-        return Phase(name, [self.encode(inputs, rows) for rows in cuts], [len(rows) for rows in cuts])
+        return Phase(name, [self.encode(inputs, rows) for rows in cuts], [len(rows) for rows in cuts],
+                     content_type=self.content_type)
 
     def plan_record(self) -> dict[str, Any]:
         """The phase plan as recorded on the scorecard: the seed, and each phase's batch sizes."""

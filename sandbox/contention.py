@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,10 @@ __all__ = ["Snapshot", "snapshot", "delta", "MachineMeter"]
 
 Snapshot = dict[tuple[int, int], tuple[int, int]]
 """(pid, tid) -> (ns on a CPU, ns waiting for a CPU)."""
+TREE_TTL_S = 0.25
+"""How long a process tree is reused: walking every process of the machine costs milliseconds, more than a
+fast request; a process the service starts is counted from the next walk on."""
+_trees: dict[int, tuple[float, list[int]]] = {}
 
 
 def _read(path: str) -> tuple[int, int] | None:
@@ -36,20 +41,32 @@ def snapshot(pid: int | None) -> Snapshot:
         out[(0, threading.get_native_id())] = me
     if pid is None:
         return out
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return out
-    for proc in procs:
+    for member in _tree(pid):
         try:
-            tids = os.listdir(f"/proc/{proc.pid}/task")
+            tids = os.listdir(f"/proc/{member}/task")
         except OSError:
             continue
         for tid in tids:
-            counters = _read(f"/proc/{proc.pid}/task/{tid}/schedstat")
+            counters = _read(f"/proc/{member}/task/{tid}/schedstat")
             if counters:
-                out[(proc.pid, int(tid))] = counters
+                out[(member, int(tid))] = counters
     return out
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, walked again once the last walk is older than TREE_TTL_S."""
+    now = time.monotonic()
+    cached = _trees.get(pid)
+    if cached and now - cached[0] < TREE_TTL_S:
+        return cached[1]
+    try:
+        members = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        members = []
+    if len(_trees) > 64:
+        _trees.clear()
+    _trees[pid] = (now, members)
+    return members
 
 
 def delta(before: Snapshot, after: Snapshot) -> tuple[float, float]:

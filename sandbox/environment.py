@@ -98,7 +98,7 @@ class PythonEnvironment:
     def key(self) -> str:
         """sha256 of the requirements, the interpreter and the platform: what makes two environments equal."""
         ident = {"requirements": list(self.requirements), "python": sys.version, "platform": sysconfig.get_platform(),
-                 "builder": 1}
+                 "builder": 2}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -136,7 +136,7 @@ class PythonEnvironment:
         reqs = target.parent / "requirements.txt"
         reqs.write_text("\n".join(self.requirements) + "\n")
         self._uv([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)])
-        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build",
+        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build", "--compile-bytecode",
                   "--python", str(target / "bin" / "python"), "-r", str(reqs)])
         (target / COMPLETE).write_text("\n".join(self.requirements) + "\n")
 

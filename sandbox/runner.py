@@ -38,6 +38,8 @@ class Phase:
     items: list[int]
     """How many items (windows, frames) each request carries."""
     concurrency: int = 1
+    content_type: str = "application/json"
+    """Media type of the bodies (e.g. `application/x-testbed-npz`: arrays in binary, see `sandbox/worker.py`)."""
 
 
 @dataclass
@@ -159,11 +161,11 @@ class _Budget:
 
 
 def _send(client: httpx.Client, route: str, body: bytes, deadline: float, cap: int,
-          budget: _Budget) -> tuple[int, bytes | None, float, str]:
+          budget: _Budget, content_type: str = "application/json") -> tuple[int, bytes | None, float, str]:
     """One request, read as a stream: cut at `cap` bytes, when the run's byte budget is spent, or at `deadline`
     (a total, not a per-read, limit)."""
     start = time.perf_counter()
-    headers = {"content-type": "application/json", "accept-encoding": "identity"}
+    headers = {"content-type": content_type, "accept-encoding": "identity"}
     try:
         with client.stream("POST", route, content=body, headers=headers,
                            timeout=max(0.001, deadline - time.monotonic())) as resp:
@@ -238,7 +240,7 @@ def _run_phase(client: httpx.Client, job: SandboxJob, phase: Phase, deadline: fl
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
         pid = svc.proc.pid if svc.proc else None
         before = snapshot(pid)
-        sent = _send(client, job.route, body, deadline, job.max_response_bytes, budget)
+        sent = _send(client, job.route, body, deadline, job.max_response_bytes, budget, phase.content_type)
         return *sent, delta(before, snapshot(pid))
 
     meter = MachineMeter()

@@ -8,11 +8,20 @@ service tried to open that do not exist here (the harness matches them against i
 sandbox is never told). It runs in the vendor's process, so it is best effort: a report, once sent, cannot be
 taken back, but a determined bundle can stop further reports.
 
+Arrays travel in binary when the harness asks for it (`binary_arrays` below): the request body is an `.npz`
+(`application/x-testbed-npz`, read with `allow_pickle=False`), handed to BentoML through its own pickle
+serde, which the app accepts only from this wrapper (pickle from outside is refused, as BentoML's main server
+does), and a 200 answer goes back as one `.npy` (`application/x-npy`) when it is a numeric array, else as JSON
+(text the service returned goes back as it is), for the harness to judge. The harness decodes it with
+`allow_pickle=False` too: it never unpickles anything from the sandbox. Any other request is BentoML's own.
+
 Usage (by the harness): python -I worker.py TAG SOCKET_FD REPORT_FD
 """
 
 import os
 import sys
+
+NPZ, NPY, PICKLE = b"application/x-testbed-npz", b"application/x-npy", b"application/vnd.bentoml+pickle"
 
 _seen = set()
 
@@ -31,6 +40,84 @@ def _audit_hook(report):
     return hook
 
 
+async def _reply(send, status, body, content_type=b"text/plain; charset=utf-8"):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def binary_arrays(app):
+    """ASGI wrapper: `.npz` request -> BentoML's pickle serde -> `.npy` answer (see the module's docstring)."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media == PICKLE:
+            return await _reply(send, 415, b"application/vnd.bentoml+pickle is not accepted")
+        if media != NPZ:
+            return await app(scope, receive, send)
+        import io
+        import json
+        import pickle
+
+        import numpy as np
+
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        try:
+            with np.load(io.BytesIO(b"".join(chunks)), allow_pickle=False) as npz:
+                body = pickle.dumps({name: npz[name] for name in npz.files}, protocol=5)
+        except Exception as exc:  # noqa: BLE001 - a bad body is the client's error
+            return await _reply(send, 400, f"bad .npz body: {type(exc).__name__}".encode())
+        rest = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        inner = {**scope, "headers": [*rest, (b"content-type", PICKLE), (b"content-length", str(len(body)).encode())]}
+        sent = False
+
+        async def once():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        answer = {"status": 500, "headers": [], "body": []}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                answer.update(status=message["status"], headers=message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
+
+        await app(inner, once, capture)
+        data, out_headers = b"".join(answer["body"]), dict(answer["headers"])
+        if answer["status"] != 200 or b"buffer-lengths" not in out_headers:  # an error, or text BentoML sent as is
+            return await _reply(send, answer["status"], data, out_headers.get(b"content-type", b"text/plain"))
+        from _bentoml_impl.serde import Payload, PickleSerde
+
+        try:
+            meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in out_headers.items()}
+            value = PickleSerde().deserialize_value(Payload((data,), metadata=meta))
+            array = np.asarray(value)
+            if array.dtype.kind in "biuf":
+                out = io.BytesIO()
+                np.save(out, array, allow_pickle=False)
+                return await _reply(send, 200, out.getvalue(), NPY)
+        except Exception:  # noqa: BLE001 - not an array: sent as JSON below, for the harness to judge
+            pass
+        try:
+            text = json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, default=str).encode()
+        except Exception as exc:  # noqa: BLE001 - the answer cannot travel at all
+            return await _reply(send, 500, f"the answer cannot be sent: {type(exc).__name__}"[:500].encode())
+        return await _reply(send, 200, text, b"application/json")
+
+    return wrapped
+
+
 def main():
     tag, socket_fd, report_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     sys.addaudithook(_audit_hook(report_fd))
@@ -38,7 +125,8 @@ def main():
     import uvicorn
 
     service = bentoml.load(tag)
-    uvicorn.run(service.to_asgi(), fd=socket_fd, log_level="warning", access_log=False)
+    # is_main=False lets BentoML take pickle, which `binary_arrays` alone sends it (it refuses pickle from outside)
+    uvicorn.run(binary_arrays(service.to_asgi(is_main=False)), fd=socket_fd, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

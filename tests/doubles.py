@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
+
+import numpy as np
 
 from sandbox.executor import InlineExecutor
 from sandbox.runner import PhaseResult, SandboxJob, SandboxResult
@@ -27,7 +30,7 @@ class FakeSandbox(InlineExecutor):
             bodies, statuses = [], []
             for body in phase.bodies:
                 try:
-                    bodies.append(json.dumps(self.handler(job.route, json.loads(body))).encode())
+                    bodies.append(json.dumps(self.handler(job.route, payload(body, phase.content_type))).encode())
                     statuses.append(200)
                 except Exception:  # noqa: BLE001 - any failure is a 500, as BentoML would answer
                     bodies.append(None)
@@ -36,3 +39,11 @@ class FakeSandbox(InlineExecutor):
                                              latencies_s=[0.01] * len(bodies), items=list(phase.items), wall_s=0.1)
         return SandboxResult(verdict=self.verdict, reason="fake", phases=phases, log="", startup_s=0.5,
                              peak_rss_mb=100.0, isolated=self.isolated)
+
+
+def payload(body: bytes, content_type: str) -> dict:
+    """The request as a BentoML service would read it (binary `.npz` arrays as nested lists, like JSON's)."""
+    if content_type == "application/x-testbed-npz":
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            return {name: npz[name].tolist() for name in npz.files}
+    return json.loads(body)

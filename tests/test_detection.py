@@ -320,11 +320,17 @@ def evaluate(spec, bundle, tmp_path, executor):
                            out_dir=tmp_path / "card", submission="t", split="sample")
 
 
-@pytest.mark.slow
-def test_yolox_bundle_on_the_sample(spec, built, tmp_path):
+@pytest.fixture(scope="module")
+def yolox_onnx(spec, built, tmp_path_factory):
+    """Bundle B (YOLOX-Nano on ONNX Runtime) evaluated once on the sample, for the tests below."""
     from sandbox.executor import InlineExecutor
 
-    ev = evaluate(spec, built("cctv_yolox_nano"), tmp_path, InlineExecutor())
+    return evaluate(spec, built("cctv_yolox_nano"), tmp_path_factory.mktemp("yolox"), InlineExecutor())
+
+
+@pytest.mark.slow
+def test_yolox_bundle_on_the_sample(spec, yolox_onnx):
+    ev = yolox_onnx
     card = ev.card
     assert card.verdict == "completed", card.verdict_reason
     assert card.metrics["clean"]["map"] > 0.1 and card.metrics["clean"]["map_50"] > card.metrics["clean"]["map"]
@@ -344,3 +350,36 @@ def test_gpu_spec_evaluates_through_ray(spec, built, tmp_path):
         card = evaluate(gpu, built("cctv_yolov8n"), tmp_path, executor).card
     assert card.verdict == "completed", card.verdict_reason
     assert card.metrics["clean"]["map"] > 0.1
+
+
+def device_lines(out_dir) -> list[str]:
+    """What bundle C (`cctv_yolox_torch`) printed about its device, from the run's sandbox.log."""
+    return [line for line in (out_dir / "sandbox.log").read_text().splitlines() if line.startswith("yolox-torch:")]
+
+
+@pytest.mark.slow
+def test_yolox_converted_to_torch_matches_onnxruntime_on_cpu(spec, built, tmp_path, yolox_onnx):
+    from sandbox.executor import InlineExecutor
+
+    card = evaluate(spec, built("cctv_yolox_torch"), tmp_path, InlineExecutor()).card
+    assert card.verdict == "completed", card.verdict_reason
+    assert card.metrics["clean"]["map"] == pytest.approx(yolox_onnx.card.metrics["clean"]["map"], abs=0.02)
+    lines = device_lines(tmp_path / "card")
+    assert lines[0] == "yolox-torch: loaded device=cpu" and all("device=cpu" in line for line in lines)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_yolox_torch_runs_on_the_gpu_the_spec_gives(spec, built, tmp_path, yolox_onnx):
+    """The model itself ran on CUDA (memory allocated by torch inside the service), not only a GPU attached."""
+    from sandbox.executor import RayExecutor
+
+    gpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus": 1})})
+    with RayExecutor() as executor:
+        card = evaluate(gpu, built("cctv_yolox_torch"), tmp_path, executor).card
+    assert card.verdict == "completed", card.verdict_reason
+    assert card.metrics["clean"]["map"] == pytest.approx(yolox_onnx.card.metrics["clean"]["map"], abs=0.02)
+    detects = [line for line in device_lines(tmp_path / "card") if " detect " in line]
+    assert detects and all("device=cuda" in line for line in detects)
+    assert float(detects[-1].rsplit("cuda_max_allocated_mb=", 1)[1]) > 1  # the weights and activations: MBs

@@ -1,5 +1,6 @@
 """The forecasting family: windows, metrics, scenario, response checks and scoring."""
 
+import io
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from evaluation.families import FAMILIES
-from evaluation.families.forecasting.contract import decode_response
+from evaluation.families.forecasting.contract import decode_response, encode_request
 from evaluation.registry import METRICS
 from testbed.config import PROJECT_ROOT
 from testbed.errors import ContractViolation
@@ -71,6 +72,26 @@ def test_missing_hours_is_seeded_and_spares_the_calendar(fam, test_windows):
 def test_decode_response_rejects_contract_violations(body, words):
     with pytest.raises(ContractViolation, match=words):
         decode_response(body, 1, 24)
+
+
+def npy(array) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.asarray(array), allow_pickle=True)
+    return out.getvalue()
+
+
+def test_binary_request_and_answer_round_trip_without_pickle():
+    history, future = np.full((2, 3, 4), np.nan), np.ones((2, 5, 1))
+    with np.load(io.BytesIO(encode_request(history, future)), allow_pickle=False) as npz:
+        assert np.array_equal(npz["history"], history, equal_nan=True) and np.array_equal(npz["future"], future)
+    assert encode_request(history[:1, :1, :1], future[:1, :1], binary=False) == \
+        b'{"history": [[[NaN]]], "future": [[[1.0]]]}'
+    assert np.array_equal(decode_response(npy(np.ones((2, 24), np.float32)), 2, 24), np.ones((2, 24)))
+    for bad, words in [(npy(np.array([[object()] * 24], dtype=object)), "numeric"),
+                       (npy(np.array([["a"] * 24])), "numeric"), (npy(np.ones((1, 23))), "shape"),
+                       (b"\x93NUMPY garbage", "numeric")]:
+        with pytest.raises(ContractViolation, match=words):
+            decode_response(bad, 1, 24)
 
 
 def oracle(truth_by_key):

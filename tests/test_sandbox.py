@@ -1,10 +1,13 @@
 """The real sandbox (bubblewrap, cgroups, rlimits, seccomp) with real bundles made by `bentoml build`. Slow."""
 
+import io
 import json
 import os
+import pickle
 import socket
 import threading
 
+import numpy as np
 import pytest
 
 from sandbox.host import uid_range
@@ -87,3 +90,18 @@ def test_crash_on_start(built):
 def test_slow_start_times_out(built):
     result = run_job(job(built("slow_start"), "/forecast", [{"history": [], "future": []}], startup_timeout_s=8))
     assert result.verdict == "timeout" and "not ready within 8" in result.reason and result.phases == {}
+
+
+def test_arrays_travel_in_binary_and_pickle_from_outside_is_refused(built):
+    from evaluation.families.forecasting.contract import NPZ, encode_request
+
+    pickled = pickle.dumps({"history": np.zeros((1, 1)), "future": np.zeros((1, 1))})
+    result = run_job(SandboxJob(bundle=built("bad_output").read_bytes(), route="/forecast", phases=[
+        Phase("npz", [encode_request(np.zeros((2, 4, 3)), np.zeros((2, 5, 2)))], [2], content_type=NPZ),
+        Phase("pickle", [pickled], [1], content_type="application/vnd.bentoml+pickle"),
+        Phase("bad", [b"not an npz"], [1], content_type=NPZ)], limits=LIMITS, wall_time_s=120, startup_timeout_s=60))
+    assert result.verdict == "completed", result.reason
+    answer = result.phases["npz"].bodies[0]
+    assert answer.startswith(b"\x93NUMPY")
+    assert np.array_equal(np.load(io.BytesIO(answer), allow_pickle=False), np.ones((2, 3)))
+    assert result.phases["pickle"].statuses == [415] and result.phases["bad"].statuses == [400]

@@ -13,20 +13,27 @@
   covariates of the steps to forecast (as a weather forecast gives them).
 - returns: float array (windows, horizon) of predicted targets, finite and non-negative.
 
-One request carries many windows (of one or many series). (BentoML's `batchable=True` batches single-input
+One request carries many windows (of one or many series). Through the testbed's sandbox the arrays travel in
+binary (an `.npz` request, an `.npy` answer: the worker converts them for BentoML, the service sees the same
+`np.ndarray`s); a plain BentoML JSON request (`{"history": [...], "future": [...]}`) works the same, and is
+what the testbed sends when asked for JSON. (BentoML's `batchable=True` batches single-input
 APIs only and fails on this one with HTTP 500; in production the testbed's serving proxy batches concurrent
 requests itself.)
 """
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 
 from evaluation.contract import Contract, ContractViolation
 
-__all__ = ["FORECAST", "encode_request", "decode_response"]
+__all__ = ["FORECAST", "NPZ", "encode_request", "decode_response"]
+
+NPZ = "application/x-testbed-npz"
+"""Media type of a binary request (`sandbox/worker.py` decodes it); the answer comes back as `.npy`."""
 
 FORECAST = Contract(
     family="forecasting",
@@ -36,15 +43,29 @@ FORECAST = Contract(
 )
 
 
-def encode_request(history: np.ndarray, future: np.ndarray) -> bytes:
-    """JSON body for one request (NaN stays the JSON literal NaN)."""
-    return json.dumps({"history": history.tolist(), "future": future.tolist()}).encode()
+def encode_request(history: np.ndarray, future: np.ndarray, binary: bool = True) -> bytes:
+    """Body of one request: an `.npz` of float64 arrays (media type NPZ), or JSON (NaN stays the literal NaN)."""
+    if not binary:
+        return json.dumps({"history": history.tolist(), "future": future.tolist()}).encode()
+    out = io.BytesIO()
+    np.savez(out, history=np.asarray(history, np.float64), future=np.asarray(future, np.float64))
+    return out.getvalue()
+
+
+def _array(body: bytes) -> np.ndarray:
+    """An `.npy` answer read without pickle (object arrays are refused), else a JSON one."""
+    if body.startswith(b"\x93NUMPY"):
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {array.dtype} is not numeric")
+        return array.astype(np.float64)
+    return np.asarray(json.loads(body, parse_int=float), dtype=np.float64)
 
 
 def decode_response(body: bytes, windows: int, horizon: int) -> np.ndarray:
     """Parse and check one response; raise ContractViolation with what is wrong."""
     try:  # hostile input: huge integers become inf (caught below), deep nesting is refused, not a crash
-        array = np.asarray(json.loads(body, parse_int=float), dtype=np.float64)
+        array = _array(body)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
         raise ContractViolation(f"response is not a numeric array ({type(exc).__name__}: {str(exc)[:200]})") from None
     if array.shape != (windows, horizon):

@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.equity import assess_groups
-from evaluation.families.forecasting.contract import FORECAST, decode_response, encode_request
+from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_response, encode_request
 from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, read_panel
 from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
@@ -62,6 +62,7 @@ class Windows:
 @family("forecasting")
 class Forecasting(TaskFamily):
     contract = FORECAST
+    content_type = NPZ
     Options = ForecastOptions
     group_keys = tuple(DERIVED_GROUPS)
     primary_metric = "mase"
