@@ -88,8 +88,11 @@ def serving_benchmark(ws, spec, submission: str, *, rate: float = 50, steady_s: 
                           rubric=[{"goal": i, "score": 3, "justification": "bench"}
                                   for i in range(1, len(spec.policy_goals) + 1)])
     Production(ws).promote(submission, by="bench")
+    from evaluation.families.forecasting.contract import encode_request
+
     fam = open_family(spec, ws.data_dir)
-    bodies = next(p for p in fam.phases(fam.load("test")) if p.name == "single_stream").bodies
+    data = fam.load("test")  # production serving speaks the contract's JSON, one window per request
+    bodies = [encode_request(data.history[i:i + 1], data.future[i:i + 1], binary=False) for i in range(60)]
     assert all(len(json.loads(b)["history"]) == 1 for b in bodies[:3])
     out = {"pilot": spec.id, "submission": submission, "request": "one window (168 h history, 24 h ahead)"}
     for batching in (False, True):
