@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from evaluation.scorecard import Scorecard  # noqa: E402
 
-__all__ = ["standard_figures", "shown_groups", "render_html", "write_report"]
+__all__ = ["standard_figures", "shown_groups", "render_html", "write_report", "write_atomic"]
 
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
 _env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
@@ -133,13 +133,14 @@ def write_report(card: Scorecard, figures: dict[str, plt.Figure], out_dir: Path,
     pngs = {name: _png(fig) for name, fig in {**figures, **standard_figures(card)}.items()}
     written = {}
     for name, data in pngs.items():
-        written[f"plots/{name}.png"] = _atomic(out_dir / "plots" / f"{name}.png", data)
-    written["scorecard.json"] = _atomic(out_dir / "scorecard.json", card.model_dump_json(indent=2).encode())
-    written["scorecard.html"] = _atomic(out_dir / "scorecard.html", render_html(card, pngs, title).encode())
+        written[f"plots/{name}.png"] = write_atomic(out_dir / "plots" / f"{name}.png", data)
+    written["scorecard.json"] = write_atomic(out_dir / "scorecard.json", card.model_dump_json(indent=2).encode())
+    written["scorecard.html"] = write_atomic(out_dir / "scorecard.html", render_html(card, pngs, title).encode())
     return written
 
 
-def _atomic(path: Path, data: bytes) -> Path:
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

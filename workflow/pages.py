@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.report import render_html
+from evaluation.report import render_html, write_atomic
 from evaluation.scorecard import Scorecard
 from testbed.config import Workspace
 from workflow.catalogue import get_pilot
@@ -29,20 +29,14 @@ def refresh_scorecard(ws: Workspace, submission: str, in_service: dict | None = 
     if not (folder / "scorecard.json").is_file():
         return None
     if in_service is not None:
-        _atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
+        write_atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
     elif (folder / IN_SERVICE).is_file():
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
     card = Scorecard.model_validate_json((folder / "scorecard.json").read_text())
     card = reviewed_card(card, ReviewBook(ws).latest(sub.id))
     pngs = {p.stem: p.read_bytes() for p in sorted((folder / "plots").glob("*.png"))}
-    _atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
+    write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
     html = render_html(card, pngs, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)
-    return _atomic(folder / "scorecard.html", html.encode())
+    return write_atomic(folder / "scorecard.html", html.encode())
 
-
-def _atomic(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
