@@ -10,7 +10,7 @@ from evaluation.local_strength import local_strength
 from evaluation.scorecard import Criterion, Scorecard, rescore
 from testbed.errors import TestbedError
 
-__all__ = ["apply_review", "score_policy_fit", "OVERRIDABLE_GATES", "RUBRIC_MAX"]
+__all__ = ["apply_review", "score_policy_fit", "rubric_percent", "OVERRIDABLE_GATES", "RUBRIC_MAX"]
 
 OVERRIDABLE_GATES = frozenset({"suspected_lookup"})
 """Gates an evaluator may override in a review (with a justification); every other gate is final."""
@@ -45,6 +45,12 @@ RUBRIC_MAX = 4
 """Each policy goal is scored 0 (not served) to 4 (fully served) by the evaluators."""
 
 
+def rubric_percent(scores: Iterable[int]) -> float:
+    """Policy fit (0–100) from the rubric's goal scores (0–4 each): 100 × mean / RUBRIC_MAX."""
+    scores = list(scores)
+    return 100 * sum(scores) / (RUBRIC_MAX * len(scores))
+
+
 def score_policy_fit(card: Scorecard, rubric: dict[str, int], evidence: dict[str, Any] | None = None) -> Scorecard:
     """A copy of `card` with policy fit scored from the evaluators' rubric (goal -> 0..4, every goal of the
     pilot scored): 100 * mean / 4; the total recomputed. `evidence` (who reviewed, justifications) is added to the
@@ -57,7 +63,7 @@ def score_policy_fit(card: Scorecard, rubric: dict[str, int], evidence: dict[str
                          f"{sorted(set(rubric) - set(goals))})")
     if any(not 0 <= rubric[g] <= RUBRIC_MAX for g in goals):
         raise ValueError(f"rubric scores must be between 0 and {RUBRIC_MAX}")
-    score = 100 * sum(rubric[g] for g in goals) / (RUBRIC_MAX * len(goals))
+    score = rubric_percent(rubric[g] for g in goals)
     new = card.model_copy(deep=True)
     new.criteria["policy_fit"] = Criterion(score=score, status="scored", evidence={
         **policy.evidence, "rubric": {g: rubric[g] for g in goals}, **(evidence or {})})

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, score_policy_fit
+from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, rubric_percent, score_policy_fit
 from evaluation.leaderboard import leaderboard_rows
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker
@@ -195,7 +195,7 @@ class ReviewBook:
                             fix='give --by NAME --note "why"')
         review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sha,
                         decision=decision, by=by.strip(), note=note.strip(), rubric=goals,
-                        policy_fit=round(100 * sum(g.score for g in goals) / (RUBRIC_MAX * len(goals)), 2),
+                        policy_fit=round(rubric_percent(g.score for g in goals), 2),
                         overrides=list(overrides), confirmed_claims=list(confirmed_claims),
                         at=datetime.now(UTC).isoformat(timespec="seconds"))
         with self.chain(sub.id).locked() as txn:
