@@ -291,18 +291,15 @@ def _report(card, files, as_json: bool) -> None:
 def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", help="Copy the HTML page here."),
               as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON.")):
     """Show the official scorecard of a submission."""
-    from evaluation.scorecard import Scorecard
-
     store = SubmissionStore(Workspace.from_env())
     store.get(submission)
-    folder = store.report_dir(submission)
-    if not (folder / "scorecard.json").is_file():
+    folder, card = store.report_dir(submission), store.scorecard(submission)
+    if card is None:
         raise NotFound(f"submission {submission} has no scorecard yet", fix=f"run `testbed evaluate {submission}`")
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "scorecard.html", html)
         err.print(f"wrote {html}")
-    card = Scorecard.model_validate_json((folder / "scorecard.json").read_text())
     if as_json:
         print(card.model_dump_json(indent=2))
     elif not html:

@@ -15,7 +15,6 @@ from rich.console import Console
 
 from evaluation.families import open_family
 from evaluation.leaderboard import leaderboard_rows, leaderboard_table
-from evaluation.scorecard import Scorecard
 from evaluation.tracking import MlflowTracker
 from sandbox.executor import RayExecutor
 from serving.monitor import scrape, summarize
@@ -62,11 +61,11 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                 if official is not None:
                     out.print(f"  already evaluated officially (MLflow run {official.run_id}); not re-run "
                               f"(`testbed evaluate {sub.id} --reevaluate --reason ...` to run it again)")
-                    if not (folder / "scorecard.json").is_file():
+                    card = store.scorecard(sub.id)
+                    if card is None:
                         continue
-                    ev = Evaluation(Scorecard.model_validate_json((folder / "scorecard.json").read_text()),
-                                    {"scorecard.html": folder / "scorecard.html",
-                                     "scorecard.json": folder / "scorecard.json"})
+                    ev = Evaluation(card, {"scorecard.html": folder / "scorecard.html",
+                                           "scorecard.json": folder / "scorecard.json"})
                 else:
                     with err.status(f"evaluating {sub.id} in the sandbox on Ray…"):
                         ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from evaluation.report import render_html, write_atomic
-from evaluation.scorecard import Scorecard
 from testbed.config import Workspace
 from workflow.catalogue import get_pilot
 from workflow.review import ReviewBook, reviewed_card
@@ -25,15 +24,14 @@ def refresh_scorecard(ws: Workspace, submission: str, in_service: dict | None = 
     refreshes); returns the HTML path, or None when it has no scorecard."""
     store = SubmissionStore(ws)
     sub = store.get(submission)
-    folder = store.report_dir(sub.id)
-    if not (folder / "scorecard.json").is_file():
+    folder, card = store.report_dir(sub.id), store.scorecard(sub.id)
+    if card is None:
         return None
     if in_service is not None:
         write_atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
     elif (folder / IN_SERVICE).is_file():
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
-    card = Scorecard.model_validate_json((folder / "scorecard.json").read_text())
     card = reviewed_card(card, ReviewBook(ws).latest(sub.id))
     pngs = {p.stem: p.read_bytes() for p in sorted((folder / "plots").glob("*.png"))}
     write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())

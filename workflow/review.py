@@ -236,11 +236,8 @@ def reviewed_card(card: Scorecard, review: Review | None) -> Scorecard:
 
 def official_card(ws: Workspace, submission: str, run_id: str) -> Scorecard | None:
     """The stored scorecard of the official evaluation `run_id` of `submission`, if it is the one on disk."""
-    path = SubmissionStore(ws).report_dir(submission) / "scorecard.json"
-    if not path.is_file():
-        return None
-    card = Scorecard.model_validate_json(path.read_text())
-    return card if card.mlflow_run_id == run_id else None
+    card = SubmissionStore(ws).scorecard(submission)
+    return card if card is not None and card.mlflow_run_id == run_id else None
 
 
 def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict]:

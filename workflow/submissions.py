@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from evaluation.families import FAMILIES
+from evaluation.scorecard import Scorecard
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
@@ -83,6 +84,11 @@ class SubmissionStore:
 
     def report_dir(self, sub_id: str) -> Path:
         return self.root / sub_id / "scorecard"
+
+    def scorecard(self, sub_id: str) -> Scorecard | None:
+        """The stored official scorecard of `sub_id` (None before its first official evaluation)."""
+        path = self.report_dir(sub_id) / "scorecard.json"
+        return Scorecard.model_validate_json(path.read_text()) if path.is_file() else None
 
     def list(self, pilot: str | None = None) -> list[Submission]:
         subs = [Submission.model_validate(json.loads(p.read_text()))
