@@ -1,12 +1,18 @@
-"""A real Ray cluster started with `ray start --head` on loopback, a campaign of six submissions through
-RAY_ADDRESS with faults injected: the `testbed` process killed mid-campaign and the campaign resumed (no
-duplicate), a Ray worker killed (infrastructure: retried, recorded), a sandbox killed (the bundle's run: a
-verdict, not retried). Every result is logged once.
+"""A real two-node Ray cluster on loopback: a head started with `ray start --head` and a second node with its
+own CPUs and temp folder, both bound to 127.0.0.1; a campaign of six submissions through RAY_ADDRESS with
+faults injected: the `testbed` process killed mid-campaign and the campaign resumed (no duplicate), then the
+second node killed with a task on it (machine lost: retried on the head, recorded), a Ray worker killed
+(infrastructure: retried, recorded) and a sandbox killed (the bundle's run: a verdict, not retried). Every
+result is logged once, and results came from both nodes.
 
-One node, two CPUs: a second `ray start --address 127.0.0.1:PORT` cannot join a loopback-only head on this
-stack (with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 `ray start --address` refuses multi-node; without it Ray
-rewrites 127.0.0.1 to the eth0 address, where the loopback head does not listen)."""
+Why the second node is not `ray start --address`: Ray 2.60's CLI refuses to join a node unless
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, and with it set rewrites 127.0.0.1 (as the head's address and as the
+node's own) to the eth0 address, where a loopback-only head does not listen. `start_worker_node` does what
+`ray start --address` does after those two steps (`ray._private.node.Node(..., head=False)`), with the
+loopback addresses kept: every listener stays on 127.0.0.1 (checked below). On a real network, nodes join with
+`ray start --address HEAD:PORT` as usual."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,37 +42,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Ray notices a lost node within ~2 s instead of the default ~30 s (the head's health checks of its nodes)
+HEALTH = '{"health_check_initial_delay_ms": 1000, "health_check_period_ms": 500, "health_check_timeout_ms": 500, ' \
+         '"health_check_failure_threshold": 3}'
+NODE = """import sys
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+node = Node(RayParams(gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=int(sys.argv[2]),
+                      temp_dir=sys.argv[3], include_dashboard=False), head=False, shutdown_at_exit=False,
+            spawn_reaper=False)
+print(node.node_id)
+"""
+
+
 class Cluster:
-    """A Ray head on 127.0.0.1 with its own temp folder; only its own processes are ever stopped."""
+    """A Ray head and worker nodes on 127.0.0.1, each with its own temp folder; only this cluster's processes
+    are ever stopped."""
 
     def __init__(self):
         self.port, self.temp = free_port(), tempfile.mkdtemp(prefix="rt", dir="/tmp")
+        self.nodes: dict[str, str] = {}
+        """Worker node id -> its temp folder."""
         # `ray start --head` defaults to token auth, clients to none: the same mode on both sides
         self.env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
         self.env.pop("RAY_ADDRESS", None)
         self.address = f"127.0.0.1:{self.port}"
-        self.cli("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                 "--include-dashboard", "false", "--temp-dir", self.temp, "--num-cpus", "2",
-                 "--disable-usage-stats")
+        self.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                  "--include-dashboard", "false", "--temp-dir", self.temp, "--num-cpus", "1",
+                  "--disable-usage-stats", "--system-config", HEALTH])
 
-    def cli(self, *args: str) -> None:
+    def run(self, argv: list[str]) -> str:
         try:
-            subprocess.run([RAY, *args], env=self.env, check=True, capture_output=True, timeout=120)
+            return subprocess.run(argv, env=self.env, check=True, capture_output=True, text=True,
+                                  timeout=120).stdout
         except BaseException:
             self.stop()
             raise
 
-    def ours(self, proc: psutil.Process) -> bool:
-        """A process of this cluster: its command line, or an ancestor's (a worker's raylet), names our temp
-        folder or port."""
+    def add_node(self, cpus: int) -> str:
+        """A second Ray node joining the head, with its own CPUs and temp folder, on loopback; its node id."""
+        temp = tempfile.mkdtemp(prefix="rn", dir=self.temp)
+        node_id = self.run([sys.executable, "-c", NODE, self.address, str(cpus), temp]).strip().splitlines()[-1]
+        self.nodes[node_id] = temp
+        return node_id
+
+    @staticmethod
+    def _lineage_mentions(proc: psutil.Process, marks: tuple[str, ...]) -> bool:
+        """The process's command line, or an ancestor's (a worker's raylet), names one of `marks`."""
         try:
             for p in [proc, *proc.parents()]:
                 line = " ".join(p.cmdline())
-                if self.temp in line or self.address in line or f"port={self.port}" in line:
+                if any(m in line for m in marks):
                     return True
         except psutil.Error:
             pass
         return False
+
+    def ours(self, proc: psutil.Process) -> bool:
+        return self._lineage_mentions(proc, (self.temp, self.address, f"port={self.port}"))
+
+    def on_node(self, proc: psutil.Process, node_id: str) -> bool:
+        return self._lineage_mentions(proc, (self.nodes[node_id],))
 
     def workers(self, titles: tuple[str, ...]) -> list[psutil.Process]:
         found = []
@@ -79,15 +115,21 @@ class Cluster:
                 continue
         return found
 
+    def kill_node(self, node_id: str) -> None:
+        """The machine lost: SIGKILL the node's raylet and everything under it (workers, sandboxes)."""
+        doomed = [p for p in psutil.process_iter() if self.on_node(p, node_id)]
+        for p in doomed:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(doomed, timeout=10)
+
     def stop(self) -> None:
         """SIGKILL this cluster's processes by id (gcs_server and raylet ignore SIGTERM); never `ray stop`,
         which would stop every Ray on the machine."""
         mine = [p for p in psutil.process_iter() if self.ours(p) and p.pid != os.getpid()]
         for p in mine:
-            try:
+            with contextlib.suppress(psutil.Error):
                 p.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(mine, timeout=10)
         shutil.rmtree(self.temp, ignore_errors=True)
 
@@ -96,12 +138,24 @@ class Cluster:
 def cluster():
     c = Cluster()
     try:
+        c.second = c.add_node(cpus=1)
         yield c
     finally:
         import ray
 
         ray.shutdown()
         c.stop()
+
+
+def test_both_nodes_of_the_loopback_cluster_listen_on_loopback_only(cluster):
+    ours = [p for p in psutil.process_iter() if cluster.ours(p)]
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+                 and c.pid in {p.pid for p in ours}]
+    raylets = {c.pid for c in listening if psutil.Process(c.pid).name() == "raylet"}
+    assert len(raylets) == 2, "expected the head's and the second node's raylet to listen"
+    exposed = [(psutil.Process(c.pid).name(), c.laddr) for c in listening
+               if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, f"the cluster listens beyond loopback: {exposed}"
 
 
 def variant(root: Path, name: str, n: int) -> Path:
@@ -149,7 +203,7 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
     ids = [store.submit(bike_spec, b, vendor)[0].id for b in bundles]
     assert len(set(ids)) == 6
 
-    # 1. the `testbed` process, killed once its first result is tracked
+    # 1. the `testbed` process, killed once two results are tracked (one from each node: two tasks start at once)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": cluster.address,
            "MLFLOW_TRACKING_URI": ws.tracking_uri,
            "TESTBED_HOME": str(ws.home), "TESTBED_ENVS_DIR": str(ws.envs), "BENTOML_HOME": str(ws.bentoml_home)}
@@ -161,8 +215,8 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
                                    "bike-demand"], env=env, cwd=PROJECT_ROOT, stdout=sink, stderr=sink)
     try:
         deadline = time.monotonic() + 400
-        while not tracked(tracker) and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(1)
+        while len(tracked(tracker)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert driver.poll() is None, log.read_text()[-2000:]
         driver.send_signal(signal.SIGKILL)  # mid-campaign: other tasks running, maybe a run half-written
     finally:
@@ -170,17 +224,22 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
         driver.wait()
     killed_driver_runs = len(tracker.official_runs("bike-demand"))
     todo, done = pending_submissions(store, tracker, pilot="bike-demand")
-    assert 1 <= len(done) < 6 and len(todo) + len(done) == 6
+    assert 2 <= len(done) < 6 and len(todo) + len(done) == 6
 
-    # 2. the resumed campaign, with a Ray worker and then a sandbox killed under it
+    # 2. the resumed campaign: the second node lost with a task on it, then a Ray worker, then a sandbox killed
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    deadline = time.monotonic() + 60  # Ray stops the dead driver's tasks; wait so the fault hits ours
+    deadline = time.monotonic() + 60  # Ray stops the dead driver's tasks; wait so the faults hit ours
     while cluster.workers(TASK_TITLES) and time.monotonic() < deadline:
         time.sleep(0.5)
-    stop, killed_worker, killed_sandbox = threading.Event(), [], []
+    stop, node_lost, killed_worker, killed_sandbox = threading.Event(), [], [], []
 
     def faults():
+        while not stop.is_set() and not node_lost:
+            if any(cluster.on_node(p, cluster.second) for p in cluster.workers(TASK_TITLES)):
+                cluster.kill_node(cluster.second)
+                node_lost.append(cluster.second)
+            time.sleep(0.2)
         kill_once(cluster, TASK_TITLES, stop, killed_worker, set())
         kill_once(cluster, ("bwrap",), stop, killed_sandbox, set(killed_worker))
 
@@ -188,24 +247,25 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
     fault.start()
     try:
         with RayExecutor() as executor:
-            items = run_campaign(todo, executor=executor, tracker=tracker, ws=ws, retries=2)
+            items = run_campaign(todo, executor=executor, tracker=tracker, ws=ws, retries=3)
     finally:
         stop.set()
         fault.join()
-    assert killed_worker and killed_sandbox
+    assert node_lost and killed_worker and killed_sandbox
     assert all(i.status == "evaluated" for i in items), [(i.submission, i.status, i.error) for i in items]
-    retried = [i for i in items if i.retries]
-    assert retried and all("WorkerCrashedError" in r or "died" in r for i in retried for r in i.retries)
+    retries = [r for i in items for r in i.retries]
+    assert len(retries) >= 2, retries  # the lost node's task and the killed worker's, each retried once at least
+    assert all(any(k in r for k in ("WorkerCrashedError", "NodeDiedError", "died")) for r in retries), retries
     assert sum(i.verdict != "completed" for i in items) >= 1  # the killed sandbox: a verdict, never retried
+    assert all(i.node != cluster.second for i in items)  # nothing ran on the lost node once it was gone
 
-    # every submission has exactly one official evaluation, each result logged once
+    # every submission has exactly one official evaluation, each result logged once, from both nodes
     official = tracker.official_runs("bike-demand")
-    assert sorted(r.tags["testbed.submission"] for r in official) == sorted(ids) and killed_driver_runs >= 1
+    assert sorted(r.tags["testbed.submission"] for r in official) == sorted(ids) and killed_driver_runs >= 2
     runs = tracker.client.search_runs([tracker.experiment_id("bike-demand")], max_results=100)
-    finished = [r.data.tags["testbed.submission"] for r in runs if r.info.status == "FINISHED"]
-    assert sorted(finished) == sorted(ids)
-    recorded = {r.data.params["campaign_retries"] for r in runs if r.data.params.get("campaign_retries") != "none"
-                and r.info.status == "FINISHED"}
-    assert any("WorkerCrashedError" in line for line in recorded)
-    # each run names the Ray node that ran its sandbox
-    assert all(r.data.params.get("ray_node") for r in runs if r.info.status == "FINISHED")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["testbed.submission"] for r in finished) == sorted(ids)
+    recorded = {r.data.params["campaign_retries"] for r in finished if r.data.params.get("campaign_retries") != "none"}
+    assert sum(line.count("attempt ") for line in recorded) == len(retries), recorded  # each retry recorded
+    nodes = {r.data.params.get("ray_node") for r in finished}
+    assert cluster.second in nodes and len(nodes) == 2, nodes  # each run names the Ray node that ran its sandbox
