@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from evaluation.contract import Contract
+from evaluation.perturbed import scenario_inputs
 from evaluation.registry import METRICS, SCENARIOS
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.bundle import sha256_file
@@ -167,7 +168,9 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def perturb(self, data: Any, inputs: Any, sc: ScenarioSpec) -> Any:
-        """`inputs` under scenario `sc` (same shape; the ground truth stays valid)."""
+        """`inputs` under scenario `sc` (same shape; the ground truth stays valid): a function of `inputs`, the
+        options and `sc` alone (seed it from `scenario_rng`), so it is computed once per process and reused
+        (`evaluation.perturbed`). Called from worker threads."""
 
     @abstractmethod
     def encode(self, inputs: Any, rows: np.ndarray) -> bytes:
@@ -220,7 +223,7 @@ class TaskFamily(ABC):
         carries; `plan_record()` is what the scorecard records."""
         o, n, clean = self.options, self.size(data), self.inputs(data)
         rng = np.random.default_rng(seed)
-        sets = {"clean": clean} | {sc.name: self.perturb(data, clean, sc) for sc in self.spec.scenarios}
+        sets = {"clean": clean} | scenario_inputs(self, data, clean)
         self.plan_seed, self.plan = seed, {}
         phases = [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
                   for name, inputs in sets.items()]

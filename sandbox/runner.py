@@ -201,7 +201,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
                           forbidden=job.forbidden, python_env=python_env) as svc:
         def expire() -> None:
             expired.set()
-            svc.stop()
+            svc.stop(grace_s=0)
 
         watchdog = threading.Timer(job.wall_time_s, expire)
         watchdog.daemon = True
@@ -218,7 +218,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
                         break
         finally:
             watchdog.cancel()
-        svc.stop()
+        svc.stop(grace_s=0)  # the requests are done: nothing of the service's is worth a graceful exit
         timed_out = timed_out or expired.is_set()
         evidence = svc.evidence()
         evidence.oversize = [f"{name}: {e}" for name, p in phases.items() for e in p.errors if e.startswith("oversize")]

@@ -143,10 +143,11 @@ class SandboxedService:
                                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, start_new_session=True,
                                          pass_fds=(*own_fds, *fds))
 
-    def stop(self) -> None:
-        """Stop everything the sandbox runs: SIGTERM to the service (bubblewrap then reports how it ended), then
-        SIGKILL to all that is left (its cgroup, and bubblewrap's process group). Record how it ended: a death
-        by anything but our signals (e.g. SIGSYS from the seccomp filter a moment before) still counts as the
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Stop everything the sandbox runs: SIGTERM to the service, which has `grace_s` to exit (0: SIGKILL at
+        once, as an evaluation does once its requests are done), bubblewrap reporting how it ended; then SIGKILL
+        to all that is left (its cgroup, and bubblewrap's process group). Record how it ended: a death by
+        anything but our signals (e.g. SIGSYS from the seccomp filter a moment before) still counts as the
         service's own. Safe to call more than once, from any thread."""
         with self._stop_lock:
             if self.proc is None or self._stopped:
@@ -157,9 +158,9 @@ class SandboxedService:
                 self._watch.stop.set()
             running = self.proc.poll() is None
             if running:
-                self._terminate()
+                self._terminate(signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=3)
+                    self.proc.wait(timeout=grace_s if grace_s > 0 else 3)
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
@@ -175,17 +176,17 @@ class SandboxedService:
                 if reader:
                     reader.join(timeout=2)
 
-    def _terminate(self) -> None:
-        """SIGTERM to the service's processes (not to bubblewrap, which must live to report their status)."""
+    def _terminate(self, sig: signal.Signals) -> None:
+        """`sig` to the service's processes (not to bubblewrap, which must live to report their status)."""
         if not self.isolated:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, sig)
             return
         with contextlib.suppress(psutil.Error):
             for proc in psutil.Process(self.proc.pid).children(recursive=True):
                 if proc.name() != "bwrap":
                     with contextlib.suppress(psutil.Error):
-                        proc.terminate()
+                        proc.send_signal(sig)
 
     def close(self) -> None:
         """Remove the private BentoML home, socket, cgroups; give the uid back."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from evaluation.families import open_family
 from evaluation.family import TaskFamily
-from evaluation.report import write_report
+from evaluation.report import warm_up, write_report
 from evaluation.scorecard import Scorecard, build_scorecard
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
@@ -137,6 +137,7 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     data = fam.load(split)
     job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
+    warm_up()  # the scorecard's plotting, readied while the sandbox runs
     return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models, role, out_dir, split,
                               isolated, reevaluate)
 
