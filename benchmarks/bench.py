@@ -78,9 +78,13 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     single = [call(b) for b in phases["single_stream"].bodies]
     offline = sum(call(b) for b in phases["offline"].bodies)
     every_phase = sum(call(b) for p in phases.values() for b in p.bodies)
+    from asgi_probe import app_single_p50_ms  # beside this file
+
+    app_p50 = app_single_p50_ms(bentoml.load(inspect_bundle(bundle).tag), fam.contract.route,
+                                phases["single_stream"].bodies, fam.content_type)
     print(json.dumps({"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
                       "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,
-                      "offline_items_per_s": sum(phases["offline"].items) / offline}))
+                      "offline_items_per_s": sum(phases["offline"].items) / offline, "app_single_p50_ms": app_p50}))
 
 
 GOALS = {"evaluation_forecasting": 1.5, "evaluation_detection": 1.1, "per_request": 2.0, "startup_beyond_load_s": 1.5,
@@ -196,6 +200,8 @@ def main() -> None:
                 "sandbox_single_p50_ms": perf["latency_ms"]["p50"], "sandbox_single_p90_ms": perf["latency_ms"]["p90"],
                 "sandbox_offline_items_per_s": perf["throughput_items_per_s"],
                 "inprocess_single_p50_ms": local["single_p50_ms"], "inprocess_single_p90_ms": local["single_p90_ms"],
+                "bentoml_app_single_p50_ms": local["app_single_p50_ms"],
+                "sandbox_single_p50_beyond_bentoml_app": perf["latency_ms"]["p50"] / local["app_single_p50_ms"],
                 "inprocess_offline_items_per_s": local["offline_items_per_s"], "inprocess_load_s": local["load_s"],
                 "overhead_ratio_single_p50": perf["latency_ms"]["p50"] / local["single_p50_ms"],
                 "overhead_ratio_offline": local["offline_items_per_s"] / max(1e-9, perf["throughput_items_per_s"]),
@@ -219,7 +225,10 @@ def main() -> None:
              "socket); in-process numbers call the same model's API directly on the same request bodies.",
              "`overhead_ratio_evaluation` = official evaluation wall time (bundle import, sandbox start, every "
              "phase, scoring, report, MLflow) / in-process load + every phase. The in-process load runs in a "
-             "fresh interpreter from `import bentoml` to the service instance, as the sandbox's does.",
+             "fresh interpreter from `import bentoml` to the service instance, as the sandbox's does. "
+             "`bentoml_app_single_p50_ms`: the same single-stream requests through BentoML's own app in-process "
+             "(no socket, no sandbox; `benchmarks/asgi_probe.py`); `sandbox_single_p50_beyond_bentoml_app` is what "
+             "the harness adds to BentoML's own serving path.",
              "", "## Targets (issue 11)", "",
              "| target | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['name']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"

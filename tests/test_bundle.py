@@ -80,3 +80,25 @@ def test_contract_mismatch_is_refused(fake_bento, route, words):
     path = fake_bento([route])
     with pytest.raises(ContractError, match=words):
         FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))
+
+
+def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path):
+    """The harness unpacks the archive itself (no BentoML, no vendor code): the bento under bentos/NAME/VERSION
+    with a `latest` file, its models moved to the home's model store, the folders BentoML expects, and file
+    modes without setuid or group/other write bits."""
+    from sandbox.bundle import import_bundle
+
+    setuid = file_member("./src/service.py", b"print('hi')\n")
+    setuid[0].mode = 0o4777
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"), setuid,
+                              file_member("./models/detector/abc/model.yaml", b"name: detector\n"),
+                              file_member("./models/detector/latest", b"abc")], name="ok.bento")
+    home = tmp_path / "home"
+    assert import_bundle(path, home) == "svc:v1"
+    bento = home / "bentos" / "svc" / "v1"
+    assert (bento / "bento.yaml").read_bytes() == b"name: svc\nversion: v1\n"
+    assert (home / "bentos" / "svc" / "latest").read_text() == "v1"
+    assert (home / "models" / "detector" / "abc" / "model.yaml").is_file() and not (bento / "models").exists()
+    assert all((home / d).is_dir() for d in ("envs", "tmp"))
+    assert (bento / "src" / "service.py").stat().st_mode & 0o7022 == 0
+    assert [p.name for p in home.iterdir() if p.name.startswith(".import-")] == []
