@@ -7,7 +7,7 @@ result is logged once, and results came from both nodes.
 
 Why the second node is not `ray start --address`: Ray 2.60's CLI refuses to join a node unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, and with it set rewrites 127.0.0.1 (as the head's address and as the
-node's own) to the eth0 address, where a loopback-only head does not listen. `start_worker_node` does what
+node's own) to the eth0 address, where a loopback-only head does not listen. `Cluster.add_node` does what
 `ray start --address` does after those two steps (`ray._private.node.Node(..., head=False)`), with the
 loopback addresses kept: every listener stays on 127.0.0.1 (checked below). On a real network, nodes join with
 `ray start --address HEAD:PORT` as usual."""
