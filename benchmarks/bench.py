@@ -58,8 +58,9 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     spec = get_pilot(pilot)
     fam = open_family(spec, Workspace.from_env().data_dir)
     phases = {p.name: p for p in fam.phases(fam.load("test"))}
+    tag = inspect_bundle(bundle).tag
     t0 = time.perf_counter()
-    instance = bentoml.load(inspect_bundle(bundle).tag)()
+    instance = bentoml.load(tag)()
     load_s = import_s + time.perf_counter() - t0
     api = getattr(instance, fam.contract.api)
 
@@ -80,7 +81,7 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     every_phase = sum(call(b) for p in phases.values() for b in p.bodies)
     from asgi_probe import app_single_p50_ms  # beside this file
 
-    app_p50 = app_single_p50_ms(bentoml.load(inspect_bundle(bundle).tag), fam.contract.route,
+    app_p50 = app_single_p50_ms(bentoml.load(tag), fam.contract.route,
                                 phases["single_stream"].bodies, fam.content_type)
     print(json.dumps({"load_s": load_s, "single_p50_ms": 1000 * float(np.percentile(single, 50)),
                       "single_p90_ms": 1000 * float(np.percentile(single, 90)), "total_s": load_s + every_phase,

@@ -82,7 +82,7 @@ def test_contract_mismatch_is_refused(fake_bento, route, words):
         FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))
 
 
-def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path):
+def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path, monkeypatch):
     """The harness unpacks the archive itself (no BentoML, no vendor code): the bento under bentos/NAME/VERSION
     with a `latest` file, its models moved to the home's model store, the folders BentoML expects, and file
     modes without setuid or group/other write bits."""
@@ -94,6 +94,12 @@ def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path):
                               file_member("./models/detector/abc/model.yaml", b"name: detector\n"),
                               file_member("./models/detector/latest", b"abc")], name="ok.bento")
     home = tmp_path / "home"
+    import subprocess
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"the import started a process: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)  # no `bentoml import`, nothing of the bundle's runs
     assert import_bundle(path, home) == "svc:v1"
     bento = home / "bentos" / "svc" / "v1"
     assert (bento / "bento.yaml").read_bytes() == b"name: svc\nversion: v1\n"
