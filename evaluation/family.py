@@ -186,6 +186,11 @@ class TaskFamily(ABC):
         """Metrics per scenario and group, and the baseline's, from `predictions` output alone: the audit
         recomputes a scorecard's numbers with this and nothing else."""
 
+    def ready_scoring(self, data: Any) -> None:
+        """Work the scoring of `data` needs that no answer changes (e.g. fitting the baseline), done in a
+        background thread while the sandbox runs and kept (cached) where `score_predictions` finds it."""
+        return None
+
     def exactness(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
         """How exactly the clean predictions reproduce the ground truth up to a constant offset and scale (1 =
         a copy of the truth); None when the family does not say. Flags a lookup when the truth is public."""

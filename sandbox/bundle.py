@@ -7,6 +7,7 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,8 @@ def _unsafe(where: str, problem: str) -> BundleError:
                        fix="submit the archive that `bentoml export NAME:VERSION FILE.bento` writes, unmodified")
 
 
-def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
-    """Check every member is a plain file or folder inside the archive, within limits; read `bento.yaml`."""
-    path = Path(path)
+def _open(path: Path, limits: Limits, mode: str) -> tarfile.TarFile:
+    """The archive, opened with tarfile after the file-level checks (exists, size, xz)."""
     where = str(path)
     if not path.is_file():
         raise BundleError("no such file", where=where, fix="give the path of a `.bento` file made by `bentoml export`")
@@ -81,24 +81,39 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
         kind = next((name for m, name in OTHER_FORMATS.items() if magic.startswith(m)), None)
         raise _unsafe(where, f"a {kind} archive: a .bento is the xz-compressed tar `bentoml export` writes" if kind
                       else "not a readable .bento archive (a .bento is the xz-compressed tar `bentoml export` writes)")
-    manifest_bytes, total, count = None, 0, 0
     try:
-        with tarfile.open(path, "r:xz") as tar:
-            for member in tar:
-                count += 1
-                name = member.name
-                normal = posixpath.normpath(name)
-                if name.startswith("/") or normal == ".." or normal.startswith("../"):
-                    raise _unsafe(where, f"member {name!r} points outside the archive")
-                if not (member.isfile() or member.isdir()):
-                    raise _unsafe(where, f"member {name!r} is a link or special file; only files and folders allowed")
-                total += member.size
-                if count > limits.max_members or total > limits.max_unpacked_bytes:
-                    raise _unsafe(where, "archive unpacks to more files or bytes than the limits allow")
-                if normal == "bento.yaml" and member.isfile():
-                    manifest_bytes = tar.extractfile(member).read(1 << 20)
+        return tarfile.open(path, mode)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise _unsafe(where, f"not a readable .bento archive ({str(exc).splitlines()[0].rstrip(':')})") from None
+        raise _unreadable(where, exc) from None
+
+
+def _unreadable(where: str, exc: Exception) -> BundleError:
+    return _unsafe(where, f"not a readable .bento archive ({str(exc).splitlines()[0].rstrip(':')})")
+
+
+def _checked(tar: tarfile.TarFile, where: str, limits: Limits):
+    """The archive's members, each checked (inside the archive, a plain file or folder, within the limits)
+    before it is yielded: one pass over the compressed stream."""
+    total, count = 0, 0
+    try:
+        for member in tar:
+            count += 1
+            name = member.name
+            normal = posixpath.normpath(name)
+            if name.startswith("/") or normal == ".." or normal.startswith("../"):
+                raise _unsafe(where, f"member {name!r} points outside the archive")
+            if not (member.isfile() or member.isdir()):
+                raise _unsafe(where, f"member {name!r} is a link or special file; only files and folders allowed")
+            total += member.size
+            if count > limits.max_members or total > limits.max_unpacked_bytes:
+                raise _unsafe(where, "archive unpacks to more files or bytes than the limits allow")
+            yield member, normal
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _unreadable(where, exc) from None
+
+
+def _manifest(manifest_bytes: bytes | None, where: str) -> tuple[dict, str]:
+    """The parsed `bento.yaml` and the tag it names, checked."""
     if manifest_bytes is None:
         raise _unsafe(where, "no bento.yaml inside: this is not a BentoML bundle")
     try:
@@ -110,7 +125,18 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
                .isalnum() for k in ("name", "version")):
         raise _unsafe(where, "bento.yaml name/version must be plain identifiers")
     _check_routes_shape(manifest, where)
-    return BundleInfo(path=path, sha256=sha256_file(path), size=size, tag=tag, manifest=manifest)
+    return manifest, tag
+
+
+def inspect_bundle(path: Path, limits: Limits = Limits()) -> BundleInfo:
+    """Check every member is a plain file or folder inside the archive, within limits; read `bento.yaml`."""
+    path, manifest_bytes = Path(path), None
+    with _open(path, limits, "r|xz") as tar:
+        for member, normal in _checked(tar, str(path), limits):
+            if normal == "bento.yaml" and member.isfile():
+                manifest_bytes = tar.extractfile(member).read(1 << 20)
+    manifest, tag = _manifest(manifest_bytes, str(path))
+    return BundleInfo(path=path, sha256=sha256_file(path), size=path.stat().st_size, tag=tag, manifest=manifest)
 
 
 def _check_routes_shape(manifest: dict, where: str) -> None:
@@ -146,21 +172,26 @@ def _check_routes_shape(manifest: dict, where: str) -> None:
             raise bad(f"route {route['name']!r}: `input.required` is not a list of names")
 
 
-def import_bundle(path: Path, bentoml_home: Path) -> str:
+def import_bundle(path: Path, bentoml_home: Path, limits: Limits = Limits()) -> str:
     """Import an archive into a private BentoML home as `bentoml import` lays it out: the bento under
     `bentos/NAME/VERSION` (with a `latest` file), the models it carries under `models/`, and the home's other
     folders (the sandbox mounts the home read-only, where BentoML could not create them). No BentoML and no vendor
-    code runs (a subprocess running `bentoml import` cost ~1 s of every evaluation): `inspect_bundle` has checked
-    every member, and tarfile's `data` filter extracts them (no links, devices, absolute paths, setuid or
-    group/other write bits). Returns the tag."""
-    info = inspect_bundle(path)
-    name, version = info.tag.split(":")
+    code runs (a subprocess running `bentoml import` cost ~1 s of every evaluation). One pass over the compressed
+    stream: each member is checked as `inspect_bundle` checks it, then extracted with tarfile's `data` filter
+    (no links, devices, absolute paths, setuid or group/other write bits); a refused archive leaves nothing
+    behind. Returns the tag."""
+    path, where = Path(path), str(path)
     for folder in ("bentos", "models", "envs", "tmp"):  # what BentoML creates in a home it opens
         (bentoml_home / folder).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=bentoml_home))
     try:
-        with tarfile.open(path, "r:xz") as tar:
-            tar.extractall(staging, filter="data")
+        with _open(path, limits, "r|xz") as tar:
+            for member, _ in _checked(tar, where, limits):
+                tar.extract(member, staging, filter="data")
+        manifest_file = staging / "bento.yaml"
+        with open(manifest_file, "rb") if manifest_file.is_file() else nullcontext() as fh:
+            _, tag = _manifest(fh.read(1 << 20) if fh else None, where)
+        name, version = tag.split(":")
         models = staging / "models"
         if models.is_dir():
             for model in models.iterdir():
@@ -174,9 +205,9 @@ def import_bundle(path: Path, bentoml_home: Path) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"the archive could not be unpacked ({str(exc).splitlines()[0]})", where=str(path),
+        raise BundleError(f"the archive could not be unpacked ({str(exc).splitlines()[0]})", where=where,
                           fix="re-export the bundle with `bentoml export` using BentoML 1.4") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     (dest.parent / "latest").write_text(version)
-    return info.tag
+    return tag

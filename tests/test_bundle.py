@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from evaluation.families import FAMILIES
-from sandbox.bundle import Limits, inspect_bundle
+from sandbox.bundle import Limits, import_bundle, inspect_bundle
 from testbed.errors import BundleError, ContractError
 from tests.conftest import FORECAST_ROUTE
 
@@ -42,6 +42,21 @@ def test_unsafe_members_are_refused(tmp_path, member, words):
     with pytest.raises(BundleError, match=words) as info:
         inspect_bundle(path)
     assert str(path) in str(info.value) and "bentoml export" in str(info.value)
+    home = tmp_path / "home"  # the import checks each member as it unpacks: refused, and nothing left behind
+    with pytest.raises(BundleError, match=words):
+        import_bundle(path, home)
+    assert [p.name for p in home.rglob("*") if p.is_file()] == []
+
+
+def test_a_cut_archive_is_refused_whole(tmp_path):
+    big = bytes(range(256)) * 4000
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"), file_member("./src/a", big),
+                              file_member("./src/b", big[::-1])], name="cut.bento")
+    path.write_bytes(path.read_bytes()[:path.stat().st_size * 2 // 3])
+    for check in (inspect_bundle, lambda p: import_bundle(p, tmp_path / "home")):
+        with pytest.raises(BundleError, match="not a readable .bento archive|could not be unpacked"):
+            check(path)
+    assert [p.name for p in (tmp_path / "home").rglob("*") if p.is_file()] == []
 
 
 def test_size_limits(tmp_path):
@@ -86,8 +101,6 @@ def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path, monkeypatch
     """The harness unpacks the archive itself (no BentoML, no vendor code): the bento under bentos/NAME/VERSION
     with a `latest` file, its models moved to the home's model store, the folders BentoML expects, and file
     modes without setuid or group/other write bits."""
-    from sandbox.bundle import import_bundle
-
     setuid = file_member("./src/service.py", b"print('hi')\n")
     setuid[0].mode = 0o4777
     path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"), setuid,

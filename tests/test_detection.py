@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from evaluation.families import FAMILIES
-from evaluation.families.detection.contract import DETECT, decode_response
+from evaluation.families.detection.contract import DETECT, _detection, decode_response, encode_request
 from evaluation.registry import SCENARIOS
 from testbed.config import PROJECT_ROOT
 from testbed.errors import ContractError, ContractViolation, SpecError
@@ -108,7 +108,9 @@ def test_map_equals_pycocotools(fam, test_frames):
     from pycocotools.cocoeval import COCOeval
 
     answers = noisy(test_frames)
+    truth_before = json.dumps(test_frames.gt, sort_keys=True)
     outcome = run(fam, test_frames, oracle(test_frames, answers))
+    assert json.dumps(test_frames.gt, sort_keys=True) == truth_before  # eleven evaluations, the truth untouched
     ids = {v: k for k, v in names(test_frames).items()}
     results = [{"image_id": img, "category_id": ids[d["label"]], "score": d["score"],
                 "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]]}
@@ -166,6 +168,43 @@ def test_decode_response_accepts_unknown_labels_and_clips_boxes():
                         {**GOOD, "box": [200, 0, 300, 10]}, inverted_by_rounding]]).encode()
     (dets,) = decode_response(body, 1, [(100, 80)])
     assert [(d.label, d.box) for d in dets] == [("zebra crossing", (0.0, 10.0, 100.0, 50.0))]  # outside, empty: dropped
+
+
+def test_decode_response_in_bulk_agrees_with_the_per_detection_checks():
+    """Whole images are checked at once; every answer must come out as the per-detection checks give it."""
+    rng = np.random.default_rng(3)
+    images, sizes = [], []
+    for _ in range(40):
+        w, h = (int(v) for v in rng.integers(20, 400, 2))
+        sizes.append((w, h))
+        dets = []
+        for _ in range(int(rng.integers(0, 30))):
+            x1, y1 = rng.uniform(-50, w + 50), rng.uniform(-50, h + 50)
+            inverted = rng.random() < 0.1  # by less than the contract's rounding tolerance: kept, but empty
+            x2 = x1 + (rng.uniform(-TOLERANCE_EDGE, 0) if inverted else rng.uniform(0, 200))
+            box = [x1, y1, x2, y1 + rng.uniform(0, 200)]
+            box = box if inverted or rng.random() < 0.7 else [round(v) for v in box]  # integers too
+            dets.append({"label": str(rng.choice(["car", "person", "kite"])), "score": float(rng.random()),
+                         "box": box, **({"extra": 1} if rng.random() < 0.1 else {})})
+        images.append(dets)
+    body = json.dumps(images).encode()
+    for frame_sizes in (sizes, None):
+        expected = [[d for j, det in enumerate(json.loads(json.dumps(dets), parse_int=float))
+                     if (d := _detection(det, "", frame_sizes and frame_sizes[i])) is not None]
+                    for i, dets in enumerate(images)]
+        assert decode_response(body, len(images), frame_sizes) == expected
+        assert sum(map(len, expected)) > 300
+
+
+TOLERANCE_EDGE = 0.009  # inside the contract's rounding tolerance of 0.01 px
+
+
+def test_encode_request_is_the_json_of_the_base64_files():
+    frames = [FRAME.read_bytes(), b"", bytes(range(256))]
+    for images in ([], frames):
+        body = encode_request(images)
+        assert body == json.dumps({"images": [base64.b64encode(im).decode() for im in images]}).encode()
+        assert [base64.b64decode(s) for s in json.loads(body)["images"]] == images
 
 
 def test_check_routes_requires_images():
@@ -336,7 +375,7 @@ def test_yolox_bundle_on_the_sample(spec, yolox_onnx):
     assert card.metrics["clean"]["map"] > 0.1 and card.metrics["clean"]["map_50"] > card.metrics["clean"]["map"]
     assert set(card.metrics) == {"clean", *(s.name for s in spec.scenarios)}
     assert min(card.retention.values()) < 1 and card.performance["error_rate"] == 0
-    assert {"plots/example_frames.png", "plots/per_class.png", "scorecard.html"} <= set(ev.files)
+    assert {"plots/example_frames.jpg", "plots/per_class.png", "scorecard.html"} <= set(ev.files)
 
 
 @pytest.mark.gpu

@@ -56,6 +56,58 @@ def test_scorecard_json_has_the_documented_keys(evaluated):
     assert "data:image/png;base64," in html and "pending evaluator" in html
 
 
+def test_answer_independent_work_runs_beside_the_sandbox(ws, bike_spec, fake_bento, tracker, monkeypatch):
+    """The model scan and the family's `ready_scoring` run in background threads, at a lower CPU priority,
+    while the executor runs the job; the scoring waits for them."""
+    import os
+    import threading
+    import time
+
+    from evaluation.families.forecasting.family import Forecasting
+    from sandbox.contention import BESIDE_NICE
+
+    seen, main_nice = {}, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def slow_ready(self, data):
+        seen["thread"] = threading.current_thread().name
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        time.sleep(0.5)
+        seen["ready_at"] = time.monotonic()
+
+    class Timed(FakeSandbox):
+        def run(self, job):
+            seen["run_at"] = time.monotonic()
+            return super().run(job)
+
+    monkeypatch.setattr(Forecasting, "ready_scoring", slow_ready)
+    original = Forecasting.score_predictions
+    monkeypatch.setattr(Forecasting, "score_predictions",
+                        lambda self, *a: seen.setdefault("scored_at", time.monotonic()) and original(self, *a))
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=Timed(last_day), ws=ws,
+                         out_dir=ws.home / "out", submission="bike-demand-fake", tracker=tracker)
+    assert seen["thread"].startswith("evaluation-beside-sandbox") and ev.card.verdict == "completed"
+    assert seen["nice"] == max(main_nice, BESIDE_NICE)  # that thread only:
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+    assert seen["run_at"] < seen["ready_at"] <= seen["scored_at"]  # overlapped with the run; scoring waited
+
+
+def test_photographs_are_embedded_as_jpeg_and_charts_as_png(evaluated, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from evaluation.report import write_report
+
+    photo, ax = plt.subplots()
+    ax.imshow(np.random.default_rng(0).random((64, 64, 3)))
+    chart, ax = plt.subplots()
+    ax.plot([1, 2])
+    files = write_report(evaluated.card, {"frames": photo, "curve": chart}, tmp_path, "t")
+    assert files["plots/frames.jpg"].read_bytes()[:3] == b"\xff\xd8\xff"
+    assert files["plots/curve.png"].read_bytes()[:4] == b"\x89PNG"
+    html = files["scorecard.html"].read_text()
+    assert 'alt="frames" src="data:image/jpeg;base64,/9j/' in html
+    assert 'alt="curve" src="data:image/png;base64,iVBOR' in html
+
+
 def test_the_seasonal_naive_has_no_skill_and_fails_the_mase_gate(evaluated):
     card = evaluated.card
     assert card.criteria["deep_learning_fit"].score == 0  # equals the harness's own baseline

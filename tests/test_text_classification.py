@@ -8,6 +8,7 @@ import pytest
 
 from evaluation.families import FAMILIES
 from evaluation.families.text_classification.contract import decode_response
+from evaluation.families.text_classification.family import _baseline_probs, _fit_baseline
 from evaluation.families.text_classification.hangul import compose, decompose, is_syllable, to_keys
 from evaluation.families.text_classification.metrics import ClassEval, class_f1
 from evaluation.registry import METRICS, SCENARIOS
@@ -66,9 +67,26 @@ def test_decode_accepts_a_good_answer_and_names_each_violation():
            "sum to 0.5000": json.dumps([answer("나", [0.1, 0.3, 0.1])]).encode(),
            "highest score": json.dumps([answer("가", [0.2, 0.7, 0.1])]).encode(),
            "probability in [0, 1]": json.dumps([answer("나", [-0.2, 1.1, 0.1])]).encode()}
+    bad["probability in [0, 1] "] = b'[{"label": "\\ub098", "scores": {"\\uac00": 0, "\\ub098": 1' + b"0" * 400 + \
+        b', "\\ub2e4": 0}}]'  # an integer too large for a float
+    bad["probability in [0, 1]  "] = json.dumps([answer("나", [False, True, False])]).encode()
     for message, body in bad.items():
-        with pytest.raises(ContractViolation, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ContractViolation, match=message.strip().replace("[", r"\[").replace("]", r"\]")):
             decode_response(body, 1, CATS)
+    good = json.dumps(answer("나", [0.2, 0.7, 0.1]))
+    with pytest.raises(ContractViolation, match="text 2: `label` '가' is not the category with the highest score"):
+        decode_response(f"[{good}, {good}, {json.dumps(answer('가', [0.2, 0.7, 0.1]))}]".encode(), 3, CATS)
+
+
+def test_decode_in_bulk_agrees_with_the_answers():
+    """Whole responses are checked at once: labels and normalised probabilities as each answer says."""
+    rng = np.random.default_rng(5)
+    raw = rng.dirichlet(np.ones(3), 500) * rng.uniform(0.995, 1.005, (500, 1))
+    raw[::7] = np.eye(3)[rng.integers(0, 3, len(raw[::7]))]  # integers 0 and 1 in the JSON
+    answers = [answer(CATS[int(r.argmax())], [int(v) if v in (0, 1) else float(v) for v in r]) for r in raw]
+    labels, probs = decode_response(json.dumps(answers).encode(), len(answers), CATS)
+    assert labels.tolist() == raw.argmax(1).tolist()
+    assert probs == pytest.approx(raw / raw.sum(1, keepdims=True))
 
 
 def test_hangul_arithmetic_round_trips_and_types_like_a_keyboard():
@@ -123,7 +141,11 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
         return out
 
     job = type("J", (), {"phases": fam.phases(test_texts), "route": "/classify"})
+    _fit_baseline.cache_clear()
+    _baseline_probs.cache_clear()
+    fam.ready_scoring(test_texts)  # what the harness runs beside the sandbox: the baseline (seconds)
     outcome = fam.score(test_texts, FakeSandbox(oracle).run(job))
+    assert _fit_baseline.cache_info().misses == 1 and _baseline_probs.cache_info()[:2] == (1, 1)  # found, not redone
     assert not outcome.violations and outcome.coverage == 1.0
     expected = np.mean([truth[t] == y for t, y in zip(test_texts.texts, test_texts.labels, strict=True)])
     assert 0.999 < expected <= 1  # a repeated title filed under two categories

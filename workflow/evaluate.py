@@ -8,6 +8,7 @@ import json
 import math
 import secrets
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
 from sandbox.bundle import inspect_bundle
+from sandbox.contention import yield_cpu
 from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
@@ -35,6 +37,10 @@ __all__ = ["Evaluation", "PreparedEvaluation", "evaluate_bundle", "prepare_evalu
 
 AUDIT_FILES = ("predictions.npz", "pilot_spec.json", "vendor.json")
 """Written beside every scorecard and logged with every official run: what `testbed audit` recomputes from."""
+
+_BESIDE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluation-beside-sandbox", initializer=yield_cpu)
+"""Work an evaluation needs only after its sandbox run (the model scan, the family's `ready_scoring`), done
+while the sandbox runs, at a lower CPU priority (`yield_cpu`)."""
 
 
 @dataclass
@@ -112,7 +118,10 @@ class PreparedEvaluation:
     fam: TaskFamily
     data: object
     info: object
-    models: object
+    models: Future
+    """The bundle's model artifacts (`scan_models`), read in the background while the sandbox runs."""
+    scoring_ready: Future
+    """The family's answer-independent scoring work (`TaskFamily.ready_scoring`), done meanwhile too."""
     role: str
     out_dir: Path
     split: str
@@ -131,15 +140,15 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     if isolated:
         check_isolation()
     info = inspect_bundle(bundle)
-    models = scan_models(bundle)
+    models = _BESIDE.submit(scan_models, bundle)  # xz decompression releases the GIL
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
     environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     data = fam.load(split)
     job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
     warm_up()  # the scorecard's plotting, readied while the sandbox runs
-    return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models, role, out_dir, split,
-                              isolated, reevaluate)
+    return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models,
+                              _BESIDE.submit(fam.ready_scoring, data), role, out_dir, split, isolated, reevaluate)
 
 
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
@@ -161,6 +170,7 @@ def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker
     spec, fam, data, info, role, reevaluate = p.spec, p.fam, p.data, p.info, p.role, p.reevaluate
     if tracker is not None and role == "official":
         _role(tracker, spec, p.submission, None)
+    p.scoring_ready.exception()  # waits; should it have failed, the scoring meets (and reports) the same failure
     try:
         outcome = fam.score(data, result)
     except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
@@ -170,7 +180,7 @@ def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker
     version = harness_version()
     extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
              "vendor.json": p.vendor.model_dump_json(indent=2).encode()}
-    card = build_scorecard(spec, fam, p.vendor, outcome, result, models=p.models, submission=p.submission,
+    card = build_scorecard(spec, fam, p.vendor, outcome, result, models=p.models.result(), submission=p.submission,
                            vendor=p.vendor.name, bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256,
                            harness_version=version, split=p.split, official=tracker is not None, evaluation=role,
                            reevaluation_reason=reevaluate if role == "reevaluation" else None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.report import render_html, write_atomic
+from evaluation.report import PLOT_FORMATS, render_html, write_atomic
 from testbed.config import Workspace
 from workflow.catalogue import get_pilot
 from workflow.review import ReviewBook, reviewed_card
@@ -33,8 +33,8 @@ def refresh_scorecard(ws: Workspace, submission: str, in_service: dict | None = 
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
     card = reviewed_card(card, ReviewBook(ws).latest(sub.id))
-    pngs = {p.stem: p.read_bytes() for p in sorted((folder / "plots").glob("*.png"))}
+    plots = {p.stem: p.read_bytes() for p in sorted((folder / "plots").iterdir()) if p.suffix[1:] in PLOT_FORMATS}
     write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
-    html = render_html(card, pngs, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)
+    html = render_html(card, plots, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)
     return write_atomic(folder / "scorecard.html", html.encode())
 

@@ -39,8 +39,11 @@ def coco_evaluate(gt: dict, detections: list[dict], cat_ids: list[int], img_ids:
     Returns area range -> (precision (T, R, K), recall (T, K)), classes in `cat_ids` order."""
     from faster_coco_eval import COCO, COCOeval_faster
 
+    # evaluation marks each ground-truth annotation in place (`ignore`): a fresh dict per annotation is enough,
+    # at a fraction of a deep copy's cost
+    fresh = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(gt, use_deepcopy=True)  # evaluation marks ground truth in place
+        coco_gt = COCO(fresh)
         coco_dt = coco_gt.loadRes([dict(d) for d in detections])
         ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox",
                              ranges={k: v for k, v in AREA_RANGES.items() if k != "all"})

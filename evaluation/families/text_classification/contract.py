@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 
 import numpy as np
 
@@ -49,17 +50,45 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _bulk(data: list, categories: list[str], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The checks of `decode_response` for every answer at once (numbers are floats here: integers are parsed
+    as floats); None when anything is off, for the checks one answer at a time to name it."""
+    if not data:
+        return np.zeros(0, int), np.zeros((0, len(categories)))
+    if set(map(type, data)) != {dict}:
+        return None
+    try:
+        labels, scores = [index[item["label"]] for item in data], [item["scores"] for item in data]
+        if set(map(type, scores)) != {dict} or set(map(len, scores)) != {len(categories)}:
+            return None
+        rows = [[s[c] for c in categories] for s in scores]  # with as many keys, a KeyError if one differs
+    except (KeyError, TypeError):
+        return None
+    if set(map(type, chain.from_iterable(rows))) != {float}:
+        return None
+    probs, labels = np.array(rows, dtype=float), np.array(labels)
+    sums = probs.sum(1)
+    if not (np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()) or \
+            (np.abs(sums - 1) > SUM_TOLERANCE).any() or \
+            (probs.max(1) - probs[np.arange(len(labels)), labels] > TIE_TOLERANCE).any():
+        return None
+    return labels, probs / sums[:, None]
+
+
 def decode_response(body: bytes, n_texts: int, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Parse and check one response for `n_texts` texts: (label index per text, probabilities (n, K) in
     `categories` order). Raise ContractViolation with what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, TypeError) as exc:
-        raise ContractViolation(f"response is not JSON ({exc})") from None
+    try:  # integers parsed as floats: a huge one becomes inf (refused as non-finite)
+        data = json.loads(body, parse_int=float)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ContractViolation(f"response is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(data, list) or len(data) != n_texts:
         got = f"{len(data)} items" if isinstance(data, list) else type(data).__name__
         raise ContractViolation(f"response must be a list with one object per text: {n_texts} expected, got {got}")
     index, want = {c: k for k, c in enumerate(categories)}, set(categories)
+    bulk = _bulk(data, categories, index)
+    if bulk is not None:
+        return bulk
     labels, probs = np.zeros(n_texts, int), np.zeros((n_texts, len(categories)))
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "label" not in item or "scores" not in item:

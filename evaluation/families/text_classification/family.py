@@ -33,13 +33,21 @@ def _fit_baseline(texts: tuple[str, ...], labels: tuple[int, ...]):
     return model.fit(list(texts), list(labels))
 
 
+@functools.lru_cache(maxsize=4)
+def _baseline_probs(train_texts: tuple[str, ...], train_labels: tuple[int, ...], texts: tuple[str, ...],
+                    n_classes: int) -> np.ndarray:
+    model = _fit_baseline(train_texts, train_labels)
+    probs = np.zeros((len(texts), n_classes))
+    probs[:, model.classes_] = model.predict_proba(list(texts))
+    probs.setflags(write=False)  # shared by every later call
+    return probs
+
+
 def tfidf_baseline(train: Texts, texts: list[str], n_classes: int) -> np.ndarray:
     """The non-deep-learning reference: TF-IDF of character 1-3-grams (within words) and a logistic regression
-    (one-vs-rest, fitted by seeded SGD) on the public training split; (items, categories) probabilities."""
-    model = _fit_baseline(tuple(train.texts), tuple(int(y) for y in train.labels))
-    probs = np.zeros((len(texts), n_classes))
-    probs[:, model.classes_] = model.predict_proba(texts)
-    return probs
+    (one-vs-rest, fitted by seeded SGD) on the public training split; (items, categories) probabilities
+    (read-only: computed once per process for the same texts)."""
+    return _baseline_probs(tuple(train.texts), tuple(int(y) for y in train.labels), tuple(texts), n_classes)
 
 
 @family("text-classification")
@@ -127,13 +135,19 @@ class TextClassification(TaskFamily):
         correct = (answered & (pred == data.labels)).astype(float)  # an unanswered text counts as wrong
         equity = assess_groups({key: data.groups[key] for key in self.spec.groups}, metric="accuracy", goal="max",
                                values=correct, overall=metrics["clean"].get("accuracy"), settings=self.spec.equity)
-        base_probs = tfidf_baseline(self.load(self._training_split()), data.texts, k)
+        base_probs = self._baseline(data)
         base_pred, everything = base_probs.argmax(1), np.ones(len(data.texts), bool)
         baseline = {"name": self.baseline_name, **self._metrics(data, base_pred, base_probs, everything)}
         return Outcome(
             metrics=metrics, groups=groups, baseline=baseline, coverage=float(answered.mean()), equity=equity,
             extras={"pred": pred, "probs": probs, "answered": answered, "class_f1": f1,
                     "baseline_class_f1": class_f1(ClassEval(data.labels, base_pred, base_probs, k))})
+
+    def ready_scoring(self, data: Texts) -> None:
+        self._baseline(data)  # the fit (seconds) is cached for the scoring
+
+    def _baseline(self, data: Texts) -> np.ndarray:
+        return tfidf_baseline(self.load(self._training_split()), data.texts, len(data.categories))
 
     def _training_split(self) -> str:
         """The public split the baseline learns from: `train`, else the public `sample`."""
