@@ -180,7 +180,8 @@ def main() -> None:
             sub, _ = store.submit(spec, bundle, folder / "vendor.yaml")
             t0 = time.perf_counter()
             ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                                 tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
+                                 tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id,
+                                 vetted=store.vetted(sub.id))
             wall = time.perf_counter() - t0
             card = ev.card
             if fam.name == "forecasting" and card.passed:

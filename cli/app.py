@@ -175,7 +175,8 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
     with RayExecutor() as executor, err.status(f"evaluating {sub.id} in the sandbox…"):
         ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
                              tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
-                             isolated=not unsafe, reevaluate=reason if reevaluate else None)
+                             isolated=not unsafe, reevaluate=reason if reevaluate else None,
+                             vetted=store.vetted(sub.id))
     _report(ev.card, ev.files, as_json)
 
 

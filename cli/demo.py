@@ -69,7 +69,8 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                 else:
                     with err.status(f"evaluating {sub.id} in the sandbox on Ray…"):
                         ev = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                                             tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
+                                             tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id,
+                                             vetted=store.vetted(sub.id))
                 cards.append(ev)
                 out.print(f"  verdict {ev.card.verdict}, {fam.primary_metric} "
                           f"{ev.card.metrics['clean'].get(fam.primary_metric, float('nan')):.4g}, total "

@@ -121,3 +121,20 @@ def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path, monkeypatch
     assert all((home / d).is_dir() for d in ("envs", "tmp"))
     assert (bento / "src" / "service.py").stat().st_mode & 0o7022 == 0
     assert [p.name for p in home.iterdir() if p.name.startswith(".import-")] == []
+
+
+def test_vetted_bytes_are_not_decompressed_again_and_other_bytes_are(tmp_path, monkeypatch):
+    """What a store recorded at submission (sha256, bento.yaml) spares a second pass over the same bytes; any
+    other bytes at that path are inspected in full."""
+    import sandbox.bundle
+
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n")], name="ok.bento")
+    first = inspect_bundle(path)
+    vetted = (first.sha256, first.manifest_bytes)
+    with monkeypatch.context() as m:
+        m.setattr(sandbox.bundle, "_open", lambda *a: pytest.fail("the archive was decompressed again"))
+        again = inspect_bundle(path, vetted=vetted)
+    assert (again.tag, again.manifest, again.sha256) == (first.tag, first.manifest, first.sha256)
+    archive(tmp_path, [file_member("./bento.yaml"), file_member("../escape")], name="ok.bento")  # replaced
+    with pytest.raises(BundleError, match="outside the archive"):
+        inspect_bundle(path, vetted=vetted)

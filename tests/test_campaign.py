@@ -24,6 +24,19 @@ def subs(ws, tmp_path, bike_spec):
     return [store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name=f"v{i}"), vendor)[0] for i in range(3)]
 
 
+def test_the_store_vouches_for_the_bytes_it_inspected(ws, subs, monkeypatch):
+    """The store keeps the bento.yaml it read at submission: a campaign then does not decompress the archive
+    again on the driver (the sandbox's import checks every member as it unpacks anyway)."""
+    import sandbox.bundle
+
+    store = SubmissionStore(ws)
+    sha, manifest = store.vetted(subs[0].id)
+    assert sha == subs[0].bundle_sha256 and f"{yaml.safe_load(manifest)['name']}:" in subs[0].bento_tag
+    monkeypatch.setattr(sandbox.bundle, "_open", lambda *a: pytest.fail("decompressed again"))
+    items = run_campaign([subs[0]], executor=FakeSandbox(last_day), tracker=MemoryTracker(), ws=ws)
+    assert [i.status for i in items] == ["evaluated"]
+
+
 class Flaky(FakeSandbox):
     """A placement whose first `failures` submissions die with the machinery (as a killed Ray worker does)."""
 

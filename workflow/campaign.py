@@ -95,7 +95,7 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
             try:
                 prepared = prepare_evaluation(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, ws=ws,
                                               out_dir=store.report_dir(sub.id), submission=sub.id,
-                                              tracker=tracker, isolated=isolated)
+                                              tracker=tracker, isolated=isolated, vetted=store.vetted(sub.id))
             except TestbedError as exc:
                 fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
                 continue

@@ -131,15 +131,15 @@ class PreparedEvaluation:
 
 def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, ws: Workspace, out_dir: Path,
                        submission: str, tracker: Tracker | None = None, split: str = "test", isolated: bool = True,
-                       reevaluate: str | None = None) -> PreparedEvaluation:
+                       reevaluate: str | None = None, vetted: tuple[str, bytes] | None = None) -> PreparedEvaluation:
     """Check the bundle and build its sandbox job (refused when the official evaluation exists and no
-    `reevaluate` reason is given); nothing is recorded yet."""
+    `reevaluate` reason is given); nothing is recorded yet. `vetted`: see `inspect_bundle`."""
     role = _role(tracker, spec, submission, reevaluate)
     if role == "reevaluation":
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
         check_isolation()
-    info = inspect_bundle(bundle)
+    info = inspect_bundle(bundle, vetted=vetted)
     models = _BESIDE.submit(scan_models, bundle)  # xz decompression releases the GIL
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
@@ -153,12 +153,15 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
 
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,
                     out_dir: Path, submission: str, tracker: Tracker | None = None, split: str = "test",
-                    isolated: bool = True, reevaluate: str | None = None) -> Evaluation:
+                    isolated: bool = True, reevaluate: str | None = None,
+                    vetted: tuple[str, bytes] | None = None) -> Evaluation:
     """Evaluate `bundle` on `split`. With a tracker the run is recorded there: the submission's first one is its
     official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
-    `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded."""
+    `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded.
+    `vetted`: what the submission store recorded of these bytes (`SubmissionStore.vetted`)."""
     prepared = prepare_evaluation(spec, bundle, vendor, ws=ws, out_dir=out_dir, submission=submission,
-                                  tracker=tracker, split=split, isolated=isolated, reevaluate=reevaluate)
+                                  tracker=tracker, split=split, isolated=isolated, reevaluate=reevaluate,
+                                  vetted=vetted)
     return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
 
 

@@ -22,6 +22,9 @@ from testbed.yamlio import load_model
 
 __all__ = ["Submission", "SubmissionStore"]
 
+VETTED_MANIFEST = "bento.yaml"
+"""The bundle's `bento.yaml`, kept beside it at submission (see `SubmissionStore.vetted`)."""
+
 
 class Submission(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -65,6 +68,7 @@ class SubmissionStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{sub_id}-", dir=self.root))
         try:
             shutil.copyfile(bundle, staging / "bundle.bento")
+            (staging / VETTED_MANIFEST).write_bytes(info.manifest_bytes)
             (staging / "submission.json").write_text(sub.model_dump_json(indent=2))
             staging.rename(self.root / sub_id)  # atomic: a submission is whole or absent
         except BaseException:
@@ -81,6 +85,12 @@ class SubmissionStore:
 
     def bundle(self, sub_id: str) -> Path:
         return self.root / sub_id / "bundle.bento"
+
+    def vetted(self, sub_id: str) -> tuple[str, bytes] | None:
+        """(sha256, `bento.yaml`) of the bundle as inspected at submission, for `inspect_bundle` to skip a
+        second pass over the same bytes; None for a submission stored before this was kept."""
+        saved = self.root / sub_id / VETTED_MANIFEST
+        return (self.get(sub_id).bundle_sha256, saved.read_bytes()) if saved.is_file() else None
 
     def report_dir(self, sub_id: str) -> Path:
         return self.root / sub_id / "scorecard"
