@@ -147,7 +147,12 @@ class TextClassification(TaskFamily):
         self._baseline(data)  # the fit (seconds) is cached for the scoring
 
     def _baseline(self, data: Texts) -> np.ndarray:
-        return tfidf_baseline(self.load(self._training_split()), data.texts, len(data.categories))
+        return tfidf_baseline(self._training, data.texts, len(data.categories))
+
+    @functools.cached_property
+    def _training(self) -> Texts:
+        """The public split the baseline learns from, read once (by `ready_scoring`, beside the sandbox)."""
+        return self.load(self._training_split())
 
     def _training_split(self) -> str:
         """The public split the baseline learns from: `train`, else the public `sample`."""
