@@ -1,9 +1,9 @@
 """A real two-node Ray cluster on loopback: a head started with `ray start --head` and a second node with its
 own CPUs and temp folder, both bound to 127.0.0.1; a campaign of six submissions through RAY_ADDRESS with
-faults injected: the `testbed` process killed mid-campaign and the campaign resumed (no duplicate), then the
-second node killed with a task on it (machine lost: retried on the head, recorded), a Ray worker killed
-(infrastructure: retried, recorded) and a sandbox killed (the bundle's run: a verdict, not retried). Every
-result is logged once, and results came from both nodes.
+faults injected: the `testbed` process killed mid-campaign and the campaign resumed with a seventh, slow
+submission (no duplicate), then the second node killed with a task on it (machine lost: retried on the head,
+recorded), a Ray worker killed (infrastructure: retried, recorded) and the slow bundle's sandbox killed mid-run
+(the bundle's run: a verdict, not retried). Every result is logged once, and results came from both nodes.
 
 Why the second node is not `ray start --address`: Ray 2.60's CLI refuses to join a node unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, and with it set rewrites 127.0.0.1 (as the head's address and as the
@@ -34,6 +34,13 @@ pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 TASK_TITLES = ("testbed-sandbox-evaluation", "_run_on_node")
+SLOW = b"slow-variant"
+
+
+def _name(proc: psutil.Process) -> str | None:
+    with contextlib.suppress(psutil.Error):
+        return proc.name()
+    return None
 
 
 def free_port() -> int:
@@ -115,6 +122,9 @@ class Cluster:
                 continue
         return found
 
+    def named(self, name: str) -> list[psutil.Process]:
+        return [p for p in psutil.process_iter() if _name(p) == name and self.ours(p)]
+
     def kill_node(self, node_id: str) -> None:
         """The machine lost: SIGKILL the node's raylet and everything under it (workers, sandboxes)."""
         doomed = [p for p in psutil.process_iter() if self.on_node(p, node_id)]
@@ -158,14 +168,20 @@ def test_both_nodes_of_the_loopback_cluster_listen_on_loopback_only(cluster):
     assert not exposed, f"the cluster listens beyond loopback: {exposed}"
 
 
-def variant(root: Path, name: str, n: int) -> Path:
-    """Bundle `name` built again with another description: other bytes, another vendor's submission."""
+def variant(root: Path, name: str, n: int, delay_s: float = 0) -> Path:
+    """Bundle `name` built again with another description: other bytes, another vendor's submission. With
+    `delay_s`, its API first sleeps that long on each request (a long run, to be killed mid-way)."""
     from workflow.build import build_bundle
 
     src = root / f"{name}_v{n}"
     shutil.copytree(BUNDLES / name, src)
     bentofile = src / "bentofile.yaml"
     bentofile.write_text(bentofile.read_text().replace('description: "', f'description: "(variant {n}) ', 1))
+    if delay_s:  # and it names its process SLOW (PR_SET_NAME), for the test to find its sandbox
+        service = src / "service.py"
+        text = service.read_text().replace("import numpy as np", "import ctypes\nimport time\n\nimport numpy as np\n\n"
+                                           f"ctypes.CDLL(None).prctl(15, {SLOW!r}, 0, 0, 0)", 1)
+        service.write_text(text.replace("        days = ", f"        time.sleep({delay_s})\n        days = ", 1))
     return build_bundle(src, make_workspace(root / "build"))
 
 
@@ -176,15 +192,18 @@ def tracked(tracker) -> list:
         return []
 
 
-def kill_once(cluster: Cluster, titles: tuple[str, ...], stop: threading.Event, killed: list, avoid: set[int]) -> None:
-    """Background fault: SIGKILL the first matching process of the cluster (not in `avoid`)."""
+def kill_once(find, stop: threading.Event, killed: list, after_s: float = 0) -> None:
+    """Background fault: SIGKILL the first process `find()` lists, once it has lived `after_s`; a sandboxed
+    process is killed with its sandbox (the outermost bubblewrap)."""
     while not stop.is_set():
-        for p in cluster.workers(titles):
-            if p.pid not in avoid and not any(a.pid in avoid for a in p.parents()):
-                p.send_signal(signal.SIGKILL)
-                killed.append(p.pid)
-                return
-        time.sleep(0.2)
+        for p in find():
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE and time.time() - p.create_time() >= after_s:
+                    p = next((a for a in reversed(p.parents()) if a.name() == "bwrap"), p)
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(p.pid)
+                    return
+        time.sleep(0.1)
 
 
 def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
@@ -226,6 +245,10 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
     todo, done = pending_submissions(store, tracker, pilot="bike-demand")
     assert 2 <= len(done) < 6 and len(todo) + len(done) == 6
 
+    slow = variant(tmp_path, "week_mean", 9, delay_s=0.06)  # submitted now, so the resumed campaign runs it
+    ids.append(store.submit(bike_spec, slow, vendor)[0].id)
+    todo, _ = pending_submissions(store, tracker, pilot="bike-demand")
+
     # 2. the resumed campaign: the second node lost with a task on it, then a Ray worker, then a sandbox killed
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -240,8 +263,11 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
                 cluster.kill_node(cluster.second)
                 node_lost.append(cluster.second)
             time.sleep(0.2)
-        kill_once(cluster, TASK_TITLES, stop, killed_worker, set())
-        kill_once(cluster, ("bwrap",), stop, killed_sandbox, set(killed_worker))
+        kill_once(lambda: cluster.workers(TASK_TITLES), stop, killed_worker)
+        time.sleep(1)  # the killed worker's sandboxes go with it (bubblewrap's --die-with-parent)
+        # the slow bundle's sandbox, mid-run: its 81 requests take over 4 s once it is up, so a kill 1.5 s after
+        # its service process started lands during the start-up or the requests, never after the last answer
+        kill_once(lambda: cluster.named(SLOW.decode()), stop, killed_sandbox, after_s=1.5)
 
     fault = threading.Thread(target=faults, daemon=True)
     fault.start()
@@ -256,7 +282,8 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
     retries = [r for i in items for r in i.retries]
     assert len(retries) >= 2, retries  # the lost node's task and the killed worker's, each retried once at least
     assert all(any(k in r for k in ("WorkerCrashedError", "NodeDiedError", "died")) for r in retries), retries
-    assert sum(i.verdict != "completed" for i in items) >= 1  # the killed sandbox: a verdict, never retried
+    slow_item = next(i for i in items if i.submission == ids[-1])
+    assert slow_item.verdict == "crashed", slow_item  # the killed sandbox: a verdict, never retried
     assert all(i.node != cluster.second for i in items)  # nothing ran on the lost node once it was gone
 
     # every submission has exactly one official evaluation, each result logged once, from both nodes
