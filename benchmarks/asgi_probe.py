@@ -15,9 +15,12 @@ __all__ = ["app_single_p50_ms"]
 
 
 def app_single_p50_ms(service, route: str, bodies: list[bytes], content_type: str) -> float:
-    """Median milliseconds of one request of `bodies` through the service's app (after one warm-up request)."""
-    from sandbox.worker import binary_arrays
+    """Median milliseconds of one request of `bodies` through the service's app, set up as the sandbox's worker
+    sets it up (after one warm-up request)."""
+    from sandbox.worker import binary_arrays, media_types_once, unobserved
 
+    unobserved(service)
+    media_types_once()
     return asyncio.run(_measure(binary_arrays(service.to_asgi(is_main=False)), route, bodies, content_type))
 
 

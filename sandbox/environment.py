@@ -3,8 +3,9 @@
 BentoML writes what `python.packages` (and `requirements_txt`) declared into the bundle's `bento.yaml`
 (`image.python_requirements`, the same lines as `env/python/requirements.txt`). The harness reads them without
 running anything, accepts plain index requirements only (`name[extras] <specifier> ; marker`: no URLs, paths or
-pip options), adds its own exact `bentoml` (the worker inside the sandbox needs BentoML and uvicorn) and builds
-a virtual environment with uv, OUTSIDE the sandbox and BEFORE the run:
+pip options), adds the server's packages at its own exact versions (`SERVER_PACKAGES`: BentoML, which the
+worker inside the sandbox serves with, and uvicorn's httptools and uvloop) and builds a virtual environment
+with uv, OUTSIDE the sandbox and BEFORE the run:
 
 - wheels only (`--no-build`): no code of a declared package runs on the host while installing; a package
   published only as a source archive is refused, named;
@@ -51,13 +52,18 @@ FIX = ("declare only packages that exist on the package index with wheels for CP
        "(bentofile.yaml `python.packages`), then rebuild and export the bundle")
 
 
-def _harness_bentoml() -> str:
-    return f"bentoml=={metadata.version('bentoml')}"
+SERVER_PACKAGES = ("bentoml", "httptools", "uvloop")
+"""What the worker inside the sandbox serves with: BentoML, and uvicorn's fast HTTP parser and event loop (what
+`uvicorn[standard]` adds). Every environment gets the harness's own exact versions of these."""
+
+
+def _harness_packages() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in SERVER_PACKAGES]
 
 
 def parse_requirements(text: str, where: str) -> list[str]:
     """Requirement lines checked to be plain index requirements (BundleError naming the first that is not),
-    sorted, with any `bentoml` line replaced by the harness's own exact version."""
+    sorted, then the server's packages at the harness's own exact versions (replacing any line for them)."""
     found: set[str] = set()
     for line in text.splitlines():
         line = line.split(" #", 1)[0].strip()
@@ -70,9 +76,9 @@ def parse_requirements(text: str, where: str) -> list[str]:
         if req is None or req.url:
             raise BundleError(f"declared requirement {line!r} is not a package from the index (URLs, paths and "
                               "pip options are not accepted)", where=where, fix=FIX)
-        if canonicalize_name(req.name) != "bentoml":
+        if canonicalize_name(req.name) not in SERVER_PACKAGES:
             found.add(str(req))
-    return sorted(found) + [_harness_bentoml()]
+    return sorted(found) + _harness_packages()
 
 
 def declared_requirements(manifest: dict[str, Any], where: str) -> list[str]:
@@ -88,7 +94,7 @@ class PythonEnvironment:
     """The Python environment one bundle runs on: its requirements and the cache folder it is built in."""
 
     requirements: tuple[str, ...]
-    """Plain index requirements, sorted, the harness's exact `bentoml==...` included."""
+    """Plain index requirements, sorted, the harness's exact server packages (`SERVER_PACKAGES`) last."""
     cache: Path
     """Folder of built environments, one sub-folder per requirements hash."""
     where: str = "bundle"
@@ -157,12 +163,13 @@ class PythonEnvironment:
                               fix=FIX)
 
     def culprits(self, message: str) -> list[str]:
-        """Declared packages that uv's error names, the vendor's before the harness's `bentoml` (all of the
-        vendor's when it names none)."""
-        names = [Requirement(r).name for r in self.requirements if not r.startswith("bentoml==")] + ["bentoml"]
+        """Declared packages that uv's error names, the vendor's before the harness's server packages (all of
+        the vendor's when it names none)."""
+        names = [n for n in (Requirement(r).name for r in self.requirements) if n not in SERVER_PACKAGES]
+        names += list(SERVER_PACKAGES)
         named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
-        vendors = [n for n in named if n != "bentoml"]
-        return vendors or named or names[:-1] or names
+        vendors = [n for n in named if n not in SERVER_PACKAGES]
+        return vendors or named or names[:-len(SERVER_PACKAGES)] or names
 
 
 def bundle_environment(manifest: dict[str, Any], cache: Path, where: str) -> PythonEnvironment:

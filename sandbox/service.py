@@ -1,8 +1,9 @@
 """One bundle served inside the sandbox: the building block of both evaluation (`runner.run_job`) and
-production serving. The harness imports the bundle into a private BentoML home, creates the service's socket
-in its own private folder, starts the service under bubblewrap (or, with the explicit unsafe flag, as a plain
-subprocess) with that socket as a file descriptor, and talks to it there. Nothing from inside decides where
-the harness connects.
+production serving. The harness creates the service's socket in its own private folder, starts the service
+under bubblewrap (or, with the explicit unsafe flag, as a plain subprocess) with that socket as a file
+descriptor, imports the bundle into a private BentoML home (mounted read-only in the sandbox) while the
+service's Python starts, hands it the bundle's tag, and talks to it on that socket. Nothing from inside decides
+where the harness connects.
 
     with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths, python_env=env.ensure()) as svc:
         if svc.wait_ready(timeout=120):
@@ -77,36 +78,49 @@ class SandboxedService:
         self.close()
 
     def start(self) -> None:
-        """Import the bundle privately (no vendor code runs) and start its service in the sandbox."""
+        """Start the sandbox's Python, then import the bundle privately (no vendor code runs) while it starts up
+        (BentoML and its server are imported meanwhile: ~1 s), then hand it the bundle's tag: only then does the
+        service load the bundle."""
         self.started_at = time.monotonic()
         sweep_stale()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
-        tag = self._import()
+        (self.workdir / "bentoml").mkdir(mode=0o755)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.socket_path))
         listener.listen(256)
         out_r, out_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        argv = [str(listener.fileno()), str(rep_w)]
+        tag_r, tag_w = os.pipe()
+        argv = [str(listener.fileno()), str(rep_w), str(tag_r)]
+        fds = (listener.fileno(), rep_w, tag_r)
         try:
             if self.isolated:
-                self._start_isolated(tag, argv, (listener.fileno(), rep_w), out_w)
+                self._start_isolated(argv, fds, out_w)
             else:
                 env = {**os.environ, "BENTOML_HOME": str(self.workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
                 self.enforcement = {"isolation": "none (--unsafe-no-sandbox)"}
                 python = str(self.python_env / "bin" / "python") if self.python_env else sys.executable
-                self.proc = subprocess.Popen([python, "-I", str(WORKER), tag, *argv], stdout=out_w,
+                self.proc = subprocess.Popen([python, "-I", str(WORKER), *argv], stdout=out_w,
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                             start_new_session=True, pass_fds=(listener.fileno(), rep_w))
+                                             start_new_session=True, pass_fds=fds)
+        except BaseException:
+            os.close(tag_w)
+            raise
         finally:
             listener.close()  # only the service holds it now: if it dies, connecting fails at once
-            os.close(out_w)
-            os.close(rep_w)
+            for fd in (out_w, rep_w, tag_r):
+                os.close(fd)
         self._output, self._reports = OutputTail(out_r), Reports(rep_r, self.forbidden)
         self._output.start()
         self._reports.start()
         self._watch = Watch(self.proc.pid, sample_memory=not (self._cgroups and self._cgroups.available))
         self._watch.start()
+        try:  # a refused archive: the pipe closes with no tag, and the service exits without loading anything
+            tag = self._import()
+            with contextlib.suppress(OSError):  # the service already gone: its exit status says why
+                os.write(tag_w, tag.encode())
+        finally:
+            os.close(tag_w)
 
     def _import(self) -> str:
         bundle, home = self.workdir / "bundle.bento", self.workdir / "bentoml"
@@ -117,7 +131,7 @@ class SandboxedService:
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
         return tag
 
-    def _start_isolated(self, tag: str, argv: list[str], fds: tuple[int, ...], out_w: int) -> None:
+    def _start_isolated(self, argv: list[str], fds: tuple[int, ...], out_w: int) -> None:
         root = os.geteuid() == 0
         if root:
             self._uid = UidLease()
@@ -136,7 +150,7 @@ class SandboxedService:
         paths = SandboxPaths(self.workdir / "bentoml", self.workdir, uid=self._uid.uid if self._uid else NOBODY,
                              cgroup_procs=self._cgroups.procs_files if cgroups else [])
         python = str(ENV_MOUNT / "bin" / "python") if self.python_env else sys.executable
-        worker = [python, "-I", "/opt/testbed/worker.py", tag, *argv]
+        worker = [python, "-I", "/opt/testbed/worker.py", *argv]
         with launch(worker, paths, self.limits, gpu=self.gpus > 0, env=extra,
                     python_env=self.python_env) as (cmd, own_fds):
             self.proc = subprocess.Popen(cmd, stdout=out_w, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@ requirements hash) outside the sandbox, and only that is importable inside it.""
 
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from testbed.config import PROJECT_ROOT
 from testbed.errors import BundleError
 from tests.conftest import FORECAST_ROUTE
 
-HARNESS_BENTOML = f"bentoml=={__import__('importlib.metadata').metadata.version('bentoml')}"
+HARNESS = tuple(f"{n}=={metadata.version(n)}" for n in ("bentoml", "httptools", "uvloop"))
 
 
 @pytest.mark.parametrize("line", ["git+https://example.org/x.git", "evil @ https://example.org/evil.whl",
@@ -26,9 +27,10 @@ def test_only_plain_index_requirements_are_accepted(line):
 
 
 def test_the_harness_pins_its_own_bentoml_and_the_key_ignores_order(tmp_path):
-    reqs = parse_requirements("# comment\nbentoml==1.4.0\ntorch==2.15.0 ; python_version >= '3.10'\n\nnumpy\n", "b")
-    assert reqs[-1] == HARNESS_BENTOML and "bentoml==1.4.0" not in reqs
-    assert reqs[:-1] == sorted(reqs[:-1]) and "numpy" in reqs
+    reqs = parse_requirements("# comment\nbentoml==1.4.0\ntorch==2.15.0 ; python_version >= '3.10'\n\nnumpy\n"
+                              "uvloop<0.20\n", "b")
+    assert tuple(reqs[-3:]) == HARNESS and "bentoml==1.4.0" not in reqs and "uvloop<0.20" not in reqs
+    assert reqs[:-3] == sorted(reqs[:-3]) and "numpy" in reqs
     a = PythonEnvironment(tuple(reqs), tmp_path, "b")
     b = PythonEnvironment(tuple(parse_requirements("numpy\ntorch==2.15.0; python_version>='3.10'", "b")), tmp_path)
     c = PythonEnvironment(tuple(parse_requirements("numpy\ntorch==2.14.0", "b")), tmp_path)
@@ -37,13 +39,13 @@ def test_the_harness_pins_its_own_bentoml_and_the_key_ignores_order(tmp_path):
 
 def test_declared_requirements_come_from_bento_yaml(fake_bento):
     info = inspect_bundle(fake_bento([FORECAST_ROUTE], requirements="jamo==0.4.1\nbentoml==1.4.39\n"))
-    assert bundle_environment(info.manifest, Path("/c"), "b").requirements == ("jamo==0.4.1", HARNESS_BENTOML)
+    assert bundle_environment(info.manifest, Path("/c"), "b").requirements == ("jamo==0.4.1", *HARNESS)
     bare = inspect_bundle(fake_bento([FORECAST_ROUTE], name="bare"))
-    assert bundle_environment(bare.manifest, Path("/c"), "b").requirements == (HARNESS_BENTOML,)
+    assert bundle_environment(bare.manifest, Path("/c"), "b").requirements == HARNESS
 
 
 def test_a_finished_environment_is_reused_without_building(tmp_path, monkeypatch):
-    env = PythonEnvironment(("jamo==0.4.1", HARNESS_BENTOML), tmp_path)
+    env = PythonEnvironment(("jamo==0.4.1", *HARNESS), tmp_path)
     env.prefix.mkdir()
     (env.prefix / COMPLETE).write_text("")
     monkeypatch.setattr(PythonEnvironment, "_build", lambda *a: pytest.fail("rebuilt a cached environment"))
@@ -51,7 +53,7 @@ def test_a_finished_environment_is_reused_without_building(tmp_path, monkeypatch
 
 
 def test_uv_errors_name_the_vendors_package_first(tmp_path):
-    env = PythonEnvironment(("jamo==0.4.1", "no-such-pkg", HARNESS_BENTOML), tmp_path)
+    env = PythonEnvironment(("jamo==0.4.1", "no-such-pkg", *HARNESS), tmp_path)
     assert env.culprits("Because no-such-pkg was not found and you require bentoml==1.4.39 ...") == ["no-such-pkg"]
     assert env.culprits("network is down") == ["jamo", "no-such-pkg"]
 
@@ -79,7 +81,7 @@ def test_a_bundle_runs_on_its_own_packages_and_sees_none_of_the_harness(built, w
 
     bundle = built("own_deps")
     env = bundle_environment(inspect_bundle(bundle).manifest, ws.envs, str(bundle))
-    assert env.requirements == ("jamo==0.4.1", HARNESS_BENTOML)
+    assert env.requirements == ("jamo==0.4.1", *HARNESS)
     harness_only = ["torch", "ray", "mlflow", "sklearn", "ultralytics", "evaluation", "sandbox", "testbed"]
     body = json.dumps({"targets": harness_only}).encode()
     job = SandboxJob(bundle=bundle.read_bytes(), route="/probe", phases=[Phase("p", [body], [1])],
@@ -91,6 +93,8 @@ def test_a_bundle_runs_on_its_own_packages_and_sees_none_of_the_harness(built, w
     assert answer["jamo"] == "ㅎㅏㄴㄱㅜㄱㅇㅓ"  # the declared package works inside the sandbox
     assert answer["prefix"] == str(ENV_MOUNT) and answer["env_writable"] is False
     assert answer["imports"] == dict.fromkeys(harness_only, "missing")
+    assert answer["server_modules"] == ["httptools", "uvloop"]  # uvicorn's fast parser and loop, in its own env
+    assert answer["recorders"] == {"tracing": False, "metrics": False, "access_log": False}  # none can be read
     assert env.ready and (env.prefix / "lib").is_dir()
 
 

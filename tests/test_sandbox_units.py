@@ -138,3 +138,34 @@ def test_concurrent_sandboxes_get_distinct_uids_given_back_on_release(monkeypatc
     assert third.uid == 1700000000
     second.release()
     third.release()
+
+
+def test_the_sandbox_worker_derives_each_response_media_type_once_and_the_same(monkeypatch):
+    import bentoml
+    import numpy as np
+    from _bentoml_sdk.io_models import IOMixin
+
+    from sandbox.worker import media_types_once
+
+    monkeypatch.setattr(IOMixin, "mime_type", IOMixin.__dict__["mime_type"])  # put back after this test
+
+    @bentoml.service
+    class Probe:
+        @bentoml.api
+        def array(self, x: np.ndarray) -> np.ndarray:
+            return x
+
+        @bentoml.api
+        def text(self, x: str) -> str:
+            return x
+
+        @bentoml.api
+        def record(self, x: str) -> dict:
+            return {"x": x}
+
+    outputs = [Probe.apis[name].output_spec for name in ("array", "text", "record")]
+    derived = [spec.mime_type() for spec in outputs]
+    media_types_once()
+    assert [spec.mime_type() for spec in outputs * 3] == derived * 3 == [
+        "application/json", "text/plain", "application/json"] * 3
+    assert IOMixin.mime_type.__func__.cache_info().misses == len(outputs)  # the schemas were built once each

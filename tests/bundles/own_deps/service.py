@@ -1,5 +1,6 @@
 """Test bundle with its own dependency: decomposes Hangul with `jamo` (declared in bentofile.yaml, absent from
-the harness) and reports which other modules it can import and where its Python runs from."""
+the harness) and reports which other modules it can import, where its Python runs from, what the server it runs
+in was started with (uvicorn's loop and parser) and which of BentoML's per-request recorders are on."""
 
 import sys
 
@@ -24,5 +25,11 @@ class OwnDeps:
             writable = True
         except OSError:
             writable = False
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        server = BentoMLContainer.api_server_config
+        recorders = {"tracing": not BentoMLContainer.tracing_excluded_urls.get().url_disabled("http://sandbox/probe"),
+                     "metrics": server.metrics.enabled.get(), "access_log": server.logging.access.enabled.get()}
         return {"jamo": "".join(jamo.j2hcj(jamo.h2j("한국어"))), "prefix": sys.prefix, "imports": found,
-                "env_writable": writable}
+                "env_writable": writable, "recorders": recorders,
+                "server_modules": sorted(m for m in ("httptools", "uvloop") if m in sys.modules)}
