@@ -206,3 +206,16 @@ def test_subway_pilot_reads_the_real_panel():
     assert test.truth[gangnam][0, 0] == row["18시-19시 승차인원"].item()
     assert test.history[gangnam][0, -1, 5] == raw[(raw["사용월"] == 202209) & (raw["호선명"] == "2호선")
                                                   & (raw["지하철역"] == "강남")]["18시-19시 하차인원"].item()
+
+
+def test_a_pilots_file_is_parsed_once_per_process_until_it_changes(tmp_path):
+    csv = district_csv(tmp_path / "data" / "districts" / "demand.csv")
+    spec = load_pilot(district_spec(tmp_path / "pilots", tmp_path / "data"))
+    first = open_family(spec, tmp_path / "data").panel
+    assert open_family(spec, tmp_path / "data").panel is first  # another evaluation: no second parse
+    with pytest.raises(ValueError, match="read-only"):
+        first.values[0, 0, 0] = 0.0  # shared, so nobody may write into it
+    district_csv(csv, hours=24 * 21)  # the file changes (and its spec's sha256 with it): read again
+    spec = load_pilot(district_spec(tmp_path / "pilots", tmp_path / "data"))
+    again = open_family(spec, tmp_path / "data").panel
+    assert again is not first and again.values.shape[1] == first.values.shape[1] + 24

@@ -126,6 +126,11 @@ def test_the_tracker_gets_one_finished_official_run(evaluated, tracker):
     assert run.tags["testbed.official"] == "true" and run.tags["testbed.verdict"] == "completed"
     assert run.params["bundle_sha256"] == evaluated.card.bundle_sha256
     assert run.metrics["clean/mase"] == pytest.approx(evaluated.card.metrics["clean"]["mase"])
+    # per group, the equity metric only (the others are in scorecard.json): one metric per group
+    groups = {k: v for k, v in run.metrics.items() if k.startswith("group/")}
+    assert len(groups) == len(evaluated.card.groups) > 1 and all(k.endswith("/mase") for k in groups)
+    some = next(iter(evaluated.card.groups))
+    assert groups[f"group/{some.replace('=', '/')}/mase"] == pytest.approx(evaluated.card.groups[some]["mase"])
     assert {"scorecard.json", "scorecard.html"} <= set(run.artifacts)
     assert tracker.versions == [{"pilot": "bike-demand", "run_id": run.run_id,
                                  "bundle_sha256": evaluated.card.bundle_sha256}]

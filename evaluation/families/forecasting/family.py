@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.equity import assess_groups
 from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_response, encode_request
-from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, read_panel
+from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, remembered_panel
 from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import PilotSpec, ScenarioSpec
@@ -88,7 +88,8 @@ class Forecasting(TaskFamily):
 
     @cached_property
     def panel(self) -> Panel:
-        return read_panel(self.data_path, self.options.data, f"pilot {self.spec.id}: dataset {self.data_path.name}")
+        where = f"pilot {self.spec.id}: dataset {self.data_path.name}"
+        return remembered_panel(self.data_path, self.options.data, where)
 
     def _labels(self, key: str, s: np.ndarray, steps: np.ndarray) -> np.ndarray:
         panel = self.panel

@@ -5,6 +5,7 @@ from. Sources that need reshaping first name a registered adapter (`adapters.py`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from testbed.errors import SpecError
 from testbed.registry import Registry
 
-__all__ = ["SeriesData", "Panel", "read_panel", "ADAPTERS", "adapter", "DERIVED_FEATURES", "DERIVED_GROUPS"]
+__all__ = ["SeriesData", "Panel", "read_panel", "remembered_panel", "ADAPTERS", "adapter", "DERIVED_FEATURES",
+           "DERIVED_GROUPS"]
 
 ADAPTERS: Registry = Registry("data adapter")
 
@@ -193,6 +195,22 @@ def _series_name(data: SeriesData, keys, code: int) -> str:
     if not data.series_keys:
         return "the series"
     return ", ".join(f"{k}={v}" for k, v in zip(data.series_keys, keys[code], strict=True))
+
+
+def remembered_panel(path: Path, data: SeriesData, where: str) -> Panel:
+    """`read_panel`, remembered in this process for the same file (path, size, modification time) and settings:
+    a campaign's or a bench's evaluations of one pilot parse its file once (the subway panel: ~0.5 s each). The
+    panel's arrays are read-only, being shared."""
+    stat = path.stat()
+    return _remembered(str(path), stat.st_size, stat.st_mtime_ns, data.model_dump_json(), where)
+
+
+@functools.lru_cache(maxsize=2)
+def _remembered(path: str, size: int, mtime_ns: int, data: str, where: str) -> Panel:
+    panel = read_panel(Path(path), SeriesData.model_validate_json(data), where)
+    for array in (panel.values, panel.present, panel.keys, *panel.labels.values()):
+        array.flags.writeable = False
+    return panel
 
 
 def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
