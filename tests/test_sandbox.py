@@ -6,6 +6,7 @@ import os
 import pickle
 import socket
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,26 @@ def test_arrays_travel_in_binary_and_pickle_from_outside_is_refused(built):
     assert answer.startswith(b"\x93NUMPY")
     assert np.array_equal(np.load(io.BytesIO(answer), allow_pickle=False), np.ones((2, 3)))
     assert result.phases["pickle"].statuses == [415] and result.phases["bad"].statuses == [400]
+
+
+def test_an_archive_the_sandbox_refuses_stops_the_service_it_started_and_leaves_nothing(built, tmp_path):
+    """The service's Python starts while the harness unpacks the bundle; when the unpacking refuses the archive
+    (here cut short: other bytes than the ones inspected at submission), the service never gets a tag and
+    nothing is left: no process, no private folder, no uid lease."""
+    import tempfile
+
+    import psutil
+
+    from sandbox.host import RUN_PREFIX
+    from testbed.errors import BundleError
+
+    bundle = built("week_mean")
+    cut = tmp_path / "cut.bento"
+    cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size * 2 // 3])
+    ours = f"{RUN_PREFIX}{os.getpid()}-"
+    with pytest.raises(BundleError, match="could not be unpacked"):
+        run_job(job(cut, "/forecast", [{"history": [], "future": []}]))
+    assert not [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+    assert not list(Path(tempfile.gettempdir()).glob(ours + "*"))
+    assert run_job(job(bundle, "/forecast", [])).verdict == "completed"  # the uid lease and cgroups came back
