@@ -26,7 +26,7 @@ def test_only_plain_index_requirements_are_accepted(line):
     assert line in str(exc.value) and exc.value.where == "bundle.bento"
 
 
-def test_the_harness_pins_its_own_bentoml_and_the_key_ignores_order(tmp_path):
+def test_the_harness_pins_its_server_packages_and_the_key_ignores_order(tmp_path):
     reqs = parse_requirements("# comment\nbentoml==1.4.0\ntorch==2.15.0 ; python_version >= '3.10'\n\nnumpy\n"
                               "uvloop<0.20\n", "b")
     assert tuple(reqs[-3:]) == HARNESS and "bentoml==1.4.0" not in reqs and "uvloop<0.20" not in reqs
