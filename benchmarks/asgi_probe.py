@@ -1,5 +1,5 @@
 """BentoML's own request path, in-process: the bundle's app as the sandbox's worker serves it (BentoML's ASGI
-app behind `sandbox.worker.binary_arrays`), called directly, with no socket and no sandbox. Beside the bare API
+app as `sandbox.worker.app_of` sets it up), called directly, with no socket and no sandbox. Beside the bare API
 call and the sandboxed round trip, it splits a request's time three ways: the model, BentoML's server (its
 middlewares, validation, serialisation, thread hop) and what the harness adds (Unix socket, HTTP, sandbox).
 """
@@ -17,11 +17,9 @@ __all__ = ["app_single_p50_ms"]
 def app_single_p50_ms(service, route: str, bodies: list[bytes], content_type: str) -> float:
     """Median milliseconds of one request of `bodies` through the service's app, set up as the sandbox's worker
     sets it up (after one warm-up request)."""
-    from sandbox.worker import binary_arrays, media_types_once, unobserved
+    from sandbox.worker import app_of
 
-    unobserved(service)
-    media_types_once()
-    return asyncio.run(_measure(binary_arrays(service.to_asgi(is_main=False)), route, bodies, content_type))
+    return asyncio.run(_measure(app_of(service), route, bodies, content_type))
 
 
 async def _measure(app, route: str, bodies: list[bytes], content_type: str) -> float:

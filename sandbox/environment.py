@@ -165,11 +165,10 @@ class PythonEnvironment:
     def culprits(self, message: str) -> list[str]:
         """Declared packages that uv's error names, the vendor's before the harness's server packages (all of
         the vendor's when it names none)."""
-        names = [n for n in (Requirement(r).name for r in self.requirements) if n not in SERVER_PACKAGES]
-        names += list(SERVER_PACKAGES)
-        named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
-        vendors = [n for n in named if n not in SERVER_PACKAGES]
-        return vendors or named or names[:-len(SERVER_PACKAGES)] or names
+        vendors = [n for n in (Requirement(r).name for r in self.requirements) if n not in SERVER_PACKAGES]
+        named = [n for n in [*vendors, *SERVER_PACKAGES]
+                 if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
+        return [n for n in named if n in vendors] or named or vendors or list(SERVER_PACKAGES)
 
 
 def bundle_environment(manifest: dict[str, Any], cache: Path, where: str) -> PythonEnvironment:

@@ -146,6 +146,15 @@ def media_types_once():
     IOMixin.mime_type = classmethod(functools.lru_cache(maxsize=None)(derive))
 
 
+def app_of(service):
+    """The ASGI app the sandbox serves for a loaded BentoML service: its own app, set up as above, behind
+    `binary_arrays`."""
+    unobserved(service)
+    media_types_once()
+    # is_main=False lets BentoML take pickle, which `binary_arrays` alone sends it (it refuses pickle from outside)
+    return binary_arrays(service.to_asgi(is_main=False))
+
+
 def _read_tag(fd):
     """The bundle's tag, once the harness has imported it (empty: it refused the archive)."""
     data = b""
@@ -171,11 +180,7 @@ def main():
     tag = _read_tag(tag_fd)
     if not tag:
         return
-    service = bentoml.load(tag)
-    unobserved(service)
-    media_types_once()
-    # is_main=False lets BentoML take pickle, which `binary_arrays` alone sends it (it refuses pickle from outside)
-    uvicorn.run(binary_arrays(service.to_asgi(is_main=False)), fd=socket_fd, log_level="warning", access_log=False)
+    uvicorn.run(app_of(bentoml.load(tag)), fd=socket_fd, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
