@@ -125,11 +125,12 @@ def check(pilot: str, bundle: Path,
         name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
         technology_field="other", model_description="not given", licence="not given")
     info = inspect_bundle(bundle)
-    with RayExecutor() as executor, err.status("checking in the sandbox on the public sample…"):
-        ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample", isolated=not unsafe,
-                             submission=f"check-{info.sha256[:12]}",
-                             out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
-    _report(ev.card, ev.files, as_json)
+    with RayExecutor() as executor:
+        with err.status("checking in the sandbox on the public sample…"):
+            ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample",
+                                 isolated=not unsafe, submission=f"check-{info.sha256[:12]}",
+                                 out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
+        _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
     if ev.card.verdict != "completed":
         raise typer.Exit(1)
 
@@ -172,12 +173,13 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
     sub = store.get(submission)
     if unsafe:
         _warn_unsafe()
-    with RayExecutor() as executor, err.status(f"evaluating {sub.id} in the sandbox…"):
-        ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
-                             tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
-                             isolated=not unsafe, reevaluate=reason if reevaluate else None,
-                             vetted=store.vetted(sub.id))
-    _report(ev.card, ev.files, as_json)
+    with RayExecutor() as executor:
+        with err.status(f"evaluating {sub.id} in the sandbox…"):
+            ev = evaluate_bundle(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, executor=executor, ws=ws,
+                                 tracker=MlflowTracker(ws), out_dir=store.report_dir(sub.id), submission=sub.id,
+                                 isolated=not unsafe, reevaluate=reason if reevaluate else None,
+                                 vetted=store.vetted(sub.id))
+        _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
 
 
 _STATUS = {"queued": "dim", "running": "yellow", "evaluated": "green", "skipped": "cyan", "failed": "red"}

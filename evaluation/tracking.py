@@ -6,6 +6,7 @@ workflow is given, as it is given an executor.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -165,11 +166,16 @@ class MlflowTracker:
     """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
 
     def __init__(self, ws: Workspace):
+        self.ws = ws
+
+    @functools.cached_property
+    def client(self):
+        """The MLflow client, on first use: importing MLflow takes ~2 s, which an evaluation spends while a local
+        Ray starts (`workflow.evaluate.evaluate_bundle`)."""
         import mlflow
 
-        self.ws = ws
-        mlflow.set_tracking_uri(ws.tracking_uri)
-        self.client = mlflow.MlflowClient(ws.tracking_uri)
+        mlflow.set_tracking_uri(self.ws.tracking_uri)
+        return mlflow.MlflowClient(self.ws.tracking_uri)
 
     def experiment_id(self, pilot: str) -> str:
         name = experiment_name(pilot)

@@ -1,5 +1,8 @@
 """A real bundle through submission, a real local Ray, the real sandbox and a real MLflow store. Slow."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -136,6 +139,22 @@ def test_every_listener_of_the_local_ray_is_on_loopback(ray_executor):
                if c.laddr.ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert not exposed, f"Ray listens beyond loopback: {exposed}"
     assert not any(c.laddr.port == 8265 for c in listening)  # no dashboard
+
+
+def test_connecting_leaves_a_warm_worker_on_each_node_for_the_first_evaluation(ray_executor):
+    """`RayExecutor.connect` starts a worker on each node that imports the sandbox runner: the first evaluation
+    does not wait for a worker process and those imports (~0.5 s). Checked on a fresh Ray, in its own process."""
+    script = """import testbed.config
+import sys, ray
+from sandbox.executor import RayExecutor
+with RayExecutor() as executor:
+    executor.connect()
+    ray.get(executor._warming)
+    print("runner imported:", ray.get(ray.remote(lambda: "sandbox.runner" in sys.modules).remote()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert "runner imported: True" in out.stdout, out.stderr[-3000:]
 
 
 def test_errors_raised_inside_the_ray_task_reach_the_user_plainly(ray_executor, bike_spec):

@@ -91,6 +91,32 @@ def test_answer_independent_work_runs_beside_the_sandbox(ws, bike_spec, fake_ben
     assert seen["run_at"] < seen["ready_at"] <= seen["scored_at"]  # overlapped with the run; scoring waited
 
 
+def test_the_job_is_prepared_while_the_executor_connects(ws, bike_spec, fake_bento, tracker, monkeypatch):
+    """A local Ray takes seconds to start: the evaluation is prepared meanwhile, in another thread (a slow
+    connect and a slow preparation each wait for the other to have begun)."""
+    import threading
+
+    import workflow.evaluate
+
+    preparing, connecting = threading.Event(), threading.Event()
+    original = workflow.evaluate.prepare_evaluation
+
+    def prepare(*args, **kw):
+        preparing.set()
+        assert connecting.wait(10), "prepared before the executor began connecting"
+        return original(*args, **kw)
+
+    class SlowToConnect(FakeSandbox):
+        def connect(self):
+            connecting.set()
+            assert preparing.wait(10), "connected before the preparation began"
+
+    monkeypatch.setattr(workflow.evaluate, "prepare_evaluation", prepare)
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=SlowToConnect(last_day), ws=ws,
+                         out_dir=ws.home / "out", submission="bike-demand-fake", tracker=tracker)
+    assert ev.card.verdict == "completed"
+
+
 def test_photographs_are_embedded_as_jpeg_and_charts_as_png(evaluated, tmp_path):
     import matplotlib.pyplot as plt
 

@@ -4,7 +4,8 @@ Each sandbox job is placed on the executor at once (a Ray task asking for the sp
 when a node has them free, so the cluster bounds the parallelism). Scoring, the scorecard and every tracking
 write happen here, in the driver, one evaluation after another as the jobs return: the tracking store never
 sees two writers from one campaign, so SQLite's single writer is enough (and a tracking server, when
-`MLFLOW_TRACKING_URI` names one, works the same).
+`MLFLOW_TRACKING_URI` names one, works the same). The jobs are prepared in order in another thread, while a
+local Ray starts and then while each prepared job is placed.
 
 Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from evaluation.tracking import Tracker
@@ -89,13 +90,19 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
             fail(item, exc)
         on_update(item)
 
-    try:
-        for sub in subs:
+    def prepare(sub: Submission) -> PreparedEvaluation:
+        return prepare_evaluation(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, ws=ws,
+                                  out_dir=store.report_dir(sub.id), submission=sub.id, tracker=tracker,
+                                  isolated=isolated, vetted=store.vetted(sub.id))
+
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation")
+    try:  # jobs are prepared in order in another thread, while a local Ray starts, then while each is placed
+        preparing = [(sub, preparer.submit(prepare, sub)) for sub in subs]
+        executor.connect()
+        for sub, future in preparing:
             item = items[sub.id]
             try:
-                prepared = prepare_evaluation(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, ws=ws,
-                                              out_dir=store.report_dir(sub.id), submission=sub.id,
-                                              tracker=tracker, isolated=isolated, vetted=store.vetted(sub.id))
+                prepared = future.result()
             except TestbedError as exc:
                 fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
                 continue
@@ -131,7 +138,10 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
                 on_update(item)
     except BaseException:
+        preparer.shutdown(wait=False, cancel_futures=True)
         for future in list(placed):
             executor.cancel(future)
         raise
+    finally:
+        preparer.shutdown()
     return [items[sub.id] for sub in subs]

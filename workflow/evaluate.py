@@ -159,9 +159,12 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
     `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded.
     `vetted`: what the submission store recorded of these bytes (`SubmissionStore.vetted`)."""
-    prepared = prepare_evaluation(spec, bundle, vendor, ws=ws, out_dir=out_dir, submission=submission,
-                                  tracker=tracker, split=split, isolated=isolated, reevaluate=reevaluate,
-                                  vetted=vetted)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation") as pool:
+        preparing = pool.submit(prepare_evaluation, spec, bundle, vendor, ws=ws, out_dir=out_dir,
+                                submission=submission, tracker=tracker, split=split, isolated=isolated,
+                                reevaluate=reevaluate, vetted=vetted)
+        executor.connect()  # a local Ray starts (~3 s) while the job is prepared (MLflow's import: ~2 s)
+        prepared = preparing.result()
     return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
 
 
