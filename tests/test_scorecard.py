@@ -222,3 +222,14 @@ def test_verdicts(kwargs, verdict):
 def test_no_nan_leaks_into_gate_details(evaluated):
     assert all("nan" not in g.detail for g in evaluated.card.gates)
     assert not math.isnan(evaluated.card.total_score)
+
+
+def test_the_warm_up_beside_the_sandbox_compiles_the_page_template(monkeypatch):
+    """`warm_up` (run while the sandbox runs) leaves the scorecard's template compiled for `write_report`."""
+    from evaluation import report
+
+    monkeypatch.setattr(report, "_warming", None)
+    report._env.cache.clear()
+    report.warm_up()
+    report._warming.join()
+    assert [name for _, name in report._env.cache.keys()] == ["scorecard.html.j2"]

@@ -22,6 +22,7 @@ def _draw(fam: TaskFamily, ax, image: np.ndarray, data: Frames, i: int, dets, ti
     from matplotlib.patches import Rectangle
 
     ax.imshow(image)
+    ax.set(xticks=[], yticks=[])  # hidden anyway; without them, placing the title does not lay out ~20 ticks
     ax.set_axis_off()
     truth = [a for a in data.gt["annotations"] if a["image_id"] == data.image_ids[i]]
     for a in truth:
