@@ -91,30 +91,43 @@ def test_answer_independent_work_runs_beside_the_sandbox(ws, bike_spec, fake_ben
     assert seen["run_at"] < seen["ready_at"] <= seen["scored_at"]  # overlapped with the run; scoring waited
 
 
-def test_the_job_is_prepared_while_the_executor_connects(ws, bike_spec, fake_bento, tracker, monkeypatch):
-    """A local Ray takes seconds to start: the evaluation is prepared meanwhile, in another thread (a slow
-    connect and a slow preparation each wait for the other to have begun)."""
+def test_the_job_is_built_while_the_executor_connects(ws, bike_spec, fake_bento, tracker, monkeypatch):
+    """A local Ray takes seconds to start: once the checks have passed, the job is built meanwhile, in another
+    thread (a slow connect and a slow data load each wait for the other to have begun)."""
     import threading
 
-    import workflow.evaluate
+    from evaluation.families.forecasting.family import Forecasting
 
-    preparing, connecting = threading.Event(), threading.Event()
-    original = workflow.evaluate.prepare_evaluation
+    loading, connecting = threading.Event(), threading.Event()
+    original = Forecasting.load
 
-    def prepare(*args, **kw):
-        preparing.set()
-        assert connecting.wait(10), "prepared before the executor began connecting"
-        return original(*args, **kw)
+    def load(self, split):
+        loading.set()
+        assert connecting.wait(10), "the job was built before the executor began connecting"
+        return original(self, split)
 
     class SlowToConnect(FakeSandbox):
         def connect(self):
             connecting.set()
-            assert preparing.wait(10), "connected before the preparation began"
+            assert loading.wait(10), "connected before the job was being built"
 
-    monkeypatch.setattr(workflow.evaluate, "prepare_evaluation", prepare)
+    monkeypatch.setattr(Forecasting, "load", load)
     ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=SlowToConnect(last_day), ws=ws,
                          out_dir=ws.home / "out", submission="bike-demand-fake", tracker=tracker)
     assert ev.card.verdict == "completed"
+
+
+def test_a_refused_evaluation_never_starts_the_executor(ws, bike_spec, fake_bento, tracker, evaluated):
+    """A user's mistake (here: evaluating again without a reason) is said at once: no Ray is started for it."""
+    from testbed.errors import TestbedError
+
+    class MustNotConnect(FakeSandbox):
+        def connect(self):
+            pytest.fail("the executor was started for a refused evaluation")
+
+    with pytest.raises(TestbedError, match="already has its official evaluation"):
+        evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=MustNotConnect(last_day), ws=ws,
+                        out_dir=ws.home / "out", submission="bike-demand-fake", tracker=tracker)
 
 
 def test_photographs_are_embedded_as_jpeg_and_charts_as_png(evaluated, tmp_path):

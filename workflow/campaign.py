@@ -4,8 +4,8 @@ Each sandbox job is placed on the executor at once (a Ray task asking for the sp
 when a node has them free, so the cluster bounds the parallelism). Scoring, the scorecard and every tracking
 write happen here, in the driver, one evaluation after another as the jobs return: the tracking store never
 sees two writers from one campaign, so SQLite's single writer is enough (and a tracking server, when
-`MLFLOW_TRACKING_URI` names one, works the same). The jobs are prepared in order in another thread, while a
-local Ray starts and then while each prepared job is placed.
+`MLFLOW_TRACKING_URI` names one, works the same). The jobs are prepared in order in another thread: the later
+ones while the first is placed (and a local Ray starts for it).
 
 Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
@@ -96,9 +96,8 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                                   isolated=isolated, vetted=store.vetted(sub.id))
 
     preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation")
-    try:  # jobs are prepared in order in another thread, while a local Ray starts, then while each is placed
+    try:  # jobs are prepared in order in another thread: the next ones while a local Ray starts for the first
         preparing = [(sub, preparer.submit(prepare, sub)) for sub in subs]
-        executor.connect()
         for sub, future in preparing:
             item = items[sub.id]
             try:

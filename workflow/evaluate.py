@@ -8,7 +8,8 @@ import json
 import math
 import secrets
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,9 +132,11 @@ class PreparedEvaluation:
 
 def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, ws: Workspace, out_dir: Path,
                        submission: str, tracker: Tracker | None = None, split: str = "test", isolated: bool = True,
-                       reevaluate: str | None = None, vetted: tuple[str, bytes] | None = None) -> PreparedEvaluation:
+                       reevaluate: str | None = None, vetted: tuple[str, bytes] | None = None,
+                       checked: Callable[[], object] = lambda: None) -> PreparedEvaluation:
     """Check the bundle and build its sandbox job (refused when the official evaluation exists and no
-    `reevaluate` reason is given); nothing is recorded yet. `vetted`: see `inspect_bundle`."""
+    `reevaluate` reason is given); nothing is recorded yet. `vetted`: see `inspect_bundle`. `checked` is called
+    once every check has passed, before the heavier part (the split's data, the scenarios' inputs)."""
     role = _role(tracker, spec, submission, reevaluate)
     if role == "reevaluation":
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -144,6 +147,7 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
     environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
+    checked()
     data = fam.load(split)
     job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
     warm_up()  # the scorecard's plotting, readied while the sandbox runs
@@ -159,11 +163,14 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     official evaluation (written to `out_dir`); another needs `reevaluate` (the reason) and is written under
     `out_dir`'s sibling `reevaluations/`. Without a tracker it is a check (the vendor kit): nothing is recorded.
     `vetted`: what the submission store recorded of these bytes (`SubmissionStore.vetted`)."""
+    checked: Future[None] = Future()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation") as pool:
         preparing = pool.submit(prepare_evaluation, spec, bundle, vendor, ws=ws, out_dir=out_dir,
                                 submission=submission, tracker=tracker, split=split, isolated=isolated,
-                                reevaluate=reevaluate, vetted=vetted)
-        executor.connect()  # a local Ray starts (~3 s) while the job is prepared (MLflow's import: ~2 s)
+                                reevaluate=reevaluate, vetted=vetted, checked=lambda: checked.set_result(None))
+        wait([checked, preparing], return_when=FIRST_COMPLETED)
+        if checked.done():  # a local Ray starts (~3 s) while the job is built; never for a refused evaluation
+            executor.connect()
         prepared = preparing.result()
     return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
 
