@@ -170,3 +170,33 @@ def test_the_campaign_command_evaluates_what_is_pending_and_a_rerun_skips_it(tmp
     assert len(tracker.runs) == 2
     refused = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--reevaluate", "--reason", "x"])
     assert refused.exit_code == 2 and "--reevaluate is for one" in refused.stderr
+
+
+def test_one_evaluation_prints_its_scorecard_before_the_executor_shuts_down(tmp_path, monkeypatch, bike_spec):
+    """`testbed evaluate ID`: the scorecard reaches the user before a local Ray's shutdown (~1.4 s) begins."""
+    import json
+    import sys
+
+    from typer.testing import CliRunner
+
+    import evaluation.tracking
+    import sandbox.executor
+    from cli.app import app
+    from testbed.config import Workspace
+
+    printed_before_shutdown = []
+
+    class Recording(FakeSandbox):
+        def shutdown(self):
+            sys.stdout.flush()
+            printed_before_shutdown.append(sys.stdout.buffer.getvalue())
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(evaluation.tracking, "MlflowTracker", lambda ws: MemoryTracker())
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: Recording(last_day))
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(LOOKUP_VENDOR))
+    sub, _ = SubmissionStore(Workspace.from_env()).submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE]), vendor)
+    result = CliRunner().invoke(app, ["evaluate", sub.id, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(printed_before_shutdown[0])["submission"] == sub.id
