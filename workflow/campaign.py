@@ -137,10 +137,9 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
                 on_update(item)
     except BaseException:
-        preparer.shutdown(wait=False, cancel_futures=True)
         for future in list(placed):
             executor.cancel(future)
         raise
     finally:
-        preparer.shutdown()
+        preparer.shutdown(cancel_futures=True)  # on an interruption, no later job is prepared in vain
     return [items[sub.id] for sub in subs]
