@@ -13,8 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import httpx
-
+from sandbox.channel import MAX_RESPONSE_BYTES, Budget
 from sandbox.contention import MachineMeter, delta, snapshot
 from sandbox.environment import PythonEnvironment
 from sandbox.isolation import SandboxLimits
@@ -24,7 +23,6 @@ from sandbox.service import SandboxedService
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
 
 VERDICTS = ("completed", "contract_violation", "timeout", "resource_limit", "crashed", "sandbox_violation")
-MAX_RESPONSE_BYTES = 64 << 20
 MAX_RUN_RESPONSE_BYTES = 512 << 20
 
 
@@ -148,46 +146,6 @@ def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, ev
     return "completed", "all phases ran"
 
 
-class _Budget:
-    """Response bytes the run may still keep (shared by a phase's threads)."""
-
-    def __init__(self, total: int):
-        self.left, self.lock = total, threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self.lock:
-            self.left -= n
-            return self.left >= 0
-
-
-def _send(client: httpx.Client, route: str, body: bytes, deadline: float, cap: int,
-          budget: _Budget, content_type: str = "application/json") -> tuple[int, bytes | None, float, str]:
-    """One request, read as a stream: cut at `cap` bytes, when the run's byte budget is spent, or at `deadline`
-    (a total, not a per-read, limit)."""
-    start = time.perf_counter()
-    headers = {"content-type": content_type, "accept-encoding": "identity"}
-    try:
-        with client.stream("POST", route, content=body, headers=headers,
-                           timeout=max(0.001, deadline - time.monotonic())) as resp:
-            data, size = [], 0
-            for chunk in resp.iter_raw():
-                size += len(chunk)
-                if size > cap:
-                    return 0, None, time.perf_counter() - start, f"oversize: the response passed {cap} bytes"
-                if not budget.take(len(chunk)):
-                    return 0, None, time.perf_counter() - start, "oversize: the run's responses passed their total cap"
-                if time.monotonic() > deadline:
-                    return 0, None, time.perf_counter() - start, "deadline: the run's time ran out mid-response"
-                data.append(chunk)
-        elapsed = time.perf_counter() - start
-        content = b"".join(data)
-        if resp.status_code == 200:
-            return 200, content, elapsed, ""
-        return resp.status_code, None, elapsed, f"HTTP {resp.status_code}: {content[:300].decode(errors='replace')}"
-    except httpx.HTTPError as exc:
-        return 0, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"[:300]
-
-
 def run_job(job: SandboxJob) -> SandboxResult:
     """Build (or reuse) the bundle's environment, import the bundle privately, serve it in the sandbox, run
     every phase, stop it, give the verdict. The wall-time limit starts once the environment is ready; a watchdog
@@ -196,7 +154,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
     started = time.monotonic()
     deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
-    expired, budget = threading.Event(), _Budget(job.max_run_response_bytes)
+    expired, budget = threading.Event(), Budget(job.max_run_response_bytes)
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
                           forbidden=job.forbidden, python_env=python_env) as svc:
         def expire() -> None:
@@ -209,13 +167,12 @@ def run_job(job: SandboxJob) -> SandboxResult:
         try:
             ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
             timed_out = ready_at is None and svc.alive()
-            with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client:
-                for phase in job.phases if ready_at else []:
-                    phases[phase.name] = _run_phase(client, job, phase, deadline, svc, budget)
-                    if expired.is_set() or time.monotonic() >= deadline:
-                        timed_out = True
-                    if timed_out or not svc.alive():
-                        break
+            for phase in job.phases if ready_at else []:
+                phases[phase.name] = _run_phase(job, phase, deadline, svc, budget)
+                if expired.is_set() or time.monotonic() >= deadline:
+                    timed_out = True
+                if timed_out or not svc.alive():
+                    break
         finally:
             watchdog.cancel()
         svc.stop(grace_s=0)  # the requests are done: nothing of the service's is worth a graceful exit
@@ -233,20 +190,25 @@ def run_job(job: SandboxJob) -> SandboxResult:
                          limits=limits)
 
 
-def _run_phase(client: httpx.Client, job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
-               budget: _Budget) -> PhaseResult:
+def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
+               budget: Budget) -> PhaseResult:
+    channel = svc.channel(cap=job.max_response_bytes, budget=budget)
+
     def one(body: bytes):
         if time.monotonic() >= deadline or not svc.alive():
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
         pid = svc.proc.pid if svc.proc else None
         before = snapshot(pid)
-        sent = _send(client, job.route, body, deadline, job.max_response_bytes, budget, phase.content_type)
-        return *sent, delta(before, snapshot(pid))
+        status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline)
+        return status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid))
 
     meter = MachineMeter()
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
-        outcomes = list(pool.map(one, phase.bodies))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
+            outcomes = list(pool.map(one, phase.bodies))
+    finally:
+        channel.close()
     wall = time.perf_counter() - start
     errors = [o[3] for o in outcomes if o[3]][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],

@@ -7,7 +7,8 @@ where the harness connects.
 
     with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths, python_env=env.ensure()) as svc:
         if svc.wait_ready(timeout=120):
-            with httpx.Client(transport=svc.transport(), base_url="http://sandbox") as client: ...
+            channel = svc.channel()  # HTTP/1.1 on the service's socket (`sandbox.channel`)
+            status, body, seconds, error = channel.post(route, payload, "application/json", deadline)
     svc.returncode, svc.stopped_by_us, svc.log_tail(), svc.evidence()
 """
 
@@ -25,10 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 
 from sandbox.bundle import import_bundle
+from sandbox.channel import MAX_RESPONSE_BYTES, Budget, Channel
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, OutputTail, Reports, Watch
@@ -225,9 +226,9 @@ class SandboxedService:
         """The service's socket, in the harness's private folder (never mounted in the sandbox)."""
         return self.workdir / "service.sock"
 
-    def transport(self) -> httpx.HTTPTransport:
-        """An httpx transport to the service's socket (use with base_url `http://sandbox`)."""
-        return httpx.HTTPTransport(uds=str(self.socket_path))
+    def channel(self, *, cap: int = MAX_RESPONSE_BYTES, budget: Budget | None = None) -> Channel:
+        """A channel for requests to the service's socket (close it when done)."""
+        return Channel(str(self.socket_path), cap=cap, budget=budget)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -235,15 +236,14 @@ class SandboxedService:
     def wait_ready(self, timeout: float) -> float | None:
         """Poll `/readyz` until it answers 200, the service exits or `timeout` passes; the monotonic time it
         became ready, or None."""
-        deadline = time.monotonic() + timeout
-        with httpx.Client(transport=self.transport(), base_url="http://sandbox") as client:
+        deadline, channel = time.monotonic() + timeout, self.channel()
+        try:
             while self.alive() and time.monotonic() < deadline:
-                try:
-                    if client.get("/readyz", timeout=2).status_code == 200:
-                        return time.monotonic()
-                except httpx.HTTPError:
-                    pass
+                if channel.get("/readyz", min(deadline, time.monotonic() + 2))[0] == 200:
+                    return time.monotonic()
                 time.sleep(0.05)
+        finally:
+            channel.close()
         return None
 
     @property

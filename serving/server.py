@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import anyio
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +39,8 @@ from workflow.promote import Approved, Production
 
 __all__ = ["ProductionServer", "running"]
 
+REQUEST_TIMEOUT_S = 60
+"""How long the proxy waits for the served bundle's answer to one request."""
 SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
 
@@ -53,14 +54,14 @@ class _Served:
 
     def __init__(self, ok: Approved, service: SandboxedService):
         self.ok, self.service, self.version = ok, service, ok.version
-        self.client = httpx.Client(transport=service.transport(), base_url="http://sandbox", timeout=60)
+        self.channel = service.channel()
         self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
 
     def close(self, drain_s: float = 10) -> None:
         deadline = time.monotonic() + drain_s
         while self.inflight and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.client.close()
+        self.channel.close()
         self.service.stop()
         self.service.close()
 
@@ -194,14 +195,15 @@ class ProductionServer:
         with served.lock:
             served.inflight += 1
         try:
-            r = served.client.post(self.contract.route, content=body, headers={"content-type": "application/json"})
-            self.metrics.batch.labels(self.pilot, served.version).observe(items)
-            return r.status_code, r.content
-        except httpx.HTTPError as exc:
+            status, out, _, error = served.channel.post(self.contract.route, body, "application/json",
+                                                        time.monotonic() + REQUEST_TIMEOUT_S)
+            if status:
+                self.metrics.batch.labels(self.pilot, served.version).observe(items)
+                return status, out
             if not served.service.alive():
                 self._crashed(served)
                 return 503, json.dumps({"error": self.reason}).encode()
-            return 502, json.dumps({"error": f"the served bundle did not answer ({type(exc).__name__})"}).encode()
+            return 502, json.dumps({"error": f"the served bundle did not answer ({error[:200]})"}).encode()
         finally:
             with served.lock:
                 served.inflight -= 1
@@ -228,8 +230,11 @@ class ProductionServer:
         served = self.served
         if served is None or served.crashed:
             return JSONResponse({"error": self.reason or "not ready"}, 503)
-        r = await anyio.to_thread.run_sync(served.client.get, "/schema.json")
-        return Response(r.content, r.status_code, media_type="application/json")
+        status, out, _, error = await anyio.to_thread.run_sync(served.channel.get, "/schema.json",
+                                                               time.monotonic() + REQUEST_TIMEOUT_S)
+        if not status:
+            return JSONResponse({"error": f"the served bundle did not answer ({error[:200]})"}, 502)
+        return Response(out, status, media_type="application/json")
 
     async def _readyz(self, request: Request) -> Response:
         if self.ready:
