@@ -95,7 +95,7 @@ class Channel:
                 problem = (f"oversize: the response passed {self.cap} bytes" if size > self.cap else
                            "oversize: the run's responses passed their total cap"
                            if self.budget is not None and not self.budget.take(len(chunk))
-                           else "deadline: the run's time ran out mid-response" if time.monotonic() > deadline
+                           else "deadline: the time allowed ran out mid-response" if time.monotonic() > deadline
                            else "")
                 if problem:
                     conn.close()  # the rest of the answer is never read: this connection cannot carry another

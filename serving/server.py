@@ -45,6 +45,11 @@ SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
 
 
+def _unanswered(error: str) -> bytes:
+    """The proxy's 502 body when the served bundle sent no whole answer (`error`: what the channel saw)."""
+    return json.dumps({"error": f"the served bundle did not answer ({error[:200]})"}).encode()
+
+
 def _stderr(line: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {line}", file=sys.stderr, flush=True)
 
@@ -203,7 +208,7 @@ class ProductionServer:
             if not served.service.alive():
                 self._crashed(served)
                 return 503, json.dumps({"error": self.reason}).encode()
-            return 502, json.dumps({"error": f"the served bundle did not answer ({error[:200]})"}).encode()
+            return 502, _unanswered(error)
         finally:
             with served.lock:
                 served.inflight -= 1
@@ -233,7 +238,7 @@ class ProductionServer:
         status, out, _, error = await anyio.to_thread.run_sync(served.channel.get, "/schema.json",
                                                                time.monotonic() + REQUEST_TIMEOUT_S)
         if not status:
-            return JSONResponse({"error": f"the served bundle did not answer ({error[:200]})"}, 502)
+            return Response(_unanswered(error), 502, media_type="application/json")
         return Response(out, status, media_type="application/json")
 
     async def _readyz(self, request: Request) -> Response:
