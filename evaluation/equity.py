@@ -51,10 +51,11 @@ def _replicates_of_mean(values: np.ndarray, units: np.ndarray, rng: np.random.Ge
     _, codes = np.unique(units, return_inverse=True)
     sums, counts = np.bincount(codes, values), np.bincount(codes).astype(float)
     m, reps = len(sums), np.empty(b)
+    even = counts.min() == counts.max()  # every unit the same size: each replicate's count is m times it
     step = max(1, _CHUNK // m)
     for lo in range(0, b, step):
         draw = rng.integers(0, m, size=(min(step, b - lo), m))
-        reps[lo:lo + len(draw)] = sums[draw].sum(1) / counts[draw].sum(1)
+        reps[lo:lo + len(draw)] = sums[draw].sum(1) / (m * counts[0] if even else counts[draw].sum(1))
     return reps
 
 

@@ -5,6 +5,7 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
+import socket
 from concurrent.futures import Future
 from typing import Protocol, Self
 
@@ -98,7 +99,12 @@ class RayExecutor(_Closing):
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (or set RAY_ADDRESS to use a cluster)")
         common = {"log_to_driver": False, "configure_logging": False}
         if self.address:
-            ray.init(address=self.address, **common)
+            _check_reachable(self.address)
+            try:
+                ray.init(address=self.address, **common)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ResourceUnavailable(f"could not join the Ray cluster: {str(exc).splitlines()[0][:300]}",
+                                          where=f"RAY_ADDRESS={self.address}", fix=_CLUSTER_FIX) from None
         else:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
             self.started_local = True
@@ -170,6 +176,27 @@ class RayExecutor(_Closing):
         if self.started_local and ray.is_initialized():
             ray.shutdown()
             self.started_local = False
+
+
+_CLUSTER_FIX = ("start the cluster's head (`ray start --head --port 6379`) or correct RAY_ADDRESS to its host:port; "
+                "unset RAY_ADDRESS to use a local Ray on this machine")
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with the fix, when nothing listens at `address` (host:port, or ray://host:port):
+    `ray.init` would retry a dead address for minutes. `auto` (the cluster this machine runs) is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ResourceUnavailable(f"{address!r} is not a Ray cluster address", where="RAY_ADDRESS",
+                                  fix="give the head node as host:port (e.g. 10.0.0.5:6379), or unset RAY_ADDRESS "
+                                      "to use a local Ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ResourceUnavailable(f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__})",
+                                  where=f"RAY_ADDRESS={address}", fix=_CLUSTER_FIX) from None
 
 
 def _warm_up() -> None:

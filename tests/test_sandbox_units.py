@@ -4,6 +4,7 @@ what killed harnesses left, hostile response bodies, and uid leases."""
 import gzip
 import io
 import os
+import socket
 import subprocess
 import tarfile
 import time
@@ -169,3 +170,25 @@ def test_the_sandbox_worker_derives_each_response_media_type_once_and_the_same(m
     assert [spec.mime_type() for spec in outputs * 3] == derived * 3 == [
         "application/json", "text/plain", "application/json"] * 3
     assert IOMixin.mime_type.__func__.cache_info().misses == len(outputs)  # the schemas were built once each
+
+
+@pytest.mark.parametrize("address, says", [("127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+                                           ("ray://127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+                                           ("head-node", "is not a Ray cluster address")])
+def test_a_wrong_ray_address_is_refused_at_once_with_the_fix(monkeypatch, address, says):
+    """`ray.init` retries an address where nothing listens for minutes, logging as it goes; the executor
+    checks first and says what to do, before Ray is touched."""
+    import ray
+
+    from sandbox.executor import RayExecutor
+    from testbed.errors import ResourceUnavailable
+
+    with socket.socket() as free:  # a port that nothing listens on once this closes
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", address.format(port=port))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called"))
+    with pytest.raises(ResourceUnavailable, match=says.format(port=port)) as info:
+        RayExecutor().connect()
+    assert "RAY_ADDRESS" in str(info.value) and "unset RAY_ADDRESS" in info.value.fix
