@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from evaluation.scorecard import Scorecard
 from testbed.config import Workspace
+from testbed.net import require_listener
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
            "flatten", "official_per_submission"]
@@ -162,6 +164,16 @@ class MemoryTracker:
         self.runs[run_id].tags |= tags
 
 
+def _check_server(uri: str) -> None:
+    """A tracking server where nothing listens is refused at once (MLflow's client retries it for minutes)."""
+    url = urlsplit(uri)
+    if url.scheme in ("http", "https") and url.hostname:
+        require_listener(url.hostname, url.port or (443 if url.scheme == "https" else 80),
+                         what="MLflow tracking server", where=f"MLFLOW_TRACKING_URI={uri}",
+                         fix="start the server (`mlflow server --host 127.0.0.1 --port 5000 ...`) or correct "
+                             "MLFLOW_TRACKING_URI; unset it to use the project's SQLite store under mlflow/")
+
+
 class MlflowTracker:
     """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
 
@@ -172,6 +184,7 @@ class MlflowTracker:
     def client(self):
         """The MLflow client, on first use: importing MLflow takes ~2 s, which an evaluation spends while a local
         Ray starts (`workflow.evaluate.evaluate_bundle`)."""
+        _check_server(self.ws.tracking_uri)
         import mlflow
 
         mlflow.set_tracking_uri(self.ws.tracking_uri)

@@ -5,12 +5,12 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
-import socket
 from concurrent.futures import Future
 from typing import Protocol, Self
 
 from sandbox.runner import SandboxJob, SandboxResult, run_job
 from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
+from testbed.net import require_listener
 
 __all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS"]
 
@@ -182,7 +182,7 @@ _CLUSTER_FIX = ("start the cluster's head (`ray start --head --port 6379`) or co
                 "unset RAY_ADDRESS to use a local Ray on this machine")
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def _check_reachable(address: str) -> None:
     """Fail in seconds, with the fix, when nothing listens at `address` (host:port, or ray://host:port):
     `ray.init` would retry a dead address for minutes. `auto` (the cluster this machine runs) is left to Ray."""
     if address == "auto":
@@ -192,11 +192,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ResourceUnavailable(f"{address!r} is not a Ray cluster address", where="RAY_ADDRESS",
                                   fix="give the head node as host:port (e.g. 10.0.0.5:6379), or unset RAY_ADDRESS "
                                       "to use a local Ray")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ResourceUnavailable(f"nothing answers at {host}:{port} ({exc.strerror or type(exc).__name__})",
-                                  where=f"RAY_ADDRESS={address}", fix=_CLUSTER_FIX) from None
+    require_listener(host, int(port), what="Ray cluster", where=f"RAY_ADDRESS={address}", fix=_CLUSTER_FIX)
 
 
 def _warm_up() -> None:

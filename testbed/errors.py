@@ -9,7 +9,8 @@
     ├── SandboxUnavailable       isolation (bubblewrap) is missing: untrusted code must not run
     ├── NotFound                 a pilot, submission, scorecard or registered name does not exist
     ├── RegistryError            a plugin registers a name twice (a programming error in a plugin)
-    ├── ResourceUnavailable      the Ray cluster cannot be reached, or cannot give what a pilot asks for
+    ├── ResourceUnavailable      the Ray cluster or tracking server cannot be reached, or Ray cannot give
+    │                            what a pilot asks for
     ├── Refused                  a review, promotion, rollback or serve is not allowed (the reason says why)
     └── AuditError               an audit trail is unreadable or was edited (its hash chain is broken)
 
@@ -78,8 +79,8 @@ class RegistryError(TestbedError):
 
 
 class ResourceUnavailable(TestbedError):
-    """The Ray cluster cannot be reached, or cannot provide the resources a pilot asks for (or no sandbox uid
-    is free)."""
+    """The Ray cluster or the tracking server cannot be reached, or Ray cannot provide the resources a pilot
+    asks for (or no sandbox uid is free)."""
 
 
 class Refused(TestbedError):

@@ -88,3 +88,17 @@ def test_refuses_to_run_without_isolation(monkeypatch, tmp_path, fake_bento):
     finally:
         isolation.check_isolation.cache_clear()
     assert result.exit_code == 2 and "bwrap" in result.stderr and "--unsafe-no-sandbox" in result.stderr
+
+
+def test_a_tracking_server_that_is_not_there_is_refused_at_once(monkeypatch):
+    """MLflow's client retries a dead server for ~4 minutes and ends in a traceback; the testbed says so first."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    result = runner.invoke(app, ["leaderboard", "bike-demand"])
+    assert result.exit_code == 2, result.output
+    assert f"no MLflow tracking server answers at 127.0.0.1:{port}" in result.output
+    assert "fix: start the server" in result.output and "Traceback" not in result.output

@@ -172,8 +172,8 @@ def test_the_sandbox_worker_derives_each_response_media_type_once_and_the_same(m
     assert IOMixin.mime_type.__func__.cache_info().misses == len(outputs)  # the schemas were built once each
 
 
-@pytest.mark.parametrize("address, says", [("127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
-                                           ("ray://127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+@pytest.mark.parametrize("address, says", [("127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
+                                           ("ray://127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
                                            ("head-node", "is not a Ray cluster address")])
 def test_a_wrong_ray_address_is_refused_at_once_with_the_fix(monkeypatch, address, says):
     """`ray.init` retries an address where nothing listens for minutes, logging as it goes; the executor
