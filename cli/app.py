@@ -214,6 +214,16 @@ def _campaign(ids: list[str], pilot: str | None, as_json: bool, unsafe: bool, re
     shown = {s.id: CampaignItem(s.id) for s in todo} | {s.id: CampaignItem(s.id, status="skipped",
                                                                          error="official evaluation exists")
                                                       for s in done}
+    if not todo:  # nothing to place: Ray is not started
+        if as_json:
+            return _emit_json({"wall_s": 0.0, "items": [vars(i) for i in shown.values()]})
+        if done:
+            out.print(_campaign_table(shown.values(), f"Campaign{f' · {pilot}' if pilot else ''}: 0 evaluated, "
+                                      f"{len(done)} already official (`testbed evaluate ID --reevaluate --reason "
+                                      "...` evaluates one again)"))
+        else:
+            out.print(f"Nothing to evaluate: {pilot} has no submissions yet (`testbed submit`)")
+        return
     started = time.monotonic()
 
     def title() -> str:

@@ -73,7 +73,8 @@ def _open(path: Path, limits: Limits, mode: str) -> tarfile.TarFile:
     """The archive, opened with tarfile after the file-level checks (exists, size, xz)."""
     where = str(path)
     if not path.is_file():
-        raise BundleError("no such file", where=where, fix="give the path of a `.bento` file made by `bentoml export`")
+        raise BundleError("a folder, not a .bento file" if path.is_dir() else "no such file", where=where,
+                          fix="give the path of a `.bento` file made by `bentoml export NAME:VERSION FILE.bento`")
     size = path.stat().st_size
     if size > limits.max_archive_bytes:
         raise _unsafe(where, f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit")

@@ -165,8 +165,11 @@ def test_the_campaign_command_evaluates_what_is_pending_and_a_rerun_skips_it(tmp
     assert first.exit_code == 0, first.output
     summary = json.loads(first.stdout)
     assert sorted(i["submission"] for i in summary["items"] if i["status"] == "evaluated") == sorted(ids)
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: pytest.fail("nothing is pending: no Ray"))
     again = runner.invoke(app, ["evaluate", *ids])
     assert again.exit_code == 0 and again.stdout.count("skipped") == 2 and "0 evaluated" in again.stdout
+    empty = runner.invoke(app, ["evaluate", "--all", "subway-ridership"])
+    assert empty.exit_code == 0 and "subway-ridership has no submissions yet" in empty.stdout
     assert len(tracker.runs) == 2
     refused = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--reevaluate", "--reason", "x"])
     assert refused.exit_code == 2 and "--reevaluate is for one" in refused.stderr

@@ -7,6 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.app import app
+from testbed.config import PROJECT_ROOT
 from tests.conftest import FORECAST_ROUTE
 
 runner = CliRunner()
@@ -37,6 +38,8 @@ def test_every_verb_has_help():
     (["evaluate", "bike-demand-000"], "no submission"),
     (["scorecard", "bike-demand-000"], "no submission"),
     (["submit", "bike-demand", "missing.bento", "--vendor", "missing.yaml"], "missing.yaml: file not found"),
+    (["submit", "bike-demand", str(PROJECT_ROOT / "examples" / "bike_mlp"), "--vendor",
+      str(PROJECT_ROOT / "examples" / "bike_mlp" / "vendor.yaml")], "bike_mlp: a folder, not a .bento file"),
 ])
 def test_user_errors_are_clean(args, words):
     result = runner.invoke(app, args)
