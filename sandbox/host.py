@@ -25,6 +25,9 @@ RUN_PREFIX = "testbed-run-"
 """Private working folders are `<tmp>/testbed-run-<harness pid>-<random>`."""
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids")
+"""The cgroup v1 controllers a sandbox needs for its limits to be cgroups (a `cpu` group is added where it can be)."""
+CPU_PERIOD_US = 100_000
+"""The CFS period of a sandbox's CPU quota (the kernel's default): `cpus` cores' worth of time in each."""
 DEFAULT_UIDS = "1600000000-1600004095"
 
 
@@ -76,18 +79,15 @@ def _kill_uid(uid: int) -> None:
 
 
 class Cgroups:
-    """A cgroup v1 `memory` and `pids` group of its own for one sandbox, under this harness's groups.
-    `available` is False where they cannot be made (not root, cgroup v2 only, read-only): rlimits then apply."""
+    """A cgroup v1 `memory` and `pids` group of its own for one sandbox, under this harness's groups, and a `cpu`
+    group holding it to `cpus` cores where that hierarchy is there too. `available` is False where memory and
+    pids groups cannot be made (not root, cgroup v2 only, read-only): rlimits then apply."""
 
-    def __init__(self, name: str, memory_mb: int, max_processes: int) -> None:
+    def __init__(self, name: str, memory_mb: int, max_processes: int, cpus: float = 0) -> None:
         self.paths: dict[str, Path] = {}
         try:
             for ctl in CONTROLLERS:
-                parent = _own_group(ctl) / "testbed"
-                parent.mkdir(exist_ok=True)
-                group = parent / name
-                group.mkdir()
-                self.paths[ctl] = group
+                self.paths[ctl] = _make_group(ctl, name)
             memory = self.paths["memory"]
             (memory / "memory.limit_in_bytes").write_text(str(memory_mb << 20))
             if (memory / "memory.memsw.limit_in_bytes").exists():  # swap accounting: no way around by swapping
@@ -95,10 +95,23 @@ class Cgroups:
             (self.paths["pids"] / "pids.max").write_text(str(max_processes))
         except OSError:
             self.remove()
+            return
+        if cpus > 0:
+            try:
+                self.paths["cpu"] = _make_group("cpu", name)
+                (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(max(1000, round(cpus * CPU_PERIOD_US))))
+            except OSError:  # no cpu hierarchy here: the spec's CPUs are then only what Ray schedules by
+                if "cpu" in self.paths:
+                    _rmdir(self.paths.pop("cpu"))
 
     @property
     def available(self) -> bool:
-        return set(self.paths) == set(CONTROLLERS)
+        return set(CONTROLLERS) <= set(self.paths)
+
+    @property
+    def cpu_bounded(self) -> bool:
+        return "cpu" in self.paths
 
     @property
     def procs_files(self) -> list[str]:
@@ -124,6 +137,11 @@ class Cgroups:
         events = dict(line.split() for line in self._read("pids", "pids.events").splitlines())
         return int(events.get("max", 0))
 
+    def cpu_throttled(self) -> int:
+        """CFS periods in which the group used up its CPU quota and was held back until the next one."""
+        stat = dict(line.split() for line in self._read("cpu", "cpu.stat").splitlines())
+        return int(stat.get("nr_throttled", 0))
+
     def kill_all(self) -> None:
         """SIGKILL every process in the group until none is left (forks racing the kill included)."""
         if "pids" in self.paths:
@@ -134,6 +152,14 @@ class Cgroups:
         for group in self.paths.values():
             _rmdir(group)
         self.paths = {}
+
+
+def _make_group(ctl: str, name: str) -> Path:
+    parent = _own_group(ctl) / "testbed"
+    parent.mkdir(exist_ok=True)
+    group = parent / name
+    group.mkdir()
+    return group
 
 
 def _own_group(ctl: str) -> Path:
@@ -189,7 +215,7 @@ def sweep_stale() -> None:
     for path in Path(tempfile.gettempdir()).glob(RUN_PREFIX + "*"):
         if _dead(path, path.name.removeprefix(RUN_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)
-    for ctl in ("pids", "memory"):  # kill through the pids group first: a memory group empties with it
+    for ctl in ("pids", "memory", "cpu"):  # kill through the pids group first: the others empty with it
         with contextlib.suppress(OSError):
             for group in (_own_group(ctl) / "testbed").iterdir():
                 if group.is_dir() and _dead(group, group.name):

@@ -48,6 +48,10 @@ class SandboxLimits:
     """Size of the private /tmp, and the largest file the service may write."""
     tmp_inodes: int = 65536
     """Files and folders the private /tmp may hold (where the harness can mount it itself: as root)."""
+    cpus: float = 0
+    """CPU cores the service may use at once: a CFS quota on a cpu cgroup of its own (as root, cgroup v1), so a
+    bundle that starts more threads than it was given gets no more CPU time than the pilot's spec, whatever the
+    node has free. 0: not bounded (`cpu_seconds` still is)."""
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,12 @@ class SandboxedService:
         if root:
             self._uid = UidLease()
             self._cgroups = Cgroups(self.workdir.name.removeprefix(RUN_PREFIX), self.limits.memory_mb,
-                                    self.limits.max_processes + 2)  # + bubblewrap's own two
+                                    self.limits.max_processes + 2, self.limits.cpus)  # + bubblewrap's own two
         cgroups = self._cgroups is not None and self._cgroups.available
+        cpu = cgroups and self._cgroups.cpu_bounded
         self.enforcement = {
+            "cpu": f"cgroup quota {self.limits.cpus:g} CPU" if cpu else
+            f"CPU time only, {self.limits.cpu_seconds} s (no cpu cgroup)",
             "uid": f"{self._uid.uid} (leased for this sandbox)" if self._uid else f"{NOBODY} (user namespace)",
             "memory": "cgroup (memfd, shm and tmpfs included)" if cgroups else
             ("rlimit data segment" if self.gpus > 0 else "rlimit address space") + " (cgroups unavailable)",
@@ -181,6 +184,8 @@ class SandboxedService:
                     os.killpg(self.proc.pid, signal.SIGKILL)
             if self._cgroups:
                 self._cgroups.kill_all()
+                if self._cgroups.cpu_bounded:
+                    self.enforcement["cpu"] += f" (throttled in {self._cgroups.cpu_throttled()} periods of 0.1 s)"
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
             code = self.proc.returncode

@@ -13,6 +13,7 @@ A served bundle that dies makes `/readyz` fail and requests get 503, with one lo
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -121,7 +122,7 @@ class ProductionServer:
     def _launch(self, ok: Approved) -> _Served:
         r = self.spec.resources
         limits = SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
-                               cpu_seconds=SERVICE_CPU_SECONDS, threads=max(1, round(r.cpus)))
+                               cpu_seconds=SERVICE_CPU_SECONDS, threads=math.ceil(r.cpus), cpus=r.cpus)
         service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths)
         service.start()
         if service.wait_ready(timeout=r.startup_timeout_s) is None:

@@ -4,8 +4,10 @@ import io
 import json
 import os
 import pickle
+import re
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,18 @@ def test_process_limit_ends_as_resource_limit(built):
     if not result.limits["processes"].startswith("cgroup"):
         pytest.skip("no pids cgroup here: forks are refused by RLIMIT_NPROC, which leaves no evidence outside")
     assert result.verdict == "resource_limit" and "process limit" in result.reason
+
+
+def test_a_bundle_gets_no_more_cpu_than_the_spec_gives_however_many_processes_it_starts(built):
+    """Four busy processes for 1.5 s in a sandbox given one CPU: about 1.5 s of CPU time in all (two cores'
+    worth, ~3 s, without the quota on this machine), and the run says how often the quota held it back."""
+    result = run_job(job(built("hog"), "/hog", [{"kind": "cpu"}], limits=replace(LIMITS, cpus=1)))
+    if not result.limits["cpu"].startswith("cgroup"):
+        assert os.geteuid() != 0 or not Path("/sys/fs/cgroup/cpu").is_dir(), result.limits
+        pytest.skip("no cpu cgroup here (not root, or no cgroup v1 cpu hierarchy): Ray's scheduling only")
+    cpu_s, wall_s = map(float, result.phases["p"].bodies[0].decode().split())
+    assert cpu_s <= 1.2 * wall_s, (cpu_s, wall_s)
+    assert re.search(r"cgroup quota 1 CPU \(throttled in [1-9][0-9]* periods", result.limits["cpu"]), result.limits
 
 
 def test_crash_on_start(built):

@@ -60,7 +60,8 @@ def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Worksp
     return SandboxJob(
         bundle=bundle.read_bytes(), route=fam.contract.route, phases=fam.phases(data, seed),
         limits=SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
-                             cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus)),
+                             cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus),
+                             cpus=r.cpus),
         wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
         gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 

@@ -1,4 +1,4 @@
-"""Test bundle: asks for more memory or processes than the sandbox allows."""
+"""Test bundle: asks for more memory, processes or CPU cores than the sandbox allows."""
 
 import os
 import time
@@ -19,4 +19,19 @@ class Hog:
                 if os.fork() == 0:
                     time.sleep(30)
                     os._exit(0)
+        if kind == "cpu":  # four busy processes for 1.5 s: the CPU time they got, and the wall time
+            start = time.monotonic()
+            children = []
+            for _ in range(4):
+                pid = os.fork()
+                if pid == 0:
+                    while time.monotonic() - start < 1.5:
+                        pass
+                    os._exit(0)
+                children.append(pid)
+            cpu = 0.0
+            for pid in children:
+                _, _, usage = os.wait4(pid, 0)
+                cpu += usage.ru_utime + usage.ru_stime
+            return f"{cpu} {time.monotonic() - start}"
         return "done"
