@@ -41,7 +41,7 @@ def forecast_plots(fam, data, outcome) -> dict:
         lim = [1, max(2.0, float(truth.max()) * 1.2)]
         ax.plot(lim, lim, color="black", lw=1)
         ax.set(xscale="log", yscale="log", xlabel=f"actual {o.data.target} + 1", ylabel="predicted + 1",
-               title=f"All {len(names)} series, every window")
+               title=f"All {len(names):,} series, every window")
         for axis in (ax.xaxis, ax.yaxis):  # 1,000 rather than 10³: plainer to read, and half the drawing time
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
         ax.legend(fontsize=8, markerscale=4)
