@@ -10,7 +10,7 @@ from typing import Protocol, Self
 
 from sandbox.runner import SandboxJob, SandboxResult, run_job
 from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
-from testbed.net import require_listener
+from testbed.net import require_listener, speaks_http1
 
 __all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS"]
 
@@ -183,8 +183,9 @@ _CLUSTER_FIX = ("start the cluster's head (`ray start --head --port 6379`) or co
 
 
 def _check_reachable(address: str) -> None:
-    """Fail in seconds, with the fix, when nothing listens at `address` (host:port, or ray://host:port):
-    `ray.init` would retry a dead address for minutes. `auto` (the cluster this machine runs) is left to Ray."""
+    """Fail in seconds, with the fix, when nothing listens at `address` (host:port, or ray://host:port), or a
+    web server does: `ray.init` would retry either for minutes. `auto` (the cluster this machine runs) is left
+    to Ray."""
     if address == "auto":
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
@@ -193,6 +194,11 @@ def _check_reachable(address: str) -> None:
                                   fix="give the head node as host:port (e.g. 10.0.0.5:6379), or unset RAY_ADDRESS "
                                       "to use a local Ray")
     require_listener(host, int(port), what="Ray cluster", where=f"RAY_ADDRESS={address}", fix=_CLUSTER_FIX)
+    if speaks_http1(host, int(port)):  # e.g. the dashboard's port: ray.init would wait on it for minutes
+        raise ResourceUnavailable(f"a web server answers at {host}:{port}, not a Ray cluster's GCS",
+                                  where=f"RAY_ADDRESS={address}",
+                                  fix="give the head node's GCS address (host:6379 by default; the dashboard's "
+                                      "port, 8265, is not it), or unset RAY_ADDRESS to use a local Ray")
 
 
 def _warm_up() -> None:

@@ -7,7 +7,7 @@ import socket
 
 from testbed.errors import ResourceUnavailable
 
-__all__ = ["require_listener"]
+__all__ = ["require_listener", "speaks_http1"]
 
 
 def require_listener(host: str, port: int, *, what: str, where: str, fix: str, timeout_s: float = 5.0) -> None:
@@ -18,3 +18,14 @@ def require_listener(host: str, port: int, *, what: str, where: str, fix: str, t
     except OSError as exc:
         raise ResourceUnavailable(f"no {what} answers at {host}:{port} ({exc.strerror or type(exc).__name__})",
                                   where=where, fix=fix) from None
+
+
+def speaks_http1(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether what listens at host:port answers a plain HTTP/1.0 request as a web server does (gRPC servers,
+    such as Ray's GCS, answer in HTTP/2 frames or not at all)."""
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\nHost: testbed\r\n\r\n")
+            return conn.recv(8).startswith(b"HTTP/1.")
+    except OSError:
+        return False

@@ -192,3 +192,27 @@ def test_a_wrong_ray_address_is_refused_at_once_with_the_fix(monkeypatch, addres
     with pytest.raises(ResourceUnavailable, match=says.format(port=port)) as info:
         RayExecutor().connect()
     assert "RAY_ADDRESS" in str(info.value) and "unset RAY_ADDRESS" in info.value.fix
+
+
+def test_a_ray_address_where_a_web_server_answers_is_refused_with_the_fix(monkeypatch):
+    """The dashboard's port given for the GCS's (a common slip): ray.init would wait on it for minutes."""
+    import http.server
+    import threading
+
+    import ray
+
+    from sandbox.executor import RayExecutor
+    from testbed.errors import ResourceUnavailable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called"))
+        with pytest.raises(ResourceUnavailable, match="a web server answers .* not a Ray cluster's GCS") as info:
+            RayExecutor().connect()
+        assert "8265" in info.value.fix and "6379" in info.value.fix
+    finally:
+        server.shutdown()
+        server.server_close()
