@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ BUNDLES = Path(__file__).parent / "bundles"
 EXAMPLES = PROJECT_ROOT / "examples"
 ENV_CACHE = Path(os.environ.get("TESTBED_ENVS_DIR") or PROJECT_ROOT / "var" / "envs")
 """Bundles' Python environments, shared by every test and the demo: one per requirements hash, reused."""
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (once this returns)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_workspace(root: Path) -> Workspace:

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from testbed.config import PROJECT_ROOT
-from tests.conftest import FORECAST_ROUTE
+from tests.conftest import FORECAST_ROUTE, free_port
 
 runner = CliRunner()
 
@@ -95,11 +95,7 @@ def test_refuses_to_run_without_isolation(monkeypatch, tmp_path, fake_bento):
 
 def test_a_tracking_server_that_is_not_there_is_refused_at_once(monkeypatch):
     """MLflow's client retries a dead server for ~4 minutes and ends in a traceback; the testbed says so first."""
-    import socket
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     result = runner.invoke(app, ["leaderboard", "bike-demand"])
     assert result.exit_code == 2, result.output

@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import psutil
 import pytest
 
 from testbed.config import PROJECT_ROOT
-from tests.conftest import BUNDLES, make_workspace
+from tests.conftest import BUNDLES, free_port, make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +40,6 @@ def _name(proc: psutil.Process) -> str | None:
     with contextlib.suppress(psutil.Error):
         return proc.name()
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Ray notices a lost node within ~2 s instead of the default ~30 s (the head's health checks of its nodes)

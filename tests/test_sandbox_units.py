@@ -4,7 +4,6 @@ what killed harnesses left, hostile response bodies, and uid leases."""
 import gzip
 import io
 import os
-import socket
 import subprocess
 import tarfile
 import time
@@ -22,7 +21,7 @@ from sandbox.bundle import inspect_bundle
 from sandbox.executor import InlineExecutor
 from sandbox.runner import PhaseResult, SandboxResult
 from testbed.errors import BundleError, ContractViolation
-from tests.conftest import FORECAST_ROUTE
+from tests.conftest import FORECAST_ROUTE, free_port
 from workflow.evaluate import evaluate_bundle
 
 VENDOR = VendorProfile(name="V", headquarters_district="Mapo-gu", seoul_based=True, startup=True,
@@ -183,9 +182,7 @@ def test_a_wrong_ray_address_is_refused_at_once_with_the_fix(monkeypatch, addres
     from sandbox.executor import RayExecutor
     from testbed.errors import ResourceUnavailable
 
-    with socket.socket() as free:  # a port that nothing listens on once this closes
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("RAY_ADDRESS", address.format(port=port))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called"))
