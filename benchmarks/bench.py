@@ -144,6 +144,10 @@ def concurrent_runs(spec, fam, bundle: Path, ws, example: str) -> dict:
             "speedup": 2 * one / two}
 
 
+def med(values) -> float:
+    return float(np.median(values))
+
+
 def measure(spec, folder: Path, fam, bundle: Path, sub, *, executor, ws, store, tracker, home: Path,
             repeat: int) -> tuple[object, dict]:
     """The submission's official evaluation and `repeat - 1` re-evaluations, each followed by an in-process run
@@ -163,7 +167,6 @@ def measure(spec, folder: Path, fam, bundle: Path, sub, *, executor, ws, store, 
         local = in_process(pilot, bundle, home)
         if local is not None:
             locals_.append(local)
-    med = lambda values: float(np.median(values))  # noqa: E731
     row = {"pilot": pilot, "example": folder.name, "family": fam.name, "verdict": card.verdict,
            fam.primary_metric: card.metrics["clean"].get(fam.primary_metric), "runs": repeat,
            "evaluation_wall_s": med(walls), "sandbox_startup_s": med([p["startup_s"] for p in perfs])}
