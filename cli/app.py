@@ -182,7 +182,8 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
         _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
 
 
-_STATUS = {"queued": "dim", "running": "yellow", "evaluated": "green", "skipped": "cyan", "failed": "red"}
+_STATUS = {"queued": "dim", "running": "yellow", "scoring": "blue", "evaluated": "green", "skipped": "cyan",
+           "failed": "red"}
 
 
 def _campaign_table(items, title: str) -> Table:
@@ -205,6 +206,7 @@ def _campaign(ids: list[str], pilot: str | None, as_json: bool, unsafe: bool, re
     from evaluation.tracking import MlflowTracker
     from sandbox.executor import RayExecutor
     from workflow.campaign import CampaignItem, pending_submissions, run_campaign
+    from workflow.scoring import ScoringPool, scoring_workers
 
     ws = Workspace.from_env()
     tracker = MlflowTracker(ws)
@@ -231,14 +233,16 @@ def _campaign(ids: list[str], pilot: str | None, as_json: bool, unsafe: bool, re
         return (f"Campaign{f' · {pilot}' if pilot else ''}: {finished}/{len(todo)} done · "
                 f"{time.monotonic() - started:.0f} s")
 
-    with RayExecutor() as executor, Live(_campaign_table(shown.values(), title()), console=err,
-                                         refresh_per_second=2, transient=True) as live:
+    executor = RayExecutor()  # scoring processes beside the driver when the sandboxes run on a cluster:
+    scoring = ScoringPool(scoring_workers(len(todo), remote=executor.address is not None))
+    with executor, scoring, Live(_campaign_table(shown.values(), title()), console=err, refresh_per_second=2,
+                                 transient=True) as live:
         def update(item: CampaignItem) -> None:
             shown[item.submission] = item
             live.update(_campaign_table(shown.values(), title()))
 
         items = run_campaign(todo, executor=executor, tracker=tracker, ws=ws, retries=retries, isolated=not unsafe,
-                             on_update=update)
+                             scoring=scoring, on_update=update)
     wall = time.monotonic() - started
     if as_json:
         return _emit_json({"wall_s": wall, "items": [vars(i) for i in shown.values()]})

@@ -24,7 +24,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 from evaluation.scorecard import Scorecard  # noqa: E402
 from sandbox.contention import yield_cpu  # noqa: E402
 
-__all__ = ["PLOT_FORMATS", "standard_figures", "shown_groups", "render_html", "write_report", "write_atomic", "warm_up"]
+__all__ = ["PLOT_FORMATS", "standard_figures", "shown_groups", "render_html", "render_plots", "write_report",
+           "write_atomic", "warm_up"]
 
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
 _env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
@@ -38,7 +39,7 @@ def warm_up() -> None:
     """Draw a small figure in a background thread, once per process, while a sandbox runs: matplotlib's first
     figure (colour tables, fonts, the PNG writer) costs ~0.3-0.5 s, and compiling the page's template ~0.1 s,
     which then overlap the bundle's run instead of following it. Off pyplot (no shared figure manager);
-    `write_report` waits for it before plotting."""
+    `render_plots` waits for it before drawing."""
     global _warming
     if _warming is None:
         _warming = threading.Thread(target=_draw_once, name="matplotlib-warm-up", daemon=True)
@@ -167,18 +168,23 @@ def render_html(card: Scorecard, plots: dict[str, bytes], title: str, in_service
                                                          in_service=in_service)
 
 
-def write_report(card: Scorecard, figures: dict[str, plt.Figure], out_dir: Path, title: str) -> dict[str, Path]:
-    """Write scorecard.json, scorecard.html and plots/NAME.png (or .jpg) into `out_dir` (atomically per file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "plots").mkdir(exist_ok=True)
+def render_plots(card: Scorecard, figures: dict[str, plt.Figure]) -> dict[str, tuple[str, bytes]]:
+    """The family's `figures` and the standard ones, drawn: name -> (file extension, PNG or JPEG bytes)."""
     if _warming is not None:
         _warming.join()
-    images = {name: _image(fig) for name, fig in {**figures, **standard_figures(card)}.items()}
+    return {name: _image(fig) for name, fig in {**figures, **standard_figures(card)}.items()}
+
+
+def write_report(card: Scorecard, plots: dict[str, tuple[str, bytes]], out_dir: Path, title: str) -> dict[str, Path]:
+    """Write scorecard.json, scorecard.html and plots/NAME.png (or .jpg) from `render_plots`' `plots` into
+    `out_dir` (atomically per file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(exist_ok=True)
     written = {}
-    for name, (ext, data) in images.items():
+    for name, (ext, data) in plots.items():
         written[f"plots/{name}.{ext}"] = write_atomic(out_dir / "plots" / f"{name}.{ext}", data)
     written["scorecard.json"] = write_atomic(out_dir / "scorecard.json", card.model_dump_json(indent=2).encode())
-    html = render_html(card, {name: data for name, (_, data) in images.items()}, title)
+    html = render_html(card, {name: data for name, (_, data) in plots.items()}, title)
     written["scorecard.html"] = write_atomic(out_dir / "scorecard.html", html.encode())
     return written
 

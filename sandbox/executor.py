@@ -26,6 +26,8 @@ class Executor(Protocol):
     `submit` places a job without waiting: its future gives the result, or raises `InfrastructureFailure`
     (retry) or another `TestbedError` (say it plainly); once done, its `node` names where the job ran."""
 
+    address: str | None
+
     def run(self, job: SandboxJob) -> SandboxResult: ...
 
     def connect(self) -> None: ...
@@ -40,6 +42,9 @@ class Executor(Protocol):
 
 
 class _Closing:
+    address: str | None = None
+    """The cluster that runs the jobs; None: this machine."""
+
     def __enter__(self) -> Self:
         return self
 
@@ -82,7 +87,7 @@ class RayExecutor(_Closing):
         self._warming: list = []
 
     @property
-    def address(self) -> str | None:
+    def address(self) -> str | None:  # type: ignore[override]
         return os.environ.get("RAY_ADDRESS") or None
 
     def connect(self) -> None:

@@ -2,6 +2,9 @@
 infrastructure failures retried and recorded, a bundle's failure a verdict, a killed driver leaves nothing
 that looks finished."""
 
+import json
+import os
+import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -203,3 +206,46 @@ def test_one_evaluation_prints_its_scorecard_before_the_executor_shuts_down(tmp_
     result = CliRunner().invoke(app, ["evaluate", sub.id, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(printed_before_shutdown[0])["submission"] == sub.id
+
+
+@pytest.mark.slow
+def test_runs_scored_in_worker_processes_get_the_scorecards_the_driver_gives(ws, subs, monkeypatch):
+    """With scoring processes the driver only records: the runs' metrics (total included) and predictions are
+    what the driver computes itself, and each run is recorded once."""
+    import workflow.evaluate
+    from workflow.scoring import ScoringPool
+
+    alone = MemoryTracker()
+    [here] = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=alone, ws=ws)
+    expected = alone.runs[here.run_id]
+    monkeypatch.setattr(workflow.evaluate, "assess", lambda *a: pytest.fail("scored by the driver, not a worker"))
+    pooled = MemoryTracker()
+    with ScoringPool(2) as scoring:
+        items = run_campaign(subs[1:], executor=Threaded(), tracker=pooled, ws=ws, scoring=scoring)
+    assert [i.status for i in items] == ["evaluated"] * 2 and len(pooled.runs) == 2
+    for item in items:
+        run = pooled.runs[item.run_id]
+        assert run.status == "FINISHED" and run.metrics == expected.metrics and run.metrics["total_score"] > 0
+        assert run.params["predictions_sha256"] == expected.params["predictions_sha256"]
+        assert json.loads(run.artifacts["scorecard.json"].read_text())["mlflow_run_id"] == item.run_id
+
+
+@pytest.mark.slow
+def test_a_scoring_process_that_dies_costs_time_not_the_evaluation(ws, subs):
+    from workflow.scoring import ScoringPool
+
+    tracker = MemoryTracker()
+    with ScoringPool(1) as scoring:
+        scoring._pool.submit(int).result(timeout=60)  # the worker is up
+        for pid in list(scoring._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        items = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws, scoring=scoring)
+    assert items[0].status == "evaluated" and tracker.runs[items[0].run_id].status == "FINISHED"
+
+
+def test_scoring_processes_only_where_the_driver_has_cores_to_spare():
+    from workflow.scoring import scoring_workers
+
+    assert scoring_workers(48, remote=False, cpus=16) == 0  # a local Ray's sandboxes use this machine's cores
+    assert scoring_workers(48, remote=True, cpus=16) == 8 and scoring_workers(6, remote=True, cpus=2) == 1
+    assert scoring_workers(1, remote=True, cpus=16) == 0  # one evaluation: nothing to overlap

@@ -133,13 +133,13 @@ def test_a_refused_evaluation_never_starts_the_executor(ws, bike_spec, fake_bent
 def test_photographs_are_embedded_as_jpeg_and_charts_as_png(evaluated, tmp_path):
     import matplotlib.pyplot as plt
 
-    from evaluation.report import write_report
+    from evaluation.report import render_plots, write_report
 
     photo, ax = plt.subplots()
     ax.imshow(np.random.default_rng(0).random((64, 64, 3)))
     chart, ax = plt.subplots()
     ax.plot([1, 2])
-    files = write_report(evaluated.card, {"frames": photo, "curve": chart}, tmp_path, "t")
+    files = write_report(evaluated.card, render_plots(evaluated.card, {"frames": photo, "curve": chart}), tmp_path, "t")
     assert files["plots/frames.jpg"].read_bytes()[:3] == b"\xff\xd8\xff"
     assert files["plots/curve.png"].read_bytes()[:4] == b"\x89PNG"
     html = files["scorecard.html"].read_text()

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 from evaluation.tracking import Tracker
 from sandbox.executor import Executor
+from sandbox.runner import SandboxResult
 from testbed.config import Workspace
 from testbed.errors import InfrastructureFailure, TestbedError
 from workflow.catalogue import get_pilot
-from workflow.evaluate import PreparedEvaluation, conclude_evaluation, prepare_evaluation
+from workflow.evaluate import Assessment, PreparedEvaluation, conclude_evaluation, prepare_evaluation
+from workflow.scoring import ScoringPool
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["CampaignItem", "pending_submissions", "run_campaign"]
@@ -38,7 +40,8 @@ class CampaignItem:
 
     submission: str
     status: str = "queued"
-    """queued, running, evaluated, skipped (an official evaluation exists) or failed (an error, not a verdict)."""
+    """queued, running, scoring, evaluated, skipped (an official evaluation exists) or failed (an error, not a
+    verdict)."""
     verdict: str | None = None
     total: float | None = None
     passed: bool | None = None
@@ -70,13 +73,16 @@ def _unique(subs: list[Submission]) -> list[Submission]:
 
 
 def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker, ws: Workspace,
-                 retries: int = 2, isolated: bool = True,
+                 retries: int = 2, isolated: bool = True, scoring: ScoringPool | None = None,
                  on_update: Callable[[CampaignItem], None] = lambda item: None) -> list[CampaignItem]:
     """Evaluate `subs` in parallel on `executor`, recording each official evaluation in `tracker`; returns one
-    item per submission (in order). `on_update` is called whenever an item changes (progress display)."""
+    item per submission (in order). `scoring`: processes that score and draw beside the driver (by default
+    the driver does). `on_update` is called whenever an item changes (progress display)."""
     store = SubmissionStore(ws)
     items = {sub.id: CampaignItem(sub.id) for sub in subs}
     placed: dict[Future, tuple[PreparedEvaluation, float]] = {}
+    scoring = scoring or ScoringPool(0)
+    assessing: dict[Future, tuple[PreparedEvaluation, float, SandboxResult]] = {}
 
     def fail(item: CampaignItem, exc: BaseException, status: str = "failed") -> None:
         item.status, item.error = status, str(exc).splitlines()[0]
@@ -95,6 +101,19 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                                   out_dir=store.report_dir(sub.id), submission=sub.id, tracker=tracker,
                                   isolated=isolated, vetted=store.vetted(sub.id))
 
+    def record(assessed: Assessment | None, prepared: PreparedEvaluation, started: float,
+               result: SandboxResult) -> None:
+        item = items[prepared.submission]
+        params = {"campaign_retries": "; ".join(item.retries) or "none", "ray_node": item.node or ""}
+        try:
+            card = conclude_evaluation(prepared, result, tracker=tracker, params=params, assessed=assessed).card
+        except TestbedError as exc:
+            fail(item, exc, "skipped" if tracker.official_run(prepared.spec.id, item.submission) else "failed")
+            return
+        item.status, item.verdict, item.total, item.passed = "evaluated", card.verdict, card.total_score, card.passed
+        item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
+        on_update(item)
+
     preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation")
     try:  # jobs are prepared in order in another thread: the next ones while a local Ray starts for the first
         preparing = [(sub, preparer.submit(prepare, sub)) for sub in subs]
@@ -106,9 +125,12 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
                 continue
             place(item, prepared, time.monotonic())
-        while placed:
-            done, _ = wait(list(placed), timeout=0.5, return_when=FIRST_COMPLETED)
+        while placed or assessing:
+            done, _ = wait([*placed, *assessing], timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
+                if future in assessing:
+                    record(future.result(), *assessing.pop(future))
+                    continue
                 prepared, started = placed.pop(future)
                 item = items[prepared.submission]
                 try:
@@ -123,19 +145,9 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 except Exception as exc:  # noqa: BLE001 - one broken task never stops the campaign
                     fail(item, exc)
                     continue
-                item.node = getattr(future, "node", None)
-                params = {"campaign_retries": "; ".join(item.retries) or "none", "ray_node": item.node or ""}
-                try:
-                    ev = conclude_evaluation(prepared, result, tracker=tracker, params=params)
-                except TestbedError as exc:
-                    fail(item, exc, "skipped" if tracker.official_run(prepared.spec.id, item.submission) else
-                         "failed")
-                    continue
-                card = ev.card
-                item.status, item.verdict, item.total, item.passed = "evaluated", card.verdict, card.total_score, \
-                    card.passed
-                item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
+                item.node, item.status = getattr(future, "node", None), "scoring"
                 on_update(item)
+                assessing[scoring.submit(prepared, result, official=True)] = (prepared, started, result)
     except BaseException:
         for future in list(placed):
             executor.cancel(future)

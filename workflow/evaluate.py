@@ -18,7 +18,7 @@ import numpy as np
 
 from evaluation.families import open_family
 from evaluation.family import TaskFamily
-from evaluation.report import warm_up, write_report
+from evaluation.report import render_plots, warm_up, write_report
 from evaluation.scorecard import Scorecard, build_scorecard
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
@@ -33,8 +33,8 @@ from sandbox.runner import SandboxJob, SandboxResult
 from testbed.config import Workspace, harness_version
 from testbed.errors import TestbedError
 
-__all__ = ["Evaluation", "PreparedEvaluation", "evaluate_bundle", "prepare_evaluation", "conclude_evaluation",
-           "sandbox_job", "AUDIT_FILES"]
+__all__ = ["Evaluation", "PreparedEvaluation", "Scoring", "Assessment", "evaluate_bundle", "prepare_evaluation",
+           "assess", "conclude_evaluation", "sandbox_job", "AUDIT_FILES"]
 
 AUDIT_FILES = ("predictions.npz", "pilot_spec.json", "vendor.json")
 """Written beside every scorecard and logged with every official run: what `testbed audit` recomputes from."""
@@ -66,12 +66,12 @@ def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Worksp
         gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 
 
-def _write(card: Scorecard, figures: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
+def _write(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
     """Write the report (and `extra` files) beside `out_dir`, then swap it in: the previous scorecard stays
     whole until then."""
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    written = write_report(card, figures, staging, title)
+    written = write_report(card, plots, staging, title)
     for name, data in extra.items():
         (staging / name).write_bytes(data)
         written[name] = staging / name
@@ -176,43 +176,90 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
 
 
-def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker: Tracker | None = None,
-                        params: dict[str, str] | None = None) -> Evaluation:
-    """Score the sandbox's `result`, write the scorecard and record the run (with extra `params`, e.g. the
-    infrastructure retries a campaign made). An official evaluation that another process finished meanwhile is
-    refused here, so a submission never gets two."""
-    spec, fam, data, info, role, reevaluate = p.spec, p.fam, p.data, p.info, p.role, p.reevaluate
-    if tracker is not None and role == "official":
-        _role(tracker, spec, p.submission, None)
-    p.scoring_ready.exception()  # waits; should it have failed, the scoring meets (and reports) the same failure
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring a finished sandbox run needs beside the family and its data: plain values, so another
+    process can take it (`workflow.scoring`)."""
+
+    spec: PilotSpec
+    data_dir: Path
+    split: str
+    vendor: VendorProfile
+    submission: str
+    bundle_sha256: str
+    models: list
+    """`scan_models`' findings."""
+    role: str
+    reevaluate: str | None
+    official: bool
+    """Recorded by a tracker (else a check)."""
+    plan: tuple[int, dict]
+    """The family's phase plan for this job (`TaskFamily.phases`: its seed, the items of each request)."""
+
+    @classmethod
+    def of(cls, p: PreparedEvaluation, official: bool) -> Scoring:
+        return cls(p.spec, p.fam.data_dir, p.split, p.vendor, p.submission, p.info.sha256, p.models.result(),
+                   p.role, p.reevaluate, official, (p.fam.plan_seed, p.fam.plan))
+
+
+@dataclass
+class Assessment:
+    """A finished run scored and drawn, not yet recorded (`conclude_evaluation` writes and tracks it)."""
+
+    card: Scorecard
+    """Its `mlflow_run_id` is set when the run is recorded."""
+    plots: dict[str, tuple[str, bytes]]
+    """`render_plots`' drawings."""
+    extra: dict[str, bytes]
+    """The audit files (`AUDIT_FILES`), written beside the scorecard."""
+
+
+def assess(s: Scoring, fam: TaskFamily, data, result: SandboxResult) -> Assessment:
+    """Score the sandbox's `result` and draw the scorecard's plots: no file written, nothing tracked."""
+    spec = s.spec
     try:
         outcome = fam.score(data, result)
     except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
         result = replace(result, phases={}, verdict="contract_violation",
                          reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
         outcome = fam.score(data, result)
-    version = harness_version()
     extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
-             "vendor.json": p.vendor.model_dump_json(indent=2).encode()}
-    card = build_scorecard(spec, fam, p.vendor, outcome, result, models=p.models.result(), submission=p.submission,
-                           vendor=p.vendor.name, bundle_sha256=info.sha256, dataset_sha256=fam.dataset_sha256,
-                           harness_version=version, split=p.split, official=tracker is not None, evaluation=role,
-                           reevaluation_reason=reevaluate if role == "reevaluation" else None,
+             "vendor.json": s.vendor.model_dump_json(indent=2).encode()}
+    card = build_scorecard(spec, fam, s.vendor, outcome, result, models=s.models, submission=s.submission,
+                           vendor=s.vendor.name, bundle_sha256=s.bundle_sha256, dataset_sha256=fam.dataset_sha256,
+                           harness_version=harness_version(), split=s.split, official=s.official, evaluation=s.role,
+                           reevaluation_reason=s.reevaluate if s.role == "reevaluation" else None,
                            pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
                            predictions_sha256=_sha(extra["predictions.npz"]))
+    completed = card.verdict in ("completed", "contract_violation", "request_failures")
+    plots = render_plots(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {})
+    return Assessment(card, plots, extra)
+
+
+def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker: Tracker | None = None,
+                        params: dict[str, str] | None = None, assessed: Assessment | None = None) -> Evaluation:
+    """Score the sandbox's `result` (unless `assessed` already did, e.g. in another process), write the
+    scorecard and record the run (with extra `params`, e.g. the infrastructure retries a campaign made). An
+    official evaluation that another process finished meanwhile is refused here, so a submission never gets
+    two."""
+    spec, info = p.spec, p.info
+    if tracker is not None and p.role == "official":
+        _role(tracker, spec, p.submission, None)
+    if assessed is None:
+        p.scoring_ready.exception()  # waits; should it have failed, the scoring meets (and reports) it again
+        assessed = assess(Scoring.of(p, official=tracker is not None), p.fam, p.data, result)
+    card = assessed.card
     if tracker:
         card.mlflow_run_id = tracker.start(card, {
-            "bundle_sha256": info.sha256, "dataset_sha256": fam.dataset_sha256, "harness_version": version,
-            "bento_tag": info.tag, "family": spec.family, "split": p.split, "vendor": p.vendor.name,
-            "isolated": p.isolated, "resources": spec.resources.model_dump_json(), "evaluation": role,
-            "pilot_spec_sha256": card.pilot_spec_sha256, "predictions_sha256": card.predictions_sha256,
-            "phase_seed": card.phase_plan.get("seed"), "sandbox_limits": json.dumps(result.limits, sort_keys=True),
-            **(params or {})})
+            "bundle_sha256": info.sha256, "dataset_sha256": card.dataset_sha256,
+            "harness_version": card.harness_version, "bento_tag": info.tag, "family": spec.family, "split": p.split,
+            "vendor": p.vendor.name, "isolated": p.isolated, "resources": spec.resources.model_dump_json(),
+            "evaluation": p.role, "pilot_spec_sha256": card.pilot_spec_sha256,
+            "predictions_sha256": card.predictions_sha256, "phase_seed": card.phase_plan.get("seed"),
+            "sandbox_limits": json.dumps(result.limits, sort_keys=True), **(params or {})})
     out_dir = p.out_dir
     try:
-        completed = card.verdict in ("completed", "contract_violation", "request_failures")
-        files = _write(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {},
-                       out_dir, f"{spec.title.en} — {spec.title.ko}", extra)
+        files = _write(card, assessed.plots, out_dir, f"{spec.title.en} — {spec.title.ko}", assessed.extra)
     except BaseException:
         if tracker:
             tracker.fail(card.mlflow_run_id)
