@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.console import emit_json as _emit_json
@@ -37,7 +38,7 @@ def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator'
     get_pilot(pilot)
     entry, skipped = Production(Workspace.from_env()).rollback(pilot, by=by, note=note)
     for line in skipped:
-        err.print(f"skipped {line}")
+        err.print(f"skipped {escape(line)}")
     if entry["version"]:
         out.print(f"rolled back: testbed-{pilot} version {entry['version']} ({entry['submission']}) is in production "
                   f"again (was {entry['previous_version']})")
@@ -64,7 +65,7 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
     table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
     for e in history:
         table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",
-                      e["by"], e["previous_version"] or "—", e["note"])
+                      escape(e["by"]), e["previous_version"] or "—", escape(e["note"] or ""))
     out.print(table)
 
 

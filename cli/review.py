@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.console import emit_json as _emit_json
@@ -51,8 +52,8 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
         return
     table = Table("pilot", "submission", "vendor", "gates", "total", "status", "run")
     for r in rows:
-        table.add_row(r["pilot"], r["submission"], r["vendor"], r["gates"], f"{r['total'] or 0:.1f}",
-                      r["status"] + (f" by {r['by']}" if r["by"] else ""), r["run_id"])
+        table.add_row(r["pilot"], r["submission"], escape(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
+                      r["status"] + (f" by {escape(r['by'])}" if r["by"] else ""), r["run_id"])
     out.print(table)
 
 
@@ -74,7 +75,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
                            "status": status, "policy_goals": spec.policy_goals,
                            "review": review.model_dump(mode="json") if review else None,
                            "gates": card.get("gates"), "equity": card.get("equity")})
-    out.print(f"[bold]{sub.id}[/] by {sub.vendor.name} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
+    out.print(f"[bold]{sub.id}[/] by {escape(sub.vendor.name)} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
@@ -85,15 +86,16 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
               f"{' (provisional until reviewed)' if not same or card.get('total_is_provisional') else ''}")
     for gate in card.get("gates", []):
         if not gate["passed"]:
-            out.print(f"  [red]✗ {gate['name']}[/]: {gate['detail']}")
+            out.print(f"  [red]✗ {escape(gate['name'])}[/]: {escape(gate['detail'])}")
     if card.get("equity"):
         eq = card["equity"]
-        out.print(f"equity on {eq.get('metric')}: worst group {eq.get('worst_group')} ({eq.get('worst', 0):.4g}), "
-                  f"best {eq.get('best_group')} ({eq.get('best', 0):.4g})")
+        out.print(escape(f"equity on {eq.get('metric')}: worst group {eq.get('worst_group')} "
+                         f"({eq.get('worst', 0):.4g}), best {eq.get('best_group')} ({eq.get('best', 0):.4g})"))
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
-        out.print(f"  {i}. {goal}")
-    out.print(f"decision: [bold]{status}[/]" + (f" by {review.by} at {review.at}: {review.note}" if review else ""))
+        out.print(f"  {i}. {escape(goal)}")
+    said = f" by {review.by} at {review.at}: {review.note}" if review else ""
+    out.print(f"decision: [bold]{status}[/]{escape(said)}")
     out.print(f"scorecard: {card_file.with_suffix('.html')}", soft_wrap=True)
 
 
@@ -161,6 +163,7 @@ def review_history(submission: str, as_json: bool = typer.Option(False, "--json"
         return _emit_json([r.model_dump(mode="json") for r in history])
     table = Table("#", "at", "by", "decision", "run", "policy fit", "note", "hash", title=f"Reviews of {submission}")
     for r in history:
-        table.add_row(str(r.seq), r.at, r.by, r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", r.note, r.hash[:12])
+        table.add_row(str(r.seq), r.at, escape(r.by), r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", escape(r.note),
+                      r.hash[:12])
     out.print(table)
     out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")

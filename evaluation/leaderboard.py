@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from evaluation.families import FAMILIES
@@ -49,7 +50,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     for r in rows:
         review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
             r.get("review"), r.get("review") or "awaiting")
-        table.add_row(str(r["rank"]), r["submission"], r["vendor"], r["verdict"],
+        table.add_row(str(r["rank"]), *(escape(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
                       _fmt(r["total_score"], 3) + ("*" if r.get("provisional", True) else ""), review)

@@ -190,6 +190,31 @@ def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated,
     assert result.exit_code == 2 and "--score flags or as --rubric FILE" in result.stderr
 
 
+def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):
+    """Rich markup in a reviewer's name or note (or a vendor's name) is text: shown literally, never styling, and
+    never a crash of the listing for everyone."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    runner = CliRunner()
+    scores = [arg for i in range(len(GOOD)) for arg in ("--score", f"{i + 1}=2:[bold]fine[/]")]
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "Evil [/]", "--note", "[red]x[/]", *scores])
+    assert result.exit_code == 0, result.output
+    for args in (["review", "history", sub.id], ["review", "list", "--all"], ["review", "show", sub.id]):
+        result = runner.invoke(cli.app, args, terminal_width=200)
+        assert result.exit_code == 0 and "Evil [/]" in result.stdout, (args, result.output)
+    assert "[red]x[/]" in runner.invoke(cli.app, ["review", "history", sub.id], terminal_width=200).stdout
+    tracker.runs[sub_run(tracker, sub.id)].tags["testbed.vendor"] = "Evil Corp [/]"
+    result = runner.invoke(cli.app, ["leaderboard", "bike-demand"], terminal_width=250)
+    assert result.exit_code == 0 and "Evil Corp [/]" in result.stdout, result.output
+
+
+def sub_run(tracker, submission: str) -> str:
+    return next(r.run_id for r in tracker.runs.values() if r.tags["testbed.submission"] == submission)
+
+
 # -- serving pieces ----------------------------------------------------------------------------------------------
 
 def test_batching_merges_concurrent_requests_and_isolates_a_bad_one():
