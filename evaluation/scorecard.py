@@ -296,11 +296,12 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
 
 
 def rescore(card: Scorecard) -> Scorecard:
-    """Recompute `passed` and the total from the card's gates, criteria and weights (in place; returns it)."""
-    scored = {k: c.score for k, c in card.criteria.items() if c.score is not None}
-    weight = sum(card.weights.get(k, 0) for k in scored)
-    total = sum(card.weights.get(k, 0) * s for k, s in scored.items()) / weight if weight > 0 else 0.0
+    """Recompute `passed` and the total from the card's gates, criteria and weights (in place; returns it). A
+    criterion still waiting for an evaluator counts 0 in the (provisional) total: a review can only add to it, and
+    what a vendor declares about itself earns nothing, nor moves a ranking, before an evaluator confirms it."""
+    weight = sum(card.weights.get(k, 0) for k in card.criteria)
+    total = sum(card.weights.get(k, 0) * (c.score or 0.0) for k, c in card.criteria.items()) / weight if weight else 0.0
     card.passed = all(g.passed for g in card.gates)
     card.total_score = round(total, 2)
-    card.total_is_provisional = len(scored) < len(card.criteria)
+    card.total_is_provisional = any(c.score is None for c in card.criteria.values())
     return card

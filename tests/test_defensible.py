@@ -157,7 +157,14 @@ def test_local_strength_counts_only_confirmed_claims_that_match_the_task(ws, bik
     reviewed = apply_review(card, confirmed_claims=["seoul_based"])
     assert reviewed.criteria["local_strength_fit"].score == pytest.approx(100 * 40 / 60)
     assert reviewed.criteria["local_strength_fit"].evidence["claims"]["startup"]["status"] == "not confirmed by review"
-    assert reviewed.total_score != card.total_score
+    assert reviewed.total_score > card.total_score  # a review can only add to a provisional total
+
+    # what a vendor declares about itself moves nothing before a review: the same model, claiming nothing
+    modest = VendorProfile(**{**LOOKUP_VENDOR, "seoul_based": False, "startup": False,
+                              "headquarters_district": "outside-seoul"})
+    honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE], name="modest"), vendor=modest,
+                 out="modest", submission="modest")
+    assert honest.criteria["local_strength_fit"].score == 0 and honest.total_score == card.total_score
 
     from evaluation.local_strength import declared_claims, local_strength
 
