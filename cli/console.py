@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 
 import typer
 from rich.console import Console
@@ -15,6 +16,18 @@ __all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
 
 out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
 err = Console(stderr=True)
+_show_warning = warnings.showwarning
+
+
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The testbed's own warnings (e.g. an altered record left off the leaderboard) as one plain line."""
+    if category is UserWarning:
+        err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _warning
 
 def friendly(fn):
     """User mistakes become one clear message and exit code 2, never a traceback."""

@@ -112,7 +112,7 @@ def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, p
                 rubric=[{"goal": i, "score": 1, "justification": "repeats yesterday: misses weather-driven changes"}
                         for i in range(1, len(spec.policy_goals) + 1)])
     for card in (better, reference):
-        refresh_scorecard(ws, card.submission)
+        refresh_scorecard(ws, tracker, card.submission)
     out.print(f"demo-evaluator approved {better.submission} and rejected {reference.submission}")
     out.print(leaderboard_table(spec, reviewed_rows(spec, tracker, ws)))
 
@@ -140,7 +140,7 @@ def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, p
                   f"{summary['requests']} requests ({summary['errors']} failed), version {summary['version']}, "
                   f"bundle sha256 {summary['bundle_sha256'][:16]}…")
         out.print("  " + " · ".join(f"{r['measure']} {r['value']:.3g} {r['unit']}" for r in summary["rows"]))
-        page = refresh_scorecard(ws, ok.submission.id, summary)
+        page = refresh_scorecard(ws, tracker, ok.submission.id, summary)
         out.print(f"  in-service section added to {page}", soft_wrap=True)
         entry, _ = prod.rollback(pilot, by="demo-operator", note="demo rollback")
         out.print(f"rolled back: production is {'version ' + entry['version'] if entry['version'] else 'withdrawn'}"

@@ -105,6 +105,7 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     "in service" section to the production version's scorecard page."""
     import time
 
+    from evaluation.tracking import MlflowTracker
     from serving.monitor import scrape, summarize
     from workflow.pages import refresh_scorecard
 
@@ -113,7 +114,8 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     if before:
         time.sleep(window)
     summary = summarize(spec, scrape(url), before)
-    page = refresh_scorecard(ws, summary["submission"], summary) if summary.get("submission") else None
+    page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
+        else None
     if as_json:
         return _emit_json(summary)
     out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "

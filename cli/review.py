@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -39,7 +38,7 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     for spec in ([get_pilot(pilot)] if pilot else all_pilots().values()):
         for run in tracker.official_runs(spec.id):
             sub = run.tags.get("testbed.submission", "")
-            status, review = review_status(book, sub, run.run_id)
+            status, review = review_status(book, sub, run)
             if everything or status in ("awaiting", "stale"):
                 rows.append({"pilot": spec.id, "submission": sub, "vendor": run.tags.get("testbed.vendor"),
                              "run_id": run.run_id, "gates": "pass" if run.tags.get("testbed.passed") == "true"
@@ -62,14 +61,15 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
 def review_show(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """What an evaluator judges: the latest evaluation, the pilot's policy goals (numbered) and the decision."""
     from evaluation.tracking import MlflowTracker
-    from workflow.review import ReviewBook, official_evaluation, review_status
+    from workflow.review import ReviewBook, official_card, official_evaluation, review_status, reviewed_card
 
     ws = Workspace.from_env()
     sub = SubmissionStore(ws).get(submission)
-    spec, run = get_pilot(sub.pilot), official_evaluation(MlflowTracker(ws), sub)
-    status, review = review_status(ReviewBook(ws), sub.id, run.run_id) if run else ("not evaluated", None)
+    tracker = MlflowTracker(ws)
+    spec, run = get_pilot(sub.pilot), official_evaluation(tracker, sub)
+    status, review = review_status(ReviewBook(ws), sub.id, run) if run else ("not evaluated", None)
     card_file = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    card = reviewed_card(official_card(tracker, run), review).model_dump(mode="json") if run else {}
     if as_json:
         return _emit_json({"submission": sub.model_dump(mode="json"), "run_id": run.run_id if run else None,
                            "status": status, "policy_goals": spec.policy_goals,
@@ -79,11 +79,9 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
-    same = card.get("mlflow_run_id") == run.run_id
-    total = card["total_score"] if same else run.metrics.get("total_score", 0)
-    out.print(f"latest evaluation: run {run.run_id} · verdict {run.tags.get('testbed.verdict')} · gates "
-              f"{'passed' if run.tags.get('testbed.passed') == 'true' else 'FAILED'} · total {total:.1f}"
-              f"{' (provisional until reviewed)' if not same or card.get('total_is_provisional') else ''}")
+    out.print(f"latest evaluation: run {run.run_id} · verdict {card['verdict']} · gates "
+              f"{'passed' if card['passed'] else 'FAILED'} · total {card['total_score']:.1f}"
+              f"{' (provisional until reviewed)' if card['total_is_provisional'] else ''}")
     for gate in card.get("gates", []):
         if not gate["passed"]:
             out.print(f"  [red]✗ {escape(gate['name'])}[/]: {escape(gate['detail'])}")
@@ -112,11 +110,12 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
     ws = Workspace.from_env()
     SubmissionStore(ws).get(submission)  # before touching MLflow
     extra = load_rubric_file(rubric) if rubric else None
+    tracker = MlflowTracker(ws)
     review = ReviewBook(ws).record(
-        MlflowTracker(ws), submission, decision, by=by, note=note, run_id=run_id,
+        tracker, submission, decision, by=by, note=note, run_id=run_id,
         rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
         overrides=extra.overrides if extra else (), confirmed_claims=extra.confirmed_claims if extra else ())
-    page = refresh_scorecard(ws, review.submission)
+    page = refresh_scorecard(ws, tracker, review.submission)
     if as_json:
         return _emit_json(review.model_dump(mode="json"))
     out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "

@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluation.families import FAMILIES
-from evaluation.tracking import Tracker
+from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
 
 __all__ = ["leaderboard_rows", "leaderboard_table"]
@@ -14,10 +14,11 @@ __all__ = ["leaderboard_rows", "leaderboard_table"]
 CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
 
-def leaderboard_rows(spec: PilotSpec, tracker: Tracker) -> list[dict]:
+def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | None = None) -> list[dict]:
+    """One row per official evaluation (`runs`, by default the tracker's), ranked from the logged metrics."""
     primary = FAMILIES.get(spec.family).primary_metric
     rows = []
-    for run in tracker.official_runs(spec.id):
+    for run in tracker.official_runs(spec.id) if runs is None else runs:
         m, tags = run.metrics, run.tags
         rows.append({
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),

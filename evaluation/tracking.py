@@ -11,18 +11,19 @@ import itertools
 import math
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from evaluation.scorecard import Scorecard
+from evaluation.scorecard import Scorecard, rescore
 from testbed.config import Workspace
 from testbed.net import require_listener
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
-           "flatten", "official_per_submission"]
+           "flatten", "disagreements", "official_per_submission"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -100,6 +101,20 @@ def flatten(card: Scorecard) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
 
 
+def disagreements(card: Scorecard, metrics: dict[str, float]) -> list[str]:
+    """Where `card`, its gates and criteria taken as they stand (`rescore`), differs from the `metrics` logged
+    with its run: a card altered after the run. The total, derived from them, is left out."""
+    mine, out = flatten(rescore(card.model_copy(deep=True))), []
+    for key in sorted((set(mine) | set(metrics)) - {"total_score"}):
+        ours, logged = mine.get(key), metrics.get(key)
+        if ours is None or logged is None:
+            if key == "passed" or key.startswith("criteria/"):
+                out.append(f"{key} {ours} against {logged}")
+        elif not math.isclose(ours, logged, rel_tol=1e-9, abs_tol=1e-12):
+            out.append(f"{key} {ours:.6g} against {logged:.6g}")
+    return out
+
+
 def _tags(card: Scorecard) -> dict[str, str]:
     tags = {"testbed.submission": card.submission, "testbed.vendor": card.vendor, "testbed.pilot": card.pilot,
             "testbed.official": str(card.official).lower(), "testbed.isolated": str(card.isolated).lower(),
@@ -142,7 +157,9 @@ class MemoryTracker:
         run = self.runs[run_id]
         run.metrics, run.status = flatten(card), "FINISHED"
         run.tags |= _outcome_tags(card)
-        run.artifacts = {**files, "bento/" + bundle.name: bundle}
+        store = Path(tempfile.mkdtemp(prefix=f"testbed-{run_id}-"))  # copies, as MLflow keeps: not the files
+        run.artifacts = {name: Path(shutil.copy(path, store / name.replace("/", "_")))
+                         for name, path in {**files, "bento/" + bundle.name: bundle}.items()}
         if card.evaluation == "official" and not any(v["pilot"] == card.pilot and
                                                      v["bundle_sha256"] == card.bundle_sha256 for v in self.versions):
             self.versions.append({"pilot": card.pilot, "run_id": run_id, "bundle_sha256": card.bundle_sha256})

@@ -147,7 +147,7 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         assert info["bundle_sha256"] == w.store.get(w.good).bundle_sha256 and info["model_version"] == v1
         summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
         assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.good
-        assert "In service" in refresh_scorecard(w.ws, w.good, summary).read_text()
+        assert "In service" in refresh_scorecard(w.ws, w.tracker, w.good, summary).read_text()
 
         with pytest.raises(Refused, match="no review"):
             w.prod.promote(w.other, by="op-lee")

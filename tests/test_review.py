@@ -96,6 +96,32 @@ def test_concurrent_writers_are_serialised(tmp_path):
     assert [e["seq"] for e in chain.entries()] == list(range(1, 91))
 
 
+def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
+    """Cutting the last entries, or writing a whole new chain, keeps every link intact: the anchor (the last entry
+    as a mirror recorded it) catches both, and a deleted file too."""
+    from workflow.ledger import Anchor
+
+    entries = write_three(tmp_path / "t.jsonl").entries()
+    anchor = Anchor(3, entries[-1]["hash"], "the mirror")
+    anchored = AuditChain(tmp_path / "t.jsonl", anchor)
+    assert anchored.entries() == entries
+    lines = anchored.path.read_text().splitlines(keepends=True)
+    anchored.path.write_text("".join(lines[:2]))
+    with pytest.raises(AuditError, match="entry 3 .* which the mirror recorded, is not in the trail"):
+        anchored.entries()
+    with pytest.raises(AuditError), anchored.locked():
+        pass  # nor appended to: a new entry 3 would hide the cut
+    anchored.path.unlink()
+    for i in range(3):  # a fresh chain of other entries, every link valid
+        with AuditChain(anchored.path).locked() as txn:
+            txn.append({"note": f"forged {i}"})
+    with pytest.raises(AuditError, match="is not in the trail"):
+        anchored.entries()
+    anchored.path.unlink()
+    with pytest.raises(AuditError, match="is not in the trail"):
+        anchored.entries()
+
+
 # -- the rubric and policy fit -----------------------------------------------------------------------------------
 
 def test_score_flags_and_rubric_resolution(bike_spec):
@@ -155,7 +181,7 @@ def test_a_review_names_the_official_evaluation_and_a_re_evaluation_never_replac
     assert row["review"] == "approve" and row["policy_fit"] == 50 and not row["provisional"]
 
     again = evaluate(reason="harness upgrade")
-    assert review_status(book, sub.id, again.mlflow_run_id) == ("stale", None)  # it judged another run
+    assert review_status(book, sub.id, tracker.runs[again.mlflow_run_id]) == ("stale", None)  # it judged another run
     row = reviewed_rows(bike_spec, tracker, ws)[0]  # the official evaluation is still the one ranked and reviewed
     assert row["run_id"] == card.mlflow_run_id and row["review"] == "approve"
     with pytest.raises(Refused, match="is not the official evaluation"):
@@ -188,6 +214,49 @@ def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated,
     assert result.exit_code == 2 and "was edited" in result.stderr and "Traceback" not in result.output
     result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "x"])
     assert result.exit_code == 2 and "--score flags or as --rubric FILE" in result.stderr
+
+
+def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, evaluated, bike_spec):
+    """The leaderboard, the review and promotion read the scorecard logged with the run, checked against the
+    run's metrics: an edited copy beside the submission changes nothing (the audit reports it), an edited record
+    is refused, and a review trail cut back to an earlier decision is caught against the run's review tags."""
+    from workflow.audit import audit_submission
+    from workflow.review import official_card
+
+    tracker, sub, _, card = evaluated
+    before = reviewed_rows(bike_spec, tracker, ws)[0]
+    copy = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
+    forged = json.loads(copy.read_text())
+    for gate in forged["gates"]:
+        gate["passed"] = True
+    forged["criteria"]["viability"]["score"], forged["total_score"], forged["passed"] = 100.0, 99.0, True
+    copy.write_text(json.dumps(forged))
+    assert reviewed_rows(bike_spec, tracker, ws)[0] == before
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert [c.name for c in report.mismatches] == ["the scorecard beside the submission (for people)"]
+
+    record = tracker.runs[card.mlflow_run_id].artifacts["scorecard.json"]
+    genuine = record.read_text()
+    record.write_text(json.dumps(forged | {"mlflow_run_id": card.mlflow_run_id}))
+    with pytest.raises(AuditError, match="disagrees with the run's metrics .*criteria/viability"):
+        official_card(tracker, tracker.runs[card.mlflow_run_id])
+    row = reviewed_rows(bike_spec, tracker, ws)[0]
+    assert row["review"] == "ALTERED record" and not row["passed"] and row["rank"] == 1
+    assert "scorecard against the run's metrics" in {c.name for c in audit_submission(sub.id, ws=ws,
+                                                                                       tracker=tracker).mismatches}
+    record.write_text(genuine)
+
+    book = ReviewBook(ws)
+    book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    book.record(tracker, sub.id, "reject", by="lee", note="no", rubric=GOOD)
+    trail = book.chain(sub.id).path
+    trail.write_text(trail.read_text().splitlines(keepends=True)[0])  # back to the approval, links intact
+    run = tracker.runs[card.mlflow_run_id]
+    with pytest.raises(AuditError, match="entry 2 .*testbed.review tags recorded, is not in the trail"):
+        book.latest(sub.id, run)
+    assert reviewed_rows(bike_spec, tracker, ws)[0]["review"] == "ALTERED record"
+    with pytest.raises(AuditError):
+        book.record(tracker, sub.id, "approve", by="kim", note="again", rubric=GOOD)
 
 
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):

@@ -14,10 +14,11 @@ import numpy as np
 
 from evaluation.families import open_family
 from evaluation.scorecard import Scorecard
-from evaluation.tracking import Tracker
+from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
-from testbed.errors import NotFound
+from testbed.errors import AuditError, NotFound
+from workflow.review import ReviewBook, reviewed_card
 from workflow.submissions import SubmissionStore
 
 __all__ = ["AuditCheck", "AuditReport", "audit_submission"]
@@ -70,9 +71,37 @@ def _mlflow_name(key: str) -> str:
     return rest if kind == "metrics" else "group/" + rest.replace("=", "/", 1) if kind == "groups" else ""
 
 
+def _check_record(report: AuditReport, card: Scorecard, run: RunRecord, spec: PilotSpec, copy: Scorecard | None,
+                  book: ReviewBook) -> None:
+    """The logged scorecard against the run's metrics and the logged spec's weights; the copy beside the
+    submission (for people) against the record with its review applied."""
+    check = report.checks.append
+    differ = disagreements(card, run.metrics)
+    check(AuditCheck("scorecard against the run's metrics", "as logged", "; ".join(differ[:5]) or "as logged",
+                     not differ))
+    weights = spec.criteria.weights.model_dump()
+    same = card.weights.keys() == weights.keys() and all(_same(card.weights[k], weights[k]) for k in weights)
+    check(AuditCheck("criteria weights", card.weights, weights, same))
+    try:
+        expected = reviewed_card(card, book.latest(card.submission, run))
+    except AuditError as exc:
+        check(AuditCheck("review trail", "intact", exc.problem, False))
+        return
+    if copy is not None:
+        def shown(c: Scorecard) -> dict[str, Any]:
+            return {"total": c.total_score, "passed": c.passed, **{f"gates/{g.name}": g.passed for g in c.gates},
+                    **{f"criteria/{k}": v.score for k, v in c.criteria.items()}}
+
+        mine, theirs = shown(expected), shown(copy)
+        differ = [f"{k} {theirs.get(k)} against {v}" for k, v in mine.items() if not _same(theirs.get(k), v)]
+        check(AuditCheck("the scorecard beside the submission (for people)", "as the record", "; ".join(differ[:5])
+                         or "as the record", not differ))
+
+
 def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> AuditReport:
     """Audit the official evaluation of `submission` (raises NotFound when there is none)."""
-    sub = SubmissionStore(ws).get(submission)
+    store = SubmissionStore(ws)
+    sub = store.get(submission)
     run = tracker.official_run(sub.pilot, submission)
     if run is None:
         raise NotFound(f"submission {submission} has no official evaluation to audit",
@@ -89,9 +118,13 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
             logged = run.params.get(name.replace(" sha256", "_sha256").replace(" ", "_"), recorded)
             digest = _sha(path)
             check(AuditCheck(name, recorded, digest, digest == recorded == logged))
+        digest = _sha(tracker.download(run.run_id, f"bento/{store.bundle(sub.id).name}", folder))
+        check(AuditCheck("bundle sha256", card.bundle_sha256, digest,
+                         digest == card.bundle_sha256 == run.params.get("bundle_sha256", digest)))
         spec = PilotSpec.model_validate_json(spec_file.read_text())
         with np.load(preds_file, allow_pickle=False) as npz:
             preds = {k: npz[k] for k in npz.files}
+    _check_record(report, card, run, spec, store.scorecard(sub.id), ReviewBook(ws))
     fam = open_family(spec, ws.data_dir)  # verifies the data against the spec's sha256
     check(AuditCheck("dataset sha256", card.dataset_sha256, fam.dataset_sha256,
                      fam.dataset_sha256 == card.dataset_sha256))

@@ -2,10 +2,12 @@
 
 One JSON object per line. Each entry carries its position (`seq`), the hash of the entry before it (`prev`,
 64 zeros for the first) and its own `hash`: the sha256 of its canonical JSON without `hash`. Editing an entry
-breaks its own hash; removing or reordering entries breaks the `prev` links. Writers hold an exclusive
-`flock` on the file for the whole read-check-append, so two operators acting at once are serialised, and each
-line is written with one `write` on an `O_APPEND` descriptor and flushed to disk before the lock is released:
-an entry is whole or absent.
+breaks its own hash; removing or reordering entries breaks the `prev` links. Removing the last entries, or
+replacing the whole file with a new chain, breaks neither: a chain built with an `anchor` (the last entry as a
+mirror elsewhere recorded it, e.g. MLflow tags) must still hold that entry, or every read refuses. Writers hold
+an exclusive `flock` on the file for the whole read-check-append, so two operators acting at once are
+serialised, and each line is written with one `write` on an `O_APPEND` descriptor and flushed to disk before the
+lock is released: an entry is whole or absent.
 
     chain = AuditChain(path)
     with chain.locked() as txn:          # exclusive; txn.entries are the verified entries so far
@@ -22,16 +24,27 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from testbed.errors import AuditError
 
-__all__ = ["AuditChain", "GENESIS", "entry_hash"]
+__all__ = ["AuditChain", "Anchor", "GENESIS", "entry_hash"]
 
 GENESIS = "0" * 64
 """The `prev` of the first entry."""
 _CHAIN_KEYS = ("seq", "prev", "hash")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """An entry of the trail as a mirror recorded it elsewhere: the trail must still hold it."""
+
+    seq: int
+    hash: str
+    mirror: str
+    """Where it was recorded, for the message (e.g. "MLflow run 3f2a…'s testbed.review tags")."""
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -41,7 +54,7 @@ def entry_hash(entry: dict[str, Any]) -> str:
                                      allow_nan=False).encode()).hexdigest()
 
 
-def _verify(path: Path, data: bytes) -> list[dict[str, Any]]:
+def _verify(path: Path, data: bytes, anchor: Anchor | None = None) -> list[dict[str, Any]]:
     if data and not data.endswith(b"\n"):
         raise AuditError("the last entry is incomplete (no end of line): the file was cut or is being edited",
                          where=str(path), fix="restore the file from a backup; entries are never rewritten")
@@ -64,6 +77,10 @@ def _verify(path: Path, data: bytes) -> list[dict[str, Any]]:
                              "or reordered", where=where, fix="restore the file from a backup")
         entries.append(entry)
         prev = entry["hash"]
+    if anchor is not None and not any((e["seq"], e["hash"]) == (anchor.seq, anchor.hash) for e in entries):
+        raise AuditError(f"entry {anchor.seq} (hash {anchor.hash[:12]}…), which {anchor.mirror} recorded, is not in "
+                         f"the trail: entries were removed or the file was replaced", where=str(path),
+                         fix=f"restore the file from a backup (the last entry it must hold: see {anchor.mirror})")
     return entries
 
 
@@ -90,8 +107,8 @@ class _Transaction:
 class AuditChain:
     """One append-only JSONL audit file."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, anchor: Anchor | None = None):
+        self.path, self.anchor = path, anchor
 
     @contextmanager
     def locked(self) -> Iterator[_Transaction]:
@@ -100,7 +117,7 @@ class AuditChain:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield _Transaction(self, fd, _verify(self.path, self._read(fd)))
+            yield _Transaction(self, fd, _verify(self.path, self._read(fd), self.anchor))
         finally:
             os.close(fd)  # releases the lock
 
@@ -109,10 +126,10 @@ class AuditChain:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return []
+            return _verify(self.path, b"", self.anchor)  # no file: no entries, unless a mirror recorded one
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            return _verify(self.path, self._read(fd))
+            return _verify(self.path, self._read(fd), self.anchor)
         finally:
             os.close(fd)
 

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 from evaluation.report import PLOT_FORMATS, render_html, write_atomic
+from evaluation.tracking import Tracker
 from testbed.config import Workspace
 from workflow.catalogue import get_pilot
-from workflow.review import ReviewBook, reviewed_card
+from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
 
 __all__ = ["refresh_scorecard", "IN_SERVICE"]
@@ -19,20 +20,23 @@ IN_SERVICE = "in_service.json"
 """Written beside the scorecard by `testbed monitor`; shown as the page's "In service" block."""
 
 
-def refresh_scorecard(ws: Workspace, submission: str, in_service: dict | None = None) -> Path | None:
-    """Rewrite the submission's scorecard.json/html with its current review (and `in_service`, kept for later
-    refreshes); returns the HTML path, or None when it has no scorecard."""
+def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_service: dict | None = None
+                      ) -> Path | None:
+    """Rewrite the submission's scorecard.json/html from its official evaluation as logged (`official_card`)
+    with its current review (and `in_service`, kept for later refreshes); returns the HTML path, or None when it
+    has no official evaluation."""
     store = SubmissionStore(ws)
     sub = store.get(submission)
-    folder, card = store.report_dir(sub.id), store.scorecard(sub.id)
-    if card is None:
+    folder, run = store.report_dir(sub.id), official_evaluation(tracker, sub)
+    if run is None:
         return None
+    card = official_card(tracker, run)
     if in_service is not None:
         write_atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
     elif (folder / IN_SERVICE).is_file():
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
-    card = reviewed_card(card, ReviewBook(ws).latest(sub.id))
+    card = reviewed_card(card, ReviewBook(ws).latest(sub.id, run))
     plots = {p.stem: p.read_bytes() for p in sorted((folder / "plots").iterdir()) if p.suffix[1:] in PLOT_FORMATS}
     write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
     html = render_html(card, plots, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)

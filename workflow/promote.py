@@ -22,7 +22,7 @@ from pathlib import Path
 from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
 from testbed.config import Workspace
 from testbed.errors import NotFound, Refused
-from workflow.ledger import AuditChain
+from workflow.ledger import Anchor, AuditChain
 from workflow.review import Review, ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import Submission, SubmissionStore
 
@@ -61,7 +61,18 @@ class Production:
         self.store, self.book = SubmissionStore(ws), ReviewBook(ws)
 
     def chain(self, pilot: str) -> AuditChain:
-        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl")
+        """The pilot's trail, anchored to its last move as the registered model's tags mirror it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(registered_model_name(pilot)).tags
+        except MlflowException:  # no registered model yet: nothing mirrored
+            tags = {}
+        moves = sorted(k for k in tags if k.startswith("testbed.production."))
+        last = json.loads(tags[moves[-1]]) if moves else None
+        anchor = Anchor(int(moves[-1].rsplit(".", 1)[1]), last["hash"], f"the registered model "
+                        f"{registered_model_name(pilot)}'s {moves[-1]} tag") if last and last.get("hash") else None
+        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl", anchor)
 
     # -- checks ------------------------------------------------------------------------------------------------
 
@@ -72,7 +83,7 @@ class Production:
         run = official_evaluation(self.tracker, sub)
         if run is None:
             raise Refused(f"{sub.id} has not been evaluated", fix=f"run `testbed evaluate {sub.id}`, then review it")
-        review = self.book.latest(sub.id)
+        review = self.book.latest(sub.id, run)
         if review is None:
             raise Refused(f"{sub.id} has no review: an evaluator must approve it first",
                           fix=f"`testbed review approve {sub.id} --by NAME --note ... --score ...`")
@@ -82,10 +93,9 @@ class Production:
         if review.decision != "approve":
             raise Refused(f"{sub.id} was rejected by {review.by} at {review.at}: {review.note}",
                           fix="only an approved submission can be promoted")
-        card = official_card(self.ws, sub.id, run.run_id)
-        card = reviewed_card(card, review) if card else None  # the gates an evaluator overrode count as passed
-        if not (card.passed if card else run.tags.get("testbed.passed") == "true"):
-            failed = ", ".join(g.name for g in card.gates if not g.passed) if card else "see the scorecard"
+        card = reviewed_card(official_card(self.tracker, run), review)  # overridden gates count as passed
+        if not card.passed:
+            failed = ", ".join(g.name for g in card.gates if not g.passed)
             raise Refused(f"{sub.id} failed hard gates ({failed}): it cannot be served whatever its review",
                           fix="submit a bundle that passes every gate")
         name = registered_model_name(sub.pilot)

@@ -7,6 +7,7 @@ a review applies only to the evaluation (run id, bundle sha256) it names, so a r
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, rubric_percent, score_policy_fit
 from evaluation.leaderboard import leaderboard_rows
 from evaluation.scorecard import Scorecard
-from evaluation.tracking import RunRecord, Tracker
+from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
-from testbed.errors import Refused, SpecError
+from testbed.errors import AuditError, Refused, SpecError
 from testbed.yamlio import load_model, validation_error
 from workflow.catalogue import get_pilot
-from workflow.ledger import AuditChain
+from workflow.ledger import Anchor, AuditChain
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
@@ -158,15 +159,20 @@ class ReviewBook:
     def __init__(self, ws: Workspace):
         self.ws, self.root = ws, ws.home / "reviews"
 
-    def chain(self, submission: str) -> AuditChain:
-        return AuditChain(self.root / f"{submission}.jsonl")
+    def chain(self, submission: str, run: RunRecord | None = None) -> AuditChain:
+        """The submission's trail; with its official `run`, anchored to the review that run's tags mirror."""
+        seq, digest = (run.tags.get(f"testbed.review.{k}") for k in ("seq", "hash")) if run else (None, None)
+        anchor = Anchor(int(seq), digest, f"MLflow run {run.run_id}'s testbed.review tags") if seq and digest \
+            else None
+        return AuditChain(self.root / f"{submission}.jsonl", anchor)
 
-    def history(self, submission: str) -> list[Review]:
-        """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited)."""
-        return [Review.model_validate(e) for e in self.chain(submission).entries()]
+    def history(self, submission: str, run: RunRecord | None = None) -> list[Review]:
+        """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited, or, given
+        the official `run`, if the review its tags mirror is missing)."""
+        return [Review.model_validate(e) for e in self.chain(submission, run).entries()]
 
-    def latest(self, submission: str) -> Review | None:
-        history = self.history(submission)
+    def latest(self, submission: str, run: RunRecord | None = None) -> Review | None:
+        history = self.history(submission, run)
         return history[-1] if history else None
 
     def record(self, tracker: Tracker, submission: str, decision: Decision, *, by: str, note: str,
@@ -198,7 +204,7 @@ class ReviewBook:
                         policy_fit=round(rubric_percent(g.score for g in goals), 2),
                         overrides=list(overrides), confirmed_claims=list(confirmed_claims),
                         at=datetime.now(UTC).isoformat(timespec="seconds"))
-        with self.chain(sub.id).locked() as txn:
+        with self.chain(sub.id, run).locked() as txn:
             entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
         review = Review.model_validate(entry)
         try:  # the audit trail is the record; MLflow mirrors it for people browsing the runs
@@ -211,13 +217,13 @@ class ReviewBook:
         return review
 
 
-def review_status(book: ReviewBook, submission: str, run_id: str) -> tuple[str, Review | None]:
+def review_status(book: ReviewBook, submission: str, run: RunRecord) -> tuple[str, Review | None]:
     """`approve`/`reject` (the latest review judged this run), `stale` (it judged an earlier evaluation) or
     `awaiting` (no review yet), with the review that applies (None unless current)."""
-    latest = book.latest(submission)
+    latest = book.latest(submission, run)
     if latest is None:
         return "awaiting", None
-    if latest.run_id != run_id:
+    if latest.run_id != run.run_id:
         return "stale", None
     return latest.decision, latest
 
@@ -234,25 +240,41 @@ def reviewed_card(card: Scorecard, review: Review | None) -> Scorecard:
                         confirmed_claims=review.confirmed_claims)
 
 
-def official_card(ws: Workspace, submission: str, run_id: str) -> Scorecard | None:
-    """The stored scorecard of the official evaluation `run_id` of `submission`, if it is the one on disk."""
-    card = SubmissionStore(ws).scorecard(submission)
-    return card if card is not None and card.mlflow_run_id == run_id else None
+def official_card(tracker: Tracker, run: RunRecord) -> Scorecard:
+    """The scorecard of evaluation `run` as logged with it (the record: the copy beside the submission is for
+    people), checked against the metrics logged with the run: AuditError when either was altered."""
+    where = f"MLflow run {run.run_id} ({run.tags.get('testbed.submission')})"
+    with tempfile.TemporaryDirectory(prefix="testbed-card-") as tmp:
+        try:
+            card = Scorecard.model_validate_json(tracker.download(run.run_id, "scorecard.json", Path(tmp)).read_text())
+        except (OSError, KeyError, ValueError) as exc:
+            raise AuditError(f"the run's scorecard.json cannot be read ({type(exc).__name__})", where=where,
+                             fix="restore the run's artifacts from a backup") from None
+    differ = disagreements(card, run.metrics)
+    if differ or card.mlflow_run_id != run.run_id:
+        raise AuditError(f"the scorecard logged with the run disagrees with the run's metrics "
+                         f"({'; '.join(differ[:3]) or 'another run id'}): the record was altered", where=where,
+                         fix="restore the run's artifacts and metrics from a backup; `testbed audit "
+                             f"{run.tags.get('testbed.submission')}` recomputes what it can")
+    return card
 
 
 def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict]:
     """The leaderboard with the evaluators' decisions: each official scorecard with its current review applied
     (policy fit, overrides, confirmed claims), totals and gates recomputed, ranked again."""
     book = ReviewBook(ws)
-    rows = leaderboard_rows(spec, tracker)
+    runs = {r.run_id: r for r in tracker.official_runs(spec.id)}
+    rows = leaderboard_rows(spec, tracker, list(runs.values()))
     for row in rows:
-        status, review = review_status(book, row["submission"], row["run_id"])
-        row["review"] = status
-        card = official_card(ws, row["submission"], row["run_id"])
-        if card is None:
-            row["policy_fit"], row["provisional"] = None, True
+        run = runs[row["run_id"]]
+        try:
+            status, review = review_status(book, row["submission"], run)
+            card = reviewed_card(official_card(tracker, run), review)
+        except AuditError as exc:  # ranked last, with the reason: one altered record never hides the others
+            warnings.warn(str(exc), stacklevel=2)
+            row |= {"review": "ALTERED record", "passed": False, "policy_fit": None, "provisional": True}
             continue
-        card = reviewed_card(card, review)
+        row["review"] = status
         row |= {c: card.criteria[c].score for c in ("deep_learning_fit", "viability", "policy_fit",
                                                     "local_strength_fit")}
         row |= {"total_score": card.total_score, "provisional": card.total_is_provisional, "passed": card.passed}
