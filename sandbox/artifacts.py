@@ -30,6 +30,9 @@ MAX_PARSED_BYTES = 512 << 20
 """Files larger than this are reported by size only, not parsed."""
 MAX_PICKLE_BYTES = 32 << 20
 MAX_WALK = 200_000
+MAX_PATH = 200
+"""Characters of a tensor's dotted path kept: a path grows with the nesting, and 200,000 nested dicts under one
+64 KiB key would otherwise make gigabytes of paths."""
 MIN_DL_PARAMETERS = 1_000
 """A deep-learning model has at least this many learned parameters..."""
 MIN_DL_LAYERS = 2
@@ -219,7 +222,8 @@ def _walk(root) -> dict[str, tuple[int, ...]]:
         if isinstance(obj, _Tensor):
             shapes[path or "tensor"] = obj.shape
         elif isinstance(obj, dict):
-            stack += [(f"{path}.{k}".lstrip(".") if isinstance(k, str) else path, v) for k, v in obj.items()]
+            stack += [(f"{path}.{k[:MAX_PATH]}".lstrip(".")[:MAX_PATH] if isinstance(k, str) else path, v)
+                      for k, v in obj.items()]
         elif isinstance(obj, list | tuple):
             stack += [(path, v) for v in obj]
         elif isinstance(obj, _Stub):

@@ -120,6 +120,24 @@ def test_models_are_read_statically_and_a_hostile_pickle_never_runs(tmp_path):
     assert not found["evil.pt"].is_deep_learning
 
 
+def test_a_deeply_nested_pickle_is_read_in_bounded_time_and_memory(tmp_path):
+    """200,000 nested dicts under one 64 KiB key (~4 pickle bytes a level): a path per level would be gigabytes;
+    the scan reads it in seconds."""
+    import struct
+    import time
+    import zipfile
+
+    key, depth = b"k" * 65536, 200_000
+    data = (b"\x80\x02}X" + struct.pack("<I", len(key)) + key + b"q\x00}" + b"h\x00}" * (depth - 1)
+            + b"s" * depth + b".")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("archive/data.pkl", data)
+    started = time.monotonic()
+    [found] = scan_models(bento(tmp_path, [], {"src/model.pt": archive.getvalue()}))
+    assert not found.is_deep_learning and time.monotonic() - started < 20
+
+
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):
     card = run(ws, bike_spec, lookup_handler(windows), bento(tmp_path, [FORECAST_ROUTE]))
     dl = card.criteria["deep_learning_fit"]
