@@ -40,6 +40,16 @@ def test_the_store_vouches_for_the_bytes_it_inspected(ws, subs, monkeypatch):
     assert [i.status for i in items] == ["evaluated"]
 
 
+def test_a_stored_bundle_swapped_after_submission_is_never_evaluated(ws, subs):
+    """Other bytes in a submission's place (another vendor's bundle copied over it) are refused, so they never
+    get an evaluation under that submission's id."""
+    store = SubmissionStore(ws)
+    store.bundle(subs[0].id).write_bytes(store.bundle(subs[1].id).read_bytes())
+    tracker = MemoryTracker()
+    items = run_campaign([subs[0]], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert items[0].status == "failed" and "is not the one submitted" in items[0].error and tracker.runs == {}
+
+
 class Flaky(FakeSandbox):
     """A placement whose first `failures` submissions die with the machinery (as a killed Ray worker does)."""
 

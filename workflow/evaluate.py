@@ -31,7 +31,7 @@ from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob, SandboxResult
 from testbed.config import Workspace, harness_version
-from testbed.errors import TestbedError
+from testbed.errors import AuditError, TestbedError
 
 __all__ = ["Evaluation", "PreparedEvaluation", "Scoring", "Assessment", "evaluate_bundle", "prepare_evaluation",
            "assess", "conclude_evaluation", "sandbox_job", "AUDIT_FILES"]
@@ -144,6 +144,10 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     if isolated:
         check_isolation()
     info = inspect_bundle(bundle, vetted=vetted)
+    if vetted is not None and info.sha256 != vetted[0]:
+        raise AuditError(f"the stored bundle of {submission} is not the one submitted: sha256 {info.sha256[:16]}…, "
+                         f"recorded at submission {vetted[0][:16]}…", where=str(bundle),
+                         fix="restore the file from a backup, or submit the vendor's original bundle again")
     models = _BESIDE.submit(scan_models, bundle)  # xz decompression releases the GIL
     fam = open_family(spec, ws.data_dir)
     fam.contract.check_routes(info.routes, where=str(bundle))
