@@ -4,6 +4,8 @@ auditable predictions, load-corrected performance, verdicts, anti-replay."""
 import io
 import json
 import tarfile
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -287,6 +289,39 @@ def test_one_official_evaluation_and_one_model_version(ws, bike_spec, submitted)
     assert tracker.runs[again.card.mlflow_run_id].tags["testbed.reason"] == "new harness version"
     assert len(tracker.versions) == 1
     assert json.loads(first.files["scorecard.json"].read_text())["evaluation"] == "official"
+
+
+class SlowToStart(MemoryTracker):
+    """Opening a run takes a while (a remote tracking server): two evaluations overlap there."""
+
+    def start(self, card, params):
+        time.sleep(0.3)
+        return super().start(card, params)
+
+
+def test_two_evaluations_of_one_submission_at_once_make_one_official_run(ws, bike_spec, submitted):
+    """Both pass the check before their sandboxes run; the second then waits for the first to finish recording
+    and is refused with the usual message, not a second official run nor a clash over the scorecard folder."""
+    sub, tracker = submitted(bike_spec, [FORECAST_ROUTE]), SlowToStart()
+    outcomes: list = []
+
+    def evaluate():
+        try:
+            outcomes.append(official(ws, bike_spec, sub, last_day, tracker).card.mlflow_run_id)
+        except TestbedError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [run_id] = [o for o in outcomes if isinstance(o, str)]
+    [refused] = [o for o in outcomes if isinstance(o, TestbedError)]
+    assert "already has its official evaluation" in str(refused)
+    assert list(tracker.runs) == [run_id] and tracker.runs[run_id].status == "FINISHED"
+    assert json.loads((SubmissionStore(ws).report_dir(sub.id) / "scorecard.json").read_text())["mlflow_run_id"] == \
+        run_id
 
 
 def box_handler(route, payload):

@@ -26,8 +26,9 @@ from sandbox.executor import Executor
 from sandbox.runner import SandboxResult
 from testbed.config import Workspace
 from testbed.errors import InfrastructureFailure, TestbedError
+from workflow.assess import Assessment
 from workflow.catalogue import get_pilot
-from workflow.evaluate import Assessment, PreparedEvaluation, conclude_evaluation, prepare_evaluation
+from workflow.evaluate import PreparedEvaluation, conclude_evaluation, prepare_evaluation
 from workflow.scoring import ScoringPool
 from workflow.submissions import Submission, SubmissionStore
 

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
+import fcntl
 import json
 import math
+import os
 import secrets
 import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from evaluation.families import open_family
 from evaluation.family import TaskFamily
-from evaluation.report import render_plots, warm_up, write_report
-from evaluation.scorecard import Scorecard, build_scorecard
+from evaluation.report import warm_up, write_report
+from evaluation.scorecard import Scorecard
 from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
@@ -30,14 +29,12 @@ from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob, SandboxResult
-from testbed.config import Workspace, harness_version
+from testbed.config import Workspace
 from testbed.errors import AuditError, TestbedError
+from workflow.assess import Assessment, Scoring, assess
 
-__all__ = ["Evaluation", "PreparedEvaluation", "Scoring", "Assessment", "evaluate_bundle", "prepare_evaluation",
-           "assess", "conclude_evaluation", "sandbox_job", "AUDIT_FILES"]
-
-AUDIT_FILES = ("predictions.npz", "pilot_spec.json", "vendor.json")
-"""Written beside every scorecard and logged with every official run: what `testbed audit` recomputes from."""
+__all__ = ["Evaluation", "PreparedEvaluation", "evaluate_bundle", "prepare_evaluation", "scoring_of",
+           "conclude_evaluation", "sandbox_job"]
 
 _BESIDE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluation-beside-sandbox", initializer=yield_cpu)
 """Work an evaluation needs only after its sandbox run (the model scan, the family's `ready_scoring`), done
@@ -78,16 +75,6 @@ def _write(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return {rel: out_dir / rel for rel in written}
-
-
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate: str | None) -> str:
@@ -180,64 +167,10 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
     return conclude_evaluation(prepared, executor.run(prepared.job), tracker=tracker)
 
 
-@dataclass(frozen=True)
-class Scoring:
-    """What scoring a finished sandbox run needs beside the family and its data: plain values, so another
-    process can take it (`workflow.scoring`)."""
-
-    spec: PilotSpec
-    data_dir: Path
-    split: str
-    vendor: VendorProfile
-    submission: str
-    bundle_sha256: str
-    models: list
-    """`scan_models`' findings."""
-    role: str
-    reevaluate: str | None
-    official: bool
-    """Recorded by a tracker (else a check)."""
-    plan: tuple[int, dict]
-    """The family's phase plan for this job (`TaskFamily.phases`: its seed, the items of each request)."""
-
-    @classmethod
-    def of(cls, p: PreparedEvaluation, official: bool) -> Scoring:
-        return cls(p.spec, p.fam.data_dir, p.split, p.vendor, p.submission, p.info.sha256, p.models.result(),
-                   p.role, p.reevaluate, official, (p.fam.plan_seed, p.fam.plan))
-
-
-@dataclass
-class Assessment:
-    """A finished run scored and drawn, not yet recorded (`conclude_evaluation` writes and tracks it)."""
-
-    card: Scorecard
-    """Its `mlflow_run_id` is set when the run is recorded."""
-    plots: dict[str, tuple[str, bytes]]
-    """`render_plots`' drawings."""
-    extra: dict[str, bytes]
-    """The audit files (`AUDIT_FILES`), written beside the scorecard."""
-
-
-def assess(s: Scoring, fam: TaskFamily, data, result: SandboxResult) -> Assessment:
-    """Score the sandbox's `result` and draw the scorecard's plots: no file written, nothing tracked."""
-    spec = s.spec
-    try:
-        outcome = fam.score(data, result)
-    except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
-        result = replace(result, phases={}, verdict="contract_violation",
-                         reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
-        outcome = fam.score(data, result)
-    extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
-             "vendor.json": s.vendor.model_dump_json(indent=2).encode()}
-    card = build_scorecard(spec, fam, s.vendor, outcome, result, models=s.models, submission=s.submission,
-                           vendor=s.vendor.name, bundle_sha256=s.bundle_sha256, dataset_sha256=fam.dataset_sha256,
-                           harness_version=harness_version(), split=s.split, official=s.official, evaluation=s.role,
-                           reevaluation_reason=s.reevaluate if s.role == "reevaluation" else None,
-                           pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
-                           predictions_sha256=_sha(extra["predictions.npz"]))
-    completed = card.verdict in ("completed", "contract_violation", "request_failures")
-    plots = render_plots(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {})
-    return Assessment(card, plots, extra)
+def scoring_of(p: PreparedEvaluation, official: bool) -> Scoring:
+    """What scoring `p`'s finished run needs, in plain values (see `workflow.assess`)."""
+    return Scoring(p.spec, p.fam.data_dir, p.split, p.vendor, p.submission, p.info.sha256, p.models.result(), p.role,
+                   p.reevaluate, official, (p.fam.plan_seed, p.fam.plan))
 
 
 def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker: Tracker | None = None,
@@ -246,13 +179,35 @@ def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker
     scorecard and record the run (with extra `params`, e.g. the infrastructure retries a campaign made). An
     official evaluation that another process finished meanwhile is refused here, so a submission never gets
     two."""
-    spec, info = p.spec, p.info
-    if tracker is not None and p.role == "official":
+    spec = p.spec
+    official = tracker is not None and p.role == "official"
+    if official:
         _role(tracker, spec, p.submission, None)
     if assessed is None:
         p.scoring_ready.exception()  # waits; should it have failed, the scoring meets (and reports) it again
-        assessed = assess(Scoring.of(p, official=tracker is not None), p.fam, p.data, result)
-    card = assessed.card
+        assessed = assess(scoring_of(p, official=tracker is not None), p.fam, p.data, result)
+    with _exclusive(p.out_dir.with_name(".official.lock")) if official else nullcontext():
+        if official:  # checked again under the lock: another process may have finished it meanwhile
+            _role(tracker, spec, p.submission, None)
+        return _record(p, result, assessed, tracker, params)
+
+
+@contextmanager
+def _exclusive(path: Path):
+    """An exclusive lock on `path` for the block: a second evaluation of the same submission waits here, then
+    finds the first one's official run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record(p: PreparedEvaluation, result: SandboxResult, assessed: Assessment, tracker: Tracker | None,
+            params: dict[str, str] | None) -> Evaluation:
+    spec, info, card = p.spec, p.info, assessed.card
     if tracker:
         card.mlflow_run_id = tracker.start(card, {
             "bundle_sha256": info.sha256, "dataset_sha256": card.dataset_sha256,

@@ -27,7 +27,8 @@ from evaluation.families import open_family
 from pilots.spec import PilotSpec
 from sandbox.contention import yield_cpu
 from sandbox.runner import SandboxResult
-from workflow.evaluate import Assessment, PreparedEvaluation, Scoring, assess
+from workflow.assess import Assessment, Scoring, assess
+from workflow.evaluate import PreparedEvaluation, scoring_of
 
 __all__ = ["ScoringPool", "scoring_workers"]
 
@@ -64,7 +65,7 @@ class ScoringPool:
         try:
             if self._pool is None:
                 raise RuntimeError("no workers")
-            remote = self._pool.submit(_assess_in_worker, Scoring.of(p, official), result)
+            remote = self._pool.submit(_assess_in_worker, scoring_of(p, official), result)
         except RuntimeError:  # no workers, or the pool broke (a worker died) or is shut down
             future.set_result(None)
             return future
