@@ -110,7 +110,8 @@ def bwrap_arguments(argv: list[str], paths: SandboxPaths, limits: SandboxLimits,
     root = os.geteuid() == 0
     cmd = ["--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr", "--proc", "/proc",
-           "--dev", "/dev", "--perms", "0755", "--dir", "/etc"]
+           "--dev", "/dev", "--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/dev/shm",
+           "--perms", "0755", "--dir", "/etc"]  # /dev/shm: POSIX shared memory (multiprocessing, torch), bounded
     if root:  # /tmp is a tmpfs the harness mounted with size and inode limits (see `sandbox_command`)
         cmd += ["--bind", str(paths.workdir / "tmp"), "/tmp"]
     else:

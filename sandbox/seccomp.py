@@ -9,6 +9,7 @@ Three answers besides "allow":
   from outside as the exit signal: the evidence for a `sandbox_violation` verdict that the bundle cannot erase.
 - **EPERM**: calls that libraries may probe and must see refused gracefully (NUMA policy, perf events,
   userfaultfd, setns, other processes' memory, the kernel log), new user namespaces through `clone`/`unshare`,
+  `AF_VSOCK` sockets (to the hypervisor and other VMs: outside any network namespace),
   and every call of a foreign ABI (32-bit or x32 calls from a 64-bit process).
 - **ENOSYS**: `clone3` (its flags sit in memory a filter cannot read; libc then falls back to `clone`) and
   `io_uring_*` (libuv and others fall back to ordinary I/O, as on an old kernel).
@@ -23,6 +24,8 @@ import struct
 __all__ = ["sandbox_filter", "KILL", "REFUSE", "NOT_IMPLEMENTED", "SYSCALLS"]
 
 CLONE_NEWUSER = 0x10000000
+AF_VSOCK = 40
+"""Sockets to the hypervisor and other VMs of a host, which no network namespace covers: refused (EPERM)."""
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 SYSCALLS: dict[str, tuple[int | None, int | None]] = {  # name -> (x86_64, aarch64); None: not on that ABI
     "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280),
@@ -40,6 +43,7 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {  # name -> (x86_64, aarch
     "move_pages": (279, 239), "migrate_pages": (256, 238), "syslog": (103, 116), "name_to_handle_at": (303, 264),
     "fanotify_init": (300, 262), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
     "io_uring_register": (427, 427), "clone3": (435, 435), "unshare": (272, 97), "clone": (56, 220),
+    "socket": (41, 198),
 }
 KILL = ("keyctl", "add_key", "request_key", "bpf", "ptrace", "kexec_load", "kexec_file_load", "init_module",
         "finit_module", "delete_module", "mount", "umount2", "pivot_root", "open_tree", "move_mount", "fsopen",
@@ -75,8 +79,12 @@ def sandbox_filter(machine: str | None = None) -> bytes | None:
              (_JGE, "eperm", None, 0x40000000)]         # x32 ABI
     for group, label in ((KILL, "kill"), (REFUSE, "eperm"), (NOT_IMPLEMENTED, "enosys")):
         prog += [(_JEQ, label, None, nr[name]) for name in group if name in nr]
-    prog += [(_JEQ, "flags", None, nr["unshare"]),
+    prog += [(_JEQ, "domain", None, nr["socket"]),
+             (_JEQ, "flags", None, nr["unshare"]),
              (_JEQ, "flags", "allow", nr["clone"])]
+    labels["domain"] = len(prog)
+    prog += [(_LD, None, None, 16),                     # A = args[0] (the address family)
+             (_JEQ, "eperm", "allow", AF_VSOCK)]
     labels["flags"] = len(prog)
     prog += [(_LD, None, None, 16),                     # A = low 32 bits of args[0] (the flags)
              (_JSET, "eperm", "allow", CLONE_NEWUSER)]

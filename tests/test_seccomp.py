@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from sandbox.seccomp import AUDIT_ARCH, CLONE_NEWUSER, KILL, NOT_IMPLEMENTED, REFUSE, SYSCALLS, sandbox_filter
+from sandbox.seccomp import AF_VSOCK, AUDIT_ARCH, CLONE_NEWUSER, KILL, NOT_IMPLEMENTED, REFUSE, SYSCALLS, sandbox_filter
 
 ALLOW, KILLED = 0x7FFF0000, 0x80000000
 EPERM, ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
@@ -40,6 +40,9 @@ def test_filter_decisions(machine):
     assert run(program, arch, nr["clone"], flags=CLONE_NEWUSER) == EPERM
     assert run(program, arch, nr["unshare"], flags=CLONE_NEWUSER | 0x20000) == EPERM
     assert run(program, arch, nr["unshare"], flags=0x400) == ALLOW  # CLONE_FS, harmless
+    assert run(program, arch, nr["socket"], flags=AF_VSOCK) == EPERM  # to the hypervisor: no namespace covers it
+    for family in (1, 2, 10, 16):  # unix, inet, inet6, netlink: the network namespace contains them
+        assert run(program, arch, nr["socket"], flags=family) == ALLOW
     for name in KILL:
         if name in nr:
             assert run(program, arch, nr[name]) == KILLED, name
@@ -48,7 +51,7 @@ def test_filter_decisions(machine):
     for name in NOT_IMPLEMENTED:
         assert run(program, arch, nr[name]) == ENOSYS, name
     denied = {nr[n] for n in (*KILL, *REFUSE, *NOT_IMPLEMENTED) if n in nr} | {nr["clone"], nr["unshare"]}
-    for allowed in set(range(0, 460)) - denied:  # read, write, mmap, socket, memfd_create, ... stay allowed
+    for allowed in set(range(0, 460)) - denied:  # read, write, mmap, socket(AF_INET), memfd_create, ... allowed
         assert run(program, arch, allowed) == ALLOW, allowed
     assert run(program, 0x40000003, 1) == EPERM  # i386 ABI from a 64-bit process
     assert run(program, arch, 0x40000000 | nr["unshare"]) == EPERM  # x32
