@@ -142,7 +142,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits(), vetted: tuple[str, byt
         return BundleInfo(path=path, sha256=vetted[0], size=path.stat().st_size, tag=tag, manifest=manifest,
                           manifest_bytes=vetted[1])
     manifest_bytes = None
-    with _open(path, limits, "r|xz") as tar:
+    with _open(path, limits, "r:xz") as tar:
         for member, normal in _checked(tar, str(path), limits):
             if normal == "bento.yaml" and member.isfile():
                 manifest_bytes = tar.extractfile(member).read(1 << 20)
@@ -197,7 +197,7 @@ def import_bundle(path: Path, bentoml_home: Path, limits: Limits = Limits()) -> 
         (bentoml_home / folder).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=bentoml_home))
     try:
-        with _open(path, limits, "r|xz") as tar:
+        with _open(path, limits, "r:xz") as tar:
             for member, _ in _checked(tar, where, limits):
                 tar.extract(member, staging, filter="data")
         manifest_file = staging / "bento.yaml"
