@@ -346,3 +346,7 @@ def demo(pilot: list[str] = typer.Option(None, "--pilot", help="Only this pilot'
     from cli.demo import run_demo
 
     run_demo(out, err, pilot or None)
+
+
+if __name__ == "__main__":  # `python -m cli.app` is the `testbed` command too
+    app()

@@ -39,6 +39,14 @@ def friendly(fn):
         except TestbedError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a path given that cannot be used as asked (a folder, no such folder, no access)
+            if exc.filename is None:
+                raise
+            where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+            err.print(f"[bold red]error:[/] {escape(where)}: {escape(exc.strerror or str(exc))}\n  fix: give a "
+                      "path that exists and can be used as the option expects (a file or a folder)", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -9,8 +11,15 @@ from rich.table import Table
 from cli.console import emit_json as _emit_json
 from cli.console import err, friendly, out
 from testbed.config import Workspace
+from testbed.errors import SpecError
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
+
+
+def _within(option: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:  # NaN too
+        raise SpecError(f"{option} {value} is outside {low:g}–{high:g}", where=option,
+                        fix=f"give {option} a value from {low:g} to {high:g}")
 
 
 @friendly
@@ -83,11 +92,17 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     from serving.server import ProductionServer
     from testbed.errors import Refused
 
+    _within("--port", port, 1, 65535)
+    _within("--poll", poll, 0.1, 3600)
+    _within("--max-batch", max_batch, 1, 100_000)
     try:  # fail before starting the sandbox when the address is taken
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})", fix="choose another --port") from None
+        taken = exc.errno == errno.EADDRINUSE
+        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})",
+                      fix="choose another --port" if taken else "give an address of this machine with --host "
+                          "(127.0.0.1 by default)") from None
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
     server.start()
     try:
@@ -110,10 +125,11 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     from workflow.pages import refresh_scorecard
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
-    before = scrape(url) if window > 0 else None
+    _within("--window", window, 0, 3600)
+    before = scrape(url, pilot) if window > 0 else None
     if before:
         time.sleep(window)
-    summary = summarize(spec, scrape(url), before)
+    summary = summarize(spec, scrape(url, pilot), before)
     page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
         else None
     if as_json:

@@ -45,14 +45,24 @@ class Scrape:
         return found[0][0]
 
 
-def scrape(url: str) -> Scrape:
+def scrape(url: str, pilot: str | None = None) -> Scrape:
+    """One reading of the testbed service at `url`; with `pilot`, refused unless that pilot is what it serves."""
+    fix = "start the service with `testbed serve PILOT` (or give its address with --url)"
     try:
         r = httpx.get(url.rstrip("/") + "/metrics", timeout=10)
         r.raise_for_status()
+        reading = Scrape(r.text, time.time())
     except httpx.HTTPError as exc:
-        raise NotFound(f"no metrics at {url}/metrics ({exc})", where=url,
-                       fix="start the service with `testbed serve PILOT` (or give its address with --url)") from None
-    return Scrape(r.text, time.time())
+        raise NotFound(f"no metrics at {url}/metrics ({exc})", where=url, fix=fix) from None
+    except ValueError:
+        raise NotFound(f"{url}/metrics is not Prometheus metrics", where=url, fix=fix) from None
+    served = next((labels.get("pilot") for labels, _ in reading.samples.get("testbed_ready", [])), None)
+    if served is None:
+        raise NotFound(f"{url} is not a testbed service (no testbed_* metrics)", where=url, fix=fix)
+    if pilot is not None and served != pilot:
+        raise NotFound(f"the service at {url} serves pilot {served}, not {pilot}", where=url,
+                       fix=f"`testbed monitor {served} --url {url}`, or give the address of {pilot}'s service")
+    return reading
 
 
 def quantile(buckets: dict[float, float], q: float) -> float:

@@ -40,6 +40,11 @@ def test_every_verb_has_help():
     (["submit", "bike-demand", "missing.bento", "--vendor", "missing.yaml"], "missing.yaml: file not found"),
     (["submit", "bike-demand", str(PROJECT_ROOT / "examples" / "bike_mlp"), "--vendor",
       str(PROJECT_ROOT / "examples" / "bike_mlp" / "vendor.yaml")], "bike_mlp: a folder, not a .bento file"),
+    (["submit", "bike-demand", "missing.bento", "--vendor", str(PROJECT_ROOT / "examples")], "Is a directory"),
+    (["serve", "bike-demand", "--port", "99999"], "--port 99999 is outside 1–65535"),
+    (["serve", "bike-demand", "--poll", "nan"], "--poll nan is outside"),
+    (["monitor", "bike-demand", "--window", "1e300"], "--window 1e+300 is outside 0–3600"),
+    (["promote", "bike-demand-000", "--by", " "], "no submission"),
 ])
 def test_user_errors_are_clean(args, words):
     result = runner.invoke(app, args)

@@ -197,14 +197,23 @@ def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated,
     monkeypatch.setenv("TESTBED_HOME", str(ws.home))
     monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
     rubric = tmp_path / "rubric.yaml"
-    rubric.write_text(yaml.safe_dump({"scores": GOOD, "confirmed_claims": ["seoul_based"],
-                                      "overrides": [{"gate": "suspected_lookup", "justification": "verified"}]}))
     runner = CliRunner()
+    for mistake, says in (({"overrides": [{"gate": "suspected_lookup", "justification": "verified"}]},
+                           "passed in this evaluation: there is nothing to override"),
+                          ({"confirmed_claims": ["startup", "startup"]}, "names startup more than once"),
+                          ({"scores": [{**g, "goal": True} for g in GOOD]}, "unknown policy goal True"),
+                          ({"scores": [{**g, "score": True} for g in GOOD]}, "score")):
+        rubric.write_text(yaml.safe_dump({"scores": GOOD, **mistake}))
+        result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
+                                         str(rubric)])
+        assert result.exit_code == 2 and says in result.stderr and "Traceback" not in result.output, result.output
+    assert ReviewBook(ws).history(sub.id) == []  # nothing recorded by a refused review
+    rubric.write_text(yaml.safe_dump({"scores": GOOD, "confirmed_claims": ["seoul_based"]}))
     result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
                                      str(rubric), "--json"])
     assert result.exit_code == 0, result.output
     review = json.loads(result.stdout)
-    assert review["confirmed_claims"] == ["seoul_based"] and review["overrides"][0]["gate"] == "suspected_lookup"
+    assert review["confirmed_claims"] == ["seoul_based"] and review["overrides"] == []
     card = json.loads((SubmissionStore(ws).report_dir(sub.id) / "scorecard.json").read_text())
     assert card["criteria"]["policy_fit"]["score"] == 50 and not card["total_is_provisional"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
 from testbed.config import Workspace
-from testbed.errors import NotFound, Refused
+from testbed.errors import NotFound, Refused, SpecError
 from workflow.ledger import Anchor, AuditChain
 from workflow.review import Review, ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import Submission, SubmissionStore
@@ -160,6 +160,7 @@ class Production:
 
     def promote(self, submission: str, *, by: str, note: str = "") -> tuple[dict | None, Approved]:
         """Move `production` to the submission's version; the trail entry (None when it already was there)."""
+        by = _operator(by)
         pilot = self.store.get(submission).pilot
         with self.chain(pilot).locked() as txn:  # checked under the lock: nothing moves in between
             ok = self.approved(submission)
@@ -172,6 +173,7 @@ class Production:
     def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
         """Move `production` back to the previous version that is still approved (skipping the others, with the
         reasons returned); with none left, withdraw it (nothing in production). Returns the entry and skips."""
+        by = _operator(by)
         skipped: list[str] = []
         with self.chain(pilot).locked() as txn:
             stack = _stack(txn.entries)
@@ -214,6 +216,13 @@ class Production:
         except Exception as exc:  # noqa: BLE001 - the move itself is complete and recorded
             warnings.warn(f"production move recorded, but the registry tag could not be set: {exc}", stacklevel=2)
         return entry
+
+
+def _operator(by: str) -> str:
+    """Who moves production: named in the trail, so never blank."""
+    if not by.strip():
+        raise SpecError("the operator's name is empty", where="--by", fix='give --by "NAME" (kept in the audit trail)')
+    return by.strip()
 
 
 def _stack(entries: list[dict]) -> list[dict]:

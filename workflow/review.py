@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, rubric_percent, score_policy_fit
 from evaluation.leaderboard import leaderboard_rows
@@ -42,8 +42,8 @@ class _Model(BaseModel):
 class GoalScore(_Model):
     goal: str
     """One of the pilot's Seoul policy goals, exactly as the spec words it."""
-    score: int = Field(ge=0, le=RUBRIC_MAX)
-    """0 (does not serve the goal) to 4 (fully serves it)."""
+    score: StrictInt = Field(ge=0, le=RUBRIC_MAX)
+    """0 (does not serve the goal) to 4 (fully serves it): a whole number (YAML's `yes` is not one)."""
     justification: str = Field(min_length=1, max_length=2000)
     """Why this score: what in the evidence (scorecard, equity across groups, vendor material) supports it."""
 
@@ -63,9 +63,18 @@ class RubricFile(_Model):
     scores: list[dict] = Field(min_length=1)
     """One item per policy goal: `{goal: 1, score: 3, justification: "..."}`."""
     overrides: list[Override] = Field(default_factory=list)
-    """Gates the evaluator explicitly overrides, each with a justification."""
+    """Gates the evaluator explicitly overrides, each with a justification (each gate once)."""
     confirmed_claims: list[Claim] = Field(default_factory=list)
-    """Vendor-profile claims the evaluator verified: seoul_based, startup, technology_field."""
+    """Vendor-profile claims the evaluator verified: seoul_based, startup, technology_field (each once)."""
+
+    @model_validator(mode="after")
+    def _once_each(self) -> RubricFile:
+        for field, names in (("overrides", [o.gate for o in self.overrides]),
+                             ("confirmed_claims", list(self.confirmed_claims))):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"`{field}` names {', '.join(twice)} more than once: give each once")
+        return self
 
 
 class Review(_Model):
@@ -105,7 +114,8 @@ class Review(_Model):
 
 def _goal(spec: PilotSpec, ref: object, where: str) -> str:
     goals = spec.policy_goals
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+    if (isinstance(ref, int) and not isinstance(ref, bool)) or (isinstance(ref, str) and ref.isascii()
+                                                               and ref.isdigit()):
         if 1 <= int(ref) <= len(goals):
             return goals[int(ref) - 1]
     elif ref in goals:
@@ -118,7 +128,7 @@ def resolve_rubric(spec: PilotSpec, items: list[dict], where: str) -> list[GoalS
     """Scores given by goal number or text -> one GoalScore per policy goal, in the spec's order."""
     scored: dict[str, GoalScore] = {}
     for i, item in enumerate(items):
-        goal = _goal(spec, item.get("goal"), where)
+        goal = _goal(spec, item.get("goal"), f"{where} (score {i + 1})")
         if goal in scored:
             raise SpecError(f"policy goal {goal!r} is scored twice", where=where, fix="score each goal once")
         try:
@@ -195,6 +205,11 @@ class ReviewBook:
             allowed = ", ".join(sorted(OVERRIDABLE_GATES))
             raise SpecError(f"gate(s) {', '.join(refused)} cannot be overridden", where=where,
                             fix=f"only these gates take an evaluator's override: {allowed}")
+        passed = {g.name for g in official_card(tracker, run).gates if g.passed} if overrides else set()
+        moot = sorted({o.gate for o in overrides} & passed)
+        if moot:
+            raise SpecError(f"gate(s) {', '.join(moot)} passed in this evaluation: there is nothing to override",
+                            where=where, fix="leave those out of `overrides`")
         sha = run.params.get("bundle_sha256", sub.bundle_sha256)
         if not by.strip() or not note.strip():
             raise SpecError("a review needs the evaluator's name and a note", where="--by/--note",
