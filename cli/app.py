@@ -102,6 +102,12 @@ def submit(pilot: str, bundle: Path, vendor: Path = typer.Option(..., "--vendor"
         return _emit_json({**sub.model_dump(mode="json"), "new": new})
     if not new:
         err.print(f"these bytes were already submitted (sha256 {sub.bundle_sha256[:12]}…); same submission:")
+        from pilots.vendor import VendorProfile
+        from testbed.yamlio import load_model
+
+        if load_model(vendor, VendorProfile) != sub.vendor:
+            err.print(f"[yellow]note:[/] {escape(str(vendor))} differs from the profile stored with it, which stays "
+                      "(a submission's profile is fixed; submit new bytes to change it)")
     print(sub.id)
 
 
@@ -155,6 +161,9 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
     from workflow.evaluate import evaluate_bundle
 
     submissions = submissions or []
+    if all_pilot and submissions:
+        raise TestbedError("give either submission ids or --all PILOT, not both", where="testbed evaluate",
+                           fix=f"testbed evaluate --all {all_pilot}, or testbed evaluate {' '.join(submissions)}")
     if all_pilot or len(submissions) > 1:
         if reevaluate:
             raise TestbedError("a campaign evaluates what has no official evaluation; --reevaluate is for one "

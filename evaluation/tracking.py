@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from evaluation.scorecard import Scorecard, rescore
 from testbed.config import Workspace
+from testbed.errors import ResourceUnavailable
 from testbed.net import require_listener
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
@@ -181,9 +182,24 @@ class MemoryTracker:
         self.runs[run_id].tags |= tags
 
 
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
 def _check_server(uri: str) -> None:
-    """A tracking server where nothing listens is refused at once (MLflow's client retries it for minutes)."""
+    """A tracking URI that cannot work is refused at once, with the fix: an unknown scheme, a SQLite store in a
+    folder that does not exist (MLflow would create a new, empty store there), a server where nothing listens
+    (MLflow's client retries it for minutes)."""
     url = urlsplit(uri)
+    scheme = url.scheme.split("+", 1)[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise ResourceUnavailable(f"{uri!r} is not a tracking URI MLflow can use", where="MLFLOW_TRACKING_URI",
+                                  fix="give sqlite:///PATH, postgresql://..., or http(s)://HOST:PORT of a tracking "
+                                      "server; unset it to use the project's SQLite store under mlflow/")
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
+        raise ResourceUnavailable(f"the folder of the SQLite store {uri[len('sqlite:///'):]} does not exist",
+                                  where=f"MLFLOW_TRACKING_URI={uri}",
+                                  fix="correct the path (sqlite:////absolute/path/mlflow.db has four slashes), or "
+                                      "create the folder for a new store")
     if url.scheme in ("http", "https") and url.hostname:
         require_listener(url.hostname, url.port or (443 if url.scheme == "https" else 80),
                          what="MLflow tracking server", where=f"MLFLOW_TRACKING_URI={uri}",
@@ -240,7 +256,7 @@ class MlflowTracker:
             self.client.log_artifact(run_id, str(bundle), "bento")
             if card.evaluation == "official":
                 self._register(run_id, card)
-        except Exception:
+        except BaseException:  # Ctrl-C too: a run left RUNNING would look half-done for ever
             self.fail(run_id)
             raise
         self.client.set_terminated(run_id, status="FINISHED")

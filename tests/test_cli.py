@@ -1,6 +1,7 @@
 """The command line: user mistakes give one clear message and a non-zero exit, never a traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,3 +107,12 @@ def test_a_tracking_server_that_is_not_there_is_refused_at_once(monkeypatch):
     assert result.exit_code == 2, result.output
     assert f"no MLflow tracking server answers at 127.0.0.1:{port}" in result.output
     assert "fix: start the server" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("uri, says", [("garbage", "is not a tracking URI MLflow can use"),
+                                       ("sqlite:////nonexistent/dir/x.db", "/nonexistent/dir/x.db does not exist")])
+def test_a_tracking_uri_that_cannot_work_is_refused_and_creates_nothing(monkeypatch, uri, says):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = runner.invoke(app, ["leaderboard", "bike-demand"])
+    assert result.exit_code == 2 and says in result.stderr and "Traceback" not in result.output, result.output
+    assert not Path("/nonexistent").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -17,7 +17,7 @@ from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from testbed.config import Workspace
-from testbed.errors import NotFound
+from testbed.errors import AuditError, NotFound
 from testbed.yamlio import load_model
 
 __all__ = ["Submission", "SubmissionStore"]
@@ -47,6 +47,18 @@ class Submission(BaseModel):
     """When it was first submitted (UTC)."""
 
 
+ID = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{12}")
+"""A submission id (no path separators: ids name folders)."""
+
+
+def _read(path: Path) -> Submission:
+    try:
+        return Submission.model_validate_json(path.read_bytes())
+    except ValueError as exc:
+        raise AuditError(f"the stored submission record is unreadable ({str(exc).splitlines()[0][:200]})",
+                         where=str(path), fix="restore the file from a backup") from None
+
+
 class SubmissionStore:
     def __init__(self, ws: Workspace):
         self.root, self.envs = ws.submissions, ws.envs
@@ -73,15 +85,18 @@ class SubmissionStore:
             staging.rename(self.root / sub_id)  # atomic: a submission is whole or absent
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if (self.root / sub_id / "submission.json").is_file():  # the same bytes, submitted at the same moment
+                return self.get(sub_id), False
             raise
         return sub, True
 
     def get(self, sub_id: str) -> Submission:
         path = self.root / sub_id / "submission.json"
-        if not path.is_file():
-            known = ", ".join(s.id for s in self.list()) or "none yet"
+        if not ID.fullmatch(sub_id) or not path.is_file():
+            known = ", ".join(sorted(p.parent.name for p in self.root.glob("*/submission.json")
+                                     if ID.fullmatch(p.parent.name))) or "none yet"
             raise NotFound(f"no submission {sub_id!r}", fix=f"use an id printed by `testbed submit` (known: {known})")
-        return Submission.model_validate(json.loads(path.read_text()))
+        return _read(path)
 
     def bundle(self, sub_id: str) -> Path:
         return self.root / sub_id / "bundle.bento"
@@ -101,6 +116,5 @@ class SubmissionStore:
         return Scorecard.model_validate_json(path.read_text()) if path.is_file() else None
 
     def list(self, pilot: str | None = None) -> list[Submission]:
-        subs = [Submission.model_validate(json.loads(p.read_text()))
-                for p in sorted(self.root.glob("*/submission.json")) if not p.parent.name.startswith(".")]
+        subs = [_read(p) for p in sorted(self.root.glob("*/submission.json")) if ID.fullmatch(p.parent.name)]
         return [s for s in subs if pilot is None or s.pilot == pilot]
