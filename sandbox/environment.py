@@ -83,7 +83,10 @@ def parse_requirements(text: str, where: str) -> list[str]:
 
 def declared_requirements(manifest: dict[str, Any], where: str) -> list[str]:
     """The requirements a bundle declared, from its parsed `bento.yaml` (`image.python_requirements`)."""
-    text = (manifest.get("image") or {}).get("python_requirements") or ""
+    image = manifest.get("image") or {}
+    if not isinstance(image, dict):
+        raise BundleError("bento.yaml `image` is not a mapping", where=where, fix=FIX)
+    text = image.get("python_requirements") or ""
     if not isinstance(text, str):
         raise BundleError("bento.yaml `image.python_requirements` is not text", where=where, fix=FIX)
     return parse_requirements(text, where)

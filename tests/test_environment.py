@@ -42,6 +42,9 @@ def test_declared_requirements_come_from_bento_yaml(fake_bento):
     assert bundle_environment(info.manifest, Path("/c"), "b").requirements == ("jamo==0.4.1", *HARNESS)
     bare = inspect_bundle(fake_bento([FORECAST_ROUTE], name="bare"))
     assert bundle_environment(bare.manifest, Path("/c"), "b").requirements == HARNESS
+    for image, says in (("foo", "`image` is not a mapping"), ({"python_requirements": ["numpy"]}, "is not text")):
+        with pytest.raises(BundleError, match=says):
+            bundle_environment({"image": image}, Path("/c"), "b")
 
 
 def test_a_finished_environment_is_reused_without_building(tmp_path, monkeypatch):
