@@ -71,6 +71,11 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
     if version != last:
         err.print(f"[bold red]warning:[/] the registry says version {version} but the audit trail's last move is "
                   f"{last}: the alias was changed outside the testbed")
+    serving = next((e["submission"] for e in reversed(history) if e["version"] == version), None) if version else None
+    review = prod.book.latest(serving) if serving else None
+    if review is not None and review.decision == "reject":
+        err.print(f"[bold red]warning:[/] version {version} ({serving}) was rejected by {escape(review.by)} at "
+                  f"{review.at} after its promotion: `testbed rollback {pilot} --by NAME` takes it out of service")
     table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
     for e in history:
         table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",

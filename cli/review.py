@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.console import emit_json as _emit_json
 from cli.console import friendly, out
+from evaluation.local_strength import CLAIMS
 from testbed.config import Workspace
 from workflow.catalogue import all_pilots, get_pilot
 from workflow.submissions import SubmissionStore
@@ -21,6 +22,7 @@ review_app = typer.Typer(help="City evaluators: decide on evaluations (policy-fi
 
 SCORE_HELP = ('A policy goal\'s score: GOAL=SCORE:JUSTIFICATION, GOAL the number `testbed review show` gives, SCORE '
               '0–4 (repeat for every goal).')
+CONFIRM_HELP = "A vendor claim the evaluator verified: seoul_based, startup or technology_field (repeatable)."
 
 
 @review_app.command("list")
@@ -98,7 +100,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
 
 
 def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,
-            run_id: str | None, as_json: bool) -> None:
+            run_id: str | None, as_json: bool, confirm: list[str]) -> None:
     from evaluation.tracking import MlflowTracker
     from testbed.errors import SpecError
     from workflow.pages import refresh_scorecard
@@ -110,11 +112,16 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
     ws = Workspace.from_env()
     SubmissionStore(ws).get(submission)  # before touching MLflow
     extra = load_rubric_file(rubric) if rubric else None
+    confirmed = [*(extra.confirmed_claims if extra else ()), *confirm]
+    wrong = sorted({c for c in confirmed if c not in CLAIMS} | {c for c in confirmed if confirmed.count(c) > 1})
+    if wrong:
+        raise SpecError(f"cannot confirm {', '.join(map(repr, wrong))}: unknown or given twice", where="--confirm",
+                        fix=f"confirm each of {', '.join(CLAIMS)} at most once (in --confirm or the rubric file)")
     tracker = MlflowTracker(ws)
     review = ReviewBook(ws).record(
         tracker, submission, decision, by=by, note=note, run_id=run_id,
         rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
-        overrides=extra.overrides if extra else (), confirmed_claims=extra.confirmed_claims if extra else ())
+        overrides=extra.overrides if extra else (), confirmed_claims=confirmed)
     page = refresh_scorecard(ws, tracker, review.submission)
     if as_json:
         return _emit_json(review.model_dump(mode="json"))
@@ -132,9 +139,10 @@ def review_approve(submission: str, by: str = typer.Option(..., "--by", help="Th
                    rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML (scores, overrides, "
                                                       "confirmed_claims)."),
                    run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                   confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                    as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
     """Approve the latest evaluation of a submission, scoring every policy goal."""
-    _decide("approve", submission, by, note, score or [], rubric, run_id, as_json)
+    _decide("approve", submission, by, note, score or [], rubric, run_id, as_json, confirm or [])
 
 
 @review_app.command("reject")
@@ -144,20 +152,22 @@ def review_reject(submission: str, by: str = typer.Option(..., "--by", help="The
                   score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
                   rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML."),
                   run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                  confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                   as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
     """Reject the latest evaluation of a submission, scoring every policy goal."""
-    _decide("reject", submission, by, note, score or [], rubric, run_id, as_json)
+    _decide("reject", submission, by, note, score or [], rubric, run_id, as_json, confirm or [])
 
 
 @review_app.command("history")
 @friendly
 def review_history(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Every review of a submission (who, when, what, why), after checking the hash chain."""
-    from workflow.review import ReviewBook
+    from evaluation.tracking import MlflowTracker
+    from workflow.review import ReviewBook, official_evaluation
 
     ws = Workspace.from_env()
-    SubmissionStore(ws).get(submission)
-    history = ReviewBook(ws).history(submission)
+    sub = SubmissionStore(ws).get(submission)
+    history = ReviewBook(ws).history(submission, official_evaluation(MlflowTracker(ws), sub))
     if as_json:
         return _emit_json([r.model_dump(mode="json") for r in history])
     table = Table("#", "at", "by", "decision", "run", "policy fit", "note", "hash", title=f"Reviews of {submission}")

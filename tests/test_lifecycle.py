@@ -218,3 +218,34 @@ def test_serving_a_pilot_with_no_production_version_is_a_clear_error(tmp_path):
     with pytest.raises(NotFound, match="bike-demand has no production version") as info:
         ProductionServer(make_workspace(tmp_path), "bike-demand").start()
     assert "testbed promote" in info.value.fix
+
+
+def test_a_rejection_after_promotion_is_flagged_and_a_cut_trail_is_refused(world, monkeypatch):
+    """`testbed production` warns when the version in service was rejected after its promotion; the production
+    trail, cut back by one move (its links intact), is refused against the registry's mirror tags."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+    from testbed.errors import AuditError
+
+    w = world
+    w.review(w.good)
+    w.prod.promote(w.good, by="op-lee")
+    for name, value in (("TESTBED_HOME", w.ws.home), ("MLFLOW_TRACKING_URI", w.ws.tracking_uri),
+                        ("BENTOML_HOME", w.ws.bentoml_home)):
+        monkeypatch.setenv(name, str(value))
+    w.review(w.good, "reject")
+    try:
+        result = CliRunner().invoke(app, ["production", "bike-demand"], terminal_width=200)
+        assert result.exit_code == 0 and "was rejected by kim" in result.stderr, result.output
+    finally:
+        w.review(w.good)  # approved again, for the tests after this one
+    trail = w.prod.chain("bike-demand").path
+    whole = trail.read_text()
+    trail.write_text("".join(whole.splitlines(keepends=True)[:-1]))
+    try:
+        with pytest.raises(AuditError, match="is not in the trail"):
+            w.prod.history("bike-demand")
+    finally:
+        trail.write_text(whole)
+    assert w.prod.history("bike-demand")

@@ -278,8 +278,13 @@ def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(w
     monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
     runner = CliRunner()
     scores = [arg for i in range(len(GOOD)) for arg in ("--score", f"{i + 1}=2:[bold]fine[/]")]
-    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "Evil [/]", "--note", "[red]x[/]", *scores])
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "Evil [/]", "--note", "[red]x[/]", *scores,
+                                     "--confirm", "startup", "--confirm", "startup"])
+    assert result.exit_code == 2 and "'startup': unknown or given twice" in result.stderr, result.output
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "Evil [/]", "--note", "[red]x[/]", *scores,
+                                     "--confirm", "seoul_based"])
     assert result.exit_code == 0, result.output
+    assert ReviewBook(ws).latest(sub.id).confirmed_claims == ["seoul_based"]
     for args in (["review", "history", sub.id], ["review", "list", "--all"], ["review", "show", sub.id]):
         result = runner.invoke(cli.app, args, terminal_width=200)
         assert result.exit_code == 0 and "Evil [/]" in result.stdout, (args, result.output)

@@ -122,7 +122,8 @@ class Production:
         import mlflow
 
         with tempfile.TemporaryDirectory(prefix="testbed-promote-") as tmp:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
+            source = self.client.get_model_version_download_uri(name, version)  # this store's, not MLflow's global
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                             tracking_uri=self.ws.tracking_uri))
             files = sorted(path.rglob("*.bento")) if path.is_dir() else [path]
             if len(files) != 1:
