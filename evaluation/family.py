@@ -220,23 +220,26 @@ class TaskFamily(ABC):
         return ["clean", *(sc.name for sc in self.spec.scenarios)]
 
     def phases(self, data: Any, seed: int = 0) -> list[Phase]:
-        """Requests to send: `clean` and one phase per scenario in batches of up to the options' `batch_size`,
-        then `single_stream` (one item per request, `single_stream_requests` of them) and `offline` (batches of
-        `offline_batch_size`; all items in one request when the family has no such option). Anti-replay: each
-        phase sends the items in its own order drawn from `seed`, and the accuracy phases in their own batch
-        sizes, so no phase repeats another's sequence of requests. `plan` keeps which items each request
-        carries; `plan_record()` is what the scorecard records."""
+        """Requests to send, in this order: `single_stream` (one item per request, `single_stream_requests` of
+        them, at most half the items) and `offline` (the other items, in batches of `offline_batch_size`; all
+        of them in one request when the family has no such option), then `clean` and one phase per scenario in
+        batches of up to the options' `batch_size`. The measured phases come first and share no item, so each
+        timed item is new to the service: a service that remembers answers cannot make its latency or throughput
+        look better than its model is. Anti-replay: each phase sends the items in its own order drawn from `seed`,
+        and the accuracy phases in their own batch sizes, so no phase repeats another's sequence of requests.
+        `plan` keeps which items each request carries; `plan_record()` is what the scorecard records."""
         o, n, clean = self.options, self.size(data), self.inputs(data)
         rng = np.random.default_rng(seed)
-        sets = {"clean": clean} | scenario_inputs(self, data, clean)
         self.plan_seed, self.plan = seed, {}
-        phases = [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
-                  for name, inputs in sets.items()]
-        single = min(n, getattr(o, "single_stream_requests", n))
-        phases.append(self._phase("single_stream", clean, rng.permutation(n)[:single], [1] * single))
-        size = getattr(o, "offline_batch_size", None) or max(n, 1)
-        phases.append(self._phase("offline", clean, rng.permutation(n), [min(size, n - i) for i in range(0, n, size)]))
-        return phases
+        measured = rng.permutation(n)
+        single = min(n // 2, getattr(o, "single_stream_requests", n)) if n > 1 else n
+        rest = measured[single:] if n > single else measured  # one item: measured twice, the only choice
+        size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
+        phases = [self._phase("single_stream", clean, measured[:single], [1] * single),
+                  self._phase("offline", clean, rest, [min(size, len(rest) - i) for i in range(0, len(rest), size)])]
+        sets = {"clean": clean} | scenario_inputs(self, data, clean)
+        return phases + [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
+                         for name, inputs in sets.items()]
 
     @staticmethod
     def _sizes(rng: np.random.Generator, n: int, most: int) -> list[int]:

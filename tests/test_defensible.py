@@ -258,6 +258,15 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
     assert phases["clean"].items != phases["missing_hours"].items and max(phases["clean"].items) <= 32
     assert fam.plan_record()["seed"] == 3 and fam.plan_record()["batch_sizes"]["clean"] == phases["clean"].items
 
+    # a service that remembers answers gains no speed: every item of a measured phase is new to it when timed
+    seen: set[int] = set()
+    for name in phases:
+        items = set(np.concatenate(fam.plan[name]).tolist())
+        if name in ("single_stream", "offline"):
+            assert items and not items & seen, name
+        seen |= items
+    assert list(phases)[:2] == ["single_stream", "offline"] and len(seen) == fam.size(fam.load("sample"))
+
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------
 
