@@ -75,6 +75,12 @@ class TaskFamily(ABC):
     content_type: ClassVar[str] = "application/json"
     """Media type of what `encode` returns (the sandbox's worker converts a binary one for BentoML)."""
 
+    @property
+    def answer_bytes_per_item(self) -> int | None:
+        """Most bytes an honest answer takes per item, with room to spare (`Phase.answer_bytes_per_item`): bigger
+        answers fail their request before the harness decodes them. None: only the job's overall cap."""
+        return None
+
     def __init__(self, spec: PilotSpec, data_dir: Path):
         self.spec = spec
         self.data_dir = data_dir
@@ -252,7 +258,7 @@ class TaskFamily(ABC):
         cuts = np.split(order, np.cumsum(sizes)[:-1]) if sizes else []
         self.plan[name] = cuts
         return Phase(name, [self.encode(inputs, rows) for rows in cuts], [len(rows) for rows in cuts],
-                     content_type=self.content_type)
+                     content_type=self.content_type, answer_bytes_per_item=self.answer_bytes_per_item)
 
     def plan_record(self) -> dict[str, Any]:
         """The phase plan as recorded on the scorecard: the seed, and each phase's batch sizes."""

@@ -71,18 +71,19 @@ class Channel:
             conn.close()  # readable while idle: the service closed it (or sent what nobody asked for)
         return conn
 
-    def post(self, route: str, body: bytes, content_type: str, deadline: float) -> Sent:
-        """POST `body`; see `_exchange`."""
-        return self._exchange("POST", route, body, {"content-type": content_type}, deadline)
+    def post(self, route: str, body: bytes, content_type: str, deadline: float, cap: int | None = None) -> Sent:
+        """POST `body`; see `_exchange` (`cap`: this answer's own, below the channel's)."""
+        return self._exchange("POST", route, body, {"content-type": content_type}, deadline, cap)
 
     def get(self, route: str, deadline: float) -> Sent:
         """GET `route`; see `_exchange`."""
         return self._exchange("GET", route, None, {}, deadline)
 
-    def _exchange(self, method: str, route: str, body: bytes | None, headers: dict, deadline: float) -> Sent:
+    def _exchange(self, method: str, route: str, body: bytes | None, headers: dict, deadline: float,
+                  cap: int | None = None) -> Sent:
         """One request, its answer cut at the cap, when the run's byte budget is spent, or at `deadline` (a
         monotonic time: a total, not a per-read, limit). The body comes back whatever the status."""
-        start, conn = time.perf_counter(), self._connection()
+        start, conn, cap = time.perf_counter(), self._connection(), min(cap or self.cap, self.cap)
         try:
             conn.timeout = max(0.001, deadline - time.monotonic())
             if conn.sock is not None:
@@ -92,7 +93,7 @@ class Channel:
             data, size = [], 0
             while chunk := resp.read1(1 << 16):
                 size += len(chunk)
-                problem = (f"oversize: the response passed {self.cap} bytes" if size > self.cap else
+                problem = (f"oversize: the response passed {cap} bytes" if size > cap else
                            "oversize: the run's responses passed their total cap"
                            if self.budget is not None and not self.budget.take(len(chunk))
                            else "deadline: the time allowed ran out mid-response" if time.monotonic() > deadline

@@ -24,6 +24,8 @@ __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "cl
 
 VERDICTS = ("completed", "contract_violation", "timeout", "resource_limit", "crashed", "sandbox_violation")
 MAX_RUN_RESPONSE_BYTES = 512 << 20
+ANSWER_SLACK = 64 << 10
+"""Bytes an answer may take beyond its per-item allowance (`Phase.answer_bytes_per_item`)."""
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Phase:
     concurrency: int = 1
     content_type: str = "application/json"
     """Media type of the bodies (e.g. `application/x-testbed-npz`: arrays in binary, see `sandbox/worker.py`)."""
+    answer_bytes_per_item: int | None = None
+    """Most bytes an answer may take per item its request carries (plus `ANSWER_SLACK`), below the job's cap: a
+    bloated answer fails that request instead of costing the harness gigabytes to decode. None: the job's cap."""
 
 
 @dataclass
@@ -194,19 +199,21 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
                budget: Budget) -> PhaseResult:
     channel = svc.channel(cap=job.max_response_bytes, budget=budget)
 
-    def one(body: bytes):
+    def one(body: bytes, items: int):
         if time.monotonic() >= deadline or not svc.alive():
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
         pid = svc.proc.pid if svc.proc else None
         before = snapshot(pid)
-        status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline)
+        cap = job.max_response_bytes if phase.answer_bytes_per_item is None else \
+            min(job.max_response_bytes, ANSWER_SLACK + items * phase.answer_bytes_per_item)
+        status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline, cap=cap)
         return status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid))
 
     meter = MachineMeter()
     start = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
-            outcomes = list(pool.map(one, phase.bodies))
+            outcomes = list(pool.map(one, phase.bodies, phase.items))
     finally:
         channel.close()
     wall = time.perf_counter() - start

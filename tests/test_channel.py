@@ -107,6 +107,11 @@ def test_an_answer_past_the_cap_or_the_budget_is_cut_and_its_connection_dropped(
     spent = Channel(path, cap=1 << 20, budget=Budget(1500))
     assert post(spent, "/big")[0] == 200
     assert post(spent, "/big")[3] == "oversize: the run's responses passed their total cap"
+    # an answer's own cap (its items' allowance, see `Phase.answer_bytes_per_item`), below the channel's
+    own = Channel(path, cap=1 << 20, budget=Budget(1 << 20))
+    assert own.post("/big", b"{}", "application/json", time.monotonic() + DEADLINE_S, cap=500)[3] == \
+        "oversize: the response passed 500 bytes"
+    assert own.post("/big", b"{}", "application/json", time.monotonic() + DEADLINE_S, cap=1 << 30)[0] == 200
 
 
 def test_a_hang_up_mid_answer_is_an_error_not_a_short_answer(server):

@@ -266,6 +266,8 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
             assert items and not items & seen, name
         seen |= items
     assert list(phases)[:2] == ["single_stream", "offline"] and len(seen) == fam.size(fam.load("sample"))
+    # a bloated answer fails its own request before the harness decodes it: 64 bytes per forecast number
+    assert {p.answer_bytes_per_item for p in phases.values()} == {64 * fam.options.horizon}
 
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------

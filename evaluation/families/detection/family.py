@@ -37,6 +37,8 @@ class ObjectDetection(TaskFamily):
     baseline_metric = "count_mae"
     technology_fields = ("computer_vision", "autonomous_driving")
     baseline_name = "mean_count_from_public_sample"
+    answer_bytes_per_item = 256 << 10
+    """256 KiB per frame: ~2,000 detections as JSON, twenty times the 100 the harness scores."""
 
     def _members(self, split: str) -> list[str]:
         where = f"pilot {self.spec.id}: dataset.splits.{split}.members"

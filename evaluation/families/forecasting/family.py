@@ -69,6 +69,11 @@ class Forecasting(TaskFamily):
     technology_fields = ("time_series",)
     baseline_name = "seasonal_naive"
 
+    @property
+    def answer_bytes_per_item(self) -> int:
+        """`horizon` numbers in JSON: 64 bytes each is ~3× the longest a float prints (`-1.2345678901234567e-300`)."""
+        return 64 * self.options.horizon
+
     @classmethod
     def available_groups(cls, spec: PilotSpec) -> tuple[str, ...]:
         """Any column the spec's `task.data` names (series keys, attributes, covariates), or a derived group."""

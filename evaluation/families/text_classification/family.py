@@ -59,6 +59,11 @@ class TextClassification(TaskFamily):
     technology_fields = ("nlp",)
     baseline_name = "tfidf_char_ngrams_logistic_regression"
 
+    @property
+    def answer_bytes_per_item(self) -> int:
+        """A label and one probability per category: 256 bytes a category leaves room for long names."""
+        return 256 * (len(self.options.categories) + 1)
+
     def load(self, split: str) -> Texts:
         window, where = self.spec.dataset.splits[split], f"pilot {self.spec.id}: dataset"
         try:
