@@ -13,6 +13,9 @@ from testbed.errors import SpecError
 __all__ = ["load_model", "validation_error"]
 
 M = TypeVar("M", bound=BaseModel)
+MAX_YAML_BYTES = 1 << 20
+"""Vendor profiles, rubrics and specs are a few KiB; a bigger file is a mistake (or /dev/zero)."""
+SHOWN_ERRORS = 5
 
 
 def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
@@ -34,24 +37,35 @@ def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
 
 def validation_error(where: str, model: type[BaseModel], error: ValidationError) -> SpecError:
     """Turn a pydantic error into one SpecError listing every bad field with its meaning."""
-    lines, fixes = [], []
-    for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+    lines, fixes, errors = [], [], error.errors()
+    for item in errors[:SHOWN_ERRORS]:
+        if not item["loc"]:  # a check across fields: its message says what disagrees
+            lines.append(item["msg"].removeprefix("Value error, "))
+            fixes.append("make those fields agree")
+            continue
+        path = ".".join(str(p) for p in item["loc"])[:60]  # names from the file itself: never echoed whole
         lines.append(f"field `{path}`: {item['msg']}")
         doc = _describe(model, tuple(item["loc"]))
         fixes.append(f"`{path}` is {doc[0].lower() + doc[1:]}" if doc else f"correct `{path}`")
+    if len(errors) > SHOWN_ERRORS:
+        lines.append(f"and {len(errors) - SHOWN_ERRORS} more")
     return SpecError("; ".join(lines), where=where, fix=" | ".join(fixes))
 
 
 def load_model(path: Path, model: type[M], **context: Any) -> M:
     """Read `path` as YAML and validate it as `model` (context goes to validators)."""
-    where = str(path)
+    where, path = str(path), Path(path)
+    if not path.exists():
+        raise SpecError("file not found", where=where, fix="check the path")
+    if not path.is_file() or path.stat().st_size > MAX_YAML_BYTES:
+        raise SpecError("a folder or a special file" if not path.is_file() else "larger than 1 MiB", where=where,
+                        fix=f"give a YAML file of {model.__name__} fields")
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError("file not found", where=where, fix="check the path") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"not valid UTF-8 YAML ({exc})".replace("\n", " "), where=where,
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError("not UTF-8 text", where=where, fix="save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML ({exc})".replace("\n", " "), where=where,
                         fix="fix the YAML syntax at the line shown") from None
     if not isinstance(raw, dict):
         raise SpecError("expected a mapping of fields at the top level", where=where,
