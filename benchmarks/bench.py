@@ -241,6 +241,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     concurrency = concurrent_runs(*first_forecaster[:3], ws, first_forecaster[3]) if first_forecaster else None
+    driver = None
+    if first_forecaster:
+        from driver_bench import driver_scoring  # beside this file
+
+        spec, _, bundle, example = first_forecaster
+        driver = driver_scoring(spec, bundle, ws, tracker, example)
     serving = None
     if servable and not args.no_serving:
         from serving_bench import serving_benchmark  # beside this file (its folder is on sys.path)
@@ -249,7 +255,7 @@ def main() -> None:
         serving = serving_benchmark(ws, spec, sub_id, rate=args.rate)
     report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
               "ray_init_s": ray_init_s, "mlflow_import_s": mlflow_import_s, "targets": targets(rows, concurrency),
-              "rows": rows, "concurrency": concurrency, "serving": serving}
+              "rows": rows, "concurrency": concurrency, "driver": driver, "serving": serving}
     (HERE / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Benchmark report", "",
              f"Machine: {report['machine']}. Local Ray start: {ray_init_s:.1f} s. MLflow's import: "
@@ -272,6 +278,11 @@ def main() -> None:
     if concurrency:
         lines += ["", f"Concurrency: one sandboxed run of {concurrency['example']} alone {concurrency['one_s']:.2f} s, "
                   f"two at once {concurrency['two_s']:.2f} s ({concurrency['verdicts']})."]
+    if driver:
+        lines += ["", f"Campaign driver: {driver['runs']} finished runs of {driver['example']} concluded (scoring, "
+                  f"figures, MLflow) in {driver['alone_s']:.2f} s by the driver alone, {driver['pooled_s']:.2f} s with "
+                  f"{driver['workers']} scoring processes ({driver['speedup']:.2f}×; {driver['fallbacks']} left to the "
+                  "driver)."]
     lines += ["", "## Every example", ""]
     keys = list(max(rows, key=len)) if rows else []
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

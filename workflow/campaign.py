@@ -1,11 +1,11 @@
 """Campaigns: every submission without a finished official evaluation, evaluated in parallel.
 
 Each sandbox job is placed on the executor at once (a Ray task asking for the spec's CPUs/GPUs: Ray starts it
-when a node has them free, so the cluster bounds the parallelism). Scoring, the scorecard and every tracking
-write happen here, in the driver, one evaluation after another as the jobs return: the tracking store never
-sees two writers from one campaign, so SQLite's single writer is enough (and a tracking server, when
-`MLFLOW_TRACKING_URI` names one, works the same). The jobs are prepared in order in another thread: the later
-ones while the first is placed (and a local Ray starts for it).
+when a node has them free, so the cluster bounds the parallelism). As the jobs return, each is scored and
+drawn (here, or in the `ScoringPool`'s processes) and every tracking write happens here, in the driver, one
+evaluation after another: the tracking store never sees two writers from one campaign, so SQLite's single
+writer is enough (and a tracking server, when `MLFLOW_TRACKING_URI` names one, works the same). The jobs are
+prepared in order in another thread: the later ones while the first is placed (and a local Ray starts for it).
 
 Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
