@@ -3,9 +3,9 @@
 A campaign's driver scores, draws and records each evaluation as its sandbox job returns (`workflow.campaign`).
 On a cluster the sandboxes run elsewhere, and one process doing all of that sets the campaign's pace: ~2 s per
 subway evaluation, against ~3.5 s of sandbox time on one of the cluster's CPUs. A `ScoringPool` does the scoring
-and the drawing (`workflow.evaluate.assess`, the CPU-bound part) in spawned worker processes, each holding the
-pilots' families and data once; the driver keeps every tracking write and file, so the tracking store still sees
-one writer. With no workers it does the same work in the calling thread.
+and the drawing (`workflow.assess`, the CPU-bound part) in spawned worker processes, each holding the pilots'
+families and data once; the driver keeps every tracking write and file, so the tracking store still sees one
+writer. With no workers the driver does it all (`workflow.evaluate.conclude_evaluation`).
 
 A worker that fails or dies costs nothing but time: the driver then assesses that run itself, and so meets
 (and reports) a genuine scoring error as it would without the pool. Either way the scorecard is the same: the
