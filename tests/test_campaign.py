@@ -259,3 +259,36 @@ def test_scoring_processes_only_where_the_driver_has_cores_to_spare():
     assert scoring_workers(48, remote=False, cpus=16) == 0  # a local Ray's sandboxes use this machine's cores
     assert scoring_workers(48, remote=True, cpus=16) == 8 and scoring_workers(6, remote=True, cpus=2) == 1
     assert scoring_workers(1, remote=True, cpus=16) == 0  # one evaluation: nothing to overlap
+
+
+@pytest.mark.slow
+def test_scoring_processes_die_with_a_killed_driver(tmp_path):
+    """A driver killed with SIGKILL leaves no scoring process behind (they would wait for work for ever)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from testbed.config import PROJECT_ROOT
+
+    script = tmp_path / "driver.py"
+    script.write_text("import os, sys, time\n"
+                      f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+                      "if __name__ == '__main__':\n"
+                      "    from workflow.scoring import ScoringPool\n"
+                      "    pool = ScoringPool(1)\n"
+                      "    pool._pool.submit(int).result()\n"
+                      "    print(*pool._pool._processes, flush=True)\n"
+                      "    time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(driver.stdout.readline())
+        assert psutil.pid_exists(worker)
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the scoring process outlived its driver"
+        time.sleep(0.1)
