@@ -43,7 +43,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     primary = FAMILIES.get(spec.family).primary_metric
     table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="one official evaluation per "
                   "submission; * total provisional until an evaluator scores policy fit and confirms the vendor's "
-                  "claims (local); rejected = failed a hard gate")
+                  "claims (local), which count 0 until then; rejected = failed a hard gate")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "policy", "local",
                 "total", "review"):
         numeric = col in (primary, "DL fit", "viability", "policy", "local", "total")
