@@ -22,8 +22,7 @@ def driver_scoring(spec, bundle: Path, ws, tracker, example: str, runs: int = 4)
         finished.append((p, executor.run(p.job)))
     workers = min(2, os.cpu_count() or 1)
     with ScoringPool(workers) as pool:
-        for warm in [pool._pool.submit(int) for _ in range(workers)]:
-            warm.result()
+        pool.ready()
         t0 = time.perf_counter()
         for p, result in finished[:runs]:
             conclude_evaluation(p, result, tracker=tracker)

@@ -204,8 +204,7 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
             return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
         pid = svc.proc.pid if svc.proc else None
         before = snapshot(pid)
-        cap = job.max_response_bytes if phase.answer_bytes_per_item is None else \
-            min(job.max_response_bytes, ANSWER_SLACK + items * phase.answer_bytes_per_item)
+        cap = None if phase.answer_bytes_per_item is None else ANSWER_SLACK + items * phase.answer_bytes_per_item
         status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline, cap=cap)
         return status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid))
 

@@ -246,7 +246,7 @@ def test_a_scoring_process_that_dies_costs_time_not_the_evaluation(ws, subs):
 
     tracker = MemoryTracker()
     with ScoringPool(1) as scoring:
-        scoring._pool.submit(int).result(timeout=60)  # the worker is up
+        scoring.ready()
         for pid in list(scoring._pool._processes):
             os.kill(pid, signal.SIGKILL)
         items = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws, scoring=scoring)
@@ -278,7 +278,7 @@ def test_scoring_processes_die_with_a_killed_driver(tmp_path):
                       "if __name__ == '__main__':\n"
                       "    from workflow.scoring import ScoringPool\n"
                       "    pool = ScoringPool(1)\n"
-                      "    pool._pool.submit(int).result()\n"
+                      "    pool.ready()\n"
                       "    print(*pool._pool._processes, flush=True)\n"
                       "    time.sleep(600)\n")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)

@@ -55,8 +55,13 @@ class ScoringPool:
     def __init__(self, workers: int) -> None:
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_ready_worker) if workers > 0 else None
-        for _ in range(workers):  # each started now (imports, ~2 s), while the first sandboxes run
-            self._pool.submit(int)
+        # each started now (imports, ~2 s), while the first sandboxes run
+        self._warming = [self._pool.submit(int) for _ in range(workers)] if self._pool else []
+
+    def ready(self) -> None:
+        """Wait until every worker has started (a measurement's starting line; a campaign need not wait)."""
+        for warm in self._warming:
+            warm.result()
 
     def submit(self, p: PreparedEvaluation, result: SandboxResult, *, official: bool) -> Future[Assessment | None]:
         """The run's `Assessment` from a worker, or None: the caller assesses it (`conclude_evaluation` does),

@@ -93,8 +93,7 @@ class SubmissionStore:
     def get(self, sub_id: str) -> Submission:
         path = self.root / sub_id / "submission.json"
         if not ID.fullmatch(sub_id) or not path.is_file():
-            known = ", ".join(sorted(p.parent.name for p in self.root.glob("*/submission.json")
-                                     if ID.fullmatch(p.parent.name))) or "none yet"
+            known = ", ".join(p.parent.name for p in self._records()) or "none yet"
             raise NotFound(f"no submission {sub_id!r}", fix=f"use an id printed by `testbed submit` (known: {known})")
         return _read(path)
 
@@ -115,6 +114,10 @@ class SubmissionStore:
         path = self.report_dir(sub_id) / "scorecard.json"
         return Scorecard.model_validate_json(path.read_text()) if path.is_file() else None
 
+    def _records(self) -> list[Path]:
+        """Every stored `submission.json`, by id (a staging folder or a stray one is none)."""
+        return sorted(p for p in self.root.glob("*/submission.json") if ID.fullmatch(p.parent.name))
+
     def list(self, pilot: str | None = None) -> list[Submission]:
-        subs = [_read(p) for p in sorted(self.root.glob("*/submission.json")) if ID.fullmatch(p.parent.name)]
+        subs = [_read(p) for p in self._records()]
         return [s for s in subs if pilot is None or s.pilot == pilot]
