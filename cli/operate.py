@@ -75,7 +75,8 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
     review = prod.book.latest(serving) if serving else None
     if review is not None and review.decision == "reject":
         err.print(f"[bold red]warning:[/] version {version} ({serving}) was rejected by {escape(review.by)} at "
-                  f"{review.at} after its promotion: `testbed rollback {pilot} --by NAME` takes it out of service")
+                  f"{review.at} after its promotion: a running `testbed serve` has stopped serving it (503); "
+                  f"`testbed rollback {pilot} --by NAME` puts the previous approved version back")
     table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
     for e in history:
         table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",

@@ -158,12 +158,22 @@ class ProductionServer:
                 self.log(f"could not check the production alias ({exc}); will retry in {self.poll_s:g} s")
 
     def check(self) -> None:
-        """One round of the watcher: notice a dead bundle, a promotion, a rollback or a withdrawal."""
+        """One round of the watcher: notice a dead bundle, a promotion, a rollback, a withdrawal, or a rejection
+        of the version in service (an evaluator's latest review of it): only an approved bundle is served."""
         served = self.served
         if served and not served.crashed and not served.service.alive():
             self._crashed(served)
         version = self.production.current_version(self.pilot)
         current = served.version if served else None
+        if served and version == current:
+            review = self.production.book.latest(served.ok.submission.id)
+            if review is not None and review.decision != "approve":
+                self._refused = version
+                self._swap(None, f"version {version} ({review.submission}) was rejected after its promotion")
+                self.log(f"version {version} ({review.submission}) was rejected by {review.by} at {review.at}: "
+                         f"stopped serving it; /readyz fails and requests get 503 until an operator rolls back "
+                         f"(`testbed rollback {self.pilot} --by NAME`) or promotes another version")
+            return
         if version == current or (version is not None and version == self._refused):
             return
         if version is None:

@@ -220,9 +220,10 @@ def test_serving_a_pilot_with_no_production_version_is_a_clear_error(tmp_path):
     assert "testbed promote" in info.value.fix
 
 
-def test_a_rejection_after_promotion_is_flagged_and_a_cut_trail_is_refused(world, monkeypatch):
-    """`testbed production` warns when the version in service was rejected after its promotion; the production
-    trail, cut back by one move (its links intact), is refused against the registry's mirror tags."""
+def test_a_rejection_after_promotion_stops_serving_and_a_cut_trail_is_refused(world, monkeypatch):
+    """A running server stops serving the version in service once an evaluator rejects it, and `testbed
+    production` warns; the production trail, cut back by one move (its links intact), is refused against the
+    registry's mirror tags."""
     from typer.testing import CliRunner
 
     from cli.app import app
@@ -234,8 +235,21 @@ def test_a_rejection_after_promotion_is_flagged_and_a_cut_trail_is_refused(world
     for name, value in (("TESTBED_HOME", w.ws.home), ("MLFLOW_TRACKING_URI", w.ws.tracking_uri),
                         ("BENTOML_HOME", w.ws.bentoml_home)):
         monkeypatch.setenv(name, str(value))
-    w.review(w.good, "reject")
+    logs: list[str] = []
+    server = ProductionServer(w.ws, "bike-demand", poll_s=3600, log=logs.append)
     try:
+        with running(server) as url:
+            server.check()
+            assert server.ready  # approved: checking again changes nothing
+            w.review(w.good, "reject")
+            server.check()
+            assert httpx.get(url + "/readyz").status_code == 503 and not server.ready
+            answer = httpx.post(url + "/forecast", json={"history": [[[0] * 13] * 168], "future": [[[0] * 12] * 24]})
+            assert answer.status_code == 503 and "rejected" in answer.json()["error"]
+            server.check()  # stays stopped: the alias did not move
+            assert server.served is None
+        stopped = [line for line in logs if "was rejected by kim" in line]
+        assert len(stopped) == 1 and "testbed rollback bike-demand" in stopped[0]
         result = CliRunner().invoke(app, ["production", "bike-demand"], terminal_width=200)
         assert result.exit_code == 0 and "was rejected by kim" in result.stderr, result.output
     finally:
