@@ -23,10 +23,14 @@ from sandbox.runner import Phase, SandboxResult
 from testbed.errors import ContractViolation, SpecError
 from testbed.yamlio import validation_error
 
-__all__ = ["TaskFamily", "Outcome", "LOAD_PHASES"]
+__all__ = ["TaskFamily", "Outcome", "LOAD_PHASES", "UNDER_LOAD"]
 
 LOAD_PHASES = ("single_stream", "offline")
-"""Phases that measure the service (latency, throughput); their answers are checked against the contract too."""
+"""Phases that measure the service (latency, throughput); between them they carry every item once, and their
+answers are checked against the contract and scored as `UNDER_LOAD`."""
+UNDER_LOAD = "under_load"
+"""Name of the predictions the load phases gave, all items together: scored like the clean phase's, so the
+scorecard can tell whether the timed answers are the ones that earned the accuracy."""
 
 
 @dataclass
@@ -39,6 +43,9 @@ class Outcome:
     """`key=value` group -> metric name -> value, on the clean scenario."""
     baseline: dict[str, Any]
     """The non-deep-learning reference on the same clean items: `name`, and metric values."""
+    under_load: dict[str, float] = field(default_factory=dict)
+    """Metric name -> value of the answers the load phases gave (`UNDER_LOAD`), on the same items as `clean`;
+    empty when the predictions hold none."""
     violations: list[str] = field(default_factory=list)
     """Contract violations found in responses (any makes the verdict `contract_violation`)."""
     coverage: float = 1.0
@@ -185,12 +192,14 @@ class TaskFamily(ABC):
     @abstractmethod
     def predictions(self, data: Any, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
         """Decode and check every phase's responses (contract violations go to `violations`); return the
-        predictions of the clean and scenario phases as named arrays (what is logged for the audit)."""
+        predictions of the clean and scenario phases, and of the load phases together as `UNDER_LOAD`, as named
+        arrays (what is logged for the audit)."""
 
     @abstractmethod
     def score_predictions(self, data: Any, preds: dict[str, np.ndarray]) -> Outcome:
-        """Metrics per scenario and group, and the baseline's, from `predictions` output alone: the audit
-        recomputes a scorecard's numbers with this and nothing else."""
+        """Metrics per scenario and group, the baseline's and the load phases' (`Outcome.under_load`, when
+        `preds` hold `UNDER_LOAD`), from `predictions` output alone: the audit recomputes a scorecard's numbers
+        with this and nothing else."""
 
     def ready_scoring(self, data: Any) -> None:
         """Work the scoring of `data` needs that no answer changes (e.g. fitting the baseline), done in a
@@ -267,16 +276,17 @@ class TaskFamily(ABC):
 
     def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, np.ndarray], Any],
                 violations: list[str]) -> Iterator[tuple[np.ndarray, Any]]:
-        """`(items, decoded)` for every answered request of phase `name`: the item indices the request carried
-        (from the phase plan) and its decoded answer. `decode(body, items)` raises ContractViolation for a bad
-        answer, which is collected in `violations`."""
-        phase = result.phases.get(name)
-        for body, rows in zip(phase.bodies, self.plan[name], strict=False) if phase else []:
-            decoded = None
-            if body is not None:
-                try:
-                    decoded = decode(body, rows)
-                except ContractViolation as exc:
-                    violations.append(f"{name}: {exc}")
-            if decoded is not None:
-                yield rows, decoded
+        """`(items, decoded)` for every answered request of phase `name` (`UNDER_LOAD`: of the load phases): the
+        item indices the request carried (from the phase plan) and its decoded answer. `decode(body, items)`
+        raises ContractViolation for a bad answer, which is collected in `violations`."""
+        for phase_name in LOAD_PHASES if name == UNDER_LOAD else (name,):
+            phase = result.phases.get(phase_name)
+            for body, rows in zip(phase.bodies, self.plan[phase_name], strict=False) if phase else []:
+                decoded = None
+                if body is not None:
+                    try:
+                        decoded = decode(body, rows)
+                    except ContractViolation as exc:
+                        violations.append(f"{phase_name}: {exc}")
+                if decoded is not None:
+                    yield rows, decoded

@@ -92,6 +92,9 @@ class Scorecard(BaseModel):
     """Scenario (`clean` first) -> metric -> value."""
     retention: dict[str, float]
     """Scenario -> primary metric retained against clean (1 = no loss, below 1 = degraded)."""
+    under_load: dict[str, float] = Field(default_factory=dict)
+    """Metric -> value of the answers given in the timed phases (single stream, offline), on the same items as
+    `clean`: the `consistent_under_load` gate compares its primary metric with clean's."""
     groups: dict[str, dict[str, float]]
     """`key=value` group -> metric -> value (clean scenario)."""
     equity: dict[str, Any]
@@ -232,6 +235,21 @@ def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) ->
                 detail=detail)
 
 
+def _load_gate(spec: PilotSpec, primary: str, goal: str, clean: dict, under_load: dict) -> Gate:
+    """The timed answers are the scored model's: the load phases' answers keep the clean primary metric."""
+    retained = _retention(goal, clean.get(primary), under_load.get(primary))
+    need = spec.service_level.min_retained_under_load
+    if math.isnan(retained):
+        return Gate(name="consistent_under_load", passed=True,
+                    detail="not measured: no answers from the timed phases, or none from clean, to compare")
+    passed = retained >= need
+    detail = (f"{primary} {under_load[primary]:.4g} on the answers given while timed, {clean[primary]:.4g} on the "
+              f"clean answers to the same items: {retained:.3f} retained (min {need})")
+    return Gate(name="consistent_under_load", passed=passed, detail=detail if passed else
+                "the answers given while timed score worse than the clean answers: the latency and throughput "
+                "measured are not those of the scored model; " + detail)
+
+
 def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
                     result: SandboxResult, *, models: list[ModelArtifact] | None = None, **ids: Any) -> Scorecard:
     """Combine a family's outcome, the run's performance, the bundle's model evidence and the vendor profile
@@ -278,6 +296,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                   detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
                          f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
                   else "no requests were sent (the service never became ready)"),
+             _load_gate(spec, primary, goal, clean, outcome.under_load),
              _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
     for t in spec.thresholds:
         if t.gate:
@@ -286,8 +305,9 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
             gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
                               detail=f"{'not measured' if math.isnan(value) else f'{value:.4g}'} ({bound})"))
     card = Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
-                     retention=retention, groups=outcome.groups, equity=equity, performance=perf,
-                     baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False, total_score=0.0,
+                     retention=retention, under_load=outcome.under_load, groups=outcome.groups, equity=equity,
+                     performance=perf, baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False,
+                     total_score=0.0,
                      total_is_provisional=True, isolated=result.isolated, log_tail=tail,
                      sandbox_limits=dict(result.limits),
                      model_evidence=[m.as_dict() for m in models or []], phase_plan=fam.plan_record(),

@@ -88,6 +88,7 @@ def flatten(card: Scorecard) -> dict[str, float]:
     metrics cost 0.7 s of every run that way."""
     out = {f"{scenario}/{m}": v for scenario, vals in card.metrics.items() for m, v in vals.items()}
     out |= {f"retention/{k}": v for k, v in card.retention.items()}
+    out |= {f"under_load/{m}": v for m, v in card.under_load.items()}
     metric = card.equity.get("metric")
     out |= {f"group/{_safe(g).replace('=', '/')}/{metric}": vals[metric] for g, vals in card.groups.items()
             if metric in vals}

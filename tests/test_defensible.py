@@ -227,6 +227,23 @@ def test_zero_error_is_perfect_not_zero():
 
 # -- performance that does not follow load ----------------------------------------------------------------------------
 
+def test_timed_answers_must_be_the_scored_models(ws, bike_spec, tmp_path):
+    """A service that spots the timed requests (one window each, or the one big offline batch) and answers them
+    cheaply gets its accuracy from other answers than its timings: the card rejects it, and the audit's numbers
+    include what it answered while timed."""
+    def cheap_when_timed(route, payload):
+        n = len(payload["history"])
+        return [[0.0] * 24] * n if n == 1 or n > 64 else last_day(route, payload)
+
+    honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
+    gate = next(g for g in honest.gates if g.name == "consistent_under_load")
+    assert gate.passed and honest.under_load == honest.metrics["clean"] and "1.000 retained" in gate.detail
+    cheat = run(ws, bike_spec, cheap_when_timed, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="cheat")
+    gate = next(g for g in cheat.gates if g.name == "consistent_under_load")
+    assert cheat.metrics["clean"] == honest.metrics["clean"] and cheat.under_load["mase"] > honest.under_load["mase"]
+    assert not gate.passed and "not those of the scored model" in gate.detail and not cheat.passed
+
+
 def phase(name, latencies, cpu, wait, busy, items=None):
     return PhaseResult(name, [b"x"] * len(latencies), [200] * len(latencies), latencies, items or [1] * len(latencies),
                        sum(latencies), cpu_s=cpu, wait_s=wait, machine_busy=busy, cores=2)

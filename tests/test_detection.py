@@ -283,6 +283,7 @@ def test_perfect_detector_and_failed_requests(fam, test_frames):
     equity = outcome.equity  # intervals on the per-frame counting error; 29 frames: small groups are not judged
     assert equity["metric"] == "count_mae" and {"density=sparse", "lighting=dark"} <= set(equity["groups"])
     assert all(g["value"] == 0 for g in equity["groups"].values())
+    assert outcome.under_load and outcome.under_load == {m: clean[m] for m in outcome.under_load}  # timed answers
 
     first = hashlib.sha256(test_frames.jpeg[0]).hexdigest()
     perfect = oracle(test_frames, truth(test_frames))
@@ -376,6 +377,9 @@ def test_yolox_bundle_on_the_sample(spec, yolox_onnx):
     assert card.metrics["clean"]["map"] > 0.1 and card.metrics["clean"]["map_50"] > card.metrics["clean"]["map"]
     assert set(card.metrics) == {"clean", *(s.name for s in spec.scenarios)}
     assert min(card.retention.values()) < 1 and card.performance["error_rate"] == 0
+    # a real model answers one frame at a time (single stream) as it does in batches: the timed answers score alike
+    assert card.under_load["map"] == pytest.approx(card.metrics["clean"]["map"], abs=1e-3)
+    assert next(g for g in card.gates if g.name == "consistent_under_load").passed
     assert {"plots/example_frames.jpg", "plots/per_class.png", "scorecard.html"} <= set(ev.files)
 
 

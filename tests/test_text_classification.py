@@ -152,6 +152,7 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
     assert outcome.metrics["clean"]["accuracy"] == pytest.approx(expected)
     assert outcome.metrics["clean"]["ece"] == pytest.approx(1 - expected)  # all confidence 1
     assert set(outcome.metrics) == {"clean", *(sc.name for sc in spec.scenarios)}
+    assert outcome.under_load == outcome.metrics["clean"]  # the timed phases' answers, every text once
     assert outcome.metrics["typos"]["accuracy"] < 1.0  # perturbed titles are not in the oracle's table
     assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40_plus" in outcome.groups
     groups = outcome.equity["groups"]  # accuracy per group with bootstrap intervals; rare categories too small

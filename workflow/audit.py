@@ -27,7 +27,8 @@ __all__ = ["AuditCheck", "AuditReport", "audit_submission"]
 @dataclass
 class AuditCheck:
     name: str
-    """What was compared: a hash, or `metrics/<scenario>/<metric>`, `groups/<group>/<metric>`, `baseline/...`."""
+    """What was compared: a hash, or `metrics/<scenario>/<metric>`, `groups/<group>/<metric>`, `baseline/...`,
+    `under_load/<metric>`."""
     recorded: Any
     """The value on the scorecard (and in MLflow)."""
     recomputed: Any
@@ -60,15 +61,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _numbers(metrics: dict, groups: dict, baseline: dict) -> dict[str, float]:
+def _numbers(metrics: dict, groups: dict, baseline: dict, under_load: dict) -> dict[str, float]:
     out = {f"metrics/{s}/{m}": v for s, vals in metrics.items() for m, v in vals.items()}
+    out |= {f"under_load/{m}": v for m, v in under_load.items()}
     out |= {f"groups/{g}/{m}": v for g, vals in groups.items() for m, v in vals.items()}
     return out | {f"baseline/{m}": v for m, v in baseline.items() if isinstance(v, int | float)}
 
 
 def _mlflow_name(key: str) -> str:
     kind, rest = key.split("/", 1)
-    return rest if kind == "metrics" else "group/" + rest.replace("=", "/", 1) if kind == "groups" else ""
+    return {"metrics": rest, "groups": "group/" + rest.replace("=", "/", 1), "under_load": key}.get(kind, "")
 
 
 def _check_record(report: AuditReport, card: Scorecard, run: RunRecord, spec: PilotSpec, copy: Scorecard | None,
@@ -134,8 +136,8 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
     except (KeyError, ValueError, IndexError) as exc:
         check(AuditCheck("predictions readable", True, f"{type(exc).__name__}: {exc}", False))
         return report
-    mine = _numbers(outcome.metrics, outcome.groups, outcome.baseline)
-    recorded = _numbers(card.metrics, card.groups, card.baseline)
+    mine = _numbers(outcome.metrics, outcome.groups, outcome.baseline, outcome.under_load)
+    recorded = _numbers(card.metrics, card.groups, card.baseline, card.under_load)
     for key in sorted(set(mine) | set(recorded)):
         ours, theirs = mine.get(key), recorded.get(key)
         logged = run.metrics.get(_mlflow_name(key), theirs) if theirs is not None and not math.isnan(theirs) else theirs

@@ -19,7 +19,7 @@ from evaluation.families.detection.data import (
 )
 from evaluation.families.detection.metrics import AREA_RANGES, DetectionEval, class_ap, class_count_mae, coco_evaluate
 from evaluation.families.detection.plots import detection_plots
-from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import ScenarioSpec
 from sandbox.runner import SandboxResult
@@ -130,15 +130,13 @@ class ObjectDetection(TaskFamily):
 
     def predictions(self, data: Frames, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
         """Per scenario: `NAME` rows (frame, class index, score, x1, y1, x2, y2), best first within a frame,
-        and `NAME/answered` (frames that got a valid answer)."""
+        and `NAME/answered` (frames that got a valid answer); `UNDER_LOAD` too."""
         preds = {}
-        for name in self.scenario_names:
+        for name in (*self.scenario_names, UNDER_LOAD):
             kept, answered = self._detections(data, result, name, violations)
             preds[name] = np.array([(i, k, s, *box) for i, dets in enumerate(kept) for k, s, box in dets],
                                    dtype=np.float64).reshape(-1, 7)
             preds[f"{name}/answered"] = answered
-        for load_phase in LOAD_PHASES:
-            self._detections(data, result, load_phase, violations)
         return preds
 
     @staticmethod
@@ -153,6 +151,8 @@ class ObjectDetection(TaskFamily):
         kept = {name: (self._kept(preds[name], n), preds[f"{name}/answered"]) for name in self.scenario_names}
         evals = {name: self._evaluate(data, k, every) for name, (k, _) in kept.items()}
         metrics = {name: {m: fn(ev["all"]) for m, fn in fns.items()} for name, ev in evals.items()}
+        loaded = self._evaluate(data, self._kept(preds[UNDER_LOAD], n), every)["all"] if UNDER_LOAD in preds else None
+        under_load = {m: fn(loaded) for m, fn in fns.items()} if loaded is not None else {}
         clean, classes = evals["clean"]["all"], self.options.classes
         class_aps = {name: [class_ap(ev["all"], k) for k in range(len(classes))] for name, ev in evals.items()}
         metrics["clean"] |= {f"ap/{c}": ap for c, ap in zip(classes, class_aps["clean"], strict=True)
@@ -175,7 +175,7 @@ class ObjectDetection(TaskFamily):
                                values=np.abs(clean.pred_counts - clean.true_counts).mean(axis=1),
                                overall=metrics["clean"]["count_mae"]) if frame_keys else None
         return Outcome(
-            metrics=metrics, groups=groups, equity=equity,
+            metrics=metrics, groups=groups, equity=equity, under_load=under_load,
             baseline={"name": self.baseline_name, **{m: fn(baseline) for m, fn in fns.items()}},
             coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
             extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluation.equity import assess_groups
 from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_response, encode_request
 from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, remembered_panel
-from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.runner import SandboxResult
@@ -155,10 +155,7 @@ class Forecasting(TaskFamily):
 
     def predictions(self, data: Windows, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
         n = len(data.truth)
-        preds = {name: self._predictions(result, name, n, violations) for name in self.scenario_names}
-        for load_phase in LOAD_PHASES:
-            self._predictions(result, load_phase, n, violations)
-        return preds
+        return {name: self._predictions(result, name, n, violations) for name in (*self.scenario_names, UNDER_LOAD)}
 
     def score_predictions(self, data: Windows, preds: dict[str, np.ndarray]) -> Outcome:
         n, fns = len(data.truth), self.metric_functions()
@@ -179,12 +176,13 @@ class Forecasting(TaskFamily):
                 mask[members[value]] = True
                 groups[f"{key}={value}"] = compute(clean, mask.reshape(labels.shape))
         metrics = {name: compute(preds[name]) for name in self.scenario_names}
+        under_load = compute(preds[UNDER_LOAD]) if UNDER_LOAD in preds else {}
         equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
                                goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
                                units=np.repeat(np.arange(n), self.options.horizon),
                                overall=metrics["clean"][self.primary_metric], settings=self.spec.equity)
         return Outcome(
-            metrics=metrics, groups=groups, equity=equity,
+            metrics=metrics, groups=groups, equity=equity, under_load=under_load,
             baseline={"name": self.baseline_name, **compute(data.baseline)},
             coverage=float(np.isfinite(clean).all(axis=1).mean()),
             extras={"pred": clean},

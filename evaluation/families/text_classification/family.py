@@ -12,7 +12,7 @@ from evaluation.equity import assess_groups
 from evaluation.families.text_classification.contract import CLASSIFY, decode_response, encode_request
 from evaluation.families.text_classification.data import TextOptions, Texts, read_texts
 from evaluation.families.text_classification.metrics import ClassEval, class_f1
-from evaluation.family import LOAD_PHASES, Outcome, TaskFamily
+from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import ScenarioSpec
 from sandbox.runner import SandboxResult
@@ -103,11 +103,9 @@ class TextClassification(TaskFamily):
         return probs
 
     def predictions(self, data: Texts, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
-        """Per scenario, the answered probabilities (the contract makes `label` their argmax)."""
-        preds = {name: self._probabilities(data, result, name, violations) for name in self.scenario_names}
-        for load_phase in LOAD_PHASES:
-            self._probabilities(data, result, load_phase, violations)
-        return preds
+        """Per scenario (and `UNDER_LOAD`), the answered probabilities (the contract makes `label` their argmax)."""
+        return {name: self._probabilities(data, result, name, violations)
+                for name in (*self.scenario_names, UNDER_LOAD)}
 
     @staticmethod
     def _decided(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +134,8 @@ class TextClassification(TaskFamily):
                 if key == "category":
                     groups[f"{key}={value}"]["class_f1"] = float(f1[short.index(value)])
         metrics = {name: self._metrics(data, p, pr, a) for name, (p, a, pr) in decided.items()
-                   if name in self.scenario_names}
+                   if name in (*self.scenario_names, UNDER_LOAD)}
+        under_load = metrics.pop(UNDER_LOAD, {})
         correct = (answered & (pred == data.labels)).astype(float)  # an unanswered text counts as wrong
         equity = assess_groups({key: data.groups[key] for key in self.spec.groups}, metric="accuracy", goal="max",
                                values=correct, overall=metrics["clean"].get("accuracy"), settings=self.spec.equity)
@@ -145,6 +144,7 @@ class TextClassification(TaskFamily):
         baseline = {"name": self.baseline_name, **self._metrics(data, base_pred, base_probs, everything)}
         return Outcome(
             metrics=metrics, groups=groups, baseline=baseline, coverage=float(answered.mean()), equity=equity,
+            under_load=under_load,
             extras={"pred": pred, "probs": probs, "answered": answered, "class_f1": f1,
                     "baseline_class_f1": class_f1(ClassEval(data.labels, base_pred, base_probs, k))})
 
