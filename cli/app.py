@@ -96,16 +96,17 @@ def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Fol
 def submit(pilot: str, bundle: Path, vendor: Path = typer.Option(..., "--vendor", help="Vendor profile YAML."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Validate a .bento against the pilot's contract and store it with the vendor profile; prints its id."""
+    from pilots.vendor import VendorProfile
+    from testbed.yamlio import load_model
+
     spec = get_pilot(pilot)
-    sub, new = SubmissionStore(Workspace.from_env()).submit(spec, bundle, vendor)
+    profile = load_model(vendor, VendorProfile)
+    sub, new = SubmissionStore(Workspace.from_env()).submit(spec, bundle, profile)
     if as_json:
         return _emit_json({**sub.model_dump(mode="json"), "new": new})
     if not new:
         err.print(f"these bytes were already submitted (sha256 {sub.bundle_sha256[:12]}…); same submission:")
-        from pilots.vendor import VendorProfile
-        from testbed.yamlio import load_model
-
-        if load_model(vendor, VendorProfile) != sub.vendor:
+        if profile != sub.vendor:
             err.print(f"[yellow]note:[/] {escape(str(vendor))} differs from the profile stored with it, which stays "
                       "(a submission's profile is fixed; submit new bytes to change it)")
     print(sub.id)

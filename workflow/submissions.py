@@ -63,10 +63,11 @@ class SubmissionStore:
     def __init__(self, ws: Workspace):
         self.root, self.envs = ws.submissions, ws.envs
 
-    def submit(self, spec: PilotSpec, bundle: Path, vendor_file: Path) -> tuple[Submission, bool]:
+    def submit(self, spec: PilotSpec, bundle: Path, vendor: Path | VendorProfile) -> tuple[Submission, bool]:
         """Validate, build the bundle's declared Python environment (a package that cannot be installed is a
-        BundleError naming it) and store; returns the submission and whether it is new (False: same bytes)."""
-        vendor = load_model(vendor_file, VendorProfile)
+        BundleError naming it) and store with the vendor profile (or its YAML file); returns the submission and
+        whether it is new (False: same bytes, stored before with the profile it had then)."""
+        vendor = vendor if isinstance(vendor, VendorProfile) else load_model(vendor, VendorProfile)
         info = inspect_bundle(bundle)
         FAMILIES.get(spec.family).contract.check_routes(info.routes, where=str(bundle))
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
