@@ -100,7 +100,7 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     def prepare(sub: Submission) -> PreparedEvaluation:
         return prepare_evaluation(get_pilot(sub.pilot), store.bundle(sub.id), sub.vendor, ws=ws,
                                   out_dir=store.report_dir(sub.id), submission=sub.id, tracker=tracker,
-                                  isolated=isolated, vetted=store.vetted(sub.id))
+                                  isolated=isolated, vetted=store.vetted(sub.id), ready_scoring=not scoring.active)
 
     def record(assessed: Assessment | None, prepared: PreparedEvaluation, started: float,
                result: SandboxResult) -> None:

@@ -121,10 +121,12 @@ class PreparedEvaluation:
 def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, ws: Workspace, out_dir: Path,
                        submission: str, tracker: Tracker | None = None, split: str = "test", isolated: bool = True,
                        reevaluate: str | None = None, vetted: tuple[str, bytes] | None = None,
-                       checked: Callable[[], object] = lambda: None) -> PreparedEvaluation:
+                       checked: Callable[[], object] = lambda: None, ready_scoring: bool = True) -> PreparedEvaluation:
     """Check the bundle and build its sandbox job (refused when the official evaluation exists and no
     `reevaluate` reason is given); nothing is recorded yet. `vetted`: see `inspect_bundle`. `checked` is called
-    once every check has passed, before the heavier part (the split's data, the scenarios' inputs)."""
+    once every check has passed, before the heavier part (the split's data, the scenarios' inputs).
+    `ready_scoring`: do the family's answer-independent scoring work beside the sandbox (False when other
+    processes will score the run; should the driver have to, the scoring does that work when it needs it)."""
     role = _role(tracker, spec, submission, reevaluate)
     if role == "reevaluation":
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -143,8 +145,11 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     data = fam.load(split)
     job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
     warm_up()  # the scorecard's plotting, readied while the sandbox runs
-    return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models,
-                              _BESIDE.submit(fam.ready_scoring, data), role, out_dir, split, isolated, reevaluate)
+    readied: Future = _BESIDE.submit(fam.ready_scoring, data) if ready_scoring else Future()
+    if not ready_scoring:
+        readied.set_result(None)
+    return PreparedEvaluation(spec, bundle, vendor, submission, job, fam, data, info, models, readied, role, out_dir,
+                              split, isolated, reevaluate)
 
 
 def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, executor: Executor, ws: Workspace,

@@ -58,6 +58,11 @@ class ScoringPool:
         # each started now (imports, ~2 s), while the first sandboxes run
         self._warming = [self._pool.submit(int) for _ in range(workers)] if self._pool else []
 
+    @property
+    def active(self) -> bool:
+        """Whether workers score the runs (False: the driver does)."""
+        return self._pool is not None
+
     def ready(self) -> None:
         """Wait until every worker has started (a measurement's starting line; a campaign need not wait)."""
         for warm in self._warming:
