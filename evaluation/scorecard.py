@@ -307,8 +307,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     card = Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
                      retention=retention, under_load=outcome.under_load, groups=outcome.groups, equity=equity,
                      performance=perf, baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False,
-                     total_score=0.0,
-                     total_is_provisional=True, isolated=result.isolated, log_tail=tail,
+                     total_score=0.0, total_is_provisional=True, isolated=result.isolated, log_tail=tail,
                      sandbox_limits=dict(result.limits),
                      model_evidence=[m.as_dict() for m in models or []], phase_plan=fam.plan_record(),
                      weights=spec.criteria.weights.model_dump(), **ids)
