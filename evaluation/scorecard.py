@@ -194,19 +194,31 @@ def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dic
     return verdict, reason, tail
 
 
+def _dl_finding(found: ModelArtifact | None, model: ModelArtifact | None, opened: list[str] | None) -> str:
+    if model is not None:
+        return ("deep-learning model found by reading the bundle, " + ("and the service opened its file (seen from "
+                "outside the sandbox)" if opened is not None else "though which files the service opened was not "
+                "observed") + "; that the service computes its answers with it is for the evaluator to confirm")
+    if found is not None:
+        return (f"the bundle holds a deep-learning model ({found.path}), but the service never opened it: no "
+                "deep-learning credit, whatever it beats")
+    return "no deep-learning model found in the bundle: no deep-learning credit, whatever it beats"
+
+
 def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
-                       models: list[ModelArtifact]) -> tuple[Criterion, float]:
-    """Criterion 1: a deep-learning model found in the bundle, and how much it beats the harness's
+                       models: list[ModelArtifact], opened: list[str] | None) -> tuple[Criterion, float]:
+    """Criterion 1: a deep-learning model found in the bundle, whose file the service opened (`opened`, seen
+    from outside; None: not observed, the bundle's contents alone count), and how much it beats the harness's
     non-deep-learning baseline. No such model: no credit, whatever it beats."""
     versus = fam.baseline_metric or fam.primary_metric
     clean = outcome.metrics.get("clean", {})
     skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
-    model = deep_learning_model(models)
+    found, seen = deep_learning_model(models), set(opened or ())
+    model = found if opened is None else deep_learning_model([m for m in models if m.path in seen])
     return Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill) if model else 0.0, evidence={
         "deep_learning_model": model.as_dict() if model else None,
-        "finding": ("deep-learning model found by reading the bundle (that the service uses it is for the "
-                    "evaluator to confirm)") if model else
-                   "no deep-learning model found in the bundle: no deep-learning credit, whatever it beats",
+        "finding": _dl_finding(found, model, opened),
+        "opened_by_service": None if opened is None or found is None else model is not None,
         "model_artifacts_found": len(models),
         "baseline": outcome.baseline.get("name"), "compared_on": versus,
         f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
@@ -269,7 +281,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
         equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
                    "gap": abs(worst - best), "worst_vs_overall": _retention(goal, clean.get(primary), worst)}
 
-    dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [])
+    dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
     latency, throughput = credits(perf, spec.service_level)
     parts = {
         "accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),

@@ -5,19 +5,26 @@
 - reports of the worker's audit hook on a second pipe, read as they come (attempts on harness paths);
 - the network namespace's own counters (`/proc/<pid>/net/snmp`, `snmp6`), which only the kernel writes: any
   packet sent, route refused or TCP connection opened inside the empty namespace is a network attempt;
-- memory sampled from the process tree where there is no cgroup to read the peak from.
+- memory sampled from the process tree where there is no cgroup to read the peak from;
+- the bundle's files the service opened, reported by the kernel (inotify on the unpacked bundle's folders):
+  which model file the service really loads, whatever the bundle holds or says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import posixpath
+import select
+import struct
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
-__all__ = ["Evidence", "OutputTail", "Reports", "Watch", "network_counters"]
+__all__ = ["Evidence", "Opened", "OutputTail", "Reports", "Watch", "network_counters"]
 
 NET_FIELDS = {("Ip", "OutRequests"), ("Ip", "OutNoRoutes"), ("Tcp", "ActiveOpens"), ("Udp", "OutDatagrams"),
               ("Ip6OutRequests", None), ("Ip6OutNoRoutes", None)}
@@ -37,6 +44,9 @@ class Evidence:
     """Forks refused at the pids cgroup's limit."""
     oversize: list[str] = field(default_factory=list)
     """Responses the harness cut at the size cap."""
+    opened: list[str] | None = None
+    """The bundle's files the service opened, as member paths of the `.bento` archive (`Opened`); None where
+    that could not be observed in full."""
 
 
 class OutputTail(threading.Thread):
@@ -130,3 +140,80 @@ def _netns(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         return None
+
+
+IN_OPEN, IN_Q_OVERFLOW, IN_ISDIR, IN_ONLYDIR = 0x20, 0x4000, 0x40000000, 0x01000000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class Opened(threading.Thread):
+    """The files under `root` that any process opens, as the kernel reports them (inotify `IN_OPEN` on every
+    folder `watch` is given; the watches see opens through the sandbox's read-only mount of the same folders).
+    Set up before the service is told its bundle, so nothing it loads is missed. `paths()`: the files opened,
+    relative to `root`, or None where they could not all be observed (no inotify, more than `max_watches`
+    folders, more than `max_paths` files, or events the kernel dropped)."""
+
+    def __init__(self, root: Path, max_watches: int = 4096, max_paths: int = 20_000):
+        super().__init__(daemon=True, name="testbed-opened")
+        self.root, self.max_watches, self.max_paths = root, max_watches, max_paths
+        self._folders: dict[int, str] = {}
+        self._paths: set[str] = set()
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._complete = self._fd >= 0
+        self._wake_r, self._wake_w = os.pipe()
+
+    def watch(self, folder: Path) -> None:
+        if not self._complete or len(self._folders) >= self.max_watches:
+            self._complete = False
+            return
+        wd = self._add(self._fd, os.fsencode(folder), IN_OPEN | IN_ONLYDIR)
+        if wd < 0:
+            self._complete = False
+            return
+        self._folders[wd] = folder.relative_to(self.root).as_posix()
+
+    def run(self) -> None:
+        while True:
+            ready = select.select([self._wake_r, *([self._fd] if self._fd >= 0 else [])], [], [])[0]
+            if self._fd in ready:
+                self._drain()
+            if self._wake_r in ready:
+                if self._fd >= 0:
+                    self._drain()  # what came before the stop
+                return
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return
+            for offset in _offsets(data):
+                wd, mask, _, size = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + size].split(b"\0", 1)[0]
+                if mask & IN_Q_OVERFLOW or len(self._paths) >= self.max_paths:
+                    self._complete = False
+                elif name and not mask & IN_ISDIR and wd in self._folders:
+                    self._paths.add(posixpath.normpath(posixpath.join(self._folders[wd], os.fsdecode(name))))
+
+    def paths(self) -> list[str] | None:
+        """Stop watching (once the service has stopped) and return what was opened."""
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+            if self.is_alive():
+                self.join(timeout=5)
+            for fd in (self._wake_w, self._wake_r, self._fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_w = self._fd = -1
+        return sorted(self._paths) if self._complete else None
+
+
+def _offsets(data: bytes):
+    offset = 0
+    while offset + _EVENT.size <= len(data):
+        yield offset
+        offset += _EVENT.size + _EVENT.unpack_from(data, offset)[3]

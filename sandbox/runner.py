@@ -106,6 +106,9 @@ class SandboxResult:
     limits: dict[str, str] = field(default_factory=dict)
     """How each limit was enforced on this run (`memory`: cgroup, or an rlimit "(cgroups unavailable)"; `uid`,
     `processes`, `tmp`): what the scorecard says about the isolation."""
+    opened: list[str] | None = None
+    """The bundle's files (archive member paths) the service opened, seen from outside (`Evidence.opened`);
+    None where not observed."""
 
 
 def _signal(returncode: int | None, isolated: bool) -> int | None:
@@ -192,7 +195,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
         reason = f"the service was not ready within {job.startup_timeout_s:g} s"
     return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log_text,
                          startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=peak, isolated=job.isolated,
-                         limits=limits)
+                         limits=limits, opened=evidence.opened)
 
 
 def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,

@@ -32,7 +32,7 @@ from sandbox.bundle import import_bundle
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget, Channel
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
-from sandbox.observe import Evidence, OutputTail, Reports, Watch
+from sandbox.observe import Evidence, Opened, OutputTail, Reports, Watch
 
 __all__ = ["SandboxedService"]
 
@@ -60,6 +60,9 @@ class SandboxedService:
         self._watch: Watch | None = None
         self._output: OutputTail | None = None
         self._reports: Reports | None = None
+        self._opened: Opened | None = None
+        self._bento = ""
+        """The bento's folder in the private home (`bentos/NAME/VERSION`): its files are the archive's members."""
         self._stop_lock = threading.Lock()
         self._stopped = False
 
@@ -128,8 +131,13 @@ class SandboxedService:
         bundle.write_bytes(self.bundle)
         tag = import_bundle(bundle, home)
         bundle.unlink()
+        self._opened, self._bento = Opened(home), "bentos/" + tag.replace(":", "/")
         for path in [home, *home.rglob("*")]:
-            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+            folder = path.is_dir()
+            path.chmod(path.stat().st_mode | (0o555 if folder else 0o444))
+            if folder:
+                self._opened.watch(path)
+        self._opened.start()  # before the service is told the tag: it has opened nothing of the bundle yet
         return tag
 
     def _start_isolated(self, argv: list[str], fds: tuple[int, ...], out_w: int) -> None:
@@ -210,6 +218,8 @@ class SandboxedService:
 
     def close(self) -> None:
         """Remove the private BentoML home, socket, cgroups; give the uid back."""
+        if self._opened:
+            self._opened.paths()  # stops watching
         if self._cgroups:
             self._cgroups.remove()
         if self._uid:
@@ -261,9 +271,16 @@ class SandboxedService:
     def evidence(self) -> Evidence:
         """What the harness observed from outside the sandbox (read after `stop`)."""
         cg = self._cgroups if self._cgroups and self._cgroups.available else None
+        opened = self._opened.paths() if self._opened else None
         return Evidence(network=dict(self._watch.network) if self._watch else {},
                         harness_paths=list(self._reports.hits) if self._reports else [],
-                        oom_kills=cg.oom_kills() if cg else 0, pid_limit_hits=cg.pid_limit_hits() if cg else 0)
+                        oom_kills=cg.oom_kills() if cg else 0, pid_limit_hits=cg.pid_limit_hits() if cg else 0,
+                        opened=None if opened is None else [self._member(p) for p in opened])
+
+    def _member(self, path: str) -> str:
+        """A file of the private home as the archive names it: the bento's own files without their folder, the
+        models it carries under `models/` as they are."""
+        return path[len(self._bento) + 1:] if path.startswith(self._bento + "/") else path
 
     def log_tail(self, limit: int = 200_000) -> str:
         """The last `limit` bytes of what the service printed (drained from a pipe as it was written)."""

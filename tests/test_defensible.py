@@ -158,6 +158,31 @@ def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec,
     assert not next(g for g in scaled.gates if g.name == "suspected_lookup").passed  # generic, not "+1"
 
 
+def test_deep_learning_credit_needs_the_model_file_opened_by_the_service(ws, bike_spec, windows, tmp_path):
+    """What the kernel saw the service open decides: the same answers and bundle earn credit when the service
+    opened the model file, none when it never did; unobserved, the bundle's contents count."""
+    class Observed(FakeSandbox):
+        def __init__(self, handler, opened):
+            super().__init__(handler)
+            self.opened = opened
+
+        def run(self, job):
+            result = super().run(job)
+            result.opened = self.opened
+            return result
+
+    bundle = bento(tmp_path, [FORECAST_ROUTE], {"src/model.onnx": onnx_mlp()})
+    scores = {}
+    for opened in (["bento.yaml", "src/model.onnx"], ["bento.yaml"], None):
+        card = evaluate_bundle(bike_spec, bundle, VendorProfile(**LOOKUP_VENDOR), ws=ws, submission="o",
+                               executor=Observed(lookup_handler(windows, offset=25.0), opened),
+                               out_dir=ws.home / f"o{len(scores)}").card
+        dl = card.criteria["deep_learning_fit"]
+        scores[None if opened is None else len(opened)] = dl.score
+        assert dl.evidence["opened_by_service"] == (None if opened is None else len(opened) == 2)
+    assert scores[2] == scores[None] > 0 and scores[1] == 0
+
+
 def test_a_deep_learning_model_earns_credit_and_an_honest_forecast_is_not_flagged(ws, bike_spec, tmp_path):
     card = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE], {"src/model.onnx": onnx_mlp()}))
     dl = card.criteria["deep_learning_fit"]
@@ -397,16 +422,39 @@ def lookup_bundle(build_ws, tmp_path_factory):
     return build_bundle(src, build_ws)
 
 
+@pytest.fixture(scope="module")
+def padded_bundle(build_ws, tmp_path_factory):
+    """The numpy heuristic, built with a deep-learning model file it never loads (padding for credit)."""
+    import shutil
+
+    from workflow.build import build_bundle
+
+    src = tmp_path_factory.mktemp("padded") / "padded_heuristic"  # its own build folder and .bento
+    shutil.copytree(PROJECT_ROOT / "tests/bundles/numpy_heuristic", src)
+    (src / "model.onnx").write_bytes(onnx_mlp())
+    bentofile = src / "bentofile.yaml"
+    bentofile.write_text(bentofile.read_text().replace('["service.py"]', '["service.py", "model.onnx"]'))
+    return build_bundle(src, build_ws)
+
+
 @pytest.mark.slow
-def test_lookup_and_numpy_heuristic_get_no_deep_learning_credit(ws, bike_spec, built, lookup_bundle):
+def test_lookup_numpy_heuristic_and_unused_weights_get_no_deep_learning_credit(ws, bike_spec, built, lookup_bundle,
+                                                                                padded_bundle):
     from sandbox.executor import InlineExecutor
     from testbed.yamlio import load_model
 
     cards = {}
-    for name, bundle in (("lookup", lookup_bundle), ("numpy_heuristic", built("numpy_heuristic"))):
-        vendor = load_model(PROJECT_ROOT / f"tests/bundles/{name}/vendor.yaml", VendorProfile)
+    for name, bundle in (("lookup", lookup_bundle), ("numpy_heuristic", built("numpy_heuristic")),
+                         ("padded", padded_bundle)):
+        vendor = load_model(PROJECT_ROOT / f"tests/bundles/{'numpy_heuristic' if name == 'padded' else name}/"
+                            "vendor.yaml", VendorProfile)
         cards[name] = evaluate_bundle(bike_spec, bundle, vendor, executor=InlineExecutor(), ws=ws, split="sample",
                                       out_dir=ws.home / name, submission=name).card
+    padded = cards.pop("padded")
+    dl = padded.criteria["deep_learning_fit"]
+    assert padded.verdict == "completed" and padded.model_evidence[0]["is_deep_learning"]  # in the bundle...
+    assert dl.score == 0 and dl.evidence["opened_by_service"] is False and dl.evidence["beats_baseline"]
+    assert "never opened it" in dl.evidence["finding"] and "src/model.onnx" in dl.evidence["finding"]
     lookup, heuristic = cards["lookup"], cards["numpy_heuristic"]
     assert lookup.verdict == heuristic.verdict == "completed", (lookup.verdict_reason, heuristic.verdict_reason)
     assert lookup.metrics["clean"]["mae"] == pytest.approx(1.0)  # truth + 1, read from the public file

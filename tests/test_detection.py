@@ -380,6 +380,8 @@ def test_yolox_bundle_on_the_sample(spec, yolox_onnx):
     # a real model answers one frame at a time (single stream) as it does in batches: the timed answers score alike
     assert card.under_load["map"] == pytest.approx(card.metrics["clean"]["map"], abs=1e-3)
     assert next(g for g in card.gates if g.name == "consistent_under_load").passed
+    dl = card.criteria["deep_learning_fit"].evidence  # the service opened the ONNX file the scan found
+    assert dl["opened_by_service"] is True and dl["deep_learning_model"]["path"].endswith(".onnx")
     assert {"plots/example_frames.jpg", "plots/per_class.png", "scorecard.html"} <= set(ev.files)
 
 

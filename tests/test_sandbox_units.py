@@ -213,3 +213,28 @@ def test_a_ray_address_where_a_web_server_answers_is_refused_with_the_fix(monkey
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_files_a_process_opens_are_seen_by_the_kernel_not_reported_by_it(tmp_path):
+    """`Opened`: the kernel's record of the files opened under a folder, by any process; folders listed are not
+    files opened; more folders than it may watch makes it say it does not know rather than report part."""
+    from sandbox.observe import Opened
+
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    for name in ("src/model.onnx", "src/unused.onnx", "src/deep/weights.pt", "bento.yaml"):
+        (tmp_path / name).write_bytes(b"x")
+    opened = Opened(tmp_path)
+    for folder in (tmp_path, tmp_path / "src", tmp_path / "src" / "deep"):
+        opened.watch(folder)
+    opened.start()
+    subprocess.run(["cat", str(tmp_path / "src/model.onnx"), str(tmp_path / "src/deep/weights.pt")], check=True,
+                   capture_output=True)
+    subprocess.run(["ls", str(tmp_path / "src")], check=True, capture_output=True)
+    assert opened.paths() == ["src/deep/weights.pt", "src/model.onnx"]
+    assert opened.paths() == ["src/deep/weights.pt", "src/model.onnx"]  # stopped once, read again
+
+    partial = Opened(tmp_path, max_watches=1)
+    for folder in (tmp_path, tmp_path / "src"):
+        partial.watch(folder)
+    partial.start()
+    assert partial.paths() is None
