@@ -16,11 +16,11 @@ from pydantic import BaseModel, ValidationError
 
 from evaluation.contract import Contract
 from evaluation.perturbed import scenario_inputs
-from evaluation.registry import METRICS, SCENARIOS
+from evaluation.registry import METRICS, SCENARIOS, goal_of
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.bundle import sha256_file
 from sandbox.runner import Phase, SandboxResult
-from testbed.errors import ContractViolation, SpecError
+from testbed.errors import ContractViolation, SpecError, TestbedError
 from testbed.yamlio import validation_error
 
 __all__ = ["TaskFamily", "Outcome", "LOAD_PHASES", "UNDER_LOAD"]
@@ -99,13 +99,19 @@ class TaskFamily(ABC):
         try:
             cls.Options.model_validate(spec.task)
         except ValidationError as exc:
-            err = validation_error(where, cls.Options, exc)
-            raise SpecError(err.problem.replace("field `", "field `task."), where=where, fix=err.fix) from None
+            raise validation_error(where, cls.Options, exc, prefix="task.") from None
         metrics = METRICS.where(family=cls.name)
         for i, threshold in enumerate(spec.thresholds):
             if threshold.metric not in metrics:
                 raise SpecError(f"field `thresholds.{i}.metric`: unknown metric {threshold.metric!r}", where=where,
                                 fix=f"use one of the {cls.name} metrics: {', '.join(sorted(metrics))}")
+            lower_is_better, bound = goal_of(metrics[threshold.metric]) == "min", "min" if threshold.min is not None \
+                else "max"
+            if (bound == "max") != lower_is_better:
+                raise SpecError(f"field `thresholds.{i}.{bound}`: {threshold.metric} is "
+                                f"{'lower' if lower_is_better else 'higher'}-is-better, so a `{bound}` bound would "
+                                "pass worse models more easily", where=where,
+                                fix=f"give `{'max' if lower_is_better else 'min'}` for {threshold.metric}")
         scenarios = SCENARIOS.where(family=cls.name)
         for i, sc in enumerate(spec.scenarios):
             if sc.name not in scenarios:
@@ -149,10 +155,12 @@ class TaskFamily(ABC):
                 if not line.strip():
                     continue
                 expected, _, name = line.strip().partition(" ")
-                if len(expected) != 64 or not name.strip():
-                    raise SpecError(f"{pinned} line {number} is not `SHA256  FILE`", where=where,
-                                    fix="regenerate the manifest with `sha256sum FILES > SHA256SUMS`")
-                member = pinned.parent / name.strip().lstrip("*")
+                name = name.strip().lstrip("*")
+                if len(expected) != 64 or not name or name.startswith("/") or ".." in name.split("/"):
+                    raise SpecError(f"{pinned} line {number} is not `SHA256  FILE` with FILE inside its folder",
+                                    where=where, fix="regenerate the manifest with `sha256sum FILES > SHA256SUMS` "
+                                                     "in the dataset's folder")
+                member = pinned.parent / name
                 if not member.is_file() or sha256_file(member) != expected:
                     raise SpecError(f"{member} is missing or differs from {pinned.name}", where=where,
                                     fix="restore the original data files listed in the manifest")
@@ -168,8 +176,22 @@ class TaskFamily(ABC):
     # What a family provides ------------------------------------------------------------------------------
 
     @abstractmethod
+    def read(self, split: str) -> Any:
+        """The split's inputs and ground truth, read from the data (called by `load`)."""
+
     def load(self, split: str) -> Any:
-        """The split's inputs and ground truth (ground truth never leaves this process)."""
+        """The split's inputs and ground truth (ground truth never leaves this process). Data the family cannot
+        read (a malformed file, a value of the wrong kind) is a SpecError naming the pilot's data, whatever the
+        family's reader raised: the data are the city's, never the vendor's."""
+        try:
+            return self.read(split)
+        except TestbedError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any reader failure on data we have not seen
+            detail = " ".join(str(exc).split())[:240]
+            raise SpecError(f"split {split!r} could not be read from the data ({type(exc).__name__}: {detail})",
+                            where=f"pilot {self.spec.id}: dataset {self.spec.dataset.path}",
+                            fix="check the data files against the spec's `task` and `dataset` fields") from exc
 
     @abstractmethod
     def inputs(self, data: Any) -> Any:

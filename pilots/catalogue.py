@@ -18,15 +18,16 @@ CATALOGUE_DIR = Path(__file__).parent / "catalogue"
 
 
 def spec_files() -> list[Path]:
-    """Every pilot spec file: the built-in catalogue, then `TESTBED_PILOTS_DIR` folders (`os.pathsep`-separated);
-    a folder named there that does not exist is an error, not silently ignored."""
+    """Every pilot spec file (`*.yaml`, `*.yml`): the built-in catalogue first, then `TESTBED_PILOTS_DIR` folders
+    (`os.pathsep`-separated) in the order given, so a later file claiming a pilot id already taken is the one
+    reported as broken; a folder named there that does not exist is an error, not silently ignored."""
     extra = [Path(p) for p in os.environ.get("TESTBED_PILOTS_DIR", "").split(os.pathsep) if p]
     for folder in extra:
         if not folder.is_dir():
             raise SpecError(f"folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder",
                             where="TESTBED_PILOTS_DIR",
                             fix="point TESTBED_PILOTS_DIR at existing folders of pilot YAML files, or unset it")
-    return sorted(f for d in [CATALOGUE_DIR, *extra] for f in d.glob("*.yaml"))
+    return [f for d in [CATALOGUE_DIR, *extra] for f in sorted([*d.glob("*.yaml"), *d.glob("*.yml")])]
 
 
 def read_spec(path: Path, *, catalogued: bool = False) -> PilotSpec:

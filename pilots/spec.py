@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -12,6 +13,9 @@ __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
     "CriteriaWeights", "Criteria", "EquitySettings",
 ]
+
+
+SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class _Spec(BaseModel):
@@ -39,6 +43,21 @@ class Split(_Spec):
     sequestered split is then only withheld from the submission, and near-exact matches to the truth are
     flagged as a suspected lookup. A `public` split's truth is always public."""
 
+    @field_validator("start", "end")
+    @classmethod
+    def _local_clock(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            raise ValueError("write split dates without a time zone, on the data's own clock")
+        return value
+
+    def overlaps(self, other: Split) -> bool:
+        """Whether the two splits can share items: the same `members` list, or target periods that meet (an
+        open end reaches as far as the data)."""
+        if self.members is not None or other.members is not None:
+            return self.members == other.members
+        return (self.start is None or other.end is None or self.start <= other.end) and \
+            (other.start is None or self.end is None or other.start <= self.end)
+
     @property
     def truth_known(self) -> bool:
         """Whether a vendor could have the truth of this split."""
@@ -46,7 +65,7 @@ class Split(_Spec):
 
 
 class DatasetSpec(_Spec):
-    name: str
+    name: str = Field(min_length=1)
     """Human name of the dataset."""
     path: str
     """Main data file, relative to the testbed's data directory (`TESTBED_DATA_DIR`, default `data/`)."""
@@ -55,7 +74,7 @@ class DatasetSpec(_Spec):
     manifest: str | None = None
     """For datasets of many files: a `sha256sum`-format file (relative to the data directory) listing every
     file with its hash; each listed file is verified before an evaluation."""
-    licence: str
+    licence: str = Field(min_length=1)
     """The data's licence (see the SOURCE.md beside the data)."""
     splits: dict[str, Split]
     """Named splits; `sample` (public) and `test` (sequestered) are required."""
@@ -69,15 +88,33 @@ class DatasetSpec(_Spec):
                 raise ValueError(f"a `{name}` split is required")
             if split.public != public:
                 raise ValueError(f"the `{name}` split must have public: {str(public).lower()}")
+        for name, split in splits.items():
+            if not SPLIT_NAME.fullmatch(name):
+                raise ValueError(f"split name {name[:40]!r}: use lower-case letters, digits, `_` and `-` (it names "
+                                 "exported files)")
+            if split.start and split.end and split.start > split.end:
+                raise ValueError(f"the `{name}` split starts ({split.start}) after it ends ({split.end})")
+            shared = [other for other, seen in splits.items()
+                      if seen.public and not split.public and split.overlaps(seen)]
+            if shared:
+                raise ValueError(f"the sequestered `{name}` split overlaps the public `{shared[0]}` split: vendors "
+                                 "would have seen its items; give it its own dates (or `members`)")
         return splits
+
+    @field_validator("path", "manifest")
+    @classmethod
+    def _inside_data_dir(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith(("/", "\\")) or ".." in value.replace("\\", "/").split("/")):
+            raise ValueError(f"{value[:80]!r} must be a path inside the data folder (relative, without `..`)")
+        return value
 
 
 class Threshold(_Spec):
     metric: str
     """A metric the pilot's task family computes (e.g. `mase`, `map_50`), judged on the clean scenario."""
-    max: float | None = None
+    max: float | None = Field(default=None, allow_inf_nan=False)
     """Acceptance threshold for lower-is-better metrics: the value must be at most this."""
-    min: float | None = None
+    min: float | None = Field(default=None, allow_inf_nan=False)
     """Acceptance threshold for higher-is-better metrics: the value must be at least this."""
     gate: bool = True
     """A hard gate: failing it rejects the submission whatever its total score."""
@@ -171,9 +208,9 @@ class PilotSpec(_Spec):
     """Short id: lower-case letters, digits and dashes (used in commands, MLflow names and paths)."""
     title: Title
     """The pilot's title in Korean and English."""
-    department: str
+    department: str = Field(min_length=1)
     """The owning department of the Seoul Metropolitan Government."""
-    policy_goals: list[str] = Field(min_length=1)
+    policy_goals: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     """The Seoul policy goals this pilot serves (what the evaluators' rubric scores against)."""
     family: str
     """Task family: a registered family such as `forecasting` or `detection`."""
@@ -195,3 +232,14 @@ class PilotSpec(_Spec):
     """Resource budget of one sandboxed evaluation."""
     service_level: ServiceLevel
     """Latency, throughput and reliability the service must offer."""
+
+    @field_validator("thresholds", "scenarios", "groups")
+    @classmethod
+    def _each_once(cls, items: list) -> list:
+        """A metric judged twice, a scenario or a group named twice: results are keyed by the name, so a second
+        one would silently replace the first."""
+        names = [getattr(item, "metric", getattr(item, "name", item)) for item in items]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(str, twice))[:80]} given more than once: give each once")
+        return items

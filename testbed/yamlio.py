@@ -18,8 +18,8 @@ MAX_YAML_BYTES = 1 << 20
 SHOWN_ERRORS = 5
 
 
-def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
-    """The docstring of the field at `loc`, following nested models."""
+def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str | None, Any]:
+    """The docstring of the field at `loc`, and the model that field holds (if any), following nested models."""
     current: Any = model
     description = None
     for part in loc:
@@ -32,21 +32,51 @@ def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
         args = getattr(annotation, "__args__", ()) or ()
         nested = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
         current = nested[0] if nested else None
-    return description
+    return description, current
 
 
-def validation_error(where: str, model: type[BaseModel], error: ValidationError) -> SpecError:
-    """Turn a pydantic error into one SpecError listing every bad field with its meaning."""
+def _fix(model: type[BaseModel], item: dict, path: str) -> str:
+    """What to do about one pydantic error at `path`: the field's meaning, or for an unknown field the fields
+    that may stand there."""
+    if item["type"] == "extra_forbidden":
+        parent = model if len(item["loc"]) == 1 else _describe(model, tuple(item["loc"][:-1]))[1]
+        names = ", ".join(getattr(parent, "model_fields", None) or ())
+        return f"remove `{path}` or correct its name" + (f" (the fields there: {names[:300]})" if names else "")
+    doc = _describe(model, tuple(item["loc"]))[0]
+    if not doc:
+        return f"correct `{path}`"
+    first = (doc.split() or [""])[0]
+    return f"`{path}` is {doc[0].lower() + doc[1:] if first[1:].islower() or len(first) == 1 else doc}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:60]!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def validation_error(where: str, model: type[BaseModel], error: ValidationError, prefix: str = "") -> SpecError:
+    """Turn a pydantic error into one SpecError listing every bad field with its meaning (`prefix`: where the
+    model stands in its file, e.g. `task.`)."""
     lines, fixes, errors = [], [], error.errors()
     for item in errors[:SHOWN_ERRORS]:
         if not item["loc"]:  # a check across fields: its message says what disagrees
             lines.append(item["msg"].removeprefix("Value error, "))
             fixes.append("make those fields agree")
             continue
-        path = ".".join(str(p) for p in item["loc"])[:60]  # names from the file itself: never echoed whole
-        lines.append(f"field `{path}`: {item['msg']}")
-        doc = _describe(model, tuple(item["loc"]))
-        fixes.append(f"`{path}` is {doc[0].lower() + doc[1:]}" if doc else f"correct `{path}`")
+        path = prefix + ".".join(str(p) for p in item["loc"])[:60]  # names from the file: never echoed whole
+        lines.append(f"field `{path}`: {item['msg'].removeprefix('Value error, ')}")
+        fixes.append(_fix(model, item, path))
     if len(errors) > SHOWN_ERRORS:
         lines.append(f"and {len(errors) - SHOWN_ERRORS} more")
     return SpecError("; ".join(lines), where=where, fix=" | ".join(fixes))
@@ -61,7 +91,7 @@ def load_model(path: Path, model: type[M], **context: Any) -> M:
         raise SpecError("a folder or a special file" if not path.is_file() else "larger than 1 MiB", where=where,
                         fix=f"give a YAML file of {model.__name__} fields")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", where=where, fix="save the file as UTF-8") from None
     except yaml.YAMLError as exc:

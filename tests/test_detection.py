@@ -273,6 +273,24 @@ def test_spec_loads_and_validates(spec):
 
 # -- (e) scoring ----------------------------------------------------------------------------------------------------
 
+def test_the_citys_bad_frames_and_leaky_splits_are_spec_errors(spec, tmp_path):
+    """A frame no image reader opens, and a sequestered split listing a public frame, fail before any bundle runs,
+    naming the data (not a traceback, not an official result scored on frames vendors had)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    listed = data / "coco-street" / "splits.json"
+    splits = json.loads(listed.read_text())
+    fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
+    (data / "coco-street" / "images" / splits["test"][0]).write_bytes(b"not an image")
+    with pytest.raises(SpecError, match=r"split 'test' could not be read from the data \(UnidentifiedImageError"):
+        fam.load("test")
+    listed.write_text(json.dumps({**splits, "test": [*splits["test"], splits["sample"][0]]}))
+    with pytest.raises(SpecError, match="shares 1 images with the public split 'sample'"):
+        fam.load("test")
+
+
 def test_perfect_detector_and_failed_requests(fam, test_frames):
     outcome = run(fam, test_frames, oracle(test_frames, truth(test_frames)))
     clean = outcome.metrics["clean"]

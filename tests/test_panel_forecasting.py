@@ -137,6 +137,43 @@ def test_the_data_is_checked_strictly(districts, changes, csv_kwargs, words):
         assert "series_keys" in str(info.value)
 
 
+@pytest.mark.parametrize("mutate, words", [
+    (lambda text: text.replace(",150.0,", ",inf,", 1), "column 'demand' has 1 infinite values"),
+    (lambda text: "", "is not a readable CSV"),
+    (lambda text: text.splitlines()[0] + "\n", "has no rows"),
+])
+def test_the_citys_own_bad_data_is_a_spec_error_never_the_vendors(districts, mutate, words):
+    """Values the harness would choke on when scoring (an infinite truth made an honest bundle's official run a
+    `contract_violation`), and files no reader expects, fail before any bundle runs, naming the data."""
+    import hashlib
+
+    spec_path, data_dir = districts
+    csv = data_dir / "districts" / "demand.csv"
+    csv.write_text(mutate(csv.read_text()))
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["dataset"]["sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SpecError) as info:
+        open_family(load_pilot(spec_path), data_dir).load("test")
+    assert words in str(info.value) and "fix:" in str(info.value) and "district-demand" in str(info.value)
+
+
+def test_times_with_a_utc_offset_read_on_their_own_clock(districts):
+    spec_path, data_dir = districts
+    plain = open_family(load_pilot(spec_path), data_dir).load("test")
+    csv = data_dir / "districts" / "demand.csv"
+    frame = pd.read_csv(csv)
+    frame["time"] = frame["time"] + ":00+09:00"
+    frame.to_csv(csv, index=False)
+    import hashlib
+
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["dataset"]["sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    offset = open_family(load_pilot(spec_path), data_dir).load("test")
+    assert np.array_equal(offset.truth, plain.truth) and (offset.origins == plain.origins).all()
+
+
 def test_a_gap_can_be_skipped_instead(districts):
     spec_path, data_dir = districts
     drop = 24 * 20 * 3 + 24 * 17  # district-03, 2024-03-18 00:00, inside the test period

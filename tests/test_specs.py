@@ -36,6 +36,25 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["task"].update(horizon=0), "task.horizon", "greater than or equal"),
     (lambda s: s.update(family="telepathy"), "family", "forecasting"),
     (lambda s: s["dataset"]["splits"]["test"].update(public=True), "dataset.splits", "public: false"),
+    # what a city data officer writing a new pilot gets wrong
+    (lambda s: s["dataset"]["splits"]["test"].update(start="2018-08-01T00:00:00"), "dataset.splits",
+     "vendors would have seen its items"),
+    (lambda s: s["dataset"]["splits"]["test"].pop("start"), "dataset.splits", "overlaps the public"),
+    (lambda s: s["dataset"]["splits"]["test"].update(end="2018-09-30T00:00:00"), "dataset.splits",
+     "after it ends"),
+    (lambda s: s["dataset"]["splits"].update({"../../escaped": {"public": True}}), "dataset.splits",
+     "lower-case letters"),
+    (lambda s: s["dataset"]["splits"]["test"].update(start="2018-10-01T00:00:00+09:00"), "dataset.splits.test.start",
+     "without a time zone"),
+    (lambda s: s["dataset"].update(path="../../etc/passwd"), "dataset.path", "inside the data folder"),
+    (lambda s: s["task"].update(season=200), "task", "shorter than `task.history`"),
+    (lambda s: s["thresholds"][0].update(max=None, min=1.0), "thresholds.0.min", "give `max` for mase"),
+    (lambda s: s["thresholds"][0].update(max=float("nan")), "thresholds.0.max", "finite"),
+    (lambda s: s["thresholds"].append(dict(s["thresholds"][0])), "thresholds", "more than once"),
+    (lambda s: s["scenarios"].append(dict(s["scenarios"][0], seed=2)), "scenarios", "missing_hours given more"),
+    (lambda s: s.update(department=""), "department", "owning department"),
+    (lambda s: s["task"].update(horizn=24), "task.horizn", "the fields there: data, history, horizon"),
+    (lambda s: s["resources"].update(cpus="two"), "resources.cpus", "is CPU cores"),
 ])
 def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
     spec = yaml.safe_load(yaml.safe_dump(BIKE))
@@ -45,6 +64,26 @@ def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_word
         load_pilot(path)
     message = str(info.value)
     assert str(path) in message and f"`{field}" in message and fix_words in message
+
+
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path):
+    text = (CATALOGUE_DIR / "bike-demand.yaml").read_text().replace("  horizon: 24", "  horizon: 24\n  horizon: 6")
+    with pytest.raises(SpecError, match="'horizon' is given twice"):
+        load_pilot(write(tmp_path, text))
+
+
+def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
+    """A folder in TESTBED_PILOTS_DIR comes after the built-in catalogue, whatever the names sort as: its file
+    claiming a built-in id is the broken one."""
+    from workflow.catalogue import get_pilot, scan_pilots
+
+    folder = tmp_path / "a"  # sorts before the catalogue's own path
+    folder.mkdir()
+    write(folder, dict(BIKE, task={**BIKE["task"], "horizon": 12}), name="bike-demand.yaml")
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(folder))
+    pilots, broken = scan_pilots()
+    assert pilots["bike-demand"].task["horizon"] == 24 and get_pilot("bike-demand").task["horizon"] == 24
+    assert "already defined by" in str(broken[folder / "bike-demand.yaml"])
 
 
 def test_yaml_syntax_error_is_reported_not_raised_raw(tmp_path):
@@ -91,6 +130,15 @@ def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
     image.write_bytes(image.read_bytes()[:-1] + b"\x00")  # one byte of one image
     with pytest.raises(SpecError, match=f"{image.name} is missing or differs"):
         open_family(spec, data)
+    import hashlib
+
+    shutil.copyfile(PROJECT_ROOT / "data" / "coco-street" / "images" / image.name, image)
+    manifest = data / "coco-street" / "SHA256SUMS"  # an entry reaching outside the dataset's folder
+    manifest.write_text(manifest.read_text() + f"{'0' * 64}  ../../outside.csv\n")
+    moved = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+        update={"sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()})})
+    with pytest.raises(SpecError, match="with FILE inside its folder"):
+        open_family(moved, data)
 
 
 def test_gpu_runs_limit_writable_memory_not_address_space():

@@ -56,7 +56,18 @@ class ObjectDetection(TaskFamily):
         if unknown:
             raise SpecError(f"classes {unknown} are not categories of {self.data_path.name}",
                             where=f"pilot {self.spec.id}: task.classes", fix=f"use some of: {', '.join(by_name)}")
+        ids = [im["id"] for im in coco["images"]]
+        if len(set(ids)) < len(ids):
+            raise SpecError(f"{self.data_path.name} gives {len(ids) - len(set(ids))} images an id already used",
+                            where=f"pilot {self.spec.id}: dataset", fix="give each image of the annotations its own id")
         by_file, members = {im["file_name"]: im for im in coco["images"]}, self._members(split)
+        splits = self.spec.dataset.splits
+        for other in [name for name, s in splits.items() if s.public] if not splits[split].public else []:
+            shared = set(members) & set(self._members(other))
+            if shared:
+                raise SpecError(f"the sequestered split {split!r} shares {len(shared)} images with the public split "
+                                f"{other!r}, e.g. {sorted(shared)[0]}", where=f"pilot {self.spec.id}: dataset.splits",
+                                fix="list no image of a public split in a sequestered one (splits.json)")
         missing = [name for name in members if name not in by_file]
         if missing:
             raise SpecError(f"split {split!r} lists {len(missing)} images that {self.data_path.name} lacks, "
@@ -65,7 +76,7 @@ class ObjectDetection(TaskFamily):
         images = [by_file[name] for name in members]
         return coco, images, [by_name[c] for c in self.options.classes]
 
-    def load(self, split: str) -> Frames:
+    def read(self, split: str) -> Frames:
         o = self.options
         coco, images, cat_ids = self._read(split)
         ids = [im["id"] for im in images]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.equity import assess_groups
 from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_response, encode_request
@@ -42,6 +42,13 @@ class ForecastOptions(BaseModel):
     """Windows per request in the scenario phases."""
     single_stream_requests: int = Field(default=60, ge=1)
     """One-window requests sent one after another to measure latency."""
+
+    @model_validator(mode="after")
+    def _season_within_history(self) -> ForecastOptions:
+        if self.season >= self.history:
+            raise ValueError(f"`task.season` ({self.season}) must be shorter than `task.history` ({self.history}): "
+                             "the baseline and the MASE scale are computed from each window's history")
+        return self
 
 
 @dataclass
@@ -104,7 +111,7 @@ class Forecasting(TaskFamily):
             return DERIVED_GROUPS[key](panel.times)[steps]
         return np.asarray(DERIVED_FEATURES[key](panel.times).astype(int).astype(str), dtype=object)[steps]
 
-    def load(self, split: str) -> Windows:
+    def read(self, split: str) -> Windows:
         o, panel, window = self.options, self.panel, self.spec.dataset.splits[split]
         n_series, n_steps = panel.present.shape
         steps = np.arange(n_steps)

@@ -164,6 +164,11 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     except (UnicodeDecodeError, LookupError) as exc:
         _fail(where, f"{path.name} cannot be read as {data.encoding} ({exc.__class__.__name__})",
               "set `task.data.encoding` to the file's encoding")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        _fail(where, f"{path.name} is not a readable CSV ({str(exc).splitlines()[0][:200]})",
+              "give a comma-separated file with a header row")
+    if raw.empty:
+        _fail(where, f"{path.name} has no rows", "give the data file its rows")
     frame = ADAPTERS.get(data.adapter)(raw) if data.adapter else raw
     needed = [c for c in data.columns if c not in DERIVED_FEATURES or c not in data.calendar]
     unknown = [c for c in needed if c not in frame.columns]
@@ -177,6 +182,11 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     if frame[data.target].isna().any():
         _fail(where, f"target {data.target!r} has {int(frame[data.target].isna().sum())} missing values",
               "drop or fill those rows in the data (or leave the steps out and set `on_gap: skip`)")
+    for c in [data.target, *data.known, *data.observed]:
+        infinite = np.isinf(frame[c].to_numpy(dtype=float, na_value=np.nan))
+        if infinite.any():
+            _fail(where, f"column {c!r} has {int(infinite.sum())} infinite values (first in data row "
+                         f"{int(np.flatnonzero(infinite)[0]) + 1})", "fix those values in the data file")
     return frame
 
 
@@ -188,6 +198,8 @@ def _times(frame: pd.DataFrame, data: SeriesData, where: str) -> pd.DatetimeInde
               "set `task.data.time_format` (strftime), or fix the column")
     if times.isna().any():
         _fail(where, f"time column {data.time!r} has {int(times.isna().sum())} empty values", "fix those rows")
+    if times.tz is not None:  # one local clock, as the spec's split dates are written
+        times = times.tz_localize(None)
     return times
 
 

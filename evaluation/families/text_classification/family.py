@@ -64,7 +64,7 @@ class TextClassification(TaskFamily):
         """A label and one probability per category: 256 bytes a category leaves room for long names."""
         return 256 * (len(self.options.categories) + 1)
 
-    def load(self, split: str) -> Texts:
+    def read(self, split: str) -> Texts:
         window, where = self.spec.dataset.splits[split], f"pilot {self.spec.id}: dataset"
         try:
             data, unknown = read_texts(self.data_path, self.options, window.start, window.end, split)
