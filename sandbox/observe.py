@@ -142,7 +142,7 @@ def _netns(pid: int) -> int | None:
         return None
 
 
-IN_OPEN, IN_Q_OVERFLOW, IN_ISDIR, IN_ONLYDIR = 0x20, 0x4000, 0x40000000, 0x01000000
+IN_OPEN, IN_ISDIR, IN_ONLYDIR = 0x20, 0x40000000, 0x01000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -150,10 +150,11 @@ class Opened(threading.Thread):
     """The files under `root` that any process opens, as the kernel reports them (inotify `IN_OPEN` on every
     folder `watch` is given; the watches see opens through the sandbox's read-only mount of the same folders).
     Set up before the service is told its bundle, so nothing it loads is missed. `paths()`: the files opened,
-    relative to `root`, or None where they could not all be observed (no inotify, more than `max_watches`
-    folders, more than `max_paths` files, or events the kernel dropped)."""
+    relative to `root`; None only where the kernel could not be asked (no inotify, or the host's watch limit).
+    The bounds are above what an accepted archive can hold (`Limits.max_members`), so a bundle cannot push the
+    observation into "not observed"; a bundle that floods the kernel's event queue loses its own events."""
 
-    def __init__(self, root: Path, max_watches: int = 4096, max_paths: int = 20_000):
+    def __init__(self, root: Path, max_watches: int = 20_100, max_paths: int = 20_100):
         super().__init__(daemon=True, name="testbed-opened")
         self.root, self.max_watches, self.max_paths = root, max_watches, max_paths
         self._folders: dict[int, str] = {}
@@ -162,16 +163,16 @@ class Opened(threading.Thread):
         self._add = libc.inotify_add_watch
         self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._complete = self._fd >= 0
+        self._observed = self._fd >= 0
         self._wake_r, self._wake_w = os.pipe()
 
     def watch(self, folder: Path) -> None:
-        if not self._complete or len(self._folders) >= self.max_watches:
-            self._complete = False
+        if not self._observed or len(self._folders) >= self.max_watches:
+            self._observed = False
             return
         wd = self._add(self._fd, os.fsencode(folder), IN_OPEN | IN_ONLYDIR)
         if wd < 0:
-            self._complete = False
+            self._observed = False
             return
         self._folders[wd] = folder.relative_to(self.root).as_posix()
 
@@ -194,9 +195,7 @@ class Opened(threading.Thread):
             for offset in _offsets(data):
                 wd, mask, _, size = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size:offset + _EVENT.size + size].split(b"\0", 1)[0]
-                if mask & IN_Q_OVERFLOW or len(self._paths) >= self.max_paths:
-                    self._complete = False
-                elif name and not mask & IN_ISDIR and wd in self._folders:
+                if name and not mask & IN_ISDIR and wd in self._folders and len(self._paths) < self.max_paths:
                     self._paths.add(posixpath.normpath(posixpath.join(self._folders[wd], os.fsdecode(name))))
 
     def paths(self) -> list[str] | None:
@@ -209,7 +208,7 @@ class Opened(threading.Thread):
                 if fd >= 0:
                     os.close(fd)
             self._wake_w = self._fd = -1
-        return sorted(self._paths) if self._complete else None
+        return sorted(self._paths) if self._observed else None
 
 
 def _offsets(data: bytes):
