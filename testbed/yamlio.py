@@ -39,7 +39,7 @@ def _fix(model: type[BaseModel], item: dict, path: str) -> str:
     """What to do about one pydantic error at `path`: the field's meaning, or for an unknown field the fields
     that may stand there."""
     if item["type"] == "extra_forbidden":
-        parent = model if len(item["loc"]) == 1 else _describe(model, tuple(item["loc"][:-1]))[1]
+        parent = _describe(model, tuple(item["loc"][:-1]))[1]
         names = ", ".join(getattr(parent, "model_fields", None) or ())
         return f"remove `{path}` or correct its name" + (f" (the fields there: {names[:300]})" if names else "")
     doc = _describe(model, tuple(item["loc"]))[0]
