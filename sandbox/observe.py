@@ -46,7 +46,7 @@ class Evidence:
     """Responses the harness cut at the size cap."""
     opened: list[str] | None = None
     """The bundle's files the service opened, as member paths of the `.bento` archive (`Opened`); None where
-    that could not be observed in full."""
+    the host offers no inotify."""
 
 
 class OutputTail(threading.Thread):
@@ -150,9 +150,9 @@ class Opened(threading.Thread):
     """The files under `root` that any process opens, as the kernel reports them (inotify `IN_OPEN` on every
     folder `watch` is given; the watches see opens through the sandbox's read-only mount of the same folders).
     Set up before the service is told its bundle, so nothing it loads is missed. `paths()`: the files opened,
-    relative to `root`; None only where the kernel could not be asked (no inotify, or the host's watch limit).
-    The bounds are above what an accepted archive can hold (`Limits.max_members`), so a bundle cannot push the
-    observation into "not observed"; a bundle that floods the kernel's event queue loses its own events."""
+    relative to `root`; None only where the host offers no inotify instance. Nothing a bundle does turns that
+    into "not observed": the bounds are above what an accepted archive can hold (`Limits.max_members`), and a
+    folder the kernel will not watch (its watch limit), or events lost to a flooded queue, only go unseen."""
 
     def __init__(self, root: Path, max_watches: int = 20_100, max_paths: int = 20_100):
         super().__init__(daemon=True, name="testbed-opened")
@@ -167,14 +167,10 @@ class Opened(threading.Thread):
         self._wake_r, self._wake_w = os.pipe()
 
     def watch(self, folder: Path) -> None:
-        if not self._observed or len(self._folders) >= self.max_watches:
-            self._observed = False
-            return
-        wd = self._add(self._fd, os.fsencode(folder), IN_OPEN | IN_ONLYDIR)
-        if wd < 0:
-            self._observed = False
-            return
-        self._folders[wd] = folder.relative_to(self.root).as_posix()
+        if self._observed and len(self._folders) < self.max_watches:
+            wd = self._add(self._fd, os.fsencode(folder), IN_OPEN | IN_ONLYDIR)
+            if wd >= 0:
+                self._folders[wd] = folder.relative_to(self.root).as_posix()
 
     def run(self) -> None:
         while True:

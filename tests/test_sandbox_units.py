@@ -217,8 +217,8 @@ def test_a_ray_address_where_a_web_server_answers_is_refused_with_the_fix(monkey
 
 def test_the_files_a_process_opens_are_seen_by_the_kernel_not_reported_by_it(tmp_path):
     """`Opened`: the kernel's record of the files opened under a folder, by any process; folders listed are not
-    files opened; more folders than it may watch makes it say it does not know rather than report part (its
-    bounds are above what an accepted archive holds, so only the host's limits get there)."""
+    files opened; a folder beyond its bound goes unseen rather than making the whole "not observed" (which
+    would fall back to the static scan), and its bounds are above what an accepted archive holds anyway."""
     from sandbox.bundle import Limits
     from sandbox.observe import Opened
 
@@ -242,4 +242,6 @@ def test_the_files_a_process_opens_are_seen_by_the_kernel_not_reported_by_it(tmp
     for folder in (tmp_path, tmp_path / "src"):
         partial.watch(folder)
     partial.start()
-    assert partial.paths() is None
+    subprocess.run(["cat", str(tmp_path / "bento.yaml"), str(tmp_path / "src/model.onnx")], check=True,
+                   capture_output=True)
+    assert partial.paths() == ["bento.yaml"]
