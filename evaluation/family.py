@@ -55,6 +55,8 @@ class Outcome:
     None: the scorecard ranks `groups` without uncertainty."""
     exactness: float | None = None
     """`TaskFamily.exactness` of the clean predictions (1 = the truth copied up to offset and scale)."""
+    agreement: float | None = None
+    """`TaskFamily.agreement`: share of the items answered in the clean phase whose timed answer agrees."""
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     """What `TaskFamily.predictions` decoded: logged with official runs, recomputed by the audit."""
     extras: dict[str, Any] = field(default_factory=dict)
@@ -228,6 +230,12 @@ class TaskFamily(ABC):
         background thread while the sandbox runs and kept (cached) where `score_predictions` finds it."""
         return None
 
+    def agreement(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
+        """Share of the items with a clean answer whose answer in the timed phases (`UNDER_LOAD`) is the same up
+        to numerical noise (an item the timed phases did not answer disagrees); None when `preds` hold no timed
+        answers. Item by item, so better timed answers on some items cannot make up for cheaper ones on others."""
+        return None
+
     def exactness(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
         """How exactly the clean predictions reproduce the ground truth up to a constant offset and scale (1 =
         a copy of the truth); None when the family does not say. Flags a lookup when the truth is public."""
@@ -239,6 +247,7 @@ class TaskFamily(ABC):
         preds = self.predictions(data, result, violations)
         outcome = self.score_predictions(data, preds)
         outcome.violations, outcome.exactness, outcome.predictions = violations, self.exactness(data, preds), preds
+        outcome.agreement = self.agreement(data, preds)
         return outcome
 
     @abstractmethod

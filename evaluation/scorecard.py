@@ -93,8 +93,8 @@ class Scorecard(BaseModel):
     retention: dict[str, float]
     """Scenario -> primary metric retained against clean (1 = no loss, below 1 = degraded)."""
     under_load: dict[str, float] = Field(default_factory=dict)
-    """Metric -> value of the answers given in the timed phases (single stream, offline), on the same items as
-    `clean`: the `consistent_under_load` gate compares its primary metric with clean's."""
+    """Metric -> value of the answers given in the timed phases (single stream, offline), on the items they
+    answered; the `consistent_under_load` gate compares those answers with the clean ones item by item."""
     groups: dict[str, dict[str, float]]
     """`key=value` group -> metric -> value (clean scenario)."""
     equity: dict[str, Any]
@@ -247,19 +247,19 @@ def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) ->
                 detail=detail)
 
 
-def _load_gate(spec: PilotSpec, primary: str, goal: str, clean: dict, under_load: dict) -> Gate:
-    """The timed answers are the scored model's: the load phases' answers keep the clean primary metric."""
-    retained = _retention(goal, clean.get(primary), under_load.get(primary))
-    need = spec.service_level.min_retained_under_load
-    if math.isnan(retained):
+def _load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> Gate:
+    """The timed answers are the scored model's: item by item, the timed phases answered as the clean one did."""
+    agreement, need = outcome.agreement, spec.service_level.min_agreement_under_load
+    if agreement is None:
         return Gate(name="consistent_under_load", passed=True,
                     detail="not measured: no answers from the timed phases, or none from clean, to compare")
-    passed = retained >= need
-    detail = (f"{primary} {under_load[primary]:.4g} on the answers given while timed, {clean[primary]:.4g} on the "
-              f"clean answers to the same items: {retained:.3f} retained (min {need})")
+    timed = outcome.under_load.get(primary, math.nan)
+    detail = (f"{agreement:.1%} of the items answered alike while timed and in the clean phase (min {need:.0%}); "
+              f"{primary} {timed:.4g} timed, {clean.get(primary, math.nan):.4g} clean")
+    passed = agreement >= need
     return Gate(name="consistent_under_load", passed=passed, detail=detail if passed else
-                "the answers given while timed score worse than the clean answers: the latency and throughput "
-                "measured are not those of the scored model; " + detail)
+                "the answers given while timed differ from the clean answers to the same items: the latency and "
+                "throughput measured are not those of the scored model; " + detail)
 
 
 def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
@@ -308,7 +308,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                   detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
                          f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
                   else "no requests were sent (the service never became ready)"),
-             _load_gate(spec, primary, goal, clean, outcome.under_load),
+             _load_gate(spec, primary, clean, outcome),
              _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
     for t in spec.thresholds:
         if t.gate:

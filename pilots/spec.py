@@ -162,9 +162,9 @@ class ServiceLevel(_Spec):
     """Items (windows, frames) per second the city needs in batch mode."""
     max_error_rate: float = Field(default=0.0, ge=0, le=1)
     """Largest acceptable share of failed requests; above it is a hard gate failure."""
-    min_retained_under_load: float = Field(default=0.98, gt=0, le=1)
-    """Share of the clean primary metric that the answers given in the timed phases (single stream, offline)
-    must keep on the same items; below it is a hard gate failure: the timings were not of the scored model."""
+    min_agreement_under_load: float = Field(default=0.95, gt=0, le=1)
+    """Share of the items whose answer in the timed phases (single stream, offline) must agree with their clean
+    answer (the family's `agreement`); below it is a hard gate failure: the timings were not of the scored model."""
 
 
 class CriteriaWeights(_Spec):

@@ -143,9 +143,12 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
         logged = run.metrics.get(_mlflow_name(key), theirs) if theirs is not None and not math.isnan(theirs) else theirs
         check(AuditCheck(key, theirs, ours, ours is not None and theirs is not None and _same(ours, theirs)
                          and _same(ours, logged)))
-    exact = fam.exactness(data, preds)
-    gate = next((g for g in card.gates if g.name == "suspected_lookup"), None)
-    if gate is not None and exact is not None:
-        check(AuditCheck("exactness (suspected-lookup check)", gate.detail, exact,
-                         f"{exact:.5f}" in gate.detail or "not public" in gate.detail))
+    gates = {g.name: g for g in card.gates}
+    for gate, what, value, shown, moot in (
+            ("suspected_lookup", "exactness", fam.exactness(data, preds), "{:.5f}", "not public"),
+            ("consistent_under_load", "agreement", fam.agreement(data, preds), "{:.1%} of the items", None)):
+        if gate in gates and value is not None:
+            detail = gates[gate].detail
+            check(AuditCheck(f"{what} ({gate} check)", detail, value,
+                             shown.format(value) in detail or bool(moot and moot in detail)))
     return report

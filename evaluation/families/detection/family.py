@@ -191,6 +191,24 @@ class ObjectDetection(TaskFamily):
             coverage=float(kept["clean"][1].mean()) if len(every) else 0.0,
             extras={"kept": {name: k for name, (k, _) in kept.items()}, "class_ap": class_aps})
 
+    def agreement(self, data: Frames, preds: dict[str, np.ndarray]) -> float | None:
+        """A frame agrees when its timed answer counts as many objects of each class (at the count threshold)
+        as its clean one."""
+        if UNDER_LOAD not in preds:
+            return None
+        answered, timed_answered = preds["clean/answered"], preds[f"{UNDER_LOAD}/answered"]
+        if not answered.any():
+            return None
+
+        def counts(rows: np.ndarray) -> np.ndarray:
+            found = rows[rows[:, 2] >= self.options.count_score_threshold]
+            out = np.zeros((len(answered), len(self.options.classes)))
+            np.add.at(out, (found[:, 0].astype(int), found[:, 1].astype(int)), 1)
+            return out
+
+        same = (counts(preds["clean"]) == counts(preds[UNDER_LOAD])).all(axis=1)
+        return float((answered & timed_answered & same).sum() / answered.sum())
+
     def exactness(self, data: Frames, preds: dict[str, np.ndarray]) -> float | None:
         """Share of the true boxes that a clean detection of the same class reproduces almost exactly (IoU at
         least 0.95): models trained on other images localise far less tightly."""

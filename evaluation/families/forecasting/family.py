@@ -195,6 +195,18 @@ class Forecasting(TaskFamily):
             extras={"pred": clean},
         )
 
+    def agreement(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
+        """A window agrees when no step of its timed forecast is further from the clean one than 1 % of the
+        window's MASE scale (its in-sample seasonal-naive error): float noise passes, another model does not."""
+        if UNDER_LOAD not in preds:
+            return None
+        clean, timed = preds["clean"], preds[UNDER_LOAD]
+        answered = np.isfinite(clean).all(axis=1)
+        if not answered.any():
+            return None
+        close = np.abs(np.nan_to_num(timed, nan=np.inf) - clean).max(axis=1) <= 0.01 * data.scale
+        return float((close & answered).sum() / answered.sum())
+
     def exactness(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
         """R² of the clean forecast against the best affine map of the truth (a·truth + b): 1 means the
         forecast is the truth shifted or scaled."""

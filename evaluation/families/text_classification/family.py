@@ -148,6 +148,13 @@ class TextClassification(TaskFamily):
             extras={"pred": pred, "probs": probs, "answered": answered, "class_f1": f1,
                     "baseline_class_f1": class_f1(ClassEval(data.labels, base_pred, base_probs, k))})
 
+    def agreement(self, data: Texts, preds: dict[str, np.ndarray]) -> float | None:
+        """A text agrees when its timed answer names the same category as its clean one."""
+        if UNDER_LOAD not in preds:
+            return None
+        (clean, answered), (timed, timed_answered) = self._decided(preds["clean"]), self._decided(preds[UNDER_LOAD])
+        return float((answered & timed_answered & (clean == timed)).sum() / answered.sum()) if answered.any() else None
+
     def ready_scoring(self, data: Texts) -> None:
         self._baseline(data)  # the fit (seconds) is cached for the scoring
 
