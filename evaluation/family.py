@@ -44,7 +44,7 @@ class Outcome:
     baseline: dict[str, Any]
     """The non-deep-learning reference on the same clean items: `name`, and metric values."""
     under_load: dict[str, float] = field(default_factory=dict)
-    """Metric name -> value of the answers the load phases gave (`UNDER_LOAD`), on the same items as `clean`;
+    """Metric name -> value of the answers the load phases gave (`UNDER_LOAD`), on the items they answered;
     empty when the predictions hold none."""
     violations: list[str] = field(default_factory=list)
     """Contract violations found in responses (any makes the verdict `contract_violation`)."""
