@@ -12,6 +12,7 @@ from cli.console import emit_json as _emit_json
 from cli.console import friendly, out
 from evaluation.local_strength import CLAIMS
 from testbed.config import Workspace
+from testbed.yamlio import repeated
 from workflow.catalogue import all_pilots, get_pilot
 from workflow.submissions import SubmissionStore
 
@@ -113,7 +114,7 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
     SubmissionStore(ws).get(submission)  # before touching MLflow
     extra = load_rubric_file(rubric) if rubric else None
     confirmed = [*(extra.confirmed_claims if extra else ()), *confirm]
-    wrong = sorted({c for c in confirmed if c not in CLAIMS} | {c for c in confirmed if confirmed.count(c) > 1})
+    wrong = sorted({c for c in confirmed if c not in CLAIMS} | set(repeated(confirmed)))
     if wrong:
         raise SpecError(f"cannot confirm {', '.join(map(repr, wrong))}: unknown or given twice", where="--confirm",
                         fix=f"confirm each of {', '.join(CLAIMS)} at most once (in --confirm or the rubric file)")

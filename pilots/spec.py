@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from testbed.yamlio import repeated
+
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
     "CriteriaWeights", "Criteria", "EquitySettings",
@@ -238,8 +240,7 @@ class PilotSpec(_Spec):
     def _each_once(cls, items: list) -> list:
         """A metric judged twice, a scenario or a group named twice: results are keyed by the name, so a second
         one would silently replace the first."""
-        names = [getattr(item, "metric", getattr(item, "name", item)) for item in items]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = repeated(getattr(item, "metric", getattr(item, "name", item)) for item in items)
         if twice:
-            raise ValueError(f"{', '.join(map(str, twice))[:80]} given more than once: give each once")
+            raise ValueError(f"{', '.join(twice)[:80]} given more than once: give each once")
         return items

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,12 +12,17 @@ from pydantic import BaseModel, ValidationError
 
 from testbed.errors import SpecError
 
-__all__ = ["load_model", "validation_error"]
+__all__ = ["load_model", "validation_error", "repeated"]
 
 M = TypeVar("M", bound=BaseModel)
 MAX_YAML_BYTES = 1 << 20
 """Vendor profiles, rubrics and specs are a few KiB; a bigger file is a mistake (or /dev/zero)."""
 SHOWN_ERRORS = 5
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names given more than once, sorted: what a "give each once" check reports."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str | None, Any]:

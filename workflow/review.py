@@ -22,7 +22,7 @@ from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
 from testbed.errors import AuditError, Refused, SpecError
-from testbed.yamlio import load_model, validation_error
+from testbed.yamlio import load_model, repeated, validation_error
 from workflow.catalogue import get_pilot
 from workflow.ledger import Anchor, AuditChain
 from workflow.submissions import Submission, SubmissionStore
@@ -71,7 +71,7 @@ class RubricFile(_Model):
     def _once_each(self) -> RubricFile:
         for field, names in (("overrides", [o.gate for o in self.overrides]),
                              ("confirmed_claims", list(self.confirmed_claims))):
-            twice = sorted({n for n in names if names.count(n) > 1})
+            twice = repeated(names)
             if twice:
                 raise ValueError(f"`{field}` names {', '.join(twice)} more than once: give each once")
         return self
