@@ -166,7 +166,7 @@ class ProductionServer:
         version = self.production.current_version(self.pilot)
         current = served.version if served else None
         if served and version == current:
-            review = self.production.book.latest(served.ok.submission.id)
+            review = self.production.book.latest(served.ok.submission.id, served.ok.run)
             if review is not None and review.decision != "approve":
                 self._refused = version
                 self._swap(None, f"version {version} ({review.submission}) was rejected after its promotion")
