@@ -107,8 +107,8 @@ class TaskFamily(ABC):
             if threshold.metric not in metrics:
                 raise SpecError(f"field `thresholds.{i}.metric`: unknown metric {threshold.metric!r}", where=where,
                                 fix=f"use one of the {cls.name} metrics: {', '.join(sorted(metrics))}")
-            lower_is_better, bound = goal_of(metrics[threshold.metric]) == "min", "min" if threshold.min is not None \
-                else "max"
+            lower_is_better = goal_of(metrics[threshold.metric]) == "min"
+            bound = "max" if threshold.max is not None else "min"
             if (bound == "max") != lower_is_better:
                 raise SpecError(f"field `thresholds.{i}.{bound}`: {threshold.metric} is "
                                 f"{'lower' if lower_is_better else 'higher'}-is-better, so a `{bound}` bound would "
