@@ -254,30 +254,35 @@ def test_zero_error_is_perfect_not_zero():
 # -- performance that does not follow load ----------------------------------------------------------------------------
 
 def test_timed_answers_must_be_the_scored_models(ws, bike_spec, tmp_path):
-    """A service that spots the timed requests (one window each, or the one big offline batch) and answers them
-    cheaply gets its accuracy from other answers than its timings: the card rejects it, and the audit's numbers
-    include what it answered while timed."""
-    def cheap_when_timed(route, payload):
-        n = len(payload["history"])
-        return [[0.0] * 24] * n if n == 1 or n > 64 else last_day(route, payload)
+    """A service that spots the timed requests (they come first: one window each, then the offline batch, the
+    first request of more than one window) and answers them cheaply gets its accuracy from other answers than its
+    timings: the card rejects it, and the audit's numbers include what it answered while timed. So does one that
+    makes up for cheap single answers with exact ones in the offline batch."""
+    def when_timed(single, offline):
+        timed = [True]
+
+        def handler(route, payload):
+            if not timed[0]:
+                return last_day(route, payload)
+            timed[0] = len(payload["history"]) == 1  # the offline batch is the last timed request
+            return (single if timed[0] else offline)(route, payload)
+        return handler
+
+    def zeros(route, payload):
+        return [[0.0] * 24] * len(payload["history"])
 
     honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
     gate = next(g for g in honest.gates if g.name == "consistent_under_load")
     assert gate.passed and honest.under_load == honest.metrics["clean"] and "100.0% of the items" in gate.detail
-    cheat = run(ws, bike_spec, cheap_when_timed, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="cheat")
+    cheat = run(ws, bike_spec, when_timed(zeros, zeros), bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="cheat")
     gate = next(g for g in cheat.gates if g.name == "consistent_under_load")
     assert cheat.metrics["clean"] == honest.metrics["clean"] and cheat.under_load["mase"] > honest.under_load["mase"]
     assert not gate.passed and "not those of the scored model" in gate.detail and not cheat.passed
 
     sample = open_family(bike_spec, PROJECT_ROOT / "data").load("sample")
     truth = lookup_handler(sample, offset=0.0)  # what overlapping windows' histories reveal to a service
-    batch = bike_spec.task["batch_size"]  # the accuracy phases' largest request; the offline one is bigger
-
-    def better_when_batched(route, payload):  # cheap answers one at a time, made up for by the truth in a batch
-        n = len(payload["history"])
-        return [[0.0] * 24] if n == 1 else truth(route, payload) if n > batch else last_day(route, payload)
-
-    mixed = run(ws, bike_spec, better_when_batched, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="mixed")
+    mixed = run(ws, bike_spec, when_timed(zeros, truth), bento(tmp_path, [FORECAST_ROUTE]), split="sample",
+                out="mixed")
     gate = next(g for g in mixed.gates if g.name == "consistent_under_load")
     alike = float(gate.detail.split("% of the items")[0].split()[-1])
     assert mixed.metrics["clean"] == honest.metrics["clean"] and not gate.passed and alike < 10
