@@ -236,6 +236,15 @@ class TaskFamily(ABC):
         answers. Item by item, so better timed answers on some items cannot make up for cheaper ones on others."""
         return None
 
+    def epochs(self, data: Any) -> np.ndarray | None:
+        """One number per item when items reveal each other's truth: an item's ground truth may be part of the
+        inputs of items of a later epoch (a later forecast window's history holds an earlier window's target),
+        never of the same or an earlier one. The measured phases, which show the service every item first,
+        then go forward epoch by epoch (`phases`), and a family with epochs scores an item's first answer where
+        a later one differs (a lookup of what the service was shown since cannot improve a score). None: the
+        items reveal nothing of each other."""
+        return None
+
     def exactness(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
         """How exactly the clean predictions reproduce the ground truth up to a constant offset and scale (1 =
         a copy of the truth); None when the family does not say. Flags a lookup when the truth is public."""
@@ -271,21 +280,34 @@ class TaskFamily(ABC):
         of them in one request when the family has no such option), then `clean` and one phase per scenario in
         batches of up to the options' `batch_size`. The measured phases come first and share no item, so each
         timed item is new to the service: a service that remembers answers cannot make its latency or throughput
-        look better than its model is. Anti-replay: each phase sends the items in its own order drawn from `seed`,
+        look better than its model is. Items with `epochs` are shown walk-forward: the measured phases send
+        them epoch by epoch and never two epochs in one request, so no item's truth has reached the service when
+        it first answers it. Anti-replay: each phase sends the items in its own order drawn from `seed`,
         and the accuracy phases in their own batch sizes, so no phase repeats another's sequence of requests.
         `plan` keeps which items each request carries; `plan_record()` is what the scorecard records."""
         o, n, clean = self.options, self.size(data), self.inputs(data)
         rng = np.random.default_rng(seed)
         self.plan_seed, self.plan = seed, {}
-        measured = rng.permutation(n)
+        measured, epochs = rng.permutation(n), self.epochs(data)
+        if epochs is not None:  # walk-forward: epoch by epoch, in a random order within each
+            epochs = np.asarray(epochs)
+            measured = measured[np.argsort(epochs[measured], kind="stable")]
         single = min(n // 2, getattr(o, "single_stream_requests", n)) if n > 1 else n
         rest = measured[single:] if n > single else measured  # one item: measured twice, the only choice
         size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
         phases = [self._phase("single_stream", clean, measured[:single], [1] * single),
-                  self._phase("offline", clean, rest, [min(size, len(rest) - i) for i in range(0, len(rest), size)])]
+                  self._phase("offline", clean, rest, self._batches(rest, size, epochs))]
         sets = {"clean": clean} | scenario_inputs(self, data, clean)
         return phases + [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
                          for name, inputs in sets.items()]
+
+    @staticmethod
+    def _batches(rows: np.ndarray, size: int, epochs: np.ndarray | None) -> list[int]:
+        """Sizes of the requests carrying `rows` in order: at most `size` items each, and one epoch's only."""
+        keys = np.zeros(len(rows)) if epochs is None else epochs[rows]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(rows) else np.array([], int)
+        return [min(size, end - i) for start, end in zip(starts, [*starts[1:], len(rows)], strict=True)
+                for i in range(start, end, size)]
 
     @staticmethod
     def _sizes(rng: np.random.Generator, n: int, most: int) -> list[int]:

@@ -98,6 +98,11 @@ def test_a_25_district_long_format_pilot_needs_no_new_code(districts, tmp_path):
             out.append((truth * (1.5 if h[:, 0].mean() < 150 else 1.0)).tolist())
         return out
 
+    # the timed phases go forward in time: a window's target is in later windows' histories, none sent before it
+    fam.phases(test, seed=5)
+    sent = [test.origins[rows] for name in ("single_stream", "offline") for rows in fam.plan[name]]
+    assert all(len(set(origins)) == 1 for origins in sent) and sorted(o[0] for o in sent) == [o[0] for o in sent]
+    assert [len(rows) for rows in fam.plan["offline"]] == [25, 25]  # one request per origin, all its districts
     outcome = fam.score(test, FakeSandbox(oracle_but_district_0_off).run(
         type("J", (), {"phases": fam.phases(test), "route": "/forecast"})))
     assert {f"district={d}" for d in DISTRICTS} | {"zone=north", "zone=south"} <= set(outcome.groups)

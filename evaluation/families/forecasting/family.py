@@ -174,7 +174,7 @@ class Forecasting(TaskFamily):
                 return {m: float("nan") for m in fns}
             return {m: fn(data.truth[ok], pred[ok], scale[ok]) for m, fn in fns.items()}
 
-        clean = preds["clean"]
+        clean = self.first_answers(data, preds)
         groups = {}
         for key, labels in data.groups.items():
             members = pd.Series(np.arange(labels.size)).groupby(labels.ravel().astype(str)).indices
@@ -182,7 +182,7 @@ class Forecasting(TaskFamily):
                 mask = np.zeros(labels.size, bool)
                 mask[members[value]] = True
                 groups[f"{key}={value}"] = compute(clean, mask.reshape(labels.shape))
-        metrics = {name: compute(preds[name]) for name in self.scenario_names}
+        metrics = {name: compute(clean if name == "clean" else preds[name]) for name in self.scenario_names}
         under_load = compute(preds[UNDER_LOAD]) if UNDER_LOAD in preds else {}
         equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
                                goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
@@ -195,17 +195,36 @@ class Forecasting(TaskFamily):
             extras={"pred": clean},
         )
 
+    def epochs(self, data: Windows) -> np.ndarray:
+        """A window's origin: its target is in the history of the windows of its series up to `history` +
+        `horizon` steps later, so the timed phases show the windows origin by origin (see `TaskFamily.epochs`)."""
+        return data.origins.asi8
+
+    @staticmethod
+    def _alike(data: Windows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per window: no step of `a` further from `b` than 1 % of the window's MASE scale (its in-sample
+        seasonal-naive error); float noise passes, another model does not (a missing step never does)."""
+        return np.abs(np.nan_to_num(a, nan=np.inf) - b).max(axis=1) <= 0.01 * data.scale
+
+    def first_answers(self, data: Windows, preds: dict[str, np.ndarray]) -> np.ndarray:
+        """The clean forecasts scored: a window's clean answer, or its timed one where that was given and the two
+        differ. The timed phases answered each window first, before any later window's history (which holds its
+        target) was sent; the clean phase comes after, so a clean answer that differs could be a lookup."""
+        clean, timed = preds["clean"], preds.get(UNDER_LOAD)
+        if timed is None:
+            return clean
+        first = np.isfinite(timed).all(axis=1) & ~self._alike(data, timed, clean)
+        return np.where(first[:, None], timed, clean)
+
     def agreement(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
-        """A window agrees when no step of its timed forecast is further from the clean one than 1 % of the
-        window's MASE scale (its in-sample seasonal-naive error): float noise passes, another model does not."""
+        """Share of the windows answered in the clean phase whose timed forecast is alike (`_alike`)."""
         if UNDER_LOAD not in preds:
             return None
         clean, timed = preds["clean"], preds[UNDER_LOAD]
         answered = np.isfinite(clean).all(axis=1)
         if not answered.any():
             return None
-        close = np.abs(np.nan_to_num(timed, nan=np.inf) - clean).max(axis=1) <= 0.01 * data.scale
-        return float((close & answered).sum() / answered.sum())
+        return float((self._alike(data, timed, clean) & answered).sum() / answered.sum())
 
     def exactness(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
         """R² of the clean forecast against the best affine map of the truth (a·truth + b): 1 means the
