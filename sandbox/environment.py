@@ -7,8 +7,9 @@ pip options), adds the server's packages at its own exact versions (`SERVER_PACK
 worker inside the sandbox serves with, and uvicorn's httptools and uvloop) and builds a virtual environment
 with uv, OUTSIDE the sandbox and BEFORE the run:
 
-- wheels only (`--no-build`): no code of a declared package runs on the host while installing; a package
-  published only as a source archive is refused, named;
+- wheels only (`--no-build`), and their bytecode compiled by the new environment's Python started with `-I -S`
+  (no `site`, so no `.pth` file a wheel installs is executed): no code of a declared package runs on the host
+  while installing; a package published only as a source archive is refused, named;
 - from the package index only (PyPI, or the index the operator configured for uv), with uv's own cache
   (files are linked from it, so a second environment with torch costs seconds);
 - once per requirements hash: `<cache>/<sha256>/`, built in a staging folder and renamed when complete, so
@@ -145,9 +146,24 @@ class PythonEnvironment:
         reqs = target.parent / "requirements.txt"
         reqs.write_text("\n".join(self.requirements) + "\n")
         self._uv([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)])
-        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build", "--compile-bytecode",
+        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build",
                   "--python", str(target / "bin" / "python"), "-r", str(reqs)])
+        self._compile(target)
         (target / COMPLETE).write_text("\n".join(self.requirements) + "\n")
+
+    @staticmethod
+    def _compile(target: Path) -> None:
+        """Compile the installed packages' bytecode (the sandbox mounts the environment read-only, so its Python
+        could not cache it). Not with uv's `--compile-bytecode`: that starts the environment's Python with
+        `site`, which executes the `.pth` files a wheel may carry, as the harness's user on the host. `-I -S`
+        does not; compiling only parses the sources. A file that does not compile is left to the sandbox."""
+        python = target / "bin" / "python"
+        sites = sorted(str(p) for p in target.glob("lib/python*/site-packages"))
+        try:
+            subprocess.run([str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0", *sites],
+                           capture_output=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            pass
 
     def _uv(self, cmd: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}

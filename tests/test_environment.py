@@ -117,3 +117,39 @@ def test_an_uninstallable_package_is_refused_by_name_at_submit_and_in_check(ws, 
     with pytest.raises(BundleError, match="testbed-no-such-package-3f9a"):
         evaluate_bundle(bike_spec, bundle, load_model(vendor, VendorProfile), executor=InlineExecutor(), ws=ws,
                         out_dir=ws.home / "check", submission="check", split="sample")
+
+
+def _wheel(folder: Path, name: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel holding `files` (path -> text), with its metadata and RECORD."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-0.1.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip('=')},"
+              f"{len(text.encode())}" for path, text in files.items()]
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for member, text in {**files, f"{info}/RECORD": "\n".join([*record, f"{info}/RECORD,,"]) + "\n"}.items():
+            whl.writestr(member, text)
+    return path
+
+
+@pytest.mark.slow
+def test_no_code_of_a_declared_package_runs_on_the_host_while_its_environment_is_built(tmp_path, monkeypatch):
+    """A wheel's `.pth` file is code Python runs at start-up, wherever `site` is imported: building the
+    environment (bytecode included) must never start its Python that way on the host."""
+    marker = tmp_path / "ran-on-the-host"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "testbedpthprobe", {"testbedpthprobe.py": "VALUE = 1\n",
+                                       "testbedpthprobe.pth": f"import os; open({str(marker)!r}, 'a').write('x')\n"})
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))  # as if it were published on the index
+    env = PythonEnvironment(("testbedpthprobe==0.1", *HARNESS), tmp_path / "envs")
+    prefix = env.ensure()
+    assert env.ready and not marker.exists()
+    site = next(prefix.glob("lib/python*/site-packages"))
+    assert (site / "testbedpthprobe.pth").is_file() and list((site / "__pycache__").glob("testbedpthprobe.*.pyc"))
+    assert list((site / "bentoml" / "__pycache__").glob("*.pyc"))  # compiled all the same
