@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from evaluation.family import Outcome, TaskFamily
 from evaluation.local_strength import declared_claims, local_strength
@@ -32,6 +32,12 @@ LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
 LOOKUP_SKILL = 0.95
 """...and so is a skill over the non-deep-learning baseline this close to perfect."""
+
+
+Number = Annotated[float, BeforeValidator(lambda v: math.nan if v is None else v)]
+"""A metric value: JSON has no NaN or infinity, so `scorecard.json` writes them as null (a run that did not
+complete has NaN metrics; answers as large as the contract allows can make an error infinite), and reading the
+file back takes null as NaN."""
 
 
 class Criterion(BaseModel):
@@ -88,14 +94,14 @@ class Scorecard(BaseModel):
     timeout, resource_limit, crashed or sandbox_violation."""
     verdict_reason: str
     """Why the run ended the way it did."""
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, Number]]
     """Scenario (`clean` first) -> metric -> value."""
-    retention: dict[str, float]
+    retention: dict[str, Number]
     """Scenario -> primary metric retained against clean (1 = no loss, below 1 = degraded)."""
-    under_load: dict[str, float] = Field(default_factory=dict)
+    under_load: dict[str, Number] = Field(default_factory=dict)
     """Metric -> value of the answers given in the timed phases (single stream, offline), on the items they
     answered; the `consistent_under_load` gate compares those answers with the clean ones item by item."""
-    groups: dict[str, dict[str, float]]
+    groups: dict[str, dict[str, Number]]
     """`key=value` group -> metric -> value (clean scenario)."""
     equity: dict[str, Any]
     """Worst and best group on the primary metric and the gap between them; with bootstrap intervals per group,
@@ -110,7 +116,7 @@ class Scorecard(BaseModel):
     """Hard gates; any failure rejects."""
     passed: bool
     """All gates passed."""
-    total_score: float
+    total_score: Number
     """Weighted total (0–100) over the scored criteria."""
     total_is_provisional: bool
     """True while a criterion (policy fit) waits for an evaluator; weights are renormalised meanwhile."""

@@ -3,6 +3,7 @@ auditable predictions, load-corrected performance, verdicts, anti-replay."""
 
 import io
 import json
+import math
 import tarfile
 import threading
 import time
@@ -454,6 +455,18 @@ def test_the_audit_recomputes_the_scorecard_and_catches_tampering(ws, submitted,
     report = audit_submission(sub.id, ws=ws, tracker=tracker)
     assert not report.ok and "predictions sha256" in {c.name for c in report.mismatches}
     assert any(c.name.startswith("metrics/clean/") for c in report.mismatches)
+
+
+def test_an_infinite_error_is_shown_and_audited_like_any_other(ws, bike_spec, submitted):
+    """Answers as large as the contract allows make the RMSE infinite, which `scorecard.json` can only write as
+    null: the submission's scorecard still reads back, and the audit finds the record whole."""
+    sub, tracker = submitted(bike_spec, [FORECAST_ROUTE]), MemoryTracker()
+    ev = official(ws, bike_spec, sub, lambda route, p: [[1e200] * 24 for _ in p["history"]], tracker)
+    assert ev.card.metrics["clean"]["rmse"] == float("inf")
+    shown = SubmissionStore(ws).scorecard(sub.id)
+    assert shown is not None and math.isnan(shown.metrics["clean"]["rmse"])
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert report.ok, report.mismatches
 
 
 # -- integration: real bundles in the real sandbox, a CPU hog ---------------------------------------------------------

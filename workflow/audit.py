@@ -52,8 +52,8 @@ class AuditReport:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, int | float) and isinstance(b, int | float):  # JSON keeps NaN and infinity alike (null)
+        return (not math.isfinite(a) and not math.isfinite(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     return a == b
 
 
