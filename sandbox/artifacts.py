@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from testbed.yamlio import safe_load_bounded
 
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
 
@@ -137,7 +137,7 @@ def _safetensors(name: str, data: bytes) -> ModelArtifact:
 
 
 def _bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
-    meta = yaml.safe_load(data)
+    meta = safe_load_bounded(data)
     if not isinstance(meta, dict) or "module" not in meta:
         return None
     context = meta.get("context") if isinstance(meta.get("context"), dict) else {}

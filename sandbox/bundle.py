@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from testbed.errors import BundleError
+from testbed.yamlio import safe_load_bounded
 
 __all__ = ["BundleInfo", "inspect_bundle", "import_bundle", "sha256_file", "Limits"]
 
@@ -120,7 +121,7 @@ def _manifest(manifest_bytes: bytes | None, where: str) -> tuple[dict, str]:
     if manifest_bytes is None:
         raise _unsafe(where, "no bento.yaml inside: this is not a BentoML bundle")
     try:
-        manifest = yaml.safe_load(manifest_bytes)
+        manifest = safe_load_bounded(manifest_bytes)
         tag = f"{manifest['name']}:{manifest['version']}"
     except (yaml.YAMLError, TypeError, KeyError, RecursionError) as exc:
         raise _unsafe(where, f"bento.yaml is malformed ({exc})") from None

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from testbed.errors import SpecError
 
-__all__ = ["load_model", "validation_error", "repeated"]
+__all__ = ["load_model", "validation_error", "repeated", "safe_load_bounded"]
 
 M = TypeVar("M", bound=BaseModel)
 MAX_YAML_BYTES = 1 << 20
@@ -87,6 +87,24 @@ def validation_error(where: str, model: type[BaseModel], error: ValidationError,
     if len(errors) > SHOWN_ERRORS:
         lines.append(f"and {len(errors) - SHOWN_ERRORS} more")
     return SpecError("; ".join(lines), where=where, fix=" | ".join(fixes))
+
+
+def safe_load_bounded(data: bytes | str, budget: int = 1_000_000) -> Any:
+    """`yaml.safe_load` for YAML someone else wrote (a bundle's files): yaml.YAMLError when its aliases expand
+    it beyond `budget` (each node counts 1, text its length). Nested aliases of a few hundred bytes otherwise
+    make gigabytes once the value is walked or printed ("billion laughs")."""
+    value = yaml.safe_load(data)
+    stack, left = [value], budget
+    while stack:
+        node = stack.pop()
+        left -= 1 + (len(node) if isinstance(node, str | bytes) else 0)
+        if left < 0:
+            raise yaml.YAMLError(f"its aliases expand it beyond {budget:,} nodes and characters")
+        if isinstance(node, dict):
+            stack += [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            stack += node
+    return value
 
 
 def load_model(path: Path, model: type[M], **context: Any) -> M:

@@ -170,3 +170,28 @@ def test_vetted_bytes_are_not_decompressed_again_and_other_bytes_are(tmp_path, m
     archive(tmp_path, [file_member("./bento.yaml"), file_member("../escape")], name="ok.bento")  # replaced
     with pytest.raises(BundleError, match="outside the archive"):
         inspect_bundle(path, vetted=vetted)
+
+
+def _alias_bomb(levels: int = 9) -> bytes:
+    """A few hundred bytes of YAML whose nested aliases expand to 10**levels strings."""
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return ("\n".join(lines) + f"\nname: x\nversion: y\nmodule: *a{levels}\n").encode()
+
+
+def test_yaml_aliases_that_expand_without_bound_are_refused_quickly(tmp_path):
+    """A bundle's YAML is read for its routes (bento.yaml) and models (model.yaml): aliases nested to a billion
+    nodes are refused (the archive) or unreadable (the model), without walking or printing the expansion."""
+    import time
+
+    from sandbox.artifacts import scan_models
+
+    bomb = _alias_bomb()
+    assert len(bomb) < 600
+    start = time.perf_counter()
+    with pytest.raises(BundleError, match="bento.yaml is malformed.*aliases expand it"):
+        inspect_bundle(archive(tmp_path, [file_member("bento.yaml", bomb)]))
+    bundle = archive(tmp_path, [file_member("bento.yaml"), file_member("models/m/v1/model.yaml", bomb)], "m.bento")
+    (found,) = scan_models(bundle)
+    assert found.framework == "unknown" and "unreadable" in found.summary and len(found.summary) < 200
+    assert time.perf_counter() - start < 5
