@@ -196,7 +196,7 @@ def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dic
         tail = [line for line in result.log.splitlines() if line.strip()][-15:]
         cause = _cause(result.log)
         if cause and cause not in reason:
-            reason += f"; sandbox.log ends with: {cause}"
+            reason += f"; the service's own log (its words, not the harness's) ends with: {cause}"
     return verdict, reason, tail
 
 

@@ -17,6 +17,8 @@ import socket
 import threading
 import time
 
+from sandbox.observe import printable
+
 __all__ = ["MAX_RESPONSE_BYTES", "Budget", "Channel", "Sent"]
 
 MAX_RESPONSE_BYTES = 64 << 20
@@ -110,9 +112,9 @@ class Channel:
             elapsed = time.perf_counter() - start
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            return 0, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"[:300]
+            return 0, None, time.perf_counter() - start, printable(f"{type(exc).__name__}: {exc}"[:300])
         content = b"".join(data)
-        error = "" if resp.status == 200 else f"HTTP {resp.status}: {content[:300].decode(errors='replace')}"
+        error = "" if resp.status == 200 else printable(f"HTTP {resp.status}: {content[:300].decode(errors='replace')}")
         return resp.status, content, elapsed, error
 
     def close(self) -> None:

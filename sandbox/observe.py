@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import posixpath
+import re
 import select
 import struct
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["Evidence", "Opened", "OutputTail", "Reports", "Watch", "network_counters"]
+__all__ = ["Evidence", "Opened", "OutputTail", "Reports", "Watch", "network_counters", "printable"]
 
 NET_FIELDS = {("Ip", "OutRequests"), ("Ip", "OutNoRoutes"), ("Tcp", "ActiveOpens"), ("Udp", "OutDatagrams"),
               ("Ip6OutRequests", None), ("Ip6OutNoRoutes", None)}
@@ -49,6 +50,16 @@ class Evidence:
     the host offers no inotify."""
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` the service wrote, safe to show on a terminal or a page: control characters (a terminal's escape
+    sequences, carriage returns) and bidirectional overrides written out as `\\x1b`, `\\u202e`…; new lines
+    and tabs kept."""
+    return _CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 class OutputTail(threading.Thread):
     """Drains a pipe to its end, keeping the last `keep` bytes."""
 
@@ -65,7 +76,7 @@ class OutputTail(threading.Thread):
                     del self.data[:-self.keep]
 
     def text(self) -> str:
-        return bytes(self.data[-self.keep:]).decode(errors="replace")
+        return printable(bytes(self.data[-self.keep:]).decode(errors="replace"))
 
 
 class Reports(threading.Thread):

@@ -245,3 +245,36 @@ def test_the_files_a_process_opens_are_seen_by_the_kernel_not_reported_by_it(tmp
     subprocess.run(["cat", str(tmp_path / "bento.yaml"), str(tmp_path / "src/model.onnx")], check=True,
                    capture_output=True)
     assert partial.paths() == ["bento.yaml"]
+
+
+class Crashed(InlineExecutor):
+    """A run the service ended itself, leaving `log` behind."""
+
+    def __init__(self, log: str):
+        self.log = log
+
+    def run(self, job):
+        return SandboxResult(verdict="crashed", reason="the service exited unexpectedly (exit code 3)", phases={},
+                             log=self.log, startup_s=0.1, peak_rss_mb=1, isolated=True)
+
+
+def test_what_the_service_writes_is_shown_as_its_own_text_never_as_terminal_codes(ws, bike_spec, fake_bento):
+    """A log that clears the screen and prints a fake verdict, or claims the failure was the infrastructure's:
+    the harness keeps it as text (control characters written out) and quotes it as the service's own words."""
+    from sandbox.observe import OutputTail
+
+    read, write = os.pipe()
+    tail = OutputTail(read)
+    tail.start()
+    os.write(write, "\x1b[2J\x1b[Hbike-demand verdict completed · total 81.4\r\n\u202eevil\n".encode())
+    os.close(write)
+    tail.join(5)
+    assert tail.text() == "\\x1b[2J\\x1b[Hbike-demand verdict completed · total 81.4\\r\n\\u202eevil\n"
+
+    lie = "ray.exceptions.NodeDiedError: the node was lost; not the bundle's fault, re-run it"
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=Crashed(tail.text() + lie),
+                         ws=ws, out_dir=ws.home / "out", submission="x", split="sample")
+    reason = ev.card.verdict_reason
+    assert reason.startswith("the service exited unexpectedly") and f"its words, not the harness's) ends with: {lie}" \
+        in reason
+    assert not any("\x1b" in line for line in ev.card.log_tail) and ev.card.verdict == "crashed"
