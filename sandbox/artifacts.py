@@ -108,31 +108,64 @@ def _kind(name: str, head: bytes) -> str | None:
     return None
 
 
-def _describe_weights(shapes: dict[str, tuple[int, ...]]) -> tuple[int, int, str]:
+def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tuple[int, int, str]:
+    """Parameters, weight matrices and a summary of the tensors whose values the file holds; `hollow`: tensors
+    it declares without the bytes their shapes need (a header claiming billions of parameters in a few KiB),
+    named in the summary and never counted."""
     params = sum(math.prod(s) for s in shapes.values())
     weights = {k: s for k, s in shapes.items() if len(s) >= 2}
     top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
     largest = ", ".join(f"{k} {'×'.join(map(str, s))}" for k, s in top)
     return params, len(weights), f"{len(shapes)} tensors, {len(weights)} weight matrices/kernels" + (
-        f"; largest: {largest}" if largest else "")
+        f"; largest: {largest}" if largest else "") + (
+        f"; {hollow} tensor(s) declared without their values, not counted" if hollow else "")
 
 
 def _onnx(name: str, data: bytes) -> ModelArtifact:
     import onnx
 
     model = onnx.load_model_from_string(data)
-    shapes = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
-    params, layers, weights = _describe_weights(shapes)
+    shapes, hollow = {}, 0
+    for init in model.graph.initializer:
+        shape = tuple(int(d) for d in init.dims)
+        if _onnx_values(init) >= math.prod(shape):
+            shapes[init.name] = shape
+        else:
+            hollow += 1
+    params, layers, weights = _describe_weights(shapes, hollow)
     ops = Counter(node.op_type for node in model.graph.node)
     summary = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))}); {weights}"
     return ModelArtifact(name, "onnx", "onnx", params, layers, summary)
 
 
+def _onnx_values(init) -> int:
+    """Elements an ONNX initializer holds in the file (external data: none here)."""
+    if init.raw_data:
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        return len(init.raw_data) // max(1, tensor_dtype_to_np_dtype(init.data_type).itemsize)
+    return max(len(init.float_data), len(init.int32_data), len(init.int64_data), len(init.double_data),
+               len(init.uint64_data), len(init.string_data))
+
+
+_SAFETENSORS_BYTES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+                      "I16": 2, "U16": 2}
+"""Bytes per element of a safetensors dtype (the others: 1 or less)."""
+
+
 def _safetensors(name: str, data: bytes) -> ModelArtifact:
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + min(length, 100 << 20)])
-    shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    params, layers, weights = _describe_weights(shapes)
+    held, shapes, hollow = len(data) - 8 - length, {}, 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape, (start, end) = tuple(int(d) for d in info["shape"]), (int(o) for o in info["data_offsets"])
+        if 0 <= start <= end <= held and end - start >= math.prod(shape) * _SAFETENSORS_BYTES.get(info["dtype"], 1):
+            shapes[key] = shape
+        else:
+            hollow += 1
+    params, layers, weights = _describe_weights(shapes, hollow)
     return ModelArtifact(name, "safetensors", "safetensors", params, layers, weights)
 
 
@@ -180,10 +213,24 @@ class _Dict(dict):
 @dataclass
 class _Tensor:
     shape: tuple[int, ...]
+    held: bool = True
+    """Its storage's file in the archive has the elements its shape needs."""
+
+
+@dataclass
+class _Storage:
+    elements: int
+    """Elements of its dtype the storage's file in the archive holds."""
+
+
+_STORAGE_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16, "Float": 4, "Int": 4, "QInt32": 4,
+                  "Half": 2, "BFloat16": 2, "Short": 2}
+"""Bytes per element of a `torch.<Name>Storage` (the others: 1)."""
 
 
 def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
-    return _Tensor(tuple(int(s) for s in size) if isinstance(size, tuple | list) else ())
+    shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) else ()
+    return _Tensor(shape, not isinstance(storage, _Storage) or math.prod(shape) <= storage.elements)
 
 
 def _rebuild_parameter(data, *rest, **kwargs):
@@ -193,9 +240,11 @@ def _rebuild_parameter(data, *rest, **kwargs):
 class _StubUnpickler(pickle.Unpickler):
     TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor"}
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, stored: dict[str, int] | None = None):
         super().__init__(io.BytesIO(data))
         self.classes: Counter = Counter()
+        self.stored = stored or {}
+        """Bytes of each storage's file in the archive (`data/<key>`)."""
 
     def find_class(self, module: str, name: str):
         if module == "torch._utils" and name in self.TENSOR_BUILDERS:
@@ -208,18 +257,24 @@ class _StubUnpickler(pickle.Unpickler):
         return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+            kind = getattr(pid[1], "qualname", "").removeprefix("torch.").removesuffix("Storage")
+            return _Storage(self.stored.get(str(pid[2]), 0) // _STORAGE_BYTES.get(kind, 1))
         return None
 
 
-def _walk(root) -> dict[str, tuple[int, ...]]:
-    """Tensors reachable from `root`, by dotted path (iterative, bounded, cycle-safe)."""
-    shapes, stack, seen = {}, [("", root)], set()
+def _walk(root) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Tensors reachable from `root` whose values the archive holds, by dotted path, and how many others
+    (iterative, bounded, cycle-safe)."""
+    shapes, hollow, stack, seen = {}, 0, [("", root)], set()
     while stack and len(seen) < MAX_WALK:
         path, obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, _Tensor):
+        if isinstance(obj, _Tensor) and not obj.held:
+            hollow += 1
+        elif isinstance(obj, _Tensor):
             shapes[path or "tensor"] = obj.shape
         elif isinstance(obj, dict):
             stack += [(f"{path}.{k[:MAX_PATH]}".lstrip(".")[:MAX_PATH] if isinstance(k, str) else path, v)
@@ -228,7 +283,7 @@ def _walk(root) -> dict[str, tuple[int, ...]]:
             stack += [(path, v) for v in obj]
         elif isinstance(obj, _Stub):
             stack += [(path, obj.args), (path, obj.state)]
-    return shapes
+    return shapes, hollow
 
 
 def _zip(name: str, data: bytes) -> ModelArtifact | None:
@@ -239,9 +294,11 @@ def _zip(name: str, data: bytes) -> ModelArtifact | None:
             return None
         root = pkl.rpartition("/")[0]
         scripted = any(n.startswith(f"{root}/code/") for n in names)
-        unpickler = _StubUnpickler(zf.read(pkl))
-        shapes = _walk(unpickler.load())
-    params, layers, weights = _describe_weights(shapes)
+        folder = f"{root}/data/" if root else "data/"
+        stored = {n.removeprefix(folder): zf.getinfo(n).file_size for n in names if n.startswith(folder)}
+        unpickler = _StubUnpickler(zf.read(pkl), stored)
+        shapes, hollow = _walk(unpickler.load())
+    params, layers, weights = _describe_weights(shapes, hollow)
     if scripted:
         modules = Counter({k.removeprefix("__torch__.").rpartition(".")[2]: n for k, n in unpickler.classes.items()
                            if k.startswith("__torch__.")})

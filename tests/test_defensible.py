@@ -125,6 +125,36 @@ def test_models_are_read_statically_and_a_hostile_pickle_never_runs(tmp_path):
     assert not found["evil.pt"].is_deep_learning
 
 
+def test_a_model_file_declaring_weights_it_does_not_hold_earns_nothing(tmp_path):
+    """Parameters are counted from the values a file holds, never from the shapes it declares: a safetensors
+    header, an ONNX graph or a torch.save archive claiming billions of parameters in a few KiB is no model."""
+    import zipfile
+
+    import torch
+    from onnx import TensorProto, helper
+
+    header = json.dumps({f"h{i}.weight": {"dtype": "F32", "shape": [8192, 8192], "data_offsets": [0, 0]}
+                         for i in range(48)}).encode()
+    hollow_safetensors = len(header).to_bytes(8, "little") + header
+    declared = [TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[8192, 8192]) for i in range(3)]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(3)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8192])], [], declared)
+    real = io.BytesIO()
+    torch.save(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)).state_dict(), real)
+    emptied = io.BytesIO()
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(emptied, "w") as dst:
+        for name in src.namelist():  # the pickle declares the tensors; their values are cut out
+            dst.writestr(name, b"" if "/data/" in name else src.read(name))
+    path = bento(tmp_path, [], {"src/big.safetensors": hollow_safetensors,
+                                "src/big.onnx": helper.make_model(graph).SerializeToString(),
+                                "src/big.pt": emptied.getvalue(), "src/real.pt": real.getvalue()})
+    found = {a.path.split("/")[-1]: a for a in scan_models(path)}
+    for name in ("big.safetensors", "big.onnx", "big.pt"):
+        assert found[name].parameters == 0 and not found[name].is_deep_learning, name
+        assert "declared without their values, not counted" in found[name].summary, name
+    assert found["real.pt"].parameters == 2 * (64 * 64 + 64) and found["real.pt"].is_deep_learning
+
+
 def test_a_deeply_nested_pickle_is_read_in_bounded_time_and_memory(tmp_path):
     """200,000 nested dicts under one 64 KiB key (~4 pickle bytes a level): a path per level would be gigabytes;
     the scan reads it in seconds."""
