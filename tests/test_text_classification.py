@@ -161,3 +161,27 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
     judged = next(g for g in groups.values() if g["judged"])
     assert judged["low"] <= judged["value"] <= judged["high"]
     assert outcome.baseline["name"] == fam.baseline_name and 0.3 < outcome.baseline["macro_f1"] < 0.6
+
+
+def test_an_unanswered_text_counts_as_wrong(fam, test_texts):
+    """Failing the requests that carry hard texts (within the error rate the service level allows) cannot raise
+    a score: the texts of a failed request count as wrong, in the metrics as in the equity."""
+    truth = dict(zip(test_texts.texts, test_texts.labels.tolist(), strict=False))
+    cats, first_clean = test_texts.categories, []
+
+    def oracle_failing_one_clean_batch(route, payload):
+        if len(payload["texts"]) > 1 and not first_clean:  # the first batch of the accuracy phases: clean's
+            first_clean.append(len(payload["texts"]))
+            raise RuntimeError("boom")
+        out = []
+        for text in payload["texts"]:
+            k = truth.get(text, 0)
+            out.append({"label": cats[k], "scores": {c: float(i == k) for i, c in enumerate(cats)}})
+        return out
+
+    phases = [p for p in fam.phases(test_texts) if p.name not in ("single_stream", "offline")]
+    outcome = fam.score(test_texts, FakeSandbox(oracle_failing_one_clean_batch).run(
+        type("J", (), {"phases": phases, "route": "/classify"})))
+    lost, n = first_clean[0], len(test_texts.texts)
+    assert outcome.coverage == pytest.approx((n - lost) / n)
+    assert outcome.metrics["clean"]["accuracy"] <= (n - lost) / n + 1e-9

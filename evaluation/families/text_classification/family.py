@@ -119,28 +119,36 @@ class TextClassification(TaskFamily):
         ev = ClassEval(data.labels[rows], pred[rows], probs[rows], len(data.categories), self.options.calibration_bins)
         return {m: fn(ev) for m, fn in fns.items()}
 
+    @classmethod
+    def _scored(cls, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label, answered, probabilities) as scored: an unanswered text counts as wrong (no category, even
+        odds), so failing the requests that carry hard texts cannot raise a score."""
+        pred, answered = cls._decided(probs)
+        k = probs.shape[1]
+        return np.where(answered, pred, -1), answered, np.where(answered[:, None], probs, 1.0 / max(k, 1))
+
     def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
-        decided = {name: (*self._decided(probs), probs) for name, probs in preds.items()}
+        decided = {name: self._scored(probs) for name, probs in preds.items()}
         pred, answered, probs = decided["clean"]
-        k = len(data.categories)
-        f1 = class_f1(ClassEval(data.labels[answered], pred[answered], probs[answered], k))
+        k, everything = len(data.categories), np.ones(len(data.texts), bool)
+        f1 = class_f1(ClassEval(data.labels, pred, probs, k))
         short = list(self.options.categories.values())
         groups = {}
         for key in self.spec.groups:
             labels = data.groups[key]
             for value in sorted(set(labels)):
-                groups[f"{key}={value}"] = self._metrics(data, pred, probs, answered & (labels == value))
+                groups[f"{key}={value}"] = self._metrics(data, pred, probs, labels == value)
                 groups[f"{key}={value}"]["items"] = float((labels == value).sum())
                 if key == "category":
                     groups[f"{key}={value}"]["class_f1"] = float(f1[short.index(value)])
-        metrics = {name: self._metrics(data, p, pr, a) for name, (p, a, pr) in decided.items()
+        metrics = {name: self._metrics(data, p, pr, everything) for name, (p, _, pr) in decided.items()
                    if name in (*self.scenario_names, UNDER_LOAD)}
         under_load = metrics.pop(UNDER_LOAD, {})
-        correct = (answered & (pred == data.labels)).astype(float)  # an unanswered text counts as wrong
+        correct = (pred == data.labels).astype(float)
         equity = assess_groups({key: data.groups[key] for key in self.spec.groups}, metric="accuracy", goal="max",
                                values=correct, overall=metrics["clean"].get("accuracy"), settings=self.spec.equity)
         base_probs = self._baseline(data)
-        base_pred, everything = base_probs.argmax(1), np.ones(len(data.texts), bool)
+        base_pred = base_probs.argmax(1)
         baseline = {"name": self.baseline_name, **self._metrics(data, base_pred, base_probs, everything)}
         return Outcome(
             metrics=metrics, groups=groups, baseline=baseline, coverage=float(answered.mean()), equity=equity,
