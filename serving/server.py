@@ -76,8 +76,10 @@ class ProductionServer:
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
     def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = True,
-                 max_batch: int = 64, log: Callable[[str], None] = _stderr):
+                 max_batch: int = 64, log: Callable[[str], None] = _stderr, recheck_s: float = 30.0):
         self.ws, self.spec, self.poll_s, self.log = ws, get_pilot(pilot), poll_s, log
+        self.recheck_s = recheck_s
+        """How often a refused version is checked again while the trail does not move (a new review of it)."""
         self.pilot, self.model = pilot, registered_model_name(pilot)
         self.contract = FAMILIES.get(self.spec.family).contract
         self.production, self.metrics = Production(ws), ServingMetrics(pilot)
@@ -86,7 +88,8 @@ class ProductionServer:
         self.reason = "starting"
         """Why the service is not ready (shown by /readyz and in 503 answers)."""
         self._batcher: Batcher | None = None
-        self._refused: str | None = None
+        self._refused: tuple[str, float, str, int] | None = None
+        """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -159,7 +162,9 @@ class ProductionServer:
 
     def check(self) -> None:
         """One round of the watcher: notice a dead bundle, a promotion, a rollback, a withdrawal, or a rejection
-        of the version in service (an evaluator's latest review of it): only an approved bundle is served."""
+        of the version in service (an evaluator's latest review of it): only an approved bundle that the
+        production trail put in service is served. A refused version is checked again when the trail moves, or
+        after `recheck_s` (a new review may approve it)."""
         served = self.served
         if served and not served.crashed and not served.service.alive():
             self._crashed(served)
@@ -168,30 +173,41 @@ class ProductionServer:
         if served and version == current:
             review = self.production.book.latest(served.ok.submission.id, served.ok.run)
             if review is not None and review.decision != "approve":
-                self._refused = version
-                self._swap(None, f"version {version} ({review.submission}) was rejected after its promotion")
+                why = f"version {version} ({review.submission}) was rejected after its promotion"
+                moves = len(self.production.history(self.pilot))
+                self._refused = (version, time.monotonic(), why, moves)
+                self._swap(None, why)
                 self.log(f"version {version} ({review.submission}) was rejected by {review.by} at {review.at}: "
                          f"stopped serving it; /readyz fails and requests get 503 until an operator rolls back "
                          f"(`testbed rollback {self.pilot} --by NAME`) or promotes another version")
             return
-        if version == current or (version is not None and version == self._refused):
-            return
         if version is None:
-            self._swap(None, f"{self.model} has no production version (withdrawn); waiting for a promotion")
-            self.log(f"production of {self.pilot} was withdrawn: stopped serving version {current}; /readyz "
-                     "fails and requests get 503 until an operator promotes a version")
+            if served or self._refused:
+                self._refused = None
+                self._swap(None, f"{self.model} has no production version (withdrawn); waiting for a promotion")
+                self.log(f"production of {self.pilot} was withdrawn: stopped serving "
+                         f"{'version ' + current if current else 'nothing'}; /readyz fails and requests get 503 "
+                         "until an operator promotes a version")
+            return
+        moves = len(self.production.history(self.pilot))
+        refused = self._refused
+        if refused and refused[0] == version and refused[3] == moves and time.monotonic() < refused[1] + self.recheck_s:
             return
         try:
             ok = self.production.resolve(self.pilot)
             new = self._launch(ok)
         except TestbedError as exc:
-            self._refused = version
-            self.log(f"refusing to serve version {version}: {exc.problem}; "
-                     f"{'still serving version ' + current if current else 'nothing is served'}")
+            self._refused = (version, time.monotonic(), exc.problem, moves)
+            if not served:
+                self._swap(None, f"refusing to serve version {version}: {exc.problem}")
+            if refused is None or refused[:1] + refused[2:3] != (version, exc.problem):
+                self.log(f"refusing to serve version {version}: {exc.problem}; "
+                         f"{'still serving version ' + current if current else 'nothing is served'}")
             return
         self._refused = None
         self._swap(new)
-        self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was version {current}")
+        self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
+                 f"{'version ' + current if current else 'nothing'}")
 
     def _crashed(self, served: _Served) -> None:
         with self._lock:

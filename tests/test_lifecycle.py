@@ -248,8 +248,13 @@ def test_a_rejection_after_promotion_stops_serving_and_a_cut_trail_is_refused(wo
             assert answer.status_code == 503 and "rejected" in answer.json()["error"]
             server.check()  # stays stopped: the alias did not move
             assert server.served is None
+            w.review(w.good)  # approved again: served again once checked (every `recheck_s`, or when the trail moves)
+            server.recheck_s = 0
+            server.check()
+            assert server.ready and httpx.get(url + "/readyz").status_code == 200
         stopped = [line for line in logs if "was rejected by kim" in line]
         assert len(stopped) == 1 and "testbed rollback bike-demand" in stopped[0]
+        w.review(w.good, "reject")
         result = CliRunner().invoke(app, ["production", "bike-demand"], terminal_width=200)
         assert result.exit_code == 0 and "was rejected by kim" in result.stderr, result.output
     finally:
@@ -263,3 +268,32 @@ def test_a_rejection_after_promotion_stops_serving_and_a_cut_trail_is_refused(wo
     finally:
         trail.write_text(whole)
     assert w.prod.history("bike-demand")
+
+
+def test_serving_follows_the_trail_not_an_alias_moved_outside_the_testbed(world):
+    """The trail is the record: an alias moved by hand in MLflow (or left behind by a promotion cut short) is not
+    served, a rollback goes back from what the trail has in service, and repeating a move puts both in
+    agreement."""
+    w = world
+    good = w.prod.promote(w.good, by="op-lee")[1].version
+    other = w.prod.promote(w.other, by="op-lee")[0]["version"]
+    logs: list[str] = []
+    server = ProductionServer(w.ws, "bike-demand", poll_s=3600, log=logs.append, recheck_s=0)
+    with running(server) as url:
+        w.client.set_registered_model_alias(MODEL, "production", good)  # by hand, in MLflow
+        with pytest.raises(Refused, match="moved outside the testbed"):
+            w.prod.resolve("bike-demand")
+        server.check()
+        assert server.served.version == other and httpx.get(url + "/readyz").status_code == 200
+        assert any("moved outside the testbed" in line and f"still serving version {other}" in line for line in logs)
+
+        back, _ = w.prod.rollback("bike-demand", by="op-park")  # from the trail's version, not the alias's
+        assert back["version"] == good and back["previous_version"] == other
+        server.check()
+        assert server.served.version == good
+
+        w.client.set_registered_model_alias(MODEL, "production", other)  # as a promotion cut short leaves it
+        entry, _ = w.prod.promote(w.other, by="op-lee")
+        assert entry is not None and entry["version"] == other  # recorded, not "already in production"
+        server.check()
+        assert server.served.version == other and w.prod.in_service("bike-demand") == other

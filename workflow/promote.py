@@ -145,12 +145,26 @@ class Production:
         """Every production move of `pilot`, oldest first (chain verified)."""
         return self.chain(pilot).entries()
 
+    def in_service(self, pilot: str) -> str | None:
+        """The version the trail's last move put in production (None: none yet, or withdrawn): the record the
+        alias must agree with."""
+        return _in_service(self.history(pilot))
+
     def resolve(self, pilot: str) -> Approved:
-        """What `testbed serve` may serve: the alias's version, checked again like a promotion."""
+        """What `testbed serve` may serve: the alias's version, when the trail's last move put it there, checked
+        again like a promotion."""
         version = self.current_version(pilot)
         if version is None:
             raise NotFound(f"pilot {pilot} has no production version", where=f"models:/{registered_model_name(pilot)}"
                            f"@{ALIAS}", fix="an operator promotes one: `testbed promote SUBMISSION --by NAME`")
+        recorded = self.in_service(pilot)
+        if version != recorded:
+            raise Refused(f"the production alias names version {version}, but the trail's last move put "
+                          f"{'version ' + recorded if recorded else 'nothing'} in production: the alias was moved "
+                          "outside the testbed, or a move was cut short",
+                          where=f"models:/{registered_model_name(pilot)}@{ALIAS}",
+                          fix=f"an operator repeats the move (`testbed promote SUBMISSION --by NAME` or "
+                          f"`testbed rollback {pilot} --by NAME`); `testbed production {pilot}` shows both")
         mv = self.client.get_model_version(registered_model_name(pilot), version)
         submission = mv.tags.get("testbed.submission")
         if not submission:
@@ -165,10 +179,10 @@ class Production:
         pilot = self.store.get(submission).pilot
         with self.chain(pilot).locked() as txn:  # checked under the lock: nothing moves in between
             ok = self.approved(submission)
-            previous = self.current_version(pilot)
-            if previous == ok.version:
+            alias, recorded = self.current_version(pilot), _in_service(txn.entries)
+            if alias == recorded == ok.version:
                 return None, ok
-            entry = self._move(txn, pilot, "promote", ok, by, note, previous)
+            entry = self._move(txn, pilot, "promote", ok, by, note, recorded, alias)
         return entry, ok
 
     def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
@@ -176,9 +190,9 @@ class Production:
         reasons returned); with none left, withdraw it (nothing in production). Returns the entry and skips."""
         by = _operator(by)
         skipped: list[str] = []
-        with self.chain(pilot).locked() as txn:
-            stack = _stack(txn.entries)
-            previous = self.current_version(pilot)
+        with self.chain(pilot).locked() as txn:  # the trail says what is in service, whatever the alias says
+            stack, alias = _stack(txn.entries), self.current_version(pilot)
+            previous = _in_service(txn.entries)
             if not stack or previous is None:
                 raise Refused(f"pilot {pilot} has nothing in production to roll back",
                               fix="promote a submission first: `testbed promote SUBMISSION --by NAME`")
@@ -187,17 +201,19 @@ class Production:
                     continue
                 try:
                     target = self.approved(earlier["submission"], earlier["version"])
-                    return self._move(txn, pilot, "rollback", target, by, note, previous), skipped
+                    return self._move(txn, pilot, "rollback", target, by, note, previous, alias), skipped
                 except Refused as why:
                     skipped.append(f"version {earlier['version']} ({earlier['submission']}): {why.problem}")
-            return self._move(txn, pilot, "rollback", None, by, note, previous), skipped
+            return self._move(txn, pilot, "rollback", None, by, note, previous, alias), skipped
 
     def _move(self, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
-              previous: str | None) -> dict:
+              previous: str | None, alias: str | None) -> dict:
+        """Set the alias and append the entry (`previous`: what the trail had in service; `alias`: what the
+        alias named, put back should the entry fail)."""
         name = registered_model_name(pilot)
         if ok is not None:
             self.client.set_registered_model_alias(name, ALIAS, ok.version)
-        else:
+        elif alias is not None:
             self.client.delete_registered_model_alias(name, ALIAS)
         event = {"action": action, "pilot": pilot, "version": ok.version if ok else None,
                  "submission": ok.submission.id if ok else None, "run_id": ok.run.run_id if ok else None,
@@ -205,11 +221,12 @@ class Production:
                  "previous_version": previous, "by": by, "note": note, "at": _now()}
         try:
             entry = txn.append(event)
-        except BaseException:  # the trail could not record it: put the alias back, so both agree
-            if previous is None:
-                self.client.delete_registered_model_alias(name, ALIAS)
+        except BaseException:  # the trail could not record it: put the alias back as it was
+            if alias is None:
+                if ok is not None:
+                    self.client.delete_registered_model_alias(name, ALIAS)
             else:
-                self.client.set_registered_model_alias(name, ALIAS, previous)
+                self.client.set_registered_model_alias(name, ALIAS, alias)
             raise
         try:  # the trail is the record; the registry's tags mirror it for people browsing MLflow
             self.client.set_registered_model_tag(name, f"testbed.production.{entry['seq']:04d}", json.dumps(
@@ -224,6 +241,10 @@ def _operator(by: str) -> str:
     if not by.strip():
         raise SpecError("the operator's name is empty", where="--by", fix='give --by "NAME" (kept in the audit trail)')
     return by.strip()
+
+
+def _in_service(entries: list[dict]) -> str | None:
+    return entries[-1]["version"] if entries else None
 
 
 def _stack(entries: list[dict]) -> list[dict]:
