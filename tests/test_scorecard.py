@@ -269,3 +269,18 @@ def test_a_scorecard_with_nan_or_infinite_metrics_reads_back(ws, bike_spec, fake
     assert back.verdict == verdict and back.total_score == ev.card.total_score
     metric = "mase" if answer is None else "rmse"
     assert not math.isfinite(ev.card.metrics["clean"][metric]) and math.isnan(back.metrics["clean"][metric])
+
+
+def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
+    """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
+    one (here none) stays in place until the tracker has finished the run."""
+    tracker = MemoryTracker()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracker, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=FakeSandbox(last_day), ws=ws,
+                        tracker=tracker, out_dir=ws.home / "card", submission="x")
+    assert not (ws.home / "card").exists()

@@ -63,18 +63,22 @@ def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Worksp
         gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 
 
-def _write(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
-    """Write the report (and `extra` files) beside `out_dir`, then swap it in: the previous scorecard stays
-    whole until then."""
+def _stage(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
+    """Write the report (and `extra` files) beside `out_dir` (`_swap_in` puts it in place)."""
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     written = write_report(card, plots, staging, title)
     for name, data in extra.items():
         (staging / name).write_bytes(data)
         written[name] = staging / name
+    return written
+
+
+def _swap_in(out_dir: Path, staged: dict[str, Path]) -> dict[str, Path]:
+    """Replace `out_dir` by the staged report: the previous scorecard stays whole until then."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return {rel: out_dir / rel for rel in written}
+    out_dir.with_name(out_dir.name + ".new").rename(out_dir)
+    return {rel: out_dir / rel for rel in staged}
 
 
 def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate: str | None) -> str:
@@ -221,15 +225,14 @@ def _record(p: PreparedEvaluation, result: SandboxResult, assessed: Assessment, 
             "evaluation": p.role, "pilot_spec_sha256": card.pilot_spec_sha256,
             "predictions_sha256": card.predictions_sha256, "phase_seed": card.phase_plan.get("seed"),
             "sandbox_limits": json.dumps(result.limits, sort_keys=True), **(params or {})})
-    out_dir = p.out_dir
     try:
-        files = _write(card, assessed.plots, out_dir, f"{spec.title.en} — {spec.title.ko}", assessed.extra)
+        staged = _stage(card, assessed.plots, p.out_dir, f"{spec.title.en} — {spec.title.ko}", assessed.extra)
     except BaseException:
         if tracker:
             tracker.fail(card.mlflow_run_id)
         raise
-    if tracker:
-        tracker.finish(card.mlflow_run_id, card, files, p.bundle, result.log)
+    if tracker:  # the run is finished before its scorecard is in place: a killed process leaves no finished look
+        tracker.finish(card.mlflow_run_id, card, staged, p.bundle, result.log)
     else:
-        (out_dir / "sandbox.log").write_text(result.log)
-    return Evaluation(card=card, files=files)
+        (staged["scorecard.json"].parent / "sandbox.log").write_text(result.log)
+    return Evaluation(card=card, files=_swap_in(p.out_dir, staged))
