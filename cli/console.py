@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -14,6 +16,8 @@ from testbed.errors import TestbedError
 
 __all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
 
+PATH_SETTINGS = ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR")
+"""Environment variables naming folders: a path under one that cannot be used names the variable."""
 out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
 err = Console(stderr=True)
 _show_warning = warnings.showwarning
@@ -43,9 +47,23 @@ def friendly(fn):
             if exc.filename is None:
                 raise
             where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-            err.print(f"[bold red]error:[/] {escape(where)}: {escape(exc.strerror or str(exc))}\n  fix: give a "
-                      "path that exists and can be used as the option expects (a file or a folder)", highlight=False,
-                      soft_wrap=True)
+            failed = Path(os.fsdecode(exc.filename))
+            setting = next((f"{name}={os.environ[name]}" for name in PATH_SETTINGS if os.environ.get(name) and
+                            Path(os.environ[name]) in (failed, *failed.parents)), None)
+            fix = (f"{setting} must name a folder the testbed can create and write in: correct or unset it"
+                   if setting else "give a path that exists and can be used as the option expects (a file or a folder)")
+            err.print(f"[bold red]error:[/] {escape(where)}: {escape(exc.strerror or str(exc))}\n  fix: "
+                      f"{escape(fix)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+                raise
+            detail = " ".join(str(exc).split())[:300]
+            err.print(f"[bold red]error:[/] the MLflow tracking store failed ({type(exc).__name__}: {escape(detail)})"
+                      f"\n  where: MLFLOW_TRACKING_URI={escape(os.environ.get('MLFLOW_TRACKING_URI', '(unset)'))}\n"
+                      "  fix: check that it names a working store (a SQLite file, a database with its driver, or a "
+                      "tracking server); unset it to use the project's SQLite store under mlflow/",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -111,10 +111,45 @@ def test_a_tracking_server_that_is_not_there_is_refused_at_once(monkeypatch):
     assert "fix: start the server" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("uri, says", [("garbage", "is not a tracking URI MLflow can use"),
-                                       ("sqlite:////nonexistent/dir/x.db", "/nonexistent/dir/x.db does not exist")])
+@pytest.mark.parametrize("uri, says", [
+    ("garbage", "is not a tracking URI the testbed can use"),
+    ("file:///tmp/testbed-mlruns", "is not a tracking URI the testbed can use"),  # no model registry
+    ("sqlite:////nonexistent/dir/x.db", "/nonexistent/dir/x.db does not exist"),
+    ("sqlite:/tmp/x.db", "a SQLite store is named sqlite:///PATH"),
+    ("sqlite:///{root}/data", "is a folder, not a SQLite file"),
+    ("sqlite:///{root}/README.md", "is not a SQLite database"),
+    ("postgresql://127.0.0.1:1/mlflow", "no Python driver for postgresql is installed"),
+])
 def test_a_tracking_uri_that_cannot_work_is_refused_and_creates_nothing(monkeypatch, uri, says):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(root=PROJECT_ROOT))
     result = runner.invoke(app, ["leaderboard", "bike-demand"])
     assert result.exit_code == 2 and says in result.stderr and "Traceback" not in result.output, result.output
-    assert not Path("/nonexistent").exists()
+    assert not Path("/nonexistent").exists() and not Path("/tmp/testbed-mlruns").exists()
+
+
+def test_a_new_sqlite_store_elsewhere_is_announced(monkeypatch, tmp_path):
+    """A misspelt store path would look like an empty testbed: the new store is created, and said so."""
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlfow.db'}")
+    with pytest.warns(UserWarning, match=f"no MLflow store at {tmp_path / 'mlfow.db'} yet"):  # one line on stderr
+        result = runner.invoke(app, ["leaderboard", "bike-demand"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_folder_setting_that_cannot_be_used_is_named_in_the_fix(monkeypatch, tmp_path, capsys):
+    import typer
+
+    from cli.console import friendly
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TESTBED_HOME", str(blocker))
+
+    @friendly
+    def command():
+        (blocker / "submissions").mkdir(parents=True)
+
+    with pytest.raises(typer.Exit) as exit_:
+        command()
+    assert exit_.value.exit_code == 2
+    assert f"TESTBED_HOME={blocker} must name a folder" in " ".join(capsys.readouterr().err.split())
