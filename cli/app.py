@@ -118,7 +118,8 @@ def check(pilot: str, bundle: Path,
           vendor: Path | None = typer.Option(None, "--vendor", help="Vendor profile YAML (optional)."),
           as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
           unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
-    """Vendor kit: the city's own sandbox and contract checks on the PUBLIC sample. Nothing is logged."""
+    """Vendor kit: the city's own sandbox and contract checks on the PUBLIC sample. Nothing is logged. Exits 1
+    when the bundle would be rejected (the run did not complete, or a hard gate failed)."""
     from pilots.vendor import VendorProfile
     from sandbox.bundle import inspect_bundle
     from sandbox.executor import RayExecutor
@@ -138,7 +139,7 @@ def check(pilot: str, bundle: Path,
                                  isolated=not unsafe, submission=f"check-{info.sha256[:12]}",
                                  out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
         _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
-    if ev.card.verdict != "completed":
+    if ev.card.verdict != "completed" or not ev.card.passed:
         raise typer.Exit(1)
 
 

@@ -91,6 +91,7 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
           batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching in the proxy."),
           max_batch: int = typer.Option(64, "--max-batch", help="Most items per call into the sandbox.")):
     """Serve the pilot's production bundle (from the MLflow registry) in the sandbox, with Prometheus metrics."""
+    import ipaddress
     import socket
 
     import uvicorn
@@ -109,6 +110,9 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
         raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})",
                       fix="choose another --port" if taken else "give an address of this machine with --host "
                           "(127.0.0.1 by default)") from None
+    if not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in socket.getaddrinfo(host, port)):
+        err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
+                  "put an authenticating proxy in front of it (the testbed's own is for loopback)")
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
     server.start()
     try:
@@ -123,7 +127,7 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
             window: float = typer.Option(5.0, "--window", help="Seconds between two readings (0: since start)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Latency, throughput and error rate of the live service against the pilot's service level; adds an
-    "in service" section to the production version's scorecard page."""
+    "in service" section to the production version's scorecard page. Exits 1 when the service is not ready."""
     import time
 
     from evaluation.tracking import MlflowTracker
@@ -139,7 +143,14 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
         else None
     if as_json:
-        return _emit_json(summary)
+        _emit_json(summary)
+    else:
+        _show(summary, page)
+    if not summary["ready"]:
+        raise typer.Exit(1)
+
+
+def _show(summary: dict, page) -> None:
     out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "
               f"{'ready' if summary['ready'] else '[red]NOT READY[/]'} · {summary['requests']} requests in "
               f"{summary['window_s']:.1f} s")

@@ -31,7 +31,7 @@ CONFIRM_HELP = "A vendor claim the evaluator verified: seoul_based, startup or t
 def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."),
                 everything: bool = typer.Option(False, "--all", help="Also the decided ones."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What awaits a decision: evaluated submissions without a review of their latest evaluation."""
+    """What awaits a decision: evaluated submissions without a review of their official evaluation."""
     from evaluation.tracking import MlflowTracker
     from workflow.review import ReviewBook, review_status
 
@@ -62,7 +62,7 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
 @review_app.command("show")
 @friendly
 def review_show(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What an evaluator judges: the latest evaluation, the pilot's policy goals (numbered) and the decision."""
+    """What an evaluator judges: the official evaluation, the pilot's policy goals (numbered) and the decision."""
     from evaluation.tracking import MlflowTracker
     from workflow.review import ReviewBook, official_card, official_evaluation, review_status, reviewed_card
 
@@ -82,7 +82,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
-    out.print(f"latest evaluation: run {run.run_id} · verdict {card['verdict']} · gates "
+    out.print(f"official evaluation: run {run.run_id} · verdict {card['verdict']} · gates "
               f"{'passed' if card['passed'] else 'FAILED'} · total {card['total_score']:.1f}"
               f"{' (provisional until reviewed)' if card['total_is_provisional'] else ''}")
     for gate in card.get("gates", []):
@@ -142,7 +142,7 @@ def review_approve(submission: str, by: str = typer.Option(..., "--by", help="Th
                    run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
                    confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                    as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
-    """Approve the latest evaluation of a submission, scoring every policy goal."""
+    """Approve the official evaluation of a submission, scoring every policy goal."""
     _decide("approve", submission, by, note, score or [], rubric, run_id, as_json, confirm or [])
 
 
@@ -155,7 +155,7 @@ def review_reject(submission: str, by: str = typer.Option(..., "--by", help="The
                   run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
                   confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                   as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
-    """Reject the latest evaluation of a submission, scoring every policy goal."""
+    """Reject the official evaluation of a submission, scoring every policy goal."""
     _decide("reject", submission, by, note, score or [], rubric, run_id, as_json, confirm or [])
 
 

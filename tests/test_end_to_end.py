@@ -98,9 +98,9 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     runner, bundle = CliRunner(), str(built("bike_seasonal_naive"))
     check = runner.invoke(app, ["check", "bike-demand", bundle, "--json"])
-    assert check.exit_code == 0, check.output
     card = json.loads(check.stdout)
     assert card["split"] == "sample" and not card["official"] and card["mlflow_run_id"] is None
+    assert check.exit_code == 1 and not card["passed"]  # the seasonal naive fails the MASE gate: a CI sees it
 
     vendor = str(PROJECT_ROOT / "examples/bike_seasonal_naive/vendor.yaml")
     sub_id = runner.invoke(app, ["submit", "bike-demand", bundle, "--vendor", vendor]).stdout.strip()

@@ -88,7 +88,7 @@ class Production:
             raise Refused(f"{sub.id} has no review: an evaluator must approve it first",
                           fix=f"`testbed review approve {sub.id} --by NAME --note ... --score ...`")
         if review.run_id != run.run_id:
-            raise Refused(f"the latest review of {sub.id} judged run {review.run_id}, but its latest evaluation is "
+            raise Refused(f"the latest review of {sub.id} judged run {review.run_id}, but its official evaluation is "
                           f"run {run.run_id}", fix=f"an evaluator must review the new evaluation ({sub.id})")
         if review.decision != "approve":
             raise Refused(f"{sub.id} was rejected by {review.by} at {review.at}: {review.note}",
