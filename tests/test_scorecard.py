@@ -11,6 +11,7 @@ from evaluation.tracking import MemoryTracker, MlflowTracker, experiment_name, r
 from pilots.vendor import VendorProfile
 from sandbox.observe import Evidence
 from sandbox.runner import classify
+from testbed.errors import TestbedError
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from workflow.evaluate import evaluate_bundle
@@ -284,3 +285,11 @@ def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec
         evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=FakeSandbox(last_day), ws=ws,
                         tracker=tracker, out_dir=ws.home / "card", submission="x")
     assert not (ws.home / "card").exists()
+
+
+def test_an_evaluation_without_the_sandbox_is_never_a_submissions_official_one(ws, bike_spec, fake_bento, tracker):
+    with pytest.raises(TestbedError, match="official one for good") as refused:
+        evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
+                        executor=FakeSandbox(last_day, isolated=False), ws=ws, tracker=tracker, out_dir=ws.home / "o",
+                        submission="x", isolated=False)
+    assert "--reevaluate" in refused.value.fix and not tracker.runs and not (ws.home / "o").exists()

@@ -132,6 +132,12 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     `ready_scoring`: do the family's answer-independent scoring work beside the sandbox (False when other
     processes will score the run; should the driver have to, the scoring does that work when it needs it)."""
     role = _role(tracker, spec, submission, reevaluate)
+    if role == "official" and not isolated:
+        raise TestbedError(f"an evaluation without the sandbox would be {submission}'s official one for good (the "
+                           "leaderboard ranks it, and it fails the isolation gate)", where="--unsafe-no-sandbox",
+                           fix=f"evaluate it in the sandbox first (`testbed evaluate {submission}`), then, if needed, "
+                               "`--unsafe-no-sandbox --reevaluate --reason WHY`; or try the bundle with `testbed "
+                               "check --unsafe-no-sandbox` (nothing logged)")
     if role == "reevaluation":
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
