@@ -52,7 +52,8 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     if not rows:
         out.print("nothing awaits a decision" + ("" if everything else " (--all shows the decided ones)"))
         return
-    table = Table("pilot", "submission", "vendor", "gates", "total", "status", "run")
+    table = Table("pilot", "submission", "vendor", "gates", "total as evaluated", "status", "run",
+                  caption="`testbed leaderboard` shows the totals with the reviews applied")
     for r in rows:
         table.add_row(r["pilot"], r["submission"], escape(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
                       r["status"] + (f" by {escape(r['by'])}" if r["by"] else ""), r["run_id"])
