@@ -200,7 +200,7 @@ class ProductionServer:
             self._refused = (version, time.monotonic(), exc.problem, moves)
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
-            if refused is None or refused[:1] + refused[2:3] != (version, exc.problem):
+            if refused is None or (refused[0], refused[2]) != (version, exc.problem):  # said once
                 self.log(f"refusing to serve version {version}: {exc.problem}; "
                          f"{'still serving version ' + current if current else 'nothing is served'}")
             return
