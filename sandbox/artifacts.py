@@ -110,15 +110,15 @@ def _kind(name: str, head: bytes) -> str | None:
 
 def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tuple[int, int, str]:
     """Parameters, weight matrices and a summary of the tensors whose values the file holds; `hollow`: tensors
-    it declares without the bytes their shapes need (a header claiming billions of parameters in a few KiB),
-    named in the summary and never counted."""
+    it declares without bytes of their own for their shapes (a header claiming billions of parameters in a few
+    KiB, or many tensors on the same bytes), named in the summary and never counted."""
     params = sum(math.prod(s) for s in shapes.values())
     weights = {k: s for k, s in shapes.items() if len(s) >= 2}
     top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
     largest = ", ".join(f"{k} {'×'.join(map(str, s))}" for k, s in top)
     return params, len(weights), f"{len(shapes)} tensors, {len(weights)} weight matrices/kernels" + (
         f"; largest: {largest}" if largest else "") + (
-        f"; {hollow} tensor(s) declared without their values, not counted" if hollow else "")
+        f"; {hollow} tensor(s) declared without values of their own, not counted" if hollow else "")
 
 
 def _onnx(name: str, data: bytes) -> ModelArtifact:
@@ -156,13 +156,13 @@ _SAFETENSORS_BYTES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4
 def _safetensors(name: str, data: bytes) -> ModelArtifact:
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + min(length, 100 << 20)])
-    held, shapes, hollow = len(data) - 8 - length, {}, 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        shape, (start, end) = tuple(int(d) for d in info["shape"]), (int(o) for o in info["data_offsets"])
-        if 0 <= start <= end <= held and end - start >= math.prod(shape) * _SAFETENSORS_BYTES.get(info["dtype"], 1):
-            shapes[key] = shape
+    held, shapes, hollow, used = len(data) - 8 - length, {}, 0, 0
+    tensors = sorted(((int(v["data_offsets"][0]), int(v["data_offsets"][1]), k, v) for k, v in header.items()
+                      if k != "__metadata__"), key=lambda t: t[:2])
+    for start, end, key, info in tensors:  # in file order: each byte backs one tensor at most
+        shape = tuple(int(d) for d in info["shape"])
+        if used <= start <= end <= held and end - start >= math.prod(shape) * _SAFETENSORS_BYTES.get(info["dtype"], 1):
+            shapes[key], used = shape, end
         else:
             hollow += 1
     params, layers, weights = _describe_weights(shapes, hollow)
@@ -221,6 +221,8 @@ class _Tensor:
 class _Storage:
     elements: int
     """Elements of its dtype the storage's file in the archive holds."""
+    claimed: int = 0
+    """Elements the tensors built on it so far take."""
 
 
 _STORAGE_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16, "Float": 4, "Int": 4, "QInt32": 4,
@@ -230,7 +232,11 @@ _STORAGE_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16
 
 def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
     shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) else ()
-    return _Tensor(shape, not isinstance(storage, _Storage) or math.prod(shape) <= storage.elements)
+    if not isinstance(storage, _Storage):
+        return _Tensor(shape)
+    held = math.prod(shape) <= storage.elements - storage.claimed
+    storage.claimed += math.prod(shape) if held else 0  # views of one storage share its values: counted once
+    return _Tensor(shape, held)
 
 
 def _rebuild_parameter(data, *rest, **kwargs):
@@ -245,6 +251,7 @@ class _StubUnpickler(pickle.Unpickler):
         self.classes: Counter = Counter()
         self.stored = stored or {}
         """Bytes of each storage's file in the archive (`data/<key>`)."""
+        self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str):
         if module == "torch._utils" and name in self.TENSOR_BUILDERS:
@@ -259,7 +266,9 @@ class _StubUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
             kind = getattr(pid[1], "qualname", "").removeprefix("torch.").removesuffix("Storage")
-            return _Storage(self.stored.get(str(pid[2]), 0) // _STORAGE_BYTES.get(kind, 1))
+            if str(pid[2]) not in self.storages:  # one per file, however often the pickle names it
+                self.storages[str(pid[2])] = _Storage(self.stored.get(str(pid[2]), 0) // _STORAGE_BYTES.get(kind, 1))
+            return self.storages[str(pid[2])]
         return None
 
 

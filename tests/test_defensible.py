@@ -136,6 +136,9 @@ def test_a_model_file_declaring_weights_it_does_not_hold_earns_nothing(tmp_path)
     header = json.dumps({f"h{i}.weight": {"dtype": "F32", "shape": [8192, 8192], "data_offsets": [0, 0]}
                          for i in range(48)}).encode()
     hollow_safetensors = len(header).to_bytes(8, "little") + header
+    header = json.dumps({f"h{i}.weight": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 64 * 64 * 4]}
+                         for i in range(48)}).encode()
+    shared_safetensors = len(header).to_bytes(8, "little") + header + bytes(64 * 64 * 4)  # 48 names, one matrix
     declared = [TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[8192, 8192]) for i in range(3)]
     graph = helper.make_graph([helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(3)], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8192])], [], declared)
@@ -145,14 +148,19 @@ def test_a_model_file_declaring_weights_it_does_not_hold_earns_nothing(tmp_path)
     with zipfile.ZipFile(real) as src, zipfile.ZipFile(emptied, "w") as dst:
         for name in src.namelist():  # the pickle declares the tensors; their values are cut out
             dst.writestr(name, b"" if "/data/" in name else src.read(name))
-    path = bento(tmp_path, [], {"src/big.safetensors": hollow_safetensors,
+    shared = torch.nn.Linear(64, 64).weight.data
+    one_storage = io.BytesIO()
+    torch.save({f"w{i}": shared.view(64, 64) for i in range(48)}, one_storage)  # 48 views of one storage
+    path = bento(tmp_path, [], {"src/big.safetensors": hollow_safetensors, "src/shared.safetensors": shared_safetensors,
+                                "src/one.pt": one_storage.getvalue(),
                                 "src/big.onnx": helper.make_model(graph).SerializeToString(),
                                 "src/big.pt": emptied.getvalue(), "src/real.pt": real.getvalue()})
     found = {a.path.split("/")[-1]: a for a in scan_models(path)}
     for name in ("big.safetensors", "big.onnx", "big.pt"):
         assert found[name].parameters == 0 and not found[name].is_deep_learning, name
-        assert "declared without their values, not counted" in found[name].summary, name
+        assert "declared without values of their own, not counted" in found[name].summary, name
     assert found["real.pt"].parameters == 2 * (64 * 64 + 64) and found["real.pt"].is_deep_learning
+    assert found["shared.safetensors"].parameters == found["one.pt"].parameters == 64 * 64  # counted once
 
 
 def test_a_deeply_nested_pickle_is_read_in_bounded_time_and_memory(tmp_path):
