@@ -59,12 +59,12 @@ def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator'
 @friendly
 def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """What is in production for a pilot, and every promotion and rollback (who, when, which version)."""
-    from workflow.promote import Production
+    from workflow.promote import Production, trail_version
 
     get_pilot(pilot)
     prod = Production(Workspace.from_env())
     version, history = prod.current_version(pilot), prod.history(pilot)
-    last = next((e["version"] for e in reversed(history)), None)
+    last = trail_version(history)
     if as_json:
         return _emit_json({"pilot": pilot, "version": version, "history": history, "consistent": version == last})
     out.print(f"[bold]testbed-{pilot}[/] production: version {version or 'none'}")

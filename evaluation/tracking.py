@@ -21,7 +21,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from evaluation.scorecard import Scorecard, rescore
-from testbed.config import PROJECT_ROOT, Workspace
+from testbed.config import DEFAULT_TRACKING_DB, Workspace
 from testbed.errors import ResourceUnavailable
 from testbed.net import require_listener
 
@@ -212,7 +212,7 @@ def _check_server(uri: str) -> None:
                                                    f"--python .venv/bin/python {DRIVERS[scheme][0]}`")
     if url.scheme in ("http", "https") and url.hostname:
         require_listener(url.hostname, url.port or (443 if url.scheme == "https" else 80),
-                         what="MLflow tracking server", where=f"MLFLOW_TRACKING_URI={uri}",
+                         what="MLflow tracking server", where=where,
                          fix="start the server (`mlflow server --host 127.0.0.1 --port 5000 ...`) or correct "
                              "MLFLOW_TRACKING_URI; unset it to use the project's SQLite store under mlflow/")
 
@@ -229,7 +229,7 @@ def _check_sqlite(uri: str, where: str) -> None:
         raise ResourceUnavailable(f"{path} is a folder, not a SQLite file", where=where, fix=fix)
     if path.is_file() and path.stat().st_size and _head(path) != SQLITE_HEADER:
         raise ResourceUnavailable(f"{path} is not a SQLite database", where=where, fix=fix)
-    if not path.exists() and path.resolve() != (PROJECT_ROOT / "mlflow" / "mlflow.db").resolve():
+    if not path.exists() and path.resolve() != DEFAULT_TRACKING_DB.resolve():
         warnings.warn(f"no MLflow store at {path} yet: a new, empty one is created there ({where}); if the testbed "
                       "should have records, the path is wrong", stacklevel=3)
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["Workspace", "PROJECT_ROOT", "DISTRIBUTION", "harness_version"]
+__all__ = ["Workspace", "PROJECT_ROOT", "DEFAULT_TRACKING_DB", "DISTRIBUTION", "harness_version"]
 
 DISTRIBUTION = "seoul-ai-testbed"
 _SOURCE = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = _SOURCE if (_SOURCE / "pyproject.toml").is_file() else Path.cwd()
 """The source checkout holding the packages, or the current folder when they are installed from a wheel."""
+DEFAULT_TRACKING_DB = PROJECT_ROOT / "mlflow" / "mlflow.db"
+"""The embedded SQLite store used when `MLFLOW_TRACKING_URI` is unset."""
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -79,7 +81,7 @@ class Workspace:
     @classmethod
     def from_env(cls) -> Workspace:
         home = Path(os.environ.get("TESTBED_HOME", PROJECT_ROOT / "var")).resolve()
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_DB}"
         return cls(
             home=home,
             data_dir=Path(os.environ.get("TESTBED_DATA_DIR", PROJECT_ROOT / "data")).resolve(),

@@ -63,9 +63,13 @@ def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Worksp
         gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
 
 
+def _staging(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".new")
+
+
 def _stage(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[str, bytes]) -> dict[str, Path]:
     """Write the report (and `extra` files) beside `out_dir` (`_swap_in` puts it in place)."""
-    staging = out_dir.with_name(out_dir.name + ".new")
+    staging = _staging(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     written = write_report(card, plots, staging, title)
     for name, data in extra.items():
@@ -77,7 +81,7 @@ def _stage(card: Scorecard, plots: dict, out_dir: Path, title: str, extra: dict[
 def _swap_in(out_dir: Path, staged: dict[str, Path]) -> dict[str, Path]:
     """Replace `out_dir` by the staged report: the previous scorecard stays whole until then."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.with_name(out_dir.name + ".new").rename(out_dir)
+    _staging(out_dir).rename(out_dir)
     return {rel: out_dir / rel for rel in staged}
 
 

@@ -26,7 +26,7 @@ from workflow.ledger import Anchor, AuditChain
 from workflow.review import Review, ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import Submission, SubmissionStore
 
-__all__ = ["Approved", "Production", "ALIAS"]
+__all__ = ["Approved", "Production", "ALIAS", "trail_version"]
 
 ALIAS = "production"
 
@@ -148,7 +148,7 @@ class Production:
     def in_service(self, pilot: str) -> str | None:
         """The version the trail's last move put in production (None: none yet, or withdrawn): the record the
         alias must agree with."""
-        return _in_service(self.history(pilot))
+        return trail_version(self.history(pilot))
 
     def resolve(self, pilot: str) -> Approved:
         """What `testbed serve` may serve: the alias's version, when the trail's last move put it there, checked
@@ -179,7 +179,7 @@ class Production:
         pilot = self.store.get(submission).pilot
         with self.chain(pilot).locked() as txn:  # checked under the lock: nothing moves in between
             ok = self.approved(submission)
-            alias, recorded = self.current_version(pilot), _in_service(txn.entries)
+            alias, recorded = self.current_version(pilot), trail_version(txn.entries)
             if alias == recorded == ok.version:
                 return None, ok
             entry = self._move(txn, pilot, "promote", ok, by, note, recorded, alias)
@@ -192,7 +192,7 @@ class Production:
         skipped: list[str] = []
         with self.chain(pilot).locked() as txn:  # the trail says what is in service, whatever the alias says
             stack, alias = _stack(txn.entries), self.current_version(pilot)
-            previous = _in_service(txn.entries)
+            previous = trail_version(txn.entries)
             if not stack or previous is None:
                 raise Refused(f"pilot {pilot} has nothing in production to roll back",
                               fix="promote a submission first: `testbed promote SUBMISSION --by NAME`")
@@ -243,7 +243,8 @@ def _operator(by: str) -> str:
     return by.strip()
 
 
-def _in_service(entries: list[dict]) -> str | None:
+def trail_version(entries: list[dict]) -> str | None:
+    """The version a trail's last move put in production (None: none yet, or withdrawn)."""
     return entries[-1]["version"] if entries else None
 
 
