@@ -357,6 +357,24 @@ def test_overlapping_windows_reveal_no_truth_before_a_window_is_answered(ws, bik
     assert relooker.metrics["clean"] == honest.metrics["clean"]
 
 
+def test_a_forecast_window_whose_clean_request_failed_is_scored_by_its_timed_answer(ws, bike_spec, tmp_path):
+    """Failing the clean request that carries hard windows cannot drop them from the score: their first
+    (timed) answers are scored instead."""
+    timed, failed = [True], []
+
+    def fails_first_clean_batch(route, payload):
+        timed[0] = timed[0] and len(payload["history"]) == 1
+        if not timed[0] and not failed:
+            failed.append(len(payload["history"]))
+            raise RuntimeError("boom")
+        return last_day(route, payload)
+
+    honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
+    dropper = run(ws, bike_spec, fails_first_clean_batch, bento(tmp_path, [FORECAST_ROUTE]), split="sample",
+                  out="dropper")
+    assert failed and dropper.metrics["clean"] == honest.metrics["clean"]
+
+
 def phase(name, latencies, cpu, wait, busy, items=None):
     return PhaseResult(name, [b"x"] * len(latencies), [200] * len(latencies), latencies, items or [1] * len(latencies),
                        sum(latencies), cpu_s=cpu, wait_s=wait, machine_busy=busy, cores=2)

@@ -248,6 +248,8 @@ def test_a_rejection_after_promotion_stops_serving_and_a_cut_trail_is_refused(wo
             assert answer.status_code == 503 and "rejected" in answer.json()["error"]
             server.check()  # stays stopped: the alias did not move
             assert server.served is None
+            monitored = CliRunner().invoke(app, ["monitor", "bike-demand", "--url", url, "--window", "0"])
+            assert monitored.exit_code == 1 and "NOT READY" in monitored.stdout, monitored.output
             w.review(w.good)  # approved again: served again once checked (every `recheck_s`, or when the trail moves)
             server.recheck_s = 0
             server.check()
