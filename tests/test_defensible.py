@@ -450,6 +450,19 @@ def test_one_official_evaluation_and_one_model_version(ws, bike_spec, submitted)
     assert json.loads(first.files["scorecard.json"].read_text())["evaluation"] == "official"
 
 
+def test_another_tracking_store_does_not_make_a_second_official_evaluation(ws, bike_spec, submitted):
+    """A misspelt MLFLOW_TRACKING_URI is a new, empty store: the home's official scorecard names a run that store
+    does not hold, so the evaluation is refused, and the scorecard stays the official one."""
+    sub, first_store = submitted(bike_spec, [FORECAST_ROUTE]), MemoryTracker()
+    first = official(ws, bike_spec, sub, last_day, first_store)
+    kept = first.files["scorecard.json"].read_bytes()
+    other = MemoryTracker()
+    with pytest.raises(TestbedError, match=f"records one as MLflow run {first.card.mlflow_run_id}") as refused:
+        official(ws, bike_spec, sub, last_day, other)
+    assert refused.value.where == "MLFLOW_TRACKING_URI" and "TESTBED_HOME" in refused.value.fix
+    assert other.runs == {} and first.files["scorecard.json"].read_bytes() == kept
+
+
 class SlowToStart(MemoryTracker):
     """Opening a run takes a while (a remote tracking server): two evaluations overlap there."""
 

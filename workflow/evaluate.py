@@ -103,6 +103,23 @@ def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate:
     return "reevaluation"
 
 
+def _same_store(submission: str, out_dir: Path, ws: Workspace) -> None:
+    """Refuse a first official run when the testbed home already holds `submission`'s official scorecard: the
+    tracking store in use is not the one it was evaluated in (a misspelt `MLFLOW_TRACKING_URI` is a new, empty
+    store), and evaluating there would make a second official evaluation and replace the scorecard."""
+    try:
+        run = json.loads((out_dir / "scorecard.json").read_bytes()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if run:
+        raise TestbedError(f"the tracking store {ws.tracking_uri} holds no official evaluation of {submission}, but "
+                           f"this testbed home's scorecard ({out_dir / 'scorecard.json'}) records one as MLflow run "
+                           f"{run}: the store is not the one {submission} was evaluated in",
+                           where="MLFLOW_TRACKING_URI",
+                           fix="set MLFLOW_TRACKING_URI to the store that holds that run (unset, it is the default "
+                               "SQLite store under mlflow/), or start afresh with another TESTBED_HOME")
+
+
 @dataclass
 class PreparedEvaluation:
     """Everything decided before the sandbox runs: the job to place, and what scoring and tracking need after."""
@@ -136,6 +153,8 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
     `ready_scoring`: do the family's answer-independent scoring work beside the sandbox (False when other
     processes will score the run; should the driver have to, the scoring does that work when it needs it)."""
     role = _role(tracker, spec, submission, reevaluate)
+    if role == "official" and tracker is not None:
+        _same_store(submission, out_dir, ws)
     if role == "official" and not isolated:
         raise TestbedError(f"an evaluation without the sandbox would be {submission}'s official one for good (the "
                            "leaderboard ranks it, and it fails the isolation gate)", where="--unsafe-no-sandbox",
