@@ -171,7 +171,9 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
             raise TestbedError("a campaign evaluates what has no official evaluation; --reevaluate is for one "
                                "submission", where="testbed evaluate",
                                fix="testbed evaluate ID --reevaluate --reason ...")
-        return _campaign(submissions, all_pilot, as_json, unsafe, retries)
+        from cli.campaign import run
+
+        return run(submissions, all_pilot, as_json, unsafe, retries)
     if not submissions:
         raise TestbedError("nothing to evaluate", where="testbed evaluate",
                            fix="give a submission id (several for a campaign), or --all PILOT")
@@ -191,76 +193,6 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
                                  isolated=not unsafe, reevaluate=reason if reevaluate else None,
                                  vetted=store.vetted(sub.id))
         _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
-
-
-_STATUS = {"queued": "dim", "running": "yellow", "scoring": "blue", "evaluated": "green", "skipped": "cyan",
-           "failed": "red"}
-
-
-def _campaign_table(items, title: str) -> Table:
-    table = Table("submission", "status", "verdict", "total", "passed", "retries", "wall s", "run / error",
-                  title=title)
-    for i in items:
-        table.add_row(i.submission, f"[{_STATUS[i.status]}]{i.status}[/]", i.verdict or "",
-                      "" if i.total is None else f"{i.total:.1f}",
-                      "" if i.passed is None else ("✓" if i.passed else "✗"),
-                      str(len(i.retries)) if i.retries else "", f"{i.wall_s:.1f}" if i.wall_s else "",
-                      escape(i.error or i.run_id or "")[:90])
-    return table
-
-
-def _campaign(ids: list[str], pilot: str | None, as_json: bool, unsafe: bool, retries: int) -> None:
-    import time
-
-    from rich.live import Live
-
-    from evaluation.tracking import MlflowTracker
-    from sandbox.executor import RayExecutor
-    from workflow.campaign import CampaignItem, pending_submissions, run_campaign
-    from workflow.scoring import ScoringPool, scoring_workers
-
-    ws = Workspace.from_env()
-    tracker = MlflowTracker(ws)
-    todo, done = pending_submissions(SubmissionStore(ws), tracker, pilot=pilot, ids=ids)
-    if unsafe:
-        _warn_unsafe()
-    shown = {s.id: CampaignItem(s.id) for s in todo} | {s.id: CampaignItem(s.id, status="skipped",
-                                                                         error="official evaluation exists")
-                                                      for s in done}
-    if not todo:  # nothing to place: Ray is not started
-        if as_json:
-            return _emit_json({"wall_s": 0.0, "items": [vars(i) for i in shown.values()]})
-        if done:
-            out.print(_campaign_table(shown.values(), f"Campaign{f' · {pilot}' if pilot else ''}: 0 evaluated, "
-                                      f"{len(done)} already official (`testbed evaluate ID --reevaluate --reason "
-                                      "...` evaluates one again)"))
-        else:
-            out.print(f"Nothing to evaluate: {pilot} has no submissions yet (`testbed submit`)")
-        return
-    started = time.monotonic()
-
-    def title() -> str:
-        finished = sum(i.status in ("evaluated", "failed") for i in shown.values())
-        return (f"Campaign{f' · {pilot}' if pilot else ''}: {finished}/{len(todo)} done · "
-                f"{time.monotonic() - started:.0f} s")
-
-    executor = RayExecutor()  # scoring processes beside the driver when the sandboxes run on a cluster:
-    scoring = ScoringPool(scoring_workers(len(todo), remote=executor.address is not None))
-    with executor, scoring, Live(_campaign_table(shown.values(), title()), console=err, refresh_per_second=2,
-                                 transient=True) as live:
-        def update(item: CampaignItem) -> None:
-            shown[item.submission] = item
-            live.update(_campaign_table(shown.values(), title()))
-
-        items = run_campaign(todo, executor=executor, tracker=tracker, ws=ws, retries=retries, isolated=not unsafe,
-                             scoring=scoring, on_update=update)
-    wall = time.monotonic() - started
-    if as_json:
-        return _emit_json({"wall_s": wall, "items": [vars(i) for i in shown.values()]})
-    out.print(_campaign_table(shown.values(), f"Campaign{f' · {pilot}' if pilot else ''}: {len(items)} evaluated "
-                              f"in {wall:.1f} s, {len(done)} already official"))
-    if any(i.status == "failed" for i in items):
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,11 +1,10 @@
 """What every task family provides, and what the harness does the same way for all of them: validating the
-spec against the family, pinning the data, the phase plan (clean, one per scenario, single stream, offline)
-and reading the answers back."""
+spec against the family, pinning the data, and (inherited from `evaluation.phases`) the phase plan (single
+stream, offline, clean, one per scenario) and reading the answers back."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,22 +14,15 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from evaluation.contract import Contract
-from evaluation.perturbed import scenario_inputs
+from evaluation.phases import LOAD_PHASES, UNDER_LOAD, PhasePlan
 from evaluation.registry import METRICS, SCENARIOS, goal_of
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.bundle import sha256_file
-from sandbox.runner import Phase, SandboxResult
-from testbed.errors import ContractViolation, SpecError, TestbedError
+from sandbox.runner import SandboxResult
+from testbed.errors import SpecError, TestbedError
 from testbed.yamlio import validation_error
 
 __all__ = ["TaskFamily", "Outcome", "LOAD_PHASES", "UNDER_LOAD"]
-
-LOAD_PHASES = ("single_stream", "offline")
-"""Phases that measure the service (latency, throughput); between them they carry every item once, and their
-answers are checked against the contract and scored as `UNDER_LOAD`."""
-UNDER_LOAD = "under_load"
-"""Name of the predictions the load phases gave, all items together: scored like the clean phase's, so the
-scorecard can tell whether the timed answers are the ones that earned the accuracy."""
 
 
 @dataclass
@@ -63,7 +55,7 @@ class Outcome:
     """Family data for plots (not serialised)."""
 
 
-class TaskFamily(ABC):
+class TaskFamily(PhasePlan, ABC):
     """One kind of task (forecasting, detection, ...): a folder under `evaluation/families/` holding this
     subclass (registered with `@family(name)`), its contract, metrics, scenarios and plots. An instance is
     bound to one pilot spec and the city's data folder."""
@@ -266,80 +258,3 @@ class TaskFamily(ABC):
     def plots(self, data: Any, outcome: Outcome) -> dict[str, Any]:
         """Family-specific matplotlib figures for the scorecard, by file stem."""
         return {}
-
-    # What the harness does the same way for every family --------------------------------------------------
-
-    @property
-    def scenario_names(self) -> list[str]:
-        """`clean` first, then the spec's scenarios in order."""
-        return ["clean", *(sc.name for sc in self.spec.scenarios)]
-
-    def phases(self, data: Any, seed: int = 0) -> list[Phase]:
-        """Requests to send, in this order: `single_stream` (one item per request, `single_stream_requests` of
-        them, at most half the items) and `offline` (the other items, in batches of `offline_batch_size`; all
-        of them in one request when the family has no such option), then `clean` and one phase per scenario in
-        batches of up to the options' `batch_size`. The measured phases come first and share no item, so each
-        timed item is new to the service: a service that remembers answers cannot make its latency or throughput
-        look better than its model is. Items with `epochs` are shown walk-forward: the measured phases send
-        them epoch by epoch and never two epochs in one request, so no item's truth has reached the service when
-        it first answers it. Anti-replay: each phase sends the items in its own order drawn from `seed`,
-        and the accuracy phases in their own batch sizes, so no phase repeats another's sequence of requests.
-        `plan` keeps which items each request carries; `plan_record()` is what the scorecard records."""
-        o, n, clean = self.options, self.size(data), self.inputs(data)
-        rng = np.random.default_rng(seed)
-        self.plan_seed, self.plan = seed, {}
-        measured, epochs = rng.permutation(n), self.epochs(data)
-        if epochs is not None:  # walk-forward: epoch by epoch, in a random order within each
-            epochs = np.asarray(epochs)
-            measured = measured[np.argsort(epochs[measured], kind="stable")]
-        single = min(n // 2, getattr(o, "single_stream_requests", n)) if n > 1 else n
-        rest = measured[single:] if n > single else measured  # one item: measured twice, the only choice
-        size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
-        phases = [self._phase("single_stream", clean, measured[:single], [1] * single),
-                  self._phase("offline", clean, rest, self._batches(rest, size, epochs))]
-        sets = {"clean": clean} | scenario_inputs(self, data, clean)
-        return phases + [self._phase(name, inputs, rng.permutation(n), self._sizes(rng, n, o.batch_size))
-                         for name, inputs in sets.items()]
-
-    @staticmethod
-    def _batches(rows: np.ndarray, size: int, epochs: np.ndarray | None) -> list[int]:
-        """Sizes of the requests carrying `rows` in order: at most `size` items each, and one epoch's only."""
-        keys = np.zeros(len(rows)) if epochs is None else epochs[rows]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(rows) else np.array([], int)
-        return [min(size, end - i) for start, end in zip(starts, [*starts[1:], len(rows)], strict=True)
-                for i in range(start, end, size)]
-
-    @staticmethod
-    def _sizes(rng: np.random.Generator, n: int, most: int) -> list[int]:
-        sizes: list[int] = []
-        while sum(sizes) < n:
-            sizes.append(min(int(rng.integers(max(1, (most + 1) // 2), most + 1)), n - sum(sizes)))
-        return sizes
-
-    def _phase(self, name: str, inputs: Any, order: np.ndarray, sizes: list[int]) -> Phase:
-        cuts = np.split(order, np.cumsum(sizes)[:-1]) if sizes else []
-        self.plan[name] = cuts
-        return Phase(name, [self.encode(inputs, rows) for rows in cuts], [len(rows) for rows in cuts],
-                     content_type=self.content_type, answer_bytes_per_item=self.answer_bytes_per_item)
-
-    def plan_record(self) -> dict[str, Any]:
-        """The phase plan as recorded on the scorecard: the seed, and each phase's batch sizes."""
-        return {"seed": getattr(self, "plan_seed", None),
-                "batch_sizes": {name: [len(rows) for rows in cuts] for name, cuts in getattr(self, "plan", {}).items()}}
-
-    def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, np.ndarray], Any],
-                violations: list[str]) -> Iterator[tuple[np.ndarray, Any]]:
-        """`(items, decoded)` for every answered request of phase `name` (`UNDER_LOAD`: of the load phases): the
-        item indices the request carried (from the phase plan) and its decoded answer. `decode(body, items)`
-        raises ContractViolation for a bad answer, which is collected in `violations`."""
-        for phase_name in LOAD_PHASES if name == UNDER_LOAD else (name,):
-            phase = result.phases.get(phase_name)
-            for body, rows in zip(phase.bodies, self.plan[phase_name], strict=False) if phase else []:
-                decoded = None
-                if body is not None:
-                    try:
-                        decoded = decode(body, rows)
-                    except ContractViolation as exc:
-                        violations.append(f"{phase_name}: {exc}")
-                if decoded is not None:
-                    yield rows, decoded
