@@ -1,37 +1,18 @@
-"""The scorecard: evidence -> four decision criteria, hard gates and the weighted total.
-
-Evidence over claims: deep-learning fit needs a deep-learning model found in the bundle (`sandbox.artifacts`);
-a near-exact match to a public truth is a suspected lookup that only an evaluator can override; the vendor's
-claims score once an evaluator confirms them (`evaluation.decisions`); performance is measured against load
-(`evaluation.performance`)."""
+"""The scorecard: the record of one evaluation (metrics, the four decision criteria, hard gates, the weighted
+total), as `scorecard.json` holds it. `evaluation.criteria` builds it from the evidence; `rescore` recomputes
+the total and `passed` after a review (`evaluation.decisions`)."""
 
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from evaluation.family import Outcome, TaskFamily
-from evaluation.local_strength import declared_claims, local_strength
-from evaluation.performance import credits, performance
-from evaluation.registry import METRICS, goal_of
-from pilots.spec import PilotSpec
-from pilots.vendor import VendorProfile
-from sandbox.artifacts import ModelArtifact, deep_learning_model
-from sandbox.runner import SandboxResult
-
-__all__ = ["Scorecard", "Criterion", "Gate", "build_scorecard", "performance", "rescore", "LOOKUP_EXACTNESS",
-           "LOOKUP_SKILL"]
+__all__ = ["Scorecard", "Criterion", "Gate", "Number", "rescore", "CRITERIA"]
 
 CRITERIA = ("deep_learning_fit", "viability", "policy_fit", "local_strength_fit")
-LOOKUP_EXACTNESS = 0.99
-"""When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
-LOOKUP_SKILL = 0.95
-"""...and so is a skill over the non-deep-learning baseline this close to perfect."""
 
 
 Number = Annotated[float, BeforeValidator(lambda v: math.nan if v is None else v)]
@@ -145,191 +126,6 @@ class Scorecard(BaseModel):
     """The MLflow run that holds this evaluation (official runs only)."""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     """When the evaluation finished (UTC)."""
-
-
-def _known(*values: float | None) -> bool:
-    return all(v is not None and not math.isnan(v) for v in values)
-
-
-def _retention(goal: str, clean: float | None, other: float | None) -> float:
-    """`other` relative to `clean` (1 = as good, below 1 = worse); a perfect clean score loses nothing to a
-    perfect other score."""
-    if not _known(clean, other):
-        return float("nan")
-    if goal == "min":
-        return clean / other if other > 0 else 1.0
-    return other / clean if clean > 0 else 1.0
-
-
-def _skill(goal: str, baseline: float | None, model: float | None) -> float:
-    """Relative improvement over the baseline: 1 - model/baseline for errors (zero error = 1, perfect),
-    1 - baseline/model for scores."""
-    if not _known(baseline, model):
-        return float("nan")
-    if goal == "min":
-        return 1 - model / baseline if baseline > 0 else 0.0
-    return 1 - baseline / model if model > 0 else (0.0 if baseline <= 0 else -1.0)
-
-
-def _clip(x: float | None) -> float:
-    return 0.0 if x is None or math.isnan(x) else float(min(1.0, max(0.0, x)))
-
-
-def _cause(log: str) -> str | None:
-    """The last exception line of a log (e.g. `ModuleNotFoundError: No module named 'x'`)."""
-    found = re.findall(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", log, flags=re.M)
-    return found[-1].strip()[:300] if found else None
-
-
-def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dict) -> tuple[str, str, list[str]]:
-    verdict, reason = result.verdict, result.reason
-    if verdict == "completed" and outcome.violations:
-        verdict, reason = "contract_violation", "; ".join(outcome.violations[:3])
-    allowed = spec.service_level.max_error_rate
-    if verdict == "completed" and perf["error_rate"] > allowed:
-        verdict = "request_failures"
-        reason = (f"{perf['failed_requests']} of {perf['requests']} requests failed (error rate "
-                  f"{perf['error_rate']:.1%}; the service level allows {allowed:.1%})")
-        reason += f"; first error: {perf['errors'][0]}" if perf["errors"] else ""
-    tail: list[str] = []
-    if verdict != "completed":
-        tail = [line for line in result.log.splitlines() if line.strip()][-15:]
-        cause = _cause(result.log)
-        if cause and cause not in reason:
-            reason += f"; the service's own log (its words, not the harness's) ends with: {cause}"
-    return verdict, reason, tail
-
-
-def _dl_finding(found: ModelArtifact | None, model: ModelArtifact | None, opened: list[str] | None) -> str:
-    if model is not None:
-        return ("deep-learning model found by reading the bundle, " + ("and the service opened its file (seen from "
-                "outside the sandbox)" if opened is not None else "though which files the service opened was not "
-                "observed") + "; that the service computes its answers with it is for the evaluator to confirm")
-    if found is not None:
-        return (f"the bundle holds a deep-learning model ({found.path}), but the service never opened it: no "
-                "deep-learning credit, whatever it beats")
-    return "no deep-learning model found in the bundle: no deep-learning credit, whatever it beats"
-
-
-def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
-                       models: list[ModelArtifact], opened: list[str] | None) -> tuple[Criterion, float]:
-    """Criterion 1: a deep-learning model found in the bundle, whose file the service opened (`opened`, seen
-    from outside; None: not observed, the bundle's contents alone count), and how much it beats the harness's
-    non-deep-learning baseline. No such model: no credit, whatever it beats."""
-    versus = fam.baseline_metric or fam.primary_metric
-    clean = outcome.metrics.get("clean", {})
-    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
-    found, seen = deep_learning_model(models), set(opened or ())
-    model = found if opened is None else deep_learning_model([m for m in models if m.path in seen])
-    return Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill) if model else 0.0, evidence={
-        "deep_learning_model": model.as_dict() if model else None,
-        "finding": _dl_finding(found, model, opened),
-        "opened_by_service": None if opened is None or found is None else model is not None,
-        "model_artifacts_found": len(models),
-        "baseline": outcome.baseline.get("name"), "compared_on": versus,
-        f"baseline_{versus}": outcome.baseline.get(versus), f"model_{versus}": clean.get(versus),
-        "skill_over_baseline": skill, "beats_baseline": bool(skill > 0),
-        "full_credit_skill": spec.criteria.full_credit_skill,
-        "declared_field": profile.technology_field, "declared_field_matches_task":
-            profile.technology_field in fam.technology_fields}), skill
-
-
-def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> Gate:
-    """Too good to be true: near-exact agreement with a truth the vendor could have had."""
-    if not spec.dataset.splits[split].truth_known:
-        return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
-                    detail=f"the `{split}` split's truth is not public")
-    exact = outcome.exactness
-    if exact is None and math.isnan(skill):
-        return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
-                    detail="no predictions to compare with the public truth")
-    suspected = (exact is not None and exact >= LOOKUP_EXACTNESS) or (not math.isnan(skill) and skill >= LOOKUP_SKILL)
-    detail = (f"exactness {'—' if exact is None else f'{exact:.5f}'} (flag at {LOOKUP_EXACTNESS}), skill over "
-              f"baseline {skill:.3f} (flag at {LOOKUP_SKILL}); the `{split}` split's truth is public")
-    if suspected:
-        detail = "SUSPECTED LOOKUP: predictions match the public truth near-exactly; " + detail + \
-                 " — passes only with an evaluator's override in a review"
-    return Gate(name="suspected_lookup", passed=not suspected, measured=not suspected, overridable=True,
-                detail=detail)
-
-
-def _load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> Gate:
-    """The timed answers are the scored model's: item by item, the timed phases answered as the clean one did."""
-    agreement, need = outcome.agreement, spec.service_level.min_agreement_under_load
-    if agreement is None:
-        return Gate(name="consistent_under_load", passed=True,
-                    detail="not measured: no answers from the timed phases, or none from clean, to compare")
-    timed = outcome.under_load.get(primary, math.nan)
-    detail = (f"{agreement:.1%} of the items answered alike while timed and in the clean phase (min {need:.0%}); "
-              f"{primary} {timed:.4g} timed, {clean.get(primary, math.nan):.4g} clean")
-    passed = agreement >= need
-    return Gate(name="consistent_under_load", passed=passed, detail=detail if passed else
-                "the answers given while timed differ from the clean answers to the same items: the latency and "
-                "throughput measured are not those of the scored model; " + detail)
-
-
-def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
-                    result: SandboxResult, *, models: list[ModelArtifact] | None = None, **ids: Any) -> Scorecard:
-    """Combine a family's outcome, the run's performance, the bundle's model evidence and the vendor profile
-    into a scorecard."""
-    primary = fam.primary_metric
-    goal = goal_of(METRICS.where(family=fam.name)[primary])
-    clean = outcome.metrics.get("clean", {})
-    perf = performance(result)
-    verdict, reason, tail = _verdict(spec, result, outcome, perf)
-    retention = {name: _retention(goal, clean.get(primary), m.get(primary))
-                 for name, m in outcome.metrics.items() if name != "clean"}
-    ranked = sorted(((v[primary], k) for k, v in outcome.groups.items() if not math.isnan(v.get(primary, math.nan))),
-                    reverse=goal == "min")
-    equity = outcome.equity or {"metric": primary}  # with intervals when the family bootstraps them
-    if ranked and outcome.equity is None:
-        (worst, worst_g), (best, best_g) = ranked[0], ranked[-1]
-        equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
-                   "gap": abs(worst - best), "worst_vs_overall": _retention(goal, clean.get(primary), worst)}
-
-    dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
-    latency, throughput = credits(perf, spec.service_level)
-    parts = {
-        "accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
-        "robustness": float(np.mean([_clip(r) for r in retention.values()])) if retention else 1.0,
-        "reliability": 1 - perf["error_rate"],
-        "latency": latency,
-        "throughput": throughput,
-    }
-    viability = Criterion(score=100 * float(np.mean(list(parts.values()))) if verdict == "completed" else 0.0,
-                          evidence={"components": parts, "p95_latency_ms": perf["service_latency_ms"].get("p95"),
-                                    "throughput_items_per_s": perf["service_throughput_items_per_s"],
-                                    "performance_method": perf["method"], "coverage": outcome.coverage})
-    policy = Criterion(score=None, status="pending_evaluator",
-                       evidence={"policy_goals": spec.policy_goals,
-                                 "equity": {k: v for k, v in equity.items() if k not in ("groups", "keys")}})
-    score, status, evidence = local_strength(declared_claims(profile, fam.technology_fields))
-    local = Criterion(score=score, status=status, evidence=evidence)
-    criteria = dict(zip(CRITERIA, (dl, viability, policy, local), strict=True))
-
-    gates = [Gate(name="verdict", passed=verdict == "completed", detail=f"{verdict}: {reason}"),
-             Gate(name="isolation", passed=result.isolated,
-                  detail="ran in the sandbox" if result.isolated else "ran WITHOUT isolation (--unsafe-no-sandbox)"),
-             Gate(name="error_rate", passed=perf["error_rate"] <= spec.service_level.max_error_rate,
-                  detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
-                         f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
-                  else "no requests were sent (the service never became ready)"),
-             _load_gate(spec, primary, clean, outcome),
-             _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
-    for t in spec.thresholds:
-        if t.gate:
-            bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
-            value = clean.get(t.metric, math.nan)
-            gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
-                              detail=f"{'not measured' if math.isnan(value) else f'{value:.4g}'} ({bound})"))
-    card = Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
-                     retention=retention, under_load=outcome.under_load, groups=outcome.groups, equity=equity,
-                     performance=perf, baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False,
-                     total_score=0.0, total_is_provisional=True, isolated=result.isolated, log_tail=tail,
-                     sandbox_limits=dict(result.limits),
-                     model_evidence=[m.as_dict() for m in models or []], phase_plan=fam.plan_record(),
-                     weights=spec.criteria.weights.model_dump(), **ids)
-    return rescore(card)
 
 
 def rescore(card: Scorecard) -> Scorecard:

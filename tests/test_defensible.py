@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
+from evaluation.criteria import _retention, _skill
 from evaluation.decisions import apply_review
 from evaluation.families import open_family
 from evaluation.performance import performance
-from evaluation.scorecard import _retention, _skill
 from evaluation.tracking import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
@@ -605,8 +605,8 @@ def test_a_cpu_hog_moves_the_total_by_at_most_one_point(ws, bike_spec, built):
     import sys
     import time
 
+    from evaluation.criteria import build_scorecard
     from evaluation.families import open_family
-    from evaluation.scorecard import build_scorecard
     from sandbox.executor import InlineExecutor
     from workflow.evaluate import sandbox_job
 

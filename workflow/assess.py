@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.criteria import build_scorecard
 from evaluation.family import TaskFamily
 from evaluation.report import render_plots
-from evaluation.scorecard import Scorecard, build_scorecard
+from evaluation.scorecard import Scorecard
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.runner import SandboxResult
