@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import posixpath
 import struct
 import tarfile
@@ -22,6 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sandbox.torch_pickle import read_pickle
 from testbed.yamlio import safe_load_bounded
 
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
@@ -29,10 +29,6 @@ __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAME
 MAX_PARSED_BYTES = 512 << 20
 """Files larger than this are reported by size only, not parsed."""
 MAX_PICKLE_BYTES = 32 << 20
-MAX_WALK = 200_000
-MAX_PATH = 200
-"""Characters of a tensor's dotted path kept: a path grows with the nesting, and 200,000 nested dicts under one
-64 KiB key would otherwise make gigabytes of paths."""
 MIN_DL_PARAMETERS = 1_000
 """A deep-learning model has at least this many learned parameters..."""
 MIN_DL_LAYERS = 2
@@ -179,122 +175,6 @@ def _bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
     return ModelArtifact(name, "bentoml_model", framework, 0, 0, summary)
 
 
-# PyTorch archives --------------------------------------------------------------------------------------------
-
-class _Stub:
-    """Stands for any object a pickle names. Nothing the pickle names is ever looked up or called."""
-
-    qualname = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):
-        self.state = (self.state, key, value)
-
-    def append(self, value):
-        self.state = (self.state, value)
-
-    extend = add = append
-
-
-class _Dict(dict):
-    """An OrderedDict as a plain dict that takes attributes (a state dict carries `_metadata`)."""
-
-
-@dataclass
-class _Tensor:
-    shape: tuple[int, ...]
-    held: bool = True
-    """Its storage's file in the archive has the elements its shape needs."""
-
-
-@dataclass
-class _Storage:
-    elements: int
-    """Elements of its dtype the storage's file in the archive holds."""
-    claimed: int = 0
-    """Elements the tensors built on it so far take."""
-
-
-_STORAGE_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16, "Float": 4, "Int": 4, "QInt32": 4,
-                  "Half": 2, "BFloat16": 2, "Short": 2}
-"""Bytes per element of a `torch.<Name>Storage` (the others: 1)."""
-
-
-def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
-    shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) else ()
-    if not isinstance(storage, _Storage):
-        return _Tensor(shape)
-    held = math.prod(shape) <= storage.elements - storage.claimed
-    storage.claimed += math.prod(shape) if held else 0  # views of one storage share its values: counted once
-    return _Tensor(shape, held)
-
-
-def _rebuild_parameter(data, *rest, **kwargs):
-    return data
-
-
-class _StubUnpickler(pickle.Unpickler):
-    TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor"}
-
-    def __init__(self, data: bytes, stored: dict[str, int] | None = None):
-        super().__init__(io.BytesIO(data))
-        self.classes: Counter = Counter()
-        self.stored = stored or {}
-        """Bytes of each storage's file in the archive (`data/<key>`)."""
-        self.storages: dict[str, _Storage] = {}
-
-    def find_class(self, module: str, name: str):
-        if module == "torch._utils" and name in self.TENSOR_BUILDERS:
-            return _rebuild_tensor
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return _rebuild_parameter
-        if module == "collections" and name == "OrderedDict":
-            return _Dict
-        self.classes[f"{module}.{name}"] += 1
-        return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
-
-    def persistent_load(self, pid):
-        if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
-            kind = getattr(pid[1], "qualname", "").removeprefix("torch.").removesuffix("Storage")
-            if str(pid[2]) not in self.storages:  # one per file, however often the pickle names it
-                self.storages[str(pid[2])] = _Storage(self.stored.get(str(pid[2]), 0) // _STORAGE_BYTES.get(kind, 1))
-            return self.storages[str(pid[2])]
-        return None
-
-
-def _walk(root) -> tuple[dict[str, tuple[int, ...]], int]:
-    """Tensors reachable from `root` whose values the archive holds, by dotted path, and how many others
-    (iterative, bounded, cycle-safe)."""
-    shapes, hollow, stack, seen = {}, 0, [("", root)], set()
-    while stack and len(seen) < MAX_WALK:
-        path, obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, _Tensor) and not obj.held:
-            hollow += 1
-        elif isinstance(obj, _Tensor):
-            shapes[path or "tensor"] = obj.shape
-        elif isinstance(obj, dict):
-            stack += [(f"{path}.{k[:MAX_PATH]}".lstrip(".")[:MAX_PATH] if isinstance(k, str) else path, v)
-                      for k, v in obj.items()]
-        elif isinstance(obj, list | tuple):
-            stack += [(path, v) for v in obj]
-        elif isinstance(obj, _Stub):
-            stack += [(path, obj.args), (path, obj.state)]
-    return shapes, hollow
-
-
 def _zip(name: str, data: bytes) -> ModelArtifact | None:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
@@ -305,11 +185,10 @@ def _zip(name: str, data: bytes) -> ModelArtifact | None:
         scripted = any(n.startswith(f"{root}/code/") for n in names)
         folder = f"{root}/data/" if root else "data/"
         stored = {n.removeprefix(folder): zf.getinfo(n).file_size for n in names if n.startswith(folder)}
-        unpickler = _StubUnpickler(zf.read(pkl), stored)
-        shapes, hollow = _walk(unpickler.load())
+        shapes, hollow, classes = read_pickle(zf.read(pkl), stored)
     params, layers, weights = _describe_weights(shapes, hollow)
     if scripted:
-        modules = Counter({k.removeprefix("__torch__.").rpartition(".")[2]: n for k, n in unpickler.classes.items()
+        modules = Counter({k.removeprefix("__torch__.").rpartition(".")[2]: n for k, n in classes.items()
                            if k.startswith("__torch__.")})
         described = ", ".join(f"{m}×{n}" if n > 1 else m for m, n in modules.most_common(6))
         return ModelArtifact(name, "torchscript", "pytorch", params, layers, f"TorchScript modules: {described}; "
