@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import typer
@@ -84,11 +86,14 @@ def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Fol
 
     spec = get_pilot(pilot)
     fam = open_family(spec, Workspace.from_env().data_dir)
+    splits = {name: fam.load(name) for name, split in spec.dataset.splits.items() if split.public}  # all, or none
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, split in spec.dataset.splits.items():
-        if split.public:
-            for path in fam.export(fam.load(name), out_dir):
-                out.print(f"wrote {path}")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as staging:
+        written = [path.relative_to(staging) for data in splits.values() for path in fam.export(data, Path(staging))]
+        for rel in written:  # moved into place once every split is written
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(staging) / rel, out_dir / rel)
+            out.print(f"wrote {out_dir / rel}")
 
 
 @app.command()

@@ -86,6 +86,26 @@ def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     assert max(origins) < "2018-10-01" and len(origins) > 100
 
 
+def test_public_data_export_is_whole_or_absent(tmp_path, monkeypatch):
+    """A public split the family cannot read stops the export before any file is written."""
+    from evaluation.families.forecasting.family import Forecasting
+    from testbed.errors import SpecError
+
+    real = Forecasting.read
+
+    def read(self, split):
+        if split == "sample":
+            raise SpecError("split 'sample' has no complete window", where="pilot bike-demand: dataset.splits.sample",
+                            fix="widen the split")
+        return real(self, split)
+
+    monkeypatch.setattr(Forecasting, "read", read)
+    out = tmp_path / "public"
+    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
+    assert result.exit_code == 2 and "dataset.splits.sample" in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_refuses_to_run_without_isolation(monkeypatch, tmp_path, fake_bento):
     import shutil
 

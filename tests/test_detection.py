@@ -284,11 +284,44 @@ def test_the_citys_bad_frames_and_leaky_splits_are_spec_errors(spec, tmp_path):
     splits = json.loads(listed.read_text())
     fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
     (data / "coco-street" / "images" / splits["test"][0]).write_bytes(b"not an image")
-    with pytest.raises(SpecError, match=r"split 'test' could not be read from the data \(UnidentifiedImageError"):
+    with pytest.raises(SpecError, match=rf"{splits['test'][0]} is not an image Pillow can read"):
         fam.load("test")
     listed.write_text(json.dumps({**splits, "test": [*splits["test"], splits["sample"][0]]}))
     with pytest.raises(SpecError, match="shares 1 images with the public split 'sample'"):
         fam.load("test")
+
+
+@pytest.mark.parametrize("field, change", [
+    ("bbox", {"bbox": [600.0, 10.0, 80.0, 40.0]}),  # beyond the right edge
+    ("bbox", {"bbox": [10.0, 10.0, -5.0, 40.0]}),
+    ("bbox", {"bbox": [10.0, 10.0, float("nan"), 40.0]}),
+    ("category_id", {"category_id": 999}),
+    ("area", {"area": None}),
+    ("width", None),  # the image's declared size is not the file's
+])
+def test_the_citys_bad_ground_truth_is_a_spec_error_naming_it(spec, tmp_path, field, change):
+    """Truth that cannot be right would fail a vendor for the city's mistake: it is refused before any bundle runs,
+    naming the annotation (or image) and the field."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    path = data / "coco-street" / "annotations.json"
+    coco, splits = json.loads(path.read_text()), json.loads((path.parent / "splits.json").read_text())
+    image = next(im for im in coco["images"] if im["file_name"] == splits["test"][0])
+    if change is None:
+        image["width"] += 7
+    else:
+        ann = next(a for a in coco["annotations"] if a["image_id"] == image["id"])
+        ann.update({k: v for k, v in change.items() if v is not None})
+        if change.get(field, 0) is None:
+            del ann[field]
+    path.write_text(json.dumps(coco))
+    fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
+    with pytest.raises(SpecError, match=f"`{field}`" if change else "gives width") as refused:
+        fam.load("test")
+    assert str(path) in refused.value.where and refused.value.fix
+    fam.load("sample")  # the other split's truth is whole
 
 
 def test_perfect_detector_and_failed_requests(fam, test_frames):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ROAD_USERS", "Kept", "DetectionOptions", "Frames", "decode_image", "png", "object_counts"]
+from testbed.errors import SpecError
+
+__all__ = ["ROAD_USERS", "Kept", "DetectionOptions", "Frames", "decode_image", "png", "object_counts", "decode_frames",
+           "check_annotations"]
 
 ROAD_USERS = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 Kept = list[list[tuple[int, float, tuple[float, float, float, float]]]]
@@ -85,3 +90,51 @@ def object_counts(anns: list[dict], image_ids: list[int], cat_ids: list[int], lo
         if not a.get("iscrowd") and a["image_id"] in rows and a["category_id"] in cols and lo <= a["area"] <= hi:
             counts[rows[a["image_id"]], cols[a["category_id"]]] += 1
     return counts
+
+
+def decode_frames(folder: Path, images: list[dict], where: str) -> tuple[list[bytes], list[np.ndarray]]:
+    """The image files of `images` (in `folder`) and their decoded pixels; a file that is not an image, or whose
+    size is not the `width` and `height` the annotations give it, is a SpecError naming it."""
+    raw, pixels = [], []
+    for im in images:
+        path = folder / im["file_name"]
+        data = path.read_bytes()
+        try:
+            image = decode_image(data)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises several kinds for a bad file
+            raise SpecError(f"{path} is not an image Pillow can read ({type(exc).__name__})", where=where,
+                            fix="replace it with the original image, or remove the image from the split") from None
+        if (image.shape[1], image.shape[0]) != (im.get("width"), im.get("height")):
+            raise SpecError(f"{path} is {image.shape[1]}×{image.shape[0]} pixels, but image {im['id']} of the "
+                            f"annotations gives width {im.get('width')} and height {im.get('height')}", where=where,
+                            fix="correct the image's `width` and `height` in the annotations file (its boxes are "
+                                "in the image's own pixels)")
+        raw.append(data)
+        pixels.append(image)
+    return raw, pixels
+
+
+def check_annotations(anns: list[dict], images: list[dict], categories: list[dict], where: str) -> None:
+    """The ground truth of a split's frames is whole: each box `[x, y, width, height]` of finite numbers with a
+    positive size inside its image (half a pixel of rounding allowed), a known `category_id` and an `area`.
+    Bad truth would fail a vendor for the city's mistake, so it is a SpecError naming the annotation."""
+    sizes, known = {im["id"]: (im.get("width"), im.get("height")) for im in images}, {c["id"] for c in categories}
+    fix = ("correct or remove the annotation (COCO: `bbox` is [x, y, width, height] in the image's pixels, `area` "
+           "the object's area, `category_id` one of `categories`)")
+    for a in anns:
+        if a.get("image_id") not in sizes:
+            continue
+        what = f"annotation {a.get('id')} (image {a['image_id']})"
+        if a.get("category_id") not in known:
+            raise SpecError(f"{what}: field `category_id` {a.get('category_id')!r} is not one of the categories",
+                            where=where, fix=fix)
+        box, (w_img, h_img) = a.get("bbox"), sizes[a["image_id"]]
+        numbers = isinstance(box, list) and len(box) == 4 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        if not numbers or box[2] <= 0 or box[3] <= 0 or box[0] < -0.5 or box[1] < -0.5 or \
+                box[0] + box[2] > w_img + 0.5 or box[1] + box[3] > h_img + 0.5:
+            raise SpecError(f"{what}: field `bbox` {box!r} is not a box of positive size inside the "
+                            f"{w_img}×{h_img} image", where=where, fix=fix)
+        area = a.get("area")
+        if not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area) or area < 0:
+            raise SpecError(f"{what}: field `area` is {area!r}, not a number of pixels", where=where, fix=fix)

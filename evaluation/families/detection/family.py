@@ -13,7 +13,8 @@ from evaluation.families.detection.data import (
     DetectionOptions,
     Frames,
     Kept,
-    decode_image,
+    check_annotations,
+    decode_frames,
     object_counts,
     png,
 )
@@ -83,11 +84,12 @@ class ObjectDetection(TaskFamily):
         anns = [a for a in coco["annotations"] if a["image_id"] in set(ids) and a["category_id"] in set(cat_ids)]
         gt = {"info": coco.get("info", {}), "licenses": coco.get("licenses", []), "images": images,
               "annotations": anns, "categories": [c for c in coco["categories"] if c["id"] in cat_ids]}
-        jpeg = [(self.data_path.parent / "images" / im["file_name"]).read_bytes() for im in images]
+        where = f"pilot {self.spec.id}: dataset {self.data_path}"
+        check_annotations(coco["annotations"], images, coco["categories"], where)
+        jpeg, pixels = decode_frames(self.data_path.parent / "images", images, where)
         counts = {area: object_counts(anns, ids, cat_ids, lo, hi) for area, (lo, hi) in AREA_RANGES.items()}
         crowd = {a["image_id"] for a in anns if a.get("iscrowd")}
         crowded = (counts["all"].sum(1) >= o.crowded_min_objects) | np.isin(ids, list(crowd))
-        pixels = [decode_image(raw) for raw in jpeg]
         luma = np.array([float((im @ np.array([0.299, 0.587, 0.114])).mean()) for im in pixels])
         groups = {"density": np.where(crowded, "crowded", "sparse"),
                   "lighting": np.where(luma < o.dark_luminance, "dark", "normal")}
