@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from evaluation.families import open_family
 from pilots.catalogue import CATALOGUE_DIR
-from testbed.errors import SpecError
+from testbed.errors import ContractViolation, SpecError
 from tests.doubles import FakeSandbox
 from workflow.catalogue import get_pilot, load_pilot, scan_pilots
 
@@ -161,6 +161,35 @@ def test_the_citys_own_bad_data_is_a_spec_error_never_the_vendors(districts, mut
     with pytest.raises(SpecError) as info:
         open_family(load_pilot(spec_path), data_dir).load("test")
     assert words in str(info.value) and "fix:" in str(info.value) and "district-demand" in str(info.value)
+
+
+def test_a_target_below_zero_needs_the_spec_to_say_so(districts):
+    """Forecasts below zero break the contract, so a target that goes below zero (a net flow) is refused until the
+    spec sets `task.nonnegative: false`; then negative forecasts are answers like any other."""
+    import hashlib
+
+    from evaluation.families.forecasting.contract import decode_response
+
+    spec_path, data_dir = districts
+    csv = data_dir / "districts" / "demand.csv"
+    frame = pd.read_csv(csv)
+    frame["demand"] -= frame["demand"].mean()
+    frame.to_csv(csv, index=False)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["dataset"]["sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SpecError, match="below zero at") as info:
+        open_family(load_pilot(spec_path), data_dir).load("test")
+    assert "task.nonnegative" in info.value.where and "`task.nonnegative: false`" in info.value.fix
+    spec["task"]["nonnegative"] = False
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    fam = open_family(load_pilot(spec_path), data_dir)
+    test = fam.load("test")
+    assert (test.truth < 0).any()
+    body = json.dumps((-np.ones((2, fam.options.horizon))).tolist()).encode()
+    assert (decode_response(body, 2, fam.options.horizon, nonnegative=False) == -1).all()
+    with pytest.raises(ContractViolation, match="negative"):
+        decode_response(body, 2, fam.options.horizon)
 
 
 def test_times_with_a_utc_offset_read_on_their_own_clock(districts):

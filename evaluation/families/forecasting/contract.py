@@ -11,7 +11,8 @@
   NaN (sent as the JSON literal `NaN`), calendar features excepted.
 - `future`: float array (windows, horizon, len(future_features)): the calendar and the known-in-advance
   covariates of the steps to forecast (as a weather forecast gives them).
-- returns: float array (windows, horizon) of predicted targets, finite and non-negative.
+- returns: float array (windows, horizon) of predicted targets, finite, and non-negative unless the pilot's
+  `task.nonnegative` is false (a target that can go below zero).
 
 One request carries many windows (of one or many series). Through the testbed's sandbox the arrays travel in
 binary (an `.npz` request, an `.npy` answer: the worker converts them for BentoML, the service sees the same
@@ -62,8 +63,9 @@ def _array(body: bytes) -> np.ndarray:
     return np.asarray(json.loads(body, parse_int=float), dtype=np.float64)
 
 
-def decode_response(body: bytes, windows: int, horizon: int) -> np.ndarray:
-    """Parse and check one response; raise ContractViolation with what is wrong."""
+def decode_response(body: bytes, windows: int, horizon: int, nonnegative: bool = True) -> np.ndarray:
+    """Parse and check one response (negative values refused when `nonnegative`); raise ContractViolation with
+    what is wrong."""
     try:  # hostile input: huge integers become inf (caught below), deep nesting is refused, not a crash
         array = _array(body)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
@@ -72,6 +74,6 @@ def decode_response(body: bytes, windows: int, horizon: int) -> np.ndarray:
         raise ContractViolation(f"response shape {array.shape}, expected ({windows}, {horizon})")
     if not np.isfinite(array).all():
         raise ContractViolation("response contains NaN or infinite values")
-    if (array < 0).any():
+    if nonnegative and (array < 0).any():
         raise ContractViolation("response contains negative values")
     return array

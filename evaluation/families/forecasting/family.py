@@ -42,6 +42,9 @@ class ForecastOptions(BaseModel):
     """Windows per request in the scenario phases."""
     single_stream_requests: int = Field(default=60, ge=1)
     """One-window requests sent one after another to measure latency."""
+    nonnegative: bool = True
+    """The target is a count or an amount: forecasts below zero break the contract. false for a target that can go
+    below zero (a temperature, a net flow); the data are checked against it."""
 
     @model_validator(mode="after")
     def _season_within_history(self) -> ForecastOptions:
@@ -96,12 +99,22 @@ class Forecasting(TaskFamily):
                 "history_features": d.history_features,
                 "future_shape": ["windows", o.horizon, len(d.future_features)],
                 "future_features": d.future_features, "never_missing": d.calendar, "frequency": d.frequency,
-                "series_keys": d.series_keys, "returns": ["windows", o.horizon], "target": d.target}
+                "series_keys": d.series_keys, "returns": ["windows", o.horizon], "target": d.target,
+                "nonnegative": o.nonnegative}
 
     @cached_property
     def panel(self) -> Panel:
         where = f"pilot {self.spec.id}: dataset {self.data_path.name}"
-        return remembered_panel(self.data_path, self.options.data, where)
+        panel = remembered_panel(self.data_path, self.options.data, where)
+        below = np.flatnonzero(panel.values[..., 0] < 0)
+        if self.options.nonnegative and len(below):
+            s, t = np.unravel_index(below[0], panel.values.shape[:2])
+            raise SpecError(f"the target {self.options.data.target!r} is below zero at {len(below)} steps (first: "
+                            f"{panel.values[s, t, 0]:g} at {panel.times[t]}), but forecasts must be non-negative",
+                            where=f"{where}: task.nonnegative",
+                            fix="set `task.nonnegative: false` if the target can go below zero (the contract then "
+                                "accepts negative forecasts), or correct the data")
+        return panel
 
     def _labels(self, key: str, s: np.ndarray, steps: np.ndarray) -> np.ndarray:
         panel = self.panel
@@ -155,7 +168,8 @@ class Forecasting(TaskFamily):
 
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
-        decode = lambda body, rows: decode_response(body, len(rows), self.options.horizon)  # noqa: E731
+        decode = lambda body, rows: decode_response(body, len(rows), self.options.horizon,  # noqa: E731
+                                                    self.options.nonnegative)
         for rows, values in self.answers(result, name, decode, violations):
             preds[rows] = values
         return preds
