@@ -42,18 +42,27 @@ def _describe(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str | None,
     return description, current
 
 
+def _given(item: dict) -> str:
+    """` (given: VALUE)` for a scalar the file gave (shortened), so the message shows what was read."""
+    value = item.get("input")
+    if item["type"] in ("missing", "extra_forbidden") or isinstance(value, dict | list) or value is None:
+        return ""
+    return f" (given: {repr(value)[:60]})"
+
+
 def _fix(model: type[BaseModel], item: dict, path: str) -> str:
-    """What to do about one pydantic error at `path`: the field's meaning, or for an unknown field the fields
-    that may stand there."""
+    """What to do about one pydantic error at `path`: what to give there (as the message says), with the field's
+    meaning; for an unknown field, the fields that may stand there."""
     if item["type"] == "extra_forbidden":
         parent = _describe(model, tuple(item["loc"][:-1]))[1]
         names = ", ".join(getattr(parent, "model_fields", None) or ())
         return f"remove `{path}` or correct its name" + (f" (the fields there: {names[:300]})" if names else "")
     doc = _describe(model, tuple(item["loc"]))[0]
+    todo = f"add `{path}`" if item["type"] == "missing" else f"give `{path}` a value as the message says"
     if not doc:
-        return f"correct `{path}`"
+        return todo
     first = (doc.split() or [""])[0]
-    return f"`{path}` is {doc[0].lower() + doc[1:] if first[1:].islower() or len(first) == 1 else doc}"
+    return f"{todo}; it is {doc[0].lower() + doc[1:] if first[1:].islower() or len(first) == 1 else doc}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -82,7 +91,7 @@ def validation_error(where: str, model: type[BaseModel], error: ValidationError,
             fixes.append("make those fields agree")
             continue
         path = prefix + ".".join(str(p) for p in item["loc"])[:60]  # names from the file: never echoed whole
-        lines.append(f"field `{path}`: {item['msg'].removeprefix('Value error, ')}")
+        lines.append(f"field `{path}`: {item['msg'].removeprefix('Value error, ')}{_given(item)}")
         fixes.append(_fix(model, item, path))
     if len(errors) > SHOWN_ERRORS:
         lines.append(f"and {len(errors) - SHOWN_ERRORS} more")

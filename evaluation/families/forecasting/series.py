@@ -122,7 +122,9 @@ class SeriesData(BaseModel):
             value = getattr(self, role)
             for column in value if isinstance(value, list) else [value]:
                 if column in seen:
-                    raise ValueError(f"column {column!r} is given both as `{seen[column]}` and as `{role}`")
+                    raise ValueError(f"column {column!r} is given both as `{seen[column]}` and as `{role}`: give "
+                                     "each column one role (a derived calendar feature such as `month` needs the time "
+                                     "column to have another name: rename it in the data, or leave the feature out)")
                 seen[column] = role
         return self
 
