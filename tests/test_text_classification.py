@@ -185,3 +185,47 @@ def test_an_unanswered_text_counts_as_wrong(fam, test_texts):
     lost, n = first_clean[0], len(test_texts.texts)
     assert outcome.coverage == pytest.approx((n - lost) / n)
     assert outcome.metrics["clean"]["accuracy"] <= (n - lost) / n + 1e-9
+
+
+def _variant(spec, tmp_path, text: str, written_as: str = "utf-8", **task):
+    """The petition family on a copy of its CSV rewritten as `text` (in `written_as`), with `task` changes."""
+    path = tmp_path / spec.dataset.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(written_as))
+    return FAMILIES.get("text-classification")(spec.model_copy(update={"task": {**spec.task, **task}}), tmp_path)
+
+
+def test_a_cp949_file_reads_with_task_encoding_and_names_the_field_without_it(spec, tmp_path):
+    """Many Korean public files are cp949: without `task.encoding` the error names that field; with it the
+    split is the same as from the UTF-8 file."""
+    from testbed.errors import SpecError
+
+    def cp949(line: str) -> bool:
+        try:
+            return bool(line.encode("cp949"))
+        except UnicodeEncodeError:
+            return False
+
+    lines = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig").splitlines()
+    text = "\n".join(line for line in lines if cp949(line)) + "\n"
+    with pytest.raises(SpecError, match="is not utf-8 text") as refused:
+        _variant(spec, tmp_path, text, "cp949").load("sample")
+    assert refused.value.where.endswith("task.encoding") and "cp949" in refused.value.fix
+    read = _variant(spec, tmp_path, text, "cp949", encoding="cp949").load("sample")
+    assert len(read.texts) > 100 and read.texts == _variant(spec, tmp_path, text).load("sample").texts
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda lines: [lines[0], lines[1].replace("2021-01-20", "20/01/2021"), *lines[2:]],
+     "line 2 (id '449459.0'): `expiryDate` is '20/01/2021', not a date"),
+    (lambda lines: [lines[0], lines[1].replace("교통/건축/국토", ""), *lines[2:]], "rows with an empty `category`"),
+    (lambda lines: [line.replace("title", "subject", 1) if i == 0 else line for i, line in enumerate(lines)],
+     "has no column 'title'"),
+])
+def test_the_citys_bad_rows_are_named(spec, tmp_path, edit, words):
+    from testbed.errors import SpecError
+
+    lines = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig").splitlines()
+    with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")) as refused:
+        _variant(spec, tmp_path, "\n".join(edit(lines)) + "\n").load("test")
+    assert "petition-routing" in refused.value.where and refused.value.fix

@@ -3,6 +3,7 @@ and the groups (category, title length)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from testbed.errors import SpecError
 
 __all__ = ["TextOptions", "Texts", "read_texts", "length_groups"]
 
@@ -38,6 +41,18 @@ class TextOptions(BaseModel):
     """One-text requests sent one after another to measure latency."""
     calibration_bins: int = Field(default=15, ge=2, le=100)
     """Equal-width confidence bins of the expected calibration error."""
+    encoding: str = "utf-8"
+    """Text encoding of the CSV file (a Python codec name, e.g. `cp949` for many Korean public files); a UTF-8
+    byte-order mark is skipped."""
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"{value[:40]!r} is not a text encoding Python knows (e.g. utf-8, cp949)") from None
+        return value
 
     @field_validator("categories")
     @classmethod
@@ -82,18 +97,32 @@ def length_groups(texts: list[str], bins: list[int]) -> np.ndarray:
     return np.array([names[int(np.searchsorted(bins, len(t), side="right"))] for t in texts])
 
 
-def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime | None,
-               split: str) -> tuple[Texts, list[str]]:
+def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime | None, split: str,
+               where: str) -> tuple[Texts, list[str]]:
     """The rows of `path` whose time falls in [start, end] (days, inclusive), ids deduplicated; also the
-    labels found that are not among the categories (the caller decides what that means)."""
+    labels found that are not among the categories (the caller decides what that means). A missing column or
+    a row without a date is a SpecError at `where`, naming the column or the line."""
     categories = list(o.categories)
     index = {c: k for k, c in enumerate(categories)}
     first, last = _day(start), _day(end)
     seen: set[str] = set()
     ids, texts, labels, times, unknown = [], [], [], [], []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            when = date.fromisoformat(row[o.time_column][:10])
+    encoding = "utf-8-sig" if codecs.lookup(o.encoding).name == "utf-8" else o.encoding
+    with open(path, encoding=encoding, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [o.id_column, o.time_column, o.text_column, o.label_column]
+        absent = [c for c in columns if c not in (reader.fieldnames or [])]
+        if absent:
+            raise SpecError(f"{path.name} has no column {absent[0]!r} (its columns: {(reader.fieldnames or [])[:12]})",
+                            where=where, fix="name the data's columns in task.text_column / label_column / "
+                                             "time_column / id_column")
+        for number, row in enumerate(reader, 2):
+            try:
+                when = date.fromisoformat((row[o.time_column] or "")[:10])
+            except ValueError:
+                raise SpecError(f"{path.name} line {number} (id {row[o.id_column]!r}): `{o.time_column}` is "
+                                f"{row[o.time_column]!r}, not a date YYYY-MM-DD", where=where,
+                                fix=f"correct the row's {o.time_column}, or remove the row") from None
             if (first and when < first) or (last and when > last) or row[o.id_column] in seen:
                 continue
             seen.add(row[o.id_column])

@@ -67,11 +67,14 @@ class TextClassification(TaskFamily):
     def read(self, split: str) -> Texts:
         window, where = self.spec.dataset.splits[split], f"pilot {self.spec.id}: dataset"
         try:
-            data, unknown = read_texts(self.data_path, self.options, window.start, window.end, split)
-        except KeyError as exc:
-            raise SpecError(f"{self.data_path.name} has no column {exc}", where=where,
-                            fix="name the data's columns in task.text_column / label_column / time_column / "
-                                "id_column") from None
+            data, unknown = read_texts(self.data_path, self.options, window.start, window.end, split, where)
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{self.data_path.name} is not {self.options.encoding} text (byte {exc.start})",
+                            where=f"{where}: task.encoding",
+                            fix="set task.encoding to the file's encoding (e.g. cp949)") from None
+        if "" in unknown:
+            raise SpecError(f"split {split!r} has rows with an empty `{self.options.label_column}`", where=where,
+                            fix="give every row its category, or remove the unlabelled rows from the data")
         if unknown:
             raise SpecError(f"split {split!r} has labels that are not in task.categories: {unknown[:5]}",
                             where=f"pilot {self.spec.id}: task.categories",
