@@ -206,6 +206,12 @@ class TaskFamily(PhasePlan, ABC):
         """The request body carrying items `rows` (indices, in this order) of `inputs`."""
 
     @abstractmethod
+    def check_answer(self, body: bytes, items: int) -> None:
+        """Raise ContractViolation, saying what is wrong, when `body` is not a valid answer to a request of `items`
+        items: the check production serving applies to every answer (evaluation applies the same in
+        `predictions`)."""
+
+    @abstractmethod
     def predictions(self, data: Any, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
         """Decode and check every phase's responses (contract violations go to `violations`); return the
         predictions of the clean and scenario phases, and of the load phases together as `UNDER_LOAD`, as named

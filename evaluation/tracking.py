@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -146,6 +147,9 @@ class MemoryTracker:
         self.runs: dict[str, RunRecord] = {}
         self.versions: list[dict[str, str]] = []
         self._ids = itertools.count(1)
+        self._store = Path(tempfile.mkdtemp(prefix="testbed-memory-"))
+        """Where the artifacts' copies are kept; removed with the tracker."""
+        weakref.finalize(self, shutil.rmtree, self._store, True)
 
     def start(self, card: Scorecard, params: dict[str, str]) -> str:
         run_id = f"memory-{next(self._ids)}"
@@ -157,7 +161,8 @@ class MemoryTracker:
         run = self.runs[run_id]
         run.metrics, run.status = flatten(card), "FINISHED"
         run.tags |= _outcome_tags(card)
-        store = Path(tempfile.mkdtemp(prefix=f"testbed-{run_id}-"))  # copies, as MLflow keeps: not the files
+        store = self._store / run_id  # copies, as MLflow keeps: not the files
+        store.mkdir()
         run.artifacts = {name: Path(shutil.copy(path, store / name.replace("/", "_")))
                          for name, path in {**files, "bento/" + bundle.name: bundle}.items()}
         if card.evaluation == "official" and not any(v["pilot"] == card.pilot and

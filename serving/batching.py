@@ -19,10 +19,25 @@ from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Batcher", "Call"]
+__all__ = ["Batcher", "Call", "parse_request"]
 
 Call = Callable[[bytes, int], tuple[int, bytes]]
 """Sends one JSON body holding `items` items to the sandboxed API (in a worker thread); returns (status, body)."""
+
+
+def parse_request(body: bytes, inputs: list[str]) -> tuple[dict, int] | str:
+    """A request's contract inputs and its item count, or what is wrong with it (the proxy's 400): a JSON object
+    whose `inputs` are lists of the same, non-zero length (the contract's batch axis)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return f"the body is not JSON ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(payload, dict) or any(not isinstance(payload.get(k), list) for k in inputs):
+        return f"the body must be a JSON object with the list inputs {', '.join(inputs)}"
+    sizes = {len(payload[k]) for k in inputs}
+    if len(sizes) != 1 or 0 in sizes:
+        return f"the inputs {', '.join(inputs)} must hold the same, non-zero number of items"
+    return {k: payload[k] for k in inputs}, sizes.pop()
 
 
 @dataclass
@@ -40,19 +55,6 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None
         self._concurrency = concurrency
         self._task: asyncio.Task | None = None
-
-    def parse(self, body: bytes) -> tuple[dict, int] | str:
-        """The request's contract inputs and its item count, or why it cannot be batched (a 400)."""
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            return f"the body is not JSON ({exc})"
-        if not isinstance(payload, dict) or any(not isinstance(payload.get(k), list) for k in self.inputs):
-            return f"the body must be a JSON object with the list inputs {', '.join(self.inputs)}"
-        sizes = {len(payload[k]) for k in self.inputs}
-        if len(sizes) != 1 or 0 in sizes:
-            return f"the inputs {', '.join(self.inputs)} must hold the same, non-zero number of items"
-        return {k: payload[k] for k in self.inputs}, sizes.pop()
 
     async def submit(self, payload: dict, items: int) -> tuple[int, bytes]:
         if self._task is None or self._task.done():
@@ -99,7 +101,7 @@ class Batcher:
             return [(status, body)] * len(batch)
         try:
             out = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # whatever the bundle sent: never an exception for the waiting clients
             out = None
         if not isinstance(out, list) or len(out) != total:
             error = b'{"error": "the served bundle broke the contract: one output item per input item"}'

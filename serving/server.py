@@ -3,36 +3,36 @@
 The bundle comes from the MLflow registry by the `production` alias (never from a path someone typed) and is
 checked again as a promotion is (latest review approves its latest evaluation, gates passed, bytes hash to what
 was evaluated); otherwise nothing is served. It runs under the same sandbox as evaluation (no network,
-unprivileged, rlimits) on a Unix socket; the proxy, on 127.0.0.1 by default, adds `/healthz`, `/readyz`,
-Prometheus `/metrics` and adaptive batching (`serving.batching`), and forwards the contract's API and
-`/schema.json` (what `bentoml.SyncHTTPClient` reads). A watcher polls the alias: a promotion or rollback is
-served without a restart (the new bundle starts beside the old, then takes over); a withdrawal stops serving.
-A served bundle that dies makes `/readyz` fail and requests get 503, with one log line saying what to do.
+unprivileged, rlimits), on the Python environment the bundle declared (the one its evaluation ran on), on a
+Unix socket; the proxy (`serving.proxy`), on 127.0.0.1 by default, adds `/healthz`, `/readyz`, Prometheus
+`/metrics` and adaptive batching (`serving.batching`), forwards the contract's API, checking each request and
+each answer against the contract, and `/schema.json` (what `bentoml.SyncHTTPClient` reads). A watcher polls
+the alias: a promotion or rollback is served without a restart (the new bundle starts beside the old, then
+takes over); a withdrawal stops serving. A served bundle that dies makes `/readyz` fail and requests get 503,
+with one log line saying what to do.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
-import anyio
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from evaluation.families import FAMILIES
+from evaluation.families import open_family
 from evaluation.tracking import registered_model_name
+from sandbox.bundle import inspect_bundle
+from sandbox.environment import bundle_environment
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.service import SandboxedService
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics
+from serving.proxy import Proxy, Served
 from testbed.config import Workspace
 from testbed.errors import Refused, TestbedError
 from workflow.catalogue import get_pilot
@@ -40,39 +40,15 @@ from workflow.promote import Approved, Production
 
 __all__ = ["ProductionServer", "running"]
 
-REQUEST_TIMEOUT_S = 60
-"""How long the proxy waits for the served bundle's answer to one request."""
 SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
-
-
-def _unanswered(error: str) -> bytes:
-    """The proxy's 502 body when the served bundle sent no whole answer (`error`: what the channel saw)."""
-    return json.dumps({"error": f"the served bundle did not answer ({error[:200]})"}).encode()
 
 
 def _stderr(line: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {line}", file=sys.stderr, flush=True)
 
 
-class _Served:
-    """One approved bundle running in the sandbox."""
-
-    def __init__(self, ok: Approved, service: SandboxedService):
-        self.ok, self.service, self.version = ok, service, ok.version
-        self.channel = service.channel()
-        self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
-
-    def close(self, drain_s: float = 10) -> None:
-        deadline = time.monotonic() + drain_s
-        while self.inflight and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.channel.close()
-        self.service.stop()
-        self.service.close()
-
-
-class ProductionServer:
+class ProductionServer(Proxy):
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
     def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = True,
@@ -81,15 +57,19 @@ class ProductionServer:
         self.recheck_s = recheck_s
         """How often a refused version is checked again while the trail does not move (a new review of it)."""
         self.pilot, self.model = pilot, registered_model_name(pilot)
-        self.contract = FAMILIES.get(self.spec.family).contract
+        self.family = open_family(self.spec, ws.data_dir, verify=False)
+        """Checks every answer against the contract (`TaskFamily.check_answer`); serving reads no data."""
+        self.contract = self.family.contract
         self.production, self.metrics = Production(ws), ServingMetrics(pilot)
         self.batching, self.max_batch = batching, max_batch
-        self.served: _Served | None = None
+        self.served: Served | None = None
         self.reason = "starting"
         """Why the service is not ready (shown by /readyz and in 503 answers)."""
         self._batcher: Batcher | None = None
         self._refused: tuple[str, float, str, int] | None = None
         """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
+        self._waiting = 0
+        """Requests waiting for the served bundle now (counted in the event loop)."""
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -122,11 +102,22 @@ class ProductionServer:
         served = self.served
         return served is not None and not served.crashed and served.service.alive()
 
-    def _launch(self, ok: Approved) -> _Served:
+    def _environment(self, ok: Approved) -> Path:
+        """The Python environment the bundle declared, the one its evaluation ran on (built on this node first
+        when it has none cached)."""
+        with tempfile.NamedTemporaryFile(suffix=".bento") as copy:
+            copy.write(ok.bundle)
+            copy.flush()
+            info = inspect_bundle(Path(copy.name))
+        return bundle_environment(info.manifest, self.ws.envs, where=f"version {ok.version} ({ok.submission.id})"
+                                  ).ensure()
+
+    def _launch(self, ok: Approved) -> Served:
         r = self.spec.resources
         limits = SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                                cpu_seconds=SERVICE_CPU_SECONDS, threads=math.ceil(r.cpus), cpus=r.cpus)
-        service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths)
+        service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths,
+                                   python_env=self._environment(ok))
         service.start()
         if service.wait_ready(timeout=r.startup_timeout_s) is None:
             tail = [line for line in service.log_tail(4000).splitlines() if line.strip()]
@@ -135,9 +126,9 @@ class ProductionServer:
             raise Refused(f"version {ok.version} ({ok.submission.id}) did not become ready within "
                           f"{r.startup_timeout_s} s in the sandbox: {tail[-1] if tail else 'no output'}",
                           fix="check the bundle with `testbed check`; the previous state is kept")
-        return _Served(ok, service)
+        return Served(ok, service)
 
-    def _swap(self, new: _Served | None, reason: str = "") -> None:
+    def _swap(self, new: Served | None, reason: str = "") -> None:
         with self._lock:
             old, self.served = self.served, new
             self._batcher = Batcher(lambda body, items, s=new: self._call(s, body, items), list(self.contract.inputs),
@@ -209,7 +200,7 @@ class ProductionServer:
         self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
                  f"{'version ' + current if current else 'nothing'}")
 
-    def _crashed(self, served: _Served) -> None:
+    def _crashed(self, served: Served) -> None:
         with self._lock:
             if served.crashed:
                 return
@@ -220,68 +211,6 @@ class ProductionServer:
         self.metrics.ready.labels(self.pilot).set(0)
         self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
                  f"restart `testbed serve {self.pilot}` or promote another version")
-
-    # -- the proxy ---------------------------------------------------------------------------------------------
-
-    def _call(self, served: _Served, body: bytes, items: int) -> tuple[int, bytes]:
-        with served.lock:
-            served.inflight += 1
-        try:
-            status, out, _, error = served.channel.post(self.contract.route, body, "application/json",
-                                                        time.monotonic() + REQUEST_TIMEOUT_S)
-            if status:
-                self.metrics.batch.labels(self.pilot, served.version).observe(items)
-                return status, out
-            if not served.service.alive():
-                self._crashed(served)
-                return 503, json.dumps({"error": self.reason}).encode()
-            return 502, _unanswered(error)
-        finally:
-            with served.lock:
-                served.inflight -= 1
-
-    async def _api(self, request: Request) -> Response:
-        started = time.perf_counter()
-        served, batcher = self.served, self._batcher
-        version = served.version if served else "none"
-        body = await request.body()
-        if served is None or served.crashed:
-            status, out = 503, json.dumps({"error": self.reason or "not ready"}).encode()
-        elif batcher is not None:
-            parsed = batcher.parse(body)
-            if isinstance(parsed, str):
-                status, out = 400, json.dumps({"error": parsed}).encode()
-            else:
-                status, out = await batcher.submit(*parsed)
-        else:
-            status, out = await anyio.to_thread.run_sync(self._call, served, body, 1)
-        self.metrics.observe(version, status, time.perf_counter() - started)
-        return Response(out, status, media_type="application/json")
-
-    async def _schema(self, request: Request) -> Response:
-        served = self.served
-        if served is None or served.crashed:
-            return JSONResponse({"error": self.reason or "not ready"}, 503)
-        status, out, _, error = await anyio.to_thread.run_sync(served.channel.get, "/schema.json",
-                                                               time.monotonic() + REQUEST_TIMEOUT_S)
-        if not status:
-            return Response(_unanswered(error), 502, media_type="application/json")
-        return Response(out, status, media_type="application/json")
-
-    async def _readyz(self, request: Request) -> Response:
-        if self.ready:
-            return Response(f"ready: {self.model} version {self.served.version}\n")
-        return Response(f"not ready: {self.reason or 'the served bundle is not running'}\n", 503)
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/healthz", lambda request: Response("ok\n")),
-            Route("/readyz", self._readyz),
-            Route("/metrics", lambda request: Response(self.metrics.exposition(),
-                                                       media_type="text/plain; version=0.0.4")),
-            Route("/schema.json", self._schema),
-            Route(self.contract.route, self._api, methods=["POST"]),
-        ])
 
 
 @contextmanager

@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.tracking import MlflowTracker, registered_model_name
+from sandbox.bundle import inspect_bundle
+from sandbox.environment import bundle_environment
 from sandbox.executor import InlineExecutor
 from serving.monitor import scrape, summarize
 from serving.server import ProductionServer, running
@@ -133,6 +135,8 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
     history, future = np.random.default_rng(0).random((1, 168, 13)), np.random.default_rng(1).random((1, 24, 12))
     with running(server) as url:
         assert httpx.get(url + "/readyz").status_code == 200
+        declared = inspect_bundle(w.store.bundle(w.good)).manifest  # on the environment its evaluation ran on
+        assert server.served.service.python_env == bundle_environment(declared, w.ws.envs, "test").prefix
         with bentoml.SyncHTTPClient(url) as client:
             for _ in range(7):
                 assert client.forecast(history=history, future=future).shape == (1, 24)

@@ -113,6 +113,9 @@ class ObjectDetection(TaskFamily):
     def encode(self, inputs: list[bytes], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
 
+    def check_answer(self, body: bytes, items: int) -> None:
+        decode_response(body, items)
+
     def _detections(self, data: Frames, result: SandboxResult, name: str, violations: list[str]):
         """Kept detections per frame (none where a request failed) and which frames got a valid answer."""
         index = {c: k for k, c in enumerate(self.options.classes)}

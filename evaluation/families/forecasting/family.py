@@ -166,6 +166,9 @@ class Forecasting(TaskFamily):
         history, future = inputs
         return encode_request(history[rows], future[rows])
 
+    def check_answer(self, body: bytes, items: int) -> None:
+        decode_response(body, items, self.options.horizon, self.options.nonnegative)
+
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
         decode = lambda body, rows: decode_response(body, len(rows), self.options.horizon,  # noqa: E731

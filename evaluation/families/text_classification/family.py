@@ -97,6 +97,9 @@ class TextClassification(TaskFamily):
     def encode(self, inputs: list[str], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
 
+    def check_answer(self, body: bytes, items: int) -> None:
+        decode_response(body, items, list(self.options.categories))
+
     def _probabilities(self, data: Texts, result: SandboxResult, name: str, violations: list[str]) -> np.ndarray:
         """(texts, categories) probabilities the service answered for phase `name`; NaN rows where it did not."""
         probs = np.full((len(data.texts), len(data.categories)), np.nan)

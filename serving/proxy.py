@@ -1,0 +1,185 @@
+"""The trusted proxy in front of a served bundle: every request checked against the contract's inputs, every
+answer against the family's contract (`TaskFamily.check_answer`), and counted in the Prometheus metrics.
+
+What a client gets: the bundle's answer when it is valid; 400 (or 413) for its own bad request, found by the
+proxy before the bundle sees it; 502 when the bundle failed, answered anything but 200 (its own 4xx too: the
+request was valid) or broke the contract (wrong item count, NaN, a negative forecast, not JSON, too large);
+503 when nothing is served or `MAX_WAITING` requests already wait. `ProductionServer` inherits it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandbox.observe import printable
+from sandbox.service import SandboxedService
+from serving.batching import Batcher, parse_request
+from testbed.errors import ContractViolation
+
+if TYPE_CHECKING:
+    from evaluation.contract import Contract
+    from evaluation.family import TaskFamily
+    from serving.metrics import ServingMetrics
+    from workflow.promote import Approved
+
+__all__ = ["Proxy", "Served", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES", "MAX_WAITING"]
+
+REQUEST_TIMEOUT_S = 60
+"""How long the proxy waits for the served bundle's answer to one request."""
+MAX_REQUEST_BYTES = 64 << 20
+"""The largest request body the proxy reads (413 beyond it)."""
+MAX_WAITING = 256
+"""Requests waiting for the served bundle at most; more get 503 at once rather than an unbounded queue."""
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def _unanswered(error: str) -> bytes:
+    """The proxy's 502 body when the served bundle sent no whole answer (`error`: what the channel saw)."""
+    return _error(f"the served bundle did not answer ({error[:200]})")
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Served:
+    """One approved bundle running in the sandbox."""
+
+    def __init__(self, ok: Approved, service: SandboxedService):
+        self.ok, self.service, self.version = ok, service, ok.version
+        self.channel = service.channel()
+        self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
+
+    def close(self, drain_s: float = 10) -> None:
+        deadline = time.monotonic() + drain_s
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.channel.close()
+        self.service.stop()
+        self.service.close()
+
+
+class Proxy:
+    """The proxy's half of `ProductionServer`: the routes, and calls into the served bundle (`served`)."""
+
+    served: Served | None
+    family: TaskFamily
+    contract: Contract
+    metrics: ServingMetrics
+    pilot: str
+    model: str
+    reason: str
+    """Why nothing is ready (shown by /readyz and in 503 answers)."""
+    _batcher: Batcher | None
+    _waiting: int
+
+    def _call(self, served: Served, body: bytes, items: int) -> tuple[int, bytes]:
+        """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
+        per_item = self.family.answer_bytes_per_item
+        with served.lock:
+            served.inflight += 1
+        try:
+            status, out, _, error = served.channel.post(self.contract.route, body, "application/json",
+                                                        time.monotonic() + REQUEST_TIMEOUT_S,
+                                                        cap=per_item * items if per_item else None)
+            if status:
+                self.metrics.batch.labels(self.pilot, served.version).observe(items)
+                return self._checked(status, out, items, error)
+            if not served.service.alive():
+                self._crashed(served)
+                return 503, _error(self.reason)
+            return 502, _unanswered(error)
+        finally:
+            with served.lock:
+                served.inflight -= 1
+
+    def _checked(self, status: int, out: bytes, items: int, error: str) -> tuple[int, bytes]:
+        """What the client gets for the bundle's answer: a valid one as it is, anything else a 502 saying what
+        broke. The proxy has checked the request, so the bundle's own 4xx is its failure, not the client's."""
+        if status != 200:
+            return 502, _error(f"the served bundle failed ({error[:300]})")
+        try:
+            if out.lstrip()[:1] not in (b"[", b"{"):
+                raise ContractViolation("the answer is not JSON")
+            self.family.check_answer(out, items)
+        except ContractViolation as exc:
+            return 502, _error(f"the served bundle broke the contract: {printable(exc.problem[:300])}")
+        return 200, out
+
+    async def _api(self, request: Request) -> Response:
+        started = time.perf_counter()
+        served = self.served
+        try:
+            status, out = await self._answer(request, served, self._batcher)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
+            status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
+        self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started)
+        return Response(out, status, media_type="application/json")
+
+    async def _answer(self, request: Request, served: Served | None, batcher: Batcher | None) -> tuple[int, bytes]:
+        """(status, body) for one API request: 503 when nothing is served or too many wait, 413/400 for a
+        request that is too large or not the contract's inputs, else the bundle's checked answer."""
+        if served is None or served.crashed:
+            return 503, _error(self.reason or "not ready")
+        body = await _body(request)
+        if body is None:
+            return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
+        parsed = parse_request(body, list(self.contract.inputs))
+        if isinstance(parsed, str):
+            return 400, _error(parsed)
+        if self._waiting >= MAX_WAITING:
+            return 503, _error(f"overloaded: {MAX_WAITING} requests are waiting for the model; retry later")
+        self._waiting += 1
+        try:
+            if batcher is not None:
+                return await batcher.submit(*parsed)
+            return await anyio.to_thread.run_sync(self._call, served, body, parsed[1])
+        finally:
+            self._waiting -= 1
+
+    async def _schema(self, request: Request) -> Response:
+        served = self.served
+        if served is None or served.crashed:
+            return JSONResponse({"error": self.reason or "not ready"}, 503)
+        status, out, _, error = await anyio.to_thread.run_sync(served.channel.get, "/schema.json",
+                                                               time.monotonic() + REQUEST_TIMEOUT_S)
+        if not status:
+            return Response(_unanswered(error), 502, media_type="application/json")
+        return Response(out, status, media_type="application/json")
+
+    async def _readyz(self, request: Request) -> Response:
+        if self.ready:
+            return Response(f"ready: {self.model} version {self.served.version}\n")
+        return Response(f"not ready: {self.reason or 'the served bundle is not running'}\n", 503)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/healthz", lambda request: Response("ok\n")),
+            Route("/readyz", self._readyz),
+            Route("/metrics", lambda request: Response(self.metrics.exposition(),
+                                                       media_type="text/plain; version=0.0.4")),
+            Route("/schema.json", self._schema),
+            Route(self.contract.route, self._api, methods=["POST"]),
+        ])
