@@ -179,11 +179,24 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
                      f" has {list(frame.columns)}", "name columns of the data in `task.data`")
     for c in [data.target, *data.known, *data.observed, *(c for c in data.calendar if c in frame.columns)]:
         if not pd.api.types.is_numeric_dtype(frame[c]):
-            _fail(where, f"column {c!r} is not numeric", "use it as a series key or attribute, or encode it "
-                                                          "numerically in a data adapter")
-    if frame[data.target].isna().any():
-        _fail(where, f"target {data.target!r} has {int(frame[data.target].isna().sum())} missing values",
-              "drop or fill those rows in the data (or leave the steps out and set `on_gap: skip`)")
+            text = pd.to_numeric(frame[c], errors="coerce").isna() & frame[c].notna()
+            row = int(np.flatnonzero(text.to_numpy())[0]) if text.any() else 0
+            _fail(where, f"column {c!r} is not numeric (data row {row + 1}: {str(frame[c].iloc[row])[:40]!r})",
+                  "correct the values in the data file" if c == data.target else
+                  "correct the values, or use the column as a series key or attribute, or encode it numerically "
+                  "in a data adapter")
+    for c, role in [(data.target, "target"), *((c, "known") for c in data.known),
+                    *((c, "calendar") for c in data.calendar if c in frame.columns)]:
+        missing = frame[c].isna().to_numpy()
+        if missing.any():  # only the history of observed covariates may have gaps: these are sent as they are
+            _fail(where, f"{role} column {c!r} has {int(missing.sum())} missing values (first in data row "
+                         f"{int(np.flatnonzero(missing)[0]) + 1})",
+                  "drop or fill those rows in the data (or leave the steps out and set `on_gap: skip`)")
+    for c in data.series_keys:
+        blank = (frame[c].isna() | (frame[c].astype(str).str.strip() == "")).to_numpy()
+        if blank.any():
+            _fail(where, f"series key {c!r} is empty in {int(blank.sum())} rows (first in data row "
+                         f"{int(np.flatnonzero(blank)[0]) + 1})", "give every row its series, or remove those rows")
     for c in [data.target, *data.known, *data.observed]:
         infinite = np.isinf(frame[c].to_numpy(dtype=float, na_value=np.nan))
         if infinite.any():
