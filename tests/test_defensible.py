@@ -526,6 +526,23 @@ def test_the_audit_recomputes_the_scorecard_and_catches_tampering(ws, submitted,
     assert any(c.name.startswith("metrics/clean/") for c in report.mismatches)
 
 
+def test_the_audit_of_data_changed_since_the_evaluation_fails_saying_so(ws, bike_spec, submitted, tmp_path):
+    """The data on disk are checked against the spec as evaluated (logged with the run), not the live one: data
+    replaced since fail the audit, and the check says to restore them."""
+    import dataclasses
+    import shutil
+
+    sub, tracker = submitted(bike_spec, [FORECAST_ROUTE]), MemoryTracker()
+    official(ws, bike_spec, sub, last_day, tracker)
+    changed = tmp_path / "changed-data"
+    shutil.copytree(PROJECT_ROOT / "data" / "seoul-bike", changed / "seoul-bike")
+    csv = changed / bike_spec.dataset.path
+    csv.write_bytes(csv.read_bytes().replace(b"\n", b"\r\n", 1))
+    report = audit_submission(sub.id, ws=dataclasses.replace(ws, data_dir=changed), tracker=tracker)
+    [mismatch] = report.mismatches
+    assert mismatch.name == "dataset sha256" and "restore the data the evaluation used" in str(mismatch.recomputed)
+
+
 def test_an_infinite_error_is_shown_and_audited_like_any_other(ws, bike_spec, submitted):
     """Answers as large as the contract allows make the RMSE infinite, which `scorecard.json` can only write as
     null: the submission's scorecard still reads back, and the audit finds the record whole."""

@@ -146,7 +146,8 @@ def test_the_data_is_checked_strictly(districts, changes, csv_kwargs, words):
     (lambda text: text.replace(",150.0,", ",inf,", 1), "column 'demand' has 1 infinite values"),
     (lambda text: "", "is not a readable CSV"),
     (lambda text: text.splitlines()[0] + "\n", "has no rows"),
-    (lambda text: text.replace(",100.0,10.0,", ",lots,10.0,", 1), "column 'demand' is not numeric (data row 1: 'lots')"),
+    (lambda text: text.replace(",100.0,10.0,", ",lots,10.0,", 1),
+     "column 'demand' is not numeric (data row 1: 'lots')"),
     (lambda text: text.replace(",10.0,north", ",,north", 1), "known column 'temperature' has 1 missing values"),
     (lambda text: text.replace(",district-03,", ",,", 1), "series key 'district' is empty in 1 rows"),
 ])

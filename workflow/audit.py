@@ -17,7 +17,7 @@ from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound
+from testbed.errors import AuditError, NotFound, SpecError
 from workflow.review import ReviewBook, reviewed_card
 from workflow.submissions import SubmissionStore
 
@@ -127,7 +127,12 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
         with np.load(preds_file, allow_pickle=False) as npz:
             preds = {k: npz[k] for k in npz.files}
     _check_record(report, card, run, spec, store.scorecard(sub.id), ReviewBook(ws))
-    fam = open_family(spec, ws.data_dir)  # verifies the data against the spec's sha256
+    try:
+        fam = open_family(spec, ws.data_dir)  # verifies the data against the evaluated spec's sha256
+    except SpecError as exc:  # the data on disk are not those evaluated: nothing to recompute from
+        check(AuditCheck("dataset sha256", card.dataset_sha256, f"the data on disk differ ({exc.problem}); restore "
+                         "the data the evaluation used (pinned by the logged pilot spec)", False))
+        return report
     check(AuditCheck("dataset sha256", card.dataset_sha256, fam.dataset_sha256,
                      fam.dataset_sha256 == card.dataset_sha256))
     data = fam.load(card.split)
