@@ -130,6 +130,7 @@ def test_a_25_district_long_format_pilot_needs_no_new_code(districts, tmp_path):
     ({"known": ["temperature", "rain"]}, {}, "unknown columns ['rain']"),
     ({"known": ["temperature", "zone"], "attributes": []}, {}, "column 'zone' is not numeric"),
     ({"frequency": "2h"}, {}, "not on the `2h` grid"),
+    ({"frequency": "15min"}, {}, "the data's timestamps are 0 days 01:00:00 apart"),
 ])
 def test_the_data_is_checked_strictly(districts, changes, csv_kwargs, words):
     spec_path, data_dir = districts

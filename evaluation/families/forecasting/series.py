@@ -267,6 +267,11 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     first, last = present.argmax(1), n_steps - 1 - present[:, ::-1].argmax(1)
     span = (np.arange(n_steps) >= first[:, None]) & (np.arange(n_steps) <= last[:, None])
     gaps = span & ~present
+    if gaps.sum() > present.sum():  # more steps missing than present: the grid is finer than the data
+        spacing = pd.Series(np.diff(np.sort(times.unique()))).median()
+        _fail(where, f"the `{data.frequency}` grid has {int(gaps.sum())} steps without a row and {int(present.sum())} "
+                     f"with one: the data's timestamps are {spacing} apart", "set `task.data.frequency` to the "
+                     "data's own step (a pandas alias: h, D, MS, ...)")
     if gaps.any() and data.on_gap == "error":
         s, t = np.argwhere(gaps)[0]
         name = _series_name(data, keys, s)
