@@ -324,6 +324,27 @@ def test_the_citys_bad_ground_truth_is_a_spec_error_naming_it(spec, tmp_path, fi
     fam.load("sample")  # the other split's truth is whole
 
 
+def test_another_folder_layout_is_a_spec_change(spec, fam, test_frames, tmp_path):
+    """Annotations, images and the splits file where the data keep them (coco128: `annotations/`,
+    `images/train2017/`): the spec's `task.images` and `task.splits_file` name them, inside the data folder."""
+    import shutil
+
+    src, root = PROJECT_ROOT / "data" / "coco-street", tmp_path / "data" / "street"
+    shutil.copytree(src / "images", root / "pictures" / "2017")
+    (root / "annotations").mkdir()
+    shutil.copy(src / "annotations.json", root / "annotations" / "instances.json")
+    shutil.copy(src / "splits.json", root / "lists.json")
+    moved = spec.model_copy(update={
+        "scenarios": [], "task": {**spec.task, "images": "../pictures/2017", "splits_file": "../lists.json"},
+        "dataset": spec.dataset.model_copy(update={"path": "street/annotations/instances.json"})})
+    frames = FAMILIES.get("detection")(moved, tmp_path / "data").load("test")
+    assert frames.jpeg == test_frames.jpeg and frames.gt == test_frames.gt
+    outside = moved.model_copy(update={"task": {**moved.task, "images": "../../../.."}})
+    with pytest.raises(SpecError, match="is outside the data folder") as refused:
+        FAMILIES.get("detection")(outside, tmp_path / "data").load("test")
+    assert refused.value.where.endswith("task.images")
+
+
 def test_perfect_detector_and_failed_requests(fam, test_frames):
     outcome = run(fam, test_frames, oracle(test_frames, truth(test_frames)))
     clean = outcome.metrics["clean"]

@@ -40,6 +40,12 @@ class DetectionOptions(BaseModel):
     """Frames drawn with their boxes in the scorecard."""
     max_detections: int = Field(default=100, ge=1, le=1000)
     """Detections scored per frame (the best-scoring ones); COCO's maxDets."""
+    images: str = "images"
+    """Folder of the image files (their COCO `file_name`s), relative to the annotations file's folder and inside
+    the data folder (e.g. `../images/train2017`)."""
+    splits_file: str = "splits.json"
+    """JSON file, relative to the annotations file's folder, mapping each split's `members` key to its image
+    file names."""
 
     @field_validator("classes")
     @classmethod
@@ -97,7 +103,10 @@ def decode_frames(folder: Path, images: list[dict], where: str) -> tuple[list[by
     size is not the `width` and `height` the annotations give it, is a SpecError naming it."""
     raw, pixels = [], []
     for im in images:
-        path = folder / im["file_name"]
+        path = folder / str(im["file_name"])
+        if not path.resolve().is_relative_to(folder.resolve()):
+            raise SpecError(f"image {im['id']}: `file_name` {str(im['file_name'])[:80]!r} leaves the images folder",
+                            where=where, fix="give file names relative to the images folder (task.images)")
         data = path.read_bytes()
         try:
             image = decode_image(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -41,13 +42,21 @@ class ObjectDetection(TaskFamily):
     answer_bytes_per_item = 256 << 10
     """256 KiB per frame: ~2,000 detections as JSON, twenty times the 100 the harness scores."""
 
+    def _beside(self, field: str) -> Path:
+        """Option `field` (a path relative to the annotations file's folder), refused outside the data folder."""
+        path = self.data_path.parent / getattr(self.options, field)
+        if not path.resolve().is_relative_to(Path(self.data_dir).resolve()):
+            raise SpecError(f"{path} is outside the data folder {self.data_dir}", where=f"pilot {self.spec.id}: "
+                            f"task.{field}", fix="give a path inside the data folder (TESTBED_DATA_DIR)")
+        return path
+
     def _members(self, split: str) -> list[str]:
         where = f"pilot {self.spec.id}: dataset.splits.{split}.members"
-        key, path = self.spec.dataset.splits[split].members, self.data_path.parent / "splits.json"
+        key, path = self.spec.dataset.splits[split].members, self._beside("splits_file")
         members = json.loads(path.read_text()).get(key) if key and path.is_file() else None
         if not members:
             raise SpecError(f"no list {key!r} in {path}", where=where,
-                            fix="name a key of the splits.json beside the annotations file")
+                            fix="name a key of the splits file (task.splits_file, beside the annotations file)")
         return members
 
     def _read(self, split: str) -> tuple[dict, list[dict], list[int]]:
@@ -86,7 +95,7 @@ class ObjectDetection(TaskFamily):
               "annotations": anns, "categories": [c for c in coco["categories"] if c["id"] in cat_ids]}
         where = f"pilot {self.spec.id}: dataset {self.data_path}"
         check_annotations(coco["annotations"], images, coco["categories"], where)
-        jpeg, pixels = decode_frames(self.data_path.parent / "images", images, where)
+        jpeg, pixels = decode_frames(self._beside("images"), images, where)
         counts = {area: object_counts(anns, ids, cat_ids, lo, hi) for area, (lo, hi) in AREA_RANGES.items()}
         crowd = {a["image_id"] for a in anns if a.get("iscrowd")}
         crowded = (counts["all"].sum(1) >= o.crowded_min_objects) | np.isin(ids, list(crowd))
