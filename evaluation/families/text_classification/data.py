@@ -116,11 +116,11 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
             raise SpecError(f"{path.name} has no column {absent[0]!r} (its columns: {(reader.fieldnames or [])[:12]})",
                             where=where, fix="name the data's columns in task.text_column / label_column / "
                                              "time_column / id_column")
-        for number, row in enumerate(reader, 2):
+        for row in reader:
             try:
                 when = date.fromisoformat((row[o.time_column] or "")[:10])
             except ValueError:
-                raise SpecError(f"{path.name} line {number} (id {row[o.id_column]!r}): `{o.time_column}` is "
+                raise SpecError(f"{path.name} line {reader.line_num} (id {row[o.id_column]!r}): `{o.time_column}` is "
                                 f"{row[o.time_column]!r}, not a date YYYY-MM-DD", where=where,
                                 fix=f"correct the row's {o.time_column}, or remove the row") from None
             if (first and when < first) or (last and when > last) or row[o.id_column] in seen:
