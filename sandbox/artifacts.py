@@ -1,6 +1,7 @@
 """Static evidence of the model a bundle carries: its files are read as data, never run or imported.
 
-Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package without external data),
+Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package; weights in external
+data files are counted from those files' sizes in the archive, never opened),
 PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose `data.pkl` is walked by a stub
 unpickler that never calls anything the pickle names), safetensors (a JSON header) and BentoML model-store
 entries (`models/NAME/VERSION/model.yaml`). Each artifact gives its framework, an architecture summary and its
@@ -18,6 +19,7 @@ import struct
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,13 +70,19 @@ def deep_learning_model(artifacts: list[ModelArtifact]) -> ModelArtifact | None:
 
 
 def scan_models(bundle: Path) -> list[ModelArtifact]:
-    """Every model artifact in a `.bento` archive (already vetted by `inspect_bundle`), read statically."""
-    found = []
+    """Every model artifact in a `.bento` archive (already vetted by `inspect_bundle`), read statically, one file
+    at a time. An ONNX graph is finished once every member's size is known: its weights may be in external data
+    files."""
+    found: list[ModelArtifact | Callable[[dict[str, int]], ModelArtifact]] = []
+    sizes: dict[str, int] = {}
     with tarfile.open(bundle, "r:*") as tar:
         for member in tar:
-            if not member.isfile() or member.size < 8:
+            if not member.isfile():
                 continue
             name = posixpath.normpath(member.name)
+            sizes[name] = member.size
+            if member.size < 8:
+                continue
             with tar.extractfile(member) as fh:
                 head = fh.read(16)
                 if member.size > MAX_PARSED_BYTES:
@@ -89,7 +97,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
                 artifact = ModelArtifact(name, kind, "unknown", 0, 0, f"unreadable {kind} file ({type(exc).__name__})")
             if artifact:
                 found.append(artifact)
-    return found
+    return [a if isinstance(a, ModelArtifact) else a(sizes) for a in found]
 
 
 def _kind(name: str, head: bytes) -> str | None:
@@ -117,25 +125,60 @@ def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tu
         f"; {hollow} tensor(s) declared without values of their own, not counted" if hollow else "")
 
 
-def _onnx(name: str, data: bytes) -> ModelArtifact:
+def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
+    """The graph read now (external data files are not opened); the artifact once the members' sizes are known
+    (`sizes`: what the external data files hold)."""
     import onnx
 
     model = onnx.load_model_from_string(data)
-    shapes, hollow = {}, 0
-    for init in model.graph.initializer:
-        shape = tuple(int(d) for d in init.dims)
-        if _onnx_values(init) >= math.prod(shape):
-            shapes[init.name] = shape
-        else:
-            hollow += 1
-    params, layers, weights = _describe_weights(shapes, hollow)
+    initializers = model.graph.initializer
+    shapes = [(init.name, tuple(int(d) for d in init.dims)) for init in initializers]
+    inline = {i for i, init in enumerate(initializers) if _onnx_values(init) >= math.prod(shapes[i][1])}
+    refs = _external_refs(name, initializers)
     ops = Counter(node.op_type for node in model.graph.node)
-    summary = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))}); {weights}"
-    return ModelArtifact(name, "onnx", "onnx", params, layers, summary)
+    described = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))})"
+
+    def finish(sizes: dict[str, int]) -> ModelArtifact:
+        held = inline | _external_held(refs, sizes)
+        params, layers, weights = _describe_weights(dict(shapes[i] for i in sorted(held)), len(shapes) - len(held))
+        return ModelArtifact(name, "onnx", "onnx", params, layers, f"{described}; {weights}")
+
+    return finish
+
+
+def _external_refs(name: str, initializers) -> list[tuple[str, int, int, int, int]]:
+    """(file, offset, length, bytes needed, index) of each initializer kept in an external data file, the file
+    named relative to the model's folder."""
+    from onnx import TensorProto
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    refs = []
+    for i, init in enumerate(initializers):
+        if init.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in init.external_data}
+        try:
+            need = math.prod(int(d) for d in init.dims) * tensor_dtype_to_np_dtype(init.data_type).itemsize
+            refs.append((posixpath.normpath(posixpath.join(posixpath.dirname(name), info["location"])),
+                         int(info.get("offset", 0)), int(info.get("length", need)), need, i))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return refs
+
+
+def _external_held(refs: list[tuple[str, int, int, int, int]], sizes: dict[str, int]) -> set[int]:
+    """Indices of the external initializers whose bytes the bundle holds: the file is a member, the range lies
+    within it, and each byte backs one tensor at most."""
+    held, used = set(), {}
+    for path, offset, length, need, i in sorted(refs):  # in file order
+        if path in sizes and used.get(path, 0) <= offset and need <= length and offset + length <= sizes[path]:
+            held.add(i)
+            used[path] = offset + length
+    return held
 
 
 def _onnx_values(init) -> int:
-    """Elements an ONNX initializer holds in the file (external data: none here)."""
+    """Elements an ONNX initializer holds in the model file itself."""
     if init.raw_data:
         from onnx.helper import tensor_dtype_to_np_dtype
 
@@ -197,3 +240,4 @@ def _zip(name: str, data: bytes) -> ModelArtifact | None:
 
 
 _READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model}
+"""Readers of one file: an artifact, None (not a model), or for ONNX a function finishing it (`_onnx`)."""

@@ -163,6 +163,34 @@ def test_a_model_file_declaring_weights_it_does_not_hold_earns_nothing(tmp_path)
     assert found["shared.safetensors"].parameters == found["one.pt"].parameters == 64 * 64  # counted once
 
 
+def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
+    """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
+    size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
+    tensors on the same bytes, earn nothing."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = onnx.load_model_from_string(onnx_mlp())
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(model, tmp_path / "mlp.onnx")
+    graph, weights = (tmp_path / "mlp.onnx").read_bytes(), (tmp_path / "weights.bin").read_bytes()
+    assert len(graph) < 1000 and len(weights) == 2 * 64 * 64 * 4
+    same = onnx.load_model_from_string(graph)
+    for init in same.graph.initializer:  # both tensors on the first one's bytes
+        for entry in init.external_data:
+            if entry.key == "offset":
+                entry.value = "0"
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/held/mlp.onnx": graph, "src/held/weights.bin": weights,
+        "src/short/mlp.onnx": graph, "src/short/weights.bin": weights[:-4],
+        "src/missing/mlp.onnx": graph, "src/same/mlp.onnx": same.SerializeToString(),
+        "src/same/weights.bin": weights}))}
+    assert found["src/held/mlp.onnx"].parameters == 2 * 64 * 64 and found["src/held/mlp.onnx"].is_deep_learning
+    assert found["src/short/mlp.onnx"].parameters == 64 * 64  # the second matrix is cut short
+    assert found["src/missing/mlp.onnx"].parameters == 0 and "not counted" in found["src/missing/mlp.onnx"].summary
+    assert found["src/same/mlp.onnx"].parameters == 64 * 64
+
+
 def test_a_deeply_nested_pickle_is_read_in_bounded_time_and_memory(tmp_path):
     """200,000 nested dicts under one 64 KiB key (~4 pickle bytes a level): a path per level would be gigabytes;
     the scan reads it in seconds."""
