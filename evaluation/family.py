@@ -206,6 +206,12 @@ class TaskFamily(PhasePlan, ABC):
         """The request body carrying items `rows` (indices, in this order) of `inputs`."""
 
     @abstractmethod
+    def check_request(self, inputs: dict[str, list], items: int) -> None:
+        """Raise ContractViolation, saying what is wrong, when a client's request (its contract inputs, `items`
+        items each) is not one the contract allows: production serving answers it 400 before the bundle sees
+        it, so a client's mistake never counts as the bundle's failure."""
+
+    @abstractmethod
     def check_answer(self, body: bytes, items: int) -> None:
         """Raise ContractViolation, saying what is wrong, when `body` is not a valid answer to a request of `items`
         items: the check production serving applies to every answer (evaluation applies the same in

@@ -5,8 +5,8 @@ forecasting contract has two (`history`, `future`), so BentoML refuses to batch 
 its items along the first axis of each input and returns one output item per input item, so the proxy can
 batch any of them: while a call is in the sandbox, arriving requests queue; the next call takes all of them
 (up to `max_items` items). Under light load a request goes alone at once (no added wait); under load the
-batches grow and the per-call cost is shared. A merged call that fails is retried request by request, so one
-bad request never fails its neighbours.
+batches grow and the per-call cost is shared. A merged call that fails is retried request by request, all at
+once, so one bad request never fails its neighbours. A request whose client left while it waited is dropped.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Batcher", "Call", "parse_request"]
+__all__ = ["Batcher", "Call", "parse_request", "GONE"]
 
 Call = Callable[[bytes, int], tuple[int, bytes]]
 """Sends one JSON body holding `items` items to the sandboxed API (in a worker thread); returns (status, body)."""
@@ -40,11 +40,17 @@ def parse_request(body: bytes, inputs: list[str]) -> tuple[dict, int] | str:
     return {k: payload[k] for k in inputs}, sizes.pop()
 
 
+GONE = (499, b'{"error": "the client closed the connection before its turn"}')
+"""What a request whose client left while it waited gets (never sent to the bundle; counted as the client's)."""
+
+
 @dataclass
 class _Job:
     payload: dict
     items: int
     future: asyncio.Future
+    gone: Callable[[], Awaitable[bool]] | None = None
+    """True once the client has closed its connection (`starlette.requests.Request.is_disconnected`)."""
 
 
 class Batcher:
@@ -56,11 +62,13 @@ class Batcher:
         self._concurrency = concurrency
         self._task: asyncio.Task | None = None
 
-    async def submit(self, payload: dict, items: int) -> tuple[int, bytes]:
+    async def submit(self, payload: dict, items: int,
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> tuple[int, bytes]:
+        """The answer to one request (`gone`: whether its client has left; such a job is dropped, `GONE`)."""
         if self._task is None or self._task.done():
             self._wake, self._slots = asyncio.Event(), asyncio.Semaphore(self._concurrency)
             self._task = asyncio.get_running_loop().create_task(self._dispatch())
-        job = _Job(payload, items, asyncio.get_running_loop().create_future())
+        job = _Job(payload, items, asyncio.get_running_loop().create_future(), gone)
         self._pending.append(job)
         self._wake.set()
         return await job.future
@@ -68,21 +76,26 @@ class Batcher:
     async def _dispatch(self) -> None:
         while True:
             await self._slots.acquire()
-            while not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            batch = [self._pending.popleft()]
-            total = batch[0].items
-            while self._pending and total + self._pending[0].items <= self.max_items:
-                batch.append(self._pending.popleft())
-                total += batch[-1].items
+            batch: list[_Job] = []
+            total = 0
+            while not batch:
+                while not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                while self._pending and (not batch or total + self._pending[0].items <= self.max_items):
+                    job = self._pending.popleft()
+                    if job.gone is not None and await job.gone():
+                        job.future.set_result(GONE)
+                        continue
+                    batch.append(job)
+                    total += job.items
             asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[_Job]) -> None:
         try:
             results = await self._send(batch)
             if len(batch) > 1 and any(status != 200 for status, _ in results):
-                results = [(await self._send([job]))[0] for job in batch]  # isolate the request at fault
+                await asyncio.gather(*(self._alone(job) for job in batch))  # isolate the request at fault
             for job, result in zip(batch, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
@@ -92,6 +105,12 @@ class Batcher:
                     job.future.set_exception(exc)
         finally:
             self._slots.release()
+
+    async def _alone(self, job: _Job) -> None:
+        """`job` sent on its own, beside the others of its failed batch: each answered as soon as it can be."""
+        result = (await self._send([job]))[0]
+        if not job.future.done():
+            job.future.set_result(result)
 
     async def _send(self, batch: list[_Job]) -> list[tuple[int, bytes]]:
         merged = {k: [x for job in batch for x in job.payload[k]] for k in self.inputs}

@@ -1,10 +1,13 @@
 """The trusted proxy in front of a served bundle: every request checked against the contract's inputs, every
 answer against the family's contract (`TaskFamily.check_answer`), and counted in the Prometheus metrics.
 
-What a client gets: the bundle's answer when it is valid; 400 (or 413) for its own bad request, found by the
-proxy before the bundle sees it; 502 when the bundle failed, answered anything but 200 (its own 4xx too: the
-request was valid) or broke the contract (wrong item count, NaN, a negative forecast, not JSON, too large);
-503 when nothing is served or `MAX_WAITING` requests already wait. `ProductionServer` inherits it.
+What a client gets: the bundle's answer when it is valid; 400 for a request the contract does not take (the
+family's `check_request`: shapes, types), 413 for one too large, 408 for one too slow to arrive, all found by
+the proxy before the bundle sees it (and a request whose client left is never sent: 499); 502 when the bundle
+failed, answered anything but 200 (its own 4xx too: the request was valid) or broke the contract (wrong item
+count, NaN, a negative forecast, not numbers, not JSON, too large); 503 when nothing is served, the version
+was replaced while answering, or `MAX_WAITING` requests are already in the proxy. `ProductionServer` inherits
+it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox.observe import printable
 from sandbox.service import SandboxedService
-from serving.batching import Batcher, parse_request
+from serving.batching import GONE, Batcher, parse_request
 from testbed.errors import ContractViolation
 
 if TYPE_CHECKING:
@@ -38,7 +41,11 @@ REQUEST_TIMEOUT_S = 60
 MAX_REQUEST_BYTES = 64 << 20
 """The largest request body the proxy reads (413 beyond it)."""
 MAX_WAITING = 256
-"""Requests waiting for the served bundle at most; more get 503 at once rather than an unbounded queue."""
+"""Requests in the proxy at most (being read, or waiting for the served bundle); more get 503 at once."""
+BODY_TIMEOUT_S = 30
+"""How long a client may take to send its request's body (408 beyond)."""
+PARSE_IN_THREAD_BYTES = 1 << 20
+"""Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
 
 
 def _error(message: str) -> bytes:
@@ -70,9 +77,11 @@ class Served:
     def __init__(self, ok: Approved, service: SandboxedService):
         self.ok, self.service, self.version = ok, service, ok.version
         self.channel = service.channel()
-        self.inflight, self.crashed, self.lock = 0, False, threading.Lock()
+        self.inflight, self.crashed, self.closing, self.lock = 0, False, False, threading.Lock()
 
     def close(self, drain_s: float = 10) -> None:
+        """Stop it once its calls are answered (at most `drain_s`): it was replaced, withdrawn or refused."""
+        self.closing = True
         deadline = time.monotonic() + drain_s
         while self.inflight and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -107,6 +116,8 @@ class Proxy:
             if status:
                 self.metrics.batch.labels(self.pilot, served.version).observe(items)
                 return self._checked(status, out, items, error)
+            if served.closing:  # stopped under this call: replaced or withdrawn, not crashed
+                return 503, _error(f"version {served.version} was taken out of service while answering; retry")
             if not served.service.alive():
                 self._crashed(served)
                 return 503, _error(self.reason)
@@ -139,25 +150,48 @@ class Proxy:
         return Response(out, status, media_type="application/json")
 
     async def _answer(self, request: Request, served: Served | None, batcher: Batcher | None) -> tuple[int, bytes]:
-        """(status, body) for one API request: 503 when nothing is served or too many wait, 413/400 for a
-        request that is too large or not the contract's inputs, else the bundle's checked answer."""
+        """(status, body) for one API request: 503 when nothing is served or too many requests are in the proxy;
+        413, 408 or 400 for a request that is too large, too slow to arrive or not what the contract takes (its
+        client's mistake, never sent to the bundle; 499 when the client left); else the bundle's checked
+        answer."""
         if served is None or served.crashed:
             return 503, _error(self.reason or "not ready")
-        body = await _body(request)
-        if body is None:
-            return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
-        parsed = parse_request(body, list(self.contract.inputs))
-        if isinstance(parsed, str):
-            return 400, _error(parsed)
         if self._waiting >= MAX_WAITING:
             return 503, _error(f"overloaded: {MAX_WAITING} requests are waiting for the model; retry later")
         self._waiting += 1
         try:
+            try:
+                with anyio.fail_after(BODY_TIMEOUT_S):
+                    body = await _body(request)
+            except TimeoutError:
+                return 408, _error(f"the request's body did not arrive within {BODY_TIMEOUT_S} s")
+            if body is None:
+                return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per "
+                                   "request")
+            checked = (await anyio.to_thread.run_sync(self._request, body) if len(body) > PARSE_IN_THREAD_BYTES
+                       else self._request(body))
+            if isinstance(checked, str):
+                return 400, _error(checked)
             if batcher is not None:
-                return await batcher.submit(*parsed)
-            return await anyio.to_thread.run_sync(self._call, served, body, parsed[1])
+                return await batcher.submit(*checked, gone=request.is_disconnected)
+            if await request.is_disconnected():
+                return GONE
+            return await anyio.to_thread.run_sync(self._call, served, body, checked[1])
+        except ClientDisconnect:
+            return GONE
         finally:
             self._waiting -= 1
+
+    def _request(self, body: bytes) -> tuple[dict, int] | str:
+        """The request's contract inputs and item count, or what is wrong with it (`TaskFamily.check_request`)."""
+        parsed = parse_request(body, list(self.contract.inputs))
+        if isinstance(parsed, str):
+            return parsed
+        try:
+            self.family.check_request(*parsed)
+        except ContractViolation as exc:
+            return exc.problem
+        return parsed
 
     async def _schema(self, request: Request) -> Response:
         served = self.served

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import serving.proxy
 from evaluation.families import open_family
-from serving.batching import Batcher
+from serving.batching import GONE, Batcher
 from serving.metrics import ServingMetrics
 from serving.proxy import MAX_WAITING, Proxy
 from testbed.config import PROJECT_ROOT
@@ -39,7 +39,7 @@ class FakeChannel:
 
 
 class FakeServed:
-    version, crashed, inflight = "7", False, 0
+    version, crashed, closing, inflight = "7", False, False, 0
 
     def __init__(self, answer):
         self.channel, self.lock = FakeChannel(answer), threading.Lock()
@@ -64,7 +64,8 @@ class Front(Proxy):
 
 
 def request(windows: int = 1) -> dict:
-    return {"history": np.ones((windows, 168, 9)).tolist(), "future": np.ones((windows, HORIZON, 8)).tolist()}
+    """A valid bike-demand request: 168 steps of 13 history features, 24 of 12 future ones per window."""
+    return {"history": np.ones((windows, 168, 13)).tolist(), "future": np.ones((windows, HORIZON, 12)).tolist()}
 
 
 def post(front: Front, *requests: dict) -> list[httpx.Response]:
@@ -94,13 +95,15 @@ def outcomes(front: Front) -> dict[str, float]:
     (lambda body, items: (200, json.dumps([[float("nan")] * HORIZON] * items).encode()), "NaN"),
     (lambda body, items: (200, json.dumps([[-1.0] * HORIZON] * items).encode()), "negative"),
     (lambda body, items: (200, b"\x93NUMPY" + b"\0" * 100), "not JSON"),
+    (lambda body, items: (200, json.dumps([["1.5"] * HORIZON] * items).encode()), "not a numeric array"),
+    (lambda body, items: (200, json.dumps([[True] * HORIZON] * items).encode()), "not a numeric array"),
     (lambda body, items: (200, b"[" * 700 + b"]" * 700), "broke the contract"),
     (lambda body, items: (200, b"[" + b"1.0," * 2_000_000 + b"1.0]"), "did not answer (oversize"),
 ])
 def test_a_bad_answer_is_a_502_counted_as_the_bundles_error(answer, words, batching):
     """The proxy checked the request, so whatever the bundle answers that is not a valid answer (its own 4xx, the
-    wrong number of items, NaN, a negative forecast, not JSON, nesting that breaks a parser, too many bytes) is a
-    502 naming what broke, and /metrics counts it as an `error`: `monitor` sees it."""
+    wrong number of items, NaN, a negative forecast, not JSON, strings or booleans for numbers, nesting that
+    breaks a parser, too many bytes) is a 502 naming what broke, and /metrics counts it as an `error`."""
     front = Front(answer, batching)
     [got] = post(front, {"json": request()})
     assert got.status_code == 502 and words in got.json()["error"], got.text
@@ -118,3 +121,90 @@ def test_the_clients_own_mistakes_are_4xx_and_never_reach_the_bundle(batching, m
     assert [r.status_code for r in post(front, {"json": request()})] == [503]
     assert front.served.channel.calls == [2]
     assert outcomes(front) == {"ok": 1.0, "client_error": 3.0, "unavailable": 1.0}
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ({"history": np.ones((1, 5, 13)).tolist(), "future": np.ones((1, HORIZON, 12)).tolist()}, "shape"),
+    ({"history": [["abc"]], "future": [[1]]}, "must be numbers"),
+    ({"history": [None], "future": [None]}, "must be numbers"),
+])
+def test_a_request_the_contract_does_not_take_is_a_400_the_bundle_never_sees(inputs, words):
+    """A careless client must not raise the bundle's error rate: the family checks shapes and types first."""
+    front = Front(honest, batching=True)
+    [got] = post(front, {"json": inputs})
+    assert got.status_code == 400 and words in got.json()["error"]
+    assert front.served.channel.calls == [] and outcomes(front) == {"client_error": 1.0}
+
+
+def test_a_version_taken_out_of_service_mid_call_is_a_503_not_a_crash():
+    """A promotion, rollback or rejection stops the old bundle under a running call: that call gets 503 (retry),
+    and nothing reports the old version as crashed (Front._crashed would fail the test)."""
+    front = Front(lambda body, items: (0, b""), batching=False)
+    front.served.closing = True
+    [got] = post(front, {"json": request()})
+    assert got.status_code == 503 and "taken out of service" in got.json()["error"]
+
+
+def test_a_client_that_leaves_is_not_the_bundles_error(monkeypatch):
+    """A client hanging up mid-upload, or one slower than BODY_TIMEOUT_S, is its own outcome (499, 408)."""
+    front = Front(honest, batching=True)
+    monkeypatch.setattr(serving.proxy, "BODY_TIMEOUT_S", 0.2)
+    scope = {"type": "http", "method": "POST", "path": "/forecast", "headers": [(b"content-length", b"100000")],
+             "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 1)}
+
+    def status(receive) -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(front.app()(scope, receive, send))
+        return sent[0]["status"]
+
+    async def hang_up():
+        return {"type": "http.disconnect"}
+
+    async def trickle():
+        await asyncio.sleep(1)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    assert status(hang_up) == 499 and status(trickle) == 408
+    assert front.served.channel.calls == [] and outcomes(front) == {"client_error": 2.0}
+
+
+def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped():
+    """After a merged call fails, each request goes alone and concurrently: a hanging one no longer delays its
+    neighbours' retries. A request whose client left is answered 499 and never sent."""
+    import time
+
+    sent, done = [], []
+
+    def call(body: bytes, items: int):
+        history = json.loads(body)["history"]
+        sent.append(history)
+        if "slow" in history:
+            time.sleep(0.3 if items > 1 else 1.0)
+            return 502, b'{"error": "hung"}'
+        return 200, json.dumps([[h] for h in history]).encode()
+
+    async def left():
+        return True
+
+    async def main():
+        batcher = Batcher(call, ["history", "future"], max_items=64, concurrency=1)
+
+        async def client(name, gone=None):
+            result = await batcher.submit({"history": [name], "future": [0]}, 1, gone=gone)
+            done.append(name)
+            return result
+
+        first = asyncio.create_task(client("first"))  # occupies the only slot while the others queue
+        await asyncio.sleep(0)
+        rest = [asyncio.create_task(client(n)) for n in ("slow", "b", "c")]
+        away = asyncio.create_task(client("away", left))
+        return await asyncio.gather(first, *rest, away)
+
+    results = asyncio.run(main())
+    assert [status for status, _ in results] == [200, 502, 200, 200, GONE[0]]
+    assert done.index("b") < done.index("slow") and done.index("c") < done.index("slow")
+    assert not any("away" in h for h in sent)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from evaluation.equity import assess_groups
 from evaluation.families.detection.contract import DETECT, decode_response, encode_request
@@ -25,7 +28,7 @@ from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import ScenarioSpec
 from sandbox.runner import SandboxResult
-from testbed.errors import SpecError
+from testbed.errors import ContractViolation, SpecError
 
 __all__ = ["ObjectDetection"]
 
@@ -121,6 +124,14 @@ class ObjectDetection(TaskFamily):
 
     def encode(self, inputs: list[bytes], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
+
+    def check_request(self, inputs: dict[str, list], items: int) -> None:
+        for i, image in enumerate(inputs["images"]):
+            try:
+                with Image.open(io.BytesIO(base64.b64decode(image, validate=True))):  # reads the header only
+                    pass
+            except Exception:  # noqa: BLE001 - not base64, not a string, not an image: the client's mistake
+                raise ContractViolation(f"`images[{i}]` is not a base64-encoded image file") from None
 
     def check_answer(self, body: bytes, items: int) -> None:
         decode_response(body, items)

@@ -57,10 +57,13 @@ def _array(body: bytes) -> np.ndarray:
     """An `.npy` answer read without pickle (object arrays are refused), else a JSON one."""
     if body.startswith(b"\x93NUMPY"):
         array = np.load(io.BytesIO(body), allow_pickle=False)
-        if array.dtype.kind not in "biuf":
+        if array.dtype.kind not in "iuf":
             raise TypeError(f"dtype {array.dtype} is not numeric")
         return array.astype(np.float64)
-    return np.asarray(json.loads(body, parse_int=float), dtype=np.float64)
+    array = np.asarray(json.loads(body, parse_int=float))
+    if array.dtype.kind not in "iuf":  # strings, booleans, nulls, ragged lists: not the numbers asked for
+        raise TypeError(f"the values are {array.dtype.name}, not numbers")
+    return array.astype(np.float64)
 
 
 def decode_response(body: bytes, windows: int, horizon: int, nonnegative: bool = True) -> np.ndarray:

@@ -18,7 +18,7 @@ from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.runner import SandboxResult
-from testbed.errors import SpecError
+from testbed.errors import ContractViolation, SpecError
 
 __all__ = ["Forecasting", "ForecastOptions", "Windows"]
 
@@ -165,6 +165,15 @@ class Forecasting(TaskFamily):
     def encode(self, inputs, rows: np.ndarray) -> bytes:
         history, future = inputs
         return encode_request(history[rows], future[rows])
+
+    def check_request(self, inputs: dict[str, list], items: int) -> None:
+        o, d = self.options, self.options.data
+        for name, steps, features in (("history", o.history, d.history_features), ("future", o.horizon,
+                                                                                     d.future_features)):
+            array = np.asarray(inputs[name]) if isinstance(inputs[name], list) else np.array(None)
+            if array.dtype.kind not in "iuf" or array.shape != (items, steps, len(features)):
+                raise ContractViolation(f"`{name}` must be numbers of shape (windows, {steps}, {len(features)}) "
+                                        f"({', '.join(features)}); got {array.dtype.name} {array.shape}")
 
     def check_answer(self, body: bytes, items: int) -> None:
         decode_response(body, items, self.options.horizon, self.options.nonnegative)

@@ -16,7 +16,7 @@ from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import ScenarioSpec
 from sandbox.runner import SandboxResult
-from testbed.errors import SpecError
+from testbed.errors import ContractViolation, SpecError
 
 __all__ = ["TextClassification", "tfidf_baseline"]
 
@@ -96,6 +96,10 @@ class TextClassification(TaskFamily):
 
     def encode(self, inputs: list[str], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
+
+    def check_request(self, inputs: dict[str, list], items: int) -> None:
+        if not all(isinstance(text, str) for text in inputs["texts"]):
+            raise ContractViolation("`texts` must be a list of strings")
 
     def check_answer(self, body: bytes, items: int) -> None:
         decode_response(body, items, list(self.options.categories))
