@@ -94,7 +94,9 @@ def serving_benchmark(ws, spec, submission: str, *, rate: float = 50, steady_s: 
     data = fam.load("test")  # production serving speaks the contract's JSON, one window per request
     bodies = [encode_request(data.history[i:i + 1], data.future[i:i + 1], binary=False) for i in range(60)]
     assert all(len(json.loads(b)["history"]) == 1 for b in bodies[:3])
-    out = {"pilot": spec.id, "submission": submission, "request": "one window (168 h history, 24 h ahead)"}
+    o = fam.options
+    out = {"pilot": spec.id, "submission": submission,
+           "request": f"one window ({o.history} steps of history, {o.horizon} ahead)"}
     for batching in (False, True):
         server = ProductionServer(ws, spec.id, poll_s=3600, batching=batching, log=lambda line: None)
         with running(server) as url:
