@@ -85,6 +85,24 @@ class Forecasting(TaskFamily):
         return 64 * self.options.horizon
 
     @classmethod
+    def validate_spec(cls, spec: PilotSpec, where: str) -> None:
+        """Also: a derived group the data's frequency can tell apart (hourly bands need steps under a day)."""
+        super().validate_spec(spec, where)
+        data = ForecastOptions.model_validate(spec.task).data
+        columns = {*data.series_keys, *data.attributes, *data.calendar, *data.known, *data.observed}
+        try:
+            step = pd.Timedelta(pd.tseries.frequencies.to_offset(data.frequency))
+        except ValueError:  # months, quarters, years: no fixed length, all of them longer than a day
+            step = pd.Timedelta.max
+        for i, group in enumerate(spec.groups):
+            if group in columns or group not in ("hour_band", "day_type"):
+                continue
+            if step >= pd.Timedelta("1D") if group == "hour_band" else step > pd.Timedelta("1D"):
+                raise SpecError(f"field `groups.{i}`: the derived group {group!r} cannot tell the `{data.frequency}` "
+                                "steps apart (every window would fall in one group)", where=where,
+                                fix=f"leave {group!r} out, or name a column of the data as the group")
+
+    @classmethod
     def available_groups(cls, spec: PilotSpec) -> tuple[str, ...]:
         """Any column the spec's `task.data` names (series keys, attributes, covariates), or a derived group."""
         data = ForecastOptions.model_validate(spec.task).data
