@@ -153,7 +153,8 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
 def _show(summary: dict, page) -> None:
     out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "
               f"{'ready' if summary['ready'] else '[red]NOT READY[/]'} · {summary['requests']} requests in "
-              f"{summary['window_s']:.1f} s")
+              f"{summary['window_s']:.1f} s" + (f" (and {summary['client_errors']} refused as the clients' mistakes)"
+                                                if summary.get("client_errors") else ""))
     table = Table("measure", "in service", "service level", "met")
     for row in summary["rows"]:
         met = "—" if row["met"] is None else "[green]yes[/]" if row["met"] else "[red]no[/]"

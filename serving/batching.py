@@ -6,7 +6,9 @@ its items along the first axis of each input and returns one output item per inp
 batch any of them: while a call is in the sandbox, arriving requests queue; the next call takes all of them
 (up to `max_items` items). Under light load a request goes alone at once (no added wait); under load the
 batches grow and the per-call cost is shared. A merged call that fails is retried request by request, all at
-once, so one bad request never fails its neighbours. A request whose client left while it waited is dropped.
+once, so one bad request never fails its neighbours (with a bundle that answers one call at a time, those merged
+with a request that hangs time out with it: the bundle's failure). A request whose client left while it waited
+is dropped. The JSON work (merging, splitting) runs in the calling thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Batcher", "Call", "parse_request", "GONE"]
+__all__ = ["Batcher", "Call", "parse_request", "GONE", "CLOSED"]
 
 Call = Callable[[bytes, int], tuple[int, bytes]]
 """Sends one JSON body holding `items` items to the sandboxed API (in a worker thread); returns (status, body)."""
@@ -29,7 +31,7 @@ def parse_request(body: bytes, inputs: list[str]) -> tuple[dict, int] | str:
     """A request's contract inputs and its item count, or what is wrong with it (the proxy's 400): a JSON object
     whose `inputs` are lists of the same, non-zero length (the contract's batch axis)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_int=float)  # numbers as the tensors take them (1e30 or 10**30 alike)
     except (ValueError, RecursionError) as exc:
         return f"the body is not JSON ({type(exc).__name__}: {str(exc)[:200]})"
     if not isinstance(payload, dict) or any(not isinstance(payload.get(k), list) for k in inputs):
@@ -40,8 +42,10 @@ def parse_request(body: bytes, inputs: list[str]) -> tuple[dict, int] | str:
     return {k: payload[k] for k in inputs}, sizes.pop()
 
 
-GONE = (499, b'{"error": "the client closed the connection before its turn"}')
-"""What a request whose client left while it waited gets (never sent to the bundle; counted as the client's)."""
+GONE = (499, b'{"error": "the client closed the connection before it was answered"}')
+"""What a request whose client left gets (counted as the client's; a queued one is never sent to the bundle)."""
+CLOSED = (503, b'{"error": "the version in service changed while the request waited; retry"}')
+"""What a request still queued when its batcher is closed (a promotion, rollback or withdrawal) gets."""
 
 
 @dataclass
@@ -49,8 +53,7 @@ class _Job:
     payload: dict
     items: int
     future: asyncio.Future
-    gone: Callable[[], Awaitable[bool]] | None = None
-    """True once the client has closed its connection (`starlette.requests.Request.is_disconnected`)."""
+    """Cancelled when the client leaves (`serving.proxy`): the job is then skipped, never sent."""
 
 
 class Batcher:
@@ -61,17 +64,30 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None
         self._concurrency = concurrency
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def submit(self, payload: dict, items: int,
-                     gone: Callable[[], Awaitable[bool]] | None = None) -> tuple[int, bytes]:
-        """The answer to one request (`gone`: whether its client has left; such a job is dropped, `GONE`)."""
+    async def submit(self, payload: dict, items: int) -> tuple[int, bytes]:
+        """The answer to one request; cancelling the wait drops the request if it is still queued."""
         if self._task is None or self._task.done():
+            self._loop = asyncio.get_running_loop()
             self._wake, self._slots = asyncio.Event(), asyncio.Semaphore(self._concurrency)
-            self._task = asyncio.get_running_loop().create_task(self._dispatch())
-        job = _Job(payload, items, asyncio.get_running_loop().create_future(), gone)
+            self._task = self._loop.create_task(self._dispatch())
+        job = _Job(payload, items, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._wake.set()
         return await job.future
+
+    def close(self) -> None:
+        """Stop dispatching (from any thread): the queued requests get `CLOSED`; calls already made finish."""
+        def stop() -> None:
+            self._task.cancel()
+            while self._pending:
+                job = self._pending.popleft()
+                if not job.future.done():
+                    job.future.set_result(CLOSED)
+
+        if self._task is not None and not self._task.done() and self._loop is not None:
+            self._loop.call_soon_threadsafe(stop)
 
     async def _dispatch(self) -> None:
         while True:
@@ -84,11 +100,9 @@ class Batcher:
                     await self._wake.wait()
                 while self._pending and (not batch or total + self._pending[0].items <= self.max_items):
                     job = self._pending.popleft()
-                    if job.gone is not None and await job.gone():
-                        job.future.set_result(GONE)
-                        continue
-                    batch.append(job)
-                    total += job.items
+                    if not job.future.done():  # its client has left: never sent
+                        batch.append(job)
+                        total += job.items
             asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[_Job]) -> None:
@@ -113,20 +127,25 @@ class Batcher:
             job.future.set_result(result)
 
     async def _send(self, batch: list[_Job]) -> list[tuple[int, bytes]]:
-        merged = {k: [x for job in batch for x in job.payload[k]] for k in self.inputs}
-        total = sum(job.items for job in batch)
-        status, body = await anyio.to_thread.run_sync(self.call, json.dumps(merged).encode(), total)
-        if status != 200 or len(batch) == 1:
-            return [(status, body)] * len(batch)
+        """One call carrying `batch`, its answer split per job; the JSON work runs in the worker thread too."""
+        payloads = [(job.payload, job.items) for job in batch]
+        return await anyio.to_thread.run_sync(self._exchange, payloads)
+
+    def _exchange(self, payloads: list[tuple[dict, int]]) -> list[tuple[int, bytes]]:
+        merged = {k: [x for payload, _ in payloads for x in payload[k]] for k in self.inputs}
+        total = sum(items for _, items in payloads)
+        status, body = self.call(json.dumps(merged).encode(), total)
+        if status != 200 or len(payloads) == 1:
+            return [(status, body)] * len(payloads)
         try:
             out = json.loads(body)
         except (ValueError, RecursionError):  # whatever the bundle sent: never an exception for the waiting clients
             out = None
         if not isinstance(out, list) or len(out) != total:
             error = b'{"error": "the served bundle broke the contract: one output item per input item"}'
-            return [(502, error)] * len(batch)
+            return [(502, error)] * len(payloads)
         results, start = [], 0
-        for job in batch:
-            results.append((200, json.dumps(out[start:start + job.items]).encode()))
-            start += job.items
+        for _, items in payloads:
+            results.append((200, json.dumps(out[start:start + items]).encode()))
+            start += items
         return results

@@ -83,7 +83,9 @@ def quantile(buckets: dict[float, float], q: float) -> float:
 
 
 def summarize(spec: PilotSpec, now: Scrape, before: Scrape | None = None) -> dict:
-    """Latency, throughput and error rate of the version in service, against `spec.service_level`."""
+    """Latency, throughput and error rate of the version in service, against `spec.service_level`. Requests the
+    proxy refused as the client's mistakes (4xx) are counted apart (`client_errors`), never in the error rate:
+    a client cannot dilute the bundle's failures with bad requests."""
     info = now.info("testbed_bundle")
     version = info.get("model_version", "none")
     match = {"model_version": version}
@@ -95,6 +97,8 @@ def summarize(spec: PilotSpec, now: Scrape, before: Scrape | None = None) -> dic
     started = now.total("testbed_started_time_seconds")
     window = (now.at - before.at) if before else max(1e-9, now.at - started)
     requests = delta(Scrape.total, "testbed_requests_total", **match)
+    refused = delta(Scrape.total, "testbed_requests_total", outcome="client_error", **match)
+    served = requests - refused  # a client's refused request is no measure of the bundle: not in the error rate
     failed = sum(delta(Scrape.total, "testbed_requests_total", outcome=o, **match) for o in ("error", "unavailable"))
     ok_buckets = now.buckets("testbed_request_duration_seconds", outcome="ok", **match)
     if before:
@@ -103,14 +107,14 @@ def summarize(spec: PilotSpec, now: Scrape, before: Scrape | None = None) -> dic
     items = delta(Scrape.total, "testbed_batch_items_sum", **match)
     calls = delta(Scrape.total, "testbed_batch_items_count", **match)
     p50, p95, p99 = (1000 * quantile(ok_buckets, q) for q in (.5, .95, .99))
-    error_rate = failed / requests if requests else math.nan
+    error_rate = failed / served if served else math.nan
     sl = spec.service_level
     rows = [
         {"measure": "latency p50", "value": p50, "unit": "ms", "target": None, "met": None},
         {"measure": "latency p95", "value": p95, "unit": "ms", "target": sl.p95_latency_ms,
          "met": None if math.isnan(p95) else p95 <= sl.p95_latency_ms},
         {"measure": "latency p99", "value": p99, "unit": "ms", "target": None, "met": None},
-        {"measure": "throughput (observed load)", "value": requests / window, "unit": "requests/s", "target": None,
+        {"measure": "throughput (observed load)", "value": served / window, "unit": "requests/s", "target": None,
          "met": None},
         {"measure": "items served (observed load)", "value": items / window, "unit": "items/s",
          "target": sl.min_throughput, "met": None},
@@ -119,6 +123,6 @@ def summarize(spec: PilotSpec, now: Scrape, before: Scrape | None = None) -> dic
     ]
     return {"pilot": spec.id, "model": registered_model_name(spec.id), "version": version,
             "submission": info.get("submission"), "bundle_sha256": info.get("bundle_sha256", ""),
-            "ready": now.total("testbed_ready") == 1, "window_s": window, "requests": int(requests),
-            "errors": int(failed), "calls_into_sandbox": int(calls), "rows": rows,
+            "ready": now.total("testbed_ready") == 1, "window_s": window, "requests": int(served),
+            "client_errors": int(refused), "errors": int(failed), "calls_into_sandbox": int(calls), "rows": rows,
             "observed_at": datetime.fromtimestamp(now.at, UTC).isoformat(timespec="seconds")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -44,7 +45,7 @@ MAX_WAITING = 256
 """Requests in the proxy at most (being read, or waiting for the served bundle); more get 503 at once."""
 BODY_TIMEOUT_S = 30
 """How long a client may take to send its request's body (408 beyond)."""
-PARSE_IN_THREAD_BYTES = 1 << 20
+PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
 
 
@@ -69,6 +70,26 @@ async def _body(request: Request) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]]) -> tuple[int, bytes]:
+    """`answer`'s result, or `GONE` as soon as the client disconnects: the wait is cancelled, which drops the
+    request if it is still queued (and frees its place among the MAX_WAITING)."""
+    result = GONE
+    async with anyio.create_task_group() as group:
+        async def wait() -> None:
+            nonlocal result
+            result = await answer
+            group.cancel_scope.cancel()
+
+        async def listen() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(wait)
+        group.start_soon(listen)
+    return result
 
 
 class Served:
@@ -173,7 +194,7 @@ class Proxy:
             if isinstance(checked, str):
                 return 400, _error(checked)
             if batcher is not None:
-                return await batcher.submit(*checked, gone=request.is_disconnected)
+                return await _unless_gone(request, batcher.submit(*checked))
             if await request.is_disconnected():
                 return GONE
             return await anyio.to_thread.run_sync(self._call, served, body, checked[1])
@@ -191,6 +212,8 @@ class Proxy:
             self.family.check_request(*parsed)
         except ContractViolation as exc:
             return exc.problem
+        except Exception as exc:  # noqa: BLE001 - whatever a client sent: its request, not the bundle's failure
+            return f"the request does not fit the contract ({type(exc).__name__})"
         return parsed
 
     async def _schema(self, request: Request) -> Response:

@@ -131,6 +131,8 @@ class ProductionServer(Proxy):
     def _swap(self, new: Served | None, reason: str = "") -> None:
         with self._lock:
             old, self.served = self.served, new
+            if self._batcher is not None:
+                self._batcher.close()  # its queued requests get 503 (retry); its calls in flight finish
             self._batcher = Batcher(lambda body, items, s=new: self._call(s, body, items), list(self.contract.inputs),
                                     max_items=self.max_batch) if new and self.batching else None
             self.reason = "" if new else reason

@@ -150,7 +150,8 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         info = next(dict(ls) for (n, ls) in samples if n == "testbed_bundle_info")
         assert info["bundle_sha256"] == w.store.get(w.good).bundle_sha256 and info["model_version"] == v1
         summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
-        assert summary["requests"] == 9 and summary["errors"] == 0 and summary["submission"] == w.good
+        assert summary["requests"] == 7 and summary["client_errors"] == 2 and summary["errors"] == 0
+        assert summary["submission"] == w.good
         assert "In service" in refresh_scorecard(w.ws, w.tracker, w.good, summary).read_text()
 
         with pytest.raises(Refused, match="no review"):

@@ -332,9 +332,10 @@ def test_the_metrics_summary_counts_exactly_what_was_observed(bike_spec):
     m.observe("3", 400, 0.01)
     m.observe("2", 200, 0.01)  # an earlier version does not count for the one in service
     summary = summarize(bike_spec, Scrape(m.exposition().decode(), at=time.time() + 10))
-    assert summary["requests"] == 102 and summary["errors"] == 1 and summary["version"] == "3"
+    assert summary["requests"] == 101 and summary["errors"] == 1 and summary["version"] == "3"
+    assert summary["client_errors"] == 1  # a client's bad request: counted apart, never in the error rate
     rows = {r["measure"]: r for r in summary["rows"]}
-    assert rows["error rate"]["value"] == pytest.approx(1 / 102) and rows["error rate"]["met"] is True
+    assert rows["error rate"]["value"] == pytest.approx(1 / 101) and rows["error rate"]["met"] is True
     assert 10 < rows["latency p50"]["value"] <= 25 and 150 < rows["latency p99"]["value"] <= 200
     assert quantile({0.1: 0, 0.2: 10, float("inf"): 10}, 0.5) == pytest.approx(0.15)
 

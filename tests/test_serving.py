@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import serving.proxy
 from evaluation.families import open_family
-from serving.batching import GONE, Batcher
+from serving.batching import CLOSED, Batcher
 from serving.metrics import ServingMetrics
 from serving.proxy import MAX_WAITING, Proxy
 from testbed.config import PROJECT_ROOT
@@ -127,13 +127,54 @@ def test_the_clients_own_mistakes_are_4xx_and_never_reach_the_bundle(batching, m
     ({"history": np.ones((1, 5, 13)).tolist(), "future": np.ones((1, HORIZON, 12)).tolist()}, "shape"),
     ({"history": [["abc"]], "future": [[1]]}, "must be numbers"),
     ({"history": [None], "future": [None]}, "must be numbers"),
+    ({"history": [[1, [2]]], "future": [[1]]}, "must be numbers"),  # ragged
+    ({**request(), "history": [[[float("nan")] * 13] * 167 + [[None] * 13]]}, "not null"),
 ])
 def test_a_request_the_contract_does_not_take_is_a_400_the_bundle_never_sees(inputs, words):
     """A careless client must not raise the bundle's error rate: the family checks shapes and types first."""
     front = Front(honest, batching=True)
-    [got] = post(front, {"json": inputs})
+    [got] = post(front, {"content": json.dumps(inputs).encode()})
     assert got.status_code == 400 and words in got.json()["error"]
     assert front.served.channel.calls == [] and outcomes(front) == {"client_error": 1.0}
+
+
+def test_requests_written_other_ways_are_still_the_contracts():
+    """What common clients send is taken: integers of any size for numbers, base64 wrapped across lines."""
+    import base64
+
+    front = Front(honest, batching=True)
+    huge = request()
+    huge["history"][0][0][0] = 10**30
+    [got] = post(front, {"content": json.dumps(huge).encode()})
+    assert got.status_code == 200
+    detection = open_family(get_pilot("cctv-road-users"), PROJECT_ROOT / "data", verify=False)
+    frame = (PROJECT_ROOT / "data/coco-street/images").glob("*.jpg").__next__().read_bytes()
+    detection.check_request({"images": [base64.encodebytes(frame).decode()]}, 1)  # 76-character lines
+
+
+def test_a_client_that_leaves_while_it_waits_is_answered_at_once():
+    """The wait is cancelled as soon as the client disconnects: 499, its place among MAX_WAITING freed."""
+    import time
+
+    front = Front(lambda body, items: (time.sleep(2), honest(body, items))[1], batching=True)
+    body = json.dumps(request()).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    scope = {"type": "http", "method": "POST", "path": "/forecast", "query_string": b"", "root_path": "",
+             "headers": [(b"content-length", str(len(body)).encode())], "scheme": "http", "server": ("127.0.0.1", 1)}
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(0.2)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    started = time.monotonic()
+    asyncio.run(front.app()(scope, receive, send))
+    assert sent[0]["status"] == 499 and time.monotonic() - started < 1.5 and front._waiting == 0
 
 
 def test_a_version_taken_out_of_service_mid_call_is_a_503_not_a_crash():
@@ -174,7 +215,8 @@ def test_a_client_that_leaves_is_not_the_bundles_error(monkeypatch):
 
 def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped():
     """After a merged call fails, each request goes alone and concurrently: a hanging one no longer delays its
-    neighbours' retries. A request whose client left is answered 499 and never sent."""
+    neighbours' retries. A queued request whose client left (its wait cancelled) is never sent; closing the
+    batcher (a new version in service) answers what is still queued with 503."""
     import time
 
     sent, done = [], []
@@ -187,24 +229,30 @@ def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped(
             return 502, b'{"error": "hung"}'
         return 200, json.dumps([[h] for h in history]).encode()
 
-    async def left():
-        return True
-
     async def main():
         batcher = Batcher(call, ["history", "future"], max_items=64, concurrency=1)
 
-        async def client(name, gone=None):
-            result = await batcher.submit({"history": [name], "future": [0]}, 1, gone=gone)
+        async def client(name):
+            result = await batcher.submit({"history": [name], "future": [0]}, 1)
             done.append(name)
             return result
 
         first = asyncio.create_task(client("first"))  # occupies the only slot while the others queue
         await asyncio.sleep(0)
         rest = [asyncio.create_task(client(n)) for n in ("slow", "b", "c")]
-        away = asyncio.create_task(client("away", left))
-        return await asyncio.gather(first, *rest, away)
+        away = asyncio.create_task(client("away"))
+        await asyncio.sleep(0)
+        away.cancel()  # what serving.proxy does when the client disconnects
+        answered = await asyncio.gather(first, *rest)
+        busy = asyncio.create_task(client("slow"))  # holds the slot for a second
+        await asyncio.sleep(0.1)
+        late = asyncio.create_task(client("late"))
+        await asyncio.sleep(0)
+        batcher.close()
+        await busy
+        return answered, await late
 
-    results = asyncio.run(main())
-    assert [status for status, _ in results] == [200, 502, 200, 200, GONE[0]]
+    answered, late = asyncio.run(main())
+    assert [status for status, _ in answered] == [200, 502, 200, 200] and late == CLOSED
     assert done.index("b") < done.index("slow") and done.index("c") < done.index("slow")
     assert not any("away" in h for h in sent)

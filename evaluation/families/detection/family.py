@@ -128,7 +128,7 @@ class ObjectDetection(TaskFamily):
     def check_request(self, inputs: dict[str, list], items: int) -> None:
         for i, image in enumerate(inputs["images"]):
             try:
-                with Image.open(io.BytesIO(base64.b64decode(image, validate=True))):  # reads the header only
+                with Image.open(io.BytesIO(base64.b64decode(image))):  # reads the header only
                     pass
             except Exception:  # noqa: BLE001 - not base64, not a string, not an image: the client's mistake
                 raise ContractViolation(f"`images[{i}]` is not a base64-encoded image file") from None

@@ -188,10 +188,14 @@ class Forecasting(TaskFamily):
         o, d = self.options, self.options.data
         for name, steps, features in (("history", o.history, d.history_features), ("future", o.horizon,
                                                                                      d.future_features)):
-            array = np.asarray(inputs[name]) if isinstance(inputs[name], list) else np.array(None)
+            try:
+                array = np.asarray(inputs[name])
+            except ValueError:  # ragged: windows or steps of different lengths
+                array = np.array(None)
             if array.dtype.kind not in "iuf" or array.shape != (items, steps, len(features)):
                 raise ContractViolation(f"`{name}` must be numbers of shape (windows, {steps}, {len(features)}) "
-                                        f"({', '.join(features)}); got {array.dtype.name} {array.shape}")
+                                        f"({', '.join(features)}), a missing value as NaN (not null); got "
+                                        f"{array.dtype.name} {array.shape}")
 
     def check_answer(self, body: bytes, items: int) -> None:
         decode_response(body, items, self.options.horizon, self.options.nonnegative)
