@@ -65,9 +65,13 @@ class Batcher:
         self._concurrency = concurrency
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     async def submit(self, payload: dict, items: int) -> tuple[int, bytes]:
-        """The answer to one request; cancelling the wait drops the request if it is still queued."""
+        """The answer to one request; cancelling the wait drops the request if it is still queued. A closed
+        batcher answers `CLOSED` (the request was read while the version in service changed)."""
+        if self._closed:
+            return CLOSED
         if self._task is None or self._task.done():
             self._loop = asyncio.get_running_loop()
             self._wake, self._slots = asyncio.Event(), asyncio.Semaphore(self._concurrency)
@@ -86,6 +90,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_result(CLOSED)
 
+        self._closed = True
         if self._task is not None and not self._task.done() and self._loop is not None:
             self._loop.call_soon_threadsafe(stop)
 

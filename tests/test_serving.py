@@ -250,6 +250,8 @@ def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped(
         await asyncio.sleep(0)
         batcher.close()
         await busy
+        after = await client("after")  # read before the swap, submitted after it: no new dispatcher
+        assert after == CLOSED and batcher._task.done()
         return answered, await late
 
     answered, late = asyncio.run(main())
