@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from testbed.yamlio import repeated
 
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
-    "CriteriaWeights", "Criteria", "EquitySettings",
+    "CriteriaWeights", "Criteria", "EquitySettings", "Encoding",
 ]
 
 
 SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _known_codec(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"{value[:40]!r} is not a text encoding Python knows (e.g. utf-8, cp949)") from None
+    return value
+
+
+Encoding = Annotated[str, AfterValidator(_known_codec)]
+"""The text encoding of a data file, checked when the spec is read: a Python codec name (`utf-8`, `cp949`...)."""
 
 
 class _Spec(BaseModel):

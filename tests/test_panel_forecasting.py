@@ -230,6 +230,8 @@ def test_a_gap_can_be_skipped_instead(districts):
                "horizon": 1}}, "task.data"),
     ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "adapter": "nope"}, "history": 4,
                "horizon": 1}}, "task.data.adapter"),
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "encoding": "klingon"}, "history": 4,
+               "horizon": 1}}, "task.data.encoding"),
     ({"task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "D"}}}, "groups.0"),  # hour_band
     ({"groups": ["season", "day_type"], "task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "W"}}},
      "groups.1"),

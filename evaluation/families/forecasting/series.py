@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pilots.spec import Encoding
 from testbed.errors import SpecError
 from testbed.registry import Registry
 
@@ -75,7 +76,7 @@ class SeriesData(BaseModel):
 
     adapter: str | None = None
     """A registered data adapter reshaping the raw file first (e.g. `uci_seoul_bike`); none for tidy files."""
-    encoding: str = "utf-8"
+    encoding: Encoding = "utf-8"
     """Text encoding of the CSV file (e.g. `utf-8`, `cp949`, `latin-1`)."""
     time: str
     """Column holding each row's timestamp (after the adapter, if any)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pilots.spec import Encoding
 from testbed.errors import SpecError
 
 __all__ = ["TextOptions", "Texts", "read_texts", "length_groups"]
@@ -41,18 +42,9 @@ class TextOptions(BaseModel):
     """One-text requests sent one after another to measure latency."""
     calibration_bins: int = Field(default=15, ge=2, le=100)
     """Equal-width confidence bins of the expected calibration error."""
-    encoding: str = "utf-8"
+    encoding: Encoding = "utf-8"
     """Text encoding of the CSV file (a Python codec name, e.g. `cp949` for many Korean public files); a UTF-8
     byte-order mark is skipped."""
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_codec(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"{value[:40]!r} is not a text encoding Python knows (e.g. utf-8, cp949)") from None
-        return value
 
     @field_validator("categories")
     @classmethod
