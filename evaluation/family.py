@@ -212,10 +212,10 @@ class TaskFamily(PhasePlan, ABC):
         it, so a client's mistake never counts as the bundle's failure."""
 
     @abstractmethod
-    def check_answer(self, body: bytes, items: int) -> None:
-        """Raise ContractViolation, saying what is wrong, when `body` is not a valid answer to a request of `items`
-        items: the check production serving applies to every answer (evaluation applies the same in
-        `predictions`)."""
+    def check_answer(self, body: bytes, items: int) -> Any:
+        """`body` decoded as the answer to a request of `items` items; ContractViolation, saying what is wrong,
+        when it is not a valid one: the check production serving applies to every answer (evaluation's
+        `predictions` decodes with the same check)."""
 
     @abstractmethod
     def predictions(self, data: Any, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:

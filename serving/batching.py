@@ -115,9 +115,10 @@ class Batcher:
             results = await self._send(batch)
             if len(batch) > 1 and any(status != 200 for status, _ in results):
                 await asyncio.gather(*(self._alone(job) for job in batch))  # isolate the request at fault
-            for job, result in zip(batch, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
+            else:
+                for job, result in zip(batch, results, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(result)
         except BaseException as exc:  # noqa: BLE001 - every waiting request must get an answer
             for job in batch:
                 if not job.future.done():

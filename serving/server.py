@@ -69,7 +69,7 @@ class ProductionServer(Proxy):
         self._refused: tuple[str, float, str, int] | None = None
         """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
         self._waiting = 0
-        """Requests waiting for the served bundle now (counted in the event loop)."""
+        """Requests in the proxy now, from their first byte to their answer (counted in the event loop)."""
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
 

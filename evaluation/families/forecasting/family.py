@@ -197,13 +197,12 @@ class Forecasting(TaskFamily):
                                         f"({', '.join(features)}), a missing value as NaN (not null); got "
                                         f"{array.dtype.name} {array.shape}")
 
-    def check_answer(self, body: bytes, items: int) -> None:
-        decode_response(body, items, self.options.horizon, self.options.nonnegative)
+    def check_answer(self, body: bytes, items: int) -> np.ndarray:
+        return decode_response(body, items, self.options.horizon, self.options.nonnegative)
 
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
-        decode = lambda body, rows: decode_response(body, len(rows), self.options.horizon,  # noqa: E731
-                                                    self.options.nonnegative)
+        decode = lambda body, rows: self.check_answer(body, len(rows))  # noqa: E731
         for rows, values in self.answers(result, name, decode, violations):
             preds[rows] = values
         return preds

@@ -101,13 +101,13 @@ class TextClassification(TaskFamily):
         if not all(isinstance(text, str) for text in inputs["texts"]):
             raise ContractViolation("`texts` must be a list of strings")
 
-    def check_answer(self, body: bytes, items: int) -> None:
-        decode_response(body, items, list(self.options.categories))
+    def check_answer(self, body: bytes, items: int) -> tuple[np.ndarray, np.ndarray]:
+        return decode_response(body, items, list(self.options.categories))
 
     def _probabilities(self, data: Texts, result: SandboxResult, name: str, violations: list[str]) -> np.ndarray:
         """(texts, categories) probabilities the service answered for phase `name`; NaN rows where it did not."""
         probs = np.full((len(data.texts), len(data.categories)), np.nan)
-        decode = lambda body, rows: decode_response(body, len(rows), data.categories)  # noqa: E731
+        decode = lambda body, rows: self.check_answer(body, len(rows))  # noqa: E731
         for rows, (_, p) in self.answers(result, name, decode, violations):
             probs[rows] = p
         return probs
