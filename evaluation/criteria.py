@@ -120,10 +120,14 @@ def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile,
 
 
 def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> Gate:
-    """Too good to be true: near-exact agreement with a truth the vendor could have had."""
-    if not spec.dataset.splits[split].truth_known:
+    """Too good to be true: near-exact agreement with a truth the vendor could have had. Judged as the official
+    split would judge it: where the `test` split's truth is not public, a check on the public sample (whose
+    truth every vendor has) is not flagged either."""
+    hidden = next((name for name in (split, "test") if not spec.dataset.splits[name].truth_known), None)
+    if hidden:
         return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
-                    detail=f"the `{split}` split's truth is not public")
+                    detail=f"the `{hidden}` split's truth is not public" + ("" if hidden == split else
+                           f"; not judged on the public `{split}` split, as the official evaluation would not be"))
     exact = outcome.exactness
     if exact is None and math.isnan(skill):
         return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,

@@ -180,7 +180,10 @@ def main():
     tag = _read_tag(tag_fd)
     if not tag:
         return
-    uvicorn.run(app_of(bentoml.load(tag)), fd=socket_fd, log_level="warning", access_log=False)
+    # standalone_load, as BentoML's own server loads it: the service stays in the bundle's `src/` (read-only), so
+    # files opened by a relative path are found as under `bentoml serve`
+    uvicorn.run(app_of(bentoml.load(tag, standalone_load=True)), fd=socket_fd, log_level="warning",
+                access_log=False)
 
 
 if __name__ == "__main__":

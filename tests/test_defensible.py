@@ -226,6 +226,18 @@ def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec,
     scaled = run(ws, bike_spec, lookup_handler(windows, offset=25.0), bento(tmp_path, [FORECAST_ROUTE]), out="b")
     assert not next(g for g in scaled.gates if g.name == "suspected_lookup").passed  # generic, not "+1"
 
+    # a check on the public sample judges the gate as the official split would: flagged where `test`'s truth is
+    # public too (bike), not where it is sequestered (every vendor has the sample's truth)
+    sample = open_family(bike_spec, PROJECT_ROOT / "data").load("sample")
+    splits = {**bike_spec.dataset.splits, "test": bike_spec.dataset.splits["test"].model_copy(
+        update={"truth_public": False})}
+    hidden = bike_spec.model_copy(update={"dataset": bike_spec.dataset.model_copy(update={"splits": splits})})
+    for spec, flagged in ((bike_spec, True), (hidden, False)):
+        card = run(ws, spec, lookup_handler(sample), bento(tmp_path, [FORECAST_ROUTE]), split="sample",
+                   out=f"sample-{flagged}")
+        gate = next(g for g in card.gates if g.name == "suspected_lookup")
+        assert gate.passed is not flagged and ("not judged on the public `sample`" in gate.detail) is not flagged
+
 
 def test_deep_learning_credit_needs_the_model_file_opened_by_the_service(ws, bike_spec, windows, tmp_path):
     """What the kernel saw the service open decides: the same answers and bundle earn credit when the service

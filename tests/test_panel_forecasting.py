@@ -300,3 +300,17 @@ def test_a_pilots_file_is_parsed_once_per_process_until_it_changes(tmp_path):
     spec = load_pilot(district_spec(tmp_path / "pilots", tmp_path / "data"))
     again = open_family(spec, tmp_path / "data").panel
     assert again is not first and again.values.shape[1] == first.values.shape[1] + 24
+
+
+def test_exactness_reads_a_panel_within_its_series_not_its_levels(districts):
+    """A forecast as far from the truth as the baseline is reads ~0, though the districts' levels (100 to 2,500)
+    give it a pooled R² of 0.99+; any affine copy of the truth still reads 1 (the lookup flag)."""
+    spec_path, data_dir = districts
+    fam = open_family(get_pilot("district-demand"), data_dir)
+    test = fam.load("test")
+    noise = np.random.default_rng(0).standard_normal(test.truth.shape)
+    rough = test.truth + noise * np.sqrt(np.mean((test.baseline - test.truth) ** 2, axis=1, keepdims=True))
+    pooled = np.corrcoef(rough.ravel(), test.truth.ravel())[0, 1] ** 2
+    assert pooled > 0.99 and fam.exactness(test, {"clean": rough}) < 0.5
+    assert fam.exactness(test, {"clean": 1.5 * test.truth + 7}) == pytest.approx(1.0)
+    assert fam.exactness(test, {"clean": np.full_like(test.truth, 100.0)}) is None

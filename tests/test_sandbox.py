@@ -51,7 +51,7 @@ def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
                f"read:{data_file}",
                f"list:{PROJECT_ROOT / 'data'}", f"read:{PROJECT_ROOT / 'mlflow' / 'README.md'}", "read:/etc/shadow",
                "write:/usr/lib/evil", "write:/bento/evil", "bigfile:/tmp/fill-the-disk", "write:/run/x",
-               "userns:", "thread:", "vsock:", "shm:"]
+               "userns:", "thread:", "vsock:", "shm:", "read:service.py", "write:beside-the-code"]
     small_files = SandboxLimits(memory_mb=3072, max_processes=64, cpu_seconds=300, threads=1, tmp_mb=16)
     result = run_job(job(built("probe"), "/probe", [{"targets": targets}], limits=small_files,
                          forbidden=[str(PROJECT_ROOT / "data"), str(PROJECT_ROOT / "mlflow")]))
@@ -61,6 +61,7 @@ def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
     outcome = answer["results"]
     assert outcome.pop("write:/tmp/scratch-is-fine") == "allowed" and outcome.pop("thread:") == "allowed"
     assert outcome.pop("shm:") == "allowed"
+    assert outcome.pop("read:service.py") == "allowed"  # it runs in its src/, as under `bentoml serve` (read-only)
     assert all(v.startswith("denied") for v in outcome.values()), outcome
     assert result.verdict == "sandbox_violation" and "network" in result.reason
     assert result.isolated
