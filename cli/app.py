@@ -144,8 +144,22 @@ def check(pilot: str, bundle: Path,
                                  isolated=not unsafe, submission=f"check-{info.sha256[:12]}",
                                  out_dir=ws.home / "checks" / f"{pilot}-{info.sha256[:12]}")
         _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
+    if not as_json:
+        _time_used(ev.card.performance.get("run_s"), spec.resources.wall_time_s)
     if ev.card.verdict != "completed" or not ev.card.passed:
         raise typer.Exit(1)
+
+
+def _time_used(used: float | None, limit: float) -> None:
+    """The check's share of the pilot's time limit: the official run has the same limit for a split that can be
+    larger, so a check that needs much of it warns."""
+    if not used:
+        return
+    tight = used > limit / 3
+    out.print(f"  [{'yellow' if tight else 'dim'}]time in the sandbox: {used:.0f} s of the pilot's {limit:g} s limit "
+              f"({used / limit:.0%}) on the public sample; the official evaluation sends the sequestered split, which "
+              f"can hold several times as many items, through the same phases under the same limit"
+              f"{' — make the service faster, or it may time out there' if tight else ''}[/]", soft_wrap=True)
 
 
 @app.command()

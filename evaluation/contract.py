@@ -8,9 +8,12 @@ every response the sandboxed service returns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.errors import ContractError, ContractViolation
+
+if TYPE_CHECKING:
+    from sandbox.bundle import BundleInfo
 
 __all__ = ["Contract", "ContractViolation"]
 
@@ -33,9 +36,21 @@ class Contract:
     def route(self) -> str:
         return f"/{self.api}"
 
-    def check_routes(self, routes: list[dict[str, Any]], where: str) -> None:
+    def check_bundle(self, info: BundleInfo, pilot: str) -> None:
+        """Raise ContractError unless the bundle is for `pilot`: its declared routes (`check_routes`), and the
+        pilot its `bentofile.yaml` labels name (`labels: {pilot: ...}`), when it names one."""
+        labels = info.manifest.get("labels")
+        declared = labels.get("pilot") if isinstance(labels, dict) else None
+        if declared is not None and str(declared) != pilot:
+            raise ContractError(f"the bundle declares it is for the pilot {str(declared)[:80]!r} (`labels: pilot:` in "
+                                f"its bentofile.yaml), not {pilot!r}", where=str(info.path),
+                                fix=f"give it to {str(declared)[:80]!r}, or, if it is for {pilot!r}, correct that "
+                                    "label and build it again")
+        self.check_routes(info.routes, where=str(info.path), pilot=pilot)
+
+    def check_routes(self, routes: list[dict[str, Any]], where: str, pilot: str = "PILOT") -> None:
         """Raise ContractError unless the declared routes include this contract's API with its inputs."""
-        fix = f"expose `@bentoml.api def {self.api}({', '.join(self.inputs)})` — see `testbed pilots show PILOT`"
+        fix = f"expose `@bentoml.api def {self.api}({', '.join(self.inputs)})` — see `testbed pilots show {pilot}`"
         route = next((r for r in routes if r.get("name") == self.api), None)
         if route is None:
             names = ", ".join(sorted(str(r.get("name")) for r in routes)) or "none"

@@ -61,9 +61,20 @@ def _clip(x: float | None) -> float:
 
 
 def _cause(log: str) -> str | None:
-    """The last exception line of a log (e.g. `ModuleNotFoundError: No module named 'x'`)."""
+    """The exception that stopped the service, from its log (e.g. `ModuleNotFoundError: No module named 'x'`):
+    the last exception line that is not BentoML's own wrapper around it (`bentoml.exceptions.ImportServiceError`
+    comes after the import error it wraps). A missing module says what to declare."""
     found = re.findall(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", log, flags=re.M)
-    return found[-1].strip()[:300] if found else None
+    own = [line for line in found if not line.lstrip().startswith("bentoml.")]
+    cause = (own or found or [None])[-1]
+    if cause is None:
+        return None
+    cause = cause.strip()[:300]
+    missing = re.search(r"No module named '([\w.]+)'", cause)
+    if missing:
+        cause += (f" (declare the package that provides `{missing.group(1).split('.')[0]}` under `python.packages` in "
+                  "bentofile.yaml: the sandbox has only the packages the bundle declares)")
+    return cause
 
 
 def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dict) -> tuple[str, str, list[str]]:

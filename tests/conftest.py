@@ -72,8 +72,10 @@ def fake_bento(tmp_path: Path):
 
     import yaml
 
-    def make(routes: list[dict], name: str = "fake", version: str = "v1", requirements: str | None = None) -> Path:
-        manifest = {"name": name, "version": version, "schema": {"routes": routes}}
+    def make(routes: list[dict], name: str = "fake", version: str = "v1", requirements: str | None = None,
+             labels: dict | None = None) -> Path:
+        manifest = {"name": name, "version": version, "schema": {"routes": routes}, **({"labels": labels} if labels
+                                                                                     else {})}
         if requirements is not None:  # what `python.packages` in bentofile.yaml becomes
             manifest["image"] = {"python_requirements": requirements}
         manifest = yaml.safe_dump(manifest).encode()

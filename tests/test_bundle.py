@@ -129,6 +129,20 @@ def test_contract_mismatch_is_refused(fake_bento, route, words):
         FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))
 
 
+def test_a_bundle_labelled_for_another_pilot_is_refused(fake_bento):
+    """Both forecasting pilots take the same API: the pilot a bundle's labels name tells them apart."""
+    contract = FAMILIES.get("forecasting").contract
+    contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE])), "subway-ridership")  # no label: routes only
+    contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE], labels={"pilot": "bike-demand"})), "bike-demand")
+    with pytest.raises(ContractError, match="for the pilot 'bike-demand'.*not 'subway-ridership'") as info:
+        contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE], labels={"pilot": "bike-demand"})),
+                              "subway-ridership")
+    assert "correct that label" in info.value.fix
+    with pytest.raises(ContractError, match="no `forecast` API") as info:
+        contract.check_bundle(inspect_bundle(fake_bento([{**FORECAST_ROUTE, "name": "x"}])), "subway-ridership")
+    assert "testbed pilots show subway-ridership" in info.value.fix
+
+
 def test_import_lays_the_bundle_out_as_bentoml_import_does(tmp_path, monkeypatch):
     """The harness unpacks the archive itself (no BentoML, no vendor code): the bento under bentos/NAME/VERSION
     with a `latest` file, its models moved to the home's model store, the folders BentoML expects, and file

@@ -173,3 +173,15 @@ def test_a_folder_setting_that_cannot_be_used_is_named_in_the_fix(monkeypatch, t
         command()
     assert exit_.value.exit_code == 2
     assert f"TESTBED_HOME={blocker} must name a folder" in " ".join(capsys.readouterr().err.split())
+
+
+def test_check_says_how_much_of_the_time_limit_the_sample_took(capsys):
+    """The official run has the same limit for a split that can be larger: a check that needs a third of it warns."""
+    from cli.app import _time_used
+    from cli.console import out
+
+    for used, warned in ((50.0, False), (250.0, True)):
+        with out.capture() as shown:
+            _time_used(used, 600)
+        text = shown.get()
+        assert f"{used:.0f} s of the pilot's 600 s limit" in text and ("may time out there" in text) is warned

@@ -293,3 +293,23 @@ def test_an_evaluation_without_the_sandbox_is_never_a_submissions_official_one(w
                         executor=FakeSandbox(last_day, isolated=False), ws=ws, tracker=tracker, out_dir=ws.home / "o",
                         submission="x", isolated=False)
     assert "--reevaluate" in refused.value.fix and not tracker.runs and not (ws.home / "o").exists()
+
+
+def test_a_crash_names_the_vendors_own_error_not_bentomls_wrapper():
+    """BentoML wraps a failed import in its ImportServiceError, logged last: the cause shown is the import error,
+    with what to declare."""
+    from evaluation.criteria import _cause
+
+    log = """Traceback (most recent call last):
+ModuleNotFoundError: No module named 'pv-d_dep'
+bentoml.exceptions.ImportServiceError: Failed to import module "pv-d_dep": No module named 'pv-d_dep'
+ModuleNotFoundError: No module named 'pandas.core'
+bentoml.exceptions.ImportServiceError: Failed to import module "service": No module named 'pandas.core'
+bentoml.exceptions.ImportServiceError: Failed to load bento or import service 'pv-d_dep:ij4ovvhomktwiax4'.
+If you are attempting to import bento by tag: 'Failed to import module "service": No module named 'pandas.core'
+"""
+    cause = _cause(log)
+    assert cause.startswith("ModuleNotFoundError: No module named 'pandas.core'")
+    assert "provides `pandas` under `python.packages` in bentofile.yaml" in cause
+    assert _cause("RuntimeError: model file missing\n") == "RuntimeError: model file missing"
+    assert _cause("bentoml.exceptions.BentoMLException: only BentoML's\n").startswith("bentoml.exceptions")

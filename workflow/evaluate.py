@@ -172,7 +172,7 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
                          fix="restore the file from a backup, or submit the vendor's original bundle again")
     models = _BESIDE.submit(scan_models, bundle)  # xz decompression releases the GIL
     fam = open_family(spec, ws.data_dir)
-    fam.contract.check_routes(info.routes, where=str(bundle))
+    fam.contract.check_bundle(info, spec.id)
     environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
     checked()
     data = fam.load(split)

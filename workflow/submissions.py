@@ -69,7 +69,7 @@ class SubmissionStore:
         whether it is new (False: same bytes, stored before with the profile it had then)."""
         vendor = vendor if isinstance(vendor, VendorProfile) else load_model(vendor, VendorProfile)
         info = inspect_bundle(bundle)
-        FAMILIES.get(spec.family).contract.check_routes(info.routes, where=str(bundle))
+        FAMILIES.get(spec.family).contract.check_bundle(info, spec.id)
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
         sub_id = f"{spec.id}-{info.sha256[:12]}"
         if (self.root / sub_id / "submission.json").is_file():
