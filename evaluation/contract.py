@@ -36,17 +36,19 @@ class Contract:
     def route(self) -> str:
         return f"/{self.api}"
 
-    def check_bundle(self, info: BundleInfo, pilot: str) -> None:
+    def check_bundle(self, info: BundleInfo, pilot: str, where: str | None = None) -> None:
         """Raise ContractError unless the bundle is for `pilot`: its declared routes (`check_routes`), and the
-        pilot its `bentofile.yaml` labels name (`labels: {pilot: ...}`), when it names one."""
+        pilot its `bentofile.yaml` labels name (`labels: {pilot: ...}`), when it names one. `where`: the file
+        to name (by default the one inspected)."""
+        where = where or str(info.path)
         labels = info.manifest.get("labels")
         declared = labels.get("pilot") if isinstance(labels, dict) else None
         if declared is not None and str(declared) != pilot:
             raise ContractError(f"the bundle declares it is for the pilot {str(declared)[:80]!r} (`labels: pilot:` in "
-                                f"its bentofile.yaml), not {pilot!r}", where=str(info.path),
+                                f"its bentofile.yaml), not {pilot!r}", where=where,
                                 fix=f"give it to {str(declared)[:80]!r}, or, if it is for {pilot!r}, correct that "
                                     "label and build it again")
-        self.check_routes(info.routes, where=str(info.path), pilot=pilot)
+        self.check_routes(info.routes, where=where, pilot=pilot)
 
     def check_routes(self, routes: list[dict[str, Any]], where: str, pilot: str = "PILOT") -> None:
         """Raise ContractError unless the declared routes include this contract's API with its inputs."""

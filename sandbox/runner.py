@@ -164,7 +164,8 @@ def run_job(job: SandboxJob) -> SandboxResult:
     phases: dict[str, PhaseResult] = {}
     expired, budget = threading.Event(), Budget(job.max_run_response_bytes)
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
-                          forbidden=job.forbidden, python_env=python_env) as svc:
+                          forbidden=job.forbidden, python_env=python_env,
+                          requirements=job.environment.requirements if job.environment is not None else None) as svc:
         def expire() -> None:
             expired.set()
             svc.stop(grace_s=0)

@@ -30,9 +30,12 @@ import psutil
 
 from sandbox.bundle import import_bundle
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget, Channel
+from sandbox.environment import bundle_environment
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, Opened, OutputTail, Reports, Watch
+from testbed.errors import BundleError
+from testbed.yamlio import safe_load_bounded
 
 __all__ = ["SandboxedService"]
 
@@ -41,11 +44,15 @@ class SandboxedService:
     """A bundle's BentoML service running in the sandbox, reachable only through the harness's own socket."""
 
     def __init__(self, bundle: bytes, limits: SandboxLimits, *, isolated: bool = True, gpus: float = 0,
-                 forbidden: list[str] | tuple[str, ...] = (), python_env: Path | None = None):
+                 forbidden: list[str] | tuple[str, ...] = (), python_env: Path | None = None,
+                 requirements: tuple[str, ...] | None = None):
         self.bundle, self.limits, self.isolated, self.gpus = bundle, limits, isolated, gpus
         self.forbidden = list(forbidden)
         self.python_env = python_env
         """The bundle's own virtual environment (`sandbox.environment`), or None for the harness's Python."""
+        self.requirements = requirements
+        """What `python_env` was built from: the `bento.yaml` the bundle unpacks to must declare exactly these
+        (the harness may have read them from a record kept beside the stored bundle); None: not checked."""
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         """Exit status once stopped (None: it was still running when the harness stopped it)."""
@@ -131,6 +138,14 @@ class SandboxedService:
         bundle.write_bytes(self.bundle)
         tag = import_bundle(bundle, home)
         bundle.unlink()
+        if self.requirements is not None:
+            declared = bundle_environment(safe_load_bounded((home / "bentos" / tag.replace(":", "/") / "bento.yaml")
+                                                            .read_bytes()), home, "the bundle").requirements
+            if declared != tuple(self.requirements):
+                raise BundleError("the Python environment prepared for this bundle is not the one its own bento.yaml "
+                                  f"declares ({', '.join(declared)[:300]})", where="the bundle's bento.yaml",
+                                  fix="the record kept beside the stored bundle was altered: restore it (or submit "
+                                      "the bundle again), then evaluate")
         self._opened, self._bento = Opened(home), "bentos/" + tag.replace(":", "/")
         for path in [home, *home.rglob("*")]:
             folder = path.is_dir()

@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 import yaml
 
+from evaluation.families import open_family
 from evaluation.tracking import MemoryTracker
 from testbed.errors import InfrastructureFailure
 from tests.conftest import FORECAST_ROUTE
@@ -48,6 +49,41 @@ def test_a_stored_bundle_swapped_after_submission_is_never_evaluated(ws, subs):
     tracker = MemoryTracker()
     items = run_campaign([subs[0]], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
     assert items[0].status == "failed" and "is not the one submitted" in items[0].error and tracker.runs == {}
+
+
+def test_the_bytes_hashed_are_the_bytes_run_and_logged_whatever_the_store_holds_meanwhile(ws, subs, monkeypatch):
+    """The stored bundle is copied privately and hashed once: another bundle swapped into its place once it was
+    hashed (and put back before the run is recorded) is neither run nor logged."""
+    import gc
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    import workflow.evaluate
+
+    store = SubmissionStore(ws)
+    stored, other = store.bundle(subs[0].id), store.bundle(subs[1].id).read_bytes()
+    original = stored.read_bytes()
+
+    def swapped_once_hashed(*args):
+        stored.write_bytes(other)
+        return open_family(*args)
+
+    class PutBack(FakeSandbox):
+        def run(self, job):
+            stored.write_bytes(original)
+            return super().run(job)
+
+    monkeypatch.setattr(workflow.evaluate, "open_family", swapped_once_hashed)
+    tracker, sandbox = MemoryTracker(), PutBack(last_day)
+    copies = set(Path(tempfile.gettempdir()).glob("testbed-bundle-*"))
+    [item] = run_campaign([subs[0]], executor=sandbox, tracker=tracker, ws=ws)
+    gc.collect()
+    assert set(Path(tempfile.gettempdir()).glob("testbed-bundle-*")) == copies  # the private copy is gone
+    assert item.status == "evaluated"
+    assert hashlib.sha256(sandbox.jobs[0].bundle).hexdigest() == subs[0].bundle_sha256
+    logged = tracker.runs[item.run_id].artifacts[f"bento/{stored.name}"].read_bytes()
+    assert hashlib.sha256(logged).hexdigest() == subs[0].bundle_sha256
 
 
 class Flaky(FakeSandbox):

@@ -1,6 +1,7 @@
 """Bundles bring their own dependencies: what a bundle declares is installed (wheels, index only, cached per
 requirements hash) outside the sandbox, and only that is importable inside it."""
 
+import dataclasses
 import json
 import sys
 from importlib import metadata
@@ -99,6 +100,10 @@ def test_a_bundle_runs_on_its_own_packages_and_sees_none_of_the_harness(built, w
     assert answer["server_modules"] == ["httptools", "uvloop"]  # uvicorn's fast parser and loop, in its own env
     assert answer["recorders"] == {"tracing": False, "metrics": False, "access_log": False}  # none can be read
     assert env.ready and (env.prefix / "lib").is_dir()
+    # an environment built from other requirements than the bundle's own bento.yaml declares (e.g. read from an
+    # altered record beside the stored bundle) is refused before the service is told its tag
+    with pytest.raises(BundleError, match="not the one its own bento.yaml declares"):
+        run_job(dataclasses.replace(job, bundle=built("probe").read_bytes()))
 
 
 @pytest.mark.slow

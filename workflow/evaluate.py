@@ -8,6 +8,7 @@ import math
 import os
 import secrets
 import shutil
+import weakref
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
@@ -23,14 +24,14 @@ from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
-from sandbox.bundle import inspect_bundle
+from sandbox.bundle import inspect_bundle, private_copy
 from sandbox.contention import yield_cpu
 from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import SandboxJob, SandboxResult
 from testbed.config import Workspace
-from testbed.errors import AuditError, TestbedError
+from testbed.errors import TestbedError
 from workflow.assess import Assessment, Scoring, assess
 
 __all__ = ["Evaluation", "PreparedEvaluation", "evaluate_bundle", "prepare_evaluation", "scoring_of",
@@ -165,15 +166,30 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
         check_isolation()
+    where = str(bundle)
+    if vetted is not None:  # a stored submission: what is hashed is what runs and is logged (`private_copy`)
+        bundle = private_copy(bundle, vetted[0], submission)
+    try:
+        prepared = _prepare(spec, bundle, where, vendor, ws, out_dir, submission, split, isolated, reevaluate, vetted,
+                            checked, ready_scoring, role)
+    except BaseException:
+        if vetted is not None:
+            shutil.rmtree(bundle.parent, ignore_errors=True)
+        raise
+    if vetted is not None:
+        weakref.finalize(prepared, shutil.rmtree, bundle.parent, True)
+    return prepared
+
+
+def _prepare(spec: PilotSpec, bundle: Path, where: str, vendor: VendorProfile, ws: Workspace, out_dir: Path,
+             submission: str, split: str, isolated: bool, reevaluate: str | None, vetted: tuple[str, bytes] | None,
+             checked: Callable[[], object], ready_scoring: bool, role: str) -> PreparedEvaluation:
+    """`prepare_evaluation`'s work on `bundle` (`where`: the file to name in errors)."""
     info = inspect_bundle(bundle, vetted=vetted)
-    if vetted is not None and info.sha256 != vetted[0]:
-        raise AuditError(f"the stored bundle of {submission} is not the one submitted: sha256 {info.sha256[:16]}…, "
-                         f"recorded at submission {vetted[0][:16]}…", where=str(bundle),
-                         fix="restore the file from a backup, or submit the vendor's original bundle again")
     models = _BESIDE.submit(scan_models, bundle)  # xz decompression releases the GIL
     fam = open_family(spec, ws.data_dir)
-    fam.contract.check_bundle(info, spec.id)
-    environment = bundle_environment(info.manifest, ws.envs, where=str(bundle))
+    fam.contract.check_bundle(info, spec.id, where)
+    environment = bundle_environment(info.manifest, ws.envs, where=where)
     checked()
     data = fam.load(split)
     job = sandbox_job(spec, fam, bundle, data, ws, isolated, seed=secrets.randbits(32), environment=environment)
