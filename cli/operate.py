@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli.console import cell, err, friendly, out
 from cli.console import emit_json as _emit_json
-from cli.console import err, friendly, out
 from testbed.config import Workspace
 from testbed.errors import SpecError
 from workflow.catalogue import get_pilot
@@ -80,7 +80,7 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
     table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
     for e in history:
         table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",
-                      escape(e["by"]), e["previous_version"] or "—", escape(e["note"] or ""))
+                      cell(e["by"]), e["previous_version"] or "—", cell(e["note"] or ""))
     out.print(table)
 
 

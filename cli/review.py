@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli.console import cell, friendly, out
 from cli.console import emit_json as _emit_json
-from cli.console import friendly, out
 from evaluation.local_strength import CLAIMS
 from testbed.config import Workspace
 from testbed.yamlio import repeated
@@ -36,7 +36,8 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     from workflow.review import ReviewBook, review_status
 
     ws = Workspace.from_env()
-    tracker, book = MlflowTracker(ws), ReviewBook(ws)
+    tracker = MlflowTracker(ws)
+    book = ReviewBook(ws, tracker)
     rows = []
     for spec in ([get_pilot(pilot)] if pilot else all_pilots().values()):
         for run in tracker.official_runs(spec.id):
@@ -56,7 +57,7 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
                   caption="`testbed leaderboard` shows the totals with the reviews applied")
     for r in rows:
         table.add_row(r["pilot"], r["submission"], escape(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
-                      r["status"] + (f" by {escape(r['by'])}" if r["by"] else ""), r["run_id"])
+                      r["status"] + (f" by {cell(r['by'])}" if r["by"] else ""), r["run_id"])
     out.print(table)
 
 
@@ -71,7 +72,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     sub = SubmissionStore(ws).get(submission)
     tracker = MlflowTracker(ws)
     spec, run = get_pilot(sub.pilot), official_evaluation(tracker, sub)
-    status, review = review_status(ReviewBook(ws), sub.id, run) if run else ("not evaluated", None)
+    status, review = review_status(ReviewBook(ws, tracker), sub.id, run) if run else ("not evaluated", None)
     card_file = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
     card = reviewed_card(official_card(tracker, run), review).model_dump(mode="json") if run else {}
     if as_json:
@@ -169,12 +170,13 @@ def review_history(submission: str, as_json: bool = typer.Option(False, "--json"
 
     ws = Workspace.from_env()
     sub = SubmissionStore(ws).get(submission)
-    history = ReviewBook(ws).history(submission, official_evaluation(MlflowTracker(ws), sub))
+    tracker = MlflowTracker(ws)
+    history = ReviewBook(ws, tracker).history(submission, official_evaluation(tracker, sub))
     if as_json:
         return _emit_json([r.model_dump(mode="json") for r in history])
     table = Table("#", "at", "by", "decision", "run", "policy fit", "note", "hash", title=f"Reviews of {submission}")
     for r in history:
-        table.add_row(str(r.seq), r.at, escape(r.by), r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", escape(r.note),
+        table.add_row(str(r.seq), r.at, cell(r.by), r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", cell(r.note),
                       r.hash[:12])
     out.print(table)
     out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")

@@ -71,13 +71,16 @@ class Tracker(Protocol):
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         """Copy artifact `path` of a run into folder `dst`; returns the local file."""
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on an existing run (e.g. the evaluators' decision, mirrored from the audit trail)."""
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        """A run's tags as the store holds them now."""
+
 
 def _safe(label: str) -> str:
     """A group label as MLflow accepts it in a metric name (letters of any script, digits, `_.- :`)."""
     return re.sub(r"[^\w.\- :=]", "_", label).replace("..", "_")
-
-    def tag(self, run_id: str, tags: dict[str, str]) -> None:
-        """Set tags on an existing run (e.g. the evaluators' decision, mirrored from the audit trail)."""
 
 
 def flatten(card: Scorecard) -> dict[str, float]:
@@ -185,6 +188,9 @@ class MemoryTracker:
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         self.runs[run_id].tags |= tags
 
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.runs[run_id].tags)
+
 
 class MlflowTracker:
     """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
@@ -265,6 +271,9 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
 
     def official_runs(self, pilot: str) -> list[RunRecord]:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))

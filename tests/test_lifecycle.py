@@ -30,6 +30,7 @@ from testbed.errors import NotFound, Refused
 from tests.conftest import BUNDLES, make_workspace
 from workflow.build import build_bundle
 from workflow.evaluate import evaluate_bundle
+from workflow.ledger import AuditChain
 from workflow.pages import refresh_scorecard
 from workflow.promote import Production
 from workflow.review import ReviewBook
@@ -274,7 +275,24 @@ def test_a_rejection_after_promotion_stops_serving_and_a_cut_trail_is_refused(wo
             w.prod.history("bike-demand")
     finally:
         trail.write_text(whole)
-    assert w.prod.history("bike-demand")
+    moves = w.prod.history("bike-demand")
+    with AuditChain(trail).locked() as txn:  # a well-chained move written to the file alone, registry untouched
+        txn.append({**{k: v for k, v in moves[-1].items() if k not in ("seq", "prev", "hash")}, "by": "forger"})
+    try:
+        with pytest.warns(UserWarning, match="never recorded there"):
+            assert w.prod.history("bike-demand") == moves  # left out
+        with pytest.raises(AuditError, match="nothing is added after them"):
+            w.prod.rollback("bike-demand", by="op-park")
+    finally:
+        trail.write_text(whole)
+    with AuditChain(trail).locked() as txn:  # one with a valid chain but no move in it
+        txn.append({"action": "promote", "version": "1"})
+    try:
+        with pytest.raises(AuditError, match="not a valid record of this trail"):
+            w.prod.history("bike-demand")
+    finally:
+        trail.write_text(whole)
+    assert w.prod.history("bike-demand") == moves
 
 
 def test_serving_follows_the_trail_not_an_alias_moved_outside_the_testbed(world):

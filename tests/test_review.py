@@ -17,13 +17,14 @@ from serving.batching import Batcher, parse_request
 from serving.metrics import ServingMetrics
 from serving.monitor import Scrape, quantile, summarize
 from testbed.config import PROJECT_ROOT
-from testbed.errors import AuditError, Refused, SpecError
+from testbed.errors import AuditError, Refused, SpecError, TestbedError
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from tests.test_scorecard import last_day
+from workflow.catalogue import get_pilot
 from workflow.evaluate import evaluate_bundle
 from workflow.ledger import AuditChain
-from workflow.review import ReviewBook, parse_score_flags, resolve_rubric, review_status, reviewed_rows
+from workflow.review import Review, ReviewBook, parse_score_flags, resolve_rubric, review_status, reviewed_rows
 from workflow.submissions import SubmissionStore
 
 GOOD = [{"goal": i, "score": 4 - i, "justification": "because"} for i in (1, 2, 3)]
@@ -103,7 +104,7 @@ def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
 
     entries = write_three(tmp_path / "t.jsonl").entries()
     anchor = Anchor(3, entries[-1]["hash"], "the mirror")
-    anchored = AuditChain(tmp_path / "t.jsonl", anchor)
+    anchored = AuditChain(tmp_path / "t.jsonl", lambda entries: anchor)
     assert anchored.entries() == entries
     lines = anchored.path.read_text().splitlines(keepends=True)
     anchored.path.write_text("".join(lines[:2]))
@@ -122,23 +123,73 @@ def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
         anchored.entries()
 
 
+def test_an_entry_the_mirror_never_recorded_counts_for_nothing(tmp_path):
+    """The chain has no secret: anyone who can write the file can append a well-chained entry (a forged approval
+    after a real rejection). The mirror records each entry before the file does, so an entry after the mirror's
+    last one is left out of every read, with a warning, and nothing is appended after it."""
+    from workflow.ledger import Anchor
+
+    mirror: dict = {}
+
+    def record(entry):
+        mirror.update(seq=entry["seq"], hash=entry["hash"])
+
+    chain = AuditChain(tmp_path / "t.jsonl", lambda entries: Anchor(mirror.get("seq", 0), mirror.get("hash", ""),
+                                                                     "the mirror"))
+    with chain.locked() as txn:
+        txn.append({"decision": "reject"}, mirror=record)
+    with AuditChain(chain.path).locked() as txn:  # the forger, who can write the file but not the mirror
+        txn.append({"decision": "approve"})
+    with pytest.warns(UserWarning, match="entry 2 follows the last entry the mirror recorded .entry 1."):
+        assert [e["decision"] for e in chain.entries()] == ["reject"]
+    with pytest.raises(AuditError, match="nothing is added after them") as info, chain.locked():
+        pass
+    assert "keep the first 1 line" in info.value.fix
+
+    def failing(entry):
+        raise ConnectionError("the tracking server is down")
+
+    fresh = AuditChain(tmp_path / "u.jsonl", lambda entries: Anchor(0, "", "the mirror"))
+    with pytest.raises(ConnectionError), fresh.locked() as txn:  # the mirror first: when it fails, nothing is written
+        txn.append({"decision": "approve"}, mirror=failing)
+    assert fresh.path.read_text() == "" and fresh.entries() == []
+    fresh.path.write_text(chain.path.read_text())  # entries where the mirror recorded none: all unconfirmed
+    with pytest.warns(UserWarning, match="entries 1–2 .* never recorded"):
+        assert fresh.entries() == []
+
+
+def test_a_well_chained_entry_that_is_not_a_record_is_refused(tmp_path):
+    """Content is checked too: a chained `decision: maybe` is an AuditError naming its line, not a traceback."""
+    from workflow.review import Review
+
+    chain = AuditChain(tmp_path / "t.jsonl")
+    with chain.locked() as txn:
+        txn.append({"decision": "maybe"})
+    with pytest.raises(AuditError, match="entry 1 is not a valid record") as info:
+        AuditChain(chain.path, validate=Review.model_validate).entries()
+    assert info.value.where.endswith("t.jsonl:1")
+    chain.path.write_text(chain.path.read_text().replace('"maybe"', "NaN"))
+    with pytest.raises(AuditError, match="not valid JSON"):
+        chain.entries()
+
+
 # -- the rubric and policy fit -----------------------------------------------------------------------------------
 
 def test_score_flags_and_rubric_resolution(bike_spec):
     third = bike_spec.policy_goals[2]
     items = parse_score_flags(["1=4:peaks forecast", "2 = 0 : no modal shift shown", f"{third}=2:x"])
-    goals = resolve_rubric(bike_spec, items, "--score")
+    goals = resolve_rubric(bike_spec.policy_goals, items, "--score")
     assert [g.score for g in goals] == [4, 0, 2] and [g.goal for g in goals] == bike_spec.policy_goals
     with pytest.raises(SpecError, match="GOAL=SCORE:JUSTIFICATION"):
         parse_score_flags(["1:4"])
     with pytest.raises(SpecError, match=r"missing: 3\."):
-        resolve_rubric(bike_spec, items[:2], "--score")
+        resolve_rubric(bike_spec.policy_goals, items[:2], "--score")
     with pytest.raises(SpecError, match="unknown policy goal '7'"):
-        resolve_rubric(bike_spec, [*items, {"goal": "7", "score": 1, "justification": "x"}], "--score")
+        resolve_rubric(bike_spec.policy_goals, [*items, {"goal": "7", "score": 1, "justification": "x"}], "--score")
     with pytest.raises(SpecError, match="scored twice"):
-        resolve_rubric(bike_spec, [*items, items[0]], "--score")
+        resolve_rubric(bike_spec.policy_goals, [*items, items[0]], "--score")
     with pytest.raises(SpecError, match="less than or equal to 4"):
-        resolve_rubric(bike_spec, [{**items[0], "score": 5}, *items[1:]], "--score")
+        resolve_rubric(bike_spec.policy_goals, [{**items[0], "score": 5}, *items[1:]], "--score")
 
 
 @pytest.fixture
@@ -181,7 +232,8 @@ def test_a_review_names_the_official_evaluation_and_a_re_evaluation_never_replac
     assert row["review"] == "approve" and row["policy_fit"] == 50 and not row["provisional"]
 
     again = evaluate(reason="harness upgrade")
-    assert review_status(book, sub.id, tracker.runs[again.mlflow_run_id]) == ("stale", None)  # it judged another run
+    reread = ReviewBook(ws, tracker)  # the trail checked against the run its reviews judged, not this one
+    assert review_status(reread, sub.id, tracker.runs[again.mlflow_run_id]) == ("stale", None)
     row = reviewed_rows(bike_spec, tracker, ws)[0]  # the official evaluation is still the one ranked and reviewed
     assert row["run_id"] == card.mlflow_run_id and row["review"] == "approve"
     with pytest.raises(Refused, match="is not the official evaluation"):
@@ -266,6 +318,54 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
     assert reviewed_rows(bike_spec, tracker, ws)[0]["review"] == "ALTERED record"
     with pytest.raises(AuditError):
         book.record(tracker, sub.id, "approve", by="kim", note="again", rubric=GOOD)
+
+
+def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_nothing(ws, evaluated, monkeypatch):
+    """Everything is checked before the trail is written (the record judged, the reviewer, the run's tags), the
+    run's tags first, then the trail; an approval appended by someone who can write the file but not MLflow is
+    left out, and the rejection stays in force."""
+    tracker, sub, _, card = evaluated
+    book, run = ReviewBook(ws, tracker), tracker.runs[card.mlflow_run_id]
+    trail = book.chain(sub.id).path
+    for by, words in ((sub.vendor.name, "cannot review its own submission"),
+                      ("Kim\u202eoyuJ", "control or formatting characters"), ("kim\x1b[2K", "control")):
+        with pytest.raises(TestbedError, match=words):
+            book.record(tracker, sub.id, "approve", by=by, note="mine", rubric=GOOD)
+    monkeypatch.setattr(tracker, "tag", lambda *a: (_ for _ in ()).throw(ConnectionError("tracking server down")))
+    with pytest.raises(ConnectionError):
+        book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    assert not trail.exists() or trail.read_text() == ""  # the mirror failed: nothing written either
+    monkeypatch.undo()
+
+    book.record(tracker, sub.id, "reject", by="kim", note="privacy", rubric=GOOD)
+    forged = Review(**{**book.latest(sub.id, run).model_dump(exclude={"seq", "prev", "hash"}),
+                       "decision": "approve", "by": "kim", "note": "forged"})
+    with AuditChain(trail).locked() as txn:  # the trail file alone, well chained
+        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+    with pytest.warns(UserWarning, match="entry 2 follows the last entry MLflow run .* recorded .entry 1."):
+        assert book.latest(sub.id, run).decision == "reject"
+    with pytest.raises(AuditError, match="nothing is added after them"):
+        book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD)
+    trail.write_text(trail.read_text().splitlines(keepends=True)[0])  # the forged line cut, as the fix says
+
+    other = tracker.runs[card.mlflow_run_id].tags.copy()
+    tracker.runs[card.mlflow_run_id].tags["testbed.review.seq"] = "1.0"
+    with pytest.raises(AuditError, match="testbed.review tags are malformed"):
+        book.latest(sub.id, run)
+    tracker.runs[card.mlflow_run_id].tags = other
+    monkeypatch.setattr("workflow.review.SubmissionStore.get", lambda self, i: sub.model_copy(
+        update={"bundle_sha256": "f" * 64}))
+    with pytest.raises(AuditError, match="run's tags were altered"):  # another submission's evaluation
+        book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD)
+    assert len(trail.read_text().splitlines()) == 1
+    monkeypatch.undo()
+
+    spec = get_pilot(sub.pilot)  # the catalogue's goals reworded after the evaluation: the evaluation's count
+    reworded = spec.model_copy(update={"policy_goals": [g + "." for g in spec.policy_goals]})
+    monkeypatch.setattr("workflow.review.get_pilot", lambda pilot: reworded)
+    review = book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD)
+    assert [g.goal for g in review.rubric] == card.criteria["policy_fit"].evidence["policy_goals"]
+    assert reviewed_rows(spec, tracker, ws)[0]["review"] == "approve"
 
 
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):

@@ -2,17 +2,20 @@
 
 One JSON object per line. Each entry carries its position (`seq`), the hash of the entry before it (`prev`,
 64 zeros for the first) and its own `hash`: the sha256 of its canonical JSON without `hash`. Editing an entry
-breaks its own hash; removing or reordering entries breaks the `prev` links. Removing the last entries, or
-replacing the whole file with a new chain, breaks neither: a chain built with an `anchor` (the last entry as a
-mirror elsewhere recorded it, e.g. MLflow tags) must still hold that entry, or every read refuses. Writers hold
-an exclusive `flock` on the file for the whole read-check-append, so two operators acting at once are
-serialised, and each line is written with one `write` on an `O_APPEND` descriptor and flushed to disk before the
-lock is released: an entry is whole or absent.
+breaks its own hash; removing or reordering entries breaks the `prev` links. The chain has no secret, so a
+mirror kept elsewhere (MLflow tags) records each entry as it is written, before the line is: a chain read with
+its `anchor` (the last entry the mirror recorded, read once the file is locked and read) must hold that entry, or every
+read refuses (entries were removed, or the file replaced), and any entry after it is one the mirror never
+recorded (forged by someone who can write the file, or a write cut short): reads leave such entries out with
+a warning, and writers refuse to append after them. Writers hold an exclusive `flock` on the file for the whole
+read-check-mirror-append, so two operators acting at once are serialised, and each line is written with one
+`write` on an `O_APPEND` descriptor and flushed to disk before the lock is released: an entry is whole or
+absent.
 
-    chain = AuditChain(path)
+    chain = AuditChain(path, anchor=lambda entries: Anchor(...))
     with chain.locked() as txn:          # exclusive; txn.entries are the verified entries so far
         ...decide from txn.entries...
-        entry = txn.append({"action": "promote", ...})
+        entry = txn.append({"action": "promote", ...}, mirror=record_elsewhere)
     chain.entries()                      # verified read (shared lock); AuditError names the broken line
 """
 
@@ -22,7 +25,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,7 @@ from typing import Any
 
 from testbed.errors import AuditError
 
-__all__ = ["AuditChain", "Anchor", "GENESIS", "entry_hash"]
+__all__ = ["AuditChain", "Anchor", "Anchoring", "Mirror", "GENESIS", "entry_hash"]
 
 GENESIS = "0" * 64
 """The `prev` of the first entry."""
@@ -39,22 +43,40 @@ _CHAIN_KEYS = ("seq", "prev", "hash")
 
 @dataclass(frozen=True)
 class Anchor:
-    """An entry of the trail as a mirror recorded it elsewhere: the trail must still hold it."""
+    """The last entry of the trail as a mirror recorded it elsewhere: the trail must hold it, and nothing after
+    it counts. `seq` 0: the mirror recorded no entry (every entry in the file is then unconfirmed)."""
 
     seq: int
     hash: str
     mirror: str
     """Where it was recorded, for the message (e.g. "MLflow run 3f2a…'s testbed.review tags")."""
 
+    @property
+    def latest(self) -> str:
+        return f"entry {self.seq}" if self.seq else "no entry"
+
+
+Mirror = Callable[[dict[str, Any]], None]
+"""Records a new entry elsewhere (e.g. as MLflow tags) before it is written to the trail."""
+Anchoring = Callable[[list[dict[str, Any]]], "Anchor | None"]
+"""What the mirror holds now, given the trail's well-chained entries (e.g. the tags of the run the last review
+judged); None: nothing to check against."""
+
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    """sha256 of the entry's canonical JSON (sorted keys, no spaces), `hash` itself excluded."""
+    """sha256 of the entry's canonical JSON (sorted keys, no spaces), `hash` itself excluded; ValueError when it
+    holds a number JSON has not (NaN, infinity)."""
     body = {k: v for k, v in entry.items() if k != "hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                      allow_nan=False).encode()).hexdigest()
 
 
-def _verify(path: Path, data: bytes, anchor: Anchor | None = None) -> list[dict[str, Any]]:
+def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
+            validate: Callable[[dict[str, Any]], object] | None = None
+            ) -> tuple[list[dict[str, Any]], list[int], Anchor | None]:
+    """(the entries the mirror recorded, in order; the seqs of those after its last one; the anchor). Without
+    an anchor, every entry counts. `validate` raises ValueError (or TypeError, KeyError) for an entry that is
+    not a valid record of its trail, however well chained."""
     if data and not data.endswith(b"\n"):
         raise AuditError("the last entry is incomplete (no end of line): the file was cut or is being edited",
                          where=str(path), fix="restore the file from a backup; entries are never rewritten")
@@ -63,38 +85,59 @@ def _verify(path: Path, data: bytes, anchor: Anchor | None = None) -> list[dict[
         where = f"{path}:{number}"
         try:
             entry = json.loads(line)
-        except ValueError:
+            digest = entry_hash(entry) if isinstance(entry, dict) else None
+        except (ValueError, RecursionError):
             raise AuditError("the entry is not valid JSON", where=where, fix="restore the file from a backup") from None
         if not isinstance(entry, dict) or any(k not in entry for k in _CHAIN_KEYS):
             raise AuditError("the entry lacks its chain fields (seq, prev, hash)", where=where,
                              fix="restore the file from a backup")
-        if entry["hash"] != entry_hash(entry):
+        if entry["hash"] != digest:
             raise AuditError(f"entry {number} was edited: its content no longer matches its hash", where=where,
                              fix="restore the file from a backup; a decision is changed by a new entry, never by "
                                  "editing an old one")
         if entry["prev"] != prev or entry["seq"] != number:
             raise AuditError(f"entry {number} does not follow entry {number - 1}: an entry was removed, inserted "
                              "or reordered", where=where, fix="restore the file from a backup")
+        try:
+            if validate is not None:
+                validate(entry)
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = str(exc).splitlines()[:3]
+            raise AuditError(f"entry {number} is not a valid record of this trail ({' '.join(reason)[:200]})",
+                             where=where, fix="restore the file from a backup") from None
         entries.append(entry)
         prev = entry["hash"]
-    if anchor is not None and not any((e["seq"], e["hash"]) == (anchor.seq, anchor.hash) for e in entries):
+    anchor = anchoring(entries) if anchoring is not None else None
+    if anchor is None:
+        return entries, [], None
+    if anchor.seq and not any((e["seq"], e["hash"]) == (anchor.seq, anchor.hash) for e in entries):
         raise AuditError(f"entry {anchor.seq} (hash {anchor.hash[:12]}…), which {anchor.mirror} recorded, is not in "
                          f"the trail: entries were removed or the file was replaced", where=str(path),
                          fix=f"restore the file from a backup (the last entry it must hold: see {anchor.mirror})")
-    return entries
+    return entries[:anchor.seq], [e["seq"] for e in entries[anchor.seq:]], anchor
+
+
+def _unconfirmed(path: Path, anchor: Anchor, seqs: list[int]) -> str:
+    span = f"entry {seqs[0]}" if len(seqs) == 1 else f"entries {seqs[0]}–{seqs[-1]}"
+    return (f"{path}: {span} follow{'s' if len(seqs) == 1 else ''} the last entry {anchor.mirror} recorded "
+            f"({anchor.latest}) and {'was' if len(seqs) == 1 else 'were'} never recorded there: written by someone "
+            "who can write the file (forged), or a write cut short")
 
 
 class _Transaction:
     def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]]):
         self.chain, self._fd, self.entries = chain, fd, entries
 
-    def append(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Chain `payload` after the last entry and write it durably; returns the entry with seq/prev/hash."""
+    def append(self, payload: dict[str, Any], mirror: Mirror | None = None) -> dict[str, Any]:
+        """Chain `payload` after the last entry, record it with `mirror` (nothing is written when that fails),
+        then write it durably; returns the entry with seq/prev/hash."""
         if any(k in payload for k in _CHAIN_KEYS):
             raise ValueError(f"payload must not set {_CHAIN_KEYS}")
         entry = {**payload, "seq": len(self.entries) + 1, "prev": self.entries[-1]["hash"] if self.entries
                  else GENESIS}
         entry["hash"] = entry_hash(entry)
+        if mirror is not None:
+            mirror(entry)
         line = (json.dumps(entry, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
         if os.write(self._fd, line) != len(line):
             raise AuditError("the entry could not be written whole (disk full?)", where=str(self.chain.path),
@@ -107,31 +150,46 @@ class _Transaction:
 class AuditChain:
     """One append-only JSONL audit file."""
 
-    def __init__(self, path: Path, anchor: Anchor | None = None):
-        self.path, self.anchor = path, anchor
+    def __init__(self, path: Path, anchor: Anchoring | None = None,
+                 validate: Callable[[dict[str, Any]], object] | None = None):
+        self.path, self.anchor, self.validate = path, anchor, validate
+        """`anchor` is asked once the file is locked and read (what the mirror holds then); `validate` checks each
+        entry's content (see `_verify`)."""
 
     @contextmanager
     def locked(self) -> Iterator[_Transaction]:
-        """Exclusive lock for a read-decide-append; entries are verified before anything is decided."""
+        """Exclusive lock for a read-decide-append; entries are verified before anything is decided, and an
+        entry the mirror never recorded is refused (AuditError) rather than built upon."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield _Transaction(self, fd, _verify(self.path, self._read(fd), self.anchor))
+            entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
+            if unconfirmed:
+                raise AuditError(_unconfirmed(self.path, anchor, unconfirmed) + ": nothing is added after them",
+                                 where=str(self.path),
+                                 fix=f"if nobody recorded them, cut them from the end of the file (keep the first "
+                                     f"{anchor.seq} line(s)), then retry; if one is yours, its recording failed: "
+                                     "cut it and record it again")
+            yield _Transaction(self, fd, entries)
         finally:
             os.close(fd)  # releases the lock
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every entry, oldest first, after checking the whole chain (empty when the file does not exist)."""
+        """Every entry the mirror recorded, oldest first, after checking the whole chain (empty when the file does
+        not exist); entries after the mirror's last one are left out with a warning."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return _verify(self.path, b"", self.anchor)  # no file: no entries, unless a mirror recorded one
+            return _verify(self.path, b"", self.anchor, self.validate)[0]  # no file: none, unless a mirror has one
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            return _verify(self.path, self._read(fd), self.anchor)
+            entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
         finally:
             os.close(fd)
+        if unconfirmed:
+            warnings.warn(_unconfirmed(self.path, anchor, unconfirmed) + ": left out", stacklevel=2)
+        return entries
 
     @staticmethod
     def _read(fd: int) -> bytes:

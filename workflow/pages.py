@@ -36,7 +36,7 @@ def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_servi
     elif (folder / IN_SERVICE).is_file():
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
-    card = reviewed_card(card, ReviewBook(ws).latest(sub.id, run))
+    card = reviewed_card(card, ReviewBook(ws, tracker).latest(sub.id, run))
     plots = {p.stem: p.read_bytes() for p in sorted((folder / "plots").iterdir()) if p.suffix[1:] in PLOT_FORMATS}
     write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
     html = render_html(card, plots, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)

@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
 from testbed.config import Workspace
-from testbed.errors import NotFound, Refused, SpecError
+from testbed.errors import AuditError, NotFound, Refused
 from workflow.ledger import Anchor, AuditChain
-from workflow.review import Review, ReviewBook, official_card, official_evaluation, reviewed_card
+from workflow.review import Review, ReviewBook, official_card, official_evaluation, person_name, reviewed_card
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Approved", "Production", "ALIAS", "trail_version"]
@@ -58,21 +57,33 @@ class Production:
         self.ws = ws
         self.tracker = MlflowTracker(ws)
         self.client = self.tracker.client
-        self.store, self.book = SubmissionStore(ws), ReviewBook(ws)
+        self.store, self.book = SubmissionStore(ws), ReviewBook(ws, self.tracker)
 
     def chain(self, pilot: str) -> AuditChain:
-        """The pilot's trail, anchored to its last move as the registered model's tags mirror it."""
-        from mlflow.exceptions import MlflowException
+        """The pilot's trail, anchored to its last move as the registered model's tags mirror it (read when the
+        trail is locked)."""
+        name = registered_model_name(pilot)
 
-        try:
-            tags = self.client.get_registered_model(registered_model_name(pilot)).tags
-        except MlflowException:  # no registered model yet: nothing mirrored
-            tags = {}
-        moves = sorted(k for k in tags if k.startswith("testbed.production."))
-        last = json.loads(tags[moves[-1]]) if moves else None
-        anchor = Anchor(int(moves[-1].rsplit(".", 1)[1]), last["hash"], f"the registered model "
-                        f"{registered_model_name(pilot)}'s {moves[-1]} tag") if last and last.get("hash") else None
-        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl", anchor)
+        def anchor(entries: list[dict]) -> Anchor:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                tags = self.client.get_registered_model(name).tags
+            except MlflowException:  # no registered model yet: nothing mirrored
+                tags = {}
+            moves = sorted(k for k in tags if k.startswith("testbed.production."))
+            mirror = f"the registered model {name}'s testbed.production tags"
+            if not moves:
+                return Anchor(0, "", mirror)
+            try:
+                seq, last = int(moves[-1].rsplit(".", 1)[1]), json.loads(tags[moves[-1]])
+                digest = last["hash"]
+            except (ValueError, TypeError, KeyError):
+                raise AuditError(f"the registered model's tag {moves[-1]} is malformed", where=f"models:/{name}",
+                                 fix="restore the registered model's tags from a backup") from None
+            return Anchor(seq, str(digest), f"the registered model {name}'s {moves[-1]} tag")
+
+        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl", anchor, _move_record)
 
     # -- checks ------------------------------------------------------------------------------------------------
 
@@ -102,7 +113,12 @@ class Production:
         version = version or self._version_of(name, run.run_id, review.bundle_sha256)
         bundle = self._download(name, version)
         actual = hashlib.sha256(bundle).hexdigest()
-        if not actual == review.bundle_sha256 == run.params.get("bundle_sha256", actual):
+        if card.submission != sub.id or card.bundle_sha256 != sub.bundle_sha256:
+            raise Refused(f"the official evaluation found for {sub.id} (MLflow run {run.run_id}) is of "
+                          f"{card.submission}'s bundle {card.bundle_sha256[:16]}…, not of {sub.bundle_sha256[:16]}…: "
+                          "the run's tags were altered", where=f"MLflow run {run.run_id}",
+                          fix="do not serve it; restore the run's tags from a backup (`testbed audit` shows more)")
+        if not actual == review.bundle_sha256 == run.params.get("bundle_sha256", actual) == sub.bundle_sha256:
             raise Refused(f"the bytes of {name} version {version} hash to {actual[:16]}…, but the evaluation and "
                           f"review were of {review.bundle_sha256[:16]}…: the stored bundle was altered",
                           where=f"models:/{name}/{version}",
@@ -219,28 +235,41 @@ class Production:
                  "submission": ok.submission.id if ok else None, "run_id": ok.run.run_id if ok else None,
                  "bundle_sha256": ok.sha256 if ok else None, "review_hash": ok.review.hash if ok else None,
                  "previous_version": previous, "by": by, "note": note, "at": _now()}
+        mirrored: list[str] = []
+
+        def mirror(entry: dict) -> None:  # the registry's tag first, then the trail's line: both or neither
+            key = f"testbed.production.{entry['seq']:04d}"
+            self.client.set_registered_model_tag(name, key, json.dumps(
+                {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
+            mirrored.append(key)
+
         try:
-            entry = txn.append(event)
-        except BaseException:  # the trail could not record it: put the alias back as it was
+            return txn.append(event, mirror=mirror)
+        except BaseException:  # not recorded: put the alias (and the tag) back as they were
             if alias is None:
                 if ok is not None:
                     self.client.delete_registered_model_alias(name, ALIAS)
             else:
                 self.client.set_registered_model_alias(name, ALIAS, alias)
+            for key in mirrored:
+                self.client.delete_registered_model_tag(name, key)
             raise
-        try:  # the trail is the record; the registry's tags mirror it for people browsing MLflow
-            self.client.set_registered_model_tag(name, f"testbed.production.{entry['seq']:04d}", json.dumps(
-                {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
-        except Exception as exc:  # noqa: BLE001 - the move itself is complete and recorded
-            warnings.warn(f"production move recorded, but the registry tag could not be set: {exc}", stacklevel=2)
-        return entry
+
+
+def _move_record(entry: dict) -> None:
+    """ValueError unless `entry` is a production move as `Production._move` writes it."""
+    text = ("by", "at", "pilot")
+    optional = ("version", "submission", "run_id", "bundle_sha256", "review_hash", "previous_version")
+    if entry.get("action") not in ("promote", "rollback") or any(not isinstance(entry.get(k), str) for k in text) \
+            or any(k not in entry or not isinstance(entry[k], str | None) for k in optional) \
+            or (entry["action"] == "promote" and not (entry["version"] and entry["submission"])):
+        raise ValueError("not a production move: `action` promote or rollback, `by`, `at`, `pilot` and the version "
+                         "it put in service")
 
 
 def _operator(by: str) -> str:
-    """Who moves production: named in the trail, so never blank."""
-    if not by.strip():
-        raise SpecError("the operator's name is empty", where="--by", fix='give --by "NAME" (kept in the audit trail)')
-    return by.strip()
+    """Who moves production: named in the trail, so never blank (nor able to pass for someone else)."""
+    return person_name(by, "--by")
 
 
 def trail_version(entries: list[dict]) -> str | None:

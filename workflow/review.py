@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import unicodedata
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from workflow.ledger import Anchor, AuditChain
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
-           "load_rubric_file", "resolve_rubric", "official_evaluation", "review_status", "reviewed_rows",
+           "load_rubric_file", "resolve_rubric", "person_name", "official_evaluation", "review_status", "reviewed_rows",
            "reviewed_card", "official_card"]
 
 Claim = Literal["seoul_based", "startup", "technology_field"]
@@ -112,8 +113,7 @@ class Review(_Model):
     """sha256 of this entry (see `workflow.ledger`)."""
 
 
-def _goal(spec: PilotSpec, ref: object, where: str) -> str:
-    goals = spec.policy_goals
+def _goal(goals: list[str], ref: object, where: str) -> str:
     if (isinstance(ref, int) and not isinstance(ref, bool)) or (isinstance(ref, str) and ref.isascii()
                                                                and ref.isdigit()):
         if 1 <= int(ref) <= len(goals):
@@ -124,22 +124,23 @@ def _goal(spec: PilotSpec, ref: object, where: str) -> str:
     raise SpecError(f"unknown policy goal {ref!r}", where=where, fix=f"name a goal by number or exact text: {listing}")
 
 
-def resolve_rubric(spec: PilotSpec, items: list[dict], where: str) -> list[GoalScore]:
-    """Scores given by goal number or text -> one GoalScore per policy goal, in the spec's order."""
+def resolve_rubric(goals: list[str], items: list[dict], where: str) -> list[GoalScore]:
+    """Scores given by goal number or text -> one GoalScore per policy goal (`goals`: the pilot's, as the
+    evaluation judged recorded them), in their order."""
     scored: dict[str, GoalScore] = {}
     for i, item in enumerate(items):
-        goal = _goal(spec, item.get("goal"), f"{where} (score {i + 1})")
+        goal = _goal(goals, item.get("goal"), f"{where} (score {i + 1})")
         if goal in scored:
             raise SpecError(f"policy goal {goal!r} is scored twice", where=where, fix="score each goal once")
         try:
             scored[goal] = GoalScore.model_validate({**item, "goal": goal})
         except ValidationError as exc:
             raise validation_error(f"{where} (score {i + 1})", GoalScore, exc) from None
-    missing = [f"{i}. {g}" for i, g in enumerate(spec.policy_goals, 1) if g not in scored]
+    missing = [f"{i}. {g}" for i, g in enumerate(goals, 1) if g not in scored]
     if missing:
         raise SpecError(f"the rubric does not score every policy goal (missing: {'; '.join(missing)})", where=where,
                         fix=f"give a score 0–{RUBRIC_MAX} with a justification for each goal")
-    return [scored[g] for g in spec.policy_goals]
+    return [scored[g] for g in goals]
 
 
 def parse_score_flags(flags: list[str]) -> list[dict]:
@@ -166,19 +167,39 @@ def official_evaluation(tracker: Tracker, sub: Submission) -> RunRecord | None:
 class ReviewBook:
     """Every review, one audit trail per submission."""
 
-    def __init__(self, ws: Workspace):
-        self.ws, self.root = ws, ws.home / "reviews"
+    def __init__(self, ws: Workspace, tracker: Tracker | None = None):
+        self.ws, self.root, self.tracker = ws, ws.home / "reviews", tracker
+        """`tracker`: where the runs' tags (the trails' mirror) are read when a trail is checked."""
 
-    def chain(self, submission: str, run: RunRecord | None = None) -> AuditChain:
-        """The submission's trail; with its official `run`, anchored to the review that run's tags mirror."""
-        seq, digest = (run.tags.get(f"testbed.review.{k}") for k in ("seq", "hash")) if run else (None, None)
-        anchor = Anchor(int(seq), digest, f"MLflow run {run.run_id}'s testbed.review tags") if seq and digest \
-            else None
-        return AuditChain(self.root / f"{submission}.jsonl", anchor)
+    def chain(self, submission: str, run: RunRecord | None = None, tracker: Tracker | None = None) -> AuditChain:
+        """The submission's trail, anchored to the review mirrored in the tags of the run its last review judged
+        (`run`'s when there is none yet), read from the tracker (`tracker`, else the book's) once the trail is
+        locked; without a tracker, `run`'s tags as they were read, when it is that run. Without `run`, nothing
+        anchors it."""
+        tracker = tracker or self.tracker
+        if run is None:
+            return AuditChain(self.root / f"{submission}.jsonl", validate=Review.model_validate)
+
+        def anchor(entries: list[dict]) -> Anchor | None:
+            judged = entries[-1]["run_id"] if entries else run.run_id
+            tags = tracker.tags(judged) if tracker is not None else run.tags if judged == run.run_id else None
+            if tags is None:
+                return None
+            seq, digest = tags.get("testbed.review.seq"), tags.get("testbed.review.hash")
+            mirror = f"MLflow run {judged}'s testbed.review tags"
+            if seq is None and digest is None:
+                return Anchor(0, "", mirror)
+            if not (isinstance(seq, str) and seq.isascii() and seq.isdigit() and int(seq) > 0 and digest):
+                raise AuditError(f"{mirror} are malformed (testbed.review.seq {str(seq)[:20]!r})",
+                                 where=f"MLflow run {judged}", fix="restore the run's tags from a backup")
+            return Anchor(int(seq), digest, mirror)
+
+        return AuditChain(self.root / f"{submission}.jsonl", anchor, Review.model_validate)
 
     def history(self, submission: str, run: RunRecord | None = None) -> list[Review]:
-        """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited, or, given
-        the official `run`, if the review its tags mirror is missing)."""
+        """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited or holds
+        an entry that is not a review, or, given the official `run`, if the review its tags mirror is missing;
+        reviews after that one are left out)."""
         return [Review.model_validate(e) for e in self.chain(submission, run).entries()]
 
     def latest(self, submission: str, run: RunRecord | None = None) -> Review | None:
@@ -199,37 +220,58 @@ class ReviewBook:
         if run_id and run_id != run.run_id:
             raise Refused(f"run {run_id!r} is not the official evaluation of {sub.id} (that is run "
                           f"{run.run_id})", fix="review the official evaluation: leave out --run, or give that run id")
-        goals = resolve_rubric(spec, rubric, where)
+        card = official_card(tracker, run)  # the record judged, checked before anything is written
+        goals = resolve_rubric(card.criteria["policy_fit"].evidence.get("policy_goals") or spec.policy_goals,
+                               rubric, where)  # the goals of the evaluation judged, whatever the catalogue says now
         refused = sorted({o.gate for o in overrides} - OVERRIDABLE_GATES)
         if refused:
             allowed = ", ".join(sorted(OVERRIDABLE_GATES))
             raise SpecError(f"gate(s) {', '.join(refused)} cannot be overridden", where=where,
                             fix=f"only these gates take an evaluator's override: {allowed}")
-        passed = {g.name for g in official_card(tracker, run).gates if g.passed} if overrides else set()
-        moot = sorted({o.gate for o in overrides} & passed)
+        moot = sorted({o.gate for o in overrides} & {g.name for g in card.gates if g.passed})
         if moot:
             raise SpecError(f"gate(s) {', '.join(moot)} passed in this evaluation: there is nothing to override",
                             where=where, fix="leave those out of `overrides`")
         sha = run.params.get("bundle_sha256", sub.bundle_sha256)
-        if not by.strip() or not note.strip():
-            raise SpecError("a review needs the evaluator's name and a note", where="--by/--note",
-                            fix='give --by NAME --note "why"')
+        if not (sha == sub.bundle_sha256 == card.bundle_sha256 and card.submission == sub.id):
+            raise AuditError(f"the official evaluation found for {sub.id} (MLflow run {run.run_id}) is of "
+                             f"{card.submission}, bundle {card.bundle_sha256[:16]}…, not of this submission's bundle "
+                             f"{sub.bundle_sha256[:16]}…: the run's tags were altered",
+                             where=f"MLflow run {run.run_id}",
+                             fix="restore the run's tags from a backup; `testbed audit` shows what differs")
+        by, note = person_name(by, "--by"), note.strip()
+        if not note:
+            raise SpecError("a review needs a note", where="--note", fix='give --note "why" (kept in the audit trail)')
+        if by.casefold() == sub.vendor.name.strip().casefold():
+            raise Refused(f"{by} is the vendor of {sub.id}: a vendor cannot review its own submission",
+                          where="--by", fix="an evaluator of the city reviews it, under their own name")
         review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sha,
-                        decision=decision, by=by.strip(), note=note.strip(), rubric=goals,
+                        decision=decision, by=by, note=note, rubric=goals,
                         policy_fit=round(rubric_percent(g.score for g in goals), 2),
                         overrides=list(overrides), confirmed_claims=list(confirmed_claims),
                         at=datetime.now(UTC).isoformat(timespec="seconds"))
-        with self.chain(sub.id, run).locked() as txn:
-            entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
-        review = Review.model_validate(entry)
-        try:  # the audit trail is the record; MLflow mirrors it for people browsing the runs
-            tracker.tag(run.run_id, {"testbed.review": decision, "testbed.review.by": review.by,
-                                     "testbed.review.at": review.at, "testbed.review.seq": str(review.seq),
-                                     "testbed.review.hash": review.hash,
-                                     "testbed.review.policy_fit": f"{review.policy_fit:g}"})
-        except Exception as exc:  # noqa: BLE001 - a mirror failing must not hide a recorded decision
-            warnings.warn(f"review recorded, but MLflow could not be tagged: {exc}", stacklevel=2)
-        return review
+
+        def mirror(entry: dict) -> None:  # on the run judged, before the trail holds it: both or neither
+            tracker.tag(run.run_id, {"testbed.review": decision, "testbed.review.by": by, "testbed.review.at":
+                                     entry["at"], "testbed.review.seq": str(entry["seq"]),
+                                     "testbed.review.hash": entry["hash"],
+                                     "testbed.review.policy_fit": f"{entry['policy_fit']:g}"})
+
+        with self.chain(sub.id, run, tracker).locked() as txn:
+            entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}), mirror=mirror)
+        return Review.model_validate(entry)
+
+
+def person_name(name: str, where: str) -> str:
+    """A person's name as a trail keeps it: not blank, and no control or formatting characters (a bidirectional
+    override could make it display as someone else's, an escape sequence redraw a terminal's lines)."""
+    name = name.strip()
+    if not name:
+        raise SpecError("the name is empty", where=where, fix=f'give {where} "NAME" (kept in the audit trail)')
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
+        raise SpecError(f"the name {name.encode('unicode_escape').decode()[:80]!r} holds control or formatting "
+                        "characters", where=where, fix="give the name as plain text")
+    return name
 
 
 def review_status(book: ReviewBook, submission: str, run: RunRecord) -> tuple[str, Review | None]:
@@ -277,7 +319,7 @@ def official_card(tracker: Tracker, run: RunRecord) -> Scorecard:
 def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict]:
     """The leaderboard with the evaluators' decisions: each official scorecard with its current review applied
     (policy fit, overrides, confirmed claims), totals and gates recomputed, ranked again."""
-    book = ReviewBook(ws)
+    book = ReviewBook(ws, tracker)
     runs = {r.run_id: r for r in tracker.official_runs(spec.id)}
     rows = leaderboard_rows(spec, tracker, list(runs.values()))
     for row in rows:
