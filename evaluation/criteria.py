@@ -77,10 +77,20 @@ def _cause(log: str) -> str | None:
     return cause
 
 
+def _violations(found: list[str], most: int = 3) -> str:
+    """The contract violations, each problem once with the phases it was seen in (`phase: problem` each)."""
+    phases: dict[str, list[str]] = {}
+    for text in found:
+        phase, sep, problem = text.partition(": ")
+        phases.setdefault(problem if sep else text, []).extend([phase] if sep else [])
+    return "; ".join(f"{problem} (in {', '.join(dict.fromkeys(where))})" if where else problem
+                     for problem, where in list(phases.items())[:most])
+
+
 def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dict) -> tuple[str, str, list[str]]:
     verdict, reason = result.verdict, result.reason
     if verdict == "completed" and outcome.violations:
-        verdict, reason = "contract_violation", "; ".join(outcome.violations[:3])
+        verdict, reason = "contract_violation", _violations(outcome.violations)
     allowed = spec.service_level.max_error_rate
     if verdict == "completed" and perf["error_rate"] > allowed:
         verdict = "request_failures"

@@ -78,13 +78,20 @@ def _open(path: Path, limits: Limits, mode: str) -> tarfile.TarFile:
                           fix="give the path of a `.bento` file made by `bentoml export NAME:VERSION FILE.bento`")
     size = path.stat().st_size
     if size > limits.max_archive_bytes:
-        raise _unsafe(where, f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit")
+        raise BundleError(f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit", where=where,
+                          fix="make the bundle smaller: leave training data, checkpoints and caches out of "
+                              "`include` in bentofile.yaml, then build and export it again")
     with open(path, "rb") as fh:
         magic = fh.read(6)
     if magic != XZ_MAGIC:
         kind = next((name for m, name in OTHER_FORMATS.items() if magic.startswith(m)), None)
-        raise _unsafe(where, f"a {kind} archive: a .bento is the xz-compressed tar `bentoml export` writes" if kind
-                      else "not a readable .bento archive (a .bento is the xz-compressed tar `bentoml export` writes)")
+        if kind:
+            raise BundleError(f"a {kind} archive: a .bento is the xz-compressed tar `bentoml export` writes to a "
+                              "path ending in `.bento`", where=where,
+                              fix="export it again to a `.bento` path: `bentoml export NAME:VERSION model.bento` "
+                                  "(BentoML picks another format for `.tar.gz`, `.zip`…)")
+        raise _unsafe(where, "not a readable .bento archive (a .bento is the xz-compressed tar `bentoml export` "
+                             "writes)")
     try:
         return tarfile.open(path, mode)
     except (tarfile.TarError, EOFError, OSError) as exc:

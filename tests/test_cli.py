@@ -27,6 +27,11 @@ def test_pilots_list_and_show():
     assert json.loads(result.stdout)["contract"]["api"] == "forecast"
 
 
+def test_pilots_show_names_what_a_text_answer_must_key_its_scores_by():
+    result = runner.invoke(app, ["pilots", "show", "petition-routing"], terminal_width=200)
+    assert result.exit_code == 0 and "categories" in result.stdout and "교통/건축/국토" in result.stdout
+
+
 def test_every_verb_has_help():
     for verb in (["pilots", "list"], ["pilots", "show"], ["pilots", "data"], ["submit"], ["check"], ["evaluate"],
                  ["scorecard"], ["leaderboard"], ["demo"]):

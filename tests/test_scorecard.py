@@ -313,3 +313,11 @@ If you are attempting to import bento by tag: 'Failed to import module "service"
     assert "provides `pandas` under `python.packages` in bentofile.yaml" in cause
     assert _cause("RuntimeError: model file missing\n") == "RuntimeError: model file missing"
     assert _cause("bentoml.exceptions.BentoMLException: only BentoML's\n").startswith("bentoml.exceptions")
+
+
+def test_a_contract_violation_seen_in_several_phases_is_said_once():
+    from evaluation.criteria import _violations
+
+    said = _violations(["single_stream: text 0: bad keys", "offline: text 0: bad keys", "clean: text 0: bad keys",
+                        "missing_hours: NaN forecast", "clean: text 0: bad keys"])
+    assert said == "text 0: bad keys (in single_stream, offline, clean); NaN forecast (in missing_hours)"

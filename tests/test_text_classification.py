@@ -2,6 +2,7 @@
 scoring against the TF-IDF baseline."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,8 +71,13 @@ def test_decode_accepts_a_good_answer_and_names_each_violation():
     bad["probability in [0, 1] "] = b'[{"label": "\\ub098", "scores": {"\\uac00": 0, "\\ub098": 1' + b"0" * 400 + \
         b', "\\ub2e4": 0}}]'  # an integer too large for a float
     bad["probability in [0, 1]  "] = json.dumps([answer("나", [False, True, False])]).encode()
+    bad["unknown: ['가 ']; missing: ['가']"] = json.dumps(
+        [{"label": "나", "scores": {"가 ": 0.1, "나": 0.8, "다": 0.1}}]).encode()
+    bad["one is not a number (str '0.2')"] = json.dumps([answer("나", ["0.2", "0.7", "0.1"])]).encode()
+    bad["`label` and `scores` (got keys ['category', 'scores'])"] = json.dumps(
+        [{"category": "나", "scores": dict(zip(CATS, [0.2, 0.7, 0.1], strict=True))}]).encode()
     for message, body in bad.items():
-        with pytest.raises(ContractViolation, match=message.strip().replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ContractViolation, match=re.escape(message.strip())):
             decode_response(body, 1, CATS)
     good = json.dumps(answer("나", [0.2, 0.7, 0.1]))
     with pytest.raises(ContractViolation, match="text 2: `label` '가' is not the category with the highest score"):

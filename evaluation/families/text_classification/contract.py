@@ -92,15 +92,21 @@ def decode_response(body: bytes, n_texts: int, categories: list[str]) -> tuple[n
     labels, probs = np.zeros(n_texts, int), np.zeros((n_texts, len(categories)))
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "label" not in item or "scores" not in item:
-            raise ContractViolation(f"text {i}: each answer must be an object with `label` and `scores`")
+            keys = f"keys {sorted(map(str, item))[:6]}" if isinstance(item, dict) else type(item).__name__
+            raise ContractViolation(f"text {i}: each answer must be an object with `label` and `scores` (got {keys})")
         label, scores = item["label"], item["scores"]
-        if label not in index:
-            raise ContractViolation(f"text {i}: `label` {label!r} is not one of the pilot's categories")
+        if not isinstance(label, str) or label not in index:
+            raise ContractViolation(f"text {i}: `label` {str(label)[:80]!r} is not one of the pilot's categories")
         if not isinstance(scores, dict) or set(scores) != want:
+            given = set(scores) if isinstance(scores, dict) else set()
+            unknown, missing = sorted(map(str, given - want))[:3], sorted(want - given)[:3]
             raise ContractViolation(f"text {i}: `scores` must have exactly the pilot's {len(categories)} categories "
-                                    "as keys")
-        if not all(_number(v) and 0 <= v <= 1 for v in scores.values()):
-            raise ContractViolation(f"text {i}: every score must be a probability in [0, 1]")
+                                    f"as keys (unknown: {unknown or 'none'}; missing: {missing or 'none'}; the "
+                                    "categories: `testbed pilots show PILOT`)")
+        bad = [v for v in scores.values() if not (_number(v) and 0 <= v <= 1)]
+        if bad:
+            kind = f"{bad[0]:g}" if _number(bad[0]) else f"not a number ({type(bad[0]).__name__} {str(bad[0])[:20]!r})"
+            raise ContractViolation(f"text {i}: every score must be a probability in [0, 1]; one is {kind}")
         row = np.array([float(scores[c]) for c in categories])
         if abs(row.sum() - 1) > SUM_TOLERANCE:
             raise ContractViolation(f"text {i}: scores sum to {row.sum():.4f}, not 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from evaluation.families.text_classification.data import TextOptions, Texts, rea
 from evaluation.families.text_classification.metrics import ClassEval, class_f1
 from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
-from pilots.spec import ScenarioSpec
+from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.runner import SandboxResult
 from testbed.errors import ContractViolation, SpecError
 
@@ -58,6 +59,10 @@ class TextClassification(TaskFamily):
     primary_metric = "macro_f1"
     technology_fields = ("nlp",)
     baseline_name = "tfidf_char_ngrams_logistic_regression"
+
+    @classmethod
+    def contract_details(cls, spec: PilotSpec) -> dict[str, Any]:
+        return {"categories": list(TextOptions.model_validate(spec.task).categories)}
 
     @property
     def answer_bytes_per_item(self) -> int:
