@@ -79,7 +79,7 @@ class InlineExecutor(_Closing):
 
 
 class RayExecutor(_Closing):
-    """Runs each job as a Ray task that asks for the job's CPUs and GPUs."""
+    """Runs each job as a Ray task that asks for the job's CPUs, GPUs and memory."""
 
     def __init__(self) -> None:
         self.started_local = False
@@ -126,19 +126,24 @@ class RayExecutor(_Closing):
             n["NodeID"], soft=True)).remote() for n in ray.nodes() if n["Alive"]]
 
     def submit(self, job: SandboxJob) -> Future[SandboxResult]:
-        """Place the job as a Ray task asking for its CPUs and GPUs; Ray starts it when a node has them free."""
+        """Place the job as a Ray task asking for its CPUs, GPUs and memory (its sandbox's memory limit, as Ray's
+        `memory` resource: the limits of the sandboxes Ray runs at once on a node never add up beyond what Ray
+        counts there); Ray starts it when a node has them free. Refused at once when no node could ever run it."""
         import ray
 
         self.connect()
-        have = ray.cluster_resources()
-        for key, need in (("CPU", job.cpus), ("GPU", job.gpus)):
-            if need > have.get(key, 0):
+        need = {"CPU": job.cpus, "GPU": job.gpus, "memory": job.limits.memory_mb << 20}
+        largest = _largest_node()
+        for key, amount in need.items():
+            if amount > largest.get(key, 0):
                 raise ResourceUnavailable(
-                    f"the pilot asks for {need:g} {key}, the Ray cluster has {have.get(key, 0):g}",
-                    where=f"Ray at {self.address or 'local (127.0.0.1)'}",
-                    fix="set RAY_ADDRESS to a cluster with those resources, or lower `resources` in the pilot spec")
-        task = ray.remote(max_retries=0)(_run_on_node).options(num_cpus=job.cpus, num_gpus=job.gpus,
-                                                              name="testbed-sandbox-evaluation")
+                    f"the pilot asks for {_amount(key, amount)}, the largest Ray node has "
+                    f"{_amount(key, largest.get(key, 0))}", where=f"Ray at {self.address or 'local (127.0.0.1)'}",
+                    fix="set RAY_ADDRESS to a cluster with a node that large, or lower `resources` in the pilot spec"
+                        + (" (Ray counts about 70 % of a node's free RAM at its start as `memory`; `ray start "
+                           "--memory BYTES` sets it)" if key == "memory" else ""))
+        task = ray.remote(max_retries=0)(_run_on_node).options(
+            num_cpus=job.cpus, num_gpus=job.gpus, memory=need["memory"], name="testbed-sandbox-evaluation")
         ref = task.remote(job)
         future: Future[SandboxResult] = Future()
         self._refs[future] = ref
@@ -204,6 +209,22 @@ def _check_reachable(address: str) -> None:
                                   where=f"RAY_ADDRESS={address}",
                                   fix="give the head node's GCS address (host:6379 by default; the dashboard's "
                                       "port, 8265, is not it), or unset RAY_ADDRESS to use a local Ray")
+
+
+def _largest_node() -> dict[str, float]:
+    """Per resource (CPU, GPU, memory in bytes), the most any one live Ray node has: a task runs on one node."""
+    import ray
+
+    largest: dict[str, float] = {}
+    for node in ray.nodes():
+        if node["Alive"]:
+            for key, amount in node["Resources"].items():
+                largest[key] = max(largest.get(key, 0), amount)
+    return largest
+
+
+def _amount(key: str, amount: float) -> str:
+    return f"{int(amount) >> 20} MB of memory" if key == "memory" else f"{amount:g} {key}"
 
 
 def _warm_up() -> None:

@@ -1,5 +1,5 @@
 """A real two-node Ray cluster on loopback: a head started with `ray start --head` and a second node with its
-own CPUs and temp folder, both bound to 127.0.0.1; a campaign of six submissions through RAY_ADDRESS with
+own CPUs, memory and temp folder, both bound to 127.0.0.1; a campaign of six submissions through RAY_ADDRESS with
 faults injected: the `testbed` process killed mid-campaign and the campaign resumed with a seventh, slow
 submission (no duplicate), then the second node killed with a task on it (machine lost: retried on the head,
 recorded), a Ray worker killed (infrastructure: retried, recorded) and the slow bundle's sandbox killed mid-run
@@ -49,10 +49,13 @@ NODE = """import sys
 from ray._private.node import Node
 from ray._private.parameter import RayParams
 node = Node(RayParams(gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=int(sys.argv[2]),
-                      temp_dir=sys.argv[3], include_dashboard=False), head=False, shutdown_at_exit=False,
-            spawn_reaper=False)
+                      memory=int(sys.argv[4]), temp_dir=sys.argv[3], include_dashboard=False), head=False,
+            shutdown_at_exit=False, spawn_reaper=False)
 print(node.node_id)
 """
+MEMORY = str(6 << 30)
+"""Each node's Ray `memory` (bytes), as a real node's would be: room for one bike-demand sandbox (4096 MB, which
+each task reserves) whatever this machine has free when the test starts."""
 
 
 class Cluster:
@@ -68,7 +71,7 @@ class Cluster:
         self.env.pop("RAY_ADDRESS", None)
         self.address = f"127.0.0.1:{self.port}"
         self.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                  "--include-dashboard", "false", "--temp-dir", self.temp, "--num-cpus", "1",
+                  "--include-dashboard", "false", "--temp-dir", self.temp, "--num-cpus", "1", "--memory", MEMORY,
                   "--disable-usage-stats", "--system-config", HEALTH])
 
     def run(self, argv: list[str]) -> str:
@@ -80,9 +83,9 @@ class Cluster:
             raise
 
     def add_node(self, cpus: int) -> str:
-        """A second Ray node joining the head, with its own CPUs and temp folder, on loopback; its node id."""
+        """A second Ray node joining the head, with its own CPUs, memory and temp folder, on loopback; its node id."""
         temp = tempfile.mkdtemp(prefix="rn", dir=self.temp)
-        node_id = self.run([sys.executable, "-c", NODE, self.address, str(cpus), temp]).strip().splitlines()[-1]
+        node_id = self.run([sys.executable, "-c", NODE, self.address, str(cpus), temp, MEMORY]).strip().splitlines()[-1]
         self.nodes[node_id] = temp
         return node_id
 

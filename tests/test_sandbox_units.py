@@ -278,3 +278,45 @@ def test_what_the_service_writes_is_shown_as_its_own_text_never_as_terminal_code
     assert reason.startswith("the service exited unexpectedly") and f"its words, not the harness's) ends with: {lie}" \
         in reason
     assert not any("\x1b" in line for line in ev.card.log_tail) and ev.card.verdict == "crashed"
+
+
+def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_refused(monkeypatch):
+    """Ray is asked for the sandbox's memory limit too (its `memory` resource), so the sandboxes it runs at once
+    on a node never hold more than Ray counts there; a job larger than every live node is refused with the fix
+    (two 6 GiB nodes are not one 8 GiB node), not left pending for ever."""
+    from concurrent.futures import Future
+    from unittest.mock import MagicMock
+
+    import ray
+
+    from sandbox.executor import RayExecutor
+    from sandbox.isolation import SandboxLimits
+    from sandbox.runner import SandboxJob
+    from testbed.errors import ResourceUnavailable
+
+    gib, placed = 1 << 30, []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "memory": 6.0 * gib}},
+                                               {"Alive": True, "Resources": {"CPU": 4.0, "memory": 6.0 * gib}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0, "memory": 64.0 * gib}}])
+
+    class Task:
+        def options(self, **kw):
+            placed.append(kw)
+            return self
+
+        def remote(self, job):
+            return MagicMock(**{"future.return_value": Future()})
+
+    monkeypatch.setattr(ray, "remote", lambda **kw: lambda fn: Task())
+
+    def job(memory_mb: int) -> SandboxJob:
+        return SandboxJob(bundle=b"", route="/forecast", phases=[], wall_time_s=60, startup_timeout_s=60,
+                          limits=SandboxLimits(memory_mb=memory_mb, max_processes=64, cpu_seconds=60, threads=1))
+
+    RayExecutor().submit(job(4096))
+    assert placed[0]["memory"] == 4096 << 20 and placed[0]["num_cpus"] == 1
+    with pytest.raises(ResourceUnavailable, match="8192 MB of memory, the largest Ray node has 6144 MB") as info:
+        RayExecutor().submit(job(8192))
+    assert "ray start --memory" in info.value.fix and len(placed) == 1
