@@ -40,8 +40,9 @@ class RunRecord:
 
     run_id: str
     tags: dict[str, str]
-    """`testbed.*` tags: submission, vendor, pilot, official, evaluation (official or reevaluation), reason,
-    isolated, verdict, passed."""
+    """`testbed.*` tags: submission, vendor, pilot, official, evaluation (official, reevaluation, or
+    infrastructure_failure: no evaluation, see `Tracker.record_failure`), reason, isolated, verdict, passed,
+    failure."""
     metrics: dict[str, float]
     """Flattened scorecard metrics (see `flatten`)."""
     status: str = "RUNNING"
@@ -76,6 +77,11 @@ class Tracker(Protocol):
 
     def tags(self, run_id: str) -> dict[str, str]:
         """A run's tags as the store holds them now."""
+
+    def record_failure(self, pilot: str, submission: str, vendor: str, reason: str, params: dict[str, str]) -> str:
+        """Record an evaluation the machinery could not make (not the bundle's failure) as a FAILED run tagged
+        `testbed.failure` (the reason) and never official: nothing ranks, reviews or audits it, and the next
+        campaign evaluates the submission again. Returns its id."""
 
 
 def _safe(label: str) -> str:
@@ -126,6 +132,12 @@ def _tags(card: Scorecard) -> dict[str, str]:
     if card.reevaluation_reason:
         tags["testbed.reason"] = card.reevaluation_reason[:5000]
     return tags
+
+
+def _failure_tags(pilot: str, submission: str, vendor: str, reason: str) -> dict[str, str]:
+    return {"testbed.submission": submission, "testbed.vendor": vendor, "testbed.pilot": pilot,
+            "testbed.official": "false", "testbed.evaluation": "infrastructure_failure",
+            "testbed.failure": reason[:5000]}
 
 
 def _outcome_tags(card: Scorecard) -> dict[str, str]:
@@ -191,6 +203,13 @@ class MemoryTracker:
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.runs[run_id].tags)
 
+    def record_failure(self, pilot: str, submission: str, vendor: str, reason: str, params: dict[str, str]) -> str:
+        run_id = f"memory-{next(self._ids)}"
+        self.runs[run_id] = RunRecord(run_id, _failure_tags(pilot, submission, vendor, reason), {}, "FAILED",
+                                      time.time_ns() // 1_000_000 + len(self.runs),
+                                      {k: str(v) for k, v in params.items()})
+        return run_id
+
 
 class MlflowTracker:
     """Records evaluations in MLflow: runs, metrics, artifacts, and the bundle as a registered model version."""
@@ -248,6 +267,15 @@ class MlflowTracker:
 
     def fail(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FAILED")
+
+    def record_failure(self, pilot: str, submission: str, vendor: str, reason: str, params: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(pilot), run_name=submission,
+                                     tags=_failure_tags(pilot, submission, vendor, reason))
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.client.set_terminated(run.info.run_id, status="FAILED")
+        return run.info.run_id
 
     def _register(self, run_id: str, card: Scorecard) -> None:
         from mlflow.exceptions import MlflowException

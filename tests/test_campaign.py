@@ -105,10 +105,10 @@ class Flaky(FakeSandbox):
 def test_a_campaign_evaluates_each_pending_submission_once_and_a_rerun_nothing(ws, subs):
     tracker = MemoryTracker()
     store = SubmissionStore(ws)
-    first, _ = pending_submissions(store, tracker, pilot="bike-demand")
+    first = pending_submissions(store, tracker, pilot="bike-demand").todo
     items = run_campaign(first[:2], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
     assert [i.status for i in items] == ["evaluated", "evaluated"] and all(i.run_id for i in items)
-    todo, done = pending_submissions(store, tracker, pilot="bike-demand")
+    todo, done, _ = pending_submissions(store, tracker, pilot="bike-demand")
     assert [s.id for s in todo] == [first[2].id] and len(done) == 2
     run_campaign(todo, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
     assert pending_submissions(store, tracker, pilot="bike-demand")[0] == []
@@ -116,7 +116,7 @@ def test_a_campaign_evaluates_each_pending_submission_once_and_a_rerun_nothing(w
     assert sorted(r.tags["testbed.submission"] for r in official) == sorted(s.id for s in subs)
     assert len(tracker.runs) == 3  # nothing evaluated twice
     # listed explicitly, an officially evaluated submission is skipped, not evaluated again
-    todo, done = pending_submissions(store, tracker, ids=[subs[0].id, subs[0].id])
+    todo, done, _ = pending_submissions(store, tracker, ids=[subs[0].id, subs[0].id])
     assert todo == [] and [s.id for s in done] == [subs[0].id]
 
 
@@ -128,13 +128,41 @@ def test_infrastructure_failures_are_retried_and_recorded(ws, subs):
     assert run.params["campaign_retries"].count("WorkerCrashedError") == 2 and run.status == "FINISHED"
 
 
-def test_retries_are_bounded_and_leave_no_run(ws, subs):
-    tracker = MemoryTracker()
+@pytest.mark.parametrize("kind", ["memory", pytest.param("mlflow", marks=pytest.mark.slow)])
+def test_spent_retries_are_recorded_as_a_failed_run_that_is_no_evaluation(ws, subs, bike_spec, kind):
+    """Once its retries are spent, the machinery's failure is in the tracking store for operators to see: a
+    FAILED run naming each attempt, never official, so nothing ranks, audits or scores it, and a rerun
+    evaluates the submission (the failure was not the vendor's)."""
+    from evaluation.leaderboard import leaderboard_rows
+    from evaluation.tracking import MlflowTracker
+    from testbed.errors import NotFound
+    from workflow.audit import audit_submission
+
+    tracker = MemoryTracker() if kind == "memory" else MlflowTracker(ws)
     items = run_campaign(subs[:1], executor=Flaky(failures=2), tracker=tracker, ws=ws, retries=1)
-    assert items[0].status == "failed" and "WorkerCrashedError" in items[0].error and len(items[0].retries) == 1
-    assert tracker.runs == {}
+    assert items[0].status == "failed" and len(items[0].retries) == 1
+    assert "failed on 2 attempt(s), no retry left" in items[0].error and items[0].run_id in items[0].error
+    assert "\n  fix: " in items[0].error and "evaluates it again" in items[0].error  # the whole message
+    if kind == "memory":
+        run = tracker.runs[items[0].run_id]
+        status, tags, params = run.status, run.tags, run.params
+    else:
+        run = tracker.client.get_run(items[0].run_id)
+        status, tags, params = run.info.status, run.data.tags, run.data.params
+    assert status == "FAILED" and tags["testbed.official"] == "false" and tags["testbed.submission"] == subs[0].id
+    assert "WorkerCrashedError" in tags["testbed.failure"] and params["campaign_retries"].startswith("attempt 1: ")
+    assert params["campaign_failure"].startswith("attempt 2: WorkerCrashedError")
+    store = SubmissionStore(ws)
+    assert tracker.official_run("bike-demand", subs[0].id) is None and leaderboard_rows(bike_spec, tracker) == []
+    assert store.scorecard(subs[0].id) is None
+    with pytest.raises(NotFound, match="no official evaluation to audit"):
+        audit_submission(subs[0].id, ws=ws, tracker=tracker)
+    todo = pending_submissions(store, tracker, pilot="bike-demand").todo
+    assert subs[0].id in [s.id for s in todo]
     items = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)  # the rerun
-    assert items[0].status == "evaluated" and tracker.runs[items[0].run_id].params["campaign_retries"] == "none"
+    assert items[0].status == "evaluated" and tracker.official_run("bike-demand", subs[0].id).run_id == items[0].run_id
+    assert [r["run_id"] for r in leaderboard_rows(bike_spec, tracker)] == [items[0].run_id]
+    assert audit_submission(subs[0].id, ws=ws, tracker=tracker).ok
 
 
 def test_a_bundles_own_failure_is_a_verdict_never_retried(ws, subs):
@@ -159,7 +187,7 @@ def test_a_driver_killed_mid_campaign_leaves_nothing_official_and_resume_makes_n
     assert tracker.official_runs("bike-demand") == []
     resumed = MemoryTracker()
     resumed.runs = tracker.runs  # the same store, read by the next `testbed evaluate --all`
-    todo, _ = pending_submissions(SubmissionStore(ws), resumed, pilot="bike-demand")
+    todo = pending_submissions(SubmissionStore(ws), resumed, pilot="bike-demand").todo
     assert subs[0].id in [s.id for s in todo]
     run_campaign(todo, executor=FakeSandbox(last_day), tracker=resumed, ws=ws)
     assert [r.tags["testbed.submission"] for r in resumed.official_runs("bike-demand")].count(subs[0].id) == 1
@@ -216,12 +244,87 @@ def test_the_campaign_command_evaluates_what_is_pending_and_a_rerun_skips_it(tmp
     assert sorted(i["submission"] for i in summary["items"] if i["status"] == "evaluated") == sorted(ids)
     monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: pytest.fail("nothing is pending: no Ray"))
     again = runner.invoke(app, ["evaluate", *ids])
-    assert again.exit_code == 0 and again.stdout.count("skipped") == 2 and "0 evaluated" in again.stdout
+    assert again.exit_code == 0 and again.stdout.count("│ skipped ") == 2
+    assert "0 evaluated, 0 failed, 2 skipped" in again.stdout
     empty = runner.invoke(app, ["evaluate", "--all", "subway-ridership"])
     assert empty.exit_code == 0 and "subway-ridership has no submissions yet" in empty.stdout
     assert len(tracker.runs) == 2
     refused = runner.invoke(app, ["evaluate", "--all", "bike-demand", "--reevaluate", "--reason", "x"])
     assert refused.exit_code == 2 and "--reevaluate is for one" in refused.stderr
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, bike_spec):
+    """`testbed evaluate` with the doubles for MLflow and Ray (`cli.executor`, a FakeSandbox by default), and
+    three bike-demand submissions (`cli.ids`)."""
+    from typer.testing import CliRunner
+
+    import evaluation.tracking
+    import sandbox.executor
+    from cli.app import app
+    from testbed.config import Workspace
+
+    class Cli:
+        tracker, executor = MemoryTracker(), FakeSandbox(last_day)
+
+        def __call__(self, *args: str):
+            return CliRunner().invoke(app, ["evaluate", *args])
+
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
+    cli = Cli()
+    monkeypatch.setattr(evaluation.tracking, "MlflowTracker", lambda ws: cli.tracker)
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: cli.executor)
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(LOOKUP_VENDOR))
+    cli.store = SubmissionStore(Workspace.from_env())
+    cli.ids = [cli.store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name=f"j{i}"), vendor)[0].id
+               for i in range(3)]
+    return cli
+
+
+def _cells(text: str) -> str:
+    """A printed table's text with its borders and wrapping taken out (a wrapped cell reads as one line)."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_a_campaign_with_a_failed_submission_exits_1_and_its_summary_says_what_and_how_to_fix(cli):
+    """Under --json too (it exited 0); the title counts evaluated, failed and skipped apart; the error is whole,
+    its fix included, in the JSON and in the table."""
+    cli.executor = Flaky(failures=1)  # the first job placed dies with the machinery, and is not retried
+    first = cli("--all", "bike-demand", "--json", "--retries", "0")
+    assert first.exit_code == 1, first.output
+    items = {i["submission"]: i for i in json.loads(first.stdout)["items"]}
+    assert [i["status"] for i in items.values()].count("evaluated") == 2
+    [failed] = [i for i in items.values() if i["status"] == "failed"]
+    assert "WorkerCrashedError" in failed["error"] and "\n  fix: check the Ray nodes" in failed["error"]
+    cli.executor = Flaky(failures=1)
+    again = cli("--all", "bike-demand", "--retries", "0")  # the failed one is evaluated again; it fails again
+    assert again.exit_code == 1, again.output
+    table = _cells(again.stdout)
+    assert "bike-demand: 0 evaluated, 1 failed, 2 skipped in" in table
+    assert "fix: check the Ray nodes (`ray status`: lost nodes, memory); a rerun (`testbed evaluate --all " \
+           "bike-demand`) evaluates it again" in table
+    cli.executor = FakeSandbox(last_day)
+    done = cli("--all", "bike-demand", "--json")
+    assert done.exit_code == 0 and {i["status"] for i in json.loads(done.stdout)["items"]} == {"evaluated", "skipped"}
+
+
+def test_an_unreadable_submission_record_fails_alone_and_the_others_are_evaluated(cli):
+    broken = cli.store.root / cli.ids[1] / "submission.json"
+    broken.write_text("{not json")
+    todo, done, unreadable = pending_submissions(cli.store, cli.tracker, pilot="bike-demand")
+    assert sorted(s.id for s in todo) == sorted([cli.ids[0], cli.ids[2]]) and done == []
+    assert [i.submission for i in unreadable] == [cli.ids[1]] and unreadable[0].status == "failed"
+    assert pending_submissions(cli.store, cli.tracker, pilot="subway-ridership").unreadable == []  # another pilot's
+    result = cli("--all", "bike-demand", "--json")
+    assert result.exit_code == 1, result.output
+    items = {i["submission"]: i for i in json.loads(result.stdout)["items"]}
+    assert items[cli.ids[0]]["status"] == items[cli.ids[2]]["status"] == "evaluated"
+    assert items[cli.ids[1]]["status"] == "failed" and str(broken) in items[cli.ids[1]]["error"]
+    assert "fix: restore the file from a backup" in items[cli.ids[1]]["error"]
+    named = cli(cli.ids[1], cli.ids[0])  # named ones too; the evaluated one is skipped
+    assert named.exit_code == 1 and "0 evaluated, 1 failed, 1 skipped" in _cells(named.stdout)
+    assert "Traceback" not in named.output
 
 
 def test_one_evaluation_prints_its_scorecard_before_the_executor_shuts_down(tmp_path, monkeypatch, bike_spec):

@@ -238,12 +238,12 @@ def test_a_campaign_on_a_ray_cluster_survives_faults_and_logs_each_result_once(
         driver.kill()
         driver.wait()
     killed_driver_runs = len(tracker.official_runs("bike-demand"))
-    todo, done = pending_submissions(store, tracker, pilot="bike-demand")
+    todo, done, _ = pending_submissions(store, tracker, pilot="bike-demand")
     assert 2 <= len(done) < 6 and len(todo) + len(done) == 6
 
     slow = variant(tmp_path, "week_mean", 9, delay_s=0.06)  # submitted now, so the resumed campaign runs it
     ids.append(store.submit(bike_spec, slow, vendor)[0].id)
-    todo, _ = pending_submissions(store, tracker, pilot="bike-demand")
+    todo = pending_submissions(store, tracker, pilot="bike-demand").todo
 
     # 2. the resumed campaign: the second node lost with a task on it, then a Ray worker, then a sandbox killed
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)

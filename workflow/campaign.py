@@ -20,19 +20,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from evaluation.tracking import Tracker
 from sandbox.executor import Executor
 from sandbox.runner import SandboxResult
 from testbed.config import Workspace
-from testbed.errors import InfrastructureFailure, TestbedError
+from testbed.errors import AuditError, InfrastructureFailure, TestbedError
 from workflow.assess import Assessment
 from workflow.catalogue import get_pilot
 from workflow.evaluate import PreparedEvaluation, conclude_evaluation, prepare_evaluation
 from workflow.scoring import ScoringPool
 from workflow.submissions import Submission, SubmissionStore
 
-__all__ = ["CampaignItem", "pending_submissions", "run_campaign"]
+__all__ = ["CampaignItem", "Pending", "pending_submissions", "run_campaign"]
 
 
 @dataclass
@@ -47,30 +48,44 @@ class CampaignItem:
     total: float | None = None
     passed: bool | None = None
     run_id: str | None = None
+    """The MLflow run: the evaluation's, or the FAILED record of a failure of the machinery."""
     retries: list[str] = field(default_factory=list)
     """One line per infrastructure failure retried."""
     error: str | None = None
+    """Why it failed or was skipped: the whole message (where, problem and fix)."""
     node: str | None = None
     """Where the sandbox ran (the Ray node id)."""
     wall_s: float = 0.0
     """From placing the job to the tracked result."""
 
 
+class Pending(NamedTuple):
+    """What a campaign finds to do."""
+
+    todo: list[Submission]
+    """No finished official evaluation yet: to evaluate."""
+    done: list[Submission]
+    """Officially evaluated already: skipped."""
+    unreadable: list[CampaignItem]
+    """Submissions whose stored record cannot be read: failed items naming the file and the fix."""
+
+
 def pending_submissions(store: SubmissionStore, tracker: Tracker, *, pilot: str | None = None,
-                        ids: list[str] | None = None) -> tuple[list[Submission], list[Submission]]:
-    """(to evaluate, already officially evaluated): `ids` in order, or every submission to `pilot`."""
-    subs = [store.get(i) for i in ids] if ids else store.list(get_pilot(pilot).id if pilot else None)
-    todo, done = [], []
-    for sub in _unique(subs):
-        (done if tracker.official_run(sub.pilot, sub.id) else todo).append(sub)
-    return todo, done
-
-
-def _unique(subs: list[Submission]) -> list[Submission]:
-    seen: dict[str, Submission] = {}
-    for sub in subs:
-        seen.setdefault(sub.id, sub)
-    return list(seen.values())
+                        ids: list[str] | None = None) -> Pending:
+    """`ids` in order, or every submission to `pilot` (to any pilot without it). An id not stored refuses the
+    campaign (a mistyped id); an unreadable record fails on its own, the others still run."""
+    pilot_id = get_pilot(pilot).id if pilot and not ids else None
+    found = Pending([], [], [])
+    for sub_id in dict.fromkeys(ids or [p.parent.name for p in store._records()]):
+        try:
+            sub = store.get(sub_id)
+        except AuditError as exc:
+            if pilot_id is None or sub_id.rsplit("-", 1)[0] == pilot_id:  # ids are `<pilot>-<hash>`
+                found.unreadable.append(CampaignItem(sub_id, status="failed", error=str(exc)))
+            continue
+        if pilot_id is None or sub.pilot == pilot_id:
+            (found.done if tracker.official_run(sub.pilot, sub.id) else found.todo).append(sub)
+    return found
 
 
 def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker, ws: Workspace,
@@ -86,8 +101,22 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     assessing: dict[Future, tuple[PreparedEvaluation, float, SandboxResult]] = {}
 
     def fail(item: CampaignItem, exc: BaseException, status: str = "failed") -> None:
-        item.status, item.error = status, str(exc).splitlines()[0]
+        item.status, item.error = status, str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
         on_update(item)
+
+    def give_up(item: CampaignItem, prepared: PreparedEvaluation, exc: InfrastructureFailure) -> None:
+        """The retries are spent: recorded as a FAILED run that is no evaluation (the machinery's failure is not
+        the bundle's: the next campaign evaluates it again)."""
+        last, pilot = f"attempt {len(item.retries) + 1}: {exc.problem}", prepared.spec.id
+        item.run_id = tracker.record_failure(
+            pilot, item.submission, prepared.vendor.name, f"the machinery failed on every attempt ({last})",
+            {"campaign_retries": "; ".join(item.retries) or "none", "campaign_failure": last,
+             "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json()})
+        fail(item, InfrastructureFailure(
+            f"the machinery failed on {len(item.retries) + 1} attempt(s), no retry left (last: {exc.problem}); "
+            f"recorded as MLflow run {item.run_id} (FAILED, not an evaluation)", where=exc.where,
+            fix=f"check the Ray nodes (`ray status`: lost nodes, memory); a rerun (`testbed evaluate --all {pilot}`) "
+                "evaluates it again"))
 
     def place(item: CampaignItem, prepared: PreparedEvaluation, started: float) -> None:
         try:
@@ -138,7 +167,7 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                     result = future.result()
                 except InfrastructureFailure as exc:
                     if len(item.retries) >= retries:
-                        fail(item, exc)
+                        give_up(item, prepared, exc)
                         continue
                     item.retries.append(f"attempt {len(item.retries) + 1}: {exc.problem}")
                     place(item, prepared, started)
