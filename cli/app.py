@@ -17,7 +17,7 @@ from cli.console import err, friendly, out
 from cli.console import warn_unsafe as _warn_unsafe
 from cli.review import review_app
 from testbed.config import Workspace
-from testbed.errors import NotFound, TestbedError
+from testbed.errors import AuditError, NotFound, TestbedError
 from workflow.catalogue import get_pilot, scan_pilots
 from workflow.submissions import SubmissionStore
 
@@ -217,8 +217,9 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
 @app.command()
 @friendly
 def audit(submission: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Recompute every metric of a submission's official scorecard from its logged predictions and the
-    sequestered labels; exit 1 when anything differs (e.g. a tampered prediction artifact)."""
+    """Recompute every metric and gate of a submission's official scorecard from its logged predictions, the
+    logged pilot spec and the sequestered labels; exit 1 when anything differs (e.g. a tampered prediction
+    artifact; one missing or unreadable is named)."""
     from evaluation.tracking import MlflowTracker
     from workflow.audit import audit_submission
 
@@ -268,14 +269,33 @@ def _report(card, files, as_json: bool) -> None:
 @app.command()
 @friendly
 def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", help="Copy the HTML page here."),
-              as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON.")):
-    """Show the official scorecard of a submission."""
-    store = SubmissionStore(Workspace.from_env())
-    store.get(submission)
-    folder, card = store.report_dir(submission), store.scorecard(submission)
-    if card is None:
-        raise NotFound(f"submission {submission} has no scorecard yet", fix=f"run `testbed evaluate {submission}`")
+              as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
+              restore: bool = typer.Option(False, "--restore", help="Rewrite the copy beside the submission "
+                                           "(JSON and HTML) from the MLflow record.")):
+    """Show the official scorecard of a submission: the copy beside it, checked against the MLflow record (the
+    record is shown, with a warning, where the copy differs or cannot be read)."""
+    from evaluation.tracking import MlflowTracker
+    from workflow.record import verified_scorecard
+
+    ws = Workspace.from_env()
+    if restore:
+        from workflow.pages import refresh_scorecard
+
+        SubmissionStore(ws).get(submission)
+        page = refresh_scorecard(ws, MlflowTracker(ws), submission)
+        if page is None:
+            raise NotFound(f"submission {submission} has no official evaluation in MLflow to restore from",
+                           fix=f"run `testbed evaluate {submission}`")
+        err.print(f"rewrote {page.with_name('scorecard.json')} and {page.name} from the MLflow record", soft_wrap=True)
+    shown = verified_scorecard(ws, MlflowTracker(ws), submission)
+    if shown.warning:
+        err.print(f"[bold yellow]warning:[/] {escape(shown.warning)}", highlight=False, soft_wrap=True)
+    card, folder = shown.card, shown.folder
     if html:
+        if not shown.page_ok:
+            raise AuditError("the HTML page beside the submission comes from a copy that is not the record",
+                             where=str(folder / "scorecard.html"),
+                             fix=f"`testbed scorecard {submission} --restore` rewrites it from the record first")
         html.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "scorecard.html", html)
         err.print(f"wrote {html}")

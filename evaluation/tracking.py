@@ -21,9 +21,10 @@ from typing import Protocol
 from evaluation.scorecard import Scorecard, rescore
 from evaluation.tracking_uri import check_tracking_uri
 from testbed.config import Workspace
+from testbed.errors import AuditError
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "MemoryTracker", "experiment_name", "registered_model_name",
-           "flatten", "disagreements", "official_per_submission"]
+           "flatten", "disagreements", "official_per_submission", "missing_artifact"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -70,7 +71,12 @@ class Tracker(Protocol):
         """The official evaluation of one submission, or None."""
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
-        """Copy artifact `path` of a run into folder `dst`; returns the local file."""
+        """Copy artifact `path` of a run into folder `dst`; returns the local file (AuditError when the run's
+        store lacks it or it cannot be read: `missing_artifact`)."""
+
+    def metric_history(self, run_id: str, keys: list[str]) -> dict[str, list[float]]:
+        """Every value logged for each of `keys` in a run, oldest first (one each unless a metric was logged
+        again: MLflow then reports the latest)."""
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         """Set tags on an existing run (e.g. the evaluators' decision, mirrored from the audit trail)."""
@@ -87,6 +93,15 @@ class Tracker(Protocol):
 def _safe(label: str) -> str:
     """A group label as MLflow accepts it in a metric name (letters of any script, digits, `_.- :`)."""
     return re.sub(r"[^\w.\- :=]", "_", label).replace("..", "_")
+
+
+def missing_artifact(run_id: str, path: str, exc: BaseException) -> AuditError:
+    """Artifact `path` of a run could not be downloaded: the record lacks it (removed, or its file damaged); the
+    store itself answered (the run was found in it)."""
+    detail = " ".join(str(exc).split())[:200]
+    return AuditError(f"artifact {path} of the run is missing or cannot be read ({type(exc).__name__}: {detail})",
+                      where=f"MLflow run {run_id}", fix="restore the run's artifacts from a backup of the artifact "
+                      "store (MLFLOW_TRACKING_URI's); `testbed audit SUBMISSION` lists what else differs")
 
 
 def flatten(card: Scorecard) -> dict[str, float]:
@@ -161,6 +176,8 @@ class MemoryTracker:
     def __init__(self) -> None:
         self.runs: dict[str, RunRecord] = {}
         self.versions: list[dict[str, str]] = []
+        self.history: dict[str, dict[str, list[float]]] = {}
+        """Run id -> metric -> every value logged, oldest first (`log_metrics` adds to it, as MLflow would)."""
         self._ids = itertools.count(1)
         self._store = Path(tempfile.mkdtemp(prefix="testbed-memory-"))
         """Where the artifacts' copies are kept; removed with the tracker."""
@@ -175,6 +192,7 @@ class MemoryTracker:
     def finish(self, run_id: str, card: Scorecard, files: dict[str, Path], bundle: Path, sandbox_log: str) -> None:
         run = self.runs[run_id]
         run.metrics, run.status = flatten(card), "FINISHED"
+        self.history[run_id] = {k: [v] for k, v in run.metrics.items()}
         run.tags |= _outcome_tags(card)
         store = self._store / run_id  # copies, as MLflow keeps: not the files
         store.mkdir()
@@ -195,7 +213,20 @@ class MemoryTracker:
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copyfile(self.runs[run_id].artifacts[path], dst / Path(path).name))
+        try:
+            return Path(shutil.copyfile(self.runs[run_id].artifacts[path], dst / Path(path).name))
+        except (KeyError, OSError) as exc:
+            raise missing_artifact(run_id, path, exc) from None
+
+    def metric_history(self, run_id: str, keys: list[str]) -> dict[str, list[float]]:
+        logged = self.history.get(run_id, {})
+        return {k: list(logged.get(k, [])) for k in keys}
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log `metrics` again on a finished run (what someone with write access to MLflow can do)."""
+        for k, v in metrics.items():
+            self.history.setdefault(run_id, {}).setdefault(k, []).append(v)
+        self.runs[run_id].metrics |= metrics
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         self.runs[run_id].tags |= tags
@@ -317,5 +348,14 @@ class MlflowTracker:
         return next((r for r in self.official_runs(pilot) if r.tags.get("testbed.submission") == submission), None)
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
+        from mlflow.exceptions import MlflowException
+
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except (MlflowException, OSError) as exc:
+            raise missing_artifact(run_id, path, exc) from None
+
+    def metric_history(self, run_id: str, keys: list[str]) -> dict[str, list[float]]:
+        """One query a metric (~0.4 ms each on the SQLite store)."""
+        return {k: [m.value for m in self.client.get_metric_history(run_id, k)] for k in keys}

@@ -31,13 +31,14 @@ def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_servi
     if run is None:
         return None
     card = official_card(tracker, run)
+    folder.mkdir(parents=True, exist_ok=True)  # a copy removed by hand is written again
     if in_service is not None:
         write_atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
     elif (folder / IN_SERVICE).is_file():
         in_service = json.loads((folder / IN_SERVICE).read_text())
     spec = get_pilot(sub.pilot)
     card = reviewed_card(card, ReviewBook(ws, tracker).latest(sub.id, run))
-    plots = {p.stem: p.read_bytes() for p in sorted((folder / "plots").iterdir()) if p.suffix[1:] in PLOT_FORMATS}
+    plots = {p.stem: p.read_bytes() for p in sorted((folder / "plots").glob("*")) if p.suffix[1:] in PLOT_FORMATS}
     write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
     html = render_html(card, plots, f"{spec.title.en} — {spec.title.ko}", in_service=in_service)
     return write_atomic(folder / "scorecard.html", html.encode())

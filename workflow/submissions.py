@@ -111,9 +111,17 @@ class SubmissionStore:
         return self.root / sub_id / "scorecard"
 
     def scorecard(self, sub_id: str) -> Scorecard | None:
-        """The stored official scorecard of `sub_id` (None before its first official evaluation)."""
+        """The stored official scorecard of `sub_id` (None before its first official evaluation): the copy for
+        people; the record is the one logged with the MLflow run (`workflow.record`). AuditError if unreadable."""
         path = self.report_dir(sub_id) / "scorecard.json"
-        return Scorecard.model_validate_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return Scorecard.model_validate_json(path.read_bytes())
+        except ValueError as exc:
+            raise AuditError(f"the scorecard copy is unreadable ({str(exc).splitlines()[0][:200]})", where=str(path),
+                             fix=f"the record is the scorecard logged with the MLflow run: `testbed scorecard {sub_id} "
+                                 f"--restore` rewrites this copy from it, `testbed audit {sub_id}` checks it") from None
 
     def _records(self) -> list[Path]:
         """Every stored `submission.json`, by id (a staging folder or a stray one is none)."""

@@ -1,0 +1,203 @@
+"""The record against a dishonest or careless insider: the audit of damaged or missing artifacts, gates and
+criteria recomputed, metrics logged again, the copy beside the submission checked against the record, and one
+damaged run never taking the leaderboard down."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from evaluation.scorecard import Scorecard, rescore
+from evaluation.tracking import MemoryTracker, flatten
+from testbed.config import PROJECT_ROOT
+from tests.conftest import FORECAST_ROUTE
+from tests.doubles import FakeSandbox
+from tests.test_scorecard import last_day
+from workflow.audit import COPY, audit_submission
+from workflow.evaluate import evaluate_bundle
+from workflow.review import reviewed_rows
+from workflow.submissions import SubmissionStore
+
+
+def evaluate(ws, spec, fake_bento, tracker):
+    """The seasonal-naive forecast, officially evaluated: it fails the gate `threshold:mase` (1.023 > 1.0)."""
+    store = SubmissionStore(ws)
+    sub, _ = store.submit(spec, fake_bento([FORECAST_ROUTE]), PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")
+    card = evaluate_bundle(spec, store.bundle(sub.id), sub.vendor, executor=FakeSandbox(last_day), ws=ws,
+                           tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id).card
+    assert not card.passed and not next(g for g in card.gates if g.name == "threshold:mase").passed
+    return sub, card
+
+
+@pytest.fixture
+def evaluated(ws, bike_spec, fake_bento):
+    tracker = MemoryTracker()
+    return (tracker, *evaluate(ws, bike_spec, fake_bento, tracker))
+
+
+@pytest.fixture
+def cli(ws, evaluated, monkeypatch):
+    """`testbed ARGS...` on the workspace and the in-memory tracker: (exit code, stdout, stderr)."""
+    from cli.app import app
+
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: evaluated[0])
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, list(args), terminal_width=250)
+        assert "Traceback" not in result.output and "tracking store failed" not in result.output, result.output
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def names(report) -> set[str]:
+    return {c.name for c in report.mismatches}
+
+
+# -- damaged artifacts: a failed check, never a traceback -------------------------------------------------------------
+
+@pytest.mark.parametrize("artifact, damage, says", [
+    ("scorecard.json", b"garbage", "unreadable (ValidationError"),
+    ("predictions.npz", b"garbage", "unreadable (ValueError"),
+    ("pilot_spec.json", b"{}", "unreadable (ValidationError"),
+    ("predictions.npz", None, "missing or cannot be read"),
+    ("bento/bundle.bento", None, "missing or cannot be read"),
+    ("scorecard.json", None, "missing or cannot be read"),
+])
+def test_a_damaged_or_missing_artifact_fails_the_audit_naming_it(ws, evaluated, cli, artifact, damage, says):
+    tracker, sub, card = evaluated
+    stored = tracker.runs[card.mlflow_run_id].artifacts[artifact]
+    if damage is None:
+        stored.unlink()
+    else:
+        stored.write_bytes(damage)
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    [broken] = [c for c in report.mismatches if c.name == f"artifact {artifact}"]
+    assert says in broken.recomputed and not report.ok
+    if damage is not None and artifact != "scorecard.json":  # the hash check had found it: it is reported too
+        assert {"predictions sha256", "pilot spec sha256"} & names(report)
+    if artifact == "bento/bundle.bento":  # the rest is audited all the same
+        assert names(report) == {f"artifact {artifact}"} and len(report.checks) > 60
+    code, out, _ = cli("audit", sub.id)
+    assert code == 1 and "AUDIT FAILED" in out and f"artifact {artifact}" in out
+
+
+# -- gates and criteria recomputed; metrics logged again --------------------------------------------------------------
+
+def forge(tracker, card, edit) -> None:
+    """Rewrite the logged scorecard with `edit`, and log again each metric it changes (MLflow shows the latest)."""
+    record = tracker.runs[card.mlflow_run_id].artifacts["scorecard.json"]
+    forged = Scorecard.model_validate_json(record.read_text())
+    edit(forged)
+    rescore(forged)
+    record.write_text(forged.model_dump_json())
+    logged = tracker.runs[card.mlflow_run_id].metrics
+    tracker.log_metrics(card.mlflow_run_id, {k: v for k, v in flatten(forged).items() if logged.get(k) != v})
+
+
+def test_the_audit_recomputes_every_gate_and_catches_a_failing_one_shown_passing(ws, evaluated):
+    tracker, sub, card = evaluated
+
+    def passing(c):
+        for gate in c.gates:
+            gate.passed, gate.detail = True, gate.detail.replace("1.023", "0.98")
+    forge(tracker, card, passing)
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert names(report) == {"gate threshold:mase", "passed (every gate)", "every metric logged once", COPY}
+    [gate] = [c for c in report.mismatches if c.name == "gate threshold:mase"]
+    assert gate.recorded.startswith("passed") and gate.recomputed == "FAILED: 1.023 (max 1.0)"
+    [relogged] = [c for c in report.mismatches if c.name == "every metric logged once"]
+    assert "passed logged 2 times (0, 1)" in relogged.recomputed
+
+
+def test_the_audit_recomputes_the_measured_criteria_and_a_removed_gate(ws, evaluated):
+    tracker, sub, card = evaluated
+
+    def generous(c):
+        c.criteria["viability"].score = 100.0
+        c.gates = [g for g in c.gates if g.name != "consistent_under_load"]
+    forge(tracker, card, generous)
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert names(report) == {"criteria/viability", "gate consistent_under_load", "every metric logged once", COPY}
+    assert next(c for c in report.mismatches if c.name == "gate consistent_under_load").recorded == "absent"
+
+
+# -- the copy beside the submission ---------------------------------------------------------------------------------
+
+def test_a_corrupt_copy_is_reported_and_the_record_audited_and_shown(ws, evaluated, cli):
+    tracker, sub, card = evaluated
+    copy = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
+    copy.write_text(copy.read_text()[:100])
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert names(report) == {COPY} and "unreadable" in report.mismatches[0].recomputed
+    assert len(report.checks) > 60  # the record audited all the same
+    code, out, err = cli("scorecard", sub.id)
+    assert code == 0 and "copy is unreadable" in err and "showing the MLflow record" in err and "--restore" in err
+    assert f"total {card.total_score:.1f}" in out and "FAILED" in out
+    code, out, err = cli("scorecard", sub.id, "--html", str(ws.home / "page.html"))
+    assert code == 2 and "--restore" in err and not (ws.home / "page.html").exists()
+    code, _, err = cli("scorecard", sub.id, "--restore")
+    assert code == 0 and "rewrote" in err and "warning" not in err
+    assert Scorecard.model_validate_json(copy.read_text()).total_score == card.total_score
+    assert audit_submission(sub.id, ws=ws, tracker=tracker).ok
+
+    copy.write_text("{")  # and with the record out of reach: the copy's error, with the fix
+    tracker.runs[card.mlflow_run_id].artifacts["scorecard.json"].unlink()
+    code, _, err = cli("scorecard", sub.id)
+    assert code == 2 and "scorecard copy is unreadable" in err and "record cannot be read" in err
+    assert "artifact scorecard.json" in err and "testbed audit" in err
+
+
+def test_scorecard_shows_the_record_when_the_copy_was_edited(ws, evaluated, cli):
+    tracker, sub, card = evaluated
+    copy = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
+    forged = json.loads(copy.read_text())
+    for gate in forged["gates"]:
+        gate["passed"] = True
+    forged["passed"], forged["total_score"] = True, 97.5
+    copy.write_text(json.dumps(forged))
+    code, out, err = cli("scorecard", sub.id)
+    assert code == 0 and "DIFFERS from the MLflow record" in err and "total 97.5 against" in err
+    assert "97.5" not in out and "gates FAILED" in out and "threshold:mase" in out
+    code, out, err = cli("scorecard", sub.id, "--json")
+    assert code == 0 and json.loads(out)["total_score"] == card.total_score and "DIFFERS" in err
+
+    copy.write_text(card.model_dump_json())  # as the record: shown as it is, without a word
+    code, out, err = cli("scorecard", sub.id)
+    assert code == 0 and "warning" not in err and f"total {card.total_score:.1f}" in out
+
+    tracker.runs.clear()  # a store that does not hold the run: the copy is shown, said to be unverified
+    code, out, err = cli("scorecard", sub.id)
+    assert code == 0 and "UNVERIFIED" in err and "holds no official evaluation" in err
+
+
+# -- the real MLflow store ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_in_mlflow_a_missing_artifact_is_named_and_a_relogged_metric_caught(ws, bike_spec, fake_bento, recwarn):
+    """MLflow raises its own exception for a missing artifact: that run's row is left off the leaderboard as an
+    altered record (the others stay), and the audit names the artifact; the store is not blamed."""
+    from mlflow.entities import Metric
+
+    from evaluation.tracking import MlflowTracker
+
+    tracker = MlflowTracker(ws)
+    sub, card = evaluate(ws, bike_spec, fake_bento, tracker)
+    assert audit_submission(sub.id, ws=ws, tracker=tracker).ok
+    tracker.client.log_batch(card.mlflow_run_id, metrics=[Metric("passed", 1.0, 2**40, 0)])
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert "every metric logged once" in names(report)
+
+    artifacts = ws.artifact_root / "bike-demand" / card.mlflow_run_id / "artifacts"
+    (artifacts / "scorecard.json").unlink()
+    [row] = reviewed_rows(bike_spec, tracker, ws)
+    assert row["review"] == "ALTERED record" and not row["passed"]
+    assert any("artifact scorecard.json of the run is missing" in str(w.message) for w in recwarn.list)
+    (artifacts / "predictions.npz").unlink()
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert {"artifact scorecard.json", "artifact predictions.npz"} <= names(report)
+    assert np.all([c.ok for c in report.checks if c.name in ("bundle sha256", "pilot spec sha256")])
