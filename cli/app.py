@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import typer
@@ -15,85 +13,22 @@ from cli import operate
 from cli.console import emit_json as _emit_json
 from cli.console import err, friendly, out
 from cli.console import warn_unsafe as _warn_unsafe
+from cli.pilots import pilots_app
 from cli.review import review_app
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, TestbedError
-from workflow.catalogue import get_pilot, scan_pilots
+from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Seoul public-service AI pilot testbed: pilots → sandbox → evaluation → serving.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args_is_help=True)
 app.add_typer(pilots_app, name="pilots")
 app.add_typer(review_app, name="review")
 for command in operate.COMMANDS:  # promote, rollback, production, serve, monitor
     app.command()(command)
 UNSAFE_HELP = "Run the bundle WITHOUT the sandbox (trusted code only). Printed loudly, recorded, fails a gate."
-
-
-@pilots_app.command("list")
-@friendly
-def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the pilots, and any spec file that is broken with its error."""
-    pilots, broken = scan_pilots()
-    if as_json:
-        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()]
-                          + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
-    table = Table("id", "family", "title", "department")
-    for p in pilots.values():
-        table.add_row(p.id, p.family, f"{p.title.en}\n{p.title.ko}", p.department)
-    out.print(table)
-    for path, exc in broken.items():
-        err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
-                  highlight=False, soft_wrap=True)
-
-
-@pilots_app.command("show")
-@friendly
-def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Show a pilot's spec and the task contract a bundle must implement."""
-    from evaluation.families import FAMILIES
-
-    spec = get_pilot(pilot)
-    contract = FAMILIES.get(spec.family).contract
-    details = FAMILIES.get(spec.family).contract_details(spec)
-    if as_json:
-        return _emit_json({"spec": spec.model_dump(mode="json"),
-                           "contract": {"api": contract.api, "inputs": list(contract.inputs),
-                                        "summary": contract.summary, **details}})
-    out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
-    out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
-    out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{escape(contract.summary)}\n")
-    for name, value in details.items():
-        shown = ", ".join(f"{i}: {v}" for i, v in enumerate(value)) if name.endswith("features") else value
-        out.print(f"  [bold]{name}[/]: {escape(str(shown))}")
-    out.print("[bold]Thresholds[/]: " + ", ".join(
-        f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
-        for t in spec.thresholds))
-    out.print(f"[bold]Scenarios[/]: {', '.join(s.name for s in spec.scenarios) or 'none'}   "
-              f"[bold]Groups[/]: {', '.join(spec.groups)}")
-    out.print(f"[bold]Resources[/]: {spec.resources.model_dump()}\n[bold]Service level[/]: "
-              f"{spec.service_level.model_dump()}\n[bold]Criteria weights[/]: {spec.criteria.weights.model_dump()}")
-
-
-@pilots_app.command("data")
-@friendly
-def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Folder to write the public splits to.")):
-    """Export the pilot's PUBLIC splits (training data and sample) in the contract's own format."""
-    from evaluation.families import open_family
-
-    spec = get_pilot(pilot)
-    fam = open_family(spec, Workspace.from_env().data_dir)
-    splits = {name: fam.load(name) for name, split in spec.dataset.splits.items() if split.public}  # all, or none
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as staging:
-        written = [path.relative_to(staging) for data in splits.values() for path in fam.export(data, Path(staging))]
-        for rel in written:  # moved into place once every split is written
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(Path(staging) / rel, out_dir / rel)
-            out.print(f"wrote {out_dir / rel}")
 
 
 @app.command()
@@ -138,6 +73,11 @@ def check(pilot: str, bundle: Path,
         name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
         technology_field="other", model_description="not given", licence="not given")
     info = inspect_bundle(bundle)
+    image = info.manifest.get("image") if isinstance(info.manifest.get("image"), dict) else {}
+    python = str(image.get("python_version") or "")
+    if python and python != "3.11":
+        err.print(f"[bold yellow]warning:[/] the bundle was built for Python {escape(python[:20])} (bentofile.yaml "
+                  "`docker.python_version`); the sandbox runs it on Python 3.11, as the official evaluation will")
     with RayExecutor() as executor:
         with err.status("checking in the sandbox on the public sample…"):
             ev = evaluate_bundle(spec, bundle, profile, executor=executor, ws=ws, split="sample",
@@ -146,6 +86,9 @@ def check(pilot: str, bundle: Path,
         _report(ev.card, ev.files, as_json)  # before a local Ray's shutdown (~1.4 s)
     if not as_json:
         _time_used(ev.card.performance.get("run_s"), spec.resources.wall_time_s)
+        if vendor is None:
+            out.print("  [dim]local strength scored for a vendor that claims nothing (no --vendor): the total is not "
+                      "the one an official evaluation of your profile gives[/]", soft_wrap=True)
     if ev.card.verdict != "completed" or not ev.card.passed:
         raise typer.Exit(1)
 

@@ -73,11 +73,13 @@ def fake_bento(tmp_path: Path):
     import yaml
 
     def make(routes: list[dict], name: str = "fake", version: str = "v1", requirements: str | None = None,
-             labels: dict | None = None) -> Path:
+             labels: dict | None = None, python: str | None = None) -> Path:
         manifest = {"name": name, "version": version, "schema": {"routes": routes}, **({"labels": labels} if labels
                                                                                      else {})}
         if requirements is not None:  # what `python.packages` in bentofile.yaml becomes
             manifest["image"] = {"python_requirements": requirements}
+        if python is not None:  # what `docker.python_version` becomes
+            manifest.setdefault("image", {})["python_version"] = python
         manifest = yaml.safe_dump(manifest).encode()
         path = tmp_path / f"{name}-{version}.bento"
         with tarfile.open(path, "w:xz") as tar:

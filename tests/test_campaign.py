@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from evaluation.families import open_family
-from evaluation.tracking import MemoryTracker
+from evaluation.tracking_memory import MemoryTracker
 from testbed.errors import InfrastructureFailure
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox

@@ -190,3 +190,18 @@ def test_check_says_how_much_of_the_time_limit_the_sample_took(capsys):
             _time_used(used, 600)
         text = shown.get()
         assert f"{used:.0f} s of the pilot's 600 s limit" in text and ("may time out there" in text) is warned
+
+
+def test_check_warns_when_the_bundle_was_built_for_another_python(fake_bento, monkeypatch):
+    """`docker.python_version` in bentofile.yaml is not applied: the sandbox runs Python 3.11, and check says so."""
+    from sandbox import executor
+    from testbed.errors import ResourceUnavailable
+
+    path = fake_bento([FORECAST_ROUTE], python="3.12")
+
+    def no_ray(self):
+        raise ResourceUnavailable("no Ray in this test", fix="none")
+
+    monkeypatch.setattr(executor.RayExecutor, "__init__", no_ray)
+    result = runner.invoke(app, ["check", "bike-demand", str(path)])
+    assert result.exit_code == 2 and "built for Python 3.12" in result.stderr and "Python 3.11" in result.stderr

@@ -17,7 +17,7 @@ from evaluation.criteria import _retention, _skill
 from evaluation.decisions import apply_review
 from evaluation.families import open_family
 from evaluation.performance import performance
-from evaluation.tracking import MemoryTracker
+from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
 from sandbox.runner import PhaseResult, SandboxResult

@@ -11,8 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluation.scorecard import Scorecard, rescore
-from evaluation.tracking import MemoryTracker, flatten
+from evaluation.tracking import flatten
+from evaluation.tracking_memory import MemoryTracker
 from testbed.config import PROJECT_ROOT
+from testbed.errors import AuditError
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from tests.test_scorecard import last_day
@@ -112,6 +114,10 @@ def test_the_audit_recomputes_every_gate_and_catches_a_failing_one_shown_passing
     assert gate.recorded.startswith("passed") and gate.recomputed == "FAILED: 1.023 (max 1.0)"
     [relogged] = [c for c in report.mismatches if c.name == "every metric logged once"]
     assert "passed logged 2 times (0, 1)" in relogged.recomputed
+    from workflow.review import official_card  # what the leaderboard, reviews and promotion read
+
+    with pytest.raises(AuditError, match="passed logged again after the run"):
+        official_card(tracker, tracker.runs[card.mlflow_run_id])
 
 
 def test_the_audit_recomputes_the_measured_criteria_and_a_removed_gate(ws, evaluated):

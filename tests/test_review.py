@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evaluation.decisions import apply_review, score_policy_fit
-from evaluation.tracking import MemoryTracker
+from evaluation.tracking_memory import MemoryTracker
 from serving.batching import Batcher, parse_request
 from serving.metrics import ServingMetrics
 from serving.monitor import Scrape, quantile, summarize

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from evaluation.tracking import MemoryTracker
+from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.executor import InlineExecutor
 from sandbox.host import uid_range

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from evaluation.families.detection.contract import decode_response as decode_detections
 from evaluation.families.forecasting.contract import decode_response as decode_forecast
-from evaluation.tracking import MemoryTracker
+from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox import host
 from sandbox.bundle import inspect_bundle

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from evaluation.tracking import MemoryTracker, MlflowTracker, experiment_name, registered_model_name
+from evaluation.tracking import MlflowTracker, experiment_name, registered_model_name
+from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.observe import Evidence
 from sandbox.runner import classify

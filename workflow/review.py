@@ -6,80 +6,44 @@ a review applies only to the evaluation (run id, bundle sha256) it names, so a r
 
 from __future__ import annotations
 
-import re
 import tempfile
-import unicodedata
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from evaluation.decisions import OVERRIDABLE_GATES, RUBRIC_MAX, apply_review, rubric_percent, score_policy_fit
+from evaluation.decisions import OVERRIDABLE_GATES, apply_review, rubric_percent, score_policy_fit
 from evaluation.leaderboard import leaderboard_rows
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
 from testbed.errors import AuditError, Refused, SpecError
-from testbed.yamlio import load_model, repeated, validation_error
 from workflow.catalogue import get_pilot
 from workflow.ledger import Anchor, AuditChain
+from workflow.rubric import (
+    Claim,
+    Decision,
+    GoalScore,
+    Override,
+    RubricFile,
+    load_rubric_file,
+    parse_score_flags,
+    person_name,
+    resolve_rubric,
+)
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
            "load_rubric_file", "resolve_rubric", "person_name", "official_evaluation", "review_status", "reviewed_rows",
            "reviewed_card", "official_card"]
 
-Claim = Literal["seoul_based", "startup", "technology_field"]
-Decision = Literal["approve", "reject"]
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
-class GoalScore(_Model):
-    goal: str
-    """One of the pilot's Seoul policy goals, exactly as the spec words it."""
-    score: StrictInt = Field(ge=0, le=RUBRIC_MAX)
-    """0 (does not serve the goal) to 4 (fully serves it): a whole number (YAML's `yes` is not one)."""
-    justification: str = Field(min_length=1, max_length=2000)
-    """Why this score: what in the evidence (scorecard, equity across groups, vendor material) supports it."""
-
-
-class Override(_Model):
-    gate: str = Field(min_length=1)
-    """Name of a gate the evaluator explicitly overrides: only `suspected_lookup` (the integrity check on
-    public truth) takes an override; every other gate is final."""
-    justification: str = Field(min_length=1, max_length=2000)
-    """Why the evaluator judges the gate's finding not to disqualify the submission."""
-
-
-class RubricFile(_Model):
-    """`--rubric FILE`: the policy-fit rubric as YAML (goals by number, as `testbed review show` lists them, or
-    by their exact text)."""
-
-    scores: list[dict] = Field(min_length=1)
-    """One item per policy goal: `{goal: 1, score: 3, justification: "..."}`."""
-    overrides: list[Override] = Field(default_factory=list)
-    """Gates the evaluator explicitly overrides, each with a justification (each gate once)."""
-    confirmed_claims: list[Claim] = Field(default_factory=list)
-    """Vendor-profile claims the evaluator verified: seoul_based, startup, technology_field (each once)."""
-
-    @model_validator(mode="after")
-    def _once_each(self) -> RubricFile:
-        for field, names in (("overrides", [o.gate for o in self.overrides]),
-                             ("confirmed_claims", list(self.confirmed_claims))):
-            twice = repeated(names)
-            if twice:
-                raise ValueError(f"`{field}` names {', '.join(twice)} more than once: give each once")
-        return self
-
-
-class Review(_Model):
+class Review(BaseModel):
     """One evaluator decision, as stored in the audit trail (the chain fields are set when it is written)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     submission: str
     """The submission reviewed."""
@@ -111,52 +75,6 @@ class Review(_Model):
     """Hash of the previous entry (64 zeros for the first)."""
     hash: str | None = None
     """sha256 of this entry (see `workflow.ledger`)."""
-
-
-def _goal(goals: list[str], ref: object, where: str) -> str:
-    if (isinstance(ref, int) and not isinstance(ref, bool)) or (isinstance(ref, str) and ref.isascii()
-                                                               and ref.isdigit()):
-        if 1 <= int(ref) <= len(goals):
-            return goals[int(ref) - 1]
-    elif ref in goals:
-        return ref
-    listing = "; ".join(f"{i}. {g}" for i, g in enumerate(goals, 1))
-    raise SpecError(f"unknown policy goal {ref!r}", where=where, fix=f"name a goal by number or exact text: {listing}")
-
-
-def resolve_rubric(goals: list[str], items: list[dict], where: str) -> list[GoalScore]:
-    """Scores given by goal number or text -> one GoalScore per policy goal (`goals`: the pilot's, as the
-    evaluation judged recorded them), in their order."""
-    scored: dict[str, GoalScore] = {}
-    for i, item in enumerate(items):
-        goal = _goal(goals, item.get("goal"), f"{where} (score {i + 1})")
-        if goal in scored:
-            raise SpecError(f"policy goal {goal!r} is scored twice", where=where, fix="score each goal once")
-        try:
-            scored[goal] = GoalScore.model_validate({**item, "goal": goal})
-        except ValidationError as exc:
-            raise validation_error(f"{where} (score {i + 1})", GoalScore, exc) from None
-    missing = [f"{i}. {g}" for i, g in enumerate(goals, 1) if g not in scored]
-    if missing:
-        raise SpecError(f"the rubric does not score every policy goal (missing: {'; '.join(missing)})", where=where,
-                        fix=f"give a score 0–{RUBRIC_MAX} with a justification for each goal")
-    return [scored[g] for g in goals]
-
-
-def parse_score_flags(flags: list[str]) -> list[dict]:
-    """`--score "1=3:justification"` -> `{goal: "1", score: 3, justification: ...}`."""
-    items = []
-    for flag in flags:
-        match = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+)\s*:\s*(.+)", flag, re.S)
-        if not match:
-            raise SpecError(f"cannot read {flag!r}", where="--score",
-                            fix='write GOAL=SCORE:JUSTIFICATION, e.g. --score "1=3:rebalances before the peaks"')
-        items.append({"goal": match[1], "score": int(match[2]), "justification": match[3].strip()})
-    return items
-
-
-def load_rubric_file(path: Path) -> RubricFile:
-    return load_model(path, RubricFile)
 
 
 def official_evaluation(tracker: Tracker, sub: Submission) -> RunRecord | None:
@@ -262,18 +180,6 @@ class ReviewBook:
         return Review.model_validate(entry)
 
 
-def person_name(name: str, where: str) -> str:
-    """A person's name as a trail keeps it: not blank, and no control or formatting characters (a bidirectional
-    override could make it display as someone else's, an escape sequence redraw a terminal's lines)."""
-    name = name.strip()
-    if not name:
-        raise SpecError("the name is empty", where=where, fix=f'give {where} "NAME" (kept in the audit trail)')
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
-        raise SpecError(f"the name {name.encode('unicode_escape').decode()[:80]!r} holds control or formatting "
-                        "characters", where=where, fix="give the name as plain text")
-    return name
-
-
 def review_status(book: ReviewBook, submission: str, run: RunRecord) -> tuple[str, Review | None]:
     """`approve`/`reject` (the latest review judged this run), `stale` (it judged an earlier evaluation) or
     `awaiting` (no review yet), with the review that applies (None unless current)."""
@@ -299,15 +205,19 @@ def reviewed_card(card: Scorecard, review: Review | None) -> Scorecard:
 
 def official_card(tracker: Tracker, run: RunRecord) -> Scorecard:
     """The scorecard of evaluation `run` as logged with it (the record: the copy beside the submission is for
-    people), checked against the metrics logged with the run: AuditError when either was altered."""
+    people), checked against the metrics logged with the run, whose decisive ones (passed, total, criteria) were
+    each logged once: AuditError when either was altered."""
     where = f"MLflow run {run.run_id} ({run.tags.get('testbed.submission')})"
     with tempfile.TemporaryDirectory(prefix="testbed-card-") as tmp:
         try:
             card = Scorecard.model_validate_json(tracker.download(run.run_id, "scorecard.json", Path(tmp)).read_text())
         except (OSError, KeyError, ValueError) as exc:
-            raise AuditError(f"the run's scorecard.json cannot be read ({type(exc).__name__})", where=where,
+            raise AuditError(f"the run's scorecard.json cannot be read ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:120]})", where=where,
                              fix="restore the run's artifacts from a backup") from None
-    differ = disagreements(card, run.metrics)
+    decisive = [k for k in run.metrics if k in ("passed", "total_score") or k.startswith("criteria/")]
+    relogged = sorted(k for k, values in tracker.metric_history(run.run_id, decisive).items() if len(values) > 1)
+    differ = [f"{k} logged again after the run" for k in relogged] + disagreements(card, run.metrics)
     if differ or card.mlflow_run_id != run.run_id:
         raise AuditError(f"the scorecard logged with the run disagrees with the run's metrics "
                          f"({'; '.join(differ[:3]) or 'another run id'}): the record was altered", where=where,

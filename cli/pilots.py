@@ -1,0 +1,83 @@
+"""`testbed pilots ...`: the pilot catalogue (the city's calls), their task contracts and public data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.console import emit_json as _emit_json
+from cli.console import err, friendly, out
+from testbed.config import Workspace
+from workflow.catalogue import get_pilot, scan_pilots
+
+__all__ = ["pilots_app"]
+
+pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args_is_help=True)
+
+
+@pilots_app.command("list")
+@friendly
+def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the pilots, and any spec file that is broken with its error."""
+    pilots, broken = scan_pilots()
+    if as_json:
+        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()]
+                          + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
+    table = Table("id", "family", "title", "department")
+    for p in pilots.values():
+        table.add_row(p.id, p.family, f"{p.title.en}\n{p.title.ko}", p.department)
+    out.print(table)
+    for path, exc in broken.items():
+        err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
+
+
+@pilots_app.command("show")
+@friendly
+def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Show a pilot's spec and the task contract a bundle must implement."""
+    from evaluation.families import FAMILIES
+
+    spec = get_pilot(pilot)
+    contract = FAMILIES.get(spec.family).contract
+    details = FAMILIES.get(spec.family).contract_details(spec)
+    if as_json:
+        return _emit_json({"spec": spec.model_dump(mode="json"),
+                           "contract": {"api": contract.api, "inputs": list(contract.inputs),
+                                        "summary": contract.summary, **details}})
+    out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
+    out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
+    out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{escape(contract.summary)}\n")
+    for name, value in details.items():
+        shown = ", ".join(f"{i}: {v}" for i, v in enumerate(value)) if name.endswith("features") else value
+        out.print(f"  [bold]{name}[/]: {escape(str(shown))}")
+    out.print("[bold]Thresholds[/]: " + ", ".join(
+        f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
+        for t in spec.thresholds))
+    out.print(f"[bold]Scenarios[/]: {', '.join(s.name for s in spec.scenarios) or 'none'}   "
+              f"[bold]Groups[/]: {', '.join(spec.groups)}")
+    out.print(f"[bold]Resources[/]: {spec.resources.model_dump()}\n[bold]Service level[/]: "
+              f"{spec.service_level.model_dump()}\n[bold]Criteria weights[/]: {spec.criteria.weights.model_dump()}")
+
+
+@pilots_app.command("data")
+@friendly
+def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Folder to write the public splits to.")):
+    """Export the pilot's PUBLIC splits (training data and sample) in the contract's own format."""
+    from evaluation.families import open_family
+
+    spec = get_pilot(pilot)
+    fam = open_family(spec, Workspace.from_env().data_dir)
+    splits = {name: fam.load(name) for name, split in spec.dataset.splits.items() if split.public}  # all, or none
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as staging:
+        written = [path.relative_to(staging) for data in splits.values() for path in fam.export(data, Path(staging))]
+        for rel in written:  # moved into place once every split is written
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(staging) / rel, out_dir / rel)
+            out.print(f"wrote {out_dir / rel}")
