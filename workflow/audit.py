@@ -165,7 +165,7 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
         copy = exc
     if card is None:
         return report
-    _check_record(report, card, run, spec, copy, ReviewBook(ws))
+    _check_record(report, card, run, spec, copy, ReviewBook(ws, tracker))
     if spec is None or preds is None:
         return report
     _recompute(report, card, run, spec, preds, ws)

@@ -76,7 +76,7 @@ def pending_submissions(store: SubmissionStore, tracker: Tracker, *, pilot: str 
     campaign (a mistyped id); an unreadable record fails on its own, the others still run."""
     pilot_id = get_pilot(pilot).id if pilot and not ids else None
     found = Pending([], [], [])
-    for sub_id in dict.fromkeys(ids or [p.parent.name for p in store._records()]):
+    for sub_id in dict.fromkeys(ids or store.ids()):
         try:
             sub = store.get(sub_id)
         except AuditError as exc:

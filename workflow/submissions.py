@@ -127,6 +127,10 @@ class SubmissionStore:
         """Every stored `submission.json`, by id (a staging folder or a stray one is none)."""
         return sorted(p for p in self.root.glob("*/submission.json") if ID.fullmatch(p.parent.name))
 
+    def ids(self) -> list[str]:
+        """Every stored submission's id, sorted (its record is not read: see `get`)."""
+        return [p.parent.name for p in self._records()]
+
     def list(self, pilot: str | None = None) -> list[Submission]:
         subs = [_read(p) for p in self._records()]
         return [s for s in subs if pilot is None or s.pilot == pilot]
