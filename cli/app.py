@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import typer
@@ -16,7 +16,7 @@ from cli.console import warn_unsafe as _warn_unsafe
 from cli.pilots import pilots_app
 from cli.review import review_app
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound, TestbedError
+from testbed.errors import NotFound, TestbedError
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
 
@@ -225,22 +225,22 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
         from workflow.pages import refresh_scorecard
 
         SubmissionStore(ws).get(submission)
-        page = refresh_scorecard(ws, MlflowTracker(ws), submission)
-        if page is None:
+        written = refresh_scorecard(ws, MlflowTracker(ws), submission)
+        if written is None:
             raise NotFound(f"submission {submission} has no official evaluation in MLflow to restore from",
                            fix=f"run `testbed evaluate {submission}`")
-        err.print(f"rewrote {page.with_name('scorecard.json')} and {page.name} from the MLflow record", soft_wrap=True)
+        err.print(f"rewrote {written.with_name('scorecard.json')} and {written.name} from the MLflow record",
+                  soft_wrap=True)
     shown = verified_scorecard(ws, MlflowTracker(ws), submission)
     if shown.warning:
         err.print(f"[bold yellow]warning:[/] {escape(shown.warning)}", highlight=False, soft_wrap=True)
     card, folder = shown.card, shown.folder
-    if html:
-        if not shown.page_ok:
-            raise AuditError("the HTML page beside the submission comes from a copy that is not the record",
-                             where=str(folder / "scorecard.html"),
-                             fix=f"`testbed scorecard {submission} --restore` rewrites it from the record first")
+    if html:  # drawn from the card shown (the record, or a copy that agrees with it), never the page beside it
+        from workflow.pages import IN_SERVICE, page
+
+        in_service = json.loads((folder / IN_SERVICE).read_text()) if (folder / IN_SERVICE).is_file() else None
         html.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "scorecard.html", html)
+        html.write_text(page(card, folder, in_service), encoding="utf-8")
         err.print(f"wrote {html}")
     if as_json:
         print(card.model_dump_json(indent=2))

@@ -23,6 +23,7 @@ review_app = typer.Typer(help="City evaluators: decide on evaluations (policy-fi
 
 SCORE_HELP = ('A policy goal\'s score: GOAL=SCORE:JUSTIFICATION, GOAL the number `testbed review show` gives, SCORE '
               '0–4 (repeat for every goal).')
+RUN_HELP = "The run judged: only the official evaluation (the default) can be."
 CONFIRM_HELP = "A vendor claim the evaluator verified: seoul_based, startup or technology_field (repeatable)."
 
 
@@ -141,7 +142,7 @@ def review_approve(submission: str, by: str = typer.Option(..., "--by", help="Th
                    score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
                    rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML (scores, overrides, "
                                                       "confirmed_claims)."),
-                   run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                   run_id: str | None = typer.Option(None, "--run", help=RUN_HELP),
                    confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                    as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
     """Approve the official evaluation of a submission, scoring every policy goal."""
@@ -154,7 +155,7 @@ def review_reject(submission: str, by: str = typer.Option(..., "--by", help="The
                   note: str = typer.Option(..., "--note", help="Why."),
                   score: list[str] = typer.Option(None, "--score", help=SCORE_HELP),
                   rubric: Path | None = typer.Option(None, "--rubric", help="The rubric as YAML."),
-                  run_id: str | None = typer.Option(None, "--run", help="The run judged (default: the latest)."),
+                  run_id: str | None = typer.Option(None, "--run", help=RUN_HELP),
                   confirm: list[str] = typer.Option(None, "--confirm", help=CONFIRM_HELP),
                   as_json: bool = typer.Option(False, "--json", help="Print the review as JSON.")):
     """Reject the official evaluation of a submission, scoring every policy goal."""

@@ -144,8 +144,8 @@ def test_a_corrupt_copy_is_reported_and_the_record_audited_and_shown(ws, evaluat
     code, out, err = cli("scorecard", sub.id)
     assert code == 0 and "copy is unreadable" in err and "showing the MLflow record" in err and "--restore" in err
     assert f"total {card.total_score:.1f}" in out and "FAILED" in out
-    code, out, err = cli("scorecard", sub.id, "--html", str(ws.home / "page.html"))
-    assert code == 2 and "--restore" in err and not (ws.home / "page.html").exists()
+    code, out, err = cli("scorecard", sub.id, "--html", str(ws.home / "page.html"))  # drawn from the record
+    assert code == 0 and f"{card.total_score:.1f}" in (ws.home / "page.html").read_text()
     code, _, err = cli("scorecard", sub.id, "--restore")
     assert code == 0 and "rewrote" in err and "warning" not in err
     assert Scorecard.model_validate_json(copy.read_text()).total_score == card.total_score
@@ -167,10 +167,20 @@ def test_scorecard_shows_the_record_when_the_copy_was_edited(ws, evaluated, cli)
     forged["passed"], forged["total_score"] = True, 97.5
     copy.write_text(json.dumps(forged))
     code, out, err = cli("scorecard", sub.id)
-    assert code == 0 and "DIFFERS from the MLflow record" in err and "total 97.5 against" in err
+    assert code == 0 and "DIFFERS from the MLflow record" in err and "total_score 97.5 against" in err
     assert "97.5" not in out and "gates FAILED" in out and "threshold:mase" in out
     code, out, err = cli("scorecard", sub.id, "--json")
     assert code == 0 and json.loads(out)["total_score"] == card.total_score and "DIFFERS" in err
+
+    page = SubmissionStore(ws).report_dir(sub.id) / "scorecard.html"
+    page.write_text(page.read_text().replace("threshold:mase", "threshold:forged"))
+    forged = json.loads(card.model_dump_json())  # a detail alone, anywhere in the card, differs too
+    forged["gates"][0]["detail"] = "edited by hand"
+    copy.write_text(json.dumps(forged))
+    code, out, err = cli("scorecard", sub.id, "--html", str(ws.home / "edited.html"))
+    assert code == 0 and "gates/0/detail edited by hand against" in err
+    exported = (ws.home / "edited.html").read_text()
+    assert "threshold:mase" in exported and "threshold:forged" not in exported and "edited by hand" not in exported
 
     copy.write_text(card.model_dump_json())  # as the record: shown as it is, without a word
     code, out, err = cli("scorecard", sub.id)

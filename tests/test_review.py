@@ -24,7 +24,14 @@ from tests.test_scorecard import last_day
 from workflow.catalogue import get_pilot
 from workflow.evaluate import evaluate_bundle
 from workflow.ledger import AuditChain
-from workflow.review import Review, ReviewBook, parse_score_flags, resolve_rubric, review_status, reviewed_rows
+from workflow.review import (
+    Review,
+    ReviewBook,
+    parse_score_flags,
+    resolve_rubric,
+    reviewed_card,
+    reviewed_rows,
+)
 from workflow.submissions import SubmissionStore
 
 GOOD = [{"goal": i, "score": 4 - i, "justification": "because"} for i in (1, 2, 3)]
@@ -107,11 +114,18 @@ def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
     anchored = AuditChain(tmp_path / "t.jsonl", lambda entries: anchor)
     assert anchored.entries() == entries
     lines = anchored.path.read_text().splitlines(keepends=True)
-    anchored.path.write_text("".join(lines[:2]))
+    anchored.path.write_text("".join(lines[:1]))
     with pytest.raises(AuditError, match="entry 3 .* which the mirror recorded, is not in the trail"):
         anchored.entries()
     with pytest.raises(AuditError), anchored.locked():
-        pass  # nor appended to: a new entry 3 would hide the cut
+        pass  # nor appended to: new entries 2 and 3 would hide the cut
+    anchored.path.write_text("".join(lines[:2]))  # the mirror one entry ahead: a write cut short, or a cut
+    with pytest.raises(AuditError, match="entry 3, which the mirror recorded, was never written"):
+        anchored.entries()
+    with pytest.warns(UserWarning, match="entry 3, which the mirror recorded, was never written .*takes its place"), \
+            anchored.locked() as txn:
+        assert [e["seq"] for e in txn.entries] == [1, 2]  # the writer goes on (nothing appended here)
+    anchored.path.write_text("".join(lines[:2]))
     anchored.path.unlink()
     for i in range(3):  # a fresh chain of other entries, every link valid
         with AuditChain(anchored.path).locked() as txn:
@@ -232,8 +246,8 @@ def test_a_review_names_the_official_evaluation_and_a_re_evaluation_never_replac
     assert row["review"] == "approve" and row["policy_fit"] == 50 and not row["provisional"]
 
     again = evaluate(reason="harness upgrade")
-    reread = ReviewBook(ws, tracker)  # the trail checked against the run its reviews judged, not this one
-    assert review_status(reread, sub.id, tracker.runs[again.mlflow_run_id]) == ("stale", None)
+    latest = book.latest(sub.id, tracker.runs[card.mlflow_run_id])
+    assert reviewed_card(again, latest) == again  # the review judged the official run: it never applies to this one
     row = reviewed_rows(bike_spec, tracker, ws)[0]  # the official evaluation is still the one ranked and reviewed
     assert row["run_id"] == card.mlflow_run_id and row["review"] == "approve"
     with pytest.raises(Refused, match="is not the official evaluation"):
@@ -310,10 +324,11 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
     book = ReviewBook(ws)
     book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
     book.record(tracker, sub.id, "reject", by="lee", note="no", rubric=GOOD)
+    book.record(tracker, sub.id, "reject", by="park", note="still no", rubric=GOOD)
     trail = book.chain(sub.id).path
     trail.write_text(trail.read_text().splitlines(keepends=True)[0])  # back to the approval, links intact
     run = tracker.runs[card.mlflow_run_id]
-    with pytest.raises(AuditError, match="entry 2 .*testbed.review tags recorded, is not in the trail"):
+    with pytest.raises(AuditError, match="entry 3 .*testbed.review tags recorded, is not in the trail"):
         book.latest(sub.id, run)
     assert reviewed_rows(bike_spec, tracker, ws)[0]["review"] == "ALTERED record"
     with pytest.raises(AuditError):
@@ -465,3 +480,70 @@ def test_every_new_verb_has_help():
                  ["review", "history"], ["promote"], ["production"], ["rollback"], ["serve"], ["monitor"]):
         result = CliRunner().invoke(app, [*verb, "--help"])
         assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+def test_the_trail_cannot_choose_its_mirror_and_a_write_cut_short_is_taken_back_or_replaced(ws, evaluated,
+                                                                                             monkeypatch):
+    """The mirror is the official run's tags, whatever run the file's last line names; a write that fails after
+    the tags were set puts them back; a mirror one entry ahead (killed between the two) is refused on reads and
+    the next review takes its place."""
+    import errno
+    import os
+
+    from workflow.ledger import CutShort
+
+    tracker, sub, evaluate, card = evaluated
+    book, run = ReviewBook(ws, tracker), tracker.runs[card.mlflow_run_id]
+    trail = book.chain(sub.id).path
+    book.record(tracker, sub.id, "reject", by="kim", note="privacy", rubric=GOOD)
+    again = evaluate(reason="harness upgrade")  # a run no review was ever mirrored on
+    forged = Review(**{**book.latest(sub.id, run).model_dump(exclude={"seq", "prev", "hash"}),
+                       "run_id": again.mlflow_run_id, "decision": "approve", "note": "forged"})
+    with AuditChain(trail).locked() as txn:
+        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+    with pytest.warns(UserWarning, match="entry 2 follows"):
+        assert book.latest(sub.id, run).decision == "reject"  # the file named another run: still the official's
+    trail.write_text(trail.read_text().splitlines(keepends=True)[0])
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(AuditError, match="could not be written .No space left"):
+        book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD)
+    monkeypatch.undo()
+    assert run.tags["testbed.review.seq"] == "1" and run.tags["testbed.review"] == "reject"  # taken back
+    assert len(trail.read_text().splitlines()) == 1
+
+    tracker.tag(run.run_id, {"testbed.review.seq": "2", "testbed.review.hash": "ab" * 32})  # killed in between
+    with pytest.raises(CutShort, match="entry 2, which .* was never written"):
+        book.latest(sub.id, run)
+    assert book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD).seq == 2
+    assert book.latest(sub.id, run).decision == "approve"
+
+
+def test_two_reviews_at_once_leave_the_page_of_the_later_one(ws, evaluated, monkeypatch):
+    """Each refresh of the copy reads the review in force under a lock: a slow refresh of the first review cannot
+    overwrite the page of a second review recorded meanwhile."""
+    import workflow.pages
+    from workflow.pages import refresh_scorecard
+
+    tracker, sub, _, _ = evaluated
+    book, apply, slowed = ReviewBook(ws, tracker), workflow.pages.reviewed_card, threading.Event()
+
+    def slow_first(*args, **kw):
+        if not slowed.is_set():
+            slowed.set()
+            time.sleep(1.0)  # the first refresh, having read its review, is slow while the second is recorded
+        return apply(*args, **kw)
+
+    monkeypatch.setattr(workflow.pages, "reviewed_card", slow_first)
+    book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    first = threading.Thread(target=refresh_scorecard, args=(ws, tracker, sub.id))
+    first.start()
+    slowed.wait(5)
+    book.record(tracker, sub.id, "reject", by="lee", note="no", rubric=GOOD)
+    refresh_scorecard(ws, tracker, sub.id)
+    first.join()
+    copy = SubmissionStore(ws).scorecard(sub.id)
+    assert copy.criteria["policy_fit"].evidence["decision"] == "reject"

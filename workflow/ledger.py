@@ -3,14 +3,15 @@
 One JSON object per line. Each entry carries its position (`seq`), the hash of the entry before it (`prev`,
 64 zeros for the first) and its own `hash`: the sha256 of its canonical JSON without `hash`. Editing an entry
 breaks its own hash; removing or reordering entries breaks the `prev` links. The chain has no secret, so a
-mirror kept elsewhere (MLflow tags) records each entry as it is written, before the line is: a chain read with
-its `anchor` (the last entry the mirror recorded, read once the file is locked and read) must hold that entry, or every
-read refuses (entries were removed, or the file replaced), and any entry after it is one the mirror never
-recorded (forged by someone who can write the file, or a write cut short): reads leave such entries out with
-a warning, and writers refuse to append after them. Writers hold an exclusive `flock` on the file for the whole
-read-check-mirror-append, so two operators acting at once are serialised, and each line is written with one
-`write` on an `O_APPEND` descriptor and flushed to disk before the lock is released: an entry is whole or
-absent.
+mirror kept elsewhere (MLflow tags) records each entry as it is written, before the line is: a chain read
+with its `anchor` (the last entry the mirror recorded, read once the file is locked and read) must hold that
+entry, or every read refuses (entries were removed, or the file replaced; when the mirror is just one entry
+ahead, a write was cut short, and the next writer's entry takes its place), and any entry after it is one
+the mirror never recorded (forged by someone who can write the file): reads leave such entries out with a
+warning, and writers refuse to append after them. Writers hold an exclusive `flock` on the file for the
+whole read-check-mirror-append, so two operators acting at once are serialised, and each line is written
+with one `write` on an `O_APPEND` descriptor and flushed to disk before the lock is released: an entry is
+whole or absent.
 
     chain = AuditChain(path, anchor=lambda entries: Anchor(...))
     with chain.locked() as txn:          # exclusive; txn.entries are the verified entries so far
@@ -34,7 +35,7 @@ from typing import Any
 
 from testbed.errors import AuditError
 
-__all__ = ["AuditChain", "Anchor", "Anchoring", "Mirror", "GENESIS", "entry_hash"]
+__all__ = ["AuditChain", "Anchor", "Anchoring", "CutShort", "Mirror", "GENESIS", "entry_hash"]
 
 GENESIS = "0" * 64
 """The `prev` of the first entry."""
@@ -71,12 +72,18 @@ def entry_hash(entry: dict[str, Any]) -> str:
                                      allow_nan=False).encode()).hexdigest()
 
 
+class CutShort(AuditError):
+    """The mirror recorded the entry that would follow the trail's last one: its write was cut short (or the last
+    entry was removed). Reads refuse; a writer may go on, its entry taking that place."""
+
+
 def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
-            validate: Callable[[dict[str, Any]], object] | None = None
+            validate: Callable[[dict[str, Any]], object] | None = None, *, writing: bool = False
             ) -> tuple[list[dict[str, Any]], list[int], Anchor | None]:
     """(the entries the mirror recorded, in order; the seqs of those after its last one; the anchor). Without
     an anchor, every entry counts. `validate` raises ValueError (or TypeError, KeyError) for an entry that is
-    not a valid record of its trail, however well chained."""
+    not a valid record of its trail, however well chained. `writing`: a mirror one entry ahead (`CutShort`)
+    lets every entry count, for the writer whose entry takes that place."""
     if data and not data.endswith(b"\n"):
         raise AuditError("the last entry is incomplete (no end of line): the file was cut or is being edited",
                          where=str(path), fix="restore the file from a backup; entries are never rewritten")
@@ -110,6 +117,16 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
     anchor = anchoring(entries) if anchoring is not None else None
     if anchor is None:
         return entries, [], None
+    if anchor.seq == len(entries) + 1:
+        if writing:
+            warnings.warn(f"{path}: entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the "
+                          "trail (its recording cut short, or the trail's last entry removed): this entry takes its "
+                          "place", stacklevel=4)
+            return entries, [], anchor
+        raise CutShort(f"entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the trail: its "
+                       "recording was cut short (or the trail's last entry was removed)", where=str(path),
+                       fix="record the decision again (the new entry takes its place); if entry "
+                           f"{anchor.seq} should be there, restore the file from a backup")
     if anchor.seq and not any((e["seq"], e["hash"]) == (anchor.seq, anchor.hash) for e in entries):
         raise AuditError(f"entry {anchor.seq} (hash {anchor.hash[:12]}…), which {anchor.mirror} recorded, is not in "
                          f"the trail: entries were removed or the file was replaced", where=str(path),
@@ -117,9 +134,9 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
     return entries[:anchor.seq], [e["seq"] for e in entries[anchor.seq:]], anchor
 
 
-def _unconfirmed(path: Path, anchor: Anchor, seqs: list[int]) -> str:
+def _unconfirmed(anchor: Anchor, seqs: list[int]) -> str:
     span = f"entry {seqs[0]}" if len(seqs) == 1 else f"entries {seqs[0]}–{seqs[-1]}"
-    return (f"{path}: {span} follow{'s' if len(seqs) == 1 else ''} the last entry {anchor.mirror} recorded "
+    return (f"{span} follow{'s' if len(seqs) == 1 else ''} the last entry {anchor.mirror} recorded "
             f"({anchor.latest}) and {'was' if len(seqs) == 1 else 'were'} never recorded there: written by someone "
             "who can write the file (forged), or a write cut short")
 
@@ -139,10 +156,15 @@ class _Transaction:
         if mirror is not None:
             mirror(entry)
         line = (json.dumps(entry, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
-        if os.write(self._fd, line) != len(line):
+        try:
+            written = os.write(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise AuditError(f"the entry could not be written ({exc.strerror or exc})", where=str(self.chain.path),
+                             fix="free disk space (or fix the folder's permissions), then retry") from None
+        if written != len(line):
             raise AuditError("the entry could not be written whole (disk full?)", where=str(self.chain.path),
                              fix="free disk space, then remove the incomplete last line by hand and retry")
-        os.fsync(self._fd)
         self.entries.append(entry)
         return entry
 
@@ -164,9 +186,10 @@ class AuditChain:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
+            entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate,
+                                                   writing=True)
             if unconfirmed:
-                raise AuditError(_unconfirmed(self.path, anchor, unconfirmed) + ": nothing is added after them",
+                raise AuditError(_unconfirmed(anchor, unconfirmed) + ": nothing is added after them",
                                  where=str(self.path),
                                  fix=f"if nobody recorded them, cut them from the end of the file (keep the first "
                                      f"{anchor.seq} line(s)), then retry; if one is yours, its recording failed: "
@@ -188,7 +211,7 @@ class AuditChain:
         finally:
             os.close(fd)
         if unconfirmed:
-            warnings.warn(_unconfirmed(self.path, anchor, unconfirmed) + ": left out", stacklevel=2)
+            warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out", stacklevel=2)
         return entries
 
     @staticmethod

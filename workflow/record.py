@@ -16,7 +16,7 @@ from testbed.errors import AuditError, NotFound, TestbedError
 from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
 
-__all__ = ["same_number", "shown", "copy_differences", "Shown", "verified_scorecard"]
+__all__ = ["same_number", "copy_differences", "Shown", "verified_scorecard"]
 
 
 def same_number(a: Any, b: Any) -> bool:
@@ -26,21 +26,22 @@ def same_number(a: Any, b: Any) -> bool:
     return a == b
 
 
-def shown(card: Scorecard) -> dict[str, Any]:
-    """What people decide on: the total, the outcome, each gate and criterion, each scenario's metrics."""
-    return {"total": card.total_score, "passed": card.passed, "verdict": card.verdict,
-            **{f"gates/{g.name}": g.passed for g in card.gates},
-            **{f"criteria/{k}": v.score for k, v in card.criteria.items()},
-            **{f"metrics/{s}/{m}": v for s, values in card.metrics.items() for m, v in values.items()},
-            **{f"under_load/{m}": v for m, v in card.under_load.items()}}
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """Every value in a card's JSON by its path (`gates/0/detail`, `criteria/viability/score`, ...)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{path}{key}/").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{path}{i}/").items()}
+    return {path.rstrip("/"): value}
 
 
 def copy_differences(copy: Scorecard, record: Scorecard) -> list[str]:
-    """Where the copy beside the submission shows other than the record (with its review applied) does:
-    `what copy-value against record-value`."""
-    mine, theirs = shown(record), shown(copy)
-    return [f"{k} {theirs.get(k)} against {v}" for k, v in mine.items() if not same_number(theirs.get(k), v)] + \
-        [f"{k} {v} against none" for k, v in theirs.items() if k not in mine]
+    """Where the copy beside the submission differs from the record (with its review applied), anywhere in the
+    card (a gate's detail, a latency, the reviewer's name): `what copy-value against record-value`."""
+    mine, theirs = _leaves(record.model_dump(mode="json")), _leaves(copy.model_dump(mode="json"))
+    return [f"{k} {str(theirs.get(k))[:60]} against {str(v)[:60]}" for k, v in mine.items()
+            if not same_number(theirs.get(k), v)] + [f"{k} {str(v)[:60]} against none" for k, v in theirs.items()
+                                                     if k not in mine]
 
 
 @dataclass
@@ -51,8 +52,6 @@ class Shown:
     """The copy's folder (its HTML page)."""
     warning: str | None = None
     """Why the copy is not shown, or shown unverified; None when it is the record."""
-    page_ok: bool = True
-    """The HTML page beside the submission comes from a copy that agrees with the record."""
 
 
 def _record(ws: Workspace, tracker: Tracker, submission: str) -> tuple[Scorecard | None, str | None]:
@@ -62,7 +61,7 @@ def _record(ws: Workspace, tracker: Tracker, submission: str) -> tuple[Scorecard
         run = official_evaluation(tracker, sub)
         if run is None:
             return None, f"the tracking store ({ws.tracking_uri}) holds no official evaluation of {submission}"
-        return reviewed_card(official_card(tracker, run), ReviewBook(ws).latest(sub.id, run)), None
+        return reviewed_card(official_card(tracker, run), ReviewBook(ws, tracker).latest(sub.id, run)), None
     except TestbedError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - the store failing leaves the copy to show, unverified
@@ -95,14 +94,13 @@ def verified_scorecard(ws: Workspace, tracker: Tracker, submission: str) -> Show
         return Shown(copy, folder, f"the scorecard beside the submission ({where}) is shown UNVERIFIED: it could "
                                    f"not be checked against the MLflow record: {why}")
     if broken is not None:
-        return Shown(record, folder, f"{broken.problem} ({where}); showing the MLflow record instead. fix: {restore}",
-                     False)
+        return Shown(record, folder, f"{broken.problem} ({where}); showing the MLflow record instead. fix: {restore}")
     if copy is None:
         return Shown(record, folder, f"no scorecard beside the submission ({where}); showing the MLflow record. "
-                                     f"fix: {restore}", False)
+                                     f"fix: {restore}")
     differ = copy_differences(copy, record)
     if differ:
         return Shown(record, folder, f"the scorecard beside the submission ({where}) DIFFERS from the MLflow record "
                                      f"(run {record.mlflow_run_id}): {'; '.join(differ[:4])} (copy against record); "
-                                     f"showing the record. fix: {restore}", False)
+                                     f"showing the record. fix: {restore}")
     return Shown(copy, folder)

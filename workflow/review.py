@@ -90,26 +90,23 @@ class ReviewBook:
         """`tracker`: where the runs' tags (the trails' mirror) are read when a trail is checked."""
 
     def chain(self, submission: str, run: RunRecord | None = None, tracker: Tracker | None = None) -> AuditChain:
-        """The submission's trail, anchored to the review mirrored in the tags of the run its last review judged
-        (`run`'s when there is none yet), read from the tracker (`tracker`, else the book's) once the trail is
-        locked; without a tracker, `run`'s tags as they were read, when it is that run. Without `run`, nothing
-        anchors it."""
+        """The submission's trail, anchored to the review its official evaluation `run` mirrors in its tags (every
+        review judges that run), read from the tracker (`tracker`, else the book's) once the trail is locked, or
+        as `run` holds them without one. Never chosen by the file: an entry naming another run is just an
+        entry. Without `run`, nothing anchors it."""
         tracker = tracker or self.tracker
         if run is None:
             return AuditChain(self.root / f"{submission}.jsonl", validate=Review.model_validate)
 
-        def anchor(entries: list[dict]) -> Anchor | None:
-            judged = entries[-1]["run_id"] if entries else run.run_id
-            tags = tracker.tags(judged) if tracker is not None else run.tags if judged == run.run_id else None
-            if tags is None:
-                return None
+        def anchor(entries: list[dict]) -> Anchor:
+            tags = tracker.tags(run.run_id) if tracker is not None else run.tags
             seq, digest = tags.get("testbed.review.seq"), tags.get("testbed.review.hash")
-            mirror = f"MLflow run {judged}'s testbed.review tags"
-            if seq is None and digest is None:
+            mirror = f"MLflow run {run.run_id}'s testbed.review tags"
+            if not seq and not digest:  # none yet, or taken back after a write that failed
                 return Anchor(0, "", mirror)
             if not (isinstance(seq, str) and seq.isascii() and seq.isdigit() and int(seq) > 0 and digest):
                 raise AuditError(f"{mirror} are malformed (testbed.review.seq {str(seq)[:20]!r})",
-                                 where=f"MLflow run {judged}", fix="restore the run's tags from a backup")
+                                 where=f"MLflow run {run.run_id}", fix="restore the run's tags from a backup")
             return Anchor(int(seq), digest, mirror)
 
         return AuditChain(self.root / f"{submission}.jsonl", anchor, Review.model_validate)
@@ -169,14 +166,22 @@ class ReviewBook:
                         overrides=list(overrides), confirmed_claims=list(confirmed_claims),
                         at=datetime.now(UTC).isoformat(timespec="seconds"))
 
+        keys = ("testbed.review", "testbed.review.by", "testbed.review.at", "testbed.review.seq",
+                "testbed.review.hash", "testbed.review.policy_fit")
+        before: dict[str, str] = {}
+
         def mirror(entry: dict) -> None:  # on the run judged, before the trail holds it: both or neither
-            tracker.tag(run.run_id, {"testbed.review": decision, "testbed.review.by": by, "testbed.review.at":
-                                     entry["at"], "testbed.review.seq": str(entry["seq"]),
-                                     "testbed.review.hash": entry["hash"],
-                                     "testbed.review.policy_fit": f"{entry['policy_fit']:g}"})
+            before.update({k: tracker.tags(run.run_id).get(k, "") for k in keys})
+            tracker.tag(run.run_id, dict(zip(keys, (decision, by, entry["at"], str(entry["seq"]), entry["hash"],
+                                                    f"{entry['policy_fit']:g}"), strict=True)))
 
         with self.chain(sub.id, run, tracker).locked() as txn:
-            entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}), mirror=mirror)
+            try:
+                entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}), mirror=mirror)
+            except BaseException:
+                if before:  # mirrored, not written: the tags go back to what they were
+                    tracker.tag(run.run_id, before)
+                raise
         return Review.model_validate(entry)
 
 
