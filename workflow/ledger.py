@@ -125,8 +125,8 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
             return entries, [], anchor
         raise CutShort(f"entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the trail: its "
                        "recording was cut short (or the trail's last entry was removed)", where=str(path),
-                       fix="record the decision again (the new entry takes its place); if entry "
-                           f"{anchor.seq} should be there, restore the file from a backup")
+                       fix="make the decision (review, promotion, rollback) again: the new entry takes its place; "
+                           f"if entry {anchor.seq} should be there, restore the file from a backup")
     if anchor.seq and not any((e["seq"], e["hash"]) == (anchor.seq, anchor.hash) for e in entries):
         raise AuditError(f"entry {anchor.seq} (hash {anchor.hash[:12]}…), which {anchor.mirror} recorded, is not in "
                          f"the trail: entries were removed or the file was replaced", where=str(path),
