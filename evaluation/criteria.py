@@ -23,7 +23,8 @@ from pilots.vendor import VendorProfile
 from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
 
-__all__ = ["build_scorecard", "LOOKUP_EXACTNESS", "LOOKUP_SKILL"]
+__all__ = ["build_scorecard", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "lookup_gate", "load_gate", "threshold_gates",
+           "viability_parts", "skill_over_baseline", "retention_ratio"]
 
 LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
@@ -36,7 +37,7 @@ def _known(*values: float | None) -> bool:
     return all(v is not None and not math.isnan(v) for v in values)
 
 
-def _retention(goal: str, clean: float | None, other: float | None) -> float:
+def retention_ratio(goal: str, clean: float | None, other: float | None) -> float:
     """`other` relative to `clean` (1 = as good, below 1 = worse); a perfect clean score loses nothing to a
     perfect other score."""
     if not _known(clean, other):
@@ -117,6 +118,36 @@ def _dl_finding(found: ModelArtifact | None, model: ModelArtifact | None, opened
     return "no deep-learning model found in the bundle: no deep-learning credit, whatever it beats"
 
 
+def skill_over_baseline(fam: TaskFamily, outcome: Outcome) -> float:
+    """The clean predictions' skill over the harness's non-deep-learning baseline, on the family's
+    `baseline_metric` (its primary metric by default)."""
+    versus = fam.baseline_metric or fam.primary_metric
+    goal = goal_of(METRICS.where(family=fam.name)[versus])
+    return _skill(goal, outcome.baseline.get(versus), outcome.metrics.get("clean", {}).get(versus))
+
+
+def threshold_gates(spec: PilotSpec, clean: dict[str, float]) -> list[Gate]:
+    """One gate per gating threshold of the pilot, on the clean metrics."""
+    gates = []
+    for t in spec.thresholds:
+        if t.gate:
+            bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
+            value = clean.get(t.metric, math.nan)
+            gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
+                              detail=f"{'not measured' if math.isnan(value) else f'{value:.4g}'} ({bound})"))
+    return gates
+
+
+def viability_parts(spec: PilotSpec, clean: dict[str, float], retention: list[float], perf: dict[str, Any]
+                    ) -> dict[str, float]:
+    """Criterion 2's components, each 0–1: thresholds met, robustness, reliability, latency and throughput
+    credits (the criterion is 100 × their mean when the run completed, else 0)."""
+    latency, throughput = credits(perf, spec.service_level)
+    return {"accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
+            "robustness": float(np.mean([_clip(r) for r in retention])) if retention else 1.0,
+            "reliability": 1 - perf["error_rate"], "latency": latency, "throughput": throughput}
+
+
 def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
                        models: list[ModelArtifact], opened: list[str] | None) -> tuple[Criterion, float]:
     """Criterion 1: a deep-learning model found in the bundle, whose file the service opened (`opened`, seen
@@ -124,7 +155,7 @@ def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile,
     non-deep-learning baseline. No such model: no credit, whatever it beats."""
     versus = fam.baseline_metric or fam.primary_metric
     clean = outcome.metrics.get("clean", {})
-    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
+    skill = skill_over_baseline(fam, outcome)
     found, seen = deep_learning_model(models), set(opened or ())
     model = found if opened is None else deep_learning_model([m for m in models if m.path in seen])
     return Criterion(score=100 * _clip(skill / spec.criteria.full_credit_skill) if model else 0.0, evidence={
@@ -140,7 +171,7 @@ def _deep_learning_fit(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile,
             profile.technology_field in fam.technology_fields}), skill
 
 
-def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> Gate:
+def lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> Gate:
     """Too good to be true: near-exact agreement with a truth the vendor could have had. Judged as the official
     split would judge it: where the `test` split's truth is not public, a check on the public sample (whose
     truth every vendor has) is not flagged either."""
@@ -163,7 +194,7 @@ def _lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) ->
                 detail=detail)
 
 
-def _load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> Gate:
+def load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> Gate:
     """The timed answers are the scored model's: item by item, the timed phases answered as the clean one did."""
     agreement, need = outcome.agreement, spec.service_level.min_agreement_under_load
     if agreement is None:
@@ -187,7 +218,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     clean = outcome.metrics.get("clean", {})
     perf = performance(result)
     verdict, reason, tail = _verdict(spec, result, outcome, perf)
-    retention = {name: _retention(goal, clean.get(primary), m.get(primary))
+    retention = {name: retention_ratio(goal, clean.get(primary), m.get(primary))
                  for name, m in outcome.metrics.items() if name != "clean"}
     ranked = sorted(((v[primary], k) for k, v in outcome.groups.items() if not math.isnan(v.get(primary, math.nan))),
                     reverse=goal == "min")
@@ -195,17 +226,10 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     if ranked and outcome.equity is None:
         (worst, worst_g), (best, best_g) = ranked[0], ranked[-1]
         equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
-                   "gap": abs(worst - best), "worst_vs_overall": _retention(goal, clean.get(primary), worst)}
+                   "gap": abs(worst - best), "worst_vs_overall": retention_ratio(goal, clean.get(primary), worst)}
 
     dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
-    latency, throughput = credits(perf, spec.service_level)
-    parts = {
-        "accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
-        "robustness": float(np.mean([_clip(r) for r in retention.values()])) if retention else 1.0,
-        "reliability": 1 - perf["error_rate"],
-        "latency": latency,
-        "throughput": throughput,
-    }
+    parts = viability_parts(spec, clean, list(retention.values()), perf)
     viability = Criterion(score=100 * float(np.mean(list(parts.values()))) if verdict == "completed" else 0.0,
                           evidence={"components": parts, "p95_latency_ms": perf["service_latency_ms"].get("p95"),
                                     "throughput_items_per_s": perf["service_throughput_items_per_s"],
@@ -224,14 +248,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                   detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
                          f"({perf['error_rate']:.3f}; max {spec.service_level.max_error_rate})" if perf["requests"]
                   else "no requests were sent (the service never became ready)"),
-             _load_gate(spec, primary, clean, outcome),
-             _lookup_gate(spec, ids.get("split", "test"), outcome, skill)]
-    for t in spec.thresholds:
-        if t.gate:
-            bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
-            value = clean.get(t.metric, math.nan)
-            gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
-                              detail=f"{'not measured' if math.isnan(value) else f'{value:.4g}'} ({bound})"))
+             load_gate(spec, primary, clean, outcome),
+             lookup_gate(spec, ids.get("split", "test"), outcome, skill), *threshold_gates(spec, clean)]
     card = Scorecard(pilot=spec.id, verdict=verdict, verdict_reason=reason, metrics=outcome.metrics,
                      retention=retention, under_load=outcome.under_load, groups=outcome.groups, equity=equity,
                      performance=perf, baseline=outcome.baseline, criteria=criteria, gates=gates, passed=False,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from evaluation.criteria import _retention, _skill
+from evaluation.criteria import _skill, retention_ratio
 from evaluation.decisions import apply_review
 from evaluation.families import open_family
 from evaluation.performance import performance
@@ -328,7 +328,7 @@ def test_a_crash_shows_the_log_and_no_empty_plots(ws, bike_spec, tmp_path):
 
 def test_zero_error_is_perfect_not_zero():
     assert _skill("min", 2.0, 0.0) == 1 and _skill("max", 0.5, 1.0) == 0.5
-    assert _retention("min", 0.0, 0.0) == 1 and _retention("min", 0.0, 1.0) == 0
+    assert retention_ratio("min", 0.0, 0.0) == 1 and retention_ratio("min", 0.0, 1.0) == 0
 
 
 # -- performance that does not follow load ----------------------------------------------------------------------------

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.criteria import _clip, _load_gate, _lookup_gate, _retention, _skill
+from evaluation.criteria import (
+    load_gate,
+    lookup_gate,
+    retention_ratio,
+    skill_over_baseline,
+    threshold_gates,
+    viability_parts,
+)
 from evaluation.family import Outcome, TaskFamily
-from evaluation.performance import credits
 from evaluation.registry import METRICS, goal_of
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker
@@ -44,20 +50,14 @@ def expected_gates(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: O
     isolated = {card.isolated, run.tags.get("testbed.isolated", str(card.isolated).lower()) == "true",
                 run.params.get("isolated", str(card.isolated)) == "True"}
     clean = outcome.metrics.get("clean", {})
-    versus = fam.baseline_metric or fam.primary_metric
-    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
-    load, lookup = _load_gate(spec, fam.primary_metric, clean, outcome), _lookup_gate(spec, card.split, outcome, skill)
+    load = load_gate(spec, fam.primary_metric, clean, outcome)
+    lookup = lookup_gate(spec, card.split, outcome, skill_over_baseline(fam, outcome))
     gates = {"verdict": _verdict(card, spec, run, rate),
              "isolation": (isolated == {True}, "ran in the sandbox" if isolated == {True} else
                            "the card, the run's tag and its param disagree, or it ran without isolation"),
              "error_rate": (rate <= level.max_error_rate, f"{rate:.3f} (max {level.max_error_rate})"),
              "consistent_under_load": (load.passed, load.detail), "suspected_lookup": (lookup.passed, lookup.detail)}
-    for t in spec.thresholds:
-        if t.gate:
-            value = clean.get(t.metric, math.nan)
-            bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
-            gates[f"threshold:{t.metric}"] = (t.passes(value), f"{value:.4g} ({bound})")
-    return gates
+    return gates | {g.name: (g.passed, g.detail) for g in threshold_gates(spec, clean)}
 
 
 def gate_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: Outcome, run: RunRecord) -> list[Check]:
@@ -82,23 +82,18 @@ def criteria_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: 
     logged card: they must still be pending."""
     clean, primary = outcome.metrics.get("clean", {}), fam.primary_metric
     goal, perf = goal_of(METRICS.where(family=fam.name)[primary]), card.performance
-    retention = [_retention(goal, clean.get(primary), m.get(primary)) for s, m in outcome.metrics.items()
+    retention = [retention_ratio(goal, clean.get(primary), m.get(primary)) for s, m in outcome.metrics.items()
                  if s != "clean"]
     checks: list[Check] = []
     try:
-        latency, throughput = credits(perf, spec.service_level)
-        parts = [float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
-                 float(np.mean([_clip(r) for r in retention])) if retention else 1.0, 1 - perf["error_rate"],
-                 latency, throughput]
-        viability = 100 * float(np.mean(parts)) if card.verdict == "completed" else 0.0
+        parts = viability_parts(spec, clean, retention, perf)
+        viability = 100 * float(np.mean(list(parts.values()))) if card.verdict == "completed" else 0.0
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         viability = f"cannot be recomputed from the card's performance ({type(exc).__name__}: {exc})"
-    versus = fam.baseline_metric or fam.primary_metric
-    skill = _skill(goal_of(METRICS.where(family=fam.name)[versus]), outcome.baseline.get(versus), clean.get(versus))
     dl = card.criteria.get("deep_learning_fit")
     model = dl is not None and dl.evidence.get("deep_learning_model")
-    expected = {"viability": viability, "deep_learning_fit": 100 * _clip(skill / spec.criteria.full_credit_skill)
-                if model else 0.0, "policy_fit": None}
+    credit = 100 * min(1.0, max(0.0, skill_over_baseline(fam, outcome) / spec.criteria.full_credit_skill))
+    expected = {"viability": viability, "deep_learning_fit": credit if model else 0.0, "policy_fit": None}
     for name, value in expected.items():
         got = card.criteria[name].score if name in card.criteria else "absent"
         ok = got == value if value is None or isinstance(value, str) else \
