@@ -84,11 +84,13 @@ class PhasePlan:
         return {"seed": getattr(self, "plan_seed", None),
                 "batch_sizes": {name: [len(rows) for rows in cuts] for name, cuts in getattr(self, "plan", {}).items()}}
 
-    def answers(self, result: SandboxResult, name: str, decode: Callable[[bytes, np.ndarray], Any],
-                violations: list[str]) -> Iterator[tuple[np.ndarray, Any]]:
+    def answers(self, result: SandboxResult, name: str, violations: list[str],
+                decode: Callable[[bytes, np.ndarray], Any] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
         """`(items, decoded)` for every answered request of phase `name` (`UNDER_LOAD`: of the load phases): the
         item indices the request carried (from the phase plan) and its decoded answer. `decode(body, items)`
-        raises ContractViolation for a bad answer, which is collected in `violations`."""
+        (by default the family's `check_answer` for that many items) raises ContractViolation for a bad answer,
+        which is collected in `violations`."""
+        decode = decode or (lambda body, rows: self.check_answer(body, len(rows)))
         for phase_name in LOAD_PHASES if name == UNDER_LOAD else (name,):
             phase = result.phases.get(phase_name)
             for body, rows in zip(phase.bodies, self.plan[phase_name], strict=False) if phase else []:

@@ -30,7 +30,7 @@ import psutil
 
 from sandbox.bundle import import_bundle
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget, Channel
-from sandbox.environment import bundle_environment
+from sandbox.environment import declared_requirements
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, Opened, OutputTail, Reports, Watch
@@ -138,15 +138,16 @@ class SandboxedService:
         bundle.write_bytes(self.bundle)
         tag = import_bundle(bundle, home)
         bundle.unlink()
+        bento = "bentos/" + tag.replace(":", "/")
         if self.requirements is not None:
-            declared = bundle_environment(safe_load_bounded((home / "bentos" / tag.replace(":", "/") / "bento.yaml")
-                                                            .read_bytes()), home, "the bundle").requirements
+            declared = tuple(declared_requirements(safe_load_bounded((home / bento / "bento.yaml").read_bytes()),
+                                                   "the bundle's bento.yaml"))
             if declared != tuple(self.requirements):
                 raise BundleError("the Python environment prepared for this bundle is not the one its own bento.yaml "
                                   f"declares ({', '.join(declared)[:300]})", where="the bundle's bento.yaml",
                                   fix="the record kept beside the stored bundle was altered: restore it (or submit "
                                       "the bundle again), then evaluate")
-        self._opened, self._bento = Opened(home), "bentos/" + tag.replace(":", "/")
+        self._opened, self._bento = Opened(home), bento
         for path in [home, *home.rglob("*")]:
             folder = path.is_dir()
             path.chmod(path.stat().st_mode | (0o555 if folder else 0o444))

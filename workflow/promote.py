@@ -22,7 +22,15 @@ from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused
 from workflow.ledger import Anchor, AuditChain
-from workflow.review import Review, ReviewBook, official_card, official_evaluation, person_name, reviewed_card
+from workflow.review import (
+    Review,
+    ReviewBook,
+    official_card,
+    official_evaluation,
+    person_name,
+    record_mismatch,
+    reviewed_card,
+)
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Approved", "Production", "ALIAS", "trail_version"]
@@ -105,6 +113,10 @@ class Production:
             raise Refused(f"{sub.id} was rejected by {review.by} at {review.at}: {review.note}",
                           fix="only an approved submission can be promoted")
         card = reviewed_card(official_card(self.tracker, run), review)  # overridden gates count as passed
+        mismatch = record_mismatch(card, run, sub)
+        if mismatch:
+            raise Refused(mismatch, where=f"MLflow run {run.run_id}",
+                          fix="do not serve it; restore the run's tags from a backup (`testbed audit` shows more)")
         if not card.passed:
             failed = ", ".join(g.name for g in card.gates if not g.passed)
             raise Refused(f"{sub.id} failed hard gates ({failed}): it cannot be served whatever its review",
@@ -113,12 +125,7 @@ class Production:
         version = version or self._version_of(name, run.run_id, review.bundle_sha256)
         bundle = self._download(name, version)
         actual = hashlib.sha256(bundle).hexdigest()
-        if card.submission != sub.id or card.bundle_sha256 != sub.bundle_sha256:
-            raise Refused(f"the official evaluation found for {sub.id} (MLflow run {run.run_id}) is of "
-                          f"{card.submission}'s bundle {card.bundle_sha256[:16]}…, not of {sub.bundle_sha256[:16]}…: "
-                          "the run's tags were altered", where=f"MLflow run {run.run_id}",
-                          fix="do not serve it; restore the run's tags from a backup (`testbed audit` shows more)")
-        if not actual == review.bundle_sha256 == run.params.get("bundle_sha256", actual) == sub.bundle_sha256:
+        if not actual == review.bundle_sha256 == sub.bundle_sha256:
             raise Refused(f"the bytes of {name} version {version} hash to {actual[:16]}…, but the evaluation and "
                           f"review were of {review.bundle_sha256[:16]}…: the stored bundle was altered",
                           where=f"models:/{name}/{version}",

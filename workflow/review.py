@@ -37,7 +37,7 @@ from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
            "load_rubric_file", "resolve_rubric", "person_name", "official_evaluation", "review_status", "reviewed_rows",
-           "reviewed_card", "official_card"]
+           "reviewed_card", "official_card", "record_mismatch"]
 
 
 class Review(BaseModel):
@@ -147,12 +147,9 @@ class ReviewBook:
         if moot:
             raise SpecError(f"gate(s) {', '.join(moot)} passed in this evaluation: there is nothing to override",
                             where=where, fix="leave those out of `overrides`")
-        sha = run.params.get("bundle_sha256", sub.bundle_sha256)
-        if not (sha == sub.bundle_sha256 == card.bundle_sha256 and card.submission == sub.id):
-            raise AuditError(f"the official evaluation found for {sub.id} (MLflow run {run.run_id}) is of "
-                             f"{card.submission}, bundle {card.bundle_sha256[:16]}…, not of this submission's bundle "
-                             f"{sub.bundle_sha256[:16]}…: the run's tags were altered",
-                             where=f"MLflow run {run.run_id}",
+        mismatch = record_mismatch(card, run, sub)
+        if mismatch:
+            raise AuditError(mismatch, where=f"MLflow run {run.run_id}",
                              fix="restore the run's tags from a backup; `testbed audit` shows what differs")
         by, note = person_name(by, "--by"), note.strip()
         if not note:
@@ -160,7 +157,7 @@ class ReviewBook:
         if by.casefold() == sub.vendor.name.strip().casefold():
             raise Refused(f"{by} is the vendor of {sub.id}: a vendor cannot review its own submission",
                           where="--by", fix="an evaluator of the city reviews it, under their own name")
-        review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sha,
+        review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sub.bundle_sha256,
                         decision=decision, by=by, note=note, rubric=goals,
                         policy_fit=round(rubric_percent(g.score for g in goals), 2),
                         overrides=list(overrides), confirmed_claims=list(confirmed_claims),
@@ -171,9 +168,10 @@ class ReviewBook:
         before: dict[str, str] = {}
 
         def mirror(entry: dict) -> None:  # on the run judged, before the trail holds it: both or neither
-            before.update({k: tracker.tags(run.run_id).get(k, "") for k in keys})
+            current = tracker.tags(run.run_id)
             tracker.tag(run.run_id, dict(zip(keys, (decision, by, entry["at"], str(entry["seq"]), entry["hash"],
                                                     f"{entry['policy_fit']:g}"), strict=True)))
+            before.update({k: current.get(k, "") for k in keys})  # set: to put back should the trail's write fail
 
         with self.chain(sub.id, run, tracker).locked() as txn:
             try:
@@ -206,6 +204,17 @@ def reviewed_card(card: Scorecard, review: Review | None) -> Scorecard:
         "justifications": {g.goal: g.justification for g in review.rubric}, "review_hash": review.hash})
     return apply_review(card, overrides={o.gate: o.justification for o in review.overrides},
                         confirmed_claims=review.confirmed_claims)
+
+
+def record_mismatch(card: Scorecard, run: RunRecord, sub: Submission) -> str | None:
+    """Why the official evaluation found for `sub` (by the run's tags) is not of `sub`'s bundle, or None: its
+    logged scorecard and its `bundle_sha256` param must name `sub` and the bytes it submitted."""
+    if run.params.get("bundle_sha256", sub.bundle_sha256) == sub.bundle_sha256 == card.bundle_sha256 \
+            and card.submission == sub.id:
+        return None
+    return (f"the official evaluation found for {sub.id} (MLflow run {run.run_id}) is of {card.submission}, bundle "
+            f"{card.bundle_sha256[:16]}…, not of this submission's bundle {sub.bundle_sha256[:16]}…: the run's "
+            "tags were altered")
 
 
 def official_card(tracker: Tracker, run: RunRecord) -> Scorecard:

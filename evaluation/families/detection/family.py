@@ -144,7 +144,7 @@ class ObjectDetection(TaskFamily):
         kept: Kept = [[] for _ in data.jpeg]
         answered = np.zeros(len(data.jpeg), bool)
         decode = lambda body, rows: decode_response(body, len(rows), [data.sizes[i] for i in rows])  # noqa: E731
-        for rows, frames in self.answers(result, name, decode, violations):
+        for rows, frames in self.answers(result, name, violations, decode):
             for i, dets in zip(rows, frames, strict=True):
                 mine = sorted(((index[d.label], d.score, d.box) for d in dets if d.label in index), key=lambda t: -t[1])
                 kept[i], answered[i] = mine[:self.options.max_detections], True

@@ -202,8 +202,7 @@ class Forecasting(TaskFamily):
 
     def _predictions(self, result: SandboxResult, name: str, n: int, violations: list[str]) -> np.ndarray:
         preds = np.full((n, self.options.horizon), np.nan)
-        decode = lambda body, rows: self.check_answer(body, len(rows))  # noqa: E731
-        for rows, values in self.answers(result, name, decode, violations):
+        for rows, values in self.answers(result, name, violations):
             preds[rows] = values
         return preds
 

@@ -112,8 +112,7 @@ class TextClassification(TaskFamily):
     def _probabilities(self, data: Texts, result: SandboxResult, name: str, violations: list[str]) -> np.ndarray:
         """(texts, categories) probabilities the service answered for phase `name`; NaN rows where it did not."""
         probs = np.full((len(data.texts), len(data.categories)), np.nan)
-        decode = lambda body, rows: self.check_answer(body, len(rows))  # noqa: E731
-        for rows, (_, p) in self.answers(result, name, decode, violations):
+        for rows, (_, p) in self.answers(result, name, violations):
             probs[rows] = p
         return probs
 
