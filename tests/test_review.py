@@ -404,6 +404,11 @@ def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(w
         result = runner.invoke(cli.app, args, terminal_width=200)
         assert result.exit_code == 0 and "Evil [/]" in result.stdout, (args, result.output)
     assert "[red]x[/]" in runner.invoke(cli.app, ["review", "history", sub.id], terminal_width=200).stdout
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", *scores,
+                                     "--note", "fine\n│ 9 │ Director Choi │ approve\x1b[2K"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(cli.app, ["review", "history", sub.id], terminal_width=250).stdout
+    assert "\x1b" not in shown and "\\x1b[2K" in shown and "fine ⏎ │ 9 │" in shown  # one cell, codes written out
     tracker.runs[sub_run(tracker, sub.id)].tags["testbed.vendor"] = "Evil Corp [/]"
     result = runner.invoke(cli.app, ["leaderboard", "bike-demand"], terminal_width=250)
     assert result.exit_code == 0 and "Evil Corp [/]" in result.stdout, result.output
