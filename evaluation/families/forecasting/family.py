@@ -220,7 +220,7 @@ class Forecasting(TaskFamily):
                 return {m: float("nan") for m in fns}
             return {m: fn(data.truth[ok], pred[ok], scale[ok]) for m, fn in fns.items()}
 
-        clean = self.first_answers(data, preds)
+        clean, answered = self.first_answers(data, preds)
         groups = {}
         for key, labels in data.groups.items():
             members = pd.Series(np.arange(labels.size)).groupby(labels.ravel().astype(str)).indices
@@ -228,7 +228,8 @@ class Forecasting(TaskFamily):
                 mask = np.zeros(labels.size, bool)
                 mask[members[value]] = True
                 groups[f"{key}={value}"] = compute(clean, mask.reshape(labels.shape))
-        metrics = {name: compute(clean if name == "clean" else preds[name]) for name in self.scenario_names}
+        metrics = {name: compute(clean if name == "clean" else self._or_none(preds[name]))
+                   for name in self.scenario_names}
         under_load = compute(preds[UNDER_LOAD]) if UNDER_LOAD in preds else {}
         equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
                                goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
@@ -237,8 +238,8 @@ class Forecasting(TaskFamily):
         return Outcome(
             metrics=metrics, groups=groups, equity=equity, under_load=under_load,
             baseline={"name": self.baseline_name, **compute(data.baseline)},
-            coverage=float(np.isfinite(clean).all(axis=1).mean()),
-            extras={"pred": clean},
+            coverage=float(answered.mean()),
+            extras={"pred": np.where(answered[:, None], clean, np.nan)},  # the plots leave unanswered ones out
         )
 
     def epochs(self, data: Windows) -> np.ndarray:
@@ -252,15 +253,22 @@ class Forecasting(TaskFamily):
         seasonal-naive error); float noise passes, another model does not (a missing step never does)."""
         return np.abs(np.nan_to_num(a, nan=np.inf) - b).max(axis=1) <= 0.01 * data.scale
 
-    def first_answers(self, data: Windows, preds: dict[str, np.ndarray]) -> np.ndarray:
-        """The clean forecasts scored: a window's clean answer, or its timed one where that was given and the two
-        differ. The timed phases answered each window first, before any later window's history (which holds its
-        target) was sent; the clean phase comes after, so a clean answer that differs could be a lookup."""
-        clean, timed = preds["clean"], preds.get(UNDER_LOAD)
-        if timed is None:
-            return clean
-        first = np.isfinite(timed).all(axis=1) & ~self._alike(data, timed, clean)
-        return np.where(first[:, None], timed, clean)
+    @staticmethod
+    def _or_none(pred: np.ndarray) -> np.ndarray:
+        """`pred` with every window left unanswered (its request failed) forecast as zero: no forecast counts as
+        wrong, as a text with no category or a frame with no detection does, so failing the requests that carry
+        hard windows cannot raise a score. With no window answered at all there is nothing to score (NaN stays)."""
+        answered = np.isfinite(pred).all(axis=1)
+        return np.where(answered[:, None], pred, 0.0) if answered.any() else pred
+
+    def first_answers(self, data: Windows, preds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The clean forecasts scored, and which windows had an answer: each window's first answer, the one the
+        timed phases got, before any later window's history (which holds its target) was sent. A later answer
+        is never scored, however close (a clean answer within the agreement tolerance could still be nudged
+        toward a truth learnt since), nor does it stand in for a timed answer that failed: that window counts
+        as no forecast (`_or_none`). Predictions without timed answers (none were logged) score the clean ones."""
+        first = preds.get(UNDER_LOAD, preds["clean"])
+        return self._or_none(first), np.isfinite(first).all(axis=1)
 
     def agreement(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
         """Share of the windows answered in the clean phase whose timed forecast is alike (`_alike`)."""
@@ -273,14 +281,16 @@ class Forecasting(TaskFamily):
         return float((self._alike(data, timed, clean) & answered).sum() / answered.sum())
 
     def exactness(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
-        """How much of the baseline's error is left once the clean forecast is mapped onto the truth by the best
+        """How much of the baseline's error is left once the scored forecast (each window's first answer, as
+        `first_answers` picks it; unanswered windows left out) is mapped onto the truth by the best
         affine map (a·forecast + b): 1 − that residual ÷ the seasonal-naive baseline's error, both squared and
         in each window's own scale (MASE units). 1 means the forecast is the truth shifted or scaled; an honest
         forecast reads about as its squared-error skill over the baseline, however much the series differ in
         level (a pooled R² reads ~0.99 for any forecast that knows which station is large)."""
-        ok = np.isfinite(preds["clean"]) & np.isfinite(data.baseline)
+        scored = preds.get(UNDER_LOAD, preds["clean"])
+        ok = np.isfinite(scored) & np.isfinite(data.baseline)
         weight = np.broadcast_to(1 / data.scale[:, None], ok.shape)[ok]
-        y, x, base = preds["clean"][ok], data.truth[ok], data.baseline[ok]
+        y, x, base = scored[ok], data.truth[ok], data.baseline[ok]
         if len(y) < 3 or np.ptp(y) == 0:
             return None
         fitted = np.polyval(np.polyfit(y, x, 1, w=weight), y)
