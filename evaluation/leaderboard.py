@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from rich.markup import escape
 from rich.table import Table
 
 from evaluation.families import FAMILIES
+from evaluation.registry import METRICS, goal_of
 from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
 
-__all__ = ["leaderboard_rows", "leaderboard_table"]
+__all__ = ["leaderboard_rows", "leaderboard_table", "rank_rows"]
 
 CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
 
 def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | None = None) -> list[dict]:
-    """One row per official evaluation (`runs`, by default the tracker's), ranked from the logged metrics."""
+    """One row per official evaluation (`runs`, by default the tracker's), ranked from the logged metrics
+    (`rank_rows`)."""
     primary = FAMILIES.get(spec.family).primary_metric
     rows = []
-    for run in tracker.official_runs(spec.id) if runs is None else runs:
+    for run in sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time):
         m, tags = run.metrics, run.tags
         rows.append({
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
@@ -27,9 +32,30 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
             "p95_latency_ms": m.get("service_latency_ms/p95", m.get("latency_ms/p95")), "run_id": run.run_id,
         })
-    rows.sort(key=lambda r: (not r["passed"], -(r["total_score"] or 0)))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
+    return rank_rows(spec, rows)
+
+
+def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] = lambda row: ()) -> list[dict]:
+    """Sort `rows` (in place; returned) and number them (`rank`): passed first, then `then` (e.g. rejected by an
+    evaluator last), then by total. Equal standings share a rank: the total is what the city decides on
+    (rounded to 0.01, and saturating: full deep-learning credit at the pilot's `full_credit_skill`, full
+    viability once every threshold and the service level are met), so two strong models often tie, and neither
+    the order the runs come in nor a resubmission of the same model (new bytes, a newer run) may put one above
+    the other. Within a tie the better primary metric is listed first, then the row that came first (the
+    earlier evaluation, as `leaderboard_rows` orders them)."""
+    primary = FAMILIES.get(spec.family).primary_metric
+    better = goal_of(METRICS.where(family=spec.family)[primary])
+
+    def standing(row: dict) -> tuple:
+        return not row["passed"], *then(row), -(row["total_score"] or 0)
+
+    def measured(row: dict) -> float:  # the better primary metric first; not measured last
+        value = row.get(primary)
+        return math.inf if value is None or math.isnan(value) else value if better == "min" else -value
+
+    rows.sort(key=lambda r: (*standing(r), measured(r)))
+    for i, row in enumerate(rows):
+        row["rank"] = rows[i - 1]["rank"] if i and standing(row) == standing(rows[i - 1]) else i + 1
     return rows
 
 

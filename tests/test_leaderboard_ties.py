@@ -1,0 +1,36 @@
+"""Equal totals are a tie on the leaderboard: the order runs come in, or a resubmission of the same model (new
+bytes, a newer run), never puts one above the other."""
+
+from evaluation.leaderboard import leaderboard_rows
+from evaluation.tracking import RunRecord
+from evaluation.tracking_memory import MemoryTracker
+
+
+def official(name: str, started: int, total: float, mase: float, passed: bool = True) -> RunRecord:
+    tags = {"testbed.submission": name, "testbed.vendor": name, "testbed.verdict": "completed",
+            "testbed.passed": "true" if passed else "false", "testbed.official": "true", "testbed.pilot": "bike-demand"}
+    return RunRecord(f"run-{name}", tags, {"total_score": total, "clean/mase": mase}, "FINISHED", started)
+
+
+def test_equal_totals_share_a_rank_the_better_model_listed_first_then_the_earlier(bike_spec):
+    """Totals saturate (full deep-learning credit at `full_credit_skill`, full viability once every threshold and
+    the service level are met), so two strong models often tie at the same provisional total."""
+    runs = [official("a", 1, 60.0, 0.50), official("b", 2, 60.0, 0.55), official("a-again", 3, 60.0, 0.50),
+            official("rejected", 4, 70.0, 0.10, passed=False), official("worse", 5, 59.99, 0.40)]
+    newest_first = sorted(runs, key=lambda r: -r.start_time)  # as the tracker returns them
+    rows = leaderboard_rows(bike_spec, MemoryTracker(), newest_first)
+    assert [(r["submission"], r["rank"]) for r in rows] == [("a", 1), ("a-again", 1), ("b", 1), ("worse", 4),
+                                                            ("rejected", 5)]
+    assert leaderboard_rows(bike_spec, MemoryTracker(), runs) == rows  # whatever order the runs come in
+
+
+def test_the_reviewed_leaderboard_can_rank_the_same_way(bike_spec):
+    """`rank_rows` with the reviewed rows' own order (rejected by an evaluator after the others): ties still
+    share a rank."""
+    from evaluation.leaderboard import rank_rows
+
+    rows = [{"submission": s, "passed": True, "total_score": t, "mase": m, "review": r}
+            for s, t, m, r in [("new", 70.0, 0.6, "approve"), ("old", 70.0, 0.5, "approve"),
+                               ("no", 90.0, 0.1, "reject")]]
+    ranked = rank_rows(bike_spec, rows, then=lambda r: (r["review"] == "reject",))
+    assert [(r["submission"], r["rank"]) for r in ranked] == [("old", 1), ("new", 1), ("no", 3)]
