@@ -7,8 +7,9 @@
     testbed_batch_items{pilot, model_version}                        histogram: items per call into the sandbox
     testbed_started_time_seconds{pilot}                              when the server started (unix time)
 
-`outcome` is `ok` (2xx), `client_error` (4xx: a bad request), `error` (the bundle failed or broke the
-contract) or `unavailable` (503: nothing ready to serve).
+`outcome` is `ok` (2xx), `client_error` (4xx: a bad request, or a client that left), `error` (the bundle failed
+or broke the contract, or kept a client that then left waiting longer than the pilot's p95 latency target) or
+`unavailable` (503: nothing ready to serve).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class ServingMetrics:
               registry=self.registry).labels(pilot).set(time.time())
         self.ready.labels(pilot).set(0)
 
-    def observe(self, version: str, status: int, seconds: float) -> None:
-        outcome = outcome_of(status)
+    def observe(self, version: str, status: int, seconds: float, outcome: str | None = None) -> None:
+        """Count one answered request (`outcome`: the proxy's own judgement, else the status's)."""
+        outcome = outcome or outcome_of(status)
         self.requests.labels(self.pilot, version, outcome).inc()
         self.latency.labels(self.pilot, version, outcome).observe(seconds)
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES", "MAX_WAITING"]
+__all__ = ["Proxy", "Served", "ABANDONED", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES", "MAX_WAITING"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
@@ -47,6 +47,11 @@ BODY_TIMEOUT_S = 30
 """How long a client may take to send its request's body (408 beyond)."""
 PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
+
+
+ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
+"""What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
+a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
 
 
 def _error(message: str) -> bytes:
@@ -122,6 +127,10 @@ class Proxy:
     model: str
     reason: str
     """Why nothing is ready (shown by /readyz and in 503 answers)."""
+    late_s: float
+    """How long a request may wait for the bundle (queued or in a call) before its client's departure counts as
+    the bundle's failure (`error`, not `client_error`): the pilot's p95 latency target. A bundle that hangs
+    must not look healthy because its clients give up before REQUEST_TIMEOUT_S (bentoml's clients after 30 s)."""
     _batcher: Batcher | None
     _waiting: int
 
@@ -163,18 +172,22 @@ class Proxy:
     async def _api(self, request: Request) -> Response:
         started = time.perf_counter()
         served = self.served
+        outcome = None
         try:
-            status, out = await self._answer(request, served, self._batcher)
+            answer = await self._answer(request, served, self._batcher)
+            status, out = answer
+            if answer is ABANDONED:  # the bundle kept the client waiting past the service level: its failure
+                outcome = "error"
         except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
             status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
-        self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started)
+        self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started, outcome)
         return Response(out, status, media_type="application/json")
 
     async def _answer(self, request: Request, served: Served | None, batcher: Batcher | None) -> tuple[int, bytes]:
         """(status, body) for one API request: 503 when nothing is served or too many requests are in the proxy;
         413, 408 or 400 for a request that is too large, too slow to arrive or not what the contract takes (its
-        client's mistake, never sent to the bundle; 499 when the client left); else the bundle's checked
-        answer."""
+        client's mistake, never sent to the bundle; 499 when the client left: `ABANDONED` when it had waited for
+        the bundle longer than `late_s`); else the bundle's checked answer."""
         if served is None or served.crashed:
             return 503, _error(self.reason or "not ready")
         if self._waiting >= MAX_WAITING:
@@ -194,7 +207,11 @@ class Proxy:
             if isinstance(checked, str):
                 return 400, _error(checked)
             if batcher is not None:
-                return await _unless_gone(request, batcher.submit(*checked))
+                handed = time.perf_counter()
+                answer = await _unless_gone(request, batcher.submit(*checked))
+                if answer is GONE and time.perf_counter() - handed > self.late_s:
+                    return ABANDONED
+                return answer
             if await request.is_disconnected():
                 return GONE
             return await anyio.to_thread.run_sync(self._call, served, body, checked[1])

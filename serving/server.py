@@ -61,6 +61,7 @@ class ProductionServer(Proxy):
         """Checks every answer against the contract (`TaskFamily.check_answer`); serving reads no data."""
         self.contract = self.family.contract
         self.production, self.metrics = Production(ws), ServingMetrics(pilot)
+        self.late_s = self.spec.service_level.p95_latency_ms / 1000
         self.batching, self.max_batch = batching, max_batch
         self.served: Served | None = None
         self.reason = "starting"

@@ -53,6 +53,7 @@ class Front(Proxy):
         self.family = open_family(get_pilot("bike-demand"), PROJECT_ROOT / "data", verify=False)
         self.contract, self.metrics = self.family.contract, ServingMetrics("bike-demand")
         self.pilot, self.model, self.reason, self._waiting = "bike-demand", "testbed-bike-demand", "", 0
+        self.late_s = get_pilot("bike-demand").service_level.p95_latency_ms / 1000
         self.served = FakeServed(answer)
         self._batcher = Batcher(lambda body, items: self._call(self.served, body, items), list(self.contract.inputs)
                                 ) if batching else None
@@ -175,6 +176,43 @@ def test_a_client_that_leaves_while_it_waits_is_answered_at_once():
     started = time.monotonic()
     asyncio.run(front.app()(scope, receive, send))
     assert sent[0]["status"] == 499 and time.monotonic() - started < 1.5 and front._waiting == 0
+
+
+def leave_after(front: Front, seconds: float) -> int:
+    """One valid request whose client hangs up `seconds` after sending it; the status the proxy gave it."""
+    body = json.dumps(request()).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    scope = {"type": "http", "method": "POST", "path": "/forecast", "query_string": b"", "root_path": "",
+             "headers": [(b"content-length", str(len(body)).encode())], "scheme": "http", "server": ("127.0.0.1", 1)}
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(seconds)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(front.app()(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_a_client_that_gives_up_on_a_hanging_bundle_counts_as_the_bundles_error():
+    """A bundle that hangs must not look healthy on /metrics because its clients time out before the proxy does
+    (bentoml.SyncHTTPClient gives up after 30 s, the proxy after REQUEST_TIMEOUT_S): a client that left after
+    waiting for the bundle longer than the pilot's p95 latency target was failed by it (`error`); one that left
+    sooner is its own impatience (`client_error`, like any 499)."""
+    import time
+
+    front = Front(lambda body, items: (time.sleep(1), honest(body, items))[1], batching=True)
+    assert front.late_s == 0.25
+    assert leave_after(front, 0.6) == 499
+    assert outcomes(front) == {"error": 1.0}
+    time.sleep(0.5)  # the call into the bundle ends
+    assert leave_after(front, 0.05) == 499
+    assert outcomes(front) == {"error": 1.0, "client_error": 1.0}
 
 
 def test_a_version_taken_out_of_service_mid_call_is_a_503_not_a_crash():
