@@ -6,8 +6,8 @@ family's `check_request`: shapes, types), 413 for one too large, 408 for one too
 the proxy before the bundle sees it (and a request whose client left is never sent: 499); 502 when the bundle
 failed, answered anything but 200 (its own 4xx too: the request was valid) or broke the contract (wrong item
 count, NaN, a negative forecast, not numbers, not JSON, too large); 503 when nothing is served, the version
-was replaced while answering, or `MAX_WAITING` requests are already in the proxy. `ProductionServer` inherits
-it.
+was replaced while answering, or `MAX_WAITING` requests already wait for it (`MAX_READING` still arriving: `BUSY`,
+counted as the clients'). `ProductionServer` inherits it.
 """
 
 from __future__ import annotations
@@ -35,20 +35,27 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "ABANDONED", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES", "MAX_WAITING"]
+__all__ = ["Proxy", "Served", "ABANDONED", "BUSY", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
+           "MAX_WAITING", "MAX_READING"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
 MAX_REQUEST_BYTES = 64 << 20
 """The largest request body the proxy reads (413 beyond it)."""
 MAX_WAITING = 256
-"""Requests in the proxy at most (being read, or waiting for the served bundle); more get 503 at once."""
+"""Requests read in full that wait for the served bundle, at most; more get 503 at once (the bundle's
+`unavailable`: it does not keep up)."""
+MAX_READING = 256
+"""Requests whose bodies are still arriving, at most; more get 503 at once, counted as `client_error`: clients slow
+to send fill these places, never the bundle."""
 BODY_TIMEOUT_S = 30
 """How long a client may take to send its request's body (408 beyond)."""
 PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
 
 
+BUSY = (503, b'{"error": "overloaded: too many requests are still being sent to the proxy; retry later"}')
+"""What a request gets when MAX_READING requests' bodies are still arriving (counted as `client_error`)."""
 ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
 """What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
 a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
@@ -133,6 +140,7 @@ class Proxy:
     must not look healthy because its clients give up before REQUEST_TIMEOUT_S (bentoml's clients after 30 s)."""
     _batcher: Batcher | None
     _waiting: int
+    _reading: int
 
     def _call(self, served: Served, body: bytes, items: int) -> tuple[int, bytes]:
         """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
@@ -178,6 +186,8 @@ class Proxy:
             status, out = answer
             if answer is ABANDONED:  # the bundle kept the client waiting past the service level: its failure
                 outcome = "error"
+            elif answer is BUSY:  # other clients' uploads fill the proxy: not the bundle's failure
+                outcome = "client_error"
         except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
             status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
         self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started, outcome)
@@ -190,18 +200,24 @@ class Proxy:
         the bundle longer than `late_s`); else the bundle's checked answer."""
         if served is None or served.crashed:
             return 503, _error(self.reason or "not ready")
+        if self._reading >= MAX_READING:
+            return BUSY
+        self._reading += 1
+        try:
+            with anyio.fail_after(BODY_TIMEOUT_S):
+                body = await _body(request)
+        except TimeoutError:
+            return 408, _error(f"the request's body did not arrive within {BODY_TIMEOUT_S} s")
+        except ClientDisconnect:
+            return GONE
+        finally:
+            self._reading -= 1
+        if body is None:
+            return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
         if self._waiting >= MAX_WAITING:
             return 503, _error(f"overloaded: {MAX_WAITING} requests are waiting for the model; retry later")
         self._waiting += 1
         try:
-            try:
-                with anyio.fail_after(BODY_TIMEOUT_S):
-                    body = await _body(request)
-            except TimeoutError:
-                return 408, _error(f"the request's body did not arrive within {BODY_TIMEOUT_S} s")
-            if body is None:
-                return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per "
-                                   "request")
             checked = (await anyio.to_thread.run_sync(self._request, body) if len(body) > PARSE_IN_THREAD_BYTES
                        else self._request(body))
             if isinstance(checked, str):

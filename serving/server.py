@@ -70,7 +70,9 @@ class ProductionServer(Proxy):
         self._refused: tuple[str, float, str, int] | None = None
         """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
         self._waiting = 0
-        """Requests in the proxy now, from their first byte to their answer (counted in the event loop)."""
+        """Requests read in full in the proxy now, until their answer (counted in the event loop)."""
+        self._reading = 0
+        """Requests whose bodies are arriving now (counted in the event loop)."""
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
 

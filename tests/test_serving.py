@@ -53,6 +53,7 @@ class Front(Proxy):
         self.family = open_family(get_pilot("bike-demand"), PROJECT_ROOT / "data", verify=False)
         self.contract, self.metrics = self.family.contract, ServingMetrics("bike-demand")
         self.pilot, self.model, self.reason, self._waiting = "bike-demand", "testbed-bike-demand", "", 0
+        self._reading = 0
         self.late_s = get_pilot("bike-demand").service_level.p95_latency_ms / 1000
         self.served = FakeServed(answer)
         self._batcher = Batcher(lambda body, items: self._call(self.served, body, items), list(self.contract.inputs)
@@ -175,7 +176,7 @@ def test_a_client_that_leaves_while_it_waits_is_answered_at_once():
 
     started = time.monotonic()
     asyncio.run(front.app()(scope, receive, send))
-    assert sent[0]["status"] == 499 and time.monotonic() - started < 1.5 and front._waiting == 0
+    assert sent[0]["status"] == 499 and time.monotonic() - started < 1.5 and front._waiting == front._reading == 0
 
 
 def leave_after(front: Front, seconds: float) -> int:
@@ -213,6 +214,39 @@ def test_a_client_that_gives_up_on_a_hanging_bundle_counts_as_the_bundles_error(
     time.sleep(0.5)  # the call into the bundle ends
     assert leave_after(front, 0.05) == 499
     assert outcomes(front) == {"error": 1.0, "client_error": 1.0}
+
+
+def test_clients_slow_to_upload_are_not_counted_against_the_bundle(monkeypatch):
+    """Requests whose bodies are still arriving fill the proxy by the clients' doing, not the bundle's: an honest
+    client refused for them is not the bundle's failure (before, one client trickling MAX_WAITING bodies made
+    every other client's 503 an `unavailable` and `monitor` showed an error rate of 1.0 for a bundle that had
+    seen no request). Requests that wait for the bundle are still its own (`unavailable` beyond MAX_WAITING)."""
+    monkeypatch.setattr(serving.proxy, "MAX_WAITING", 2)
+    monkeypatch.setattr(serving.proxy, "MAX_READING", 2, raising=False)
+    monkeypatch.setattr(serving.proxy, "BODY_TIMEOUT_S", 0.5)
+    front = Front(honest, batching=True)
+    scope = {"type": "http", "method": "POST", "path": "/forecast", "headers": [(b"content-length", b"100000")],
+             "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 1)}
+
+    async def main():
+        async def trickle():
+            await asyncio.sleep(1)
+            return {"type": "http.request", "body": b"{", "more_body": True}
+
+        async def send(message):
+            pass
+
+        slow = [asyncio.create_task(front.app()(scope, trickle, send)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        transport = httpx.ASGITransport(app=front.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            got = await client.post("/forecast", json=request())
+        await asyncio.gather(*slow)
+        return got
+
+    got = asyncio.run(main())
+    assert got.status_code == 503 and front.served.channel.calls == []
+    assert outcomes(front) == {"client_error": 3.0}  # the two slow uploads (408) and the client refused for them
 
 
 def test_a_version_taken_out_of_service_mid_call_is_a_503_not_a_crash():
