@@ -29,6 +29,8 @@ from evaluation.tracking import registered_model_name
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from sandbox.isolation import SandboxLimits, check_isolation
+from sandbox.observe import Evidence
+from sandbox.runner import classify
 from sandbox.service import SandboxedService
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics
@@ -42,6 +44,18 @@ __all__ = ["ProductionServer", "running"]
 
 SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
+
+
+def _violation(service: SandboxedService) -> str | None:
+    """What the sandbox's observers saw the running service try that an evaluation rejects as a
+    `sandbox_violation` (the network namespace's kernel counters, the harness paths its audit hook reported, a
+    seccomp kill), or None. Read live: a bundle that behaves in evaluation and tries in production is caught too."""
+    watch, reports = service._watch, service._reports  # sampled every 0.2 s, and read as written, while it runs
+    evidence = Evidence(network=dict(watch.network) if watch else {},
+                        harness_paths=list(reports.hits) if reports else [])
+    code = service.proc.poll() if service.proc else None
+    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=evidence)
+    return reason if verdict == "sandbox_violation" else None
 
 
 def _stderr(line: str) -> None:
@@ -69,6 +83,9 @@ class ProductionServer(Proxy):
         self._batcher: Batcher | None = None
         self._refused: tuple[str, float, str, int] | None = None
         """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
+        self._violated: dict[str, str] = {}
+        """Versions caught trying what the sandbox forbids (`_violation`), and what: never served again by this
+        server, whatever the alias says."""
         self._waiting = 0
         """Requests read in full in the proxy now, until their answer (counted in the event loop)."""
         self._reading = 0
@@ -162,9 +179,23 @@ class ProductionServer(Proxy):
         production trail put in service is served. A refused version is checked again when the trail moves, or
         after `recheck_s` (a new review may approve it)."""
         served = self.served
+        violation = _violation(served.service) if served else None
+        if served and violation:
+            self._violated[served.version] = violation
+            self._swap(None, f"version {served.version} was stopped: {violation}")
+            self.log(f"SANDBOX VIOLATION by version {served.version} ({served.ok.submission.id}) in production: "
+                     f"{violation}; stopped serving it, and this server will not serve it again: /readyz fails and "
+                     f"requests get 503 until an operator rolls back (`testbed rollback {self.pilot} --by NAME`) or "
+                     "promotes another version")
+            return
         if served and not served.crashed and not served.service.alive():
             self._crashed(served)
         version = self.production.current_version(self.pilot)
+        if version in self._violated:  # never launched again; another version in service stays
+            why = f"version {version} was stopped: {self._violated[version]}"
+            if not served and self.reason != why:
+                self._swap(None, why)
+            return
         current = served.version if served else None
         if served and version == current:
             review = self.production.book.latest(served.ok.submission.id, served.ok.run)

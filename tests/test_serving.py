@@ -330,3 +330,58 @@ def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped(
     assert [status for status, _ in answered] == [200, 502, 200, 200] and late == CLOSED
     assert done.index("b") < done.index("slow") and done.index("c") < done.index("slow")
     assert not any("away" in h for h in sent)
+
+
+def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_never_served_again(ws):
+    """Evaluation rejects a bundle that tries the network or the city's files (`sandbox_violation`); one that
+    behaves there and tries in production (it can tell them apart) was contained but never reported: the
+    watcher reads the same observers while it serves, stops it, says so, and does not start it again."""
+    from types import SimpleNamespace
+
+    from serving.proxy import Served
+    from serving.server import ProductionServer
+
+    class Service:
+        proc = SimpleNamespace(poll=lambda: None)
+
+        def __init__(self):
+            self._watch, self._reports, self.stopped = SimpleNamespace(network={}), SimpleNamespace(hits=[]), False
+
+        def channel(self):
+            return SimpleNamespace(close=lambda: None)
+
+        def alive(self):
+            return not self.stopped
+
+        def stop(self):
+            self.stopped = True
+
+        def close(self):
+            pass
+
+    def approved(version):
+        return SimpleNamespace(version=version, bundle=b"", submission=SimpleNamespace(id=f"bike-demand-{version}"),
+                               sha256="ab" * 32, run=SimpleNamespace(run_id="r" * 32), review=None)
+
+    alias, launched, logs = ["1"], [], []
+    server = ProductionServer(ws, "bike-demand", poll_s=3600, log=logs.append, recheck_s=0)
+    server.production = SimpleNamespace(resolve=lambda pilot: approved(alias[0]),
+                                        current_version=lambda pilot: alias[0],
+                                        book=SimpleNamespace(latest=lambda *a: None), history=lambda pilot: [])
+    server._launch = lambda ok: launched.append(ok.version) or Served(ok, Service())
+    server._swap(server._launch(approved("1")))
+    server.check()
+    assert server.ready and launched == ["1"]  # nothing seen: served on
+    first = server.served.service
+    first._watch.network["TcpActiveOpens"] = 1  # the kernel's counters of its network namespace
+    server.check()
+    assert server.served is None and first.stopped and "tried to reach the network" in server.reason
+    assert any("SANDBOX VIOLATION by version 1" in line for line in logs)
+    server.check()
+    assert server.served is None and launched == ["1"]  # the alias still names it: not started again
+    alias[0] = "2"  # an operator rolls back or promotes another version
+    server.check()
+    assert server.ready and server.served.version == "2" and launched == ["1", "2"]
+    server.served.service._reports.hits.append("/srv/testbed/home/submissions")  # the audit hook's report
+    server.check()
+    assert server.served is None and "harness paths" in server.reason
