@@ -111,6 +111,8 @@ class Served:
         self.ok, self.service, self.version = ok, service, ok.version
         self.channel = service.channel()
         self.inflight, self.crashed, self.closing, self.lock = 0, False, False, threading.Lock()
+        self.died_at = 0.0
+        """When the proxy or the watcher found it dead (monotonic)."""
 
     def close(self, drain_s: float = 10) -> None:
         """Stop it once its calls are answered (at most `drain_s`): it was replaced, withdrawn or refused."""

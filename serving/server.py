@@ -9,7 +9,8 @@ Unix socket; the proxy (`serving.proxy`), on 127.0.0.1 by default, adds `/health
 each answer against the contract, and `/schema.json` (what `bentoml.SyncHTTPClient` reads). A watcher polls
 the alias: a promotion or rollback is served without a restart (the new bundle starts beside the old, then
 takes over); a withdrawal stops serving. A served bundle that dies makes `/readyz` fail and requests get 503,
-with one log line saying what to do.
+with one log line, until the watcher starts it again (`restart_s`); one caught trying what the sandbox forbids
+is stopped for good.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ class ProductionServer(Proxy):
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
     def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = True,
-                 max_batch: int = 64, log: Callable[[str], None] = _stderr, recheck_s: float = 30.0):
+                 max_batch: int = 64, log: Callable[[str], None] = _stderr, recheck_s: float = 30.0,
+                 restart_s: float = 30.0):
         self.ws, self.spec, self.poll_s, self.log = ws, get_pilot(pilot), poll_s, log
         self.recheck_s = recheck_s
         """How often a refused version is checked again while the trail does not move (a new review of it)."""
+        self.restart_s = restart_s
+        """How long after the served bundle died the watcher starts it again (503 meanwhile)."""
         self.pilot, self.model = pilot, registered_model_name(pilot)
         self.family = open_family(self.spec, ws.data_dir, verify=False)
         """Checks every answer against the contract (`TaskFamily.check_answer`); serving reads no data."""
@@ -197,7 +201,10 @@ class ProductionServer(Proxy):
                 self._swap(None, why)
             return
         current = served.version if served else None
-        if served and version == current:
+        if served and version == current and served.crashed:  # died: started again after restart_s
+            if time.monotonic() < served.died_at + self.restart_s:
+                return
+        elif served and version == current:
             review = self.production.book.latest(served.ok.submission.id, served.ok.run)
             if review is not None and review.decision != "approve":
                 why = f"version {version} ({review.submission}) was rejected after its promotion"
@@ -228,25 +235,29 @@ class ProductionServer(Proxy):
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
             if refused is None or (refused[0], refused[2]) != (version, exc.problem):  # said once
-                self.log(f"refusing to serve version {version}: {exc.problem}; "
-                         f"{'still serving version ' + current if current else 'nothing is served'}")
+                still = f"still serving version {current}" if served and not served.crashed else "nothing is served"
+                self.log(f"refusing to serve version {version}: {exc.problem}; {still}")
             return
         self._refused = None
         self._swap(new)
-        self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
-                 f"{'version ' + current if current else 'nothing'}")
+        if served and served.crashed and ok.version == current:
+            self.log(f"started version {ok.version} ({ok.submission.id}) again after it exited; serving it")
+        else:
+            self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
+                     f"{'version ' + current if current else 'nothing'}")
 
     def _crashed(self, served: Served) -> None:
         with self._lock:
             if served.crashed:
                 return
-            served.crashed = True
+            served.crashed, served.died_at = True, time.monotonic()
             code = served.service.proc.poll() if served.service.proc else None
             tail = [line for line in served.service.log_tail(4000).splitlines() if line.strip()]
             self.reason = f"the served bundle (version {served.version}) exited with status {code}"
         self.metrics.ready.labels(self.pilot).set(0)
         self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
-                 f"restart `testbed serve {self.pilot}` or promote another version")
+                 f"starting it again in {self.restart_s:g} s (or restart `testbed serve {self.pilot}`, or promote "
+                 "another version)")
 
 
 @contextmanager

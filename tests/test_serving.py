@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -332,44 +333,55 @@ def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped(
     assert not any("away" in h for h in sent)
 
 
-def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_never_served_again(ws):
-    """Evaluation rejects a bundle that tries the network or the city's files (`sandbox_violation`); one that
-    behaves there and tries in production (it can tell them apart) was contained but never reported: the
-    watcher reads the same observers while it serves, stops it, says so, and does not start it again."""
-    from types import SimpleNamespace
+class SandboxDouble:
+    """A served bundle's process for `ProductionServer.check`: its observers, its exit status."""
 
+    def __init__(self):
+        self._watch, self._reports, self.stopped, self.status = SimpleNamespace(network={}), SimpleNamespace(hits=[]), \
+            False, None
+        self.proc = SimpleNamespace(poll=lambda: self.status)
+
+    def channel(self):
+        return SimpleNamespace(close=lambda: None)
+
+    def alive(self):
+        return not self.stopped and self.status is None
+
+    def stop(self):
+        self.stopped = True
+
+    def close(self):
+        pass
+
+    def log_tail(self, limit):
+        return "Segmentation fault"
+
+
+def watched_server(ws, **kw):
+    """A ProductionServer whose registry (`alias[0]` in service) and sandbox are doubles; `launched` lists the
+    versions started."""
     from serving.proxy import Served
     from serving.server import ProductionServer
-
-    class Service:
-        proc = SimpleNamespace(poll=lambda: None)
-
-        def __init__(self):
-            self._watch, self._reports, self.stopped = SimpleNamespace(network={}), SimpleNamespace(hits=[]), False
-
-        def channel(self):
-            return SimpleNamespace(close=lambda: None)
-
-        def alive(self):
-            return not self.stopped
-
-        def stop(self):
-            self.stopped = True
-
-        def close(self):
-            pass
 
     def approved(version):
         return SimpleNamespace(version=version, bundle=b"", submission=SimpleNamespace(id=f"bike-demand-{version}"),
                                sha256="ab" * 32, run=SimpleNamespace(run_id="r" * 32), review=None)
 
     alias, launched, logs = ["1"], [], []
-    server = ProductionServer(ws, "bike-demand", poll_s=3600, log=logs.append, recheck_s=0)
+    server = ProductionServer(ws, "bike-demand", poll_s=3600, log=logs.append, **kw)
     server.production = SimpleNamespace(resolve=lambda pilot: approved(alias[0]),
                                         current_version=lambda pilot: alias[0],
                                         book=SimpleNamespace(latest=lambda *a: None), history=lambda pilot: [])
-    server._launch = lambda ok: launched.append(ok.version) or Served(ok, Service())
+    server._launch = lambda ok: launched.append(ok.version) or Served(ok, SandboxDouble())
     server._swap(server._launch(approved("1")))
+    return server, alias, launched, logs
+
+
+def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_never_served_again(ws):
+    """Evaluation rejects a bundle that tries the network or the city's files (`sandbox_violation`); one that
+    behaves there and tries in production (it can tell them apart) was contained but never reported: the
+    watcher reads the same observers while it serves, stops it, says so, and does not start it again."""
+    server, alias, launched, logs = watched_server(ws, recheck_s=0, restart_s=0)
     server.check()
     assert server.ready and launched == ["1"]  # nothing seen: served on
     first = server.served.service
@@ -385,3 +397,24 @@ def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_n
     server.served.service._reports.hits.append("/srv/testbed/home/submissions")  # the audit hook's report
     server.check()
     assert server.served is None and "harness paths" in server.reason
+    alias[0] = "3"
+    server.check()
+    server.served.service.status = 128 + 31  # killed by the seccomp filter (SIGSYS, through bubblewrap)
+    server.check()
+    assert server.served is None and "forbidden system call" in server.reason and launched == ["1", "2", "3"]
+
+
+def test_a_served_bundle_that_dies_is_started_again_after_restart_s(ws):
+    """A bundle that dies (a crash on one input, the memory limit after a leak) was left dead until an operator
+    restarted `testbed serve`: one request could take production down for good. The watcher starts the same
+    version again once `restart_s` has passed since it died (503 meanwhile)."""
+    server, alias, launched, logs = watched_server(ws, restart_s=3600)
+    server.served.service.status = 139  # SIGSEGV, through bubblewrap
+    server.check()
+    assert not server.ready and "exited with status 139" in server.reason and launched == ["1"]
+    server.check()
+    assert not server.ready and launched == ["1"]  # not before restart_s
+    server.restart_s = 0
+    server.check()
+    assert server.ready and server.served.version == "1" and launched == ["1", "1"]
+    assert logs[-1] == "started version 1 (bike-demand-1) again after it exited; serving it"
