@@ -142,8 +142,14 @@ class ProductionServer(Proxy):
                                cpu_seconds=SERVICE_CPU_SECONDS, threads=math.ceil(r.cpus), cpus=r.cpus)
         service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths,
                                    python_env=self._environment(ok))
-        service.start()
-        if service.wait_ready(timeout=r.startup_timeout_s) is None:
+        try:
+            service.start()
+            ready = service.wait_ready(timeout=r.startup_timeout_s)
+        except BaseException:  # started midway: leave no process, uid lease, cgroup or folder behind
+            service.stop()
+            service.close()
+            raise
+        if ready is None:
             tail = [line for line in service.log_tail(4000).splitlines() if line.strip()]
             service.stop()
             service.close()

@@ -418,3 +418,33 @@ def test_a_served_bundle_that_dies_is_started_again_after_restart_s(ws):
     server.check()
     assert server.ready and server.served.version == "1" and launched == ["1", "1"]
     assert logs[-1] == "started version 1 (bike-demand-1) again after it exited; serving it"
+
+
+def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
+    """The watcher tries a refused launch again every `recheck_s`: a start that fails midway (no uid left to
+    lease, a cgroup or bubblewrap error, an archive refused at import) must stop and clean up what it started
+    (its process, uid lease, cgroups, private folder), as a start that never gets ready does."""
+    import serving.server
+
+    seen = []
+
+    class Failing:
+        def __init__(self, *args, **kw):
+            pass
+
+        def start(self):
+            seen.append("start")
+            raise RuntimeError("no sandbox uid is free")
+
+        def stop(self):
+            seen.append("stop")
+
+        def close(self):
+            seen.append("close")
+
+    server, *_ = watched_server(ws)
+    monkeypatch.setattr(serving.server, "SandboxedService", Failing)
+    monkeypatch.setattr(serving.server.ProductionServer, "_environment", lambda self, ok: None)
+    with pytest.raises(RuntimeError, match="no sandbox uid"):
+        serving.server.ProductionServer._launch(server, server.served.ok)
+    assert seen == ["start", "stop", "close"]
