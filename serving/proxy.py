@@ -113,6 +113,13 @@ class Served:
         self.inflight, self.crashed, self.closing, self.lock = 0, False, False, threading.Lock()
         self.died_at = 0.0
         """When the proxy or the watcher found it dead (monotonic)."""
+        self.answered_at, self.timed_out = time.monotonic(), 0
+        """When it last answered a call (or started), and how many calls timed out since (`hung`)."""
+
+    def hung(self) -> bool:
+        """Stuck for good, not slow: at least two calls timed out and none was answered for twice
+        REQUEST_TIMEOUT_S."""
+        return self.timed_out >= 2 and time.monotonic() - self.answered_at > 2 * REQUEST_TIMEOUT_S
 
     def close(self, drain_s: float = 10) -> None:
         """Stop it once its calls are answered (at most `drain_s`): it was replaced, withdrawn or refused."""
@@ -154,8 +161,13 @@ class Proxy:
                                                         time.monotonic() + REQUEST_TIMEOUT_S,
                                                         cap=per_item * items if per_item else None)
             if status:
+                with served.lock:
+                    served.answered_at, served.timed_out = time.monotonic(), 0
                 self.metrics.batch.labels(self.pilot, served.version).observe(items)
                 return self._checked(status, out, items, error)
+            if error.startswith(("TimeoutError", "deadline")):
+                with served.lock:
+                    served.timed_out += 1
             if served.closing:  # stopped under this call: replaced or withdrawn, not crashed
                 return 503, _error(f"version {served.version} was taken out of service while answering; retry")
             if not served.service.alive():

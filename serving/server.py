@@ -200,6 +200,10 @@ class ProductionServer(Proxy):
             return
         if served and not served.crashed and not served.service.alive():
             self._crashed(served)
+        elif served and not served.crashed and served.hung():
+            self._crashed(served, f"the served bundle (version {served.version}) answered no call for "
+                                  f"{time.monotonic() - served.answered_at:.0f} s ({served.timed_out} timed out)")
+            served.service.stop(grace_s=0)
         version = self.production.current_version(self.pilot)
         if version in self._violated:  # never launched again; another version in service stays
             why = f"version {version} was stopped: {self._violated[version]}"
@@ -252,14 +256,15 @@ class ProductionServer(Proxy):
             self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
                      f"{'version ' + current if current else 'nothing'}")
 
-    def _crashed(self, served: Served) -> None:
+    def _crashed(self, served: Served, why: str = "") -> None:
+        """`served` died (or, `why`, is stuck and is being stopped): 503 until the watcher starts it again."""
         with self._lock:
             if served.crashed:
                 return
             served.crashed, served.died_at = True, time.monotonic()
             code = served.service.proc.poll() if served.service.proc else None
             tail = [line for line in served.service.log_tail(4000).splitlines() if line.strip()]
-            self.reason = f"the served bundle (version {served.version}) exited with status {code}"
+            self.reason = why or f"the served bundle (version {served.version}) exited with status {code}"
         self.metrics.ready.labels(self.pilot).set(0)
         self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
                  f"starting it again in {self.restart_s:g} s (or restart `testbed serve {self.pilot}`, or promote "

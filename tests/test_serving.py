@@ -40,7 +40,7 @@ class FakeChannel:
 
 
 class FakeServed:
-    version, crashed, closing, inflight = "7", False, False, 0
+    version, crashed, closing, inflight, answered_at, timed_out = "7", False, False, 0, 0.0, 0
 
     def __init__(self, answer):
         self.channel, self.lock = FakeChannel(answer), threading.Lock()
@@ -347,7 +347,7 @@ class SandboxDouble:
     def alive(self):
         return not self.stopped and self.status is None
 
-    def stop(self):
+    def stop(self, grace_s=3.0):
         self.stopped = True
 
     def close(self):
@@ -448,3 +448,27 @@ def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
     with pytest.raises(RuntimeError, match="no sandbox uid"):
         serving.server.ProductionServer._launch(server, server.served.ok)
     assert seen == ["start", "stop", "close"]
+
+
+def test_a_bundle_that_answers_nothing_for_two_timeouts_is_stopped_and_started_again(ws):
+    """A bundle stuck for good (a deadlock, a call that never returns in a bundle answering one call at a time)
+    kept /readyz at 200 and failed every request after REQUEST_TIMEOUT_S, forever. Once at least two calls have
+    timed out and no call has been answered for twice REQUEST_TIMEOUT_S, the watcher stops it and starts it
+    again (`restart_s`); one slow call, or calls answered in between, are not a hang."""
+    server, alias, launched, logs = watched_server(ws, restart_s=3600)
+    served = server.served
+    answers = [(0, None, 60.0, "TimeoutError: timed out")] * 2
+    served.channel = SimpleNamespace(post=lambda *a, **kw: answers.pop(0), close=lambda: None)
+    body = json.dumps(request()).encode()
+    assert server._call(served, body, 1)[0] == 502
+    served.answered_at -= 2 * serving.proxy.REQUEST_TIMEOUT_S + 1
+    server.check()
+    assert server.served is served and server.ready  # one timed-out call: slow, not stuck
+    assert server._call(served, body, 1)[0] == 502
+    server.check()
+    assert not server.ready and served.service.stopped and "answered no call" in server.reason, server.reason
+    assert launched == ["1"]
+    server.restart_s = 0
+    server.check()
+    assert server.ready and launched == ["1", "1"] and server.served is not served
+    assert logs[-1] == "started version 1 (bike-demand-1) again after it exited; serving it"
