@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "ABANDONED", "BUSY", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
+__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BUSY", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
            "MAX_WAITING", "MAX_READING"]
 
 REQUEST_TIMEOUT_S = 60
@@ -59,6 +59,18 @@ BUSY = (503, b'{"error": "overloaded: too many requests are still being sent to 
 ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
 """What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
 a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
+
+
+def served_schema(manifest: dict, contract: Contract) -> bytes:
+    """What /schema.json answers (`bentoml.SyncHTTPClient` builds its calls from it): the contract's API as the
+    approved bundle's `bento.yaml` declares it (checked against the contract at submission; the bytes evaluated),
+    on the contract's route, the only one the proxy serves. Never what the running bundle answers: it could tell
+    clients, once promoted, that the API is elsewhere, and every call would fail where /metrics counts nothing."""
+    schema = manifest.get("schema")
+    schema = schema if isinstance(schema, dict) else {}
+    routes = [{**r, "route": contract.route} for r in schema.get("routes") or []
+              if isinstance(r, dict) and r.get("name") == contract.api]
+    return json.dumps({**schema, "routes": routes[:1], "paths": {contract.route: {"mounted": False}}}).encode()
 
 
 def _error(message: str) -> bytes:
@@ -107,8 +119,9 @@ async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]]) -
 class Served:
     """One approved bundle running in the sandbox."""
 
-    def __init__(self, ok: Approved, service: SandboxedService):
-        self.ok, self.service, self.version = ok, service, ok.version
+    def __init__(self, ok: Approved, service: SandboxedService, schema: bytes = b'{"routes": []}'):
+        self.ok, self.service, self.version, self.schema = ok, service, ok.version, schema
+        """`schema`: what /schema.json answers for it (`served_schema`)."""
         self.channel = service.channel()
         self.inflight, self.crashed, self.closing, self.lock = 0, False, False, threading.Lock()
         self.died_at = 0.0
@@ -267,11 +280,7 @@ class Proxy:
         served = self.served
         if served is None or served.crashed:
             return JSONResponse({"error": self.reason or "not ready"}, 503)
-        status, out, _, error = await anyio.to_thread.run_sync(served.channel.get, "/schema.json",
-                                                               time.monotonic() + REQUEST_TIMEOUT_S)
-        if not status:
-            return Response(_unanswered(error), 502, media_type="application/json")
-        return Response(out, status, media_type="application/json")
+        return Response(served.schema, 200, media_type="application/json")  # never asked of the bundle
 
     async def _readyz(self, request: Request) -> Response:
         if self.ready:

@@ -6,7 +6,8 @@ was evaluated); otherwise nothing is served. It runs under the same sandbox as e
 unprivileged, rlimits), on the Python environment the bundle declared (the one its evaluation ran on), on a
 Unix socket; the proxy (`serving.proxy`), on 127.0.0.1 by default, adds `/healthz`, `/readyz`, Prometheus
 `/metrics` and adaptive batching (`serving.batching`), forwards the contract's API, checking each request and
-each answer against the contract, and `/schema.json` (what `bentoml.SyncHTTPClient` reads). A watcher polls
+each answer against the contract, and answers `/schema.json` (what `bentoml.SyncHTTPClient` reads) from the
+approved bundle's `bento.yaml`. A watcher polls
 the alias: a promotion or rollback is served without a restart (the new bundle starts beside the old, then
 takes over); a withdrawal stops serving. A served bundle that dies makes `/readyz` fail and requests get 503,
 with one log line, until the watcher starts it again (`restart_s`); one caught trying what the sandbox forbids
@@ -35,7 +36,7 @@ from sandbox.runner import classify
 from sandbox.service import SandboxedService
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics
-from serving.proxy import Proxy, Served
+from serving.proxy import Proxy, Served, served_schema
 from testbed.config import Workspace
 from testbed.errors import Refused, TestbedError
 from workflow.catalogue import get_pilot
@@ -126,22 +127,23 @@ class ProductionServer(Proxy):
         served = self.served
         return served is not None and not served.crashed and served.service.alive()
 
-    def _environment(self, ok: Approved) -> Path:
+    def _environment(self, ok: Approved) -> tuple[Path, bytes]:
         """The Python environment the bundle declared, the one its evaluation ran on (built on this node first
-        when it has none cached)."""
+        when it has none cached), and the schema the proxy answers for it (`served_schema`)."""
         with tempfile.NamedTemporaryFile(suffix=".bento") as copy:
             copy.write(ok.bundle)
             copy.flush()
             info = inspect_bundle(Path(copy.name))
         return bundle_environment(info.manifest, self.ws.envs, where=f"version {ok.version} ({ok.submission.id})"
-                                  ).ensure()
+                                  ).ensure(), served_schema(info.manifest, self.contract)
 
     def _launch(self, ok: Approved) -> Served:
         r = self.spec.resources
         limits = SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                                cpu_seconds=SERVICE_CPU_SECONDS, threads=math.ceil(r.cpus), cpus=r.cpus)
+        python_env, schema = self._environment(ok)
         service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths,
-                                   python_env=self._environment(ok))
+                                   python_env=python_env)
         try:
             service.start()
             ready = service.wait_ready(timeout=r.startup_timeout_s)
@@ -156,7 +158,7 @@ class ProductionServer(Proxy):
             raise Refused(f"version {ok.version} ({ok.submission.id}) did not become ready within "
                           f"{r.startup_timeout_s} s in the sandbox: {tail[-1] if tail else 'no output'}",
                           fix="check the bundle with `testbed check`; the previous state is kept")
-        return Served(ok, service)
+        return Served(ok, service, schema)
 
     def _swap(self, new: Served | None, reason: str = "") -> None:
         with self._lock:

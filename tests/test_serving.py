@@ -444,7 +444,7 @@ def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
 
     server, *_ = watched_server(ws)
     monkeypatch.setattr(serving.server, "SandboxedService", Failing)
-    monkeypatch.setattr(serving.server.ProductionServer, "_environment", lambda self, ok: None)
+    monkeypatch.setattr(serving.server.ProductionServer, "_environment", lambda self, ok: (None, b"{}"))
     with pytest.raises(RuntimeError, match="no sandbox uid"):
         serving.server.ProductionServer._launch(server, server.served.ok)
     assert seen == ["start", "stop", "close"]
@@ -472,3 +472,29 @@ def test_a_bundle_that_answers_nothing_for_two_timeouts_is_stopped_and_started_a
     server.check()
     assert server.ready and launched == ["1", "1"] and server.served is not served
     assert logs[-1] == "started version 1 (bike-demand-1) again after it exited; serving it"
+
+
+def test_the_schema_clients_build_their_calls_from_is_the_approved_bundles_own_declaration():
+    """`bentoml.SyncHTTPClient` builds its calls from /schema.json. Forwarded from the running bundle, a bundle
+    could, once promoted, tell every client the API is elsewhere (a route the proxy does not serve): all calls
+    failed with 404 while /metrics counted nothing and `monitor` showed an error rate of 0. The proxy answers the
+    contract's API as the approved bundle's `bento.yaml` declares it (checked at submission, in the bytes
+    evaluated), and never asks the bundle."""
+    from serving.proxy import served_schema
+
+    declared = {"name": "Svc", "type": "service", "paths": {"/forecast": {"mounted": False}, "/other": {}},
+                "routes": [{"name": "forecast", "route": "/forecast", "input": {"properties": {}}, "output": {}},
+                           {"name": "other", "route": "/other", "input": {}, "output": {}}]}
+    front = Front(honest, batching=True)
+    front.served.schema = served_schema({"schema": declared}, front.contract)
+    front.served.channel.get = lambda *a, **kw: (200, b'{"routes": [{"name": "forecast", "route": "/elsewhere"}]}',
+                                                 0.0, "")
+
+    async def main():
+        transport = httpx.ASGITransport(app=front.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            return await client.get("/schema.json")
+
+    got = asyncio.run(main())
+    assert got.status_code == 200
+    assert got.json()["routes"] == [declared["routes"][0]]  # the contract's API only: the proxy serves no other
