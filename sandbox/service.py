@@ -284,10 +284,11 @@ class SandboxedService:
             return self._cgroups.peak_memory_bytes() / 2**20
         return (self._watch.peak if self._watch else 0) / 2**20
 
-    def evidence(self) -> Evidence:
-        """What the harness observed from outside the sandbox (read after `stop`)."""
+    def evidence(self, live: bool = False) -> Evidence:
+        """What the harness observed from outside the sandbox, read after `stop`; `live`: while it runs, as far as
+        seen yet (the files it opened left out: reading them ends their watch)."""
         cg = self._cgroups if self._cgroups and self._cgroups.available else None
-        opened = self._opened.paths() if self._opened else None
+        opened = self._opened.paths() if self._opened and not live else None
         return Evidence(network=dict(self._watch.network) if self._watch else {},
                         harness_paths=list(self._reports.hits) if self._reports else [],
                         oom_kills=cg.oom_kills() if cg else 0, pid_limit_hits=cg.pid_limit_hits() if cg else 0,

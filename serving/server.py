@@ -31,7 +31,6 @@ from evaluation.tracking import registered_model_name
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from sandbox.isolation import SandboxLimits, check_isolation
-from sandbox.observe import Evidence
 from sandbox.runner import classify
 from sandbox.service import SandboxedService
 from serving.batching import Batcher
@@ -52,11 +51,9 @@ def _violation(service: SandboxedService) -> str | None:
     """What the sandbox's observers saw the running service try that an evaluation rejects as a
     `sandbox_violation` (the network namespace's kernel counters, the harness paths its audit hook reported, a
     seccomp kill), or None. Read live: a bundle that behaves in evaluation and tries in production is caught too."""
-    watch, reports = service._watch, service._reports  # sampled every 0.2 s, and read as written, while it runs
-    evidence = Evidence(network=dict(watch.network) if watch else {},
-                        harness_paths=list(reports.hits) if reports else [])
     code = service.proc.poll() if service.proc else None
-    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=evidence)
+    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False,
+                               evidence=service.evidence(live=True))
     return reason if verdict == "sandbox_violation" else None
 
 

@@ -337,9 +337,14 @@ class SandboxDouble:
     """A served bundle's process for `ProductionServer.check`: its observers, its exit status."""
 
     def __init__(self):
-        self._watch, self._reports, self.stopped, self.status = SimpleNamespace(network={}), SimpleNamespace(hits=[]), \
-            False, None
+        self.network, self.harness_paths, self.stopped, self.status = {}, [], False, None
         self.proc = SimpleNamespace(poll=lambda: self.status)
+
+    def evidence(self, live=False):
+        from sandbox.observe import Evidence
+
+        assert live  # read while it serves: never the watch of opened files, which reading ends
+        return Evidence(network=dict(self.network), harness_paths=list(self.harness_paths))
 
     def channel(self):
         return SimpleNamespace(close=lambda: None)
@@ -385,7 +390,7 @@ def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_n
     server.check()
     assert server.ready and launched == ["1"]  # nothing seen: served on
     first = server.served.service
-    first._watch.network["TcpActiveOpens"] = 1  # the kernel's counters of its network namespace
+    first.network["TcpActiveOpens"] = 1  # the kernel's counters of its network namespace
     server.check()
     assert server.served is None and first.stopped and "tried to reach the network" in server.reason
     assert any("SANDBOX VIOLATION by version 1" in line for line in logs)
@@ -394,7 +399,7 @@ def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_n
     alias[0] = "2"  # an operator rolls back or promotes another version
     server.check()
     assert server.ready and server.served.version == "2" and launched == ["1", "2"]
-    server.served.service._reports.hits.append("/srv/testbed/home/submissions")  # the audit hook's report
+    server.served.service.harness_paths.append("/srv/testbed/home/submissions")  # the audit hook's report
     server.check()
     assert server.served is None and "harness paths" in server.reason
     alias[0] = "3"
