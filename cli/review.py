@@ -57,7 +57,7 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     table = Table("pilot", "submission", "vendor", "gates", "total as evaluated", "status", "run",
                   caption="`testbed leaderboard` shows the totals with the reviews applied")
     for r in rows:
-        table.add_row(r["pilot"], r["submission"], escape(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
+        table.add_row(r["pilot"], r["submission"], cell(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
                       r["status"] + (f" by {cell(r['by'])}" if r["by"] else ""), r["run_id"])
     out.print(table)
 
@@ -81,7 +81,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
                            "status": status, "policy_goals": spec.policy_goals,
                            "review": review.model_dump(mode="json") if review else None,
                            "gates": card.get("gates"), "equity": card.get("equity")})
-    out.print(f"[bold]{sub.id}[/] by {escape(sub.vendor.name)} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
+    out.print(f"[bold]{sub.id}[/] by {cell(sub.vendor.name)} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
@@ -98,8 +98,8 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
         out.print(f"  {i}. {escape(goal)}")
-    said = f" by {review.by} at {review.at}: {review.note}" if review else ""
-    out.print(f"decision: [bold]{status}[/]{escape(said)}")
+    said = f" by {cell(review.by)} at {review.at}: {cell(review.note)}" if review else ""
+    out.print(f"decision: [bold]{status}[/]{said}")
     out.print(f"scorecard: {card_file.with_suffix('.html')}", soft_wrap=True)
 
 

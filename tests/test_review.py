@@ -414,6 +414,33 @@ def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(w
     assert result.exit_code == 0 and "Evil Corp [/]" in result.stdout, result.output
 
 
+def test_review_show_and_list_write_a_note_or_vendor_names_terminal_codes_out(ws, evaluated, monkeypatch):
+    """The screens an evaluator decides from (`review show`, `review list`) write terminal codes out as the history
+    does: a vendor's name (stored before names were checked) or a note that clears the screen, sets the window
+    title or redraws a line is shown as text, on one line."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    evil = "Evil\x1b]0;owned\x07\x1b[2J Co"
+    record = SubmissionStore(ws).root / sub.id / "submission.json"
+    data = json.loads(record.read_text())
+    data["vendor"]["name"] = evil
+    record.write_text(json.dumps(data))
+    tracker.runs[sub_run(tracker, sub.id)].tags["testbed.vendor"] = evil
+    runner = CliRunner()
+    scores = [arg for i in range(len(GOOD)) for arg in ("--score", f"{i + 1}=2:fine")]
+    result = runner.invoke(cli.app, ["review", "reject", sub.id, "--by", "kim", *scores,
+                                     "--note", "no\x1b[2K\ngates passed"])
+    assert result.exit_code == 0, result.output
+    for args in (["review", "show", sub.id], ["review", "list", "--all"]):
+        shown = runner.invoke(cli.app, args, terminal_width=250).stdout
+        assert "\x1b" not in shown and "\x07" not in shown and "\\x1b[2J" in shown, (args, shown)
+    shown = runner.invoke(cli.app, ["review", "show", sub.id], terminal_width=250).stdout
+    assert "no\\x1b[2K ⏎ gates passed" in shown, shown
+
+
 def sub_run(tracker, submission: str) -> str:
     return next(r.run_id for r in tracker.runs.values() if r.tags["testbed.submission"] == submission)
 
