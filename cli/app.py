@@ -40,13 +40,12 @@ def submit(pilot: str, bundle: Path, vendor: Path = typer.Option(..., "--vendor"
     from testbed.yamlio import load_model
 
     spec = get_pilot(pilot)
-    profile = load_model(vendor, VendorProfile)
-    sub, new = SubmissionStore(Workspace.from_env()).submit(spec, bundle, profile)
+    sub, new = SubmissionStore(Workspace.from_env()).submit(spec, bundle, vendor)  # errors name the profile's file
     if as_json:
         return _emit_json({**sub.model_dump(mode="json"), "new": new})
     if not new:
         err.print(f"these bytes were already submitted (sha256 {sub.bundle_sha256[:12]}…); same submission:")
-        if profile != sub.vendor:
+        if load_model(vendor, VendorProfile) != sub.vendor:
             err.print(f"[yellow]note:[/] {escape(str(vendor))} differs from the profile stored with it, which stays "
                       "(a submission's profile is fixed; submit new bytes to change it)")
     print(sub.id)

@@ -80,6 +80,21 @@ def test_submit_validates_stores_and_recognises_the_same_bytes(tmp_path, fake_be
     assert sorted(p.name for p in home.iterdir()) == [sub["id"]]  # nothing half-written for the rejected one
 
 
+@pytest.mark.parametrize("name", ["Evil\x1b]0;owned\x07\x1b[2J Co", "Acme\u202eoC liveD", "Acme\nGates passed"])
+def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submit(tmp_path, fake_bento, name):
+    """The vendor's name reaches evaluators' terminals (review list, review show, the leaderboard): a name that
+    would clear the screen, set the window title, redraw a line or read backwards is refused, naming the file and
+    the field, and nothing is stored."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump({"name": name, "headquarters_district": "Mapo-gu", "seoul_based": True,
+                                      "startup": False, "technology_field": "time_series",
+                                      "model_description": "x", "licence": "MIT"}))
+    result = runner.invoke(app, ["submit", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
+    assert result.exit_code == 2 and str(vendor) in result.stderr and "field `name`" in result.stderr, result.output
+    assert "fix:" in result.stderr and "Traceback" not in result.output and "\x1b" not in result.stderr
+    assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])

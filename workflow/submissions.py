@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound
+from testbed.errors import AuditError, NotFound, SpecError
 from testbed.yamlio import load_model
 
 __all__ = ["Submission", "SubmissionStore"]
@@ -51,6 +52,15 @@ ID = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{12}")
 """A submission id (no path separators: ids name folders)."""
 
 
+def _plain_name(name: str, where: str) -> None:
+    """The vendor's name is shown to evaluators on their terminals (review list and show, the leaderboard): no
+    control or formatting characters (an escape sequence clears or redraws the screen, a bidirectional override
+    makes it read as another name)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
+        raise SpecError(f"field `name`: {name.encode('unicode_escape').decode()[:80]!r} holds control or formatting "
+                        "characters", where=where, fix="give the company's name as plain text on one line")
+
+
 def _read(path: Path) -> Submission:
     try:
         return Submission.model_validate_json(path.read_bytes())
@@ -67,7 +77,9 @@ class SubmissionStore:
         """Validate, build the bundle's declared Python environment (a package that cannot be installed is a
         BundleError naming it) and store with the vendor profile (or its YAML file); returns the submission and
         whether it is new (False: same bytes, stored before with the profile it had then)."""
+        where = "the vendor profile" if isinstance(vendor, VendorProfile) else str(vendor)
         vendor = vendor if isinstance(vendor, VendorProfile) else load_model(vendor, VendorProfile)
+        _plain_name(vendor.name, where)
         info = inspect_bundle(bundle)
         FAMILIES.get(spec.family).contract.check_bundle(info, spec.id)
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
