@@ -8,10 +8,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.console import cell, friendly, out
+from cli.console import cell, err, friendly, out
 from cli.console import emit_json as _emit_json
 from evaluation.local_strength import CLAIMS
+from sandbox.observe import printable
 from testbed.config import Workspace
+from testbed.errors import TestbedError
 from testbed.yamlio import repeated
 from workflow.catalogue import all_pilots, get_pilot
 from workflow.submissions import SubmissionStore
@@ -126,13 +128,26 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
         tracker, submission, decision, by=by, note=note, run_id=run_id,
         rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
         overrides=extra.overrides if extra else (), confirmed_claims=confirmed)
-    page = refresh_scorecard(ws, tracker, review.submission)
+    page = stale = None
+    try:  # the review is recorded: whatever stops the page's refresh, say so and how to mend it
+        page = refresh_scorecard(ws, tracker, review.submission)
+    except KeyboardInterrupt:
+        stale = "interrupted (Ctrl-C)"
+    except (TestbedError, OSError) as exc:
+        stale = " ".join(str(exc).split())[:300]
     if as_json:
-        return _emit_json(review.model_dump(mode="json"))
-    out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "
-              f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
-    if page:
-        out.print(f"  scorecard: {page}", soft_wrap=True)
+        _emit_json(review.model_dump(mode="json"))
+    else:
+        out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "
+                  f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
+        if page:
+            out.print(f"  scorecard: {page}", soft_wrap=True)
+    if stale:
+        err.print(f"[bold yellow]warning:[/] review #{review.seq} is recorded, but the scorecard beside the submission "
+                  f"still shows the decision before it ({escape(printable(stale))})\n  fix: `testbed scorecard "
+                  f"{review.submission} --restore` rewrites it from the record", highlight=False, soft_wrap=True)
+        if stale.startswith("interrupted"):
+            raise typer.Exit(130)
 
 
 @review_app.command("approve")

@@ -441,6 +441,31 @@ def test_review_show_and_list_write_a_note_or_vendor_names_terminal_codes_out(ws
     assert "no\\x1b[2K ⏎ gates passed" in shown, shown
 
 
+@pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
+                                               (OSError(28, "No space left on device"), 0, "No space left")])
+def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_mend_the_page(
+        ws, evaluated, monkeypatch, stop, code, says):
+    """Ctrl-C (or a full disk) after the review is recorded, while the page beside the submission is redrawn:
+    the evaluator is told the review is recorded and how to rewrite the page, never left with a silent exit (the
+    page, still showing the decision before, would fail the audit until restored)."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+
+    def cut(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr("workflow.pages.refresh_scorecard", cut)
+    scores = [arg for i in range(len(GOOD)) for arg in ("--score", f"{i + 1}=2:fine")]
+    result = CliRunner().invoke(cli.app, ["review", "reject", sub.id, "--by", "kim", "--note", "no", *scores])
+    assert result.exit_code == code and says in result.stderr, result.output
+    assert "review #1 is recorded" in result.stderr and f"testbed scorecard {sub.id} --restore" in result.stderr
+    assert "rejected " in result.stdout and "Traceback" not in result.output
+    assert [r.decision for r in ReviewBook(ws).history(sub.id)] == ["reject"]
+
+
 def sub_run(tracker, submission: str) -> str:
     return next(r.run_id for r in tracker.runs.values() if r.tags["testbed.submission"] == submission)
 
