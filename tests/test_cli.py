@@ -95,6 +95,18 @@ def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submi
     assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
 
 
+def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
+    """Ctrl-C in the middle of a command (here a promotion) exits 130 with a line saying it was interrupted and
+    where to see whether the decision or move was recorded, not a bare exit status."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("workflow.submissions.SubmissionStore.get", interrupted)
+    result = runner.invoke(app, ["promote", "bike-demand-000000000000", "--by", "Lee"])
+    assert result.exit_code == 130 and "interrupted (Ctrl-C)" in result.stderr, result.output
+    assert "testbed production PILOT" in result.stderr and "Traceback" not in result.output
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
