@@ -33,7 +33,7 @@ def cell(text: str) -> str:
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:
     """The testbed's own warnings (e.g. an altered record left off the leaderboard) as one plain line."""
     if category is UserWarning:
-        err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/] {escape(printable(str(message)))}", highlight=False, soft_wrap=True)
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
@@ -48,7 +48,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except TestbedError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C: said, never a silent exit that leaves people guessing what happened
             err.print("\n[bold red]interrupted[/] (Ctrl-C)\n  fix: a submission, an official evaluation, a review "

@@ -107,6 +107,24 @@ def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
     assert "testbed production PILOT" in result.stderr and "Traceback" not in result.output
 
 
+def test_an_error_or_warning_quoting_what_people_wrote_writes_its_terminal_codes_out(monkeypatch, capsys):
+    """A refusal quotes what people wrote (a promotion refused quotes the rejecting evaluator's note): terminal codes
+    in it are written out, so a note cannot erase the refusal's line or redraw it as a success; warnings alike."""
+    from cli.console import _warning
+    from testbed.errors import Refused
+
+    def refused(*args, **kwargs):
+        raise Refused("rejected by kim: no\x1b[2K\x1b[1A\rpromoted OK", fix="only an approved one can be promoted")
+
+    monkeypatch.setattr("workflow.submissions.SubmissionStore.get", refused)
+    result = runner.invoke(app, ["promote", "bike-demand-000000000000", "--by", "Lee"])
+    assert result.exit_code == 2 and "\x1b" not in result.stderr and "\r" not in result.stderr, result.stderr
+    assert "no\\x1b[2K\\x1b[1A\\rpromoted OK\n  fix: only" in result.stderr  # the line break before the fix stays
+    _warning(UserWarning("left out: note \x1b[1A\x1b[2Kall fine"), UserWarning, "trail.py", 1)
+    shown = capsys.readouterr().err
+    assert "\x1b" not in shown and "note \\x1b[1A\\x1b[2Kall fine" in shown, shown
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
