@@ -13,7 +13,7 @@ from cli.console import emit_json as _emit_json
 from evaluation.local_strength import CLAIMS
 from sandbox.observe import printable
 from testbed.config import Workspace
-from testbed.errors import TestbedError
+from testbed.errors import AuditError, TestbedError
 from testbed.yamlio import repeated
 from workflow.catalogue import all_pilots, get_pilot
 from workflow.submissions import SubmissionStore
@@ -45,8 +45,12 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     for spec in ([get_pilot(pilot)] if pilot else all_pilots().values()):
         for run in tracker.official_runs(spec.id):
             sub = run.tags.get("testbed.submission", "")
-            status, review = review_status(book, sub, run)
-            if everything or status in ("awaiting", "stale"):
+            try:
+                status, review = review_status(book, sub, run)
+            except AuditError as exc:  # listed, with the reason: one damaged trail never hides the others
+                err.print(f"[bold yellow]warning:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
+                status, review = "ALTERED trail", None
+            if everything or status in ("awaiting", "stale", "ALTERED trail"):
                 rows.append({"pilot": spec.id, "submission": sub, "vendor": run.tags.get("testbed.vendor"),
                              "run_id": run.run_id, "gates": "pass" if run.tags.get("testbed.passed") == "true"
                              else "FAILED", "total": run.metrics.get("total_score"), "status": status,

@@ -466,6 +466,30 @@ def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_m
     assert [r.decision for r in ReviewBook(ws).history(sub.id)] == ["reject"]
 
 
+def test_one_damaged_review_trail_never_hides_what_else_awaits_a_decision(ws, evaluated, bike_spec, fake_bento,
+                                                                          monkeypatch):
+    """`review list` with one submission's trail edited: that one is listed as altered, with the reason, and the
+    others are still listed (as the leaderboard ranks an altered record last rather than failing for all)."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    store = SubmissionStore(ws)
+    other, _ = store.submit(bike_spec, fake_bento([FORECAST_ROUTE], name="other"),
+                            PROJECT_ROOT / "examples/bike_seasonal_naive/vendor.yaml")
+    evaluate_bundle(bike_spec, store.bundle(other.id), other.vendor, executor=FakeSandbox(last_day), ws=ws,
+                    tracker=tracker, out_dir=store.report_dir(other.id), submission=other.id)
+    ReviewBook(ws).record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    trail = ws.home / "reviews" / f"{sub.id}.jsonl"
+    trail.write_text(trail.read_text().replace('"note": "fine"', '"note": "edited"'))
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    result = CliRunner().invoke(cli.app, ["review", "list", "bike-demand", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["submission"]: r["status"] for r in json.loads(result.stdout)}
+    assert rows == {sub.id: "ALTERED trail", other.id: "awaiting"}, rows
+    assert f"{trail}:1" in result.stderr and "was edited" in result.stderr
+
+
 def sub_run(tracker, submission: str) -> str:
     return next(r.run_id for r in tracker.runs.values() if r.tags["testbed.submission"] == submission)
 
