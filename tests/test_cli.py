@@ -125,6 +125,34 @@ def test_an_error_or_warning_quoting_what_people_wrote_writes_its_terminal_codes
     assert "\x1b" not in shown and "note \\x1b[1A\\x1b[2Kall fine" in shown, shown
 
 
+def test_the_running_services_log_writes_a_quoted_notes_terminal_codes_out(monkeypatch, capsys):
+    """`testbed serve` logs why it stopped serving, quoting the rejecting review's note: its terminal codes are
+    written out on the operator's terminal, and the start line is one line whatever the terminal's width."""
+    logs = []
+
+    class Server:
+        def __init__(self, *args, log, **kwargs):
+            logs.append(log)
+            self.contract = type("C", (), {"route": "/forecast"})
+
+        def start(self):
+            logs[0]("refusing to serve version 6: rejected: note\x1b[1A\x1b[2Kserving version 7")
+
+        def stop(self):
+            pass
+
+        def app(self):
+            return None
+
+    monkeypatch.setattr("serving.server.ProductionServer", Server)
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    result = runner.invoke(app, ["serve", "bike-demand", "--port", str(free_port())])
+    shown = result.stderr + capsys.readouterr().err
+    assert result.exit_code == 0 and "\x1b" not in shown, shown
+    assert "testbed serve: refusing to serve version 6: rejected: note\\x1b[1A\\x1b[2Kserving version 7" in shown
+    assert "/metrics); Ctrl-C stops" in shown
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
