@@ -10,8 +10,9 @@ from rich.table import Table
 
 from cli.console import cell, err, friendly, out
 from cli.console import emit_json as _emit_json
+from sandbox.observe import printable
 from testbed.config import Workspace
-from testbed.errors import SpecError
+from testbed.errors import AuditError, SpecError
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
 
@@ -72,7 +73,12 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
         err.print(f"[bold red]warning:[/] the registry says version {version} but the audit trail's last move is "
                   f"{last}: the alias was changed outside the testbed")
     serving = next((e["submission"] for e in reversed(history) if e["version"] == version), None) if version else None
-    review = prod.book.latest(serving) if serving else None
+    try:
+        review = prod.book.latest(serving) if serving else None
+    except AuditError as exc:  # said, and the moves still shown: the operator needs them most then
+        err.print(f"[bold red]warning:[/] the review trail of version {version} ({serving}) cannot be read: "
+                  f"{escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
+        review = None
     if review is not None and review.decision == "reject":
         err.print(f"[bold red]warning:[/] version {version} ({serving}) was rejected by {escape(review.by)} at "
                   f"{review.at} after its promotion: a running `testbed serve` has stopped serving it (503); "
@@ -129,8 +135,6 @@ def _serve_log(line: str) -> None:
     of a review that stopped the service) with its terminal codes written out."""
     import sys
     from datetime import UTC, datetime
-
-    from sandbox.observe import printable
 
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {printable(line)}", file=sys.stderr, flush=True)
 

@@ -153,6 +153,33 @@ def test_the_running_services_log_writes_a_quoted_notes_terminal_codes_out(monke
     assert "/metrics); Ctrl-C stops" in shown
 
 
+def test_production_shows_every_move_when_the_served_versions_review_trail_is_damaged(monkeypatch):
+    """`testbed production` with the review trail of the version in service edited: a warning naming the file, and
+    the moves are still shown (the operator needs them most then), rather than an error after the first line."""
+    from testbed.errors import AuditError
+
+    class Book:
+        def latest(self, submission):
+            raise AuditError("entry 1 was edited: its content no longer matches its hash",
+                             where=f"reviews/{submission}.jsonl:1", fix="restore the file from a backup")
+
+    class Production:
+        def __init__(self, ws):
+            self.book = Book()
+
+        def current_version(self, pilot):
+            return "6"
+
+        def history(self, pilot):
+            return [{"seq": 1, "at": "2026-12-02T18:00:00+00:00", "action": "promote", "version": "6",
+                     "submission": "bike-demand-dd7608019914", "by": "Lee", "previous_version": None, "note": ""}]
+
+    monkeypatch.setattr("workflow.promote.Production", Production)
+    result = runner.invoke(app, ["production", "bike-demand"], terminal_width=200)
+    assert result.exit_code == 0 and "reviews/bike-demand-dd7608019914.jsonl:1" in result.stderr, result.output
+    assert "was edited" in result.stderr and "bike-demand-dd7608019914" in result.stdout and "promote" in result.stdout
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
