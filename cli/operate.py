@@ -153,6 +153,11 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
     _within("--window", window, 0, 3600)
+    if not url.startswith(("http://", "https://")) or url.rstrip("/").endswith("/metrics"):
+        base = url.rstrip("/").removesuffix("/metrics")
+        raise SpecError(f"--url {url} is not the service's address", where="--url",
+                        fix=f"give the address `testbed serve` printed, e.g. --url "
+                            f"{base if base.startswith(('http://', 'https://')) else 'http://' + base}")
     before = scrape(url, pilot) if window > 0 else None
     if before:
         time.sleep(window)

@@ -53,6 +53,8 @@ def test_every_verb_has_help():
     (["serve", "bike-demand", "--poll", "nan"], "--poll nan is outside"),
     (["monitor", "bike-demand", "--window", "1e300"], "--window 1e+300 is outside 0–3600"),
     (["promote", "bike-demand-000", "--by", " "], "no submission"),
+    (["monitor", "bike-demand", "--url", "127.0.0.1:3000"], "--url http://127.0.0.1:3000"),
+    (["monitor", "bike-demand", "--url", "http://127.0.0.1:3000/metrics"], "--url http://127.0.0.1:3000"),
 ])
 def test_user_errors_are_clean(args, words):
     result = runner.invoke(app, args)
