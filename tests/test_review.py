@@ -383,6 +383,50 @@ def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_no
     assert reviewed_rows(spec, tracker, ws)[0]["review"] == "approve"
 
 
+def test_ctrl_c_as_the_review_tags_are_written_takes_them_back(ws, evaluated, monkeypatch):
+    """Ctrl-C as the run's tags are written (the store has committed them; the trail has not the line yet): the
+    tags are put back, so the trail and its mirror still agree and reads go on, never one review ahead."""
+    tracker, sub, _, card = evaluated
+    real = tracker.tag
+
+    def tag_then_interrupted(run_id, tags):
+        real(run_id, tags)
+        if tags.get("testbed.review.seq"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracker, "tag", tag_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ReviewBook(ws).record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    monkeypatch.undo()
+    run = tracker.runs[card.mlflow_run_id]
+    assert not run.tags.get("testbed.review.seq") and ReviewBook(ws, tracker).history(sub.id, run) == []
+    assert ReviewBook(ws).record(tracker, sub.id, "reject", by="kim", note="no", rubric=GOOD).seq == 1
+
+
+def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypatch):
+    """Ctrl-C as the registry's `testbed.production.NNNN` tag is written, before the trail's line: the tag is taken
+    back, so `testbed production`, promotion and serving still read the trail (never a move one ahead)."""
+    from mlflow import MlflowClient
+
+    from workflow.promote import Production
+
+    prod = Production(ws)
+    MlflowClient(ws.tracking_uri).create_registered_model("testbed-bike-demand")
+    real = prod.client.set_registered_model_tag
+
+    def tag_then_interrupted(name, key, value):
+        real(name, key, value)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prod.client, "set_registered_model_tag", tag_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), prod.chain("bike-demand").locked() as txn:
+        prod._move(txn, "bike-demand", "rollback", None, "lee", "", "1", None)
+    monkeypatch.undo()
+    tags = MlflowClient(ws.tracking_uri).get_registered_model("testbed-bike-demand").tags
+    assert not [k for k in tags if k.startswith("testbed.production.")], tags
+    assert prod.history("bike-demand") == []
+
+
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):
     """Rich markup in a reviewer's name or note (or a vendor's name) is text: shown literally, never styling, and
     never a crash of the listing for everyone."""

@@ -11,6 +11,7 @@ checks, the alias change and the entry, so two operators promoting at once are a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -246,20 +247,23 @@ class Production:
 
         def mirror(entry: dict) -> None:  # the registry's tag first, then the trail's line: both or neither
             key = f"testbed.production.{entry['seq']:04d}"
+            mirrored.append(key)  # before: a Ctrl-C as the registry's write returns still takes the tag back
             self.client.set_registered_model_tag(name, key, json.dumps(
                 {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
-            mirrored.append(key)
 
         try:
             return txn.append(event, mirror=mirror)
         except BaseException:  # not recorded: put the alias (and the tag) back as they were
+            from mlflow.exceptions import MlflowException
+
             if alias is None:
                 if ok is not None:
                     self.client.delete_registered_model_alias(name, ALIAS)
             else:
                 self.client.set_registered_model_alias(name, ALIAS, alias)
             for key in mirrored:
-                self.client.delete_registered_model_tag(name, key)
+                with contextlib.suppress(MlflowException):  # never set (its write failed): nothing to take back
+                    self.client.delete_registered_model_tag(name, key)
             raise
 
 

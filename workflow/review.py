@@ -169,9 +169,9 @@ class ReviewBook:
 
         def mirror(entry: dict) -> None:  # on the run judged, before the trail holds it: both or neither
             current = tracker.tags(run.run_id)
+            before.update({k: current.get(k, "") for k in keys})  # kept first: a Ctrl-C as the tags' write returns
             tracker.tag(run.run_id, dict(zip(keys, (decision, by, entry["at"], str(entry["seq"]), entry["hash"],
-                                                    f"{entry['policy_fit']:g}"), strict=True)))
-            before.update({k: current.get(k, "") for k in keys})  # set: to put back should the trail's write fail
+                                                    f"{entry['policy_fit']:g}"), strict=True)))  # still puts them back
 
         with self.chain(sub.id, run, tracker).locked() as txn:
             try:
