@@ -403,6 +403,30 @@ def test_ctrl_c_as_the_review_tags_are_written_takes_them_back(ws, evaluated, mo
     assert ReviewBook(ws).record(tracker, sub.id, "reject", by="kim", note="no", rubric=GOOD).seq == 1
 
 
+def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror(ws, evaluated, monkeypatch):
+    """Ctrl-C while the trail's line is written and flushed (the run's tags already hold it): held back until the
+    lock is released, then raised, so the review is recorded in both, never a line the mirror was taken back from
+    (which would count for nothing and block every later review until cut by hand)."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    tracker, sub, _, card = evaluated
+    interrupting = SimpleNamespace(**{n: getattr(os, n) for n in ("write", "lseek", "read", "open", "close",
+                                                                   "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY",
+                                                                   "SEEK_SET")})
+    interrupting.fsync = lambda fd: (os.kill(os.getpid(), signal.SIGINT), os.fsync(fd))
+    monkeypatch.setattr("workflow.ledger.os", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        ReviewBook(ws).record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handled as before afterwards
+    run = tracker.runs[card.mlflow_run_id]
+    assert run.tags["testbed.review.seq"] == "1" and run.tags["testbed.review"] == "approve"
+    assert [r.decision for r in ReviewBook(ws, tracker).history(sub.id, run)] == ["approve"]
+    assert ReviewBook(ws).record(tracker, sub.id, "reject", by="kim", note="no", rubric=GOOD).seq == 2
+
+
 def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypatch):
     """Ctrl-C as the registry's `testbed.production.NNNN` tag is written, before the trail's line: the tag is taken
     back, so `testbed production`, promotion and serving still read the trail (never a move one ahead)."""

@@ -28,7 +28,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,13 @@ def _unconfirmed(anchor: Anchor, seqs: list[int]) -> str:
 class _Transaction:
     def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]]):
         self.chain, self._fd, self.entries = chain, fd, entries
+        self._deferred, self._ctrl_c = ExitStack(), None
+        """Ctrl-C held back from an entry's write to the lock's release (`_ctrl_c`: noted, once held back)."""
+
+    def release(self) -> bool:
+        """Ctrl-C handled again; whether one came while it was held back."""
+        self._deferred.close()
+        return bool(self._ctrl_c)
 
     def append(self, payload: dict[str, Any], mirror: Mirror | None = None) -> dict[str, Any]:
         """Chain `payload` after the last entry, record it with `mirror` (nothing is written when that fails),
@@ -156,6 +163,8 @@ class _Transaction:
         if mirror is not None:
             mirror(entry)
         line = (json.dumps(entry, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        if self._ctrl_c is None:  # from the write to the lock's release: a Ctrl-C must not undo the mirror then
+            self._ctrl_c = self._deferred.enter_context(_ctrl_c_deferred())
         try:
             written = os.write(self._fd, line)
             os.fsync(self._fd)
@@ -167,6 +176,27 @@ class _Transaction:
                              fix="free disk space, then remove the incomplete last line by hand and retry")
         self.entries.append(entry)
         return entry
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[list[bool]]:
+    """Ctrl-C held back while the trail's line is written and flushed: a SIGINT then is noted (the list yielded)
+    and raised once the lock is released (`AuditChain.locked`), never between the write and the caller's undo of
+    the mirror, which would leave an entry the mirror lacks. Python runs SIGINT's handler in the main thread,
+    whichever thread the kernel chose, so it is that handler that is swapped (where it is Python's default)."""
+    import signal
+    import threading
+
+    noted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield noted
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(True))
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class AuditChain:
@@ -183,7 +213,7 @@ class AuditChain:
         """Exclusive lock for a read-decide-append; entries are verified before anything is decided, and an
         entry the mirror never recorded is refused (AuditError) rather than built upon."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd, txn = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate,
@@ -194,9 +224,15 @@ class AuditChain:
                                  fix=f"if nobody recorded them, cut them from the end of the file (keep the first "
                                      f"{anchor.seq} line(s)), then retry; if one is yours, its recording failed: "
                                      "cut it and record it again")
-            yield _Transaction(self, fd, entries)
+            txn = _Transaction(self, fd, entries)
+            yield txn
         finally:
-            os.close(fd)  # releases the lock
+            try:
+                interrupted = txn is not None and txn.release()
+            finally:
+                os.close(fd)  # releases the lock
+        if interrupted:  # held back while the entry was written and mirrored: it stops what comes after them
+            raise KeyboardInterrupt
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry the mirror recorded, oldest first, after checking the whole chain (empty when the file does
