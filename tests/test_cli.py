@@ -94,6 +94,7 @@ def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submi
     result = runner.invoke(app, ["submit", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
     assert result.exit_code == 2 and str(vendor) in result.stderr and "field `name`" in result.stderr, result.output
     assert "fix:" in result.stderr and "Traceback" not in result.output and "\x1b" not in result.stderr
+    assert f"'{name.encode('unicode_escape').decode()}'" in result.stderr  # written out once, as it would be typed
     assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
 
 

@@ -189,6 +189,16 @@ def test_a_well_chained_entry_that_is_not_a_record_is_refused(tmp_path):
 
 # -- the rubric and policy fit -----------------------------------------------------------------------------------
 
+def test_a_refused_name_is_quoted_with_only_its_controls_written_out():
+    """The message refusing a name quotes it as typed: Hangul as it is, a control or bidirectional character
+    written out once (`\\u202e`, not `\\\\u202e`), so the evaluator sees what to remove."""
+    from workflow.rubric import person_name
+
+    with pytest.raises(SpecError) as refused:
+        person_name("김지우\u202e\x1b[2J", "--by")
+    assert "the name '김지우\\u202e\\x1b[2J' holds control" in str(refused.value), str(refused.value)
+
+
 def test_score_flags_and_rubric_resolution(bike_spec):
     third = bike_spec.policy_goals[2]
     items = parse_score_flags(["1=4:peaks forecast", "2 = 0 : no modal shift shown", f"{third}=2:x"])

@@ -20,6 +20,7 @@ from sandbox.environment import bundle_environment
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, SpecError
 from testbed.yamlio import load_model
+from workflow.rubric import written_out
 
 __all__ = ["Submission", "SubmissionStore"]
 
@@ -57,7 +58,7 @@ def _plain_name(name: str, where: str) -> None:
     control or formatting characters (an escape sequence clears or redraws the screen, a bidirectional override
     makes it read as another name)."""
     if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
-        raise SpecError(f"field `name`: '{name.encode('unicode_escape').decode()[:80]}' holds control or formatting "
+        raise SpecError(f"field `name`: '{written_out(name)[:80]}' holds control or formatting "
                         "characters", where=where, fix="give the company's name as plain text on one line")
 
 
