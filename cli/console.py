@@ -12,22 +12,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sandbox.observe import printable
 from testbed.errors import TestbedError
+from testbed.text import printable
 
-__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe", "cell"]
+__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
 
 PATH_SETTINGS = ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR")
 """Environment variables naming folders: a path under one that cannot be used names the variable."""
 out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
 err = Console(stderr=True)
 _show_warning = warnings.showwarning
-
-
-def cell(text: str) -> str:
-    """What people wrote (a name, a note) as one table cell: markup, control and bidirectional-formatting
-    characters written out, and line breaks shown as ⏎, so it cannot pass for rows or markup of its own."""
-    return escape(printable(text)).replace("\r", "").replace("\n", " ⏎ ")
 
 
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:

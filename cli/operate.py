@@ -8,11 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.console import cell, err, friendly, out
 from cli.console import emit_json as _emit_json
-from sandbox.observe import printable
+from cli.console import err, friendly, out
 from testbed.config import Workspace
 from testbed.errors import AuditError, SpecError
+from testbed.text import cell, printable
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
 

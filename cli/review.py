@@ -8,12 +8,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.console import cell, err, friendly, out
 from cli.console import emit_json as _emit_json
+from cli.console import err, friendly, out
 from evaluation.local_strength import CLAIMS
-from sandbox.observe import printable
 from testbed.config import Workspace
 from testbed.errors import AuditError, TestbedError
+from testbed.text import cell, printable
 from testbed.yamlio import repeated
 from workflow.catalogue import all_pilots, get_pilot
 from workflow.submissions import SubmissionStore

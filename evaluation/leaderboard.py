@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from rich.markup import escape
 from rich.table import Table
 
 from evaluation.families import FAMILIES
 from evaluation.registry import METRICS, goal_of
 from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
+from testbed.text import cell
 
 __all__ = ["leaderboard_rows", "leaderboard_table", "rank_rows"]
 
@@ -77,7 +77,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     for r in rows:
         review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
             r.get("review"), r.get("review") or "awaiting")
-        table.add_row(str(r["rank"]), *(escape(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
+        table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
                       _fmt(r["total_score"], 3) + ("*" if r.get("provisional", True) else ""), review)

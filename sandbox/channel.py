@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from sandbox.observe import printable
+from testbed.text import printable
 
 __all__ = ["MAX_RESPONSE_BYTES", "Budget", "Channel", "Sent"]
 

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import os
 import posixpath
-import re
 import select
 import struct
 import threading
@@ -25,7 +24,9 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["Evidence", "Opened", "OutputTail", "Reports", "Watch", "network_counters", "printable"]
+from testbed.text import printable
+
+__all__ = ["Evidence", "Opened", "OutputTail", "Reports", "Watch", "network_counters"]
 
 NET_FIELDS = {("Ip", "OutRequests"), ("Ip", "OutNoRoutes"), ("Tcp", "ActiveOpens"), ("Udp", "OutDatagrams"),
               ("Ip6OutRequests", None), ("Ip6OutNoRoutes", None)}
@@ -48,16 +49,6 @@ class Evidence:
     opened: list[str] | None = None
     """The bundle's files the service opened, as member paths of the `.bento` archive (`Opened`); None where
     the host offers no inotify."""
-
-
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` the service wrote, safe to show on a terminal or a page: control characters (a terminal's escape
-    sequences, carriage returns) and bidirectional overrides written out as `\\x1b`, `\\u202e`…; new lines
-    and tabs kept."""
-    return _CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 class OutputTail(threading.Thread):

@@ -24,10 +24,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox.observe import printable
 from sandbox.service import SandboxedService
 from serving.batching import GONE, Batcher, parse_request
 from testbed.errors import ContractViolation
+from testbed.text import printable
 
 if TYPE_CHECKING:
     from evaluation.contract import Contract

@@ -6,6 +6,7 @@ a review applies only to the evaluation (run id, bundle sha256) it names, so a r
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.decisions import OVERRIDABLE_GATES, apply_review, rubric_percent, score_policy_fit
-from evaluation.leaderboard import leaderboard_rows
+from evaluation.leaderboard import leaderboard_rows, rank_rows
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
@@ -178,7 +179,8 @@ class ReviewBook:
                 entry = txn.append(review.model_dump(mode="json", exclude={"seq", "prev", "hash"}), mirror=mirror)
             except BaseException:
                 if before:  # mirrored, not written: the tags go back to what they were
-                    tracker.tag(run.run_id, before)
+                    with contextlib.suppress(Exception):  # the store refused the tags themselves: the first error
+                        tracker.tag(run.run_id, before)
                 raise
         return Review.model_validate(entry)
 
@@ -259,7 +261,4 @@ def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict
         row |= {c: card.criteria[c].score for c in ("deep_learning_fit", "viability", "policy_fit",
                                                     "local_strength_fit")}
         row |= {"total_score": card.total_score, "provisional": card.total_is_provisional, "passed": card.passed}
-    rows.sort(key=lambda r: (not r["passed"], r["review"] == "reject", -(r["total_score"] or 0)))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    return rows
+    return rank_rows(spec, rows, then=lambda r: (r["review"] == "reject",))

@@ -4,7 +4,6 @@ gate overrides, confirmed vendor claims, and their own name, checked before anyt
 from __future__ import annotations
 
 import re
-import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -12,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, m
 
 from evaluation.decisions import RUBRIC_MAX
 from testbed.errors import SpecError
+from testbed.text import hidden
 from testbed.yamlio import load_model, repeated, validation_error
 
 __all__ = ["Claim", "Decision", "GoalScore", "Override", "RubricFile", "resolve_rubric", "parse_score_flags",
-           "load_rubric_file", "person_name", "written_out"]
+           "load_rubric_file", "person_name"]
 
 Claim = Literal["seoul_based", "startup", "technology_field"]
 Decision = Literal["approve", "reject"]
@@ -115,13 +115,8 @@ def person_name(name: str, where: str) -> str:
     name = name.strip()
     if not name:
         raise SpecError("the name is empty", where=where, fix=f'give {where} "NAME" (kept in the audit trail)')
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
-        raise SpecError(f"the name '{written_out(name)[:80]}' holds control or formatting characters", where=where,
+    if hidden(name):
+        raise SpecError(f"the name {repr(name)[:80]} holds control or formatting characters", where=where,
                         fix="give the name as plain text")
     return name
 
-
-def written_out(text: str) -> str:
-    """`text` with its control and formatting characters written out (`\\x1b`, `\\u202e`, `\\n`), every other
-    character (Hangul too) as it is: for a message quoting a refused name."""
-    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)

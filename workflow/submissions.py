@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, SpecError
+from testbed.text import hidden
 from testbed.yamlio import load_model
-from workflow.rubric import written_out
 
 __all__ = ["Submission", "SubmissionStore"]
 
@@ -54,12 +53,12 @@ ID = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{12}")
 
 
 def _plain_name(name: str, where: str) -> None:
-    """The vendor's name is shown to evaluators on their terminals (review list and show, the leaderboard): no
-    control or formatting characters (an escape sequence clears or redraws the screen, a bidirectional override
-    makes it read as another name)."""
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
-        raise SpecError(f"field `name`: '{written_out(name)[:80]}' holds control or formatting "
-                        "characters", where=where, fix="give the company's name as plain text on one line")
+    """The vendor's name reaches evaluators' terminals and pages (review list and show, the leaderboard): checked
+    as a submission comes in (records stored before stay readable, and are shown written out)."""
+    if hidden(name):
+        raise SpecError(f"field `name`: {repr(name)[:80]} holds control or formatting characters (an escape sequence, "
+                        "a bidirectional override, a line break)", where=where,
+                        fix="give the company's name as plain text on one line")
 
 
 def _read(path: Path) -> Submission:
