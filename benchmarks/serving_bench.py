@@ -3,7 +3,7 @@ proxy and the sandbox, on loopback.
 
 1. Saturation, without and with adaptive batching: `concurrency` closed-loop clients send single-window
    requests for `saturate_s` seconds; throughput and p50/p99 latency.
-2. Steady rate, with batching (the production setting): one request every 1/rate s for `steady_s` seconds
+2. Steady rate, with batching (`testbed serve --batching`): one request every 1/rate s for `steady_s` seconds
    (open loop: latency counted from the scheduled send time, so a stall is not hidden); errors must be 0.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 
 import typer
 from rich.markup import escape
@@ -94,7 +95,10 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
 def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
           port: int = typer.Option(3000, "--port", help="Port to listen on."),
           poll: float = typer.Option(5.0, "--poll", help="Seconds between checks of the production alias."),
-          batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching in the proxy."),
+          batching: bool = typer.Option(False, "--batching/--no-batching", help=(
+              "Adaptive batching in the proxy: concurrent clients' requests merged into one call (throughput "
+              "where the model gains from batches, e.g. on a GPU; the bundle then sees several clients' inputs "
+              "together and could hand one client's data to another).")),
           max_batch: int = typer.Option(64, "--max-batch", help="Most items per call into the sandbox.")):
     """Serve the pilot's production bundle (from the MLflow registry) in the sandbox, with Prometheus metrics."""
     import ipaddress
@@ -180,7 +184,8 @@ def _show(summary: dict, page) -> None:
     table = Table("measure", "in service", "service level", "met")
     for row in summary["rows"]:
         met = "—" if row["met"] is None else "[green]yes[/]" if row["met"] else "[red]no[/]"
-        table.add_row(row["measure"], f"{row['value']:.4g} {row['unit']}",
+        measured = "— (no requests)" if math.isnan(row["value"]) else f"{row['value']:.4g} {row['unit']}"
+        table.add_row(row["measure"], measured,
                       "—" if row["target"] is None else f"{row['target']:g} {row['unit']}", met)
     out.print(table)
     if page:

@@ -38,6 +38,7 @@ from serving.metrics import ServingMetrics
 from serving.proxy import Proxy, Served, served_schema
 from testbed.config import Workspace
 from testbed.errors import Refused, TestbedError
+from testbed.text import printable
 from workflow.catalogue import get_pilot
 from workflow.promote import Approved, Production
 
@@ -47,14 +48,13 @@ SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
 
 
-def _violation(service: SandboxedService) -> str | None:
-    """What the sandbox's observers saw the running service try that an evaluation rejects as a
-    `sandbox_violation` (the network namespace's kernel counters, the harness paths its audit hook reported, a
-    seccomp kill), or None. Read live: a bundle that behaves in evaluation and tries in production is caught too."""
+def _observed(service: SandboxedService) -> tuple[str, str]:
+    """The verdict an evaluation would give the served bundle now, with its reason, from what the sandbox's
+    observers saw (`classify`: the network namespace's kernel counters, the harness paths its audit hook reported,
+    a seccomp kill, the memory cgroup's OOM kills, its exit status), read live: `completed` while nothing is
+    wrong. A bundle that behaves in evaluation and tries the forbidden in production is caught too."""
     code = service.proc.poll() if service.proc else None
-    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False,
-                               evidence=service.evidence(live=True))
-    return reason if verdict == "sandbox_violation" else None
+    return classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=service.evidence(live=True))
 
 
 def _stderr(line: str) -> None:
@@ -64,7 +64,7 @@ def _stderr(line: str) -> None:
 class ProductionServer(Proxy):
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
-    def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = True,
+    def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = False,
                  max_batch: int = 64, log: Callable[[str], None] = _stderr, recheck_s: float = 30.0,
                  restart_s: float = 30.0):
         self.ws, self.spec, self.poll_s, self.log = ws, get_pilot(pilot), poll_s, log
@@ -86,7 +86,7 @@ class ProductionServer(Proxy):
         self._refused: tuple[str, float, str, int] | None = None
         """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
         self._violated: dict[str, str] = {}
-        """Versions caught trying what the sandbox forbids (`_violation`), and what: never served again by this
+        """Versions caught trying what the sandbox forbids (`_observed`), and what: never served again by this
         server, whatever the alias says."""
         self._waiting = 0
         """Requests read in full in the proxy now, until their answer (counted in the event loop)."""
@@ -164,7 +164,7 @@ class ProductionServer(Proxy):
                 self._batcher.close()  # its queued requests get 503 (retry); its calls in flight finish
             self._batcher = Batcher(lambda body, items, s=new: self._call(s, body, items), list(self.contract.inputs),
                                     max_items=self.max_batch) if new and self.batching else None
-            self.reason = "" if new else reason
+            self.reason = "" if new else printable(reason)  # /readyz and 503s may quote a rejecting note
         if new:
             self.metrics.serving(new.version, submission=new.ok.submission.id, bundle_sha256=new.ok.sha256,
                                  run_id=new.ok.run.run_id)
@@ -188,8 +188,8 @@ class ProductionServer(Proxy):
         production trail put in service is served. A refused version is checked again when the trail moves, or
         after `recheck_s` (a new review may approve it)."""
         served = self.served
-        violation = _violation(served.service) if served else None
-        if served and violation:
+        verdict, violation = _observed(served.service) if served else ("completed", "")
+        if served and verdict == "sandbox_violation":
             self._violated[served.version] = violation
             self._swap(None, f"version {served.version} was stopped: {violation}")
             self.log(f"SANDBOX VIOLATION by version {served.version} ({served.ok.submission.id}) in production: "
@@ -261,9 +261,8 @@ class ProductionServer(Proxy):
             if served.crashed:
                 return
             served.crashed, served.died_at = True, time.monotonic()
-            code = served.service.proc.poll() if served.service.proc else None
             tail = [line for line in served.service.log_tail(4000).splitlines() if line.strip()]
-            self.reason = why or f"the served bundle (version {served.version}) exited with status {code}"
+            self.reason = why or f"the served bundle (version {served.version}) stopped: {_observed(served.service)[1]}"
         self.metrics.ready.labels(self.pilot).set(0)
         self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
                  f"starting it again in {self.restart_s:g} s (or restart `testbed serve {self.pilot}`, or promote "

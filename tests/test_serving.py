@@ -337,14 +337,14 @@ class SandboxDouble:
     """A served bundle's process for `ProductionServer.check`: its observers, its exit status."""
 
     def __init__(self):
-        self.network, self.harness_paths, self.stopped, self.status = {}, [], False, None
+        self.network, self.harness_paths, self.oom_kills, self.stopped, self.status = {}, [], 0, False, None
         self.proc = SimpleNamespace(poll=lambda: self.status)
 
     def evidence(self, live=False):
         from sandbox.observe import Evidence
 
         assert live  # read while it serves: never the watch of opened files, which reading ends
-        return Evidence(network=dict(self.network), harness_paths=list(self.harness_paths))
+        return Evidence(network=dict(self.network), harness_paths=list(self.harness_paths), oom_kills=self.oom_kills)
 
     def channel(self):
         return SimpleNamespace(close=lambda: None)
@@ -416,13 +416,17 @@ def test_a_served_bundle_that_dies_is_started_again_after_restart_s(ws):
     server, alias, launched, logs = watched_server(ws, restart_s=3600)
     server.served.service.status = 139  # SIGSEGV, through bubblewrap
     server.check()
-    assert not server.ready and "exited with status 139" in server.reason and launched == ["1"]
+    assert not server.ready and "exited unexpectedly (killed by SIGSEGV)" in server.reason and launched == ["1"]
     server.check()
     assert not server.ready and launched == ["1"]  # not before restart_s
     server.restart_s = 0
     server.check()
     assert server.ready and server.served.version == "1" and launched == ["1", "1"]
     assert logs[-1] == "started version 1 (bike-demand-1) again after it exited; serving it"
+    server.restart_s = 3600
+    server.served.service.status, server.served.service.oom_kills = 137, 1  # its memory cgroup's limit, after a leak
+    server.check()
+    assert not server.ready and "stopped: memory limit reached" in server.reason, server.reason
 
 
 def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
@@ -503,3 +507,46 @@ def test_the_schema_clients_build_their_calls_from_is_the_approved_bundles_own_d
     got = asyncio.run(main())
     assert got.status_code == 200
     assert got.json()["routes"] == [declared["routes"][0]]  # the contract's API only: the proxy serves no other
+
+
+@pytest.mark.parametrize("args, batches", [([], False), (["--batching"], True)])
+def test_serving_merges_clients_requests_only_when_the_operator_asks(ws, monkeypatch, args, batches):
+    """One merged call carries several clients' items, which a bundle could pass from one client to another:
+    `testbed serve` sends each request alone unless `--batching` is given, and so does a ProductionServer."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    server = watched_server(ws, **({"batching": True} if batches else {}))[0]
+    assert isinstance(server._batcher, Batcher) is batches
+    made = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*a, **kw):
+        made.update(kw)
+        raise Stop
+
+    monkeypatch.setattr("serving.server.ProductionServer", capture)
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = CliRunner().invoke(app, ["serve", "bike-demand", "--port", str(port), *args])
+    assert isinstance(result.exception, Stop) and made["batching"] is batches, result.output
+
+
+def test_why_nothing_is_served_writes_a_quoted_notes_terminal_codes_out(ws):
+    """/readyz and every 503 say why nothing is served, which may quote a rejecting evaluator's note: its terminal
+    codes are written out, so a client or operator printing the answer does not run them."""
+    server = watched_server(ws)[0]
+    server._swap(None, "refusing to serve version 1: rejected by kim: 'bad\x1b[2J\x1b]0;owned\x07'")
+
+    async def readyz():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app()), base_url="http://t") as client:
+            return await client.get("/readyz")
+
+    answer = asyncio.run(readyz())
+    assert answer.status_code == 503 and "\\x1b[2J" in answer.text and "\x1b" not in answer.text, answer.text
