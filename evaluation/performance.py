@@ -33,10 +33,12 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
 
 
 def _external(phase: PhaseResult) -> float:
-    """Share of the machine's CPUs that processes other than the service and the harness kept busy."""
+    """Share of the machine's CPUs that processes other than the service and the harness kept busy. The service's
+    own share is the larger of its threads' counters and its cgroup's (which also counts threads and processes
+    that ended within a request: work done in short-lived threads must not pass for other processes' load)."""
     if phase.machine_busy is None or phase.wall_s <= 0:
         return 0.0
-    own = sum(phase.cpu_s) / (phase.wall_s * max(1, phase.cores))
+    own = max(sum(phase.cpu_s), phase.sandbox_cpu_s or 0.0) / (phase.wall_s * max(1, phase.cores))
     return float(min(1.0, max(0.0, phase.machine_busy - own)))
 
 

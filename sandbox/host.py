@@ -104,6 +104,9 @@ class Cgroups:
             except OSError:  # no cpu hierarchy here: the spec's CPUs are then only what Ray schedules by
                 if "cpu" in self.paths:
                     _rmdir(self.paths.pop("cpu"))
+        if not ("cpu" in self.paths and (self.paths["cpu"] / "cpuacct.usage").exists()):
+            with contextlib.suppress(OSError):  # cpuacct in a hierarchy of its own: a group there to count CPU
+                self.paths["cpuacct"] = _make_group("cpuacct", name)
 
     @property
     def available(self) -> bool:
@@ -136,6 +139,15 @@ class Cgroups:
         """Forks refused because the group was at its process limit."""
         events = dict(line.split() for line in self._read("pids", "pids.events").splitlines())
         return int(events.get("max", 0))
+
+    def cpu_used_s(self) -> float | None:
+        """CPU seconds everything in the group has used (threads and processes that ended included: the kernel's
+        `cpuacct.usage`), or None where there is no cpuacct group."""
+        for ctl in ("cpuacct", "cpu"):
+            used = self._read(ctl, "cpuacct.usage").strip()
+            if used.isdigit():
+                return int(used) / 1e9
+        return None
 
     def cpu_throttled(self) -> int:
         """CFS periods in which the group used up its CPU quota and was held back until the next one."""

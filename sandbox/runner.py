@@ -89,6 +89,9 @@ class PhaseResult:
     """Per request: seconds those threads waited, runnable, for a CPU (queueing behind other processes)."""
     machine_busy: float | None = None
     """Share of all the machine's CPUs that were busy during the phase."""
+    sandbox_cpu_s: float | None = None
+    """CPU seconds the whole sandbox used during the phase (its cgroup: threads and processes that ended within a
+    request counted too, which `cpu_s` cannot see); None where it has no cgroup to count with."""
     cores: int = 1
     """CPUs of the machine."""
 
@@ -199,6 +202,10 @@ def run_job(job: SandboxJob) -> SandboxResult:
                          limits=limits, opened=evidence.opened)
 
 
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else max(0.0, after - before)
+
+
 def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
                budget: Budget) -> PhaseResult:
     channel = svc.channel(cap=job.max_response_bytes, budget=budget)
@@ -212,7 +219,7 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
         status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline, cap=cap)
         return status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid))
 
-    meter = MachineMeter()
+    meter, used = MachineMeter(), svc.cpu_used_s()
     start = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
@@ -224,4 +231,5 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors,
                        cpu_s=[o[4][0] for o in outcomes], wait_s=[o[4][1] for o in outcomes],
-                       machine_busy=meter.stop(), cores=meter.cores)
+                       machine_busy=meter.stop(), cores=meter.cores,
+                       sandbox_cpu_s=_spent(used, svc.cpu_used_s()))

@@ -284,6 +284,11 @@ class SandboxedService:
             return self._cgroups.peak_memory_bytes() / 2**20
         return (self._watch.peak if self._watch else 0) / 2**20
 
+    def cpu_used_s(self) -> float | None:
+        """CPU seconds the sandbox has used so far, everything it ran counted (threads and processes that ended
+        too), from its cgroup; None where it has none to count with."""
+        return self._cgroups.cpu_used_s() if self._cgroups and self._cgroups.available else None
+
     def evidence(self, live: bool = False) -> Evidence:
         """What the harness observed from outside the sandbox, read after `stop`; `live`: while it runs, as far as
         seen yet (the files it opened left out: reading them ends their watch)."""
