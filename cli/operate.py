@@ -123,8 +123,7 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     if not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in socket.getaddrinfo(host, port)):
         err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
                   "put an authenticating proxy in front of it (the testbed's own is for loopback)")
-    server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch,
-                              log=_serve_log)
+    server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
     server.start()
     try:
         err.print(f"http://{host}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops",
@@ -132,15 +131,6 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
         uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     finally:
         server.stop()
-
-
-def _serve_log(line: str) -> None:
-    """One line of the running service's log on the operator's terminal: what people wrote and it quotes (the note
-    of a review that stopped the service) with its terminal codes written out."""
-    import sys
-    from datetime import UTC, datetime
-
-    print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {printable(line)}", file=sys.stderr, flush=True)
 
 
 @friendly

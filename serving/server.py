@@ -67,7 +67,10 @@ class ProductionServer(Proxy):
     def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = False,
                  max_batch: int = 64, log: Callable[[str], None] = _stderr, recheck_s: float = 30.0,
                  restart_s: float = 30.0):
-        self.ws, self.spec, self.poll_s, self.log = ws, get_pilot(pilot), poll_s, log
+        self.ws, self.spec, self.poll_s = ws, get_pilot(pilot), poll_s
+        self.log: Callable[[str], None] = lambda line: log(printable(line))
+        """Where the server's log lines go, with what they quote (a rejecting review's note, the bundle's last
+        output) written out: never terminal codes on the operator's terminal."""
         self.recheck_s = recheck_s
         """How often a refused version is checked again while the trail does not move (a new review of it)."""
         self.restart_s = restart_s

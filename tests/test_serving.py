@@ -539,9 +539,11 @@ def test_serving_merges_clients_requests_only_when_the_operator_asks(ws, monkeyp
 
 
 def test_why_nothing_is_served_writes_a_quoted_notes_terminal_codes_out(ws):
-    """/readyz and every 503 say why nothing is served, which may quote a rejecting evaluator's note: its terminal
-    codes are written out, so a client or operator printing the answer does not run them."""
-    server = watched_server(ws)[0]
+    """/readyz, every 503 and the server's log say why nothing is served, which may quote a rejecting evaluator's
+    note: its terminal codes are written out, so a client or operator printing it does not run them."""
+    server, alias, _, logs = watched_server(ws)
+    server.log("refusing to serve version 1: rejected by kim: 'bad\x1b[2J\x1b]0;owned\x07'")
+    assert "\x1b" not in logs[-1] and "\\x1b[2J" in logs[-1]  # the operator's terminal alike
     server._swap(None, "refusing to serve version 1: rejected by kim: 'bad\x1b[2J\x1b]0;owned\x07'")
 
     async def readyz():
