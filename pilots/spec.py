@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from testbed.errors import SpecError
 from testbed.yamlio import repeated
 
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
-    "CriteriaWeights", "Criteria", "EquitySettings", "Encoding",
+    "CriteriaWeights", "Criteria", "EquitySettings", "Encoding", "require_split_kind",
 ]
 
 
@@ -57,6 +58,13 @@ class Split(_Spec):
     """True when this split's ground truth is published somewhere (e.g. the dataset is an open download): a
     sequestered split is then only withheld from the submission, and near-exact matches to the truth are
     flagged as a suspected lookup. A `public` split's truth is always public."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Split:
+        if self.members is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give the split either `members` (a list in the dataset's split file, for image "
+                             "families) or `start`/`end` (dates, for time-series and dated families), not both")
+        return self
 
     @field_validator("start", "end")
     @classmethod
@@ -257,3 +265,20 @@ class PilotSpec(_Spec):
         if twice:
             raise ValueError(f"{', '.join(twice)[:80]} given more than once: give each once")
         return items
+
+
+def require_split_kind(spec: PilotSpec, where: str, family: str, kind: str) -> None:
+    """Every split of `spec` of the kind its family reads: `dates` (`start`/`end`: a family that cuts the data by
+    time ignores `members`, so a split given only `members` would span the whole file and a sequestered one hold
+    every public item) or `members` (a family that picks listed items ignores dates). A SpecError names the split."""
+    for name, split in spec.dataset.splits.items():
+        if kind == "dates" and split.members is not None:
+            raise SpecError(f"field `dataset.splits.{name}.members`: the {family} family cuts its splits by date and "
+                            "ignores `members` (the split would span the whole data file)", where=where,
+                            fix=f"give the `{name}` split `start` and `end` (dates on the data's own clock) instead of "
+                                "`members`")
+        if kind == "members" and split.members is None:
+            raise SpecError(f"field `dataset.splits.{name}`: the {family} family picks a split's items by `members` "
+                            "and ignores dates; this split has no `members`", where=where,
+                            fix=f"give the `{name}` split `members`: the key of its list of file names in the "
+                                "dataset's split file")

@@ -149,3 +149,30 @@ def test_gpu_runs_limit_writable_memory_not_address_space():
     assert f"--as={1 << 30}" in sandbox_command(paths, limits, 3)
     gpu = sandbox_command(paths, limits, 3, gpu=True)
     assert f"--data={1 << 30}" in gpu and not any(a.startswith("--as=") for a in gpu)
+
+
+PETITIONS = yaml.safe_load((CATALOGUE_DIR / "petition-routing.yaml").read_text())
+CCTV = yaml.safe_load((CATALOGUE_DIR / "cctv-road-users.yaml").read_text())
+
+
+@pytest.mark.parametrize("base, split, field, fix_words", [
+    # a dated family ignores `members`: such a sequestered split spanned the whole file, public splits included
+    (BIKE, {"public": False, "members": "test"}, "dataset.splits.test.members", "cuts its splits by date"),
+    (PETITIONS, {"public": False, "members": "test"}, "dataset.splits.test.members", "cuts its splits by date"),
+    (PETITIONS, {"public": True, "members": "sample"}, "dataset.splits.sample.members", "`start` and `end`"),
+    # the detection family reads only `members`: a dated split failed at evaluation with "no list None"
+    (CCTV, {"public": False, "truth_public": True, "start": "2020-01-01T00:00:00"}, "dataset.splits.test",
+     "split `members`: the key"),
+    # both: the overlap check judged by `members` alone
+    (BIKE, {"public": False, "members": "test", "start": "2018-10-01T00:00:00"}, "dataset.splits",
+     "not both"),
+])
+def test_a_split_of_the_wrong_kind_for_its_family_is_refused(tmp_path, base, split, field, fix_words):
+    spec = yaml.safe_load(yaml.safe_dump(base))
+    name = "sample" if split["public"] else "test"
+    spec["dataset"]["splits"][name] = split
+    path = write(tmp_path, spec)
+    with pytest.raises(SpecError) as info:
+        load_pilot(path)
+    message = str(info.value)
+    assert str(path) in message and f"`{field}" in message and fix_words in message

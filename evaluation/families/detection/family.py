@@ -26,7 +26,7 @@ from evaluation.families.detection.metrics import AREA_RANGES, DetectionEval, cl
 from evaluation.families.detection.plots import detection_plots
 from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
-from pilots.spec import ScenarioSpec
+from pilots.spec import PilotSpec, ScenarioSpec, require_split_kind
 from sandbox.runner import SandboxResult
 from testbed.errors import ContractViolation, SpecError
 
@@ -44,6 +44,12 @@ class ObjectDetection(TaskFamily):
     baseline_name = "mean_count_from_public_sample"
     answer_bytes_per_item = 256 << 10
     """256 KiB per frame: ~2,000 detections as JSON, twenty times the 100 the harness scores."""
+
+    @classmethod
+    def validate_spec(cls, spec: PilotSpec, where: str) -> None:
+        """Also: every split names its frames by `members` (a list in `task.splits_file`), never by dates."""
+        super().validate_spec(spec, where)
+        require_split_kind(spec, where, cls.name, "members")
 
     def _beside(self, field: str) -> Path:
         """Option `field` (a path relative to the annotations file's folder), refused outside the data folder."""

@@ -16,7 +16,7 @@ from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_respo
 from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, remembered_panel
 from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
-from pilots.spec import PilotSpec, ScenarioSpec
+from pilots.spec import PilotSpec, ScenarioSpec, require_split_kind
 from sandbox.runner import SandboxResult
 from testbed.errors import ContractViolation, SpecError
 
@@ -88,6 +88,7 @@ class Forecasting(TaskFamily):
     def validate_spec(cls, spec: PilotSpec, where: str) -> None:
         """Also: a derived group the data's frequency can tell apart (hourly bands need steps under a day)."""
         super().validate_spec(spec, where)
+        require_split_kind(spec, where, cls.name, "dates")
         data = ForecastOptions.model_validate(spec.task).data
         columns = {*data.series_keys, *data.attributes, *data.calendar, *data.known, *data.observed}
         try:

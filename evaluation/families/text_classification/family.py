@@ -15,7 +15,7 @@ from evaluation.families.text_classification.data import TextOptions, Texts, rea
 from evaluation.families.text_classification.metrics import ClassEval, class_f1
 from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
-from pilots.spec import PilotSpec, ScenarioSpec
+from pilots.spec import PilotSpec, ScenarioSpec, require_split_kind
 from sandbox.runner import SandboxResult
 from testbed.errors import ContractViolation, SpecError
 
@@ -59,6 +59,12 @@ class TextClassification(TaskFamily):
     primary_metric = "macro_f1"
     technology_fields = ("nlp",)
     baseline_name = "tfidf_char_ngrams_logistic_regression"
+
+    @classmethod
+    def validate_spec(cls, spec: PilotSpec, where: str) -> None:
+        """Also: splits cut by date (`start`/`end` on `task.time_column`), never by `members`."""
+        super().validate_spec(spec, where)
+        require_split_kind(spec, where, cls.name, "dates")
 
     @classmethod
     def contract_details(cls, spec: PilotSpec) -> dict[str, Any]:
