@@ -235,3 +235,16 @@ def test_the_citys_bad_rows_are_named(spec, tmp_path, edit, words):
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")) as refused:
         _variant(spec, tmp_path, "\n".join(edit(lines)) + "\n").load("test")
     assert "petition-routing" in refused.value.where and refused.value.fix
+
+
+def test_a_bad_row_of_the_training_split_stops_the_test_splits_load(spec, tmp_path):
+    """The baseline learns from the public training split, read beside the sandbox run: a row there with a
+    category the spec does not list was found only once the bundle had run (minutes, for nothing). Loading the
+    split to score reads the training split too, so the spec's mistake stops the evaluation before any bundle."""
+    from testbed.errors import SpecError
+
+    lines = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig").splitlines()
+    assert lines[-1].split(",")[3] < "2020-08-31"  # a training-split row
+    lines[-1] = lines[-1].replace(lines[-1].split(",")[1], "미분류", 1)
+    with pytest.raises(SpecError, match=r"split 'train' has labels that are not in task.categories: \['미분류'\]"):
+        _variant(spec, tmp_path, "\n".join(lines) + "\n").load("test")

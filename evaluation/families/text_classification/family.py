@@ -93,6 +93,8 @@ class TextClassification(TaskFamily):
         if not data.texts:
             raise SpecError(f"split {split!r} selects no rows of {self.data_path.name}", where=where,
                             fix="set the split's start/end inside the data's time range")
+        if split != self._training_split():
+            self._training  # noqa: B018 - the baseline's split, read now: its mistakes stop the run before the bundle's
         return data
 
     def inputs(self, data: Texts) -> list[str]:
