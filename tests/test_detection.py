@@ -501,3 +501,20 @@ def test_yolox_torch_runs_on_the_gpu_the_spec_gives(spec, built, tmp_path, yolox
     detects = [line for line in device_lines(tmp_path / "card") if " detect " in line]
     assert detects and all("device=cuda" in line for line in detects)
     assert float(detects[-1].rsplit("cuda_max_allocated_mb=", 1)[1]) > 1  # the weights and activations: MBs
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("images", "pictures", "no image file"),
+    ("splits_file", "lists.json", "no splits file"),
+])
+def test_a_wrong_folder_or_splits_file_names_its_field(spec, tmp_path, field, value, words):
+    """A new pilot's `task.images` or `task.splits_file` that names nothing: the error says which field and which
+    path, not a bare FileNotFoundError (images) or a missing list in a file that does not exist (splits file)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    wrong = spec.model_copy(update={"scenarios": [], "task": {**spec.task, field: value}})
+    with pytest.raises(SpecError, match=words) as refused:
+        FAMILIES.get("detection")(wrong, data).load("sample")
+    assert refused.value.where.endswith(f"task.{field}") and value in str(refused.value)

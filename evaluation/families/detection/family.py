@@ -62,7 +62,11 @@ class ObjectDetection(TaskFamily):
     def _members(self, split: str) -> list[str]:
         where = f"pilot {self.spec.id}: dataset.splits.{split}.members"
         key, path = self.spec.dataset.splits[split].members, self._beside("splits_file")
-        members = json.loads(path.read_text()).get(key) if key and path.is_file() else None
+        if not path.is_file():
+            raise SpecError(f"no splits file {path}", where=f"pilot {self.spec.id}: task.splits_file",
+                            fix="set task.splits_file to the JSON file (relative to the annotations file's folder) "
+                                "that lists each split's image file names")
+        members = json.loads(path.read_text()).get(key) if key else None
         if not members:
             raise SpecError(f"no list {key!r} in {path}", where=where,
                             fix="name a key of the splits file (task.splits_file, beside the annotations file)")
@@ -104,7 +108,14 @@ class ObjectDetection(TaskFamily):
               "annotations": anns, "categories": [c for c in coco["categories"] if c["id"] in cat_ids]}
         where = f"pilot {self.spec.id}: dataset {self.data_path}"
         check_annotations(coco["annotations"], images, coco["categories"], where)
-        jpeg, pixels = decode_frames(self._beside("images"), images, where)
+        folder = self._beside("images")
+        absent = [im["file_name"] for im in images if not (folder / str(im["file_name"])).is_file()]
+        if absent:
+            raise SpecError(f"no image file {folder / str(absent[0])} ({len(absent)} of the split's {len(images)} "
+                            f"frames missing from {folder})", where=f"pilot {self.spec.id}: task.images",
+                            fix="set task.images to the folder of the image files (relative to the annotations "
+                                "file's folder), or restore the missing files")
+        jpeg, pixels = decode_frames(folder, images, where)
         counts = {area: object_counts(anns, ids, cat_ids, lo, hi) for area, (lo, hi) in AREA_RANGES.items()}
         crowd = {a["image_id"] for a in anns if a.get("iscrowd")}
         crowded = (counts["all"].sum(1) >= o.crowded_min_objects) | np.isin(ids, list(crowd))
