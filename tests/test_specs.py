@@ -176,3 +176,16 @@ def test_a_split_of_the_wrong_kind_for_its_family_is_refused(tmp_path, base, spl
         load_pilot(path)
     message = str(info.value)
     assert str(path) in message and f"`{field}" in message and fix_words in message
+
+
+def test_text_splits_that_share_a_day_are_refused(tmp_path):
+    """The text family cuts splits by whole days (its time column is a date): a public split ending at midnight
+    and a sequestered one starting later that day passed the spec's time overlap check, yet both held that day's
+    petitions (vendors had part of the test split)."""
+    spec = yaml.safe_load(yaml.safe_dump(PETITIONS))
+    spec["dataset"]["splits"]["test"]["start"] = "2020-09-30T09:00:00"
+    path = write(tmp_path, spec)
+    with pytest.raises(SpecError) as info:
+        load_pilot(path)
+    message = str(info.value)
+    assert str(path) in message and "`dataset.splits.test`" in message and "2020-09-30" in message

@@ -65,6 +65,21 @@ class TextClassification(TaskFamily):
         """Also: splits cut by date (`start`/`end` on `task.time_column`), never by `members`."""
         super().validate_spec(spec, where)
         require_split_kind(spec, where, cls.name, "dates")
+        day = lambda value: value.date() if value is not None else None  # noqa: E731
+        splits = spec.dataset.splits
+        for name, split in splits.items():
+            for other, seen in splits.items():
+                if split.public or not seen.public:
+                    continue
+                first, last, seen_first, seen_last = day(split.start), day(split.end), day(seen.start), day(seen.end)
+                if (first is None or seen_last is None or first <= seen_last) and \
+                        (seen_first is None or last is None or seen_first <= last):
+                    shared = max(d for d in (first, seen_first) if d) if first or seen_first else None
+                    raise SpecError(f"field `dataset.splits.{name}`: the {cls.name} family cuts splits by whole days "
+                                    f"(`task.time_column` is a date), so the sequestered `{name}` split and the public "
+                                    f"`{other}` split share {shared or 'days'}: vendors would have seen its items",
+                                    where=where, fix=f"start the `{name}` split on a day after the `{other}` split's "
+                                                     "last day (dates at midnight)")
 
     @classmethod
     def contract_details(cls, spec: PilotSpec) -> dict[str, Any]:
