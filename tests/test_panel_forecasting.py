@@ -314,3 +314,30 @@ def test_exactness_reads_a_panel_within_its_series_not_its_levels(districts):
     assert pooled > 0.99 and fam.exactness(test, {"clean": rough}) < 0.5
     assert fam.exactness(test, {"clean": 1.5 * test.truth + 7}) == pytest.approx(1.0)
     assert fam.exactness(test, {"clean": np.full_like(test.truth, 100.0)}) is None
+
+
+def test_the_forecast_plot_puts_each_window_at_its_own_time(districts):
+    """Windows that do not follow each other (a stride longer than the horizon, or windows skipped at a gap) are
+    drawn at their own times with a break between them, not joined end to end under a "steps from" axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from evaluation.families.forecasting.plots import forecast_plots
+    from evaluation.family import Outcome
+
+    spec_path, data_dir = districts
+    spec = load_pilot(spec_path)
+    spec = spec.model_copy(update={"task": {**spec.task, "horizon": 12, "stride": 24}})
+    fam = open_family(spec, data_dir)
+    test = fam.load("test")
+    outcome = Outcome(metrics={}, groups={}, baseline={}, extras={"pred": test.baseline.copy()})
+    ax = forecast_plots(fam, test, outcome)["forecast_vs_actual"].axes[0]
+    actual = next(line for line in ax.get_lines() if line.get_label() == "actual")
+    x, y = actual.get_xdata(), np.asarray(actual.get_ydata(), float)
+    when = pd.DatetimeIndex(x)  # the steps' own times
+    busiest = test.series[:, 0] == "district-24"
+    truth = {t: v for r in np.flatnonzero(busiest) for t, v in
+             zip(pd.date_range(test.origins[r], periods=12, freq="h"), test.truth[r], strict=True)}
+    drawn = [(t, v) for t, v in zip(when, y, strict=True) if np.isfinite(v)]
+    assert len(drawn) == 12 * int(busiest.sum()) and all(truth.get(t) == v for t, v in drawn)
+    assert np.isnan(y).sum() == int(busiest.sum()) - 1  # a break between windows 12 h apart

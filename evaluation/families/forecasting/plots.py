@@ -18,17 +18,35 @@ def forecast_plots(fam, data, outcome) -> dict:
     level = pd.Series(data.truth.mean(1)).groupby(series).mean()
     names, busiest = list(level.index), level.idxmax()
     mine = list(np.flatnonzero(series == busiest))
-    step = max(1, -(-o.horizon // o.stride))  # consecutive windows that do not overlap
-    rows = mine[::step][:max(1, 168 // o.horizon)]
+    step = pd.tseries.frequencies.to_offset(o.data.frequency)
+    rows, end = [], None  # windows that do not overlap, in time order, up to about a week of hourly steps
+    for r in mine:
+        if end is None or data.origins[r] >= end:
+            rows.append(r)
+            end = data.origins[r] + step * o.horizon
+        if len(rows) >= max(1, 168 // o.horizon):
+            break
+    # each window at its own times; a NaN point between windows that do not follow each other breaks the lines
+    # (a stride longer than the horizon, or windows skipped at a gap in the data)
+    times, columns = [], [[], [], []]
+    for r in rows:
+        ahead = pd.date_range(data.origins[r], periods=o.horizon, freq=step)
+        if times and ahead[0] != times[-1] + step:
+            times.append(times[-1] + step)
+            for column in columns:
+                column.append(np.nan)
+        times.extend(ahead)
+        for column, values in zip(columns, (data.truth[r], pred[r], data.baseline[r]), strict=True):
+            column.extend(values)
+    x = pd.DatetimeIndex(times).to_pydatetime()
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    x = np.arange(len(rows) * o.horizon)
     marker = "o" if len(x) < 24 else None
-    ax.plot(x, data.truth[rows].ravel(), label="actual", color="black", lw=1.4, marker=marker)
-    ax.plot(x, pred[rows].ravel(), label="model", color="#1f77b4", lw=1.2, marker=marker)
-    ax.plot(x, data.baseline[rows].ravel(), label="seasonal naive", color="#ff7f0e", lw=1, ls="--", marker=marker)
+    ax.plot(x, columns[0], label="actual", color="black", lw=1.4, marker=marker)
+    ax.plot(x, columns[1], label="model", color="#1f77b4", lw=1.2, marker=marker)
+    ax.plot(x, columns[2], label="seasonal naive", color="#ff7f0e", lw=1, ls="--", marker=marker)
     where = f" · {busiest}" if busiest else ""
-    ax.set(xlabel=f"steps ({o.data.frequency}) from {data.origins[rows[0]]:%Y-%m-%d %H:%M}", ylabel=o.data.target,
-           title=f"Forecast against actual{where}")
+    ax.set(xlabel=f"time (steps of {o.data.frequency})", ylabel=o.data.target, title=f"Forecast against actual{where}")
+    fig.autofmt_xdate()
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     figs["forecast_vs_actual"] = fig
