@@ -248,3 +248,15 @@ def test_a_bad_row_of_the_training_split_stops_the_test_splits_load(spec, tmp_pa
     lines[-1] = lines[-1].replace(lines[-1].split(",")[1], "미분류", 1)
     with pytest.raises(SpecError, match=r"split 'train' has labels that are not in task.categories: \['미분류'\]"):
         _variant(spec, tmp_path, "\n".join(lines) + "\n").load("test")
+
+
+def test_an_id_column_that_does_not_identify_a_text_is_refused(spec, tmp_path):
+    """A repeated id keeps its first row; an `id_column` naming a column that is not an id (a date here) silently
+    kept one text a day. An id given to rows of different categories is refused, naming the column and the lines."""
+    from testbed.errors import SpecError
+
+    text = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig")
+    words = r"`expiryDate` value '2021-01-20' is on line 2 \(category 교통/건축/국토\) and line 3 \(category 행정\)"
+    with pytest.raises(SpecError, match=words) as refused:
+        _variant(spec, tmp_path, text, id_column="expiryDate").load("test")
+    assert "task.id_column" in refused.value.fix

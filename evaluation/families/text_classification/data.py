@@ -97,7 +97,8 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
     categories = list(o.categories)
     index = {c: k for k, c in enumerate(categories)}
     first, last = _day(start), _day(end)
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, int]] = {}  # id -> (category, line) of its first row in the file
+    counted: set[str] = set()
     ids, texts, labels, times, unknown = [], [], [], [], []
     encoding = "utf-8-sig" if codecs.lookup(o.encoding).name == "utf-8" else o.encoding
     with open(path, encoding=encoding, newline="") as fh:
@@ -115,9 +116,17 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
                 raise SpecError(f"{path.name} line {reader.line_num} (id {row[o.id_column]!r}): `{o.time_column}` is "
                                 f"{row[o.time_column]!r}, not a date YYYY-MM-DD", where=where,
                                 fix=f"correct the row's {o.time_column}, or remove the row") from None
-            if (first and when < first) or (last and when > last) or row[o.id_column] in seen:
+            key, label = row[o.id_column], row[o.label_column]
+            if key in seen and seen[key][0] != label:  # a repeated row (a crawl's duplicate) keeps its category
+                raise SpecError(f"{path.name}: `{o.id_column}` value {key[:40]!r} is on line {seen[key][1]} (category "
+                                f"{seen[key][0][:40]}) and line {reader.line_num} (category {label[:40]}): it does not "
+                                "identify one text", where=where,
+                                fix="set task.id_column to a column that identifies each text (a repeated id keeps "
+                                    "its first row)")
+            seen.setdefault(key, (label, reader.line_num))
+            if (first and when < first) or (last and when > last) or key in counted:
                 continue
-            seen.add(row[o.id_column])
+            counted.add(key)
             if row[o.label_column] not in index:
                 unknown.append(row[o.label_column])
                 continue
