@@ -189,3 +189,22 @@ def test_text_splits_that_share_a_day_are_refused(tmp_path):
         load_pilot(path)
     message = str(info.value)
     assert str(path) in message and "`dataset.splits.test`" in message and "2020-09-30" in message
+
+
+@pytest.mark.parametrize("test_end, refused", [("2018-10-31T23:00:00", True), ("2018-10-20T23:00:00", False)])
+def test_a_public_forecasting_split_whose_history_reaches_into_a_sequestered_one_is_refused(tmp_path, test_end,
+                                                                                           refused):
+    """A public split after a sequestered one: its windows' history (`task.history` steps before each origin) held
+    the sequestered split's targets, so the exported public windows handed vendors part of the test truth. Refused
+    unless the public split starts at least `history` steps after the sequestered one ends."""
+    spec = yaml.safe_load(yaml.safe_dump(BIKE))
+    spec["dataset"]["splits"]["test"].update(start="2018-10-01T00:00:00", end=test_end)
+    spec["dataset"]["splits"]["sample"].update(start="2018-11-01T00:00:00", end="2018-11-30T23:00:00")
+    path = write(tmp_path, spec)
+    if not refused:
+        assert load_pilot(path).dataset.splits["sample"].start.month == 11
+        return
+    with pytest.raises(SpecError) as info:
+        load_pilot(path)
+    message = str(info.value)
+    assert str(path) in message and "`dataset.splits.sample`" in message and "history" in message

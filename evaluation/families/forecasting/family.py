@@ -89,7 +89,23 @@ class Forecasting(TaskFamily):
         """Also: a derived group the data's frequency can tell apart (hourly bands need steps under a day)."""
         super().validate_spec(spec, where)
         require_split_kind(spec, where, cls.name, "dates")
-        data = ForecastOptions.model_validate(spec.task).data
+        options = ForecastOptions.model_validate(spec.task)
+        offset = pd.tseries.frequencies.to_offset(options.data.frequency)
+        splits = spec.dataset.splits
+        for name, public in splits.items():
+            if not public.public or public.start is None:
+                continue
+            reach = pd.Timestamp(public.start) - offset * options.history  # the first window's history
+            for other, hidden in splits.items():
+                if hidden.public or (hidden.start is not None and hidden.start >= public.start) or \
+                        (hidden.end is not None and pd.Timestamp(hidden.end) < reach):
+                    continue
+                raise SpecError(f"field `dataset.splits.{name}`: the public `{name}` split's windows look back "
+                                f"task.history ({options.history}) steps, to {reach}, into the sequestered `{other}` "
+                                "split: their history would hand vendors its truth", where=where,
+                                fix=f"start the `{name}` split at least task.history steps after the `{other}` split "
+                                    "ends, or put the sequestered split after the public ones")
+        data = options.data
         columns = {*data.series_keys, *data.attributes, *data.calendar, *data.known, *data.observed}
         try:
             step = pd.Timedelta(pd.tseries.frequencies.to_offset(data.frequency))
