@@ -518,3 +518,18 @@ def test_a_wrong_folder_or_splits_file_names_its_field(spec, tmp_path, field, va
     with pytest.raises(SpecError, match=words) as refused:
         FAMILIES.get("detection")(wrong, data).load("sample")
     assert refused.value.where.endswith(f"task.{field}") and value in str(refused.value)
+
+
+def test_a_bad_public_sample_stops_the_test_splits_load(spec, tmp_path):
+    """The baseline counts the public sample's objects when the run is scored: a sample listing a frame the
+    annotations lack failed only after the bundle had run. Loading the split to score reads the sample too."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    listed = data / "coco-street" / "splits.json"
+    splits = json.loads(listed.read_text())
+    listed.write_text(json.dumps({**splits, "sample": [*splits["sample"], "no-such-frame.jpg"]}))
+    fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
+    with pytest.raises(SpecError, match="split 'sample' lists 1 images that annotations.json lacks"):
+        fam.load("test")
