@@ -80,7 +80,11 @@ def _rebuild_parameter(data, *rest, **kwargs):
     return data
 
 
-class _StubUnpickler(pickle.Unpickler):
+class _StubUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpickler: its memo is a dict
+    """Python's own unpickler, not the C one (`pickle.Unpickler`): the C one sizes its memo by the largest index a
+    PUT names, so five bytes (LONG_BINPUT 2**31 - 1) made it allocate and clear 32 GiB; this one's memo holds what
+    the pickle put in it. About 1.5 times slower (a 32 MiB pickle of objects: 26 s, not 18 s)."""
+
     TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor"}
 
     def __init__(self, data: bytes, stored: dict[str, int] | None = None):

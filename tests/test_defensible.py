@@ -209,6 +209,26 @@ def test_a_deeply_nested_pickle_is_read_in_bounded_time_and_memory(tmp_path):
     assert not found.is_deep_learning and time.monotonic() - started < 20
 
 
+def test_a_pickle_naming_a_huge_memo_index_is_read_without_allocating_for_it(tmp_path):
+    """A memo index is a number the pickle states: C's unpickler sized its memo by it (LONG_BINPUT 2**31 - 1, five
+    bytes, made it clear 32 GiB in the harness); the scan's unpickler keeps only what the pickle puts."""
+    import struct
+    import tracemalloc
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02N" + b"r" + struct.pack("<I", 1 << 24) + b".")
+    path = bento(tmp_path, [], {"src/model.pt": archive.getvalue()})
+    tracemalloc.start()
+    try:
+        [found] = scan_models(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not found.is_deep_learning and peak < 64 << 20  # C's unpickler: 256 MiB for this index
+
+
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):
     card = run(ws, bike_spec, lookup_handler(windows), bento(tmp_path, [FORECAST_ROUTE]))
     dl = card.criteria["deep_learning_fit"]
