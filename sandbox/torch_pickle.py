@@ -31,6 +31,10 @@ class _Stub:
     def __init__(self, *args, **kwargs):
         pass
 
+    def __call__(self, *args, **kwargs):
+        """A stub called (cloudpickle: `_builtin_type("CodeType")(...)`): another stub, holding the arguments."""
+        return type(self)(*args)
+
     def __setstate__(self, state):
         self.state = state
 
@@ -93,6 +97,20 @@ class _StubUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpickler:
         self.stored = stored or {}
         """Bytes of each storage's file in the archive (`data/<key>`)."""
         self.storages: dict[str, _Storage] = {}
+
+    def load_newobj(self, kwargs: bool = False):
+        """NEWOBJ (and NEWOBJ_EX): `cls.__new__(cls, *args)`, where `cls` may be a stub object standing for a class
+        the pickle built (cloudpickle rebuilds a class defined in `__main__`, as `bentoml.pytorch` saves it): an
+        instance stub then, holding the arguments."""
+        if kwargs:
+            self.stack.pop()
+        args, cls = self.stack.pop(), self.stack.pop()
+        self.append(cls.__new__(cls, *args) if isinstance(cls, type) else _Stub(*args))
+
+    def load_newobj_ex(self):
+        self.load_newobj(kwargs=True)
+
+    dispatch = pickle._Unpickler.dispatch | {pickle.NEWOBJ[0]: load_newobj, pickle.NEWOBJ_EX[0]: load_newobj_ex}  # noqa: SLF001
 
     def find_class(self, module: str, name: str):
         if module == "torch._utils" and name in self.TENSOR_BUILDERS:

@@ -229,6 +229,27 @@ def test_a_pickle_naming_a_huge_memo_index_is_read_without_allocating_for_it(tmp
     assert not found.is_deep_learning and peak < 64 << 20  # C's unpickler: 256 MiB for this index
 
 
+def test_a_module_saved_as_bentoml_pytorch_saves_it_is_read_when_its_class_is_the_script_s_own(tmp_path):
+    """`bentoml.pytorch.save_model` pickles the module with cloudpickle, which rebuilds a class defined in the
+    training script (`__main__`) from its code: the stub unpickler follows that without running any of it."""
+    import cloudpickle
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    Net.__module__ = "__main__"  # as in a training script: pickled by value
+    saved = io.BytesIO()
+    torch.save(Net(), saved, pickle_module=cloudpickle)  # what bentoml.pytorch.save_model writes
+    [found] = scan_models(bento(tmp_path, [], {"models/net/v1/saved_model.pt": saved.getvalue()}))
+    assert found.format == "torch_save" and found.parameters == 32 * 32 + 32 + 32 * 4 + 4 and found.is_deep_learning
+
+
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):
     card = run(ws, bike_spec, lookup_handler(windows), bento(tmp_path, [FORECAST_ROUTE]))
     dl = card.criteria["deep_learning_fit"]
