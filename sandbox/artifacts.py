@@ -227,7 +227,7 @@ def _zip(name: str, data: bytes) -> ModelArtifact | None:
         root = pkl.rpartition("/")[0]
         scripted = any(n.startswith(f"{root}/code/") for n in names)
         folder = f"{root}/data/" if root else "data/"
-        stored = {n.removeprefix(folder): zf.getinfo(n).file_size for n in names if n.startswith(folder)}
+        stored = _zip_held(data, [zf.getinfo(n) for n in names if n.startswith(folder)], folder)
         shapes, hollow, classes = read_pickle(zf.read(pkl), stored)
     params, layers, weights = _describe_weights(shapes, hollow)
     if scripted:
@@ -237,6 +237,26 @@ def _zip(name: str, data: bytes) -> ModelArtifact | None:
         return ModelArtifact(name, "torchscript", "pytorch", params, layers, f"TorchScript modules: {described}; "
                              f"{weights}")
     return ModelArtifact(name, "torch_save", "pytorch", params, layers, f"torch.save archive; {weights}")
+
+
+def _zip_held(data: bytes, infos: list[zipfile.ZipInfo], folder: str) -> dict[str, int]:
+    """Bytes each entry's data holds in the archive, by name less `folder`: never more than the bytes stored for it
+    (a central directory may declare any size, and deflate any ratio: what is counted are the bytes present), and
+    each byte for one entry at most (two entries may name the same local header)."""
+    spans = []
+    for info in infos:
+        offset = info.header_offset
+        head = data[offset:offset + 30]
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            continue
+        name_length, extra_length = struct.unpack("<HH", head[26:30])
+        start = offset + 30 + name_length + extra_length
+        spans.append((start, start + info.compress_size, info))
+    held, used = {}, 0
+    for start, end, info in sorted(spans, key=lambda s: s[:2]):
+        if used <= start and end <= len(data):
+            held[info.filename.removeprefix(folder)], used = min(info.file_size, info.compress_size), end
+    return held
 
 
 _READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model}

@@ -163,6 +163,35 @@ def test_a_model_file_declaring_weights_it_does_not_hold_earns_nothing(tmp_path)
     assert found["shared.safetensors"].parameters == found["one.pt"].parameters == 64 * 64  # counted once
 
 
+def test_a_torch_archive_s_directory_declaring_sizes_or_sharing_bytes_earns_nothing(tmp_path):
+    """A zip's central directory says each entry's size, and may point two entries at one stored file: the
+    weights count from the bytes the archive stores, each byte once (a 1.6 KiB file declared 67 M parameters)."""
+    import zipfile
+
+    import torch
+
+    real = io.BytesIO()
+    torch.save({f"h{i}.weight": torch.ones(256, 256) for i in range(4)}, real)
+    declared, shared = io.BytesIO(), io.BytesIO()
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(declared, "w") as lie, zipfile.ZipFile(shared, "w") as dup:
+        storages = [n for n in src.namelist() if "/data/" in n and not n.endswith("serialization_id")]
+        for name in src.namelist():
+            lie.writestr(name, b"" if name in storages else src.read(name))
+            dup.writestr(name, src.read(name) if name not in storages[1:] else b"")
+        for info in lie.filelist:
+            info.file_size = 256 * 256 * 4 if info.filename in storages else info.file_size  # said, not stored
+        first = dup.getinfo(storages[0])
+        for info in dup.filelist:
+            if info.filename in storages[1:]:  # the first storage's bytes, named four times
+                info.header_offset, info.file_size, info.compress_size = (first.header_offset, first.file_size,
+                                                                          first.compress_size)
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/real.pt": real.getvalue(), "src/declared.pt": declared.getvalue(), "src/shared.pt": shared.getvalue()}))}
+    assert found["src/real.pt"].parameters == 4 * 256 * 256 and found["src/real.pt"].is_deep_learning
+    assert found["src/declared.pt"].parameters == 0 and "not counted" in found["src/declared.pt"].summary
+    assert found["src/shared.pt"].parameters == 256 * 256 and not found["src/shared.pt"].is_deep_learning
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
