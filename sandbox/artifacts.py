@@ -116,8 +116,10 @@ def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tu
     """Parameters, weight matrices and a summary of the tensors whose values the file holds; `hollow`: tensors
     it declares without bytes of their own for their shapes (a header claiming billions of parameters in a few
     KiB, or many tensors on the same bytes), named in the summary and never counted."""
+    negative = {k for k, s in shapes.items() if any(d < 0 for d in s)}  # no tensor has such a shape
+    shapes, hollow = {k: s for k, s in shapes.items() if k not in negative}, hollow + len(negative)
     params = sum(math.prod(s) for s in shapes.values())
-    weights = {k: s for k, s in shapes.items() if len(s) >= 2}
+    weights = {k: s for k, s in shapes.items() if len(s) >= 2 and math.prod(s) > 0}  # an empty matrix is no layer
     top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
     largest = ", ".join(f"{k} {'×'.join(map(str, s))}" for k, s in top)
     return params, len(weights), f"{len(shapes)} tensors, {len(weights)} weight matrices/kernels" + (

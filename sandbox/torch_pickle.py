@@ -75,7 +75,7 @@ def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
     shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) else ()
     if not isinstance(storage, _Storage):
         return _Tensor(shape)
-    held = math.prod(shape) <= storage.elements - storage.claimed
+    held = min(shape, default=0) >= 0 and math.prod(shape) <= storage.elements - storage.claimed  # (-1e6,) frees none
     storage.claimed += math.prod(shape) if held else 0  # views of one storage share its values: counted once
     return _Tensor(shape, held)
 

@@ -192,6 +192,28 @@ def test_a_torch_archive_s_directory_declaring_sizes_or_sharing_bytes_earns_noth
     assert found["src/shared.pt"].parameters == 256 * 256 and not found["src/shared.pt"].is_deep_learning
 
 
+def test_an_empty_or_negative_shape_is_no_layer(tmp_path):
+    """A deep-learning model needs two weight matrices holding values: a 1,000-value table beside an empty
+    matrix, or a matrix of negative shape (which a shape's product would count as positive), is not one."""
+    def safetensors(tensors: dict[str, tuple[list[int], int]]) -> bytes:
+        header, offset = {}, 0
+        for name, (shape, size) in tensors.items():
+            header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        header = json.dumps(header).encode()
+        return len(header).to_bytes(8, "little") + header + bytes(offset)
+
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/empty.safetensors": safetensors({"table": ([1000, 1], 4000), "empty": ([0, 7], 0)}),
+        "src/negative.safetensors": safetensors({"table": ([1000, 2], 8000), "flip": ([-1, -1], 4)}),
+        "src/mlp.safetensors": safetensors({"w1": ([32, 32], 4096), "w2": ([32, 4], 512)})}))}
+    assert not found["src/empty.safetensors"].is_deep_learning and found["src/empty.safetensors"].layers == 1
+    assert not found["src/negative.safetensors"].is_deep_learning
+    assert found["src/negative.safetensors"].parameters == 2000 and "1 tensor(s) declared" in found[
+        "src/negative.safetensors"].summary
+    assert found["src/mlp.safetensors"].is_deep_learning and found["src/mlp.safetensors"].parameters == 32 * 36
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
