@@ -4,7 +4,8 @@ Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` packa
 data files are counted from those files' sizes in the archive, never opened),
 PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose `data.pkl` is walked by a stub
 unpickler that never calls anything the pickle names), safetensors (a JSON header) and BentoML model-store
-entries (`models/NAME/VERSION/model.yaml`). Each artifact gives its framework, an architecture summary and its
+entries (`models/NAME/VERSION/model.yaml`), and NumPy arrays (`np.save`, `np.savez`: headers read as literals, never
+unpickled). Each artifact gives its framework, an architecture summary and its
 parameter count. What the bundle does with the artifact at run time is not proven by this: an evaluator
 confirms it.
 """
@@ -75,6 +76,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
     files."""
     found: list[ModelArtifact | Callable[[dict[str, int]], ModelArtifact]] = []
     sizes: dict[str, int] = {}
+    budget = [MAX_INFLATED_BYTES]  # for the whole bundle
     with tarfile.open(bundle, "r:*") as tar:
         for member in tar:
             if not member.isfile():
@@ -92,7 +94,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
                     continue
                 data = head + fh.read()
             try:
-                artifact = _READERS[kind](name, data)
+                artifact = _zip(name, data, budget) if kind == "zip" else _READERS[kind](name, data)
             except Exception as exc:  # noqa: BLE001 - hostile bytes: any parse failure is "unreadable"
                 artifact = ModelArtifact(name, kind, "unknown", 0, 0, f"unreadable {kind} file ({type(exc).__name__})")
             if artifact:
@@ -105,6 +107,8 @@ def _kind(name: str, head: bytes) -> str | None:
         return "onnx"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
     if len(head) > 9 and head[8:9] == b"{" and (name.endswith(".safetensors") or head[9:10] == b'"'):
         return "safetensors"
     if posixpath.basename(name) == "model.yaml" and "models/" in name:
@@ -220,10 +224,12 @@ def _bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
     return ModelArtifact(name, "bentoml_model", framework, 0, 0, summary)
 
 
-def _zip(name: str, data: bytes) -> ModelArtifact | None:
+def _zip(name: str, data: bytes, budget: list[int] | None = None) -> ModelArtifact | None:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None and any(n.endswith(".npy") for n in names):
+            return _npz(name, data, zf, [MAX_INFLATED_BYTES] if budget is None else budget)
         if pkl is None or zf.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
             return None
         root = pkl.rpartition("/")[0]
@@ -261,5 +267,74 @@ def _zip_held(data: bytes, infos: list[zipfile.ZipInfo], folder: str) -> dict[st
     return held
 
 
-_READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model}
-"""Readers of one file: an artifact, None (not a model), or for ONNX a function finishing it (`_onnx`)."""
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], int, int] | None:
+    """Shape, bytes per element and header length of a `.npy` file from its first bytes (`np.save`'s format: the
+    header is a Python literal, read with `ast.literal_eval`), or None when its values are not plain numbers (an
+    object array is a pickle, never read)."""
+    import ast
+
+    import numpy as np
+
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+        return None
+    size, at = (struct.unpack("<H", head[8:10])[0], 10) if head[6] == 1 else (struct.unpack("<I", head[8:12])[0], 12)
+    literal = head[at:at + size]
+    if len(literal) < size:
+        return None
+    header = ast.literal_eval(literal.decode("latin1"))
+    dtype = np.dtype(header["descr"]) if isinstance(header.get("descr"), str) else None
+    if dtype is None or dtype.hasobject:
+        return None
+    return tuple(int(d) for d in header["shape"]), dtype.itemsize, at + size
+
+
+_NPY_HEAD = 65_536 + 12
+"""Bytes read for a `.npy` header (NumPy writes at most 10,000 for any array it saves)."""
+
+
+def _npy(name: str, data: bytes) -> ModelArtifact | None:
+    header = _npy_header(data[:_NPY_HEAD])
+    if header is None:
+        return None
+    shape, itemsize, start = header
+    held = {"array": shape} if len(data) - start >= math.prod(shape) * itemsize else {}
+    params, layers, weights = _describe_weights(held, 1 - len(held))
+    return ModelArtifact(name, "numpy", "numpy", params, layers, f"np.save array; {weights}")
+
+
+MAX_INFLATED_BYTES = 512 << 20
+"""Bytes the compressed `.npz` files of a bundle are inflated to, at most in all, to see which arrays they hold."""
+
+
+def _npz(name: str, data: bytes, zf: zipfile.ZipFile, budget: list[int]) -> ModelArtifact:
+    """Arrays of an `np.savez` archive (`np.load` reads them as weights): each counts when its member holds the
+    bytes its header declares; a compressed member is inflated to see so (`budget`: bytes left to inflate)."""
+    shapes, hollow = {}, 0
+    members = [info for info in zf.infolist() if info.filename.endswith(".npy")]
+    stored = _zip_held(data, members, "")  # each member's own bytes, in the archive
+    for info in members:
+        if info.filename not in stored:
+            hollow += 1
+            continue
+        with zf.open(info) as fh:
+            header = _npy_header(fh.read(_NPY_HEAD))
+            if header is None:
+                continue
+            shape, itemsize, start = header
+            need, held = math.prod(shape) * itemsize, stored[info.filename] - start
+            if info.compress_type != zipfile.ZIP_STORED:
+                fh.seek(0)  # what it inflates to, not what the directory says
+                held = -start
+                while held < need and budget[0] > 0 and (chunk := fh.read(min(1 << 20, budget[0]))):
+                    held, budget[0] = held + len(chunk), budget[0] - len(chunk)
+        if held >= need:
+            shapes[info.filename.removesuffix(".npy")] = shape
+        else:
+            hollow += 1
+    params, layers, weights = _describe_weights(shapes, hollow)
+    return ModelArtifact(name, "numpy", "numpy", params, layers, f"np.savez archive; {weights}")
+
+
+_READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model, "npy": _npy}
+"""Readers of one file: an artifact, None (not a model), or for ONNX a function finishing it (`_onnx`); `_zip` is
+also given the bundle's inflation budget (`MAX_INFLATED_BYTES`)."""

@@ -214,6 +214,51 @@ def test_an_empty_or_negative_shape_is_no_layer(tmp_path):
     assert found["src/mlp.safetensors"].is_deep_learning and found["src/mlp.safetensors"].parameters == 32 * 36
 
 
+def test_numpy_weights_count_from_the_arrays_they_hold_never_unpickled(tmp_path):
+    """A network kept as NumPy arrays (`np.savez`, compressed or not, loaded with `np.load`) is a deep-learning
+    model; an array whose header declares more than it holds, or an object array (a pickle), is not counted, and
+    a compressed member is inflated only so far (a bomb of zeros costs a bounded time)."""
+    import time
+    import zipfile
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    w = {"w1": np.ones((64, 32), np.float32), "b1": np.ones(32, np.float32), "w2": np.ones((32, 4), np.float16)}
+    plain, packed, evil, short = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.savez(plain, **w)
+    np.savez_compressed(packed, **w)
+    np.savez(evil, w1=w["w1"], objects=np.array([Evil(), Evil()], dtype=object))
+    big = io.BytesIO()
+    np.save(big, np.zeros((4096, 4096), np.float32))
+    with zipfile.ZipFile(short, "w") as zf:
+        zf.writestr("w1.npy", big.getvalue()[:4096])  # the header of a 64 MiB matrix, 4 KiB of it
+        zf.writestr("w2.npy", big.getvalue()[:4096])
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(5):
+            np.save(array := io.BytesIO(), np.zeros((4096, 8192), np.float32))  # 128 MiB each, of zeros
+            zf.writestr(f"w{i}.npy", array.getvalue())
+    matrix = io.BytesIO()
+    np.save(matrix, w["w1"])
+    started = time.monotonic()
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/plain.npz": plain.getvalue(), "src/packed.npz": packed.getvalue(), "src/evil.npz": evil.getvalue(),
+        "src/short.npz": short.getvalue(), "src/bomb.npz": bomb.getvalue(), "src/w1.npy": matrix.getvalue()}))}
+    assert time.monotonic() - started < 30 and not marker.exists()
+    params = 64 * 32 + 32 + 32 * 4
+    assert found["src/plain.npz"].parameters == found["src/packed.npz"].parameters == params
+    assert found["src/plain.npz"].is_deep_learning and found["src/packed.npz"].is_deep_learning
+    assert found["src/plain.npz"].framework == "numpy" and "w1 64×32" in found["src/plain.npz"].summary
+    assert found["src/evil.npz"].parameters == 64 * 32 and not found["src/evil.npz"].is_deep_learning
+    assert found["src/short.npz"].parameters == 0 and "2 tensor(s) declared" in found["src/short.npz"].summary
+    assert found["src/bomb.npz"].parameters <= 4 * 4096 * 8192  # inflated up to 512 MiB, not 640
+    assert found["src/w1.npy"].parameters == 64 * 32 and not found["src/w1.npy"].is_deep_learning  # one matrix
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
