@@ -1,7 +1,8 @@
 """Static evidence of the model a bundle carries: its files are read as data, never run or imported.
 
-Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package; weights in external
-data files are counted from those files' sizes in the archive, never opened),
+Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package, under any name; weights are
+its initializers and Constant nodes' values, those in external data files counted from those files' sizes in the
+archive, never opened),
 PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose `data.pkl` is walked by a stub
 unpickler that never calls anything the pickle names), safetensors (a JSON header) and BentoML model-store
 entries (`models/NAME/VERSION/model.yaml`), and NumPy arrays (`np.save`, `np.savez`: headers read as literals, never
@@ -113,7 +114,23 @@ def _kind(name: str, head: bytes) -> str | None:
         return "safetensors"
     if posixpath.basename(name) == "model.yaml" and "models/" in name:
         return "bentoml_model"
+    if len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_NEXT_FIELDS:
+        return "onnx_named_otherwise"
     return None
+
+
+_ONNX_NEXT_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
+"""How an ONNX file under another name (`model.bin`) begins, as every ONNX writer orders the fields: its IR version
+(field 1, a small number), then the producer, domain, model version, doc string, graph or opsets (fields 2–8)."""
+
+
+def _onnx_named_otherwise(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact] | None:
+    """A file that begins as ONNX does without its name saying so: a model if it parses as one with a graph."""
+    try:
+        finish = _onnx(name, data)
+    except Exception:  # noqa: BLE001 - any other file that happens to begin so
+        return None
+    return finish if finish.operators else None
 
 
 def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tuple[int, int, str]:
@@ -137,8 +154,12 @@ def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
     import onnx
 
     model = onnx.load_model_from_string(data)
-    initializers = model.graph.initializer
-    shapes = [(init.name, tuple(int(d) for d in init.dims)) for init in initializers]
+    constants = [(node.output[0] if node.output else "", attr.t) for node in model.graph.node
+                 if node.op_type == "Constant" for attr in node.attribute
+                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR]
+    initializers = [*model.graph.initializer, *(t for _, t in constants)]  # weights kept as Constant nodes too
+    names = [init.name for init in model.graph.initializer] + [out or t.name for out, t in constants]
+    shapes = [(names[i], tuple(int(d) for d in init.dims)) for i, init in enumerate(initializers)]
     inline = {i for i, init in enumerate(initializers) if _onnx_values(init) >= math.prod(shapes[i][1])}
     refs = _external_refs(name, initializers)
     ops = Counter(node.op_type for node in model.graph.node)
@@ -149,6 +170,7 @@ def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
         params, layers, weights = _describe_weights(dict(shapes[i] for i in sorted(held)), len(shapes) - len(held))
         return ModelArtifact(name, "onnx", "onnx", params, layers, f"{described}; {weights}")
 
+    finish.operators = len(model.graph.node)
     return finish
 
 
@@ -335,6 +357,7 @@ def _npz(name: str, data: bytes, zf: zipfile.ZipFile, budget: list[int]) -> Mode
     return ModelArtifact(name, "numpy", "numpy", params, layers, f"np.savez archive; {weights}")
 
 
-_READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model, "npy": _npy}
+_READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model, "npy": _npy,
+            "onnx_named_otherwise": _onnx_named_otherwise}
 """Readers of one file: an artifact, None (not a model), or for ONNX a function finishing it (`_onnx`); `_zip` is
 also given the bundle's inflation budget (`MAX_INFLATED_BYTES`)."""

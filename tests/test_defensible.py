@@ -259,6 +259,26 @@ def test_numpy_weights_count_from_the_arrays_they_hold_never_unpickled(tmp_path)
     assert found["src/w1.npy"].parameters == 64 * 32 and not found["src/w1.npy"].is_deep_learning  # one matrix
 
 
+def test_an_onnx_model_counts_under_any_name_and_with_its_weights_in_constant_nodes(tmp_path):
+    """ONNX is recognised by its content as well as its name (`model.bin`), and weights kept as Constant nodes'
+    values (as some exporters and optimisers write them) count as initializers do."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_model_from_string(onnx_mlp())
+    constants = [helper.make_node("Constant", [], [init.name], value=init) for init in model.graph.initializer]
+    nodes = [*constants, *model.graph.node]
+    del model.graph.initializer[:], model.graph.node[:]
+    model.graph.node.extend(nodes)
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/weights/model.bin": onnx_mlp(), "src/constant.onnx": model.SerializeToString(),
+        "src/notes.bin": b"\x08\x01\x12 not a model at all, though it begins as one"}))}
+    for path in ("src/weights/model.bin", "src/constant.onnx"):
+        assert found[path].format == "onnx" and found[path].parameters == 2 * 64 * 64, path
+        assert found[path].is_deep_learning, path
+    assert "src/notes.bin" not in found
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
