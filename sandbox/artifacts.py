@@ -33,6 +33,9 @@ __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAME
 MAX_PARSED_BYTES = 512 << 20
 """Files larger than this are reported by size only, not parsed."""
 MAX_PICKLE_BYTES = 32 << 20
+MAX_PICKLE_BYTES_IN_ALL = 64 << 20
+"""Pickle bytes read in a bundle, all its archives together: the stub unpickler takes about a second a MiB of
+hostile pickle, so 4 GiB of them would take an hour; an archive past the budget is reported unread."""
 MIN_DL_PARAMETERS = 1_000
 """A deep-learning model has at least this many learned parameters..."""
 MIN_DL_LAYERS = 2
@@ -77,7 +80,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
     files."""
     found: list[ModelArtifact | Callable[[dict[str, int]], ModelArtifact]] = []
     sizes: dict[str, int] = {}
-    budget = [MAX_INFLATED_BYTES]  # for the whole bundle
+    budget = [MAX_INFLATED_BYTES, MAX_PICKLE_BYTES_IN_ALL]  # for the whole bundle: bytes to inflate, to unpickle
     with tarfile.open(bundle, "r:*") as tar:
         for member in tar:
             if not member.isfile():
@@ -247,13 +250,18 @@ def _bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
 
 
 def _zip(name: str, data: bytes, budget: list[int] | None = None) -> ModelArtifact | None:
+    budget = [MAX_INFLATED_BYTES, MAX_PICKLE_BYTES_IN_ALL] if budget is None else budget
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
         if pkl is None and any(n.endswith(".npy") for n in names):
-            return _npz(name, data, zf, [MAX_INFLATED_BYTES] if budget is None else budget)
+            return _npz(name, data, zf, budget)
         if pkl is None or zf.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
             return None
+        if zf.getinfo(pkl).file_size > budget[1]:
+            return ModelArtifact(name, "zip", "unknown", 0, 0, "not read: the bundle's other archives used up the "
+                                 f"{MAX_PICKLE_BYTES_IN_ALL >> 20} MiB of pickle the scan reads")
+        budget[1] -= zf.getinfo(pkl).file_size
         root = pkl.rpartition("/")[0]
         scripted = any(n.startswith(f"{root}/code/") for n in names)
         folder = f"{root}/data/" if root else "data/"
@@ -360,4 +368,4 @@ def _npz(name: str, data: bytes, zf: zipfile.ZipFile, budget: list[int]) -> Mode
 _READERS = {"onnx": _onnx, "zip": _zip, "safetensors": _safetensors, "bentoml_model": _bentoml_model, "npy": _npy,
             "onnx_named_otherwise": _onnx_named_otherwise}
 """Readers of one file: an artifact, None (not a model), or for ONNX a function finishing it (`_onnx`); `_zip` is
-also given the bundle's inflation budget (`MAX_INFLATED_BYTES`)."""
+also given the bundle's budgets (`MAX_INFLATED_BYTES`, `MAX_PICKLE_BYTES_IN_ALL`)."""

@@ -366,6 +366,27 @@ def test_a_module_saved_as_bentoml_pytorch_saves_it_is_read_when_its_class_is_th
     assert found.format == "torch_save" and found.parameters == 32 * 32 + 32 + 32 * 4 + 4 and found.is_deep_learning
 
 
+def test_the_pickles_of_a_bundle_are_read_within_a_budget(tmp_path, monkeypatch):
+    """The stub unpickler takes about a second a MiB of hostile pickle: a bundle's archives are read until
+    `MAX_PICKLE_BYTES_IN_ALL` of pickle is spent (4 GiB of 32 MiB pickles would have taken an hour); the rest are
+    reported unread."""
+    import zipfile
+
+    import sandbox.artifacts
+
+    pickles = {}
+    for i in range(3):
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("archive/data.pkl", b"\x80\x02]" + b"N" * 100_000 + b".")
+        pickles[f"src/m{i}.pt"] = archive.getvalue()
+    monkeypatch.setattr(sandbox.artifacts, "MAX_PICKLE_BYTES_IN_ALL", 250_000)
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], pickles))}
+    unread = [path for path, a in found.items() if a.summary.startswith("not read")]
+    assert len(found) == 3 and unread == ["src/m2.pt"], found
+    assert "250000" not in found["src/m2.pt"].summary and "pickle the scan reads" in found["src/m2.pt"].summary
+
+
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):
     card = run(ws, bike_spec, lookup_handler(windows), bento(tmp_path, [FORECAST_ROUTE]))
     dl = card.criteria["deep_learning_fit"]
