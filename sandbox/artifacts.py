@@ -31,7 +31,7 @@ from testbed.yamlio import safe_load_bounded
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
 
 MAX_PARSED_BYTES = 512 << 20
-"""Files larger than this are reported by size only, not parsed."""
+"""Files larger than this are not read (a safetensors file: its header only, its size saying what it holds)."""
 MAX_PICKLE_BYTES = 32 << 20
 MAX_PICKLE_BYTES_IN_ALL = 64 << 20
 """Pickle bytes read in a bundle, all its archives together: the stub unpickler takes about a second a MiB of
@@ -91,14 +91,18 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
                 continue
             with tar.extractfile(member) as fh:
                 head = fh.read(16)
-                if member.size > MAX_PARSED_BYTES:
-                    continue
                 kind = _kind(name, head)
-                if kind is None:
+                if kind is None or (member.size > MAX_PARSED_BYTES and kind != "safetensors"):
                     continue
-                data = head + fh.read()
+                if member.size > MAX_PARSED_BYTES:  # a large safetensors file: its header, and its size
+                    header = min(struct.unpack("<Q", head[:8])[0], MAX_SAFETENSORS_HEADER)
+                    data = head + fh.read(max(0, 8 + header - len(head)))
+                else:
+                    data = head + fh.read()
             try:
-                artifact = _zip(name, data, budget) if kind == "zip" else _READERS[kind](name, data)
+                artifact = (_zip(name, data, budget) if kind == "zip" else
+                            _safetensors(name, data, member.size) if kind == "safetensors" else
+                            _READERS[kind](name, data))
             except Exception as exc:  # noqa: BLE001 - hostile bytes: any parse failure is "unreadable"
                 artifact = ModelArtifact(name, kind, "unknown", 0, 0, f"unreadable {kind} file ({type(exc).__name__})")
             if artifact:
@@ -223,10 +227,14 @@ _SAFETENSORS_BYTES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4
 """Bytes per element of a safetensors dtype (the others: 1 or less)."""
 
 
-def _safetensors(name: str, data: bytes) -> ModelArtifact:
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def _safetensors(name: str, data: bytes, size: int | None = None) -> ModelArtifact:
+    """`data`: the file, or (past `MAX_PARSED_BYTES`) its header only, `size` then saying what the file holds."""
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + min(length, 100 << 20)])
-    held, shapes, hollow, used = len(data) - 8 - length, {}, 0, 0
+    header = json.loads(data[8:8 + min(length, MAX_SAFETENSORS_HEADER)])
+    held, shapes, hollow, used = (len(data) if size is None else size) - 8 - length, {}, 0, 0
     tensors = sorted(((int(v["data_offsets"][0]), int(v["data_offsets"][1]), k, v) for k, v in header.items()
                       if k != "__metadata__"), key=lambda t: t[:2])
     for start, end, key, info in tensors:  # in file order: each byte backs one tensor at most

@@ -279,6 +279,25 @@ def test_an_onnx_model_counts_under_any_name_and_with_its_weights_in_constant_no
     assert "src/notes.bin" not in found
 
 
+def test_a_safetensors_file_past_the_parsed_size_counts_from_its_header_and_size(tmp_path, monkeypatch):
+    """A checkpoint past `MAX_PARSED_BYTES` (a large language model's 1.3 GB safetensors) is not read whole: its
+    header is, and its size in the archive says which tensors it holds."""
+    import sandbox.artifacts
+
+    def safetensors(size: int) -> bytes:
+        header = json.dumps({f"h{i}.weight": {"dtype": "F32", "shape": [256, 256],
+                                              "data_offsets": [i * 256 * 256 * 4, (i + 1) * 256 * 256 * 4]}
+                             for i in range(8)}).encode()
+        return len(header).to_bytes(8, "little") + header + bytes(size)
+
+    monkeypatch.setattr(sandbox.artifacts, "MAX_PARSED_BYTES", 1 << 20)  # the files below are 2 MiB
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], {
+        "src/big.safetensors": safetensors(8 * 256 * 256 * 4), "src/cut.safetensors": safetensors(6 * 256 * 256 * 4)}))}
+    assert found["src/big.safetensors"].parameters == 8 * 256 * 256 and found["src/big.safetensors"].is_deep_learning
+    assert found["src/cut.safetensors"].parameters == 6 * 256 * 256
+    assert "2 tensor(s) declared" in found["src/cut.safetensors"].summary
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
