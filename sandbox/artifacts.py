@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sandbox.torch_pickle import read_pickle
+from sandbox.torch_pickle import plausible, read_pickle
 from testbed.yamlio import safe_load_bounded
 
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
@@ -144,8 +144,8 @@ def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tu
     """Parameters, weight matrices and a summary of the tensors whose values the file holds; `hollow`: tensors
     it declares without bytes of their own for their shapes (a header claiming billions of parameters in a few
     KiB, or many tensors on the same bytes), named in the summary and never counted."""
-    negative = {k for k, s in shapes.items() if any(d < 0 for d in s)}  # no tensor has such a shape
-    shapes, hollow = {k: s for k, s in shapes.items() if k not in negative}, hollow + len(negative)
+    implausible = {k for k, s in shapes.items() if not plausible(s)}  # a negative dimension, a million of them
+    shapes, hollow = {k: s for k, s in shapes.items() if k not in implausible}, hollow + len(implausible)
     params = sum(math.prod(s) for s in shapes.values())
     weights = {k: s for k, s in shapes.items() if len(s) >= 2 and math.prod(s) > 0}  # an empty matrix is no layer
     top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
@@ -167,7 +167,8 @@ def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
     initializers = [*model.graph.initializer, *(t for _, t in constants)]  # weights kept as Constant nodes too
     names = [init.name for init in model.graph.initializer] + [out or t.name for out, t in constants]
     shapes = [(names[i], tuple(int(d) for d in init.dims)) for i, init in enumerate(initializers)]
-    inline = {i for i, init in enumerate(initializers) if _onnx_values(init) >= math.prod(shapes[i][1])}
+    inline = {i for i, init in enumerate(initializers)
+              if plausible(shapes[i][1]) and _onnx_values(init) >= math.prod(shapes[i][1])}
     refs = _external_refs(name, initializers)
     ops = Counter(node.op_type for node in model.graph.node)
     described = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))})"
@@ -193,6 +194,8 @@ def _external_refs(name: str, initializers) -> list[tuple[str, int, int, int, in
             continue
         info = {entry.key: entry.value for entry in init.external_data}
         try:
+            if not plausible(tuple(init.dims)):
+                continue
             need = math.prod(int(d) for d in init.dims) * tensor_dtype_to_np_dtype(init.data_type).itemsize
             refs.append((posixpath.normpath(posixpath.join(posixpath.dirname(name), info["location"])),
                          int(info.get("offset", 0)), int(info.get("length", need)), need, i))
@@ -239,7 +242,8 @@ def _safetensors(name: str, data: bytes, size: int | None = None) -> ModelArtifa
                       if k != "__metadata__"), key=lambda t: t[:2])
     for start, end, key, info in tensors:  # in file order: each byte backs one tensor at most
         shape = tuple(int(d) for d in info["shape"])
-        if used <= start <= end <= held and end - start >= math.prod(shape) * _SAFETENSORS_BYTES.get(info["dtype"], 1):
+        if plausible(shape) and used <= start <= end <= held and \
+                end - start >= math.prod(shape) * _SAFETENSORS_BYTES.get(info["dtype"], 1):
             shapes[key], used = shape, end
         else:
             hollow += 1
@@ -335,7 +339,7 @@ def _npy(name: str, data: bytes) -> ModelArtifact | None:
     if header is None:
         return None
     shape, itemsize, start = header
-    held = {"array": shape} if len(data) - start >= math.prod(shape) * itemsize else {}
+    held = {"array": shape} if plausible(shape) and len(data) - start >= math.prod(shape) * itemsize else {}
     params, layers, weights = _describe_weights(held, 1 - len(held))
     return ModelArtifact(name, "numpy", "numpy", params, layers, f"np.save array; {weights}")
 
@@ -359,6 +363,9 @@ def _npz(name: str, data: bytes, zf: zipfile.ZipFile, budget: list[int]) -> Mode
             if header is None:
                 continue
             shape, itemsize, start = header
+            if not plausible(shape):
+                hollow += 1
+                continue
             need, held = math.prod(shape) * itemsize, stored[info.filename] - start
             if info.compress_type != zipfile.ZIP_STORED:
                 fh.seek(0)  # what it inflates to, not what the directory says

@@ -10,7 +10,7 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["read_pickle", "MAX_WALK", "MAX_PATH"]
+__all__ = ["read_pickle", "plausible", "MAX_WALK", "MAX_PATH", "MAX_RANK"]
 
 MAX_WALK = 200_000
 MAX_PATH = 200
@@ -71,11 +71,21 @@ _STORAGE_BYTES = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16
 """Bytes per element of a `torch.<Name>Storage` (the others: 1)."""
 
 
+MAX_RANK = 64
+"""Dimensions a tensor may have (PyTorch's own limit); a shape of more, or a dimension outside 0..2**63, is declared,
+never held: the product of a million dimensions of 2**62 took hours to compute."""
+
+
+def plausible(shape: tuple[int, ...]) -> bool:
+    """A shape whose product is cheap to compute and that some tensor could have."""
+    return len(shape) <= MAX_RANK and all(0 <= d < 1 << 63 for d in shape)
+
+
 def _rebuild_tensor(storage, offset=0, size=(), *rest, **kwargs):
-    shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) else ()
-    if not isinstance(storage, _Storage):
-        return _Tensor(shape)
-    held = min(shape, default=0) >= 0 and math.prod(shape) <= storage.elements - storage.claimed  # (-1e6,) frees none
+    shape = tuple(int(s) for s in size) if isinstance(size, tuple | list) and len(size) <= MAX_RANK else (-1,)
+    if not isinstance(storage, _Storage) or not plausible(shape):  # values not from a file of the archive
+        return _Tensor(shape, held=False)
+    held = math.prod(shape) <= storage.elements - storage.claimed
     storage.claimed += math.prod(shape) if held else 0  # views of one storage share its values: counted once
     return _Tensor(shape, held)
 
