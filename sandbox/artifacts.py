@@ -16,8 +16,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 import struct
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections import Counter
@@ -30,6 +33,7 @@ from testbed.yamlio import safe_load_bounded
 
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
 
+_ROOT = Path(__file__).resolve().parent.parent
 MAX_PARSED_BYTES = 512 << 20
 """Files larger than this are not read (a safetensors file: its header only, its size saying what it holds)."""
 MAX_PICKLE_BYTES = 32 << 20
@@ -80,7 +84,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
     files."""
     found: list[ModelArtifact | Callable[[dict[str, int]], ModelArtifact]] = []
     sizes: dict[str, int] = {}
-    budget = [MAX_INFLATED_BYTES, MAX_PICKLE_BYTES_IN_ALL]  # for the whole bundle: bytes to inflate, to unpickle
+    budget = [MAX_INFLATED_BYTES, MAX_PICKLE_BYTES_IN_ALL, MAX_ONNX_FILES]  # the bundle's: inflate, unpickle, ONNX
     with tarfile.open(bundle, "r:*") as tar:
         for member in tar:
             if not member.isfile():
@@ -94,6 +98,12 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
                 kind = _kind(name, head)
                 if kind is None or (member.size > MAX_PARSED_BYTES and kind != "safetensors"):
                     continue
+                if kind.startswith("onnx") and budget[2] <= 0:
+                    if kind == "onnx":
+                        found.append(ModelArtifact(name, kind, "unknown", 0, 0, f"not read: the bundle's first "
+                                                   f"{MAX_ONNX_FILES} ONNX files were"))
+                    continue
+                budget[2] -= kind.startswith("onnx")
                 if member.size > MAX_PARSED_BYTES:  # a large safetensors file: its header, and its size
                     header = min(struct.unpack("<Q", head[:8])[0], MAX_SAFETENSORS_HEADER)
                     data = head + fh.read(max(0, 8 + header - len(head)))
@@ -155,9 +165,48 @@ def _describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tu
         f"; {hollow} tensor(s) declared without values of their own, not counted" if hollow else "")
 
 
+MAX_ONNX_FILES = 16
+"""ONNX files of a bundle parsed, at most: each in a process of its own (`_onnx`), which takes a second to start."""
+ONNX_TIMEOUT_S = 120
+_ONNX_CHILD = """
+import json, resource, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.path.insert(0, sys.argv[3])
+from sandbox.artifacts import _onnx_parts
+json.dump(_onnx_parts(sys.argv[1], sys.stdin.buffer.read()), sys.stdout)
+"""
+
+
 def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
     """The graph read now (external data files are not opened); the artifact once the members' sizes are known
-    (`sizes`: what the external data files hold)."""
+    (`sizes`: what the external data files hold). Parsed in a process of its own whose address space is bounded
+    (1 GiB and 4 bytes a byte of the file): protobuf makes an object of every message, so 512 MiB of empty nodes
+    (75 KiB in the archive) took 80 bytes of memory a byte, 40 GiB, in the harness."""
+    limit = (1 << 30) + 4 * len(data)
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", _ONNX_CHILD, name, str(limit), str(_ROOT)], input=data,
+                              capture_output=True, timeout=ONNX_TIMEOUT_S, check=False,
+                              env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PATH": os.defpath})
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"not parsed in {ONNX_TIMEOUT_S} s") from None
+    if done.returncode:
+        raise MemoryError if b"MemoryError" in done.stderr[-2000:] else ValueError(done.returncode)
+    parts = json.loads(done.stdout)
+    shapes = [(k, tuple(s)) for k, s in parts["shapes"]]
+    inline, refs, described = set(parts["inline"]), [tuple(r) for r in parts["refs"]], parts["described"]
+
+    def finish(sizes: dict[str, int]) -> ModelArtifact:
+        held = inline | _external_held(refs, sizes)
+        params, layers, weights = _describe_weights(dict(shapes[i] for i in sorted(held)), len(shapes) - len(held))
+        return ModelArtifact(name, "onnx", "onnx", params, layers, f"{described}; {weights}")
+
+    finish.operators = parts["operators"]
+    return finish
+
+
+def _onnx_parts(name: str, data: bytes) -> dict:
+    """What `_onnx` needs of a model, as JSON (run in the bounded process)."""
     import onnx
 
     model = onnx.load_model_from_string(data)
@@ -167,19 +216,13 @@ def _onnx(name: str, data: bytes) -> Callable[[dict[str, int]], ModelArtifact]:
     initializers = [*model.graph.initializer, *(t for _, t in constants)]  # weights kept as Constant nodes too
     names = [init.name for init in model.graph.initializer] + [out or t.name for out, t in constants]
     shapes = [(names[i], tuple(int(d) for d in init.dims)) for i, init in enumerate(initializers)]
-    inline = {i for i, init in enumerate(initializers)
-              if plausible(shapes[i][1]) and _onnx_values(init) >= math.prod(shapes[i][1])}
-    refs = _external_refs(name, initializers)
+    shapes = [(k, s if plausible(s) else (-1,)) for k, s in shapes]
+    inline = [i for i, init in enumerate(initializers)
+              if plausible(shapes[i][1]) and _onnx_values(init) >= math.prod(shapes[i][1])]
     ops = Counter(node.op_type for node in model.graph.node)
     described = f"{len(model.graph.node)} operators ({', '.join(f'{n} {op}' for op, n in ops.most_common(5))})"
-
-    def finish(sizes: dict[str, int]) -> ModelArtifact:
-        held = inline | _external_held(refs, sizes)
-        params, layers, weights = _describe_weights(dict(shapes[i] for i in sorted(held)), len(shapes) - len(held))
-        return ModelArtifact(name, "onnx", "onnx", params, layers, f"{described}; {weights}")
-
-    finish.operators = len(model.graph.node)
-    return finish
+    return {"shapes": shapes, "inline": inline, "refs": _external_refs(name, initializers), "described": described,
+            "operators": len(model.graph.node)}
 
 
 def _external_refs(name: str, initializers) -> list[tuple[str, int, int, int, int]]:

@@ -329,6 +329,26 @@ def test_a_shape_of_a_hundred_thousand_dimensions_is_declared_and_read_quickly(t
     assert time.monotonic() - started < 5 and found.parameters == 0 and "1 tensor(s) declared" in found.summary
 
 
+def test_an_onnx_file_of_many_empty_messages_is_parsed_with_bounded_memory(tmp_path):
+    """Protobuf makes an object of each message: 16 MiB of empty nodes (a few KiB in the archive) took 1.3 GB of
+    the harness's memory, 512 MiB would take 40 GB. ONNX is parsed in a process of its own with a bounded address
+    space; the harness's own peak stays small (measured in a fresh process running the scan)."""
+    import subprocess
+    import sys
+
+    graph = b"\x0a\x00" * (8 << 20)  # GraphProto.node, empty, 8 Mi times
+    length = len(graph)
+    varint = bytes([(length >> 7 * i) & 0x7F | (0x80 if length >> 7 * (i + 1) else 0) for i in range(4)])
+    path = bento(tmp_path, [], {"src/model.onnx": b"\x08\x07\x3a" + varint + graph})
+    code = ("import sys; from pathlib import Path; from sandbox.artifacts import scan_models; "  # VmHWM: this process's
+            "[a] = scan_models(Path(sys.argv[1])); "  # own peak (ru_maxrss keeps the peak of what forked it)
+            "print(a.is_deep_learning, int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) >> 10)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                          cwd=PROJECT_ROOT, timeout=300)
+    deep, peak_mib = done.stdout.split()
+    assert deep == "False" and int(peak_mib) < 600, done.stdout
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
