@@ -273,13 +273,17 @@ _SAFETENSORS_BYTES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4
 """Bytes per element of a safetensors dtype (the others: 1 or less)."""
 
 
-MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_SAFETENSORS_HEADER = 16 << 20
+"""Bytes of a safetensors header read (a real one takes a few hundred bytes a tensor); a longer one is unreadable.
+JSON made 28 bytes of objects of each byte of `[{},{},…]`: the format's own 100 MB limit meant 2.8 GB."""
 
 
 def _safetensors(name: str, data: bytes, size: int | None = None) -> ModelArtifact:
     """`data`: the file, or (past `MAX_PARSED_BYTES`) its header only, `size` then saying what the file holds."""
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + min(length, MAX_SAFETENSORS_HEADER)])
+    if length > MAX_SAFETENSORS_HEADER:
+        raise ValueError(f"a header of {length} bytes")
+    header = json.loads(data[8:8 + length])
     held, shapes, hollow, used = (len(data) if size is None else size) - 8 - length, {}, 0, 0
     tensors = sorted(((int(v["data_offsets"][0]), int(v["data_offsets"][1]), k, v) for k, v in header.items()
                       if k != "__metadata__"), key=lambda t: t[:2])

@@ -349,6 +349,23 @@ def test_an_onnx_file_of_many_empty_messages_is_parsed_with_bounded_memory(tmp_p
     assert deep == "False" and int(peak_mib) < 600, done.stdout
 
 
+def test_a_safetensors_header_of_many_empty_objects_is_not_parsed(tmp_path):
+    """JSON makes 28 bytes of objects of each byte of `[{},{},…]`: a header past `MAX_SAFETENSORS_HEADER` (16 MiB;
+    real ones take a few hundred bytes a tensor) is unreadable, not parsed (48 MiB of it took 1.4 GB)."""
+    import tracemalloc
+
+    header = b'{"a":[' + b"{}," * (16 << 20) + b'{}]}'
+    path = bento(tmp_path, [], {"src/m.safetensors": len(header).to_bytes(8, "little") + header})
+    del header
+    tracemalloc.start()
+    try:
+        [found] = scan_models(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "unreadable" in found.summary and peak < 600 << 20, peak >> 20
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
