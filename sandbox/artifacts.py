@@ -1,13 +1,13 @@
 """Static evidence of the model a bundle carries: its files are read as data, never run or imported.
 
-Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package, under any name; weights are
-its initializers and Constant nodes' values, those in external data files counted from those files' sizes in the
-archive, never opened),
-PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose `data.pkl` is walked by a stub
-unpickler that never calls anything the pickle names), safetensors (a JSON header) and BentoML model-store
-entries (`models/NAME/VERSION/model.yaml`), and NumPy arrays (`np.save`, `np.savez`: headers read as literals, never
-unpickled). Each artifact gives its framework, an architecture summary and its
-parameter count. What the bundle does with the artifact at run time is not proven by this: an evaluator
+Known formats, recognised by content: ONNX (protobuf, parsed by the `onnx` package in a bounded process, under
+any name; weights are its initializers and Constant nodes' values, those in external data files counted from those
+files' sizes in the archive, never opened), PyTorch archives (`torch.save` state dicts and TorchScript: a zip whose
+`data.pkl` is walked by a stub unpickler that never calls anything the pickle names; and `torch.save`'s format
+before 1.6, pickles then values), safetensors (a JSON header), BentoML model-store entries
+(`models/NAME/VERSION/model.yaml`), and NumPy arrays (`np.save`, `np.savez`: headers read as literals, never
+unpickled). Each artifact gives its framework, an architecture summary and its parameter count, counted from the
+values the file holds. What the bundle does with the artifact at run time is not proven by this: an evaluator
 confirms it.
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sandbox.torch_pickle import plausible, read_pickle
+from sandbox.torch_pickle import LEGACY_MAGIC, plausible, read_legacy, read_pickle
 from testbed.yamlio import safe_load_bounded
 
 __all__ = ["ModelArtifact", "scan_models", "deep_learning_model", "MIN_DL_PARAMETERS", "MIN_DL_LAYERS"]
@@ -111,6 +111,7 @@ def scan_models(bundle: Path) -> list[ModelArtifact]:
                     data = head + fh.read()
             try:
                 artifact = (_zip(name, data, budget) if kind == "zip" else
+                            _torch_legacy(name, data, budget) if kind == "torch_legacy" else
                             _safetensors(name, data, member.size) if kind == "safetensors" else
                             _READERS[kind](name, data))
             except Exception as exc:  # noqa: BLE001 - hostile bytes: any parse failure is "unreadable"
@@ -127,6 +128,8 @@ def _kind(name: str, head: bytes) -> str | None:
         return "zip"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(LEGACY_MAGIC):
+        return "torch_legacy"
     if len(head) > 9 and head[8:9] == b"{" and (name.endswith(".safetensors") or head[9:10] == b'"'):
         return "safetensors"
     if posixpath.basename(name) == "model.yaml" and "models/" in name:
@@ -354,6 +357,18 @@ def _zip_held(data: bytes, infos: list[zipfile.ZipInfo], folder: str) -> dict[st
         if used <= start and end <= len(data):
             held[info.filename.removeprefix(folder)], used = min(info.file_size, info.compress_size), end
     return held
+
+
+def _torch_legacy(name: str, data: bytes, budget: list[int]) -> ModelArtifact:
+    """A file `torch.save` wrote before PyTorch 1.6 (`read_legacy`): its pickles, read within the file's first
+    `MAX_PICKLE_BYTES`, count against the bundle's `MAX_PICKLE_BYTES_IN_ALL` (twice: they are read twice)."""
+    if budget[1] <= 0:
+        return ModelArtifact(name, "torch_save", "unknown", 0, 0, "not read: the bundle's other archives used up "
+                             f"the {MAX_PICKLE_BYTES_IN_ALL >> 20} MiB of pickle the scan reads")
+    shapes, hollow, _, used = read_legacy(data, min(MAX_PICKLE_BYTES, budget[1] // 2))
+    budget[1] -= 2 * used
+    params, layers, weights = _describe_weights(shapes, hollow)
+    return ModelArtifact(name, "torch_save", "pytorch", params, layers, f"torch.save archive (before 1.6); {weights}")
 
 
 def _npy_header(head: bytes) -> tuple[tuple[int, ...], int, int] | None:

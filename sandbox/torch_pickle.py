@@ -10,7 +10,7 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["read_pickle", "plausible", "MAX_WALK", "MAX_PATH", "MAX_RANK"]
+__all__ = ["read_pickle", "read_legacy", "LEGACY_MAGIC", "plausible", "MAX_WALK", "MAX_PATH", "MAX_RANK"]
 
 MAX_WALK = 200_000
 MAX_PATH = 200
@@ -101,8 +101,10 @@ class _StubUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpickler:
 
     TENSOR_BUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor"}
 
-    def __init__(self, data: bytes, stored: dict[str, int] | None = None):
-        super().__init__(io.BytesIO(data))
+    def __init__(self, data: bytes | io.BytesIO, stored: dict[str, int] | None = None):
+        super().__init__(data if isinstance(data, io.BytesIO) else io.BytesIO(data))
+        self.kinds: dict[str, str] = {}
+        """The element type of each storage the pickle names (`Float`), by key."""
         self.classes: Counter = Counter()
         self.stored = stored or {}
         """Bytes of each storage's file in the archive (`data/<key>`)."""
@@ -135,6 +137,7 @@ class _StubUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpickler:
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
             kind = getattr(pid[1], "qualname", "").removeprefix("torch.").removesuffix("Storage")
+            self.kinds.setdefault(str(pid[2]), kind)
             if str(pid[2]) not in self.storages:  # one per file, however often the pickle names it
                 self.storages[str(pid[2])] = _Storage(self.stored.get(str(pid[2]), 0) // _STORAGE_BYTES.get(kind, 1))
             return self.storages[str(pid[2])]
@@ -171,3 +174,33 @@ def read_pickle(data: bytes, stored: dict[str, int]) -> tuple[dict[str, tuple[in
     unpickler = _StubUnpickler(data, stored)
     shapes, hollow = _walk(unpickler.load())
     return shapes, hollow, unpickler.classes
+
+
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""How a file `torch.save` wrote in its format before PyTorch 1.6 begins: the pickled magic number."""
+
+
+def read_legacy(data: bytes, limit: int) -> tuple[dict[str, tuple[int, ...]], int, Counter, int]:
+    """`read_pickle` for PyTorch's format before 1.6 (`_use_new_zipfile_serialization=False`): three pickles (magic,
+    protocol, system), the object's, the sorted list of storage keys, then each storage as its element count
+    (8 bytes) and its values. Read twice: once for the storages' element types, once with the bytes they hold.
+    The pickles must lie within the first `limit` bytes; the last value: the bytes of pickle they take."""
+    fh = io.BytesIO(data[:limit])
+    for _ in range(3):
+        _StubUnpickler(fh).load()
+    start = fh.tell()
+    first = _StubUnpickler(fh)
+    first.load()
+    keys = _StubUnpickler(fh).load()
+    stored, offset = {}, fh.tell()
+    used = offset
+    for key in keys if isinstance(keys, list) else ():
+        count = int.from_bytes(data[offset:offset + 8], "little")
+        size = count * _STORAGE_BYTES.get(first.kinds.get(str(key), ""), 1)
+        if offset + 8 + size > len(data):
+            break
+        stored[str(key)], offset = size, offset + 8 + size
+    fh.seek(start)
+    unpickler = _StubUnpickler(fh, stored)
+    shapes, hollow = _walk(unpickler.load())
+    return shapes, hollow, unpickler.classes, used

@@ -366,6 +366,27 @@ def test_a_safetensors_header_of_many_empty_objects_is_not_parsed(tmp_path):
     assert "unreadable" in found.summary and peak < 600 << 20, peak >> 20
 
 
+def test_a_torch_file_in_the_format_before_pytorch_1_6_counts_from_the_values_it_holds(tmp_path):
+    """Checkpoints written before PyTorch 1.6 (or with `_use_new_zipfile_serialization=False`) are not zips: their
+    pickles are read by the stub unpickler and their storages counted from the bytes that follow them."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    params = 32 * 32 + 32 + 32 * 4 + 4
+    saved = {}
+    for key, obj in (("state", net.state_dict()), ("module", net), ("half", {k: v.half() for k, v in
+                                                                           net.state_dict().items()})):
+        buf = io.BytesIO()
+        torch.save(obj, buf, _use_new_zipfile_serialization=False)
+        saved[f"src/{key}.pth"] = buf.getvalue()
+    saved["src/cut.pth"] = saved["src/state.pth"][:-600]  # the last storages' values cut off
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], saved))}
+    for key in ("state", "module", "half"):
+        assert found[f"src/{key}.pth"].parameters == params and found[f"src/{key}.pth"].is_deep_learning, key
+        assert "before 1.6" in found[f"src/{key}.pth"].summary
+    assert found["src/cut.pth"].parameters < params and "declared" in found["src/cut.pth"].summary
+
+
 def test_onnx_weights_in_an_external_data_file_count_when_the_bundle_holds_them(tmp_path):
     """Models past protobuf's 2 GB limit keep their weights in external data files: those count, from the file's
     size in the archive (never opened), when it holds every tensor's range; a missing or short file, or two
