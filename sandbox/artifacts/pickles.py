@@ -1,6 +1,6 @@
 """The pickle inside a PyTorch archive (`torch.save`, TorchScript), read as data: a stub unpickler that never
 looks up or calls anything the pickle names, and a walk of what it built for the tensors whose values the
-archive holds (`read_pickle`). `sandbox.artifacts` describes the model from that."""
+archive holds (`read_pickle`). The other readers of `sandbox.artifacts` describe the model from that."""
 
 from __future__ import annotations
 
