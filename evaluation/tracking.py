@@ -7,7 +7,9 @@ satisfy `Tracker`, which the workflow is given, as it is given an executor.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import posixpath
 import re
 import time
 from dataclasses import dataclass, field
@@ -86,9 +88,25 @@ class Tracker(Protocol):
         campaign evaluates the submission again. Returns its id."""
 
 
-def _safe(label: str) -> str:
-    """A group label as MLflow accepts it in a metric name (letters of any script, digits, `_.- :`)."""
-    return re.sub(r"[^\w.\- :=]", "_", label).replace("..", "_")
+MAX_METRIC_NAME = 250
+"""Characters of a metric name MLflow stores (its `MAX_ENTITY_KEY_LENGTH`)."""
+
+
+def _group_metric(label: str, metric: str) -> str:
+    """`group/NAME/VALUE/METRIC` for a group label `NAME=VALUE`, as MLflow accepts a metric name (letters of any
+    script, digits, `_.- :/`, a normal path, at most `MAX_METRIC_NAME` characters). A label that cannot be kept so
+    is written flat, cut, with a hash of itself: two groups never share a name (`line=2/3` and `line=2_3`)."""
+    parts = label.partition("=")[::2] if "=" in label else (label,)
+    name = "/".join(["group", *parts, metric])
+    if all(_METRIC_WORD.fullmatch(p) for p in parts) and len(name) <= MAX_METRIC_NAME and \
+            posixpath.normpath(name) == name:
+        return name
+    flat = re.sub(r"[^\w.\- :]", "_", label).replace("..", "_")[:MAX_METRIC_NAME - len(f"group/_0123456789/{metric}")]
+    return f"group/{flat}_{hashlib.sha256(label.encode()).hexdigest()[:10]}/{metric}"
+
+
+_METRIC_WORD = re.compile(r"[\w.\- :]+")
+"""What a metric name's part may hold in MLflow (letters of any script, digits, `_.- :`)."""
 
 
 def missing_artifact(run_id: str, path: str, exc: BaseException) -> AuditError:
@@ -109,8 +127,7 @@ def flatten(card: Scorecard) -> dict[str, float]:
     out |= {f"retention/{k}": v for k, v in card.retention.items()}
     out |= {f"under_load/{m}": v for m, v in card.under_load.items()}
     metric = card.equity.get("metric")
-    out |= {f"group/{_safe(g).replace('=', '/')}/{metric}": vals[metric] for g, vals in card.groups.items()
-            if metric in vals}
+    out |= {_group_metric(g, metric): vals[metric] for g, vals in card.groups.items() if metric in vals}
     out |= {f"latency_ms/{q}": v for q, v in card.performance["latency_ms"].items()}
     out |= {f"service_latency_ms/{q}": v for q, v in card.performance.get("service_latency_ms", {}).items()}
     out |= {f"criteria/{k}": c.score for k, c in card.criteria.items() if c.score is not None}

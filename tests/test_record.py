@@ -101,6 +101,25 @@ def forge(tracker, card, edit) -> None:
     tracker.log_metrics(card.mlflow_run_id, {k: v for k, v in flatten(forged).items() if logged.get(k) != v})
 
 
+def test_every_group_label_gets_its_own_metric_name_that_mlflow_accepts(evaluated):
+    """A group label is data (a station's name, a category): one MLflow cannot take as a metric name (past 250
+    characters, a '/', an empty value) failed the recording after the whole run, and two labels cleaned alike
+    shared a metric. Plain labels keep their readable names."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, _validate_metric_name
+
+    _, _, card = evaluated
+    metric = card.equity["metric"]
+    labels = ["district=Gangnam-gu", "line=2/3", "line=2_3", "x=.", "x=", "a=b=c", "역=강남역 (2호선)",
+              "d=" + "가" * 300, "d=" + "가" * 299 + "나", "d=a\x00b", "plain"]
+    forged = card.model_copy(update={"groups": {label: {metric: 1.0} for label in labels}})
+    names = [k for k in flatten(forged) if k.startswith("group/")]
+    assert len(set(names)) == len(labels)
+    for name in names:
+        _validate_metric_name(name)
+        assert len(name) <= MAX_ENTITY_KEY_LENGTH, name
+    assert {f"group/district/Gangnam-gu/{metric}", f"group/line/2_3/{metric}", f"group/plain/{metric}"} < set(names)
+
+
 def test_the_audit_recomputes_every_gate_and_catches_a_failing_one_shown_passing(ws, evaluated):
     tracker, sub, card = evaluated
 
