@@ -477,7 +477,7 @@ def test_a_module_saved_as_bentoml_pytorch_saves_it_is_read_when_its_class_is_th
 def test_the_pickles_of_a_bundle_are_read_within_a_budget(tmp_path, monkeypatch):
     """The stub unpickler takes about a second a MiB of hostile pickle: a bundle's archives are read until
     `MAX_PICKLE_BYTES_IN_ALL` of pickle is spent (4 GiB of 32 MiB pickles would have taken an hour); the rest are
-    reported unread."""
+    reported unread, as is an archive whose pickle is past `MAX_PICKLE_BYTES`."""
     import zipfile
 
     import sandbox.artifacts
@@ -493,6 +493,10 @@ def test_the_pickles_of_a_bundle_are_read_within_a_budget(tmp_path, monkeypatch)
     unread = [path for path, a in found.items() if a.summary.startswith("not read")]
     assert len(found) == 3 and unread == ["src/m2.pt"], found
     assert "250000" not in found["src/m2.pt"].summary and "pickle the scan reads" in found["src/m2.pt"].summary
+
+    monkeypatch.setattr("sandbox.artifacts.torch_archive.MAX_PICKLE_BYTES", 50_000)  # one archive's own bound
+    found = {a.path: a for a in scan_models(bento(tmp_path, [], pickles))}
+    assert all(a.summary.startswith("not read: its pickle is past") for a in found.values()) and len(found) == 3
 
 
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):

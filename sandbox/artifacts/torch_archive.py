@@ -13,14 +13,15 @@ from sandbox.artifacts.pickles import read_legacy, read_pickle
 __all__ = ["read_torch_zip", "read_torch_legacy", "MAX_PICKLE_BYTES"]
 
 MAX_PICKLE_BYTES = 32 << 20
-"""Bytes of one archive's pickle read, at most; an archive with a longer one is not taken for a model."""
+"""Bytes of one archive's pickle read, at most; an archive with a longer one is reported unread."""
 
 
-def read_torch_zip(name: str, data: bytes, zf: zipfile.ZipFile, pkl: str, budget: Budget) -> ModelArtifact | None:
+def read_torch_zip(name: str, data: bytes, zf: zipfile.ZipFile, pkl: str, budget: Budget) -> ModelArtifact:
     """The archive `zf` (the bytes `data`), whose pickle is the member `pkl`."""
     size = zf.getinfo(pkl).file_size
     if size > MAX_PICKLE_BYTES:
-        return None
+        return ModelArtifact(name, "torch_save", "unknown", 0, 0, f"not read: its pickle is past the "
+                             f"{MAX_PICKLE_BYTES >> 20} MiB the scan reads of one archive")
     if size > budget.unpickle:
         return budget.pickles_spent(name)
     budget.unpickle -= size
