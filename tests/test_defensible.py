@@ -47,6 +47,18 @@ def bento(tmp_path, routes, files: dict[str, bytes] | None = None, name="fake") 
     return path
 
 
+def scan_peak(path) -> tuple:
+    """The one model `scan_models` finds in `path`, and the most memory Python allocated while it read it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        [found] = scan_models(path)
+        return found, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def onnx_mlp() -> bytes:
     """A two-layer perceptron as ONNX (8,256 parameters)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -352,17 +364,10 @@ def test_an_onnx_file_of_many_empty_messages_is_parsed_with_bounded_memory(tmp_p
 def test_a_safetensors_header_of_many_empty_objects_is_not_parsed(tmp_path):
     """JSON makes 28 bytes of objects of each byte of `[{},{},…]`: a header past `MAX_SAFETENSORS_HEADER` (16 MiB;
     real ones take a few hundred bytes a tensor) is unreadable, not parsed (48 MiB of it took 1.4 GB)."""
-    import tracemalloc
-
     header = b'{"a":[' + b"{}," * (16 << 20) + b'{}]}'
     path = bento(tmp_path, [], {"src/m.safetensors": len(header).to_bytes(8, "little") + header})
     del header
-    tracemalloc.start()
-    try:
-        [found] = scan_models(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = scan_peak(path)
     assert "unreadable" in found.summary and peak < 600 << 20, peak >> 20
 
 
@@ -437,19 +442,13 @@ def test_a_pickle_naming_a_huge_memo_index_is_read_without_allocating_for_it(tmp
     """A memo index is a number the pickle states: C's unpickler sized its memo by it (LONG_BINPUT 2**31 - 1, five
     bytes, made it clear 32 GiB in the harness); the scan's unpickler keeps only what the pickle puts."""
     import struct
-    import tracemalloc
     import zipfile
 
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("archive/data.pkl", b"\x80\x02N" + b"r" + struct.pack("<I", 1 << 24) + b".")
     path = bento(tmp_path, [], {"src/model.pt": archive.getvalue()})
-    tracemalloc.start()
-    try:
-        [found] = scan_models(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = scan_peak(path)
     assert not found.is_deep_learning and peak < 64 << 20  # C's unpickler: 256 MiB for this index
 
 
