@@ -35,7 +35,9 @@ Encoding = Annotated[str, AfterValidator(_known_codec)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    # allow_inf_nan=False: `.inf` would pass a bound such as `gt=0`, then be written as null to the logged
+    # `pilot_spec.json`, which no audit could read back
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
 
 class Title(_Spec):

@@ -55,6 +55,10 @@ def test_catalogue_specs_are_valid():
     (lambda s: s.update(department=""), "department", "owning department"),
     (lambda s: s["task"].update(horizn=24), "task.horizn", "the fields there: data, history, horizon"),
     (lambda s: s["resources"].update(cpus="two"), "resources.cpus", "is CPU cores"),
+    # `.inf` passes `gt=0`, then is logged as null in pilot_spec.json, which the audit cannot read back
+    (lambda s: s["service_level"].update(p95_latency_ms=float("inf")), "service_level.p95_latency_ms", "finite"),
+    (lambda s: s["resources"].update(cpus=float("inf")), "resources.cpus", "finite"),
+    (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
 ])
 def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
     spec = yaml.safe_load(yaml.safe_dump(BIKE))

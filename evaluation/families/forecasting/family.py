@@ -36,7 +36,7 @@ class ForecastOptions(BaseModel):
     """Steps between consecutive forecast origins (counted from the first timestamp of the data)."""
     season: int = Field(default=1, ge=1)
     """Lag of the seasonal-naive baseline and of the MASE scale, in steps (1 = the last value)."""
-    mase_floor: float = Field(default=1.0, gt=0)
+    mase_floor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     """Smallest in-sample error that scales MASE, in target units (keeps near-constant series from dominating)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
     """Windows per request in the scenario phases."""
