@@ -18,7 +18,7 @@ from cli.review import review_app
 from testbed.config import Workspace
 from testbed.errors import NotFound, TestbedError
 from workflow.catalogue import get_pilot
-from workflow.submissions import SubmissionStore
+from workflow.submissions import SubmissionStore, load_vendor
 
 __all__ = ["app"]
 
@@ -62,13 +62,12 @@ def check(pilot: str, bundle: Path,
     from pilots.vendor import VendorProfile
     from sandbox.bundle import inspect_bundle
     from sandbox.executor import RayExecutor
-    from testbed.yamlio import load_model
     from workflow.evaluate import evaluate_bundle
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
     if unsafe:
         _warn_unsafe()
-    profile = load_model(vendor, VendorProfile) if vendor else VendorProfile(
+    profile = load_vendor(vendor) if vendor else VendorProfile(
         name="(vendor check)", headquarters_district="outside-seoul", seoul_based=False, startup=False,
         technology_field="other", model_description="not given", licence="not given")
     info = inspect_bundle(bundle)

@@ -98,6 +98,22 @@ def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submi
     assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
 
 
+def test_check_refuses_the_vendor_profile_that_submit_refuses_before_running_anything(tmp_path, fake_bento,
+                                                                                     monkeypatch):
+    """`testbed check --vendor` reads the profile as `testbed submit` does: a name submit refuses (terminal codes)
+    is refused by check too, naming the file and the field, before the sandbox runs, never a passing check and
+    then a refused submission."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump({"name": "Evil\x1b[2J Co", "headquarters_district": "Mapo-gu",
+                                      "seoul_based": True, "startup": False, "technology_field": "time_series",
+                                      "model_description": "x", "licence": "MIT"}))
+    ran = []
+    monkeypatch.setattr("workflow.evaluate.evaluate_bundle", lambda *args, **kwargs: ran.append(args))
+    result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
+    assert result.exit_code == 2 and str(vendor) in result.stderr and "field `name`" in result.stderr, result.output
+    assert "fix:" in result.stderr and not ran
+
+
 def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
     """Ctrl-C in the middle of a command (here a promotion) exits 130 with a line saying it was interrupted and
     where to see whether the decision or move was recorded, not a bare exit status."""

@@ -21,7 +21,7 @@ from testbed.errors import AuditError, NotFound, SpecError
 from testbed.text import hidden
 from testbed.yamlio import load_model
 
-__all__ = ["Submission", "SubmissionStore"]
+__all__ = ["Submission", "SubmissionStore", "load_vendor"]
 
 VETTED_MANIFEST = "bento.yaml"
 """The bundle's `bento.yaml`, kept beside it at submission (see `SubmissionStore.vetted`)."""
@@ -61,6 +61,13 @@ def _plain_name(name: str, where: str) -> None:
                         fix="give the company's name as plain text on one line")
 
 
+def load_vendor(path: Path) -> VendorProfile:
+    """A vendor profile file, checked as a submission checks it (`testbed check --vendor` reads it so too)."""
+    vendor = load_model(path, VendorProfile)
+    _plain_name(vendor.name, str(path))
+    return vendor
+
+
 def _read(path: Path) -> Submission:
     try:
         return Submission.model_validate_json(path.read_bytes())
@@ -77,9 +84,10 @@ class SubmissionStore:
         """Validate, build the bundle's declared Python environment (a package that cannot be installed is a
         BundleError naming it) and store with the vendor profile (or its YAML file); returns the submission and
         whether it is new (False: same bytes, stored before with the profile it had then)."""
-        where = "the vendor profile" if isinstance(vendor, VendorProfile) else str(vendor)
-        vendor = vendor if isinstance(vendor, VendorProfile) else load_model(vendor, VendorProfile)
-        _plain_name(vendor.name, where)
+        if isinstance(vendor, VendorProfile):
+            _plain_name(vendor.name, "the vendor profile")
+        else:
+            vendor = load_vendor(vendor)
         info = inspect_bundle(bundle)
         FAMILIES.get(spec.family).contract.check_bundle(info, spec.id)
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
