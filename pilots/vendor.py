@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["VendorProfile", "SEOUL_DISTRICTS", "SEOUL_LEADING_FIELDS"]
 
@@ -44,12 +44,18 @@ class VendorProfile(BaseModel):
     contact: str | None = None
     """Optional contact e-mail for the city's evaluators."""
 
+    @field_validator("headquarters_district")
+    @classmethod
+    def _known_district(cls, district: str) -> str:
+        if district != "outside-seoul" and district not in SEOUL_DISTRICTS:
+            meant = next((d for d in sorted(SEOUL_DISTRICTS) if d.casefold() == district.casefold()), None)
+            raise ValueError(f"{district[:60]!r} is neither a Seoul district (e.g. Gangnam-gu, Mapo-gu) nor "
+                             "'outside-seoul'" + (f"; it is spelt {meant!r}" if meant else ""))
+        return district
+
     @model_validator(mode="after")
     def _district_agrees(self) -> VendorProfile:
         district = self.headquarters_district
-        if district != "outside-seoul" and district not in SEOUL_DISTRICTS:
-            raise ValueError(f"headquarters_district {district!r} is neither a Seoul district (e.g. Gangnam-gu, "
-                             "Mapo-gu) nor 'outside-seoul'")
         if self.seoul_based != (district in SEOUL_DISTRICTS):
             raise ValueError(f"seoul_based is {self.seoul_based} but headquarters_district is {district!r}")
         return self

@@ -119,6 +119,17 @@ def test_invalid_vendor_profile(tmp_path, change, words):
     assert str(path) in str(info.value) and words in str(info.value) and "fix:" in str(info.value)
 
 
+def test_an_unknown_district_is_named_as_the_field_with_its_fix_not_as_fields_that_disagree(tmp_path):
+    """A misspelt district is a wrong value of `headquarters_district`, not two fields that disagree: the message
+    names the field and its fix says what to give (with the spelling meant, for a mere difference of case)."""
+    path = write(tmp_path, {**VENDOR, "headquarters_district": "gangnam-gu"}, "vendor.yaml")
+    with pytest.raises(SpecError) as info:
+        load_model(path, VendorProfile)
+    problem, fix = str(info.value).split("\n  fix: ")
+    assert "field `headquarters_district`" in problem and "'Gangnam-gu'" in problem, problem
+    assert "agree" not in fix and "outside-seoul" in fix, fix
+
+
 def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
     import shutil
 
