@@ -153,7 +153,10 @@ def inspect_bundle(path: Path, limits: Limits = Limits(), vetted: tuple[str, byt
     with _open(path, limits, "r:xz") as tar:
         for member, normal in _checked(tar, str(path), limits):
             if normal == "bento.yaml" and member.isfile():
-                manifest_bytes = tar.extractfile(member).read(1 << 20)
+                try:  # read here, outside `_checked`'s own guard: a cut inside it is the archive's fault too
+                    manifest_bytes = tar.extractfile(member).read(1 << 20)
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    raise _unreadable(str(path), exc) from None
     manifest, tag = _manifest(manifest_bytes, str(path))
     return BundleInfo(path=path, sha256=sha256_file(path), size=path.stat().st_size, tag=tag, manifest=manifest,
                       manifest_bytes=manifest_bytes)

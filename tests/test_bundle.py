@@ -59,6 +59,17 @@ def test_a_cut_archive_is_refused_whole(tmp_path):
     assert [p.name for p in (tmp_path / "home").rglob("*") if p.is_file()] == []
 
 
+def test_an_archive_cut_inside_its_bento_yaml_is_refused_with_the_fix(tmp_path):
+    """Cut while `bento.yaml` itself is read (here its only member): a BundleError naming the file, never the
+    decompressor's EOFError (which the CLI showed as a bare "Aborted." with exit 1, a check's "rejected")."""
+    manifest = b"name: svc\nversion: v1\n# " + bytes(range(256)) * 400 + b"\n"
+    path = archive(tmp_path, [file_member("./bento.yaml", manifest)], name="cut.bento")
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(BundleError, match="not a readable .bento archive") as info:
+        inspect_bundle(path)
+    assert str(path) in str(info.value) and "bentoml export" in str(info.value)
+
+
 def test_a_highly_compressible_member_is_read_in_linear_time(tmp_path):
     """64 MB of zeros is a 10 KB archive: xz hands them over in one block, and reading that block in tarfile's
     stream mode is quadratic (a minute); the archive is read through a file object instead (a fraction of a
