@@ -12,6 +12,7 @@ from pathlib import Path
 
 import bentoml
 from rich.console import Console
+from rich.markup import escape
 
 from evaluation.families import open_family
 from evaluation.leaderboard import leaderboard_rows, leaderboard_table
@@ -48,7 +49,7 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
         for pilot_id, folders in by_pilot.items():
             spec = get_pilot(pilot_id)
             fam = open_family(spec, ws.data_dir)
-            out.rule(f"[bold]{pilot_id}[/] · {spec.title.en}")
+            out.rule(f"[bold]{pilot_id}[/] · {escape(spec.title.en)}")
             for folder in folders:
                 t0 = time.perf_counter()
                 with err.status(f"building {folder.name} (bentoml build)…"):

@@ -30,7 +30,7 @@ def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
                           + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
     table = Table("id", "family", "title", "department")
     for p in pilots.values():
-        table.add_row(p.id, p.family, f"{p.title.en}\n{p.title.ko}", p.department)
+        table.add_row(p.id, p.family, escape(f"{p.title.en}\n{p.title.ko}"), escape(p.department))
     out.print(table)
     for path, exc in broken.items():
         err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
@@ -50,8 +50,8 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
         return _emit_json({"spec": spec.model_dump(mode="json"),
                            "contract": {"api": contract.api, "inputs": list(contract.inputs),
                                         "summary": contract.summary, **details}})
-    out.print(f"[bold]{spec.title.en}[/] — {spec.title.ko}\n{spec.department}\n")
-    out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {g}" for g in spec.policy_goals))
+    out.print(f"[bold]{escape(spec.title.en)}[/] — {escape(spec.title.ko)}\n{escape(spec.department)}\n")
+    out.print("[bold]Policy goals[/]\n" + "\n".join(f"  • {escape(g)}" for g in spec.policy_goals))
     out.print(f"\n[bold]Task contract[/] ({spec.family}): API `{contract.api}`\n{escape(contract.summary)}\n")
     for name, value in details.items():
         shown = ", ".join(f"{i}: {v}" for i, v in enumerate(value)) if name.endswith("features") else value
@@ -60,7 +60,7 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
         f"{t.metric} {'≤ ' + str(t.max) if t.max is not None else '≥ ' + str(t.min)}{' (gate)' if t.gate else ''}"
         for t in spec.thresholds))
     out.print(f"[bold]Scenarios[/]: {', '.join(s.name for s in spec.scenarios) or 'none'}   "
-              f"[bold]Groups[/]: {', '.join(spec.groups)}")
+              f"[bold]Groups[/]: {escape(', '.join(spec.groups))}")
     out.print(f"[bold]Resources[/]: {spec.resources.model_dump()}\n[bold]Service level[/]: "
               f"{spec.service_level.model_dump()}\n[bold]Criteria weights[/]: {spec.criteria.weights.model_dump()}")
 

@@ -67,7 +67,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     """Rows from `leaderboard_rows`, or with the evaluators' decisions (`policy_fit`, `review`, `provisional`)
     added by the workflow."""
     primary = FAMILIES.get(spec.family).primary_metric
-    table = Table(title=f"Leaderboard · {spec.id} · {spec.title.en}", caption="one official evaluation per "
+    table = Table(title=f"Leaderboard · {spec.id} · {cell(spec.title.en)}", caption="one official evaluation per "
                   "submission; * total provisional until an evaluator scores policy fit and confirms the vendor's "
                   "claims (local), which count 0 until then; rejected = failed a hard gate")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "policy", "local",

@@ -62,6 +62,31 @@ def test_user_errors_are_clean(args, words):
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_square_brackets_in_a_pilots_texts_are_shown_as_written(tmp_path, monkeypatch):
+    """A spec's title, department and policy goals are the city's prose: "[KPI 3]" is shown as written, never read
+    as Rich markup (it vanished) nor "[/b]" as a closing tag (a MarkupError traceback in `pilots list`, `pilots
+    show` and the leaderboard)."""
+    from evaluation.leaderboard import leaderboard_table
+    from pilots.catalogue import CATALOGUE_DIR
+    from workflow.catalogue import get_pilot
+
+    spec = yaml.safe_load((CATALOGUE_DIR / "bike-demand.yaml").read_text())
+    spec.update(id="bike-brackets", department="Transport Office [/b]", policy_goals=["Reach every station [KPI 3]"])
+    spec["title"]["en"] = "Bikes [pilot 2]"
+    (tmp_path / "bike-brackets.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path))
+    for args in (["pilots", "list"], ["pilots", "show", "bike-brackets"]):
+        result = runner.invoke(app, args, terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "Bikes [pilot 2]" in result.stdout and "Transport Office [/b]" in result.stdout, result.stdout
+    assert "Reach every station [KPI 3]" in result.stdout
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(leaderboard_table(get_pilot("bike-brackets"), []))
+    assert "Bikes [pilot 2]" in console.export_text()
+
+
 def test_submit_validates_stores_and_recognises_the_same_bytes(tmp_path, fake_bento):
     vendor = tmp_path / "vendor.yaml"
     vendor.write_text(yaml.safe_dump({"name": "Acme", "headquarters_district": "Mapo-gu", "seoul_based": True,
