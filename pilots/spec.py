@@ -258,11 +258,11 @@ class PilotSpec(_Spec):
     service_level: ServiceLevel
     """Latency, throughput and reliability the service must offer."""
 
-    @field_validator("thresholds", "scenarios", "groups")
+    @field_validator("policy_goals", "thresholds", "scenarios", "groups")
     @classmethod
     def _each_once(cls, items: list) -> list:
         """A metric judged twice, a scenario or a group named twice: results are keyed by the name, so a second
-        one would silently replace the first."""
+        one would silently replace the first; a review scores policy goals by their text."""
         twice = repeated(getattr(item, "metric", getattr(item, "name", item)) for item in items)
         if twice:
             raise ValueError(f"{', '.join(twice)[:80]} given more than once: give each once")

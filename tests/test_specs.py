@@ -59,6 +59,8 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["service_level"].update(p95_latency_ms=float("inf")), "service_level.p95_latency_ms", "finite"),
     (lambda s: s["resources"].update(cpus=float("inf")), "resources.cpus", "finite"),
     (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
+    # a review scores goals by text: a goal given twice could not be scored as two (refused as "scored twice")
+    (lambda s: s["policy_goals"].append(s["policy_goals"][0]), "policy_goals", "given more than once"),
 ])
 def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
     spec = yaml.safe_load(yaml.safe_dump(BIKE))
