@@ -74,8 +74,11 @@ def _open(path: Path, limits: Limits, mode: str) -> tarfile.TarFile:
     """The archive, opened with tarfile after the file-level checks (exists, size, xz)."""
     where = str(path)
     if not path.is_file():
-        raise BundleError("a folder, not a .bento file" if path.is_dir() else "no such file", where=where,
-                          fix="give the path of a `.bento` file made by `bentoml export NAME:VERSION FILE.bento`")
+        special = path.exists() and not path.is_dir()  # a pipe (`<(cat model.bento)`) or a device: read once, or never
+        raise BundleError("a folder, not a .bento file" if path.is_dir() else
+                          "a pipe or a device, not a .bento file" if special else "no such file", where=where,
+                          fix="give the path of a `.bento` file made by `bentoml export NAME:VERSION FILE.bento`"
+                              + (" (a copy of the .bento on disk: it is read more than once)" if special else ""))
     size = path.stat().st_size
     if size > limits.max_archive_bytes:
         raise BundleError(f"archive is {size} bytes, above the {limits.max_archive_bytes}-byte limit", where=where,

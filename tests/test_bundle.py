@@ -1,6 +1,7 @@
 """Untrusted archives: unsafe members are refused before anything is extracted or run."""
 
 import io
+import os
 import tarfile
 
 import pytest
@@ -119,6 +120,10 @@ def test_not_a_bento(tmp_path):
         inspect_bundle(archive(tmp_path, [file_member("readme.txt")]))
     with pytest.raises(BundleError, match="no such file"):
         inspect_bundle(tmp_path / "missing.bento")
+    os.mkfifo(tmp_path / "piped.bento")  # e.g. `testbed check PILOT <(cat model.bento)`: it exists, and is no file
+    with pytest.raises(BundleError, match="a pipe or a device, not a .bento file") as info:
+        inspect_bundle(tmp_path / "piped.bento")
+    assert "no such file" not in str(info.value) and "a copy of the .bento" in str(info.value)
 
 
 def test_manifest_tag_and_hash(fake_bento):
