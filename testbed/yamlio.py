@@ -66,11 +66,14 @@ def _fix(model: type[BaseModel], item: dict, path: str) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently). A
+    merge key (`<<: *defaults`) is no key of its own: the safe loader merges it, the keys beside it overriding."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str | int | float | bool):
                 continue

@@ -78,6 +78,22 @@ def test_a_key_given_twice_is_refused_not_overwritten(tmp_path):
         load_pilot(write(tmp_path, text))
 
 
+def test_yaml_merge_keys_are_read_as_yaml_reads_them(tmp_path):
+    """`<<: *anchor` (YAML's merge key, which `yaml.safe_load` reads) takes the anchored mapping's keys, the ones
+    written beside it overriding them: it is not a key given twice, nor invalid YAML. A key written twice beside it
+    still is."""
+    text = (CATALOGUE_DIR / "bike-demand.yaml").read_text()
+    train = "    train: {public: true, start: 2017-12-08T00:00:00, end: 2018-08-31T23:00:00}"
+    sample = "    sample: {public: true, start: 2018-09-01T00:00:00, end: 2018-09-30T23:00:00}"
+    assert train in text and sample in text
+    merged = text.replace(train, train.replace("train: {", "train: &public {")).replace(
+        sample, "    sample: {<<: *public, start: 2018-09-01T00:00:00, end: 2018-09-30T23:00:00}")
+    spec = load_pilot(write(tmp_path, merged))
+    assert spec.dataset.splits["sample"] == load_pilot(CATALOGUE_DIR / "bike-demand.yaml").dataset.splits["sample"]
+    with pytest.raises(SpecError, match="'start' is given twice"):
+        load_pilot(write(tmp_path, merged.replace("{<<: *public, start:", "{<<: *public, start: 2018-09-02, start:")))
+
+
 def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
     """A folder in TESTBED_PILOTS_DIR comes after the built-in catalogue, whatever the names sort as: its file
     claiming a built-in id is the broken one."""
