@@ -161,8 +161,8 @@ class ScenarioSpec(_Spec):
     """A robustness scenario registered for the pilot's task family (e.g. `missing_hours`, `fog`)."""
     severity: float = Field(default=0.5, ge=0, le=1)
     """How harsh the perturbation is, from 0 (none) to 1 (worst)."""
-    seed: int = 0
-    """Seed of the scenario's random draws: the same seed gives the same perturbed inputs."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the scenario's random draws (0 or more): the same seed gives the same perturbed inputs."""
 
 
 class Resources(_Spec):
@@ -224,8 +224,8 @@ class EquitySettings(_Spec):
     """Confidence level of the intervals (0.95 = 95 %)."""
     min_units: int = Field(default=30, ge=1)
     """Groups with fewer resampling units (windows, frames, texts) are marked too small to judge."""
-    seed: int = 0
-    """Seed of the bootstrap draws: the same seed gives the same intervals."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the bootstrap draws (0 or more): the same seed gives the same intervals."""
 
 
 class PilotSpec(_Spec):

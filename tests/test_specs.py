@@ -59,6 +59,10 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["service_level"].update(p95_latency_ms=float("inf")), "service_level.p95_latency_ms", "finite"),
     (lambda s: s["resources"].update(cpus=float("inf")), "resources.cpus", "finite"),
     (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
+    # numpy's generators take no negative seed: the bootstrap's failed after the sandbox run (the bundle's verdict
+    # became contract_violation), a scenario's when its inputs were built (a traceback)
+    (lambda s: s.update(equity={"seed": -1}), "equity.seed", "greater than or equal to 0"),
+    (lambda s: s["scenarios"][0].update(seed=-7), "scenarios.0.seed", "greater than or equal to 0"),
     # a review scores goals by text: a goal given twice could not be scored as two (refused as "scored twice")
     (lambda s: s["policy_goals"].append(s["policy_goals"][0]), "policy_goals", "given more than once"),
 ])
