@@ -131,6 +131,9 @@ def load_model(path: Path, model: type[M], **context: Any) -> M:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except UnicodeDecodeError:
         raise SpecError("not UTF-8 text", where=where, fix="save the file as UTF-8") from None
+    except OSError as exc:  # e.g. another account's file: one bad file, never every command that reads a folder
+        raise SpecError(f"cannot be read ({exc.strerror or exc})", where=where,
+                        fix="make the file readable by the account running the testbed") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML ({exc})".replace("\n", " "), where=where,
                         fix="fix the YAML syntax at the line shown") from None

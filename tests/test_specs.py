@@ -112,6 +112,26 @@ def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
     assert "already defined by" in str(broken[folder / "bike-demand.yaml"])
 
 
+def test_an_unreadable_spec_file_is_one_broken_spec_not_every_command_refused(tmp_path, monkeypatch):
+    """A spec file the testbed cannot read (mode 0600 of another account; simulated, as the tests may run as root)
+    is listed as broken with the fix; the other pilots stay usable (every command reads the whole catalogue)."""
+    from workflow.catalogue import get_pilot, scan_pilots
+
+    unreadable = write(tmp_path, dict(BIKE, id="bike-copy"), name="bike-copy.yaml")
+    read_text = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path))
+    pilots, broken = scan_pilots()
+    assert "bike-demand" in pilots and get_pilot("bike-demand").id == "bike-demand"
+    assert "Permission denied" in str(broken[unreadable]) and "fix:" in str(broken[unreadable])
+
+
 def test_yaml_syntax_error_is_reported_not_raised_raw(tmp_path):
     path = write(tmp_path, "id: [unclosed\n")
     with pytest.raises(SpecError, match="YAML"):
