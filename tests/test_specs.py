@@ -59,6 +59,9 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["service_level"].update(p95_latency_ms=float("inf")), "service_level.p95_latency_ms", "finite"),
     (lambda s: s["resources"].update(cpus=float("inf")), "resources.cpus", "finite"),
     (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
+    # a step of no length, or backwards: the data read failed with ZeroDivisionError/IndexError, naming no field
+    (lambda s: s["task"]["data"].update(frequency="0h"), "task.data.frequency", "a step forward"),
+    (lambda s: s["task"]["data"].update(frequency="-1h"), "task.data.frequency", "a step forward"),
     # numpy's generators take no negative seed: the bootstrap's failed after the sandbox run (the bundle's verdict
     # became contract_violation), a scenario's when its inputs were built (a traceback)
     (lambda s: s.update(equity={"seed": -1}), "equity.seed", "greater than or equal to 0"),

@@ -104,9 +104,11 @@ class SeriesData(BaseModel):
     @classmethod
     def _frequency(cls, value: str) -> str:
         try:
-            pd.tseries.frequencies.to_offset(value)
+            offset = pd.tseries.frequencies.to_offset(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a pandas frequency (use e.g. h, D, MS)") from None
+        if offset.n <= 0:
+            raise ValueError(f"{value!r} is not a step forward in time (use e.g. h, 15min, D, MS)")
         return value
 
     @field_validator("adapter")
