@@ -123,6 +123,20 @@ def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submi
     assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
 
 
+@pytest.mark.parametrize("name", ["   ", "\u3000", "\u00a0"])
+def test_a_blank_vendor_name_is_refused_at_submit(tmp_path, fake_bento, name):
+    """`name` must be given (min_length 1): spaces only (ASCII, ideographic or no-break) would show an empty vendor
+    on the leaderboard and in review list, so evaluators could not tell whose bundle it is."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump({"name": name, "headquarters_district": "Mapo-gu", "seoul_based": True,
+                                      "startup": False, "technology_field": "time_series",
+                                      "model_description": "x", "licence": "MIT"}))
+    result = runner.invoke(app, ["submit", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
+    assert result.exit_code == 2 and str(vendor) in result.stderr and "field `name`" in result.stderr, result.output
+    assert "is blank" in result.stderr and "fix:" in result.stderr
+    assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
+
+
 def test_check_refuses_the_vendor_profile_that_submit_refuses_before_running_anything(tmp_path, fake_bento,
                                                                                      monkeypatch):
     """`testbed check --vendor` reads the profile as `testbed submit` does: a name submit refuses (terminal codes)

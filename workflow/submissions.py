@@ -53,12 +53,15 @@ ID = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{12}")
 
 
 def _plain_name(name: str, where: str) -> None:
-    """The vendor's name reaches evaluators' terminals and pages (review list and show, the leaderboard): checked
-    as a submission comes in (records stored before stay readable, and are shown written out)."""
+    """The vendor's name reaches evaluators' terminals and pages (review list and show, the leaderboard), where it
+    must read as one name: checked as a submission comes in (records stored before stay readable, and are shown
+    written out)."""
     if hidden(name):
         raise SpecError(f"field `name`: {repr(name)[:80]} holds control or formatting characters (an escape sequence, "
                         "a bidirectional override, a line break)", where=where,
                         fix="give the company's name as plain text on one line")
+    if not name.strip():  # spaces only (ASCII, ideographic, no-break): an empty vendor on every list
+        raise SpecError("field `name` is blank", where=where, fix="give the company's legal name")
 
 
 def load_vendor(path: Path) -> VendorProfile:
