@@ -83,6 +83,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar that reads as no value (a date such as 2018-09-31, an integer past Python's 4,300 digits) is
+        a YAML error at its line, not the constructor's bare ValueError."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, str(exc)[:200], node.start_mark) from None
+
 
 def validation_error(where: str, model: type[BaseModel], error: ValidationError, prefix: str = "") -> SpecError:
     """Turn a pydantic error into one SpecError listing every bad field with its meaning (`prefix`: where the

@@ -115,6 +115,24 @@ def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
     assert "already defined by" in str(broken[folder / "bike-demand.yaml"])
 
 
+@pytest.mark.parametrize("old, new, words", [
+    ("end: 2018-09-30T23:00:00", "end: 2018-09-31T23:00:00", "day is out of range for month"),  # a typo'd date
+    ("horizon: 24", "horizon: " + "9" * 5000, "Exceeds the limit"),  # an integer Python will not convert
+])
+def test_a_yaml_value_that_reads_as_no_value_is_one_broken_spec_with_its_line(tmp_path, monkeypatch, old, new, words):
+    """YAML's constructors raise ValueError for a date that does not exist or an integer past 4,300 digits: a
+    SpecError naming the file and the line, never a traceback, and the other pilots stay listed."""
+    from workflow.catalogue import scan_pilots
+
+    text = (CATALOGUE_DIR / "bike-demand.yaml").read_text().replace("id: bike-demand", "id: bike-typo")
+    assert old in text
+    path = write(tmp_path, text.replace(old, new, 1), name="bike-typo.yaml")
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path))
+    pilots, broken = scan_pilots()
+    assert "bike-demand" in pilots and words in str(broken[path]) and "line " in str(broken[path])
+    assert "fix:" in str(broken[path])
+
+
 def test_an_unreadable_spec_file_is_one_broken_spec_not_every_command_refused(tmp_path, monkeypatch):
     """A spec file the testbed cannot read (mode 0600 of another account; simulated, as the tests may run as root)
     is listed as broken with the fix; the other pilots stay usable (every command reads the whole catalogue)."""
