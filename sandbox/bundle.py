@@ -133,8 +133,8 @@ def _manifest(manifest_bytes: bytes | None, where: str) -> tuple[dict, str]:
     try:
         manifest = safe_load_bounded(manifest_bytes)
         tag = f"{manifest['name']}:{manifest['version']}"
-    except (yaml.YAMLError, TypeError, KeyError, RecursionError) as exc:
-        raise _unsafe(where, f"bento.yaml is malformed ({exc})") from None
+    except (yaml.YAMLError, TypeError, KeyError, RecursionError, ValueError) as exc:  # ValueError: e.g. 2024-02-30
+        raise _unsafe(where, f"bento.yaml is malformed ({str(exc)[:300]})") from None
     if not all(isinstance(manifest.get(k), str) and manifest[k].replace("-", "").replace("_", "").replace(".", "")
                .isalnum() for k in ("name", "version")):
         raise _unsafe(where, "bento.yaml name/version must be plain identifiers")

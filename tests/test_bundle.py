@@ -71,6 +71,16 @@ def test_an_archive_cut_inside_its_bento_yaml_is_refused_with_the_fix(tmp_path):
     assert str(path) in str(info.value) and "bentoml export" in str(info.value)
 
 
+@pytest.mark.parametrize("line", [b"creation_time: 2024-02-30 10:00:00\n", b"size: " + b"9" * 5000 + b"\n"])
+def test_a_manifest_value_that_reads_as_no_value_is_a_malformed_manifest(tmp_path, line):
+    """YAML's constructors raise ValueError for a date that does not exist or an integer past 4,300 digits: in a
+    vendor's bento.yaml that is a BundleError naming the file, never a traceback (exit 1) from submit or check."""
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n" + line)])
+    with pytest.raises(BundleError, match="bento.yaml is malformed") as info:
+        inspect_bundle(path)
+    assert str(path) in str(info.value) and "fix:" in str(info.value)
+
+
 def test_a_highly_compressible_member_is_read_in_linear_time(tmp_path):
     """64 MB of zeros is a 10 KB archive: xz hands them over in one block, and reading that block in tarfile's
     stream mode is quadratic (a minute); the archive is read through a file object instead (a fraction of a
