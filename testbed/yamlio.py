@@ -145,6 +145,9 @@ def load_model(path: Path, model: type[M], **context: Any) -> M:
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML ({exc})".replace("\n", " "), where=where,
                         fix="fix the YAML syntax at the line shown") from None
+    except RecursionError:  # YAML's parser recurses once per level of brackets
+        raise SpecError("not readable YAML: its values are nested too deeply", where=where,
+                        fix=f"write the {model.__name__} fields as `key: value` lines, each value plain") from None
     if not isinstance(raw, dict):
         raise SpecError("expected a mapping of fields at the top level", where=where,
                         fix=f"write the {model.__name__} fields as `key: value` lines") from None

@@ -193,6 +193,16 @@ def test_an_unknown_district_is_named_as_the_field_with_its_fix_not_as_fields_th
     assert "agree" not in fix and "outside-seoul" in fix, fix
 
 
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, "{a: " * 30_000 + "1" + "}" * 30_000])
+def test_yaml_nested_past_pythons_recursion_is_refused_with_the_fix(tmp_path, value):
+    """A few hundred KiB of brackets nest past Python's recursion limit in YAML's parser: a SpecError naming the
+    file, never a RecursionError traceback (exit 1) from submit, check or the catalogue."""
+    path = write(tmp_path, f"name: {value}\n", "vendor.yaml")
+    with pytest.raises(SpecError) as info:
+        load_model(path, VendorProfile)
+    assert str(path) in str(info.value) and "nested too deeply" in str(info.value) and "fix:" in str(info.value)
+
+
 def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
     import shutil
 
