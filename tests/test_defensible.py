@@ -498,6 +498,31 @@ def test_the_pickles_of_a_bundle_are_read_within_a_budget(tmp_path, monkeypatch)
     assert all(a.summary.startswith("not read: its pickle is past") for a in found.values()) and len(found) == 3
 
 
+@pytest.mark.parametrize("raised, blamed", [(ValueError("answers the decoder let through"), True),
+                                             (TestbedError("the city's data"), False)])
+def test_a_failure_to_score_is_the_bundles_only_when_its_answers_caused_it(ws, bike_spec, tmp_path, monkeypatch,
+                                                                         raised, blamed):
+    """Answers that break scoring are the bundle's `contract_violation`; the testbed's own errors while scoring
+    (a spec or data mistake) stop the evaluation instead: a vendor's verdict never records the city's fault."""
+    from evaluation.families.forecasting.family import Forecasting
+
+    score = Forecasting.score
+
+    def failing(self, data, result):
+        if result.phases:
+            raise raised
+        return score(self, data, result)
+
+    monkeypatch.setattr(Forecasting, "score", failing)
+    if blamed:
+        card = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]))
+        assert card.verdict == "contract_violation" and "could not be scored (ValueError" in card.verdict_reason
+    else:
+        with pytest.raises(TestbedError, match="the city's data"):
+            run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]))
+        assert not (ws.home / "card").exists() or not any((ws.home / "card").iterdir())
+
+
 def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec, windows, tmp_path):
     card = run(ws, bike_spec, lookup_handler(windows), bento(tmp_path, [FORECAST_ROUTE]))
     dl = card.criteria["deep_learning_fit"]

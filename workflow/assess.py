@@ -19,6 +19,7 @@ from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.runner import SandboxResult
 from testbed.config import harness_version
+from testbed.errors import ContractViolation, TestbedError
 
 __all__ = ["Scoring", "Assessment", "assess", "AUDIT_FILES"]
 
@@ -65,6 +66,8 @@ def assess(s: Scoring, fam: TaskFamily, data, result: SandboxResult) -> Assessme
     try:
         outcome = fam.score(data, result)
     except Exception as exc:  # noqa: BLE001 - answers the decoders let through must not cost the verdict
+        if isinstance(exc, TestbedError) and not isinstance(exc, ContractViolation):
+            raise  # the city's spec or data (a SpecError), not the bundle's answers: never the vendor's verdict
         result = replace(result, phases={}, verdict="contract_violation",
                          reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
         outcome = fam.score(data, result)
