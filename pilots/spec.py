@@ -166,18 +166,21 @@ class ScenarioSpec(_Spec):
 
 
 class Resources(_Spec):
-    cpus: float = Field(default=1, gt=0)
-    """CPU cores the evaluation asks Ray for."""
+    cpus: float = Field(default=1, ge=0.1, le=1024)
+    """CPU cores the evaluation asks Ray for (at least a tenth of one: the sandbox's CPU quota is this share of
+    each period)."""
     gpus: float = Field(default=0, ge=0)
     """GPUs the evaluation asks Ray for (0 = CPU only); the bundle uses CUDA when it sees one."""
-    memory_mb: int = Field(default=3072, ge=256)
-    """Address-space limit of the sandboxed service in MiB; exceeding it ends the run as `resource_limit`."""
-    max_processes: int = Field(default=64, ge=4)
+    memory_mb: int = Field(default=3072, ge=256, le=1 << 22)
+    """Address-space limit of the sandboxed service in MiB (4 TiB at most); exceeding it ends the run as
+    `resource_limit`."""
+    max_processes: int = Field(default=64, ge=4, le=1 << 16)
     """Most processes/threads the sandboxed service may run at once."""
-    wall_time_s: int = Field(default=600, ge=10)
-    """Wall-clock limit for the whole sandboxed run, start-up included; exceeding it gives `timeout`."""
-    startup_timeout_s: int = Field(default=120, ge=5)
-    """How long the service may take to become ready."""
+    wall_time_s: int = Field(default=600, ge=10, le=86_400)
+    """Wall-clock limit for the whole sandboxed run, start-up included (a day at most); exceeding it gives
+    `timeout`."""
+    startup_timeout_s: int = Field(default=120, ge=5, le=3_600)
+    """How long the service may take to become ready (an hour at most)."""
 
 
 class ServiceLevel(_Spec):

@@ -58,6 +58,11 @@ def test_catalogue_specs_are_valid():
     # `.inf` passes `gt=0`, then is logged as null in pilot_spec.json, which the audit cannot read back
     (lambda s: s["service_level"].update(p95_latency_ms=float("inf")), "service_level.p95_latency_ms", "finite"),
     (lambda s: s["resources"].update(cpus=float("inf")), "resources.cpus", "finite"),
+    # limits a run cannot be given: a wall time past threading's TIMEOUT_MAX killed the watchdog (no limit at all),
+    # a share of a CPU of 1e-9 a quota of a microsecond a period (the timeout then the vendor's)
+    (lambda s: s["resources"].update(wall_time_s=10**10), "resources.wall_time_s", "less than or equal to 86400"),
+    (lambda s: s["resources"].update(cpus=1e-9), "resources.cpus", "greater than or equal to 0.1"),
+    (lambda s: s["resources"].update(memory_mb=10**12), "resources.memory_mb", "less than or equal"),
     (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
     # a step of no length, or backwards: the data read failed with ZeroDivisionError/IndexError, naming no field
     (lambda s: s["task"]["data"].update(frequency="0h"), "task.data.frequency", "a step forward"),
