@@ -139,7 +139,8 @@ class RayExecutor(_Closing):
                 raise ResourceUnavailable(
                     f"the pilot asks for {_amount(key, amount)}, the largest Ray node has "
                     f"{_amount(key, largest.get(key, 0))}", where=f"Ray at {self.address or 'local (127.0.0.1)'}",
-                    fix="set RAY_ADDRESS to a cluster with a node that large, or lower `resources` in the pilot spec"
+                    fix="set RAY_ADDRESS to a cluster with a node that large, or (the city) lower `resources` in the "
+                        "pilot spec; a vendor's `testbed check` needs a node that large, as the evaluation does"
                         + (" (Ray counts about 70 % of a node's free RAM at its start as `memory`; `ray start "
                            "--memory BYTES` sets it)" if key == "memory" else ""))
         task = ray.remote(max_retries=0)(_run_on_node).options(

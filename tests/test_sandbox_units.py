@@ -319,4 +319,4 @@ def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_r
     assert placed[0]["memory"] == 4096 << 20 and placed[0]["num_cpus"] == 1
     with pytest.raises(ResourceUnavailable, match="8192 MB of memory, the largest Ray node has 6144 MB") as info:
         RayExecutor().submit(job(8192))
-    assert "ray start --memory" in info.value.fix and len(placed) == 1
+    assert "ray start --memory" in info.value.fix and "testbed check" in info.value.fix and len(placed) == 1
