@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from testbed.errors import SpecError
 from testbed.yamlio import repeated
@@ -40,10 +40,14 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
 
+Prose = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""Text people read (a title, a goal): spaces around it dropped, and never blank."""
+
+
 class Title(_Spec):
-    ko: str = Field(min_length=1)
+    ko: Prose
     """Title in Korean, as the call was published."""
-    en: str = Field(min_length=1)
+    en: Prose
     """Title in English."""
 
 
@@ -236,9 +240,9 @@ class PilotSpec(_Spec):
     """Short id: lower-case letters, digits and dashes (used in commands, MLflow names and paths)."""
     title: Title
     """The pilot's title in Korean and English."""
-    department: str = Field(min_length=1)
+    department: Prose
     """The owning department of the Seoul Metropolitan Government."""
-    policy_goals: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    policy_goals: list[Prose] = Field(min_length=1)
     """The Seoul policy goals this pilot serves (what the evaluators' rubric scores against)."""
     family: str
     """Task family: a registered family such as `forecasting` or `detection`."""

@@ -73,6 +73,8 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["scenarios"][0].update(seed=-7), "scenarios.0.seed", "greater than or equal to 0"),
     # a review scores goals by text: a goal given twice could not be scored as two (refused as "scored twice")
     (lambda s: s["policy_goals"].append(s["policy_goals"][0]), "policy_goals", "given more than once"),
+    (lambda s: s["policy_goals"].append("\u3000 "), "policy_goals.3", "at least 1 character"),  # a blank goal
+    (lambda s: s["policy_goals"].append(" " + s["policy_goals"][0]), "policy_goals", "given more than once"),
 ])
 def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
     spec = yaml.safe_load(yaml.safe_dump(BIKE))
