@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -57,13 +57,23 @@ class Split(_Spec):
     start: datetime | None = None
     """First timestamp of the split's targets (time-series families)."""
     end: datetime | None = None
-    """Last timestamp of the split's targets, inclusive (time-series families)."""
+    """Last timestamp of the split's targets, inclusive (time-series families); a date alone means the whole day
+    (through 23:59:59), never only its midnight, which left 23 hours of hourly data out."""
     members: str | None = None
     """Key in the dataset's split file that lists this split's items (image families)."""
     truth_public: bool = False
     """True when this split's ground truth is published somewhere (e.g. the dataset is an open download): a
     sequestered split is then only withheld from the submission, and near-exact matches to the truth are
     flagged as a suspected lookup. A `public` split's truth is always public."""
+
+    @field_validator("end", mode="before")
+    @classmethod
+    def _whole_day(cls, value: Any) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            value = date.fromisoformat(value.strip())
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime.combine(value, time(23, 59, 59))
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Split:

@@ -1,5 +1,6 @@
 """Pilot specs and vendor profiles: invalid input fails with the file, the field path and the fix."""
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -284,6 +285,23 @@ def test_text_splits_that_share_a_day_are_refused(tmp_path):
         load_pilot(path)
     message = str(info.value)
     assert str(path) in message and "`dataset.splits.test`" in message and "2020-09-30" in message
+
+
+def test_a_split_ending_on_a_date_alone_holds_that_whole_day(tmp_path):
+    """`end: 2018-11-30` reads as the whole day, as people mean it: it was that day's midnight, so the bike
+    pilot's test split silently lost its last 23 hours of targets."""
+    from evaluation.families import open_family
+    from testbed.config import PROJECT_ROOT
+
+    spec = yaml.safe_load(yaml.safe_dump(BIKE))
+    spec["dataset"]["splits"]["test"]["end"] = datetime.date(2018, 11, 30)  # as YAML reads `end: 2018-11-30`
+    by_date = load_pilot(write(tmp_path, spec))
+    assert by_date.dataset.splits["test"].end == datetime.datetime(2018, 11, 30, 23, 59, 59)
+    spec["dataset"]["splits"]["test"]["end"] = "2018-11-30"  # quoted: the same
+    assert load_pilot(write(tmp_path, spec, "quoted.yaml")).dataset.splits["test"].end.hour == 23
+    exact = load_pilot(CATALOGUE_DIR / "bike-demand.yaml")
+    count = lambda s: len(open_family(s, PROJECT_ROOT / "data").load("test").truth)  # noqa: E731
+    assert count(by_date) == count(exact)
 
 
 @pytest.mark.parametrize("test_end, refused", [("2018-10-31T23:00:00", True), ("2018-10-20T23:00:00", False)])
