@@ -102,7 +102,8 @@ def _groups_figure(card: Scorecard, metric: str) -> plt.Figure:
     low = np.array([g.get("low", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
     high = np.array([g.get("high", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
     colours = ["#4c72b0" if g["judged"] else "#bbbbbb" for _, g in rows]
-    ax.barh(names, values, color=colours, xerr=np.nan_to_num([values - low, high - values]), ecolor="#333333",
+    spread = np.array([values - low, high - values])  # no bar where the interval or the value is not finite
+    ax.barh(names, values, color=colours, xerr=np.where(np.isfinite(spread), spread, 0), ecolor="#333333",
             capsize=2)
     ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
     ax.set(xlabel=f"{metric} ({card.equity.get('level', 0.95):.0%} bootstrap interval; grey: too small to judge)"
@@ -126,7 +127,7 @@ def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
         vals = list(retention.values())
         ax.barh(list(retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
         ax.axvline(1.0, color="black", lw=1)
-        ax.set(xlim=(0, max([1.1, *(v for v in vals if not math.isnan(v))])), xlabel="retention vs clean",
+        ax.set(xlim=(0, max([1.1, *(v for v in vals if math.isfinite(v))])), xlabel="retention vs clean",
                title=f"Robustness: {metric} retained per scenario")
         fig.tight_layout()
         figs["retention"] = fig

@@ -273,6 +273,21 @@ def test_a_scorecard_with_nan_or_infinite_metrics_reads_back(ws, bike_spec, fake
     assert not math.isfinite(ev.card.metrics["clean"][metric]) and math.isnan(back.metrics["clean"][metric])
 
 
+def test_answers_as_large_as_a_float_allows_still_draw_the_page(ws, bike_spec, fake_bento):
+    """A bundle answering the largest float on clean inputs (and sanely on the scenario's) makes the clean errors
+    and the retention infinite: every plot is still drawn (it failed the evaluation after the run, no scorecard)."""
+    def handler(route, payload):
+        if np.isnan(np.asarray(payload["history"], dtype=float)).any():  # the missing-hours scenario
+            return last_day(route, payload)
+        return [[1.7e308] * 24 for _ in payload["history"]]
+
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=FakeSandbox(handler), ws=ws,
+                         out_dir=ws.home / "o", submission="x", split="sample")
+    assert ev.card.metrics["clean"]["mase"] == math.inf and ev.card.retention["missing_hours"] == math.inf
+    plots = {p.stem for p in (ws.home / "o" / "plots").iterdir()}
+    assert {"forecast_vs_actual", "groups", "retention", "latency"} <= plots
+    assert ev.files["scorecard.html"].read_text().count("data:image/png;base64,") == len(plots)
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""

@@ -8,12 +8,18 @@ import pandas as pd
 
 __all__ = ["forecast_plots"]
 
+OFF_SCALE = 1000
+"""Forecasts are drawn clipped to this many times the largest actual value: an answer as large as the contract
+allows (up to the largest float) overflows matplotlib's scaling, and past that the chart says nothing more."""
+
 
 def forecast_plots(fam, data, outcome) -> dict:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    o, pred, figs = fam.options, outcome.extras["pred"], {}
+    o, figs = fam.options, {}
+    bound = OFF_SCALE * (float(np.nanmax(np.abs(data.truth), initial=0)) + 1)
+    pred = np.clip(outcome.extras["pred"], -bound, bound)  # NaN (no answer) stays NaN
     series = pd.Series([",".join(row) for row in data.series] if data.series.shape[1] else [""] * len(data.truth))
     level = pd.Series(data.truth.mean(1)).groupby(series).mean()
     names, busiest = list(level.index), level.idxmax()
