@@ -79,7 +79,8 @@ PER_KEY = 12
 
 
 def shown_groups(card: Scorecard) -> dict[str, list[tuple[str, dict]]]:
-    """Per group key, the groups to show: worst judged first, then the too-small ones, at most PER_KEY."""
+    """Per group key, the groups to show: worst judged first, then the too-small ones, at most PER_KEY; within
+    each, a group without a value (NaN, or null as JSON writes a non-finite one) last."""
     eq = card.equity.get("groups") or {}
     if not eq:  # a family without intervals: the plain per-group values
         metric = card.equity.get("metric")
@@ -90,9 +91,15 @@ def shown_groups(card: Scorecard) -> dict[str, list[tuple[str, dict]]]:
     for name, g in eq.items():
         by_key.setdefault(g["key"], []).append((name, g))
     for key, rows in by_key.items():
-        rows.sort(key=lambda r: (not r[1]["judged"], -r[1]["value"] if worst_first else r[1]["value"]))
+        rows.sort(key=lambda r: (not r[1]["judged"], *_unmeasured_last(r[1]["value"], worst_first)))
         by_key[key] = rows[:PER_KEY]
     return by_key
+
+
+def _unmeasured_last(value: float | None, worst_first: bool) -> tuple[bool, float]:
+    if value is None or math.isnan(value):
+        return True, 0.0
+    return False, -value if worst_first else value
 
 
 def _groups_figure(card: Scorecard, metric: str) -> plt.Figure:

@@ -288,6 +288,26 @@ def test_answers_as_large_as_a_float_allows_still_draw_the_page(ws, bike_spec, f
     assert {"forecast_vs_actual", "groups", "retention", "latency"} <= plots
     assert ev.files["scorecard.html"].read_text().count("data:image/png;base64,") == len(plots)
 
+def test_groups_without_a_value_are_listed_last_and_the_page_reads_back(evaluated):
+    """A group whose error overflowed is infinite, and `scorecard.json` writes it null: the page drawn again from
+    the file (a review's refresh, `testbed scorecard --html`) failed with a TypeError; a NaN value (the plain
+    per-group values) sorted anywhere, and could push the worst groups out of the PER_KEY shown."""
+    from evaluation.report import render_html, render_plots, shown_groups
+    from evaluation.scorecard import Scorecard
+
+    card = evaluated.card.model_copy(deep=True)
+    card.equity["groups"]["hour_band=night"] |= {"value": math.inf, "low": math.nan, "high": math.nan}
+    back = Scorecard.model_validate_json(card.model_dump_json())
+    assert back.equity["groups"]["hour_band=night"]["value"] is None
+    names = [name for name, _ in shown_groups(back)["hour_band"]]
+    assert names[-1] == "hour_band=night" and names[0] == "hour_band=evening_peak"  # the worst measured first
+    plots = render_plots(back, {})
+    assert "hour_band=night" in render_html(back, {k: data for k, (_, data) in plots.items()}, "t")
+    back.equity = {"metric": "mase", "goal": "min"}  # a family without intervals
+    back.groups = {f"hour={h}": {"mase": math.nan if h % 3 == 0 else float(h)} for h in range(20)}
+    assert [n for n, _ in shown_groups(back)["hour"]] == [f"hour={h}" for h in (19, 17, 16, 14, 13, 11, 10, 8, 7,
+                                                                                  5, 4, 2)]
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""
