@@ -308,6 +308,25 @@ def test_groups_without_a_value_are_listed_last_and_the_page_reads_back(evaluate
     assert [n for n, _ in shown_groups(back)["hour"]] == [f"hour={h}" for h in (19, 17, 16, 14, 13, 11, 10, 8, 7,
                                                                                   5, 4, 2)]
 
+def test_a_gate_never_shows_a_value_as_its_requirement_when_it_is_not(bike_spec):
+    """Rounded to the detail's digits, a failing MASE of 1.00004 read "1 (max 1.0)", an agreement of 94.996%
+    "95.0% (min 95%)", a skill of 0.9496 "0.950 (flag at 0.95)": more digits where rounding meets the bound."""
+    from evaluation.criteria import _against, load_gate, lookup_gate, threshold_gates
+    from evaluation.family import Outcome
+
+    mase = threshold_gates(bike_spec, {"mase": 1.00004})[0]
+    assert not mase.passed and mase.detail == "1.00004 (max 1.0)"
+    assert threshold_gates(bike_spec, {"mase": 0.9871})[0].detail == "0.9871 (max 1.0)"  # as before
+    outcome = Outcome(metrics={"clean": {"mase": 0.5}}, groups={}, baseline={}, under_load={"mase": 0.5},
+                      agreement=0.94996, exactness=0.989996)
+    load = load_gate(bike_spec, "mase", {"mase": 0.5}, outcome)
+    assert not load.passed and load.detail.endswith("94.996% of the items answered alike while timed and in the "
+                                                    "clean phase (min 95%); mase 0.5 timed, 0.5 clean")
+    lookup = lookup_gate(bike_spec, "test", outcome, 0.9496)
+    assert lookup.passed and "exactness 0.989996 (flag at 0.99), skill over baseline 0.9496 (flag at" in lookup.detail
+    assert _against(1 / 99, 0.01, ".1%") == "1.01%" and _against(0.01, 0.01, ".1%") == "1.0%"
+    assert _against(math.inf, 1.0, ".4g") == "inf" and _against(math.nan, 1.0, ".4g") == "nan"
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""
