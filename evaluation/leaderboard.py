@@ -59,8 +59,8 @@ def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] =
     return rows
 
 
-def _fmt(v, digits=3) -> str:
-    return "—" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+def _fmt(v, digits=3, kind="g") -> str:
+    return "—" if v is None else f"{v:.{digits}{kind}}" if isinstance(v, float) else str(v)
 
 
 def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
@@ -80,5 +80,5 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
         table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
-                      _fmt(r["total_score"], 3) + ("*" if r.get("provisional", True) else ""), review)
+                      _fmt(r["total_score"], 2, "f") + ("*" if r.get("provisional", True) else ""), review)
     return table

@@ -34,3 +34,17 @@ def test_the_reviewed_leaderboard_can_rank_the_same_way(bike_spec):
                                ("no", 90.0, 0.1, "reject")]]
     ranked = rank_rows(bike_spec, rows, then=lambda r: (r["review"] == "reject",))
     assert [(r["submission"], r["rank"]) for r in ranked] == [("old", 1), ("new", 1), ("no", 3)]
+
+
+def test_the_table_shows_the_totals_to_the_hundredth_they_are_ranked_on(bike_spec):
+    """Three significant digits showed 59.99 (rank 2) as 60, the total of rank 1, and 85.65 as 85.67."""
+    from rich.console import Console
+
+    from evaluation.leaderboard import leaderboard_table
+
+    runs = [official("a", 1, 60.0, 0.50), official("worse", 2, 59.99, 0.40), official("x", 3, 85.67, 0.40),
+            official("y", 4, 85.65, 0.41)]
+    console = Console(width=200, record=True)
+    console.print(leaderboard_table(bike_spec, leaderboard_rows(bike_spec, MemoryTracker(), runs)))
+    shown = [line.split("│")[11].strip() for line in console.export_text().splitlines() if line.startswith("│")]
+    assert shown == ["85.67*", "85.65*", "60.00*", "59.99*"]
