@@ -99,8 +99,10 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
             out.print(f"  [red]✗ {escape(gate['name'])}[/]: {escape(gate['detail'])}")
     if card.get("equity"):
         eq = card["equity"]
-        out.print(escape(f"equity on {eq.get('metric')}: worst group {eq.get('worst_group')} "
-                         f"({eq.get('worst', 0):.4g}), best {eq.get('best_group')} ({eq.get('best', 0):.4g})"))
+        out.print(escape(f"equity on {eq.get('metric')}: worst group {eq['worst_group']} ({eq['worst']:.4g}), best "
+                         f"{eq['best_group']} ({eq['best']:.4g})" if eq.get("worst_group") else
+                         f"equity on {eq.get('metric')}: no worst or best group (no group was measured on enough "
+                         "items to judge)"))
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
         out.print(f"  {i}. {escape(goal)}")

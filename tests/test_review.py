@@ -519,6 +519,25 @@ def test_review_show_and_list_write_a_note_or_vendor_names_terminal_codes_out(ws
     assert "no\\x1b[2K ⏎ gates passed" in shown, shown
 
 
+def test_review_show_names_no_worst_group_where_none_was_judged(ws, bike_spec, fake_bento, monkeypatch):
+    """A run that crashed measured no group: `review show` said "worst group None (0), best None (0)", a perfect
+    error on a run that answered nothing."""
+    from cli import app as cli
+
+    tracker, store = MemoryTracker(), SubmissionStore(ws)
+    sub, _ = store.submit(bike_spec, fake_bento([FORECAST_ROUTE]), PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")
+
+    def crashed(route, payload):
+        raise RuntimeError("no answer")
+
+    evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=FakeSandbox(crashed, "crashed"), ws=ws,
+                    tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    shown = CliRunner().invoke(cli.app, ["review", "show", sub.id], terminal_width=250).stdout
+    assert "equity on mase: no worst or best group (no group was measured on enough items to judge)" in shown
+    assert "None" not in shown, shown
+
 @pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
                                                (OSError(28, "No space left on device"), 0, "No space left")])
 def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_mend_the_page(
