@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from evaluation.scorecard import Scorecard  # noqa: E402
 from sandbox.contention import yield_cpu  # noqa: E402
+from testbed.text import printable  # noqa: E402
 
 __all__ = ["PLOT_FORMATS", "standard_figures", "shown_groups", "render_html", "render_plots", "write_report",
            "write_atomic", "warm_up"]
@@ -60,10 +61,19 @@ def _draw_once() -> None:
     fig.savefig(io.BytesIO(), format="png", dpi=110)
 
 
+SHOWN_TEXT = 300
+"""Characters of a text shown in the evidence: a name the bundle chose (a file, a tensor) can run to megabytes; the
+JSON scorecard has it whole."""
+
+
 def _readable(value):
-    """Evidence for people: floats to 4 significant digits, text as written (Korean included)."""
+    """Evidence for people: floats to 4 significant digits, text as written (Korean included), its control and
+    formatting characters written out, cut at SHOWN_TEXT characters."""
     if isinstance(value, float):
         return None if math.isnan(value) else float(f"{value:.4g}")
+    if isinstance(value, str):
+        shown = printable(value[:SHOWN_TEXT])
+        return shown if len(value) <= SHOWN_TEXT else f"{shown}… ({len(value):,} characters)"
     if isinstance(value, dict):
         return {k: _readable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -327,6 +327,20 @@ def test_a_gate_never_shows_a_value_as_its_requirement_when_it_is_not(bike_spec)
     assert _against(1 / 99, 0.01, ".1%") == "1.01%" and _against(0.01, 0.01, ".1%") == "1.0%"
     assert _against(math.inf, 1.0, ".4g") == "inf" and _against(math.nan, 1.0, ".4g") == "nan"
 
+def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evaluated):
+    """The static scan's summary names the largest tensors as the file names them: a safetensors header (a few KiB
+    in the archive) named one with 4 MB of letters, and the page grew by 4 MB in one unbroken line; a
+    bidirectional override in it turned the rest of the evidence around."""
+    from evaluation.report import render_html
+
+    card = evaluated.card.model_copy(deep=True)
+    name = "\u202e" + "w" * 4_000_000
+    card.criteria["deep_learning_fit"].evidence["deep_learning_model"] = {"path": "m.safetensors",
+                                                                          "summary": f"largest: {name} 32×32"}
+    html = render_html(card, {}, "t")
+    assert len(html) < len(render_html(evaluated.card, {}, "t")) + 1000
+    assert "largest: \\\\u202e" + "w" * 290 + "… (4,000,016 characters)" in html and "\u202e" not in html
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""
