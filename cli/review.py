@@ -101,8 +101,8 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
         eq = card["equity"]
         out.print(escape(f"equity on {eq.get('metric')}: worst group {eq['worst_group']} ({eq['worst']:.4g}), best "
                          f"{eq['best_group']} ({eq['best']:.4g})" if eq.get("worst_group") else
-                         f"equity on {eq.get('metric')}: no worst or best group (no group was measured on enough "
-                         "items to judge)"))
+                         f"equity on {eq.get('metric')}: no worst or best group (no key has two groups measured on "
+                         "enough items to judge)"))
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
         out.print(f"  {i}. {escape(goal)}")

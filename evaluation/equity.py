@@ -15,7 +15,8 @@ A family hands over its clean items (windows, frames, texts) and their group lab
 
 Groups are resampled independently (stratified bootstrap); the percentile interval is reported. A group with
 fewer than `min_units` units is marked `judged: false` and never named worst or best. The gap compares the worst
-judged group with the best judged group of the same key; its interval comes from the same replicates.
+judged group with the best other judged group of the same key; its interval comes from the same replicates. A key
+with fewer than two judged groups has no worst, best or gap.
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ def assess_groups(labels: Mapping[str, np.ndarray], *, metric: str, goal: str, v
                             "items": int(len(items)), "judged": n_units >= s["min_units"]}
             replicates[name] = reps
         judged = [g for g, v in groups.items() if v["key"] == key and v["judged"] and math.isfinite(v["value"])]
-        if judged:
+        if len(judged) > 1:  # one judged group has nothing to be compared with: no worst, best or gap
             w = worse(judged, key=lambda g: groups[g]["value"])
-            b = (min if goal == "min" else max)(judged, key=lambda g: groups[g]["value"])
+            b = (min if goal == "min" else max)((g for g in judged if g != w), key=lambda g: groups[g]["value"])
             sign = 1 if goal == "min" else -1
             low, high = _interval(sign * (replicates[w] - replicates[b]), s["level"])
             gap = sign * (groups[w]["value"] - groups[b]["value"])

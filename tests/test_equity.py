@@ -67,3 +67,20 @@ def test_higher_is_better_metrics_rank_the_other_way():
     report = assess_groups({"k": labels}, metric="accuracy", goal="max", values=correct, overall=0.75)
     assert report["worst_group"] == "k=b" and report["gap"] == pytest.approx(0.3) and report["gap_low"] > 0
     assert report["worst_vs_overall"] == pytest.approx(0.6 / 0.75)
+
+
+def test_a_key_with_one_judged_group_names_no_worst_best_or_gap():
+    """A key with one group large enough to judge (a big district among small ones) named that group worst and
+    best at once, gap 0 (CI 0–0): when it was the worst of all, the headline hid the other key's gap. Two groups
+    with the same value were one group named worst and best too."""
+    rng = np.random.default_rng(0)
+    district = np.array(["gangnam"] * 40 + [f"d{i}" for i in range(5) for _ in range(5)])
+    hour = np.array(["day", "night"] * 32 + ["day"])
+    values = rng.random(65) * 0.1 + np.where(hour == "night", 0.6, 0.2) + np.where(district == "gangnam", 2.0, 0)
+    report = assess_groups({"district": district, "hour_band": hour}, metric="mase", goal="min", values=values,
+                           settings={"min_units": 30, "resamples": 200})
+    assert report["groups"]["district=gangnam"]["value"] > report["groups"]["hour_band=night"]["value"]
+    assert set(report["keys"]) == {"hour_band"}
+    assert (report["worst_group"], report["best_group"]) == ("hour_band=night", "hour_band=day")
+    alike = assess_groups({"k": np.array(["a", "b"] * 40)}, metric="count_mae", goal="min", values=np.zeros(80))
+    assert {alike["worst_group"], alike["best_group"]} == {"k=a", "k=b"} and alike["gap"] == 0

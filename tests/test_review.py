@@ -535,7 +535,7 @@ def test_review_show_names_no_worst_group_where_none_was_judged(ws, bike_spec, f
     monkeypatch.setenv("TESTBED_HOME", str(ws.home))
     monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
     shown = CliRunner().invoke(cli.app, ["review", "show", sub.id], terminal_width=250).stdout
-    assert "equity on mase: no worst or best group (no group was measured on enough items to judge)" in shown
+    assert "equity on mase: no worst or best group (no key has two groups measured on enough items to judge)" in shown
     assert "None" not in shown, shown
 
 @pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
