@@ -13,7 +13,7 @@ from evaluation.perturbed import scenario_inputs
 from sandbox.runner import Phase, SandboxResult
 from testbed.errors import ContractViolation
 
-__all__ = ["PhasePlan", "LOAD_PHASES", "UNDER_LOAD"]
+__all__ = ["PhasePlan", "LOAD_PHASES", "UNDER_LOAD", "VIOLATION_CHARS"]
 
 LOAD_PHASES = ("single_stream", "offline")
 """Phases that measure the service (latency, throughput); between them they carry every item once, and their
@@ -21,6 +21,9 @@ answers are checked against the contract and scored as `UNDER_LOAD`."""
 UNDER_LOAD = "under_load"
 """Name of the predictions the load phases gave, all items together: scored like the clean phase's, so the
 scorecard can tell whether the timed answers are the ones that earned the accuracy."""
+VIOLATION_CHARS = 300
+"""Characters kept of a contract violation's message: it may quote what the service sent (a box of a million
+numbers), and it reaches the verdict's reason, the scorecard, its page and the terminal."""
 
 
 class PhasePlan:
@@ -99,6 +102,8 @@ class PhasePlan:
                     try:
                         decoded = decode(body, rows)
                     except ContractViolation as exc:
-                        violations.append(f"{phase_name}: {exc}")
+                        text = str(exc)
+                        violations.append(f"{phase_name}: {text[:VIOLATION_CHARS]}"
+                                          f"{'…' if len(text) > VIOLATION_CHARS else ''}")
                 if decoded is not None:
                     yield rows, decoded

@@ -533,3 +533,16 @@ def test_a_bad_public_sample_stops_the_test_splits_load(spec, tmp_path):
     fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
     with pytest.raises(SpecError, match="split 'sample' lists 1 images that annotations.json lacks"):
         fam.load("test")
+
+
+def test_a_violation_quoting_a_huge_answer_is_cut(fam, test_frames):
+    """The message quotes the box the service sent: a box of 300,000 numbers made a verdict reason of 1.5 MB, a
+    page of 3.1 MB and as much on the terminal (a 64 MiB answer: ~200 MB)."""
+    from evaluation.phases import VIOLATION_CHARS
+
+    def huge(route, payload):
+        return [[{"label": "car", "score": 0.5, "box": [1.0] * 300_000}] for _ in payload["images"]]
+
+    outcome = run(fam, test_frames, huge)
+    assert outcome.violations and all("`box` must be [x1, y1, x2, y2] numbers, got [1.0, 1.0" in v and v.endswith("…")
+                                      and len(v) < VIOLATION_CHARS + 40 for v in outcome.violations)
