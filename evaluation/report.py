@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["text.parse_math"] = False  # labels are data (a station, a category): "$" is a dollar sign
 from matplotlib import font_manager  # noqa: E402
 
 if any(f.name.startswith("NanumGothic") for f in font_manager.fontManager.ttflist):

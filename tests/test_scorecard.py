@@ -341,6 +341,16 @@ def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evalua
     assert len(html) < len(render_html(evaluated.card, {}, "t")) + 1000
     assert "largest: \\\\u202e" + "w" * 290 + "… (4,000,016 characters)" in html and "\u202e" not in html
 
+def test_a_group_label_with_dollar_signs_is_drawn_as_written(evaluated):
+    """Group labels are the data's (a station, a category): matplotlib read "$…$" in them as mathematics, so a
+    label such as "Exit $^$" failed the groups chart (ValueError), and with it the evaluation after the run."""
+    from evaluation.report import render_plots
+
+    card = evaluated.card.model_copy(deep=True)
+    groups = card.equity["groups"]
+    groups["hour_band=Exit $^$"] = groups.pop("hour_band=night") | {"value": 9.0, "low": 8.5, "high": 9.5}
+    assert {"groups", "retention", "latency"} <= set(render_plots(card, {}))
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""
