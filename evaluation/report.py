@@ -120,9 +120,9 @@ def _groups_figure(card: Scorecard, metric: str) -> plt.Figure:
     low = np.array([g.get("low", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
     high = np.array([g.get("high", v) for (_, g), v in zip(rows, values, strict=True)], dtype=float)
     colours = ["#4c72b0" if g["judged"] else "#bbbbbb" for _, g in rows]
-    spread = np.array([values - low, high - values])  # no bar where the interval or the value is not finite
-    ax.barh(names, values, color=colours, xerr=np.where(np.isfinite(spread), spread, 0), ecolor="#333333",
-            capsize=2)
+    spread = np.array([values - low, high - values])  # none where not finite, or below 0 by a rounding
+    ax.barh(names, values, color=colours, xerr=np.where(np.isfinite(spread) & (spread > 0), spread, 0),
+            ecolor="#333333", capsize=2)
     ax.axvline(card.metrics.get("clean", {}).get(metric, math.nan), color="black", ls="--", lw=1, label="overall")
     ax.set(xlabel=f"{metric} ({card.equity.get('level', 0.95):.0%} bootstrap interval; grey: too small to judge)"
            if "groups" in card.equity else metric, title=f"{metric} by group (equity)")

@@ -351,6 +351,21 @@ def test_a_group_label_with_dollar_signs_is_drawn_as_written(evaluated):
     groups["hour_band=Exit $^$"] = groups.pop("hour_band=night") | {"value": 9.0, "low": 8.5, "high": 9.5}
     assert {"groups", "retention", "latency"} <= set(render_plots(card, {}))
 
+def test_a_group_whose_items_all_err_alike_is_drawn(evaluated):
+    """5,784 items with the same error (a detector missing one of six classes in every frame of a group, a
+    forecast off by as much at every hour): the interval collapses onto the value, rounded apart from it by 1e-17
+    on the wrong side, and the groups chart failed ('xerr' must not contain negative values), the evaluation with
+    it."""
+    from evaluation.equity import assess_groups
+    from evaluation.report import render_plots
+
+    alike = assess_groups({"k": np.array(["a"] * 5784)}, metric="mase", goal="min", values=np.full(5784, 0.1),
+                          units=np.arange(5784) // 24)["groups"]["k=a"]  # 241 windows of 24 hours
+    assert alike["low"] > alike["value"]
+    card = evaluated.card.model_copy(deep=True)
+    card.equity["groups"]["hour_band=night"] |= {k: alike[k] for k in ("value", "low", "high")}
+    assert "groups" in render_plots(card, {})
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""
