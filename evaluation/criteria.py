@@ -24,7 +24,7 @@ from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
 
 __all__ = ["build_scorecard", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "lookup_gate", "load_gate", "threshold_gates",
-           "viability_parts", "skill_over_baseline", "retention_ratio"]
+           "viability_parts", "skill_over_baseline", "retention_ratio", "against"]
 
 LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
@@ -37,10 +37,11 @@ def _known(*values: float | None) -> bool:
     return all(v is not None and not math.isnan(v) for v in values)
 
 
-def _against(value: float, bound: float, spec: str) -> str:
+def against(value: float, bound: float, spec: str) -> str:
     """`value` as the format `spec` says (".4g", ".3f", ".1%"), with as many more digits as it takes not to read as
-    `bound` when it is not `bound`: a gate's detail never shows a failing value as the requirement itself (an error
-    rate of 1.04% against 1.0% reads 1.04%, an error of 1.00004 against max 1.0 reads 1.00004)."""
+    `bound` when it is not `bound`: a gate's detail (or the page's service level) never shows a failing value as the
+    requirement itself (an error rate of 1.04% against 1.0% reads 1.04%, an error of 1.00004 against max 1.0 reads
+    1.00004)."""
     digits, kind = int(spec[1:-1]), spec[-1]
     while math.isfinite(value) and value != bound and digits < 17 and (
             f"{value:.{digits}{kind}}" == f"{bound:.{digits}{kind}}"):
@@ -107,7 +108,7 @@ def _verdict(spec: PilotSpec, result: SandboxResult, outcome: Outcome, perf: dic
     if verdict == "completed" and perf["error_rate"] > allowed:
         verdict = "request_failures"
         reason = (f"{perf['failed_requests']} of {perf['requests']} requests failed (error rate "
-                  f"{_against(perf['error_rate'], allowed, '.1%')}; the service level allows {allowed:.1%})")
+                  f"{against(perf['error_rate'], allowed, '.1%')}; the service level allows {allowed:.1%})")
         reason += f"; first error: {perf['errors'][0]}" if perf["errors"] else ""
     tail: list[str] = []
     if verdict != "completed":
@@ -144,7 +145,7 @@ def threshold_gates(spec: PilotSpec, clean: dict[str, float]) -> list[Gate]:
         if t.gate:
             bound = f"max {t.max}" if t.max is not None else f"min {t.min}"
             value = clean.get(t.metric, math.nan)
-            shown = _against(value, t.max if t.max is not None else t.min, ".4g")
+            shown = against(value, t.max if t.max is not None else t.min, ".4g")
             gates.append(Gate(name=f"threshold:{t.metric}", passed=t.passes(value),
                               detail=f"{'not measured' if math.isnan(value) else shown} ({bound})"))
     return gates
@@ -197,8 +198,8 @@ def lookup_gate(spec: PilotSpec, split: str, outcome: Outcome, skill: float) -> 
         return Gate(name="suspected_lookup", passed=True, measured=True, overridable=True,
                     detail="no predictions to compare with the public truth")
     suspected = (exact is not None and exact >= LOOKUP_EXACTNESS) or (not math.isnan(skill) and skill >= LOOKUP_SKILL)
-    detail = (f"exactness {'—' if exact is None else _against(exact, LOOKUP_EXACTNESS, '.5f')} (flag at "
-              f"{LOOKUP_EXACTNESS}), skill over baseline {_against(skill, LOOKUP_SKILL, '.3f')} (flag at "
+    detail = (f"exactness {'—' if exact is None else against(exact, LOOKUP_EXACTNESS, '.5f')} (flag at "
+              f"{LOOKUP_EXACTNESS}), skill over baseline {against(skill, LOOKUP_SKILL, '.3f')} (flag at "
               f"{LOOKUP_SKILL}); the `{split}` split's truth is public")
     if suspected:
         detail = "SUSPECTED LOOKUP: predictions match the public truth near-exactly; " + detail + \
@@ -214,7 +215,7 @@ def load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> G
         return Gate(name="consistent_under_load", passed=True,
                     detail="not measured: no answers from the timed phases, or none from clean, to compare")
     timed = outcome.under_load.get(primary, math.nan)
-    detail = (f"{_against(agreement, need, '.1%')} of the items answered alike while timed and in the clean phase "
+    detail = (f"{against(agreement, need, '.1%')} of the items answered alike while timed and in the clean phase "
               f"(min {need:.0%}); "
               f"{primary} {timed:.4g} timed, {clean.get(primary, math.nan):.4g} clean")
     passed = agreement >= need
@@ -260,7 +261,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
                   detail="ran in the sandbox" if result.isolated else "ran WITHOUT isolation (--unsafe-no-sandbox)"),
              Gate(name="error_rate", passed=perf["error_rate"] <= spec.service_level.max_error_rate,
                   detail=f"{perf['failed_requests']} of {perf['requests']} requests failed "
-                         f"({_against(perf['error_rate'], spec.service_level.max_error_rate, '.3f')}; max "
+                         f"({against(perf['error_rate'], spec.service_level.max_error_rate, '.3f')}; max "
                          f"{spec.service_level.max_error_rate})" if perf["requests"]
                   else "no requests were sent (the service never became ready)"),
              load_gate(spec, primary, clean, outcome),

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
+from evaluation.criteria import against  # noqa: E402
 from evaluation.scorecard import Scorecard  # noqa: E402
 from sandbox.contention import yield_cpu  # noqa: E402
 from testbed.text import printable  # noqa: E402
@@ -32,6 +33,9 @@ __all__ = ["PLOT_FORMATS", "standard_figures", "shown_groups", "render_html", "r
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
 _env.filters["num"] = lambda v, d=3: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (
     f"{v:.{d}g}" if isinstance(v, float) else v)
+
+_env.filters["against"] = lambda v, bound, d=4: _env.filters["num"](v, d) if bound is None or v is None or (
+    math.isnan(v)) else against(v, bound, f".{d}g")  # a value beside its requirement, never rounded onto it
 
 
 _warming: threading.Thread | None = None

@@ -311,7 +311,7 @@ def test_groups_without_a_value_are_listed_last_and_the_page_reads_back(evaluate
 def test_a_gate_never_shows_a_value_as_its_requirement_when_it_is_not(bike_spec):
     """Rounded to the detail's digits, a failing MASE of 1.00004 read "1 (max 1.0)", an agreement of 94.996%
     "95.0% (min 95%)", a skill of 0.9496 "0.950 (flag at 0.95)": more digits where rounding meets the bound."""
-    from evaluation.criteria import _against, load_gate, lookup_gate, threshold_gates
+    from evaluation.criteria import against, load_gate, lookup_gate, threshold_gates
     from evaluation.family import Outcome
 
     mase = threshold_gates(bike_spec, {"mase": 1.00004})[0]
@@ -324,8 +324,8 @@ def test_a_gate_never_shows_a_value_as_its_requirement_when_it_is_not(bike_spec)
                                                     "clean phase (min 95%); mase 0.5 timed, 0.5 clean")
     lookup = lookup_gate(bike_spec, "test", outcome, 0.9496)
     assert lookup.passed and "exactness 0.989996 (flag at 0.99), skill over baseline 0.9496 (flag at" in lookup.detail
-    assert _against(1 / 99, 0.01, ".1%") == "1.01%" and _against(0.01, 0.01, ".1%") == "1.0%"
-    assert _against(math.inf, 1.0, ".4g") == "inf" and _against(math.nan, 1.0, ".4g") == "nan"
+    assert against(1 / 99, 0.01, ".1%") == "1.01%" and against(0.01, 0.01, ".1%") == "1.0%"
+    assert against(math.inf, 1.0, ".4g") == "inf" and against(math.nan, 1.0, ".4g") == "nan"
 
 def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evaluated):
     """The static scan's summary names the largest tensors as the file names them: a safetensors header (a few KiB
@@ -365,6 +365,20 @@ def test_a_group_whose_items_all_err_alike_is_drawn(evaluated):
     card = evaluated.card.model_copy(deep=True)
     card.equity["groups"]["hour_band=night"] |= {k: alike[k] for k in ("value", "low", "high")}
     assert "groups" in render_plots(card, {})
+
+def test_the_in_service_block_never_shows_a_value_rounded_onto_its_service_level(evaluated):
+    """Four significant digits showed a p95 of 250.04 ms (a histogram estimate) as "250 ms" beside the service
+    level's "250 ms", marked not met."""
+    from evaluation.report import render_html
+
+    rows = [{"measure": "latency p95", "value": 250.04, "unit": "ms", "target": 250.0, "met": False},
+            {"measure": "latency p50", "value": 80.123, "unit": "ms", "target": None, "met": None},
+            {"measure": "error rate", "value": math.nan, "unit": "", "target": 0.01, "met": None}]
+    in_service = {"model": "m", "version": "1", "bundle_sha256": "0" * 64, "observed_at": "now", "window_s": 60.0,
+                  "rows": rows, "requests": 10, "errors": 0}
+    html = render_html(evaluated.card, {}, "t", in_service=in_service)
+    assert '<td class="num">250.04 ms</td><td class="num">250 ms</td>' in html
+    assert '<td class="num">80.12 ms</td><td class="num">— ms</td>' in html and '<td class="num">— </td>' in html
 
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
