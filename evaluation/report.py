@@ -8,7 +8,10 @@ import io
 import json
 import math
 import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import matplotlib
 
@@ -27,7 +30,7 @@ from evaluation.scorecard import Scorecard  # noqa: E402
 from sandbox.contention import yield_cpu  # noqa: E402
 from testbed.text import printable  # noqa: E402
 
-__all__ = ["PLOT_FORMATS", "standard_figures", "shown_groups", "render_html", "render_plots", "write_report",
+__all__ = ["PLOT_FORMATS", "guarded", "standard_figures", "shown_groups", "render_html", "render_plots", "write_report",
            "write_atomic", "warm_up"]
 
 _env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -39,6 +42,7 @@ _env.filters["against"] = lambda v, bound, d=4: _env.filters["num"](v, d) if bou
 
 
 _warming: threading.Thread | None = None
+T = TypeVar("T")
 
 
 def warm_up() -> None:
@@ -137,33 +141,54 @@ def _groups_figure(card: Scorecard, metric: str) -> plt.Figure:
 
 
 def standard_figures(card: Scorecard) -> dict[str, plt.Figure]:
-    """Plots every family gets: per-group error, scenario retention, latency."""
-    figs = {}
+    """Plots every family gets: per-group error, scenario retention, latency (each `guarded`)."""
     metric = card.equity.get("metric")
     measured = [n for n in card.groups if not math.isnan(card.groups[n].get(metric, math.nan))]
-    if measured and metric:
-        figs["groups"] = _groups_figure(card, metric)
     retention = {k: v for k, v in card.retention.items() if not math.isnan(v)}
-    if retention:
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(retention) + 1.2))
-        vals = list(retention.values())
-        ax.barh(list(retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
-        ax.axvline(1.0, color="black", lw=1)
-        ax.set(xlim=(0, max([1.1, *(v for v in vals if math.isfinite(v))])), xlabel="retention vs clean",
-               title=f"Robustness: {metric} retained per scenario")
-        fig.tight_layout()
-        figs["retention"] = fig
     latencies = card.performance.get("latencies_ms") or []
-    if latencies:
-        fig, ax = plt.subplots(figsize=(6, 2.8))
-        ax.hist(latencies, bins=min(30, max(5, len(latencies) // 3)), color="#8172b2")
-        for q in ("p50", "p95"):
-            ax.axvline(card.performance["latency_ms"][q], color="black", ls=":" if q == "p50" else "--", label=q)
-        ax.set(xlabel="ms per request (single stream, through the sandbox)", ylabel="requests", title="Latency")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figs["latency"] = fig
-    return figs
+    builders = {"groups": (lambda: _groups_figure(card, metric)) if measured and metric else None,
+                "retention": (lambda: _retention_figure(retention, metric)) if retention else None,
+                "latency": (lambda: _latency_figure(card, latencies)) if latencies else None}
+    drawn = {name: guarded(f"{name} chart", build, None) for name, build in builders.items() if build}
+    return {name: fig for name, fig in drawn.items() if fig is not None}
+
+
+def _retention_figure(retention: dict[str, float], metric: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(retention) + 1.2))
+    vals = list(retention.values())
+    ax.barh(list(retention), vals, color=["#55a868" if v >= 0.9 else "#c44e52" for v in vals])
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set(xlim=(0, max([1.1, *(v for v in vals if math.isfinite(v))])), xlabel="retention vs clean",
+           title=f"Robustness: {metric} retained per scenario")
+    fig.tight_layout()
+    return fig
+
+
+def _latency_figure(card: Scorecard, latencies: list[float]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.hist(latencies, bins=min(30, max(5, len(latencies) // 3)), color="#8172b2")
+    for q in ("p50", "p95"):
+        ax.axvline(card.performance["latency_ms"][q], color="black", ls=":" if q == "p50" else "--", label=q)
+    ax.set(xlabel="ms per request (single stream, through the sandbox)", ylabel="requests", title="Latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def guarded(what: str, draw: Callable[[], T], default: T) -> T:
+    """`draw()`, or `default` with a warning when it fails: charts show what a run's answers and data hold, so
+    values no chart expected (an overflow, a label matplotlib cannot lay out) may break one, and a chart must
+    never cost a finished run its scorecard; its numbers stand in the JSON and the page's tables."""
+    before = set(plt.get_fignums())
+    try:
+        return draw()
+    except Exception as exc:  # noqa: BLE001 - anything matplotlib raises on values it was never meant to see
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+        warnings.warn(f"the scorecard's {what} could not be drawn ({type(exc).__name__}: "
+                      f"{printable(' '.join(str(exc).split()))[:200]}); it is left out, its numbers stand",
+                      stacklevel=2)
+        return default
 
 
 PLOT_FORMATS = {"png": "image/png", "jpg": "image/jpeg"}
@@ -176,8 +201,10 @@ def _image(fig: plt.Figure) -> tuple[str, bytes]:
     PNG's size, a quarter of its encoding time), PNG for charts."""
     photo = any(ax.images for ax in fig.axes)
     buf = io.BytesIO()
-    fig.savefig(buf, format="jpeg" if photo else "png", dpi=110, pil_kwargs={"quality": 90} if photo else None)
-    plt.close(fig)
+    try:
+        fig.savefig(buf, format="jpeg" if photo else "png", dpi=110, pil_kwargs={"quality": 90} if photo else None)
+    finally:
+        plt.close(fig)
     return ("jpg" if photo else "png"), buf.getvalue()
 
 
@@ -195,7 +222,9 @@ def render_plots(card: Scorecard, figures: dict[str, plt.Figure]) -> dict[str, t
     """The family's `figures` and the standard ones, drawn: name -> (file extension, PNG or JPEG bytes)."""
     if _warming is not None:
         _warming.join()
-    return {name: _image(fig) for name, fig in {**figures, **standard_figures(card)}.items()}
+    drawn = {name: guarded(f"{name} chart", lambda fig=fig: _image(fig), None)
+             for name, fig in {**figures, **standard_figures(card)}.items()}
+    return {name: image for name, image in drawn.items() if image is not None}
 
 
 def write_report(card: Scorecard, plots: dict[str, tuple[str, bytes]], out_dir: Path, title: str) -> dict[str, Path]:

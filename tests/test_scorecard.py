@@ -429,3 +429,26 @@ def test_a_contract_violation_seen_in_several_phases_is_said_once():
     said = _violations(["single_stream: text 0: bad keys", "offline: text 0: bad keys", "clean: text 0: bad keys",
                         "missing_hours: NaN forecast", "clean: text 0: bad keys"])
     assert said == "text 0: bad keys (in single_stream, offline, clean); NaN forecast (in missing_hours)"
+
+
+def test_a_chart_that_cannot_be_drawn_is_left_out_and_the_scorecard_stands(ws, bike_spec, fake_bento, tracker,
+                                                                          monkeypatch):
+    """Charts draw what a run's answers and the data hold: values no chart expected broke one after another
+    (an overflow, '$' in a label, an interval rounded past its value), and each failed the finished evaluation
+    with no scorecard. Whatever a chart raises, it is left out with a warning; the other charts, the page and the
+    record stand."""
+    import evaluation.report
+    from evaluation.families.forecasting.family import Forecasting
+
+    def broken(*args, **kwargs):
+        raise ValueError("Axis limits cannot be NaN or Inf")
+
+    monkeypatch.setattr(Forecasting, "plots", broken)
+    monkeypatch.setattr(evaluation.report, "_groups_figure", broken)
+    with pytest.warns(UserWarning) as caught:
+        ev = evaluate_fake(ws, bike_spec, fake_bento, tracker)
+    said = " ".join(str(w.message) for w in caught)
+    assert "forecasting charts could not be drawn (ValueError: Axis limits" in said and "groups chart" in said
+    assert {"plots/retention.png", "plots/latency.png", "scorecard.json", "scorecard.html"} <= set(ev.files)
+    assert not any("groups" in name or "forecast" in name for name in ev.files)
+    assert tracker.runs[ev.card.mlflow_run_id].status == "FINISHED"

@@ -13,7 +13,7 @@ import numpy as np
 
 from evaluation.criteria import build_scorecard
 from evaluation.family import TaskFamily
-from evaluation.report import render_plots
+from evaluation.report import guarded, render_plots
 from evaluation.scorecard import Scorecard
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
@@ -80,7 +80,9 @@ def assess(s: Scoring, fam: TaskFamily, data, result: SandboxResult) -> Assessme
                            pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
                            predictions_sha256=_sha(extra["predictions.npz"]))
     completed = card.verdict in ("completed", "contract_violation", "request_failures")
-    plots = render_plots(card, fam.plots(data, outcome) if completed and outcome.coverage > 0 else {})
+    drawable = completed and outcome.coverage > 0
+    figures = guarded(f"{fam.name} charts", lambda: fam.plots(data, outcome), {}) if drawable else {}
+    plots = render_plots(card, figures)
     return Assessment(card, plots, extra)
 
 
