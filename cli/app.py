@@ -191,7 +191,7 @@ def _report(card, files, as_json: bool) -> None:
         return
     colour = "green" if card.passed else "red"
     out.print(f"[bold]{card.submission}[/] verdict [bold]{card.verdict}[/] · gates "
-              f"[{colour}]{'passed' if card.passed else 'FAILED'}[/] · total {card.total_score:.1f}"
+              f"[{colour}]{'passed' if card.passed else 'FAILED'}[/] · total {card.total_score:.2f}"
               f"{' (provisional)' if card.total_is_provisional else ''}")
     if card.evaluation == "reevaluation":
         out.print(f"  re-evaluation ({escape(card.reevaluation_reason or '')}); the official evaluation stays ranked")
@@ -201,7 +201,7 @@ def _report(card, files, as_json: bool) -> None:
     if card.log_tail:
         out.print("  last lines of sandbox.log:")
         for line in card.log_tail[-8:]:
-            out.print(f"    {escape(line)}", highlight=False, soft_wrap=True)
+            out.print(f"    {escape(line[:300])}{'…' if len(line) > 300 else ''}", highlight=False, soft_wrap=True)
     out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}", soft_wrap=True)
     if card.mlflow_run_id:
         out.print(f"  MLflow run: {card.mlflow_run_id}")

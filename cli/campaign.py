@@ -31,7 +31,7 @@ def _campaign_table(items, title: str) -> Table:
                           "evaluates one again)" if skipped else None)
     for i in items:
         table.add_row(i.submission, f"[{_STATUS[i.status]}]{i.status}[/]", i.verdict or "",
-                      "" if i.total is None else f"{i.total:.1f}",
+                      "" if i.total is None else f"{i.total:.2f}",
                       "" if i.passed is None else ("✓" if i.passed else "✗"),
                       str(len(i.retries)) if i.retries else "", f"{i.wall_s:.1f}" if i.wall_s else "",
                       escape(i.error or i.run_id or ""))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from testbed.errors import TestbedError
+from testbed.jsonio import strict_dumps
 from testbed.text import printable
 
 __all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
@@ -77,7 +77,8 @@ def friendly(fn):
 
 
 def emit_json(data) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """`data` as strict JSON on stdout (a NaN, e.g. no requests measured, written null)."""
+    print(strict_dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def warn_unsafe() -> None:

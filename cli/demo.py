@@ -75,7 +75,7 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                 cards.append(ev)
                 out.print(f"  verdict {ev.card.verdict}, {fam.primary_metric} "
                           f"{ev.card.metrics['clean'].get(fam.primary_metric, float('nan')):.4g}, total "
-                          f"{ev.card.total_score:.1f}, gates {'passed' if ev.card.passed else 'FAILED'}  "
+                          f"{ev.card.total_score:.2f}, gates {'passed' if ev.card.passed else 'FAILED'}  "
                           f"[{time.perf_counter() - t0:.1f} s]")
             out.print(leaderboard_table(spec, leaderboard_rows(spec, tracker)))
             mine = [ev for ev in cards if ev.card.pilot == pilot_id]

@@ -63,7 +63,7 @@ def review_list(pilot: str | None = typer.Argument(None, help="Only this pilot."
     table = Table("pilot", "submission", "vendor", "gates", "total as evaluated", "status", "run",
                   caption="`testbed leaderboard` shows the totals with the reviews applied")
     for r in rows:
-        table.add_row(r["pilot"], r["submission"], cell(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.1f}",
+        table.add_row(r["pilot"], r["submission"], cell(r["vendor"] or ""), r["gates"], f"{r['total'] or 0:.2f}",
                       r["status"] + (f" by {cell(r['by'])}" if r["by"] else ""), r["run_id"])
     out.print(table)
 
@@ -92,7 +92,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
         return
     out.print(f"official evaluation: run {run.run_id} · verdict {card['verdict']} · gates "
-              f"{'passed' if card['passed'] else 'FAILED'} · total {card['total_score']:.1f}"
+              f"{'passed' if card['passed'] else 'FAILED'} · total {card['total_score']:.2f}"
               f"{' (provisional until reviewed)' if card['total_is_provisional'] else ''}")
     for gate in card.get("gates", []):
         if not gate["passed"]:

@@ -24,7 +24,7 @@ from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
 
 __all__ = ["build_scorecard", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "lookup_gate", "load_gate", "threshold_gates",
-           "viability_parts", "skill_over_baseline", "retention_ratio", "against"]
+           "viability_parts", "skill_over_baseline", "retention_ratio", "against", "plain_equity"]
 
 LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
@@ -224,6 +224,23 @@ def load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> G
                 "throughput measured are not those of the scored model; " + detail)
 
 
+def plain_equity(groups: dict[str, dict[str, float]], metric: str, goal: str, overall: float | None) -> dict:
+    """The equity headline of a family without bootstrap intervals: the worst group of all, against the best
+    other group of its own key (none when its key has no other measured group)."""
+    ranked = sorted(((v[metric], k) for k, v in groups.items() if not math.isnan(v.get(metric, math.nan))),
+                    reverse=goal == "min")
+    if not ranked:
+        return {"metric": metric}
+    worst, worst_g = ranked[0]
+    equity = {"metric": metric, "worst_group": worst_g, "worst": worst,
+              "worst_vs_overall": retention_ratio(goal, overall, worst)}
+    same_key = [(v, g) for v, g in ranked[1:] if g.split("=", 1)[0] == worst_g.split("=", 1)[0]]
+    if same_key:
+        best, best_g = same_key[-1]
+        equity |= {"best_group": best_g, "best": best, "gap": abs(worst - best)}
+    return equity
+
+
 def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, outcome: Outcome,
                     result: SandboxResult, *, models: list[ModelArtifact] | None = None, **ids: Any) -> Scorecard:
     """Combine a family's outcome, the run's performance, the bundle's model evidence and the vendor profile
@@ -235,13 +252,8 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     verdict, reason, tail = _verdict(spec, result, outcome, perf)
     retention = {name: retention_ratio(goal, clean.get(primary), m.get(primary))
                  for name, m in outcome.metrics.items() if name != "clean"}
-    ranked = sorted(((v[primary], k) for k, v in outcome.groups.items() if not math.isnan(v.get(primary, math.nan))),
-                    reverse=goal == "min")
-    equity = outcome.equity or {"metric": primary}  # with intervals when the family bootstraps them
-    if ranked and outcome.equity is None:
-        (worst, worst_g), (best, best_g) = ranked[0], ranked[-1]
-        equity |= {"worst_group": worst_g, "worst": worst, "best_group": best_g, "best": best,
-                   "gap": abs(worst - best), "worst_vs_overall": retention_ratio(goal, clean.get(primary), worst)}
+    # with intervals when the family bootstraps them (`evaluation.equity`), else the plain per-group values
+    equity = outcome.equity or plain_equity(outcome.groups, primary, goal, clean.get(primary))
 
     dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
     parts = viability_parts(spec, clean, list(retention.values()), perf)

@@ -1014,3 +1014,14 @@ def test_a_cpu_hog_moves_the_total_by_at_most_one_point(ws, bike_spec, built):
           f"{loaded['contention']['single_stream']['others_busy']:.2f}")
     assert loaded["contention"]["single_stream"]["others_busy"] > 0.5  # the hog did compete for the CPUs
     assert abs(cards[0].total_score - cards[1].total_score) <= 1.0
+
+
+def test_names_a_model_file_chose_are_quoted_cut_in_the_scan(tmp_path):
+    """Tensor names are the file's: a safetensors header naming a tensor with 4 MB of letters put them, whole,
+    into the scan's summary, twice into scorecard.json and onto the terminal."""
+    name = "w" * 4_000_000
+    header = json.dumps({name: {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 64 * 64 * 4]},
+                         "b": {"dtype": "F32", "shape": [64, 64], "data_offsets": [64 * 64 * 4, 2 * 64 * 64 * 4]}})
+    data = len(header).to_bytes(8, "little") + header.encode() + bytes(2 * 64 * 64 * 4)
+    [found] = scan_models(bento(tmp_path, [], {"src/m.safetensors": data}))
+    assert found.is_deep_learning and len(found.summary) < 500 and "(4,000,000 characters)" in found.summary

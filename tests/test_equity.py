@@ -84,3 +84,17 @@ def test_a_key_with_one_judged_group_names_no_worst_best_or_gap():
     assert (report["worst_group"], report["best_group"]) == ("hour_band=night", "hour_band=day")
     alike = assess_groups({"k": np.array(["a", "b"] * 40)}, metric="count_mae", goal="min", values=np.zeros(80))
     assert {alike["worst_group"], alike["best_group"]} == {"k=a", "k=b"} and alike["gap"] == 0
+
+
+def test_without_intervals_the_best_group_is_another_group_of_the_worst_groups_key():
+    """A family without bootstrap intervals: the worst group of all was set against the best group of all, of
+    another key (a district against an hour band), or against itself when it was the only group measured."""
+    from evaluation.criteria import plain_equity
+
+    groups = {"district=a": {"mase": 2.0}, "district=b": {"mase": 1.5}, "hour=night": {"mase": 0.2},
+              "hour=day": {"mase": 0.9}, "district=c": {"mase": float("nan")}}
+    equity = plain_equity(groups, "mase", "min", 1.0)
+    assert (equity["worst_group"], equity["best_group"], equity["gap"]) == ("district=a", "district=b", 0.5)
+    alone = plain_equity({"district=a": {"accuracy": 0.4}, "hour=day": {"accuracy": 0.9}}, "accuracy", "max", 0.8)
+    assert alone["worst_group"] == "district=a" and "best_group" not in alone and "gap" not in alone
+    assert plain_equity({}, "mase", "min", 1.0) == {"metric": "mase"}

@@ -162,9 +162,9 @@ def test_a_corrupt_copy_is_reported_and_the_record_audited_and_shown(ws, evaluat
     assert len(report.checks) > 60  # the record audited all the same
     code, out, err = cli("scorecard", sub.id)
     assert code == 0 and "copy is unreadable" in err and "showing the MLflow record" in err and "--restore" in err
-    assert f"total {card.total_score:.1f}" in out and "FAILED" in out
+    assert f"total {card.total_score:.2f}" in out and "FAILED" in out
     code, out, err = cli("scorecard", sub.id, "--html", str(ws.home / "page.html"))  # drawn from the record
-    assert code == 0 and f"{card.total_score:.1f}" in (ws.home / "page.html").read_text()
+    assert code == 0 and f"{card.total_score:.2f}" in (ws.home / "page.html").read_text()
     code, _, err = cli("scorecard", sub.id, "--restore")
     assert code == 0 and "rewrote" in err and "warning" not in err
     assert Scorecard.model_validate_json(copy.read_text()).total_score == card.total_score
@@ -203,7 +203,7 @@ def test_scorecard_shows_the_record_when_the_copy_was_edited(ws, evaluated, cli)
 
     copy.write_text(card.model_dump_json())  # as the record: shown as it is, without a word
     code, out, err = cli("scorecard", sub.id)
-    assert code == 0 and "warning" not in err and f"total {card.total_score:.1f}" in out
+    assert code == 0 and "warning" not in err and f"total {card.total_score:.2f}" in out
 
     tracker.runs.clear()  # a store that does not hold the run: the copy is shown, said to be unverified
     code, out, err = cli("scorecard", sub.id)

@@ -380,6 +380,26 @@ def test_the_in_service_block_never_shows_a_value_rounded_onto_its_service_level
     assert '<td class="num">250.04 ms</td><td class="num">250 ms</td>' in html
     assert '<td class="num">80.12 ms</td><td class="num">— ms</td>' in html and '<td class="num">— </td>' in html
 
+
+def test_in_service_json_is_strict_json_and_its_page_reads_it_back(evaluated):
+    """`testbed monitor` with no requests measured has NaN values: in_service.json (which every page refresh
+    reads back) and `--json` wrote them as `NaN`, which strict parsers (jq, browsers) refuse; they are null."""
+    from evaluation.report import render_html
+    from testbed.jsonio import strict_dumps
+
+    rows = [{"measure": "latency p95", "value": math.nan, "unit": "ms", "target": 250.0, "met": None},
+            {"measure": "error rate", "value": math.inf, "unit": "", "target": 0.01, "met": None}]
+    in_service = {"model": "m", "version": "1", "bundle_sha256": "0" * 64, "observed_at": "now", "window_s": 60.0,
+                  "rows": rows, "requests": 0, "errors": 0}
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    back = json.loads(strict_dumps(in_service), parse_constant=refuse)
+    assert [r["value"] for r in back["rows"]] == [None, None]
+    html = render_html(evaluated.card, {}, "t", in_service=back)
+    assert '<td class="num">— ms</td><td class="num">250 ms</td>' in html
+
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
     one (here none) stays in place until the tracker has finished the run."""

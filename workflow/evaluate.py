@@ -98,7 +98,7 @@ def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate:
         total = existing.metrics.get("total_score")
         raise TestbedError(
             f"submission {submission} already has its official evaluation (MLflow run {existing.run_id}"
-            f"{f', total {total:.1f}' if total is not None else ''}); the leaderboard ranks that one",
+            f"{f', total {total:.2f}' if total is not None else ''}); the leaderboard ranks that one",
             fix=f"to evaluate it again on purpose: testbed evaluate {submission} --reevaluate --reason \"WHY\" "
                 "(recorded beside the official evaluation, never replacing it)")
     return "reevaluation"

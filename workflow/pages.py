@@ -12,6 +12,7 @@ from evaluation.report import PLOT_FORMATS, render_html, write_atomic
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import Tracker
 from testbed.config import Workspace
+from testbed.jsonio import strict_dumps
 from workflow.catalogue import get_pilot
 from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
@@ -37,7 +38,7 @@ def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_servi
     with open(folder / ".refresh.lock", "w") as lock:  # refreshes one at a time, each from the review read now:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two reviews at once end with the later one's page, never the earlier
         if in_service is not None:
-            write_atomic(folder / IN_SERVICE, json.dumps(in_service, indent=2).encode())
+            write_atomic(folder / IN_SERVICE, strict_dumps(in_service, indent=2).encode())
         elif (folder / IN_SERVICE).is_file():
             in_service = json.loads((folder / IN_SERVICE).read_text())
         card = reviewed_card(card, ReviewBook(ws, tracker).latest(sub.id, run))

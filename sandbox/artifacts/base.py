@@ -80,10 +80,15 @@ def describe_weights(shapes: dict[str, tuple[int, ...]], hollow: int = 0) -> tup
     params = sum(math.prod(s) for s in shapes.values())
     weights = {k: s for k, s in shapes.items() if len(s) >= 2 and math.prod(s) > 0}  # an empty matrix is no layer
     top = sorted(weights.items(), key=lambda kv: -math.prod(kv[1]))[:3]
-    largest = ", ".join(f"{k} {'×'.join(map(str, s))}" for k, s in top)
+    largest = ", ".join(f"{_short(k)} {'×'.join(map(str, s))}" for k, s in top)
     return params, len(weights), f"{len(shapes)} tensors, {len(weights)} weight matrices/kernels" + (
         f"; largest: {largest}" if largest else "") + (
         f"; {hollow} tensor(s) declared without values of their own, not counted" if hollow else "")
+
+
+def _short(name: str, keep: int = 100) -> str:
+    """A name the file chose (a tensor's), as the summary quotes it: at most `keep` characters."""
+    return name if len(name) <= keep else f"{name[:keep]}… ({len(name):,} characters)"
 
 
 def zip_held(data: bytes, infos: list[zipfile.ZipInfo], folder: str) -> dict[str, int]:

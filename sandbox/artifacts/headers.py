@@ -48,4 +48,5 @@ def read_bentoml_model(name: str, data: bytes) -> ModelArtifact | None:
     context = meta.get("context") if isinstance(meta.get("context"), dict) else {}
     framework = str(meta.get("module"))
     summary = f"BentoML model {meta.get('name')}:{meta.get('version')} ({context.get('framework_name', framework)})"
-    return ModelArtifact(name, "bentoml_model", framework, 0, 0, summary)
+    summary = summary if len(summary) <= 300 else f"{summary[:300]}… ({len(summary):,} characters)"
+    return ModelArtifact(name, "bentoml_model", framework[:100], 0, 0, summary)
