@@ -193,6 +193,47 @@ def test_a_driver_killed_mid_campaign_leaves_nothing_official_and_resume_makes_n
     assert [r.tags["testbed.submission"] for r in resumed.official_runs("bike-demand")].count(subs[0].id) == 1
 
 
+class StoreGlitch(MemoryTracker):
+    """The tracking store refuses one write (a server restarting, a database another writer holds locked)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused = 0
+
+    def start(self, card, params):
+        from mlflow.exceptions import MlflowException
+
+        if not self.refused:
+            self.refused += 1
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 503")
+        return super().start(card, params)
+
+
+@pytest.mark.filterwarnings("ignore:no MLflow store")  # the double keeps no SQLite file there
+def test_a_write_the_tracking_store_refuses_fails_that_evaluation_alone(ws, subs):
+    """It stopped the whole campaign (every other job cancelled, no summary); now the one evaluation fails, saying
+    what and how to fix, the others are recorded, and a rerun evaluates it. A store gone altogether still stops
+    the campaign at once, naming it, rather than each evaluation waiting on MLflow's retries."""
+    import dataclasses
+
+    from testbed.errors import ResourceUnavailable
+    from tests.conftest import free_port
+
+    gone = dataclasses.replace(ws, tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ResourceUnavailable, match="no MLflow tracking server answers"):
+        run_campaign(subs, executor=FakeSandbox(last_day), tracker=StoreGlitch(), ws=gone)
+    tracker = StoreGlitch()
+    items = run_campaign(subs, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    [failed] = [i for i in items if i.status == "failed"]
+    assert sorted(i.status for i in items) == ["evaluated", "evaluated", "failed"]
+    assert "the tracking store failed while recording the evaluation (MlflowException: API request" in failed.error
+    assert f"MLFLOW_TRACKING_URI={ws.tracking_uri}" in failed.error and "\n  fix: " in failed.error
+    assert len(tracker.official_runs("bike-demand")) == 2
+    [again] = run_campaign(pending_submissions(SubmissionStore(ws), tracker, pilot="bike-demand").todo,
+                           executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert again.submission == failed.submission and again.status == "evaluated"
+
+
 class Threaded(FakeSandbox):
     """Jobs answered concurrently from threads, as Ray tasks return: results arrive together."""
 

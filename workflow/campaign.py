@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from evaluation.tracking import Tracker
+from evaluation.tracking_uri import check_tracking_uri
 from sandbox.executor import Executor
 from sandbox.runner import SandboxResult
 from testbed.config import Workspace
-from testbed.errors import AuditError, InfrastructureFailure, TestbedError
+from testbed.errors import AuditError, InfrastructureFailure, ResourceUnavailable, TestbedError
 from workflow.assess import Assessment
 from workflow.catalogue import get_pilot
 from workflow.evaluate import PreparedEvaluation, conclude_evaluation, prepare_evaluation
@@ -140,6 +141,9 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         except TestbedError as exc:
             fail(item, exc, "skipped" if tracker.official_run(prepared.spec.id, item.submission) else "failed")
             return
+        except Exception as exc:  # noqa: BLE001 - one evaluation that cannot be recorded never stops the others
+            fail(item, _unrecorded(exc, ws, prepared.spec.id) if _from_store(exc) else exc)
+            return
         item.status, item.verdict, item.total, item.passed = "evaluated", card.verdict, card.total_score, card.passed
         item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
         on_update(item)
@@ -185,3 +189,21 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     finally:
         preparer.shutdown(cancel_futures=True)  # on an interruption, no later job is prepared in vain
     return [items[sub.id] for sub in subs]
+
+
+def _from_store(exc: BaseException) -> bool:
+    """Whether `exc` came from the tracking store's client (MLflow, or SQLAlchemy under it)."""
+    return type(exc).__module__.startswith(("mlflow", "sqlalchemy"))
+
+
+def _unrecorded(exc: BaseException, ws: Workspace, pilot: str) -> ResourceUnavailable:
+    """The tracking store failed to record one evaluation (a write refused, a server restarting): that one fails
+    and the campaign goes on; a store that no longer answers at all stops the campaign here, saying so
+    (`check_tracking_uri` raises), rather than each later evaluation waiting minutes on MLflow's retries."""
+    check_tracking_uri(ws.tracking_uri)
+    detail = " ".join(str(exc).split())[:300]
+    return ResourceUnavailable(f"the tracking store failed while recording the evaluation ({type(exc).__name__}: "
+                               f"{detail}): no official evaluation was recorded",
+                               where=f"MLFLOW_TRACKING_URI={ws.tracking_uri}",
+                               fix=f"check the tracking store; a rerun (`testbed evaluate --all {pilot}`) evaluates "
+                                   "it again")
