@@ -88,6 +88,8 @@ class Tracker(Protocol):
         campaign evaluates the submission again. Returns its id."""
 
 
+SEARCH_PAGE = 5000
+"""Runs read per query when searching the store (every page is read)."""
 MAX_METRIC_NAME = 250
 """Characters of a metric name MLflow stores (its `MAX_ENTITY_KEY_LENGTH`)."""
 
@@ -279,8 +281,15 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))
         if exp is None:
             return []
-        runs = self.client.search_runs([exp.experiment_id], "tags.`testbed.official` = 'true'",
-                                       order_by=["attributes.start_time ASC"], max_results=5000)
+        runs, token = [], None
+        while True:  # every page: one cut short would hide the newest official runs, and they would be made again
+            page = self.client.search_runs([exp.experiment_id], "tags.`testbed.official` = 'true'",
+                                           order_by=["attributes.start_time ASC"], max_results=SEARCH_PAGE,
+                                           page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                break
         return official_per_submission([
             RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.metrics), r.info.status, r.info.start_time or 0,
                       dict(r.data.params)) for r in runs])

@@ -197,6 +197,32 @@ def test_mlflow_records_the_evaluation(ws, bike_spec, fake_bento):
     assert versions[0].run_id == run.info.run_id
 
 
+@pytest.mark.slow
+def test_every_official_run_is_found_however_many_the_store_holds(ws):
+    """The store answers a search a page at a time (MLflow's SQL store at most 5,000 runs a query, a server
+    perhaps fewer): the official runs were read from the first page only, ordered oldest first, so past it the
+    newest submissions had no official evaluation (the leaderboard lost them, and a campaign evaluated them again:
+    two official runs each). Here pages of 2, as a server with a smaller page gives."""
+    tracker = MlflowTracker(ws)
+    client = tracker.client
+
+    class SmallPages:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def search_runs(self, *args, max_results=1000, **kw):
+            return client.search_runs(*args, max_results=min(max_results, 2), **kw)
+
+    exp = tracker.experiment_id("bike-demand")
+    for i in range(5):
+        run = client.create_run(exp, tags={"testbed.submission": f"bike-demand-{i:012x}", "testbed.official": "true",
+                                           "testbed.evaluation": "official", "testbed.pilot": "bike-demand"})
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    tracker.__dict__["client"] = SmallPages()
+    assert len(tracker.official_runs("bike-demand")) == 5
+    assert tracker.official_run("bike-demand", f"bike-demand-{4:012x}").run_id == run.info.run_id
+
+
 def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake_bento):
     ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
                          executor=FakeSandbox(lambda r, p: [[1.0] * 5 for _ in p["history"]]), ws=ws,
