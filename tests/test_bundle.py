@@ -235,3 +235,33 @@ def test_yaml_aliases_that_expand_without_bound_are_refused_quickly(tmp_path):
     (found,) = scan_models(bundle)
     assert found.framework == "unknown" and "unreadable" in found.summary and len(found.summary) < 200
     assert time.perf_counter() - start < 5
+
+
+def test_the_private_copies_of_a_killed_evaluation_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    """A process killed mid-evaluation (SIGKILL: its cleanup never runs) left every private copy it held, a
+    whole bundle each, in the temporary directory for good; the next copy made removes those of dead processes,
+    never one a live process holds."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from sandbox.bundle import private_copy, sha256_file
+    from testbed.config import PROJECT_ROOT
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    stored = tmp_path / "bundle.bento"
+    stored.write_bytes(b"a bundle")
+    killed = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                               "from sandbox.bundle import private_copy; from pathlib import Path; "
+                               "private_copy(Path(sys.argv[2]), sys.argv[3], 's'); print(flush=True); "
+                               "import time; time.sleep(60)", str(PROJECT_ROOT), str(stored), sha256_file(stored)],
+                              stdout=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    killed.stdout.readline()
+    killed.kill()
+    killed.wait()
+    [orphan] = (tmp_path / "tmp").iterdir()
+    mine = private_copy(stored, sha256_file(stored), "s")
+    assert not orphan.exists() and mine.parent.exists()
+    theirs = private_copy(stored, sha256_file(stored), "s")  # a live process's copy (this one's) is kept
+    assert mine.exists() and theirs.exists()
