@@ -202,12 +202,19 @@ class MlflowTracker:
         return mlflow.MlflowClient(self.ws.tracking_uri)
 
     def experiment_id(self, pilot: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         name = experiment_name(pilot)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         location = (self.ws.artifact_root / pilot).as_uri() if self.ws.artifact_root else None
-        return self.client.create_experiment(name, artifact_location=location, tags={"testbed.pilot": pilot})
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags={"testbed.pilot": pilot})
+        except MlflowException as exc:  # another process (an evaluation finishing at once) created it meanwhile
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self.client.get_experiment_by_name(name).experiment_id
 
     def start(self, card: Scorecard, params: dict[str, str]) -> str:
         from mlflow.entities import Param

@@ -223,6 +223,23 @@ def test_every_official_run_is_found_however_many_the_store_holds(ws):
     assert tracker.official_run("bike-demand", f"bike-demand-{4:012x}").run_id == run.info.run_id
 
 
+@pytest.mark.slow
+def test_two_processes_recording_a_pilots_first_runs_at_once_both_record(ws):
+    """Both found no experiment for the pilot and both created it: the second failed (MlflowException, already
+    exists) and lost its evaluation; measured with two processes released together, in 6 trials of 6."""
+    tracker, other = MlflowTracker(ws), MlflowTracker(ws)
+    real = tracker.client.get_experiment_by_name
+    looked = []
+
+    def not_yet(name):  # looked before the other process created it
+        looked.append(name)
+        return None if len(looked) == 1 else real(name)
+
+    made = other.experiment_id("bike-demand")
+    tracker.client.get_experiment_by_name = not_yet
+    assert tracker.experiment_id("bike-demand") == made
+
+
 def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake_bento):
     ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
                          executor=FakeSandbox(lambda r, p: [[1.0] * 5 for _ in p["history"]]), ws=ws,
