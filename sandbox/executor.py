@@ -5,6 +5,7 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future
 from typing import Protocol, Self
 
@@ -36,6 +37,8 @@ class Executor(Protocol):
 
     def cancel(self, future: Future) -> None: ...
 
+    def fail_stranded(self) -> None: ...
+
     def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -56,6 +59,9 @@ class _Closing:
 
     def shutdown(self) -> None:
         """Release what this executor started (nothing by default)."""
+
+    def fail_stranded(self) -> None:
+        """Fail the placed jobs that nothing can run any more (none by default): see `RayExecutor`'s."""
 
 
 class InlineExecutor(_Closing):
@@ -83,7 +89,10 @@ class RayExecutor(_Closing):
 
     def __init__(self) -> None:
         self.started_local = False
-        self._refs: dict[Future, object] = {}
+        self._refs: dict[Future, tuple[object, dict[str, float]]] = {}
+        """Each placed job's future -> its Ray task and what it asks for."""
+        self._settling = threading.Lock()
+        """Held while a future is settled: by Ray's callback, or as stranded (`fail_stranded`), never both."""
         self._warming: list = []
 
     @property
@@ -147,15 +156,18 @@ class RayExecutor(_Closing):
             num_cpus=job.cpus, num_gpus=job.gpus, memory=need["memory"], name="testbed-sandbox-evaluation")
         ref = task.remote(job)
         future: Future[SandboxResult] = Future()
-        self._refs[future] = ref
+        self._refs[future] = ref, need
 
         def settle(done: Future) -> None:
-            self._refs.pop(future, None)
-            try:
-                result, future.node = done.result()  # type: ignore[attr-defined]
-                future.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - translated for the caller, who decides
-                future.set_exception(_translate(exc))
+            with self._settling:
+                self._refs.pop(future, None)
+                if future.done():
+                    return  # failed already, as stranded (`fail_stranded`)
+                try:
+                    result, future.node = done.result()  # type: ignore[attr-defined]
+                    future.set_result(result)
+                except BaseException as exc:  # noqa: BLE001 - translated for the caller, who decides
+                    future.set_exception(_translate(exc))
 
         ref.future().add_done_callback(settle)
         return future
@@ -164,8 +176,32 @@ class RayExecutor(_Closing):
         """Stop a placed job: kills its worker; the sandbox dies with it (--die-with-parent)."""
         import ray
 
-        ref = self._refs.pop(future, None)
-        if ref is not None:
+        placed = self._refs.pop(future, None)
+        if placed is not None:
+            ray.cancel(placed[0], force=True)
+
+    def fail_stranded(self) -> None:
+        """Fail each placed job that no live node is large enough for any more (the nodes that were have been
+        lost): Ray would keep it pending for ever, and its campaign would never end. It is cancelled and its
+        future raises `InfrastructureFailure` (a campaign retries it, and the placement then says what is
+        missing)."""
+        import ray
+
+        if not self._refs:
+            return
+        largest = _largest_node()
+        for future, (ref, need) in list(self._refs.items()):
+            short = [key for key, amount in need.items() if amount > largest.get(key, 0)]
+            if not short:
+                continue
+            with self._settling:
+                if future.done() or self._refs.pop(future, None) is None:
+                    continue
+                future.set_exception(InfrastructureFailure(
+                    f"no live Ray node has the {' and '.join(_amount(k, need[k]) for k in short)} the job asks for "
+                    "any more (a node large enough was lost): Ray would keep it waiting for ever",
+                    where=f"Ray at {self.address or 'local (127.0.0.1)'}",
+                    fix="bring back a node that large (`ray status` lists the nodes); a rerun evaluates it again"))
             ray.cancel(ref, force=True)
 
     def run(self, job: SandboxJob) -> SandboxResult:

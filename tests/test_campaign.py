@@ -172,6 +172,59 @@ def test_a_bundles_own_failure_is_a_verdict_never_retried(ws, subs):
     assert items[0].retries == [] and len(executor.jobs) == 1
 
 
+class Stranding(FakeSandbox):
+    """Ray with the only node large enough lost while a job waited for it: Ray keeps such a job pending for ever
+    (measured on a two-node loopback cluster: still pending 90 s after the node was killed)."""
+
+    def __init__(self):
+        super().__init__(last_day)
+        self.waiting: list[Future] = []
+
+    def submit(self, job):
+        self.waiting.append(Future())
+        return self.waiting[-1]
+
+    def fail_stranded(self):
+        for future in self.waiting:
+            future.set_exception(InfrastructureFailure("no live Ray node has the 4096 MB of memory", where="Ray"))
+        self.waiting = []
+
+
+def test_a_job_no_live_node_can_run_any_more_fails_and_the_campaign_ends(ws, subs, monkeypatch):
+    """It waited for ever: the campaign never ended, its table saying `running`. Now the campaign asks the
+    executor, while no job returns, to fail such jobs: infrastructure, retried and then recorded as such."""
+    import threading
+
+    import workflow.campaign
+
+    monkeypatch.setattr(workflow.campaign, "STRANDED_CHECK_S", 0.1, raising=False)
+    tracker, items = MemoryTracker(), []
+    runner = threading.Thread(target=lambda: items.extend(run_campaign(
+        subs[:1], executor=Stranding(), tracker=tracker, ws=ws, retries=1)), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the campaign waited for ever on a job no node can run"
+    assert items[0].status == "failed" and len(items[0].retries) == 1 and "no live Ray node" in items[0].error
+    assert tracker.runs[items[0].run_id].status == "FAILED" and tracker.official_runs("bike-demand") == []
+
+
+def test_the_ray_executor_fails_a_waiting_job_that_no_live_node_is_large_enough_for(monkeypatch):
+    import ray
+
+    import sandbox.executor
+
+    cancelled = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, force: cancelled.append(ref))
+    monkeypatch.setattr(sandbox.executor, "_largest_node", lambda: {"CPU": 4.0, "memory": float(6 << 30)})
+    executor, big, small = sandbox.executor.RayExecutor(), Future(), Future()
+    executor._refs = {big: ("big-task", {"CPU": 1, "GPU": 0, "memory": 8 << 30}),
+                      small: ("small-task", {"CPU": 1, "GPU": 0, "memory": 4 << 30})}
+    executor.fail_stranded()
+    with pytest.raises(InfrastructureFailure, match="no live Ray node has the 8192 MB of memory the job asks for"):
+        big.result(timeout=0)
+    assert not small.done() and cancelled == ["big-task"] and list(executor._refs) == [small]
+
+
 class KilledWhileLogging(MemoryTracker):
     """The driver dies (SIGKILL, power) after opening the run and before finishing it."""
 

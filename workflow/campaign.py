@@ -36,6 +36,9 @@ from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["CampaignItem", "Pending", "pending_submissions", "run_campaign"]
 
+STRANDED_CHECK_S = 5.0
+"""How often, while no job returns, the campaign asks whether a waiting job can still run on a live node."""
+
 
 @dataclass
 class CampaignItem:
@@ -159,8 +162,12 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
                 continue
             place(item, prepared, time.monotonic())
+        stranded_check = time.monotonic() + STRANDED_CHECK_S
         while placed or assessing:
             done, _ = wait([*placed, *assessing], timeout=0.5, return_when=FIRST_COMPLETED)
+            if not done and placed and time.monotonic() >= stranded_check:  # a node lost: a job no node can run
+                executor.fail_stranded()
+                stranded_check = time.monotonic() + STRANDED_CHECK_S
             for future in done:
                 if future in assessing:
                     record(future.result(), *assessing.pop(future))
