@@ -285,6 +285,6 @@ def _translate(exc: BaseException) -> BaseException:
     if type(exc).__name__ in INFRASTRUCTURE_ERRORS or any(
             c.__name__ in INFRASTRUCTURE_ERRORS for c in type(exc).__mro__):
         return InfrastructureFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                                     where="Ray", fix="nothing to do: a campaign retries it; check the Ray nodes "
-                                                      "if it keeps happening")
+                                     where="Ray", fix="nothing was recorded: run the command again (a campaign "
+                                     "retries it by itself); check the Ray nodes (`ray status`) if it keeps happening")
     return exc

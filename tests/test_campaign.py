@@ -403,6 +403,25 @@ def test_a_campaign_with_a_failed_submission_exits_1_and_its_summary_says_what_a
     assert done.exit_code == 0 and {i["status"] for i in json.loads(done.stdout)["items"]} == {"evaluated", "skipped"}
 
 
+def test_one_evaluation_whose_ray_worker_died_says_to_run_it_again(cli):
+    """Outside a campaign nothing retries the machinery's failure: its fix said `nothing to do: a campaign retries
+    it`, where the only ones who read it (`testbed evaluate ID`, `testbed check`) had no evaluation and no retry."""
+    import ray
+
+    from sandbox.executor import _translate
+
+    class Crashing(FakeSandbox):
+        def run(self, job):
+            raise _translate(ray.exceptions.WorkerCrashedError())
+
+    cli.executor = Crashing(last_day)
+    result = cli(cli.ids[0])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.stderr.split())
+    assert "WorkerCrashedError" in text and "fix: nothing was recorded: run the command again" in text
+    assert "nothing to do" not in text and cli.tracker.runs == {}
+
+
 def test_an_unreadable_submission_record_fails_alone_and_the_others_are_evaluated(cli):
     broken = cli.store.root / cli.ids[1] / "submission.json"
     broken.write_text("{not json")
