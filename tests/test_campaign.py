@@ -165,6 +165,30 @@ def test_spent_retries_are_recorded_as_a_failed_run_that_is_no_evaluation(ws, su
     assert audit_submission(subs[0].id, ws=ws, tracker=tracker).ok
 
 
+@pytest.mark.filterwarnings("ignore:no MLflow store")  # the double keeps no SQLite file there
+def test_a_failure_record_the_tracking_store_refuses_fails_that_submission_alone(ws, subs):
+    """Spent retries are recorded as a FAILED run; the store refusing that write stopped the whole campaign (the
+    others' jobs cancelled, no summary), as a refused evaluation did."""
+    from mlflow.exceptions import MlflowException
+
+    class Refusing(MemoryTracker):
+        def record_failure(self, *args):
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 503")
+
+    class FirstDies(Flaky):
+        def submit(self, job):  # the first job placed dies with the machinery on each attempt
+            self.doomed = getattr(self, "doomed", job)
+            return super().submit(job) if job is self.doomed else FakeSandbox.submit(self, job)
+
+    tracker = Refusing()
+    items = run_campaign(subs, executor=FirstDies(failures=2), tracker=tracker, ws=ws, retries=1)
+    [failed] = [i for i in items if i.status == "failed"]
+    assert sorted(i.status for i in items) == ["evaluated", "evaluated", "failed"] and len(failed.retries) == 1
+    assert "the tracking store failed while recording that the machinery failed on every attempt (attempt 2: " \
+           "WorkerCrashedError" in failed.error and "\n  fix: " in failed.error
+    assert len(tracker.official_runs("bike-demand")) == 2
+
+
 def test_a_bundles_own_failure_is_a_verdict_never_retried(ws, subs):
     executor = FakeSandbox(last_day, verdict="crashed")
     items = run_campaign(subs[:1], executor=executor, tracker=MemoryTracker(), ws=ws)

@@ -112,10 +112,16 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         """The retries are spent: recorded as a FAILED run that is no evaluation (the machinery's failure is not
         the bundle's: the next campaign evaluates it again)."""
         last, pilot = f"attempt {len(item.retries) + 1}: {exc.problem}", prepared.spec.id
-        item.run_id = tracker.record_failure(
-            pilot, item.submission, prepared.vendor.name, f"the machinery failed on every attempt ({last})",
-            {"campaign_retries": "; ".join(item.retries) or "none", "campaign_failure": last,
-             "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json()})
+        try:
+            item.run_id = tracker.record_failure(
+                pilot, item.submission, prepared.vendor.name, f"the machinery failed on every attempt ({last})",
+                {"campaign_retries": "; ".join(item.retries) or "none", "campaign_failure": last,
+                 "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json()})
+        except Exception as refused:  # noqa: BLE001 - as in `record`: that one fails, the campaign goes on
+            if not _from_store(refused):
+                raise
+            fail(item, _unrecorded(refused, ws, pilot, f"that the machinery failed on every attempt ({last})"))
+            return
         fail(item, InfrastructureFailure(
             f"the machinery failed on {len(item.retries) + 1} attempt(s), no retry left (last: {exc.problem}); "
             f"recorded as MLflow run {item.run_id} (FAILED, not an evaluation)", where=exc.where,
@@ -203,13 +209,13 @@ def _from_store(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("mlflow", "sqlalchemy"))
 
 
-def _unrecorded(exc: BaseException, ws: Workspace, pilot: str) -> ResourceUnavailable:
+def _unrecorded(exc: BaseException, ws: Workspace, pilot: str, what: str = "the evaluation") -> ResourceUnavailable:
     """The tracking store failed to record one evaluation (a write refused, a server restarting): that one fails
     and the campaign goes on; a store that no longer answers at all stops the campaign here, saying so
     (`check_tracking_uri` raises), rather than each later evaluation waiting minutes on MLflow's retries."""
     check_tracking_uri(ws.tracking_uri)
     detail = " ".join(str(exc).split())[:300]
-    return ResourceUnavailable(f"the tracking store failed while recording the evaluation ({type(exc).__name__}: "
+    return ResourceUnavailable(f"the tracking store failed while recording {what} ({type(exc).__name__}: "
                                f"{detail}): no official evaluation was recorded",
                                where=f"MLFLOW_TRACKING_URI={ws.tracking_uri}",
                                fix=f"check the tracking store; a rerun (`testbed evaluate --all {pilot}`) evaluates "
