@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Protocol, Self
 
@@ -13,7 +14,10 @@ from sandbox.runner import SandboxJob, SandboxResult, run_job
 from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
 from testbed.net import require_listener, speaks_http1
 
-__all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS"]
+__all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS", "STRANDED_CHECK_S"]
+
+STRANDED_CHECK_S = 5.0
+"""How often a job's wait asks whether it can still run on a live node (`RayExecutor.fail_stranded`)."""
 
 INFRASTRUCTURE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
                          "ObjectReconstructionFailedError", "ObjectFetchTimedOutError", "LocalRayletDiedError",
@@ -206,12 +210,15 @@ class RayExecutor(_Closing):
 
     def run(self, job: SandboxJob) -> SandboxResult:
         future = self.submit(job)
+        check = time.monotonic() + STRANDED_CHECK_S
         try:
             while True:
                 try:
                     return future.result(timeout=0.5)  # short waits: Ctrl-C is seen at once
                 except TimeoutError:
-                    continue
+                    if time.monotonic() >= check:  # the nodes large enough for it lost: never waited on for ever
+                        self.fail_stranded()
+                        check = time.monotonic() + STRANDED_CHECK_S
         except KeyboardInterrupt:
             self.cancel(future)
             raise

@@ -249,6 +249,26 @@ def test_the_ray_executor_fails_a_waiting_job_that_no_live_node_is_large_enough_
     assert not small.done() and cancelled == ["big-task"] and list(executor._refs) == [small]
 
 
+def test_one_evaluation_waiting_for_a_lost_node_fails_rather_than_waiting_for_ever(monkeypatch):
+    """`testbed evaluate ID` (`RayExecutor.run`) waited for ever on a job the nodes left cannot run."""
+    import ray
+
+    import sandbox.executor
+
+    executor, waiting = sandbox.executor.RayExecutor(), Future()
+
+    def placed(job):
+        executor._refs[waiting] = "task", {"CPU": 1, "GPU": 0, "memory": 8 << 30}
+        return waiting
+
+    monkeypatch.setattr(executor, "submit", placed)
+    monkeypatch.setattr(sandbox.executor, "STRANDED_CHECK_S", 0.1, raising=False)
+    monkeypatch.setattr(sandbox.executor, "_largest_node", lambda: {"CPU": 4.0, "memory": float(6 << 30)})
+    monkeypatch.setattr(ray, "cancel", lambda ref, force: None)
+    with pytest.raises(InfrastructureFailure, match="no live Ray node has the 8192 MB of memory"):
+        ThreadPoolExecutor(1).submit(executor.run, None).result(timeout=30)
+
+
 class KilledWhileLogging(MemoryTracker):
     """The driver dies (SIGKILL, power) after opening the run and before finishing it."""
 

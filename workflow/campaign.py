@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from evaluation.tracking import Tracker
 from evaluation.tracking_uri import check_tracking_uri
-from sandbox.executor import Executor
+from sandbox.executor import STRANDED_CHECK_S, Executor
 from sandbox.runner import SandboxResult
 from testbed.config import Workspace
 from testbed.errors import AuditError, InfrastructureFailure, ResourceUnavailable, TestbedError
@@ -35,9 +35,6 @@ from workflow.scoring import ScoringPool
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["CampaignItem", "Pending", "pending_submissions", "run_campaign"]
-
-STRANDED_CHECK_S = 5.0
-"""How often, while no job returns, the campaign asks whether a waiting job can still run on a live node."""
 
 
 @dataclass
