@@ -22,7 +22,7 @@ from testbed.config import Workspace
 from testbed.errors import AuditError
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "experiment_name", "registered_model_name",
-           "flatten", "disagreements", "official_per_submission", "missing_artifact"]
+           "flatten", "disagreements", "official_per_submission", "missing_artifact", "every_page"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -89,9 +89,22 @@ class Tracker(Protocol):
 
 
 SEARCH_PAGE = 5000
-"""Runs read per query when searching the store (every page is read)."""
+"""Runs or model versions read per query when searching the store (every page is read)."""
 MAX_METRIC_NAME = 250
 """Characters of a metric name MLflow stores (its `MAX_ENTITY_KEY_LENGTH`)."""
+
+
+def every_page(search, *args, **kw) -> list:
+    """Everything a paged MLflow search (`search_runs`, `search_model_versions`) finds, page after page: a store
+    answers at most a page a query (MLflow's SQL store 5,000 runs or 10,000 versions, a server perhaps fewer),
+    and a search cut short hides what lies past it (the newest official runs, a bundle's registered version)."""
+    found, token = [], None
+    while True:
+        page = search(*args, max_results=SEARCH_PAGE, page_token=token, **kw)
+        found += page
+        token = page.token
+        if not token:
+            return found
 
 
 def _group_metric(label: str, metric: str) -> str:
@@ -268,7 +281,7 @@ class MlflowTracker:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        known = self.client.search_model_versions(f"name='{name}'")
+        known = every_page(self.client.search_model_versions, f"name='{name}'")
         if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256 for v in known):
             return  # one registered version per bundle hash, however often the bytes are evaluated
         source = f"{self.client.get_run(run_id).info.artifact_uri}/bento"
@@ -288,15 +301,8 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(experiment_name(pilot))
         if exp is None:
             return []
-        runs, token = [], None
-        while True:  # every page: one cut short would hide the newest official runs, and they would be made again
-            page = self.client.search_runs([exp.experiment_id], "tags.`testbed.official` = 'true'",
-                                           order_by=["attributes.start_time ASC"], max_results=SEARCH_PAGE,
-                                           page_token=token)
-            runs += page
-            token = page.token
-            if not token:
-                break
+        runs = every_page(self.client.search_runs, [exp.experiment_id], "tags.`testbed.official` = 'true'",
+                          order_by=["attributes.start_time ASC"])  # one page short: they would be made again
         return official_per_submission([
             RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.metrics), r.info.status, r.info.start_time or 0,
                       dict(r.data.params)) for r in runs])

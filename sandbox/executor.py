@@ -284,14 +284,25 @@ def _run_on_node(job: SandboxJob) -> tuple[SandboxResult, str]:
 
 def _translate(exc: BaseException) -> BaseException:
     """A Ray failure as the caller should see it: the TestbedError a task raised, said plainly; a failure of
-    the machinery as `InfrastructureFailure`; anything else unchanged."""
+    the machinery as `InfrastructureFailure` (Ray's own, or the node's under the harness: a disk full, no file
+    descriptors or memory left; the bundle's failures are verdicts inside the result); anything else unchanged."""
     import ray
 
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, TestbedError):
-        return exc.cause
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else None
+    if isinstance(cause, TestbedError):
+        return cause
+    again = "nothing was recorded: run the command again (a campaign retries it by itself); "
+    if isinstance(cause, (OSError, MemoryError)):
+        return InfrastructureFailure(f"the testbed's harness failed on the Ray node ({type(cause).__name__}: "
+                                     f"{_first_line(cause)})", where="Ray node",
+                                     fix=again + "check that node's free disk, memory and open-file limit if it "
+                                                 "keeps happening")
     if type(exc).__name__ in INFRASTRUCTURE_ERRORS or any(
             c.__name__ in INFRASTRUCTURE_ERRORS for c in type(exc).__mro__):
-        return InfrastructureFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                                     where="Ray", fix="nothing was recorded: run the command again (a campaign "
-                                     "retries it by itself); check the Ray nodes (`ray status`) if it keeps happening")
+        return InfrastructureFailure(f"{type(exc).__name__}: {_first_line(exc)}", where="Ray",
+                                     fix=again + "check the Ray nodes (`ray status`) if it keeps happening")
     return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else ""

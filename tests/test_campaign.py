@@ -466,6 +466,28 @@ def test_one_evaluation_whose_ray_worker_died_says_to_run_it_again(cli):
     assert "nothing to do" not in text and cli.tracker.runs == {}
 
 
+def test_the_harness_failing_on_its_node_is_the_machinerys_failure():
+    """A disk full or no memory left on the node under the testbed's harness (a bundle's own failures are verdicts
+    inside the result) reached the caller as an unexplained `RayTaskError(OSError)`: a campaign never retried it
+    and said nothing of the node. It is now the machinery's failure, naming its cause; a bug of the harness's
+    (any other exception) stays what it is."""
+    import errno
+
+    import ray
+
+    from sandbox.executor import _translate
+
+    def raised(cause):
+        return ray.exceptions.RayTaskError("_run_on_node", "Traceback ...", cause).as_instanceof_cause()
+
+    full = _translate(raised(OSError(errno.ENOSPC, "No space left on device")))
+    assert isinstance(full, InfrastructureFailure) and "[Errno 28] No space left on device" in full.problem
+    assert "free disk" in full.fix and "run the command again" in full.fix
+    assert isinstance(_translate(raised(MemoryError())), InfrastructureFailure)
+    bug = raised(KeyError("phase"))
+    assert _translate(bug) is bug
+
+
 def test_an_unreadable_submission_record_fails_alone_and_the_others_are_evaluated(cli):
     broken = cli.store.root / cli.ids[1] / "submission.json"
     broken.write_text("{not json")

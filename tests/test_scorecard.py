@@ -197,30 +197,64 @@ def test_mlflow_records_the_evaluation(ws, bike_spec, fake_bento):
     assert versions[0].run_id == run.info.run_id
 
 
+class SmallPages:
+    """An MLflow client whose searches answer at most 2 a page, as a server with a smaller page does."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def search_runs(self, *args, max_results=1000, **kw):
+        return self.client.search_runs(*args, max_results=min(max_results, 2), **kw)
+
+    def search_model_versions(self, *args, max_results=10000, **kw):
+        return self.client.search_model_versions(*args, max_results=min(max_results, 2), **kw)
+
+
 @pytest.mark.slow
 def test_every_official_run_is_found_however_many_the_store_holds(ws):
     """The store answers a search a page at a time (MLflow's SQL store at most 5,000 runs a query, a server
     perhaps fewer): the official runs were read from the first page only, ordered oldest first, so past it the
     newest submissions had no official evaluation (the leaderboard lost them, and a campaign evaluated them again:
-    two official runs each). Here pages of 2, as a server with a smaller page gives."""
+    two official runs each). Here pages of 2."""
     tracker = MlflowTracker(ws)
     client = tracker.client
-
-    class SmallPages:
-        def __getattr__(self, name):
-            return getattr(client, name)
-
-        def search_runs(self, *args, max_results=1000, **kw):
-            return client.search_runs(*args, max_results=min(max_results, 2), **kw)
-
     exp = tracker.experiment_id("bike-demand")
     for i in range(5):
         run = client.create_run(exp, tags={"testbed.submission": f"bike-demand-{i:012x}", "testbed.official": "true",
                                            "testbed.evaluation": "official", "testbed.pilot": "bike-demand"})
         client.set_terminated(run.info.run_id, status="FINISHED")
-    tracker.__dict__["client"] = SmallPages()
+    tracker.__dict__["client"] = SmallPages(client)
     assert len(tracker.official_runs("bike-demand")) == 5
     assert tracker.official_run("bike-demand", f"bike-demand-{4:012x}").run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_every_registered_version_is_found_however_many_the_store_holds(ws):
+    """The registered versions were read from the first page only (MLflow's SQL store gives 10,000 a query):
+    past it, a bundle evaluated again got a second version, and promotion found no version holding its run.
+    Here pages of 2, newest first as the store orders them, so the oldest version is on the last page."""
+    from types import SimpleNamespace
+
+    from workflow.promote import Production
+
+    tracker = MlflowTracker(ws)
+    client = tracker.client
+    name, runs = registered_model_name("bike-demand"), []
+    for i in range(5):
+        runs.append(client.create_run(tracker.experiment_id("bike-demand")).info.run_id)
+        card = SimpleNamespace(pilot="bike-demand", bundle_sha256=f"{i:064x}", submission=f"bike-demand-{i:012x}",
+                               verdict="completed", passed=True)
+        tracker._register(runs[-1], card)
+    assert len(every := client.search_model_versions(f"name='{name}'")) == 5
+    production = Production(ws)
+    production.client = tracker.__dict__["client"] = SmallPages(client)
+    tracker._register(runs[0], SimpleNamespace(**{**vars(card), "bundle_sha256": f"{0:064x}"}))
+    assert len(client.search_model_versions(f"name='{name}'")) == 5  # the same bytes: no second version
+    oldest = min(every, key=lambda v: int(v.version))
+    assert production._version_of(name, runs[0], "f" * 64) == str(oldest.version)
 
 
 @pytest.mark.slow

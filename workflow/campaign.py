@@ -10,8 +10,9 @@ prepared in order in another thread: the later ones while the first is placed (a
 Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
 finished but is not, and a rerun evaluates exactly what has no finished official run. A failure of the
-machinery (`InfrastructureFailure`: a Ray worker or node died) is retried up to `retries` times, each retry
-recorded on the run (param `campaign_retries`); a bundle's own failure is a verdict, never retried.
+machinery (`InfrastructureFailure`: a Ray worker or node died, a node's disk filled) is retried up to `retries`
+times, each retry recorded on the run (param `campaign_retries`); a bundle's own failure is a verdict, never
+retried.
 """
 
 from __future__ import annotations

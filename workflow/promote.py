@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evaluation.tracking import MlflowTracker, RunRecord, registered_model_name
+from evaluation.tracking import MlflowTracker, RunRecord, every_page, registered_model_name
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused
 from workflow.ledger import Anchor, AuditChain
@@ -134,7 +134,7 @@ class Production:
         return Approved(sub, run, review, version, bundle)
 
     def _version_of(self, name: str, run_id: str, sha: str) -> str:
-        versions = self.client.search_model_versions(f"name='{name}'")
+        versions = every_page(self.client.search_model_versions, f"name='{name}'")
         by_run = [v for v in versions if v.run_id == run_id]
         by_hash = [v for v in versions if v.tags.get("testbed.bundle_sha256") == sha]
         chosen = by_run or by_hash
