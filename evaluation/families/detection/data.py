@@ -70,7 +70,7 @@ class Frames:
     cat_ids: list[int]
     """COCO category id of each pilot class, in `classes` order."""
     true_counts: dict[str, np.ndarray]
-    """Area range -> (frames, classes) non-crowd object counts."""
+    """Area range -> (frames, classes) non-crowd object counts, sized by their boxes (`object_counts`)."""
     groups: dict[str, np.ndarray]
     """`density` and `lighting` label of each frame."""
     split: str = ""
@@ -90,10 +90,14 @@ def png(image: np.ndarray) -> bytes:
 
 
 def object_counts(anns: list[dict], image_ids: list[int], cat_ids: list[int], lo: float, hi: float) -> np.ndarray:
+    """(images, classes) counts of the non-crowd objects whose box covers `lo` to `hi` square pixels. By the box's
+    own area, never the COCO `area` (the segmentation's, smaller): a detection has only its box, so a count by
+    size compares like with like (a detector returning the true boxes counts every size band right)."""
     rows, cols = {i: r for r, i in enumerate(image_ids)}, {c: k for k, c in enumerate(cat_ids)}
     counts = np.zeros((len(image_ids), len(cat_ids)))
     for a in anns:
-        if not a.get("iscrowd") and a["image_id"] in rows and a["category_id"] in cols and lo <= a["area"] <= hi:
+        if not a.get("iscrowd") and a["image_id"] in rows and a["category_id"] in cols and \
+                lo <= a["bbox"][2] * a["bbox"][3] <= hi:
             counts[rows[a["image_id"]], cols[a["category_id"]]] += 1
     return counts
 
