@@ -193,6 +193,30 @@ def test_an_unanswered_text_counts_as_wrong(fam, test_texts):
     assert outcome.metrics["clean"]["accuracy"] <= (n - lost) / n + 1e-9
 
 
+def test_the_label_is_scored_when_scores_tie(fam, test_texts):
+    """The contract scores `label` and accepts a tie (within 1e-6) at the top: the harness scored the first tied
+    category in the spec's order instead (answers tied 0.5/0.5 between their true category and another one,
+    labelled right: accuracy 0.0, the same answers labelled the other way 1.0 for the categories listed first)."""
+    cats = test_texts.categories
+
+    def tied(route, payload):
+        out = []
+        for _ in payload["texts"]:
+            out.append({"label": cats[1], "scores": {c: 0.5 if i in (0, 1) else 0.0 for i, c in enumerate(cats)}})
+        return out
+
+    phases = [p for p in fam.phases(test_texts) if p.name == "clean"]
+    result = FakeSandbox(tied).run(type("J", (), {"phases": phases, "route": "/classify"}))
+    violations: list[str] = []
+    preds = fam.predictions(test_texts, result, violations)
+    assert not violations
+    outcome = fam.score_predictions(test_texts, preds)
+    share = float(np.mean(test_texts.labels == 1))
+    assert outcome.metrics["clean"]["accuracy"] == pytest.approx(share) and share > 0
+    groups = outcome.groups
+    assert groups["category=other"]["class_f1"] > 0 and groups["category=health_welfare"]["class_f1"] == 0
+
+
 def _variant(spec, tmp_path, text: str, written_as: str = "utf-8", **task):
     """The petition family on a copy of its CSV rewritten as `text` (in `written_as`), with `task` changes."""
     path = tmp_path / spec.dataset.path

@@ -132,22 +132,31 @@ class TextClassification(TaskFamily):
     def check_answer(self, body: bytes, items: int) -> tuple[np.ndarray, np.ndarray]:
         return decode_response(body, items, list(self.options.categories))
 
-    def _probabilities(self, data: Texts, result: SandboxResult, name: str, violations: list[str]) -> np.ndarray:
-        """(texts, categories) probabilities the service answered for phase `name`; NaN rows where it did not."""
+    def _answered(self, data: Texts, result: SandboxResult, name: str, violations: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(texts, categories) probabilities the service answered for phase `name` (NaN rows where it did not)
+        and each text's `label` as a category index (-1 where it did not)."""
         probs = np.full((len(data.texts), len(data.categories)), np.nan)
-        for rows, (_, p) in self.answers(result, name, violations):
-            probs[rows] = p
-        return probs
+        labels = np.full(len(data.texts), -1)
+        for rows, (label, p) in self.answers(result, name, violations):
+            probs[rows], labels[rows] = p, label
+        return probs, labels
 
     def predictions(self, data: Texts, result: SandboxResult, violations: list[str]) -> dict[str, np.ndarray]:
-        """Per scenario (and `UNDER_LOAD`), the answered probabilities (the contract makes `label` their argmax)."""
-        return {name: self._probabilities(data, result, name, violations)
-                for name in (*self.scenario_names, UNDER_LOAD)}
+        """Per scenario (and `UNDER_LOAD`), the answered probabilities as `NAME` and the answered labels as
+        `NAME/label`: the contract lets the top scores tie (within `TIE_TOLERANCE`), and `label` is what is scored."""
+        preds = {}
+        for name in (*self.scenario_names, UNDER_LOAD):
+            preds[name], preds[f"{name}/label"] = self._answered(data, result, name, violations)
+        return preds
 
     @staticmethod
-    def _decided(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _decided(probs: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(category per text, answered): the answer's `label`; the top score where the predictions hold no labels
+        (logged before they were kept: the label was the top score but for ties)."""
         answered = np.isfinite(probs).all(axis=1)
-        return np.where(answered, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0), answered
+        top = np.nan_to_num(probs, nan=-1.0).argmax(axis=1) if labels is None else labels
+        return np.where(answered, top, 0), answered
 
     def _metrics(self, data: Texts, pred: np.ndarray, probs: np.ndarray, rows: np.ndarray) -> dict[str, float]:
         fns = self.metric_functions()
@@ -157,15 +166,16 @@ class TextClassification(TaskFamily):
         return {m: fn(ev) for m, fn in fns.items()}
 
     @classmethod
-    def _scored(cls, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _scored(cls, probs: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(label, answered, probabilities) as scored: an unanswered text counts as wrong (no category, even
         odds), so failing the requests that carry hard texts cannot raise a score."""
-        pred, answered = cls._decided(probs)
+        pred, answered = cls._decided(probs, labels)
         k = probs.shape[1]
         return np.where(answered, pred, -1), answered, np.where(answered[:, None], probs, 1.0 / max(k, 1))
 
     def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
-        decided = {name: self._scored(probs) for name, probs in preds.items()}
+        decided = {name: self._scored(probs, preds.get(f"{name}/label")) for name, probs in preds.items()
+                   if not name.endswith("/label")}
         pred, answered, probs = decided["clean"]
         k, everything = len(data.categories), np.ones(len(data.texts), bool)
         f1 = class_f1(ClassEval(data.labels, pred, probs, k))
@@ -197,7 +207,8 @@ class TextClassification(TaskFamily):
         """A text agrees when its timed answer names the same category as its clean one."""
         if UNDER_LOAD not in preds:
             return None
-        (clean, answered), (timed, timed_answered) = self._decided(preds["clean"]), self._decided(preds[UNDER_LOAD])
+        (clean, answered), (timed, timed_answered) = (self._decided(preds[name], preds.get(f"{name}/label"))
+                                                      for name in ("clean", UNDER_LOAD))
         return float((answered & timed_answered & (clean == timed)).sum() / answered.sum()) if answered.any() else None
 
     def ready_scoring(self, data: Texts) -> None:
