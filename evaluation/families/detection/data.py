@@ -18,7 +18,8 @@ __all__ = ["ROAD_USERS", "Kept", "DetectionOptions", "Frames", "decode_image", "
 
 ROAD_USERS = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 Kept = list[list[tuple[int, float, tuple[float, float, float, float]]]]
-"""Per image: (class index, score, box) of the pilot's classes, best first, at most `max_detections`."""
+"""Per image: (class index, score, box) of the pilot's classes, best first (equal scores by class, then box), at
+most `max_detections`."""
 
 
 class DetectionOptions(BaseModel):

@@ -165,7 +165,9 @@ class ObjectDetection(TaskFamily):
         decode = lambda body, rows: decode_response(body, len(rows), [data.sizes[i] for i in rows])  # noqa: E731
         for rows, frames in self.answers(result, name, violations, decode):
             for i, dets in zip(rows, frames, strict=True):
-                mine = sorted(((index[d.label], d.score, d.box) for d in dets if d.label in index), key=lambda t: -t[1])
+                # best first; equal scores by class and box, never by the answer's order (COCO ranks ties as given)
+                mine = sorted(((index[d.label], d.score, d.box) for d in dets if d.label in index),
+                              key=lambda t: (-t[1], t[0], t[2]))
                 kept[i], answered[i] = mine[:self.options.max_detections], True
         return kept, answered
 
