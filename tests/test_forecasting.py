@@ -122,3 +122,26 @@ def test_score_perfect_and_failing_services(fam, test_windows):
     outcome = fam.score(test_windows, FakeSandbox(flaky).run(
         type("J", (), {"phases": fam.phases(test_windows), "route": "/forecast"})))
     assert outcome.coverage == 0 and any("shape" in v for v in outcome.violations)
+
+
+def test_equity_never_resamples_the_same_target_hours_as_independent_units(fam, test_windows):
+    """Bike windows overlap (24 h ahead every 6 h: each target hour is in 4 windows), and the equity bootstrap
+    drew whole windows as independent units: 241 units where 61 days of targets exist, and intervals half as
+    wide as resampling the target days (seasonal-naive forecasts, every hour band: width ratio 1.95-2.02), so a
+    gap read as clear too readily and groups too small to judge passed as large enough. The units are now
+    blocks of `horizon` consecutive target steps of one series (target days here), which share no target."""
+    from evaluation.equity import assess_groups
+    from evaluation.family import UNDER_LOAD
+
+    baseline = test_windows.baseline.copy()
+    outcome = fam.score_predictions(test_windows, {"clean": baseline, UNDER_LOAD: baseline, "missing_hours": baseline})
+    days = (test_windows.origins.values[:, None] + np.arange(24) * np.timedelta64(1, "h")).astype("datetime64[D]")
+    errors = np.abs(test_windows.truth - baseline) / test_windows.scale[:, None]
+    bands = test_windows.groups["hour_band"].ravel()
+    by_day = assess_groups({"hour_band": bands}, metric="mase", goal="min", values=errors.ravel(),
+                           units=days.ravel().astype(int), settings=fam.spec.equity)
+    groups = outcome.equity["groups"]
+    for name, expected in by_day["groups"].items():
+        assert groups[name]["units"] == expected["units"] == 61
+        assert (groups[name]["low"], groups[name]["high"]) == pytest.approx((expected["low"], expected["high"]),
+                                                                            rel=0.1)

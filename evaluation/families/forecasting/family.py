@@ -228,7 +228,7 @@ class Forecasting(TaskFamily):
         return {name: self._predictions(result, name, n, violations) for name in (*self.scenario_names, UNDER_LOAD)}
 
     def score_predictions(self, data: Windows, preds: dict[str, np.ndarray]) -> Outcome:
-        n, fns = len(data.truth), self.metric_functions()
+        fns = self.metric_functions()
         scale = np.broadcast_to(data.scale[:, None], data.truth.shape)
 
         def compute(pred: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -250,7 +250,7 @@ class Forecasting(TaskFamily):
         under_load = compute(preds[UNDER_LOAD]) if UNDER_LOAD in preds else {}
         equity = assess_groups({k: v.ravel() for k, v in data.groups.items()}, metric=self.primary_metric,
                                goal="min", values=(np.abs(data.truth - clean) / scale).ravel(),
-                               units=np.repeat(np.arange(n), self.options.horizon),
+                               units=self._units(data).ravel(),
                                overall=metrics["clean"][self.primary_metric], settings=self.spec.equity)
         return Outcome(
             metrics=metrics, groups=groups, equity=equity, under_load=under_load,
@@ -258,6 +258,18 @@ class Forecasting(TaskFamily):
             coverage=float(answered.mean()),
             extras={"pred": np.where(answered[:, None], clean, np.nan)},  # the plots leave unanswered ones out
         )
+
+    def _units(self, data: Windows) -> np.ndarray:
+        """(windows, horizon): the equity bootstrap's resampling unit of each forecast step, a block of `horizon`
+        consecutive target steps of one series on the data's grid. Windows that overlap (a stride shorter than
+        the horizon) share target steps, and the errors on them: drawn as independent units, they made every
+        interval too narrow (bike: each target hour in 4 windows, intervals half as wide as resampling target
+        days). Where the stride is a multiple of the horizon, a block is a window."""
+        horizon, n = self.options.horizon, len(data.truth)
+        steps = self.panel.times.get_indexer(data.origins)[:, None] + np.arange(horizon)
+        series = np.unique(data.series, axis=0, return_inverse=True)[1].reshape(n) if data.series.shape[1] \
+            else np.zeros(n, int)
+        return series[:, None] * (len(self.panel.times) // horizon + 1) + steps // horizon
 
     def epochs(self, data: Windows) -> np.ndarray:
         """A window's origin: its target is in the history of the windows of its series up to `history` +
