@@ -98,9 +98,10 @@ class Scorecard(BaseModel):
     passed: bool
     """All gates passed."""
     total_score: Number
-    """Weighted total (0–100) over the scored criteria."""
+    """Weighted total (0–100) of the four criteria, rounded to 0.01; a criterion waiting for an evaluator counts 0."""
     total_is_provisional: bool
-    """True while a criterion (policy fit) waits for an evaluator; weights are renormalised meanwhile."""
+    """True while a criterion (policy fit; local strength until its claims are reviewed) waits for an evaluator;
+    it counts 0 in the total meanwhile (the weights are not renormalised), so a review can only add to it."""
     log_tail: list[str] = Field(default_factory=list)
     """The sandbox log's last lines when the run did not complete (the cause of a crash)."""
     sandbox_limits: dict[str, str] = Field(default_factory=dict)
