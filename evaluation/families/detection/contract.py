@@ -11,7 +11,8 @@
   `{"label": str, "score": float, "box": [x1, y1, x2, y2]}`: `label` a COCO class name (e.g. `person`, `car`,
   `motorcycle`), `score` in [0, 1], `box` the corners in pixels of the input image (x1 < x2, y1 < y2; boxes may
   reach past the frame, the harness clips them). Return low-score detections too (the harness computes mAP
-  over all scores and counts those above the pilot's count threshold); at most 100 per image are scored.
+  over all scores and counts those above the pilot's count threshold); at most 100 per image are scored, the
+  best-scoring (equal scores by class, then box: the order of the list never matters).
   Labels outside the pilot's classes are ignored.
 """
 
