@@ -21,8 +21,8 @@ __all__ = ["METHOD", "performance", "credits"]
 
 METHOD = ("latency: p95 of single-stream requests, each with the CPU-queueing delay that other processes caused "
           "taken out (Linux schedstat of the service's threads, capped by the share of the machine others kept "
-          "busy); throughput: offline items per second with the same correction; credit 1 at or within the "
-          "service level, else in proportion")
+          "busy), never below the sandbox's CPU time over the cores its quota gives; throughput: offline items "
+          "per second with the same correction; credit 1 at or within the service level, else in proportion")
 
 
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -51,6 +51,16 @@ def _request(phase: PhaseResult, i: int) -> tuple[float, float]:
     return (phase.cpu_s[i], phase.wait_s[i]) if i < min(len(phase.cpu_s), len(phase.wait_s)) else (0.0, 0.0)
 
 
+def _at_quota(phase: PhaseResult, cpu_s: float | None, wall_s: float) -> float:
+    """The least time `cpu_s` of the sandbox's CPU takes on the cores it may use at once (its quota, else the
+    machine's), at most `wall_s` (what it took): no discount goes below it. Linux counts a thread held back by
+    the quota, or queued behind the service's own other threads, as waiting for a CPU, as it counts queueing
+    behind other processes; only the latter may be taken out. 0 where the sandbox's CPU is not counted."""
+    if cpu_s is None:
+        return 0.0
+    return min(wall_s, cpu_s / (phase.cpu_quota or max(1, phase.cores)))
+
+
 def performance(result: SandboxResult) -> dict[str, Any]:
     """Service-level measurements, the same for every family: raw and load-corrected."""
     statuses = [s for p in result.phases.values() for s in p.statuses]
@@ -61,7 +71,8 @@ def performance(result: SandboxResult) -> dict[str, Any]:
         for i, (lat, status) in enumerate(zip(single.latencies_s, single.statuses, strict=True)):
             if status == 200:
                 raw.append(lat * 1000)
-                service.append(lat * 1000 * (1 - _queued(*_request(single, i), cap)))
+                cpu = single.request_sandbox_cpu_s[i] if i < len(single.request_sandbox_cpu_s) else None
+                service.append(1000 * max(lat * (1 - _queued(*_request(single, i), cap)), _at_quota(single, cpu, lat)))
             else:  # as slow as the whole phase: failing its slowest requests cannot make a service look faster
                 unanswered.append(max(single.wall_s, *single.latencies_s) * 1000)
         contention["single_stream"] = {"others_busy": cap, "queued": _queued(sum(single.cpu_s), sum(single.wait_s), 1)}
@@ -71,7 +82,8 @@ def performance(result: SandboxResult) -> dict[str, Any]:
         cap = _external(offline)
         throughput = done / offline.wall_s
         queued = _queued(sum(offline.cpu_s), sum(offline.wait_s), 1)
-        service_throughput = done / (offline.wall_s * (1 - min(queued, cap)))
+        service_throughput = done / max(offline.wall_s * (1 - min(queued, cap)),
+                                        _at_quota(offline, offline.sandbox_cpu_s, offline.wall_s))
         contention["offline"] = {"others_busy": cap, "queued": queued}
     failed = sum(s != 200 for s in statuses)
     return {

@@ -94,6 +94,11 @@ class PhaseResult:
     request counted too, which `cpu_s` cannot see); None where it has no cgroup to count with."""
     cores: int = 1
     """CPUs of the machine."""
+    request_sandbox_cpu_s: list[float | None] = field(default_factory=list)
+    """Per request: CPU seconds the whole sandbox used while it ran (its cgroup, as `sandbox_cpu_s`); None where
+    it has no cgroup to count with. With concurrent requests each counts the others' CPU too."""
+    cpu_quota: float = 0
+    """Cores the sandbox could use at once (its cgroup's CFS quota); 0: not bounded, the machine's `cores`."""
 
 
 @dataclass
@@ -212,12 +217,13 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
 
     def one(body: bytes, items: int):
         if time.monotonic() >= deadline or not svc.alive():
-            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0)
+            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0), None
         pid = svc.proc.pid if svc.proc else None
-        before = snapshot(pid)
+        before, used_before = snapshot(pid), svc.cpu_used_s()
         cap = None if phase.answer_bytes_per_item is None else ANSWER_SLACK + items * phase.answer_bytes_per_item
         status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline, cap=cap)
-        return status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid))
+        return (status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid)),
+                _spent(used_before, svc.cpu_used_s()))
 
     meter, used = MachineMeter(), svc.cpu_used_s()
     start = time.perf_counter()
@@ -232,4 +238,5 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors,
                        cpu_s=[o[4][0] for o in outcomes], wait_s=[o[4][1] for o in outcomes],
                        machine_busy=meter.stop(), cores=meter.cores,
-                       sandbox_cpu_s=_spent(used, svc.cpu_used_s()))
+                       sandbox_cpu_s=_spent(used, svc.cpu_used_s()), request_sandbox_cpu_s=[o[5] for o in outcomes],
+                       cpu_quota=svc.cpu_quota)

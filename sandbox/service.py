@@ -289,6 +289,11 @@ class SandboxedService:
         too), from its cgroup; None where it has none to count with."""
         return self._cgroups.cpu_used_s() if self._cgroups and self._cgroups.available else None
 
+    @property
+    def cpu_quota(self) -> float:
+        """Cores the sandbox may use at once where its cgroup's CFS quota holds it (`limits.cpus`); 0: not bounded."""
+        return self.limits.cpus if self._cgroups and self._cgroups.cpu_bounded else 0.0
+
     def evidence(self, live: bool = False) -> Evidence:
         """What the harness observed from outside the sandbox, read after `stop`; `live`: while it runs, as far as
         seen yet (the files it opened left out: reading them ends their watch)."""

@@ -754,6 +754,31 @@ def test_queueing_behind_other_processes_is_taken_out_but_self_inflicted_is_not(
                        )["service_latency_ms"]["p95"] == pytest.approx(200)
 
 
+
+def test_waiting_for_its_own_cpu_quota_or_threads_is_no_discount():
+    """Linux counts a thread held back by its cgroup's CPU quota, or queued behind the service's own other
+    threads, as waiting for a CPU, the same as queueing behind other processes. On a busy machine that wait was
+    taken out as others' load: a service given a quarter of a core, doing 50 ms of CPU a request (200 ms at its
+    quota), was scored at the speed of a whole core. No request is scored faster than the sandbox's CPU time
+    over the cores it may use (its quota), nor the offline phase's items faster than that."""
+    throttled = phase("s", [0.2] * 20, [0.05] * 20, [0.15] * 20, 1.0)
+    throttled.request_sandbox_cpu_s, throttled.cpu_quota = [0.05] * 20, 0.25
+    assert performance(SandboxResult("completed", "", {"single_stream": throttled}, "", 1, 1, True)
+                       )["service_latency_ms"]["p95"] == pytest.approx(200)
+    spread = phase("s", [0.1] * 20, [0.02] * 20, [0.08] * 20, 1.0)  # 8 threads on 2 cores, 1 core of quota
+    spread.request_sandbox_cpu_s, spread.cpu_quota = [0.1] * 20, 1
+    assert performance(SandboxResult("completed", "", {"single_stream": spread}, "", 1, 1, True)
+                       )["service_latency_ms"]["p95"] == pytest.approx(100)
+    offline = phase("offline", [0.2] * 10, [0.05] * 10, [0.15] * 10, 1.0, items=[10] * 10)
+    offline.sandbox_cpu_s, offline.cpu_quota = 0.5, 0.25  # 2 s of its quota for 100 items
+    assert performance(SandboxResult("completed", "", {"offline": offline}, "", 1, 1, True)
+                       )["service_throughput_items_per_s"] == pytest.approx(50)
+    # without a quota, the machine's cores bound it; a request that used little CPU keeps its discount
+    light = phase("s", [0.2] * 20, [0.01] * 20, [0.19] * 20, 1.0)
+    light.request_sandbox_cpu_s = [0.01] * 20
+    assert performance(SandboxResult("completed", "", {"single_stream": light}, "", 1, 1, True)
+                       )["service_latency_ms"]["p95"] == pytest.approx(10)
+
 # -- anti-replay ----------------------------------------------------------------------------------------------------
 
 def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):

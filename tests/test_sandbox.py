@@ -104,6 +104,20 @@ def test_a_bundle_gets_no_more_cpu_than_the_spec_gives_however_many_processes_it
     assert re.search(r"cgroup quota 1 CPU \(throttled in [1-9][0-9]* periods", result.limits["cpu"]), result.limits
 
 
+
+def test_a_bundle_held_back_by_its_quota_is_not_scored_as_if_others_held_it_back(built):
+    """50 ms of CPU a request on a quarter of a core: the quota holds each request back (its threads wait for a
+    CPU, as Linux counts it), and however busy the machine is, the latency scored is what its quota allows."""
+    from evaluation.performance import performance
+
+    result = run_job(replace(job(built("hog"), "/hog", [{"kind": "spin"}] * 8, limits=replace(LIMITS, cpus=0.25)),
+                             phases=[Phase("single_stream", [b'{"kind": "spin"}'] * 8, [1] * 8)]))
+    if not result.limits["cpu"].startswith("cgroup"):
+        pytest.skip("no cpu cgroup here (not root, or no cgroup v1 cpu hierarchy): Ray's scheduling only")
+    phase, perf = result.phases["single_stream"], performance(result)
+    assert phase.cpu_quota == 0.25 and all(c >= 0.05 for c in phase.request_sandbox_cpu_s), phase.request_sandbox_cpu_s
+    assert perf["service_latency_ms"]["p50"] >= 0.9 * 1000 * 0.05 / 0.25, perf
+
 def test_crash_on_start(built):
     result = run_job(job(built("crash_on_start"), "/forecast", []))
     assert result.verdict == "crashed" and "corrupt" in result.log
