@@ -142,7 +142,7 @@ class PythonEnvironment:
         if uv is None:
             raise BundleError("uv is not installed, so bundle environments cannot be built", where=self.where,
                               fix="run `make setup` (installs the pinned uv into the harness's venv)")
-        python = getattr(sys, "_base_executable", None) or sys.executable
+        python = _base_python()
         reqs = target.parent / "requirements.txt"
         reqs.write_text("\n".join(self.requirements) + "\n")
         self._uv([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)])
@@ -155,9 +155,13 @@ class PythonEnvironment:
     def _compile(target: Path) -> None:
         """Compile the installed packages' bytecode (the sandbox mounts the environment read-only, so its Python
         could not cache it). Not with uv's `--compile-bytecode`: that starts the environment's Python with
-        `site`, which executes the `.pth` files a wheel may carry, as the harness's user on the host. `-I -S`
-        does not; compiling only parses the sources. A file that does not compile is left to the sandbox."""
-        python = target / "bin" / "python"
+        `site`, which executes the `.pth` files a wheel may carry, as the harness's user on the host. Nor with the
+        environment's own Python: it reads the environment's `pyvenv.cfg`, which a wheel may replace (uv installs
+        `.data/data/pyvenv.cfg` over it), and its `home` then chooses the standard library it imports. The
+        harness's base interpreter, the one the environment was made from (same bytecode), started with `-I -S`
+        reads nothing of it; compiling only parses the sources. A file that does not compile is left to the
+        sandbox."""
+        python = _base_python()
         sites = sorted(str(p) for p in target.glob("lib/python*/site-packages"))
         try:
             subprocess.run([str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0", *sites],
@@ -188,6 +192,12 @@ class PythonEnvironment:
         named = [n for n in [*vendors, *SERVER_PACKAGES]
                  if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
         return [n for n in named if n in vendors] or named or vendors or list(SERVER_PACKAGES)
+
+
+def _base_python() -> str:
+    """The harness's base interpreter: every environment is made from it (`uv venv --python`), and only the harness
+    decides it (not a file in the environment, which a declared package may overwrite)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
 
 
 def bundle_environment(manifest: dict[str, Any], cache: Path, where: str) -> PythonEnvironment:

@@ -69,15 +69,13 @@ class SandboxPaths:
 
 def _runtime_dirs(python_env: Path | None = None) -> list[Path]:
     """Python runtime folders the sandbox needs, mounted read-only at their own paths: the harness's venv and
-    its base interpreter; with a bundle's own environment (mounted at ENV_MOUNT), only that environment's base
-    interpreter (the `home` of its pyvenv.cfg): the harness's venv is then not mounted at all. The single place
-    where the runtime is decided."""
+    its base interpreter; with a bundle's own environment (mounted at ENV_MOUNT), only the base interpreter, which
+    every environment is made from (`sandbox.environment`): the harness's venv is then not mounted at all. Never
+    read from the environment: a declared package may overwrite its `pyvenv.cfg`, whose `home` would then choose
+    a host folder to mount. The single place where the runtime is decided."""
+    dirs = {Path(sys.base_prefix).resolve()}
     if python_env is None:
-        dirs = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
-    else:
-        lines = (python_env / "pyvenv.cfg").read_text().splitlines()
-        cfg = {key.strip(): value.strip() for key, _, value in (line.partition("=") for line in lines)}
-        dirs = {Path(cfg["home"]).resolve().parent}
+        dirs.add(Path(sys.prefix).resolve())
     return sorted(d for d in dirs if not str(d).startswith("/usr"))
 
 

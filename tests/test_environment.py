@@ -76,6 +76,24 @@ def test_the_sandbox_mounts_the_bundles_environment_and_not_the_harness_venv(tmp
     assert any(arg == str(Path(sys.prefix).resolve()) for arg in default) and str(ENV_MOUNT) not in default
 
 
+
+def test_what_the_sandbox_mounts_is_never_read_from_the_environment_a_package_wrote(tmp_path):
+    """A wheel's `.data/data/` files land at the environment's root, where uv lets one replace `pyvenv.cfg`:
+    its `home` once decided which host folder the sandbox mounted as the runtime (a bundle declaring such a
+    package read the city's data set from inside, measured with a real sandbox). The runtime is the harness's own
+    base interpreter, which every environment is built from."""
+    secret = tmp_path / "city-data"
+    (secret / "bin").mkdir(parents=True)
+    env = tmp_path / "env"
+    env.mkdir()
+    (env / "pyvenv.cfg").write_text(f"home = {secret / 'bin'}\nversion_info = 3.11\n")
+    paths, limits = SandboxPaths(tmp_path, tmp_path), SandboxLimits(512, 64, 10, 1)
+    cmd, _ = bwrap_arguments(["python"], paths, limits, python_env=env)
+    binds = {cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--ro-bind"}
+    assert not any(src == str(secret) or src.startswith(f"{secret}/") for src in binds), binds
+    base = Path(sys.base_prefix).resolve()
+    assert str(base) in binds or str(base).startswith("/usr")
+
 # -- the real thing: uv, the package index, bubblewrap ---------------------------------------------------------
 
 
@@ -158,3 +176,35 @@ def test_no_code_of_a_declared_package_runs_on_the_host_while_its_environment_is
     site = next(prefix.glob("lib/python*/site-packages"))
     assert (site / "testbedpthprobe.pth").is_file() and list((site / "__pycache__").glob("testbedpthprobe.*.pyc"))
     assert list((site / "bentoml" / "__pycache__").glob("*.pyc"))  # compiled all the same
+
+
+@pytest.mark.slow
+def test_a_package_cannot_choose_the_standard_library_the_host_compiles_with(tmp_path, monkeypatch):
+    """A wheel replacing the environment's `pyvenv.cfg` (uv installs `.data/data/pyvenv.cfg` over it) points its
+    `home` at a folder holding a standard library of its choosing, e.g. another environment a package of the same
+    vendor filled earlier (its path is in the sandbox's mountinfo): compiling the bytecode with the environment's
+    own Python then ran that library's `compileall` on the host, as the harness's user (measured: as root). The
+    bytecode is compiled with the harness's own base interpreter, which reads nothing of the environment."""
+    import sysconfig
+
+    marker, planted = tmp_path / "ran-on-the-host", tmp_path / "planted"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    lib = planted / "lib" / stdlib.name
+    lib.mkdir(parents=True)
+    (planted / "bin").mkdir()
+    for entry in stdlib.iterdir():
+        if entry.name != "compileall.py":
+            (lib / entry.name).symlink_to(entry)
+    (lib / "compileall.py").write_text(f"open({str(marker)!r}, 'w').write('compiled by the planted library')\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "testbedcfgprobe", {"testbedcfgprobe.py": "VALUE = 1\n", "testbedcfgprobe-0.1.data/data/pyvenv.cfg":
+                                       f"home = {planted / 'bin'}\ninclude-system-site-packages = false\n"})
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))  # as if it were published on the index
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    env = PythonEnvironment(("testbedcfgprobe==0.1",), tmp_path / "envs")
+    prefix = env.ensure()
+    assert f"home = {planted / 'bin'}" in (prefix / "pyvenv.cfg").read_text()  # uv did let the package write it
+    assert env.ready and not marker.exists()
+    site = next(prefix.glob("lib/python*/site-packages"))
+    assert list((site / "__pycache__").glob("testbedcfgprobe.*.pyc"))  # compiled all the same
