@@ -208,3 +208,35 @@ def test_a_package_cannot_choose_the_standard_library_the_host_compiles_with(tmp
     assert env.ready and not marker.exists()
     site = next(prefix.glob("lib/python*/site-packages"))
     assert list((site / "__pycache__").glob("testbedcfgprobe.*.pyc"))  # compiled all the same
+
+
+@pytest.mark.slow
+def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch):
+    """A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host (on the
+    index, 100 MiB of wheel would be about 100 GiB) before the sandbox, and its disk limits, even started. uv is
+    stopped once it has written more than the bound for one environment, what it left in its cache is pruned,
+    and the bundle is refused naming its packages."""
+    import zipfile
+
+    from sandbox import environment
+
+    wheels, cache = tmp_path / "wheels", tmp_path / "uv-cache"
+    wheels.mkdir()
+    bomb = _wheel(wheels, "testbedzipbomb", {"testbedzipbomb.py": "VALUE = 1\n"})
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as whl:  # not in RECORD: uv unpacks it first all the same
+        info = zipfile.ZipInfo("testbedzipbomb/weights.bin")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with whl.open(info, "w") as out:
+            for _ in range(256):
+                out.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))  # as if it were published on the index
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    monkeypatch.setattr(environment, "MAX_BUILD_WRITE_BYTES", 64 << 20, raising=False)
+    env = PythonEnvironment(("testbedzipbomb==0.1",), tmp_path / "envs")
+    with pytest.raises(BundleError, match="testbedzipbomb") as exc:
+        env.ensure()
+    assert "MiB" in str(exc.value) and not env.ready
+    written = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    assert written < 16 << 20, written  # nothing of it is left behind
