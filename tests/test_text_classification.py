@@ -284,3 +284,28 @@ def test_an_id_column_that_does_not_identify_a_text_is_refused(spec, tmp_path):
     with pytest.raises(SpecError, match=words) as refused:
         _variant(spec, tmp_path, text, id_column="expiryDate").load("test")
     assert "task.id_column" in refused.value.fix
+
+
+def test_a_title_lookup_in_the_boards_public_crawl_is_flagged_on_the_official_split(spec, test_texts, tmp_path):
+    """The petition file is a byte-for-byte prefix of a public crawl (`data/korean-petitions/SOURCE.md`) that
+    holds the test months' categories too: a bundle shipping that crawl as a title -> category table scored
+    macro F1 0.999 on the official split in the real sandbox and passed every gate ("the `test` split's truth is
+    not public"). That truth is public, so a near-perfect answer is a suspected lookup."""
+    from pilots.vendor import VendorProfile
+    from tests.conftest import make_workspace
+    from tests.test_defensible import LOOKUP_VENDOR, bento
+    from workflow.evaluate import evaluate_bundle
+
+    assert spec.dataset.splits["test"].truth_known
+    table = dict(zip(test_texts.texts, (test_texts.categories[k] for k in test_texts.labels), strict=True))
+    cats = test_texts.categories
+
+    def lookup(route, payload):
+        return [{"label": table[t], "scores": {c: float(c == table[t]) for c in cats}} for t in payload["texts"]]
+
+    route = {"name": "classify", "input": {"properties": {"texts": {"type": "array"}}, "required": ["texts"]}}
+    ws = make_workspace(tmp_path)
+    card = evaluate_bundle(spec, bento(tmp_path, [route]), VendorProfile(**LOOKUP_VENDOR), executor=FakeSandbox(lookup),
+                           ws=ws, out_dir=ws.home / "card", submission="s").card
+    gate = next(g for g in card.gates if g.name == "suspected_lookup")
+    assert card.metrics["clean"]["macro_f1"] > 0.99 and not gate.passed and "SUSPECTED LOOKUP" in gate.detail
