@@ -553,6 +553,26 @@ def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec,
         assert gate.passed is not flagged and ("not judged on the public `sample`" in gate.detail) is not flagged
 
 
+
+def test_a_lookup_of_the_published_subway_figures_is_flagged_on_the_official_split(ws, tmp_path):
+    """Seoul Open Data Plaza publishes the test month (OA-12252, `data/seoul-subway/SOURCE.md`): a bundle shipping
+    October 2022's figures, found by each window's history, scored MASE 0.0001 on the official split in the real
+    sandbox and passed every gate ("the `test` split's truth is not public"). It is public: flagged. Honest
+    forecasters stay far from the flag (measured in the sandbox: exactness 0.33 last month, 0.44 the MLP)."""
+    from evaluation.families import open_family
+    from workflow.catalogue import get_pilot
+
+    spec = get_pilot("subway-ridership")
+    assert spec.dataset.splits["test"].truth_known
+    test = open_family(spec, PROJECT_ROOT / "data").load("test")
+    truth = {np.nan_to_num(np.asarray(h, float), nan=-1).round(3).tobytes(): t for h, t in
+             zip(test.history, test.truth, strict=True)}
+    handler = lambda route, p: [truth[np.nan_to_num(np.asarray(h, float), nan=-1).round(3).tobytes()].tolist()  # noqa: E731
+                                for h in p["history"]]
+    card = run(ws, spec, handler, bento(tmp_path, [FORECAST_ROUTE]))
+    gate = next(g for g in card.gates if g.name == "suspected_lookup")
+    assert card.metrics["clean"]["mase"] < 0.1 and not gate.passed and "SUSPECTED LOOKUP" in gate.detail
+
 def test_deep_learning_credit_needs_the_model_file_opened_by_the_service(ws, bike_spec, windows, tmp_path):
     """What the kernel saw the service open decides: the same answers and bundle earn credit when the service
     opened the model file, none when it never did; unobserved, the bundle's contents count."""
