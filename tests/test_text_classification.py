@@ -286,11 +286,14 @@ def test_an_id_column_that_does_not_identify_a_text_is_refused(spec, tmp_path):
     assert "task.id_column" in refused.value.fix
 
 
-def test_a_title_lookup_in_the_boards_public_crawl_is_flagged_on_the_official_split(spec, test_texts, tmp_path):
+@pytest.mark.parametrize("tied", [False, True], ids=["sure", "all-scores-tied"])
+def test_a_title_lookup_in_the_boards_public_crawl_is_flagged_on_the_official_split(spec, test_texts, tmp_path,
+                                                                                     tied):
     """The petition file is a byte-for-byte prefix of a public crawl (`data/korean-petitions/SOURCE.md`) that
     holds the test months' categories too: a bundle shipping that crawl as a title -> category table scored
     macro F1 0.999 on the official split in the real sandbox and passed every gate ("the `test` split's truth is
-    not public"). That truth is public, so a near-perfect answer is a suspected lookup."""
+    not public"). That truth is public, so a near-perfect answer is a suspected lookup, however its scores tie (the
+    label is scored: exactness read the top score, so all scores tied gave the first category and evaded the flag)."""
     from pilots.vendor import VendorProfile
     from tests.conftest import make_workspace
     from tests.test_defensible import LOOKUP_VENDOR, bento
@@ -300,8 +303,9 @@ def test_a_title_lookup_in_the_boards_public_crawl_is_flagged_on_the_official_sp
     table = dict(zip(test_texts.texts, (test_texts.categories[k] for k in test_texts.labels), strict=True))
     cats = test_texts.categories
 
-    def lookup(route, payload):
-        return [{"label": table[t], "scores": {c: float(c == table[t]) for c in cats}} for t in payload["texts"]]
+    def lookup(route, payload):  # tied: every score the same, which the contract allows, so only `label` tells
+        return [{"label": table[t], "scores": {c: 1.0 / len(cats) if tied else float(c == table[t]) for c in cats}}
+                for t in payload["texts"]]
 
     route = {"name": "classify", "input": {"properties": {"texts": {"type": "array"}}, "required": ["texts"]}}
     ws = make_workspace(tmp_path)

@@ -218,7 +218,7 @@ class TextClassification(TaskFamily):
         here: models route short citizen texts far less surely than 99 %."""
         if not len(data.labels):
             return None
-        pred, _, _ = self._scored(preds["clean"])
+        pred, _, _ = self._scored(preds["clean"], preds.get("clean/label"))  # the label scored, as in accuracy
         return float((pred == data.labels).mean())
 
     def ready_scoring(self, data: Texts) -> None:
