@@ -187,8 +187,9 @@ class ProductionServer(Proxy):
 
     def check(self) -> None:
         """One round of the watcher: notice a dead bundle, a promotion, a rollback, a withdrawal, or a rejection
-        of the version in service (an evaluator's latest review of it): only an approved bundle that the
-        production trail put in service is served. A refused version is checked again when the trail moves, or
+        of the version in service (an evaluator's latest review of it, or a newer approval that no longer clears
+        it, or a review trail that cannot be read: `_cleared`): only an approved bundle that the production trail
+        put in service is served. A refused version is checked again when the trail moves, or
         after `recheck_s` (a new review may approve it)."""
         served = self.served
         verdict, violation = _observed(served.service) if served else ("completed", "")
@@ -217,15 +218,13 @@ class ProductionServer(Proxy):
             if time.monotonic() < served.died_at + self.restart_s:
                 return
         elif served and version == current:
-            review = self.production.book.latest(served.ok.submission.id, served.ok.run)
-            if review is not None and review.decision != "approve":
-                why = f"version {version} ({review.submission}) was rejected after its promotion"
+            why, said = self._cleared(served)
+            if why:
                 moves = len(self.production.history(self.pilot))
                 self._refused = (version, time.monotonic(), why, moves)
                 self._swap(None, why)
-                self.log(f"version {version} ({review.submission}) was rejected by {review.by} at {review.at}: "
-                         f"stopped serving it; /readyz fails and requests get 503 until an operator rolls back "
-                         f"(`testbed rollback {self.pilot} --by NAME`) or promotes another version")
+                self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
+                         f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version")
             return
         if version is None:
             if served or self._refused:
@@ -257,6 +256,25 @@ class ProductionServer(Proxy):
         else:
             self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
                      f"{'version ' + current if current else 'nothing'}")
+
+    def _cleared(self, served: Served) -> tuple[str, str]:
+        """Why the version in service may no longer be served, and the log line's account of it ("" when it may):
+        its latest review rejects it, a newer approval no longer clears it as a promotion checks it (e.g. without
+        the override of a gate it failed), or its review trail cannot be read (cut, or the run's tags a review
+        ahead of it): what cannot be confirmed approved is not served. A registry hiccup raises (served on)."""
+        version = served.version
+        try:
+            review = self.production.book.latest(served.ok.submission.id, served.ok.run)
+            if review is not None and review.decision != "approve":
+                return (f"version {version} ({review.submission}) was rejected after its promotion",
+                        f"version {version} ({review.submission}) was rejected by {review.by} at {review.at}")
+            known = served.ok.review.hash if served.ok.review is not None else None
+            if (review.hash if review is not None else None) != known:  # a new review: checked as a promotion is
+                served.ok = self.production.approved(served.ok.submission.id, version)
+        except TestbedError as exc:
+            return (f"version {version} ({served.ok.submission.id}) can no longer be served: {exc.problem}",
+                    f"version {version} ({served.ok.submission.id}) can no longer be served ({exc.problem})")
+        return "", ""
 
     def _crashed(self, served: Served, why: str = "") -> None:
         """`served` died (or, `why`, is stuck and is being stopped): 503 until the watcher starts it again."""

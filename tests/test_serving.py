@@ -537,3 +537,50 @@ def test_why_nothing_is_served_writes_a_quoted_notes_terminal_codes_out(ws):
 
     answer = asyncio.run(readyz())
     assert answer.status_code == 503 and "\\x1b[2J" in answer.text and "\x1b" not in answer.text, answer.text
+
+
+def test_the_version_in_service_stops_once_its_latest_review_no_longer_clears_it_or_cannot_be_read(ws):
+    """The watcher stopped the version in service only on a rejection: an approval that no longer clears it (a
+    new one without the override of its failed `suspected_lookup` gate, which promotion refuses) kept it served,
+    and so did a review trail that cannot be read (cut, or the run's tags a rejection ahead of the trail: every
+    read refuses), the watcher logging the error each round. A new review is checked as a promotion checks it;
+    what cannot be confirmed is not served, and is served again once it is."""
+    from testbed.errors import AuditError, Refused
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=0)
+    served = server.served
+    review = SimpleNamespace(decision="approve", hash="b" * 64, submission="bike-demand-1", by="lee", at="now")
+    checked: list[str] = []
+
+    def refused(submission, version):
+        checked.append(version)
+        raise Refused(f"{submission} failed hard gates (suspected_lookup): it cannot be served whatever its review")
+
+    server.production.book = SimpleNamespace(latest=lambda *a: review)
+    server.production.approved = refused
+    server.check()  # approved again, but without the override the gate failed on
+    assert checked == ["1"] and server.served is None and not server.ready and served.service.stopped
+    assert "failed hard gates (suspected_lookup)" in server.reason and any("suspected_lookup" in line for line in logs)
+
+    def cut(*a):
+        raise AuditError("entry 3, which MLflow run r's testbed.review tags recorded, was never written to the trail")
+
+    server.production.book, server.production.approved = SimpleNamespace(latest=cut), lambda s, v: refused(s, v)
+    server.production.resolve = lambda pilot: server.production.approved("bike-demand-1", alias[0])
+    server.check()
+    assert server.served is None and launched == ["1"]  # refused again: still nothing served
+
+    server.production.resolve = lambda pilot: SimpleNamespace(
+        version=alias[0], bundle=b"", submission=SimpleNamespace(id="bike-demand-1"), sha256="ab" * 32,
+        run=SimpleNamespace(run_id="r" * 32), review=review)
+    server.production.book = SimpleNamespace(latest=lambda *a: review)
+    server.check()  # the trail mended, the approval clears it: served again, and not checked again each round
+    assert server.ready and launched == ["1", "1"]
+    checked.clear()
+    server.check()
+    assert server.ready and checked == [] and launched == ["1", "1"]
+
+    server.production.book = SimpleNamespace(latest=cut)  # the version in service: its trail cannot be read now
+    server.check()
+    assert server.served is None and not server.ready and "never written to the trail" in server.reason
+    assert any("never written to the trail" in line and "stopped serving" in line for line in logs)
