@@ -177,6 +177,30 @@ def test_a_corrupt_copy_is_reported_and_the_record_audited_and_shown(ws, evaluat
     assert "artifact scorecard.json" in err and "testbed audit" in err
 
 
+def test_a_review_the_runs_tags_never_recorded_fails_the_audit(ws, evaluated, cli):
+    """A well-chained approval appended to the review trail by someone who can write the file (after a rejection)
+    counts for nothing, but `testbed audit` only warned and passed (exit 0): a forged entry is a failed check
+    naming it, the rest still audited."""
+    from workflow.ledger import AuditChain
+    from workflow.review import Review, ReviewBook
+
+    tracker, sub, card = evaluated
+    code, _, err = cli("review", "reject", sub.id, "--by", "kim", "--note", "privacy", *(
+        f"--score={g}=1:weak" for g in (1, 2, 3)))
+    assert code == 0, err
+    assert audit_submission(sub.id, ws=ws, tracker=tracker).ok
+    book = ReviewBook(ws, tracker)
+    forged = Review(**{**book.latest(sub.id, tracker.runs[card.mlflow_run_id]).model_dump(
+        exclude={"seq", "prev", "hash"}), "decision": "approve", "note": "forged"})
+    with AuditChain(book.chain(sub.id).path).locked() as txn:  # the file alone, well chained
+        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    assert names(report) == {"review trail"} and len(report.checks) > 60
+    assert "entry 2 follows the last entry" in report.mismatches[0].recomputed
+    code, out, _ = cli("audit", sub.id)
+    assert code == 1 and "review trail" in out and "AUDIT FAILED" in out
+
+
 def test_scorecard_shows_the_record_when_the_copy_was_edited(ws, evaluated, cli):
     tracker, sub, card = evaluated
     copy = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"

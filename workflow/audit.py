@@ -119,7 +119,7 @@ def _check_record(report: AuditReport, card: Scorecard, run: RunRecord, spec: Pi
         same = card.weights.keys() == weights.keys() and all(same_number(card.weights[k], weights[k]) for k in weights)
         check(AuditCheck("criteria weights", card.weights, weights, same))
     try:
-        expected = reviewed_card(card, book.latest(card.submission, run))
+        expected = reviewed_card(card, book.latest(card.submission, run, strict=True))  # a forged entry fails it
     except AuditError as exc:
         check(AuditCheck("review trail", "intact", exc.problem, False))
         return

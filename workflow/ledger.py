@@ -219,11 +219,7 @@ class AuditChain:
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate,
                                                    writing=True)
             if unconfirmed:
-                raise AuditError(_unconfirmed(anchor, unconfirmed) + ": nothing is added after them",
-                                 where=str(self.path),
-                                 fix=f"if nobody recorded them, cut them from the end of the file (keep the first "
-                                     f"{anchor.seq} line(s)), then retry; if one is yours, its recording failed: "
-                                     "cut it and record it again")
+                raise self._refused(anchor, unconfirmed, "nothing is added after them")
             txn = _Transaction(self, fd, entries)
             yield txn
         finally:
@@ -234,9 +230,16 @@ class AuditChain:
         if interrupted:  # held back while the entry was written and mirrored: it stops what comes after them
             raise KeyboardInterrupt
 
-    def entries(self) -> list[dict[str, Any]]:
+    def _refused(self, anchor: Anchor, seqs: list[int], then: str) -> AuditError:
+        return AuditError(f"{_unconfirmed(anchor, seqs)}: {then}", where=str(self.path),
+                          fix=f"if nobody recorded them, cut them from the end of the file (keep the first "
+                              f"{anchor.seq} line(s)), then retry; if one is yours, its recording failed: cut it and "
+                              "record it again")
+
+    def entries(self, *, strict: bool = False) -> list[dict[str, Any]]:
         """Every entry the mirror recorded, oldest first, after checking the whole chain (empty when the file does
-        not exist); entries after the mirror's last one are left out with a warning."""
+        not exist); entries after the mirror's last one are left out with a warning (`strict`, the audit's: an
+        AuditError)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -246,6 +249,8 @@ class AuditChain:
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
         finally:
             os.close(fd)
+        if unconfirmed and strict:
+            raise self._refused(anchor, unconfirmed, "the trail holds entries its mirror never recorded")
         if unconfirmed:
             warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out", stacklevel=2)
         return entries

@@ -112,14 +112,14 @@ class ReviewBook:
 
         return AuditChain(self.root / f"{submission}.jsonl", anchor, Review.model_validate)
 
-    def history(self, submission: str, run: RunRecord | None = None) -> list[Review]:
+    def history(self, submission: str, run: RunRecord | None = None, *, strict: bool = False) -> list[Review]:
         """Every review of `submission`, oldest first (the chain verified: AuditError if it was edited or holds
         an entry that is not a review, or, given the official `run`, if the review its tags mirror is missing;
-        reviews after that one are left out)."""
-        return [Review.model_validate(e) for e in self.chain(submission, run).entries()]
+        reviews after that one are left out with a warning, or, `strict`, are an AuditError)."""
+        return [Review.model_validate(e) for e in self.chain(submission, run).entries(strict=strict)]
 
-    def latest(self, submission: str, run: RunRecord | None = None) -> Review | None:
-        history = self.history(submission, run)
+    def latest(self, submission: str, run: RunRecord | None = None, *, strict: bool = False) -> Review | None:
+        history = self.history(submission, run, strict=strict)
         return history[-1] if history else None
 
     def record(self, tracker: Tracker, submission: str, decision: Decision, *, by: str, note: str,
