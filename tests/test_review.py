@@ -17,7 +17,7 @@ from serving.batching import Batcher, parse_request
 from serving.metrics import ServingMetrics
 from serving.monitor import Scrape, quantile, summarize
 from testbed.config import PROJECT_ROOT
-from testbed.errors import AuditError, Refused, SpecError, TestbedError
+from testbed.errors import AuditError, NotFound, Refused, SpecError, TestbedError
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from tests.test_scorecard import last_day
@@ -459,6 +459,45 @@ def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypat
     tags = MlflowClient(ws.tracking_uri).get_registered_model("testbed-bike-demand").tags
     assert not [k for k in tags if k.startswith("testbed.production.")], tags
     assert prod.history("bike-demand") == []
+
+
+@pytest.mark.parametrize("why", [AuditError("entry 1 was edited: its content no longer matches its hash",
+                                            where="reviews/bike-demand-000000000002.jsonl:1"),
+                                 NotFound("no submission 'bike-demand-000000000002'")])
+def test_a_rollback_skips_an_earlier_version_that_cannot_be_confirmed_approved(ws, monkeypatch, why):
+    """Rollback skips an earlier version that is no longer approved, but one whose review trail was damaged or
+    whose submission was removed stopped the whole rollback (AuditError, NotFound): the version in service could
+    not be taken out. Such a version is skipped with its reason like any refused one."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from workflow.promote import Production
+
+    prod, client = Production(ws), MlflowClient(ws.tracking_uri)
+    client.create_registered_model("testbed-bike-demand")
+    for _ in range(3):
+        client.create_model_version("testbed-bike-demand", source=str(ws.home))
+
+    def ok(version):
+        return SimpleNamespace(version=version, submission=SimpleNamespace(id=f"bike-demand-00000000000{version}"),
+                               run=SimpleNamespace(run_id="r" * 32), sha256="ab" * 32,
+                               review=SimpleNamespace(hash="c" * 64))
+
+    with prod.chain("bike-demand").locked() as txn:  # three promotions, as `promote` records them
+        for previous, version in ((None, "1"), ("1", "2"), ("2", "3")):
+            prod._move(txn, "bike-demand", "promote", ok(version), "lee", "", previous, previous)
+
+    def approved(submission, version):
+        if version == "2":
+            raise why
+        return ok(version)
+
+    monkeypatch.setattr(prod, "approved", approved)
+    entry, skipped = prod.rollback("bike-demand", by="park")
+    assert entry["version"] == "1" and entry["previous_version"] == "3" and prod.current_version("bike-demand") == "1"
+    assert len(skipped) == 1 and skipped[0].startswith("version 2 (bike-demand-000000000002): ")
+    assert why.problem in skipped[0]
 
 
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):

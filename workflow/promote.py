@@ -211,7 +211,8 @@ class Production:
 
     def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
         """Move `production` back to the previous version that is still approved (skipping the others, with the
-        reasons returned); with none left, withdraw it (nothing in production). Returns the entry and skips."""
+        reasons returned: refused, or its submission or review trail gone or damaged); with none left, withdraw it
+        (nothing in production). Returns the entry and skips."""
         by = _operator(by)
         skipped: list[str] = []
         with self.chain(pilot).locked() as txn:  # the trail says what is in service, whatever the alias says
@@ -226,7 +227,7 @@ class Production:
                 try:
                     target = self.approved(earlier["submission"], earlier["version"])
                     return self._move(txn, pilot, "rollback", target, by, note, previous, alias), skipped
-                except Refused as why:
+                except (Refused, NotFound, AuditError) as why:  # not approved, or no longer shown to be: skipped
                     skipped.append(f"version {earlier['version']} ({earlier['submission']}): {why.problem}")
             return self._move(txn, pilot, "rollback", None, by, note, previous, alias), skipped
 
