@@ -12,7 +12,7 @@ from rich.table import Table
 from cli.console import emit_json as _emit_json
 from cli.console import err, friendly, out
 from testbed.config import Workspace
-from testbed.errors import AuditError, SpecError
+from testbed.errors import SpecError, TestbedError
 from testbed.text import cell, printable
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore
@@ -75,8 +75,8 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
                   f"{last}: the alias was changed outside the testbed")
     serving = next((e["submission"] for e in reversed(history) if e["version"] == version), None) if version else None
     try:
-        review = prod.book.latest(serving) if serving else None
-    except AuditError as exc:  # said, and the moves still shown: the operator needs them most then
+        review = prod.review_of(serving) if serving else None
+    except TestbedError as exc:  # said, and the moves still shown: the operator needs them most then
         err.print(f"[bold red]warning:[/] the review trail of version {version} ({serving}) cannot be read: "
                   f"{escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
         review = None

@@ -500,6 +500,41 @@ def test_a_rollback_skips_an_earlier_version_that_cannot_be_confirmed_approved(w
     assert why.problem in skipped[0]
 
 
+def test_production_warns_of_a_rejection_a_forged_approval_appended_to_the_trail_would_hide(ws, evaluated,
+                                                                                            monkeypatch):
+    """`testbed production` read the review of the version in service without its run's tags: an approval
+    appended to the trail file after the rejection (never recorded in MLflow) hid the warning that the version in
+    service was rejected. It reads the review in force as promotion and serving do."""
+    from cli.app import app
+    from workflow.promote import Production as Real
+
+    tracker, sub, _, card = evaluated
+    book = ReviewBook(ws, tracker)
+    book.record(tracker, sub.id, "reject", by="kim", note="privacy", rubric=GOOD)
+    forged = Review(**{**book.latest(sub.id, tracker.runs[card.mlflow_run_id]).model_dump(
+        exclude={"seq", "prev", "hash"}), "decision": "approve", "by": "kim", "note": "forged"})
+    with AuditChain(book.chain(sub.id).path).locked() as txn:
+        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+
+    class Production:  # the registry's side; the review trail and the tracker are the real ones
+        def __init__(self, ws):
+            self.ws, self.tracker, self.store, self.book = ws, tracker, SubmissionStore(ws), book
+            self.review_of = lambda submission: Real.review_of(self, submission)
+
+        def current_version(self, pilot):
+            return "1"
+
+        def history(self, pilot):
+            return [{"seq": 1, "at": "2026-12-02T18:00:00+00:00", "action": "promote", "version": "1",
+                     "submission": sub.id, "by": "Lee", "previous_version": None, "note": ""}]
+
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("workflow.promote.Production", Production)
+    with pytest.warns(UserWarning, match="never recorded there"):  # the forged entry, named and left out
+        result = CliRunner().invoke(app, ["production", "bike-demand"], terminal_width=200)
+    assert result.exit_code == 0 and "was rejected by kim" in result.stderr, result.output
+
+
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):
     """Rich markup in a reviewer's name or note (or a vendor's name) is text: shown literally, never styling, and
     never a crash of the listing for everyone."""

@@ -133,6 +133,13 @@ class Production:
                           fix="do not serve it; re-submit and re-evaluate the vendor's original bundle")
         return Approved(sub, run, review, version, bundle)
 
+    def review_of(self, submission: str) -> Review | None:
+        """The review in force of `submission`'s official evaluation, read against its run's tags as promotion
+        reads it (an entry they never recorded left out; AuditError when the trail is damaged)."""
+        sub = self.store.get(submission)
+        run = official_evaluation(self.tracker, sub)
+        return self.book.latest(sub.id, run) if run is not None else None
+
     def _version_of(self, name: str, run_id: str, sha: str) -> str:
         versions = every_page(self.client.search_model_versions, f"name='{name}'")
         by_run = [v for v in versions if v.run_id == run_id]
