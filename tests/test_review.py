@@ -500,6 +500,27 @@ def test_a_rollback_skips_an_earlier_version_that_cannot_be_confirmed_approved(w
     assert why.problem in skipped[0]
 
 
+def test_a_registry_version_whose_bundle_is_gone_is_refused_naming_it(ws):
+    """A registry version whose stored bundle was removed made promote, serve and rollback fail with MLflow's own
+    error, which the CLI reports as 'the MLflow tracking store failed: check MLFLOW_TRACKING_URI' (the store was
+    fine), and rollback stop rather than skip that version. It is a refusal naming the version and the fix."""
+    from mlflow import MlflowClient
+
+    from workflow.promote import Production
+
+    prod, client = Production(ws), MlflowClient(ws.tracking_uri)
+    client.create_registered_model("testbed-bike-demand")
+    client.create_model_version("testbed-bike-demand", source=str(ws.home / "removed"))
+    (ws.home / "empty").mkdir(parents=True)
+    client.create_model_version("testbed-bike-demand", source=str(ws.home / "empty"))
+    with pytest.raises(Refused, match="bundle of testbed-bike-demand version 1 cannot be read") as refused:
+        prod._download("testbed-bike-demand", "1")
+    assert refused.value.where == "models:/testbed-bike-demand/1" and "backup" in refused.value.fix
+    with pytest.raises(Refused, match="does not hold exactly one .bento") as refused:
+        prod._download("testbed-bike-demand", "2")
+    assert refused.value.where == "models:/testbed-bike-demand/2"  # not a temporary folder already gone
+
+
 def test_production_warns_of_a_rejection_a_forged_approval_appended_to_the_trail_would_hide(ws, evaluated,
                                                                                             monkeypatch):
     """`testbed production` read the review of the version in service without its run's tags: an approval

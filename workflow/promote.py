@@ -150,15 +150,30 @@ class Production:
         return str(max(int(v.version) for v in chosen))
 
     def _download(self, name: str, version: str) -> bytes:
+        """The bytes of the one `.bento` registry version `version` holds (Refused when the store answers that it
+        holds none: its stored bundle removed)."""
         import mlflow
+        from mlflow.exceptions import MlflowException
 
+        where = f"models:/{name}/{version}"
         with tempfile.TemporaryDirectory(prefix="testbed-promote-") as tmp:
             source = self.client.get_model_version_download_uri(name, version)  # this store's, not MLflow's global
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
-                                                            tracking_uri=self.ws.tracking_uri))
+            try:
+                path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
+                                                                tracking_uri=self.ws.tracking_uri))
+            except (MlflowException, FileNotFoundError) as exc:
+                if getattr(exc, "error_code", "RESOURCE_DOES_NOT_EXIST") != "RESOURCE_DOES_NOT_EXIST":
+                    raise  # the store failing (a server down) is no refusal: a rollback must not skip a version then
+                detail = " ".join(str(exc).split())[:200]
+                raise Refused(f"the bundle of {name} version {version} cannot be read from the registry "
+                              f"({type(exc).__name__}: {detail})", where=where,
+                              fix="do not serve it; restore the registry's artifacts from a backup of the artifact "
+                                  "store (MLFLOW_TRACKING_URI's), or re-submit and re-evaluate the vendor's original "
+                                  "bundle") from None
             files = sorted(path.rglob("*.bento")) if path.is_dir() else [path]
             if len(files) != 1:
-                raise Refused(f"{name} version {version} does not hold exactly one .bento", where=str(path))
+                raise Refused(f"{name} version {version} does not hold exactly one .bento", where=where,
+                              fix="do not serve it; restore the registry's artifacts from a backup")
             return files[0].read_bytes()
 
     # -- state -------------------------------------------------------------------------------------------------
