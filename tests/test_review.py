@@ -393,6 +393,35 @@ def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_no
     assert reviewed_rows(spec, tracker, ws)[0]["review"] == "approve"
 
 
+def test_a_trail_that_cannot_be_opened_is_named_with_its_fix_and_nothing_is_recorded(ws, evaluated, monkeypatch):
+    """A review trail made read-only (or its folder) reached the CLI as a bare OSError, whose fix told the
+    evaluator to give 'a path ... as the option expects' or to correct TESTBED_HOME: the trail is named, the fix
+    says to make it writable, and the run's tags are untouched."""
+    import errno
+    import os
+
+    from cli.app import app
+
+    tracker, sub, _, card = evaluated
+    trail = ReviewBook(ws).chain(sub.id).path
+    real = os.open
+
+    def read_only(path, flags, *args, **kw):
+        if str(path) == str(trail) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *args, **kw)
+
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    monkeypatch.setattr(os, "open", read_only)
+    result = CliRunner().invoke(app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok",
+                                      *(f"--score={g}=3:fine" for g in (1, 2, 3))], terminal_width=300)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert str(trail) in result.stderr and "cannot be opened to record" in result.stderr
+    assert "make it writable" in result.stderr and "nothing was recorded" in result.stderr
+    assert "testbed.review" not in tracker.runs[card.mlflow_run_id].tags
+
+
 def test_ctrl_c_as_the_review_tags_are_written_takes_them_back(ws, evaluated, monkeypatch):
     """Ctrl-C as the run's tags are written (the store has committed them; the trail has not the line yet): the
     tags are put back, so the trail and its mirror still agree and reads go on, never one review ahead."""

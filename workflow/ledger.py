@@ -212,8 +212,13 @@ class AuditChain:
     def locked(self) -> Iterator[_Transaction]:
         """Exclusive lock for a read-decide-append; entries are verified before anything is decided, and an
         entry the mirror never recorded is refused (AuditError) rather than built upon."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, txn = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, txn = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), None
+        except OSError as exc:  # read-only (the file or its folder), or not a file: nothing decided or mirrored yet
+            raise AuditError(f"the trail cannot be opened to record an entry ({exc.strerror or exc})",
+                             where=str(self.path), fix="make it writable by this user (the file and its folder; "
+                             "e.g. `chmod u+w` it), then retry: nothing was recorded") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate,
@@ -244,6 +249,9 @@ class AuditChain:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return _verify(self.path, b"", self.anchor, self.validate)[0]  # no file: none, unless a mirror has one
+        except OSError as exc:
+            raise AuditError(f"the trail cannot be read ({exc.strerror or exc})", where=str(self.path),
+                             fix="make it readable by this user (e.g. `chmod u+r` it), then retry") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
