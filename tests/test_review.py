@@ -58,6 +58,8 @@ def test_the_chain_links_every_entry_to_the_previous_one(tmp_path):
     (lambda lines: [lines[0], lines[1].replace("entry 1", "entry X"), lines[2]], "entry 2 was edited"),
     (lambda lines: [lines[0], lines[2]], "entry 2 does not follow entry 1"),
     (lambda lines: [lines[1], lines[0], lines[2]], "does not follow"),
+    # a key given twice: JSON readers keep the last, so the hash still matched while the line read otherwise
+    (lambda lines: [lines[0], lines[1].replace('{', '{"note": "entry X", ', 1), lines[2]], "gives `note` twice"),
 ])
 def test_an_edited_removed_or_reordered_entry_is_detected(tmp_path, tamper, words):
     chain = write_three(tmp_path / "t.jsonl")

@@ -77,6 +77,19 @@ class CutShort(AuditError):
     entry was removed). Reads refuse; a writer may go on, its entry taking that place."""
 
 
+class _Twice(ValueError):
+    """A JSON object gives a key twice (its name)."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a key given twice: `json` keeps the last, so a line could show one
+    value to a person or a tool that reads the first while its hash matches the other."""
+    entry = dict(pairs)
+    if len(entry) != len(pairs):
+        raise _Twice(next(k for i, (k, _) in enumerate(pairs) if any(k == other for other, _ in pairs[:i])))
+    return entry
+
+
 def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
             validate: Callable[[dict[str, Any]], object] | None = None, *, writing: bool = False
             ) -> tuple[list[dict[str, Any]], list[int], Anchor | None]:
@@ -91,8 +104,11 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
     for number, line in enumerate(data.splitlines(), 1):
         where = f"{path}:{number}"
         try:
-            entry = json.loads(line)
+            entry = json.loads(line, object_pairs_hook=_once_each)
             digest = entry_hash(entry) if isinstance(entry, dict) else None
+        except _Twice as exc:
+            raise AuditError(f"entry {number} was edited: it gives `{exc}` twice (a reader keeps one of them, its hash "
+                             "the other)", where=where, fix="restore the file from a backup") from None
         except (ValueError, RecursionError):
             raise AuditError("the entry is not valid JSON", where=where, fix="restore the file from a backup") from None
         if not isinstance(entry, dict) or any(k not in entry for k in _CHAIN_KEYS):
