@@ -587,6 +587,21 @@ def test_production_warns_of_a_rejection_a_forged_approval_appended_to_the_trail
     assert result.exit_code == 0 and "was rejected by kim" in result.stderr, result.output
 
 
+def test_the_production_trails_mirror_is_its_highest_numbered_move_past_9999(ws):
+    """The registry's move tags are `testbed.production.NNNN`: sorted as text, move 10000 came before move 9999,
+    so from the 10000th move on the mirror's last entry read as 9999 and every later move was refused (an entry
+    the mirror never recorded)."""
+    from types import SimpleNamespace
+
+    from workflow.promote import Production
+
+    tags = {f"testbed.production.{seq:04d}": json.dumps({"hash": f"{seq:064x}"}) for seq in (1, 9999, 10000)}
+    prod = Production.__new__(Production)
+    prod.ws, prod.client = ws, SimpleNamespace(get_registered_model=lambda name: SimpleNamespace(tags=tags))
+    anchor = prod.chain("bike-demand").anchor([])
+    assert (anchor.seq, anchor.hash) == (10000, f"{10000:064x}") and "testbed.production.10000" in anchor.mirror
+
+
 def test_names_and_notes_people_give_are_shown_as_written_never_read_as_markup(ws, evaluated, monkeypatch):
     """Rich markup in a reviewer's name or note (or a vendor's name) is text: shown literally, never styling, and
     never a crash of the listing for everyone."""

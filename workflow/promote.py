@@ -37,6 +37,8 @@ from workflow.submissions import Submission, SubmissionStore
 __all__ = ["Approved", "Production", "ALIAS", "trail_version"]
 
 ALIAS = "production"
+MOVE_TAG = "testbed.production."
+"""The registered model's tags mirroring the production trail: `testbed.production.0001`, one a move."""
 
 
 @dataclass
@@ -80,17 +82,18 @@ class Production:
                 tags = self.client.get_registered_model(name).tags
             except MlflowException:  # no registered model yet: nothing mirrored
                 tags = {}
-            moves = sorted(k for k in tags if k.startswith("testbed.production."))
+            moves = {k: k.removeprefix(MOVE_TAG) for k in tags if k.startswith(MOVE_TAG)}
             mirror = f"the registered model {name}'s testbed.production tags"
             if not moves:
                 return Anchor(0, "", mirror)
+            wrong = [k for k, n in moves.items() if not (n.isascii() and n.isdigit())]
+            last = wrong[0] if wrong else max(moves, key=lambda k: int(moves[k]))  # by number: 10000 after 9999
             try:
-                seq, last = int(moves[-1].rsplit(".", 1)[1]), json.loads(tags[moves[-1]])
-                digest = last["hash"]
+                seq, digest = int(moves[last]), json.loads(tags[last])["hash"]
             except (ValueError, TypeError, KeyError):
-                raise AuditError(f"the registered model's tag {moves[-1]} is malformed", where=f"models:/{name}",
+                raise AuditError(f"the registered model's tag {last} is malformed", where=f"models:/{name}",
                                  fix="restore the registered model's tags from a backup") from None
-            return Anchor(seq, str(digest), f"the registered model {name}'s {moves[-1]} tag")
+            return Anchor(seq, str(digest), f"the registered model {name}'s {last} tag")
 
         return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl", anchor, _move_record)
 
@@ -269,7 +272,7 @@ class Production:
         mirrored: list[str] = []
 
         def mirror(entry: dict) -> None:  # the registry's tag first, then the trail's line: both or neither
-            key = f"testbed.production.{entry['seq']:04d}"
+            key = f"{MOVE_TAG}{entry['seq']:04d}"
             mirrored.append(key)  # before: a Ctrl-C as the registry's write returns still takes the tag back
             self.client.set_registered_model_tag(name, key, json.dumps(
                 {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
