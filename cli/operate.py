@@ -71,8 +71,12 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
         return _emit_json({"pilot": pilot, "version": version, "history": history, "consistent": version == last})
     out.print(f"[bold]testbed-{pilot}[/] production: version {version or 'none'}")
     if version != last:
-        err.print(f"[bold red]warning:[/] the registry says version {version} but the audit trail's last move is "
-                  f"{last}: the alias was changed outside the testbed")
+        err.print(f"[bold red]warning:[/] the registry's alias names {'version ' + version if version else 'nothing'} "
+                  f"but the trail's last move put {'version ' + last if last else 'nothing'} in production: the alias "
+                  "was changed outside the testbed, or a move was cut short; `testbed serve` will not start on it (one "
+                  "running keeps what it served)\n  fix: "
+                  f"an operator repeats the move (`testbed promote SUBMISSION --by NAME` or `testbed rollback {pilot} "
+                  "--by NAME`), which puts both in agreement", highlight=False, soft_wrap=True)
     serving = next((e["submission"] for e in reversed(history) if e["version"] == version), None) if version else None
     try:
         review = prod.review_of(serving) if serving else None

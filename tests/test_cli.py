@@ -235,6 +235,33 @@ def test_production_shows_every_move_when_the_served_versions_review_trail_is_da
     assert "was edited" in result.stderr and "bike-demand-dd7608019914" in result.stdout and "promote" in result.stdout
 
 
+def test_production_says_what_an_alias_the_trail_disagrees_with_means_and_how_to_mend_it(monkeypatch):
+    """`testbed production` with the alias on a version the trail's last move did not put there said only that
+    the alias 'was changed outside the testbed' (and 'None' for a withdrawn trail): it also says that serve will
+    not start on it, that a move cut short leaves it so too, and the commands that put both in agreement."""
+    class Production:
+        def __init__(self, ws):
+            pass
+
+        def current_version(self, pilot):
+            return "7"
+
+        def history(self, pilot):
+            return [{"seq": 1, "at": "2026-12-02T18:00:00+00:00", "action": "rollback", "version": None,
+                     "submission": None, "by": "Lee", "previous_version": "6", "note": ""}]
+
+        def review_of(self, submission):
+            return None
+
+    monkeypatch.setattr("workflow.promote.Production", Production)
+    result = runner.invoke(app, ["production", "bike-demand"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "the registry's alias names version 7 but the trail's last move put nothing in production" in said
+    assert "a move was cut short" in said and "`testbed serve` will not start on it" in said
+    assert "testbed promote SUBMISSION --by NAME" in said and "testbed rollback bike-demand --by NAME" in said
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
