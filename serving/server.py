@@ -220,8 +220,7 @@ class ProductionServer(Proxy):
         elif served and version == current:
             why, said = self._cleared(served)
             if why:
-                moves = len(self.production.history(self.pilot))
-                self._refused = (version, time.monotonic(), why, moves)
+                self._refused = (version, time.monotonic(), why, self._moves())
                 self._swap(None, why)
                 self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
                          f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version")
@@ -234,7 +233,17 @@ class ProductionServer(Proxy):
                          f"{'version ' + current if current else 'nothing'}; /readyz fails and requests get 503 "
                          "until an operator promotes a version")
             return
-        moves = len(self.production.history(self.pilot))
+        try:
+            moves = self._moves(strict=True)
+        except TestbedError as exc:  # the alias moved, and the trail cannot say to what: nothing is served
+            why = f"the production trail cannot be read: {exc.problem}"
+            self._refused = (version, time.monotonic(), why, -1)
+            if served or self.reason != why:
+                self._swap(None, why)
+                self.log(f"{why}; stopped serving {'version ' + current if current else 'nothing'} and starting "
+                         f"nothing: /readyz fails and requests get 503 until an operator repeats the move "
+                         f"(`testbed production {self.pilot}` says more)")
+            return
         refused = self._refused
         if refused and refused[0] == version and refused[3] == moves and time.monotonic() < refused[1] + self.recheck_s:
             return
@@ -256,6 +265,16 @@ class ProductionServer(Proxy):
         else:
             self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
                      f"{'version ' + current if current else 'nothing'}")
+
+    def _moves(self, strict: bool = False) -> int:
+        """How many moves the production trail holds (it moved: a refused version is checked again); -1 when it
+        cannot be read, unless `strict` (then the refusal is raised)."""
+        try:
+            return len(self.production.history(self.pilot))
+        except TestbedError:
+            if strict:
+                raise
+            return -1
 
     def _cleared(self, served: Served) -> tuple[str, str]:
         """Why the version in service may no longer be served, and the log line's account of it ("" when it may):

@@ -584,3 +584,30 @@ def test_the_version_in_service_stops_once_its_latest_review_no_longer_clears_it
     server.check()
     assert server.served is None and not server.ready and "never written to the trail" in server.reason
     assert any("never written to the trail" in line and "stopped serving" in line for line in logs)
+
+
+def test_a_move_the_production_trail_cannot_confirm_stops_what_was_served_and_starts_nothing(ws):
+    """A rollback cut short (the alias and the registry's tag moved, the trail's line never written) or a trail
+    cut by hand makes every read of the production trail refuse; the watcher then raised each round before any
+    check and served on the version the operator moved away from, even once an evaluator rejected it. Now the
+    version moved away from is stopped, nothing is started, and serving resumes once the trail reads again."""
+    from workflow.ledger import CutShort
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=0)
+    served = server.served
+
+    def cut(pilot):
+        raise CutShort("entry 4, which the registered model's testbed.production.0004 tag recorded, was never "
+                       "written to the trail")
+
+    server.production.history = cut
+    alias[0] = "2"
+    server.check()
+    assert server.served is None and not server.ready and served.service.stopped and launched == ["1"]
+    assert "production trail cannot be read" in server.reason and "never written" in server.reason
+    assert sum("production trail cannot be read" in line for line in logs) == 1
+    server.check()  # said once
+    assert sum("production trail cannot be read" in line for line in logs) == 1 and launched == ["1"]
+    server.production.history = lambda pilot: []  # the operator repeated the rollback: the trail reads again
+    server.check()
+    assert server.ready and server.served.version == "2" and launched == ["1", "2"]
