@@ -160,12 +160,19 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     if before:
         time.sleep(window)
     summary = summarize(spec, scrape(url, pilot), before)
-    page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
-        else None
+    page = stale = None
+    try:  # the page is this workspace's: a service monitored from elsewhere is still shown
+        page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
+            else None
+    except TestbedError as exc:
+        stale = exc
     if as_json:
         _emit_json(summary)
     else:
         _show(summary, page)
+    if stale is not None:
+        err.print(f"[bold yellow]warning:[/] the scorecard page was not updated with these measures: "
+                  f"{escape(printable(str(stale)))}", highlight=False, soft_wrap=True)
     if not summary["ready"]:
         raise typer.Exit(1)
 

@@ -774,6 +774,26 @@ def test_the_metrics_summary_counts_exactly_what_was_observed(bike_spec):
     assert quantile({0.1: 0, 0.2: 10, float("inf"): 10}, 0.5) == pytest.approx(0.15)
 
 
+def test_monitor_shows_the_live_service_when_its_page_cannot_be_updated(ws, monkeypatch):
+    """`testbed monitor` reads a service over HTTP, so it is run from another machine or workspace too: there the
+    served submission is unknown, and monitor failed with 'no submission ...' (exit 2) without showing the
+    measures it read. The measures are shown and the page that was not updated is a warning with its reason."""
+    from cli.app import app
+
+    metrics = ServingMetrics("bike-demand")
+    metrics.serving("3", submission="bike-demand-0123456789ab", bundle_sha256="ab" * 32, run_id="r")
+    for _ in range(10):
+        metrics.observe("3", 200, 0.02)
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: MemoryTracker())
+    monkeypatch.setattr("serving.monitor.scrape", lambda url, pilot: Scrape(metrics.exposition().decode(),
+                                                                           at=time.time() + 10))
+    result = CliRunner().invoke(app, ["monitor", "bike-demand", "--window", "0"], terminal_width=250)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "version 3 (bike-demand-0123456789ab)" in result.stdout and "error rate" in result.stdout
+    assert "scorecard page was not updated" in result.stderr and "no submission" in result.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["promote", "bike-demand-000", "--by", "lee"], "no submission"),
     pytest.param(["rollback", "bike-demand", "--by", "lee"], "nothing in production to roll back",
