@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 
@@ -424,6 +425,32 @@ def test_a_trail_that_cannot_be_opened_is_named_with_its_fix_and_nothing_is_reco
     assert "testbed.review" not in tracker.runs[card.mlflow_run_id].tags
 
 
+@pytest.mark.parametrize("make", [lambda path: path.mkdir(parents=True),
+                                  lambda path: path.parent.mkdir(parents=True) or os.mkfifo(path)],
+                         ids=["folder", "fifo"])
+def test_a_trail_that_is_not_a_file_is_named_never_a_traceback_or_a_hang(ws, evaluated, monkeypatch, make):
+    """A review trail that is a folder (or a named pipe) where the file should be: every read (review history,
+    show, list, the audit, the leaderboard) ended in a traceback (IsADirectoryError), or waited for ever on the
+    pipe, and a review was told to make it writable. Each says the trail is not a file and how to mend it."""
+    from cli.app import app
+
+    tracker, sub, _, _ = evaluated
+    make(ReviewBook(ws).chain(sub.id).path)
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    for args, code in ((["review", "history", sub.id], 2), (["review", "show", sub.id], 2),
+                       (["review", "list"], 0), (["audit", sub.id], 1), (["leaderboard", "bike-demand"], 0),
+                       (["review", "approve", sub.id, "--by", "kim", "--note", "x",
+                         *(f"--score={g}=3:x" for g in (1, 2, 3))], 2)):
+        result = CliRunner().invoke(app, args, terminal_width=300)
+        assert result.exit_code == code and "Traceback" not in result.output, (args, result.output)
+        if args[0] == "leaderboard":  # ranked last with a warning (a UserWarning, which pytest keeps)
+            assert "ALTERED" in result.output, result.output
+            continue
+        said = "review trail" if args[0] == "audit" else "restore the file from a backup"  # audit: a failed check
+        assert "is not a file" in result.output and said in result.output, args
+
+
 def test_ctrl_c_as_the_review_tags_are_written_takes_them_back(ws, evaluated, monkeypatch):
     """Ctrl-C as the run's tags are written (the store has committed them; the trail has not the line yet): the
     tags are put back, so the trail and its mirror still agree and reads go on, never one review ahead."""
@@ -455,7 +482,7 @@ def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror
     tracker, sub, _, card = evaluated
     interrupting = SimpleNamespace(**{n: getattr(os, n) for n in ("write", "lseek", "read", "open", "close",
                                                                    "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY",
-                                                                   "SEEK_SET")})
+                                                                   "O_NONBLOCK", "SEEK_SET", "fstat", "set_blocking")})
     interrupting.fsync = lambda fd: (os.kill(os.getpid(), signal.SIGINT), os.fsync(fd))
     monkeypatch.setattr("workflow.ledger.os", interrupting)
     with pytest.raises(KeyboardInterrupt):

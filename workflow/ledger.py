@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -230,8 +231,10 @@ class AuditChain:
         entry the mirror never recorded is refused (AuditError) rather than built upon."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, txn = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), None
-        except OSError as exc:  # read-only (the file or its folder), or not a file: nothing decided or mirrored yet
+            fd, txn = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT), None
+        except AuditError:
+            raise
+        except OSError as exc:  # read-only (the file or its folder): nothing decided or mirrored yet
             raise AuditError(f"the trail cannot be opened to record an entry ({exc.strerror or exc})",
                              where=str(self.path), fix="make it writable by this user (the file and its folder; "
                              "e.g. `chmod u+w` it), then retry: nothing was recorded") from None
@@ -262,7 +265,7 @@ class AuditChain:
         not exist); entries after the mirror's last one are left out with a warning (`strict`, the audit's: an
         AuditError)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = self._open(os.O_RDONLY)
         except FileNotFoundError:
             return _verify(self.path, b"", self.anchor, self.validate)[0]  # no file: none, unless a mirror has one
         except OSError as exc:
@@ -270,7 +273,12 @@ class AuditChain:
                              fix="make it readable by this user (e.g. `chmod u+r` it), then retry") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate)
+            try:
+                data = self._read(fd)
+            except OSError as exc:
+                raise AuditError(f"the trail cannot be read ({exc.strerror or exc})", where=str(self.path),
+                                 fix="restore the file from a backup") from None
+            entries, unconfirmed, anchor = _verify(self.path, data, self.anchor, self.validate)
         finally:
             os.close(fd)
         if unconfirmed and strict:
@@ -278,6 +286,22 @@ class AuditChain:
         if unconfirmed:
             warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out", stacklevel=2)
         return entries
+
+    def _open(self, flags: int) -> int:
+        """The trail's descriptor; AuditError when something other than a file is in its place (a folder, or a named
+        pipe, which is opened without waiting for a writer)."""
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o644)
+        except IsADirectoryError:
+            fd = None
+        if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        if fd is not None:
+            os.close(fd)
+        raise AuditError("the trail is not a file: a folder or another special file is in its place",
+                         where=str(self.path), fix="move it away and restore the file from a backup (a submission "
+                         "or pilot without decisions yet has no trail file)")
 
     @staticmethod
     def _read(fd: int) -> bytes:
