@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -234,9 +233,9 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
         err.print(f"[bold yellow]warning:[/] {escape(shown.warning)}", highlight=False, soft_wrap=True)
     card, folder = shown.card, shown.folder
     if html:  # drawn from the card shown (the record, or a copy that agrees with it), never the page beside it
-        from workflow.pages import IN_SERVICE, page
+        from workflow.pages import in_service_block, page
 
-        in_service = json.loads((folder / IN_SERVICE).read_text()) if (folder / IN_SERVICE).is_file() else None
+        in_service = in_service_block(folder)
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(page(card, folder, in_service), encoding="utf-8")
         err.print(f"wrote {html}")

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import warnings
 
 import pytest
 import yaml
@@ -729,6 +730,43 @@ def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_m
     assert "review #1 is recorded" in result.stderr and f"testbed scorecard {sub.id} --restore" in result.stderr
     assert "rejected " in result.stdout and "Traceback" not in result.output
     assert [r.decision for r in ReviewBook(ws).history(sub.id)] == ["reject"]
+
+
+@pytest.mark.parametrize("damage", [b"{", b"\xff\xfe", b"[1]", b'{"rows": 5}',
+                                    b'{"model": "m", "version": "3", "bundle_sha256": "ab", "observed_at": "now", '
+                                    b'"window_s": 1, "requests": 1, "errors": 0, "rows": [{"measure": "p95", '
+                                    b'"value": "fast", "unit": "ms", "target": 1}]}'])
+def test_a_damaged_in_service_block_never_stops_a_review_or_a_restore(ws, evaluated, monkeypatch, damage):
+    """`in_service.json` (what `testbed monitor` keeps beside the scorecard) damaged or edited: a review was
+    recorded, then ended in a traceback (JSONDecodeError, UnicodeDecodeError, a template's UndefinedError), and
+    `scorecard --restore` could not rewrite the page. The page is drawn without that block, with a warning naming
+    the file and how to write it again."""
+    from cli.app import app
+
+    tracker, sub, _, _ = evaluated
+    block = SubmissionStore(ws).report_dir(sub.id) / "in_service.json"
+    block.write_bytes(damage)
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    for args in (["review", "approve", sub.id, "--by", "kim", "--note", "x", *(f"--score={g}=3:x" for g in (1, 2, 3))],
+                 ["scorecard", sub.id, "--restore"], ["scorecard", sub.id, "--html", str(ws.home / "card.html")]):
+        with pytest.warns(UserWarning, match="in_service.json cannot be read .* `testbed monitor"):
+            result = CliRunner().invoke(app, args, terminal_width=250)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
+    assert ReviewBook(ws).latest(sub.id).decision == "approve"
+    page = (SubmissionStore(ws).report_dir(sub.id) / "scorecard.html").read_text()
+    assert "approve" in page and "Served in production" not in page
+
+    from testbed.jsonio import strict_dumps  # what monitor writes, with nothing measured (nulls): kept and shown
+
+    metrics = ServingMetrics("bike-demand")
+    metrics.serving("3", submission=sub.id, bundle_sha256="ab" * 32, run_id="r")
+    block.write_text(strict_dumps(summarize(get_pilot("bike-demand"), Scrape(metrics.exposition().decode(),
+                                                                             at=time.time() + 1))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert CliRunner().invoke(app, ["scorecard", sub.id, "--restore"]).exit_code == 0
+    assert "Served in production" in (SubmissionStore(ws).report_dir(sub.id) / "scorecard.html").read_text()
 
 
 def test_one_damaged_review_trail_never_hides_what_else_awaits_a_decision(ws, evaluated, bike_spec, fake_bento,

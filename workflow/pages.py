@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import warnings
 from pathlib import Path
 
 from evaluation.report import PLOT_FORMATS, render_html, write_atomic
@@ -17,10 +18,36 @@ from workflow.catalogue import get_pilot
 from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
 
-__all__ = ["refresh_scorecard", "page", "IN_SERVICE"]
+__all__ = ["refresh_scorecard", "page", "IN_SERVICE", "in_service_block"]
 
 IN_SERVICE = "in_service.json"
 """Written beside the scorecard by `testbed monitor`; shown as the page's "In service" block."""
+_BLOCK = {"model": str, "version": str, "bundle_sha256": str, "observed_at": str, "window_s": int | float,
+          "requests": int, "errors": int, "rows": list}
+"""What the page's block reads of a `serving.monitor.summarize` summary."""
+
+
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def in_service_block(folder: Path) -> dict | None:
+    """The "In service" summary kept in `folder` (None when there is none, or, with a warning, when it cannot be
+    read or is not what `testbed monitor` writes: the page is then drawn without it)."""
+    path = folder / IN_SERVICE
+    if not path.is_file():
+        return None
+    try:
+        block = json.loads(path.read_bytes())
+        if not isinstance(block, dict) or any(not isinstance(block.get(k), t) for k, t in _BLOCK.items()) or any(
+                not isinstance(r, dict) or not isinstance(r.get("measure"), str) or not isinstance(r.get("unit"), str)
+                or not (_number(r.get("value")) and _number(r.get("target"))) for r in block["rows"]):
+            raise ValueError("not the summary `testbed monitor` writes")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        warnings.warn(f"{path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}): the page "
+                      "is drawn without its In service block; `testbed monitor PILOT` writes it again", stacklevel=2)
+        return None
+    return block
 
 
 def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_service: dict | None = None
@@ -39,8 +66,8 @@ def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_servi
         fcntl.flock(lock, fcntl.LOCK_EX)  # two reviews at once end with the later one's page, never the earlier
         if in_service is not None:
             write_atomic(folder / IN_SERVICE, strict_dumps(in_service, indent=2).encode())
-        elif (folder / IN_SERVICE).is_file():
-            in_service = json.loads((folder / IN_SERVICE).read_text())
+        else:
+            in_service = in_service_block(folder)
         card = reviewed_card(card, ReviewBook(ws, tracker).latest(sub.id, run))
         write_atomic(folder / "scorecard.json", card.model_dump_json(indent=2).encode())
         return write_atomic(folder / "scorecard.html", page(card, folder, in_service).encode())
