@@ -116,7 +116,7 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
     from evaluation.tracking import MlflowTracker
     from testbed.errors import SpecError
     from workflow.pages import refresh_scorecard
-    from workflow.review import ReviewBook, load_rubric_file, parse_score_flags
+    from workflow.review import ReviewBook, load_rubric_file, parse_score_flags, unmet_by
 
     if bool(scores) == bool(rubric):
         raise SpecError("give the policy-fit rubric either as --score flags or as --rubric FILE", where="review",
@@ -134,6 +134,10 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
         tracker, submission, decision, by=by, note=note, run_id=run_id,
         rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
         overrides=extra.overrides if extra else (), confirmed_claims=confirmed)
+    try:  # the review is recorded: what it leaves unmet is said, never an error
+        failing, dropped = unmet_by(tracker, ws, review)
+    except TestbedError:
+        failing, dropped = [], []
     page = stale = None
     try:  # the review is recorded: whatever stops the page's refresh, say so and how to mend it
         page = refresh_scorecard(ws, tracker, review.submission)
@@ -148,6 +152,12 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
                   f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
         if page:
             out.print(f"  scorecard: {page}", soft_wrap=True)
+    if failing:
+        carried = (f"; the override of {', '.join(dropped)} that review #{review.seq - 1} gave is not carried over: "
+                   "give it again under `overrides` in --rubric FILE" if dropped else "")
+        err.print(f"[bold yellow]warning:[/] review #{review.seq} approves {review.submission}, but its evaluation "
+                  f"still fails hard gate(s) {', '.join(failing)}: promotion refuses it, and a running `testbed "
+                  f"serve` stops serving it{carried}", highlight=False, soft_wrap=True)
     if stale:
         err.print(f"[bold yellow]warning:[/] review #{review.seq} is recorded, but the scorecard beside the submission "
                   f"still shows the decision before it ({escape(printable(stale))})\n  fix: `testbed scorecard "

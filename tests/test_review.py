@@ -249,6 +249,40 @@ def test_policy_fit_from_the_rubric_makes_the_total_final(evaluated, bike_spec):
         score_policy_fit(card, {bike_spec.policy_goals[0]: 4})
 
 
+def test_an_approval_that_leaves_its_evaluation_failing_a_gate_says_so(ws, bike_spec, fake_bento, tmp_path,
+                                                                       monkeypatch):
+    """An approval that does not clear its evaluation's failed gates (one without the override of
+    `suspected_lookup` that the approval before it gave, e.g. a note corrected with --score flags) printed only
+    'approved', while promotion refuses the submission and a running `testbed serve` stops serving it: the
+    review says which gates still fail, what that does, and which override was not carried over."""
+    from cli.app import app
+    from evaluation.families import open_family
+    from tests.test_defensible import lookup_handler
+
+    tracker, store = MemoryTracker(), SubmissionStore(ws)
+    sub, _ = store.submit(bike_spec, fake_bento([FORECAST_ROUTE]), PROJECT_ROOT / "examples/bike_mlp/vendor.yaml")
+    card = evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=FakeSandbox(lookup_handler(
+        open_family(bike_spec, PROJECT_ROOT / "data").load("test"))), ws=ws, tracker=tracker,
+        out_dir=store.report_dir(sub.id), submission=sub.id).card
+    assert [g.name for g in card.gates if not g.passed] == ["suspected_lookup"]
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text(yaml.safe_dump({"scores": GOOD, "overrides": [{"gate": "suspected_lookup",
+                                                                      "justification": "a forecast, shown"}]}))
+    approve = ["review", "approve", sub.id, "--by", "kim", "--note", "ok"]
+    result = CliRunner().invoke(app, [*approve, "--rubric", str(rubric)], terminal_width=300)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+    result = CliRunner().invoke(app, [*approve, *(f"--score={g}=3:fine" for g in (1, 2, 3))], terminal_width=300)
+    assert result.exit_code == 0 and "approved" in result.stdout, result.output
+    said = " ".join(result.stderr.split())
+    assert "still fails hard gate(s) suspected_lookup" in said and "promotion refuses it" in said
+    assert "override of suspected_lookup that review #1 gave is not carried over" in said and "--rubric" in said
+    result = CliRunner().invoke(app, ["review", "reject", sub.id, "--by", "kim", "--note", "no",
+                                      *(f"--score={g}=0:no" for g in (1, 2, 3))], terminal_width=300)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output  # a rejection: nothing to say
+
+
 def test_a_review_names_the_official_evaluation_and_a_re_evaluation_never_replaces_it(ws, evaluated, bike_spec):
     tracker, sub, evaluate, card = evaluated
     book = ReviewBook(ws)

@@ -38,7 +38,7 @@ from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Review", "GoalScore", "Override", "RubricFile", "ReviewBook", "Claim", "parse_score_flags",
            "load_rubric_file", "resolve_rubric", "person_name", "official_evaluation", "review_status", "reviewed_rows",
-           "reviewed_card", "official_card", "record_mismatch"]
+           "reviewed_card", "official_card", "record_mismatch", "unmet_by"]
 
 
 class Review(BaseModel):
@@ -183,6 +183,22 @@ class ReviewBook:
                         tracker.tag(run.run_id, before)
                 raise
         return Review.model_validate(entry)
+
+
+def unmet_by(tracker: Tracker, ws: Workspace, review: Review) -> tuple[list[str], list[str]]:
+    """For an approval just recorded: the hard gates its evaluation still fails with it applied (promotion refuses
+    the submission then, and a running server stops serving it), and the overrides the review before it gave
+    that it does not give again (still failing). Nothing for a rejection."""
+    if review.decision != "approve":
+        return [], []
+    run = official_evaluation(tracker, SubmissionStore(ws).get(review.submission))
+    if run is None or run.run_id != review.run_id:
+        return [], []
+    card = reviewed_card(official_card(tracker, run), review)
+    failing = [g.name for g in card.gates if not g.passed]
+    earlier = [r for r in ReviewBook(ws, tracker).history(review.submission, run) if (r.seq or 0) < (review.seq or 0)]
+    given = {o.gate for o in earlier[-1].overrides} if earlier else set()
+    return failing, sorted((given - {o.gate for o in review.overrides}) & set(failing))
 
 
 def review_status(book: ReviewBook, submission: str, run: RunRecord) -> tuple[str, Review | None]:
