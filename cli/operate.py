@@ -48,8 +48,8 @@ def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator'
 
     get_pilot(pilot)
     entry, skipped = Production(Workspace.from_env()).rollback(pilot, by=by, note=note)
-    for line in skipped:
-        err.print(f"skipped {escape(line)}")
+    for line in skipped:  # the reason may quote a rejecting evaluator's note: written out, as every note is shown
+        err.print(f"skipped {cell(line)}", highlight=False, soft_wrap=True)
     if entry["version"]:
         out.print(f"rolled back: testbed-{pilot} version {entry['version']} ({entry['submission']}) is in production "
                   f"again (was {entry['previous_version']})")

@@ -262,6 +262,25 @@ def test_production_says_what_an_alias_the_trail_disagrees_with_means_and_how_to
     assert "testbed promote SUBMISSION --by NAME" in said and "testbed rollback bike-demand --by NAME" in said
 
 
+def test_rollback_writes_a_skipped_versions_rejecting_note_out(monkeypatch):
+    """`testbed rollback` lists the versions it skipped with the reason, which quotes a rejecting evaluator's note:
+    that note's terminal codes reached the operator's terminal as they were (escape() handles Rich markup only)."""
+    class Production:
+        def __init__(self, ws):
+            pass
+
+        def rollback(self, pilot, by, note):
+            return ({"version": "1", "submission": "bike-demand-000000000001", "previous_version": "3"},
+                    ["version 2 (bike-demand-000000000002): bike-demand-000000000002 was rejected by kim at now: "
+                     "late\x1b[2J\x1b]0;owned\x07 [red]x[/]"])
+
+    monkeypatch.setattr("workflow.promote.Production", Production)
+    result = runner.invoke(app, ["rollback", "bike-demand", "--by", "lee"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "late\\x1b[2J" in result.stderr
+    assert "[red]x[/]" in result.stderr and "version 1 (bike-demand-000000000001) is in production" in result.stdout
+
+
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
     out = tmp_path / "public"
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
