@@ -220,6 +220,18 @@ def test_score_flags_and_rubric_resolution(bike_spec):
         resolve_rubric(bike_spec.policy_goals, [{**items[0], "score": 5}, *items[1:]], "--score")
 
 
+@pytest.mark.parametrize("flag, says", [("1=-1:weak", "score '-1' of goal 1 is not a whole number from 0 to 4"),
+                                        ("1=4.5:strong", "score '4.5' of goal 1 is not a whole number from 0 to 4"),
+                                        ("1=three:x", "score 'three' of goal 1 is not a whole number from 0 to 4"),
+                                        ("1=3", "no justification"), ("1=3:  ", "no justification")])
+def test_a_score_flag_out_of_range_or_without_justification_says_which(flag, says):
+    """`--score 1=-1:...` or `1=4.5:...` (a score out of range) and `1=3` (no justification) were all 'cannot read',
+    with the format the evaluator had followed as the fix: the message says what is wrong with the flag."""
+    with pytest.raises(SpecError, match=says) as refused:
+        parse_score_flags([flag])
+    assert refused.value.where == "--score" and "0" in refused.value.fix and "4" in refused.value.fix
+
+
 @pytest.fixture
 def evaluated(ws, bike_spec, fake_bento):
     """A stored submission with one official evaluation in the in-memory tracker."""

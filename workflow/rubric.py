@@ -95,13 +95,21 @@ def resolve_rubric(goals: list[str], items: list[dict], where: str) -> list[Goal
 
 def parse_score_flags(flags: list[str]) -> list[dict]:
     """`--score "1=3:justification"` -> `{goal: "1", score: 3, justification: ...}`."""
-    items = []
+    items, example = [], 'e.g. --score "1=3:rebalances before the peaks"'
     for flag in flags:
-        match = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+)\s*:\s*(.+)", flag, re.S)
+        match = re.fullmatch(r"\s*([^=]+?)\s*=\s*([^:]*?)\s*(?::(.*))?", flag, re.S)
         if not match:
             raise SpecError(f"cannot read {flag!r}", where="--score",
-                            fix='write GOAL=SCORE:JUSTIFICATION, e.g. --score "1=3:rebalances before the peaks"')
-        items.append({"goal": match[1], "score": int(match[2]), "justification": match[3].strip()})
+                            fix=f"write GOAL=SCORE:JUSTIFICATION, SCORE a whole number 0–{RUBRIC_MAX}, {example}")
+        goal, score, why = match[1], match[2], (match[3] or "").strip()
+        if not re.fullmatch(r"[0-9]+", score):
+            raise SpecError(f"score {score!r} of goal {goal} is not a whole number from 0 to {RUBRIC_MAX}",
+                            where="--score", fix=f"score each goal 0 (does not serve it) to {RUBRIC_MAX} (fully "
+                                                 f"serves it), {example}")
+        if not why:
+            raise SpecError(f"the score of goal {goal} has no justification", where="--score",
+                            fix=f"write GOAL=SCORE:JUSTIFICATION (SCORE 0–{RUBRIC_MAX}), {example}")
+        items.append({"goal": goal, "score": int(score), "justification": why})
     return items
 
 
