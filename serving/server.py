@@ -208,6 +208,13 @@ class ProductionServer(Proxy):
                                   f"{time.monotonic() - served.answered_at:.0f} s ({served.timed_out} timed out)")
             served.service.stop(grace_s=0)
         version = self.production.current_version(self.pilot)
+        if served and version is not None and version != served.version and not served.crashed:
+            why, said = self._cleared(served)  # kept while its successor cannot start: still only while approved
+            if why:
+                self._swap(None, why)
+                self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until version {version} "
+                         "starts")
+                served = None
         if version in self._violated:  # never launched again; another version in service stays
             why = f"version {version} was stopped: {self._violated[version]}"
             if not served and self.reason != why:

@@ -611,3 +611,30 @@ def test_a_move_the_production_trail_cannot_confirm_stops_what_was_served_and_st
     server.production.history = lambda pilot: []  # the operator repeated the rollback: the trail reads again
     server.check()
     assert server.ready and server.served.version == "2" and launched == ["1", "2"]
+
+
+def test_a_version_kept_while_its_successor_cannot_start_still_stops_once_rejected(ws):
+    """When the version the alias moved to cannot be started (refused, or not ready in time), the server keeps
+    the one it served; but it checked that one's review only while the alias named it, so one rejected as the
+    operator rolled away from it (the watcher seeing both in one round) was served on, retried every round. It is
+    checked as the version in service is: a rejection stops it, and nothing is served until the successor starts."""
+    from testbed.errors import Refused
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=3600)
+    served, start = server.served, server._launch
+
+    def not_ready(ok):
+        if ok.version == "2":
+            raise Refused("version 2 (bike-demand-2) did not become ready within 60 s in the sandbox: no output")
+        return start(ok)
+
+    server._launch = not_ready
+    alias[0] = "2"
+    server.check()  # approved as before: kept while its successor cannot start
+    assert server.served is served and server.ready
+    assert any("refusing to serve version 2" in line and "still serving version 1" in line for line in logs)
+    server.production.book = SimpleNamespace(latest=lambda *a: SimpleNamespace(
+        decision="reject", submission="bike-demand-1", by="lee", at="now", hash="c" * 64))
+    server.check()
+    assert server.served is None and not server.ready and served.service.stopped
+    assert "rejected" in server.reason and any("was rejected by lee" in line for line in logs)
