@@ -160,6 +160,8 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         w.review(w.other)
         second, _ = w.prod.promote(w.other, by="op-park", note="a second approved vendor")
         assert second["previous_version"] == v1 and second["version"] != v1
+        page = w.store.report_dir(w.good) / "scorecard.html"  # its In service block had gone on saying it served
+        assert f"no longer in service</span> Served in production until {second['at']}" in page.read_text()
         server.check()
         assert server.served.version == second["version"] and server.ready
         assert httpx.post(url + "/forecast", json={"history": history.tolist(), "future": future.tolist()}
@@ -167,10 +169,12 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
 
         back, skipped = w.prod.rollback("bike-demand", by="op-park", note="undo")
         assert back["version"] == v1 and not skipped
+        assert "no longer in service" not in page.read_text() and "Served in production as" in page.read_text()
         server.check()
         assert server.served.version == v1
         gone, _ = w.prod.rollback("bike-demand", by="op-park")
         assert gone["version"] is None and w.prod.current_version("bike-demand") is None
+        assert f"Served in production until {gone['at']}" in page.read_text()
         server.check()
         assert httpx.get(url + "/readyz").status_code == 503
         assert httpx.post(url + "/forecast", json={"history": [], "future": []}).status_code == 503

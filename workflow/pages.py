@@ -18,7 +18,7 @@ from workflow.catalogue import get_pilot
 from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
 
-__all__ = ["refresh_scorecard", "page", "IN_SERVICE", "in_service_block"]
+__all__ = ["refresh_scorecard", "page", "IN_SERVICE", "in_service_block", "mark_in_service"]
 
 IN_SERVICE = "in_service.json"
 """Written beside the scorecard by `testbed monitor`; shown as the page's "In service" block."""
@@ -48,6 +48,15 @@ def in_service_block(folder: Path) -> dict | None:
                       "is drawn without its In service block; `testbed monitor PILOT` writes it again", stacklevel=2)
         return None
     return block
+
+
+def mark_in_service(ws: Workspace, tracker: Tracker, submission: str, until: str | None) -> None:
+    """After a production move, the "In service" block of a version the move concerns: `until` (when the move
+    took it out of production) for the one that left, None for the one put (back) in. The page is drawn again
+    when that changes it; a submission never measured in service (no block) is left as it is."""
+    block = in_service_block(SubmissionStore(ws).report_dir(submission))
+    if block is not None and block.get("until") != until:
+        refresh_scorecard(ws, tracker, submission, {**block, "until": until})
 
 
 def refresh_scorecard(ws: Workspace, tracker: Tracker, submission: str, in_service: dict | None = None

@@ -15,14 +15,16 @@ import contextlib
 import hashlib
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from evaluation.tracking import MlflowTracker, RunRecord, every_page, registered_model_name
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound, Refused
+from testbed.errors import AuditError, NotFound, Refused, TestbedError
 from workflow.ledger import Anchor, AuditChain
+from workflow.pages import mark_in_service
 from workflow.review import (
     Review,
     ReviewBook,
@@ -231,7 +233,9 @@ class Production:
             alias, recorded = self.current_version(pilot), trail_version(txn.entries)
             if alias == recorded == ok.version:
                 return None, ok
+            leaving = txn.entries[-1]["submission"] if txn.entries else None
             entry = self._move(txn, pilot, "promote", ok, by, note, recorded, alias)
+        self._pages(entry, leaving)
         return entry, ok
 
     def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
@@ -246,15 +250,33 @@ class Production:
             if not stack or previous is None:
                 raise Refused(f"pilot {pilot} has nothing in production to roll back",
                               fix="promote a submission first: `testbed promote SUBMISSION --by NAME`")
+            leaving = txn.entries[-1]["submission"]
             for earlier in reversed(stack[:-1]):
                 if earlier["version"] == previous:
                     continue
                 try:
                     target = self.approved(earlier["submission"], earlier["version"])
-                    return self._move(txn, pilot, "rollback", target, by, note, previous, alias), skipped
+                    break
                 except (Refused, NotFound, AuditError) as why:  # not approved, or no longer shown to be: skipped
                     skipped.append(f"version {earlier['version']} ({earlier['submission']}): {why.problem}")
-            return self._move(txn, pilot, "rollback", None, by, note, previous, alias), skipped
+            else:
+                target = None
+            entry = self._move(txn, pilot, "rollback", target, by, note, previous, alias)
+        self._pages(entry, leaving)
+        return entry, skipped
+
+    def _pages(self, entry: dict, leaving: str | None) -> None:
+        """The scorecard pages after a move: the version that left production says until when it served, the one
+        put in (back) no longer does. The move stands whatever happens here (a warning says what to run)."""
+        for submission, until in ((leaving, entry["at"]), (entry["submission"], None)):
+            if not submission or (until and submission == entry["submission"]):
+                continue
+            try:
+                mark_in_service(self.ws, self.tracker, submission, until)
+            except (TestbedError, OSError) as exc:
+                warnings.warn(f"the scorecard page of {submission} was not updated after the move "
+                              f"({' '.join(str(exc).split())[:300]}); `testbed scorecard {submission} --restore` "
+                              "draws it again", stacklevel=3)
 
     def _move(self, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
               previous: str | None, alias: str | None) -> dict:
