@@ -203,6 +203,18 @@ def test_a_refused_name_is_quoted_with_only_its_controls_written_out():
     assert "the name '김지우\\u202e\\x1b[2J' holds control" in str(refused.value), str(refused.value)
 
 
+def test_a_name_is_at_most_a_hundred_characters():
+    """`--by` had no bound: a name of thousands of characters went into every trail line and into the MLflow
+    tags mirroring them, which a store with a tag limit refused after the move's checks ("the tracking store
+    failed"). It is refused first, saying where a longer text belongs."""
+    from workflow.rubric import person_name
+
+    assert person_name(" " + "김" * 100 + " ", "--by") == "김" * 100
+    with pytest.raises(SpecError, match="101 characters long, more than 100") as refused:
+        person_name("k" * 101, "--by")
+    assert refused.value.where == "--by" and "--note" in refused.value.fix
+
+
 def test_score_flags_and_rubric_resolution(bike_spec):
     third = bike_spec.policy_goals[2]
     items = parse_score_flags(["1=4:peaks forecast", "2 = 0 : no modal shift shown", f"{third}=2:x"])

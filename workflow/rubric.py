@@ -117,6 +117,11 @@ def load_rubric_file(path: Path) -> RubricFile:
     return load_model(path, RubricFile)
 
 
+MAX_NAME = 100
+"""Characters of a reviewer's or operator's name: every trail line, MLflow tag and registry tag mirroring a move
+repeats it (a store with a tag limit refused a long one after the move's checks, as if the store had failed)."""
+
+
 def person_name(name: str, where: str) -> str:
     """A person's name as a trail keeps it: not blank, and no control or formatting characters (a bidirectional
     override could make it display as someone else's, an escape sequence redraw a terminal's lines)."""
@@ -126,5 +131,8 @@ def person_name(name: str, where: str) -> str:
     if hidden(name):
         raise SpecError(f"the name {repr(name)[:80]} holds control or formatting characters", where=where,
                         fix="give the name as plain text")
+    if len(name) > MAX_NAME:
+        raise SpecError(f"the name is {len(name)} characters long, more than {MAX_NAME}", where=where,
+                        fix=f"give {where} the person's name (at most {MAX_NAME} characters); notes go in --note")
     return name
 
