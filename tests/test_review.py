@@ -536,13 +536,16 @@ def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror
     (which would count for nothing and block every later review until cut by hand)."""
     import os
     import signal
+    import threading
     from types import SimpleNamespace
 
     tracker, sub, _, card = evaluated
     interrupting = SimpleNamespace(**{n: getattr(os, n) for n in ("write", "lseek", "read", "open", "close",
                                                                    "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY",
                                                                    "O_NONBLOCK", "SEEK_SET", "fstat", "set_blocking")})
-    interrupting.fsync = lambda fd: (os.kill(os.getpid(), signal.SIGINT), os.fsync(fd))
+    main = threading.main_thread().ident  # to the main thread itself: a process's signal can be taken by any of
+    # its threads (Ray's, MLflow's, a warm-up's), whose handler may run late, once the write is over (one CI run)
+    interrupting.fsync = lambda fd: (signal.pthread_kill(main, signal.SIGINT), os.fsync(fd))
     monkeypatch.setattr("workflow.ledger.os", interrupting)
     with pytest.raises(KeyboardInterrupt):
         ReviewBook(ws).record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
