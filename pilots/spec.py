@@ -24,9 +24,12 @@ SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 def _known_codec(value: str) -> str:
     try:
-        codecs.lookup(value)
+        codec = codecs.lookup(value)
     except LookupError:
         raise ValueError(f"{value[:40]!r} is not a text encoding Python knows (e.g. utf-8, cp949)") from None
+    if not getattr(codec, "_is_text_encoding", True):  # rot13, base64, zlib...: no file opens as text with them
+        raise ValueError(f"{value[:40]!r} is a codec between bytes or between texts, not a text encoding "
+                         "(e.g. utf-8, cp949)")
     return value
 
 
