@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from evaluation.families import open_family
 from pilots.catalogue import CATALOGUE_DIR
+from testbed.config import PROJECT_ROOT
 from testbed.errors import ContractViolation, SpecError
 from tests.doubles import FakeSandbox
 from workflow.catalogue import get_pilot, load_pilot, scan_pilots
@@ -170,6 +171,20 @@ def test_the_citys_own_bad_data_is_a_spec_error_never_the_vendors(districts, mut
     with pytest.raises(SpecError) as info:
         open_family(load_pilot(spec_path), data_dir).load("test")
     assert words in str(info.value) and "fix:" in str(info.value) and "district-demand" in str(info.value)
+
+
+def test_a_group_on_measured_values_is_refused_with_the_data(tmp_path):
+    """A spec may group by any column it names, and a measured covariate (the bike pilot's temperature, one
+    decimal) was accepted: every value became a group, 400-odd of them, each too small to judge, each an MLflow
+    metric and a row of the scorecard. Refused when the data is read, naming the field; whole numbers still group."""
+    path = tmp_path / "bike-demand.yaml"
+    path.write_text(yaml.safe_dump({**BIKE, "groups": ["hour_band", "temperature"]}, allow_unicode=True))
+    with pytest.raises(SpecError) as info:
+        open_family(load_pilot(path), PROJECT_ROOT / "data").load("test")
+    assert "field `groups.1`: column 'temperature' holds measured values" in str(info.value)
+    assert "task.data.attributes" in info.value.fix
+    path.write_text(yaml.safe_dump({**BIKE, "groups": ["hour_band", "humidity"]}, allow_unicode=True))
+    assert "50" in open_family(load_pilot(path), PROJECT_ROOT / "data").load("test").groups["humidity"]
 
 
 def test_a_target_below_zero_needs_the_spec_to_say_so(districts):

@@ -157,6 +157,7 @@ class Panel:
     times: pd.DatetimeIndex  # (steps,) the grid
     keys: np.ndarray  # (series, len(series_keys)) str
     labels: dict[str, np.ndarray]  # column -> (series, steps) object labels, for groups
+    continuous: frozenset[str] = frozenset()  # columns of measured values (not whole numbers): no group key
 
 
 def _fail(where: str, problem: str, fix: str):
@@ -287,14 +288,16 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
             values[codes, step, j] = frame[name].to_numpy(float)
         else:  # derived calendar feature: known on the whole grid
             values[:, :, j] = DERIVED_FEATURES[name](grid)[None, :]
-    labels = {}
+    labels, continuous = {}, set()
     for name in dict.fromkeys([*data.series_keys, *data.attributes, *data.calendar, *data.known, *data.observed]):
         if name in frame.columns:
             grid_labels = np.full((n_series, n_steps), None, dtype=object)
             column = frame[name]
             if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
                 column = column.astype("Int64")
+            elif pd.api.types.is_float_dtype(column):
+                continuous.add(name)
             grid_labels[codes, step] = column.astype(str).to_numpy(object)
             labels[name] = grid_labels
     key_array = np.array([list(k) for k in keys], dtype=str).reshape(n_series, len(data.series_keys))
-    return Panel(values, present, grid, key_array, labels)
+    return Panel(values, present, grid, key_array, labels, frozenset(continuous))
