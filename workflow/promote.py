@@ -233,9 +233,8 @@ class Production:
             alias, recorded = self.current_version(pilot), trail_version(txn.entries)
             if alias == recorded == ok.version:
                 return None, ok
-            leaving = txn.entries[-1]["submission"] if txn.entries else None
             entry = self._move(txn, pilot, "promote", ok, by, note, recorded, alias)
-        self._pages(entry, leaving)
+        self._pages(txn.entries)
         return entry, ok
 
     def rollback(self, pilot: str, *, by: str, note: str = "") -> tuple[dict, list[str]]:
@@ -250,7 +249,6 @@ class Production:
             if not stack or previous is None:
                 raise Refused(f"pilot {pilot} has nothing in production to roll back",
                               fix="promote a submission first: `testbed promote SUBMISSION --by NAME`")
-            leaving = txn.entries[-1]["submission"]
             for earlier in reversed(stack[:-1]):
                 if earlier["version"] == previous:
                     continue
@@ -262,12 +260,14 @@ class Production:
             else:
                 target = None
             entry = self._move(txn, pilot, "rollback", target, by, note, previous, alias)
-        self._pages(entry, leaving)
+        self._pages(txn.entries)
         return entry, skipped
 
-    def _pages(self, entry: dict, leaving: str | None) -> None:
-        """The scorecard pages after a move: the version that left production says until when it served, the one
-        put in (back) no longer does. The move stands whatever happens here (a warning says what to run)."""
+    def _pages(self, entries: list[dict]) -> None:
+        """The scorecard pages after the trail's last move (`entries[-1]`): the version the move before it had put
+        in production says until when it served, the one put in (back) no longer does. The move stands whatever
+        happens here (a warning says what to run)."""
+        entry, leaving = entries[-1], entries[-2]["submission"] if len(entries) > 1 else None
         for submission, until in ((leaving, entry["at"]), (entry["submission"], None)):
             if not submission or (until and submission == entry["submission"]):
                 continue
