@@ -44,6 +44,11 @@ def _baseline_probs(train_texts: tuple[str, ...], train_labels: tuple[int, ...],
     return probs
 
 
+def _labels(phase: str) -> str:
+    """The predictions' key of phase `phase`'s answered labels (beside its probabilities, keyed `phase`)."""
+    return f"{phase}/label"
+
+
 def tfidf_baseline(train: Texts, texts: list[str], n_classes: int) -> np.ndarray:
     """The non-deep-learning reference: TF-IDF of character 1-3-grams (within words) and a logistic regression
     (one-vs-rest, fitted by seeded SGD) on the public training split; (items, categories) probabilities
@@ -147,13 +152,14 @@ class TextClassification(TaskFamily):
         `NAME/label`: the contract lets the top scores tie (within `TIE_TOLERANCE`), and `label` is what is scored."""
         preds = {}
         for name in (*self.scenario_names, UNDER_LOAD):
-            preds[name], preds[f"{name}/label"] = self._answered(data, result, name, violations)
+            preds[name], preds[_labels(name)] = self._answered(data, result, name, violations)
         return preds
 
     @staticmethod
-    def _decided(probs: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(category per text, answered): the answer's `label`; the top score where the predictions hold no labels
-        (logged before they were kept: the label was the top score but for ties)."""
+    def _decided(preds: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(category per text, answered) of phase `name`: the answer's `label`; the top score where the predictions
+        hold no labels (logged before they were kept: the label was the top score but for ties)."""
+        probs, labels = preds[name], preds.get(_labels(name))
         answered = np.isfinite(probs).all(axis=1)
         top = np.nan_to_num(probs, nan=-1.0).argmax(axis=1) if labels is None else labels
         return np.where(answered, top, 0), answered
@@ -166,16 +172,16 @@ class TextClassification(TaskFamily):
         return {m: fn(ev) for m, fn in fns.items()}
 
     @classmethod
-    def _scored(cls, probs: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(label, answered, probabilities) as scored: an unanswered text counts as wrong (no category, even
-        odds), so failing the requests that carry hard texts cannot raise a score."""
-        pred, answered = cls._decided(probs, labels)
+    def _scored(cls, preds: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label, answered, probabilities) of phase `name` as scored: an unanswered text counts as wrong (no
+        category, even odds), so failing the requests that carry hard texts cannot raise a score."""
+        probs = preds[name]
+        pred, answered = cls._decided(preds, name)
         k = probs.shape[1]
         return np.where(answered, pred, -1), answered, np.where(answered[:, None], probs, 1.0 / max(k, 1))
 
     def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
-        decided = {name: self._scored(probs, preds.get(f"{name}/label")) for name, probs in preds.items()
-                   if not name.endswith("/label")}
+        decided = {name: self._scored(preds, name) for name in preds if not name.endswith(_labels(""))}
         pred, answered, probs = decided["clean"]
         k, everything = len(data.categories), np.ones(len(data.texts), bool)
         f1 = class_f1(ClassEval(data.labels, pred, probs, k))
@@ -207,8 +213,7 @@ class TextClassification(TaskFamily):
         """A text agrees when its timed answer names the same category as its clean one."""
         if UNDER_LOAD not in preds:
             return None
-        (clean, answered), (timed, timed_answered) = (self._decided(preds[name], preds.get(f"{name}/label"))
-                                                      for name in ("clean", UNDER_LOAD))
+        (clean, answered), (timed, timed_answered) = self._decided(preds, "clean"), self._decided(preds, UNDER_LOAD)
         return float((answered & timed_answered & (clean == timed)).sum() / answered.sum()) if answered.any() else None
 
     def exactness(self, data: Texts, preds: dict[str, np.ndarray]) -> float | None:
@@ -218,7 +223,7 @@ class TextClassification(TaskFamily):
         here: models route short citizen texts far less surely than 99 %."""
         if not len(data.labels):
             return None
-        pred, _, _ = self._scored(preds["clean"], preds.get("clean/label"))  # the label scored, as in accuracy
+        pred, _, _ = self._scored(preds, "clean")  # the label scored, as in accuracy
         return float((pred == data.labels).mean())
 
     def ready_scoring(self, data: Texts) -> None:
