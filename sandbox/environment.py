@@ -24,7 +24,6 @@ in it unless the bundle declared them. Nothing here knows about pilots.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,17 +41,13 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from sandbox.uvrun import BUILD_TIMEOUT_S, run_bounded
 from testbed.errors import BundleError
 
 __all__ = ["PythonEnvironment", "bundle_environment", "declared_requirements", "parse_requirements", "COMPLETE"]
 
 COMPLETE = ".testbed-complete"
 """Marker written last into a finished environment (with the requirements it was built from)."""
-BUILD_TIMEOUT_S = 1800
-MAX_BUILD_WRITE_BYTES = 32 << 30
-"""Most bytes uv may write while it builds one environment (the wheels it unpacks into its cache, then the
-environment). A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked on the host before the sandbox,
-and its disk limits, even started. Past this uv is stopped, what it left in its cache pruned, the bundle refused."""
 FIX = ("declare only packages that exist on the package index with wheels for CPython "
        f"{sys.version_info.major}.{sys.version_info.minor} on {sysconfig.get_platform()} "
        "(bentofile.yaml `python.packages`), then rebuild and export the bundle")
@@ -176,21 +170,14 @@ class PythonEnvironment:
             pass
 
     def _uv(self, cmd: list[str]) -> None:
-        """Run uv, stopped past `BUILD_TIMEOUT_S` or once it has written `MAX_BUILD_WRITE_BYTES` (BundleError
-        naming the packages; what it left in its cache is pruned); its output names the culprits of a failure."""
+        """Run uv within its bounds (`sandbox.uvrun`: BundleError naming the packages past one); its output
+        names the culprits of a failure."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
-        with tempfile.TemporaryFile() as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-            problem = _bounded(proc)
-            if problem:
-                proc.kill()
-                proc.wait()
-                _prune(cmd[0], env)
-                raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",
-                                  where=self.where, fix=FIX)
-            log.seek(0)
-            output = log.read().decode(errors="replace")
-        if proc.returncode != 0:
+        problem, returncode, output = run_bounded(cmd, env)
+        if problem:
+            raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",
+                              where=self.where, fix=FIX)
+        if returncode != 0:
             message = output.strip()
             names = ", ".join(self.culprits(message))
             if len(message) > 1500:
@@ -205,39 +192,6 @@ class PythonEnvironment:
         named = [n for n in [*vendors, *SERVER_PACKAGES]
                  if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
         return [n for n in named if n in vendors] or named or vendors or list(SERVER_PACKAGES)
-
-
-def _written(pid: int) -> int:
-    """Bytes process `pid` has written so far (its threads included: `wchar` of /proc/PID/io); 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/io") as io:
-            return next((int(line.split()[1]) for line in io if line.startswith("wchar:")), 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _bounded(proc: subprocess.Popen, poll_s: float = 0.25) -> str:
-    """Wait for `proc`; what went past a bound ("" when it ended within them)."""
-    deadline = time.monotonic() + BUILD_TIMEOUT_S
-    while True:
-        try:
-            proc.wait(timeout=poll_s)
-            return ""
-        except subprocess.TimeoutExpired:
-            pass
-        if time.monotonic() > deadline:
-            return f"took longer than {BUILD_TIMEOUT_S} s to install"
-        if _written(proc.pid) > MAX_BUILD_WRITE_BYTES:
-            return (f"unpack to more than {MAX_BUILD_WRITE_BYTES >> 20} MiB (a wheel is a zip: a small one can hold "
-                    "far more); stopped there")
-
-
-def _prune(uv: str, env: dict[str, str]) -> None:
-    """Remove what a stopped uv left in its cache (the half-unpacked wheel): `uv cache prune` waits for other
-    builds using the cache, then removes what no finished entry holds."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run([uv, "cache", "prune", "--quiet", "--no-config"], capture_output=True, env=env,
-                       stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT_S, check=False)
 
 
 def _base_python() -> str:

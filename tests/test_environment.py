@@ -211,17 +211,21 @@ def test_a_package_cannot_choose_the_standard_library_the_host_compiles_with(tmp
 
 
 @pytest.mark.slow
-def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("poll_s", [0.25, 600], ids=["stopped-while-writing", "ended-before-a-look"])
+def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch, poll_s):
     """A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host (on the
     index, 100 MiB of wheel would be about 100 GiB) before the sandbox, and its disk limits, even started. uv is
-    stopped once it has written more than the bound for one environment, what it left in its cache is pruned,
-    and the bundle is refused naming its packages."""
+    stopped once it has written more than the bound for one environment, or refused once it ended between two
+    looks (a CI run under load: the whole wheel unpacked, a finished cache entry `uv cache prune` kept); the
+    packages it unpacked are removed from its cache (which stays usable), what was cached before stays, and the
+    bundle is refused naming its packages."""
     import zipfile
 
-    from sandbox import environment
+    from sandbox import uvrun
 
     wheels, cache = tmp_path / "wheels", tmp_path / "uv-cache"
     wheels.mkdir()
+    _wheel(wheels, "testbedsmall", {"testbedsmall.py": "VALUE = 1\n"})
     bomb = _wheel(wheels, "testbedzipbomb", {"testbedzipbomb.py": "VALUE = 1\n"})
     with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as whl:  # not in RECORD: uv unpacks it first all the same
         info = zipfile.ZipInfo("testbedzipbomb/weights.bin")
@@ -233,10 +237,16 @@ def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("UV_FIND_LINKS", str(wheels))  # as if it were published on the index
     monkeypatch.setenv("UV_NO_INDEX", "1")
     monkeypatch.setenv("UV_CACHE_DIR", str(cache))
-    monkeypatch.setattr(environment, "MAX_BUILD_WRITE_BYTES", 64 << 20, raising=False)
+    assert PythonEnvironment(("testbedsmall==0.1",), tmp_path / "envs").ensure()  # cached before
+    monkeypatch.setattr(uvrun, "MAX_BUILD_WRITE_BYTES", 64 << 20)
+    monkeypatch.setattr(uvrun, "POLL_S", poll_s)
     env = PythonEnvironment(("testbedzipbomb==0.1",), tmp_path / "envs")
     with pytest.raises(BundleError, match="testbedzipbomb") as exc:
         env.ensure()
     assert "MiB" in str(exc.value) and not env.ready
     written = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     assert written < 16 << 20, written  # nothing of it is left behind
+    assert not list((tmp_path / "envs").glob(".*/env"))  # nor half an environment
+    assert list(cache.glob("archive-v*/*/testbedsmall-0.1.dist-info"))  # what was cached before stays
+    monkeypatch.setattr(uvrun, "MAX_BUILD_WRITE_BYTES", 1 << 30)  # and the cache still works for the package
+    assert (env.ensure() / "lib").is_dir()  # (nothing left pointing at what was removed)
