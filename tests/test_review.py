@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
@@ -530,7 +531,7 @@ def test_ctrl_c_as_the_review_tags_are_written_takes_them_back(ws, evaluated, mo
     assert ReviewBook(ws).record(tracker, sub.id, "reject", by="kim", note="no", rubric=GOOD).seq == 1
 
 
-def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror(ws, evaluated, monkeypatch):
+def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror(ws, evaluated, monkeypatch, request):
     """Ctrl-C while the trail's line is written and flushed (the run's tags already hold it): held back until the
     lock is released, then raised, so the review is recorded in both, never a line the mirror was taken back from
     (which would count for nothing and block every later review until cut by hand)."""
@@ -539,12 +540,16 @@ def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror
     import threading
     from types import SimpleNamespace
 
+    # Ctrl-C raises KeyboardInterrupt, as in a `testbed` started from a terminal: a process started with SIGINT
+    # ignored (a background job of a non-interactive shell, as two CI runs here were) keeps it ignored, and then
+    # there is no Ctrl-C to hold back
+    request.addfinalizer(functools.partial(signal.signal, signal.SIGINT,
+                                           signal.signal(signal.SIGINT, signal.default_int_handler)))
     tracker, sub, _, card = evaluated
     interrupting = SimpleNamespace(**{n: getattr(os, n) for n in ("write", "lseek", "read", "open", "close",
                                                                    "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY",
                                                                    "O_NONBLOCK", "SEEK_SET", "fstat", "set_blocking")})
-    main = threading.main_thread().ident  # to the main thread itself: a process's signal can be taken by any of
-    # its threads (Ray's, MLflow's, a warm-up's), whose handler may run late, once the write is over (one CI run)
+    main = threading.main_thread().ident  # delivered there, during the write, whichever threads the process has
     interrupting.fsync = lambda fd: (signal.pthread_kill(main, signal.SIGINT), os.fsync(fd))
     monkeypatch.setattr("workflow.ledger.os", interrupting)
     with pytest.raises(KeyboardInterrupt):
