@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from sandbox.uvrun import BUILD_TIMEOUT_S, run_bounded
+from sandbox.bounded import Budget, run_bounded
 from testbed.errors import BundleError
 
 __all__ = ["PythonEnvironment", "bundle_environment", "declared_requirements", "parse_requirements", "COMPLETE"]
@@ -145,39 +144,38 @@ class PythonEnvironment:
         python = _base_python()
         reqs = target.parent / "requirements.txt"
         reqs.write_text("\n".join(self.requirements) + "\n")
-        self._uv([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)])
-        self._uv([uv, "pip", "install", "--quiet", "--no-config", "--no-build",
-                  "--python", str(target / "bin" / "python"), "-r", str(reqs)])
-        self._compile(target)
+        budget = Budget()
+        self._run([uv, "venv", "--quiet", "--no-config", "--relocatable", "--python", python, str(target)], budget,
+                  uv=uv)
+        self._run([uv, "pip", "install", "--quiet", "--no-config", "--no-build",
+                   "--python", str(target / "bin" / "python"), "-r", str(reqs)], budget, uv=uv, tree=target)
+        self._run(self._compile(target), budget, checked=False)
         (target / COMPLETE).write_text("\n".join(self.requirements) + "\n")
 
     @staticmethod
-    def _compile(target: Path) -> None:
-        """Compile the installed packages' bytecode (the sandbox mounts the environment read-only, so its Python
-        could not cache it). Not with uv's `--compile-bytecode`: that starts the environment's Python with
-        `site`, which executes the `.pth` files a wheel may carry, as the harness's user on the host. Nor with the
-        environment's own Python: it reads the environment's `pyvenv.cfg`, which a wheel may replace (uv installs
-        `.data/data/pyvenv.cfg` over it), and its `home` then chooses the standard library it imports. The
-        harness's base interpreter, the one the environment was made from (same bytecode), started with `-I -S`
-        reads nothing of it; compiling only parses the sources. A file that does not compile is left to the
-        sandbox."""
-        python = _base_python()
+    def _compile(target: Path) -> list[str]:
+        """The command compiling the installed packages' bytecode (the sandbox mounts the environment read-only,
+        so its Python could not cache it). Not with uv's `--compile-bytecode`: that starts the environment's
+        Python with `site`, which executes the `.pth` files a wheel may carry, as the harness's user on the host.
+        Nor with the environment's own Python: it reads the environment's `pyvenv.cfg`, which a wheel may replace
+        (uv installs `.data/data/pyvenv.cfg` over it), and its `home` then chooses the standard library it
+        imports. The harness's base interpreter, the one the environment was made from (same bytecode), started
+        with `-I -S` reads nothing of it; compiling only parses the sources. A file that does not compile is left
+        to the sandbox; the bytecode counts against the build's write bound."""
         sites = sorted(str(p) for p in target.glob("lib/python*/site-packages"))
-        try:
-            subprocess.run([str(python), "-I", "-S", "-m", "compileall", "-q", "-j", "0", *sites],
-                           capture_output=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
-            pass
+        return [str(_base_python()), "-I", "-S", "-m", "compileall", "-q", "-j", "0", *sites]
 
-    def _uv(self, cmd: list[str]) -> None:
-        """Run uv within its bounds (`sandbox.uvrun`: BundleError naming the packages past one); its output
-        names the culprits of a failure."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
-        problem, returncode, output = run_bounded(cmd, env)
+    def _run(self, cmd: list[str], budget: Budget, *, uv: str | None = None, tree: Path | None = None,
+             checked: bool = True) -> None:
+        """Run one of the build's commands within its bounds (`sandbox.bounded`: BundleError naming the packages
+        past one); a failed `checked` command's output names the culprits."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE"))}  # uv's cache: the one it names
+        problem, returncode, output = run_bounded(cmd, env, budget, uv=uv, tree=tree)
         if problem:
             raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",
                               where=self.where, fix=FIX)
-        if returncode != 0:
+        if checked and returncode != 0:
             message = output.strip()
             names = ", ".join(self.culprits(message))
             if len(message) > 1500:

@@ -221,7 +221,7 @@ def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch, po
     bundle is refused naming its packages."""
     import zipfile
 
-    from sandbox import uvrun
+    from sandbox import bounded
 
     wheels, cache = tmp_path / "wheels", tmp_path / "uv-cache"
     wheels.mkdir()
@@ -233,20 +233,53 @@ def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch, po
         with whl.open(info, "w") as out:
             for _ in range(256):
                 out.write(bytes(1 << 20))
+        for decoy in ("x_-0.dist-info", "testbedsmall-0.1.dist-info"):  # names that once steered the clean-up
+            whl.writestr(decoy, "")
     assert bomb.stat().st_size < 2 << 20
     monkeypatch.setenv("UV_FIND_LINKS", str(wheels))  # as if it were published on the index
     monkeypatch.setenv("UV_NO_INDEX", "1")
     monkeypatch.setenv("UV_CACHE_DIR", str(cache))
     assert PythonEnvironment(("testbedsmall==0.1",), tmp_path / "envs").ensure()  # cached before
-    monkeypatch.setattr(uvrun, "MAX_BUILD_WRITE_BYTES", 64 << 20)
-    monkeypatch.setattr(uvrun, "POLL_S", poll_s)
+    monkeypatch.setattr(bounded, "MAX_BUILD_WRITE_BYTES", 64 << 20)
+    monkeypatch.setattr(bounded, "POLL_S", poll_s)
     env = PythonEnvironment(("testbedzipbomb==0.1",), tmp_path / "envs")
     with pytest.raises(BundleError, match="testbedzipbomb") as exc:
         env.ensure()
-    assert "MiB" in str(exc.value) and not env.ready
+    assert "more than 64 MiB" in str(exc.value) and not env.ready
     written = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     assert written < 16 << 20, written  # nothing of it is left behind
     assert not list((tmp_path / "envs").glob(".*/env"))  # nor half an environment
     assert list(cache.glob("archive-v*/*/testbedsmall-0.1.dist-info"))  # what was cached before stays
-    monkeypatch.setattr(uvrun, "MAX_BUILD_WRITE_BYTES", 1 << 30)  # and the cache still works for the package
+    monkeypatch.setattr(bounded, "MAX_BUILD_WRITE_BYTES", 1 << 30)  # and the cache still works for the package
     assert (env.ensure() / "lib").is_dir()  # (nothing left pointing at what was removed)
+
+
+@pytest.mark.slow
+def test_a_declared_package_of_empty_folders_or_bloated_bytecode_is_refused(tmp_path, monkeypatch):
+    """Bytes written are not all a package costs the host: a 2 MB wheel of 20,000 empty folders took 165 MB and
+    40,000 inodes, and constant folding made a module's bytecode hundreds of times its source, both unbounded.
+    The environment's files and folders are counted once uv ended, and the bytecode compiler writes on the same
+    budget as uv: past either, the bundle is refused and nothing is left behind."""
+    import zipfile
+
+    from sandbox import bounded
+
+    wheels, cache = tmp_path / "wheels", tmp_path / "uv-cache"
+    wheels.mkdir()
+    folders = _wheel(wheels, "testbedfolders", {"testbedfolders.py": "VALUE = 1\n"})
+    with zipfile.ZipFile(folders, "a") as whl:
+        for n in range(3000):
+            whl.writestr(f"testbedfolders/d{n}/", "")
+    _wheel(wheels, "testbedfolding", {"testbedfolding.py": "".join(f"c{n} = '{n:05d}' * 800\n" for n in range(6000))})
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    monkeypatch.setattr(bounded, "MAX_BUILD_ENTRIES", 2000)
+    monkeypatch.setattr(bounded, "MAX_BUILD_WRITE_BYTES", 16 << 20)  # the module's source: 130 kB, its .pyc 24 MB
+    for name, problem in [("testbedfolders", "more than 2,000 files and folders"), ("testbedfolding", "16 MiB")]:
+        env = PythonEnvironment((f"{name}==0.1",), tmp_path / "envs")
+        with pytest.raises(BundleError, match=name) as exc:
+            env.ensure()
+        assert problem in str(exc.value) and not env.ready
+        assert not list((tmp_path / "envs").glob(".*/env"))
+    assert not list(cache.glob("archive-v*/*/testbedfolders"))  # what uv unpacked of the folders, removed

@@ -1,0 +1,196 @@
+"""The commands that build a bundle's environment on the host (uv, then the bytecode compiler), run within
+bounds: time, bytes written, files and folders made.
+
+A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host before the
+sandbox, and its disk limits, even started. So each command is watched while it runs (`/proc/PID/io`) and once
+more after it ended, before it is reaped (one that wrote past the bound and finished between two looks is
+refused all the same); the bytes count against one budget for the whole build, the bytecode compiler included
+(constant folding makes a `.pyc` hundreds of times its source); and once uv ended the environment's files and
+folders are counted (a 2 MB wheel of 20,000 empty folders took 165 MB and 40,000 inodes, which `wchar` never
+sees). Past a bound the command is stopped and what uv added to its cache is removed: the wheels it unpacked
+there (`archive-vN/ID/`, finished or not) and the entries pointing at them, under uv's own cache lock (builds
+hold it shared, so this waits for them), then `uv cache prune` for the rest. The removal goes by what uv
+unpacked, never by the names a wheel gives itself.
+
+    budget = Budget()
+    problem, returncode, output = run_bounded([uv, "pip", "install", ...], env, budget, uv=uv, tree=target)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["Budget", "run_bounded", "BUILD_TIMEOUT_S", "MAX_BUILD_WRITE_BYTES", "MAX_BUILD_ENTRIES"]
+
+BUILD_TIMEOUT_S = 1800
+MAX_BUILD_WRITE_BYTES = 32 << 30
+"""Most bytes the commands building one environment may write (the wheels uv unpacks into its cache, the
+environment, the bytecode)."""
+MAX_BUILD_ENTRIES = 500_000
+"""Most files and folders one environment may hold (the harness's own, with torch, Ray and MLflow: ~67,000)."""
+POLL_S = 0.25
+"""How often a running command's bytes written are read."""
+
+
+class Budget:
+    """The bytes one environment's build may still write, all its commands together."""
+
+    def __init__(self) -> None:
+        self.left = MAX_BUILD_WRITE_BYTES
+
+
+def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str | None = None,
+                tree: Path | None = None) -> tuple[str, int, str]:
+    """Run `cmd`: what went past a bound ("" when it ended within them; else it was stopped and, for a `uv`
+    command, what it added to uv's cache removed), its exit status and its output (stdout and stderr). `tree`:
+    the folder whose files and folders are counted once it ended."""
+    cache = _cache_dir(uv, env) if uv else None
+    before = _unpacked(cache)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        try:
+            problem, written = _bounded(proc, budget.left)
+        finally:
+            proc.kill()  # a no-op when it ended (it is not reaped yet: the pid is still its own)
+            proc.wait()
+        budget.left -= written
+        if not problem and tree is not None and _entries(tree) > MAX_BUILD_ENTRIES:
+            problem = (f"unpack to more than {MAX_BUILD_ENTRIES:,} files and folders (empty folders take disk and "
+                       "inodes that a wheel's size does not show)")
+        if problem and uv:
+            _forget(uv, env, cache, before)
+        log.seek(0)
+        return problem, proc.returncode, log.read().decode(errors="replace")
+
+
+def _bounded(proc: subprocess.Popen, allowed: int) -> tuple[str, int]:
+    """Wait for `proc` to end, without reaping it: what went past a bound ("" when it ended within them), and
+    the bytes it wrote."""
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    with _exit_watch(proc.pid) as ended:
+        while True:
+            done = ended(POLL_S)
+            written = _written(proc.pid)  # read before the reaping, once it ended too
+            if written > allowed:
+                return (f"write more than {MAX_BUILD_WRITE_BYTES >> 20} MiB while they are installed (a wheel is a "
+                        "zip: a small one can hold far more); stopped there"), written
+            if done:
+                return "", written
+            if time.monotonic() > deadline:
+                return f"took longer than {BUILD_TIMEOUT_S} s to install", written
+
+
+@contextlib.contextmanager
+def _exit_watch(pid: int) -> Iterator[Callable[[float], bool]]:
+    """A function waiting up to its argument's seconds for process `pid` to end (True once it has), leaving it
+    unreaped, so that its `/proc/PID/io` still reads: a pidfd where the kernel has them, else `waitid` polls."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        def polled(timeout: float) -> bool:
+            stop = time.monotonic() + timeout
+            while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if time.monotonic() >= stop:
+                    return False
+                time.sleep(0.02)
+            return True
+        yield polled
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        yield lambda timeout: bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+def _written(pid: int) -> int:
+    """Bytes process `pid` has written so far (its threads and reaped children included: `wchar` of
+    /proc/PID/io, still readable once it ended and before it is reaped); 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/io") as io:
+            return next((int(line.split()[1]) for line in io if line.startswith("wchar:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _entries(tree: Path) -> int:
+    """Files and folders under `tree`, counted up to one past the bound."""
+    count, stack = 0, [tree]
+    while stack and count <= MAX_BUILD_ENTRIES:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return count
+
+
+def _cache_dir(uv: str, env: dict[str, str]) -> Path | None:
+    """uv's cache folder (`UV_CACHE_DIR`, or its default); None where uv cannot say."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([uv, "cache", "dir", "--no-config"], capture_output=True, text=True, env=env,
+                             stdin=subprocess.DEVNULL, timeout=60, check=True).stdout.strip()
+        return Path(out) if out else None
+    return None
+
+
+def _unpacked(cache: Path | None) -> set[Path]:
+    """The wheels unpacked in uv's cache (`archive-vN/ID`, finished or not)."""
+    return set(cache.glob("archive-v*/*")) if cache is not None else set()
+
+
+def _forget(uv: str, env: dict[str, str], cache: Path | None, before: set[Path]) -> None:
+    """Remove what a stopped uv added to its cache (see the module's docstring)."""
+    new = _unpacked(cache) - before
+    if cache is not None and new:
+        with _cache_lock(cache) as locked:
+            if locked:
+                ids = [path.name.encode() for path in new]
+                for path in new:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+                for pointer in cache.glob("wheels-v*/**/*"):  # an entry's pointer names its archive's id
+                    with contextlib.suppress(OSError):
+                        if pointer.is_file() and not pointer.is_symlink() and pointer.stat().st_size <= 1 << 20 \
+                                and any(i in pointer.read_bytes() for i in ids):
+                            pointer.unlink()
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run([uv, "cache", "prune", "--no-config"], capture_output=True, env=env,
+                       stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT_S, check=False)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path) -> Iterator[bool]:
+    """uv's own cache lock (`.lock`: builds hold it shared, `uv cache clean` and `prune` exclusively), held
+    exclusively; False where it could not be had within `BUILD_TIMEOUT_S`."""
+    try:
+        fd = os.open(cache / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.1)
+        yield True
+    finally:
+        os.close(fd)
