@@ -145,9 +145,8 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     "in service" section to the production version's scorecard page. Exits 1 when the service is not ready."""
     import time
 
-    from evaluation.tracking import MlflowTracker
     from serving.monitor import scrape, summarize
-    from workflow.pages import refresh_scorecard
+    from workflow.promote import Production
 
     spec, ws = get_pilot(pilot), Workspace.from_env()
     _within("--window", window, 0, 3600)
@@ -162,8 +161,7 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     summary = summarize(spec, scrape(url, pilot), before)
     page = stale = None
     try:  # the page is this workspace's: a service monitored from elsewhere is still shown
-        page = refresh_scorecard(ws, MlflowTracker(ws), summary["submission"], summary) if summary.get("submission") \
-            else None
+        page = Production(ws).record_measures(pilot, summary) if summary.get("submission") else None
     except TestbedError as exc:
         stale = exc
     if as_json:

@@ -31,7 +31,6 @@ from tests.conftest import BUNDLES, make_workspace
 from workflow.build import build_bundle
 from workflow.evaluate import evaluate_bundle
 from workflow.ledger import AuditChain
-from workflow.pages import refresh_scorecard
 from workflow.promote import Production
 from workflow.review import ReviewBook
 from workflow.submissions import SubmissionStore
@@ -153,7 +152,7 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         summary = summarize(w.spec, scrape(url))  # what `testbed monitor` shows
         assert summary["requests"] == 7 and summary["client_errors"] == 2 and summary["errors"] == 0
         assert summary["submission"] == w.good
-        assert "In service" in refresh_scorecard(w.ws, w.tracker, w.good, summary).read_text()
+        assert "In service" in w.prod.record_measures("bike-demand", summary).read_text()
 
         with pytest.raises(Refused, match="no review"):
             w.prod.promote(w.other, by="op-lee")
@@ -161,6 +160,8 @@ def test_promote_serve_roll_back_and_withdraw_without_a_restart(world):
         second, _ = w.prod.promote(w.other, by="op-park", note="a second approved vendor")
         assert second["previous_version"] == v1 and second["version"] != v1
         page = w.store.report_dir(w.good) / "scorecard.html"  # its In service block had gone on saying it served
+        assert f"no longer in service</span> Served in production until {second['at']}" in page.read_text()
+        w.prod.record_measures("bike-demand", summarize(w.spec, scrape(url)))  # still v1 until the server checks
         assert f"no longer in service</span> Served in production until {second['at']}" in page.read_text()
         server.check()
         assert server.served.version == second["version"] and server.ready

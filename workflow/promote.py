@@ -24,7 +24,7 @@ from evaluation.tracking import MlflowTracker, RunRecord, every_page, registered
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused, TestbedError
 from workflow.ledger import Anchor, AuditChain
-from workflow.pages import mark_in_service
+from workflow.pages import mark_in_service, refresh_scorecard
 from workflow.review import (
     Review,
     ReviewBook,
@@ -201,6 +201,13 @@ class Production:
         alias must agree with."""
         return trail_version(self.history(pilot))
 
+    def record_measures(self, pilot: str, summary: dict) -> Path | None:
+        """Draw the In service block of the version `testbed monitor` measured (`summary`) on its page, with
+        when the trail's moves took it out of production: a server goes on serving the old version until the
+        new one has started, and measures taken then must not show it in service again."""
+        return refresh_scorecard(self.ws, self.tracker, summary["submission"],
+                                 {**summary, "until": left_at(self.history(pilot), summary["submission"])})
+
     def resolve(self, pilot: str) -> Approved:
         """What `testbed serve` may serve: the alias's version, when the trail's last move put it there, checked
         again like a promotion."""
@@ -334,6 +341,12 @@ def _operator(by: str) -> str:
 def trail_version(entries: list[dict]) -> str | None:
     """The version a trail's last move put in production (None: none yet, or withdrawn)."""
     return entries[-1]["version"] if entries else None
+
+
+def left_at(entries: list[dict], submission: str) -> str | None:
+    """When a trail's moves last took `submission` out of production (None: in service now, or never put in)."""
+    put = [i for i, e in enumerate(entries) if e["submission"] == submission]
+    return entries[put[-1] + 1]["at"] if put and put[-1] + 1 < len(entries) else None
 
 
 def _stack(entries: list[dict]) -> list[dict]:
