@@ -22,14 +22,20 @@ __all__ = [
 SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
+_NOT_FILE_ENCODINGS = frozenset({"undefined", "punycode", "idna"})
+"""Text codecs no data file is written in: `undefined` fails every read, the other two encode domain names."""
+
+
 def _known_codec(value: str) -> str:
     try:
         codec = codecs.lookup(value)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with a NUL in it
         raise ValueError(f"{value[:40]!r} is not a text encoding Python knows (e.g. utf-8, cp949)") from None
     if not getattr(codec, "_is_text_encoding", True):  # rot13, base64, zlib...: no file opens as text with them
         raise ValueError(f"{value[:40]!r} is a codec between bytes or between texts, not a text encoding "
                          "(e.g. utf-8, cp949)")
+    if codec.name in _NOT_FILE_ENCODINGS:
+        raise ValueError(f"{value[:40]!r} is not the encoding of a data file (e.g. utf-8, cp949)")
     return value
 
 

@@ -253,6 +253,12 @@ def test_a_gap_can_be_skipped_instead(districts):
                "horizon": 1}}, "task.data.encoding"),
     ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "encoding": "rot13"}, "history": 4,
                "horizon": 1}}, "task.data.encoding"),  # a codec, but no text encoding: refused as the spec is read
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "encoding": "undefined"}, "history": 4,
+               "horizon": 1}}, "task.data.encoding"),  # text codecs, but no file's encoding
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "encoding": "punycode"}, "history": 4,
+               "horizon": 1}}, "task.data.encoding"),
+    ({"task": {"data": {"time": "t", "frequency": "h", "target": "y", "encoding": "utf\x008"}, "history": 4,
+               "horizon": 1}}, "task.data.encoding"),
     ({"task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "D"}}}, "groups.0"),  # hour_band
     ({"groups": ["season", "day_type"], "task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "W"}}},
      "groups.1"),

@@ -167,7 +167,7 @@ def _fail(where: str, problem: str, fix: str):
 def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, encoding=data.encoding, low_memory=False)
-    except (UnicodeDecodeError, LookupError) as exc:
+    except (UnicodeError, LookupError) as exc:
         _fail(where, f"{path.name} cannot be read as {data.encoding} ({exc.__class__.__name__})",
               "set `task.data.encoding` to the file's encoding")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

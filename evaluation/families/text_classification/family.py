@@ -99,8 +99,9 @@ class TextClassification(TaskFamily):
         window, where = self.spec.dataset.splits[split], f"pilot {self.spec.id}: dataset"
         try:
             data, unknown = read_texts(self.data_path, self.options, window.start, window.end, split, where)
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"{self.data_path.name} is not {self.options.encoding} text (byte {exc.start})",
+        except UnicodeError as exc:
+            at = f" (byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else ""
+            raise SpecError(f"{self.data_path.name} is not {self.options.encoding} text{at}",
                             where=f"{where}: task.encoding",
                             fix="set task.encoding to the file's encoding (e.g. cp949)") from None
         if "" in unknown:
