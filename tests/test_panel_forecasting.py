@@ -187,6 +187,22 @@ def test_a_group_on_measured_values_is_refused_with_the_data(tmp_path):
     assert "50" in open_family(load_pilot(path), PROJECT_ROOT / "data").load("test").groups["humidity"]
 
 
+def test_whole_numbers_of_any_size_and_infinities_are_labels(tmp_path):
+    """A column of whole numbers is a column of labels, however large (1e20 had failed the whole file: no int64
+    holds it) and whatever infinities it holds (which had made it "measured values, e.g. inf")."""
+    from evaluation.families.forecasting.series import SeriesData, read_panel
+
+    path = tmp_path / "panel.csv"
+    hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")
+    pd.DataFrame({"time": hours, "y": range(24), "big": [1e20, 2.0] * 12, "edge": [1.0, float("inf")] * 12,
+                  "measured": [0.5, float("inf")] * 12}).to_csv(path, index=False)
+    data = SeriesData(time="time", frequency="h", target="y", attributes=["big", "edge", "measured"])
+    panel = read_panel(path, data, "test")
+    assert set(panel.labels["big"][panel.present]) == {"100000000000000000000", "2"}
+    assert set(panel.labels["edge"][panel.present]) == {"1", "inf"}
+    assert panel.continuous == {"measured"}
+
+
 def test_a_target_below_zero_needs_the_spec_to_say_so(districts):
     """Forecasts below zero break the contract, so a target that goes below zero (a net flow) is refused until the
     spec sets `task.nonnegative: false`; then negative forecasts are answers like any other."""

@@ -152,8 +152,9 @@ class Forecasting(TaskFamily):
         for i, key in enumerate(self.spec.groups):
             if key in panel.continuous:
                 values = np.unique(panel.labels[key][panel.present].astype(float))
+                example = values[np.isfinite(values) & (values % 1 != 0)][0]
                 raise SpecError(f"field `groups.{i}`: column {key!r} holds measured values ({len(values)} distinct, "
-                                f"e.g. {values[values % 1 != 0][0]:g}), so each value would be a group of its own, "
+                                f"e.g. {example:g}), so each value would be a group of its own, "
                                 "each too small to judge", where=f"{where}: groups",
                                 fix=f"group by bands of it instead (a column of categories in the data, named in "
                                     f"task.data.attributes), or leave {key!r} out of groups")

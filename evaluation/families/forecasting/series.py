@@ -244,6 +244,11 @@ def _remembered(path: str, size: int, mtime_ns: int, data: str, where: str) -> P
     return panel
 
 
+def _whole_label(value: float) -> str:
+    """A whole number read as a float, as a label: 3.0 reads "3", 1e20 all its digits, a missing value "<NA>"."""
+    return "<NA>" if np.isnan(value) else f"{value + 0.0:.0f}" if np.isfinite(value) else str(value)
+
+
 def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     """The file as a dense panel, refusing duplicate timestamps, off-grid timestamps and (with `on_gap: error`)
     gaps inside a series."""
@@ -293,10 +298,13 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
         if name in frame.columns:
             grid_labels = np.full((n_series, n_steps), None, dtype=object)
             column = frame[name]
-            if pd.api.types.is_float_dtype(column) and (column.dropna() % 1 == 0).all():
-                column = column.astype("Int64")
-            elif pd.api.types.is_float_dtype(column):
-                continuous.add(name)
+            if pd.api.types.is_float_dtype(column):
+                finite = column[np.isfinite(column)]
+                if (finite % 1 == 0).all():  # whole numbers, written as such: in int64 where they all fit
+                    exact = len(finite) == column.notna().sum() and (finite.abs() < 2 ** 53).all()
+                    column = column.astype("Int64") if exact else column.map(_whole_label)
+                else:
+                    continuous.add(name)
             grid_labels[codes, step] = column.astype(str).to_numpy(object)
             labels[name] = grid_labels
     key_array = np.array([list(k) for k in keys], dtype=str).reshape(n_series, len(data.series_keys))
