@@ -562,6 +562,21 @@ def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror
     assert ReviewBook(ws).record(tracker, sub.id, "reject", by="kim", note="no", rubric=GOOD).seq == 2
 
 
+def test_a_page_that_cannot_be_redrawn_after_a_move_leaves_the_move_standing(ws, monkeypatch):
+    """The move is recorded before the pages are drawn: a tracking store failing then (an MLflow error, not only
+    the testbed's own or the disk's) is a warning saying what to run, never a failed move that was recorded."""
+    from mlflow.exceptions import MlflowException
+
+    from workflow.promote import Production
+
+    def failing(*args):
+        raise MlflowException("the tracking server restarted")
+
+    monkeypatch.setattr("workflow.promote.mark_in_service", failing)
+    with pytest.warns(UserWarning, match=r"page of sub-a was not updated .*testbed scorecard sub-a --restore"):
+        Production(ws)._pages([{"submission": "sub-a", "at": "t1"}, {"submission": "sub-b", "at": "t2"}])
+
+
 def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypatch):
     """Ctrl-C as the registry's `testbed.production.NNNN` tag is written, before the trail's line: the tag is taken
     back, so `testbed production`, promotion and serving still read the trail (never a move one ahead)."""

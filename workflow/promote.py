@@ -274,13 +274,15 @@ class Production:
         """The scorecard pages after the trail's last move (`entries[-1]`): the version the move before it had put
         in production says until when it served, the one put in (back) no longer does. The move stands whatever
         happens here (a warning says what to run)."""
+        from mlflow.exceptions import MlflowException
+
         entry, leaving = entries[-1], entries[-2]["submission"] if len(entries) > 1 else None
         for submission, until in ((leaving, entry["at"]), (entry["submission"], None)):
             if not submission or (until and submission == entry["submission"]):
                 continue
             try:
                 mark_in_service(self.ws, self.tracker, submission, until)
-            except (TestbedError, OSError) as exc:
+            except (TestbedError, OSError, MlflowException) as exc:
                 warnings.warn(f"the scorecard page of {submission} was not updated after the move "
                               f"({' '.join(str(exc).split())[:300]}); `testbed scorecard {submission} --restore` "
                               "draws it again", stacklevel=3)
