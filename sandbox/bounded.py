@@ -2,15 +2,17 @@
 bounds: time, bytes written, files and folders made.
 
 A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host before the
-sandbox, and its disk limits, even started. So each command is watched while it runs (`/proc/PID/io`) and once
-more after it ended, before it is reaped (one that wrote past the bound and finished between two looks is
-refused all the same); the bytes count against one budget for the whole build, the bytecode compiler included
-(constant folding makes a `.pyc` hundreds of times its source); and once uv ended the environment's files and
-folders are counted (a 2 MB wheel of 20,000 empty folders took 165 MB and 40,000 inodes, which `wchar` never
-sees). Past a bound the command is stopped and what uv added to its cache is removed: the wheels it unpacked
-there (`archive-vN/ID/`, finished or not) and the entries pointing at them, under uv's own cache lock (builds
-hold it shared, so this waits for them), then `uv cache prune` for the rest. The removal goes by what uv
-unpacked, never by the names a wheel gives itself.
+sandbox, and its disk limits, even started. So each command is watched while it runs (`/proc/PID/io`, its live
+child processes included: the compiler's workers) and once more after it ended, before it is reaped (one that
+wrote past the bound and finished between two looks is refused all the same); the bytes count against one
+budget for the whole build, the bytecode compiler included (constant folding makes a `.pyc` hundreds of times
+its source); and once uv ended the environment's files and folders are counted (a 2 MB wheel of 20,000 empty
+folders took 165 MB and 40,000 inodes, which `wchar` never sees). Past a bound the command is stopped; then, or
+when uv failed (it may have unpacked a wheel it then would not install), what uv added to its cache is removed:
+the wheels it unpacked there (`archive-vN/ID/`) and the entries pointing at them, under uv's own cache lock
+(builds hold it shared, so this waits for them), then `uv cache prune` for the rest. The removal goes by what
+uv unpacked, never by the names a wheel gives itself, and by `rm -rf` (a wheel's folders may nest deeper than
+Python's recursion).
 
     budget = Budget()
     problem, returncode, output = run_bounded([uv, "pip", "install", ...], env, budget, uv=uv, tree=target)
@@ -22,14 +24,13 @@ import contextlib
 import fcntl
 import os
 import select
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["Budget", "run_bounded", "BUILD_TIMEOUT_S", "MAX_BUILD_WRITE_BYTES", "MAX_BUILD_ENTRIES"]
+__all__ = ["Budget", "run_bounded", "remove_tree", "BUILD_TIMEOUT_S", "MAX_BUILD_WRITE_BYTES", "MAX_BUILD_ENTRIES"]
 
 BUILD_TIMEOUT_S = 1800
 MAX_BUILD_WRITE_BYTES = 32 << 30
@@ -66,7 +67,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
         if not problem and tree is not None and _entries(tree) > MAX_BUILD_ENTRIES:
             problem = (f"unpack to more than {MAX_BUILD_ENTRIES:,} files and folders (empty folders take disk and "
                        "inodes that a wheel's size does not show)")
-        if problem and uv:
+        if uv and (problem or proc.returncode != 0):  # refused, or uv unpacked a wheel it then would not install
             _forget(uv, env, cache, before)
         log.seek(0)
         return problem, proc.returncode, log.read().decode(errors="replace")
@@ -114,13 +115,33 @@ def _exit_watch(pid: int) -> Iterator[Callable[[float], bool]]:
 
 
 def _written(pid: int) -> int:
-    """Bytes process `pid` has written so far (its threads and reaped children included: `wchar` of
-    /proc/PID/io, still readable once it ended and before it is reaped); 0 where unknown."""
+    """Bytes process `pid` and its live descendants have written so far (`wchar` of /proc/PID/io: a process's
+    threads and reaped children are in it, still readable once it ended and before it is reaped; a child still
+    running, such as a compiler's worker, is not, so those are added); 0 where unknown."""
+    return sum(_wchar(p) for p in _family(pid))
+
+
+def _wchar(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/io") as io:
             return next((int(line.split()[1]) for line in io if line.startswith("wchar:")), 0)
     except (OSError, ValueError):
         return 0
+
+
+def _family(pid: int) -> list[int]:
+    """`pid` and its live descendants (from each process's parent in /proc/N/stat)."""
+    parents: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError), os.scandir("/proc") as procs:
+        for proc in procs:
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{proc.name}/stat") as stat:
+                    parents.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(proc.name))
+    family, stack = [], [pid]
+    while stack:
+        family.append(stack.pop())
+        stack.extend(parents.get(family[-1], []))
+    return family
 
 
 def _entries(tree: Path) -> int:
@@ -145,7 +166,7 @@ def _cache_dir(uv: str, env: dict[str, str]) -> Path | None:
 
 
 def _unpacked(cache: Path | None) -> set[Path]:
-    """The wheels unpacked in uv's cache (`archive-vN/ID`, finished or not)."""
+    """The wheels unpacked in uv's cache (`archive-vN/ID`)."""
     return set(cache.glob("archive-v*/*")) if cache is not None else set()
 
 
@@ -157,10 +178,7 @@ def _forget(uv: str, env: dict[str, str], cache: Path | None, before: set[Path])
             if locked:
                 ids = [path.name.encode() for path in new]
                 for path in new:
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
+                    remove_tree(path)
                 for pointer in cache.glob("wheels-v*/**/*"):  # an entry's pointer names its archive's id
                     with contextlib.suppress(OSError):
                         if pointer.is_file() and not pointer.is_symlink() and pointer.stat().st_size <= 1 << 20 \
@@ -194,3 +212,11 @@ def _cache_lock(cache: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` and everything under it, however deep (`shutil.rmtree` recurses: a wheel's chain of 1,100
+    nested folders made it raise RecursionError, whatever `ignore_errors` says); never fails."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--", str(path)], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=BUILD_TIMEOUT_S, check=False)

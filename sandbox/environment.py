@@ -40,7 +40,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from sandbox.bounded import Budget, run_bounded
+from sandbox.bounded import Budget, remove_tree, run_bounded
 from testbed.errors import BundleError
 
 __all__ = ["PythonEnvironment", "bundle_environment", "declared_requirements", "parse_requirements", "COMPLETE"]
@@ -133,7 +133,7 @@ class PythonEnvironment:
                 if not self.ready:  # not another builder's finished environment: a real failure
                     raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
         return self.prefix
 
     def _build(self, target: Path) -> None:
@@ -170,7 +170,8 @@ class PythonEnvironment:
         """Run one of the build's commands within its bounds (`sandbox.bounded`: BundleError naming the packages
         past one); a failed `checked` command's output names the culprits."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE"))}  # uv's cache: the one it names
+               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE", "UV_LINK_MODE"))}  # the cache it
+        # names (its additions can then be removed), files linked or copied from it (never symlinks into it)
         problem, returncode, output = run_bounded(cmd, env, budget, uv=uv, tree=tree)
         if problem:
             raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",

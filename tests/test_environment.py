@@ -283,3 +283,67 @@ def test_a_declared_package_of_empty_folders_or_bloated_bytecode_is_refused(tmp_
         assert problem in str(exc.value) and not env.ready
         assert not list((tmp_path / "envs").glob(".*/env"))
     assert not list(cache.glob("archive-v*/*/testbedfolders"))  # what uv unpacked of the folders, removed
+
+
+@pytest.mark.slow
+def test_a_wheel_uv_will_not_install_or_nested_past_pythons_recursion_leaves_nothing(tmp_path, monkeypatch):
+    """uv unpacks a wheel into its cache before it checks it: one it then refused (`Wheel-Version: 2.0`) left
+    48 MiB there for good, and `uv cache prune` kept it. And a chain of 1,100 nested folders made Python's
+    recursive `rmtree` raise RecursionError from the clean-up, with the staging folder and the cache entry left
+    and no BundleError. Both are refused naming the package, and nothing of them stays."""
+    import zipfile
+
+    from sandbox import bounded
+
+    wheels, cache, envs = tmp_path / "wheels", tmp_path / "uv-cache", tmp_path / "envs"
+    wheels.mkdir()
+    refused = _wheel(wheels, "testbedwheel2", {"testbedwheel2.py": "VALUE = 1\n"})
+    with zipfile.ZipFile(refused, "a", zipfile.ZIP_DEFLATED) as whl:
+        whl.writestr("testbedwheel2/weights.bin", bytes(16 << 20))
+    with zipfile.ZipFile(refused) as whl:  # the same wheel, declaring a version of the format uv does not read
+        members = {i.filename: whl.read(i) for i in whl.infolist()}
+    members["testbedwheel2-0.1.dist-info/WHEEL"] = members["testbedwheel2-0.1.dist-info/WHEEL"].replace(b"1.0", b"2.0")
+    with zipfile.ZipFile(refused, "w", zipfile.ZIP_DEFLATED) as whl:
+        for name, data in members.items():
+            whl.writestr(name, data)
+    deep = _wheel(wheels, "testbeddeep", {"testbeddeep.py": "VALUE = 1\n"})
+    with zipfile.ZipFile(deep, "a") as whl:
+        whl.writestr("testbeddeep/" + "a/" * 1100 + "x", "")
+        for n in range(300):
+            whl.writestr(f"testbeddeep/d{n}/", "")
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    monkeypatch.setattr(bounded, "MAX_BUILD_ENTRIES", 200)
+    for name, problem in [("testbedwheel2", "cannot install"), ("testbeddeep", "more than 200 files and folders")]:
+        env = PythonEnvironment((f"{name}==0.1",), envs)
+        with pytest.raises(BundleError, match=name) as exc:
+            env.ensure()
+        assert problem in str(exc.value) and not env.ready
+        assert not [p for p in envs.iterdir() if p.name.startswith(".")]  # no staging folder left
+        left = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+        assert left < 1 << 20 and not list(cache.glob(f"archive-v*/*/{name}")), left
+
+
+def test_a_build_commands_children_count_while_they_run(tmp_path):
+    """A command's writes include its live child processes' (the bytecode compiler's workers): the kernel adds
+    a child's to its parent's count only once the parent reaps it, which was after the whole output was written."""
+    import subprocess
+    import sys
+    import time
+
+    from sandbox.bounded import _written
+
+    script = (f"import os, time\nif os.fork() == 0:\n    open({str(tmp_path / 'out')!r}, 'wb').write(bytes(8 << 20))\n"
+              "    time.sleep(30)\nelse:\n    time.sleep(30)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not ((tmp_path / "out").exists() and (tmp_path / "out").stat().st_size == 8 << 20):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _written(parent.pid) >= 8 << 20
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()
