@@ -169,9 +169,10 @@ class PythonEnvironment:
              checked: bool = True) -> None:
         """Run one of the build's commands within its bounds (`sandbox.bounded`: BundleError naming the packages
         past one); a failed `checked` command's output names the culprits."""
+        # without UV_NO_CACHE uv uses the cache it names (its additions can then be removed); without UV_LINK_MODE
+        # files are linked or copied from it, never symlinks into a cache the sandbox does not mount
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE", "UV_LINK_MODE"))}  # the cache it
-        # names (its additions can then be removed), files linked or copied from it (never symlinks into it)
+               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE", "UV_LINK_MODE"))}
         problem, returncode, output = run_bounded(cmd, env, budget, uv=uv, tree=tree)
         if problem:
             raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",
