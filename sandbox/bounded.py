@@ -51,9 +51,9 @@ class Budget:
 
 def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str | None = None,
                 tree: Path | None = None) -> tuple[str, int, str]:
-    """Run `cmd`: what went past a bound ("" when it ended within them; else it was stopped and, for a `uv`
-    command, what it added to uv's cache removed), its exit status and its output (stdout and stderr). `tree`:
-    the folder whose files and folders are counted once it ended."""
+    """Run `cmd`: what went past a bound ("" when it ended within them; else it was stopped), its exit status
+    and its output (stdout and stderr). A `uv` command stopped or failed has what it added to uv's cache removed.
+    `tree`: the folder whose files and folders are counted once it ended."""
     cache = _cache_dir(uv, env) if uv else None
     before = _unpacked(cache)
     with tempfile.TemporaryFile() as log:
@@ -68,7 +68,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
             problem = (f"unpack to more than {MAX_BUILD_ENTRIES:,} files and folders (empty folders take disk and "
                        "inodes that a wheel's size does not show)")
         if uv and (problem or proc.returncode != 0):  # refused, or uv unpacked a wheel it then would not install
-            _forget(uv, env, cache, before)
+            _forget(uv, env, cache, before, stopped=bool(problem))
         log.seek(0)
         return problem, proc.returncode, log.read().decode(errors="replace")
 
@@ -170,9 +170,12 @@ def _unpacked(cache: Path | None) -> set[Path]:
     return set(cache.glob("archive-v*/*")) if cache is not None else set()
 
 
-def _forget(uv: str, env: dict[str, str], cache: Path | None, before: set[Path]) -> None:
-    """Remove what a stopped uv added to its cache (see the module's docstring)."""
+def _forget(uv: str, env: dict[str, str], cache: Path | None, before: set[Path], *, stopped: bool) -> None:
+    """Remove what a stopped or failed uv added to its cache (see the module's docstring). A failed one that
+    unpacked nothing (a package not found) has nothing to remove, and waits for no other build's lock."""
     new = _unpacked(cache) - before
+    if not new and not stopped:  # a stopped uv may have left a half-unpacked wheel outside `archive-vN`
+        return
     if cache is not None and new:
         with _cache_lock(cache) as locked:
             if locked:
