@@ -31,6 +31,9 @@ class Limits:
     """Largest total size of the archive's files once unpacked."""
     max_members: int = 20_000
     """Most files and folders in one archive."""
+    max_depth: int = 64
+    """Most folders a member may be nested in (unpacking creates them one call inside another: a member 1,100
+    folders deep raised RecursionError)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def _checked(tar: tarfile.TarFile, where: str, limits: Limits):
                 raise _unsafe(where, f"member {name!r} points outside the archive")
             if not (member.isfile() or member.isdir()):
                 raise _unsafe(where, f"member {name!r} is a link or special file; only files and folders allowed")
+            if (depth := normal.count("/")) > limits.max_depth:
+                raise _unsafe(where, f"member {name[:60]!r}… is nested {depth} folders deep (at most "
+                                     f"{limits.max_depth})")
             total += member.size
             if count > limits.max_members or total > limits.max_unpacked_bytes:
                 raise _unsafe(where, "archive unpacks to more files or bytes than the limits allow")

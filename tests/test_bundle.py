@@ -37,6 +37,7 @@ def link_member(name, target, kind=tarfile.SYMTYPE):
     (file_member("/etc/passwd"), "outside the archive"),
     (link_member("src/data", "/work/data"), "link"),
     (link_member("src/model.pt", "../../x", tarfile.LNKTYPE), "link"),
+    (file_member("src/" + "a/" * 1100 + "x"), "nested 1101 folders deep"),  # unpacking it raised RecursionError
 ])
 def test_unsafe_members_are_refused(tmp_path, member, words):
     path = archive(tmp_path, [file_member("./bento.yaml"), member])
