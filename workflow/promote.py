@@ -276,12 +276,11 @@ class Production:
         happens here (a warning says what to run)."""
         from mlflow.exceptions import MlflowException
 
-        entry, leaving = entries[-1], entries[-2]["submission"] if len(entries) > 1 else None
-        for submission, until in ((leaving, entry["at"]), (entry["submission"], None)):
-            if not submission or (until and submission == entry["submission"]):
+        for submission in dict.fromkeys(e["submission"] for e in entries[-2:]):  # the one that left, the one put in
+            if not submission:
                 continue
             try:
-                mark_in_service(self.ws, self.tracker, submission, until)
+                mark_in_service(self.ws, self.tracker, submission, left_at(entries, submission))
             except (TestbedError, OSError, MlflowException) as exc:
                 warnings.warn(f"the scorecard page of {submission} was not updated after the move "
                               f"({' '.join(str(exc).split())[:300]}); `testbed scorecard {submission} --restore` "
