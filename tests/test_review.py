@@ -931,7 +931,7 @@ def test_monitor_shows_the_live_service_when_its_page_cannot_be_updated(ws, monk
     for _ in range(10):
         metrics.observe("3", 200, 0.02)
     monkeypatch.setenv("TESTBED_HOME", str(ws.home))
-    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: MemoryTracker())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ws.tracking_uri)  # this test's own store (the trail's registry)
     monkeypatch.setattr("serving.monitor.scrape", lambda url, pilot: Scrape(metrics.exposition().decode(),
                                                                            at=time.time() + 10))
     result = CliRunner().invoke(app, ["monitor", "bike-demand", "--window", "0"], terminal_width=250)
