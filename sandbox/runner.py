@@ -100,6 +100,21 @@ class PhaseResult:
     cpu_quota: float = 0
     """Cores the sandbox could use at once (its cgroup's CFS quota); 0: not bounded, the machine's `cores`."""
 
+    def joined(self, later: PhaseResult) -> PhaseResult:
+        """This phase and a later part of it (a phase sent in parts, see `PhasePlan.phases`) as one: requests in
+        the order sent, times and CPU added up, the machine's busy share weighted by each part's wall time."""
+        wall = self.wall_s + later.wall_s
+        busy = None if self.machine_busy is None or later.machine_busy is None else (
+            (self.machine_busy * self.wall_s + later.machine_busy * later.wall_s) / wall if wall > 0 else 0.0)
+        sandbox = None if self.sandbox_cpu_s is None or later.sandbox_cpu_s is None else (
+            self.sandbox_cpu_s + later.sandbox_cpu_s)
+        return PhaseResult(
+            name=self.name, bodies=self.bodies + later.bodies, statuses=self.statuses + later.statuses,
+            latencies_s=self.latencies_s + later.latencies_s, items=self.items + later.items, wall_s=wall,
+            errors=(self.errors + later.errors)[:5], cpu_s=self.cpu_s + later.cpu_s, wait_s=self.wait_s + later.wait_s,
+            machine_busy=busy, sandbox_cpu_s=sandbox, cores=self.cores,
+            request_sandbox_cpu_s=self.request_sandbox_cpu_s + later.request_sandbox_cpu_s, cpu_quota=self.cpu_quota)
+
 
 @dataclass
 class SandboxResult:
@@ -185,7 +200,8 @@ def run_job(job: SandboxJob) -> SandboxResult:
             ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
             timed_out = ready_at is None and svc.alive()
             for phase in job.phases if ready_at else []:
-                phases[phase.name] = _run_phase(job, phase, deadline, svc, budget)
+                part = _run_phase(job, phase, deadline, svc, budget)
+                phases[phase.name] = phases[phase.name].joined(part) if phase.name in phases else part
                 if expired.is_set() or time.monotonic() >= deadline:
                     timed_out = True
                 if timed_out or not svc.alive():
@@ -228,8 +244,11 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
     meter, used = MachineMeter(), svc.cpu_used_s()
     start = time.perf_counter()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, phase.concurrency)) as pool:
-            outcomes = list(pool.map(one, phase.bodies, phase.items))
+        if phase.concurrency > 1:
+            with ThreadPoolExecutor(max_workers=phase.concurrency) as pool:
+                outcomes = list(pool.map(one, phase.bodies, phase.items))
+        else:  # one request at a time: no pool to start for a phase sent in many small parts
+            outcomes = list(map(one, phase.bodies, phase.items))
     finally:
         channel.close()
     wall = time.perf_counter() - start

@@ -731,6 +731,19 @@ def test_overlapping_windows_reveal_no_truth_before_a_window_is_answered(ws, bik
     assert relooker.metrics["clean"] == honest.metrics["clean"]
 
 
+def test_a_service_that_learns_the_truth_buys_no_robustness(ws, bike_spec, tmp_path):
+    """Each scenario's windows go forward in time with the measured ones (an origin's perturbed windows right
+    after its timed ones, before any later origin's), so a service that learns the truth from later windows'
+    histories knows no more when it answers a perturbed window than when it first answered it: its robustness is
+    its model's. (Sent after the timed phases, which show every window, the perturbed windows were answered with
+    the truth: a retention far above 1, counted as full robustness.)"""
+    fam = open_family(bike_spec, PROJECT_ROOT / "data")
+    honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
+    learner = run(ws, bike_spec, overlap_cheat(fam), bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="learn")
+    assert learner.metrics["missing_hours"] == honest.metrics["missing_hours"]
+    assert learner.retention == honest.retention and learner.total_score == honest.total_score
+
+
 def test_a_forecast_window_whose_clean_request_failed_is_scored_by_its_timed_answer(ws, bike_spec, tmp_path):
     """Failing the clean request that carries hard windows cannot drop them from the score: their first
     (timed) answers are scored instead."""
@@ -805,22 +818,32 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
     from evaluation.families import open_family
 
     fam = open_family(bike_spec, PROJECT_ROOT / "data")
-    phases = {p.name: p for p in fam.phases(fam.load("sample"), seed=3)}
+    data = fam.load("sample")
+    sent = fam.phases(data, seed=3)
     orders = {name: np.concatenate(cuts).tolist() for name, cuts in fam.plan.items()}
+    sizes = fam.plan_record()["batch_sizes"]
     assert orders["clean"] != orders["missing_hours"] and sorted(orders["clean"]) == sorted(orders["missing_hours"])
-    assert phases["clean"].items != phases["missing_hours"].items and max(phases["clean"].items) <= 32
-    assert fam.plan_record()["seed"] == 3 and fam.plan_record()["batch_sizes"]["clean"] == phases["clean"].items
+    assert sizes["clean"] != sizes["missing_hours"] and max(sizes["clean"]) <= 32 and fam.plan_record()["seed"] == 3
 
-    # a service that remembers answers gains no speed: every item of a measured phase is new to it when timed
-    seen: set[int] = set()
-    for name in phases:
-        items = set(np.concatenate(fam.plan[name]).tolist())
-        if name in ("single_stream", "offline"):
-            assert items and not items & seen, name
+    # a service that remembers answers gains no speed: every item of a measured phase is new to it when timed; and
+    # every phase but `clean` (whose answers are only compared) goes forward in time, so no item it sends has had
+    # its truth shown in a later window's history
+    seen, done, latest, epochs = set(), {}, -np.inf, fam.epochs(data)
+    for phase in sent:
+        start = done.get(phase.name, 0)
+        cuts, done[phase.name] = fam.plan[phase.name][start:start + len(phase.bodies)], start + len(phase.bodies)
+        items = set(np.concatenate(cuts).tolist())
+        assert [len(c) for c in cuts] == phase.items
+        if phase.name in ("single_stream", "offline"):
+            assert items and not items & seen, phase.name
+        if phase.name != "clean":
+            assert min(epochs[list(items)]) >= latest and all(len(set(epochs[c])) == 1 for c in cuts)
+            latest = max(epochs[list(items)])
         seen |= items
-    assert list(phases)[:2] == ["single_stream", "offline"] and len(seen) == fam.size(fam.load("sample"))
+    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(seen) == fam.size(data)
+    assert [p.name for p in sent][:2] == ["single_stream", "missing_hours"] and sent[-1].name == "clean"
     # a bloated answer fails its own request before the harness decodes it: 64 bytes per forecast number
-    assert {p.answer_bytes_per_item for p in phases.values()} == {64 * fam.options.horizon}
+    assert {p.answer_bytes_per_item for p in sent} == {64 * fam.options.horizon}
 
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------

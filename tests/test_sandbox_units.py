@@ -320,3 +320,18 @@ def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_r
     with pytest.raises(ResourceUnavailable, match="8192 MB of memory, the largest Ray node has 6144 MB") as info:
         RayExecutor().submit(job(8192))
     assert "ray start --memory" in info.value.fix and "testbed check" in info.value.fix and len(placed) == 1
+
+
+def test_a_phase_sent_in_parts_reads_as_one():
+    """`PhasePlan.phases` sends a phase in parts (one per epoch, between other phases' parts); the runner joins
+    them: requests in the order sent, times and CPU added up, the machine's busy share weighted by wall time."""
+    first = PhaseResult("offline", [b"a"], [200], [0.1], [3], 1.0, errors=["e1"], cpu_s=[0.1], wait_s=[0.0],
+                        machine_busy=0.2, sandbox_cpu_s=0.5, cores=2, request_sandbox_cpu_s=[0.5], cpu_quota=1)
+    later = PhaseResult("offline", [None, b"c"], [500, 200], [0.2, 0.3], [1, 2], 3.0, errors=["e2"], cpu_s=[0.2, 0.3],
+                        wait_s=[0.1, 0.0], machine_busy=0.6, sandbox_cpu_s=None, cores=2,
+                        request_sandbox_cpu_s=[None, 0.2], cpu_quota=1)
+    both = first.joined(later)
+    assert both.bodies == [b"a", None, b"c"] and both.statuses == [200, 500, 200] and both.items == [3, 1, 2]
+    assert both.latencies_s == [0.1, 0.2, 0.3] and both.cpu_s == [0.1, 0.2, 0.3] and both.errors == ["e1", "e2"]
+    assert both.wall_s == 4.0 and both.machine_busy == pytest.approx(0.5) and both.sandbox_cpu_s is None
+    assert first.joined(first).sandbox_cpu_s == 1.0 and both.request_sandbox_cpu_s == [0.5, None, 0.2]
