@@ -51,12 +51,13 @@ def against(value: float, bound: float, spec: str) -> str:
 
 def retention_ratio(goal: str, clean: float | None, other: float | None) -> float:
     """`other` relative to `clean` (1 = as good, below 1 = worse); a perfect clean score loses nothing to a
-    perfect other score."""
+    perfect other score. NaN (no robustness credit) when the clean score has nothing to retain: a score of 0, an
+    infinite error."""
     if not _known(clean, other):
         return float("nan")
     if goal == "min":
-        return clean / other if other > 0 else 1.0
-    return other / clean if clean > 0 else 1.0
+        return float("nan") if math.isinf(clean) else (clean / other if other > 0 else 1.0)
+    return other / clean if clean > 0 else float("nan")
 
 
 def _skill(goal: str, baseline: float | None, model: float | None) -> float:

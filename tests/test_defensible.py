@@ -665,6 +665,14 @@ def test_zero_error_is_perfect_not_zero():
     assert retention_ratio("min", 0.0, 0.0) == 1 and retention_ratio("min", 0.0, 1.0) == 0
 
 
+def test_a_model_with_nothing_to_retain_earns_no_robustness():
+    """A detector with mAP 0 (or an infinite clean error) is not 'perfectly robust': its retention is unknown,
+    and counts nothing, while a barely working one's is measured."""
+    assert math.isnan(retention_ratio("max", 0.0, 0.2)) and math.isnan(retention_ratio("max", 0.0, 0.0))
+    assert math.isnan(retention_ratio("min", math.inf, 3.0)) and retention_ratio("max", 0.001, 0.0) == 0
+    assert retention_ratio("min", 2.0, math.inf) == 0 and retention_ratio("max", 0.5, 0.25) == 0.5
+
+
 # -- performance that does not follow load ----------------------------------------------------------------------------
 
 def test_timed_answers_must_be_the_scored_models(ws, bike_spec, tmp_path):
