@@ -24,9 +24,13 @@ setup: $(STAMP) ## install what is missing: bubblewrap and a Hangul font (apt-ge
 	  else \
 	    echo "bubblewrap is missing and this is not root: run 'sudo apt-get install bubblewrap', then make again"; exit 1; \
 	  fi; }
-	@test -e /usr/share/fonts/truetype/nanum || [ "$$(id -u)" != 0 ] || { \
-	  echo "installing fonts-nanum (Hangul in the scorecards' plots) with apt-get"; \
-	  apt-get install -y -q fonts-nanum >/dev/null 2>&1 || echo "fonts-nanum not installed: Korean plot labels show as boxes"; }
+	@test -e /usr/share/fonts/truetype/nanum || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing fonts-nanum (Hangul in the scorecards' plots) with apt-get"; \
+	    apt-get install -y -q fonts-nanum >/dev/null 2>&1 || echo "fonts-nanum not installed: Korean plot labels show as boxes"; \
+	  else \
+	    echo "fonts-nanum is missing and this is not root: plots still work, but Hangul shows as boxes; run 'sudo apt-get install fonts-nanum' for it"; \
+	  fi; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
