@@ -7,9 +7,11 @@ pip options), adds the server's packages at its own exact versions (`SERVER_PACK
 worker inside the sandbox serves with, and uvicorn's httptools and uvloop) and builds a virtual environment
 with uv, OUTSIDE the sandbox and BEFORE the run:
 
-- wheels only (`--no-build`), and their bytecode compiled by the new environment's Python started with `-I -S`
-  (no `site`, so no `.pth` file a wheel installs is executed): no code of a declared package runs on the host
-  while installing; a package published only as a source archive is refused, named;
+- wheels only (`--no-build`), and their bytecode compiled (`compileall` on the environment's site-packages) by
+  the harness's base interpreter, the one the environment was made from, started with `-I -S` (no `site`, so no
+  `.pth` file a wheel installs is executed, and not the environment's own Python, whose `pyvenv.cfg` a wheel may
+  overwrite): no code of a declared package runs on the host while installing; a package published only as a
+  source archive is refused, named;
 - from the package index only (PyPI, or the index the operator configured for uv), with uv's own cache
   (files are linked from it, so a second environment with torch costs seconds);
 - once per requirements hash: `<cache>/<sha256>/`, built in a staging folder and renamed when complete, so

@@ -2,11 +2,12 @@
 override them:
 
 - `MLFLOW_TRACKING_URI`: tracking store (default: SQLite under `mlflow/`, artifacts in `mlflow/artifacts/`).
-- `BENTOML_HOME`: BentoML's store for bundles the testbed builds (default `var/bentoml`).
+- `BENTOML_HOME`: BentoML's store for bundles the testbed builds (default `bentoml/` under `TESTBED_HOME`).
 - `RAY_ADDRESS`: a Ray cluster (default: a local Ray bound to loopback).
 - `TESTBED_HOME`: submissions and scorecards (default `var/`).
 - `TESTBED_DATA_DIR`: the city's data, including sequestered splits (default `data/`).
-- `TESTBED_ENVS_DIR`: the bundles' own Python environments, one per requirements hash (default `var/envs/`).
+- `TESTBED_ENVS_DIR`: the bundles' own Python environments, one per requirements hash (default `envs/` under
+  `TESTBED_HOME`).
 
 Run from a source checkout, "project-local" means the checkout; installed from a wheel (a Ray node), it means
 the current folder.
