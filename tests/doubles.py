@@ -16,11 +16,14 @@ from sandbox.runner import PhaseResult, SandboxJob, SandboxResult
 class FakeSandbox(InlineExecutor):
     """An Executor that answers each request with `handler(route, payload)` in-process.
 
-    `handler` returns the response object (JSON-able), or raises to simulate a failed request (HTTP 500).
+    `handler` returns the response object (JSON-able), or raises to simulate a failed request (HTTP 500). The
+    result reports the isolation the job asked for, as the real runner does, so a caller that drops
+    `isolated=False` on the way to the job is caught; a bare stand-in job (phases and route only) counts as isolated,
+    a `SandboxJob`'s default.
     """
 
-    def __init__(self, handler: Callable[[str, dict], object], verdict: str = "completed", isolated: bool = True):
-        self.handler, self.verdict, self.isolated = handler, verdict, isolated
+    def __init__(self, handler: Callable[[str, dict], object], verdict: str = "completed"):
+        self.handler, self.verdict = handler, verdict
         self.jobs: list[SandboxJob] = []
 
     def run(self, job: SandboxJob) -> SandboxResult:
@@ -41,7 +44,7 @@ class FakeSandbox(InlineExecutor):
                                items=list(phase.items), wall_s=0.1 * len(bodies) / max(1, requests[phase.name]))
             phases[phase.name] = phases[phase.name].joined(part) if phase.name in phases else part
         return SandboxResult(verdict=self.verdict, reason="fake", phases=phases, log="", startup_s=0.5,
-                             peak_rss_mb=100.0, isolated=self.isolated)
+                             peak_rss_mb=100.0, isolated=getattr(job, "isolated", True))
 
 
 def payload(body: bytes, content_type: str) -> dict:

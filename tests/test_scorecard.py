@@ -283,9 +283,10 @@ def test_a_contract_violation_is_a_verdict_and_a_failed_gate(ws, bike_spec, fake
 
 
 def test_unsafe_runs_fail_the_isolation_gate(ws, bike_spec, fake_bento):
-    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
-                         executor=FakeSandbox(last_day, isolated=False), ws=ws, out_dir=ws.home / "o",
-                         submission="x", split="sample", isolated=False)
+    sandbox = FakeSandbox(last_day)  # reports the isolation the job asked for, as the runner does
+    ev = evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=sandbox, ws=ws,
+                         out_dir=ws.home / "o", submission="x", split="sample", isolated=False)
+    assert [job.isolated for job in sandbox.jobs] == [False]  # the sandbox was told to run without isolation
     assert not next(g for g in ev.card.gates if g.name == "isolation").passed and not ev.card.isolated
 
 
@@ -494,11 +495,12 @@ def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec
 
 
 def test_an_evaluation_without_the_sandbox_is_never_a_submissions_official_one(ws, bike_spec, fake_bento, tracker):
+    sandbox = FakeSandbox(last_day)
     with pytest.raises(TestbedError, match="official one for good") as refused:
-        evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR,
-                        executor=FakeSandbox(last_day, isolated=False), ws=ws, tracker=tracker, out_dir=ws.home / "o",
-                        submission="x", isolated=False)
+        evaluate_bundle(bike_spec, fake_bento([FORECAST_ROUTE]), VENDOR, executor=sandbox, ws=ws, tracker=tracker,
+                        out_dir=ws.home / "o", submission="x", isolated=False)
     assert "--reevaluate" in refused.value.fix and not tracker.runs and not (ws.home / "o").exists()
+    assert not sandbox.jobs  # refused before anything ran
 
 
 def test_a_crash_names_the_vendors_own_error_not_bentomls_wrapper():
