@@ -55,11 +55,14 @@ def test_every_verb_has_help():
     (["promote", "bike-demand-000", "--by", " "], "no submission"),
     (["monitor", "bike-demand", "--url", "127.0.0.1:3000"], "--url http://127.0.0.1:3000"),
     (["monitor", "bike-demand", "--url", "http://127.0.0.1:3000/metrics"], "--url http://127.0.0.1:3000"),
+    (["evaluate", "bike-demand-000", "--reevaluate"], "--reevaluate needs a --reason"),
+    (["evaluate", "bike-demand-000", "--reevaluate", "--reason", " "], "--reevaluate needs a --reason"),
 ])
 def test_user_errors_are_clean(args, words):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and words in result.stderr and "fix:" in result.stderr
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def test_square_brackets_in_a_pilots_texts_are_shown_as_written(tmp_path, monkeypatch):
