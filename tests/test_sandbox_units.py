@@ -215,6 +215,38 @@ def test_a_ray_address_where_a_web_server_answers_is_refused_with_the_fix(monkey
         server.server_close()
 
 
+def test_a_local_ray_imported_before_the_loopback_setting_is_refused(monkeypatch):
+    """A local Ray listens on 127.0.0.1 only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before `ray` was
+    imported (Ray reads it once, into `ray_constants.ENABLE_RAY_CLUSTER`): imported without it, the executor
+    refuses to start one, saying how, and never calls `ray.init`; imported with it, it starts one on loopback."""
+    import ray
+    from ray._private import ray_constants
+
+    from sandbox.executor import RayExecutor
+    from testbed.errors import TestbedError
+
+    class Started(Exception):
+        pass
+
+    calls = []
+
+    def init(*args, **kwargs):
+        calls.append(kwargs)
+        raise Started
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    with pytest.raises(TestbedError, match="every network interface") as info:
+        RayExecutor().connect()
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in info.value.fix and not calls
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    with pytest.raises(Started):
+        RayExecutor().connect()
+    assert [call["address"] for call in calls] == ["local"]
+
+
 def test_the_files_a_process_opens_are_seen_by_the_kernel_not_reported_by_it(tmp_path):
     """`Opened`: the kernel's record of the files opened under a folder, by any process; folders listed are not
     files opened; a folder beyond its bound goes unseen rather than making the whole "not observed" (which
