@@ -65,6 +65,40 @@ def test_user_errors_are_clean(args, words):
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
+def test_serve_on_a_taken_port_is_refused_before_the_sandbox_starts(monkeypatch):
+    import socket
+
+    import serving.server
+    from testbed.errors import Refused
+
+    def no_sandbox(*args, **kwargs):
+        raise Refused("the sandbox was about to start")
+
+    monkeypatch.setattr(serving.server, "ProductionServer", no_sandbox)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "bike-demand", "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.output
+    assert "fix: choose another --port" in result.stderr and "about to start" not in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_serve_beyond_loopback_warns_that_the_api_and_metrics_are_open(monkeypatch, host, warned):
+    import serving.server
+    from testbed.errors import Refused
+
+    def no_sandbox(*args, **kwargs):  # stops `serve` where the sandbox would start, after the address checks
+        raise Refused("the sandbox was about to start")
+
+    monkeypatch.setattr(serving.server, "ProductionServer", no_sandbox)
+    result = runner.invoke(app, ["serve", "bike-demand", "--host", host, "--port", str(free_port())],
+                           terminal_width=300)
+    assert result.exit_code == 2 and "the sandbox was about to start" in result.stderr, result.output
+    assert ("serves the API and /metrics beyond this machine" in result.stderr) is warned, result.stderr
+    assert ("authenticating proxy" in result.stderr) is warned
+
+
 def test_square_brackets_in_a_pilots_texts_are_shown_as_written(tmp_path, monkeypatch):
     """A spec's title, department and policy goals are the city's prose: "[KPI 3]" is shown as written, never read
     as Rich markup (it vanished) nor "[/b]" as a closing tag (a MarkupError traceback in `pilots list`, `pilots
