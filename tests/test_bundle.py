@@ -50,6 +50,23 @@ def test_unsafe_members_are_refused(tmp_path, member, words):
     assert [p.name for p in home.rglob("*") if p.is_file()] == []
 
 
+def test_a_member_as_deep_as_the_limit_is_accepted_and_one_folder_deeper_refused(tmp_path):
+    """`Limits.max_depth` counts the folders a member is in (`src/` included): 64 is allowed, 65 is not."""
+    depth = Limits().max_depth
+    deepest = "src/" + "a/" * (depth - 1) + "x"
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"),
+                              file_member(deepest, b"ok")], name="deep.bento")
+    assert inspect_bundle(path).tag == "svc:v1"
+    assert import_bundle(path, tmp_path / "home") == "svc:v1"
+    assert (tmp_path / "home" / "bentos" / "svc" / "v1" / deepest).read_bytes() == b"ok"
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"),
+                              file_member("src/" + "a/" * depth + "x")], name="deeper.bento")
+    with pytest.raises(BundleError, match=f"nested {depth + 1} folders deep \\(at most {depth}\\)"):
+        inspect_bundle(path)
+    with pytest.raises(BundleError, match=f"nested {depth + 1} folders deep"):
+        import_bundle(path, tmp_path / "home2")
+
+
 def test_a_cut_archive_is_refused_whole(tmp_path):
     big = bytes(range(256)) * 4000
     path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"), file_member("./src/a", big),
