@@ -190,6 +190,29 @@ def test_check_refuses_the_vendor_profile_that_submit_refuses_before_running_any
     assert "fix:" in result.stderr and not ran
 
 
+def test_check_without_a_vendor_profile_scores_a_vendor_that_claims_nothing_and_says_so(tmp_path, fake_bento,
+                                                                                          monkeypatch):
+    """No --vendor: the local-strength claims are scored for a vendor that claims nothing (none counts, 0 points,
+    nothing left pending), and the check says the total is not the one the vendor's own profile would get."""
+    import sandbox.executor
+    import workflow.evaluate
+    from tests.doubles import FakeSandbox
+
+    def flat(route, payload):  # a valid forecast of every window: 24 hours of zeros
+        return [[0.0] * 24 for _ in payload["history"]]
+
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: FakeSandbox(flat))  # no Ray, no sandbox
+    monkeypatch.setattr(workflow.evaluate, "check_isolation", lambda: None)
+    result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE]))], terminal_width=300)
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output
+    assert "local strength scored for a vendor that claims nothing (no --vendor)" in result.stdout
+    [card] = [json.loads(p.read_text()) for p in (tmp_path / "home" / "checks").glob("bike-demand-*/scorecard.json")]
+    assert card["verdict"] == "completed", card["verdict_reason"]
+    local = card["criteria"]["local_strength_fit"]
+    assert local["score"] == 0 and local["status"] == "scored"
+    assert not any(claim["counts"] for claim in local["evidence"]["claims"].values())
+
+
 def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
     """Ctrl-C in the middle of a command (here a promotion) exits 130 with a line saying it was interrupted and
     where to see whether the decision or move was recorded, not a bare exit status."""
