@@ -171,11 +171,7 @@ class PythonEnvironment:
              checked: bool = True) -> None:
         """Run one of the build's commands within its bounds (`sandbox.bounded`: BundleError naming the packages
         past one); a failed `checked` command's output names the culprits."""
-        # without UV_NO_CACHE uv uses the cache it names (its additions can then be removed); without UV_LINK_MODE
-        # files are linked or copied from it, never symlinks into a cache the sandbox does not mount
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "UV_NO_CACHE", "UV_LINK_MODE"))}
-        problem, returncode, output = run_bounded(cmd, env, budget, uv=uv, tree=tree)
+        problem, returncode, output = run_bounded(cmd, _build_environment(), budget, uv=uv, tree=tree)
         if problem:
             raise BundleError(f"the declared package(s) {', '.join(self.culprits(''))} {problem}",
                               where=self.where, fix=FIX)
@@ -194,6 +190,31 @@ class PythonEnvironment:
         named = [n for n in [*vendors, *SERVER_PACKAGES]
                  if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", message, re.IGNORECASE)]
         return [n for n in named if n in vendors] or named or vendors or list(SERVER_PACKAGES)
+
+
+UV_SETTINGS = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "NO_COLOR", "XDG_CACHE_HOME",
+    "UV_CACHE_DIR", "UV_INDEX", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS",
+    "UV_NO_INDEX", "UV_OFFLINE", "UV_INDEX_STRATEGY", "UV_KEYRING_PROVIDER", "UV_INSECURE_HOST", "NETRC",
+    "UV_NATIVE_TLS", "SSL_CERT_FILE", "SSL_CERT_DIR", "SSL_CLIENT_CERT", "UV_HTTP_TIMEOUT", "UV_REQUEST_TIMEOUT",
+    "UV_HTTP_RETRIES", "UV_CONCURRENT_DOWNLOADS", "UV_CONCURRENT_INSTALLS", "UV_PYTHON_DOWNLOADS"})
+"""What of the operator's environment the build's commands see: where uv's cache is, which index it uses and how
+it reaches it (credentials `UV_INDEX_<NAME>_USERNAME/PASSWORD`, proxies in either case, TLS), and the locale.
+Nothing else: not the settings choosing how uv installs (`UV_COMPILE_BYTECODE`, `UV_CONFIG_FILE`, `UV_LINK_MODE`,
+`UV_NO_CACHE`, `UV_PYTHON`...), nor pip's or Python's (`PYTHON*`, `VIRTUAL_ENV`), nor the loader's."""
+
+
+def _build_environment() -> dict[str, str]:
+    """The environment of the build's commands: `UV_SETTINGS` from the harness's own, and uv's bytecode
+    compilation off (`UV_COMPILE_BYTECODE=1`, or a `UV_CONFIG_FILE` saying `compile-bytecode = true`, made uv
+    compile with the new environment's Python with `site`, which ran a wheel's `.pth` on the host: measured, as
+    root). Without `UV_NO_CACHE` uv uses the cache it names (its additions can then be removed); without
+    `UV_LINK_MODE` files are linked or copied from it, never symlinks into a cache the sandbox does not mount."""
+    env = {k: v for k, v in os.environ.items()
+           if k in UV_SETTINGS or k.startswith(("LC_", "UV_INDEX_"))
+           or k.upper() in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")}
+    env["UV_COMPILE_BYTECODE"] = "0"
+    return env
 
 
 def _base_python() -> str:

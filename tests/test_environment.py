@@ -347,3 +347,46 @@ def test_a_build_commands_children_count_while_they_run(tmp_path):
         subprocess.run(["pkill", "-KILL", "-P", str(parent.pid)], check=False)
         parent.kill()
         parent.wait()
+
+
+def test_uv_gets_only_the_operators_index_network_and_cache_settings(monkeypatch):
+    """uv read the operator's whole environment less a few names: `UV_COMPILE_BYTECODE=1` (common in Docker
+    images) or a `UV_CONFIG_FILE` saying `compile-bytecode = true` made it compile with the new environment's
+    Python with `site` loaded, running a wheel's `.pth` on the host (measured: as root). It is given what it
+    needs to reach the index, and bytecode compilation off."""
+    from sandbox.environment import _build_environment
+
+    allowed = {"PATH": "/usr/bin", "HOME": "/root", "UV_CACHE_DIR": "/c", "UV_INDEX_URL": "https://i/simple",
+               "UV_EXTRA_INDEX_URL": "https://x/simple", "UV_FIND_LINKS": "/w", "UV_NO_INDEX": "1",
+               "UV_OFFLINE": "1", "HTTPS_PROXY": "http://p:3128", "no_proxy": "localhost", "SSL_CERT_FILE": "/ca",
+               "LC_ALL": "C.UTF-8", "UV_INDEX_PRIVATE_PASSWORD": "s"}
+    refused = {"UV_CONFIG_FILE": "/etc/uv.toml", "UV_LINK_MODE": "symlink", "UV_NO_CACHE": "1",
+               "PYTHONPATH": "/x", "PIP_INDEX_URL": "https://e", "VIRTUAL_ENV": "/v", "UV_PYTHON": "/evil/python",
+               "UV_OVERRIDE": "/o.txt", "UV_NO_BUILD_ISOLATION": "1", "LD_PRELOAD": "/l.so"}
+    for name, value in {**allowed, **refused, "UV_COMPILE_BYTECODE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    env = _build_environment()
+    assert {k: env.get(k) for k in allowed} == allowed
+    assert not set(refused) & set(env)
+    assert env["UV_COMPILE_BYTECODE"] == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["UV_COMPILE_BYTECODE", "UV_CONFIG_FILE"])
+def test_the_operators_uv_settings_cannot_make_the_build_run_a_packages_code(tmp_path, monkeypatch, setting):
+    """The `.pth` probe again, with uv told by the operator's environment to compile bytecode itself."""
+    marker = tmp_path / "ran-on-the-host"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "testbedpthprobe", {"testbedpthprobe.py": "VALUE = 1\n",
+                                       "testbedpthprobe.pth": f"import os; open({str(marker)!r}, 'a').write('x')\n"})
+    (tmp_path / "uv.toml").write_text("compile-bytecode = true\n")
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    monkeypatch.setenv(setting, "1" if setting == "UV_COMPILE_BYTECODE" else str(tmp_path / "uv.toml"))
+    env = PythonEnvironment(("testbedpthprobe==0.1",), tmp_path / "envs")
+    prefix = env.ensure()
+    assert env.ready and not marker.exists()
+    site = next(prefix.glob("lib/python*/site-packages"))
+    assert list((site / "__pycache__").glob("testbedpthprobe.*.pyc"))  # compiled all the same, by the harness
