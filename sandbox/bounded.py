@@ -1,5 +1,5 @@
 """The commands that build a bundle's environment on the host (uv, then the bytecode compiler), run within
-bounds: time, bytes written, files and folders made.
+bounds: time, bytes written, files and folders made, memory.
 
 A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host before the
 sandbox, and its disk limits, even started. So each command is watched while it runs (`/proc/PID/io`, its live
@@ -12,7 +12,9 @@ when uv failed (it may have unpacked a wheel it then would not install), what uv
 the wheels it unpacked there (`archive-vN/ID/`) and the entries pointing at them, under uv's own cache lock
 (builds hold it shared, so this waits for them), then `uv cache prune` for the rest. The removal goes by what
 uv unpacked, never by the names a wheel gives itself, and by `rm -rf` (a wheel's folders may nest deeper than
-Python's recursion).
+Python's recursion). Each of a command's processes has `MAX_BUILD_MEMORY_BYTES` of data segment (`RLIMIT_DATA`):
+compiling a long list literal takes ~400 bytes of memory per byte of source (a 10 KB wheel's 9.5 MiB module
+took 3.7 GiB); one that ran out is refused naming the bound.
 
     budget = Budget()
     problem, returncode, output = run_bounded([uv, "pip", "install", ...], env, budget, uv=uv, tree=target)
@@ -23,14 +25,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import select
+import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["Budget", "run_bounded", "remove_tree", "BUILD_TIMEOUT_S", "MAX_BUILD_WRITE_BYTES", "MAX_BUILD_ENTRIES"]
+__all__ = ["Budget", "run_bounded", "remove_tree", "BUILD_TIMEOUT_S", "MAX_BUILD_WRITE_BYTES", "MAX_BUILD_ENTRIES",
+           "MAX_BUILD_MEMORY_BYTES"]
 
 BUILD_TIMEOUT_S = 1800
 MAX_BUILD_WRITE_BYTES = 32 << 30
@@ -38,6 +43,14 @@ MAX_BUILD_WRITE_BYTES = 32 << 30
 environment, the bytecode)."""
 MAX_BUILD_ENTRIES = 500_000
 """Most files and folders one environment may hold (the harness's own, with torch, Ray and MLflow: ~67,000)."""
+MAX_BUILD_MEMORY_BYTES = 2 << 30
+"""Most memory each process of a build command may allocate (`RLIMIT_DATA`: its heap and private writable
+mappings, thread stacks included). Measured (2 cores): uv installing BentoML, or torch and torchvision, ~240 MiB
+of data segment (VmData; ~120 MiB resident); each bytecode compiler process ~90 MiB, ~80 MiB for the largest module
+of the harness's own packages (torch's 1.3 MB `common_methods_invocations.py`). The compiler runs at most
+`environment.COMPILE_WORKERS` workers, each with this bound."""
+OUT_OF_MEMORY = ("MemoryError", "memory allocation of", "Cannot allocate memory", "out of memory")
+"""What a command that ran out of its memory says: Python's exception, Rust's abort, the C library's ENOMEM."""
 POLL_S = 0.25
 """How often a running command's bytes written are read."""
 
@@ -56,21 +69,30 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
     `tree`: the folder whose files and folders are counted once it ended."""
     cache = _cache_dir(uv, env) if uv else None
     before = _unpacked(cache)
+    memory = MAX_BUILD_MEMORY_BYTES
+    prlimit = shutil.which("prlimit")  # it sets the bound on itself, then execs the command (the same process)
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([prlimit, f"--data={memory}", *cmd] if prlimit else cmd, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                preexec_fn=None if prlimit else lambda: resource.setrlimit(resource.RLIMIT_DATA,
+                                                                                          (memory, memory)))
         try:
             problem, written = _bounded(proc, budget.left)
         finally:
             proc.kill()  # a no-op when it ended (it is not reaped yet: the pid is still its own)
             proc.wait()
         budget.left -= written
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+        if not problem and proc.returncode != 0 and any(says in output for says in OUT_OF_MEMORY):
+            problem = (f"need more than {memory >> 20} MiB of memory in one process while they are installed (a "
+                       "small wheel can hold a module whose bytecode takes gigabytes to compile); stopped there")
         if not problem and tree is not None and _entries(tree) > MAX_BUILD_ENTRIES:
             problem = (f"unpack to more than {MAX_BUILD_ENTRIES:,} files and folders (empty folders take disk and "
                        "inodes that a wheel's size does not show)")
         if uv and (problem or proc.returncode != 0):  # refused, or uv unpacked a wheel it then would not install
             _forget(uv, env, cache, before, stopped=bool(problem))
-        log.seek(0)
-        return problem, proc.returncode, log.read().decode(errors="replace")
+        return problem, proc.returncode, output
 
 
 def _bounded(proc: subprocess.Popen, allowed: int) -> tuple[str, int]:

@@ -54,6 +54,10 @@ FIX = ("declare only packages that exist on the package index with wheels for CP
        "(bentofile.yaml `python.packages`), then rebuild and export the bundle")
 
 
+COMPILE_WORKERS = min(os.cpu_count() or 1, 4)
+"""Processes compiling an environment's bytecode at once, each within `bounded.MAX_BUILD_MEMORY_BYTES`."""
+
+
 SERVER_PACKAGES = ("bentoml", "httptools", "uvloop")
 """What the worker inside the sandbox serves with: BentoML, and uvicorn's fast HTTP parser and event loop (what
 `uvicorn[standard]` adds). Every environment gets the harness's own exact versions of these."""
@@ -163,9 +167,10 @@ class PythonEnvironment:
         (uv installs `.data/data/pyvenv.cfg` over it), and its `home` then chooses the standard library it
         imports. The harness's base interpreter, the one the environment was made from (same bytecode), started
         with `-I -S` reads nothing of it; compiling only parses the sources. A file that does not compile is left
-        to the sandbox; the bytecode counts against the build's write bound."""
+        to the sandbox; the bytecode counts against the build's write bound, and each of its `COMPILE_WORKERS`
+        processes has the build's memory bound (`bounded.MAX_BUILD_MEMORY_BYTES`)."""
         sites = sorted(str(p) for p in target.glob("lib/python*/site-packages"))
-        return [str(_base_python()), "-I", "-S", "-m", "compileall", "-q", "-j", "0", *sites]
+        return [str(_base_python()), "-I", "-S", "-m", "compileall", "-q", "-j", str(COMPILE_WORKERS), *sites]
 
     def _run(self, cmd: list[str], budget: Budget, *, uv: str | None = None, tree: Path | None = None,
              checked: bool = True) -> None:

@@ -390,3 +390,43 @@ def test_the_operators_uv_settings_cannot_make_the_build_run_a_packages_code(tmp
     assert env.ready and not marker.exists()
     site = next(prefix.glob("lib/python*/site-packages"))
     assert list((site / "__pycache__").glob("testbedpthprobe.*.pyc"))  # compiled all the same, by the harness
+
+
+@pytest.mark.parametrize("prlimit", [True, False], ids=["prlimit", "setrlimit"])
+def test_a_build_command_past_its_memory_bound_is_stopped_and_named(monkeypatch, prlimit):
+    """The build's commands had no memory bound on the host: a 10 KB wheel holding a 9.5 MiB module made the
+    bytecode compiler reach 3.7 GiB RSS. Each command's processes get `MAX_BUILD_MEMORY_BYTES` of data segment,
+    and one that ran out is refused naming the bound, not left to a traceback."""
+    from sandbox import bounded
+
+    monkeypatch.setattr(bounded, "MAX_BUILD_MEMORY_BYTES", 256 << 20)
+    if not prlimit:  # a host without util-linux's `prlimit`
+        monkeypatch.setattr(bounded.shutil, "which", lambda *a, **k: None)
+    grab = "x = bytearray(1 << 30); print('allocated', len(x))"
+    problem, returncode, output = bounded.run_bounded([sys.executable, "-I", "-S", "-c", grab], {}, bounded.Budget())
+    assert "allocated" not in output and returncode != 0
+    assert "more than 256 MiB of memory" in problem, (problem, output)
+    fits = "print(len(bytearray(64 << 20)))"
+    problem, returncode, output = bounded.run_bounded([sys.executable, "-I", "-S", "-c", fits], {}, bounded.Budget())
+    assert (problem, returncode, output.strip()) == ("", 0, str(64 << 20))
+
+
+@pytest.mark.slow
+def test_a_module_whose_bytecode_takes_gigabytes_to_compile_is_refused(tmp_path, monkeypatch):
+    """A wheel of a few kB whose one module is a long list literal: compiling it took ~400 bytes of memory per byte
+    of source on the host (9.5 MiB: 3.7 GiB). Past the bound, the bundle is refused naming the package and the
+    bound, and nothing of it stays."""
+    from sandbox import bounded
+
+    wheels, cache = tmp_path / "wheels", tmp_path / "uv-cache"
+    wheels.mkdir()
+    _wheel(wheels, "testbedbigsrc", {"testbedbigsrc.py": "X = [" + "0," * 1_000_000 + "]\n"})
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_CACHE_DIR", str(cache))
+    monkeypatch.setattr(bounded, "MAX_BUILD_MEMORY_BYTES", 384 << 20)  # uv itself needs ~250 MiB
+    env = PythonEnvironment(("testbedbigsrc==0.1",), tmp_path / "envs")
+    with pytest.raises(BundleError, match="testbedbigsrc") as exc:
+        env.ensure()
+    assert "more than 384 MiB of memory" in str(exc.value) and not env.ready
+    assert not list((tmp_path / "envs").glob(".*/env"))
