@@ -4,7 +4,8 @@ bounds: time, bytes written, files and folders made, memory.
 A wheel is a zip: 4 MiB of one held 4 GiB of zeros, which uv unpacked into its cache on the host before the
 sandbox, and its disk limits, even started. So each command is watched while it runs (`/proc/PID/io`, its live
 child processes included: the compiler's workers) and once more after it ended, before it is reaped (one that
-wrote past the bound and finished between two looks is refused all the same); the bytes count against one
+wrote past the bound and finished between two looks is refused all the same), in a session of its own, so
+that stopping it, or its end, ends the processes it started too; the bytes count against one
 budget for the whole build, the bytecode compiler included (constant folding makes a `.pyc` hundreds of times
 its source); and once uv ended the environment's files and folders are counted (a 2 MB wheel of 20,000 empty
 folders took 165 MB and 40,000 inodes, which `wchar` never sees). Past a bound the command is stopped; then, or
@@ -28,6 +29,7 @@ import os
 import resource
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -73,13 +75,16 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
     prlimit = shutil.which("prlimit")  # it sets the bound on itself, then execs the command (the same process)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([prlimit, f"--data={memory}", *cmd] if prlimit else cmd, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=None if prlimit else lambda: resource.setrlimit(resource.RLIMIT_DATA,
                                                                                           (memory, memory)))
         try:
             problem, written = _bounded(proc, budget.left)
         finally:
-            proc.kill()  # a no-op when it ended (it is not reaped yet: the pid is still its own)
+            # its whole process group (the compiler's workers too, which outlived a stop by 15 s, writing), the
+            # group's id still its own: the command is not reaped yet, even when it ended
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         budget.left -= written
         log.seek(0)

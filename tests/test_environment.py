@@ -430,3 +430,35 @@ def test_a_module_whose_bytecode_takes_gigabytes_to_compile_is_refused(tmp_path,
         env.ensure()
     assert "more than 384 MiB of memory" in str(exc.value) and not env.ready
     assert not list((tmp_path / "envs").glob(".*/env"))
+
+
+@pytest.mark.parametrize("ends", [False, True], ids=["stopped", "ended"])
+def test_a_build_commands_child_processes_end_with_it(tmp_path, monkeypatch, ends):
+    """Stopping a command killed only its own process: the bytecode compiler's workers kept running and writing
+    (measured: 8 modules compiled, 2 workers still running after the stop, their `.pyc` written 15 s later).
+    The command's whole process group ends with it, whether it was stopped or ended leaving children behind."""
+    import os
+    import time
+
+    from sandbox import bounded
+
+    monkeypatch.setattr(bounded, "BUILD_TIMEOUT_S", 1)
+    pid_file = tmp_path / "child"
+    script = (f"import os, time\nif os.fork() == 0:\n    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+              f"    time.sleep(60)\nelse:\n    time.sleep({0.5 if ends else 60})\n")
+    problem, _, _ = bounded.run_bounded([sys.executable, "-I", "-S", "-c", script], {}, bounded.Budget())
+    assert ("took longer" in problem) != ends
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                alive = stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            alive = False
+        if not alive:
+            break
+        if time.monotonic() > deadline:
+            os.kill(child, 9)
+            pytest.fail("the command's child process outlived it")
+        time.sleep(0.05)
