@@ -8,9 +8,10 @@ wrote past the bound and finished between two looks is refused all the same), in
 that stopping it, or its end, ends the processes it started too; the bytes count against one
 budget for the whole build, the bytecode compiler included (constant folding makes a `.pyc` hundreds of times
 its source); and once uv ended the environment's files and folders are counted (a 2 MB wheel of 20,000 empty
-folders took 165 MB and 40,000 inodes, which `wchar` never sees). Past a bound the command is stopped; then, or
-when uv failed (it may have unpacked a wheel it then would not install), what uv added to its cache is removed:
-the wheels it unpacked there (`archive-vN/ID/`) and the entries pointing at them, under uv's own cache lock
+folders took 165 MB and 40,000 inodes, which `wchar` never sees). Past a bound the command is stopped; then (the
+bytecode compiler's too: what the build's uv added before it), or when uv failed (it may have unpacked a wheel
+it then would not install), what uv added to its cache is removed: the wheels it unpacked there
+(`archive-vN/ID/`) and the entries pointing at them, under uv's own cache lock
 (builds hold it shared, so this waits for them), then `uv cache prune` for the rest. The removal goes by what
 uv unpacked, never by the names a wheel gives itself, and by `rm -rf` (a wheel's folders may nest deeper than
 Python's recursion). Each of a command's processes has `MAX_BUILD_MEMORY_BYTES` of data segment (`RLIMIT_DATA`):
@@ -58,19 +59,24 @@ POLL_S = 0.25
 
 
 class Budget:
-    """The bytes one environment's build may still write, all its commands together."""
+    """The bytes one environment's build may still write, all its commands together; and what uv's cache held
+    before its last uv command, so that a later command stopped (the bytecode compiler) removes what uv added."""
 
     def __init__(self) -> None:
         self.left = MAX_BUILD_WRITE_BYTES
+        self.uv_cache: tuple[str, Path | None, set[Path]] | None = None
 
 
 def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str | None = None,
                 tree: Path | None = None) -> tuple[str, int, str]:
     """Run `cmd`: what went past a bound ("" when it ended within them; else it was stopped), its exit status
     and its output (stdout and stderr). A `uv` command stopped or failed has what it added to uv's cache removed.
-    `tree`: the folder whose files and folders are counted once it ended."""
+    `tree`: the folder whose files and folders are counted once it ended. Another command stopped has what the
+    build's last `uv` command added removed."""
     cache = _cache_dir(uv, env) if uv else None
     before = _unpacked(cache)
+    if uv:
+        budget.uv_cache = (uv, cache, before)
     memory = MAX_BUILD_MEMORY_BYTES
     prlimit = shutil.which("prlimit")  # it sets the bound on itself, then execs the command (the same process)
     with tempfile.TemporaryFile() as log:
@@ -97,6 +103,8 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
                        "inodes that a wheel's size does not show)")
         if uv and (problem or proc.returncode != 0):  # refused, or uv unpacked a wheel it then would not install
             _forget(uv, env, cache, before, stopped=bool(problem))
+        elif problem and budget.uv_cache is not None:  # e.g. the bytecode of what uv installed, past a bound
+            _forget(budget.uv_cache[0], env, *budget.uv_cache[1:], stopped=True)
         return problem, proc.returncode, output
 
 

@@ -283,6 +283,8 @@ def test_a_declared_package_of_empty_folders_or_bloated_bytecode_is_refused(tmp_
         assert problem in str(exc.value) and not env.ready
         assert not list((tmp_path / "envs").glob(".*/env"))
     assert not list(cache.glob("archive-v*/*/testbedfolders"))  # what uv unpacked of the folders, removed
+    # and of the module stopped while compiling: uv had installed it, so it stayed in uv's cache for good
+    assert not list(cache.glob("archive-v*/*/testbedfolding*"))
 
 
 @pytest.mark.slow
