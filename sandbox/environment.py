@@ -26,6 +26,8 @@ in it unless the bundle declared them. Nothing here knows about pilots.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -43,7 +45,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from sandbox.bounded import Budget, remove_tree, run_bounded
-from testbed.errors import BundleError
+from testbed.errors import BundleError, TestbedError
 
 __all__ = ["PythonEnvironment", "bundle_environment", "declared_requirements", "parse_requirements", "COMPLETE"]
 
@@ -136,11 +138,34 @@ class PythonEnvironment:
             try:
                 os.rename(staging / "env", self.prefix)
             except OSError:
-                if not self.ready:  # not another builder's finished environment: a real failure
-                    raise
+                if not self.ready:  # not another builder's finished environment: a folder left without its marker
+                    self._replace_unfinished(staging)
         finally:
             remove_tree(staging)
         return self.prefix
+
+    def _replace_unfinished(self, staging: Path) -> None:
+        """Put the environment built in `staging/env` in place of a folder at `prefix` without the marker (an
+        interrupted clean-up left it: every later build then failed renaming, `[Errno 39] Directory not empty`).
+        Only a finished environment is ever renamed there, so that folder is no builder's work in progress: it is
+        moved into `staging` (removed with it), under an exclusive lock on the cache folder, so that two builders
+        replacing it at once never move aside each other's finished environment."""
+        fd = os.open(self.cache, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.ready:
+                return
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.prefix, staging / "unfinished")
+                os.rename(staging / "env", self.prefix)
+            except OSError as exc:
+                if not self.ready:  # not another builder's finished environment, renamed there meanwhile
+                    raise TestbedError(f"cannot put the environment built for {self.where} in place: {exc}",
+                                       where=str(self.prefix),
+                                       fix="remove that folder (it is not a finished environment), then retry") from exc
+        finally:
+            os.close(fd)
 
     def _build(self, target: Path) -> None:
         uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")

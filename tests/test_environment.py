@@ -464,3 +464,21 @@ def test_a_build_commands_child_processes_end_with_it(tmp_path, monkeypatch, end
             os.kill(child, 9)
             pytest.fail("the command's child process outlived it")
         time.sleep(0.05)
+
+
+def test_an_environment_folder_left_without_its_marker_is_replaced(tmp_path, monkeypatch):
+    """A folder left at an environment's place without its `.testbed-complete` marker (an interrupted clean-up)
+    made every later `ensure` build again, then fail with a raw `OSError: [Errno 39] Directory not empty`. Only a
+    finished environment is ever renamed there, so such a folder is moved aside and the new one takes its place."""
+    def build(self, target):
+        target.mkdir()
+        (target / "new").write_text("")
+        (target / COMPLETE).write_text("")
+
+    monkeypatch.setattr(PythonEnvironment, "_build", build)
+    env = PythonEnvironment(("jamo==0.4.1", *HARNESS), tmp_path)
+    (env.prefix / "lib").mkdir(parents=True)
+    (env.prefix / "lib" / "old").write_text("")
+    assert env.ensure() == env.prefix and env.ready
+    assert (env.prefix / "new").is_file() and not (env.prefix / "lib").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [env.key]  # nothing else left behind
