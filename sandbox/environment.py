@@ -65,14 +65,19 @@ SERVER_PACKAGES = ("bentoml", "httptools", "uvloop")
 `uvicorn[standard]` adds). Every environment gets the harness's own exact versions of these."""
 
 
-def _harness_packages() -> list[str]:
-    return [f"{name}=={metadata.version(name)}" for name in SERVER_PACKAGES]
+def _harness_packages(extras: dict[str, set[str]] | None = None) -> list[str]:
+    """The server's packages at the harness's exact versions, with the extras declared for them (`extras`)."""
+    extras = extras or {}
+    return [f"{name}{'[' + ','.join(sorted(extras[name])) + ']' if extras.get(name) else ''}=={metadata.version(name)}"
+            for name in SERVER_PACKAGES]
 
 
 def parse_requirements(text: str, where: str) -> list[str]:
     """Requirement lines checked to be plain index requirements (BundleError naming the first that is not),
-    sorted, then the server's packages at the harness's own exact versions (replacing any line for them)."""
+    sorted, then the server's packages at the harness's own exact versions (replacing any line for them, whose
+    extras they keep: `bentoml[io-image]>=1.4` -> `bentoml[io-image]==<the harness's>`)."""
     found: set[str] = set()
+    extras: dict[str, set[str]] = {}
     for line in text.splitlines():
         line = line.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
@@ -84,9 +89,12 @@ def parse_requirements(text: str, where: str) -> list[str]:
         if req is None or req.url:
             raise BundleError(f"declared requirement {line!r} is not a package from the index (URLs, paths and "
                               "pip options are not accepted)", where=where, fix=FIX)
-        if canonicalize_name(req.name) not in SERVER_PACKAGES:
+        name = canonicalize_name(req.name)
+        if name not in SERVER_PACKAGES:
             found.add(str(req))
-    return sorted(found) + _harness_packages()
+        elif req.marker is None or req.marker.evaluate():
+            extras.setdefault(name, set()).update(canonicalize_name(e) for e in req.extras)
+    return sorted(found) + _harness_packages(extras)
 
 
 def declared_requirements(manifest: dict[str, Any], where: str) -> list[str]:

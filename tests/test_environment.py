@@ -38,6 +38,16 @@ def test_the_harness_pins_its_server_packages_and_the_key_ignores_order(tmp_path
     assert a.key == b.key != c.key and a.prefix == tmp_path / a.key
 
 
+def test_the_extras_declared_on_a_server_package_are_kept_on_its_pinned_line():
+    """`bentoml[io-image]>=1.4` became `bentoml==<pinned>`: the extra's packages (Pillow) were never installed."""
+    bentoml, httptools, uvloop = HARNESS
+    pinned = bentoml.split("==")[1]
+    assert parse_requirements("bentoml[io-image]>=1.4\n", "b") == [f"bentoml[io-image]=={pinned}", httptools, uvloop]
+    reqs = parse_requirements("BentoML[io-image] ; python_version >= '3'\nbentoml[grpc,io-image]\nbentoml[aws] ; "
+                              "python_version < '3'\nnumpy\n", "b")
+    assert reqs == ["numpy", f"bentoml[grpc,io-image]=={pinned}", httptools, uvloop]  # its marker's extras only
+
+
 def test_declared_requirements_come_from_bento_yaml(fake_bento):
     info = inspect_bundle(fake_bento([FORECAST_ROUTE], requirements="jamo==0.4.1\nbentoml==1.4.39\n"))
     assert bundle_environment(info.manifest, Path("/c"), "b").requirements == ("jamo==0.4.1", *HARNESS)
