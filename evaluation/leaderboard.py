@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 from rich.table import Table
@@ -20,24 +21,35 @@ CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
 def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | None = None) -> list[dict]:
     """One row per official evaluation (`runs`, by default the tracker's), ranked from the logged metrics
-    (`rank_rows`)."""
-    primary = FAMILIES.get(spec.family).primary_metric
+    (`rank_rows`). A run scored under another version of the pilot spec than `spec` (other weights, thresholds,
+    service level: its logged `pilot_spec_sha256`) is marked `spec_changed`, ranked after every run of this one,
+    with a warning: an edit of the catalogue during a call must not decide the ranking."""
+    primary, current = FAMILIES.get(spec.family).primary_metric, spec.sha256()
     rows = []
     for run in sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time):
         m, tags = run.metrics, run.tags
         rows.append({
+            "spec_changed": run.params.get("pilot_spec_sha256", current) != current,
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
             "p95_latency_ms": m.get("service_latency_ms/p95", m.get("latency_ms/p95")), "run_id": run.run_id,
         })
+    changed = [str(row["submission"]) for row in rows if row["spec_changed"]]
+    if changed:
+        warnings.warn(f"{len(changed)} official evaluation(s) of {spec.id} were scored under another version of its "
+                      f"pilot spec than the catalogue's ({', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}): "
+                      "they are ranked after this spec's, marked 'other spec'; fix: put back the spec they were scored "
+                      "under (each run's pilot_spec.json artifact), or give the changed spec a new pilot id and have "
+                      "the vendors submit to it", stacklevel=2)
     return rank_rows(spec, rows)
 
 
 def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] = lambda row: ()) -> list[dict]:
-    """Sort `rows` (in place; returned) and number them (`rank`): passed first, then `then` (e.g. rejected by an
-    evaluator last), then by total. Equal standings share a rank: the total is what the city decides on
+    """Sort `rows` (in place; returned) and number them (`rank`): runs of the current spec first (not
+    `spec_changed`), passed first, then `then` (e.g. rejected by an evaluator last), then by total. Equal
+    standings share a rank: the total is what the city decides on
     (rounded to 0.01, and saturating: full deep-learning credit at the pilot's `full_credit_skill`, full
     viability once every threshold and the service level are met), so two strong models often tie, and neither
     the order the runs come in nor a resubmission of the same model (new bytes, a newer run) may put one above
@@ -47,7 +59,7 @@ def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] =
     better = goal_of(METRICS.where(family=spec.family)[primary])
 
     def standing(row: dict) -> tuple:
-        return not row["passed"], *then(row), -(row["total_score"] or 0)
+        return bool(row.get("spec_changed")), not row["passed"], *then(row), -(row["total_score"] or 0)
 
     def measured(row: dict) -> float:  # the better primary metric first; not measured last
         value = row.get(primary)
@@ -77,6 +89,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     for r in rows:
         review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
             r.get("review"), r.get("review") or "awaiting")
+        review += " · [yellow]other spec[/]" if r.get("spec_changed") else ""
         table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import math
 import re
 from datetime import date, datetime, time
@@ -283,6 +284,14 @@ class PilotSpec(_Spec):
     """Resource budget of one sandboxed evaluation."""
     service_level: ServiceLevel
     """Latency, throughput and reliability the service must offer."""
+
+    def recorded(self) -> bytes:
+        """The spec as every evaluation records it (`pilot_spec.json`), its sha256 logged with the run."""
+        return self.model_dump_json(indent=2).encode()
+
+    def sha256(self) -> str:
+        """sha256 of `recorded()`: which spec a run was scored under (the leaderboard ranks this spec's runs)."""
+        return hashlib.sha256(self.recorded()).hexdigest()
 
     @field_validator("policy_goals", "thresholds", "scenarios", "groups")
     @classmethod

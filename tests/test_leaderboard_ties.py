@@ -48,3 +48,33 @@ def test_the_table_shows_the_totals_to_the_hundredth_they_are_ranked_on(bike_spe
     console.print(leaderboard_table(bike_spec, leaderboard_rows(bike_spec, MemoryTracker(), runs)))
     shown = [line.split("│")[11].strip() for line in console.export_text().splitlines() if line.startswith("│")]
     assert shown == ["85.67*", "85.65*", "60.00*", "59.99*"]
+
+
+def test_runs_scored_under_another_version_of_the_spec_are_ranked_after_with_a_warning(bike_spec):
+    """An edit of the catalogue during a call (other weights, thresholds, service level) must not decide the
+    ranking: a run whose logged `pilot_spec_sha256` is not the spec's is ranked after every run of the spec,
+    whatever its total, marked 'other spec', with a warning naming it and the fix."""
+    import warnings
+
+    from rich.console import Console
+
+    from evaluation.leaderboard import leaderboard_table
+
+    edited = bike_spec.model_copy(update={"service_level": bike_spec.service_level.model_copy(
+        update={"p95_latency_ms": 10_000})})
+    assert edited.sha256() != bike_spec.sha256() and bike_spec.sha256() == bike_spec.model_copy().sha256()
+    runs = [official("now", 1, 60.0, 0.50), official("then", 2, 80.0, 0.40), official("same", 3, 50.0, 0.6)]
+    runs[0].params["pilot_spec_sha256"] = runs[2].params["pilot_spec_sha256"] = bike_spec.sha256()
+    runs[1].params["pilot_spec_sha256"] = edited.sha256()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = leaderboard_rows(bike_spec, MemoryTracker(), runs)
+    assert [(r["submission"], r["rank"]) for r in rows] == [("now", 1), ("same", 2), ("then", 3)]
+    assert len(caught) == 1 and "then" in str(caught[0].message) and "fix:" in str(caught[0].message)
+    console = Console(width=220, record=True)
+    console.print(leaderboard_table(bike_spec, rows))
+    assert [line.split("│")[2].strip() for line in console.export_text().splitlines() if "other spec" in line] == [
+        "then"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every run of the spec: no warning
+        assert [r["submission"] for r in leaderboard_rows(edited, MemoryTracker(), runs[1:2])] == ["then"]

@@ -71,13 +71,13 @@ def assess(s: Scoring, fam: TaskFamily, data, result: SandboxResult) -> Assessme
         result = replace(result, phases={}, verdict="contract_violation",
                          reason=f"the responses could not be scored ({type(exc).__name__}: {str(exc)[:200]})")
         outcome = fam.score(data, result)
-    extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.model_dump_json(indent=2).encode(),
+    extra = {"predictions.npz": _npz(outcome.predictions), "pilot_spec.json": spec.recorded(),
              "vendor.json": s.vendor.model_dump_json(indent=2).encode()}
     card = build_scorecard(spec, fam, s.vendor, outcome, result, models=s.models, submission=s.submission,
                            vendor=s.vendor.name, bundle_sha256=s.bundle_sha256, dataset_sha256=fam.dataset_sha256,
                            harness_version=harness_version(), split=s.split, official=s.official, evaluation=s.role,
                            reevaluation_reason=s.reevaluate if s.role == "reevaluation" else None,
-                           pilot_spec_sha256=_sha(extra["pilot_spec.json"]),
+                           pilot_spec_sha256=spec.sha256(),
                            predictions_sha256=_sha(extra["predictions.npz"]))
     completed = card.verdict in ("completed", "contract_violation", "request_failures")
     drawable = completed and outcome.coverage > 0
