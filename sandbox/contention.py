@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["Snapshot", "snapshot", "delta", "MachineMeter", "yield_cpu"]
+__all__ = ["Snapshot", "snapshot", "delta", "MachineMeter", "busy_share", "yield_cpu"]
 
 Snapshot = dict[tuple[int, int], tuple[int, int]]
 """(pid, tid) -> (ns on a CPU, ns waiting for a CPU)."""
@@ -95,17 +95,22 @@ def _stat() -> tuple[int, int, int]:
 
 
 class MachineMeter:
-    """Share of all the machine's CPUs that were busy from construction to `stop()`."""
+    """How busy all the machine's CPUs were from construction to `stop()`."""
 
     def __init__(self) -> None:
         self._start = _stat()
         self.cores = self._start[2]
 
-    def stop(self) -> float | None:
+    def stop(self) -> tuple[int, int]:
+        """(busy, total) jiffies of all the CPUs meanwhile: the busy share is their ratio, None for an interval
+        shorter than a jiffy (10 ms); the jiffies of many short intervals add up to a fair sample of them."""
         busy, total, _ = _stat()
-        if total - self._start[1] <= 0:
-            return None
-        return (busy - self._start[0]) / (total - self._start[1])
+        return busy - self._start[0], total - self._start[1]
+
+
+def busy_share(ticks: tuple[int, int]) -> float | None:
+    """Share of the CPUs busy in (busy, total) jiffies (`MachineMeter.stop`); None with no jiffy counted."""
+    return ticks[0] / ticks[1] if ticks[1] > 0 else None
 
 
 BESIDE_NICE = 10

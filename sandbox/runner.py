@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget
-from sandbox.contention import MachineMeter, delta, snapshot
+from sandbox.contention import MachineMeter, busy_share, delta, snapshot
 from sandbox.environment import PythonEnvironment
 from sandbox.isolation import SandboxLimits
 from sandbox.observe import Evidence
@@ -89,6 +89,9 @@ class PhaseResult:
     """Per request: seconds those threads waited, runnable, for a CPU (queueing behind other processes)."""
     machine_busy: float | None = None
     """Share of all the machine's CPUs that were busy during the phase."""
+    machine_ticks: tuple[int, int] = (0, 0)
+    """(busy, total) jiffies of the machine's CPUs during the phase, whose ratio is `machine_busy`: the parts of a
+    phase sent in parts, each maybe shorter than a jiffy, add theirs up."""
     sandbox_cpu_s: float | None = None
     """CPU seconds the whole sandbox used during the phase (its cgroup: threads and processes that ended within a
     request counted too, which `cpu_s` cannot see); None where it has no cgroup to count with."""
@@ -102,17 +105,20 @@ class PhaseResult:
 
     def joined(self, later: PhaseResult) -> PhaseResult:
         """This phase and a later part of it (a phase sent in parts, see `PhasePlan.phases`) as one: requests in
-        the order sent, times and CPU added up, the machine's busy share weighted by each part's wall time."""
+        the order sent, times, CPU and the machine's jiffies added up (the busy share of parts without jiffies
+        weighted by each part's wall time)."""
         wall = self.wall_s + later.wall_s
-        busy = None if self.machine_busy is None or later.machine_busy is None else (
-            (self.machine_busy * self.wall_s + later.machine_busy * later.wall_s) / wall if wall > 0 else 0.0)
+        ticks = (self.machine_ticks[0] + later.machine_ticks[0], self.machine_ticks[1] + later.machine_ticks[1])
+        known = [(p.machine_busy, p.wall_s) for p in (self, later) if p.machine_busy is not None]
+        busy = busy_share(ticks) if ticks[1] > 0 else (
+            sum(b * w for b, w in known) / wall if known and len(known) == 2 and wall > 0 else None)
         sandbox = None if self.sandbox_cpu_s is None or later.sandbox_cpu_s is None else (
             self.sandbox_cpu_s + later.sandbox_cpu_s)
         return PhaseResult(
             name=self.name, bodies=self.bodies + later.bodies, statuses=self.statuses + later.statuses,
             latencies_s=self.latencies_s + later.latencies_s, items=self.items + later.items, wall_s=wall,
             errors=(self.errors + later.errors)[:5], cpu_s=self.cpu_s + later.cpu_s, wait_s=self.wait_s + later.wait_s,
-            machine_busy=busy, sandbox_cpu_s=sandbox, cores=self.cores,
+            machine_busy=busy, machine_ticks=ticks, sandbox_cpu_s=sandbox, cores=self.cores,
             request_sandbox_cpu_s=self.request_sandbox_cpu_s + later.request_sandbox_cpu_s, cpu_quota=self.cpu_quota)
 
 
@@ -251,11 +257,11 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
             outcomes = list(map(one, phase.bodies, phase.items))
     finally:
         channel.close()
-    wall = time.perf_counter() - start
+    wall, ticks = time.perf_counter() - start, meter.stop()
     errors = [o[3] for o in outcomes if o[3]][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors,
                        cpu_s=[o[4][0] for o in outcomes], wait_s=[o[4][1] for o in outcomes],
-                       machine_busy=meter.stop(), cores=meter.cores,
+                       machine_busy=busy_share(ticks), machine_ticks=ticks, cores=meter.cores,
                        sandbox_cpu_s=_spent(used, svc.cpu_used_s()), request_sandbox_cpu_s=[o[5] for o in outcomes],
                        cpu_quota=svc.cpu_quota)

@@ -1086,9 +1086,13 @@ def test_a_cpu_hog_moves_the_total_by_at_most_one_point(ws, bike_spec, built):
     loaded = cards[1].performance
     print(f"\nidle: raw p95 {base['latency_ms']['p95']:.2f} ms, scored p95 {base['service_latency_ms']['p95']:.2f} ms, "
           f"total {cards[0].total_score}; hog: raw p95 {loaded['latency_ms']['p95']:.2f} ms, scored p95 "
-          f"{loaded['service_latency_ms']['p95']:.2f} ms, total {cards[1].total_score}, others busy "
-          f"{loaded['contention']['single_stream']['others_busy']:.2f}")
-    assert loaded["contention"]["single_stream"]["others_busy"] > 0.5  # the hog did compete for the CPUs
+          f"{loaded['service_latency_ms']['p95']:.2f} ms, total {cards[1].total_score}")
+    # the hog did compete for the CPUs while the requests ran (on 2 cores the service keeps about one of them busy
+    # then, so the others' share is about half; it is measured over the requests only, each single-stream request
+    # being a part of its own in the walk-forward plan)
+    others = [card.performance["contention"]["single_stream"]["others_busy"] for card in cards]
+    print(f"others busy: idle {others[0]:.2f}, hog {others[1]:.2f}")
+    assert others[1] > 0.35 and others[1] > others[0] + 0.25
     assert abs(cards[0].total_score - cards[1].total_score) <= 1.0
 
 

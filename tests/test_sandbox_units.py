@@ -367,3 +367,10 @@ def test_a_phase_sent_in_parts_reads_as_one():
     assert both.latencies_s == [0.1, 0.2, 0.3] and both.cpu_s == [0.1, 0.2, 0.3] and both.errors == ["e1", "e2"]
     assert both.wall_s == 4.0 and both.machine_busy == pytest.approx(0.5) and both.sandbox_cpu_s is None
     assert first.joined(first).sandbox_cpu_s == 1.0 and both.request_sandbox_cpu_s == [0.5, None, 0.2]
+    # parts shorter than a jiffy have no busy share of their own: the machine's jiffies of all of them add up
+    short = [PhaseResult("single_stream", [b"a"], [200], [0.002], [1], 0.002, machine_busy=None, machine_ticks=t)
+             for t in [(0, 0), (2, 2), (0, 0), (1, 2), (0, 0)]]
+    whole = short[0]
+    for part in short[1:]:
+        whole = whole.joined(part)
+    assert whole.machine_ticks == (3, 4) and whole.machine_busy == 0.75 and whole.wall_s == pytest.approx(0.01)
