@@ -52,8 +52,12 @@ mappings, thread stacks included). Measured (2 cores): uv installing BentoML, or
 of data segment (VmData; ~120 MiB resident); each bytecode compiler process ~90 MiB, ~80 MiB for the largest module
 of the harness's own packages (torch's 1.3 MB `common_methods_invocations.py`). The compiler runs at most
 `environment.COMPILE_WORKERS` workers, each with this bound."""
-OUT_OF_MEMORY = ("MemoryError", "memory allocation of", "Cannot allocate memory", "out of memory")
-"""What a command that ran out of its memory says: Python's exception, Rust's abort, the C library's ENOMEM."""
+OUT_OF_MEMORY = ("MemoryError", "Sorry: MemoryError", "memory allocation of ", "OSError: [Errno 12]")
+"""How a line that a command which ran out of memory writes begins, at the line's start (a source line that a
+failed compile quotes is indented, so a wheel's `print "out of memory"` is not one): Python's exception (the
+bytecode compiler's `Sorry:`), Rust's abort, the C library's ENOMEM."""
+UV_OUT_OF_THREADS = "failed to initialize global rayon pool"
+"""What uv panics with when its install threads cannot get their stacks within the bound."""
 POLL_S = 0.25
 """How often a running command's bytes written are read."""
 
@@ -77,7 +81,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
     before = _unpacked(cache)
     if uv:
         budget.uv_cache = (uv, cache, before)
-    memory = MAX_BUILD_MEMORY_BYTES
+    memory = _memory_bound()
     prlimit = shutil.which("prlimit")  # it sets the bound on itself, then execs the command (the same process)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([prlimit, f"--data={memory}", *cmd] if prlimit else cmd, stdout=log,
@@ -95,7 +99,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
         budget.left -= written
         log.seek(0)
         output = log.read().decode(errors="replace")
-        if not problem and proc.returncode != 0 and any(says in output for says in OUT_OF_MEMORY):
+        if not problem and proc.returncode != 0 and _out_of_memory(output):
             problem = (f"need more than {memory >> 20} MiB of memory in one process while they are installed (a "
                        "small wheel can hold a module whose bytecode takes gigabytes to compile); stopped there")
         if not problem and tree is not None and _entries(tree) > MAX_BUILD_ENTRIES:
@@ -106,6 +110,19 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
         elif problem and budget.uv_cache is not None:  # e.g. the bytecode of what uv installed, past a bound
             _forget(budget.uv_cache[0], env, *budget.uv_cache[1:], stopped=True)
         return problem, proc.returncode, output
+
+
+def _memory_bound() -> int:
+    """`MAX_BUILD_MEMORY_BYTES`, or the harness's own data-segment limit where it is lower: the bound only ever
+    lowers it (raising a hard limit is refused, and `prlimit` then ran no command at all)."""
+    return min([MAX_BUILD_MEMORY_BYTES, *(v for v in resource.getrlimit(resource.RLIMIT_DATA)
+                                           if v != resource.RLIM_INFINITY)])
+
+
+def _out_of_memory(output: str) -> bool:
+    """Whether a failed command's output says it ran out of memory (`OUT_OF_MEMORY`, `UV_OUT_OF_THREADS`)."""
+    return any(line.startswith(OUT_OF_MEMORY) or (line.startswith("thread '") and UV_OUT_OF_THREADS in line)
+               for line in output.splitlines())
 
 
 def _bounded(proc: subprocess.Popen, allowed: int) -> tuple[str, int]:

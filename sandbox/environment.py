@@ -242,6 +242,11 @@ Nothing else: not the settings choosing how uv installs (`UV_COMPILE_BYTECODE`, 
 `UV_NO_CACHE`, `UV_PYTHON`...), nor pip's or Python's (`PYTHON*`, `VIRTUAL_ENV`), nor the loader's."""
 
 
+UV_INSTALL_THREADS = min(os.cpu_count() or 1, 16)
+"""Most threads uv installs with: each takes ~4 MiB of the build's data-segment bound, and uv's default (one per
+CPU) panicked within 2 GiB from ~500 (measured: 512), or hung at tighter bounds."""
+
+
 def _build_environment() -> dict[str, str]:
     """The environment of the build's commands: `UV_SETTINGS` from the harness's own, and uv's bytecode
     compilation off (`UV_COMPILE_BYTECODE=1`, or a `UV_CONFIG_FILE` saying `compile-bytecode = true`, made uv
@@ -252,6 +257,9 @@ def _build_environment() -> dict[str, str]:
            if k in UV_SETTINGS or k.startswith(("LC_", "UV_INDEX_"))
            or k.upper() in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")}
     env["UV_COMPILE_BYTECODE"] = "0"
+    asked = env.get("UV_CONCURRENT_INSTALLS", "")
+    env["UV_CONCURRENT_INSTALLS"] = str(min(UV_INSTALL_THREADS, int(asked) if asked.isdigit() and int(asked) else
+                                            UV_INSTALL_THREADS))
     return env
 
 

@@ -3,6 +3,8 @@ requirements hash) outside the sandbox, and only that is importable inside it.""
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -421,6 +423,48 @@ def test_a_build_command_past_its_memory_bound_is_stopped_and_named(monkeypatch,
     fits = "print(len(bytearray(64 << 20)))"
     problem, returncode, output = bounded.run_bounded([sys.executable, "-I", "-S", "-c", fits], {}, bounded.Budget())
     assert (problem, returncode, output.strip()) == ("", 0, str(64 << 20))
+
+
+def test_only_an_out_of_memory_says_so_a_failed_compile_quoting_the_words_does_not(tmp_path):
+    """A declared wheel holding Python 2 code (`print "warning: out of memory"`) fails to compile, and compileall
+    quotes the line: the bundle was refused for memory (a build that passed before the bound). Only lines that
+    begin as an out-of-memory's do, and uv's panic when its threads get no stack."""
+    from sandbox.bounded import _out_of_memory
+
+    (tmp_path / "py2.py").write_text('except MemoryError, e:\n    print "warning: out of memory"\n')
+    compiled = subprocess.run([sys.executable, "-I", "-S", "-m", "compileall", "-q", str(tmp_path)],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 1 and "MemoryError" in compiled.stdout + compiled.stderr
+    assert not _out_of_memory(compiled.stdout + compiled.stderr)
+    for said in ["Traceback (most recent call last):\n  ...\nMemoryError", "Sorry: MemoryError: x",
+                 "memory allocation of 8589934592 bytes failed", "OSError: [Errno 12] Cannot allocate memory",
+                 "thread 'tokio-rt-worker' panicked at x.rs:1:2:\nfailed to initialize global rayon pool: WouldBlock",
+                 "thread 'main' panicked at rayon: failed to initialize global rayon pool: WouldBlock"]:
+        assert _out_of_memory(said) == ("panicked at x.rs" not in said), said
+
+
+def test_the_memory_bound_only_lowers_the_harness_s_own_limit():
+    """`prlimit --data` sets the hard limit too: below 2 GiB on the host (systemd's LimitDATA, `ulimit -d`) it
+    was refused and no build command ran at all (every bundle refused, its packages blamed); the bound now takes
+    the lower of the two. And uv installs with at most UV_INSTALL_THREADS threads (its default, one per CPU,
+    panicked within the bound from ~500)."""
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))\n"
+        "from sandbox import bounded\n"
+        "print(bounded.run_bounded([sys.executable, '-I', '-S', '-c', 'print(\"ran\")'], {}, bounded.Budget()))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=120)
+    assert out.stdout.strip() == "('', 0, 'ran\\n')", out.stdout + out.stderr
+
+    from sandbox.environment import UV_INSTALL_THREADS, _build_environment
+
+    for asked, used in [("512", UV_INSTALL_THREADS), ("1", "1"), ("x", UV_INSTALL_THREADS), (None, UV_INSTALL_THREADS)]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("UV_CONCURRENT_INSTALLS", raising=False)
+            if asked:
+                mp.setenv("UV_CONCURRENT_INSTALLS", asked)
+            assert _build_environment()["UV_CONCURRENT_INSTALLS"] == str(used) and UV_INSTALL_THREADS <= 16
 
 
 @pytest.mark.slow
