@@ -61,7 +61,8 @@ class PhasePlan:
         size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
         walk = [("single_stream", clean, self._cut(measured[:single], [1] * single)),
                 ("offline", clean, self._cut(rest, self._batches(rest, size, epochs)))]
-        for name, inputs in scenario_inputs(self, data, clean).items():
+        scenarios = scenario_inputs(self, data, clean)
+        for name, inputs in scenarios.items():
             order = rng.permutation(n)
             if epochs is not None:
                 order = order[np.argsort(epochs[order], kind="stable")]
@@ -69,7 +70,7 @@ class PhasePlan:
         last = rng.permutation(n)
         walk.append(("clean", clean, self._cut(last, self._sizes(rng, last, o.batch_size, None))))
         self.plan = {name: cuts for name, _, cuts in walk}
-        if epochs is None or len(walk) == 3:
+        if epochs is None or not scenarios:
             return [self._phase(name, inputs, cuts) for name, inputs, cuts in walk]
         *scored, final = walk
         parts = [(epochs[cut[0]], i, name, inputs, cut) for i, (name, inputs, cuts) in enumerate(scored)

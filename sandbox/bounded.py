@@ -77,7 +77,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
     and its output (stdout and stderr). A `uv` command stopped or failed has what it added to uv's cache removed.
     `tree`: the folder whose files and folders are counted once it ended. Another command stopped has what the
     build's last `uv` command added removed."""
-    cache = _cache_dir(uv, env) if uv else None
+    cache = None if not uv else budget.uv_cache[1] if budget.uv_cache else _cache_dir(uv, env)  # asked once a build
     before = _unpacked(cache)
     if uv:
         budget.uv_cache = (uv, cache, before)
