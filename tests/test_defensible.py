@@ -833,25 +833,90 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
     assert orders["clean"] != orders["missing_hours"] and sorted(orders["clean"]) == sorted(orders["missing_hours"])
     assert sizes["clean"] != sizes["missing_hours"] and max(sizes["clean"]) <= 32 and fam.plan_record()["seed"] == 3
 
-    # a service that remembers answers gains no speed: every item of a measured phase is new to it when timed; and
-    # every phase but `clean` (whose answers are only compared) goes forward in time, so no item it sends has had
-    # its truth shown in a later window's history
-    seen, done, latest, epochs = set(), {}, -np.inf, fam.epochs(data)
+    assert_shown_perturbed_first(fam, data, sent)
+    assert [p.name for p in sent][:2] == ["missing_hours", "single_stream"] and sent[-1].name == "clean"
+    # a bloated answer fails its own request before the harness decodes it: 64 bytes per forecast number
+    assert {p.answer_bytes_per_item for p in sent} == {64 * fam.options.horizon}
+
+
+def assert_shown_perturbed_first(fam, data, sent):
+    """Every item's perturbed versions are sent before it is ever sent clean, so a service has no clean answer to
+    replay for them; no clean input a measured phase times was sent before (nor as a scenario's request that left
+    the item as it was), so remembering answers buys no speed; and, with epochs, every phase but `clean` (only
+    compared) goes forward in time."""
+    from evaluation.perturbed import scenario_inputs
+
+    clean, n = fam.inputs(data), fam.size(data)
+    same = {name: fam.unchanged(clean, inputs, n) for name, inputs in scenario_inputs(fam, data, clean).items()}
+    shown_clean, done, latest, epochs = set(), {}, -np.inf, fam.epochs(data)
     for phase in sent:
         start = done.get(phase.name, 0)
         cuts, done[phase.name] = fam.plan[phase.name][start:start + len(phase.bodies)], start + len(phase.bodies)
         items = set(np.concatenate(cuts).tolist())
-        assert [len(c) for c in cuts] == phase.items
+        assert items and [len(c) for c in cuts] == phase.items
         if phase.name in ("single_stream", "offline"):
-            assert items and not items & seen, phase.name
-        if phase.name != "clean":
+            assert not items & shown_clean, phase.name
+        elif phase.name != "clean":
+            kept = {i for i in items if same[phase.name][i]}
+            assert not (items - kept) & shown_clean, phase.name
+            shown_clean |= kept
+        if epochs is not None and phase.name != "clean":
             assert min(epochs[list(items)]) >= latest and all(len(set(epochs[c])) == 1 for c in cuts)
             latest = max(epochs[list(items)])
-        seen |= items
-    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(seen) == fam.size(data)
-    assert [p.name for p in sent][:2] == ["single_stream", "missing_hours"] and sent[-1].name == "clean"
-    # a bloated answer fails its own request before the harness decodes it: 64 bytes per forecast number
-    assert {p.answer_bytes_per_item for p in sent} == {64 * fam.options.horizon}
+        if phase.name in ("single_stream", "offline", "clean"):
+            shown_clean |= items
+    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(shown_clean) == fam.size(data)
+    return same
+
+
+def test_a_family_without_epochs_also_shows_every_item_perturbed_first():
+    fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
+    data = fam.load("sample")
+    sent = fam.phases(data, seed=5)
+    same = assert_shown_perturbed_first(fam, data, sent)
+    scenarios = [sc.name for sc in fam.spec.scenarios]
+    left_alone = [name for name in scenarios if same[name].any()]
+    assert left_alone and not all(same[name].all() for name in scenarios)  # titles some scenarios leave alone
+    assert [p.name for p in sent] == [*scenarios, "single_stream", "offline", *left_alone, "clean"]
+
+
+def test_a_service_that_replays_its_clean_answers_buys_no_robustness():
+    """A stateful service that knows an item again under a scenario (by what the scenario leaves alone, or a
+    look-alike; here, perfectly) and answers it as it answered the item clean keeps its clean accuracy under
+    every scenario: a retention of 1.0 whatever its model. Every item is shown perturbed before it is ever shown
+    clean, so it has no clean answer to replay. (Sent after the measured phases, the petitions' typos were
+    answered with their clean categories: accuracy 1.0 against the honest model's 0.41.)"""
+    from evaluation.perturbed import scenario_inputs
+
+    fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
+    data = fam.load("sample")
+    cats, clean = data.categories, {text: i for i, text in enumerate(data.texts)}
+    item_of = {text: i for texts in scenario_inputs(fam, data, fam.inputs(data)).values()
+               for i, text in enumerate(texts)}
+
+    def model(text):  # the truth for a clean title, a fixed category for any other: as un-robust as it gets
+        k = int(data.labels[clean[text]]) if text in clean else 0
+        return {"label": cats[k], "scores": {c: float(i == k) for i, c in enumerate(cats)}}
+
+    def service(replays):
+        remembered = {}
+
+        def answer(route, payload):
+            out = []
+            for text in payload["texts"]:
+                if text in clean:
+                    remembered[clean[text]] = model(text)
+                out.append(remembered.get(item_of.get(text), model(text)) if replays else model(text))
+            return out
+        return answer
+
+    outcomes = []
+    for replays in (False, True):
+        job = type("Job", (), {"phases": fam.phases(data), "route": fam.contract.route})
+        outcomes.append(fam.score(data, FakeSandbox(service(replays)).run(job)))
+    honest, replayer = outcomes
+    assert honest.metrics["typos"]["accuracy"] < 0.5 < honest.metrics["clean"]["accuracy"]
+    assert replayer.metrics == honest.metrics
 
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------

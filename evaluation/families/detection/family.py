@@ -141,6 +141,9 @@ class ObjectDetection(TaskFamily):
     def perturb(self, data: Frames, inputs: list[bytes], sc: ScenarioSpec) -> list[bytes]:
         return [self.perturb_frame(frame, i, sc) for i, frame in enumerate(data.pixels)]
 
+    def unchanged(self, clean: list[bytes], perturbed: list[bytes], n: int) -> np.ndarray:
+        return np.array([a == b for a, b in zip(clean, perturbed, strict=True)], bool).reshape(n)
+
     def encode(self, inputs: list[bytes], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
 
