@@ -35,27 +35,30 @@ class PhasePlan:
         return ["clean", *(sc.name for sc in self.spec.scenarios)]
 
     def phases(self, data: Any, seed: int = 0) -> list[Phase]:
-        """Requests to send, in this order: one phase per scenario (in batches of up to the options'
-        `batch_size`), then the measured phases, `single_stream` (one item per request, `single_stream_requests`
-        of them, at most half the items) and `offline` (the other items, in batches of `offline_batch_size`; all
-        of them in one request when the family has no such option), and `clean` last (batches as a scenario's).
+        """Requests to send: one phase per scenario (in batches of up to the options' `batch_size`), the measured
+        phases, `single_stream` (one item per request, `single_stream_requests` of them, at most half the items)
+        and `offline` (the other items, in batches of `offline_batch_size`; all of them in one request when the
+        family has no such option), and `clean` last (batches as a scenario's). The measured phases share no
+        item, and no clean input they time has been sent before: a service that remembers answers cannot look
+        faster than its model by replaying them.
 
-        Every item is shown perturbed before it is ever shown clean, so a service that remembers its clean
-        answers has none to replay for an item's perturbed versions (knowing the item by what a scenario leaves
-        alone, or by a look-alike): its robustness is its model's. Where a scenario left an item as it was
-        (`unchanged`), that request is the clean item itself and goes after the measured phases instead. These
-        share no item, and no clean input they time has been sent before: a service that remembers answers
-        cannot look faster than its model, unless it rebuilds an item's exact clean input from its perturbed
-        versions (a timed answer must match the clean one up to numerical noise, or `consistent_under_load`
-        fails).
+        Without `epochs`, the scenario phases come first: every item is sent perturbed before it is ever sent
+        clean, so a service that knows an item again under a scenario (by what the scenario leaves alone, or a
+        look-alike) has no clean answer to replay, and its robustness is its model's. Where a scenario left an
+        item as it was (`unchanged`), that request is the clean item itself and goes after the measured phases.
+        The price: a timed item's perturbed versions were answered before, untimed. A service that knows it again
+        can send one of those answers back at once, but must then give it in the clean phase too (or fail
+        `consistent_under_load`), so it is scored with that scenario's accuracy (see THREAT-MODEL.md).
 
-        Items with `epochs` are shown walk-forward in every phase that is scored: epoch by epoch, never two
-        epochs in one request; within an epoch, the scenarios' items, then the measured ones, then the unchanged
-        ones, all before any later epoch's (a phase is then sent in parts; the runner joins them). So no item's
-        truth has reached the service when it answers it, clean or perturbed. An earlier epoch's clean items
-        may still hold much of a later item's input (a forecast window's history overlaps the windows before
-        it), from which a service that keeps them can fill in what a scenario took out. `clean` goes last,
-        whole: with epochs its answers are only compared with the first ones, never scored.
+        With `epochs` (an item's truth is in a later epoch's inputs: a forecast window's target in the history
+        of the windows after it), every phase but `clean` goes walk-forward: epoch by epoch, never two epochs in
+        one request; the measured items of an epoch first, each new to the service, then the scenarios' items of
+        that epoch, all before any later epoch's (a phase is then sent in parts; the runner joins them). So no
+        item's truth has reached the service when it answers it, clean or perturbed. The perturbed items do not
+        go first there: an earlier epoch's clean items hold much of a later item's input anyway (windows
+        overlap), from which a service can fill in what a scenario took out, and sent before the timed items
+        they would let it work out their answers untimed (see THREAT-MODEL.md).
+        `clean` goes last, whole: with epochs its answers are only compared with the first ones, never scored.
 
         Anti-replay: each phase sends the items in its own order drawn from `seed`, and the accuracy phases in
         their own batch sizes, so no phase repeats another's sequence of requests. `plan` keeps which items each
@@ -72,11 +75,13 @@ class PhasePlan:
         size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
         walk = [(1, "single_stream", clean, self._cut(measured[:single], [1] * single)),
                 (1, "offline", clean, self._cut(rest, self._batches(rest, size, epochs)))]
+        first = 0 if epochs is None else 2  # stage of a scenario's perturbed items: with epochs, after the timed ones
         for name, inputs in scenario_inputs(self, data, clean).items():
-            order, same = rng.permutation(n), self.unchanged(clean, inputs, n)
+            order = rng.permutation(n)
+            same = self.unchanged(clean, inputs, n) if epochs is None else np.zeros(n, bool)
             if epochs is not None:
                 order = order[np.argsort(epochs[order], kind="stable")]
-            for stage, rows in ((0, order[~same[order]]), (2, order[same[order]])):
+            for stage, rows in ((first, order[~same[order]]), (2, order[same[order]])):
                 walk.append((stage, name, inputs, self._cut(rows, self._sizes(rng, rows, o.batch_size, epochs))))
         last = rng.permutation(n)
         last_cuts = self._cut(last, self._sizes(rng, last, o.batch_size, None))
