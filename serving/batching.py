@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import pydantic_core
 
 __all__ = ["Batcher", "Call", "parse_request", "GONE", "CLOSED"]
 
@@ -29,7 +30,15 @@ Call = Callable[[bytes, int], tuple[int, bytes]]
 
 def parse_request(body: bytes, inputs: list[str]) -> tuple[dict, int] | str:
     """A request's contract inputs and its item count, or what is wrong with it (the proxy's 400): a JSON object
-    whose `inputs` are lists of the same, non-zero length (the contract's batch axis)."""
+    whose `inputs` are lists of the same, non-zero length (the contract's batch axis). JSON as the served API
+    parses it: BentoML's `model_validate_json` (pydantic_core's parser) refuses a byte-order mark, UTF-16 or
+    UTF-32, a lone surrogate escape (`"\\ud800"`) and nesting deeper than its limit, all of which Python's
+    `json` takes; the proxy forwards such a body, so it must refuse it first, as the client's mistake."""
+    try:
+        pydantic_core.from_json(body)  # what the bundle's BentoML refuses is the client's mistake, never sent
+    except ValueError as exc:
+        return (f"the body is not JSON as the API takes it ({str(exc)[:200]}); send UTF-8 JSON without a byte-order "
+                "mark or lone surrogate escapes")
     try:
         payload = json.loads(body, parse_int=float)  # numbers as the tensors take them (1e30 or 10**30 alike)
     except (ValueError, RecursionError) as exc:

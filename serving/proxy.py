@@ -2,12 +2,12 @@
 answer against the family's contract (`TaskFamily.check_answer`), and counted in the Prometheus metrics.
 
 What a client gets: the bundle's answer when it is valid; 400 for a request the contract does not take (the
-family's `check_request`: shapes, types), 413 for one too large, 408 for one too slow to arrive, all found by
-the proxy before the bundle sees it (and a request whose client left is never sent: 499); 502 when the bundle
-failed, answered anything but 200 (its own 4xx too: the request was valid) or broke the contract (wrong item
-count, NaN, a negative forecast, not numbers, not JSON, too large); 503 when nothing is served, the version
-was replaced while answering, or `MAX_WAITING` requests already wait for it (`MAX_READING` still arriving: `BUSY`,
-counted as the clients'). `ProductionServer` inherits it.
+family's `check_request`: shapes, types) or JSON that BentoML's parser refuses (`parse_request`), 413 for one
+too large, 408 for one too slow to arrive, all found by the proxy before the bundle sees it (and a request whose
+client left is never sent: 499); 502 when the bundle failed, answered anything but 200 (its own 4xx too: the
+request was valid) or broke the contract (wrong item count, NaN, a negative forecast, not numbers, not JSON, too
+large); 503 when nothing is served, the version was replaced while answering, or `MAX_WAITING` requests already
+wait for it (`MAX_READING` still arriving: `BUSY`, counted as the clients'). `ProductionServer` inherits it.
 """
 
 from __future__ import annotations

@@ -126,6 +126,49 @@ def test_the_clients_own_mistakes_are_4xx_and_never_reach_the_bundle(batching, m
     assert outcomes(front) == {"ok": 1.0, "client_error": 3.0, "unavailable": 1.0}
 
 
+def bentoml_parser(body, items):
+    """A bundle whose API parses requests as BentoML's does (`model_validate_json`: pydantic_core's parser)."""
+    import pydantic_core
+
+    try:
+        pydantic_core.from_json(body)
+    except ValueError as exc:
+        return 400, json.dumps({"error": str(exc)}).encode()
+    return honest(body, items)
+
+
+VALID = json.dumps(request())
+
+
+@pytest.mark.parametrize("batching", [True, False])
+@pytest.mark.parametrize("body", [
+    b"\xef\xbb\xbf" + VALID.encode(),  # a UTF-8 byte-order mark
+    VALID.encode("utf-16"),
+    VALID.encode("utf-32"),
+    (VALID[:-1] + ', "note": "\\ud800"}').encode(),  # a lone surrogate escape
+    (VALID[:-1] + ', "\\udc00": 1}').encode(),
+    VALID[:-1].encode() + b', "note": "\xed\xa0\x80"}',  # a surrogate encoded in UTF-8
+    (VALID[:-1] + ', "deep": ' + "[" * 300 + "]" * 300 + "}").encode(),  # past pydantic_core's nesting limit
+], ids=["bom", "utf-16", "utf-32", "surrogate", "surrogate-key", "utf8-surrogate", "deep"])
+def test_json_that_bentoml_refuses_is_the_clients_400_not_the_bundles_error(body, batching):
+    """Python's `json` takes bodies BentoML's parser refuses with 400; the proxy forwarded them and counted the
+    bundle's 400 as its `error` (502), so any client could push the error rate `monitor` shows to 1.0. The
+    proxy parses as BentoML does: such a body is the client's 400, never sent, in either mode."""
+    front = Front(bentoml_parser, batching)
+    [got] = post(front, {"content": body, "headers": {"content-type": "application/json"}})
+    assert got.status_code == 400 and "byte-order mark" in got.json()["error"], got.text
+    assert front.served.channel.calls == [] and outcomes(front) == {"client_error": 1.0}
+
+
+def test_a_lone_surrogate_in_a_text_input_is_refused_before_batching():
+    """With --batching the proxy merges the parsed inputs and writes them again, escaping a lone surrogate as
+    `\\ud800`, which the bundle's BentoML refuses: a text input holding one failed its whole batch."""
+    from serving.batching import parse_request
+
+    assert isinstance(parse_request(b'{"texts": ["ok \\ud800"]}', ["texts"]), str)
+    assert parse_request(b'{"texts": ["ok \\ud83d\\ude00"]}', ["texts"]) == ({"texts": ["ok \U0001f600"]}, 1)
+
+
 @pytest.mark.parametrize("inputs, words", [
     ({"history": np.ones((1, 5, 13)).tolist(), "future": np.ones((1, HORIZON, 12)).tolist()}, "shape"),
     ({"history": [["abc"]], "future": [[1]]}, "must be numbers"),
