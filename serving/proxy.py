@@ -96,9 +96,18 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]]) -> tuple[int, bytes]:
-    """`answer`'s result, or `GONE` as soon as the client disconnects: the wait is cancelled, which drops the
-    request if it is still queued (and frees its place among the MAX_WAITING)."""
+class _Client:
+    """When a request's client left (monotonic), or None while it waits: set by `_unless_gone`, read by the worker
+    thread about to make the request's call (an attribute read: no lock needed)."""
+
+    left_at: float | None = None
+
+
+async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]], client: _Client) -> tuple[int, bytes]:
+    """`answer`'s result, or `GONE` when the client disconnects first (`client.left_at` says when): the wait is
+    cancelled, which drops the request if it is still queued (for a batch, or for a worker thread) and frees its
+    place among the MAX_WAITING. A call already in a worker thread cannot be cancelled: it is waited for (its
+    place held while the bundle works on it), and its answer is not the client's."""
     result = GONE
     async with anyio.create_task_group() as group:
         async def wait() -> None:
@@ -109,11 +118,12 @@ async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]]) -
         async def listen() -> None:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
+            client.left_at = time.monotonic()
             group.cancel_scope.cancel()
 
         group.start_soon(wait)
         group.start_soon(listen)
-    return result
+    return GONE if client.left_at is not None else result
 
 
 class Served:
@@ -249,15 +259,16 @@ class Proxy:
                        else self._request(body))
             if isinstance(checked, str):
                 return 400, _error(checked)
-            if batcher is not None:
-                handed = time.perf_counter()
-                answer = await _unless_gone(request, batcher.submit(*checked))
-                if answer is GONE and time.perf_counter() - handed > self.late_s:
-                    return ABANDONED
-                return answer
-            if await request.is_disconnected():
-                return GONE
-            return await anyio.to_thread.run_sync(self._call, served, body, checked[1])
+            client, handed = _Client(), time.monotonic()
+
+            def send() -> tuple[int, bytes]:  # in a worker thread: never sent once the client has left
+                return GONE if client.left_at is not None else self._call(served, body, checked[1])
+
+            answer = await _unless_gone(request, batcher.submit(*checked) if batcher is not None
+                                        else anyio.to_thread.run_sync(send), client)
+            if client.left_at is not None and client.left_at - handed > self.late_s:
+                return ABANDONED
+            return answer
         except ClientDisconnect:
             return GONE
         finally:

@@ -210,6 +210,11 @@ def test_a_client_that_leaves_while_it_waits_is_answered_at_once():
 
 def leave_after(front: Front, seconds: float) -> int:
     """One valid request whose client hangs up `seconds` after sending it; the status the proxy gave it."""
+    return asyncio.run(leaving(front, seconds))
+
+
+async def leaving(front: Front, seconds: float) -> int:
+    """`leave_after` in the running event loop."""
     body = json.dumps(request()).encode()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     scope = {"type": "http", "method": "POST", "path": "/forecast", "query_string": b"", "root_path": "",
@@ -225,24 +230,49 @@ def leave_after(front: Front, seconds: float) -> int:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(front.app()(scope, receive, send))
+    await front.app()(scope, receive, send)
     return sent[0]["status"]
 
 
-def test_a_client_that_gives_up_on_a_hanging_bundle_counts_as_the_bundles_error():
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_client_that_gives_up_on_a_hanging_bundle_counts_as_the_bundles_error(batching):
     """A bundle that hangs must not look healthy on /metrics because its clients time out before the proxy does
     (bentoml.SyncHTTPClient gives up after 30 s, the proxy after REQUEST_TIMEOUT_S): a client that left after
     waiting for the bundle longer than the pilot's p95 latency target was failed by it (`error`); one that left
-    sooner is its own impatience (`client_error`, like any 499)."""
+    sooner is its own impatience (`client_error`, like any 499). Without --batching the call went on in its worker
+    thread and its answer was counted `ok`, for a client that had left."""
     import time
 
-    front = Front(lambda body, items: (time.sleep(1), honest(body, items))[1], batching=True)
+    front = Front(lambda body, items: (time.sleep(1), honest(body, items))[1], batching=batching)
     assert front.late_s == 0.25
     assert leave_after(front, 0.6) == 499
     assert outcomes(front) == {"error": 1.0}
     time.sleep(0.5)  # the call into the bundle ends
     assert leave_after(front, 0.05) == 499
     assert outcomes(front) == {"error": 1.0, "client_error": 1.0}
+    assert front._waiting == front._reading == 0
+
+
+def test_a_request_whose_client_left_while_it_waited_for_a_worker_thread_is_never_sent():
+    """Without --batching each call runs in one of anyio's worker threads; a request queued for one was sent
+    when a thread freed, whether or not its client was still there. It is dropped (499), and counted as the
+    batcher counts one dropped from its queue: the bundle's `error` once it kept the client past `late_s`."""
+    import time
+
+    import anyio
+
+    front = Front(lambda body, items: (time.sleep(1), honest(body, items))[1], batching=False)
+
+    async def main():
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1  # all threads busy but one
+        staying = asyncio.create_task(leaving(front, 10))
+        await asyncio.sleep(0.05)
+        return await asyncio.gather(staying, leaving(front, 0.1), leaving(front, 0.5))
+
+    assert asyncio.run(main()) == [200, 499, 499]
+    assert front.served.channel.calls == [1]  # the staying client's call alone
+    assert outcomes(front) == {"ok": 1.0, "client_error": 1.0, "error": 1.0}
+    assert front._waiting == front._reading == 0
 
 
 def test_clients_slow_to_upload_are_not_counted_against_the_bundle(monkeypatch):
