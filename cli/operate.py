@@ -116,15 +116,18 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     _within("--port", port, 1, 65535)
     _within("--poll", poll, 0.1, 3600)
     _within("--max-batch", max_batch, 1, 100_000)
+    local = "give an address of this machine with --host (127.0.0.1 by default; 0.0.0.0 for every interface)"
+    if not host.strip():  # the socket would listen on every interface: never what an empty value meant
+        raise SpecError("--host is empty", where="--host", fix=local)
     try:  # fail before starting the sandbox when the address is taken
         with socket.create_server((host, port)):
             pass
+        addresses = socket.getaddrinfo(host, port)
     except OSError as exc:
         taken = exc.errno == errno.EADDRINUSE
         raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})",
-                      fix="choose another --port" if taken else "give an address of this machine with --host "
-                          "(127.0.0.1 by default)") from None
-    if not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in socket.getaddrinfo(host, port)):
+                      fix="choose another --port" if taken else local) from None
+    if not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in addresses):
         err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
                   "put an authenticating proxy in front of it (the testbed's own is for loopback)")
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
@@ -145,6 +148,8 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     "in service" section to the production version's scorecard page. Exits 1 when the service is not ready."""
     import time
 
+    import httpx
+
     from serving.monitor import scrape, summarize
     from workflow.promote import Production
 
@@ -155,6 +160,13 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
         raise SpecError(f"--url {url} is not the service's address", where="--url",
                         fix=f"give the address `testbed serve` printed, e.g. --url "
                             f"{base if base.startswith(('http://', 'https://')) else 'http://' + base}")
+    try:  # a typo (a letter in the port, no host) is the user's, not a traceback
+        why = "" if httpx.URL(url).host else "no host"
+    except httpx.InvalidURL as exc:
+        why = str(exc)
+    if why:
+        raise SpecError(f"--url {url} is not an address ({why})", where="--url",
+                        fix="give the address `testbed serve` printed, e.g. --url http://127.0.0.1:3000")
     before = scrape(url, pilot) if window > 0 else None
     if before:
         time.sleep(window)

@@ -52,7 +52,7 @@ def scrape(url: str, pilot: str | None = None) -> Scrape:
         r = httpx.get(url.rstrip("/") + "/metrics", timeout=10)
         r.raise_for_status()
         reading = Scrape(r.text, time.time())
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError
         raise NotFound(f"no metrics at {url}/metrics ({exc})", where=url, fix=fix) from None
     except ValueError:
         raise NotFound(f"{url}/metrics is not Prometheus metrics", where=url, fix=fix) from None

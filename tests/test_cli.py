@@ -55,6 +55,10 @@ def test_every_verb_has_help():
     (["promote", "bike-demand-000", "--by", " "], "no submission"),
     (["monitor", "bike-demand", "--url", "127.0.0.1:3000"], "--url http://127.0.0.1:3000"),
     (["monitor", "bike-demand", "--url", "http://127.0.0.1:3000/metrics"], "--url http://127.0.0.1:3000"),
+    (["monitor", "bike-demand", "--url", "http://127.0.0.1:30OO"], "--url http://127.0.0.1:30OO is not an address"),
+    (["monitor", "bike-demand", "--url", "http://"], "--url http:// is not an address (no host)"),
+    (["serve", "bike-demand", "--host", ""], "--host is empty"),
+    (["serve", "bike-demand", "--host", " "], "--host is empty"),
     (["evaluate", "bike-demand-000", "--reevaluate"], "--reevaluate needs a --reason"),
     (["evaluate", "bike-demand-000", "--reevaluate", "--reason", " "], "--reevaluate needs a --reason"),
 ])

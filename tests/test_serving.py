@@ -711,3 +711,13 @@ def test_a_version_kept_while_its_successor_cannot_start_still_stops_once_reject
     server.check()
     assert server.served is None and not server.ready and served.service.stopped
     assert "rejected" in server.reason and any("was rejected by lee" in line for line in logs)
+
+
+def test_monitor_says_an_address_that_is_no_url_is_not_a_service():
+    """httpx refuses a malformed address with InvalidURL, which is no httpx.HTTPError: `scrape` let it through
+    as a traceback."""
+    from serving.monitor import scrape
+    from testbed.errors import NotFound
+
+    with pytest.raises(NotFound, match="Invalid port"):
+        scrape("http://127.0.0.1:30OO")
