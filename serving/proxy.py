@@ -7,7 +7,8 @@ too large, 408 for one too slow to arrive, all found by the proxy before the bun
 client left is never sent: 499); 502 when the bundle failed, answered anything but 200 (its own 4xx too: the
 request was valid) or broke the contract (wrong item count, NaN, a negative forecast, not numbers, not JSON, too
 large); 503 when nothing is served, the version was replaced while answering, or `MAX_WAITING` requests already
-wait for it (`MAX_READING` still arriving: `BUSY`, counted as the clients'). `ProductionServer` inherits it.
+wait for it (`MAX_READING` still arriving: `BUSY`; bodies of `MAX_HELD_BYTES` held: `FULL`; both counted as the
+clients'), with Retry-After. `ProductionServer` inherits it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BUSY", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
-           "MAX_WAITING", "MAX_READING"]
+__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BUSY", "FULL", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
+           "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
@@ -48,6 +49,13 @@ MAX_WAITING = 256
 MAX_READING = 256
 """Requests whose bodies are still arriving, at most; more get 503 at once, counted as `client_error`: clients slow
 to send fill these places, never the bundle."""
+MAX_HELD_BYTES = 128 << 20
+"""The bytes of request bodies the proxy holds at once (arriving, parsed, waiting for the bundle), at most; a
+request that would pass it gets 503 (`FULL`). A body's parsed form takes up to ~20 times its bytes (measured: 19x
+for a body of zeros, 8x for `1.0, `), so this keeps requests near 2.5 GiB of the proxy's memory: MAX_WAITING alone
+let 256 requests of up to 64 MiB each (16 GiB of bodies, over 300 GiB parsed) in. At least MAX_REQUEST_BYTES."""
+RETRY_AFTER_S = 1
+"""What every 503 tells clients to wait before they retry (`Retry-After`)."""
 BODY_TIMEOUT_S = 30
 """How long a client may take to send its request's body (408 beyond)."""
 PARSE_IN_THREAD_BYTES = 64 << 10
@@ -56,6 +64,10 @@ PARSE_IN_THREAD_BYTES = 64 << 10
 
 BUSY = (503, b'{"error": "overloaded: too many requests are still being sent to the proxy; retry later"}')
 """What a request gets when MAX_READING requests' bodies are still arriving (counted as `client_error`)."""
+FULL = (503, b'{"error": "overloaded: the requests in the proxy hold too many bytes; retry later, or send fewer '
+             b'items per request"}')
+"""What a request gets when the bodies the proxy holds would pass MAX_HELD_BYTES with its own (counted as
+`client_error`: the bytes are what clients sent, whatever the bundle does)."""
 ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
 """What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
 a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
@@ -82,16 +94,43 @@ def _unanswered(error: str) -> bytes:
     return _error(f"the served bundle did not answer ({error[:200]})")
 
 
-async def _body(request: Request) -> bytes | None:
-    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further)."""
+class _Held:
+    """One request's share of the body bytes the proxy holds (`Proxy._held`, at most MAX_HELD_BYTES), counted in
+    the event loop while it is read, parsed and waits for its answer."""
+
+    def __init__(self, proxy: Proxy):
+        self.proxy, self.size = proxy, 0
+
+    def fits(self, size: int) -> bool:
+        return self.proxy._held + size <= MAX_HELD_BYTES
+
+    def take(self, size: int) -> bool:
+        if not self.fits(size):
+            return False
+        self.proxy._held += size
+        self.size += size
+        return True
+
+    def release(self) -> None:
+        self.proxy._held -= self.size
+        self.size = 0
+
+
+async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | None:
+    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further); `FULL` as soon as
+    its bytes would not fit beside what the proxy holds (the declared length, then each chunk as it arrives)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         return None
+    if declared.isdigit() and not held.fits(int(declared)):
+        return FULL
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_REQUEST_BYTES:
             return None
+        if not held.take(len(chunk)):
+            return FULL
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -173,6 +212,8 @@ class Proxy:
     _batcher: Batcher | None
     _waiting: int
     _reading: int
+    _held: int
+    """Bytes of request bodies in the proxy now (`_Held`)."""
 
     def _call(self, served: Served, body: bytes, items: int) -> tuple[int, bytes]:
         """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
@@ -223,12 +264,13 @@ class Proxy:
             status, out = answer
             if answer is ABANDONED:  # the bundle kept the client waiting past the service level: its failure
                 outcome = "error"
-            elif answer is BUSY:  # other clients' uploads fill the proxy: not the bundle's failure
+            elif answer is BUSY or answer is FULL:  # other clients' uploads fill the proxy: not the bundle's failure
                 outcome = "client_error"
         except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
             status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
         self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started, outcome)
-        return Response(out, status, media_type="application/json")
+        return Response(out, status, media_type="application/json",
+                        headers={"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
 
     async def _answer(self, request: Request, served: Served | None, batcher: Batcher | None) -> tuple[int, bytes]:
         """(status, body) for one API request: 503 when nothing is served or too many requests are in the proxy;
@@ -239,16 +281,27 @@ class Proxy:
             return 503, _error(self.reason or "not ready")
         if self._reading >= MAX_READING:
             return BUSY
+        held = _Held(self)
+        try:
+            return await self._read(request, served, batcher, held)
+        finally:
+            held.release()
+
+    async def _read(self, request: Request, served: Served, batcher: Batcher | None, held: _Held
+                    ) -> tuple[int, bytes]:
+        """`_answer` once the request may be read: its body's bytes counted in `held` until it is answered."""
         self._reading += 1
         try:
             with anyio.fail_after(BODY_TIMEOUT_S):
-                body = await _body(request)
+                body = await _body(request, held)
         except TimeoutError:
             return 408, _error(f"the request's body did not arrive within {BODY_TIMEOUT_S} s")
         except ClientDisconnect:
             return GONE
         finally:
             self._reading -= 1
+        if body is FULL:
+            return FULL
         if body is None:
             return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
         if self._waiting >= MAX_WAITING:
@@ -259,13 +312,15 @@ class Proxy:
                        else self._request(body))
             if isinstance(checked, str):
                 return 400, _error(checked)
-            client, handed = _Client(), time.monotonic()
+            (inputs, items), client, handed = checked, _Client(), time.monotonic()
+            del checked  # without batching the body is sent: its parsed form (up to ~20x its bytes) is not kept
 
             def send() -> tuple[int, bytes]:  # in a worker thread: never sent once the client has left
-                return GONE if client.left_at is not None else self._call(served, body, checked[1])
+                return GONE if client.left_at is not None else self._call(served, body, items)
 
-            answer = await _unless_gone(request, batcher.submit(*checked) if batcher is not None
-                                        else anyio.to_thread.run_sync(send), client)
+            waiting = batcher.submit(inputs, items) if batcher is not None else anyio.to_thread.run_sync(send)
+            del inputs
+            answer = await _unless_gone(request, waiting, client)
             if client.left_at is not None and client.left_at - handed > self.late_s:
                 return ABANDONED
             return answer

@@ -54,7 +54,7 @@ class Front(Proxy):
         self.family = open_family(get_pilot("bike-demand"), PROJECT_ROOT / "data", verify=False)
         self.contract, self.metrics = self.family.contract, ServingMetrics("bike-demand")
         self.pilot, self.model, self.reason, self._waiting = "bike-demand", "testbed-bike-demand", "", 0
-        self._reading = 0
+        self._reading = self._held = 0
         self.late_s = get_pilot("bike-demand").service_level.p95_latency_ms / 1000
         self.served = FakeServed(answer)
         self._batcher = Batcher(lambda body, items: self._call(self.served, body, items), list(self.contract.inputs)
@@ -721,3 +721,37 @@ def test_monitor_says_an_address_that_is_no_url_is_not_a_service():
 
     with pytest.raises(NotFound, match="Invalid port"):
         scrape("http://127.0.0.1:30OO")
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batching):
+    """MAX_WAITING requests of up to MAX_REQUEST_BYTES each, parsed at up to ~20 times their bytes, could take
+    the host's memory: a request whose body would pass MAX_HELD_BYTES beside those in the proxy gets 503 with
+    Retry-After, whether its length is declared or found as it arrives, counted as the clients' (what they sent
+    fills it, not the bundle); the bytes are counted until each request is answered, then freed."""
+    import time
+
+    assert serving.proxy.MAX_HELD_BYTES == 128 << 20 >= serving.proxy.MAX_REQUEST_BYTES  # README; the largest fits
+    monkeypatch.setattr(serving.proxy, "MAX_HELD_BYTES", 100_000, raising=False)
+    front = Front(lambda body, items: (time.sleep(0.5), honest(body, items))[1], batching)
+    body = json.dumps(request(3)).encode()
+    assert 30_000 < len(body) < 40_000  # two fit, a third does not
+
+    async def chunked():
+        yield body[:20_000]
+        await asyncio.sleep(0)
+        yield body[20_000:]
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front.app()), base_url="http://p") as client:
+            held = [asyncio.create_task(client.post("/forecast", content=body)) for _ in range(2)]
+            await asyncio.sleep(0.2)  # both read, waiting for the bundle
+            refused = [await client.post("/forecast", content=body), await client.post("/forecast", content=chunked())]
+            answered = await asyncio.gather(*held)
+            return answered, refused, await client.post("/forecast", content=body)
+
+    answered, refused, after = asyncio.run(main())
+    assert [r.status_code for r in answered] == [200, 200] and after.status_code == 200
+    assert [r.status_code for r in refused] == [503, 503]
+    assert all(r.headers["retry-after"] == "1" and "too many bytes" in r.json()["error"] for r in refused)
+    assert outcomes(front) == {"ok": 3.0, "client_error": 2.0} and front._held == 0
