@@ -243,8 +243,8 @@ class TaskFamily(PhasePlan, ABC):
     def epochs(self, data: Any) -> np.ndarray | None:
         """One number per item when items reveal each other's truth: an item's ground truth may be part of the
         inputs of items of a later epoch (a later forecast window's history holds an earlier window's target),
-        never of the same or an earlier one. The scenario and measured phases then go forward epoch by epoch
-        (`phases`), and a family with epochs scores each item's first clean answer,
+        never of the same or an earlier one. The measured phases, which show the service every item first,
+        then go forward epoch by epoch (`phases`), and a family with epochs scores each item's first answer,
         never a later one, and an item whose first answer failed as unanswered (a lookup of what the service was
         shown since cannot improve a score, not even within the agreement tolerance). None: the items reveal
         nothing of each other."""

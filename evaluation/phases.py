@@ -35,34 +35,20 @@ class PhasePlan:
         return ["clean", *(sc.name for sc in self.spec.scenarios)]
 
     def phases(self, data: Any, seed: int = 0) -> list[Phase]:
-        """Requests to send: one phase per scenario (in batches of up to the options' `batch_size`), the measured
-        phases, `single_stream` (one item per request, `single_stream_requests` of them, at most half the items)
-        and `offline` (the other items, in batches of `offline_batch_size`; all of them in one request when the
-        family has no such option), and `clean` last (batches as a scenario's). The measured phases share no
-        item, and no clean input they time has been sent before: a service that remembers answers cannot look
-        faster than its model by replaying them.
-
-        Without `epochs`, the scenario phases come first: every item is sent perturbed before it is ever sent
-        clean, so a service that knows an item again under a scenario (by what the scenario leaves alone, or a
-        look-alike) has no clean answer to replay, and its robustness is its model's. Where a scenario left an
-        item as it was (`unchanged`), that request is the clean item itself and goes after the measured phases.
-        The price: a timed item's perturbed versions were answered before, untimed. A service that knows it again
-        can send one of those answers back at once, but must then give it in the clean phase too (or fail
-        `consistent_under_load`), so it is scored with that scenario's accuracy (see THREAT-MODEL.md).
-
-        With `epochs` (an item's truth is in a later epoch's inputs: a forecast window's target in the history
-        of the windows after it), every phase but `clean` goes walk-forward: epoch by epoch, never two epochs in
-        one request; the measured items of an epoch first, each new to the service, then the scenarios' items of
-        that epoch, all before any later epoch's (a phase is then sent in parts; the runner joins them). So no
-        item's truth has reached the service when it answers it, clean or perturbed. The perturbed items do not
-        go first there: an earlier epoch's clean items hold much of a later item's input anyway (windows
-        overlap), from which a service can fill in what a scenario took out, and sent before the timed items
-        they would let it work out their answers untimed (see THREAT-MODEL.md).
-        `clean` goes last, whole: with epochs its answers are only compared with the first ones, never scored.
-
-        Anti-replay: each phase sends the items in its own order drawn from `seed`, and the accuracy phases in
-        their own batch sizes, so no phase repeats another's sequence of requests. `plan` keeps which items each
-        request carries, in the order sent; `plan_record()` is what the scorecard records."""
+        """Requests to send, in this order: `single_stream` (one item per request, `single_stream_requests` of
+        them, at most half the items) and `offline` (the other items, in batches of `offline_batch_size`; all
+        of them in one request when the family has no such option), then one phase per scenario and `clean`, in
+        batches of up to the options' `batch_size`. The measured phases come first and share no item, so each
+        timed item is new to the service: a service that remembers answers cannot make its latency or throughput
+        look better than its model is. Items with `epochs` are shown walk-forward, in every phase that is scored:
+        epoch by epoch, never two epochs in one request, and each scenario's items of an epoch are sent right
+        after that epoch's measured items, before any later epoch's (a phase is then sent in parts, one per
+        epoch; the runner joins them). So no item's truth has reached the service when it answers it, and a
+        service that learns the truth from later items' inputs cannot buy robustness with it. `clean` goes last,
+        whole: with epochs its answers are only compared with the first ones, never scored. Anti-replay: each
+        phase sends the items in its own order drawn from `seed`, and the accuracy phases in their own batch
+        sizes, so no phase repeats another's sequence of requests. `plan` keeps which items each request carries,
+        in the order sent; `plan_record()` is what the scorecard records."""
         o, n, clean = self.options, self.size(data), self.inputs(data)
         rng = np.random.default_rng(seed)
         self.plan_seed, self.plan = seed, {}
@@ -73,40 +59,32 @@ class PhasePlan:
         single = min(n // 2, getattr(o, "single_stream_requests", n)) if n > 1 else n
         rest = measured[single:] if n > single else measured  # one item: measured twice, the only choice
         size = getattr(o, "offline_batch_size", None) or max(len(rest), 1)
-        walk = [(1, "single_stream", clean, self._cut(measured[:single], [1] * single)),
-                (1, "offline", clean, self._cut(rest, self._batches(rest, size, epochs)))]
-        first = 0 if epochs is None else 2  # stage of a scenario's perturbed items: with epochs, after the timed ones
-        for name, inputs in scenario_inputs(self, data, clean).items():
+        walk = [("single_stream", clean, self._cut(measured[:single], [1] * single)),
+                ("offline", clean, self._cut(rest, self._batches(rest, size, epochs)))]
+        scenarios = scenario_inputs(self, data, clean)
+        for name, inputs in scenarios.items():
             order = rng.permutation(n)
-            same = self.unchanged(clean, inputs, n) if epochs is None else np.zeros(n, bool)
             if epochs is not None:
                 order = order[np.argsort(epochs[order], kind="stable")]
-            for stage, rows in ((first, order[~same[order]]), (2, order[same[order]])):
-                walk.append((stage, name, inputs, self._cut(rows, self._sizes(rng, rows, o.batch_size, epochs))))
+            walk.append((name, inputs, self._cut(order, self._sizes(rng, order, o.batch_size, epochs))))
         last = rng.permutation(n)
-        last_cuts = self._cut(last, self._sizes(rng, last, o.batch_size, None))
-        keys = np.zeros(n, int) if epochs is None else epochs
-        parts = sorted(((keys[cut[0]], stage, i, name, inputs, cut) for i, (stage, name, inputs, cuts)
-                        in enumerate(walk) for cut in cuts if len(cut)), key=lambda part: part[:3])
-        self.plan = {name: [] for _, name, _, _ in walk}
-        sent: list[Phase] = []
-        for *_, name, inputs, cut in parts:  # consecutive parts of one phase go together, as one phase
-            self.plan[name].append(cut)
-            if sent and sent[-1].name == name:
-                sent[-1].bodies.append(self.encode(inputs, cut))
-                sent[-1].items.append(len(cut))
+        walk.append(("clean", clean, self._cut(last, self._sizes(rng, last, o.batch_size, None))))
+        self.plan = {name: cuts for name, _, cuts in walk}
+        if epochs is None or not scenarios:
+            return [self._phase(name, inputs, cuts) for name, inputs, cuts in walk]
+        *scored, final = walk
+        parts = [(epochs[cut[0]], i, name, inputs, cut) for i, (name, inputs, cuts) in enumerate(scored)
+                 for cut in cuts if len(cut)]
+        parts.sort(key=lambda part: (part[0], part[1]))  # stable: each phase's own order within an epoch
+        sent = [self._phase(name, inputs, [cut]) for _, _, name, inputs, cut in parts]
+        joined: list[Phase] = []
+        for phase in sent:  # consecutive parts of one phase (its epochs with no other phase's items) go together
+            if joined and joined[-1].name == phase.name:
+                joined[-1].bodies += phase.bodies
+                joined[-1].items += phase.items
             else:
-                sent.append(self._phase(name, inputs, [cut]))
-        self.plan["clean"] = last_cuts
-        return [*sent, self._phase("clean", clean, last_cuts)]
-
-    def unchanged(self, clean: Any, perturbed: Any, n: int) -> np.ndarray:
-        """One boolean per item (`n` of them): True where the scenario left the item's input as it was (a title
-        with nothing to perturb). Such an item is the clean item itself, so its scenario request goes after the
-        measured phases, never before: a clean input is not shown, and answered, before it is timed. By default
-        the item's request bodies are compared; a family may say it more cheaply."""
-        return np.array([self.encode(clean, np.array([i])) == self.encode(perturbed, np.array([i]))
-                         for i in range(n)], bool).reshape(n)
+                joined.append(phase)
+        return joined + [self._phase(*final)]
 
     @staticmethod
     def _cut(order: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
@@ -120,10 +98,8 @@ class PhasePlan:
     @staticmethod
     def _runs(rows: np.ndarray, epochs: np.ndarray | None) -> list[tuple[int, int]]:
         """`(start, end)` of each run of `rows` in one epoch (all of them: one run, without epochs)."""
-        if not len(rows):
-            return []
         keys = np.zeros(len(rows)) if epochs is None else epochs[rows]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(rows) else np.array([], int)
         return list(zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True))
 
     @staticmethod

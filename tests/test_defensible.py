@@ -840,52 +840,39 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
 
 
 def assert_phase_order(fam, data, sent):
-    """No clean input a measured phase times was sent before (with epochs, no version of it at all), so
-    remembering answers buys no speed; without epochs, every item's perturbed versions are sent before it is ever
-    sent clean (a scenario's request that left the item as it was counts as clean), so a service has no clean
-    answer to replay for them; with epochs, every phase but `clean` (only compared) goes forward in time."""
-    from evaluation.perturbed import scenario_inputs
-
-    clean, n, epochs = fam.inputs(data), fam.size(data), fam.epochs(data)
-    same = {name: fam.unchanged(clean, inputs, n) for name, inputs in scenario_inputs(fam, data, clean).items()}
-    shown, shown_clean, done, latest = set(), set(), {}, -np.inf
+    """A service that remembers answers gains no speed: no item a measured phase times was sent before, in any
+    form; and, with epochs, every phase but `clean` (whose answers are only compared) goes forward in time, so no
+    item it sends has had its truth shown in a later window's history."""
+    shown, done, latest, epochs = set(), {}, -np.inf, fam.epochs(data)
     for phase in sent:
         start = done.get(phase.name, 0)
         cuts, done[phase.name] = fam.plan[phase.name][start:start + len(phase.bodies)], start + len(phase.bodies)
         items = set(np.concatenate(cuts).tolist())
         assert items and [len(c) for c in cuts] == phase.items
         if phase.name in ("single_stream", "offline"):
-            assert not items & (shown_clean if epochs is None else shown), phase.name
-            shown_clean |= items
-        elif phase.name != "clean":
-            kept = {i for i in items if same[phase.name][i]}
-            assert epochs is not None or not (items - kept) & shown_clean, phase.name
-            shown_clean |= kept
+            assert not items & shown, phase.name
         if epochs is not None and phase.name != "clean":
             assert min(epochs[list(items)]) >= latest and all(len(set(epochs[c])) == 1 for c in cuts)
             latest = max(epochs[list(items)])
         shown |= items
-    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(shown_clean) == fam.size(data)
-    return same
+    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(shown) == fam.size(data)
 
 
-def test_a_family_without_epochs_shows_every_item_perturbed_first():
+def test_a_family_without_epochs_times_every_item_before_anything_else_shows_it():
     fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
     data = fam.load("sample")
     sent = fam.phases(data, seed=5)
-    same = assert_phase_order(fam, data, sent)
-    scenarios = [sc.name for sc in fam.spec.scenarios]
-    left_alone = [name for name in scenarios if same[name].any()]
-    assert left_alone and not all(same[name].all() for name in scenarios)  # titles some scenarios leave alone
-    assert [p.name for p in sent] == [*scenarios, "single_stream", "offline", *left_alone, "clean"]
+    assert_phase_order(fam, data, sent)
+    assert [p.name for p in sent] == ["single_stream", "offline", *(sc.name for sc in fam.spec.scenarios), "clean"]
 
 
-def test_a_service_that_replays_its_clean_answers_buys_no_robustness():
-    """A stateful service that knows an item again under a scenario (by what the scenario leaves alone, or a
-    look-alike; here, perfectly) and answers it as it answered the item clean keeps its clean accuracy under
-    every scenario: a retention of 1.0 whatever its model. Every item is shown perturbed before it is ever shown
-    clean, so it has no clean answer to replay. (Sent after the measured phases, the petitions' typos were
-    answered with their clean categories: accuracy 1.0 against the honest model's 0.41.)"""
+def test_known_gap_a_service_replaying_its_clean_answers_keeps_full_robustness():
+    """The gap THREAT-MODEL.md names ('Answers keyed on what a scenario leaves alone'), measured so that closing it
+    shows here: a stateful service that knows an item again under a scenario (by what the scenario leaves alone,
+    or a look-alike; here, perfectly) and answers it as it answered the item clean keeps its clean accuracy under
+    every scenario, a retention of 1.0 whatever its model, because the measured phases show every item clean
+    first. Sending every item perturbed first instead would show each timed item's perturbed copies, untimed,
+    before it is timed (see THREAT-MODEL.md). When the gap is closed, assert `replayer.metrics == honest.metrics`."""
     from evaluation.perturbed import scenario_inputs
 
     fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
@@ -916,7 +903,9 @@ def test_a_service_that_replays_its_clean_answers_buys_no_robustness():
         outcomes.append(fam.score(data, FakeSandbox(service(replays)).run(job)))
     honest, replayer = outcomes
     assert honest.metrics["typos"]["accuracy"] < 0.5 < honest.metrics["clean"]["accuracy"]
-    assert replayer.metrics == honest.metrics
+    assert replayer.metrics["clean"] == honest.metrics["clean"]
+    for sc in fam.spec.scenarios:  # every scenario answered as the clean titles were
+        assert replayer.metrics[sc.name]["accuracy"] == honest.metrics["clean"]["accuracy"]
 
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------

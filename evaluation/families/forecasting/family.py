@@ -206,10 +206,6 @@ class Forecasting(TaskFamily):
         measured = [i for i, name in enumerate(d.history_features) if name not in d.calendar]
         return SCENARIOS.get(sc.name)(*inputs, sc.severity, self.scenario_rng(sc), measured=measured)
 
-    def unchanged(self, clean, perturbed, n: int) -> np.ndarray:
-        same = [(a == b) | (np.isnan(a) & np.isnan(b)) for a, b in zip(clean, perturbed, strict=True)]
-        return np.logical_and.reduce([s.reshape(n, -1).all(axis=1) for s in same])
-
     def encode(self, inputs, rows: np.ndarray) -> bytes:
         history, future = inputs
         return encode_request(history[rows], future[rows])
@@ -286,7 +282,7 @@ class Forecasting(TaskFamily):
 
     def epochs(self, data: Windows) -> np.ndarray:
         """A window's origin: its target is in the history of the windows of its series up to `history` +
-        `horizon` steps later, so the phases show the windows origin by origin (see `TaskFamily.epochs`)."""
+        `horizon` steps later, so the timed phases show the windows origin by origin (see `TaskFamily.epochs`)."""
         return data.origins.asi8
 
     @staticmethod
@@ -304,8 +300,8 @@ class Forecasting(TaskFamily):
         return np.where(answered[:, None], pred, 0.0) if answered.any() else pred
 
     def first_answers(self, data: Windows, preds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The clean forecasts scored, and which windows had an answer: each window's first clean answer, the
-        one the timed phases got, before any later window's history (which holds its target) was sent. A later answer
+        """The clean forecasts scored, and which windows had an answer: each window's first answer, the one the
+        timed phases got, before any later window's history (which holds its target) was sent. A later answer
         is never scored, however close (a clean answer within the agreement tolerance could still be nudged
         toward a truth learnt since), nor does it stand in for a timed answer that failed: that window counts
         as no forecast (`_or_none`). Predictions without timed answers (none were logged) score the clean ones."""

@@ -128,9 +128,6 @@ class TextClassification(TaskFamily):
         fn = SCENARIOS.get(sc.name)
         return [fn(text, sc.severity, self.scenario_rng(sc, i)) for i, text in enumerate(inputs)]
 
-    def unchanged(self, clean: list[str], perturbed: list[str], n: int) -> np.ndarray:
-        return np.array([a == b for a, b in zip(clean, perturbed, strict=True)], bool).reshape(n)
-
     def encode(self, inputs: list[str], rows: np.ndarray) -> bytes:
         return encode_request([inputs[i] for i in rows])
 
