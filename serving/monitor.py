@@ -85,9 +85,12 @@ def quantile(buckets: dict[float, float], q: float) -> float:
 def summarize(spec: PilotSpec, now: Scrape, before: Scrape | None = None) -> dict:
     """Latency, throughput and error rate of the version in service, against `spec.service_level`. Requests the
     proxy refused as the client's mistakes (4xx) are counted apart (`client_errors`), never in the error rate:
-    a client cannot dilute the bundle's failures with bad requests."""
+    a client cannot dilute the bundle's failures with bad requests. When the server restarted between `before`
+    and `now`, the figures are since its start, as with one reading (differences would go negative)."""
     info = now.info("testbed_bundle")
     version = info.get("model_version", "none")
+    if before is not None and before.total("testbed_started_time_seconds") != now.total("testbed_started_time_seconds"):
+        before = None  # the server restarted between the readings: its counters began again (since-start figures)
     match = {"model_version": version}
 
     def delta(fn, *args, **kw):

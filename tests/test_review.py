@@ -920,6 +920,22 @@ def test_the_metrics_summary_counts_exactly_what_was_observed(bike_spec):
     assert quantile({0.1: 0, 0.2: 10, float("inf"): 10}, 0.5) == pytest.approx(0.15)
 
 
+def test_the_metrics_summary_across_a_server_restart_is_since_the_restart(bike_spec):
+    """Two readings with a restart between them: the counters began again, so their differences were negative
+    (an error rate of -1.0 and negative requests); the figures are then since the new start."""
+    readings = []
+    for ok, failed in ((90, 10), (9, 1)):  # the server before the restart, then after
+        m = ServingMetrics("bike-demand")
+        m.serving("3", submission="s", bundle_sha256="ab" * 32, run_id="r")
+        for status in [200] * ok + [500] * failed:
+            m.observe("3", status, 0.02)
+        readings.append(Scrape(m.exposition().decode(), at=time.time() + 10 * len(readings)))
+        time.sleep(0.01)  # the second server starts later
+    summary = summarize(bike_spec, readings[1], readings[0])
+    assert summary["requests"] == 10 and summary["errors"] == 1
+    assert {r["measure"]: r["value"] for r in summary["rows"]}["error rate"] == pytest.approx(0.1)
+
+
 def test_monitor_shows_the_live_service_when_its_page_cannot_be_updated(ws, monkeypatch):
     """`testbed monitor` reads a service over HTTP, so it is run from another machine or workspace too: there the
     served submission is unknown, and monitor failed with 'no submission ...' (exit 2) without showing the
