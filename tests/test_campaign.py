@@ -12,7 +12,7 @@ import yaml
 
 from evaluation.families import open_family
 from evaluation.tracking_memory import MemoryTracker
-from testbed.errors import InfrastructureFailure
+from testbed.errors import InfrastructureFailure, ResourceUnavailable
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from tests.test_defensible import LOOKUP_VENDOR, bento, last_day
@@ -198,38 +198,69 @@ def test_a_bundles_own_failure_is_a_verdict_never_retried(ws, subs):
 
 class Stranding(FakeSandbox):
     """Ray with the only node large enough lost while a job waited for it: Ray keeps such a job pending for ever
-    (measured on a two-node loopback cluster: still pending 90 s after the node was killed)."""
+    (measured on a two-node loopback cluster: still pending 90 s after the node was killed). As
+    `RayExecutor.submit` does, a job placed once no live node is large enough is refused at once. `died`: the
+    job was running on that node (its future raises NodeDiedError's `InfrastructureFailure`) rather than
+    waiting for it (failed by `fail_stranded`)."""
 
-    def __init__(self):
+    def __init__(self, died: bool = False):
         super().__init__(last_day)
         self.waiting: list[Future] = []
+        self.died, self.lost, self.placed = died, False, 0
 
     def submit(self, job):
+        if self.lost:
+            raise ResourceUnavailable("the pilot asks for 4096 MB of memory, the largest Ray node has 2048 MB of "
+                                      "memory", where="Ray at 10.0.0.5:6379",
+                                      fix="set RAY_ADDRESS to a cluster with a node that large, or (the city) lower "
+                                          "`resources` in the pilot spec")
+        self.placed += 1
         self.waiting.append(Future())
+        if self.died:
+            self.lost = True
+            self.waiting[-1].set_exception(InfrastructureFailure("NodeDiedError: the node died", where="Ray"))
         return self.waiting[-1]
 
     def fail_stranded(self):
+        self.lost = True
         for future in self.waiting:
-            future.set_exception(InfrastructureFailure("no live Ray node has the 4096 MB of memory", where="Ray"))
+            if not future.done():
+                future.set_exception(InfrastructureFailure("no live Ray node has the 4096 MB of memory", where="Ray"))
         self.waiting = []
 
 
-def test_a_job_no_live_node_can_run_any_more_fails_and_the_campaign_ends(ws, subs, monkeypatch):
+@pytest.mark.parametrize("died", [False, True], ids=["waiting", "running"])
+def test_a_job_no_live_node_can_run_any_more_fails_and_the_campaign_ends(ws, subs, monkeypatch, died):
     """It waited for ever: the campaign never ended, its table saying `running`. Now the campaign asks the
-    executor, while no job returns, to fail such jobs: infrastructure, retried and then recorded as such."""
+    executor, while no job returns, to fail such jobs: infrastructure, retried and then recorded as such. Its
+    retry is refused at placement (no live node is large enough): that refusal is the lost node's too, never the
+    city's `resources` (it was placed before), so the retries are spent and a FAILED run records it; it was a
+    plain failure, nothing recorded, whose fix told the city to lower `resources`. The same for a job whose node
+    died under it when that node was the only one large enough."""
     import threading
 
     import workflow.campaign
 
     monkeypatch.setattr(workflow.campaign, "STRANDED_CHECK_S", 0.1, raising=False)
-    tracker, items = MemoryTracker(), []
+    tracker, items, executor = MemoryTracker(), [], Stranding(died)
     runner = threading.Thread(target=lambda: items.extend(run_campaign(
-        subs[:1], executor=Stranding(), tracker=tracker, ws=ws, retries=1)), daemon=True)
+        subs[:1], executor=executor, tracker=tracker, ws=ws, retries=1)), daemon=True)
     runner.start()
     runner.join(timeout=60)
     assert not runner.is_alive(), "the campaign waited for ever on a job no node can run"
-    assert items[0].status == "failed" and len(items[0].retries) == 1 and "no live Ray node" in items[0].error
-    assert tracker.runs[items[0].run_id].status == "FAILED" and tracker.official_runs("bike-demand") == []
+    [item] = items
+    assert item.status == "failed" and len(item.retries) == 1 and executor.placed == 1
+    assert ("NodeDiedError" if died else "no live Ray node") in item.retries[0]
+    assert "no retry left" in item.error and "lower `resources`" not in item.error
+    assert item.run_id in item.error and "check the Ray nodes" in item.error
+    run = tracker.runs[item.run_id]
+    assert run.status == "FAILED" and tracker.official_runs("bike-demand") == []
+    assert "largest Ray node has 2048 MB" in run.params["campaign_failure"]
+    assert run.params["campaign_retries"] == item.retries[0]
+    executor.placed, tracker = 0, MemoryTracker()  # no node ever took a job that large: the spec's, not retried
+    [item] = run_campaign(subs[1:2], executor=executor, tracker=tracker, ws=ws, retries=1)
+    assert item.status == "failed" and item.retries == [] and "lower `resources`" in item.error
+    assert executor.placed == 0 and tracker.runs == {}
 
 
 def test_the_ray_executor_fails_a_waiting_job_that_no_live_node_is_large_enough_for(monkeypatch):

@@ -11,8 +11,9 @@ Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
 finished but is not, and a rerun evaluates exactly what has no finished official run. A failure of the
 machinery (`InfrastructureFailure`: a Ray worker or node died, a node's disk filled) is retried up to `retries`
-times, each retry recorded on the run (param `campaign_retries`); a bundle's own failure is a verdict, never
-retried.
+times, each retry recorded on the run (param `campaign_retries`), then recorded as a FAILED run; a placement refused
+for a job as large as one the executor took earlier in the campaign is a lost node's, so the machinery's too. A
+bundle's own failure is a verdict, never retried.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     placed: dict[Future, tuple[PreparedEvaluation, float]] = {}
     scoring = scoring or ScoringPool(0)
     assessing: dict[Future, tuple[PreparedEvaluation, float, SandboxResult]] = {}
+    placeable: set[tuple[float, float, int]] = set()
+    """The (CPUs, GPUs, memory MB) of the jobs the executor has accepted in this campaign: a later refusal of as
+    much is a lost node's (the machinery's failure, retried and recorded), not a spec too large for the cluster."""
 
     def fail(item: CampaignItem, exc: BaseException, status: str = "failed") -> None:
         item.status, item.error = status, str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
@@ -127,11 +131,26 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 "evaluates it again"))
 
     def place(item: CampaignItem, prepared: PreparedEvaluation, started: float) -> None:
+        job = prepared.job
+        need = (job.cpus, job.gpus, job.limits.memory_mb)
         try:
-            placed[executor.submit(prepared.job)] = (prepared, started)
-            item.status = "running"
+            future = executor.submit(job)
+        except ResourceUnavailable as exc:
+            if need not in placeable:  # no node ever took a job this large: the spec's or the cluster's, say so
+                fail(item, exc)
+                return
+            future = Future()  # a node took it before: one large enough was lost since; the machinery's, retried
+            future.set_exception(InfrastructureFailure(
+                f"placement refused, though a job asking for as much was placed before in this campaign (a node "
+                f"large enough was lost): {exc.problem}", where=exc.where,
+                fix="bring back a node that large (`ray status` lists the nodes); a rerun evaluates it again"))
         except TestbedError as exc:
             fail(item, exc)
+            return
+        else:
+            placeable.add(need)
+        placed[future] = (prepared, started)
+        item.status = "running"
         on_update(item)
 
     def prepare(sub: Submission) -> PreparedEvaluation:
