@@ -362,6 +362,52 @@ def test_a_write_the_tracking_store_refuses_fails_that_evaluation_alone(ws, subs
     assert again.submission == failed.submission and again.status == "evaluated"
 
 
+class ReadGlitch(MemoryTracker):
+    """The tracking store fails some reads of a submission's official run (`official_run`'s calls for it, in
+    order: "fail" raises as MLflow does when a server restarts, "found" answers an official run another process
+    finished meanwhile, anything else reads the store)."""
+
+    def __init__(self, script: dict[str, list[str]]):
+        super().__init__()
+        self.script = script
+
+    def official_run(self, pilot, submission):
+        from types import SimpleNamespace
+
+        from mlflow.exceptions import MlflowException
+
+        steps = self.script.get(submission)
+        step = steps.pop(0) if steps else "read"
+        if step == "fail":
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/search failed with error code 503")
+        if step == "found":
+            return SimpleNamespace(run_id="elsewhere", metrics={})
+        return super().official_run(pilot, submission)
+
+
+@pytest.mark.filterwarnings("ignore:no MLflow store")  # the double keeps no SQLite file there
+def test_a_read_the_tracking_store_fails_fails_that_evaluation_alone(ws, subs):
+    """Preparing a job reads the store (is there an official evaluation already?): a failed read there escaped
+    as an MlflowException, and the campaign cancelled every placed job and ended with a traceback, no summary.
+    So did a failed read while deciding whether an evaluation refused (its bundle swapped; another process
+    finished it first) was `skipped` or `failed`. Now that one evaluation fails, saying what and how to fix, and
+    the others are evaluated."""
+    store = SubmissionStore(ws)
+    store.bundle(subs[1].id).write_bytes(store.bundle(subs[2].id).read_bytes())  # refused as it is prepared
+    tracker = ReadGlitch({subs[0].id: ["fail"], subs[1].id: ["read", "fail"]})
+    items = run_campaign(subs, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert [i.status for i in items] == ["failed", "failed", "evaluated"]
+    assert "the tracking store failed while reading whether it has an official evaluation already " \
+           "(MlflowException: API request" in items[0].error and "nothing was evaluated" in items[0].error
+    assert f"MLFLOW_TRACKING_URI={ws.tracking_uri}" in items[0].error and "\n  fix: " in items[0].error
+    assert "is not the one submitted" in items[1].error
+    assert [r.tags["testbed.submission"] for r in tracker.official_runs("bike-demand")] == [subs[2].id]
+    tracker = ReadGlitch({subs[0].id: ["read", "found", "fail"]})  # finished elsewhere, then the read fails
+    [item] = run_campaign(subs[:1], executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert item.status == "failed" and "already has its official evaluation (MLflow run elsewhere" in item.error
+    assert tracker.runs == {}
+
+
 class Threaded(FakeSandbox):
     """Jobs answered concurrently from threads, as Ray tasks return: results arrive together."""
 

@@ -122,7 +122,8 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         except Exception as refused:  # noqa: BLE001 - as in `record`: that one fails, the campaign goes on
             if not _from_store(refused):
                 raise
-            fail(item, _unrecorded(refused, ws, pilot, f"that the machinery failed on every attempt ({last})"))
+            fail(item, _unrecorded(refused, ws, pilot,
+                                   f"recording that the machinery failed on every attempt ({last})"))
             return
         fail(item, InfrastructureFailure(
             f"the machinery failed on {len(item.retries) + 1} attempt(s), no retry left (last: {exc.problem}); "
@@ -158,6 +159,17 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                                   out_dir=store.report_dir(sub.id), submission=sub.id, tracker=tracker,
                                   isolated=isolated, vetted=store.vetted(sub.id), ready_scoring=not scoring.active)
 
+    def ended_by(item: CampaignItem, exc: TestbedError, pilot: str) -> None:
+        """`exc` ended it: skipped where an official evaluation exists (another process finished it), else failed
+        (also when the store cannot say: a rerun then tells)."""
+        try:
+            official = tracker.official_run(pilot, item.submission)
+        except Exception as unread:  # noqa: BLE001 - as in `record`: that one fails, the campaign goes on
+            if not _from_store(unread):
+                raise
+            official = None
+        fail(item, exc, "skipped" if official else "failed")
+
     def record(assessed: Assessment | None, prepared: PreparedEvaluation, started: float,
                result: SandboxResult) -> None:
         item = items[prepared.submission]
@@ -165,7 +177,7 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         try:
             card = conclude_evaluation(prepared, result, tracker=tracker, params=params, assessed=assessed).card
         except TestbedError as exc:
-            fail(item, exc, "skipped" if tracker.official_run(prepared.spec.id, item.submission) else "failed")
+            ended_by(item, exc, prepared.spec.id)
             return
         except Exception as exc:  # noqa: BLE001 - one evaluation that cannot be recorded never stops the others
             fail(item, _unrecorded(exc, ws, prepared.spec.id) if _from_store(exc) else exc)
@@ -182,7 +194,11 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
             try:
                 prepared = future.result()
             except TestbedError as exc:
-                fail(item, exc, "skipped" if tracker.official_run(sub.pilot, sub.id) else "failed")
+                ended_by(item, exc, sub.pilot)
+                continue
+            except Exception as exc:  # noqa: BLE001 - as in `record`: one that cannot be prepared never stops the others
+                fail(item, _unrecorded(exc, ws, sub.pilot, "reading whether it has an official evaluation already",
+                                       "nothing was evaluated") if _from_store(exc) else exc)
                 continue
             place(item, prepared, time.monotonic())
         stranded_check = time.monotonic() + STRANDED_CHECK_S
@@ -226,14 +242,16 @@ def _from_store(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("mlflow", "sqlalchemy"))
 
 
-def _unrecorded(exc: BaseException, ws: Workspace, pilot: str, what: str = "the evaluation") -> ResourceUnavailable:
-    """The tracking store failed to record one evaluation (a write refused, a server restarting): that one fails
-    and the campaign goes on; a store that no longer answers at all stops the campaign here, saying so
-    (`check_tracking_uri` raises), rather than each later evaluation waiting minutes on MLflow's retries."""
+def _unrecorded(exc: BaseException, ws: Workspace, pilot: str, doing: str = "recording the evaluation",
+                outcome: str = "no official evaluation was recorded") -> ResourceUnavailable:
+    """The tracking store failed while `doing` for one evaluation (a write refused, a read failed, a server
+    restarting): that one fails and the campaign goes on; a store that no longer answers at all stops the
+    campaign here, saying so (`check_tracking_uri` raises), rather than each later evaluation waiting minutes on
+    MLflow's retries."""
     check_tracking_uri(ws.tracking_uri)
     detail = " ".join(str(exc).split())[:300]
-    return ResourceUnavailable(f"the tracking store failed while recording {what} ({type(exc).__name__}: "
-                               f"{detail}): no official evaluation was recorded",
+    return ResourceUnavailable(f"the tracking store failed while {doing} ({type(exc).__name__}: {detail}): "
+                               f"{outcome}",
                                where=f"MLFLOW_TRACKING_URI={ws.tracking_uri}",
                                fix=f"check the tracking store; a rerun (`testbed evaluate --all {pilot}`) evaluates "
                                    "it again")
