@@ -583,6 +583,25 @@ def test_an_unreadable_submission_record_fails_alone_and_the_others_are_evaluate
     assert "Traceback" not in named.output
 
 
+def test_a_submission_record_that_is_no_file_fails_alone_and_the_others_are_evaluated(ws, subs):
+    """A folder (or anything else not a readable file) where a record belongs is listed by `ids()`, but `get()`
+    said `no submission 'X' (known: X, ...)`, a NotFound that refused the whole `--all` campaign."""
+    from testbed.errors import AuditError
+
+    store, tracker = SubmissionStore(ws), MemoryTracker()
+    broken = store.root / subs[1].id / "submission.json"
+    broken.unlink()
+    broken.mkdir()
+    with pytest.raises(AuditError, match="the stored submission record cannot be read") as info:
+        store.get(subs[1].id)
+    assert str(broken) in str(info.value) and "fix: restore the file from a backup" in str(info.value)
+    todo, done, unreadable = pending_submissions(store, tracker, pilot="bike-demand")
+    assert sorted(s.id for s in todo) == sorted([subs[0].id, subs[2].id]) and done == []
+    assert [i.submission for i in unreadable] == [subs[1].id] and str(broken) in unreadable[0].error
+    items = run_campaign(todo, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
+    assert [i.status for i in items] == ["evaluated", "evaluated"]
+
+
 def test_one_evaluation_prints_its_scorecard_before_the_executor_shuts_down(tmp_path, monkeypatch, bike_spec):
     """`testbed evaluate ID`: the scorecard reaches the user before a local Ray's shutdown (~1.4 s) begins."""
     import json

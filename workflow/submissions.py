@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -77,6 +78,9 @@ def _read(path: Path) -> Submission:
     except ValueError as exc:
         raise AuditError(f"the stored submission record is unreadable ({str(exc).splitlines()[0][:200]})",
                          where=str(path), fix="restore the file from a backup") from None
+    except OSError as exc:  # a folder, a dangling link, no permission where the record belongs
+        raise AuditError(f"the stored submission record cannot be read ({exc.strerror or type(exc).__name__})",
+                         where=str(path), fix="restore the file from a backup") from None
 
 
 class SubmissionStore:
@@ -116,7 +120,7 @@ class SubmissionStore:
 
     def get(self, sub_id: str) -> Submission:
         path = self.root / sub_id / "submission.json"
-        if not ID.fullmatch(sub_id) or not path.is_file():
+        if not ID.fullmatch(sub_id) or not os.path.lexists(path):  # a folder or link there: unreadable (`_read`)
             known = ", ".join(p.parent.name for p in self._records()) or "none yet"
             raise NotFound(f"no submission {sub_id!r}", fix=f"use an id printed by `testbed submit` (known: {known})")
         return _read(path)
