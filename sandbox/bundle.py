@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
 import shutil
+import socket
 import tarfile
 import tempfile
 from contextlib import nullcontext
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from testbed.errors import AuditError, BundleError
+from testbed.errors import AuditError, BundleError, InfrastructureFailure, TestbedError
 from testbed.yamlio import safe_load_bounded
 
 __all__ = ["BundleInfo", "inspect_bundle", "import_bundle", "private_copy", "sha256_file", "Limits"]
@@ -105,8 +107,27 @@ def _open(path: Path, limits: Limits, mode: str) -> tarfile.TarFile:
         raise _unreadable(where, exc) from None
 
 
-def _unreadable(where: str, exc: Exception) -> BundleError:
-    return _unsafe(where, f"not a readable .bento archive ({str(exc).splitlines()[0].rstrip(':')})")
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.ENFILE,
+                            errno.EMFILE})
+"""The errors of the machine under the harness (its disk full, over quota, failing or read-only; its memory or file
+descriptors exhausted), never the archive's: what is unpacked is within `Limits` before it is written."""
+
+
+def _machine(exc: BaseException) -> InfrastructureFailure | None:
+    """`exc` as the machinery's failure, when it is the machine's (`MACHINE_ERRNOS`), not the bundle's."""
+    if not (isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS):
+        return None
+    return InfrastructureFailure(
+        f"the machine failed while the bundle was read or unpacked ([Errno {exc.errno}] {exc.strerror}"
+        + (f": {exc.filename}" if exc.filename else "") + "): not the bundle's fault",
+        where=f"host {socket.gethostname()}",
+        fix="nothing was recorded: run the command again (a campaign retries it by itself); check that machine's free "
+            f"disk (a bundle may unpack to {Limits().max_unpacked_bytes >> 30} GiB), its disk's health, memory and "
+            "open-file limit if it keeps happening")
+
+
+def _unreadable(where: str, exc: Exception) -> TestbedError:
+    return _machine(exc) or _unsafe(where, f"not a readable .bento archive ({str(exc).splitlines()[0].rstrip(':')})")
 
 
 def _checked(tar: tarfile.TarFile, where: str, limits: Limits):
@@ -281,8 +302,9 @@ def import_bundle(path: Path, bentoml_home: Path, limits: Limits = Limits()) -> 
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"the archive could not be unpacked ({str(exc).splitlines()[0]})", where=where,
-                          fix="re-export the bundle with `bentoml export` using BentoML 1.4") from None
+        raise _machine(exc) or BundleError(f"the archive could not be unpacked ({str(exc).splitlines()[0]})",
+                                           where=where, fix="re-export the bundle with `bentoml export` using "
+                                                            "BentoML 1.4") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     (dest.parent / "latest").write_text(version)

@@ -565,6 +565,45 @@ def test_the_harness_failing_on_its_node_is_the_machinerys_failure():
     assert _translate(bug) is bug
 
 
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EDQUOT", "EIO"])
+def test_the_nodes_disk_failing_while_the_bundle_unpacks_is_the_machinerys_failure(ws, subs, tmp_path, monkeypatch,
+                                                                                  errno_name):
+    """The node's disk filling (or its quota, or the disk failing) while the sandbox unpacked the bundle was a
+    BundleError telling the vendor to re-export it: neither retried nor the machinery's. It is now an
+    InfrastructureFailure (the archive is within its limits before anything is written), which a campaign
+    retries; an error of the archive's own while unpacking stays the bundle's."""
+    import errno
+    import tarfile
+
+    from sandbox.bundle import import_bundle
+    from testbed.errors import BundleError
+
+    failing = [getattr(errno, errno_name)]
+    extract = tarfile.TarFile.extract
+
+    def disk(self, *args, **kw):
+        if failing:
+            code = failing.pop()
+            raise OSError(code, os.strerror(code), "/tmp/ray/session/bentoml/.import-x/models/m/model.pkl")
+        return extract(self, *args, **kw)
+
+    class Unpacking(FakeSandbox):  # unpacks the job's bundle as the sandbox service does on its node
+        def run(self, job):
+            path, home = tmp_path / f"job{len(self.jobs)}.bento", tmp_path / f"home{len(self.jobs)}"
+            path.write_bytes(job.bundle)
+            import_bundle(path, home)
+            return super().run(job)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", disk)
+    executor = Unpacking(last_day)
+    [item] = run_campaign(subs[:1], executor=executor, tracker=MemoryTracker(), ws=ws, retries=1)
+    assert item.status == "evaluated" and len(item.retries) == 1 and len(executor.jobs) == 1
+    assert os.strerror(getattr(errno, errno_name)) in item.retries[0] and "re-export" not in item.retries[0]
+    failing.append(errno.EINVAL)  # not the machine's: the bundle's, as before
+    with pytest.raises(BundleError, match="could not be unpacked"):
+        import_bundle(SubmissionStore(ws).bundle(subs[0].id), tmp_path / "again")
+
+
 def test_an_unreadable_submission_record_fails_alone_and_the_others_are_evaluated(cli):
     broken = cli.store.root / cli.ids[1] / "submission.json"
     broken.write_text("{not json")
