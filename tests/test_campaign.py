@@ -176,9 +176,9 @@ def test_a_failure_record_the_tracking_store_refuses_fails_that_submission_alone
             raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 503")
 
     class FirstDies(Flaky):
-        def submit(self, job):  # the first job placed dies with the machinery on each attempt
-            self.doomed = getattr(self, "doomed", job)
-            return super().submit(job) if job is self.doomed else FakeSandbox.submit(self, job)
+        def submit(self, job):  # the first bundle placed dies with the machinery on each attempt
+            self.doomed = getattr(self, "doomed", job.bundle)
+            return super().submit(job) if job.bundle == self.doomed else FakeSandbox.submit(self, job)
 
     tracker = Refusing()
     items = run_campaign(subs, executor=FirstDies(failures=2), tracker=tracker, ws=ws, retries=1)
@@ -298,6 +298,78 @@ def test_one_evaluation_waiting_for_a_lost_node_fails_rather_than_waiting_for_ev
     monkeypatch.setattr(ray, "cancel", lambda ref, force: None)
     with pytest.raises(InfrastructureFailure, match="no live Ray node has the 8192 MB of memory"):
         ThreadPoolExecutor(1).submit(executor.run, None).result(timeout=30)
+
+
+def test_preparation_runs_a_bounded_way_ahead_and_each_evaluation_is_let_go_once_done(ws, subs, monkeypatch):
+    """The driver prepared every job at once and kept each (its bundle's bytes, up to 1 GiB, and a private copy
+    in the temporary folder) until the campaign returned: its memory grew with the campaign. Now preparation runs
+    `PREPARE_AHEAD` jobs ahead of placement, a placed job's bytes are left to the executor (read again from the
+    private copy, checked, should it be placed again), and an evaluation is let go once recorded."""
+    import gc
+    import hashlib
+    import tempfile
+    import threading
+    import weakref
+    from pathlib import Path
+
+    import workflow.campaign
+
+    monkeypatch.setattr(workflow.campaign, "PREPARE_AHEAD", 1, raising=False)
+    prepare, index = workflow.campaign.prepare_evaluation, {s.id: i for i, s in enumerate(subs)}
+    made, submitted, third_started, began, held = {}, [], threading.Event(), {}, []
+
+    def counting(*args, submission, **kw):
+        began[index[submission]] = len(submitted)  # how many jobs were placed when its preparation began
+        if index[submission] == 2:
+            third_started.set()
+        prepared = prepare(*args, submission=submission, **kw)
+        made[submission] = weakref.ref(prepared)
+        return prepared
+
+    class Counting(Flaky):  # the first job placed dies with the machinery once, and is placed again
+        def submit(self, job):
+            if not submitted:
+                third_started.wait(timeout=1)  # a preparer running ahead unbounded gets to the third meanwhile
+            submitted.append(job)
+            return super().submit(job)
+
+    def live() -> tuple[int, int]:
+        gc.collect()
+        return (sum(r() is not None for r in made.values()),
+                len(list(Path(tempfile.gettempdir()).glob(f"testbed-bundle-{os.getpid()}-*"))))
+
+    monkeypatch.setattr(workflow.campaign, "prepare_evaluation", counting)
+    def updated(item):
+        if item.status == "running":  # placed: what the driver still holds of its bytes
+            held.append(len(made[item.submission]().job.bundle))
+        if item.status == "evaluated":
+            seen.append(live())
+
+    seen, executor = [], Counting(failures=1)
+    items = run_campaign(subs, executor=executor, tracker=MemoryTracker(), ws=ws, retries=1, on_update=updated)
+    assert [i.status for i in items] == ["evaluated"] * 3 and len(items[0].retries) == 1
+    assert began[2] >= 1  # the third prepared only once the first was placed
+    assert seen[-1] == (1, 1)  # when the last is recorded, only it is held (the others' copies removed too)
+    assert held == [0, 0, 0, 0]  # a placed job's bytes are the executor's, not kept in the driver too
+    ran = sorted(hashlib.sha256(job.bundle).hexdigest() for job in executor.jobs)  # the retried one's read again
+    assert len(executor.jobs) == 3 and ran == sorted(s.bundle_sha256 for s in subs)
+
+
+def test_a_job_placed_again_runs_only_the_bytes_first_hashed(ws, subs):
+    """A retried job's bytes are read again from the evaluation's private copy: other bytes there are refused."""
+    import tempfile
+    from pathlib import Path
+
+    class Tampered(Flaky):
+        def submit(self, job):
+            if self.submitted == 0:  # the first attempt dies; meanwhile the copy it was read from changes
+                for copy in Path(tempfile.gettempdir()).glob(f"testbed-bundle-{os.getpid()}-*/*"):
+                    copy.write_bytes(b"other bytes")
+            return super().submit(job)
+
+    tracker = MemoryTracker()
+    [item] = run_campaign(subs[:1], executor=Tampered(failures=1), tracker=tracker, ws=ws, retries=1)
+    assert item.status == "failed" and "the bundle changed since it was checked" in item.error and tracker.runs == {}
 
 
 class KilledWhileLogging(MemoryTracker):

@@ -5,7 +5,9 @@ when a node has them free, so the cluster bounds the parallelism). As the jobs r
 drawn (here, or in the `ScoringPool`'s processes) and every tracking write happens here, in the driver, one
 evaluation after another: the tracking store never sees two writers from one campaign, so SQLite's single
 writer is enough (and a tracking server, when `MLFLOW_TRACKING_URI` names one, works the same). The jobs are
-prepared in order in another thread: the later ones while the first is placed (and a local Ray starts for it).
+prepared in order in another thread, the later ones while the first is placed (and a local Ray starts for it),
+at most `PREPARE_AHEAD` ahead of placement; once placed a job's bytes are the executor's, and once recorded an
+evaluation is let go (its private bundle copy removed).
 
 Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_submission`), and it is
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
@@ -18,7 +20,10 @@ bundle's own failure is a verdict, never retried.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,6 +42,11 @@ from workflow.scoring import ScoringPool
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["CampaignItem", "Pending", "pending_submissions", "run_campaign"]
+
+PREPARE_AHEAD = 2
+"""How many jobs are prepared ahead of their placement. Each prepared job holds its bundle's bytes (up to 1 GiB)
+until it is placed, and its private copy of the bundle until its evaluation is recorded: the driver's memory and
+temporary disk stay bounded however many submissions a campaign has."""
 
 
 @dataclass
@@ -132,6 +142,12 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 "evaluates it again"))
 
     def place(item: CampaignItem, prepared: PreparedEvaluation, started: float) -> None:
+        if not prepared.job.bundle:  # placed before (a retry): its bytes were let go
+            try:
+                prepared.job = dataclasses.replace(prepared.job, bundle=_bundle_bytes(prepared))
+            except (TestbedError, OSError) as exc:
+                fail(item, exc)
+                return
         job = prepared.job
         need = (job.cpus, job.gpus, job.limits.memory_mb)
         try:
@@ -150,6 +166,7 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
             return
         else:
             placeable.add(need)
+            prepared.job = dataclasses.replace(job, bundle=b"")  # the executor has the job: no second copy kept here
         placed[future] = (prepared, started)
         item.status = "running"
         on_update(item)
@@ -187,9 +204,16 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         on_update(item)
 
     preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation")
+    queue, preparing = iter(subs), deque[tuple[Submission, Future[PreparedEvaluation]]]()
+    def ahead() -> None:
+        while len(preparing) < PREPARE_AHEAD and (sub := next(queue, None)) is not None:
+            preparing.append((sub, preparer.submit(prepare, sub)))
+
     try:  # jobs are prepared in order in another thread: the next ones while a local Ray starts for the first
-        preparing = [(sub, preparer.submit(prepare, sub)) for sub in subs]
-        for sub, future in preparing:
+        ahead()
+        while preparing:
+            sub, future = preparing.popleft()
+            ahead()  # the next ones are prepared while this one is placed
             item = items[sub.id]
             try:
                 prepared = future.result()
@@ -235,6 +259,18 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     finally:
         preparer.shutdown(cancel_futures=True)  # on an interruption, no later job is prepared in vain
     return [items[sub.id] for sub in subs]
+
+
+def _bundle_bytes(prepared: PreparedEvaluation) -> bytes:
+    """The bundle's bytes again, for a job placed once more: read from the file the evaluation hashed (its private
+    copy), and refused unless they are still the bytes hashed, run and logged."""
+    data = prepared.bundle.read_bytes()
+    if hashlib.sha256(data).hexdigest() != prepared.info.sha256:
+        raise AuditError(f"the bundle changed since it was checked and first run (sha256 {prepared.info.sha256[:12]}…)",
+                         where=str(prepared.bundle),
+                         fix=f"restore the submitted bundle; a rerun (`testbed evaluate --all {prepared.spec.id}`) "
+                             "evaluates it again")
+    return data
 
 
 def _from_store(exc: BaseException) -> bool:
