@@ -7,8 +7,9 @@ too large, 408 for one too slow to arrive, all found by the proxy before the bun
 client left is never sent: 499); 502 when the bundle failed, answered anything but 200 (its own 4xx too: the
 request was valid) or broke the contract (wrong item count, NaN, a negative forecast, not numbers, not JSON, too
 large); 503 when nothing is served, the version was replaced while answering, or `MAX_WAITING` requests already
-wait for it (`MAX_READING` still arriving: `BUSY`; bodies of `MAX_HELD_BYTES` held: `FULL`; both counted as the
-clients'), with Retry-After. `ProductionServer` inherits it.
+wait for it, or their bodies fill `MAX_HELD_BYTES` (`BACKLOG`), all counted as `unavailable`; 503 too when
+`MAX_READING` requests are still arriving (`BUSY`) or arriving bodies fill `MAX_HELD_BYTES` (`FULL`), both counted
+as the clients'; every 503 with Retry-After. `ProductionServer` inherits it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BUSY", "FULL", "REQUEST_TIMEOUT_S", "MAX_REQUEST_BYTES",
-           "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES"]
+__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BACKLOG", "BUSY", "FULL", "REQUEST_TIMEOUT_S",
+           "MAX_REQUEST_BYTES", "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
@@ -51,7 +52,9 @@ MAX_READING = 256
 to send fill these places, never the bundle."""
 MAX_HELD_BYTES = 128 << 20
 """The bytes of request bodies the proxy holds at once (arriving, parsed, waiting for the bundle), at most; a
-request that would pass it gets 503 (`FULL`). A body's parsed form takes up to ~20 times its bytes (measured: 19x
+request that would pass it gets 503 (`FULL` or `BACKLOG`, by who fills it). With --batching, requests whose
+clients left can still be in a call to the bundle, beyond it: at most two calls of `max_batch` items (the
+batcher's concurrency). A body's parsed form takes up to ~20 times its bytes (measured: 19x
 for a body of zeros, 8x for `1.0, `), so this keeps requests near 2.5 GiB of the proxy's memory: MAX_WAITING alone
 let 256 requests of up to 64 MiB each (16 GiB of bodies, over 300 GiB parsed) in. At least MAX_REQUEST_BYTES."""
 RETRY_AFTER_S = 1
@@ -66,8 +69,11 @@ BUSY = (503, b'{"error": "overloaded: too many requests are still being sent to 
 """What a request gets when MAX_READING requests' bodies are still arriving (counted as `client_error`)."""
 FULL = (503, b'{"error": "overloaded: the requests in the proxy hold too many bytes; retry later, or send fewer '
              b'items per request"}')
-"""What a request gets when the bodies the proxy holds would pass MAX_HELD_BYTES with its own (counted as
-`client_error`: the bytes are what clients sent, whatever the bundle does)."""
+"""What a request gets when the bodies still arriving would pass MAX_HELD_BYTES with its own (counted as
+`client_error`: the bytes are what clients are sending, whatever the bundle does)."""
+BACKLOG = (503, b'{"error": "overloaded: the requests waiting for the model hold too many bytes; retry later"}')
+"""What a request gets when the bodies of requests the bundle has not answered yet fill MAX_HELD_BYTES (counted as
+`unavailable`, the bundle's: how long they are held is its pace, as with MAX_WAITING)."""
 ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
 """What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
 a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
@@ -96,10 +102,11 @@ def _unanswered(error: str) -> bytes:
 
 class _Held:
     """One request's share of the body bytes the proxy holds (`Proxy._held`, at most MAX_HELD_BYTES), counted in
-    the event loop while it is read, parsed and waits for its answer."""
+    the event loop while it is read, parsed and waits for its answer (from `wait()` on, also in
+    `Proxy._held_waiting`: the bytes the bundle's pace decides how long the proxy holds)."""
 
     def __init__(self, proxy: Proxy):
-        self.proxy, self.size = proxy, 0
+        self.proxy, self.size, self.waiting = proxy, 0, False
 
     def fits(self, size: int) -> bool:
         return self.proxy._held + size <= MAX_HELD_BYTES
@@ -111,9 +118,23 @@ class _Held:
         self.size += size
         return True
 
+    def wait(self) -> None:
+        """The request is read and checked: from now on it waits for the bundle."""
+        self.proxy._held_waiting += self.size
+        self.waiting = True
+
+    def refused(self, size: int) -> tuple[int, bytes]:
+        """What a request whose next `size` bytes do not fit gets: `FULL` (the clients') when bodies still
+        arriving would fill the bound by themselves, else `BACKLOG` (the bundle's: requests it has not answered
+        yet hold the bytes)."""
+        arriving = self.proxy._held - self.proxy._held_waiting
+        return FULL if arriving + size > MAX_HELD_BYTES else BACKLOG
+
     def release(self) -> None:
         self.proxy._held -= self.size
-        self.size = 0
+        if self.waiting:
+            self.proxy._held_waiting -= self.size
+        self.size, self.waiting = 0, False
 
 
 async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | None:
@@ -123,14 +144,14 @@ async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | No
     if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         return None
     if declared.isdigit() and not held.fits(int(declared)):
-        return FULL
+        return held.refused(int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_REQUEST_BYTES:
             return None
         if not held.take(len(chunk)):
-            return FULL
+            return held.refused(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -143,10 +164,11 @@ class _Client:
 
 
 async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]], client: _Client) -> tuple[int, bytes]:
-    """`answer`'s result, or `GONE` when the client disconnects first (`client.left_at` says when): the wait is
-    cancelled, which drops the request if it is still queued (for a batch, or for a worker thread) and frees its
-    place among the MAX_WAITING. A call already in a worker thread cannot be cancelled: it is waited for (its
-    place held while the bundle works on it), and its answer is not the client's."""
+    """`answer`'s result, or `GONE` when the client disconnected before there was one (`client.left_at` says
+    when): the wait is cancelled, which drops the request if it is still queued (for a batch, or for a worker
+    thread) and frees its place among the MAX_WAITING. A call already in a worker thread cannot be cancelled: it
+    is waited for (its place held while the bundle works on it), and its answer returned, though no client will
+    read it (a failure in it is still the bundle's)."""
     result = GONE
     async with anyio.create_task_group() as group:
         async def wait() -> None:
@@ -162,7 +184,7 @@ async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]], c
 
         group.start_soon(wait)
         group.start_soon(listen)
-    return GONE if client.left_at is not None else result
+    return result
 
 
 class Served:
@@ -214,6 +236,8 @@ class Proxy:
     _reading: int
     _held: int
     """Bytes of request bodies in the proxy now (`_Held`)."""
+    _held_waiting: int
+    """The part of `_held` whose requests wait for the bundle."""
 
     def _call(self, served: Served, body: bytes, items: int) -> tuple[int, bytes]:
         """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
@@ -267,6 +291,8 @@ class Proxy:
             elif answer is BUSY or answer is FULL:  # other clients' uploads fill the proxy: not the bundle's failure
                 outcome = "client_error"
         except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
+            while isinstance(exc, ExceptionGroup) and exc.exceptions:  # from `_unless_gone`'s task group
+                exc = exc.exceptions[0]
             status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
         self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started, outcome)
         return Response(out, status, media_type="application/json",
@@ -300,8 +326,8 @@ class Proxy:
             return GONE
         finally:
             self._reading -= 1
-        if body is FULL:
-            return FULL
+        if body is FULL or body is BACKLOG:
+            return body
         if body is None:
             return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
         if self._waiting >= MAX_WAITING:
@@ -313,6 +339,7 @@ class Proxy:
             if isinstance(checked, str):
                 return 400, _error(checked)
             (inputs, items), client, handed = checked, _Client(), time.monotonic()
+            held.wait()
             del checked  # without batching the body is sent: its parsed form (up to ~20x its bytes) is not kept
 
             def send() -> tuple[int, bytes]:  # in a worker thread: never sent once the client has left
@@ -321,8 +348,10 @@ class Proxy:
             waiting = batcher.submit(inputs, items) if batcher is not None else anyio.to_thread.run_sync(send)
             del inputs
             answer = await _unless_gone(request, waiting, client)
-            if client.left_at is not None and client.left_at - handed > self.late_s:
-                return ABANDONED
+            if answer is not GONE and answer[0] >= 500:  # the bundle failed it, its client there or not
+                return answer
+            if client.left_at is not None:
+                return ABANDONED if client.left_at - handed > self.late_s else GONE
             return answer
         except ClientDisconnect:
             return GONE

@@ -95,7 +95,7 @@ class ProductionServer(Proxy):
         """Requests read in full in the proxy now, until their answer (counted in the event loop)."""
         self._reading = 0
         """Requests whose bodies are arriving now (counted in the event loop)."""
-        self._held = 0
+        self._held = self._held_waiting = 0
         """Bytes of request bodies in the proxy now, at most MAX_HELD_BYTES (counted in the event loop)."""
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None

@@ -54,7 +54,7 @@ class Front(Proxy):
         self.family = open_family(get_pilot("bike-demand"), PROJECT_ROOT / "data", verify=False)
         self.contract, self.metrics = self.family.contract, ServingMetrics("bike-demand")
         self.pilot, self.model, self.reason, self._waiting = "bike-demand", "testbed-bike-demand", "", 0
-        self._reading = self._held = 0
+        self._reading = self._held = self._held_waiting = 0
         self.late_s = get_pilot("bike-demand").service_level.p95_latency_ms / 1000
         self.served = FakeServed(answer)
         self._batcher = Batcher(lambda body, items: self._call(self.served, body, items), list(self.contract.inputs)
@@ -727,8 +727,10 @@ def test_monitor_says_an_address_that_is_no_url_is_not_a_service():
 def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batching):
     """MAX_WAITING requests of up to MAX_REQUEST_BYTES each, parsed at up to ~20 times their bytes, could take
     the host's memory: a request whose body would pass MAX_HELD_BYTES beside those in the proxy gets 503 with
-    Retry-After, whether its length is declared or found as it arrives, counted as the clients' (what they sent
-    fills it, not the bundle); the bytes are counted until each request is answered, then freed."""
+    Retry-After, whether its length is declared or found as it arrives; the bytes are counted until each request
+    is answered, then freed. Who is counted for it depends on who holds the bytes: requests waiting for a slow
+    bundle are its backlog (`unavailable`, as a full MAX_WAITING is; counted as the clients' before, so a bundle
+    that kept up with nothing looked healthy), bodies still arriving are the clients' (`client_error`)."""
     import time
 
     assert serving.proxy.MAX_HELD_BYTES == 128 << 20 >= serving.proxy.MAX_REQUEST_BYTES  # README; the largest fits
@@ -736,22 +738,45 @@ def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batc
     front = Front(lambda body, items: (time.sleep(0.5), honest(body, items))[1], batching)
     body = json.dumps(request(3)).encode()
     assert 30_000 < len(body) < 40_000  # two fit, a third does not
+    arrived = asyncio.Event()
 
-    async def chunked():
+    async def chunked(wait_for=None):
         yield body[:20_000]
-        await asyncio.sleep(0)
+        await (wait_for.wait() if wait_for else asyncio.sleep(0))
         yield body[20_000:]
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front.app()), base_url="http://p") as client:
             held = [asyncio.create_task(client.post("/forecast", content=body)) for _ in range(2)]
             await asyncio.sleep(0.2)  # both read, waiting for the bundle
-            refused = [await client.post("/forecast", content=body), await client.post("/forecast", content=chunked())]
+            backlog = [await client.post("/forecast", content=body), await client.post("/forecast", content=chunked())]
             answered = await asyncio.gather(*held)
-            return answered, refused, await client.post("/forecast", content=body)
+            uploading = [asyncio.create_task(client.post("/forecast", content=chunked(arrived))) for _ in range(4)]
+            await asyncio.sleep(0.2)  # four bodies half sent: 80 kB still arriving
+            full = await client.post("/forecast", content=body)
+            arrived.set()
+            return answered, backlog, full, await asyncio.gather(*uploading), await client.post("/forecast",
+                                                                                              content=body)
 
-    answered, refused, after = asyncio.run(main())
+    answered, backlog, full, uploaded, after = asyncio.run(main())
     assert [r.status_code for r in answered] == [200, 200] and after.status_code == 200
-    assert [r.status_code for r in refused] == [503, 503]
-    assert all(r.headers["retry-after"] == "1" and "too many bytes" in r.json()["error"] for r in refused)
-    assert outcomes(front) == {"ok": 3.0, "client_error": 2.0} and front._held == 0
+    assert [r.status_code for r in backlog] == [503, 503] and full.status_code == 503
+    assert all(r.headers["retry-after"] == "1" for r in [*backlog, full])
+    assert all("waiting for the model" in r.json()["error"] for r in backlog) and "send fewer" in full.json()["error"]
+    # two fit once all arrived; the other two's last chunks found the first two waiting for the bundle: its backlog
+    assert sorted(r.status_code for r in uploaded) == [200, 200, 503, 503]
+    assert outcomes(front) == {"ok": 5.0, "unavailable": 4.0, "client_error": 1.0} and front._held == 0
+    assert front._held_waiting == 0
+
+
+def test_a_bundle_failure_counts_as_its_error_though_the_client_left():
+    """Without --batching a call under way runs to its end. When its client left early (within the p95 target)
+    and the bundle's answer broke the contract, the failure is still the bundle's (`error`), as it was before
+    disconnects were watched during the call; a valid answer for a client gone early stays the client's 499."""
+    import time
+
+    broken = Front(lambda body, items: (time.sleep(0.3), (200, b"[[NaN]]"))[1], batching=False)
+    fine = Front(lambda body, items: (time.sleep(0.3), honest(body, items))[1], batching=False)
+    broken.late_s = fine.late_s = 1.0
+    assert leave_after(broken, 0.1) == 502 and outcomes(broken) == {"error": 1.0}
+    assert leave_after(fine, 0.1) == 499 and outcomes(fine) == {"client_error": 1.0}
