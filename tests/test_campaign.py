@@ -4,6 +4,7 @@ that looks finished."""
 
 import json
 import os
+import shutil
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -711,6 +712,24 @@ def test_a_submission_record_that_is_no_file_fails_alone_and_the_others_are_eval
     assert [i.submission for i in unreadable] == [subs[1].id] and str(broken) in unreadable[0].error
     items = run_campaign(todo, executor=FakeSandbox(last_day), tracker=tracker, ws=ws)
     assert [i.status for i in items] == ["evaluated", "evaluated"]
+
+
+def test_submitting_again_over_an_unreadable_record_or_a_stray_folder_is_a_clear_error(ws, subs, tmp_path, bike_spec):
+    """Submitting a bundle whose place holds a folder instead of its record, or a folder with no record at all,
+    failed with a raw OSError (renaming the staged submission onto a folder that is not empty)."""
+    from testbed.errors import AuditError
+
+    store, vendor = SubmissionStore(ws), tmp_path / "vendor.yaml"
+    record = store.root / subs[1].id / "submission.json"
+    record.unlink()
+    record.mkdir()
+    with pytest.raises(AuditError, match="the stored submission record cannot be read"):
+        store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name="v1"), vendor)
+    shutil.rmtree(record)
+    with pytest.raises(AuditError, match="is in the way") as info:
+        store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name="v1"), vendor)
+    assert str(store.root / subs[1].id) in str(info.value) and "move it out" in str(info.value)
+    assert store.submit(bike_spec, bento(tmp_path, [FORECAST_ROUTE], name="v0"), vendor)[1] is False  # the others
 
 
 def test_one_evaluation_prints_its_scorecard_before_the_executor_shuts_down(tmp_path, monkeypatch, bike_spec):

@@ -99,8 +99,12 @@ class SubmissionStore:
         FAMILIES.get(spec.family).contract.check_bundle(info, spec.id)
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
         sub_id = f"{spec.id}-{info.sha256[:12]}"
-        if (self.root / sub_id / "submission.json").is_file():
+        if os.path.lexists(self.root / sub_id / "submission.json"):  # submitted before, or unreadable: `get` says
             return self.get(sub_id), False
+        if os.path.lexists(self.root / sub_id):
+            raise AuditError(f"{self.root / sub_id} is in the way of this submission: it holds no submission record",
+                             where=str(self.root / sub_id), fix="move it out of the submissions folder (the testbed "
+                             "writes each submission whole, so it is not one of its own), then submit again")
         sub = Submission(id=sub_id, pilot=spec.id, vendor=vendor, bundle_sha256=info.sha256, bundle_size=info.size,
                          bento_tag=info.tag, apis=[r.get("name") for r in info.routes],
                          submitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -157,7 +161,3 @@ class SubmissionStore:
     def ids(self) -> list[str]:
         """Every stored submission's id, sorted (its record is not read: see `get`)."""
         return [p.parent.name for p in self._records()]
-
-    def list(self, pilot: str | None = None) -> list[Submission]:
-        subs = [_read(p) for p in self._records()]
-        return [s for s in subs if pilot is None or s.pilot == pilot]
