@@ -60,7 +60,9 @@ def _measure_in_process(pilot: str, bundle: Path) -> None:
     spec = get_pilot(pilot)
     fam = open_family(spec, Workspace.from_env().data_dir)
     sent = fam.phases(fam.load("test"))  # a phase may be sent in parts (forecasting: one per origin)
-    bodies = {p.name: [b for q in sent if q.name == p.name for b in q.bodies] for p in sent}
+    bodies: dict[str, list[bytes]] = {}
+    for part in sent:
+        bodies.setdefault(part.name, []).extend(part.bodies)
     offline_items = sum(k for q in sent if q.name == "offline" for k in q.items)
     tag = inspect_bundle(bundle).tag
     t0 = time.perf_counter()

@@ -111,7 +111,7 @@ class PhaseResult:
         ticks = (self.machine_ticks[0] + later.machine_ticks[0], self.machine_ticks[1] + later.machine_ticks[1])
         known = [(p.machine_busy, p.wall_s) for p in (self, later) if p.machine_busy is not None]
         busy = busy_share(ticks) if ticks[1] > 0 else (
-            sum(b * w for b, w in known) / wall if known and len(known) == 2 and wall > 0 else None)
+            sum(b * w for b, w in known) / wall if len(known) == 2 and wall > 0 else None)
         sandbox = None if self.sandbox_cpu_s is None or later.sandbox_cpu_s is None else (
             self.sandbox_cpu_s + later.sandbox_cpu_s)
         return PhaseResult(

@@ -138,8 +138,9 @@ class _Held:
 
 
 async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | None:
-    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further); `FULL` as soon as
-    its bytes would not fit beside what the proxy holds (the declared length, then each chunk as it arrives)."""
+    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further); `FULL` or `BACKLOG`
+    (`_Held.refused`) as soon as its bytes would not fit beside what the proxy holds (the declared length, then
+    each chunk as it arrives)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         return None
