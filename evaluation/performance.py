@@ -98,6 +98,7 @@ def performance(result: SandboxResult) -> dict[str, Any]:
         "requests": len(statuses),
         "failed_requests": failed,
         "startup_s": result.startup_s,
+        "restarts_s": list(result.restarts_s),
         "run_s": result.startup_s + sum(p.wall_s for p in result.phases.values()),
         "peak_rss_mb": result.peak_rss_mb,
         "errors": [e for p in result.phases.values() for e in p.errors][:5],

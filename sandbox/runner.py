@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget
 from sandbox.contention import MachineMeter, busy_share, delta, snapshot
@@ -43,6 +44,11 @@ class Phase:
     answer_bytes_per_item: int | None = None
     """Most bytes an answer may take per item its request carries (plus `ANSWER_SLACK`), below the job's cap: a
     bloated answer fails that request instead of costing the harness gigabytes to decode. None: the job's cap."""
+    sitting: int = 0
+    """Which start of the service the phase is sent to. The runner starts the service afresh, in a sandbox of
+    its own (new processes, empty `/tmp`), whenever the next phase's sitting differs from the last one's, so
+    nothing a later sitting is sent can be answered from what an earlier one was sent (a scenario's perturbed
+    item from the answer the service gave the same item clean)."""
 
 
 @dataclass
@@ -136,8 +142,11 @@ class SandboxResult:
     """How each limit was enforced on this run (`memory`: cgroup, or an rlimit "(cgroups unavailable)"; `uid`,
     `processes`, `tmp`): what the scorecard says about the isolation."""
     opened: list[str] | None = None
-    """The bundle's files (archive member paths) the service opened, seen from outside (`Evidence.opened`);
-    None where not observed."""
+    """The bundle's files (archive member paths) the service opened, seen from outside (`Evidence.opened`), in
+    any sitting; None where not observed."""
+    restarts_s: list[float] = field(default_factory=list)
+    """Seconds each later sitting's fresh start took until the service was ready (not charged to the wall-time
+    limit; `startup_s` is the first start's)."""
 
 
 def _signal(returncode: int | None, isolated: bool) -> int | None:
@@ -184,14 +193,67 @@ def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, ev
 
 
 def run_job(job: SandboxJob) -> SandboxResult:
-    """Build (or reuse) the bundle's environment, import the bundle privately, serve it in the sandbox, run
-    every phase, stop it, give the verdict. The wall-time limit starts once the environment is ready; a watchdog
-    stops the service at that limit, whatever state the requests are in."""
+    """Build (or reuse) the bundle's environment, then, for each sitting (`Phase.sitting`) in turn: import the
+    bundle privately, serve it in a fresh sandbox, run the sitting's phases, stop it. The verdict is the first
+    sitting's that did not complete (a later sitting is not started after one), else "completed".
+
+    The wall-time limit counts the first start and every phase; a later sitting's start is bounded by the
+    startup timeout alone (it is the harness's choice to start again, not the bundle's time). A watchdog stops
+    the service at the limit, whatever state the requests are in."""
     python_env = job.environment.ensure() if job.environment is not None else None
-    started = time.monotonic()
-    deadline = started + job.wall_time_s
     phases: dict[str, PhaseResult] = {}
-    expired, budget = threading.Event(), Budget(job.max_run_response_bytes)
+    budget, left, sat = Budget(job.max_run_response_bytes), job.wall_time_s, []
+    verdict, reason = "completed", "all phases ran"
+    for group in [list(g) for _, g in groupby(job.phases, key=lambda p: p.sitting)] or [[]]:
+        sat.append(_sit(job, group, phases, budget, python_env, left, first=not sat))
+        left -= sat[-1].charged_s
+        verdict, reason = sat[-1].verdict(job)
+        if verdict != "completed":
+            break
+    log = sat[0].log if len(sat) == 1 else "\n".join(
+        f"--- sitting {i + 1} (a fresh start): {', '.join(s.names)} ---\n{s.log}" for i, s in enumerate(sat))
+    seen = [s.evidence.opened for s in sat if s.evidence.opened is not None]
+    return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log, startup_s=sat[0].startup_s,
+                         peak_rss_mb=max(s.peak for s in sat), isolated=job.isolated, limits=sat[0].limits,
+                         opened=list(dict.fromkeys(p for paths in seen for p in paths)) if seen else None,
+                         restarts_s=[s.startup_s for s in sat[1:]])
+
+
+@dataclass
+class _Sitting:
+    """How one start of the service went: the phases it was sent, when it was ready, how it ended."""
+
+    names: list[str]
+    """Its phases' names, once each, in order."""
+    first: bool
+    startup_s: float
+    """Seconds from its start until it answered ready (until it gave up, when it never did)."""
+    ready: bool
+    charged_s: float
+    """Seconds charged to the job's wall-time limit: all of the first sitting's, a later one's after its start."""
+    timed_out: bool
+    returncode: int | None
+    stopped_by_us: bool
+    peak: float
+    limits: dict[str, str]
+    evidence: Evidence
+    log: str
+
+    def verdict(self, job: SandboxJob) -> tuple[str, str]:
+        verdict, reason = classify(returncode=self.returncode, timed_out=self.timed_out,
+                                   stopped_by_us=self.stopped_by_us, evidence=self.evidence, isolated=job.isolated)
+        if verdict == "timeout" and not self.ready:
+            reason = f"the service was not ready within {job.startup_timeout_s:g} s" + (
+                "" if self.first else f" when started afresh for {', '.join(self.names)}")
+        return verdict, reason
+
+
+def _sit(job: SandboxJob, group: list[Phase], phases: dict[str, PhaseResult], budget: Budget,
+         python_env, left: float, *, first: bool) -> _Sitting:
+    """Start the service in a sandbox of its own, send it `group`'s phases (their results joined into `phases`),
+    stop it. `left`: seconds of the wall-time limit not yet charged."""
+    began, expired = time.monotonic(), threading.Event()
+    timed_out, ready_at = False, None
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
                           forbidden=job.forbidden, python_env=python_env,
                           requirements=job.environment.requirements if job.environment is not None else None) as svc:
@@ -199,13 +261,21 @@ def run_job(job: SandboxJob) -> SandboxResult:
             expired.set()
             svc.stop(grace_s=0)
 
-        watchdog = threading.Timer(job.wall_time_s, expire)
-        watchdog.daemon = True
-        watchdog.start()
+        def arm(seconds: float) -> threading.Timer:
+            timer = threading.Timer(max(0.0, seconds), expire)
+            timer.daemon = True
+            timer.start()
+            return timer
+
+        watchdog = arm(left if first else job.startup_timeout_s)
         try:
-            ready_at = svc.wait_ready(min(job.startup_timeout_s, job.wall_time_s))
+            ready_at = svc.wait_ready(min(job.startup_timeout_s, left) if first else job.startup_timeout_s)
             timed_out = ready_at is None and svc.alive()
-            for phase in job.phases if ready_at else []:
+            if ready_at is not None and not first:  # from here on, its time is the job's
+                watchdog.cancel()
+                watchdog = arm(left)
+            deadline = (began if first else ready_at or began) + left
+            for phase in group if ready_at else []:
                 part = _run_phase(job, phase, deadline, svc, budget)
                 phases[phase.name] = phases[phase.name].joined(part) if phase.name in phases else part
                 if expired.is_set() or time.monotonic() >= deadline:
@@ -215,18 +285,15 @@ def run_job(job: SandboxJob) -> SandboxResult:
         finally:
             watchdog.cancel()
         svc.stop(grace_s=0)  # the requests are done: nothing of the service's is worth a graceful exit
-        timed_out = timed_out or expired.is_set()
+        ended, names = time.monotonic(), list(dict.fromkeys(p.name for p in group))
         evidence = svc.evidence()
-        evidence.oversize = [f"{name}: {e}" for name, p in phases.items() for e in p.errors if e.startswith("oversize")]
-        log_text = svc.log_tail()
-        returncode, stopped_by_us, peak, limits = svc.returncode, svc.stopped_by_us, svc.peak_rss_mb, svc.enforcement
-    verdict, reason = classify(returncode=returncode, timed_out=timed_out, stopped_by_us=stopped_by_us,
-                               evidence=evidence, isolated=job.isolated)
-    if verdict == "timeout" and ready_at is None:
-        reason = f"the service was not ready within {job.startup_timeout_s:g} s"
-    return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log_text,
-                         startup_s=(ready_at or time.monotonic()) - started, peak_rss_mb=peak, isolated=job.isolated,
-                         limits=limits, opened=evidence.opened)
+        evidence.oversize = [f"{name}: {e}" for name in names if name in phases
+                             for e in phases[name].errors if e.startswith("oversize")]
+        return _Sitting(names=names, first=first, startup_s=(ready_at or ended) - began, ready=ready_at is not None,
+                        charged_s=ended - (began if first else ready_at or ended),
+                        timed_out=timed_out or expired.is_set(), returncode=svc.returncode,
+                        stopped_by_us=svc.stopped_by_us, peak=svc.peak_rss_mb, limits=svc.enforcement,
+                        evidence=evidence, log=svc.log_tail())
 
 
 def _spent(before: float | None, after: float | None) -> float | None:

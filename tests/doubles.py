@@ -22,20 +22,25 @@ class FakeSandbox(InlineExecutor):
     a `SandboxJob`'s default.
     """
 
-    def __init__(self, handler: Callable[[str, dict], object], verdict: str = "completed"):
-        self.handler, self.verdict = handler, verdict
+    def __init__(self, handler: Callable[[str, dict], object], verdict: str = "completed",
+                 start: Callable[[], Callable[[str, dict], object]] | None = None):
+        self.handler, self.verdict, self.start = handler, verdict, start
+        """`start`, for a service with state: a new handler for each start of the service (each sitting, see
+        `Phase.sitting`), as the runner starts a fresh sandbox; None: `handler` answers throughout."""
         self.jobs: list[SandboxJob] = []
 
     def run(self, job: SandboxJob) -> SandboxResult:
         self.jobs.append(job)
-        phases, requests = {}, {}
+        phases, requests, sitting, handler = {}, {}, None, self.handler
         for phase in job.phases:  # a phase sent in parts (`PhasePlan.phases`) takes 0.1 s in all
             requests[phase.name] = requests.get(phase.name, 0) + len(phase.bodies)
         for phase in job.phases:
+            if self.start is not None and getattr(phase, "sitting", 0) != sitting:
+                sitting, handler = getattr(phase, "sitting", 0), self.start()
             bodies, statuses = [], []
             for body in phase.bodies:
                 try:
-                    bodies.append(json.dumps(self.handler(job.route, payload(body, phase.content_type))).encode())
+                    bodies.append(json.dumps(handler(job.route, payload(body, phase.content_type))).encode())
                     statuses.append(200)
                 except Exception:  # noqa: BLE001 - any failure is a 500, as BentoML would answer
                     bodies.append(None)

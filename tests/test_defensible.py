@@ -88,9 +88,9 @@ def last_day(route, payload):
     return np.nan_to_num(np.asarray(payload["history"], dtype=float))[:, -24:, 0].tolist()
 
 
-def run(ws, spec, handler, bundle, vendor=None, **kw):
+def run(ws, spec, handler, bundle, vendor=None, start=None, **kw):
     vendor = vendor or VendorProfile(**LOOKUP_VENDOR)
-    return evaluate_bundle(spec, bundle, vendor, executor=FakeSandbox(handler), ws=ws,
+    return evaluate_bundle(spec, bundle, vendor, executor=FakeSandbox(handler, start=start), ws=ws,
                            out_dir=ws.home / kw.pop("out", "card"), submission=kw.pop("submission", "s"), **kw).card
 
 
@@ -740,16 +740,19 @@ def test_overlapping_windows_reveal_no_truth_before_a_window_is_answered(ws, bik
 
 
 def test_a_service_that_learns_the_truth_buys_no_robustness(ws, bike_spec, tmp_path):
-    """Each scenario's windows go forward in time with the measured ones (an origin's perturbed windows right
-    after its timed ones, before any later origin's), so a service that learns the truth from later windows'
-    histories knows no more when it answers a perturbed window than when it first answered it: its robustness is
-    its model's. (Sent after the timed phases, which show every window, the perturbed windows were answered with
-    the truth: a retention far above 1, counted as full robustness.)"""
+    """The scenario phases go to a fresh start of the service (`Phase.sitting`), where each scenario's windows go
+    forward in time, origin by origin: a service that learns the truth from later windows' histories knows no more
+    when it answers a perturbed window than when it first answered it clean, and its robustness is its model's.
+    (Had one start seen the timed phases, which show every window, then the perturbed windows, they would be
+    answered with the truth: a retention far above 1, counted as full robustness.)"""
     fam = open_family(bike_spec, PROJECT_ROOT / "data")
     honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
-    learner = run(ws, bike_spec, overlap_cheat(fam), bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="learn")
+    learner = run(ws, bike_spec, None, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="learn",
+                  start=lambda: overlap_cheat(fam))
     assert learner.metrics["missing_hours"] == honest.metrics["missing_hours"]
     assert learner.retention == honest.retention and learner.total_score == honest.total_score
+    one_start = run(ws, bike_spec, overlap_cheat(fam), bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="one")
+    assert one_start.metrics["missing_hours"]["mase"] < 0.5 * honest.metrics["missing_hours"]["mase"]
 
 
 def test_a_forecast_window_whose_clean_request_failed_is_scored_by_its_timed_answer(ws, bike_spec, tmp_path):
@@ -834,16 +837,23 @@ def test_each_phase_has_its_own_order_and_batch_sizes(bike_spec):
     assert sizes["clean"] != sizes["missing_hours"] and max(sizes["clean"]) <= 32 and fam.plan_record()["seed"] == 3
 
     assert_phase_order(fam, data, sent)
-    assert [p.name for p in sent][:2] == ["single_stream", "missing_hours"] and sent[-1].name == "clean"
+    assert [p.name for p in sent][:3] == ["single_stream", "offline", "clean"]
+    assert {p.name for p in sent[3:]} == {sc.name for sc in fam.spec.scenarios}
     # a bloated answer fails its own request before the harness decodes it: 64 bytes per forecast number
     assert {p.answer_bytes_per_item for p in sent} == {64 * fam.options.horizon}
 
 
 def assert_phase_order(fam, data, sent):
     """A service that remembers answers gains no speed: no item a measured phase times was sent before, in any
-    form; and, with epochs, every phase but `clean` (whose answers are only compared) goes forward in time, so no
-    item it sends has had its truth shown in a later window's history."""
-    shown, done, latest, epochs = set(), {}, -np.inf, fam.epochs(data)
+    form. Nor robustness: the scenario phases, and only they, go to a sitting of their own (a fresh start of the
+    service) after the clean ones, so none of their items was ever shown clean to the service answering it. With
+    epochs, every phase but `clean` (whose answers are only compared) goes forward in time within its sitting, so
+    no item it sends has had its truth shown in a later window's history."""
+    shown, done, latest, epochs = set(), {}, {}, fam.epochs(data)
+    scenarios = {sc.name for sc in fam.spec.scenarios}
+    assert [p.sitting for p in sent] == sorted(p.sitting for p in sent)
+    assert {p.name for p in sent if p.sitting == 1} == {name for name in scenarios if fam.plan[name]}
+    assert all(p.sitting in (0, 1) for p in sent)
     for phase in sent:
         start = done.get(phase.name, 0)
         cuts, done[phase.name] = fam.plan[phase.name][start:start + len(phase.bodies)], start + len(phase.bodies)
@@ -851,11 +861,13 @@ def assert_phase_order(fam, data, sent):
         assert items and [len(c) for c in cuts] == phase.items
         if phase.name in ("single_stream", "offline"):
             assert not items & shown, phase.name
+        assert not items & set(fam.left_alone.get(phase.name, [])), phase.name  # those are never sent again
         if epochs is not None and phase.name != "clean":
-            assert min(epochs[list(items)]) >= latest and all(len(set(epochs[c])) == 1 for c in cuts)
-            latest = max(epochs[list(items)])
+            assert min(epochs[list(items)]) >= latest.get(phase.sitting, -np.inf)
+            assert all(len(set(epochs[c])) == 1 for c in cuts)
+            latest[phase.sitting] = max(epochs[list(items)])
         shown |= items
-    assert done == {name: len(cuts) for name, cuts in fam.plan.items()} and len(shown) == fam.size(data)
+    assert done == {name: len(cuts) for name, cuts in fam.plan.items() if cuts} and len(shown) == fam.size(data)
 
 
 def test_a_family_without_epochs_times_every_item_before_anything_else_shows_it():
@@ -863,16 +875,16 @@ def test_a_family_without_epochs_times_every_item_before_anything_else_shows_it(
     data = fam.load("sample")
     sent = fam.phases(data, seed=5)
     assert_phase_order(fam, data, sent)
-    assert [p.name for p in sent] == ["single_stream", "offline", *(sc.name for sc in fam.spec.scenarios), "clean"]
+    assert [p.name for p in sent] == ["single_stream", "offline", "clean", *(sc.name for sc in fam.spec.scenarios)]
 
 
-def test_known_gap_a_service_replaying_its_clean_answers_keeps_full_robustness():
-    """The gap THREAT-MODEL.md names ('Answers keyed on what a scenario leaves alone'), measured so that closing it
-    shows here: a stateful service that knows an item again under a scenario (by what the scenario leaves alone,
-    or a look-alike; here, perfectly) and answers it as it answered the item clean keeps its clean accuracy under
-    every scenario, a retention of 1.0 whatever its model, because the measured phases show every item clean
-    first. Sending every item perturbed first instead would show each timed item's perturbed copies, untimed,
-    before it is timed (see THREAT-MODEL.md). When the gap is closed, assert `replayer.metrics == honest.metrics`."""
+def test_a_service_replaying_its_clean_answers_under_a_scenario_gains_no_robustness():
+    """A stateful service that knows an item again under a scenario (by what the scenario leaves alone, or a
+    look-alike; here, perfectly) and answers it as it answered the item clean would keep its clean accuracy under
+    every scenario, a retention of 1.0 whatever its model, if one start of the service saw both. The scenarios go
+    to a fresh start that has seen no item clean (`Phase.sitting`), so it is scored as its model is. Showing every
+    item perturbed first instead would show each timed item's perturbed copies, untimed, before it is timed (see
+    THREAT-MODEL.md). That a fresh start of the real sandbox keeps nothing of the last is `test_sandbox.py`'s."""
     from evaluation.perturbed import scenario_inputs
 
     fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
@@ -897,15 +909,46 @@ def test_known_gap_a_service_replaying_its_clean_answers_keeps_full_robustness()
             return out
         return answer
 
-    outcomes = []
-    for replays in (False, True):
+    def scored(sandbox):
         job = type("Job", (), {"phases": fam.phases(data), "route": fam.contract.route})
-        outcomes.append(fam.score(data, FakeSandbox(service(replays)).run(job)))
-    honest, replayer = outcomes
-    assert honest.metrics["typos"]["accuracy"] < 0.5 < honest.metrics["clean"]["accuracy"]
-    assert replayer.metrics["clean"] == honest.metrics["clean"]
-    for sc in fam.spec.scenarios:  # every scenario answered as the clean titles were
-        assert replayer.metrics[sc.name]["accuracy"] == honest.metrics["clean"]["accuracy"]
+        return fam.score(data, sandbox.run(job)).metrics
+
+    honest = scored(FakeSandbox(service(False)))
+    assert honest["typos"]["accuracy"] < 0.5 < honest["clean"]["accuracy"]
+    assert scored(FakeSandbox(None, start=lambda: service(True))) == honest
+    one_start = scored(FakeSandbox(service(True)))  # the same service, had one start seen every phase
+    assert one_start["clean"] == honest["clean"]
+    for sc in fam.spec.scenarios:
+        assert one_start[sc.name]["accuracy"] == honest["clean"]["accuracy"] > honest[sc.name]["accuracy"]
+
+
+def test_items_a_scenario_leaves_as_they_were_are_not_sent_again_and_keep_their_first_answer():
+    """A scenario that leaves a title as it was would show it clean to the scenarios' sitting, where a service could
+    key the other scenarios' copies on it. Such items are not sent there: their first answer (the timed phases')
+    is scored for that scenario too, not a later one the service gave the same text."""
+    fam = open_family(get_pilot("petition-routing"), PROJECT_ROOT / "data")
+    data = fam.load("sample")
+    cats, truth = data.categories, {text: int(k) for text, k in zip(data.texts, data.labels, strict=True)}
+    seen, received = set(), []
+
+    def first_truth_then_wrong(route, payload):  # the first sitting: right the first time a title comes, then wrong
+        out = [cats[truth[t] if t not in seen else (truth[t] + 1) % len(cats)] for t in payload["texts"]]
+        seen.update(payload["texts"])
+        return [{"label": c, "scores": {k: float(k == c) for k in cats}} for c in out]
+
+    def scenarios_sitting(route, payload):
+        received.extend(payload["texts"])
+        return [{"label": cats[0], "scores": {k: float(k == cats[0]) for k in cats}} for _ in payload["texts"]]
+
+    sittings = iter([first_truth_then_wrong, scenarios_sitting])
+    job = type("Job", (), {"phases": fam.phases(data), "route": fam.contract.route})
+    preds = fam.predictions(data, FakeSandbox(None, start=lambda: next(sittings)).run(job), [])
+    left = fam.left_alone
+    assert left and fam.plan_record()["left_alone"] == {name: len(rows) for name, rows in left.items()}
+    assert len(received) == len(data.texts) * len(fam.spec.scenarios) - sum(len(rows) for rows in left.values())
+    for name, rows in left.items():
+        assert (preds[f"{name}/label"][rows] == data.labels[rows]).all()  # the first answers: all right
+        assert (preds["clean/label"][rows] != data.labels[rows]).all()  # the clean phase's: all wrong
 
 
 # -- one official evaluation, audit -----------------------------------------------------------------------------------

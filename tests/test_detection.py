@@ -243,7 +243,8 @@ def test_scenario_phases_send_the_perturbed_frames(spec, fam):
     data = fam.load("sample")
     planner = family(spec)
     phases = {p.name: p for p in planner.phases(data, seed=5)}
-    assert list(phases) == ["single_stream", "offline", *(s.name for s in spec.scenarios), "clean"]
+    assert list(phases) == ["single_stream", "offline", "clean", *(s.name for s in spec.scenarios)]
+    assert [p.sitting for p in phases.values()] == [0, 0, 0] + [1] * len(spec.scenarios)  # a fresh start for those
     assert phases["single_stream"].items == [1] * 5 and sum(phases["offline"].items) == 5  # measured on new frames
     assert not set(np.concatenate(planner.plan["single_stream"])) & set(np.concatenate(planner.plan["offline"]))
     clean = json.loads(phases["clean"].bodies[0])["images"]

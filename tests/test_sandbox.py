@@ -72,6 +72,23 @@ def test_contract_route_missing_gives_http_errors_not_a_crash(built):
     assert result.verdict == "completed" and result.phases["p"].statuses == [404]
 
 
+def test_each_sitting_is_a_fresh_sandbox_that_keeps_nothing_of_the_last(built):
+    """The scenario phases go to a sitting of their own (`Phase.sitting`) so that nothing the service was sent
+    before can answer them: a new service process in a new sandbox, its `/tmp` and `/dev/shm` empty again. Its
+    start is timed apart (`restarts_s`), and its output follows the first sitting's in the log."""
+    marks = ["write:/tmp/seen-before", "write:/dev/shm/seen-before"]
+    probe = [json.dumps({"targets": t}).encode() for t in (marks, [m.replace("write", "read") for m in marks])]
+    result = run_job(SandboxJob(bundle=built("probe").read_bytes(), route="/probe", phases=[
+        Phase("first", probe[:1], [1]), Phase("again", probe[1:], [1]), Phase("later", probe[1:], [1], sitting=1)],
+        limits=LIMITS, wall_time_s=120, startup_timeout_s=60))
+    outcome = {name: json.loads(p.bodies[0])["results"] for name, p in result.phases.items()}
+    assert result.verdict == "completed", result.reason
+    assert set(outcome["first"].values()) == {"allowed"} and set(outcome["again"].values()) == {"allowed"}
+    assert set(outcome["later"].values()) == {"denied: FileNotFoundError"}, outcome["later"]
+    assert len(result.restarts_s) == 1 and 0 < result.restarts_s[0] < 60 and result.startup_s > 0
+    assert "--- sitting 1 (a fresh start): first, again ---" in result.log and "--- sitting 2" in result.log
+
+
 def test_memory_limit_ends_as_resource_limit(built):
     result = run_job(job(built("hog"), "/hog", [{"kind": "memory"}]))
     if result.limits["memory"].startswith("cgroup"):  # the kernel's OOM kill in the sandbox's own cgroup

@@ -44,8 +44,9 @@ class Scoring:
     reevaluate: str | None
     official: bool
     """Recorded by a tracker (else a check)."""
-    plan: tuple[int, dict]
-    """The family's phase plan for this job (`TaskFamily.phases`: its seed, the items of each request)."""
+    plan: tuple[int | None, dict, dict]
+    """The family's phase plan for this job (`PhasePlan.plan_state`: its seed, the items of each request, the
+    items each scenario left as they were)."""
 
 
 @dataclass

@@ -224,7 +224,7 @@ def evaluate_bundle(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, exe
 def scoring_of(p: PreparedEvaluation, official: bool) -> Scoring:
     """What scoring `p`'s finished run needs, in plain values (see `workflow.assess`)."""
     return Scoring(p.spec, p.fam.data_dir, p.split, p.vendor, p.submission, p.info.sha256, p.models.result(), p.role,
-                   p.reevaluate, official, (p.fam.plan_seed, p.fam.plan))
+                   p.reevaluate, official, p.fam.plan_state())
 
 
 def conclude_evaluation(p: PreparedEvaluation, result: SandboxResult, *, tracker: Tracker | None = None,

@@ -127,5 +127,5 @@ def _opened(spec_json: str, data_dir: str, split: str):
 
 def _assess_in_worker(scoring: Scoring, result: SandboxResult) -> Assessment:
     fam, data = _opened(scoring.spec.model_dump_json(), str(scoring.data_dir), scoring.split)
-    fam.plan_seed, fam.plan = scoring.plan  # which items each request carried: this job's own plan
+    fam.adopt_plan(scoring.plan)  # which items each request carried: this job's own plan
     return assess(scoring, fam, data, result)
