@@ -29,6 +29,10 @@ CONTROLLERS = ("memory", "pids")
 CPU_PERIOD_US = 100_000
 """The CFS period of a sandbox's CPU quota (the kernel's default): `cpus` cores' worth of time in each."""
 DEFAULT_UIDS = "1600000000-1600004095"
+LIMIT_SLACK_BYTES = 1 << 20
+"""How far under its memory limit a group's peak may stay and still have reached it: the kernel's OOM killer acts
+for a group when a charge would take it past its limit, and those charges are of a page or a few (a huge page's
+is refused without it), so the peak was then within kilobytes of the limit (measured: at it, to the byte)."""
 
 
 def uid_range() -> range:
@@ -128,12 +132,42 @@ class Cgroups:
             return ""
 
     def peak_memory_bytes(self) -> int:
-        return int(self._read("memory", "memory.max_usage_in_bytes") or 0)
+        return self._bytes("memory.max_usage_in_bytes")
 
     def oom_kills(self) -> int:
-        """Processes the kernel's OOM killer stopped in this group (the memory limit was reached)."""
+        """Processes the kernel's OOM killer stopped in this group at its memory limit (the group reached it:
+        `reached_memory_limit`)."""
+        return self._oom_killed() if self.reached_memory_limit() else 0
+
+    def host_oom_kills(self) -> int:
+        """Processes of this group the OOM killer stopped while the group never reached its own memory limit: the
+        host was out of memory (or a group above this one, at its limit), not the sandbox."""
+        return 0 if self.reached_memory_limit() else self._oom_killed()
+
+    def _oom_killed(self) -> int:
+        """`memory.oom_control`'s `oom_kill`: the group's processes "killed by any kind of OOM killer" (the
+        kernel's cgroup documentation), its own limit's, a group's above it, or the whole host's."""
         fields = dict(line.split() for line in self._read("memory", "memory.oom_control").splitlines())
         return int(fields.get("oom_kill", 0))
+
+    def reached_memory_limit(self) -> bool:
+        """Whether the group's memory, or memory and swap, reached its limit at some point: a charge refused there
+        (`failcnt`), or its peak within `LIMIT_SLACK_BYTES` of the limit. Not `failcnt` alone: with both limits
+        set (`__init__`), the kernel charges memory and swap first and does not count refusals there (measured,
+        6.18: a group limited to 64 MiB whose process the OOM killer stopped at it kept both failcnt 0, its peaks
+        at 64 MiB). True where no limit can be read (so no proof the host's OOM killer chose it)."""
+        limits = 0
+        for counter in ("memory", "memory.memsw"):
+            limit, peak = self._bytes(f"{counter}.limit_in_bytes"), self._bytes(f"{counter}.max_usage_in_bytes")
+            limits += bool(limit)
+            if self._bytes(f"{counter}.failcnt") or (limit and peak >= limit - LIMIT_SLACK_BYTES):
+                return True
+        return not limits
+
+    def _bytes(self, file: str) -> int:
+        """A number of the memory group's file (0 where it cannot be read)."""
+        text = self._read("memory", file).strip()
+        return int(text) if text.isdigit() else 0
 
     def pid_limit_hits(self) -> int:
         """Forks refused because the group was at its process limit."""

@@ -42,6 +42,10 @@ class Evidence:
     """Harness paths the bundle tried to open (from the audit hook's pipe: best effort, never erasable)."""
     oom_kills: int = 0
     """Processes the kernel stopped at the memory cgroup's limit."""
+    host_oom_kills: int = 0
+    """Processes of the sandbox the kernel's OOM killer stopped while its memory cgroup never reached its limit: the
+    host was out of memory, not the sandbox (the machinery's failure, never the bundle's: `SandboxedService.evidence`
+    raises `InfrastructureFailure` for it after a run)."""
     pid_limit_hits: int = 0
     """Forks refused at the pids cgroup's limit."""
     oversize: list[str] = field(default_factory=list)

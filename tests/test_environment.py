@@ -1,11 +1,14 @@
 """Bundles bring their own dependencies: what a bundle declares is installed (wheels, index only, cached per
 requirements hash) outside the sandbox, and only that is importable inside it."""
 
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -15,8 +18,8 @@ from sandbox.bundle import inspect_bundle
 from sandbox.environment import COMPLETE, PythonEnvironment, bundle_environment, parse_requirements
 from sandbox.isolation import ENV_MOUNT, SandboxLimits, SandboxPaths, bwrap_arguments
 from testbed.config import PROJECT_ROOT
-from testbed.errors import BundleError
-from tests.conftest import FORECAST_ROUTE
+from testbed.errors import BundleError, InfrastructureFailure
+from tests.conftest import FORECAST_ROUTE, free_port
 
 HARNESS = tuple(f"{n}=={metadata.version(n)}" for n in ("bentoml", "httptools", "uvloop"))
 
@@ -154,18 +157,18 @@ def test_an_uninstallable_package_is_refused_by_name_at_submit_and_in_check(ws, 
                         out_dir=ws.home / "check", submission="check", split="sample")
 
 
-def _wheel(folder: Path, name: str, files: dict[str, str]) -> Path:
+def _wheel(folder: Path, name: str, files: dict[str, str], version: str = "0.1") -> Path:
     """A pure-Python wheel holding `files` (path -> text), with its metadata and RECORD."""
     import base64
     import hashlib
     import zipfile
 
-    info = f"{name}-0.1.dist-info"
-    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+    info = f"{name}-{version}.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip('=')},"
               f"{len(text.encode())}" for path, text in files.items()]
-    path = folder / f"{name}-0.1-py3-none-any.whl"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as whl:
         for member, text in {**files, f"{info}/RECORD": "\n".join([*record, f"{info}/RECORD,,"]) + "\n"}.items():
             whl.writestr(member, text)
@@ -536,3 +539,221 @@ def test_an_environment_folder_left_without_its_marker_is_replaced(tmp_path, mon
     assert env.ensure() == env.prefix and env.ready
     assert (env.prefix / "new").is_file() and not (env.prefix / "lib").exists()
     assert [p.name for p in tmp_path.iterdir()] == [env.key]  # nothing else left behind
+
+
+# -- whose failure a failed build is: the package index's (the machinery's), or the bundle's -------------------
+
+INDEX_SETTINGS = ("UV_INDEX", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_NO_INDEX",
+                  "UV_OFFLINE", "UV_HTTP_RETRIES")
+
+
+def _publish(simple: Path, wheel: Path) -> None:
+    """`wheel` on the local simple index (PEP 503 folders) `simple`."""
+    project = simple / wheel.name.split("-")[0].replace("_", "-")
+    project.mkdir(parents=True, exist_ok=True)
+    wheel.rename(project / wheel.name)
+    links = "".join(f'<a href="{w.name}">{w.name}</a>\n' for w in sorted(project.glob("*.whl")))
+    (project / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """A working local package index (`UV_INDEX_URL=file://...`, uv's cache private): the harness's server
+    packages at its exact versions (stand-ins without dependencies), `testbedpkg` 0.1, and `testbedwheel2`, a
+    wheel of a format uv does not read. Returns the index's folder."""
+    for name in INDEX_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    simple, wheels = tmp_path / "simple", tmp_path / "built"
+    wheels.mkdir()
+    for line in HARNESS:
+        name, version = line.split("==")
+        _publish(simple, _wheel(wheels, name, {f"{name}_standin.py": ""}, version))
+    _publish(simple, _wheel(wheels, "testbedpkg", {"testbedpkg.py": "VALUE = 1\n"}))
+    unreadable = _wheel(wheels, "testbedwheel2", {"testbedwheel2.py": "VALUE = 1\n"})
+    with zipfile.ZipFile(unreadable) as whl:
+        members = {i.filename: whl.read(i) for i in whl.infolist()}
+    members["testbedwheel2-0.1.dist-info/WHEEL"] = members["testbedwheel2-0.1.dist-info/WHEEL"].replace(b"1.0", b"2.0")
+    with zipfile.ZipFile(unreadable, "w") as whl:
+        for member, data in members.items():
+            whl.writestr(member, data)
+    _publish(simple, unreadable)
+    (simple / "testbedsdist").mkdir()
+    (simple / "testbedsdist" / "testbedsdist-0.1.tar.gz").write_bytes(b"not built: --no-build")
+    (simple / "testbedsdist" / "index.html").write_text('<a href="testbedsdist-0.1.tar.gz">testbedsdist-0.1.tar.gz</a>')
+    monkeypatch.setenv("UV_INDEX_URL", simple.as_uri())
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    return simple
+
+
+@contextlib.contextmanager
+def _answering(status: int):
+    """A loopback HTTP server answering every request with `status`; yields its URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("declared, says", [
+    ("testbed-no-such-package-3f9a==1.0", "testbed-no-such-package-3f9a was not found in the package registry"),
+    ("testbedpkg==9.9", "there is no version of testbedpkg==9.9"),
+    ("testbedsdist", "testbedsdist==0.1 has no usable wheels"),
+    ("testbedwheel2", "The wheel is invalid"),
+], ids=["no-such-package", "no-such-version", "source-only", "unreadable-wheel"])
+def test_a_package_a_working_index_cannot_install_is_the_bundles_error(local_index, tmp_path, declared, says):
+    """What the bundle declared and the index does not have (or has in a form uv refuses) stays the vendor's
+    BundleError, naming the package: the index served the harness's own packages all the same."""
+    env = PythonEnvironment((declared, *HARNESS), tmp_path / "envs", "bundle.bento")
+    with pytest.raises(BundleError) as exc:
+        env.ensure()
+    name = declared.split("==")[0]
+    assert exc.value.problem.startswith(f"cannot install the declared package(s) {name}: ")
+    assert says in exc.value.problem
+    assert exc.value.where == "bundle.bento" and not env.ready
+
+
+@pytest.mark.parametrize("broken", ["missing-local-index", "missing-wheel-folder", "refused", "server-error",
+                                    "not-an-index", "listed-wheel-missing", "page-unreadable"])
+def test_a_broken_package_index_is_the_machinerys_failure_not_the_bundles(local_index, tmp_path, monkeypatch, broken):
+    """A package index that cannot be read (its folder missing, its server refusing or failing, not an index at
+    all, a file it lists missing or unreadable) made every bundle's build fail with the vendor's BundleError,
+    its packages blamed: a missing local index even reads, in uv's words, as the vendor's package "not found in
+    the package registry". It is the machinery's InfrastructureFailure (a campaign retries it), naming the
+    setting to check."""
+    stack, setting = contextlib.ExitStack(), "UV_INDEX_URL"
+    if broken == "missing-local-index":
+        monkeypatch.setenv("UV_INDEX_URL", (tmp_path / "no-such-index").as_uri())
+    elif broken == "missing-wheel-folder":
+        monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "no-such-folder"))
+        setting = "UV_FIND_LINKS"
+    elif broken == "refused":
+        monkeypatch.setenv("UV_INDEX_URL", f"http://127.0.0.1:{free_port()}/simple")
+        monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    elif broken in ("server-error", "not-an-index"):
+        monkeypatch.setenv("UV_INDEX_URL", stack.enter_context(_answering(500 if broken == "server-error" else 404)))
+        monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    elif broken == "listed-wheel-missing":
+        next((local_index / "testbedpkg").glob("*.whl")).unlink()
+    else:
+        (local_index / "testbedpkg" / "index.html").unlink()
+        (local_index / "testbedpkg" / "index.html").mkdir()
+    env = PythonEnvironment(("testbedpkg==0.1", *HARNESS), tmp_path / "envs", "bundle.bento")
+    with stack, pytest.raises(InfrastructureFailure) as exc:
+        env.ensure()
+    assert setting in exc.value.where and "package index" in exc.value.problem, str(exc.value)
+    assert "check" in exc.value.fix and setting in exc.value.fix and "retries" in exc.value.fix
+    assert not env.ready and not [p for p in (tmp_path / "envs").iterdir() if p.name.startswith(".")]
+
+
+NOT_FOUND = ("error: No solution found when resolving dependencies",
+             "  cause: Because x was not found in the package registry and you require x==1.0, we can conclude that "
+             "your requirements are unsatisfiable.")
+UV_SAID_INDEX = {  # uv 0.13.9's own words (measured), when the index or the machine failed
+    "no such host": ["error: Failed to fetch: http://mirror.invalid/simple/x/",
+                     "  cause: error sending request for url (http://mirror.invalid/simple/x/)",
+                     "  cause: client error (Connect)", "  cause: dns error",
+                     "  cause: failed to lookup address information: Name or service not known"],
+    "TLS": ["error: Failed to fetch: https://pypi.org/simple/x/",
+            "  cause: error sending request for url (https://pypi.org/simple/x/)", "  cause: client error (Connect)",
+            "  cause: invalid peer certificate: UnknownIssuer", "",
+            "hint: Consider enabling use of system TLS certificates with the `--system-certs` command-line flag"],
+    "retried": ["error: Request failed after 3 retries in 9.9s",
+                "  cause: Failed to fetch: http://127.0.0.1:1/simple/x/",
+                "  cause: error sending request for url (http://127.0.0.1:1/simple/x/)",
+                "  cause: client error (Connect)", "  cause: tcp connect error",
+                "  cause: Connection refused (os error 111)"],
+    "a wheel's download": ["error: Failed to download `x==1.0`",
+                           "  cause: Failed to fetch: https://files.example/x-1.0-py3-none-any.whl",
+                           "  cause: HTTP status server error (503 Service Unavailable) for url (...)"],
+    "timeout": ["error: Failed to download `torch==2.5.0`",
+                "  cause: Failed to download distribution due to network timeout. Try increasing UV_HTTP_TIMEOUT "
+                "(current value: 30s)."],
+    "forbidden": [*NOT_FOUND, "", "hint: An index (http://127.0.0.1:8080/simple) returned a 403 Forbidden error. "
+                                  "Check that the index URL is correct and the credentials are valid."],
+    "credentials": [*NOT_FOUND, "", "hint: An index URL (http://127.0.0.1:8080/simple) could not be queried due to a "
+                                    "lack of valid authentication credentials (401 Unauthorized)"],
+    "a local index's file": ["error: failed to open file `/srv/index/simple/x/x-0.1-py3-none-any.whl`: No such file or "
+                             "directory (os error 2)"],
+    "a disk failing": ["error: Failed to install: x-0.1-py3-none-any.whl (x==0.1)",
+                       "  cause: failed to read from file `/var/cache/uv/archive-v0/abc/x.py`: Input/output error "
+                       "(os error 5)"],
+    "a disk full": ["error: Failed to download `x==0.1`", "  cause: Failed to extract archive: /srv/wheels/x.whl",
+                    "  cause: I/O operation failed during extraction",
+                    "  cause: No space left on device (os error 28)"],
+}
+UV_SAID_BUNDLE = {  # ... and when the package the bundle declared is at fault
+    "no such package": [*NOT_FOUND],
+    "offline, not cached": ["error: No solution found when resolving dependencies",
+                            "  cause: Because x was not found in the cache and you require x==1.0, we can conclude "
+                            "that your requirements are unsatisfiable.", "",
+                            "hint: Packages were unavailable because the network was disabled. When the network is "
+                            "disabled, registry packages may only be read from the cache."],
+    "conflict": ["error: No solution found when resolving dependencies",
+                 "  cause: Because you require bentoml<1.0 and bentoml==1.4.0, we can conclude that your requirements "
+                 "are unsatisfiable."],
+    "broken wheel": ["error: No solution found when resolving dependencies",
+                     "  cause: Because x==0.1 has an invalid package format and only x==0.1 is available, we can "
+                     "conclude that all versions of x cannot be used.", "",
+                     "hint: The structure of `x` (v0.1) was invalid:", "  Failed to read from zip file"],
+    "name too long": ["error: Failed to download `x==0.1`", "  cause: Failed to extract archive: /srv/wheels/x.whl",
+                      "  cause: I/O operation failed during extraction",
+                      f"  cause: failed to create file `/var/cache/uv/.tmp/x/{'a' * 300}.py`: File name too long "
+                      "(os error 36)"],
+    # a wheel's file names quoting uv's words: uv replaces their control characters, and the line goes on after them
+    "a name saying a fetch failed": ["error: Failed to download `x==0.1`",
+                                     "  cause: Failed to extract archive: /srv/wheels/x.whl",
+                                     "  cause: Archive contains unacceptable filename: x/a\ufffd  cause: Failed to "
+                                     "fetch: http://x/\ufffd.py"],
+    "a name saying a disk failed": ["error: Failed to download `x==0.1`",
+                                    "  cause: I/O operation failed during extraction",
+                                    f"  cause: failed to create directory `/var/cache/uv/.tmp/x/{'a' * 300} Input`: "
+                                    "Input/output error (os error 5)`: File name too long (os error 36)"],
+}
+
+
+@pytest.mark.parametrize("said", list(UV_SAID_INDEX), ids=list(UV_SAID_INDEX))
+def test_uv_s_words_for_a_failed_index_or_machine_are_the_machinerys(said):
+    from sandbox.environment import _index_trouble
+
+    local = {"UV_INDEX_URL": "file:///srv/index/simple", "UV_FIND_LINKS": "/srv/wheels"}
+    assert _index_trouble("\n".join(UV_SAID_INDEX[said]), local) == "\n".join(UV_SAID_INDEX[said])
+
+
+@pytest.mark.parametrize("said", list(UV_SAID_BUNDLE), ids=list(UV_SAID_BUNDLE))
+def test_uv_s_words_for_a_package_it_cannot_have_stay_the_bundles(said):
+    from sandbox.environment import _index_trouble
+
+    local = {"UV_INDEX_URL": "file:///srv/index/simple", "UV_FIND_LINKS": "/srv/wheels"}
+    assert _index_trouble("\n".join(UV_SAID_BUNDLE[said]), local) is None
+    # a file missing is the index's only where it is a file of the index
+    assert _index_trouble("\n".join(UV_SAID_INDEX["a local index's file"]), {"UV_INDEX_URL": "file:///x"}) is None
+
+
+def test_an_index_failure_names_the_settings_without_their_credentials(local_index, tmp_path, monkeypatch):
+    """The operator's index URL may carry its credentials: the error names the setting and the host, never them."""
+    with _answering(500) as url:
+        monkeypatch.setenv("UV_INDEX_URL", url.replace("http://", "http://reader:s3cret@"))
+        monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+        env = PythonEnvironment(("testbedpkg==0.1", *HARNESS), tmp_path / "envs", "bundle.bento")
+        with pytest.raises(InfrastructureFailure) as exc:
+            env.ensure()
+    assert "s3cret" not in str(exc.value) and f"UV_INDEX_URL={url.replace('http://', 'http://***@')}" in str(exc.value)
+    monkeypatch.delenv("UV_INDEX_URL")
+    from sandbox.environment import _build_environment, _index_settings
+
+    assert _index_settings(_build_environment()) == "none set: PyPI"

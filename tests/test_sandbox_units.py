@@ -4,7 +4,9 @@ what killed harnesses left, hostile response bodies, and uid leases."""
 import gzip
 import io
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 
@@ -374,3 +376,130 @@ def test_a_phase_sent_in_parts_reads_as_one():
     for part in short[1:]:
         whole = whole.joined(part)
     assert whole.machine_ticks == (3, 4) and whole.machine_busy == 0.75 and whole.wall_s == pytest.approx(0.01)
+
+
+# -- an OOM kill: the sandbox's own memory limit (the bundle's), or the host out of memory (the machinery's) ----
+
+MIB = 1 << 20
+UNLIMITED = "9223372036854771712\n"
+
+
+def _cgroups(tmp_path, monkeypatch, memory_mb: int, counters: dict[str, int]) -> host.Cgroups:
+    """A sandbox's cgroups on folders standing in for the kernel's (`memory.memsw.*` there: swap accounting on),
+    then `counters` written to its memory group as the kernel would have them after the run."""
+    def make(ctl: str, name: str):
+        group = tmp_path / ctl / name
+        group.mkdir(parents=True)
+        if ctl == "memory":
+            (group / "memory.memsw.limit_in_bytes").write_text(UNLIMITED)
+        return group
+
+    monkeypatch.setattr(host, "_make_group", make)
+    cgroups = host.Cgroups("1-test", memory_mb, 64)
+    memory = cgroups.paths["memory"]
+    kills = counters.pop("oom_kill")
+    (memory / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n")
+    for name, value in counters.items():
+        (memory / f"memory.{name}").write_text(f"{value}\n")
+    return cgroups
+
+
+def _service(cgroups: host.Cgroups):
+    from sandbox.isolation import SandboxLimits
+    from sandbox.service import SandboxedService
+
+    service = SandboxedService(b"", SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=60, threads=1))
+    service._cgroups = cgroups
+    return service
+
+
+@pytest.mark.parametrize("measured", [
+    # measured (kernel 6.18, cgroup v1): a process allocating 200 MiB in a group limited to 64 MiB. With the memory
+    # and memory+swap limits both set (as `Cgroups` sets them), the kernel refused the memory+swap charge first and
+    # counted no failure at all: both failcnt 0, only the peak at the limit says it was reached
+    {"failcnt": 0, "memsw.failcnt": 0, "max_usage_in_bytes": 64 * MIB, "memsw.max_usage_in_bytes": 64 * MIB},
+    # ... with the memory limit only (no swap accounting): the memory counter's refusals
+    {"failcnt": 81, "memsw.failcnt": 0, "max_usage_in_bytes": 64 * MIB, "memsw.max_usage_in_bytes": 64 * MIB + 256},
+], ids=["memory+swap-limit", "memory-limit-only"])
+def test_an_oom_kill_at_the_sandboxs_own_memory_limit_is_the_bundles(tmp_path, monkeypatch, measured):
+    from sandbox.runner import classify
+
+    cgroups = _cgroups(tmp_path, monkeypatch, 64, {"oom_kill": 1, **measured})
+    evidence = _service(cgroups).evidence()
+    assert evidence.oom_kills == 1
+    verdict, reason = classify(returncode=137, timed_out=False, stopped_by_us=False, evidence=evidence)
+    assert verdict == "resource_limit" and "memory limit reached" in reason
+
+
+def test_an_oom_kill_while_the_sandbox_stayed_under_its_limit_is_the_machinerys(tmp_path, monkeypatch):
+    """The kernel's `oom_kill` counts the group's processes "killed by any kind of OOM killer": the host's own,
+    out of memory as a whole, or a group's above the sandbox's (measured: a process of a group limited to 512 MiB
+    under one limited to 64 MiB, killed at 64 MiB, counted by its own group with failcnt 0). Its verdict was
+    `resource_limit`, "memory limit reached", against the vendor, the sandbox far under its limit. It is the
+    machinery's failure (a campaign retries it); while serving, it is not counted as the sandbox's limit."""
+    from sandbox.runner import classify
+    from testbed.errors import InfrastructureFailure
+
+    measured = {"oom_kill": 1, "failcnt": 0, "memsw.failcnt": 0, "max_usage_in_bytes": 64 * MIB + 249856,
+                "memsw.max_usage_in_bytes": 64 * MIB + 249856}
+    service = _service(_cgroups(tmp_path, monkeypatch, 512, measured))
+    with pytest.raises(InfrastructureFailure, match="out of memory") as exc:
+        service.evidence()
+    assert "peak 64 MiB of its 512 MiB" in exc.value.problem and "retries" in exc.value.fix
+    live = service.evidence(live=True)
+    assert (live.oom_kills, live.host_oom_kills) == (0, 1)
+    assert classify(returncode=137, timed_out=False, stopped_by_us=False, evidence=live)[0] != "resource_limit"
+    # a sandbox caught trying what it forbids keeps that verdict: the host out of memory (which a bundle might
+    # try to bring about) never hides it behind a retry
+    for caught in ({"harness_paths": ["/etc/testbed"]}, {"returncode": 128 + signal.SIGSYS}):
+        service.returncode = caught.get("returncode", 137)
+        service._reports = type("Reports", (), {"hits": caught.get("harness_paths", [])})()
+        evidence = service.evidence()
+        assert classify(returncode=service.returncode, timed_out=False, stopped_by_us=False,
+                        evidence=evidence)[0] == "sandbox_violation"
+
+
+def _memory_cgroups() -> bool:
+    """Whether this machine gives sandboxes memory cgroups (root, cgroup v1) whose `oom_control` counts kills."""
+    try:
+        return os.geteuid() == 0 and "oom_kill " in (host._own_group("memory") / "memory.oom_control").read_text()
+    except OSError:
+        return False
+
+
+def _hog(cgroups: host.Cgroups) -> int:
+    """Exit status of a process allocating 200 MiB in `cgroups`."""
+    def enter() -> None:
+        for procs in cgroups.procs_files:
+            with open(procs, "w") as file:
+                file.write(str(os.getpid()))
+
+    return subprocess.run([sys.executable, "-I", "-S", "-c", "bytearray(200 << 20)"], preexec_fn=enter,
+                          capture_output=True, timeout=60).returncode
+
+
+@pytest.mark.skipif(not _memory_cgroups(), reason="needs root and cgroup v1 memory groups that count OOM kills")
+def test_the_kernel_tells_an_oom_kill_at_the_sandboxs_limit_from_one_above_it(monkeypatch):
+    """The real kernel, within 64 MiB: a process allocating past its sandbox's own limit; and one whose sandbox
+    stays under its limit inside a group out of memory at 64 MiB (standing for the host: the OOM killer then acts
+    for another than the sandbox's group, as it does for the whole host's). Both count one OOM kill in the
+    sandbox's group; only the first is its limit."""
+    own = host.Cgroups(f"{os.getpid()}-oom-own", 64, 16)
+    try:
+        assert own.available and _hog(own) == -signal.SIGKILL
+        assert (own.oom_kills(), own.host_oom_kills()) == (1, 0)
+    finally:
+        own.remove()
+    above = host._own_group("memory") / "testbed" / f"{os.getpid()}-oom-above"
+    above.mkdir(parents=True)
+    (above / "memory.limit_in_bytes").write_text(str(64 << 20))
+    real = host._own_group
+    monkeypatch.setattr(host, "_own_group", lambda ctl: above if ctl == "memory" else real(ctl))
+    under = host.Cgroups(f"{os.getpid()}-oom-under", 512, 16)
+    try:
+        assert under.available and _hog(under) == -signal.SIGKILL
+        assert (under.oom_kills(), under.host_oom_kills()) == (0, 1)
+    finally:
+        under.remove()
+        for group in (above / "testbed", above):
+            host._rmdir(group)
