@@ -13,8 +13,10 @@ Faults: a run is official only once FINISHED (`evaluation.tracking.official_per_
 created only after its sandbox job returned, so a campaign killed at any point leaves no evaluation that looks
 finished but is not, and a rerun evaluates exactly what has no finished official run. A failure of the
 machinery (`InfrastructureFailure`: a Ray worker or node died, a node's disk filled) is retried up to `retries`
-times, each retry recorded on the run (param `campaign_retries`), then recorded as a FAILED run; a placement refused
-for a job as large as one the executor took earlier in the campaign is a lost node's, so the machinery's too. A
+times, each retry recorded on the run (param `campaign_retries`) and placed only after a growing wait
+(`RETRY_BACKOFF_S`), then recorded as a FAILED run; a placement refused for a job as large as one the executor took
+earlier in the campaign is a lost node's, so the machinery's too. An exception of no `TestbedError`'s from the
+executor (a bug of the harness's or of Ray's) fails that job alone, not retried, recorded as a FAILED run too. A
 bundle's own failure is a verdict, never retried.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -48,6 +51,13 @@ PREPARE_AHEAD = 2
 until it is placed, and its private copy of the bundle until its evaluation is recorded: the driver's memory and
 temporary disk stay bounded however many submissions a campaign has."""
 
+RETRY_BACKOFF_S = 1.0
+"""How long a job waits before it is placed again after the machinery's failure, doubled at each further retry of
+that job, up to `RETRY_BACKOFF_MAX_S`: a flapping node or cluster does not spend every retry within a second. The
+campaign collects the other jobs' results meanwhile."""
+RETRY_BACKOFF_MAX_S = 30.0
+"""The longest wait before a retry (`RETRY_BACKOFF_S`)."""
+
 
 @dataclass
 class CampaignItem:
@@ -55,8 +65,8 @@ class CampaignItem:
 
     submission: str
     status: str = "queued"
-    """queued, running, scoring, evaluated, skipped (an official evaluation exists) or failed (an error, not a
-    verdict)."""
+    """queued (also while a retry waits to be placed), running, scoring, evaluated, skipped (an official evaluation
+    exists) or failed (an error, not a verdict)."""
     verdict: str | None = None
     total: float | None = None
     passed: bool | None = None
@@ -120,26 +130,50 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         item.status, item.error = status, str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
         on_update(item)
 
-    def give_up(item: CampaignItem, prepared: PreparedEvaluation, exc: InfrastructureFailure) -> None:
-        """The retries are spent: recorded as a FAILED run that is no evaluation (the machinery's failure is not
-        the bundle's: the next campaign evaluates it again)."""
-        last, pilot = f"attempt {len(item.retries) + 1}: {exc.problem}", prepared.spec.id
+    def record_failed(item: CampaignItem, prepared: PreparedEvaluation, reason: str, last: str,
+                      **params: str) -> bool:
+        """The machinery's failure recorded as a FAILED run that is no evaluation (not the bundle's failure: the
+        next campaign evaluates it again); False, the item failed saying so, when the tracking store refused it."""
+        pilot = prepared.spec.id
         try:
             item.run_id = tracker.record_failure(
-                pilot, item.submission, prepared.vendor.name, f"the machinery failed on every attempt ({last})",
+                pilot, item.submission, prepared.vendor.name, reason,
                 {"campaign_retries": "; ".join(item.retries) or "none", "campaign_failure": last,
-                 "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json()})
+                 "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json(),
+                 **params})
         except Exception as refused:  # noqa: BLE001 - as in `record`: that one fails, the campaign goes on
             if not _from_store(refused):
                 raise
-            fail(item, _unrecorded(refused, ws, pilot,
-                                   f"recording that the machinery failed on every attempt ({last})"))
+            fail(item, _unrecorded(refused, ws, pilot, f"recording that {reason}"))
+            return False
+        return True
+
+    def give_up(item: CampaignItem, prepared: PreparedEvaluation, exc: InfrastructureFailure) -> None:
+        """The retries are spent: recorded as a FAILED run."""
+        last, pilot = f"attempt {len(item.retries) + 1}: {exc.problem}", prepared.spec.id
+        if not record_failed(item, prepared, f"the machinery failed on every attempt ({last})", last):
             return
         fail(item, InfrastructureFailure(
             f"the machinery failed on {len(item.retries) + 1} attempt(s), no retry left (last: {exc.problem}); "
             f"recorded as MLflow run {item.run_id} (FAILED, not an evaluation)", where=exc.where,
             fix=f"check the Ray nodes (`ray status`: lost nodes, memory); a rerun (`testbed evaluate --all {pilot}`) "
                 "evaluates it again"))
+
+    def broken(item: CampaignItem, prepared: PreparedEvaluation, exc: Exception) -> None:
+        """An exception of no `TestbedError`'s from the executor, placing the job or as its result: a bug of the
+        harness's or of Ray's, not the bundle's. Not retried (nothing says a retry mends it): recorded as a FAILED
+        run, its traceback with it (param `campaign_traceback`), and the campaign goes on."""
+        what, pilot = _described(exc), prepared.spec.id
+        last = f"attempt {len(item.retries) + 1}: {what}"
+        trace = "".join(traceback.format_exception(exc))[-_TRACEBACK_CHARS:]
+        if not record_failed(item, prepared, f"the machinery failed unexpectedly ({last})", last,
+                             campaign_traceback=trace):
+            return
+        fail(item, InfrastructureFailure(
+            f"the machinery failed unexpectedly ({what}), not retried; recorded as MLflow run {item.run_id} (FAILED, "
+            "not an evaluation)", where=f"the executor ({type(executor).__name__})",
+            fix=f"a bug of the testbed's or of Ray's: its traceback is the run's param `campaign_traceback`; check the "
+                f"Ray nodes (`ray status`); a rerun (`testbed evaluate --all {pilot}`) evaluates it again"))
 
     def place(item: CampaignItem, prepared: PreparedEvaluation, started: float) -> None:
         if not prepared.job.bundle:  # placed before (a retry): its bytes were let go
@@ -163,6 +197,9 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 fix="bring back a node that large (`ray status` lists the nodes); a rerun evaluates it again"))
         except TestbedError as exc:
             fail(item, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one job the executor fails to place never stops the others
+            broken(item, prepared, exc)
             return
         else:
             placeable.add(need)
@@ -203,6 +240,29 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
         item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
         on_update(item)
 
+    retrying: dict[str, tuple[float, PreparedEvaluation, float]] = {}
+    """Each job waiting to be placed again -> when it may be (`time.monotonic()`), its evaluation, when it was
+    first placed."""
+
+    def retry(item: CampaignItem, prepared: PreparedEvaluation, started: float, exc: InfrastructureFailure) -> None:
+        """Placed again after `_backoff`, unless its retries are spent."""
+        if len(item.retries) >= retries:
+            give_up(item, prepared, exc)
+            return
+        item.retries.append(f"attempt {len(item.retries) + 1}: {exc.problem}")
+        retrying[item.submission] = time.monotonic() + _backoff(len(item.retries)), prepared, started
+        item.status = "queued"
+        on_update(item)
+
+    def place_due() -> float:
+        """Place the retries whose wait is over; the seconds until the next one is due (0.5 at most)."""
+        now = time.monotonic()
+        for sub_id, (due, prepared, started) in list(retrying.items()):
+            if due <= now:
+                del retrying[sub_id]
+                place(items[sub_id], prepared, started)
+        return min([0.5, *(due - now for due, _, _ in retrying.values())])
+
     preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-evaluation")
     queue, preparing = iter(subs), deque[tuple[Submission, Future[PreparedEvaluation]]]()
     def ahead() -> None:
@@ -226,8 +286,12 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 continue
             place(item, prepared, time.monotonic())
         stranded_check = time.monotonic() + STRANDED_CHECK_S
-        while placed or assessing:
-            done, _ = wait([*placed, *assessing], timeout=0.5, return_when=FIRST_COMPLETED)
+        while placed or assessing or retrying:
+            timeout = max(0.0, place_due())
+            if not (placed or assessing):  # only retries waiting: `wait` on nothing would return at once
+                time.sleep(timeout)
+                continue
+            done, _ = wait([*placed, *assessing], timeout=timeout, return_when=FIRST_COMPLETED)
             if not done and placed and time.monotonic() >= stranded_check:  # a node lost: a job no node can run
                 executor.fail_stranded()
                 stranded_check = time.monotonic() + STRANDED_CHECK_S
@@ -240,14 +304,13 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
                 try:
                     result = future.result()
                 except InfrastructureFailure as exc:
-                    if len(item.retries) >= retries:
-                        give_up(item, prepared, exc)
-                        continue
-                    item.retries.append(f"attempt {len(item.retries) + 1}: {exc.problem}")
-                    place(item, prepared, started)
+                    retry(item, prepared, started, exc)
+                    continue
+                except TestbedError as exc:
+                    fail(item, exc)
                     continue
                 except Exception as exc:  # noqa: BLE001 - one broken task never stops the campaign
-                    fail(item, exc)
+                    broken(item, prepared, exc)
                     continue
                 item.node, item.status = getattr(future, "node", None), "scoring"
                 on_update(item)
@@ -259,6 +322,23 @@ def run_campaign(subs: list[Submission], *, executor: Executor, tracker: Tracker
     finally:
         preparer.shutdown(cancel_futures=True)  # on an interruption, no later job is prepared in vain
     return [items[sub.id] for sub in subs]
+
+
+_TRACEBACK_CHARS = 6000
+"""The end of an unexpected exception's traceback kept on its FAILED run (MLflow keeps 6,000 characters a param)."""
+
+
+def _backoff(retry: int) -> float:
+    """The seconds to wait before the `retry`th placement again of one job (1: the first retry)."""
+    return min(RETRY_BACKOFF_S * 2 ** (retry - 1), RETRY_BACKOFF_MAX_S)
+
+
+def _described(exc: BaseException) -> str:
+    """`exc`'s type and the first line of its message; a Ray task's error (`RayTaskError(KeyError)`), whose own
+    message is the worker's process title, with its cause's."""
+    cause = getattr(exc, "cause", None)
+    lines = str(cause if isinstance(cause, BaseException) else exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _bundle_bytes(prepared: PreparedEvaluation) -> bytes:
