@@ -42,7 +42,7 @@ demo: setup ## build, submit and evaluate the example bundles end to end (local 
 	$(BIN)/testbed demo
 
 test: setup ## run the whole test suite (unit + integration with real bentoml/Ray/MLflow/bubblewrap)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-fast: setup ## run the unit tests only
 	$(BIN)/python -m pytest -m "not slow"
