@@ -21,6 +21,8 @@ from pilots.vendor import VendorProfile
 from sandbox import host
 from sandbox.bundle import inspect_bundle
 from sandbox.executor import InlineExecutor
+from sandbox.isolation import SandboxLimits
+from sandbox.observe import Evidence
 from sandbox.runner import PhaseResult, SandboxResult
 from testbed.errors import BundleError, ContractViolation
 from tests.conftest import FORECAST_ROUTE, free_port
@@ -503,3 +505,73 @@ def test_the_kernel_tells_an_oom_kill_at_the_sandboxs_limit_from_one_above_it(mo
         under.remove()
         for group in (above / "testbed", above):
             host._rmdir(group)
+
+
+class _Starts:
+    """Stand-in for `SandboxedService` in `run_job`: each start is ready after the next of `ready_after` seconds
+    (None: never ready, still running), and answers nothing (the phases here carry no request)."""
+
+    def __init__(self, ready_after):
+        self.ready_after, self.started = list(ready_after), []
+
+    def __call__(self, *args, **kwargs):
+        fake, delay = self, self.ready_after.pop(0)
+
+        class Service:
+            returncode, stopped_by_us, peak_rss_mb, enforcement, proc, cpu_quota = None, True, 1.0, {}, None, 0.0
+
+            def __enter__(self):
+                fake.started.append(time.monotonic())
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+            def wait_ready(self, timeout):
+                time.sleep(min(timeout, delay) if delay is not None else timeout)
+                return time.monotonic() if delay is not None and delay <= timeout else None
+
+            def alive(self):
+                return True
+
+            def stop(self, grace_s=0):
+                return None
+
+            def channel(self, **kw):
+                return type("Channel", (), {"close": lambda self: None})()
+
+            def cpu_used_s(self):
+                return None
+
+            def evidence(self):
+                return Evidence()
+
+            def log_tail(self):
+                return ""
+
+        return Service()
+
+
+def test_a_later_sittings_start_is_not_charged_to_the_wall_time_limit(monkeypatch):
+    """The README's promise: the scenarios' fresh start is bounded by the startup timeout alone, not by what the
+    first sitting left of the wall-time limit; the first start is charged."""
+    from sandbox import runner
+    from sandbox.runner import Phase, SandboxJob, run_job
+
+    def job(wall, startup=5.0):
+        return SandboxJob(bundle=b"", route="/x", phases=[Phase("clean", [], []), Phase("typos", [], [], sitting=1)],
+                          limits=SandboxLimits(memory_mb=64, max_processes=8, cpu_seconds=10, threads=1),
+                          wall_time_s=wall, startup_timeout_s=startup, isolated=False)
+
+    starts = _Starts([0.2, 1.0])  # the second start alone takes longer than the whole limit
+    monkeypatch.setattr(runner, "SandboxedService", starts)
+    result = run_job(job(wall=0.6))
+    assert result.verdict == "completed", result.reason
+    assert len(starts.started) == 2 and result.restarts_s[0] >= 1.0 and set(result.phases) == {"clean", "typos"}
+    monkeypatch.setattr(runner, "SandboxedService", _Starts([1.0]))  # the first start is charged
+    assert run_job(job(wall=0.6)).verdict == "timeout"
+    monkeypatch.setattr(runner, "SandboxedService", _Starts([0.1, None]))
+    late = run_job(job(wall=5.0, startup=0.5))
+    assert late.verdict == "timeout"
+    assert late.reason == "the service was not ready within 0.5 s when started afresh for typos"
+    assert set(late.phases) == {"clean"}
