@@ -7,6 +7,7 @@ responses, timings and a verdict. Scoring happens elsewhere, where the ground tr
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from sandbox.contention import MachineMeter, busy_share, delta, snapshot
 from sandbox.job import ANSWER_SLACK, VERDICTS, Phase, PhaseResult, SandboxJob, SandboxResult
 from sandbox.observe import Evidence
 from sandbox.service import SandboxedService
+from testbed.errors import InfrastructureFailure
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
 
@@ -113,8 +115,19 @@ class _Sitting:
     log: str
 
     def verdict(self, job: SandboxJob) -> tuple[str, str]:
+        """`classify`'s verdict on this sitting. Processes of the sandbox the host's OOM killer stopped while it
+        stayed under its own memory limit make the run the machinery's failure (InfrastructureFailure, which a
+        campaign retries), unless the sandbox was caught trying what it forbids: that verdict nothing hides."""
         verdict, reason = classify(returncode=self.returncode, timed_out=self.timed_out,
                                    stopped_by_us=self.stopped_by_us, evidence=self.evidence, isolated=job.isolated)
+        if self.evidence.host_oom_kills and verdict != "sandbox_violation":
+            raise InfrastructureFailure(
+                f"the host ran out of memory: the kernel's OOM killer stopped {self.evidence.host_oom_kills} "
+                f"process(es) of the sandbox while it stayed under its own memory limit (peak {self.peak:.0f} MiB of "
+                f"its {job.limits.memory_mb} MiB): not the bundle's doing", where=f"host {socket.gethostname()}",
+                fix="nothing was recorded: run it again (a campaign retries it by itself); if it keeps happening, "
+                    "give that node more memory or run fewer sandboxes on it at once (their memory limits and the "
+                    "harness together must fit in its memory, and in the memory limit of the harness's own cgroup)")
         if verdict == "timeout" and not self.ready:
             reason = f"the service was not ready within {job.startup_timeout_s:g} s" + (
                 "" if self.first else f" when started afresh for {', '.join(self.names)}")

@@ -34,7 +34,7 @@ from sandbox.environment import declared_requirements
 from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, Opened, OutputTail, Reports, Watch
-from testbed.errors import BundleError, InfrastructureFailure
+from testbed.errors import BundleError
 from testbed.yamlio import safe_load_bounded
 
 __all__ = ["SandboxedService"]
@@ -296,38 +296,16 @@ class SandboxedService:
 
     def evidence(self, live: bool = False) -> Evidence:
         """What the harness observed from outside the sandbox, read after `stop`; `live`: while it runs, as far as
-        seen yet (the files it opened left out: reading them ends their watch). After a run, processes of the
-        sandbox the kernel's OOM killer stopped while it stayed under its own memory limit (the host out of
-        memory) make the run the machinery's failure: InfrastructureFailure, which a campaign retries, unless the
-        sandbox was caught trying what it forbids (`_violated`: that verdict nothing hides); live, they are only
-        counted (`Evidence.host_oom_kills`), never as the sandbox's limit."""
+        seen yet (the files it opened left out: reading them ends their watch). Processes the kernel's OOM killer
+        stopped while the sandbox stayed under its own memory limit (the host out of memory) are counted apart
+        (`Evidence.host_oom_kills`), never as the sandbox's limit: the runner decides what they make of a run."""
         cg = self._cgroups if self._cgroups and self._cgroups.available else None
         opened = self._opened.paths() if self._opened and not live else None
-        evidence = Evidence(network=dict(self._watch.network) if self._watch else {},
-                            harness_paths=list(self._reports.hits) if self._reports else [],
-                            oom_kills=cg.oom_kills() if cg else 0, host_oom_kills=cg.host_oom_kills() if cg else 0,
-                            pid_limit_hits=cg.pid_limit_hits() if cg else 0,
-                            opened=None if opened is None else [self._member(p) for p in opened])
-        if evidence.host_oom_kills and not live and not self._violated(evidence):
-            raise self._host_out_of_memory(evidence.host_oom_kills)
-        return evidence
-
-    def _violated(self, evidence: Evidence) -> bool:
-        """Whether the sandbox was caught trying what it forbids (`runner.classify`'s `sandbox_violation`): the
-        network, a harness path, or a system call its seccomp filter killed it for."""
-        sigsys = 128 + signal.SIGSYS if self.isolated else -signal.SIGSYS
-        return bool(evidence.network or evidence.harness_paths) or self.returncode == sigsys
-
-    def _host_out_of_memory(self, kills: int) -> InfrastructureFailure:
-        """The machinery's failure: `kills` processes of the sandbox stopped by the host's OOM killer."""
-        peak = self._cgroups.peak_memory_bytes() >> 20 if self._cgroups else 0
-        return InfrastructureFailure(
-            f"the host ran out of memory: the kernel's OOM killer stopped {kills} process(es) of the sandbox while it "
-            f"stayed under its own memory limit (peak {peak} MiB of its {self.limits.memory_mb} MiB): not the "
-            "bundle's doing", where=f"host {socket.gethostname()}",
-            fix="nothing was recorded: run it again (a campaign retries it by itself); if it keeps happening, give "
-                "that node more memory or run fewer sandboxes on it at once (their memory limits and the harness "
-                "together must fit in its memory, and in the memory limit of the harness's own cgroup)")
+        return Evidence(network=dict(self._watch.network) if self._watch else {},
+                        harness_paths=list(self._reports.hits) if self._reports else [],
+                        oom_kills=cg.oom_kills() if cg else 0, host_oom_kills=cg.host_oom_kills() if cg else 0,
+                        pid_limit_hits=cg.pid_limit_hits() if cg else 0,
+                        opened=None if opened is None else [self._member(p) for p in opened])
 
     def _member(self, path: str) -> str:
         """A file of the private home as the archive names it: the bento's own files without their folder, the

@@ -439,26 +439,40 @@ def test_an_oom_kill_while_the_sandbox_stayed_under_its_limit_is_the_machinerys(
     under one limited to 64 MiB, killed at 64 MiB, counted by its own group with failcnt 0). Its verdict was
     `resource_limit`, "memory limit reached", against the vendor, the sandbox far under its limit. It is the
     machinery's failure (a campaign retries it); while serving, it is not counted as the sandbox's limit."""
-    from sandbox.runner import classify
+    from types import SimpleNamespace
+
+    from sandbox.isolation import SandboxLimits
+    from sandbox.runner import _Sitting, classify
     from testbed.errors import InfrastructureFailure
 
     measured = {"oom_kill": 1, "failcnt": 0, "memsw.failcnt": 0, "max_usage_in_bytes": 64 * MIB + 249856,
                 "memsw.max_usage_in_bytes": 64 * MIB + 249856}
     service = _service(_cgroups(tmp_path, monkeypatch, 512, measured))
+    job = SimpleNamespace(isolated=True, startup_timeout_s=30.0,
+                          limits=SandboxLimits(memory_mb=512, max_processes=64, cpu_seconds=60, threads=1))
+
+    def sitting(returncode: int = 137) -> _Sitting:
+        return _Sitting(names=["clean"], first=True, startup_s=1.0, ready=True, charged_s=2.0, timed_out=False,
+                        returncode=returncode, stopped_by_us=False, peak=service.peak_rss_mb, limits={},
+                        evidence=service.evidence(), log="")
+
+    assert (service.evidence().oom_kills, service.evidence().host_oom_kills) == (0, 1)
     with pytest.raises(InfrastructureFailure, match="out of memory") as exc:
-        service.evidence()
+        sitting().verdict(job)
     assert "peak 64 MiB of its 512 MiB" in exc.value.problem and "retries" in exc.value.fix
-    live = service.evidence(live=True)
+    live = service.evidence(live=True)  # serving reads it live: a crash it restarts, never the sandbox's limit
     assert (live.oom_kills, live.host_oom_kills) == (0, 1)
     assert classify(returncode=137, timed_out=False, stopped_by_us=False, evidence=live)[0] != "resource_limit"
     # a sandbox caught trying what it forbids keeps that verdict: the host out of memory (which a bundle might
     # try to bring about) never hides it behind a retry
     for caught in ({"harness_paths": ["/etc/testbed"]}, {"returncode": 128 + signal.SIGSYS}):
-        service.returncode = caught.get("returncode", 137)
         service._reports = type("Reports", (), {"hits": caught.get("harness_paths", [])})()
-        evidence = service.evidence()
-        assert classify(returncode=service.returncode, timed_out=False, stopped_by_us=False,
-                        evidence=evidence)[0] == "sandbox_violation"
+        assert sitting(caught.get("returncode", 137)).verdict(job)[0] == "sandbox_violation"
+    # without the host's kill, the same sitting is the bundle's crash, recorded as usual
+    memory = service._cgroups.paths["memory"]
+    (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    service._reports = None
+    assert sitting().verdict(job)[0] == "crashed"
 
 
 def _memory_cgroups() -> bool:
