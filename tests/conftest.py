@@ -31,6 +31,13 @@ def make_workspace(root: Path) -> Workspace:
                      env_cache=ENV_CACHE)
 
 
+@pytest.fixture(autouse=True)
+def shared_env_cache(monkeypatch):
+    """`Workspace.from_env()` takes bundles' environments from the one shared cache whatever TESTBED_HOME a test
+    sets (under each test's own home, every test submitting a bundle built its environment anew: 10-40 s each)."""
+    monkeypatch.setenv("TESTBED_ENVS_DIR", str(ENV_CACHE))
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return make_workspace(tmp_path)
