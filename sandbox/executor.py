@@ -188,12 +188,16 @@ class RayExecutor(_Closing):
         """Fail each placed job that no live node is large enough for any more (the nodes that were have been
         lost): Ray would keep it pending for ever, and its campaign would never end. It is cancelled and its
         future raises `InfrastructureFailure` (a campaign retries it, and the placement then says what is
-        missing)."""
+        missing). A cluster that cannot say which nodes are alive just now (its head busy or restarting) fails
+        nothing: the question is asked again at the next check, and a job the cluster itself lost fails by Ray."""
         import ray
 
         if not self._refs:
             return
-        largest = _largest_node()
+        try:
+            largest = _largest_node()
+        except Exception:  # noqa: BLE001 - any failure to list the nodes: no verdict on the jobs from it
+            return
         for future, (ref, need) in list(self._refs.items()):
             short = [key for key, amount in need.items() if amount > largest.get(key, 0)]
             if not short:

@@ -426,6 +426,15 @@ def test_the_ray_executor_fails_a_waiting_job_that_no_live_node_is_large_enough_
         big.result(timeout=0)
     assert not small.done() and cancelled == ["big-task"] and list(executor._refs) == [small]
 
+    def unreachable():
+        raise ConnectionError("GCS not reachable")  # the head busy or restarting: `ray.nodes()` raises
+
+    monkeypatch.setattr(sandbox.executor, "_largest_node", unreachable)
+    later = Future()
+    executor._refs[later] = ("later-task", {"CPU": 1, "GPU": 0, "memory": 8 << 30})
+    executor.fail_stranded()  # neither raises out of the campaign nor fails a job on a question left unanswered
+    assert not later.done() and list(executor._refs) == [small, later] and cancelled == ["big-task"]
+
 
 def test_one_evaluation_waiting_for_a_lost_node_fails_rather_than_waiting_for_ever(monkeypatch):
     """`testbed evaluate ID` (`RayExecutor.run`) waited for ever on a job the nodes left cannot run."""
