@@ -5,7 +5,8 @@ the same model is loaded in-process (trusted examples only: no sandbox) and give
 bodies, to compare single-stream latency and batch time. Then the best forecasting bundle is approved,
 promoted and served (`benchmarks/serving_bench.py`): a steady request rate for 60 s, and the throughput with and
 without adaptive batching. Two sandboxed runs of the first forecasting example at once are compared with one
-alone (throughput on the machine's cores). Writes benchmarks/report.md and report.json, whose `targets` list
+alone (throughput on the machine's cores), and campaigns of 1, 2 and 6 submissions of it are timed
+(`benchmarks/campaign_bench.py`). Writes benchmarks/report.md and report.json, whose `targets` list
 each goal of issue 11 next to its measured value.
 Usage: python benchmarks/bench.py [--pilot ID ...] [--no-serving] [--rate REQ_PER_S] [--repeat N]
 """
@@ -245,12 +246,15 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     concurrency = concurrent_runs(*first_forecaster[:3], ws, first_forecaster[3]) if first_forecaster else None
-    driver = None
+    driver = campaign = None
     if first_forecaster:
         from driver_bench import driver_scoring  # beside this file
 
         spec, _, bundle, example = first_forecaster
         driver = driver_scoring(spec, bundle, ws, tracker, example)
+        from campaign_bench import campaign_walls  # beside this file
+
+        campaign = campaign_walls(spec, bundle, ws, example)
     serving = None
     if servable and not args.no_serving:
         from serving_bench import serving_benchmark  # beside this file (its folder is on sys.path)
@@ -259,7 +263,7 @@ def main() -> None:
         serving = serving_benchmark(ws, spec, sub_id, rate=args.rate)
     report = {"machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
               "ray_init_s": ray_init_s, "mlflow_import_s": mlflow_import_s, "targets": targets(rows, concurrency),
-              "rows": rows, "concurrency": concurrency, "driver": driver, "serving": serving}
+              "rows": rows, "concurrency": concurrency, "driver": driver, "campaign": campaign, "serving": serving}
     (HERE / "report.json").write_text(json.dumps(report, indent=2))
     lines = ["# Benchmark report", "",
              f"Machine: {report['machine']}. Local Ray start: {ray_init_s:.1f} s. MLflow's import: "
@@ -287,6 +291,10 @@ def main() -> None:
                   f"figures, MLflow) in {driver['alone_s']:.2f} s by the driver alone, {driver['pooled_s']:.2f} s with "
                   f"{driver['workers']} scoring processes ({driver['speedup']:.2f}×; {driver['fallbacks']} left to the "
                   "driver)."]
+    if campaign:
+        from campaign_bench import campaign_markdown
+
+        lines += campaign_markdown(campaign)
     lines += ["", "## Every example", ""]
     keys = list(max(rows, key=len)) if rows else []
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -72,7 +72,12 @@ class InlineExecutor(_Closing):
     """Runs the job in this process: for unit tests and debugging (still sandboxed unless the job says not)."""
 
     def run(self, job: SandboxJob) -> SandboxResult:
-        return run_job(job)
+        """The job's result; the harness failing under it here (a disk full, no file descriptors or memory
+        left) is the machinery's failure, as on a Ray node (`_translate`)."""
+        try:
+            return run_job(job)
+        except (OSError, MemoryError) as exc:
+            raise _harness_failed(exc, "this machine") from exc
 
     def submit(self, job: SandboxJob) -> Future[SandboxResult]:
         """Runs the job now, in this process; the future is already done."""
@@ -295,17 +300,24 @@ def _translate(exc: BaseException) -> BaseException:
     cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else None
     if isinstance(cause, TestbedError):
         return cause
-    again = "nothing was recorded: run the command again (a campaign retries it by itself); "
     if isinstance(cause, (OSError, MemoryError)):
-        return InfrastructureFailure(f"the testbed's harness failed on the Ray node ({type(cause).__name__}: "
-                                     f"{_first_line(cause)})", where="Ray node",
-                                     fix=again + "check that node's free disk, memory and open-file limit if it "
-                                                 "keeps happening")
+        return _harness_failed(cause, "the Ray node")
     if type(exc).__name__ in INFRASTRUCTURE_ERRORS or any(
             c.__name__ in INFRASTRUCTURE_ERRORS for c in type(exc).__mro__):
         return InfrastructureFailure(f"{type(exc).__name__}: {_first_line(exc)}", where="Ray",
-                                     fix=again + "check the Ray nodes (`ray status`) if it keeps happening")
+                                     fix=_AGAIN + "check the Ray nodes (`ray status`) if it keeps happening")
     return exc
+
+
+_AGAIN = "nothing was recorded: run the command again (a campaign retries it by itself); "
+
+
+def _harness_failed(cause: BaseException, node: str) -> InfrastructureFailure:
+    """The harness's own failure on `node` (an OSError or MemoryError under it): the machinery's."""
+    return InfrastructureFailure(f"the testbed's harness failed on {node} ({type(cause).__name__}: "
+                                 f"{_first_line(cause)})", where=node,
+                                 fix=_AGAIN + "check that node's free disk, memory and open-file limit if it "
+                                              "keeps happening")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -793,6 +793,26 @@ def test_the_harness_failing_on_its_node_is_the_machinerys_failure():
     assert _translate(bug) is bug
 
 
+def test_the_inline_executor_says_so_as_ray_does(monkeypatch):
+    """The test double for Ray (the job run in this process) gave the harness's OSError as it was: a campaign
+    driven through it recorded a broken evaluation, where through Ray the same failure is retried."""
+    import errno
+
+    import sandbox.executor
+
+    def disk_full(job):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sandbox.executor, "run_job", disk_full)
+    future = sandbox.executor.InlineExecutor().submit(None)
+    with pytest.raises(InfrastructureFailure, match="harness failed on this machine .*No space left") as failed:
+        future.result(timeout=0)
+    assert "free disk" in failed.value.fix and failed.value.where == "this machine"
+    monkeypatch.setattr(sandbox.executor, "run_job", lambda job: {}[job])  # a bug of the harness's: as it is
+    with pytest.raises(KeyError):
+        sandbox.executor.InlineExecutor().run("phase")
+
+
 @pytest.mark.parametrize("errno_name", ["ENOSPC", "EDQUOT", "EIO"])
 def test_the_nodes_disk_failing_while_the_bundle_unpacks_is_the_machinerys_failure(ws, subs, tmp_path, monkeypatch,
                                                                                   errno_name):
