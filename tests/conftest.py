@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +25,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def _empty_tracking_store() -> bytes:
+    """An MLflow SQLite store with its tables made and nothing recorded, as bytes: a workspace's store starts as
+    a copy (MLflow spends ~2 s making a new store's tables, and most integration tests have a store of their own;
+    tests of a store that does not exist yet name paths of their own)."""
+    import mlflow
+
+    db = Path(tempfile.mkdtemp(prefix="testbed-empty-store-")) / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    client.search_experiments()
+    client.search_registered_models()
+    return db.read_bytes()
+
+
+def empty_store(db: Path) -> str:
+    """The tracking URI of an empty MLflow SQLite store at `db` (made from `_empty_tracking_store` unless there)."""
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.write_bytes(_empty_tracking_store())
+    return f"sqlite:///{db}"
+
+
 def make_workspace(root: Path) -> Workspace:
-    """A private workspace: its own submissions, BentoML home and MLflow SQLite store; the real data; the
-    shared cache of bundle environments (keyed by their requirements, so sharing cannot mix them up)."""
+    """A private workspace: its own submissions, BentoML home and MLflow SQLite store (an empty one); the real
+    data; the shared cache of bundle environments (keyed by their requirements, so sharing cannot mix them up)."""
     return Workspace(home=root / "home", data_dir=PROJECT_ROOT / "data", bentoml_home=root / "bentoml",
-                     tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "artifacts",
+                     tracking_uri=empty_store(root / "mlflow.db"), artifact_root=root / "artifacts",
                      env_cache=ENV_CACHE)
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from testbed.config import PROJECT_ROOT
-from tests.conftest import FORECAST_ROUTE, free_port
+from tests.conftest import FORECAST_ROUTE, empty_store, free_port
 
 runner = CliRunner()
 
@@ -17,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def private_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
 
 
 def test_pilots_list_and_show():

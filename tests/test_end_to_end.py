@@ -13,6 +13,7 @@ from evaluation.tracking import MlflowTracker, registered_model_name
 from sandbox.executor import RayExecutor
 from testbed.config import PROJECT_ROOT
 from testbed.errors import ContractError
+from tests.conftest import empty_store
 from workflow.evaluate import evaluate_bundle
 from workflow.submissions import SubmissionStore
 
@@ -95,7 +96,7 @@ def test_the_cli_flow_for_a_vendor_and_an_evaluator(built, tmp_path, monkeypatch
     from cli.app import app
 
     monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
     runner, bundle = CliRunner(), str(built("bike_seasonal_naive"))
     check = runner.invoke(app, ["check", "bike-demand", bundle, "--json"])
     card = json.loads(check.stdout)

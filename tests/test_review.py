@@ -21,7 +21,7 @@ from serving.metrics import ServingMetrics
 from serving.monitor import Scrape, quantile, summarize
 from testbed.config import PROJECT_ROOT
 from testbed.errors import AuditError, NotFound, Refused, SpecError, TestbedError
-from tests.conftest import FORECAST_ROUTE
+from tests.conftest import FORECAST_ROUTE, empty_store
 from tests.doubles import FakeSandbox
 from tests.test_scorecard import last_day
 from workflow.catalogue import get_pilot
@@ -968,7 +968,7 @@ def test_operator_mistakes_are_one_clear_line(args, words, tmp_path, monkeypatch
     from cli.app import app
 
     monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and words in result.stderr and "fix:" in result.stderr
     assert "Traceback" not in result.output
