@@ -39,7 +39,7 @@ def campaign_walls(spec, bundle: Path, ws, example: str, sizes: tuple[int, ...] 
 
 
 def _recompressed(tar: bytes, i: int) -> bytes:
-    """The same tar in an xz stream of other bytes for each `i` (the preset and the check differ): a distinct
+    """The same tar in an xz stream of other bytes for each `i` below 30 (the preset and the check differ): a distinct
     submission of the very same bundle."""
     checks = (lzma.CHECK_CRC64, lzma.CHECK_CRC32, lzma.CHECK_SHA256)
     return lzma.compress(tar, format=lzma.FORMAT_XZ, check=checks[i % 3], preset=(i // 3) % 10)
