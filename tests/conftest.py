@@ -32,11 +32,12 @@ def _empty_tracking_store() -> bytes:
     tests of a store that does not exist yet name paths of their own)."""
     import mlflow
 
-    db = Path(tempfile.mkdtemp(prefix="testbed-empty-store-")) / "mlflow.db"
-    client = mlflow.MlflowClient(f"sqlite:///{db}")
-    client.search_experiments()
-    client.search_registered_models()
-    return db.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="testbed-empty-store-") as folder:
+        db = Path(folder) / "mlflow.db"
+        client = mlflow.MlflowClient(f"sqlite:///{db}")
+        client.search_experiments()
+        client.search_registered_models()
+        return db.read_bytes()
 
 
 def empty_store(db: Path) -> str:

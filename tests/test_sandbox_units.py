@@ -441,7 +441,6 @@ def test_an_oom_kill_while_the_sandbox_stayed_under_its_limit_is_the_machinerys(
     machinery's failure (a campaign retries it); while serving, it is not counted as the sandbox's limit."""
     from types import SimpleNamespace
 
-    from sandbox.isolation import SandboxLimits
     from sandbox.runner import _Sitting, classify
     from testbed.errors import InfrastructureFailure
 
