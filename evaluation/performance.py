@@ -5,6 +5,15 @@ processes for a CPU. Linux counts both per thread (`schedstat`, see `sandbox.con
 latency is scored with the queueing share taken out — but only up to the share of the machine that *other*
 processes kept busy during the phase, so a service that crowds its own CPUs gets no discount. Credits saturate
 at the service level: at or under it is full credit; over it, credit falls in proportion.
+
+How fast the node itself was during each timed phase (`node_speed`: the harness's fixed workload, timed with the
+sandbox stopped, see `sandbox.speed`) is recorded beside the times, not applied to them. On the CI VM different
+work slows down in different spells (a matrix product, a sort and a Python loop timed side by side for 45 s:
+spreads of 1.3×, 1.8× and 1.1× between 1-s windows, their correlations -0.1 to -0.55), so one workload's speed
+does not correct another's well: scaling three full evaluations each of YOLOv8n and YOLOX-Nano by it narrowed
+three of the four spreads a little (YOLOv8n throughput 1.41× → 1.33×, p95 1.62× → 1.57×; YOLOX p95 1.39× →
+1.22×) and widened one (YOLOX throughput 1.34× → 1.41×), and in six short runs (`testbed check`) it widened three
+of four. Too little, too unevenly, to be let move a score.
 """
 
 from __future__ import annotations
@@ -16,13 +25,18 @@ import numpy as np
 
 from pilots.spec import ServiceLevel
 from sandbox.runner import PhaseResult, SandboxResult
+from sandbox.speed import REFERENCE_MS
 
-__all__ = ["METHOD", "performance", "credits"]
+__all__ = ["METHOD", "performance", "credits", "node_speed"]
 
 METHOD = ("latency: p95 of single-stream requests, each with the CPU-queueing delay that other processes caused "
           "taken out (Linux schedstat of the service's threads, capped by the share of the machine others kept "
           "busy), never below the sandbox's CPU time over the cores its quota gives; throughput: offline items "
-          "per second with the same correction; credit 1 at or within the service level, else in proportion")
+          "per second with the same correction; credit 1 at or within the service level, else in proportion; "
+          "the node's own speed during each phase (`node_speed`) is recorded beside them, not applied")
+NEAREST = 5
+"""Samples of the node's speed a phase with fewer of its own borrows from the nearest in time (its neighbours'
+phases, before the service started)."""
 
 
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -61,6 +75,26 @@ def _at_quota(phase: PhaseResult, cpu_s: float | None, wall_s: float) -> float:
     return min(wall_s, cpu_s / (phase.cpu_quota or max(1, phase.cores)))
 
 
+def node_speed(result: SandboxResult) -> dict[str, Any]:
+    """Per timed phase, how fast the node ran `sandbox.speed.kernel` relative to the reference machine (`relative`
+    2: twice as fast; 0.5: half; None: not measured, as with a GPU): the median of the samples taken between its
+    requests, or of the NEAREST nearest its middle where it took fewer."""
+    pool = sorted(tuple(s) for s in [*result.speed_before, *(s for p in result.phases.values() for s in p.speed)])
+    out: dict[str, Any] = {"reference_kernel_ms": REFERENCE_MS, "samples_before_start": len(result.speed_before)}
+    for name in ("single_stream", "offline"):
+        phase = result.phases.get(name)
+        if phase is None:
+            continue
+        chosen = list(phase.speed)
+        if len(chosen) < NEAREST and phase.started_s:
+            middle = (phase.started_s[0] + phase.started_s[-1]) / 2
+            chosen = sorted(pool, key=lambda s: abs(s[0] - middle))[:NEAREST]
+        kernel_ms = 1000 * float(np.median([s[1] for s in chosen])) if chosen else None
+        out[name] = {"kernel_ms": kernel_ms, "relative": REFERENCE_MS / kernel_ms if kernel_ms else None,
+                     "samples": len(phase.speed)}
+    return out
+
+
 def performance(result: SandboxResult) -> dict[str, Any]:
     """Service-level measurements, the same for every family: raw and load-corrected."""
     statuses = [s for p in result.phases.values() for s in p.statuses]
@@ -94,6 +128,7 @@ def performance(result: SandboxResult) -> dict[str, Any]:
         "throughput_items_per_s": throughput,
         "service_throughput_items_per_s": service_throughput,
         "contention": contention,
+        "node_speed": node_speed(result),
         "error_rate": failed / len(statuses) if statuses else 1.0,
         "requests": len(statuses),
         "failed_requests": failed,

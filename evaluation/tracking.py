@@ -145,6 +145,8 @@ def flatten(card: Scorecard) -> dict[str, float]:
     out |= {_group_metric(g, metric): vals[metric] for g, vals in card.groups.items() if metric in vals}
     out |= {f"latency_ms/{q}": v for q, v in card.performance["latency_ms"].items()}
     out |= {f"service_latency_ms/{q}": v for q, v in card.performance.get("service_latency_ms", {}).items()}
+    out |= {f"node_speed/{name}": v["relative"] for name, v in card.performance.get("node_speed", {}).items()
+            if isinstance(v, dict) and v.get("relative") is not None}
     out |= {f"criteria/{k}": c.score for k, c in card.criteria.items() if c.score is not None}
     out |= {"throughput_items_per_s": card.performance["throughput_items_per_s"],
             "service_throughput_items_per_s": card.performance.get("service_throughput_items_per_s"),

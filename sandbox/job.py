@@ -11,6 +11,7 @@ from sandbox.channel import MAX_RESPONSE_BYTES
 from sandbox.contention import busy_share
 from sandbox.environment import PythonEnvironment
 from sandbox.isolation import SandboxLimits
+from sandbox.speed import Sample
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "VERDICTS", "ANSWER_SLACK"]
 
@@ -99,6 +100,10 @@ class PhaseResult:
     it has no cgroup to count with. With concurrent requests each counts the others' CPU too."""
     cpu_quota: float = 0
     """Cores the sandbox could use at once (its cgroup's CFS quota); 0: not bounded, the machine's `cores`."""
+    started_s: list[float] = field(default_factory=list)
+    """Per request: `time.monotonic()` when it was sent, on the node that ran it."""
+    speed: list[Sample] = field(default_factory=list)
+    """The node's speed between requests (`sandbox.speed`), timed while the sandbox was stopped."""
 
     def joined(self, later: PhaseResult) -> PhaseResult:
         """This phase and a later part of it (a phase sent in parts, see `PhasePlan.phases`) as one: requests in
@@ -116,7 +121,8 @@ class PhaseResult:
             latencies_s=self.latencies_s + later.latencies_s, items=self.items + later.items, wall_s=wall,
             errors=(self.errors + later.errors)[:5], cpu_s=self.cpu_s + later.cpu_s, wait_s=self.wait_s + later.wait_s,
             machine_busy=busy, machine_ticks=ticks, sandbox_cpu_s=sandbox, cores=self.cores,
-            request_sandbox_cpu_s=self.request_sandbox_cpu_s + later.request_sandbox_cpu_s, cpu_quota=self.cpu_quota)
+            request_sandbox_cpu_s=self.request_sandbox_cpu_s + later.request_sandbox_cpu_s, cpu_quota=self.cpu_quota,
+            started_s=self.started_s + later.started_s, speed=self.speed + later.speed)
 
 
 @dataclass
@@ -138,3 +144,5 @@ class SandboxResult:
     restarts_s: list[float] = field(default_factory=list)
     """Seconds each later sitting's fresh start took until the service was ready (not charged to the wall-time
     limit; `startup_s` is the first start's)."""
+    speed_before: list[Sample] = field(default_factory=list)
+    """The node's speed just before the service first started (`sandbox.speed.before_start`); none with a GPU."""

@@ -19,6 +19,7 @@ from sandbox.contention import MachineMeter, busy_share, delta, snapshot
 from sandbox.job import ANSWER_SLACK, VERDICTS, Phase, PhaseResult, SandboxJob, SandboxResult
 from sandbox.observe import Evidence
 from sandbox.service import SandboxedService
+from sandbox.speed import SpeedProbe, before_start
 from testbed.errors import InfrastructureFailure
 
 __all__ = ["Phase", "SandboxJob", "PhaseResult", "SandboxResult", "run_job", "classify", "VERDICTS"]
@@ -76,6 +77,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
     startup timeout alone (it is the harness's choice to start again, not the bundle's time). A watchdog stops
     the service at the limit, whatever state the requests are in."""
     python_env = job.environment.ensure() if job.environment is not None else None
+    speed = before_start() if not job.gpus else []  # no vendor code runs yet; a GPU's speed is not the CPU's
     phases: dict[str, PhaseResult] = {}
     budget, left, sat = Budget(job.max_run_response_bytes), job.wall_time_s, []
     verdict, reason = "completed", "all phases ran"
@@ -91,7 +93,7 @@ def run_job(job: SandboxJob) -> SandboxResult:
     return SandboxResult(verdict=verdict, reason=reason, phases=phases, log=log, startup_s=sat[0].startup_s,
                          peak_rss_mb=max(s.peak for s in sat), isolated=job.isolated, limits=sat[0].limits,
                          opened=list(dict.fromkeys(p for paths in seen for p in paths)) if seen else None,
-                         restarts_s=[s.startup_s for s in sat[1:]])
+                         restarts_s=[s.startup_s for s in sat[1:]], speed_before=speed)
 
 
 @dataclass
@@ -189,16 +191,20 @@ def _spent(before: float | None, after: float | None) -> float | None:
 def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedService,
                budget: Budget) -> PhaseResult:
     channel = svc.channel(cap=job.max_response_bytes, budget=budget)
+    probe = SpeedProbe(svc.paused, enabled=not job.gpus and phase.concurrency == 1)
 
     def one(body: bytes, items: int):
-        if time.monotonic() >= deadline or not svc.alive():
-            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0), None
+        sent = time.monotonic()
+        if sent >= deadline or not svc.alive():
+            return 0, None, 0.0, "not sent: the run had ended (time limit or service exit)", (0.0, 0.0), None, sent
         pid = svc.proc.pid if svc.proc else None
         before, used_before = snapshot(pid), svc.cpu_used_s()
         cap = None if phase.answer_bytes_per_item is None else ANSWER_SLACK + items * phase.answer_bytes_per_item
         status, answer, seconds, error = channel.post(job.route, body, phase.content_type, deadline, cap=cap)
-        return (status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid)),
-                _spent(used_before, svc.cpu_used_s()))
+        outcome = (status, answer if status == 200 else None, seconds, error, delta(before, snapshot(pid)),
+                   _spent(used_before, svc.cpu_used_s()), sent)
+        probe.maybe()  # between requests: the service has nothing to answer while it is stopped
+        return outcome
 
     meter, used = MachineMeter(), svc.cpu_used_s()
     start = time.perf_counter()
@@ -210,11 +216,11 @@ def _run_phase(job: SandboxJob, phase: Phase, deadline: float, svc: SandboxedSer
             outcomes = list(map(one, phase.bodies, phase.items))
     finally:
         channel.close()
-    wall, ticks = time.perf_counter() - start, meter.stop()
+    wall, ticks = time.perf_counter() - start - probe.spent_s, meter.stop()
     errors = [o[3] for o in outcomes if o[3]][:5]
     return PhaseResult(name=phase.name, bodies=[o[1] for o in outcomes], statuses=[o[0] for o in outcomes],
                        latencies_s=[o[2] for o in outcomes], items=list(phase.items), wall_s=wall, errors=errors,
                        cpu_s=[o[4][0] for o in outcomes], wait_s=[o[4][1] for o in outcomes],
                        machine_busy=busy_share(ticks), machine_ticks=ticks, cores=meter.cores,
                        sandbox_cpu_s=_spent(used, svc.cpu_used_s()), request_sandbox_cpu_s=[o[5] for o in outcomes],
-                       cpu_quota=svc.cpu_quota)
+                       cpu_quota=svc.cpu_quota, started_s=[o[6] for o in outcomes], speed=probe.samples)

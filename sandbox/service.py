@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -288,6 +289,17 @@ class SandboxedService:
         """CPU seconds the sandbox has used so far, everything it ran counted (threads and processes that ended
         too), from its cgroup; None where it has none to count with."""
         return self._cgroups.cpu_used_s() if self._cgroups and self._cgroups.available else None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[bool]:
+        """The whole sandbox stopped by the kernel while the block runs, if it can be (`Cgroups.paused`); yields
+        whether it is. Only between requests: a request sent meanwhile would wait. `stop` waits for its end."""
+        with self._stop_lock:
+            if self._cgroups is None or self._stopped or not self.alive():
+                yield False
+                return
+            with self._cgroups.paused() as frozen:
+                yield frozen
 
     @property
     def cpu_quota(self) -> float:

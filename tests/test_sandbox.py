@@ -134,6 +134,9 @@ def test_a_bundle_held_back_by_its_quota_is_not_scored_as_if_others_held_it_back
     phase, perf = result.phases["single_stream"], performance(result)
     assert phase.cpu_quota == 0.25 and all(c >= 0.05 for c in phase.request_sandbox_cpu_s), phase.request_sandbox_cpu_s
     assert perf["service_latency_ms"]["p50"] >= 0.9 * 1000 * 0.05 / 0.25, perf
+    # the node's speed, timed between these requests with the sandbox frozen (`sandbox.speed`), and before it started
+    assert len(phase.speed) >= 3 and perf["node_speed"]["samples_before_start"] == 5, perf["node_speed"]
+    assert 0.1 < perf["node_speed"]["single_stream"]["relative"] < 10
 
 def test_crash_on_start(built):
     result = run_job(job(built("crash_on_start"), "/forecast", []))

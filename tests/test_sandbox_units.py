@@ -1,6 +1,7 @@
 """Fast checks of the sandbox's defences that need no sandbox: archive format and manifest shape, the sweep of
 what killed harnesses left, hostile response bodies, and uid leases."""
 
+import contextlib
 import gzip
 import io
 import os
@@ -482,14 +483,18 @@ def _memory_cgroups() -> bool:
         return False
 
 
-def _hog(cgroups: host.Cgroups) -> int:
-    """Exit status of a process allocating 200 MiB in `cgroups`."""
+def _entering(cgroups: host.Cgroups):
+    """A `preexec_fn` putting the child into `cgroups`, as the sandbox's first process puts itself."""
     def enter() -> None:
         for procs in cgroups.procs_files:
             with open(procs, "w") as file:
                 file.write(str(os.getpid()))
+    return enter
 
-    return subprocess.run([sys.executable, "-I", "-S", "-c", "bytearray(200 << 20)"], preexec_fn=enter,
+
+def _hog(cgroups: host.Cgroups) -> int:
+    """Exit status of a process allocating 200 MiB in `cgroups`."""
+    return subprocess.run([sys.executable, "-I", "-S", "-c", "bytearray(200 << 20)"], preexec_fn=_entering(cgroups),
                           capture_output=True, timeout=60).returncode
 
 
@@ -518,6 +523,52 @@ def test_the_kernel_tells_an_oom_kill_at_the_sandboxs_limit_from_one_above_it(mo
         under.remove()
         for group in (above / "testbed", above):
             host._rmdir(group)
+
+
+@pytest.mark.skipif(not (_memory_cgroups() and (host.CGROUP_ROOT / "freezer").is_dir()),
+                    reason="needs root and the cgroup v1 freezer")
+def test_a_paused_sandbox_runs_nothing_and_still_dies_when_killed():
+    """What the node's speed is timed under (`sandbox.speed`): four threads spinning in the sandbox's groups use
+    no CPU while it is paused, run again after, and a sandbox removed while paused is thawed to die."""
+    cgroups = host.Cgroups(f"{os.getpid()}-pause", 64, 16)
+    code = ("import threading\ndef spin():\n    while True: pass\n"
+            "for _ in range(4): threading.Thread(target=spin).start()")
+    spinner = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], preexec_fn=_entering(cgroups))
+    try:
+        def used_in(seconds: float) -> float:
+            before = cgroups.cpu_used_s()
+            time.sleep(seconds)
+            return cgroups.cpu_used_s() - before
+
+        assert used_in(0.2) > 0.1
+        with cgroups.paused() as frozen:
+            assert frozen and used_in(0.2) < 0.01
+        assert used_in(0.2) > 0.1
+        with cgroups.paused() as frozen:
+            cgroups.remove()
+            assert spinner.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        spinner.kill()
+        cgroups.remove()
+
+
+@pytest.mark.skipif(not (_memory_cgroups() and (host.CGROUP_ROOT / "freezer").is_dir()),
+                    reason="needs root and the cgroup v1 freezer")
+def test_a_sandbox_a_killed_harness_left_frozen_is_thawed_and_swept():
+    """The harness died while the sandbox was paused: its groups (named after its dead pid) stay frozen, and
+    only a thaw lets the kill through. The next harness's sweep does both."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cgroups = host.Cgroups(f"{dead.pid}-frozen", 64, 16)
+    spinner = subprocess.Popen([sys.executable, "-I", "-S", "-c", "while True: pass"], preexec_fn=_entering(cgroups))
+    try:
+        (cgroups.paths["freezer"] / "freezer.state").write_text("FROZEN")
+        host.sweep_stale()
+        assert spinner.wait(timeout=5) == -signal.SIGKILL
+        assert not any(group.exists() for group in cgroups.paths.values())
+    finally:
+        spinner.kill()
+        cgroups.remove()
 
 
 class _Starts:
@@ -555,6 +606,9 @@ class _Starts:
 
             def cpu_used_s(self):
                 return None
+
+            def paused(self):
+                return contextlib.nullcontext(False)
 
             def evidence(self):
                 return Evidence()
