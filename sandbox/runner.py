@@ -6,16 +6,21 @@ responses, timings and a verdict. Scoring happens elsewhere, where the ground tr
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
 from sandbox.channel import Budget
 from sandbox.contention import MachineMeter, busy_share, delta, snapshot
+from sandbox.host import RUN_PREFIX
 from sandbox.job import ANSWER_SLACK, VERDICTS, Phase, PhaseResult, SandboxJob, SandboxResult
 from sandbox.observe import Evidence
 from sandbox.service import SandboxedService
@@ -70,7 +75,8 @@ def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, ev
 
 def run_job(job: SandboxJob) -> SandboxResult:
     """Build (or reuse) the bundle's environment, then, for each sitting (`Phase.sitting`) in turn: import the
-    bundle privately, serve it in a fresh sandbox, run the sitting's phases, stop it. The verdict is the first
+    bundle privately (the first sitting unpacks it; a later one serves the same tree, which every sandbox mounts
+    read-only), serve it in a fresh sandbox, run the sitting's phases, stop it. The verdict is the first
     sitting's that did not complete (a later sitting is not started after one), else "completed".
 
     The wall-time limit counts the first start and every phase; a later sitting's start is bounded by the
@@ -81,12 +87,19 @@ def run_job(job: SandboxJob) -> SandboxResult:
     phases: dict[str, PhaseResult] = {}
     budget, left, sat = Budget(job.max_run_response_bytes), job.wall_time_s, []
     verdict, reason = "completed", "all phases ran"
-    for group in [list(g) for _, g in groupby(job.phases, key=lambda p: p.sitting)] or [[]]:
-        sat.append(_sit(job, group, phases, budget, python_env, left, first=not sat))
-        left -= sat[-1].charged_s
-        verdict, reason = sat[-1].verdict(job)
-        if verdict != "completed":
-            break
+    groups = [list(g) for _, g in groupby(job.phases, key=lambda p: p.sitting)] or [[]]
+    shared = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-")) if job.isolated and len(groups) > 1 else None
+    try:
+        for group in groups:
+            sat.append(_sit(job, group, phases, budget, python_env, left, first=not sat,
+                            home=shared / "bentoml" if shared else None))
+            left -= sat[-1].charged_s
+            verdict, reason = sat[-1].verdict(job)
+            if verdict != "completed":
+                break
+    finally:
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
     log = sat[0].log if len(sat) == 1 else "\n".join(
         f"--- sitting {i + 1} (a fresh start): {', '.join(s.names)} ---\n{s.log}" for i, s in enumerate(sat))
     seen = [s.evidence.opened for s in sat if s.evidence.opened is not None]
@@ -137,14 +150,16 @@ class _Sitting:
 
 
 def _sit(job: SandboxJob, group: list[Phase], phases: dict[str, PhaseResult], budget: Budget,
-         python_env, left: float, *, first: bool) -> _Sitting:
+         python_env, left: float, *, first: bool, home: Path | None = None) -> _Sitting:
     """Start the service in a sandbox of its own, send it `group`'s phases (their results joined into `phases`),
-    stop it. `left`: seconds of the wall-time limit not yet charged."""
+    stop it. `left`: seconds of the wall-time limit not yet charged; `home`: the BentoML home the job's sittings
+    share (`SandboxedService.shared_home`: the bundle unpacked once)."""
     began, expired = time.monotonic(), threading.Event()
     timed_out, ready_at = False, None
     with SandboxedService(job.bundle, job.limits, isolated=job.isolated, gpus=job.gpus,
                           forbidden=job.forbidden, python_env=python_env,
-                          requirements=job.environment.requirements if job.environment is not None else None) as svc:
+                          requirements=job.environment.requirements if job.environment is not None else None,
+                          home=home) as svc:
         def expire() -> None:
             expired.set()
             svc.stop(grace_s=0)

@@ -46,8 +46,13 @@ class SandboxedService:
 
     def __init__(self, bundle: bytes, limits: SandboxLimits, *, isolated: bool = True, gpus: float = 0,
                  forbidden: list[str] | tuple[str, ...] = (), python_env: Path | None = None,
-                 requirements: tuple[str, ...] | None = None):
+                 requirements: tuple[str, ...] | None = None, home: Path | None = None):
         self.bundle, self.limits, self.isolated, self.gpus = bundle, limits, isolated, gpus
+        self.shared_home = home if isolated else None
+        """A BentoML home the starts of one job share (isolated only): the first imports the bundle into it, a
+        later one serves what is there, unpacked once. Every sandbox mounts it read-only, so a later start sees
+        exactly what the first unpacked, nothing a service wrote. The job removes it; None: a home of this start's
+        own, removed with it."""
         self.forbidden = list(forbidden)
         self.python_env = python_env
         """The bundle's own virtual environment (`sandbox.environment`), or None for the harness's Python."""
@@ -96,7 +101,7 @@ class SandboxedService:
         self.started_at = time.monotonic()
         sweep_stale()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
-        (self.workdir / "bentoml").mkdir(mode=0o755)
+        self.home.mkdir(mode=0o755, exist_ok=self.shared_home is not None)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.socket_path))
         listener.listen(256)
@@ -109,7 +114,7 @@ class SandboxedService:
             if self.isolated:
                 self._start_isolated(argv, fds, out_w)
             else:
-                env = {**os.environ, "BENTOML_HOME": str(self.workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+                env = {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true"}
                 self.enforcement = {"isolation": "none (--unsafe-no-sandbox)"}
                 python = str(self.python_env / "bin" / "python") if self.python_env else sys.executable
                 self.proc = subprocess.Popen([python, "-I", str(WORKER), *argv], stdout=out_w,
@@ -135,10 +140,14 @@ class SandboxedService:
             os.close(tag_w)
 
     def _import(self) -> str:
-        bundle, home = self.workdir / "bundle.bento", self.workdir / "bentoml"
-        bundle.write_bytes(self.bundle)
-        tag = import_bundle(bundle, home)
-        bundle.unlink()
+        home, done = self.home, list(self.home.glob("bentos/*/latest"))
+        if len(done) == 1:  # imported by an earlier start of this job (`shared_home`)
+            tag = f"{done[0].parent.name}:{done[0].read_text()}"
+        else:
+            bundle = self.workdir / "bundle.bento"
+            bundle.write_bytes(self.bundle)
+            tag = import_bundle(bundle, home)
+            bundle.unlink()
         bento = "bentos/" + tag.replace(":", "/")
         if self.requirements is not None:
             declared = tuple(declared_requirements(safe_load_bounded((home / bento / "bento.yaml").read_bytes()),
@@ -176,7 +185,7 @@ class SandboxedService:
         }
         extra = {"CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]} \
             if "CUDA_VISIBLE_DEVICES" in os.environ else {}
-        paths = SandboxPaths(self.workdir / "bentoml", self.workdir, uid=self._uid.uid if self._uid else NOBODY,
+        paths = SandboxPaths(self.home, self.workdir, uid=self._uid.uid if self._uid else NOBODY,
                              cgroup_procs=self._cgroups.procs_files if cgroups else [])
         python = str(ENV_MOUNT / "bin" / "python") if self.python_env else sys.executable
         worker = [python, "-I", "/opt/testbed/worker.py", *argv]
@@ -252,6 +261,11 @@ class SandboxedService:
     def workdir(self) -> Path:
         assert self._workdir is not None, "the service is not started"
         return self._workdir
+
+    @property
+    def home(self) -> Path:
+        """The private BentoML home the bundle is imported into (mounted read-only at /bento)."""
+        return self.shared_home or self.workdir / "bentoml"
 
     @property
     def socket_path(self) -> Path:

@@ -72,19 +72,27 @@ def test_contract_route_missing_gives_http_errors_not_a_crash(built):
     assert result.verdict == "completed" and result.phases["p"].statuses == [404]
 
 
-def test_each_sitting_is_a_fresh_sandbox_that_keeps_nothing_of_the_last(built):
+def test_each_sitting_is_a_fresh_sandbox_that_keeps_nothing_of_the_last(built, monkeypatch):
     """The scenario phases go to a sitting of their own (`Phase.sitting`) so that nothing the service was sent
-    before can answer them: a new service process in a new sandbox, its `/tmp` and `/dev/shm` empty again. Its
-    start is timed apart (`restarts_s`), and its output follows the first sitting's in the log."""
+    before can answer them: a new service process in a new sandbox, its `/tmp` and `/dev/shm` empty again. The
+    bundle is unpacked once and both sittings serve that tree, which the service cannot write to. Its start is
+    timed apart (`restarts_s`), and its output follows the first sitting's in the log."""
+    from sandbox import service
+
+    imports, real = [], service.import_bundle
+    monkeypatch.setattr(service, "import_bundle", lambda *a, **kw: imports.append(a) or real(*a, **kw))
     marks = ["write:/tmp/seen-before", "write:/dev/shm/seen-before"]
-    probe = [json.dumps({"targets": t}).encode() for t in (marks, [m.replace("write", "read") for m in marks])]
+    probe = [json.dumps({"targets": t}).encode() for t in (marks + ["write:/bento/seen-before"],
+                                                           [m.replace("write", "read") for m in marks])]
     result = run_job(SandboxJob(bundle=built("probe").read_bytes(), route="/probe", phases=[
         Phase("first", probe[:1], [1]), Phase("again", probe[1:], [1]), Phase("later", probe[1:], [1], sitting=1)],
         limits=LIMITS, wall_time_s=120, startup_timeout_s=60))
     outcome = {name: json.loads(p.bodies[0])["results"] for name, p in result.phases.items()}
     assert result.verdict == "completed", result.reason
+    assert outcome["first"].pop("write:/bento/seen-before").startswith("denied: OSError"), outcome["first"]
     assert set(outcome["first"].values()) == {"allowed"} and set(outcome["again"].values()) == {"allowed"}
     assert set(outcome["later"].values()) == {"denied: FileNotFoundError"}, outcome["later"]
+    assert len(imports) == 1
     assert len(result.restarts_s) == 1 and 0 < result.restarts_s[0] < 60 and result.startup_s > 0
     assert "--- sitting 1 (a fresh start): first, again ---" in result.log and "--- sitting 2" in result.log
 
