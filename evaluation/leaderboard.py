@@ -35,6 +35,7 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
             **{c: m.get(f"criteria/{c}") for c in CRITERIA},
             "p95_latency_ms": m.get("service_latency_ms/p95", m.get("latency_ms/p95")), "run_id": run.run_id,
+            "node_speed": min((v for k, v in m.items() if k.startswith("node_speed/")), default=None),
         })
     changed = [str(row["submission"]) for row in rows if row["spec_changed"]]
     if changed:
@@ -81,10 +82,12 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     primary = FAMILIES.get(spec.family).primary_metric
     table = Table(title=f"Leaderboard · {spec.id} · {cell(spec.title.en)}", caption="one official evaluation per "
                   "submission; * total provisional until an evaluator scores policy fit and confirms the vendor's "
-                  "claims (local), which count 0 until then; rejected = failed a hard gate")
+                  "claims (local), which count 0 until then; rejected = failed a hard gate; node = how fast the node "
+                  "ran a fixed workload while the run was timed (1 = the reference machine; slower lowers latency and "
+                  "throughput, and is not corrected)")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "policy", "local",
-                "total", "review"):
-        numeric = col in (primary, "DL fit", "viability", "policy", "local", "total")
+                "total", "node", "review"):
+        numeric = col in (primary, "DL fit", "viability", "policy", "local", "total", "node")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "vendor")
     for r in rows:
         review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
@@ -93,5 +96,6 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
         table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
-                      _fmt(r["total_score"], 2, "f") + ("*" if r.get("provisional", True) else ""), review)
+                      _fmt(r["total_score"], 2, "f") + ("*" if r.get("provisional", True) else ""),
+                      _fmt(r.get("node_speed"), 2, "f"), review)
     return table

@@ -78,3 +78,21 @@ def test_runs_scored_under_another_version_of_the_spec_are_ranked_after_with_a_w
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every run of the spec: no warning
         assert [r["submission"] for r in leaderboard_rows(edited, MemoryTracker(), runs[1:2])] == ["then"]
+
+
+def test_the_table_shows_how_fast_the_node_was_while_each_run_was_timed(bike_spec):
+    """The slower of the timed phases' node speeds (`node_speed/…`, recorded beside the times, not applied):
+    an evaluator sees which totals were timed on a slow node; a run without the record shows a dash."""
+    from rich.console import Console
+
+    from evaluation.leaderboard import leaderboard_table
+
+    slow, fast = official("slow", 1, 60.0, 0.50), official("fast", 2, 59.0, 0.50)
+    slow.metrics |= {"node_speed/single_stream": 0.91, "node_speed/offline": 0.55}
+    fast.metrics |= {"node_speed/single_stream": 1.02, "node_speed/offline": 0.98}
+    rows = leaderboard_rows(bike_spec, MemoryTracker(), [slow, fast, official("old", 3, 58.0, 0.5)])
+    assert [(r["submission"], r["node_speed"]) for r in rows] == [("slow", 0.55), ("fast", 0.98), ("old", None)]
+    console = Console(width=220, record=True)
+    console.print(leaderboard_table(bike_spec, rows))
+    shown = [line.split("│")[12].strip() for line in console.export_text().splitlines() if line.startswith("│")]
+    assert shown == ["0.55", "0.98", "—"]
