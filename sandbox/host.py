@@ -246,6 +246,7 @@ def _freeze(group: Path, within_s: float) -> bool:
         while (group / "freezer.state").read_text().strip() != "FROZEN":
             if time.monotonic() > deadline:
                 return False
+            time.sleep(0.0002)
         return True
     except OSError:
         return False

@@ -67,12 +67,16 @@ def before_start(n: int = BEFORE) -> list[Sample]:
 class SpeedProbe:
     """Samples taken between a phase's requests: `maybe()`, called after each answer, takes one when
     `INTERVAL_S` has passed since the last, with the sandbox stopped (`pause()`, a context that yields whether it
-    is; without, no sample: the service could be running beside it). `spent_s`: seconds the probe took."""
+    is; without, no sample: the service could be running beside it). After `MISSES` pauses that did not stop it
+    (no freezer group, or a process the kernel cannot freeze, such as one in uninterruptible sleep) it stops
+    trying for the phase. `spent_s`: seconds the probe took."""
+
+    MISSES = 3
 
     def __init__(self, pause: Callable[[], AbstractContextManager[bool]], enabled: bool = True) -> None:
         self._pause, self.enabled = pause, enabled
         self.samples: list[Sample] = []
-        self.spent_s, self._last = 0.0, -INTERVAL_S
+        self.spent_s, self._last, self.missed = 0.0, -INTERVAL_S, 0
 
     def maybe(self) -> None:
         now = time.monotonic()
@@ -84,3 +88,6 @@ class SpeedProbe:
         self.spent_s += self._last - now
         if took is not None:
             self.samples.append((now, took))
+        else:
+            self.missed += 1
+            self.enabled = self.missed < self.MISSES
