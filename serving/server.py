@@ -52,9 +52,18 @@ def _observed(service: SandboxedService) -> tuple[str, str]:
     """The verdict an evaluation would give the served bundle now, with its reason, from what the sandbox's
     observers saw (`classify`: the network namespace's kernel counters, the harness paths its audit hook reported,
     a seccomp kill, the memory cgroup's OOM kills, its exit status), read live: `completed` while nothing is
-    wrong. A bundle that behaves in evaluation and tries the forbidden in production is caught too."""
+    wrong. A bundle that behaves in evaluation and tries the forbidden in production is caught too. Processes the
+    host's OOM killer stopped while the sandbox stayed under its own memory limit are said to be the machine's
+    doing, as an evaluation says (`sandbox.runner`), unless it was caught trying the forbidden."""
     code = service.proc.poll() if service.proc else None
-    return classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=service.evidence(live=True))
+    evidence = service.evidence(live=True)
+    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=evidence)
+    if evidence.host_oom_kills and verdict != "sandbox_violation":
+        return "infrastructure", (f"the host ran out of memory: the kernel's OOM killer stopped "
+                                  f"{evidence.host_oom_kills} process(es) of the sandbox while it stayed under its own "
+                                  "memory limit, not the bundle's doing; give this machine more memory or run less "
+                                  "beside the service")
+    return verdict, reason
 
 
 def _stderr(line: str) -> None:

@@ -396,13 +396,15 @@ class SandboxDouble:
 
     def __init__(self):
         self.network, self.harness_paths, self.oom_kills, self.stopped, self.status = {}, [], 0, False, None
+        self.host_oom_kills = 0
         self.proc = SimpleNamespace(poll=lambda: self.status)
 
     def evidence(self, live=False):
         from sandbox.observe import Evidence
 
         assert live  # read while it serves: never the watch of opened files, which reading ends
-        return Evidence(network=dict(self.network), harness_paths=list(self.harness_paths), oom_kills=self.oom_kills)
+        return Evidence(network=dict(self.network), harness_paths=list(self.harness_paths), oom_kills=self.oom_kills,
+                        host_oom_kills=self.host_oom_kills)
 
     def channel(self):
         return SimpleNamespace(close=lambda: None)
@@ -485,6 +487,14 @@ def test_a_served_bundle_that_dies_is_started_again_after_restart_s(ws):
     server.served.service.status, server.served.service.oom_kills = 137, 1  # its memory cgroup's limit, after a leak
     server.check()
     assert not server.ready and "stopped: memory limit reached" in server.reason, server.reason
+    server.restart_s = 0
+    server.check()
+    assert server.ready and launched == ["1", "1", "1"]
+    server.restart_s = 3600
+    server.served.service.status, server.served.service.host_oom_kills = 137, 1  # the host's OOM killer, not its own
+    server.check()
+    assert not server.ready and "stopped: the host ran out of memory" in server.reason, server.reason
+    assert "not the bundle's doing" in logs[-1]
 
 
 def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
