@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from workflow.promote import Approved
 
 __all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BACKLOG", "BUSY", "FULL", "REQUEST_TIMEOUT_S",
-           "MAX_REQUEST_BYTES", "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES"]
+           "MAX_REQUEST_BYTES", "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES", "body_deadline_s"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
@@ -60,7 +60,13 @@ let 256 requests of up to 64 MiB each (16 GiB of bodies, over 300 GiB parsed) in
 RETRY_AFTER_S = 1
 """What every 503 tells clients to wait before they retry (`Retry-After`)."""
 BODY_TIMEOUT_S = 30
-"""How long a client may take to send its request's body (408 beyond)."""
+"""How long a client may take to send its request's body at most (408 beyond); less for a short one
+(`body_deadline_s`)."""
+BODY_GRACE_S = 5.0
+MIN_UPLOAD_BYTES_PER_S = 64 << 10
+"""A body of declared length may take BODY_GRACE_S plus its bytes at this rate (a 1 Mbit/s link sends twice as
+fast), at most BODY_TIMEOUT_S: a client trickling a short body holds one of the MAX_READING places for seconds,
+not for BODY_TIMEOUT_S."""
 PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
 
@@ -135,6 +141,13 @@ class _Held:
         if self.waiting:
             self.proxy._held_waiting -= self.size
         self.size, self.waiting = 0, False
+
+
+def body_deadline_s(declared: str) -> float:
+    """Seconds a body of `declared` length (the Content-Length header; '' when chunked) may take to arrive."""
+    if not declared.isdigit():
+        return BODY_TIMEOUT_S
+    return min(BODY_TIMEOUT_S, BODY_GRACE_S + int(declared) / MIN_UPLOAD_BYTES_PER_S)
 
 
 async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | None:
@@ -318,11 +331,14 @@ class Proxy:
                     ) -> tuple[int, bytes]:
         """`_answer` once the request may be read: its body's bytes counted in `held` until it is answered."""
         self._reading += 1
+        allowed = body_deadline_s(request.headers.get("content-length", ""))
         try:
-            with anyio.fail_after(BODY_TIMEOUT_S):
+            with anyio.fail_after(allowed):
                 body = await _body(request, held)
         except TimeoutError:
-            return 408, _error(f"the request's body did not arrive within {BODY_TIMEOUT_S} s")
+            return 408, _error(f"the request's body did not arrive within {allowed:.3g} s (its length allows "
+                               f"{BODY_GRACE_S:g} s plus {MIN_UPLOAD_BYTES_PER_S >> 10} KiB/s, at most "
+                               f"{BODY_TIMEOUT_S} s)")
         except ClientDisconnect:
             return GONE
         finally:

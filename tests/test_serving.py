@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -342,6 +343,33 @@ def test_a_client_that_leaves_is_not_the_bundles_error(monkeypatch):
 
     assert status(hang_up) == 499 and status(trickle) == 408
     assert front.served.channel.calls == [] and outcomes(front) == {"client_error": 2.0}
+
+
+def test_a_short_body_trickled_holds_its_place_for_seconds_not_the_whole_timeout(monkeypatch):
+    """A client that declares a short body and sends it a byte at a time (a slow-upload attack on the MAX_READING
+    places) gets 408 once the body's length at the least upload rate has passed, not after BODY_TIMEOUT_S; a long
+    body keeps up to BODY_TIMEOUT_S, and a chunked one (no length) all of it."""
+    from serving.proxy import body_deadline_s
+
+    assert body_deadline_s("1000") < 6 and body_deadline_s(str(64 << 20)) == serving.proxy.BODY_TIMEOUT_S
+    assert body_deadline_s("") == serving.proxy.BODY_TIMEOUT_S
+    monkeypatch.setattr(serving.proxy, "BODY_GRACE_S", 0.2)
+    front = Front(honest, batching=True)
+    scope = {"type": "http", "method": "POST", "path": "/forecast", "headers": [(b"content-length", b"100")],
+             "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 1)}
+    sent = []
+
+    async def trickle():
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    began = time.monotonic()
+    asyncio.run(front.app()(scope, trickle, send))
+    assert sent[0]["status"] == 408 and time.monotonic() - began < 3
+    assert "KiB/s" in json.loads(sent[1]["body"])["error"]
 
 
 def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped():
