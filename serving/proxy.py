@@ -64,9 +64,10 @@ BODY_TIMEOUT_S = 30
 (`body_deadline_s`)."""
 BODY_GRACE_S = 5.0
 MIN_UPLOAD_BYTES_PER_S = 64 << 10
-"""A body of declared length may take BODY_GRACE_S plus its bytes at this rate (a 1 Mbit/s link sends twice as
-fast), at most BODY_TIMEOUT_S: a client trickling a short body holds one of the MAX_READING places for seconds,
-not for BODY_TIMEOUT_S."""
+"""A body may take BODY_GRACE_S plus its bytes at this rate (a 1 Mbit/s link sends twice as fast), at most
+BODY_TIMEOUT_S: its declared length's bytes, or for a chunked body (no length) the bytes that have arrived, so
+its deadline moves on with each chunk. A client trickling a short body holds one of the MAX_READING places for
+seconds, not for BODY_TIMEOUT_S."""
 PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
 
@@ -143,18 +144,19 @@ class _Held:
         self.size, self.waiting = 0, False
 
 
-def body_deadline_s(declared: str) -> float:
-    """Seconds a body of `declared` length (the Content-Length header; '' when chunked) may take to arrive."""
-    if not declared.isdigit():
-        return BODY_TIMEOUT_S
-    return min(BODY_TIMEOUT_S, BODY_GRACE_S + int(declared) / MIN_UPLOAD_BYTES_PER_S)
+def body_deadline_s(declared: str, arrived: int = 0) -> float:
+    """Seconds a body of `declared` length (the Content-Length header; '' when chunked, then by the `arrived`
+    bytes) may take to arrive, counted from the start of its reading."""
+    size = int(declared) if declared.isdigit() else arrived
+    return min(BODY_TIMEOUT_S, BODY_GRACE_S + size / MIN_UPLOAD_BYTES_PER_S)
 
 
-async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | None:
+async def _body(request: Request, held: _Held, deadline: anyio.CancelScope) -> bytes | tuple[int, bytes] | None:
     """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further); `FULL` or `BACKLOG`
     (`_Held.refused`) as soon as its bytes would not fit beside what the proxy holds (the declared length, then
-    each chunk as it arrives)."""
+    each chunk as it arrives). A chunked body moves `deadline` on by the bytes of each chunk (`body_deadline_s`)."""
     declared = request.headers.get("content-length", "")
+    began = deadline.deadline - body_deadline_s(declared)
     if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         return None
     if declared.isdigit() and not held.fits(int(declared)):
@@ -167,6 +169,8 @@ async def _body(request: Request, held: _Held) -> bytes | tuple[int, bytes] | No
         if not held.take(len(chunk)):
             return held.refused(len(chunk))
         chunks.append(chunk)
+        if not declared.isdigit():
+            deadline.deadline = began + body_deadline_s(declared, size)
     return b"".join(chunks)
 
 
@@ -331,14 +335,14 @@ class Proxy:
                     ) -> tuple[int, bytes]:
         """`_answer` once the request may be read: its body's bytes counted in `held` until it is answered."""
         self._reading += 1
-        allowed = body_deadline_s(request.headers.get("content-length", ""))
+        began = anyio.current_time()
         try:
-            with anyio.fail_after(allowed):
-                body = await _body(request, held)
+            with anyio.fail_after(body_deadline_s(request.headers.get("content-length", ""))) as deadline:
+                body = await _body(request, held, deadline)
         except TimeoutError:
-            return 408, _error(f"the request's body did not arrive within {allowed:.3g} s (its length allows "
-                               f"{BODY_GRACE_S:g} s plus {MIN_UPLOAD_BYTES_PER_S >> 10} KiB/s, at most "
-                               f"{BODY_TIMEOUT_S} s)")
+            return 408, _error(f"the request's body did not arrive within {deadline.deadline - began:.3g} s (a body "
+                               f"may take {BODY_GRACE_S:g} s plus its length at {MIN_UPLOAD_BYTES_PER_S >> 10} KiB/s, "
+                               f"at most {BODY_TIMEOUT_S} s)")
         except ClientDisconnect:
             return GONE
         finally:
