@@ -172,7 +172,7 @@ def audit(submission: str, as_json: bool = typer.Option(False, "--json", help="P
         table = Table("check", "recorded", "recomputed", "", title=f"Audit · {submission} · run {report.run_id}")
         shown = report.mismatches or report.checks[:3] + report.checks[-3:]
         for c in shown:
-            table.add_row(c.name, escape(str(c.recorded))[:70], escape(str(c.recomputed))[:70],
+            table.add_row(c.name, escape(str(c.recorded)[:70]), escape(str(c.recomputed)[:70]),
                           "[green]✓[/]" if c.ok else "[red]✗[/]")
         out.print(table)
         if report.ok:
@@ -201,7 +201,8 @@ def _report(card, files, as_json: bool) -> None:
         out.print("  last lines of sandbox.log:")
         for line in card.log_tail[-8:]:
             out.print(f"    {escape(line[:300])}{'…' if len(line) > 300 else ''}", highlight=False, soft_wrap=True)
-    out.print(f"  scorecard: {files['scorecard.html']}\n  json:      {files['scorecard.json']}", soft_wrap=True)
+    out.print(f"  scorecard: {escape(str(files['scorecard.html']))}\n  json:      "
+              f"{escape(str(files['scorecard.json']))}", soft_wrap=True)
     if card.mlflow_run_id:
         out.print(f"  MLflow run: {card.mlflow_run_id}")
 
@@ -226,8 +227,8 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
         if written is None:
             raise NotFound(f"submission {submission} has no official evaluation in MLflow to restore from",
                            fix=f"run `testbed evaluate {submission}`")
-        err.print(f"rewrote {written.with_name('scorecard.json')} and {written.name} from the MLflow record",
-                  soft_wrap=True)
+        err.print(f"rewrote {escape(str(written.with_name('scorecard.json')))} and {escape(written.name)} from the "
+                  "MLflow record", soft_wrap=True)
     shown = verified_scorecard(ws, MlflowTracker(ws), submission)
     if shown.warning:
         err.print(f"[bold yellow]warning:[/] {escape(shown.warning)}", highlight=False, soft_wrap=True)
@@ -238,7 +239,7 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
         in_service = in_service_block(folder)
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(page(card, folder, in_service), encoding="utf-8")
-        err.print(f"wrote {html}")
+        err.print(f"wrote {escape(str(html))}", soft_wrap=True)
     if as_json:
         print(card.model_dump_json(indent=2))
     elif not html:

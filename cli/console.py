@@ -44,11 +44,11 @@ def friendly(fn):
         except TestbedError as exc:
             err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:  # Ctrl-C: said, never a silent exit that leaves people guessing what happened
-            err.print("\n[bold red]interrupted[/] (Ctrl-C)\n  fix: a submission, an official evaluation, a review "
-                      "and a production move are each recorded whole or not at all: `testbed scorecard ID`, `testbed "
-                      "review history ID` or `testbed production PILOT` shows whether this one was; if not, run the "
-                      "command again", highlight=False, soft_wrap=True)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM once Ray runs): said, never a silent exit
+            err.print("\n[bold red]interrupted[/] (Ctrl-C or SIGTERM)\n  fix: a submission, an official evaluation, a "
+                      "review and a production move are each recorded whole or not at all: `testbed scorecard ID`, "
+                      "`testbed review history ID` or `testbed production PILOT` shows whether this one was; if not, "
+                      "run the command again", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except OSError as exc:  # a path given that cannot be used as asked (a folder, no such folder, no access)
             if exc.filename is None:

@@ -85,9 +85,10 @@ def run_demo(out: Console, err: Console, only: list[str] | None = None) -> None:
                 out.print(f"[dim]review → promotion → serving → rollback in {time.perf_counter() - t0:.1f} s[/]")
     out.rule("[bold]Scorecards[/]")
     for ev in cards:
-        out.print(f"{ev.card.submission}\n  HTML: {ev.files['scorecard.html']}\n  JSON: {ev.files['scorecard.json']}",
+        out.print(f"{ev.card.submission}\n  HTML: {escape(str(ev.files['scorecard.html']))}\n  JSON: "
+                  f"{escape(str(ev.files['scorecard.json']))}",
                   soft_wrap=True)
-    uri, mlflow_bin = ws.tracking_uri, Path(sys.executable).parent / "mlflow"
+    uri, mlflow_bin = escape(ws.tracking_uri), escape(str(Path(sys.executable).parent / "mlflow"))
     out.print(f"\nMLflow store: {uri}\nOpen the MLflow UI:  make mlflow-ui   (or: {mlflow_bin} ui "
               f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", soft_wrap=True)
     out.print(f"demo finished in {time.perf_counter() - started:.0f} s")
@@ -142,7 +143,7 @@ def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, p
                   f"bundle sha256 {summary['bundle_sha256'][:16]}…")
         out.print("  " + " · ".join(f"{r['measure']} {r['value']:.3g} {r['unit']}" for r in summary["rows"]))
         page = refresh_scorecard(ws, tracker, ok.submission.id, summary)
-        out.print(f"  in-service section added to {page}", soft_wrap=True)
+        out.print(f"  in-service section added to {escape(str(page))}", soft_wrap=True)
         entry, _ = prod.rollback(pilot, by="demo-operator", note="demo rollback")
         out.print(f"rolled back: production is {'version ' + entry['version'] if entry['version'] else 'withdrawn'}"
                   f" (was {entry['previous_version']})")

@@ -133,8 +133,8 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
     server.start()
     try:
-        err.print(f"http://{host}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops",
-                  soft_wrap=True)
+        err.print(f"http://{escape(host)}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); "
+                  "Ctrl-C stops", soft_wrap=True)
         uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     finally:
         server.stop()
@@ -200,7 +200,7 @@ def _show(summary: dict, page) -> None:
                       "—" if row["target"] is None else f"{row['target']:g} {row['unit']}", met)
     out.print(table)
     if page:
-        out.print(f"scorecard with the in-service section: {page}", soft_wrap=True)
+        out.print(f"scorecard with the in-service section: {escape(str(page))}", soft_wrap=True)
 
 
 COMMANDS = [promote, rollback, production, serve, monitor]

@@ -80,4 +80,5 @@ def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Fol
         for rel in written:  # moved into place once every split is written
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(staging) / rel, out_dir / rel)
-            out.print(f"wrote {out_dir / rel}")
+    for rel in written:
+        out.print(f"wrote {escape(str(out_dir / rel))}", soft_wrap=True)

@@ -108,7 +108,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
         out.print(f"  {i}. {escape(goal)}")
     said = f" by {cell(review.by)} at {review.at}: {cell(review.note)}" if review else ""
     out.print(f"decision: [bold]{status}[/]{said}")
-    out.print(f"scorecard: {card_file.with_suffix('.html')}", soft_wrap=True)
+    out.print(f"scorecard: {escape(str(card_file.with_suffix('.html')))}", soft_wrap=True)
 
 
 def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,
@@ -142,7 +142,7 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
     try:  # the review is recorded: whatever stops the page's refresh, say so and how to mend it
         page = refresh_scorecard(ws, tracker, review.submission)
     except KeyboardInterrupt:
-        stale = "interrupted (Ctrl-C)"
+        stale = "interrupted (Ctrl-C or SIGTERM)"
     except (TestbedError, OSError) as exc:
         stale = " ".join(str(exc).split())[:300]
     if as_json:
@@ -151,7 +151,7 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
         out.print(f"{'approved' if decision == 'approve' else 'rejected'} {review.submission} (run {review.run_id}) · "
                   f"policy fit {review.policy_fit:.0f} · review #{review.seq} {review.hash[:12]}…")
         if page:
-            out.print(f"  scorecard: {page}", soft_wrap=True)
+            out.print(f"  scorecard: {escape(str(page))}", soft_wrap=True)
     if failing:
         carried = (f"; the override of {', '.join(dropped)} that review #{review.seq - 1} gave is not carried over: "
                    "give it again under `overrides` in --rubric FILE" if dropped else "")

@@ -152,13 +152,17 @@ def threshold_gates(spec: PilotSpec, clean: dict[str, float]) -> list[Gate]:
     return gates
 
 
-def viability_parts(spec: PilotSpec, clean: dict[str, float], retention: list[float], perf: dict[str, Any]
-                    ) -> dict[str, float]:
+def viability_parts(spec: PilotSpec, clean: dict[str, float], retention: list[float], perf: dict[str, Any],
+                    skill: float) -> dict[str, float]:
     """Criterion 2's components, each 0–1: thresholds met, robustness, reliability, latency and throughput
-    credits (the criterion is 100 × their mean when the run completed, else 0)."""
+    credits (the criterion is 100 × their mean when the run completed, else 0). Robustness is what the scenarios
+    retain of a clean score worth retaining: its credit shrinks as the clean score falls behind the harness's
+    baseline (`skill` below 0) and is none at twice the baseline's error (half its score), so a model that ignores
+    its input, or is wrong by orders of magnitude, is not "perfectly robust" (nothing it does gets worse)."""
     latency, throughput = credits(perf, spec.service_level)
+    worth = 1.0 if math.isnan(skill) else _clip(1 + skill)
     return {"accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
-            "robustness": float(np.mean([_clip(r) for r in retention])) if retention else 1.0,
+            "robustness": worth * float(np.mean([_clip(r) for r in retention])) if retention else 1.0,
             "reliability": 1 - perf["error_rate"], "latency": latency, "throughput": throughput}
 
 
@@ -257,7 +261,7 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     equity = outcome.equity or plain_equity(outcome.groups, primary, goal, clean.get(primary))
 
     dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
-    parts = viability_parts(spec, clean, list(retention.values()), perf)
+    parts = viability_parts(spec, clean, list(retention.values()), perf, skill)
     viability = Criterion(score=100 * float(np.mean(list(parts.values()))) if verdict == "completed" else 0.0,
                           evidence={"components": parts, "p95_latency_ms": perf["service_latency_ms"].get("p95"),
                                     "throughput_items_per_s": perf["service_throughput_items_per_s"],

@@ -256,12 +256,15 @@ class TaskFamily(PhasePlan, ABC):
         return None
 
     def score(self, data: Any, result: SandboxResult) -> Outcome:
-        """Decode, check and score a run's responses."""
+        """Decode, check and score a run's responses. Answers that overflow the arithmetic (a forecast of 1e200)
+        score as the overflow leaves them (an infinite error), quietly: numpy's warnings would reach the command
+        line, and where warnings are errors, change the score."""
         violations: list[str] = []
-        preds = self.predictions(data, result, violations)
-        outcome = self.score_predictions(data, preds)
-        outcome.violations, outcome.exactness, outcome.predictions = violations, self.exactness(data, preds), preds
-        outcome.agreement = self.agreement(data, preds)
+        with np.errstate(all="ignore"):
+            preds = self.predictions(data, result, violations)
+            outcome = self.score_predictions(data, preds)
+            outcome.violations, outcome.exactness = violations, self.exactness(data, preds)
+            outcome.predictions, outcome.agreement = preds, self.agreement(data, preds)
         return outcome
 
     @abstractmethod

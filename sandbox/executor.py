@@ -5,6 +5,7 @@ inside the sandbox that the task starts."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -24,6 +25,12 @@ INFRASTRUCTURE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError
                          "RaySystemError", "ReferenceCountingAssertionError", "OutOfMemoryError")
 """`ray.exceptions` that mean the machinery failed, not the bundle (a bundle's own failure is a verdict inside
 the result, never an exception): `submit`'s future raises them as `InfrastructureFailure`."""
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM taken as Ctrl-C: the command unwinds (its sandboxes stopped, the local Ray shut down, nothing
+    half-recorded) and says so. Ray's own driver handler exits on the spot, leaving its local processes behind."""
+    raise KeyboardInterrupt
 
 
 class Executor(Protocol):
@@ -131,6 +138,8 @@ class RayExecutor(_Closing):
         else:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
             self.started_local = True
+        if threading.current_thread() is threading.main_thread():  # after ray.init, which sets its own
+            signal.signal(signal.SIGTERM, _interrupt)
         self._warm_nodes()
 
     def _warm_nodes(self) -> None:

@@ -84,7 +84,8 @@ class ResourceUnavailable(TestbedError):
 
 
 class Refused(TestbedError):
-    """A review, promotion, rollback or serve is refused; the message gives the reason and what would allow it."""
+    """A submission, review, promotion, rollback or serve is refused; the message gives the reason and what would
+    allow it."""
 
 
 class AuditError(TestbedError):

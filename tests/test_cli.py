@@ -147,6 +147,13 @@ def test_submit_validates_stores_and_recognises_the_same_bytes(tmp_path, fake_be
     home = tmp_path / "home" / "submissions"
     assert sorted(p.name for p in home.iterdir()) == [sub["id"]]  # nothing half-written for the rejected one
 
+    # another bundle whose sha256 begins with the same 12 digits (the id keeps those) is refused, never taken for it
+    record = home / sub["id"] / "submission.json"
+    stored = json.loads(record.read_text())
+    record.write_text(json.dumps({**stored, "bundle_sha256": stored["bundle_sha256"][:12] + "0" * 52}))
+    clash = runner.invoke(app, ["submit", "bike-demand", str(bundle), "--vendor", str(vendor)])
+    assert clash.exit_code == 2 and f"is not submission {sub['id']}" in clash.stderr and "rebuild" in clash.stderr
+
 
 @pytest.mark.parametrize("name", ["Evil\x1b]0;owned\x07\x1b[2J Co", "Acme\u202eoC liveD", "Acme\nGates passed"])
 def test_a_vendor_name_with_control_or_formatting_characters_is_refused_at_submit(tmp_path, fake_bento, name):
@@ -225,7 +232,7 @@ def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
 
     monkeypatch.setattr("workflow.submissions.SubmissionStore.get", interrupted)
     result = runner.invoke(app, ["promote", "bike-demand-000000000000", "--by", "Lee"])
-    assert result.exit_code == 130 and "interrupted (Ctrl-C)" in result.stderr, result.output
+    assert result.exit_code == 130 and "interrupted (Ctrl-C or SIGTERM)" in result.stderr, result.output
     assert "testbed production PILOT" in result.stderr and "Traceback" not in result.output
 
 
@@ -346,10 +353,11 @@ def test_rollback_writes_a_skipped_versions_rejecting_note_out(monkeypatch):
 
 
 def test_public_data_export_never_includes_the_sequestered_split(tmp_path):
-    out = tmp_path / "public"
-    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
+    out = tmp_path / "public [/] [red]x"  # rich markup in a path is printed as it is, never read as markup
+    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)], terminal_width=300)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["sample.npz", "train.npz"]
+    assert sorted(result.stdout.splitlines()) == [f"wrote {out / 'sample.npz'}", f"wrote {out / 'train.npz'}"]
     import numpy as np
 
     origins = np.load(out / "sample.npz")["origins"]

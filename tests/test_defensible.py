@@ -7,6 +7,7 @@ import math
 import tarfile
 import threading
 import time
+import warnings
 import zlib
 
 import numpy as np
@@ -673,6 +674,22 @@ def test_a_model_with_nothing_to_retain_earns_no_robustness():
     assert retention_ratio("min", 2.0, math.inf) == 0 and retention_ratio("max", 0.5, 0.25) == 0.5
 
 
+def test_a_model_far_behind_the_baseline_is_not_perfectly_robust(ws, bike_spec, tmp_path):
+    """A forecast off by orders of magnitude loses nothing to any scenario (retention 1 or more); its robustness
+    credit shrinks with its clean skill below the baseline, so it cannot outrank the baseline on robustness."""
+    honest = run(ws, bike_spec, last_day, bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="honest")
+    with warnings.catch_warnings():  # scored quietly, and the same where warnings are errors
+        warnings.simplefilter("error", RuntimeWarning)
+        absurd = run(ws, bike_spec, lambda route, p: (np.asarray(last_day(route, p)) * 1e200).tolist(),
+                     bento(tmp_path, [FORECAST_ROUTE]), split="sample", out="absurd")
+    assert absurd.retention["missing_hours"] >= 1 and absurd.criteria["deep_learning_fit"].evidence[
+        "skill_over_baseline"] < -1e100
+    assert absurd.criteria["viability"].evidence["components"]["robustness"] == 0
+    assert honest.criteria["viability"].evidence["components"]["robustness"] > 0.5
+    assert absurd.criteria["viability"].score < honest.criteria["viability"].score
+    assert 1e202 < absurd.metrics["clean"]["rmse"] < math.inf  # its square overflows; the error it is does not
+
+
 # -- performance that does not follow load ----------------------------------------------------------------------------
 
 def test_timed_answers_must_be_the_scored_models(ws, bike_spec, tmp_path):
@@ -1077,13 +1094,13 @@ def test_the_audit_of_data_changed_since_the_evaluation_fails_saying_so(ws, bike
 
 
 def test_an_infinite_error_is_shown_and_audited_like_any_other(ws, bike_spec, submitted):
-    """Answers as large as the contract allows make the RMSE infinite, which `scorecard.json` can only write as
-    null: the submission's scorecard still reads back, and the audit finds the record whole."""
+    """Answers as large as the contract allows make the mean error infinite, which `scorecard.json` can only write
+    as null: the submission's scorecard still reads back, and the audit finds the record whole."""
     sub, tracker = submitted(bike_spec, [FORECAST_ROUTE]), MemoryTracker()
-    ev = official(ws, bike_spec, sub, lambda route, p: [[1e200] * 24 for _ in p["history"]], tracker)
-    assert ev.card.metrics["clean"]["rmse"] == float("inf")
+    ev = official(ws, bike_spec, sub, lambda route, p: [[1e308] * 24 for _ in p["history"]], tracker)
+    assert ev.card.metrics["clean"]["mae"] == float("inf")
     shown = SubmissionStore(ws).scorecard(sub.id)
-    assert shown is not None and math.isnan(shown.metrics["clean"]["rmse"])
+    assert shown is not None and math.isnan(shown.metrics["clean"]["mae"])
     report = audit_submission(sub.id, ws=ws, tracker=tracker)
     assert report.ok, report.mismatches
 

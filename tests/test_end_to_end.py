@@ -142,6 +142,50 @@ def test_every_listener_of_the_local_ray_is_on_loopback(ray_executor):
     assert not any(c.laddr.port == 8265 for c in listening)  # no dashboard
 
 
+def test_a_command_stopped_with_sigterm_unwinds_as_with_ctrl_c_and_stops_its_local_ray():
+    """Ray's driver handler exits on SIGTERM without shutting the local Ray down (its processes lingered, a
+    `kill` of `testbed evaluate` printed nothing); the testbed takes it as Ctrl-C: said, exit 130, Ray stopped."""
+    import signal
+
+    import psutil
+
+    script = """import testbed.config
+import os, sys, time, psutil, typer
+from cli.console import friendly
+from sandbox.executor import RayExecutor
+
+@friendly
+def command():
+    with RayExecutor() as executor:
+        executor.connect()
+        print(*[p.pid for p in psutil.Process().children(recursive=True)], flush=True)
+        time.sleep(120)
+
+try:
+    command()
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    started = [int(pid) for pid in proc.stdout.readline().split()]
+    assert started, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted (Ctrl-C or SIGTERM)" in err, err[-3000:]
+    _, alive = psutil.wait_procs([p for p in map(_process, started) if p], timeout=30)
+    assert not alive, [p.name() for p in alive]
+
+
+def _process(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
 def test_connecting_leaves_a_warm_worker_on_each_node_for_the_first_evaluation(ray_executor):
     """`RayExecutor.connect` starts a worker on each node that imports the sandbox runner: the first evaluation
     does not wait for a worker process and those imports (~0.5 s). Checked on a fresh Ray, in its own process."""

@@ -415,7 +415,8 @@ def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_no
     tracker, sub, _, card = evaluated
     book, run = ReviewBook(ws, tracker), tracker.runs[card.mlflow_run_id]
     trail = book.chain(sub.id).path
-    for by, words in ((sub.vendor.name, "cannot review its own submission"),
+    spaced = "\u3000" + sub.vendor.name.upper().replace(" ", "  ") + " "  # case and spacing set aside
+    for by, words in ((sub.vendor.name, "cannot review its own submission"), (spaced, "cannot review its own"),
                       ("Kim\u202eoyuJ", "control or formatting characters"), ("kim\x1b[2K", "control")):
         with pytest.raises(TestbedError, match=words):
             book.record(tracker, sub.id, "approve", by=by, note="mine", rubric=GOOD)
@@ -788,7 +789,7 @@ def test_review_show_names_no_worst_group_where_none_was_judged(ws, bike_spec, f
     assert "equity on mase: no worst or best group (no key has two groups measured on enough items to judge)" in shown
     assert "None" not in shown, shown
 
-@pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"),
+@pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C or SIGTERM)"),
                                                (OSError(28, "No space left on device"), 0, "No space left")])
 def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_mend_the_page(
         ws, evaluated, monkeypatch, stop, code, says):

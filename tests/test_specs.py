@@ -8,7 +8,7 @@ import yaml
 
 from pilots.catalogue import CATALOGUE_DIR
 from pilots.vendor import VendorProfile
-from testbed.errors import SpecError
+from testbed.errors import NotFound, SpecError
 from testbed.yamlio import load_model
 from workflow.catalogue import all_pilots, load_pilot
 
@@ -129,16 +129,22 @@ def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
 ])
 def test_a_yaml_value_that_reads_as_no_value_is_one_broken_spec_with_its_line(tmp_path, monkeypatch, old, new, words):
     """YAML's constructors raise ValueError for a date that does not exist or an integer past 4,300 digits: a
-    SpecError naming the file and the line, never a traceback, and the other pilots stay listed."""
-    from workflow.catalogue import scan_pilots
+    SpecError naming the file and the line, never a traceback, and the other pilots stay listed. Asked for by its
+    id, the pilot is that file's error, whatever the file is named."""
+    from workflow.catalogue import get_pilot, scan_pilots
 
     text = (CATALOGUE_DIR / "bike-demand.yaml").read_text().replace("id: bike-demand", "id: bike-typo")
     assert old in text
-    path = write(tmp_path, text.replace(old, new, 1), name="bike-typo.yaml")
+    path = write(tmp_path, text.replace(old, new, 1), name="draft.yaml")
     monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path))
     pilots, broken = scan_pilots()
     assert "bike-demand" in pilots and words in str(broken[path]) and "line " in str(broken[path])
     assert "fix:" in str(broken[path])
+    with pytest.raises(SpecError, match=words) as raised:
+        get_pilot("bike-typo")
+    assert str(path) in str(raised.value)
+    with pytest.raises(NotFound, match="1 broken spec file"):
+        get_pilot("bike-other")
 
 
 def test_an_unreadable_spec_file_is_one_broken_spec_not_every_command_refused(tmp_path, monkeypatch):

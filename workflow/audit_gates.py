@@ -86,7 +86,7 @@ def criteria_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: 
                  if s != "clean"]
     checks: list[Check] = []
     try:
-        parts = viability_parts(spec, clean, retention, perf)
+        parts = viability_parts(spec, clean, retention, perf, skill_over_baseline(fam, outcome))
         viability = 100 * float(np.mean(list(parts.values()))) if card.verdict == "completed" else 0.0
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         viability = f"cannot be recomputed from the card's performance ({type(exc).__name__}: {exc})"

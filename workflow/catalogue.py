@@ -3,6 +3,7 @@ against its task family (options, metrics, scenarios, groups)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from evaluation.families import FAMILIES
@@ -52,8 +53,20 @@ def get_pilot(pilot_id: str) -> PilotSpec:
     """One pilot; when its own spec file is broken, that file's error (the other files do not matter)."""
     pilots, broken = scan_pilots()
     if pilot_id not in pilots:
-        mine = [exc for path, exc in broken.items() if path.stem == pilot_id]
+        mine = [exc for path, exc in broken.items() if pilot_id in (path.stem, _declared_id(path))]
         if mine:
             raise mine[0]
-        raise NotFound(f"no pilot {pilot_id!r}", fix=f"use one of: {', '.join(sorted(pilots))} (testbed pilots list)")
+        also = f"; {len(broken)} broken spec file(s) are not listed: `testbed pilots list` names them" if broken else ""
+        raise NotFound(f"no pilot {pilot_id!r}", fix=f"use one of: {', '.join(sorted(pilots))} (testbed pilots list)"
+                                                    f"{also}")
     return pilots[pilot_id]
+
+
+def _declared_id(path: Path) -> str | None:
+    """The `id:` a broken spec file declares on a top-level line, read from its text (it may not parse as YAML);
+    None when there is none or the file cannot be read."""
+    try:
+        found = re.search(r"""^id:[ \t]*['"]?([^\s'"#]+)""", path.read_text(encoding="utf-8"), re.MULTILINE)
+    except (OSError, UnicodeError):
+        return None
+    return found and found.group(1)

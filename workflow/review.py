@@ -33,6 +33,7 @@ from workflow.rubric import (
     parse_score_flags,
     person_name,
     resolve_rubric,
+    same_person,
 )
 from workflow.submissions import Submission, SubmissionStore
 
@@ -155,7 +156,7 @@ class ReviewBook:
         by, note = person_name(by, "--by"), note.strip()
         if not note:
             raise SpecError("a review needs a note", where="--note", fix='give --note "why" (kept in the audit trail)')
-        if by.casefold() == sub.vendor.name.strip().casefold():
+        if same_person(by, sub.vendor.name):
             raise Refused(f"{by} is the vendor of {sub.id}: a vendor cannot review its own submission",
                           where="--by", fix="an evaluator of the city reviews it, under their own name")
         review = Review(submission=sub.id, pilot=sub.pilot, run_id=run.run_id, bundle_sha256=sub.bundle_sha256,

@@ -4,6 +4,7 @@ gate overrides, confirmed vendor claims, and their own name, checked before anyt
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ from testbed.text import hidden
 from testbed.yamlio import load_model, repeated, validation_error
 
 __all__ = ["Claim", "Decision", "GoalScore", "Override", "RubricFile", "resolve_rubric", "parse_score_flags",
-           "load_rubric_file", "person_name"]
+           "load_rubric_file", "person_name", "same_person"]
 
 Claim = Literal["seoul_based", "startup", "technology_field"]
 Decision = Literal["approve", "reject"]
@@ -135,4 +136,13 @@ def person_name(name: str, where: str) -> str:
         raise SpecError(f"the name is {len(name)} characters long, more than {MAX_NAME}", where=where,
                         fix=f"give {where} the person's name (at most {MAX_NAME} characters); notes go in --note")
     return name
+
+
+def same_person(a: str, b: str) -> bool:
+    """Whether two names are written alike once case, compatibility forms (full-width letters, an ideographic
+    space) and runs of spaces are set aside: `Acme  AI` is `ACME AI`. A best effort, not an identity check."""
+    def key(name: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+
+    return key(a) == key(b)
 

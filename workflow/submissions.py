@@ -18,7 +18,7 @@ from pilots.vendor import VendorProfile
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound, SpecError
+from testbed.errors import AuditError, NotFound, Refused, SpecError
 from testbed.text import hidden
 from testbed.yamlio import load_model
 
@@ -100,7 +100,7 @@ class SubmissionStore:
         bundle_environment(info.manifest, self.envs, where=str(bundle)).ensure()
         sub_id = f"{spec.id}-{info.sha256[:12]}"
         if os.path.lexists(self.root / sub_id / "submission.json"):  # submitted before, or unreadable: `get` says
-            return self.get(sub_id), False
+            return self._resubmitted(sub_id, info.sha256), False
         if os.path.lexists(self.root / sub_id):
             raise AuditError(f"{self.root / sub_id} is in the way of this submission: it holds no submission record",
                              where=str(self.root / sub_id), fix="move it out of the submissions folder (the testbed "
@@ -118,9 +118,19 @@ class SubmissionStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             if (self.root / sub_id / "submission.json").is_file():  # the same bytes, submitted at the same moment
-                return self.get(sub_id), False
+                return self._resubmitted(sub_id, info.sha256), False
             raise
         return sub, True
+
+    def _resubmitted(self, sub_id: str, sha256: str) -> Submission:
+        """The stored submission of these bytes; a different bundle whose sha256 begins alike (the id keeps 12 hex
+        digits of it) is refused, never taken for the stored one."""
+        stored = self.get(sub_id)
+        if stored.bundle_sha256 != sha256:
+            raise Refused(f"this bundle (sha256 {sha256}) is not submission {sub_id}, whose bundle's sha256 "
+                          f"{stored.bundle_sha256} begins with the same 12 digits its id keeps", where=sub_id,
+                          fix="rebuild the bundle (`bentoml build` gives new bytes) and submit that")
+        return stored
 
     def get(self, sub_id: str) -> Submission:
         path = self.root / sub_id / "submission.json"

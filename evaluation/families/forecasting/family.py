@@ -331,7 +331,8 @@ class Forecasting(TaskFamily):
         y, x, base = scored[ok], data.truth[ok], data.baseline[ok]
         if len(y) < 3 or np.ptp(y) == 0:
             return None
-        fitted = np.polyval(np.polyfit(y, x, 1, w=weight), y)
+        affine = np.column_stack([y, np.ones_like(y)])  # least squares as polyfit's, without its RankWarning
+        fitted = affine @ np.linalg.lstsq(affine * weight[:, None], x * weight, rcond=None)[0]
         error = np.sum(((base - x) * weight) ** 2)
         return None if error == 0 else float(1 - np.sum(((fitted - x) * weight) ** 2) / error)
 

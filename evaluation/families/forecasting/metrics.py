@@ -15,8 +15,13 @@ def mae(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
 
 @metric("rmse", family="forecasting", goal="min")
 def rmse(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
-    """Root mean squared error, in target units."""
-    return float(np.sqrt(np.mean((y - yhat) ** 2)))
+    """Root mean squared error, in target units (scaled by the largest error first, so that errors whose
+    squares overflow still give a finite value)."""
+    error = np.abs(y - yhat)
+    largest = float(error.max(initial=0.0))
+    if largest == 0 or not np.isfinite(largest):
+        return largest
+    return float(largest * np.sqrt(np.mean((error / largest) ** 2)))
 
 
 @metric("smape", family="forecasting", goal="min")
