@@ -14,7 +14,7 @@ from cli.console import err, friendly, out
 from cli.console import warn_unsafe as _warn_unsafe
 from cli.pilots import pilots_app
 from cli.review import review_app
-from testbed.config import Workspace
+from testbed.config import Workspace, harness_version
 from testbed.errors import NotFound, TestbedError
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore, load_vendor
@@ -167,7 +167,7 @@ def audit(submission: str, as_json: bool = typer.Option(False, "--json", help="P
     report = audit_submission(submission, ws=ws, tracker=MlflowTracker(ws))
     if as_json:
         _emit_json({"submission": report.submission, "run_id": report.run_id, "ok": report.ok,
-                    "checks": [vars(c) for c in report.checks]})
+                    "scored_by": report.scored_by, "checks": [vars(c) for c in report.checks]})
     else:
         table = Table("check", "recorded", "recomputed", "", title=f"Audit · {submission} · run {report.run_id}")
         shown = report.mismatches or report.checks[:3] + report.checks[-3:]
@@ -180,6 +180,10 @@ def audit(submission: str, as_json: bool = typer.Option(False, "--json", help="P
                       "and the sequestered labels match the scorecard")
         else:
             out.print(f"[red]AUDIT FAILED[/]: {len(report.mismatches)} of {len(report.checks)} checks differ")
+            if report.scored_by:
+                out.print(f"  note: harness {escape(report.scored_by)} scored this run and {escape(harness_version())} "
+                          "audited it: a difference may be a formula changed since; audit with that version checked "
+                          "out to tell", soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -139,16 +139,21 @@ def test_the_audit_recomputes_every_gate_and_catches_a_failing_one_shown_passing
         official_card(tracker, tracker.runs[card.mlflow_run_id])
 
 
-def test_the_audit_recomputes_the_measured_criteria_and_a_removed_gate(ws, evaluated):
+def test_the_audit_recomputes_the_measured_criteria_and_a_removed_gate(ws, evaluated, cli):
     tracker, sub, card = evaluated
+    assert audit_submission(sub.id, ws=ws, tracker=tracker).scored_by is None  # scored by the harness auditing
 
     def generous(c):
         c.criteria["viability"].score = 100.0
         c.gates = [g for g in c.gates if g.name != "consistent_under_load"]
+        c.harness_version = "0.1+gold"
     forge(tracker, card, generous)
     report = audit_submission(sub.id, ws=ws, tracker=tracker)
     assert names(report) == {"criteria/viability", "gate consistent_under_load", "every metric logged once", COPY}
     assert next(c for c in report.mismatches if c.name == "gate consistent_under_load").recorded == "absent"
+    assert report.scored_by == "0.1+gold"  # a formula changed since could explain a difference: the CLI says so
+    code, out, _ = cli("audit", sub.id)
+    assert code == 1 and "harness 0.1+gold scored this run" in " ".join(out.split())
 
 
 # -- the copy beside the submission ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from evaluation.families import open_family
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
-from testbed.config import Workspace
+from testbed.config import Workspace, harness_version
 from testbed.errors import AuditError, NotFound, TestbedError
 from workflow.audit_gates import criteria_checks, gate_checks, history_check
 from workflow.record import copy_differences, same_number
@@ -49,6 +49,9 @@ class AuditReport:
     submission: str
     run_id: str
     checks: list[AuditCheck] = field(default_factory=list)
+    scored_by: str | None = None
+    """The harness version on the card, where it is not the one auditing: a difference may then be a formula
+    changed since, not an altered record (audit again with that version checked out to tell)."""
 
     @property
     def ok(self) -> bool:
@@ -166,9 +169,12 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
     if card is None:
         return report
     _check_record(report, card, run, spec, copy, ReviewBook(ws, tracker))
+    if card.harness_version != harness_version():
+        report.scored_by = card.harness_version
     if spec is None or preds is None:
         return report
-    _recompute(report, card, run, spec, preds, ws)
+    with np.errstate(all="ignore"):  # as when scored: answers that overflow give an infinite error, quietly
+        _recompute(report, card, run, spec, preds, ws)
     return report
 
 
