@@ -65,6 +65,32 @@ def pilots_show(pilot: str, as_json: bool = typer.Option(False, "--json", help="
               f"{spec.service_level.model_dump()}\n[bold]Criteria weights[/]: {spec.criteria.weights.model_dump()}")
 
 
+@pilots_app.command("validate")
+@friendly
+def pilots_validate(pilot: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """The city's check of a pilot before its call opens: every split, the sequestered one too, read from the data
+    (TESTBED_DATA_DIR) and turned into the requests an evaluation sends; exit 2 with the error where one fails."""
+    import secrets
+
+    from evaluation.families import open_family
+
+    spec = get_pilot(pilot)
+    fam = open_family(spec, Workspace.from_env().data_dir)  # checks the data's sha256 against the spec
+    rows = []
+    for name, split in spec.dataset.splits.items():
+        data = fam.load(name)
+        sent = not split.public or name == "sample"  # what `evaluate` and `check` run on; the rest is exported
+        requests = sum(len(p.bodies) for p in fam.phases(data, secrets.randbits(32))) if sent else None
+        rows.append({"split": name, "public": split.public, "items": fam.size(data), "requests": requests})
+    if as_json:
+        return _emit_json({"pilot": spec.id, "dataset_sha256": fam.dataset_sha256, "splits": rows})
+    table = Table("split", "public", "items", "requests an evaluation sends", title=f"{spec.id}: every split reads")
+    for r in rows:
+        table.add_row(r["split"], "yes" if r["public"] else "no (sequestered)", str(r["items"]),
+                      "— (exported only)" if r["requests"] is None else str(r["requests"]))
+    out.print(table)
+
+
 @pilots_app.command("data")
 @friendly
 def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Folder to write the public splits to.")):

@@ -6,9 +6,10 @@ family adds (its `task:` options, metrics, scenarios, groups) is checked a floor
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from pilots.spec import PilotSpec
+from pilots.spec import ID_PATTERN, PilotSpec
 from testbed.errors import SpecError
 from testbed.yamlio import load_model
 
@@ -27,7 +28,11 @@ def spec_files() -> list[Path]:
             raise SpecError(f"folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder",
                             where="TESTBED_PILOTS_DIR",
                             fix="point TESTBED_PILOTS_DIR at existing folders of pilot YAML files, or unset it")
-    return [f for d in [CATALOGUE_DIR, *extra] for f in sorted([*d.glob("*.yaml"), *d.glob("*.yml")])]
+    folders: dict[Path, Path] = {}
+    for folder in [CATALOGUE_DIR, *extra]:  # a folder named twice is read once, where it first comes
+        folders.setdefault(folder.resolve(), folder)
+    return [f for d in folders.values()
+            for f in sorted(f for f in d.iterdir() if f.suffix.lower() in (".yaml", ".yml"))]
 
 
 def read_spec(path: Path, *, catalogued: bool = False) -> PilotSpec:
@@ -35,6 +40,7 @@ def read_spec(path: Path, *, catalogued: bool = False) -> PilotSpec:
     carry its file's name as its `id`."""
     spec = load_model(path, PilotSpec)
     if catalogued and spec.id != path.stem:
+        either = f" or set id: {path.stem}" if re.fullmatch(ID_PATTERN, path.stem) else ""
         raise SpecError(f"field `id`: {spec.id!r} differs from the file name", where=str(path),
-                        fix=f"name the file {spec.id}.yaml or set id: {path.stem}")
+                        fix=f"name the file {spec.id}.yaml{either}")
     return spec

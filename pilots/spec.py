@@ -16,8 +16,11 @@ from testbed.yamlio import repeated
 
 __all__ = [
     "PilotSpec", "Title", "DatasetSpec", "Split", "Threshold", "ScenarioSpec", "Resources", "ServiceLevel",
-    "CriteriaWeights", "Criteria", "EquitySettings", "Encoding", "require_split_kind",
+    "CriteriaWeights", "Criteria", "EquitySettings", "Encoding", "require_split_kind", "ID_PATTERN",
 ]
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,48}$"
+"""A pilot's id: lower-case letters, digits and dashes (it names files, MLflow models and paths)."""
 
 
 SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -256,7 +259,7 @@ class EquitySettings(_Spec):
 
 
 class PilotSpec(_Spec):
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,48}$")
+    id: str = Field(pattern=ID_PATTERN)
     """Short id: lower-case letters, digits and dashes (used in commands, MLflow names and paths)."""
     title: Title
     """The pilot's title in Korean and English."""

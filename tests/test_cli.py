@@ -33,8 +33,8 @@ def test_pilots_show_names_what_a_text_answer_must_key_its_scores_by():
 
 
 def test_every_verb_has_help():
-    for verb in (["pilots", "list"], ["pilots", "show"], ["pilots", "data"], ["submit"], ["check"], ["evaluate"],
-                 ["scorecard"], ["leaderboard"], ["demo"]):
+    for verb in (["pilots", "list"], ["pilots", "show"], ["pilots", "data"], ["pilots", "validate"], ["submit"],
+                 ["check"], ["evaluate"], ["scorecard"], ["leaderboard"], ["demo"]):
         result = runner.invoke(app, [*verb, "--help"])
         assert result.exit_code == 0 and "Usage" in result.stdout
 

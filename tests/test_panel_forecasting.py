@@ -2,6 +2,7 @@
 data checks, and one bad spec file that never hides the other pilots."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -129,6 +130,27 @@ def test_a_25_district_long_format_pilot_needs_no_new_code(districts, tmp_path):
     assert max(train["origins"]) < "2024-03-16"
 
 
+def test_the_city_validates_every_split_before_the_call_opens(districts, monkeypatch):
+    """`pilots show` reads no data, `pilots data` the public splits, `check` the sample: a sequestered split that
+    cannot be read was found only once a vendor's submission was evaluated. `pilots validate` reads them all."""
+    spec_path, data_dir = districts
+    monkeypatch.setenv("TESTBED_DATA_DIR", str(data_dir))
+    runner = CliRunner()
+    result = runner.invoke(app, ["pilots", "validate", "district-demand", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["split"]: r for r in json.loads(result.stdout)["splits"]}
+    assert rows["test"]["public"] is False and rows["test"]["items"] > 0 and rows["test"]["requests"] > 0
+    assert rows["train"]["requests"] is None  # exported, never sent
+
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["dataset"]["splits"]["test"].update(start="2025-03-16T00:00:00", end="2025-03-20T23:00:00")
+    spec_path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    assert runner.invoke(app, ["pilots", "data", "district-demand", "--out", str(spec_path.parent / "x")]
+                         ).exit_code == 0  # the public splits alone read well
+    result = runner.invoke(app, ["pilots", "validate", "district-demand"])
+    assert result.exit_code == 2 and "split 'test'" in result.stderr and "fix:" in result.stderr, result.output
+
+
 @pytest.mark.parametrize("changes, csv_kwargs, words", [
     ({"series_keys": [], "attributes": ["zone", "district"]}, {}, "duplicate timestamp 2024-03-01 00:00:00"),
     ({}, {"drop": [30]}, "gap: district=district-00 has no row for 2024-03-02 06:00:00"),
@@ -156,6 +178,10 @@ def test_the_data_is_checked_strictly(districts, changes, csv_kwargs, words):
      "column 'demand' is not numeric (data row 1: 'lots')"),
     (lambda text: text.replace(",10.0,north", ",,north", 1), "known column 'temperature' has 1 missing values"),
     (lambda text: text.replace(",district-03,", ",,", 1), "series key 'district' is empty in 1 rows"),
+    (lambda text: text.replace("2024-03-05 04:00", "2203-03-05 04:00", 1),  # refused before a grid of 1.6M steps
+     "data row 101 (2203-03-05 04:00:00) is far from the rest"),
+    (lambda text: re.sub(r"(\d{4})-(\d\d)-(\d\d) (\d\d):00", r"\1\2\3\4", text),  # 2024030100: not ns
+     "time column 'time' holds numbers (data row 1: 2024030100), not dates"),
 ])
 def test_the_citys_own_bad_data_is_a_spec_error_never_the_vendors(districts, mutate, words):
     """Values the harness would choke on when scoring (an infinite truth made an honest bundle's official run a
@@ -278,6 +304,8 @@ def test_a_gap_can_be_skipped_instead(districts):
     ({"task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "D"}}}, "groups.0"),  # hour_band
     ({"groups": ["season", "day_type"], "task": {**BIKE["task"], "data": {**BIKE["task"]["data"], "frequency": "W"}}},
      "groups.1"),
+    ({"task": {**BIKE["task"], "stride": 10**30}}, "task.stride"),  # was an OverflowError naming no field
+    ({"task": {**BIKE["task"], "single_stream_requests": 10**30}}, "task.single_stream_requests"),
 ])
 def test_spec_errors_name_the_field(tmp_path, change, field):
     path = tmp_path / "x.yaml"

@@ -1,6 +1,7 @@
 """Pilot specs and vendor profiles: invalid input fails with the file, the field path and the fix."""
 
 import datetime
+import os
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,22 @@ def test_a_local_spec_never_replaces_a_catalogued_pilot(tmp_path, monkeypatch):
     pilots, broken = scan_pilots()
     assert pilots["bike-demand"].task["horizon"] == 24 and get_pilot("bike-demand").task["horizon"] == 24
     assert "already defined by" in str(broken[folder / "bike-demand.yaml"])
+
+
+def test_a_folder_named_twice_is_read_once_and_no_spec_file_is_left_unread(tmp_path, monkeypatch):
+    """The catalogue's own folder, or one folder twice, in TESTBED_PILOTS_DIR made every spec there `already
+    defined by` itself; a file ending `.YAML` was silently ignored. A file name that is no pilot id is never
+    suggested as one."""
+    from workflow.catalogue import scan_pilots
+
+    write(tmp_path, dict(BIKE, id="bike-copy"), name="bike-copy.yaml")
+    upper = write(tmp_path, dict(BIKE, id="bike-upper"), name="BIKE-UPPER.YAML")
+    spaced = write(tmp_path, dict(BIKE, id="bike-spaced"), name="bike spaced.yml")
+    monkeypatch.setenv("TESTBED_PILOTS_DIR", os.pathsep.join([str(tmp_path), str(CATALOGUE_DIR), str(tmp_path)]))
+    pilots, broken = scan_pilots()
+    assert {"bike-demand", "bike-copy"} <= set(pilots) and set(broken) == {upper, spaced}
+    for path in (upper, spaced):
+        assert "differs from the file name" in str(broken[path]) and "set id:" not in broken[path].fix
 
 
 @pytest.mark.parametrize("old, new, words", [

@@ -275,6 +275,18 @@ def test_a_bad_row_of_the_training_split_stops_the_test_splits_load(spec, tmp_pa
         _variant(spec, tmp_path, "\n".join(lines) + "\n").load("test")
 
 
+def test_a_row_ending_before_its_fields_is_refused_naming_its_line(spec, tmp_path):
+    """A row with fewer fields than the header (a text's comma unquoted, a cut line) got a wrong fix or a bare
+    TypeError; it is refused naming the line and the missing field."""
+    from testbed.errors import SpecError
+
+    lines = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig").splitlines()
+    lines[2] = ",".join(lines[2].split(",")[:2])
+    with pytest.raises(SpecError, match=r"line 3: the row has 2 of the \d+ fields, and no `") as refused:
+        _variant(spec, tmp_path, "\n".join(lines) + "\n").load("test")
+    assert "give every row all the header's fields" in refused.value.fix
+
+
 def test_an_id_column_that_does_not_identify_a_text_is_refused(spec, tmp_path):
     """A repeated id keeps its first row; an `id_column` naming a column that is not an id (a date here) silently
     kept one text a day. An id given to rows of different categories is refused, naming the column and the lines."""

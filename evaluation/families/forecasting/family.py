@@ -32,7 +32,7 @@ class ForecastOptions(BaseModel):
     """Steps of history in each window."""
     horizon: int = Field(ge=1, le=1000)
     """Steps to forecast from each origin."""
-    stride: int = Field(default=1, ge=1)
+    stride: int = Field(default=1, ge=1, le=1_000_000)
     """Steps between consecutive forecast origins (counted from the first timestamp of the data)."""
     season: int = Field(default=1, ge=1)
     """Lag of the seasonal-naive baseline and of the MASE scale, in steps (1 = the last value)."""
@@ -40,7 +40,7 @@ class ForecastOptions(BaseModel):
     """Smallest in-sample error that scales MASE, in target units (keeps near-constant series from dominating)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
     """Windows per request in the scenario phases."""
-    single_stream_requests: int = Field(default=60, ge=1)
+    single_stream_requests: int = Field(default=60, ge=1, le=10_000)
     """One-window requests sent one after another to measure latency."""
     nonnegative: bool = True
     """The target is a count or an amount: forecasts below zero break the contract. false for a target that can go

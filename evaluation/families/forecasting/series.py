@@ -180,7 +180,8 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     unknown = [c for c in needed if c not in frame.columns]
     if unknown:
         _fail(where, f"unknown columns {unknown}: {path.name}{' after adapter ' + data.adapter if data.adapter else ''}"
-                     f" has {list(frame.columns)}", "name columns of the data in `task.data`")
+                     f" has {list(frame.columns)}", "name columns of the data in `task.data` (names that read "
+                                                    "garbled: set `task.data.encoding` to the file's encoding)")
     for c in [data.target, *data.known, *data.observed, *(c for c in data.calendar if c in frame.columns)]:
         if not pd.api.types.is_numeric_dtype(frame[c]):
             text = pd.to_numeric(frame[c], errors="coerce").isna() & frame[c].notna()
@@ -210,6 +211,9 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
 
 
 def _times(frame: pd.DataFrame, data: SeriesData, where: str) -> pd.DatetimeIndex:
+    if data.time_format is None and pd.api.types.is_numeric_dtype(frame[data.time]):  # read as ns since 1970
+        _fail(where, f"time column {data.time!r} holds numbers (data row 1: {frame[data.time].iloc[0]}), not dates",
+              "set `task.data.time_format` to how they are written (e.g. '%Y%m%d%H' for 2023010100)")
     try:
         times = pd.DatetimeIndex(pd.to_datetime(frame[data.time], format=data.time_format))
     except (ValueError, TypeError) as exc:
@@ -249,6 +253,26 @@ def _whole_label(value: float) -> str:
     return "<NA>" if np.isnan(value) else f"{value + 0.0:.0f}" if np.isfinite(value) else str(value)
 
 
+def _refuse_sparse_grid(times: pd.DatetimeIndex, grid: pd.DatetimeIndex, data: SeriesData, where: str) -> None:
+    """More steps of the grid with no row in any series than with one: the grid is finer than the data, or one
+    timestamp lies far from the others (a mistyped year made a grid of millions of steps, and gigabytes)."""
+    filled = np.sort(times.unique())
+    if len(grid) - len(filled) <= len(filled):
+        return
+    jumps = np.diff(filled)
+    if len(grid) < 2 or pd.Series(jumps).median() != grid[1] - grid[0]:
+        _fail(where, f"the `{data.frequency}` grid has {len(grid) - len(filled)} steps without a row in any series "
+                     f"and {len(filled)} with one: the data's timestamps are {pd.Series(jumps).median()} apart",
+              "set `task.data.frequency` to the data's own step (a pandas alias: h, D, MS, ...)")
+    j = int(np.argmax(jumps))
+    lone = filled[j + 1] if len(filled) - j - 1 < j + 1 else filled[j]  # on the side with fewer timestamps
+    row = int(np.flatnonzero(times == lone)[0])
+    _fail(where, f"the timestamps jump from {pd.Timestamp(filled[j])} to {pd.Timestamp(filled[j + 1])}, leaving "
+                 f"{len(grid) - len(filled)} of the grid's {len(grid)} `{data.frequency}` steps without a row: "
+                 f"data row {row + 1} ({pd.Timestamp(lone)}) is far from the rest",
+          "correct that timestamp (a mistyped date?), or remove the row")
+
+
 def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     """The file as a dense panel, refusing duplicate timestamps, off-grid timestamps and (with `on_gap: error`)
     gaps inside a series."""
@@ -271,6 +295,7 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
               "declare the columns that tell series apart in `task.data.series_keys`" if not data.series_keys
               else "keep one row per series and timestamp")
     n_series, n_steps = len(keys), len(grid)
+    _refuse_sparse_grid(times, grid, data, where)  # before a (series × steps) grid is allocated for it
     present = np.zeros((n_series, n_steps), bool)
     present[codes, step] = True
     first, last = present.argmax(1), n_steps - 1 - present[:, ::-1].argmax(1)

@@ -110,6 +110,13 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
                             where=where, fix="name the data's columns in task.text_column / label_column / "
                                              "time_column / id_column")
         for row in reader:
+            short = [c for c in columns if row.get(c) is None]  # the row ended before these columns
+            if short:
+                raise SpecError(f"{path.name} line {reader.line_num}: the row has "
+                                f"{sum(k is not None and v is not None for k, v in row.items())} of the "
+                                f"{len(reader.fieldnames)} fields, and no `{short[0]}`", where=where,
+                                fix="give every row all the header's fields (quote a text holding commas or "
+                                    "line breaks), or remove the row")
             try:
                 when = date.fromisoformat((row[o.time_column] or "")[:10])
             except ValueError:
