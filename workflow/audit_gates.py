@@ -85,14 +85,15 @@ def criteria_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: 
     retention = [retention_ratio(goal, clean.get(primary), m.get(primary)) for s, m in outcome.metrics.items()
                  if s != "clean"]
     checks: list[Check] = []
+    skill = skill_over_baseline(fam, outcome)
     try:
-        parts = viability_parts(spec, clean, retention, perf, skill_over_baseline(fam, outcome))
+        parts = viability_parts(spec, clean, retention, perf, skill)
         viability = 100 * float(np.mean(list(parts.values()))) if card.verdict == "completed" else 0.0
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         viability = f"cannot be recomputed from the card's performance ({type(exc).__name__}: {exc})"
     dl = card.criteria.get("deep_learning_fit")
     model = dl is not None and dl.evidence.get("deep_learning_model")
-    credit = 100 * min(1.0, max(0.0, skill_over_baseline(fam, outcome) / spec.criteria.full_credit_skill))
+    credit = 100 * min(1.0, max(0.0, skill / spec.criteria.full_credit_skill))
     expected = {"viability": viability, "deep_learning_fit": credit if model else 0.0, "policy_fit": None}
     for name, value in expected.items():
         got = card.criteria[name].score if name in card.criteria else "absent"

@@ -257,20 +257,26 @@ def _refuse_sparse_grid(times: pd.DatetimeIndex, grid: pd.DatetimeIndex, data: S
     """More steps of the grid with no row in any series than with one: the grid is finer than the data, or one
     timestamp lies far from the others (a mistyped year made a grid of millions of steps, and gigabytes)."""
     filled = np.sort(times.unique())
-    if len(grid) - len(filled) <= len(filled):
+    empty = len(grid) - len(filled)
+    if empty <= len(filled):
         return
     jumps = np.diff(filled)
     if len(grid) < 2 or pd.Series(jumps).median() != grid[1] - grid[0]:
-        _fail(where, f"the `{data.frequency}` grid has {len(grid) - len(filled)} steps without a row in any series "
-                     f"and {len(filled)} with one: the data's timestamps are {pd.Series(jumps).median()} apart",
-              "set `task.data.frequency` to the data's own step (a pandas alias: h, D, MS, ...)")
+        _refuse_frequency(times, data, where, f"{empty} steps without a row in any series", len(filled))
     j = int(np.argmax(jumps))
     lone = filled[j + 1] if len(filled) - j - 1 < j + 1 else filled[j]  # on the side with fewer timestamps
     row = int(np.flatnonzero(times == lone)[0])
     _fail(where, f"the timestamps jump from {pd.Timestamp(filled[j])} to {pd.Timestamp(filled[j + 1])}, leaving "
-                 f"{len(grid) - len(filled)} of the grid's {len(grid)} `{data.frequency}` steps without a row: "
+                 f"{empty} of the grid's {len(grid)} `{data.frequency}` steps without a row: "
                  f"data row {row + 1} ({pd.Timestamp(lone)}) is far from the rest",
           "correct that timestamp (a mistyped date?), or remove the row")
+
+
+def _refuse_frequency(times: pd.DatetimeIndex, data: SeriesData, where: str, missing: str, present: int) -> None:
+    """The grid is finer than the data: said with the data's own spacing."""
+    spacing = pd.Series(np.diff(np.sort(times.unique()))).median()
+    _fail(where, f"the `{data.frequency}` grid has {missing} and {present} with one: the data's timestamps are "
+                 f"{spacing} apart", "set `task.data.frequency` to the data's own step (a pandas alias: h, D, MS, ...)")
 
 
 def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
@@ -302,10 +308,7 @@ def read_panel(path: Path, data: SeriesData, where: str) -> Panel:
     span = (np.arange(n_steps) >= first[:, None]) & (np.arange(n_steps) <= last[:, None])
     gaps = span & ~present
     if gaps.sum() > present.sum():  # more steps missing than present: the grid is finer than the data
-        spacing = pd.Series(np.diff(np.sort(times.unique()))).median()
-        _fail(where, f"the `{data.frequency}` grid has {int(gaps.sum())} steps without a row and {int(present.sum())} "
-                     f"with one: the data's timestamps are {spacing} apart", "set `task.data.frequency` to the "
-                     "data's own step (a pandas alias: h, D, MS, ...)")
+        _refuse_frequency(times, data, where, f"{int(gaps.sum())} steps without a row", int(present.sum()))
     if gaps.any() and data.on_gap == "error":
         s, t = np.argwhere(gaps)[0]
         name = _series_name(data, keys, s)
