@@ -138,8 +138,15 @@ class TaskFamily(PhasePlan, ABC):
         ds, where = self.spec.dataset, f"pilot {self.spec.id}: dataset"
         pinned = self.data_dir / (ds.manifest or ds.path)
         if not pinned.is_file():
-            raise SpecError(f"data file {pinned} not found", where=where,
-                            fix="set TESTBED_DATA_DIR to the folder that holds the pilot's data")
+            field = "dataset.manifest" if ds.manifest else "dataset.path"
+            if pinned.is_dir():
+                raise SpecError(f"field `{field}`: {pinned} is a folder, not a data file", where=where,
+                                fix=f"set `{field}` to the data file in it")
+            if pinned.is_symlink():
+                raise SpecError(f"field `{field}`: {pinned} is a link that leads to no file (broken, or a loop)",
+                                where=where, fix="point the link at the data file, or put the file there")
+            raise SpecError(f"field `{field}`: data file {pinned} not found", where=where,
+                            fix=f"set TESTBED_DATA_DIR to the folder that holds the pilot's data, or correct `{field}`")
         digest = sha256_file(pinned)
         if digest != ds.sha256:
             raise SpecError(f"{pinned} has sha256 {digest}, the spec says {ds.sha256}", where=where,

@@ -158,6 +158,9 @@ class DatasetSpec(_Spec):
     def _inside_data_dir(cls, value: str | None) -> str | None:
         if value is not None and (value.startswith(("/", "\\")) or ".." in value.replace("\\", "/").split("/")):
             raise ValueError(f"{value[:80]!r} must be a path inside the data folder (relative, without `..`)")
+        if value is not None and value.replace("\\", "/").rstrip("/").split("/")[-1] in ("", "."):
+            raise ValueError(f"{value[:80]!r} names a folder, not a file: give the data file's path in the data folder "
+                             "(e.g. `seoul-bike/SeoulBikeData.csv`)")
         return value
 
 

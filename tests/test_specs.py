@@ -77,6 +77,9 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["policy_goals"].append(s["policy_goals"][0]), "policy_goals", "given more than once"),
     (lambda s: s["policy_goals"].append("\u3000 "), "policy_goals.3", "at least 1 character"),  # a blank goal
     (lambda s: s["policy_goals"].append(" " + s["policy_goals"][0]), "policy_goals", "given more than once"),
+    # the data folder itself is no data file: it used to be refused at evaluation as "not found"
+    (lambda s: s["dataset"].update(path="."), "dataset.path", "names a folder, not a file"),
+    (lambda s: s["dataset"].update(path="seoul-bike/./"), "dataset.path", "names a folder, not a file"),
 ])
 def test_invalid_spec_names_file_field_and_fix(tmp_path, change, field, fix_words):
     spec = yaml.safe_load(yaml.safe_dump(BIKE))
@@ -258,6 +261,26 @@ def test_every_file_of_a_manifest_dataset_is_verified(tmp_path):
         update={"sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()})})
     with pytest.raises(SpecError, match="with FILE inside its folder"):
         open_family(moved, data)
+
+
+def test_a_data_path_that_is_a_folder_a_dead_link_or_missing_says_which_naming_the_field(tmp_path):
+    from evaluation.families import open_family
+    from workflow.catalogue import get_pilot
+
+    spec = get_pilot("bike-demand")
+    data = tmp_path / "data"
+    (data / "seoul-bike" / "SeoulBikeData.csv").mkdir(parents=True)
+    with pytest.raises(SpecError, match=r"`dataset.path`: .*SeoulBikeData.csv is a folder, not a data file"):
+        open_family(spec, data)
+    (data / "seoul-bike" / "SeoulBikeData.csv").rmdir()
+    (data / "seoul-bike" / "SeoulBikeData.csv").symlink_to("SeoulBikeData.csv")  # a loop
+    with pytest.raises(SpecError, match="is a link that leads to no file") as info:
+        open_family(spec, data)
+    assert "point the link at the data file" in str(info.value)
+    (data / "seoul-bike" / "SeoulBikeData.csv").unlink()
+    with pytest.raises(SpecError, match=r"`dataset.path`: data file .* not found") as info:
+        open_family(spec, data)
+    assert "TESTBED_DATA_DIR" in str(info.value)
 
 
 def test_gpu_runs_limit_writable_memory_not_address_space():
