@@ -420,6 +420,20 @@ def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evalua
     assert len(html) < len(render_html(evaluated.card, {}, "t")) + 1000
     assert "largest: \\\\u202e" + "w" * 290 + "… (4,000,016 characters)" in html and "\u202e" not in html
 
+def test_markup_from_a_vendor_or_the_data_is_shown_as_text_on_the_page(evaluated):
+    """What the vendor chose (its name, what its service printed) and the data's group labels reach the page as
+    text: an evaluator opening the scorecard runs none of it."""
+    from evaluation.report import render_html
+
+    card = evaluated.card.model_copy(deep=True)
+    attack = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    card.vendor, card.log_tail = attack, [attack]
+    card.equity["groups"][f"hour_band={attack}"] = card.equity["groups"].pop("hour_band=night")
+    html = render_html(card, {}, "t")
+    assert "<script" not in html and "<img src=x" not in html and "onerror=\"" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # vendor, log tail, group row
+
+
 def test_a_group_label_with_dollar_signs_is_drawn_as_written(evaluated):
     """Group labels are the data's (a station, a category): matplotlib read "$…$" in them as mathematics, so a
     label such as "Exit $^$" failed the groups chart (ValueError), and with it the evaluation after the run."""
