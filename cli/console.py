@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -59,7 +60,11 @@ def friendly(fn):
                             Path(os.environ[name]) in (failed, *failed.parents)), None)
             fix = (f"{setting} must name a folder the testbed can create and write in: correct or unset it"
                    if setting else "give a path that exists and can be used as the option expects (a file or a folder)")
-            err.print(f"[bold red]error:[/] {escape(where)}: {escape(exc.strerror or str(exc))}\n  fix: "
+            problem = exc.strerror or str(exc)
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # "File exists" where a folder was to be made
+                blocker = next((p for p in (failed, *failed.parents) if p.is_file()), None)
+                problem = f"{blocker} is a file, where a folder is needed" if blocker else problem
+            err.print(f"[bold red]error:[/] {escape(where)}: {escape(problem)}\n  fix: "
                       f"{escape(fix)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as exc:

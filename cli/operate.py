@@ -159,7 +159,7 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
         base = url.rstrip("/").removesuffix("/metrics")
         raise SpecError(f"--url {url} is not the service's address", where="--url",
                         fix=f"give the address `testbed serve` printed, e.g. --url "
-                            f"{base if base.startswith(('http://', 'https://')) else 'http://' + base}")
+                            f"{base if base.startswith(('http://', 'https://')) else 'http://' + base.split('://')[-1]}")
     try:  # a typo (a letter in the port, no host) is the user's, not a traceback
         why = "" if httpx.URL(url).host else "no host"
     except httpx.InvalidURL as exc:
@@ -167,6 +167,7 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
     if why:
         raise SpecError(f"--url {url} is not an address ({why})", where="--url",
                         fix="give the address `testbed serve` printed, e.g. --url http://127.0.0.1:3000")
+    url = url.rstrip("/")  # named in messages as the address, `/metrics` added to it
     before = scrape(url, pilot) if window > 0 else None
     if before:
         time.sleep(window)

@@ -58,7 +58,8 @@ def _check_sqlite(uri: str, where: str) -> None:
         raise ResourceUnavailable(f"{path} is a folder, not a SQLite file", where=where, fix=fix)
     if path.is_file() and path.stat().st_size and _head(path) != SQLITE_HEADER:
         raise ResourceUnavailable(f"{path} is not a SQLite database", where=where, fix=fix)
-    if not path.exists() and path.resolve() != DEFAULT_TRACKING_DB.resolve():
+    empty = not path.exists() or not path.stat().st_size  # an empty file becomes a new store as well
+    if empty and path.resolve() != DEFAULT_TRACKING_DB.resolve():
         warnings.warn(f"no MLflow store at {path} yet: a new, empty one is created there ({where}); if the testbed "
                       "should have records, the path is wrong", stacklevel=3)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from sandbox.seccomp import sandbox_filter
 from testbed.errors import SandboxUnavailable
 
-__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "launch", "check_isolation", "NOBODY", "WORKER",
-           "ENV_MOUNT"]
+__all__ = ["SandboxPaths", "SandboxLimits", "sandbox_command", "launch", "check_isolation", "hidden_paths", "NOBODY",
+           "WORKER", "ENV_MOUNT"]
 
 NOBODY = 65534
 WORKER = Path(__file__).with_name("worker.py")
@@ -200,6 +200,33 @@ def launch(argv: list[str], paths: SandboxPaths, limits: SandboxLimits, *, gpu: 
         args.flush()
         args.seek(0)
         yield [*sandbox_command(paths, limits, args.fileno(), gpu=gpu), "--", *command], fds
+
+
+HOST_SHARED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+"""Host folders every sandbox mounts read-only at their own paths (with the Python runtime's, `_runtime_dirs`)."""
+SANDBOX_OWN = ("/tmp", "/dev", "/proc", "/etc", "/opt/testbed", str(ENV_MOUNT), "/bento")
+"""Folders the sandbox has of its own, where a bundle's own files (new in `/tmp`) are opened before they exist."""
+
+
+def hidden_paths(locations: dict[Path, str]) -> list[str]:
+    """The harness's folders (resolved, each with the setting that chose it) as the sandbox's forbidden paths;
+    SandboxUnavailable, naming the setting, for one the sandbox would show to a bundle (inside a folder it mounts)
+    or one holding the sandbox's own folders (a bundle's new file in its `/tmp` would read as a reach for a
+    harness folder that is `/tmp`, and a sound bundle fail as a sandbox violation)."""
+    shared = [Path(p).resolve() for p in (*HOST_SHARED, *(f"/etc/{n}" for n in ETC_FROM_HOST)) if os.path.exists(p)]
+    shared += _runtime_dirs()
+    for path, setting in locations.items():
+        seen = next((s for s in shared if s == path or s in path.parents), None)
+        holds = next((o for o in map(Path, SANDBOX_OWN) if o == path or path in o.parents), None)
+        if seen or holds:
+            problem = (f"{path} is inside {seen}, which every sandbox mounts: a bundle could read it" if seen else
+                       f"{path} holds the sandbox's own {holds}: a bundle's own files there would read as reaching "
+                       "for the harness")
+            own = ("keep the SQLite store in a folder of its own (e.g. sqlite:////srv/testbed/mlflow.db or "
+                   "sqlite:////tmp/testbed/mlflow.db)" if setting == "MLFLOW_TRACKING_URI" else
+                   f"set {setting} to a folder of the testbed's own (e.g. under /srv, or /tmp/testbed)")
+            raise SandboxUnavailable(problem, where=setting, fix=f"{own}, or unset it for the project-local default")
+    return sorted(str(p) for p in locations)
 
 
 @functools.cache

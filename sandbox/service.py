@@ -5,7 +5,8 @@ descriptor, imports the bundle into a private BentoML home (mounted read-only in
 service's Python starts, hands it the bundle's tag, and talks to it on that socket. Nothing from inside decides
 where the harness connects.
 
-    with SandboxedService(bundle_bytes, limits, forbidden=ws.harness_paths, python_env=env.ensure()) as svc:
+    forbidden = hidden_paths(ws.harness_locations)  # `sandbox.isolation`
+    with SandboxedService(bundle_bytes, limits, forbidden=forbidden, python_env=env.ensure()) as svc:
         if svc.wait_ready(timeout=120):
             channel = svc.channel()  # HTTP/1.1 on the service's socket (`sandbox.channel`)
             status, body, seconds, error = channel.post(route, payload, "application/json", deadline)

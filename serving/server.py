@@ -30,7 +30,7 @@ from evaluation.families import open_family
 from evaluation.tracking import registered_model_name
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
-from sandbox.isolation import SandboxLimits, check_isolation
+from sandbox.isolation import SandboxLimits, check_isolation, hidden_paths
 from sandbox.runner import classify
 from sandbox.service import SandboxedService
 from serving.batching import Batcher
@@ -114,6 +114,7 @@ class ProductionServer(Proxy):
     def start(self) -> None:
         """Resolve and start the production bundle (raises NotFound/Refused: nothing served), then watch."""
         check_isolation()
+        hidden_paths(self.ws.harness_locations)  # a setting the sandbox could not keep hidden: nothing served
         ok = self.production.resolve(self.pilot)
         self._swap(self._launch(ok))
         self.log(f"serving {self.model} version {ok.version} ({ok.submission.id}, bundle sha256 {ok.sha256[:16]}…)")
@@ -153,8 +154,8 @@ class ProductionServer(Proxy):
         limits = SandboxLimits(memory_mb=r.memory_mb, max_processes=r.max_processes,
                                cpu_seconds=SERVICE_CPU_SECONDS, threads=math.ceil(r.cpus), cpus=r.cpus)
         python_env, schema = self._environment(ok)
-        service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus, forbidden=self.ws.harness_paths,
-                                   python_env=python_env)
+        service = SandboxedService(ok.bundle, limits, isolated=True, gpus=r.gpus,
+                                   forbidden=hidden_paths(self.ws.harness_locations), python_env=python_env)
         try:
             service.start()
             ready = service.wait_ready(timeout=r.startup_timeout_s)

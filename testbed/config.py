@@ -81,12 +81,13 @@ class Workspace:
 
     @classmethod
     def from_env(cls) -> Workspace:
-        home = Path(os.environ.get("TESTBED_HOME", PROJECT_ROOT / "var")).resolve()
+        # a variable set to nothing counts as unset (Path("") would be the current folder)
+        home = Path(os.environ.get("TESTBED_HOME") or PROJECT_ROOT / "var").resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_DB}"
         return cls(
             home=home,
-            data_dir=Path(os.environ.get("TESTBED_DATA_DIR", PROJECT_ROOT / "data")).resolve(),
-            bentoml_home=Path(os.environ.get("BENTOML_HOME", home / "bentoml")).resolve(),
+            data_dir=Path(os.environ.get("TESTBED_DATA_DIR") or PROJECT_ROOT / "data").resolve(),
+            bentoml_home=Path(os.environ.get("BENTOML_HOME") or home / "bentoml").resolve(),
             tracking_uri=uri,
             artifact_root=_local_artifact_root(uri),
             env_cache=Path(os.environ["TESTBED_ENVS_DIR"]).resolve() if os.environ.get("TESTBED_ENVS_DIR") else None,
@@ -102,14 +103,16 @@ class Workspace:
         return self.env_cache or self.home / "envs"
 
     @property
-    def harness_paths(self) -> list[str]:
-        """Host folders a sandboxed bundle must never see (they are not mounted; touching them is reported)."""
-        paths = {self.data_dir, self.home}
+    def harness_locations(self) -> dict[Path, str]:
+        """Host folders a sandboxed bundle must never see (they are not mounted; touching them is reported), each
+        with the setting that chose it; `sandbox.isolation.hidden_paths` checks them against the sandbox's layout."""
+        found = {self.data_dir: "TESTBED_DATA_DIR", self.home: "TESTBED_HOME"}
         if self.tracking_uri.startswith("sqlite:///"):
-            paths.add(Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent)
+            found.setdefault(Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent,
+                             "MLFLOW_TRACKING_URI")
         if self.artifact_root:
-            paths.add(self.artifact_root)
-        return sorted(str(p) for p in paths)
+            found.setdefault(self.artifact_root, "MLFLOW_TRACKING_URI")
+        return found
 
 
 def _local_artifact_root(uri: str) -> Path | None:

@@ -48,7 +48,8 @@ def test_every_verb_has_help():
       str(PROJECT_ROOT / "examples" / "bike_mlp" / "vendor.yaml")], "bike_mlp: a folder, not a .bento file"),
     (["submit", "bike-demand", "missing.bento", "--vendor", str(PROJECT_ROOT / "examples")], "a folder or a special"),
     (["submit", "bike-demand", "missing.bento", "--vendor", "/dev/zero"], "/dev/zero: a folder or a special file"),
-    (["pilots", "data", "bike-demand", "--out", str(PROJECT_ROOT / "README.md")], "README.md"),
+    (["pilots", "data", "bike-demand", "--out", str(PROJECT_ROOT / "README.md")],
+     "README.md is a file, where a folder is needed"),
     (["serve", "bike-demand", "--port", "99999"], "--port 99999 is outside 1–65535"),
     (["serve", "bike-demand", "--poll", "nan"], "--poll nan is outside"),
     (["monitor", "bike-demand", "--window", "1e300"], "--window 1e+300 is outside 0–3600"),
@@ -57,6 +58,8 @@ def test_every_verb_has_help():
     (["monitor", "bike-demand", "--url", "http://127.0.0.1:3000/metrics"], "--url http://127.0.0.1:3000"),
     (["monitor", "bike-demand", "--url", "http://127.0.0.1:30OO"], "--url http://127.0.0.1:30OO is not an address"),
     (["monitor", "bike-demand", "--url", "http://"], "--url http:// is not an address (no host)"),
+    (["monitor", "bike-demand", "--url", "ftp://127.0.0.1:3000"], "e.g. --url http://127.0.0.1:3000\n"),
+    (["monitor", "bike-demand", "--url", "http://127.0.0.1:1/"], "no metrics at http://127.0.0.1:1/metrics ("),
     (["serve", "bike-demand", "--host", ""], "--host is empty"),
     (["serve", "bike-demand", "--host", " "], "--host is empty"),
     (["evaluate", "bike-demand-000", "--reevaluate"], "--reevaluate needs a --reason"),
@@ -199,6 +202,45 @@ def test_check_refuses_the_vendor_profile_that_submit_refuses_before_running_any
     result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
     assert result.exit_code == 2 and str(vendor) in result.stderr and "field `name`" in result.stderr, result.output
     assert "fix:" in result.stderr and not ran
+
+
+@pytest.mark.parametrize("setting, value, words", [
+    # a store straight in /tmp: every bundle's own new file in its /tmp read as a reach for the store's folder,
+    # and a sound bundle failed as a sandbox violation (its one official evaluation spent)
+    ("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db", "/tmp holds the sandbox's own /tmp"),
+    ("TESTBED_DATA_DIR", "/", "holds the sandbox's own"),
+    ("TESTBED_DATA_DIR", "/usr/local/share/city-data", "is inside /usr, which every sandbox mounts"),
+    ("TESTBED_HOME", "/opt", "holds the sandbox's own /opt/testbed"),
+])
+def test_a_setting_the_sandbox_could_not_keep_hidden_is_refused_before_anything_runs(tmp_path, fake_bento,
+                                                                                    monkeypatch, setting, value,
+                                                                                    words):
+    import sandbox.executor
+    import workflow.evaluate
+    from tests.doubles import FakeSandbox
+
+    fake = FakeSandbox(lambda route, payload: pytest.fail("a request was sent"))
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: fake)
+    monkeypatch.setattr(workflow.evaluate, "check_isolation", lambda: None)
+    monkeypatch.setenv(setting, value)
+    result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE]))], terminal_width=300)
+    assert result.exit_code == 2 and f"{setting}: " in result.stderr and words in result.stderr, result.output
+    assert "fix: " in result.stderr and "Traceback" not in result.output and not fake.jobs
+
+
+def test_a_home_that_cannot_be_a_folder_is_named_before_ray_not_blamed_on_a_node(tmp_path, fake_bento, monkeypatch):
+    import sandbox.executor
+    from tests.doubles import FakeSandbox
+
+    fake = FakeSandbox(lambda route, payload: pytest.fail("a request was sent"))
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: fake)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "a-file" / "home"))
+    monkeypatch.delenv("TESTBED_ENVS_DIR", raising=False)  # the bundles' environments under that home
+    result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE]))], terminal_width=300)
+    assert result.exit_code == 2 and "Ray" not in result.stderr, result.output
+    assert "TESTBED_HOME=" in result.stderr
+    assert "must name a folder the testbed can create and write in" in result.stderr and not fake.jobs
 
 
 def test_check_without_a_vendor_profile_scores_a_vendor_that_claims_nothing_and_says_so(tmp_path, fake_bento,
@@ -425,10 +467,13 @@ def test_a_tracking_uri_that_cannot_work_is_refused_and_creates_nothing(monkeypa
     assert not Path("/nonexistent").exists() and not Path("/tmp/testbed-mlruns").exists()
 
 
-def test_a_new_sqlite_store_elsewhere_is_announced(monkeypatch, tmp_path):
+@pytest.mark.parametrize("empty_file", [False, True])  # `touch`ed first: MLflow makes a new store in it too
+def test_a_new_sqlite_store_elsewhere_is_announced(monkeypatch, tmp_path, empty_file):
     """A misspelt store path would look like an empty testbed: the new store is created, and said so."""
     monkeypatch.setenv("TESTBED_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlfow.db'}")
+    if empty_file:
+        (tmp_path / "mlfow.db").write_bytes(b"")
     with pytest.warns(UserWarning, match=f"no MLflow store at {tmp_path / 'mlfow.db'} yet"):  # one line on stderr
         result = runner.invoke(app, ["leaderboard", "bike-demand"])
     assert result.exit_code == 0, result.output

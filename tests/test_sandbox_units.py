@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,7 +26,7 @@ from sandbox.executor import InlineExecutor
 from sandbox.isolation import SandboxLimits
 from sandbox.observe import Evidence
 from sandbox.runner import PhaseResult, SandboxResult
-from testbed.errors import BundleError, ContractViolation
+from testbed.errors import BundleError, ContractViolation, SandboxUnavailable
 from tests.conftest import FORECAST_ROUTE, free_port
 from workflow.evaluate import evaluate_bundle
 
@@ -642,3 +643,33 @@ def test_a_later_sittings_start_is_not_charged_to_the_wall_time_limit(monkeypatc
     assert late.verdict == "timeout"
     assert late.reason == "the service was not ready within 0.5 s when started afresh for typos"
     assert set(late.phases) == {"clean"}
+
+
+def test_the_harness_folders_are_those_the_sandbox_neither_shows_nor_has_of_its_own(tmp_path):
+    """A harness folder inside what every sandbox mounts (the host's /usr, the Python runtime) could be read by a
+    bundle; one holding the sandbox's own folders (/, /tmp, /opt) would make a bundle's own files read as reaching
+    for the harness. Both are refused naming the setting; a folder of the testbed's own is kept."""
+    from sandbox.isolation import hidden_paths
+
+    fine = {tmp_path / "home": "TESTBED_HOME", Path("/srv/city/data"): "TESTBED_DATA_DIR"}
+    assert hidden_paths(fine) == sorted(str(p) for p in fine)
+    for path, setting, words in [
+        (Path("/tmp"), "MLFLOW_TRACKING_URI", "sqlite:////tmp/testbed/mlflow.db"),
+        (Path("/"), "TESTBED_DATA_DIR", "holds the sandbox's own"),
+        (Path("/dev"), "TESTBED_HOME", "holds the sandbox's own /dev"),
+        (Path("/usr/local/share/data"), "TESTBED_DATA_DIR", "inside /usr, which every sandbox mounts"),
+        (Path(sys.base_prefix).resolve() / "data", "TESTBED_DATA_DIR", "which every sandbox mounts"),
+    ]:
+        with pytest.raises(SandboxUnavailable, match=words) as info:
+            hidden_paths({**fine, path: setting})
+        assert info.value.where == setting and "unset it" in info.value.fix
+
+
+def test_a_location_variable_set_to_nothing_counts_as_unset(monkeypatch):
+    from testbed.config import PROJECT_ROOT, Workspace
+
+    for name in ("TESTBED_HOME", "TESTBED_DATA_DIR", "BENTOML_HOME", "MLFLOW_TRACKING_URI", "TESTBED_ENVS_DIR"):
+        monkeypatch.setenv(name, "")
+    ws = Workspace.from_env()
+    assert ws.home == (PROJECT_ROOT / "var").resolve() and ws.data_dir == (PROJECT_ROOT / "data").resolve()
+    assert ws.bentoml_home == ws.home / "bentoml" and ws.envs == ws.home / "envs"

@@ -28,7 +28,7 @@ from sandbox.bundle import inspect_bundle, private_copy
 from sandbox.contention import yield_cpu
 from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
-from sandbox.isolation import SandboxLimits, check_isolation
+from sandbox.isolation import SandboxLimits, check_isolation, hidden_paths
 from sandbox.runner import SandboxJob, SandboxResult
 from testbed.config import Workspace
 from testbed.errors import TestbedError
@@ -61,7 +61,7 @@ def sandbox_job(spec: PilotSpec, fam: TaskFamily, bundle: Path, data, ws: Worksp
                              cpu_seconds=int(r.wall_time_s * max(1.0, r.cpus)), threads=math.ceil(r.cpus),
                              cpus=r.cpus),
         wall_time_s=r.wall_time_s, startup_timeout_s=r.startup_timeout_s, isolated=isolated, cpus=r.cpus,
-        gpus=r.gpus, forbidden=ws.harness_paths, environment=environment)
+        gpus=r.gpus, forbidden=hidden_paths(ws.harness_locations), environment=environment)
 
 
 def _staging(out_dir: Path) -> Path:
@@ -166,6 +166,8 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
         check_isolation()
+        hidden_paths(ws.harness_locations)  # a setting the sandbox could not keep hidden: said before Ray starts
+    ws.envs.mkdir(parents=True, exist_ok=True)  # a setting naming no usable folder: said here, not by a Ray node
     where = str(bundle)
     if vetted is not None:  # a stored submission: what is hashed is what runs and is logged (`private_copy`)
         bundle = private_copy(bundle, vetted[0], submission)

@@ -134,6 +134,12 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
     anchor = anchoring(entries) if anchoring is not None else None
     if anchor is None:
         return entries, [], None
+    if anchor.seq and not path.exists() and not (writing and anchor.seq == 1):
+        raise AuditError(f"there is no trail here, yet {anchor.mirror} recorded {anchor.seq} entr"
+                         f"{'y' if anchor.seq == 1 else 'ies'} of it: this is not the TESTBED_HOME the decisions were "
+                         "recorded under, or the file was removed", where=str(path),
+                         fix="set TESTBED_HOME to the folder the submissions were made in (with this MLflow store); "
+                             "if the file was removed, restore it from a backup")
     if anchor.seq == len(entries) + 1:
         if writing:
             warnings.warn(f"{path}: entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the "
