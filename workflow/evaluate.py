@@ -166,7 +166,7 @@ def prepare_evaluation(spec: PilotSpec, bundle: Path, vendor: VendorProfile, *, 
         out_dir = out_dir.parent / "reevaluations" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     if isolated:
         check_isolation()
-        hidden_paths(ws.harness_locations)  # a setting the sandbox could not keep hidden: said before Ray starts
+    hidden_paths(ws.harness_locations)  # as `sandbox_job` will (whatever `isolated`), but before Ray starts
     ws.envs.mkdir(parents=True, exist_ok=True)  # a setting naming no usable folder: said here, not by a Ray node
     where = str(bundle)
     if vetted is not None:  # a stored submission: what is hashed is what runs and is logged (`private_copy`)
