@@ -90,6 +90,19 @@ def test_serve_on_a_taken_port_is_refused_before_the_sandbox_starts(monkeypatch)
     assert "Traceback" not in result.output
 
 
+def test_serve_refuses_a_setting_the_sandbox_could_not_keep_hidden_before_resolving_production(monkeypatch):
+    import serving.server
+    import workflow.promote
+
+    monkeypatch.setattr(serving.server, "check_isolation", lambda: None)
+    monkeypatch.setattr(workflow.promote.Production, "resolve", lambda *a: pytest.fail("production was resolved"))
+    monkeypatch.setenv("TESTBED_DATA_DIR", "/")
+    result = runner.invoke(app, ["serve", "bike-demand", "--port", str(free_port())])
+    assert result.exit_code == 2 and "TESTBED_DATA_DIR: / holds the sandbox's own" in result.stderr, result.output
+    assert "fix: set TESTBED_DATA_DIR to a folder of the testbed's own" in result.stderr
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
 def test_serve_beyond_loopback_warns_that_the_api_and_metrics_are_open(monkeypatch, host, warned):
     import serving.server
