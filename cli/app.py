@@ -242,7 +242,10 @@ def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", 
 
         in_service = in_service_block(folder)
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(page(card, folder, in_service), encoding="utf-8")
+        try:
+            html.write_text(page(card, folder, in_service), encoding="utf-8")
+        except OSError as exc:  # a write that fails part-way (a full disk) says nothing of the file: name it
+            raise OSError(exc.errno, exc.strerror, str(html)) from None
         err.print(f"wrote {escape(str(html))}", soft_wrap=True)
     if as_json:
         print(card.model_dump_json(indent=2))

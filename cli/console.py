@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, sigterm_as_ctrl_c
 from testbed.jsonio import strict_dumps
 from testbed.text import printable
 
@@ -40,12 +42,14 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c) if main else None
         try:
             return fn(*args, **kwargs)
         except TestbedError as exc:
             err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM once Ray runs): said, never a silent exit
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: said, never a silent exit
             err.print("\n[bold red]interrupted[/] (Ctrl-C or SIGTERM)\n  fix: a submission, an official evaluation, a "
                       "review and a production move are each recorded whole or not at all: `testbed scorecard ID`, "
                       "`testbed review history ID` or `testbed production PILOT` shows whether this one was; if not, "
@@ -77,6 +81,9 @@ def friendly(fn):
                       "tracking server); unset it to use the project's SQLite store under mlflow/",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        finally:
+            if previous is not None:  # None: set outside Python, nothing to put back
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

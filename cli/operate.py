@@ -108,9 +108,7 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     import ipaddress
     import socket
 
-    import uvicorn
-
-    from serving.server import ProductionServer
+    from serving.server import ProductionServer, serve_until_stopped
     from testbed.errors import Refused
 
     _within("--port", port, 1, 65535)
@@ -131,13 +129,8 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
         err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
                   "put an authenticating proxy in front of it (the testbed's own is for loopback)")
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
-    server.start()
-    try:
-        err.print(f"http://{escape(host)}:{port}  (API {server.contract.route}, /healthz, /readyz, /metrics); "
-                  "Ctrl-C stops", soft_wrap=True)
-        uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-    finally:
-        server.stop()
+    serve_until_stopped(server, host, port, lambda url: err.print(
+        f"{escape(url)}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops", soft_wrap=True))
 
 
 @friendly

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Protocol, Self
 
 from sandbox.runner import SandboxJob, SandboxResult, run_job
-from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
+from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError, sigterm_as_ctrl_c
 from testbed.net import require_listener, speaks_http1
 
 __all__ = ["Executor", "RayExecutor", "InlineExecutor", "INFRASTRUCTURE_ERRORS", "STRANDED_CHECK_S"]
@@ -25,12 +25,6 @@ INFRASTRUCTURE_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError
                          "RaySystemError", "ReferenceCountingAssertionError", "OutOfMemoryError")
 """`ray.exceptions` that mean the machinery failed, not the bundle (a bundle's own failure is a verdict inside
 the result, never an exception): `submit`'s future raises them as `InfrastructureFailure`."""
-
-
-def _interrupt(signum, frame) -> None:
-    """SIGTERM taken as Ctrl-C: the command unwinds (its sandboxes stopped, the local Ray shut down, nothing
-    half-recorded) and says so. Ray's own driver handler exits on the spot, leaving its local processes behind."""
-    raise KeyboardInterrupt
 
 
 class Executor(Protocol):
@@ -139,7 +133,7 @@ class RayExecutor(_Closing):
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
             self.started_local = True
         if threading.current_thread() is threading.main_thread():  # after ray.init, which sets its own
-            signal.signal(signal.SIGTERM, _interrupt)
+            signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
         self._warm_nodes()
 
     def _warm_nodes(self) -> None:

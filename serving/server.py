@@ -42,7 +42,7 @@ from testbed.text import printable
 from workflow.catalogue import get_pilot
 from workflow.promote import Approved, Production
 
-__all__ = ["ProductionServer", "running"]
+__all__ = ["ProductionServer", "running", "serve_until_stopped"]
 
 SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
@@ -331,6 +331,24 @@ class ProductionServer(Proxy):
 @contextmanager
 def running(server: ProductionServer, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Start `server` and its HTTP proxy in a background thread; yields the base URL; stops both after."""
+    with _listening(server, host, port) as (url, _):
+        yield url
+
+
+def serve_until_stopped(server: ProductionServer, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM, which end it as a KeyboardInterrupt once the sandbox is stopped. The HTTP
+    server runs in a thread so that uvicorn's signal handling stays out of it: in the main thread, uvicorn ends
+    the process on SIGTERM after its own shutdown, before the sandbox is stopped, and returns quietly on Ctrl-C."""
+    with _listening(server, host, port) as (url, web):
+        on_ready(url)
+        while web.is_alive():
+            web.join(timeout=1.0)
+    raise TestbedError("the HTTP server stopped on its own (its error is printed above)",
+                       fix=f"start `testbed serve {server.pilot}` again")
+
+
+@contextmanager
+def _listening(server: ProductionServer, host: str, port: int) -> Iterator[tuple[str, threading.Thread]]:
     import uvicorn
 
     server.start()
@@ -344,7 +362,7 @@ def running(server: ProductionServer, host: str = "127.0.0.1", port: int = 0) ->
                 raise Refused(f"could not listen on {host}:{port}", fix="choose another --port")
             time.sleep(0.05)
         bound = web.servers[0].sockets[0].getsockname()
-        yield f"http://{host}:{bound[1]}"
+        yield f"http://{host}:{bound[1]}", thread
     finally:
         web.should_exit = True
         thread.join(timeout=15)

@@ -32,6 +32,7 @@ __all__ = [
     "Refused",
     "AuditError",
     "InfrastructureFailure",
+    "sigterm_as_ctrl_c",
 ]
 
 
@@ -95,3 +96,10 @@ class AuditError(TestbedError):
 class InfrastructureFailure(TestbedError):
     """The machinery under an evaluation failed (a Ray worker or node died, an object was lost), not the bundle:
     a campaign retries it a bounded number of times."""
+
+
+def sigterm_as_ctrl_c(signum, frame) -> None:
+    """A SIGTERM handler that takes the signal as Ctrl-C: the command unwinds (its sandboxes stopped, a local Ray
+    shut down, nothing half-recorded) and says so, exit 130. Python's default for SIGTERM ends the process on the
+    spot, and so do Ray's driver handler and uvicorn's (after its own shutdown), leaving sandboxes behind."""
+    raise KeyboardInterrupt

@@ -1,6 +1,8 @@
 """The command line: user mistakes give one clear message and a non-zero exit, never a traceback."""
 
+import contextlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -314,7 +316,7 @@ def test_the_start_line_of_testbed_serve_is_one_line(monkeypatch, capsys):
     width (the log lines after it are the server's, tested with it)."""
     class Server:
         def __init__(self, *args, **kwargs):
-            self.contract = type("C", (), {"route": "/forecast"})
+            self.contract, self.pilot = type("C", (), {"route": "/forecast"}), "bike-demand"
 
         def start(self):
             pass
@@ -322,13 +324,17 @@ def test_the_start_line_of_testbed_serve_is_one_line(monkeypatch, capsys):
         def stop(self):
             pass
 
-        def app(self):
-            return None
+    @contextlib.contextmanager
+    def listening(server, host, port):
+        done = threading.Thread(target=lambda: None)
+        done.start()
+        yield f"http://{host}:{port}", done
 
     monkeypatch.setattr("serving.server.ProductionServer", Server)
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)
+    monkeypatch.setattr("serving.server._listening", listening)
     result = runner.invoke(app, ["serve", "bike-demand", "--port", str(free_port())], terminal_width=60)
-    assert result.exit_code == 0 and "/metrics); Ctrl-C stops" in result.stderr, result.stderr
+    assert result.exit_code == 2 and "/metrics); Ctrl-C stops\n" in result.stderr, result.stderr
+    assert "the HTTP server stopped on its own" in result.stderr  # the thread below ends at once
 
 
 def test_production_shows_every_move_when_the_served_versions_review_trail_is_damaged(monkeypatch):

@@ -5,10 +5,14 @@ rollback and withdrawal, concurrent promotions, and a served bundle that dies.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,7 +31,7 @@ from serving.monitor import scrape, summarize
 from serving.server import ProductionServer, running
 from testbed.config import PROJECT_ROOT
 from testbed.errors import NotFound, Refused
-from tests.conftest import BUNDLES, make_workspace
+from tests.conftest import BUNDLES, free_port, make_workspace
 from workflow.build import build_bundle
 from workflow.evaluate import evaluate_bundle
 from workflow.ledger import AuditChain
@@ -223,6 +227,38 @@ def test_a_served_bundle_that_dies_fails_readiness_and_answers_503(world):
         assert httpx.get(url + "/healthz").status_code == 200
     crashed = [line for line in logs if "exited" in line]
     assert len(crashed) == 1 and "503" in crashed[0] and "testbed serve bike-demand" in crashed[0]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_testbed_serve_stopped_with_sigterm_or_ctrl_c_stops_its_sandbox_says_so_and_exits_130(world, stop):
+    """`kill` of `testbed serve` (a service manager's stop) or Ctrl-C: the sandbox is stopped and the command says
+    so and exits 130. Before, uvicorn's handlers ended the process on SIGTERM on the spot (status -15, nothing
+    said, the sandbox's cgroups left behind) and on Ctrl-C quietly with status 0."""
+    import psutil
+
+    w, port = world, free_port()
+    env = {**os.environ, "TESTBED_HOME": str(w.ws.home), "MLFLOW_TRACKING_URI": w.ws.tracking_uri,
+           "BENTOML_HOME": str(w.ws.bentoml_home), "TESTBED_ENVS_DIR": str(w.ws.envs)}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("testbed")), "serve", "bike-demand", "--port",
+                             str(port)], env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            time.sleep(0.2)
+        sandbox = psutil.Process(proc.pid).children(recursive=True)
+        assert sandbox, proc.stderr.read() if proc.poll() is not None else "not ready in 120 s"
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted (Ctrl-C or SIGTERM)" in err, err[-3000:]
+    _, alive = psutil.wait_procs(sandbox, timeout=30)
+    assert not alive, [p.name() for p in alive]
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/testbed/{proc.pid}-*")), "the sandbox's cgroups were left"
 
 
 def test_serving_a_pilot_with_no_production_version_is_a_clear_error(tmp_path):

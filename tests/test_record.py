@@ -171,6 +171,8 @@ def test_a_corrupt_copy_is_reported_and_the_record_audited_and_shown(ws, evaluat
     page = ws.home / "[bold]pages[/]" / "page.html"  # drawn from the record; a path printed as it is, not as markup
     code, out, err = cli("scorecard", sub.id, "--html", str(page))
     assert code == 0 and f"{card.total_score:.2f}" in page.read_text() and f"wrote {page}" in " ".join(err.split())
+    code, _, err = cli("scorecard", sub.id, "--html", "/dev/full")  # a write that fails part-way names the file
+    assert code == 2 and "error: /dev/full: No space left on device" in err, err
     code, _, err = cli("scorecard", sub.id, "--restore")
     assert code == 0 and "rewrote" in err and "warning" not in err
     assert Scorecard.model_validate_json(copy.read_text()).total_score == card.total_score
