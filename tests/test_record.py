@@ -18,7 +18,7 @@ from testbed.errors import AuditError
 from tests.conftest import FORECAST_ROUTE
 from tests.doubles import FakeSandbox
 from tests.test_scorecard import last_day
-from workflow.audit import COPY, audit_submission
+from workflow.audit import COPY, STORED, audit_submission
 from workflow.evaluate import evaluate_bundle
 from workflow.review import reviewed_rows
 from workflow.submissions import SubmissionStore
@@ -86,6 +86,24 @@ def test_a_damaged_or_missing_artifact_fails_the_audit_naming_it(ws, evaluated, 
         assert names(report) == {f"artifact {artifact}"} and len(report.checks) > 60
     code, out, _ = cli("audit", sub.id)
     assert code == 1 and "AUDIT FAILED" in out and f"artifact {artifact}" in out
+
+
+@pytest.mark.parametrize("damage", [b"X", None])
+def test_an_altered_or_missing_stored_bundle_of_the_submission_fails_the_audit(ws, evaluated, cli, damage):
+    """The submission's own copy (what a re-evaluation runs) is checked too: appended to, the audit passed it with
+    `bundle sha256 ✓`, since that line compares the MLflow artifact, what was evaluated."""
+    tracker, sub, card = evaluated
+    stored = SubmissionStore(ws).bundle(sub.id)
+    if damage is None:
+        stored.unlink()
+    else:
+        stored.write_bytes(stored.read_bytes() + damage)
+    report = audit_submission(sub.id, ws=ws, tracker=tracker)
+    [altered] = report.mismatches
+    assert altered.name == STORED and altered.recorded == sub.bundle_sha256 and altered.recomputed != sub.bundle_sha256
+    assert ("unreadable" in altered.recomputed) is (damage is None) and len(report.checks) > 60
+    code, out, _ = cli("audit", sub.id)
+    assert code == 1 and "AUDIT FAILED" in out and "stored bundle" in out
 
 
 # -- gates and criteria recomputed; metrics logged again --------------------------------------------------------------
