@@ -417,7 +417,10 @@ def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_no
     book, run = ReviewBook(ws, tracker), tracker.runs[card.mlflow_run_id]
     trail = book.chain(sub.id).path
     spaced = "\u3000" + sub.vendor.name.upper().replace(" ", "  ") + " "  # case and spacing set aside
+    assert sub.vendor.name.endswith(".")
+    plain = sub.vendor.name.lower().rstrip(".").replace(" ", "-", 1) + ","  # and punctuation
     for by, words in ((sub.vendor.name, "cannot review its own submission"), (spaced, "cannot review its own"),
+                      (plain, "cannot review its own"),
                       ("Kim\u202eoyuJ", "control or formatting characters"), ("kim\x1b[2K", "control")):
         with pytest.raises(TestbedError, match=words):
             book.record(tracker, sub.id, "approve", by=by, note="mine", rubric=GOOD)

@@ -140,9 +140,10 @@ def person_name(name: str, where: str) -> str:
 
 def same_person(a: str, b: str) -> bool:
     """Whether two names are written alike once case, compatibility forms (full-width letters, an ideographic
-    space) and runs of spaces are set aside: `Acme  AI` is `ACME AI`. A best effort, not an identity check."""
+    space), spaces and punctuation are set aside: `Acme  AI` is `ACME AI` and `Acme A.I., Inc.` is `acme ai inc`.
+    A best effort, not an identity check."""
     def key(name: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+        return "".join(c for c in unicodedata.normalize("NFKC", name).casefold() if c.isalnum())
 
     return key(a) == key(b)
 
