@@ -182,7 +182,9 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
 
 
 def _show(summary: dict, page) -> None:
-    out.print(f"[bold]{summary['model']}[/] version {summary['version']} ({summary['submission']}) · "
+    served = (f"version {escape(str(summary['version']))} ({escape(summary['submission'])})"
+              if summary.get("submission") else "no version in service")  # withdrawn, or not yet serving
+    out.print(f"[bold]{escape(str(summary['model']))}[/] {served} · "
               f"{'ready' if summary['ready'] else '[red]NOT READY[/]'} · {summary['requests']} requests in "
               f"{summary['window_s']:.1f} s" + (f" (and {summary['client_errors']} refused as the clients' mistakes)"
                                                 if summary.get("client_errors") else ""))

@@ -960,6 +960,11 @@ def test_monitor_shows_the_live_service_when_its_page_cannot_be_updated(ws, monk
     assert "version 3 (bike-demand-0123456789ab)" in result.stdout and "error rate" in result.stdout
     assert "scorecard page was not updated" in result.stderr and "no submission" in result.stderr
 
+    metrics.serving(None)  # withdrawn: said so, not Python's None
+    result = CliRunner().invoke(app, ["monitor", "bike-demand", "--window", "0"], terminal_width=250)
+    assert result.exit_code == 1 and "no version in service · NOT READY" in result.stdout, result.output
+    assert "None" not in result.output
+
 
 @pytest.mark.parametrize("args, words", [
     (["promote", "bike-demand-000", "--by", "lee"], "no submission"),

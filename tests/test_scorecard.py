@@ -471,7 +471,8 @@ def test_the_in_service_block_never_shows_a_value_rounded_onto_its_service_level
                   "rows": rows, "requests": 10, "errors": 0}
     html = render_html(evaluated.card, {}, "t", in_service=in_service)
     assert '<td class="num">250.04 ms</td><td class="num">250 ms</td>' in html
-    assert '<td class="num">80.12 ms</td><td class="num">— ms</td>' in html and '<td class="num">— </td>' in html
+    assert '<td class="num">80.12 ms</td><td class="num">—</td>' in html  # no level: a dash, not "— ms"
+    assert '<td class="num">—</td><td class="num">0.01 </td>' in html and "— ms" not in html
 
 
 def test_in_service_json_is_strict_json_and_its_page_reads_it_back(evaluated):
@@ -491,7 +492,7 @@ def test_in_service_json_is_strict_json_and_its_page_reads_it_back(evaluated):
     back = json.loads(strict_dumps(in_service), parse_constant=refuse)
     assert [r["value"] for r in back["rows"]] == [None, None]
     html = render_html(evaluated.card, {}, "t", in_service=back)
-    assert '<td class="num">— ms</td><td class="num">250 ms</td>' in html
+    assert '<td class="num">—</td><td class="num">250 ms</td>' in html
 
 def test_a_scorecard_is_put_in_place_only_once_its_run_is_finished(ws, bike_spec, fake_bento, monkeypatch):
     """A process killed while the run is being recorded leaves no scorecard that looks finished: the previous
