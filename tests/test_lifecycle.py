@@ -368,3 +368,9 @@ def test_serving_follows_the_trail_not_an_alias_moved_outside_the_testbed(world)
         assert entry is not None and entry["version"] == other  # recorded, not "already in production"
         server.check()
         assert server.served.version == other and w.prod.in_service("bike-demand") == other
+
+    w.client.delete_registered_model_alias(MODEL, "production")  # removed by hand: not "no production version"
+    with pytest.raises(Refused, match="names no version, but the trail's last move put version") as info:
+        w.prod.resolve("bike-demand")
+    assert "repeats the move" in info.value.fix
+    w.client.set_registered_model_alias(MODEL, "production", other)

@@ -211,13 +211,13 @@ class Production:
     def resolve(self, pilot: str) -> Approved:
         """What `testbed serve` may serve: the alias's version, when the trail's last move put it there, checked
         again like a promotion."""
-        version = self.current_version(pilot)
-        if version is None:
+        version, recorded = self.current_version(pilot), self.in_service(pilot)
+        if version is None is recorded:
             raise NotFound(f"pilot {pilot} has no production version", where=f"models:/{registered_model_name(pilot)}"
                            f"@{ALIAS}", fix="an operator promotes one: `testbed promote SUBMISSION --by NAME`")
-        recorded = self.in_service(pilot)
-        if version != recorded:
-            raise Refused(f"the production alias names version {version}, but the trail's last move put "
+        if version != recorded:  # an alias removed by hand too: the trail still says what was put in production
+            raise Refused(f"the production alias names {'version ' + version if version else 'no version'}, but "
+                          "the trail's last move put "
                           f"{'version ' + recorded if recorded else 'nothing'} in production: the alias was moved "
                           "outside the testbed, or a move was cut short",
                           where=f"models:/{registered_model_name(pilot)}@{ALIAS}",
