@@ -54,7 +54,8 @@ def rollback(pilot: str, by: str = typer.Option(..., "--by", help="The operator'
         out.print(f"rolled back: testbed-{pilot} version {entry['version']} ({entry['submission']}) is in production "
                   f"again (was {entry['previous_version']})")
     else:
-        out.print(f"rolled back: no earlier approved version, so production of {pilot} is withdrawn (was version "
+        out.print(f"rolled back: no earlier approved version since production was last withdrawn (or first "
+                  f"promoted), so production of {pilot} is withdrawn (was version "
                   f"{entry['previous_version']}); `testbed serve` answers 503 until the next promotion")
 
 
