@@ -14,7 +14,11 @@ from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
 from testbed.text import cell
 
-__all__ = ["leaderboard_rows", "leaderboard_table", "rank_rows"]
+__all__ = ["ALTERED", "leaderboard_rows", "leaderboard_table", "rank_rows"]
+
+ALTERED = "ALTERED record"
+"""The review column of a row whose record or review trail was altered: ranked last, its gates not shown (the
+warning printed with the table says what was found)."""
 
 CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
@@ -82,8 +86,9 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
     primary = FAMILIES.get(spec.family).primary_metric
     table = Table(title=f"Leaderboard · {spec.id} · {cell(spec.title.en)}", caption="one official evaluation per "
                   "submission; * total provisional until an evaluator scores policy fit and confirms the vendor's "
-                  "claims (local), which count 0 until then; rejected = failed a hard gate; node = how fast the node "
-                  "ran a fixed workload while the run was timed (1 = the reference machine; slower lowers latency and "
+                  "claims (local), which count 0 until then; rejected = failed a hard gate; unverified = its record "
+                  "or review trail was altered (see the warning); node = how fast the node ran a fixed workload "
+                  "while the run was timed (1 = the reference machine; slower lowers latency and "
                   "throughput, and is not corrected)")
     for col in ("#", "submission", "vendor", "verdict", "gates", primary, "DL fit", "viability", "policy", "local",
                 "total", "node", "review"):
@@ -94,7 +99,8 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
             r.get("review"), r.get("review") or "awaiting")
         review += " · [yellow]other spec[/]" if r.get("spec_changed") else ""
         table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
-                      "[green]pass[/]" if r["passed"] else "[red]rejected[/]", _fmt(r[primary], 4),
+                      "[green]pass[/]" if r["passed"] else "[yellow]unverified[/]" if r.get("review") == ALTERED
+                      else "[red]rejected[/]", _fmt(r[primary], 4),
                       *(_fmt(r[c], 3) for c in CRITERIA[:2]), _fmt(r.get("policy_fit"), 3), _fmt(r[CRITERIA[2]], 3),
                       _fmt(r["total_score"], 2, "f") + ("*" if r.get("provisional", True) else ""),
                       _fmt(r.get("node_speed"), 2, "f"), review)

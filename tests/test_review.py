@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import os
 import threading
@@ -12,9 +13,11 @@ import warnings
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from evaluation.decisions import apply_review, score_policy_fit
+from evaluation.leaderboard import leaderboard_table
 from evaluation.tracking_memory import MemoryTracker
 from serving.batching import Batcher, parse_request
 from serving.metrics import ServingMetrics
@@ -391,6 +394,9 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
         official_card(tracker, tracker.runs[card.mlflow_run_id])
     row = reviewed_rows(bike_spec, tracker, ws)[0]
     assert row["review"] == "ALTERED record" and not row["passed"] and row["rank"] == 1
+    shown = io.StringIO()  # its gates are not known: "unverified", not "rejected" (= failed a hard gate)
+    Console(file=shown, width=400).print(leaderboard_table(bike_spec, [row]))
+    assert "unverified" in shown.getvalue() and "rejected" not in shown.getvalue().split("rejected =")[0]
     assert "scorecard against the run's metrics" in {c.name for c in audit_submission(sub.id, ws=ws,
                                                                                        tracker=tracker).mismatches}
     record.write_text(genuine)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.decisions import OVERRIDABLE_GATES, apply_review, rubric_percent, score_policy_fit
-from evaluation.leaderboard import leaderboard_rows, rank_rows
+from evaluation.leaderboard import ALTERED, leaderboard_rows, rank_rows
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
@@ -272,7 +272,7 @@ def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict
             card = reviewed_card(official_card(tracker, run), review)
         except AuditError as exc:  # ranked last, with the reason: one altered record never hides the others
             warnings.warn(str(exc), stacklevel=2)
-            row |= {"review": "ALTERED record", "passed": False, "policy_fit": None, "provisional": True}
+            row |= {"review": ALTERED, "passed": False, "policy_fit": None, "provisional": True}
             continue
         row["review"] = status
         row |= {c: card.criteria[c].score for c in ("deep_learning_fit", "viability", "policy_fit",
