@@ -264,6 +264,25 @@ def evaluated(ws, bike_spec, fake_bento):
     return tracker, sub, evaluate, evaluate()
 
 
+def test_a_claim_the_vendor_did_not_make_cannot_be_confirmed(ws, bike_spec, fake_bento):
+    """`--confirm startup` for a vendor that declared `startup: false` was stored as a confirmed claim (earning
+    nothing, but on the record as verified)."""
+    tracker, store = MemoryTracker(), SubmissionStore(ws)
+    vendor = PROJECT_ROOT / "examples/bike_seasonal_naive/vendor.yaml"
+    assert "startup: false" in vendor.read_text()
+    sub, _ = store.submit(bike_spec, fake_bento([FORECAST_ROUTE]), vendor)
+    evaluate_bundle(bike_spec, store.bundle(sub.id), sub.vendor, executor=FakeSandbox(last_day), ws=ws,
+                    tracker=tracker, out_dir=store.report_dir(sub.id), submission=sub.id)
+    book = ReviewBook(ws, tracker)
+    with pytest.raises(SpecError, match="claim.s. startup were not made by the vendor") as refused:
+        book.record(tracker, sub.id, "approve", by="kim", note="ok", rubric=GOOD,
+                    confirmed_claims=["seoul_based", "startup"])
+    assert refused.value.where.startswith("--confirm") and f"testbed review show {sub.id}" in refused.value.fix
+    assert book.latest(sub.id) is None  # nothing recorded
+    review = book.record(tracker, sub.id, "approve", by="kim", note="ok", rubric=GOOD, confirmed_claims=["seoul_based"])
+    assert review.confirmed_claims == ["seoul_based"]
+
+
 def test_policy_fit_from_the_rubric_makes_the_total_final(evaluated, bike_spec):
     card = evaluated[3]
     weights = bike_spec.criteria.weights.model_dump()

@@ -149,6 +149,13 @@ class ReviewBook:
         if moot:
             raise SpecError(f"gate(s) {', '.join(moot)} passed in this evaluation: there is nothing to override",
                             where=where, fix="leave those out of `overrides`")
+        claims = card.criteria["local_strength_fit"].evidence.get("claims", {})
+        unmade = sorted(set(confirmed_claims) - {name for name, c in claims.items() if c.get("counts")})
+        if unmade:
+            raise SpecError(f"claim(s) {', '.join(unmade)} were not made by the vendor, or do not count for this "
+                            "pilot: there is nothing to confirm", where="--confirm (or a rubric file's "
+                            "confirmed_claims)", fix=f"confirm only claims the scorecard shows as declared (`testbed "
+                                                     f"review show {sub.id}`)")
         mismatch = record_mismatch(card, run, sub)
         if mismatch:
             raise AuditError(mismatch, where=f"MLflow run {run.run_id}",
