@@ -212,7 +212,7 @@ class Production:
         """What `testbed serve` may serve: the alias's version, when the trail's last move put it there, checked
         again like a promotion."""
         version, recorded = self.current_version(pilot), self.in_service(pilot)
-        if version is None is recorded:
+        if version is None and recorded is None:
             raise NotFound(f"pilot {pilot} has no production version", where=f"models:/{registered_model_name(pilot)}"
                            f"@{ALIAS}", fix="an operator promotes one: `testbed promote SUBMISSION --by NAME`")
         if version != recorded:  # an alias removed by hand too: the trail still says what was put in production
