@@ -241,6 +241,8 @@ def test_score_flags_and_rubric_resolution(bike_spec):
                                         ("1=4.5:strong", "score '4.5' of goal 1 is not a whole number from 0 to 4"),
                                         ("1=three:x", "score 'three' of goal 1 is not a whole number from 0 to 4"),
                                         ("1=5:x", "score '5' of goal 1 is not a whole number from 0 to 4"),
+                                        pytest.param("1=" + "9" * 5000 + ":x", "of goal 1 is not a whole number",
+                                                     id="5000 digits"),
                                         ("1=3", "no justification"), ("1=3:  ", "no justification")])
 def test_a_score_flag_out_of_range_or_without_justification_says_which(flag, says):
     """`--score 1=-1:...` or `1=4.5:...` (a score out of range) and `1=3` (no justification) were all 'cannot read',

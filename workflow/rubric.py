@@ -103,7 +103,7 @@ def parse_score_flags(flags: list[str]) -> list[dict]:
             raise SpecError(f"cannot read {flag!r}", where="--score",
                             fix=f"write GOAL=SCORE:JUSTIFICATION, SCORE a whole number 0–{RUBRIC_MAX}, {example}")
         goal, score, why = match[1], match[2], (match[3] or "").strip()
-        if not re.fullmatch(r"[0-9]+", score) or int(score) > RUBRIC_MAX:
+        if not re.fullmatch(r"[0-9]{1,4}", score) or int(score) > RUBRIC_MAX:
             raise SpecError(f"score {score!r} of goal {goal} is not a whole number from 0 to {RUBRIC_MAX}",
                             where="--score", fix=f"score each goal 0 (does not serve it) to {RUBRIC_MAX} (fully "
                                                  f"serves it), {example}")
