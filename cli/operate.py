@@ -31,7 +31,12 @@ def promote(submission: str, by: str = typer.Option(..., "--by", help="The opera
     from workflow.promote import Production
 
     ws = Workspace.from_env()
-    SubmissionStore(ws).get(submission)  # before touching MLflow
+    store = SubmissionStore(ws)
+    sub = store.get(submission)  # before touching MLflow
+    if store.stored_sha256(sub.id) != sub.bundle_sha256:  # production serves the registry's copy, checked below
+        err.print(f"[bold yellow]warning:[/] the submission's own stored bundle {escape(str(store.bundle(sub.id)))} "
+                  "is not the one submitted (altered or unreadable): `testbed audit` says more; restore it from a "
+                  "backup", soft_wrap=True)
     entry, ok = Production(ws).promote(submission, by=by, note=note)
     if entry is None:
         out.print(f"{ok.submission.id} (version {ok.version}) is already in production: nothing changed")

@@ -374,3 +374,26 @@ def test_serving_follows_the_trail_not_an_alias_moved_outside_the_testbed(world)
         w.prod.resolve("bike-demand")
     assert "repeats the move" in info.value.fix
     w.client.set_registered_model_alias(MODEL, "production", other)
+
+
+def test_promote_warns_when_the_submissions_own_stored_bundle_was_altered(world, monkeypatch):
+    """Production serves the registry's copy, checked against the review; the submission's own copy (what a
+    re-evaluation runs) altered is said at promotion, where it passed unremarked."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    w = world
+    for name, value in (("TESTBED_HOME", w.ws.home), ("MLFLOW_TRACKING_URI", w.ws.tracking_uri),
+                        ("BENTOML_HOME", w.ws.bentoml_home), ("TESTBED_ENVS_DIR", w.ws.envs)):
+        monkeypatch.setenv(name, str(value))
+    stored = w.store.bundle(w.other)
+    original = stored.read_bytes()
+    for altered in (False, True):
+        stored.write_bytes(original + b"X" if altered else original)
+        try:
+            result = CliRunner().invoke(app, ["promote", w.other, "--by", "op-lee"], terminal_width=300)
+        finally:
+            stored.write_bytes(original)
+        assert result.exit_code == 0 and "already in production" in result.stdout, result.output
+        assert ("stored bundle" in result.stderr and "is not the one submitted" in result.stderr) is altered

@@ -163,7 +163,8 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
         spec = _parse(report, names["spec"], files["spec"], lambda p: PilotSpec.model_validate_json(p.read_bytes()))
         preds = _parse(report, names["preds"], files["preds"], _arrays)
     check(AuditCheck(*history_check(tracker, run)))
-    check(_stored_bundle_check(store, sub.id, sub.bundle_sha256))
+    found = store.stored_sha256(sub.id)  # what a re-evaluation runs; what was evaluated is the artifact above
+    check(AuditCheck(STORED, sub.bundle_sha256, found, found == sub.bundle_sha256))
     try:
         copy = store.scorecard(sub.id)
     except AuditError as exc:  # the copy is for people: a broken one is reported, the record still audited
@@ -178,16 +179,6 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
     with np.errstate(all="ignore"):  # as when scored: answers that overflow give an infinite error, quietly
         _recompute(report, card, run, spec, preds, ws)
     return report
-
-
-def _stored_bundle_check(store: SubmissionStore, submission: str, submitted: str) -> AuditCheck:
-    """The submission's own copy of its bundle, against the sha256 recorded when it was submitted: a re-evaluation
-    runs that copy (and refuses an altered one); what was evaluated is the MLflow artifact, checked above."""
-    try:
-        found = _sha(store.bundle(submission))
-    except OSError as exc:
-        found = f"unreadable ({exc.strerror or exc})"
-    return AuditCheck(STORED, submitted, found, found == submitted)
 
 
 def _recompute(report: AuditReport, card: Scorecard, run: RunRecord, spec: PilotSpec, preds: dict[str, np.ndarray],

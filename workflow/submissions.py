@@ -15,7 +15,7 @@ from evaluation.families import FAMILIES
 from evaluation.scorecard import Scorecard
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
-from sandbox.bundle import inspect_bundle
+from sandbox.bundle import inspect_bundle, sha256_file
 from sandbox.environment import bundle_environment
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused, SpecError
@@ -141,6 +141,13 @@ class SubmissionStore:
 
     def bundle(self, sub_id: str) -> Path:
         return self.root / sub_id / "bundle.bento"
+
+    def stored_sha256(self, sub_id: str) -> str:
+        """The sha256 of the stored bundle as it is now (what a re-evaluation runs), or `unreadable (why)`."""
+        try:
+            return sha256_file(self.bundle(sub_id))
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
 
     def vetted(self, sub_id: str) -> tuple[str, bytes] | None:
         """(sha256, `bento.yaml`) of the bundle as inspected at submission, for `inspect_bundle` to skip a
