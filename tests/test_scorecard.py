@@ -420,6 +420,7 @@ def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evalua
     assert len(html) < len(render_html(evaluated.card, {}, "t")) + 1000
     assert "largest: \\\\u202e" + "w" * 290 + "… (4,000,016 characters)" in html and "\u202e" not in html
 
+
 def test_markup_from_a_vendor_or_the_data_is_shown_as_text_on_the_page(evaluated):
     """What the vendor chose (its name, what its service printed) and the data's group labels reach the page as
     text: an evaluator opening the scorecard runs none of it."""

@@ -4,7 +4,6 @@ run (the predictions, the pilot spec) and the sequestered labels, and say whethe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import tempfile
 import zipfile
@@ -20,6 +19,7 @@ from evaluation.families import open_family
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
+from sandbox.bundle import sha256_file
 from testbed.config import Workspace, harness_version
 from testbed.errors import AuditError, NotFound, TestbedError
 from workflow.audit_gates import criteria_checks, gate_checks, history_check
@@ -65,10 +65,6 @@ class AuditReport:
 
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
 """What reading a damaged artifact raises (pydantic's ValidationError is a ValueError)."""
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fetch(report: AuditReport, tracker: Tracker, name: str, folder: Path) -> Path | None:
@@ -158,7 +154,7 @@ def audit_submission(submission: str, *, ws: Workspace, tracker: Tracker) -> Aud
             logged = run.params.get(param)
             recorded = getattr(card, param) if card is not None else logged
             if files[key] is not None:
-                digest = _sha(files[key])
+                digest = sha256_file(files[key])
                 check(AuditCheck(name, recorded, digest, digest == recorded == (logged or digest)))
         spec = _parse(report, names["spec"], files["spec"], lambda p: PilotSpec.model_validate_json(p.read_bytes()))
         preds = _parse(report, names["preds"], files["preds"], _arrays)
