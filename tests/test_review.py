@@ -634,6 +634,20 @@ def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypat
     assert prod.history("bike-demand") == []
 
 
+def test_a_rollback_goes_back_only_through_the_versions_promoted_since_the_last_withdrawal():
+    """The README's rule: a withdrawal (a rollback to nothing) starts the rollback history anew, so a rollback
+    after it and one promotion withdraws again, whatever was approved before."""
+    from workflow.promote import _stack
+
+    def move(action, version):
+        return {"action": action, "version": version}
+
+    moves = [move("promote", "1"), move("promote", "2"), move("promote", "3"), move("rollback", "2")]
+    assert [e["version"] for e in _stack(moves)] == ["1", "2"]
+    moves += [move("rollback", "1"), move("rollback", None), move("promote", "4")]
+    assert [e["version"] for e in _stack(moves)] == ["4"]  # nothing earlier to go back to: rollback withdraws
+
+
 @pytest.mark.parametrize("why", [AuditError("entry 1 was edited: its content no longer matches its hash",
                                             where="reviews/bike-demand-000000000002.jsonl:1"),
                                  NotFound("no submission 'bike-demand-000000000002'")])
