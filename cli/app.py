@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cli import operate
 from cli.console import emit_json as _emit_json
-from cli.console import err, friendly, out
+from cli.console import err, friendly, out, unwrap_help
 from cli.console import warn_unsafe as _warn_unsafe
 from cli.pilots import pilots_app
 from cli.review import review_app
@@ -277,6 +277,8 @@ def demo(pilot: list[str] = typer.Option(None, "--pilot", help="Only this pilot'
 
     run_demo(out, err, pilot or None)
 
+
+unwrap_help(app)
 
 if __name__ == "__main__":  # `python -m cli.app` is the `testbed` command too
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import os
 import signal
 import threading
@@ -18,7 +19,7 @@ from testbed.errors import TestbedError, sigterm_as_ctrl_c
 from testbed.jsonio import strict_dumps
 from testbed.text import printable
 
-__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe"]
+__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe", "unwrap_help"]
 
 PATH_SETTINGS = ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR")
 """Environment variables naming folders: a path under one that cannot be used names the variable."""
@@ -96,3 +97,14 @@ def emit_json(data) -> None:
 def warn_unsafe() -> None:
     err.print("[bold white on red] UNSAFE: --unsafe-no-sandbox given. The bundle runs WITHOUT isolation, with "
               "network and file access. Only for code you trust. This is recorded on the result. [/]")
+
+
+def unwrap_help(app: typer.Typer) -> None:
+    """Each command's help as paragraphs of one line: Typer's command list keeps a docstring's line breaks, so a
+    docstring wrapped at the source's width would break the list's lines mid-sentence."""
+    for info in app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if doc:
+            info.help = "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(doc).split("\n\n"))
+    for group in app.registered_groups:
+        unwrap_help(group.typer_instance)

@@ -41,6 +41,15 @@ def test_every_verb_has_help():
         assert result.exit_code == 0 and "Usage" in result.stdout
 
 
+@pytest.mark.parametrize("group", [[], ["pilots"], ["review"]])
+def test_command_lists_keep_each_sentence_on_one_line(group):
+    """A docstring wrapped at the source's width must not break the command list mid-sentence."""
+    result = runner.invoke(app, [*group, "--help"], terminal_width=1000, env={"COLUMNS": "1000"})
+    rows = [line.strip("│ ").split(None, 1) for line in result.stdout.splitlines() if line.startswith("│ ")]
+    wrapped = [row for row in rows if len(row) == 1 or not row[1].rstrip().endswith((".", ")"))]
+    assert result.exit_code == 0 and len(rows) >= 4 and not wrapped, wrapped
+
+
 @pytest.mark.parametrize("args, words", [
     (["pilots", "show", "nope"], "no pilot 'nope'"),
     (["evaluate", "bike-demand-000"], "no submission"),
