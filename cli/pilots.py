@@ -23,18 +23,21 @@ pilots_app = typer.Typer(help="The pilot catalogue (the city's calls).", no_args
 @pilots_app.command("list")
 @friendly
 def pilots_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the pilots, and any spec file that is broken with its error."""
+    """List the pilots, and any spec file that is broken with its error (then exit 1)."""
     pilots, broken = scan_pilots()
     if as_json:
-        return _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()]
-                          + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
-    table = Table("id", "family", "title", "department")
-    for p in pilots.values():
-        table.add_row(p.id, p.family, escape(f"{p.title.en}\n{p.title.ko}"), escape(p.department))
-    out.print(table)
-    for path, exc in broken.items():
-        err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
-                  highlight=False, soft_wrap=True)
+        _emit_json([{"id": p.id, "title": p.title.model_dump(), "family": p.family} for p in pilots.values()]
+                   + [{"id": path.stem, "file": str(path), "error": str(exc)} for path, exc in broken.items()])
+    else:
+        table = Table("id", "family", "title", "department")
+        for p in pilots.values():
+            table.add_row(p.id, p.family, escape(f"{p.title.en}\n{p.title.ko}"), escape(p.department))
+        out.print(table)
+        for path, exc in broken.items():
+            err.print(f"[bold red]broken spec[/] {escape(str(path))} (not listed above):\n  {escape(str(exc))}",
+                      highlight=False, soft_wrap=True)
+    if broken:
+        raise typer.Exit(1)
 
 
 @pilots_app.command("show")

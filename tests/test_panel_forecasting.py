@@ -326,11 +326,12 @@ def test_one_bad_spec_never_hides_the_other_pilots(tmp_path, monkeypatch):
     assert {p.name for p in broken} == {"broken-pilot.yaml", "bike-demand.yaml"}
     runner = CliRunner()
     listed = runner.invoke(app, ["pilots", "list"])
-    assert listed.exit_code == 0 and "bike-demand" in listed.stdout
+    assert listed.exit_code == 1 and "bike-demand" in listed.stdout  # the others listed, the exit says not all
     assert "broken-pilot.yaml" in listed.stderr and "unknown group 'nope'" in listed.stderr
     assert "already defined" in listed.stderr
-    rows = json.loads(runner.invoke(app, ["pilots", "list", "--json"]).stdout)
-    assert any(r["id"] == "broken-pilot" and "unknown group" in r["error"] for r in rows)
+    listed = runner.invoke(app, ["pilots", "list", "--json"])
+    rows = json.loads(listed.stdout)
+    assert listed.exit_code == 1 and any(r["id"] == "broken-pilot" and "unknown group" in r["error"] for r in rows)
     assert runner.invoke(app, ["pilots", "show", "bike-demand"]).exit_code == 0
     shown = runner.invoke(app, ["pilots", "show", "broken-pilot"])
     assert shown.exit_code == 2 and "groups.0" in shown.stderr and "Traceback" not in shown.output
