@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pwd
+import re
 import shutil
 import signal
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from testbed.errors import ResourceUnavailable
+from testbed.errors import ResourceUnavailable, SandboxUnavailable
 
 __all__ = ["UidLease", "Cgroups", "sweep_stale", "uid_range", "RUN_PREFIX"]
 
@@ -40,9 +42,30 @@ is refused without it), so the peak was then within kilobytes of the limit (meas
 
 
 def uid_range() -> range:
-    """Uids reserved for sandboxes (`TESTBED_SANDBOX_UIDS=FIRST-LAST`); no host account may use them."""
-    first, _, last = os.environ.get("TESTBED_SANDBOX_UIDS", DEFAULT_UIDS).partition("-")
-    return range(int(first), int(last) + 1)
+    """Uids reserved for sandboxes (`TESTBED_SANDBOX_UIDS=FIRST-LAST`); no host account may use them, since a
+    uid's processes are killed when it is leased (SandboxUnavailable for a range that is malformed or holds an
+    account, uid 0 included)."""
+    setting = os.environ.get("TESTBED_SANDBOX_UIDS") or DEFAULT_UIDS
+    found = re.fullmatch(r"\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*", setting)
+    first, last = (int(found[1]), int(found[2])) if found else (0, -1)
+    if not found or not first <= last < (1 << 32) - 1:  # (uid_t)-1 is no uid
+        raise SandboxUnavailable(f"{setting!r} is not a range of uids FIRST-LAST",
+                                 where="TESTBED_SANDBOX_UIDS",
+                                 fix=f"give two uids with FIRST <= LAST, e.g. {DEFAULT_UIDS}, or unset it")
+    reserved = range(first, last + 1)
+    taken = sorted(uid for uid in {p.pw_uid for p in pwd.getpwall()} | {os.getuid()} if uid in reserved)
+    if taken:
+        names = ", ".join(f"{u} ({_account(u)})" for u in taken[:3])
+        raise SandboxUnavailable(f"{setting} holds uids of host accounts: {names}; a sandbox's "
+                                 "uid has its processes killed when leased", where="TESTBED_SANDBOX_UIDS",
+                                 fix=f"reserve uids no account uses (e.g. {DEFAULT_UIDS}), or unset it")
+    return reserved
+
+
+def _account(uid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return "this process"
 
 
 def _lock_dir() -> Path:
@@ -59,7 +82,8 @@ class UidLease:
     def __init__(self) -> None:
         self.uid, self._fd = -1, -1
         folder = _lock_dir()
-        for uid in uid_range():
+        reserved = uid_range()
+        for uid in reserved:
             fd = os.open(folder / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,7 +93,7 @@ class UidLease:
             self.uid, self._fd = uid, fd
             _kill_uid(uid)  # a sandbox of a killed harness may have left a process behind
             return
-        raise ResourceUnavailable(f"all {len(uid_range())} sandbox uids are in use",
+        raise ResourceUnavailable(f"all {len(reserved)} sandbox uids are in use",
                                   where="TESTBED_SANDBOX_UIDS", fix="run fewer sandboxes at once, or widen the range")
 
     def release(self) -> None:

@@ -665,6 +665,21 @@ def test_the_harness_folders_are_those_the_sandbox_neither_shows_nor_has_of_its_
         assert info.value.where == setting and "unset it" in info.value.fix
 
 
+@pytest.mark.parametrize("setting, words", [
+    ("abc", "not a range"), ("5-3", "not a range"), ("1-99999999999", "not a range"), ("1-4294967295", "not a range"),
+    ("0-10", r"0 \(root\)"), ("65534-65534", r"65534 \(nobody\)")])
+def test_a_sandbox_uid_range_that_is_malformed_or_holds_an_account_is_refused(monkeypatch, setting, words):
+    """A leased uid has its processes killed: a range holding root or another account would kill them."""
+    monkeypatch.setenv("TESTBED_SANDBOX_UIDS", setting)
+    with pytest.raises(SandboxUnavailable, match=words) as info:
+        host.uid_range()
+    assert info.value.where == "TESTBED_SANDBOX_UIDS" and "unset it" in info.value.fix
+    monkeypatch.setenv("TESTBED_SANDBOX_UIDS", "")  # set to nothing: the default
+    assert host.uid_range() == range(1_600_000_000, 1_600_004_096)
+    monkeypatch.setenv("TESTBED_SANDBOX_UIDS", " 1700000000 - 1700000001 ")
+    assert host.uid_range() == range(1_700_000_000, 1_700_000_002)
+
+
 def test_a_location_variable_set_to_nothing_counts_as_unset(monkeypatch):
     from testbed.config import PROJECT_ROOT, Workspace
 
