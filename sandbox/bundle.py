@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tarfile
@@ -71,6 +72,12 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 OTHER_FORMATS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+"""Largest `bento.yaml` read (BentoML writes a few KiB)."""
+TAG_PART = re.compile(r"[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?")
+"""A bundle's name or version as BentoML's own tags allow them (`bentoml._internal.tag`)."""
+
+
 def _unsafe(where: str, problem: str) -> BundleError:
     return BundleError(problem, where=where,
                        fix="submit the archive that `bentoml export NAME:VERSION FILE.bento` writes, unmodified")
@@ -133,22 +140,38 @@ def _unreadable(where: str, exc: Exception) -> TestbedError:
 def _checked(tar: tarfile.TarFile, where: str, limits: Limits):
     """The archive's members, each checked (inside the archive, a plain file or folder, within the limits)
     before it is yielded: one pass over the compressed stream."""
-    total, count = 0, 0
+    total, count, files, folders = 0, 0, set(), set()
     try:
         for member in tar:
             count += 1
             name = member.name
             normal = posixpath.normpath(name)
             if name.startswith("/") or normal == ".." or normal.startswith("../"):
-                raise _unsafe(where, f"member {name!r} points outside the archive")
+                raise _unsafe(where, f"member {name[:80]!r} points outside the archive")
             if not (member.isfile() or member.isdir()):
-                raise _unsafe(where, f"member {name!r} is a link or special file; only files and folders allowed")
+                raise _unsafe(where, f"member {name[:80]!r} is a link or special file; only files and folders "
+                                     "allowed")
             if (depth := normal.count("/")) > limits.max_depth:
                 raise _unsafe(where, f"member {name[:60]!r}… is nested {depth} folders deep (at most "
                                      f"{limits.max_depth})")
+            parts = normal.split("/")
+            parents = {"/".join(parts[:i]) for i in range(1, len(parts))}
+            if (member.size < 0 or len(name.encode()) > 4000 or max(len(p.encode()) for p in parts) > 255
+                    or parents & files or member.isfile() and (normal == "." or normal in folders
+                                                               or parts[0] == "models" and len(parts) == 2)):
+                raise _unsafe(where, f"member {name[:80]!r} cannot be unpacked as BentoML lays a bundle out (an "
+                                     "empty or over-long name, a negative size, a file where a folder is, or a file "
+                                     "directly in models/)")
+            folders |= parents | ({normal} if member.isdir() else set())
+            files |= {normal} if member.isfile() else set()
             total += member.size
-            if count > limits.max_members or total > limits.max_unpacked_bytes:
-                raise _unsafe(where, "archive unpacks to more files or bytes than the limits allow")
+            if count > limits.max_members:
+                raise _unsafe(where, f"the archive holds more than {limits.max_members:,} files and folders")
+            if total > limits.max_unpacked_bytes:
+                raise BundleError(f"the archive unpacks to more than {limits.max_unpacked_bytes >> 30} GiB",
+                                  where=where, fix="make the bundle smaller: leave training data, checkpoints and "
+                                                   "caches out of `include` in bentofile.yaml, then build and export "
+                                                   "it again")
             yield member, normal
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise _unreadable(where, exc) from None
@@ -158,16 +181,24 @@ def _manifest(manifest_bytes: bytes | None, where: str) -> tuple[dict, str]:
     """The parsed `bento.yaml` and the tag it names, checked."""
     if manifest_bytes is None:
         raise _unsafe(where, "no bento.yaml inside: this is not a BentoML bundle")
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise _unsafe(where, f"bento.yaml is larger than {MAX_MANIFEST_BYTES >> 20} MiB (BentoML writes a few KiB)")
     try:
         manifest = safe_load_bounded(manifest_bytes)
-        tag = f"{manifest['name']}:{manifest['version']}"
-    except (yaml.YAMLError, TypeError, KeyError, RecursionError, ValueError) as exc:  # ValueError: e.g. 2024-02-30
+    except (yaml.YAMLError, TypeError, RecursionError, ValueError) as exc:  # ValueError: e.g. 2024-02-30
         raise _unsafe(where, f"bento.yaml is malformed ({str(exc)[:300]})") from None
-    if not all(isinstance(manifest.get(k), str) and manifest[k].replace("-", "").replace("_", "").replace(".", "")
-               .isalnum() for k in ("name", "version")):
-        raise _unsafe(where, "bento.yaml name/version must be plain identifiers")
+    if not isinstance(manifest, dict):
+        raise _unsafe(where, "bento.yaml is not a mapping of fields (`name`, `version`, `schema`, ...)")
+    for key in ("name", "version"):
+        value = manifest.get(key)
+        if not (isinstance(value, str) and TAG_PART.fullmatch(value)) or (key == "version" and value == "latest"):
+            shown = repr(value)[:80] if value is not None else "missing"
+            raise BundleError(f"bento.yaml `{key}` is {shown}: not a BentoML tag part (at most 63 lowercase letters, "
+                              "digits, '-', '_' and '.', starting and ending with a letter or digit; a version "
+                              "other than `latest`)", where=f"{where}: bento.yaml",
+                              fix="build the bundle with `bentoml build` and export it unmodified")
     _check_routes_shape(manifest, where)
-    return manifest, tag
+    return manifest, f"{manifest['name']}:{manifest['version']}"
 
 
 def inspect_bundle(path: Path, limits: Limits = Limits(), vetted: tuple[str, bytes] | None = None) -> BundleInfo:
@@ -185,7 +216,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits(), vetted: tuple[str, byt
         for member, normal in _checked(tar, str(path), limits):
             if normal == "bento.yaml" and member.isfile():
                 try:  # read here, outside `_checked`'s own guard: a cut inside it is the archive's fault too
-                    manifest_bytes = tar.extractfile(member).read(1 << 20)
+                    manifest_bytes = tar.extractfile(member).read(MAX_MANIFEST_BYTES + 1)
                 except (tarfile.TarError, EOFError, OSError) as exc:
                     raise _unreadable(str(path), exc) from None
     manifest, tag = _manifest(manifest_bytes, str(path))
@@ -287,7 +318,7 @@ def import_bundle(path: Path, bentoml_home: Path, limits: Limits = Limits()) -> 
                 tar.extract(member, staging, filter="data")
         manifest_file = staging / "bento.yaml"
         with open(manifest_file, "rb") if manifest_file.is_file() else nullcontext() as fh:
-            _, tag = _manifest(fh.read(1 << 20) if fh else None, where)
+            _, tag = _manifest(fh.read(MAX_MANIFEST_BYTES + 1) if fh else None, where)
         name, version = tag.split(":")
         models = staging / "models"
         if models.is_dir():
@@ -301,11 +332,11 @@ def import_bundle(path: Path, bentoml_home: Path, limits: Limits = Limits()) -> 
         dest = bentoml_home / "bentos" / name / version
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(dest)
+        (dest.parent / "latest").write_text(version)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise _machine(exc) or BundleError(f"the archive could not be unpacked ({str(exc).splitlines()[0]})",
                                            where=where, fix="re-export the bundle with `bentoml export` using "
                                                             "BentoML 1.4") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    (dest.parent / "latest").write_text(version)
     return tag

@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import tarfile
 
 import pytest
@@ -48,6 +49,50 @@ def test_unsafe_members_are_refused(tmp_path, member, words):
     with pytest.raises(BundleError, match=words):
         import_bundle(path, home)
     assert [p.name for p in home.rglob("*") if p.is_file()] == []
+
+
+def folder_member(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, None
+
+
+@pytest.mark.parametrize("members", [
+    [file_member("src"), file_member("src/a")],  # a file, then a member inside it
+    [folder_member("src/x"), file_member("src/x")],  # a folder, then a file of the same name
+    [file_member("models/weights.pt")],  # BentoML keeps each model in models/NAME/
+    [file_member("src/" + "n" * 300)],  # a name longer than any file system takes
+], ids=["file-then-member-inside", "folder-then-file", "file-in-models", "long-name"])
+def test_members_that_cannot_be_unpacked_as_bentoml_lays_a_bundle_out_are_refused_at_submission(tmp_path, members):
+    """These passed the submission's check and then failed every evaluation as "could not be unpacked", naming
+    the sandbox's private copy instead of the vendor's file."""
+    path = archive(tmp_path, [file_member("./bento.yaml", b"name: svc\nversion: v1\n"), *members])
+    with pytest.raises(BundleError, match="cannot be unpacked as BentoML lays a bundle out") as info:
+        inspect_bundle(path)
+    assert str(path) in str(info.value) and "fix:" in str(info.value)
+    with pytest.raises(BundleError, match="cannot be unpacked as BentoML lays a bundle out"):
+        import_bundle(path, tmp_path / "home")
+    assert [p.name for p in (tmp_path / "home").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("manifest, words", [
+    (b"name: svc\nversion: latest\n", "`version` is 'latest'"),  # BentoML's own pointer: it failed the import
+    (b"name: MyModel\nversion: v1\n", "`name` is 'MyModel'"),
+    (b"name: \xeb\xaa\xa8\xeb\x8d\xb8\nversion: v1\n", "`name` is '\ubaa8\ub378'"),
+    (b"name: -x\nversion: v1\n", "`name` is '-x'"),
+    (b"name: " + b"a" * 64 + b"\nversion: v1\n", "`name` is 'aaaa"),
+    (b"version: v1\n", "`name` is missing"),
+    (b"name: svc\nversion: 3\n", "`version` is 3"),
+    (b"", "not a mapping"), (b"- name: svc\n", "not a mapping"),
+    (b"name: svc\nversion: v1\nlabels: {x: '" + b"y" * (1 << 20) + b"'}\n", "larger than 1 MiB"),
+])
+def test_a_manifest_whose_tag_bentoml_cannot_take_is_refused_naming_the_field(tmp_path, manifest, words):
+    path = archive(tmp_path, [file_member("./bento.yaml", manifest)])
+    with pytest.raises(BundleError, match=re.escape(words)) as info:
+        inspect_bundle(path)
+    assert str(path) in str(info.value) and "fix:" in str(info.value)
+    with pytest.raises(BundleError, match=re.escape(words)):
+        import_bundle(path, tmp_path / "home")
 
 
 def test_a_member_as_deep_as_the_limit_is_accepted_and_one_folder_deeper_refused(tmp_path):
@@ -135,8 +180,20 @@ def test_size_limits(tmp_path):
     path = archive(tmp_path, [file_member("./bento.yaml"), file_member("big", b"x" * 5000)])
     with pytest.raises(BundleError, match="limit"):
         inspect_bundle(path, Limits(max_archive_bytes=100))
-    with pytest.raises(BundleError, match="limits"):
+    with pytest.raises(BundleError, match="unpacks to more than") as info:
         inspect_bundle(path, Limits(max_unpacked_bytes=1000))
+    assert "make the bundle smaller" in info.value.fix
+
+
+def test_the_member_limit_counts_files_and_folders_and_the_defaults_are_the_readmes(tmp_path):
+    folder = tarfile.TarInfo("src")
+    folder.type = tarfile.DIRTYPE
+    members = [file_member("./bento.yaml"), (folder, None), file_member("src/a", b""), file_member("src/b", b"")]
+    with pytest.raises(BundleError, match="more than 3 files and folders"):
+        inspect_bundle(archive(tmp_path, members), Limits(max_members=3))
+    with pytest.raises(BundleError, match="no bento.yaml"):  # within the limit: read on, to the next check
+        inspect_bundle(archive(tmp_path, members[1:], "three.bento"), Limits(max_members=3))
+    assert Limits() == Limits(1 << 30, 4 << 30, 20_000, 64)  # README: 1 GiB, 4 GiB unpacked, 20,000 files, 64 deep
 
 
 def test_not_a_bento(tmp_path):
