@@ -390,6 +390,27 @@ def test_a_perfect_detector_counts_right_in_every_size_group(fam, test_frames):
     assert all(v["map"] == pytest.approx(1) and v["count_mae"] == 0 for v in sizes.values()), sizes
 
 
+def true_rows(data, shift: float = 0.0) -> dict[str, np.ndarray]:
+    """Clean predictions holding every non-crowd true box (score 1), each moved right by `shift` of its width."""
+    frame = {image_id: i for i, image_id in enumerate(data.image_ids)}
+    rows = [(frame[a["image_id"]], data.cat_ids.index(a["category_id"]), 1.0, x + shift * w, y, x + (1 + shift) * w,
+             y + h) for a in data.gt["annotations"] if not a["iscrowd"] for x, y, w, h in [a["bbox"]]]
+    return {"clean": np.array(rows, dtype=float), "clean/answered": np.ones(len(data.jpeg), bool)}
+
+
+def test_exactness_is_the_share_of_true_boxes_reproduced_at_iou_095(fam, test_frames):
+    """The suspected-lookup flag for detection reads `exactness`: the share of true boxes a detection of the same
+    class reproduces at IoU 0.95 or more. The true boxes returned exactly reproduce all of them; moved by 2 % of
+    their width (IoU 0.96) they still do, by 3 % (IoU 0.94) none does, nor by the 10 % of a good detector's
+    error (IoU 0.82), far below the flag at 0.99."""
+    from evaluation.criteria import LOOKUP_EXACTNESS
+
+    assert fam.exactness(test_frames, true_rows(test_frames)) == 1
+    assert fam.exactness(test_frames, true_rows(test_frames, shift=0.02)) == 1
+    assert fam.exactness(test_frames, true_rows(test_frames, shift=0.03)) == 0
+    assert fam.exactness(test_frames, true_rows(test_frames, shift=0.10)) == 0 < LOOKUP_EXACTNESS
+
+
 def test_the_order_of_a_frames_detections_moves_no_score(fam, test_frames):
     """Detections of equal score were ranked in the order the answer listed them: the same detections, every
     score 1.0, scored mAP 0.2432 listed best first and 0.2507 listed the other way round (map_50 0.4176 and
@@ -462,6 +483,50 @@ def evaluate(spec, bundle, tmp_path, executor):
     vendor = load_model(PROJECT_ROOT / "examples/cctv_yolox_nano/vendor.yaml", VendorProfile)
     return evaluate_bundle(spec, bundle, vendor, executor=executor, ws=make_workspace(tmp_path),
                            out_dir=tmp_path / "card", submission="t", split="sample")
+
+
+def official_card(spec, answers, data, tmp_path):
+    """A bundle answering the official `test` split's frames with `answers` (no scenarios: the gate reads the clean
+    answers), evaluated end to end with the sandbox faked."""
+    from pilots.vendor import VendorProfile
+    from tests.conftest import make_workspace
+    from tests.test_defensible import DETECT_ROUTE, LOOKUP_VENDOR, bento
+    from workflow.evaluate import evaluate_bundle
+
+    ws = make_workspace(tmp_path)
+    return evaluate_bundle(spec.model_copy(update={"scenarios": []}), bento(tmp_path, [DETECT_ROUTE]),
+                           VendorProfile(**LOOKUP_VENDOR), executor=FakeSandbox(oracle(data, answers)), ws=ws,
+                           out_dir=ws.home / "card", submission="s").card
+
+
+@pytest.mark.parametrize("score", [1.0, 0.3], ids=["sure", "below-the-count-threshold"])
+def test_the_true_boxes_answered_on_the_official_split_are_a_suspected_lookup(spec, test_frames, tmp_path, score):
+    """MS-COCO's box annotations are an open download (`truth_public: true` for the `test` split), so a bundle
+    could ship them as a frame -> boxes table. Answering the true boxes is flagged, and the submission fails
+    though the run completed and every other gate passes. Given scores below `count_score_threshold` the same
+    boxes count nothing, so their skill over the count baseline is far from its flag: exactness alone flags them."""
+    from evaluation.criteria import LOOKUP_SKILL
+
+    assert spec.dataset.splits["test"].truth_known and spec.task["count_score_threshold"] > 0.3
+    answers = [[{**d, "score": score} for d in dets] for dets in truth(test_frames)]
+    card = official_card(spec, answers, test_frames, tmp_path)
+    gate = next(g for g in card.gates if g.name == "suspected_lookup")
+    assert card.metrics["clean"]["map"] == pytest.approx(1)
+    assert not gate.passed and "SUSPECTED LOOKUP" in gate.detail and "exactness 1.00000" in gate.detail
+    assert card.verdict == "completed" and not card.passed
+    assert [g.name for g in card.gates if not g.passed] == ["suspected_lookup"]
+    if score < 1:
+        assert card.criteria["deep_learning_fit"].evidence["skill_over_baseline"] < LOOKUP_SKILL
+
+
+def test_a_realistic_detector_on_the_official_split_is_not_flagged(spec, test_frames, tmp_path):
+    """Boxes jittered by ~8 % of their size, some missed or mislabelled (mAP 0.39), reproduce almost no true box
+    at IoU 0.95 (exactness 0.005): the public truth does not make an honest detector a suspected lookup."""
+    card = official_card(spec, noisy(test_frames), test_frames, tmp_path)
+    gate = next(g for g in card.gates if g.name == "suspected_lookup")
+    assert 0.2 < card.metrics["clean"]["map"] < 0.9
+    assert gate.passed and "truth is public" in gate.detail and "SUSPECTED" not in gate.detail
+    assert card.verdict == "completed" and card.passed
 
 
 @pytest.fixture(scope="module")

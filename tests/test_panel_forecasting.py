@@ -320,10 +320,12 @@ def test_one_bad_spec_never_hides_the_other_pilots(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "broken-pilot.yaml").write_text(yaml.safe_dump({**BIKE, "id": "broken-pilot", "groups": ["nope"]}))
     (folder / "bike-demand.yaml").write_text(yaml.safe_dump(BIKE, allow_unicode=True))  # a second bike-demand
+    (folder / "other-name.yaml").write_text("id: declared-pilot\n" + yaml.safe_dump({**BIKE, "groups": ["nope"]})
+                                            .replace("id: bike-demand\n", ""))  # found by the id it declares
     monkeypatch.setenv("TESTBED_PILOTS_DIR", str(folder))
     pilots, broken = scan_pilots()
     assert {"bike-demand", "subway-ridership"} <= set(pilots)
-    assert {p.name for p in broken} == {"broken-pilot.yaml", "bike-demand.yaml"}
+    assert {p.name for p in broken} == {"broken-pilot.yaml", "bike-demand.yaml", "other-name.yaml"}
     runner = CliRunner()
     listed = runner.invoke(app, ["pilots", "list"])
     assert listed.exit_code == 1 and "bike-demand" in listed.stdout  # the others listed, the exit says not all
@@ -335,6 +337,8 @@ def test_one_bad_spec_never_hides_the_other_pilots(tmp_path, monkeypatch):
     assert runner.invoke(app, ["pilots", "show", "bike-demand"]).exit_code == 0
     shown = runner.invoke(app, ["pilots", "show", "broken-pilot"])
     assert shown.exit_code == 2 and "groups.0" in shown.stderr and "Traceback" not in shown.output
+    shown = runner.invoke(app, ["pilots", "show", "declared-pilot"])
+    assert shown.exit_code == 2 and "other-name.yaml" in shown.stderr and "no pilot" not in shown.stderr
 
 
 def test_a_missing_pilots_folder_is_a_clear_error(tmp_path, monkeypatch):

@@ -921,6 +921,29 @@ def test_one_damaged_review_trail_never_hides_what_else_awaits_a_decision(ws, ev
     assert f"{trail}:1" in result.stderr and "was edited" in result.stderr
 
 
+def test_review_list_shows_what_awaits_a_decision_and_all_shows_the_decided_too(ws, evaluated, monkeypatch):
+    """README (`testbed review list`): the list is what awaits a decision, so an approved submission leaves it;
+    `--all` shows the decided ones too, with their decision and who made it."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    runner = CliRunner()
+
+    def listed(*args: str) -> dict[str, tuple[str, str | None]]:
+        result = runner.invoke(cli.app, ["review", "list", "bike-demand", *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return {r["submission"]: (r["status"], r["by"]) for r in json.loads(result.stdout)}
+
+    assert listed() == listed("--all") == {sub.id: ("awaiting", None)}
+    result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok",
+                                     *(f"--score={g}=3:x" for g in (1, 2, 3))])
+    assert result.exit_code == 0, result.output
+    assert listed() == {}  # decided: nothing awaits
+    assert listed("--all") == {sub.id: ("approve", "kim")}
+
+
 def sub_run(tracker, submission: str) -> str:
     return next(r.run_id for r in tracker.runs.values() if r.tags["testbed.submission"] == submission)
 

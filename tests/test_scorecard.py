@@ -174,6 +174,15 @@ def test_the_tracker_gets_one_finished_official_run(evaluated, tracker):
     some = next(iter(evaluated.card.groups))
     assert groups[f"group/{some.replace('=', '/')}/mase"] == pytest.approx(evaluated.card.groups[some]["mase"])
     assert {"scorecard.json", "scorecard.html"} <= set(run.artifacts)
+    card, logged = evaluated.card, {}  # README: every scenario's metrics, the retentions, the timed answers', ...
+    logged |= {f"{scenario}/{m}": v for scenario, vals in card.metrics.items() for m, v in vals.items()}
+    logged |= {f"retention/{k}": v for k, v in card.retention.items()}
+    logged |= {f"under_load/{m}": v for m, v in card.under_load.items()}
+    logged |= {f"latency_ms/{q}": v for q, v in card.performance["latency_ms"].items()}
+    logged |= {f"criteria/{k}": c.score for k, c in card.criteria.items()}
+    logged |= {"throughput_items_per_s": card.performance["throughput_items_per_s"], "total_score": card.total_score}
+    assert len(card.metrics) >= 2 and card.retention and card.under_load and len(card.criteria) == 4
+    assert {k: run.metrics.get(k) for k in logged} == pytest.approx(logged), set(logged) - set(run.metrics)
     assert tracker.versions == [{"pilot": "bike-demand", "run_id": run.run_id,
                                  "bundle_sha256": evaluated.card.bundle_sha256}]
     assert [r.run_id for r in tracker.official_runs("bike-demand")] == [run.run_id]

@@ -670,6 +670,45 @@ def test_why_nothing_is_served_writes_a_quoted_notes_terminal_codes_out(ws):
     assert answer.status_code == 503 and "\\x1b[2J" in answer.text and "\x1b" not in answer.text, answer.text
 
 
+@pytest.mark.parametrize("batching", [True, False])
+def test_metrics_expose_readiness_and_the_items_of_each_call_into_the_bundle(ws, batching):
+    """README (`testbed serve`): /metrics has `testbed_ready` (1 while a version is served, 0 once none is: what
+    `monitor` shows as READY or NOT READY) and `testbed_batch_items`, a histogram of the items per call into the
+    bundle (`monitor` and `make bench` read its mean batch): one observation per call, summing to the items sent."""
+    server, *_ = watched_server(ws, batching=batching)
+    server.served.channel = FakeChannel(honest)
+    server.served.channel.close = lambda: None
+    windows = [1, 2, 3]
+
+    async def main(*windows: int):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app()), base_url="http://p") as client:
+            answers = await asyncio.gather(*(client.post("/forecast", json=request(n)) for n in windows))
+            return [r.status_code for r in answers], (await client.get("/metrics")).text
+
+    def samples(text: str) -> dict[str, list[tuple[dict, float]]]:
+        found: dict[str, list[tuple[dict, float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                found.setdefault(s.name, []).append((s.labels, s.value))
+        return found
+
+    statuses, text = asyncio.run(main(*windows))
+    assert statuses == [200] * len(windows)
+    scraped, calls = samples(text), server.served.channel.calls
+    assert scraped["testbed_ready"] == [({"pilot": "bike-demand"}, 1.0)]
+    version = {"pilot": "bike-demand", "model_version": "1"}
+    assert scraped["testbed_batch_items_sum"] == [(version, float(sum(windows)))]
+    assert scraped["testbed_batch_items_count"] == [(version, float(len(calls)))]
+    assert 1 <= len(calls) <= len(windows) and sum(calls) == sum(windows)
+    if not batching:
+        assert sorted(calls) == windows  # each request its own call
+
+    server._swap(None, "withdrawn")
+    statuses, text = asyncio.run(main(1))
+    assert statuses == [503] and samples(text)["testbed_ready"] == [({"pilot": "bike-demand"}, 0.0)]
+    assert samples(text)["testbed_batch_items_count"] == [(version, float(len(calls)))]  # nothing sent since
+
+
 def test_the_version_in_service_stops_once_its_latest_review_no_longer_clears_it_or_cannot_be_read(ws):
     """The watcher stopped the version in service only on a rejection: an approval that no longer clears it (a
     new one without the override of its failed `suspected_lookup` gate, which promotion refuses) kept it served,
