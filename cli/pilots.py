@@ -13,6 +13,7 @@ from rich.table import Table
 from cli.console import emit_json as _emit_json
 from cli.console import err, friendly, out
 from testbed.config import Workspace
+from testbed.errors import TestbedError
 from workflow.catalogue import get_pilot, scan_pilots
 
 __all__ = ["pilots_app"]
@@ -103,11 +104,26 @@ def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Fol
     spec = get_pilot(pilot)
     fam = open_family(spec, Workspace.from_env().data_dir)
     splits = {name: fam.load(name) for name, split in spec.dataset.splits.items() if split.public}  # all, or none
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TestbedError(f"{out_dir} is {'a file' if out_dir.is_file() else 'not a folder'}, where a folder is "
+                           "needed", where="--out", fix="give a folder (it is created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as staging:
         written = [path.relative_to(staging) for data in splits.values() for path in fam.export(data, Path(staging))]
+        for rel in written:  # nothing moved while any file would not fit: all, or none
+            _check_room(out_dir, rel)
         for rel in written:  # moved into place once every split is written
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(staging) / rel, out_dir / rel)
     for rel in written:
         out.print(f"wrote {escape(str(out_dir / rel))}", soft_wrap=True)
+
+
+def _check_room(out_dir: Path, rel: Path) -> None:
+    """TestbedError naming what is in the way where the export writes `out_dir / rel`."""
+    target = out_dir / rel
+    blocked = next((p for p in target.parents[:len(rel.parts) - 1] if p.exists() and not p.is_dir()), None)
+    if target.is_dir() and not target.is_symlink() or blocked:
+        raise TestbedError(f"{blocked} is a file, where the export writes a folder" if blocked else
+                           f"{target} is a folder, where the export writes a file", where="--out",
+                           fix="move it away, or give another --out folder; nothing was written")

@@ -452,6 +452,13 @@ def test_public_data_export_is_whole_or_absent(tmp_path, monkeypatch):
     result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)])
     assert result.exit_code == 2 and "dataset.splits.sample" in result.stderr
     assert not out.exists() or not any(out.iterdir())
+    monkeypatch.setattr(Forecasting, "read", real)
+    (out / "sample.npz").mkdir(parents=True)  # in the way of the second file: the first is not written either
+    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", str(out)], terminal_width=300)
+    assert result.exit_code == 2 and f"{out / 'sample.npz'} is a folder" in result.stderr, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["sample.npz"] and "nothing was written" in result.stderr
+    result = runner.invoke(app, ["pilots", "data", "bike-demand", "--out", "/dev/null"], terminal_width=300)
+    assert result.exit_code == 2 and "/dev/null is not a folder" in result.stderr
 
 
 def test_refuses_to_run_without_isolation(monkeypatch, tmp_path, fake_bento):
