@@ -16,6 +16,7 @@ from cli.pilots import pilots_app
 from cli.review import review_app
 from testbed.config import Workspace, harness_version
 from testbed.errors import NotFound, TestbedError
+from testbed.text import printable
 from workflow.catalogue import get_pilot
 from workflow.submissions import SubmissionStore, load_vendor
 
@@ -197,14 +198,16 @@ def _report(card, files, as_json: bool) -> None:
               f"[{colour}]{'passed' if card.passed else 'FAILED'}[/] · total {card.total_score:.2f}"
               f"{' (provisional)' if card.total_is_provisional else ''}")
     if card.evaluation == "reevaluation":
-        out.print(f"  re-evaluation ({escape(card.reevaluation_reason or '')}); the official evaluation stays ranked")
+        out.print(f"  re-evaluation ({escape(printable(card.reevaluation_reason or ''))}); the official evaluation "
+                  "stays ranked")
     for gate in card.gates:
         if not gate.passed:
-            out.print(f"  [red]✗ {gate.name}[/]: {escape(gate.detail)}", soft_wrap=True)
+            out.print(f"  [red]✗ {gate.name}[/]: {escape(printable(gate.detail))}", soft_wrap=True)
     if card.log_tail:
         out.print("  last lines of sandbox.log:")
         for line in card.log_tail[-8:]:
-            out.print(f"    {escape(line[:300])}{'…' if len(line) > 300 else ''}", highlight=False, soft_wrap=True)
+            out.print(f"    {escape(printable(line[:300]))}{'…' if len(line) > 300 else ''}", highlight=False,
+                      soft_wrap=True)  # the bundle's own output: its terminal codes written out, never obeyed
     out.print(f"  scorecard: {escape(str(files['scorecard.html']))}\n  json:      "
               f"{escape(str(files['scorecard.json']))}", soft_wrap=True)
     if card.mlflow_run_id:

@@ -7,13 +7,13 @@ from collections import Counter
 
 import typer
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Column, Table
 
 from cli.console import emit_json as _emit_json
 from cli.console import err, out
 from cli.console import warn_unsafe as _warn_unsafe
 from testbed.config import Workspace
+from testbed.text import cell
 from workflow.submissions import SubmissionStore
 
 __all__ = ["run"]
@@ -34,7 +34,7 @@ def _campaign_table(items, title: str) -> Table:
                       "" if i.total is None else f"{i.total:.2f}",
                       "" if i.passed is None else ("✓" if i.passed else "✗"),
                       str(len(i.retries)) if i.retries else "", f"{i.wall_s:.1f}" if i.wall_s else "",
-                      escape(i.error or i.run_id or ""))
+                      cell(i.error or i.run_id or ""))
     return table
 
 

@@ -96,7 +96,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
               f"{' (provisional until reviewed)' if card['total_is_provisional'] else ''}")
     for gate in card.get("gates", []):
         if not gate["passed"]:
-            out.print(f"  [red]✗ {escape(gate['name'])}[/]: {escape(gate['detail'])}")
+            out.print(f"  [red]✗ {escape(gate['name'])}[/]: {escape(printable(gate['detail']))}")
     if card.get("equity"):
         eq = card["equity"]
         out.print(escape(f"equity on {eq.get('metric')}: worst group {eq['worst_group']} ({eq['worst']:.4g}), best "

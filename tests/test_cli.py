@@ -212,6 +212,32 @@ def test_a_blank_vendor_name_is_refused_at_submit(tmp_path, fake_bento, name):
     assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("licence", "   ", "field `licence` is blank"),
+    ("model_description", "\u3000", "field `model_description` is blank"),
+    ("licence", "MIT\x1b[2J", "field `licence`: 'MIT\\x1b[2J' holds control"),
+    ("model_description", "fine\u202e", "control or formatting"), ("contact", "kim at example", "not an e-mail"),
+    ("contact", "a@b.kr\nGates passed", "control or formatting"), ("contact", "x" * 300 + "@a.kr", "at most 254"),
+])
+def test_the_vendor_profiles_free_text_is_given_plain_and_the_contact_is_an_address(tmp_path, fake_bento, field,
+                                                                                      value, words):
+    """The licence, description and contact reach evaluators' pages as the name does: blank ones, or ones with
+    terminal codes, bidirectional overrides or (but in the description) line breaks, are refused at submission."""
+    from workflow.submissions import load_vendor
+
+    profile = {"name": "Acme", "headquarters_district": "Mapo-gu", "seoul_based": True, "startup": False,
+               "technology_field": "time_series", "model_description": "An MLP.\nTrained on 2018.", "licence": "MIT",
+               "contact": "kim@acme.kr"}
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text(yaml.safe_dump(profile))
+    assert load_vendor(vendor).model_description == "An MLP.\nTrained on 2018."  # line breaks are fine there
+    vendor.write_text(yaml.safe_dump({**profile, field: value}))
+    result = runner.invoke(app, ["submit", "bike-demand", str(fake_bento([FORECAST_ROUTE])), "--vendor", str(vendor)])
+    assert result.exit_code == 2 and str(vendor) in result.stderr and words in result.stderr, result.output
+    assert "fix:" in result.stderr and "\x1b" not in result.stderr
+    assert not (tmp_path / "home" / "submissions").exists() or not any((tmp_path / "home" / "submissions").iterdir())
+
+
 def test_check_refuses_the_vendor_profile_that_submit_refuses_before_running_anything(tmp_path, fake_bento,
                                                                                      monkeypatch):
     """`testbed check --vendor` reads the profile as `testbed submit` does: a name submit refuses (terminal codes)
@@ -288,6 +314,26 @@ def test_check_without_a_vendor_profile_scores_a_vendor_that_claims_nothing_and_
     local = card["criteria"]["local_strength_fit"]
     assert local["score"] == 0 and local["status"] == "scored"
     assert not any(claim["counts"] for claim in local["evidence"]["claims"].values())
+
+
+def test_a_crashed_bundles_log_is_shown_with_its_terminal_codes_written_out(tmp_path, fake_bento, monkeypatch):
+    """README: a run that did not complete shows the last lines of `sandbox.log` in the CLI. They are the bundle's
+    own output: printed as they came, they could clear the evaluator's screen or retitle the window."""
+    import dataclasses
+
+    import sandbox.executor
+    import workflow.evaluate
+    from tests.doubles import FakeSandbox
+
+    class Crashing(FakeSandbox):
+        def run(self, job):
+            return dataclasses.replace(super().run(job), log="loading\nevil \x1b[2J\x1b]0;owned\x07 [red]x[/]\n")
+
+    monkeypatch.setattr(sandbox.executor, "RayExecutor", lambda: Crashing(lambda route, body: 1 / 0, "crashed"))
+    monkeypatch.setattr(workflow.evaluate, "check_isolation", lambda: None)
+    result = runner.invoke(app, ["check", "bike-demand", str(fake_bento([FORECAST_ROUTE]))], terminal_width=300)
+    assert result.exit_code == 1 and "last lines of sandbox.log:" in result.stdout, result.output
+    assert "evil \\x1b[2J\\x1b]0;owned\\x07 [red]x[/]" in result.stdout and "\x1b" not in result.stdout
 
 
 def test_ctrl_c_is_said_with_where_to_look_never_a_silent_exit(monkeypatch):
