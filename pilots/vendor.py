@@ -41,7 +41,7 @@ class VendorProfile(BaseModel):
     """What the model is and how it was trained, in a few sentences."""
     licence: str = Field(min_length=1, max_length=120)
     """The licence of the model and its weights (SPDX id where one exists, e.g. Apache-2.0)."""
-    contact: str | None = None
+    contact: str | None = Field(default=None, max_length=254)
     """Optional contact e-mail for the city's evaluators."""
 
     @field_validator("headquarters_district")

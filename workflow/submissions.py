@@ -53,22 +53,35 @@ ID = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{12}")
 """A submission id (no path separators: ids name folders)."""
 
 
-def _plain_name(name: str, where: str) -> None:
-    """The vendor's name reaches evaluators' terminals and pages (review list and show, the leaderboard), where it
-    must read as one name: checked as a submission comes in (records stored before stay readable, and are shown
-    written out)."""
-    if hidden(name):
-        raise SpecError(f"field `name`: {repr(name)[:80]} holds control or formatting characters (an escape sequence, "
-                        "a bidirectional override, a line break)", where=where,
-                        fix="give the company's name as plain text on one line")
-    if not name.strip():  # spaces only (ASCII, ideographic, no-break): an empty vendor on every list
-        raise SpecError("field `name` is blank", where=where, fix="give the company's legal name")
+PLAIN_FIELDS = {"name": "give the company's legal name as plain text on one line",
+                "licence": "give the licence's SPDX id (e.g. Apache-2.0) or its name, on one line",
+                "contact": "give one e-mail address, or leave `contact` out",
+                "model_description": "describe the model in plain text (line breaks are fine)"}
+"""The profile's free-text fields and the fix for each. They reach evaluators' terminals and pages (review list
+and show, the leaderboard), where each must read as what it is: checked as a submission comes in (records stored
+before stay readable, and are shown written out)."""
+
+
+def _plain_fields(vendor: VendorProfile, where: str) -> None:
+    for field, fix in PLAIN_FIELDS.items():
+        value = getattr(vendor, field)
+        if value is None:
+            continue
+        if hidden(value.replace("\n", " ").replace("\t", " ") if field == "model_description" else value):
+            raise SpecError(f"field `{field}`: {repr(value)[:80]} holds control or formatting characters (an escape "
+                            "sequence, a bidirectional override" + (")" if field == "model_description" else
+                                                                    ", a line break)"), where=where, fix=fix)
+        if not value.strip():  # spaces only (ASCII, ideographic, no-break): an empty vendor on every list
+            raise SpecError(f"field `{field}` is blank", where=where, fix=fix)
+    if vendor.contact is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", vendor.contact):
+        raise SpecError(f"field `contact`: {vendor.contact[:80]!r} is not an e-mail address", where=where,
+                        fix=PLAIN_FIELDS["contact"])
 
 
 def load_vendor(path: Path) -> VendorProfile:
     """A vendor profile file, checked as a submission checks it (`testbed check --vendor` reads it so too)."""
     vendor = load_model(path, VendorProfile)
-    _plain_name(vendor.name, str(path))
+    _plain_fields(vendor, str(path))
     return vendor
 
 
@@ -92,7 +105,7 @@ class SubmissionStore:
         BundleError naming it) and store with the vendor profile (or its YAML file); returns the submission and
         whether it is new (False: same bytes, stored before with the profile it had then)."""
         if isinstance(vendor, VendorProfile):
-            _plain_name(vendor.name, "the vendor profile")
+            _plain_fields(vendor, "the vendor profile")
         else:
             vendor = load_vendor(vendor)
         info = inspect_bundle(bundle)
