@@ -43,7 +43,11 @@ class Contract:
         where = where or str(info.path)
         labels = info.manifest.get("labels")
         declared = labels.get("pilot") if isinstance(labels, dict) else None
-        if declared is not None and str(declared) != pilot:
+        if declared is not None and not isinstance(declared, str):
+            raise ContractError(f"the bundle's label `pilot` is {str(declared)[:80]}, not a pilot id", where=where,
+                                fix=f"label it `pilot: {pilot}` in its bentofile.yaml (one pilot id), or leave the "
+                                    "label out, and build it again")
+        if declared is not None and declared != pilot:
             raise ContractError(f"the bundle declares it is for the pilot {str(declared)[:80]!r} (`labels: pilot:` in "
                                 f"its bentofile.yaml), not {pilot!r}", where=where,
                                 fix=f"give it to {str(declared)[:80]!r}, or, if it is for {pilot!r}, correct that "

@@ -43,12 +43,26 @@ class TestbedError(Exception):
     exit_code = 2
 
     def __init__(self, problem: str, *, where: str | None = None, fix: str | None = None):
-        self.problem, self.where, self.fix = problem, where, fix
+        self.problem, self.where, self.fix = _capped(problem), _capped(where), _capped(fix)
         super().__init__(str(self))
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.problem}" if self.where else self.problem
         return f"{text}\n  fix: {self.fix}" if self.fix else text
+
+
+MAX_PART_CHARS = 4000
+"""Most characters of a message's problem, place or fix: they quote the input (a vendor's bundle may declare a
+route name or a requirement line of megabytes), and one error is read, not scrolled."""
+
+
+def _capped(text: str | None) -> str | None:
+    """`text`, or its first and last `MAX_PART_CHARS // 2` characters around a note of what was left out (what
+    a message says of its quote often follows it)."""
+    if text is None or len(text) <= MAX_PART_CHARS:
+        return text
+    half = MAX_PART_CHARS // 2
+    return f"{text[:half]} … ({len(text) - 2 * half:,} more characters left out) … {text[-half:]}"
 
 
 class SpecError(TestbedError):

@@ -57,6 +57,9 @@ def _fix(model: type[BaseModel], item: dict, path: str) -> str:
         parent = _describe(model, tuple(item["loc"][:-1]))[1]
         names = ", ".join(getattr(parent, "model_fields", None) or ())
         return f"remove `{path}` or correct its name" + (f" (the fields there: {names[:300]})" if names else "")
+    if item["type"] == "invalid_key":  # `null:`, `1:` or `true:` read as no name
+        return (f"name the field at `{path}` with a word (YAML reads `null:`, a number or `true:` as no name), or "
+                "remove it")
     doc = _describe(model, tuple(item["loc"]))[0]
     todo = f"add `{path}`" if item["type"] == "missing" else f"give `{path}` a value as the message says"
     if not doc:

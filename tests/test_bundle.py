@@ -230,11 +230,27 @@ def test_contract_mismatch_is_refused(fake_bento, route, words):
         FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))
 
 
+def test_an_error_quoting_a_bundle_keeps_to_a_readable_length(fake_bento):
+    """A declared input type of 500 KB was quoted whole: a 500 KB error (5,000 route names: 790 KB)."""
+    from testbed.errors import MAX_PART_CHARS
+
+    huge = {"name": "forecast", "input": {"properties": {"history": {"type": "x" * 500_000}, "future": {}}}}
+    path = fake_bento([huge, *({"name": f"r{i:05d}" + "y" * 150} for i in range(2000))])
+    with pytest.raises(ContractError, match="declared as 'xxx") as info:
+        FAMILIES.get("forecasting").contract.check_routes(inspect_bundle(path).routes, where=str(path))
+    assert len(str(info.value)) < 3 * MAX_PART_CHARS and "more characters left out" in str(info.value)
+    assert str(path) in str(info.value) and "fix:" in str(info.value)
+
+
 def test_a_bundle_labelled_for_another_pilot_is_refused(fake_bento):
     """Both forecasting pilots take the same API: the pilot a bundle's labels name tells them apart."""
     contract = FAMILIES.get("forecasting").contract
     contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE])), "subway-ridership")  # no label: routes only
     contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE], labels={"pilot": "bike-demand"})), "bike-demand")
+    with pytest.raises(ContractError, match=r"label `pilot` is \['bike-demand'\], not a pilot id") as info:
+        contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE], labels={"pilot": ["bike-demand"]})),
+                              "bike-demand")
+    assert "label it `pilot: bike-demand`" in info.value.fix
     with pytest.raises(ContractError, match="for the pilot 'bike-demand'.*not 'subway-ridership'") as info:
         contract.check_bundle(inspect_bundle(fake_bento([FORECAST_ROUTE], labels={"pilot": "bike-demand"})),
                               "subway-ridership")

@@ -68,6 +68,7 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["task"].update(mase_floor=float("inf")), "task.mase_floor", "finite"),  # MASE 0 for any forecast
     # a step of no length, or backwards: the data read failed with ZeroDivisionError/IndexError, naming no field
     (lambda s: s["task"]["data"].update(frequency="0h"), "task.data.frequency", "a step forward"),
+    (lambda s: s["task"]["data"]["known"].append("demand"), "task.data", "given both as `target`"),  # the truth
     (lambda s: s["task"]["data"].update(frequency="-1h"), "task.data.frequency", "a step forward"),
     # numpy's generators take no negative seed: the bootstrap's failed after the sandbox run (the bundle's verdict
     # became contract_violation), a scenario's when its inputs were built (a traceback)
@@ -95,6 +96,19 @@ def test_a_key_given_twice_is_refused_not_overwritten(tmp_path):
     text = (CATALOGUE_DIR / "bike-demand.yaml").read_text().replace("  horizon: 24", "  horizon: 24\n  horizon: 6")
     with pytest.raises(SpecError, match="'horizon' is given twice"):
         load_pilot(write(tmp_path, text))
+
+
+def test_a_key_that_yaml_reads_as_no_name_is_told_as_such(tmp_path):
+    """`null:` (or `1:`, `true:`) is no field name: "give `None` a value" was the fix given."""
+    from pilots.vendor import VendorProfile
+    from testbed.config import PROJECT_ROOT
+    from testbed.yamlio import load_model
+
+    profile = (PROJECT_ROOT / "examples" / "bike_mlp" / "vendor.yaml").read_text()
+    (tmp_path / "vendor.yaml").write_text("null: 1\n" + profile)
+    with pytest.raises(SpecError, match="Keys should be strings") as info:
+        load_model(tmp_path / "vendor.yaml", VendorProfile)
+    assert "name the field" in info.value.fix and "a value" not in info.value.fix
 
 
 def test_yaml_merge_keys_are_read_as_yaml_reads_them(tmp_path):
