@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from evaluation.criteria import _skill, retention_ratio
+from evaluation.criteria import _skill, retention_ratio, viability_parts
 from evaluation.decisions import apply_review
 from evaluation.families import open_family
 from evaluation.performance import performance
@@ -96,6 +96,48 @@ def run(ws, spec, handler, bundle, vendor=None, start=None, **kw):
 
 
 # -- evidence over claims -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pilot", ["bike-demand", "subway-ridership", "cctv-road-users", "petition-routing"])
+def test_the_sandbox_is_sent_the_contracts_inputs_only_never_the_labels(ws, pilot):
+    """README: the harness "sends inputs only (never labels)". Every request of an official evaluation's job holds
+    the contract's inputs and nothing else; for detection and text, labels changed give the very same bytes; for
+    forecasting a window's target is no input of its own (the spec refuses a column given both as `target` and
+    `known`, tests/test_specs.py) and reaches the service only in the histories of windows after it."""
+    import dataclasses
+
+    from tests.doubles import payload
+    from workflow.evaluate import sandbox_job
+
+    spec = get_pilot(pilot)
+    fam = open_family(spec, PROJECT_ROOT / "data")
+    data = fam.load("test")
+
+    def sent(data) -> list[bytes]:
+        job = sandbox_job(spec, fam, PROJECT_ROOT / "README.md", data, ws, isolated=True)
+        assert not {f.name for f in dataclasses.fields(job)} & {"labels", "truth", "targets", "gt", "answers"}
+        for phase in job.phases:
+            assert all(set(payload(body, phase.content_type)) == set(fam.contract.inputs) for body in phase.bodies)
+        return [body for phase in job.phases for body in phase.bodies]
+
+    bodies = sent(data)
+    if hasattr(data, "labels"):  # text: every title given another's category
+        assert sent(dataclasses.replace(data, labels=np.roll(data.labels, 1))) == bodies
+    elif hasattr(data, "gt"):  # detection: half the true boxes gone, the rest moved
+        boxes = [{**a, "bbox": [a["bbox"][0] + 5, *a["bbox"][1:]]} for a in data.gt["annotations"][::2]]
+        assert sent(dataclasses.replace(data, gt={**data.gt, "annotations": boxes})) == bodies
+    else:
+        assert spec.task["data"]["target"] not in spec.task["data"].get("known", [])
+
+
+@pytest.mark.parametrize("skill, credit", [(0.4, 1.0), (0.0, 1.0), (-0.5, 0.5), (-1.0, 0.0), (-30.0, 0.0)])
+def test_robustness_credit_shrinks_behind_the_baseline_and_is_none_at_twice_its_error(bike_spec, skill, credit):
+    """README, criterion 2: the credit for what the scenarios retain shrinks as the clean score falls behind the
+    harness's baseline, none at twice its error (skill -1): a forecast that ignores its input retains everything."""
+    perf = {"error_rate": 0.0, "service_latency_ms": {"p95": 1.0}, "service_throughput_items_per_s": 1e6}
+    parts = viability_parts(bike_spec, {}, [1.0, 1.0], perf, skill)
+    assert parts["robustness"] == pytest.approx(credit)
+    assert viability_parts(bike_spec, {}, [0.5, 1.0], perf, skill)["robustness"] == pytest.approx(0.75 * credit)
+
 
 def test_models_are_read_statically_and_a_hostile_pickle_never_runs(tmp_path):
     import pickle

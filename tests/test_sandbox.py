@@ -57,7 +57,9 @@ def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
                          forbidden=[str(PROJECT_ROOT / "data"), str(PROJECT_ROOT / "mlflow")]))
     answer = json.loads(result.phases["p"].bodies[0])
     assert (answer["uid"] in uid_range() if os.geteuid() == 0 else answer["uid"] == NOBODY)
-    assert int(answer["cap_eff"], 16) == 0
+    assert int(answer["cap_eff"], 16) == 0 and answer["no_new_privs"] == "1"  # README: capabilities, no_new_privs
+    if os.geteuid() == 0:  # setpriv's --bounding-set=-all: none to regain (a user namespace keeps its own set)
+        assert int(answer["cap_bnd"], 16) == 0
     outcome = answer["results"]
     assert outcome.pop("write:/tmp/scratch-is-fine") == "allowed" and outcome.pop("thread:") == "allowed"
     assert outcome.pop("shm:") == "allowed"

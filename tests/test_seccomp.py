@@ -61,6 +61,11 @@ def test_the_docker_default_essentials_are_refused():
     for name in ("keyctl", "add_key", "request_key", "bpf", "ptrace", "mount", "kexec_load", "io_uring_setup",
                  "perf_event_open", "userfaultfd", "setns", "init_module", "open_by_handle_at"):
         assert name in KILL + REFUSE + NOT_IMPLEMENTED, name
+    # README: the keyring, BPF, ptrace, mounts, modules, kexec and clock calls kill the service; io_uring, perf
+    # events, NUMA policy, setns and userfaultfd are refused
+    assert {"keyctl", "bpf", "ptrace", "mount", "init_module", "kexec_load", "clock_settime"} <= set(KILL)
+    assert {"perf_event_open", "set_mempolicy", "mbind", "setns", "userfaultfd"} <= set(REFUSE)
+    assert "io_uring_setup" in REFUSE + NOT_IMPLEMENTED
 
 
 def test_unknown_architecture_gets_no_filter():

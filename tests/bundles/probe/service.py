@@ -55,6 +55,6 @@ def attempt(target: str) -> str:
 class Probe:
     @bentoml.api
     def probe(self, targets: list[str]) -> dict:
-        status = open("/proc/self/status").read()
-        caps = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff"))
-        return {"uid": os.getuid(), "cap_eff": caps, "results": {t: attempt(t) for t in targets}}
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+        return {"uid": os.getuid(), "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(), "results": {t: attempt(t) for t in targets}}
