@@ -156,9 +156,10 @@ def _checked(tar: tarfile.TarFile, where: str, limits: Limits):
                                      f"{limits.max_depth})")
             parts = normal.split("/")
             parents = {"/".join(parts[:i]) for i in range(1, len(parts))}
-            if (member.size < 0 or len(name.encode()) > 4000 or max(len(p.encode()) for p in parts) > 255
-                    or parents & files or member.isfile() and (normal == "." or normal in folders
-                                                               or parts[0] == "models" and len(parts) == 2)):
+            unnamed = member.size < 0 or len(name.encode()) > 4000 or max(len(p.encode()) for p in parts) > 255 \
+                or member.isfile() and normal == "."
+            clash = parents & files or normal in (files if member.isdir() else folders)
+            if unnamed or clash or member.isfile() and parts[0] == "models" and len(parts) == 2:
                 raise _unsafe(where, f"member {name[:80]!r} cannot be unpacked as BentoML lays a bundle out (an "
                                      "empty or over-long name, a negative size, a file where a folder is, or a file "
                                      "directly in models/)")

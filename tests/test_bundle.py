@@ -60,9 +60,10 @@ def folder_member(name):
 @pytest.mark.parametrize("members", [
     [file_member("src"), file_member("src/a")],  # a file, then a member inside it
     [folder_member("src/x"), file_member("src/x")],  # a folder, then a file of the same name
+    [file_member("src/x"), folder_member("src/x")],  # a file, then a folder of the same name
     [file_member("models/weights.pt")],  # BentoML keeps each model in models/NAME/
     [file_member("src/" + "n" * 300)],  # a name longer than any file system takes
-], ids=["file-then-member-inside", "folder-then-file", "file-in-models", "long-name"])
+], ids=["file-then-member-inside", "folder-then-file", "file-then-folder", "file-in-models", "long-name"])
 def test_members_that_cannot_be_unpacked_as_bentoml_lays_a_bundle_out_are_refused_at_submission(tmp_path, members):
     """These passed the submission's check and then failed every evaluation as "could not be unpacked", naming
     the sandbox's private copy instead of the vendor's file."""
