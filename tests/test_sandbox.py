@@ -60,6 +60,7 @@ def test_sandbox_denies_network_and_harness_files(built, host_server, ws):
     assert int(answer["cap_eff"], 16) == 0 and answer["no_new_privs"] == "1"  # README: capabilities, no_new_privs
     if os.geteuid() == 0:  # setpriv's --bounding-set=-all: none to regain (a user namespace keeps its own set)
         assert int(answer["cap_bnd"], 16) == 0
+    assert answer["bentofile_env"] is None  # README: bentofile.yaml's `envs` are not applied
     outcome = answer["results"]
     assert outcome.pop("write:/tmp/scratch-is-fine") == "allowed" and outcome.pop("thread:") == "allowed"
     assert outcome.pop("shm:") == "allowed"

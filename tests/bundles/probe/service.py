@@ -57,4 +57,5 @@ class Probe:
     def probe(self, targets: list[str]) -> dict:
         status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
         return {"uid": os.getuid(), "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
-                "no_new_privs": status["NoNewPrivs"].strip(), "results": {t: attempt(t) for t in targets}}
+                "no_new_privs": status["NoNewPrivs"].strip(), "bentofile_env": os.environ.get("PROBE_FROM_BENTOFILE"),
+                "results": {t: attempt(t) for t in targets}}
