@@ -54,7 +54,8 @@ def friendly(fn):
             err.print("\n[bold red]interrupted[/] (Ctrl-C or SIGTERM)\n  fix: a submission, an official evaluation, a "
                       "review and a production move are each recorded whole or not at all: `testbed scorecard ID`, "
                       "`testbed review history ID` or `testbed production PILOT` shows whether this one was; if not, "
-                      "run the command again", highlight=False, soft_wrap=True)
+                      "run the command again (a submission of the same bytes again is safe, and prints its id)",
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except OSError as exc:  # a path given that cannot be used as asked (a folder, no such folder, no access)
             if exc.filename is None:
