@@ -51,6 +51,12 @@ def test_unsafe_members_are_refused(tmp_path, member, words):
     assert [p.name for p in home.rglob("*") if p.is_file()] == []
 
 
+def negative_member(name):
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {"size": "-5"}
+    return info, None
+
+
 def folder_member(name):
     info = tarfile.TarInfo(name)
     info.type = tarfile.DIRTYPE
@@ -63,7 +69,9 @@ def folder_member(name):
     [file_member("src/x"), folder_member("src/x")],  # a file, then a folder of the same name
     [file_member("models/weights.pt")],  # BentoML keeps each model in models/NAME/
     [file_member("src/" + "n" * 300)],  # a name longer than any file system takes
-], ids=["file-then-member-inside", "folder-then-file", "file-then-folder", "file-in-models", "long-name"])
+    [negative_member("src/p")],  # a size of -5 (it counted against the unpacked limit as a subtraction)
+], ids=["file-then-member-inside", "folder-then-file", "file-then-folder", "file-in-models", "long-name",
+        "negative-size"])
 def test_members_that_cannot_be_unpacked_as_bentoml_lays_a_bundle_out_are_refused_at_submission(tmp_path, members):
     """These passed the submission's check and then failed every evaluation as "could not be unpacked", naming
     the sandbox's private copy instead of the vendor's file."""
