@@ -135,8 +135,14 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
         err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
                   "put an authenticating proxy in front of it (the testbed's own is for loopback)")
     server = ProductionServer(Workspace.from_env(), pilot, poll_s=poll, batching=batching, max_batch=max_batch)
-    serve_until_stopped(server, host, port, lambda url: err.print(
-        f"{escape(url)}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops", soft_wrap=True))
+    try:
+        serve_until_stopped(server, host, port, lambda url: err.print(
+            f"{escape(url)}  (API {server.contract.route}, /healthz, /readyz, /metrics); Ctrl-C stops", soft_wrap=True))
+    except KeyboardInterrupt:  # how a service is stopped: said as such, not as a command cut short
+        err.print(f"\n[bold]stopped[/] by Ctrl-C or SIGTERM: the service and its sandbox are down; "
+                  f"production is unchanged (`testbed serve {pilot}` serves it again)", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @friendly

@@ -86,7 +86,7 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
         return _emit_json({"submission": sub.model_dump(mode="json"), "run_id": run.run_id if run else None,
                            "status": status, "policy_goals": spec.policy_goals,
                            "review": review.model_dump(mode="json") if review else None,
-                           "gates": card.get("gates"), "equity": card.get("equity")})
+                           "gates": card.get("gates"), "equity": card.get("equity"), "claims": _claims(card)})
     out.print(f"[bold]{sub.id}[/] by {cell(sub.vendor.name)} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
@@ -106,9 +106,18 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
         out.print(f"  {i}. {escape(goal)}")
+    claims = _claims(card)
+    out.print("[bold]Vendor claims[/] (--confirm CLAIM for each one verified; only these can count): " +
+              (", ".join(f"{name} ({cell(str(c.get('status')))})" for name, c in claims.items()) or "none made"))
     said = f" by {cell(review.by)} at {review.at}: {cell(review.note)}" if review else ""
     out.print(f"decision: [bold]{status}[/]{said}")
     out.print(f"scorecard: {escape(str(card_file.with_suffix('.html')))}", soft_wrap=True)
+
+
+def _claims(card: dict) -> dict[str, dict]:
+    """The claims the vendor made that can count for this pilot, with their status (confirmable by a review)."""
+    claims = ((card.get("criteria") or {}).get("local_strength_fit") or {}).get("evidence", {}).get("claims", {})
+    return {name: c for name, c in claims.items() if c.get("counts")}
 
 
 def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,

@@ -834,6 +834,8 @@ def test_review_show_names_no_worst_group_where_none_was_judged(ws, bike_spec, f
     shown = CliRunner().invoke(cli.app, ["review", "show", sub.id], terminal_width=250).stdout
     assert "equity on mase: no worst or best group (no key has two groups measured on enough items to judge)" in shown
     assert "None" not in shown, shown
+    # the claims an evaluator may confirm, as `--confirm`'s refusal tells them to look here
+    assert "Vendor claims (--confirm CLAIM" in shown and "seoul_based (declared, unverified)" in shown, shown
 
 @pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C or SIGTERM)"),
                                                (OSError(28, "No space left on device"), 0, "No space left")])

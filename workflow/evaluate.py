@@ -95,10 +95,9 @@ def _role(tracker: Tracker | None, spec: PilotSpec, submission: str, reevaluate:
     if existing is None:
         return "official"
     if not (reevaluate or "").strip():
-        total = existing.metrics.get("total_score")
         raise TestbedError(
-            f"submission {submission} already has its official evaluation (MLflow run {existing.run_id}"
-            f"{f', total {total:.2f}' if total is not None else ''}); the leaderboard ranks that one",
+            f"submission {submission} already has its official evaluation (MLflow run {existing.run_id}); the "
+            f"leaderboard ranks that one (`testbed scorecard {submission}` shows it)",
             fix=f"to evaluate it again on purpose: testbed evaluate {submission} --reevaluate --reason \"WHY\" "
                 "(recorded beside the official evaluation, never replacing it)")
     return "reevaluation"
