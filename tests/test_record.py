@@ -214,7 +214,9 @@ def test_a_review_the_runs_tags_never_recorded_fails_the_audit(ws, evaluated, cl
     code, _, err = cli("review", "reject", sub.id, "--by", "kim", "--note", "privacy", *(
         f"--score={g}=1:weak" for g in (1, 2, 3)))
     assert code == 0, err
-    assert audit_submission(sub.id, ws=ws, tracker=tracker).ok
+    passed = audit_submission(sub.id, ws=ws, tracker=tracker)
+    trail = [c for c in passed.checks if c.name == "review trail"]  # a passing audit says the trail was checked
+    assert passed.ok and [c.recomputed for c in trail] == ["intact; latest decision: reject by kim"]
     book = ReviewBook(ws, tracker)
     forged = Review(**{**book.latest(sub.id, tracker.runs[card.mlflow_run_id]).model_dump(
         exclude={"seq", "prev", "hash"}), "decision": "approve", "note": "forged"})

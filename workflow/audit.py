@@ -119,10 +119,13 @@ def _check_record(report: AuditReport, card: Scorecard, run: RunRecord, spec: Pi
         same = card.weights.keys() == weights.keys() and all(same_number(card.weights[k], weights[k]) for k in weights)
         check(AuditCheck("criteria weights", card.weights, weights, same))
     try:
-        expected = reviewed_card(card, book.latest(card.submission, run, strict=True))  # a forged entry fails it
+        review = book.latest(card.submission, run, strict=True)  # a forged entry fails it
     except AuditError as exc:
         check(AuditCheck("review trail", "intact", exc.problem, False))
         return
+    check(AuditCheck("review trail", "intact", f"intact; latest decision: {review.decision} by {review.by}"
+                     if review else "intact; no review yet", True))
+    expected = reviewed_card(card, review)
     if isinstance(copy, AuditError):
         check(AuditCheck(COPY, "readable", f"{copy.problem}; `testbed scorecard {card.submission} --restore` "
                          "rewrites it from the record", False))

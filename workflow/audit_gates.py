@@ -99,7 +99,8 @@ def criteria_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: 
         got = card.criteria[name].score if name in card.criteria else "absent"
         ok = got == value if value is None or isinstance(value, str) else \
             isinstance(got, int | float) and math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-6)
-        checks.append((f"criteria/{name}", got, "pending (no review on the record)" if value is None else value, ok))
+        pending = "pending at the run (a review applies after it: see the review trail)"
+        checks.append((f"criteria/{name}", got, pending if value is None else value, ok))
     return checks
 
 
