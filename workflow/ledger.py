@@ -290,7 +290,8 @@ class AuditChain:
         if unconfirmed and strict:
             raise self._refused(anchor, unconfirmed, "the trail holds entries its mirror never recorded")
         if unconfirmed:
-            warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out", stacklevel=2)
+            warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out; no entry can follow until "
+                          f"they are cut from the end of the file (keep its first {anchor.seq} line(s))", stacklevel=2)
         return entries
 
     def _open(self, flags: int) -> int:
