@@ -242,7 +242,8 @@ class ProductionServer(Proxy):
                 self._refused = (version, time.monotonic(), why, self._moves())
                 self._swap(None, why)
                 self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
-                         f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version")
+                         f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version, or an "
+                         f"evaluator approves it again (checked every {self.recheck_s:g} s)")
             return
         if version is None:
             if served or self._refused:
