@@ -95,8 +95,10 @@ class ProductionServer(Proxy):
         self.reason = "starting"
         """Why the service is not ready (shown by /readyz and in 503 answers)."""
         self._batcher: Batcher | None = None
-        self._refused: tuple[str, float, str, int] | None = None
-        """The alias's version the watcher refused: (version, when, why, the trail's length then)."""
+        self._refused: tuple[str, float, str, int, tuple | None] | None = None
+        """The alias's version the watcher refused: (version, when, why, the production trail's length then, and
+        for a version refused on its review, (submission, run, that review's hash): a new review of it is checked
+        at the next poll, not only after `recheck_s`)."""
         self._violated: dict[str, str] = {}
         """Versions caught trying what the sandbox forbids (`_observed`), and what: never served again by this
         server, whatever the alias says."""
@@ -201,8 +203,8 @@ class ProductionServer(Proxy):
         """One round of the watcher: notice a dead bundle, a promotion, a rollback, a withdrawal, or a rejection
         of the version in service (an evaluator's latest review of it, or a newer approval that no longer clears
         it, or a review trail that cannot be read: `_cleared`): only an approved bundle that the production trail
-        put in service is served. A refused version is checked again when the trail moves, or
-        after `recheck_s` (a new review may approve it)."""
+        put in service is served. A refused version is checked again when the production trail moves, when a new
+        review of it is recorded, or after `recheck_s`."""
         served = self.served
         verdict, violation = _observed(served.service) if served else ("completed", "")
         if served and verdict == "sandbox_violation":
@@ -239,11 +241,12 @@ class ProductionServer(Proxy):
         elif served and version == current:
             why, said = self._cleared(served)
             if why:
-                self._refused = (version, time.monotonic(), why, self._moves())
+                self._refused = (version, time.monotonic(), why, self._moves(),
+                                 self._reviewed(served.ok.submission.id, served.ok.run))
                 self._swap(None, why)
                 self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
                          f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version, or an "
-                         f"evaluator approves it again (checked every {self.recheck_s:g} s)")
+                         "evaluator approves it again (served at the next check)")
             return
         if version is None:
             if served or self._refused:
@@ -257,7 +260,7 @@ class ProductionServer(Proxy):
             moves = self._moves(strict=True)
         except TestbedError as exc:  # the alias moved, and the trail cannot say to what: nothing is served
             why = f"the production trail cannot be read: {exc.problem}"
-            self._refused = (version, time.monotonic(), why, -1)
+            self._refused = (version, time.monotonic(), why, -1, None)
             if served or self.reason != why:
                 self._swap(None, why)
                 self.log(f"{why}; stopped serving {'version ' + current if current else 'nothing'} and starting "
@@ -265,13 +268,14 @@ class ProductionServer(Proxy):
                          f"(`testbed production {self.pilot}` says more)")
             return
         refused = self._refused
-        if refused and refused[0] == version and refused[3] == moves and time.monotonic() < refused[1] + self.recheck_s:
+        if (refused and refused[0] == version and refused[3] == moves and time.monotonic() < refused[1] + self.recheck_s
+                and (refused[4] is None or self._reviewed(*refused[4][:2]) == refused[4])):  # nor a new review
             return
         try:
             ok = self.production.resolve(self.pilot)
             new = self._launch(ok)
         except TestbedError as exc:
-            self._refused = (version, time.monotonic(), exc.problem, moves)
+            self._refused = (version, time.monotonic(), exc.problem, moves, None)
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
             if refused is None or (refused[0], refused[2]) != (version, exc.problem):  # said once
@@ -295,6 +299,15 @@ class ProductionServer(Proxy):
             if strict:
                 raise
             return -1
+
+    def _reviewed(self, submission: str, run) -> tuple:
+        """(submission, run, the hash of its latest review): a new review changes it (the hash None when there is
+        none, or the trail cannot be read)."""
+        try:
+            latest = self.production.book.latest(submission, run)
+        except TestbedError:
+            latest = None
+        return submission, run, latest.hash if latest is not None else None
 
     def _cleared(self, served: Served) -> tuple[str, str]:
         """Why the version in service may no longer be served, and the log line's account of it ("" when it may):
