@@ -102,16 +102,16 @@ def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, p
     out.rule(f"[bold]{pilot}[/] · evaluator review, promotion and production serving")
     book = ReviewBook(ws)
     equity = better.equity
-    def checked(card) -> list[str]:  # the demo evaluator checked the vendors' registrations: what each claims holds
-        return [n for n, c in card.criteria["local_strength_fit"].evidence["claims"].items() if c["counts"]]
-
-    book.record(tracker, better.submission, "approve", by="demo-evaluator", confirmed_claims=checked(better),
+    # the demo evaluator checked the vendors' registrations: what each claims holds
+    book.record(tracker, better.submission, "approve", by="demo-evaluator",
+                confirmed_claims=list(better.confirmable_claims()),
                 note=f"beats the {better.baseline.get('name')} reference (skill "
                      f"{better.criteria['deep_learning_fit'].evidence['skill_over_baseline']:.0%}); all gates pass",
                 rubric=[{"goal": i, "score": 3, "justification": f"worst group {equity.get('worst_group')} still "
                          f"within the thresholds" if i == len(spec.policy_goals) else "forecasts the peaks the goal "
                          "depends on, one day ahead"} for i in range(1, len(spec.policy_goals) + 1)])
-    book.record(tracker, reference.submission, "reject", by="demo-evaluator", confirmed_claims=checked(reference),
+    book.record(tracker, reference.submission, "reject", by="demo-evaluator",
+                confirmed_claims=list(reference.confirmable_claims()),
                 note="the reference has no skill over the non-deep-learning baseline: not a candidate",
                 rubric=[{"goal": i, "score": 1, "justification": "repeats yesterday: misses weather-driven changes"}
                         for i in range(1, len(spec.policy_goals) + 1)])

@@ -81,12 +81,13 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     spec, run = get_pilot(sub.pilot), official_evaluation(tracker, sub)
     status, review = review_status(ReviewBook(ws, tracker), sub.id, run) if run else ("not evaluated", None)
     card_file = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
-    card = reviewed_card(official_card(tracker, run), review).model_dump(mode="json") if run else {}
+    reviewed = reviewed_card(official_card(tracker, run), review) if run else None
+    card, claims = (reviewed.model_dump(mode="json"), reviewed.confirmable_claims()) if reviewed else ({}, {})
     if as_json:
         return _emit_json({"submission": sub.model_dump(mode="json"), "run_id": run.run_id if run else None,
                            "status": status, "policy_goals": spec.policy_goals,
                            "review": review.model_dump(mode="json") if review else None,
-                           "gates": card.get("gates"), "equity": card.get("equity"), "claims": _claims(card)})
+                           "gates": card.get("gates"), "equity": card.get("equity"), "claims": claims})
     out.print(f"[bold]{sub.id}[/] by {cell(sub.vendor.name)} · pilot {sub.pilot} · bundle sha256 {sub.bundle_sha256}")
     if run is None:
         out.print(f"not evaluated yet: `testbed evaluate {sub.id}`")
@@ -106,18 +107,11 @@ def review_show(submission: str, as_json: bool = typer.Option(False, "--json", h
     out.print("[bold]Policy goals to score 0–4[/] (--score GOAL=SCORE:JUSTIFICATION, or --rubric FILE):")
     for i, goal in enumerate(spec.policy_goals, 1):
         out.print(f"  {i}. {escape(goal)}")
-    claims = _claims(card)
     out.print("[bold]Vendor claims[/] (--confirm CLAIM for each one verified; only these can count): " +
               (", ".join(f"{name} ({cell(str(c.get('status')))})" for name, c in claims.items()) or "none made"))
     said = f" by {cell(review.by)} at {review.at}: {cell(review.note)}" if review else ""
     out.print(f"decision: [bold]{status}[/]{said}")
     out.print(f"scorecard: {escape(str(card_file.with_suffix('.html')))}", soft_wrap=True)
-
-
-def _claims(card: dict) -> dict[str, dict]:
-    """The claims the vendor made that can count for this pilot, with their status (confirmable by a review)."""
-    claims = ((card.get("criteria") or {}).get("local_strength_fit") or {}).get("evidence", {}).get("claims", {})
-    return {name: c for name, c in claims.items() if c.get("counts")}
 
 
 def _decide(decision: str, submission: str, by: str, note: str, scores: list[str], rubric: Path | None,

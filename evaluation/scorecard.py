@@ -128,6 +128,12 @@ class Scorecard(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     """When the evaluation finished (UTC)."""
 
+    def confirmable_claims(self) -> dict[str, dict[str, Any]]:
+        """The vendor's claims that count for this pilot, each with its status: what a review may confirm."""
+        local = self.criteria.get("local_strength_fit")
+        claims = local.evidence.get("claims", {}) if local is not None else {}
+        return {name: claim for name, claim in claims.items() if claim.get("counts")}
+
 
 def rescore(card: Scorecard) -> Scorecard:
     """Recompute `passed` and the total from the card's gates, criteria and weights (in place; returns it). A

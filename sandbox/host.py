@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import pwd
 import re
@@ -45,7 +46,13 @@ def uid_range() -> range:
     """Uids reserved for sandboxes (`TESTBED_SANDBOX_UIDS=FIRST-LAST`); no host account may use them, since a
     uid's processes are killed when it is leased (SandboxUnavailable for a range that is malformed or holds an
     account, uid 0 included)."""
-    setting = os.environ.get("TESTBED_SANDBOX_UIDS") or DEFAULT_UIDS
+    return _reserved(os.environ.get("TESTBED_SANDBOX_UIDS") or DEFAULT_UIDS)
+
+
+@functools.lru_cache(maxsize=8)
+def _reserved(setting: str) -> range:
+    """`uid_range` for one setting, checked against the host's accounts once per process (every sandbox start
+    leases a uid: the account list, which NSS may fetch from a directory service, is not read each time)."""
     found = re.fullmatch(r"\s*([0-9]{1,10})\s*-\s*([0-9]{1,10})\s*", setting)
     first, last = (int(found[1]), int(found[2])) if found else (0, -1)
     if not found or not first <= last < (1 << 32) - 1:  # (uid_t)-1 is no uid

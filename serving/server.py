@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from evaluation.families import open_family
 from evaluation.tracking import registered_model_name
@@ -70,6 +71,20 @@ def _stderr(line: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {line}", file=sys.stderr, flush=True)
 
 
+class _Refusal(NamedTuple):
+    """A version of the alias the watcher refused to serve, checked again after `recheck_s`, or sooner when the
+    production trail moves or (`review`) a new review of it is recorded."""
+
+    version: str
+    at: float
+    """`time.monotonic()` of the refusal."""
+    why: str
+    moves: int
+    """The production trail's length then (-1: it could not be read)."""
+    review: tuple | None = None
+    """For a version refused on its review: (submission, run, that review's hash)."""
+
+
 class ProductionServer(Proxy):
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
@@ -95,10 +110,8 @@ class ProductionServer(Proxy):
         self.reason = "starting"
         """Why the service is not ready (shown by /readyz and in 503 answers)."""
         self._batcher: Batcher | None = None
-        self._refused: tuple[str, float, str, int, tuple | None] | None = None
-        """The alias's version the watcher refused: (version, when, why, the production trail's length then, and
-        for a version refused on its review, (submission, run, that review's hash): a new review of it is checked
-        at the next poll, not only after `recheck_s`)."""
+        self._refused: _Refusal | None = None
+        """The alias's version the watcher refused, and what would have it checked again before `recheck_s`."""
         self._violated: dict[str, str] = {}
         """Versions caught trying what the sandbox forbids (`_observed`), and what: never served again by this
         server, whatever the alias says."""
@@ -241,8 +254,8 @@ class ProductionServer(Proxy):
         elif served and version == current:
             why, said = self._cleared(served)
             if why:
-                self._refused = (version, time.monotonic(), why, self._moves(),
-                                 self._reviewed(served.ok.submission.id, served.ok.run))
+                self._refused = _Refusal(version, time.monotonic(), why, self._moves(),
+                                         self._reviewed(served.ok.submission.id, served.ok.run))
                 self._swap(None, why)
                 self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
                          f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version, or an "
@@ -260,7 +273,7 @@ class ProductionServer(Proxy):
             moves = self._moves(strict=True)
         except TestbedError as exc:  # the alias moved, and the trail cannot say to what: nothing is served
             why = f"the production trail cannot be read: {exc.problem}"
-            self._refused = (version, time.monotonic(), why, -1, None)
+            self._refused = _Refusal(version, time.monotonic(), why, -1)
             if served or self.reason != why:
                 self._swap(None, why)
                 self.log(f"{why}; stopped serving {'version ' + current if current else 'nothing'} and starting "
@@ -268,17 +281,18 @@ class ProductionServer(Proxy):
                          f"(`testbed production {self.pilot}` says more)")
             return
         refused = self._refused
-        if (refused and refused[0] == version and refused[3] == moves and time.monotonic() < refused[1] + self.recheck_s
-                and (refused[4] is None or self._reviewed(*refused[4][:2]) == refused[4])):  # nor a new review
+        if (refused and refused.version == version and refused.moves == moves
+                and time.monotonic() < refused.at + self.recheck_s
+                and (refused.review is None or self._reviewed(*refused.review[:2]) == refused.review)):
             return
         try:
             ok = self.production.resolve(self.pilot)
             new = self._launch(ok)
         except TestbedError as exc:
-            self._refused = (version, time.monotonic(), exc.problem, moves, None)
+            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves)
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
-            if refused is None or (refused[0], refused[2]) != (version, exc.problem):  # said once
+            if refused is None or (refused.version, refused.why) != (version, exc.problem):  # said once
                 still = f"still serving version {current}" if served and not served.crashed else "nothing is served"
                 self.log(f"refusing to serve version {version}: {exc.problem}; {still}")
             return

@@ -149,8 +149,7 @@ class ReviewBook:
         if moot:
             raise SpecError(f"gate(s) {', '.join(moot)} passed in this evaluation: there is nothing to override",
                             where=where, fix="leave those out of `overrides`")
-        claims = card.criteria["local_strength_fit"].evidence.get("claims", {})
-        unmade = sorted(set(confirmed_claims) - {name for name, c in claims.items() if c.get("counts")})
+        unmade = sorted(set(confirmed_claims) - set(card.confirmable_claims()))
         if unmade:
             raise SpecError(f"claim(s) {', '.join(unmade)} were not made by the vendor, or do not count for this "
                             "pilot: there is nothing to confirm", where="--confirm (or a rubric file's "
