@@ -9,7 +9,7 @@ request was valid) or broke the contract (wrong item count, NaN, a negative fore
 large); 503 when nothing is served, the version was replaced while answering, or `MAX_WAITING` requests already
 wait for it, or their bodies fill `MAX_HELD_BYTES` (`BACKLOG`), all counted as `unavailable`; 503 too when
 `MAX_READING` requests are still arriving (`BUSY`) or arriving bodies fill `MAX_HELD_BYTES` (`FULL`), both counted
-as the clients'; every 503 with Retry-After. `ProductionServer` inherits it.
+as the clients'; every 503 with Retry-After (the bounds: `serving.admission`). `ProductionServer` inherits it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox.service import SandboxedService
+from serving.admission import ABANDONED, BUSY, FULL, RETRY_AFTER_S, Admission, Client, Held, error_body, unless_gone
 from serving.batching import GONE, Batcher, parse_request
 from testbed.errors import ContractViolation
 from testbed.text import printable
@@ -37,53 +37,12 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
     from workflow.promote import Approved
 
-__all__ = ["Proxy", "Served", "served_schema", "ABANDONED", "BACKLOG", "BUSY", "FULL", "REQUEST_TIMEOUT_S",
-           "MAX_REQUEST_BYTES", "MAX_WAITING", "MAX_READING", "MAX_HELD_BYTES", "body_deadline_s"]
+__all__ = ["Proxy", "Served", "served_schema", "REQUEST_TIMEOUT_S"]
 
 REQUEST_TIMEOUT_S = 60
 """How long the proxy waits for the served bundle's answer to one request."""
-MAX_REQUEST_BYTES = 64 << 20
-"""The largest request body the proxy reads (413 beyond it)."""
-MAX_WAITING = 256
-"""Requests read in full that wait for the served bundle, at most; more get 503 at once (the bundle's
-`unavailable`: it does not keep up)."""
-MAX_READING = 256
-"""Requests whose bodies are still arriving, at most; more get 503 at once, counted as `client_error`: clients slow
-to send fill these places, never the bundle."""
-MAX_HELD_BYTES = 128 << 20
-"""The bytes of request bodies the proxy holds at once (arriving, parsed, waiting for the bundle), at most; a
-request that would pass it gets 503 (`FULL` or `BACKLOG`, by who fills it). With --batching, requests whose
-clients left can still be in a call to the bundle, beyond it: at most two calls of `max_batch` items (the
-batcher's concurrency). A body's parsed form takes up to ~20 times its bytes (measured: 19x
-for a body of zeros, 8x for `1.0, `), so this keeps requests near 2.5 GiB of the proxy's memory: MAX_WAITING alone
-let 256 requests of up to 64 MiB each (16 GiB of bodies, over 300 GiB parsed) in. At least MAX_REQUEST_BYTES."""
-RETRY_AFTER_S = 1
-"""What every 503 tells clients to wait before they retry (`Retry-After`)."""
-BODY_TIMEOUT_S = 30
-"""How long a client may take to send its request's body at most (408 beyond); less for a short one
-(`body_deadline_s`)."""
-BODY_GRACE_S = 5.0
-MIN_UPLOAD_BYTES_PER_S = 64 << 10
-"""A body may take BODY_GRACE_S plus its bytes at this rate (a 1 Mbit/s link sends twice as fast), at most
-BODY_TIMEOUT_S: its declared length's bytes, or for a chunked body (no length) the bytes that have arrived, so
-its deadline moves on with each chunk. A client trickling a short body holds one of the MAX_READING places for
-seconds, not for BODY_TIMEOUT_S."""
 PARSE_IN_THREAD_BYTES = 64 << 10
 """Bodies larger than this are parsed and checked in a worker thread, not in the event loop."""
-
-
-BUSY = (503, b'{"error": "overloaded: too many requests are still being sent to the proxy; retry later"}')
-"""What a request gets when MAX_READING requests' bodies are still arriving (counted as `client_error`)."""
-FULL = (503, b'{"error": "overloaded: the requests in the proxy hold too many bytes; retry later, or send fewer '
-             b'items per request"}')
-"""What a request gets when the bodies still arriving would pass MAX_HELD_BYTES with its own (counted as
-`client_error`: the bytes are what clients are sending, whatever the bundle does)."""
-BACKLOG = (503, b'{"error": "overloaded: the requests waiting for the model hold too many bytes; retry later"}')
-"""What a request gets when the bodies of requests the bundle has not answered yet fill MAX_HELD_BYTES (counted as
-`unavailable`, the bundle's: how long they are held is its pace, as with MAX_WAITING)."""
-ABANDONED = (499, b'{"error": "the client closed the connection while it waited for the model"}')
-"""What a request whose client left after waiting longer than `Proxy.late_s` for the bundle gets (its status is
-a 499 like `GONE`'s, but /metrics counts it as the bundle's `error`)."""
 
 
 def served_schema(manifest: dict, contract: Contract) -> bytes:
@@ -98,111 +57,9 @@ def served_schema(manifest: dict, contract: Contract) -> bytes:
     return json.dumps({**schema, "routes": routes[:1], "paths": {contract.route: {"mounted": False}}}).encode()
 
 
-def _error(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
-
-
 def _unanswered(error: str) -> bytes:
     """The proxy's 502 body when the served bundle sent no whole answer (`error`: what the channel saw)."""
-    return _error(f"the served bundle did not answer ({error[:200]})")
-
-
-class _Held:
-    """One request's share of the body bytes the proxy holds (`Proxy._held`, at most MAX_HELD_BYTES), counted in
-    the event loop while it is read, parsed and waits for its answer (from `wait()` on, also in
-    `Proxy._held_waiting`: the bytes the bundle's pace decides how long the proxy holds)."""
-
-    def __init__(self, proxy: Proxy):
-        self.proxy, self.size, self.waiting = proxy, 0, False
-
-    def fits(self, size: int) -> bool:
-        return self.proxy._held + size <= MAX_HELD_BYTES
-
-    def take(self, size: int) -> bool:
-        if not self.fits(size):
-            return False
-        self.proxy._held += size
-        self.size += size
-        return True
-
-    def wait(self) -> None:
-        """The request is read and checked: from now on it waits for the bundle."""
-        self.proxy._held_waiting += self.size
-        self.waiting = True
-
-    def refused(self, size: int) -> tuple[int, bytes]:
-        """What a request whose next `size` bytes do not fit gets: `FULL` (the clients') when bodies still
-        arriving would fill the bound by themselves, else `BACKLOG` (the bundle's: requests it has not answered
-        yet hold the bytes)."""
-        arriving = self.proxy._held - self.proxy._held_waiting
-        return FULL if arriving + size > MAX_HELD_BYTES else BACKLOG
-
-    def release(self) -> None:
-        self.proxy._held -= self.size
-        if self.waiting:
-            self.proxy._held_waiting -= self.size
-        self.size, self.waiting = 0, False
-
-
-def body_deadline_s(declared: str, arrived: int = 0) -> float:
-    """Seconds a body of `declared` length (the Content-Length header; '' when chunked, then by the `arrived`
-    bytes) may take to arrive, counted from the start of its reading."""
-    size = int(declared) if declared.isdigit() else arrived
-    return min(BODY_TIMEOUT_S, BODY_GRACE_S + size / MIN_UPLOAD_BYTES_PER_S)
-
-
-async def _body(request: Request, held: _Held, deadline: anyio.CancelScope) -> bytes | tuple[int, bytes] | None:
-    """The request's body, or None when it is larger than MAX_REQUEST_BYTES (read no further); `FULL` or `BACKLOG`
-    (`_Held.refused`) as soon as its bytes would not fit beside what the proxy holds (the declared length, then
-    each chunk as it arrives). A chunked body moves `deadline` on by the bytes of each chunk (`body_deadline_s`)."""
-    declared = request.headers.get("content-length", "")
-    began = deadline.deadline - body_deadline_s(declared)
-    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-        return None
-    if declared.isdigit() and not held.fits(int(declared)):
-        return held.refused(int(declared))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            return None
-        if not held.take(len(chunk)):
-            return held.refused(len(chunk))
-        chunks.append(chunk)
-        if not declared.isdigit():
-            deadline.deadline = began + body_deadline_s(declared, size)
-    return b"".join(chunks)
-
-
-class _Client:
-    """When a request's client left (monotonic), or None while it waits: set by `_unless_gone`, read by the worker
-    thread about to make the request's call (an attribute read: no lock needed)."""
-
-    left_at: float | None = None
-
-
-async def _unless_gone(request: Request, answer: Awaitable[tuple[int, bytes]], client: _Client) -> tuple[int, bytes]:
-    """`answer`'s result, or `GONE` when the client disconnected before there was one (`client.left_at` says
-    when): the wait is cancelled, which drops the request if it is still queued (for a batch, or for a worker
-    thread) and frees its place among the MAX_WAITING. A call already in a worker thread cannot be cancelled: it
-    is waited for (its place held while the bundle works on it), and its answer returned, though no client will
-    read it (a failure in it is still the bundle's)."""
-    result = GONE
-    async with anyio.create_task_group() as group:
-        async def wait() -> None:
-            nonlocal result
-            result = await answer
-            group.cancel_scope.cancel()
-
-        async def listen() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            client.left_at = time.monotonic()
-            group.cancel_scope.cancel()
-
-        group.start_soon(wait)
-        group.start_soon(listen)
-    return result
+    return error_body(f"the served bundle did not answer ({error[:200]})")
 
 
 class Served:
@@ -249,13 +106,9 @@ class Proxy:
     """How long a request may wait for the bundle (queued or in a call) before its client's departure counts as
     the bundle's failure (`error`, not `client_error`): the pilot's p95 latency target. A bundle that hangs
     must not look healthy because its clients give up before REQUEST_TIMEOUT_S (bentoml's clients after 30 s)."""
+    admission: Admission
+    """What the proxy holds now, and what it lets in (`serving.admission`)."""
     _batcher: Batcher | None
-    _waiting: int
-    _reading: int
-    _held: int
-    """Bytes of request bodies in the proxy now (`_Held`)."""
-    _held_waiting: int
-    """The part of `_held` whose requests wait for the bundle."""
 
     def _call(self, served: Served, body: bytes, items: int) -> tuple[int, bytes]:
         """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
@@ -275,10 +128,10 @@ class Proxy:
                 with served.lock:
                     served.timed_out += 1
             if served.closing:  # stopped under this call: replaced or withdrawn, not crashed
-                return 503, _error(f"version {served.version} was taken out of service while answering; retry")
+                return 503, error_body(f"version {served.version} was taken out of service while answering; retry")
             if not served.service.alive():
                 self._crashed(served)
-                return 503, _error(self.reason)
+                return 503, error_body(self.reason)
             return 502, _unanswered(error)
         finally:
             with served.lock:
@@ -288,13 +141,13 @@ class Proxy:
         """What the client gets for the bundle's answer: a valid one as it is, anything else a 502 saying what
         broke. The proxy has checked the request, so the bundle's own 4xx is its failure, not the client's."""
         if status != 200:
-            return 502, _error(f"the served bundle failed ({error[:300]})")
+            return 502, error_body(f"the served bundle failed ({error[:300]})")
         try:
             if out.lstrip()[:1] not in (b"[", b"{"):
                 raise ContractViolation("the answer is not JSON")
             self.family.check_answer(out, items)
         except ContractViolation as exc:
-            return 502, _error(f"the served bundle broke the contract: {printable(exc.problem[:300])}")
+            return 502, error_body(f"the served bundle broke the contract: {printable(exc.problem[:300])}")
         return 200, out
 
     async def _api(self, request: Request) -> Response:
@@ -311,7 +164,7 @@ class Proxy:
         except Exception as exc:  # noqa: BLE001 - every request gets an answer, and is counted
             while isinstance(exc, ExceptionGroup) and exc.exceptions:  # from `_unless_gone`'s task group
                 exc = exc.exceptions[0]
-            status, out = 502, _error(f"the proxy could not get an answer ({type(exc).__name__})")
+            status, out = 502, error_body(f"the proxy could not get an answer ({type(exc).__name__})")
         self.metrics.observe(served.version if served else "none", status, time.perf_counter() - started, outcome)
         return Response(out, status, media_type="application/json",
                         headers={"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
@@ -322,44 +175,31 @@ class Proxy:
         client's mistake, never sent to the bundle; 499 when the client left: `ABANDONED` when it had waited for
         the bundle longer than `late_s`); else the bundle's checked answer."""
         if served is None or served.crashed:
-            return 503, _error(self.reason or "not ready")
-        if self._reading >= MAX_READING:
-            return BUSY
-        held = _Held(self)
+            return 503, error_body(self.reason or "not ready")
+        held = Held(self.admission)
         try:
-            return await self._read(request, served, batcher, held)
+            body = await self.admission.receive(request, held)
+            if isinstance(body, tuple):
+                return body
+            refused = self.admission.queue()
+            if refused:
+                return refused
+            try:
+                return await self._wait(request, served, batcher, held, body)
+            finally:
+                self.admission.leave()
         finally:
             held.release()
 
-    async def _read(self, request: Request, served: Served, batcher: Batcher | None, held: _Held
+    async def _wait(self, request: Request, served: Served, batcher: Batcher | None, held: Held, body: bytes
                     ) -> tuple[int, bytes]:
-        """`_answer` once the request may be read: its body's bytes counted in `held` until it is answered."""
-        self._reading += 1
-        began = anyio.current_time()
-        try:
-            with anyio.fail_after(body_deadline_s(request.headers.get("content-length", ""))) as deadline:
-                body = await _body(request, held, deadline)
-        except TimeoutError:
-            return 408, _error(f"the request's body did not arrive within {deadline.deadline - began:.3g} s (a body "
-                               f"may take {BODY_GRACE_S:g} s plus its length at {MIN_UPLOAD_BYTES_PER_S >> 10} KiB/s, "
-                               f"at most {BODY_TIMEOUT_S} s)")
-        except ClientDisconnect:
-            return GONE
-        finally:
-            self._reading -= 1
-        if body is FULL or body is BACKLOG:
-            return body
-        if body is None:
-            return 413, _error(f"the request is larger than {MAX_REQUEST_BYTES} bytes; send fewer items per request")
-        if self._waiting >= MAX_WAITING:
-            return 503, _error(f"overloaded: {MAX_WAITING} requests are waiting for the model; retry later")
-        self._waiting += 1
+        """`_answer` once the request is read and has its place among those that wait for the bundle."""
         try:
             checked = (await anyio.to_thread.run_sync(self._request, body) if len(body) > PARSE_IN_THREAD_BYTES
                        else self._request(body))
             if isinstance(checked, str):
-                return 400, _error(checked)
-            (inputs, items), client, handed = checked, _Client(), time.monotonic()
+                return 400, error_body(checked)
+            (inputs, items), client, handed = checked, Client(), time.monotonic()
             held.wait()
             del checked  # without batching the body is sent: its parsed form (up to ~20x its bytes) is not kept
 
@@ -368,7 +208,7 @@ class Proxy:
 
             waiting = batcher.submit(inputs, items) if batcher is not None else anyio.to_thread.run_sync(send)
             del inputs
-            answer = await _unless_gone(request, waiting, client)
+            answer = await unless_gone(request, waiting, client)
             if answer is not GONE and answer[0] >= 500:  # the bundle failed it, its client there or not
                 return answer
             if client.left_at is not None:
@@ -376,8 +216,6 @@ class Proxy:
             return answer
         except ClientDisconnect:
             return GONE
-        finally:
-            self._waiting -= 1
 
     def _request(self, body: bytes) -> tuple[dict, int] | str:
         """The request's contract inputs and item count, or what is wrong with it (`TaskFamily.check_request`)."""

@@ -34,6 +34,7 @@ from sandbox.environment import bundle_environment
 from sandbox.isolation import SandboxLimits, check_isolation, hidden_paths
 from sandbox.runner import classify
 from sandbox.service import SandboxedService
+from serving.admission import Admission
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics
 from serving.proxy import Proxy, Served, served_schema
@@ -115,12 +116,7 @@ class ProductionServer(Proxy):
         self._violated: dict[str, str] = {}
         """Versions caught trying what the sandbox forbids (`_observed`), and what: never served again by this
         server, whatever the alias says."""
-        self._waiting = 0
-        """Requests read in full in the proxy now, until their answer (counted in the event loop)."""
-        self._reading = 0
-        """Requests whose bodies are arriving now (counted in the event loop)."""
-        self._held = self._held_waiting = 0
-        """Bytes of request bodies in the proxy now, at most MAX_HELD_BYTES (counted in the event loop)."""
+        self.admission = Admission()
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
 

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import serving.admission
 import serving.proxy
 from evaluation.families import open_family
 from serving.batching import CLOSED, Batcher
 from serving.metrics import ServingMetrics
-from serving.proxy import MAX_WAITING, Proxy
+from serving.admission import MAX_WAITING, Admission
+from serving.proxy import Proxy
 from testbed.config import PROJECT_ROOT
 from workflow.catalogue import get_pilot
 
@@ -54,8 +56,8 @@ class Front(Proxy):
     def __init__(self, answer, batching: bool):
         self.family = open_family(get_pilot("bike-demand"), PROJECT_ROOT / "data", verify=False)
         self.contract, self.metrics = self.family.contract, ServingMetrics("bike-demand")
-        self.pilot, self.model, self.reason, self._waiting = "bike-demand", "testbed-bike-demand", "", 0
-        self._reading = self._held = self._held_waiting = 0
+        self.pilot, self.model, self.reason = "bike-demand", "testbed-bike-demand", ""
+        self.admission = Admission()
         self.late_s = get_pilot("bike-demand").service_level.p95_latency_ms / 1000
         self.served = FakeServed(answer)
         self._batcher = Batcher(lambda body, items: self._call(self.served, body, items), list(self.contract.inputs)
@@ -117,11 +119,11 @@ def test_a_bad_answer_is_a_502_counted_as_the_bundles_error(answer, words, batch
 @pytest.mark.parametrize("batching", [True, False])
 def test_the_clients_own_mistakes_are_4xx_and_never_reach_the_bundle(batching, monkeypatch):
     front = Front(honest, batching)
-    monkeypatch.setattr(serving.proxy, "MAX_REQUEST_BYTES", 100_000)
+    monkeypatch.setattr(serving.admission, "MAX_REQUEST_BYTES", 100_000)
     answered = post(front, {"json": request(2)}, {"json": {"history": [[1]], "future": []}},
                     {"content": b"not json"}, {"json": request(20)})  # the last ~170 kB
     assert [r.status_code for r in answered] == [200, 400, 400, 413]
-    front._waiting = MAX_WAITING  # as many requests already wait for the model
+    front.admission.waiting = MAX_WAITING  # as many requests already wait for the model
     assert [r.status_code for r in post(front, {"json": request()})] == [503]
     assert front.served.channel.calls == [2]
     assert outcomes(front) == {"ok": 1.0, "client_error": 3.0, "unavailable": 1.0}
@@ -206,7 +208,7 @@ def test_a_client_that_leaves_while_it_waits_is_answered_at_once():
     front = Front(lambda body, items: (time.sleep(2), honest(body, items))[1], batching=True)
     started = time.monotonic()
     assert leave_after(front, 0.2) == 499
-    assert time.monotonic() - started < 1.5 and front._waiting == front._reading == 0
+    assert time.monotonic() - started < 1.5 and front.admission.waiting == front.admission.reading == 0
 
 
 def leave_after(front: Front, seconds: float) -> int:
@@ -251,7 +253,7 @@ def test_a_client_that_gives_up_on_a_hanging_bundle_counts_as_the_bundles_error(
     time.sleep(0.5)  # the call into the bundle ends
     assert leave_after(front, 0.05) == 499
     assert outcomes(front) == {"error": 1.0, "client_error": 1.0}
-    assert front._waiting == front._reading == 0
+    assert front.admission.waiting == front.admission.reading == 0
 
 
 def test_a_request_whose_client_left_while_it_waited_for_a_worker_thread_is_never_sent():
@@ -273,7 +275,7 @@ def test_a_request_whose_client_left_while_it_waited_for_a_worker_thread_is_neve
     assert asyncio.run(main()) == [200, 499, 499]
     assert front.served.channel.calls == [1]  # the staying client's call alone
     assert outcomes(front) == {"ok": 1.0, "client_error": 1.0, "error": 1.0}
-    assert front._waiting == front._reading == 0
+    assert front.admission.waiting == front.admission.reading == 0
 
 
 def test_clients_slow_to_upload_are_not_counted_against_the_bundle(monkeypatch):
@@ -281,9 +283,9 @@ def test_clients_slow_to_upload_are_not_counted_against_the_bundle(monkeypatch):
     client refused for them is not the bundle's failure (before, one client trickling MAX_WAITING bodies made
     every other client's 503 an `unavailable` and `monitor` showed an error rate of 1.0 for a bundle that had
     seen no request). Requests that wait for the bundle are still its own (`unavailable` beyond MAX_WAITING)."""
-    monkeypatch.setattr(serving.proxy, "MAX_WAITING", 2)
-    monkeypatch.setattr(serving.proxy, "MAX_READING", 2, raising=False)
-    monkeypatch.setattr(serving.proxy, "BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(serving.admission, "MAX_WAITING", 2)
+    monkeypatch.setattr(serving.admission, "MAX_READING", 2)
+    monkeypatch.setattr(serving.admission, "BODY_TIMEOUT_S", 0.5)
     front = Front(honest, batching=True)
     scope = {"type": "http", "method": "POST", "path": "/forecast", "headers": [(b"content-length", b"100000")],
              "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 1)}
@@ -321,7 +323,7 @@ def test_a_version_taken_out_of_service_mid_call_is_a_503_not_a_crash():
 def test_a_client_that_leaves_is_not_the_bundles_error(monkeypatch):
     """A client hanging up mid-upload, or one slower than BODY_TIMEOUT_S, is its own outcome (499, 408)."""
     front = Front(honest, batching=True)
-    monkeypatch.setattr(serving.proxy, "BODY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(serving.admission, "BODY_TIMEOUT_S", 0.2)
     scope = {"type": "http", "method": "POST", "path": "/forecast", "headers": [(b"content-length", b"100000")],
              "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 1)}
 
@@ -350,12 +352,12 @@ def test_a_short_body_trickled_holds_its_place_for_seconds_not_the_whole_timeout
     places) gets 408 once the body's length at the least upload rate has passed, not after BODY_TIMEOUT_S; a long
     body keeps up to BODY_TIMEOUT_S. A chunked body (no length) is held to the bytes that have arrived: trickled,
     it is cut off as soon; sent at the least rate or faster, it may take longer than the first deadline."""
-    from serving.proxy import body_deadline_s
+    from serving.admission import body_deadline_s
 
-    assert body_deadline_s("1000") < 6 and body_deadline_s(str(64 << 20)) == serving.proxy.BODY_TIMEOUT_S
-    assert body_deadline_s("") == serving.proxy.BODY_GRACE_S and body_deadline_s("", 1000) < 6
-    assert body_deadline_s("", 64 << 20) == serving.proxy.BODY_TIMEOUT_S
-    monkeypatch.setattr(serving.proxy, "BODY_GRACE_S", 0.2)
+    assert body_deadline_s("1000") < 6 and body_deadline_s(str(64 << 20)) == serving.admission.BODY_TIMEOUT_S
+    assert body_deadline_s("") == serving.admission.BODY_GRACE_S and body_deadline_s("", 1000) < 6
+    assert body_deadline_s("", 64 << 20) == serving.admission.BODY_TIMEOUT_S
+    monkeypatch.setattr(serving.admission, "BODY_GRACE_S", 0.2)
     front = Front(honest, batching=True)
 
     def sent_by(headers: list, receive) -> tuple[list, float]:
@@ -380,7 +382,7 @@ def test_a_short_body_trickled_holds_its_place_for_seconds_not_the_whole_timeout
         assert "KiB/s" in json.loads(sent[1]["body"])["error"]
 
     body = json.dumps(request()).encode()
-    monkeypatch.setattr(serving.proxy, "MIN_UPLOAD_BYTES_PER_S", len(body) // 2)
+    monkeypatch.setattr(serving.admission, "MIN_UPLOAD_BYTES_PER_S", len(body) // 2)
     parts = [body[i:i + len(body) // 8] for i in range(0, len(body), len(body) // 8)]
 
     async def steady():  # the whole body in ~0.5 s: 4× the least rate, but longer than BODY_GRACE_S
@@ -421,7 +423,7 @@ def test_a_failed_batch_is_retried_all_at_once_and_a_departed_client_is_dropped(
         rest = [asyncio.create_task(client(n)) for n in ("slow", "b", "c")]
         away = asyncio.create_task(client("away"))
         await asyncio.sleep(0)
-        away.cancel()  # what serving.proxy does when the client disconnects
+        away.cancel()  # what the proxy does when the client disconnects
         answered = await asyncio.gather(first, *rest)
         busy = asyncio.create_task(client("slow"))  # holds the slot for a second
         await asyncio.sleep(0.1)
@@ -830,8 +832,8 @@ def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batc
     that kept up with nothing looked healthy), bodies still arriving are the clients' (`client_error`)."""
     import time
 
-    assert serving.proxy.MAX_HELD_BYTES == 128 << 20 >= serving.proxy.MAX_REQUEST_BYTES  # README; the largest fits
-    monkeypatch.setattr(serving.proxy, "MAX_HELD_BYTES", 100_000, raising=False)
+    assert serving.admission.MAX_HELD_BYTES == 128 << 20 >= serving.admission.MAX_REQUEST_BYTES  # README; the largest fits
+    monkeypatch.setattr(serving.admission, "MAX_HELD_BYTES", 100_000)
     front = Front(lambda body, items: (time.sleep(0.5), honest(body, items))[1], batching)
     body = json.dumps(request(3)).encode()
     assert 30_000 < len(body) < 40_000  # two fit, a third does not
@@ -862,8 +864,8 @@ def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batc
     assert all("waiting for the model" in r.json()["error"] for r in backlog) and "send fewer" in full.json()["error"]
     # two fit once all arrived; the other two's last chunks found the first two waiting for the bundle: its backlog
     assert sorted(r.status_code for r in uploaded) == [200, 200, 503, 503]
-    assert outcomes(front) == {"ok": 5.0, "unavailable": 4.0, "client_error": 1.0} and front._held == 0
-    assert front._held_waiting == 0
+    assert outcomes(front) == {"ok": 5.0, "unavailable": 4.0, "client_error": 1.0} and front.admission.held == 0
+    assert front.admission.held_waiting == 0
 
 
 def test_a_bundle_failure_counts_as_its_error_though_the_client_left():
