@@ -7,7 +7,7 @@ unprivileged, rlimits), on the Python environment the bundle declared (the one i
 Unix socket; the proxy (`serving.proxy`), on 127.0.0.1 by default, adds `/healthz`, `/readyz`, Prometheus
 `/metrics` and adaptive batching (`serving.batching`), forwards the contract's API, checking each request and
 each answer against the contract, and answers `/schema.json` (what `bentoml.SyncHTTPClient` reads) from the
-approved bundle's `bento.yaml`. A watcher polls
+approved bundle's `bento.yaml`. A watcher (`serving.watcher`) polls
 the alias: a promotion or rollback is served without a restart (the new bundle starts beside the old, then
 takes over); a withdrawal stops serving. A served bundle that dies makes `/readyz` fail and requests get 503,
 with one log line, until the watcher starts it again (`restart_s`); one caught trying what the sandbox forbids
@@ -25,19 +25,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
 
 from evaluation.families import open_family
 from evaluation.tracking import registered_model_name
 from sandbox.bundle import inspect_bundle
 from sandbox.environment import bundle_environment
 from sandbox.isolation import SandboxLimits, check_isolation, hidden_paths
-from sandbox.runner import classify
 from sandbox.service import SandboxedService
 from serving.admission import Admission
 from serving.batching import Batcher
 from serving.metrics import ServingMetrics
 from serving.proxy import Proxy, Served, served_schema
+from serving.watcher import Watcher, observed
 from testbed.config import Workspace
 from testbed.errors import Refused, TestbedError
 from testbed.text import printable
@@ -50,43 +49,11 @@ SERVICE_CPU_SECONDS = 10**9
 """A long-running service has no CPU-time budget (evaluation runs do); memory and process limits still hold."""
 
 
-def _observed(service: SandboxedService) -> tuple[str, str]:
-    """The verdict an evaluation would give the served bundle now, with its reason, from what the sandbox's
-    observers saw (`classify`: the network namespace's kernel counters, the harness paths its audit hook reported,
-    a seccomp kill, the memory cgroup's OOM kills, its exit status), read live: `completed` while nothing is
-    wrong. A bundle that behaves in evaluation and tries the forbidden in production is caught too. Processes the
-    host's OOM killer stopped while the sandbox stayed under its own memory limit are said to be the machine's
-    doing, as an evaluation says (`sandbox.runner`), unless it was caught trying the forbidden."""
-    code = service.proc.poll() if service.proc else None
-    evidence = service.evidence(live=True)
-    verdict, reason = classify(returncode=code, timed_out=False, stopped_by_us=False, evidence=evidence)
-    if evidence.host_oom_kills and verdict != "sandbox_violation":
-        return "infrastructure", (f"the host ran out of memory: the kernel's OOM killer stopped "
-                                  f"{evidence.host_oom_kills} process(es) of the sandbox while it stayed under its own "
-                                  "memory limit, not the bundle's doing; give this machine more memory or run less "
-                                  "beside the service")
-    return verdict, reason
-
-
 def _stderr(line: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} testbed serve: {line}", file=sys.stderr, flush=True)
 
 
-class _Refusal(NamedTuple):
-    """A version of the alias the watcher refused to serve, checked again after `recheck_s`, or sooner when the
-    production trail moves or (`review`) a new review of it is recorded."""
-
-    version: str
-    at: float
-    """`time.monotonic()` of the refusal."""
-    why: str
-    moves: int
-    """The production trail's length then (-1: it could not be read)."""
-    review: tuple | None = None
-    """For a version refused on its review: (submission, run, that review's hash)."""
-
-
-class ProductionServer(Proxy):
+class ProductionServer(Proxy, Watcher):
     """Serves one pilot's production version; `app` is the ASGI app (run it with uvicorn)."""
 
     def __init__(self, ws: Workspace, pilot: str, *, poll_s: float = 5.0, batching: bool = False,
@@ -111,11 +78,7 @@ class ProductionServer(Proxy):
         self.reason = "starting"
         """Why the service is not ready (shown by /readyz and in 503 answers)."""
         self._batcher: Batcher | None = None
-        self._refused: _Refusal | None = None
-        """The alias's version the watcher refused, and what would have it checked again before `recheck_s`."""
-        self._violated: dict[str, str] = {}
-        """Versions caught trying what the sandbox forbids (`_observed`), and what: never served again by this
-        server, whatever the alias says."""
+        self._refused, self._violated = None, {}  # the watcher's (`serving.watcher`)
         self.admission = Admission()
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._watcher: threading.Thread | None = None
@@ -199,145 +162,6 @@ class ProductionServer(Proxy):
         if old:
             old.close()
 
-    # -- watching the alias and the process --------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - the watcher must survive a registry hiccup
-                self.log(f"could not check the production alias ({exc}); will retry in {self.poll_s:g} s")
-
-    def check(self) -> None:
-        """One round of the watcher: notice a dead bundle, a promotion, a rollback, a withdrawal, or a rejection
-        of the version in service (an evaluator's latest review of it, or a newer approval that no longer clears
-        it, or a review trail that cannot be read: `_cleared`): only an approved bundle that the production trail
-        put in service is served. A refused version is checked again when the production trail moves, when a new
-        review of it is recorded, or after `recheck_s`."""
-        served = self.served
-        verdict, violation = _observed(served.service) if served else ("completed", "")
-        if served and verdict == "sandbox_violation":
-            self._violated[served.version] = violation
-            self._swap(None, f"version {served.version} was stopped: {violation}")
-            self.log(f"SANDBOX VIOLATION by version {served.version} ({served.ok.submission.id}) in production: "
-                     f"{violation}; stopped serving it, and this server will not serve it again: /readyz fails and "
-                     f"requests get 503 until an operator rolls back (`testbed rollback {self.pilot} --by NAME`) or "
-                     "promotes another version")
-            return
-        if served and not served.crashed and not served.service.alive():
-            self._crashed(served)
-        elif served and not served.crashed and served.hung():
-            self._crashed(served, f"the served bundle (version {served.version}) answered no call for "
-                                  f"{time.monotonic() - served.answered_at:.0f} s ({served.timed_out} timed out)")
-            served.service.stop(grace_s=0)
-        version = self.production.current_version(self.pilot)
-        if served and version is not None and version != served.version and not served.crashed:
-            why, said = self._cleared(served)  # kept while its successor cannot start: still only while approved
-            if why:
-                self._swap(None, why)
-                self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until version {version} "
-                         "starts")
-                served = None
-        if version in self._violated:  # never launched again; another version in service stays
-            why = f"version {version} was stopped: {self._violated[version]}"
-            if not served and self.reason != why:
-                self._swap(None, why)
-            return
-        current = served.version if served else None
-        if served and version == current and served.crashed:  # died: started again after restart_s
-            if time.monotonic() < served.died_at + self.restart_s:
-                return
-        elif served and version == current:
-            why, said = self._cleared(served)
-            if why:
-                self._refused = _Refusal(version, time.monotonic(), why, self._moves(),
-                                         self._reviewed(served.ok.submission.id, served.ok.run))
-                self._swap(None, why)
-                self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
-                         f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version, or an "
-                         "evaluator approves it again (served at the next check)")
-            return
-        if version is None:
-            if served or self._refused:
-                self._refused = None
-                self._swap(None, f"{self.model} has no production version (withdrawn); waiting for a promotion")
-                self.log(f"production of {self.pilot} was withdrawn: stopped serving "
-                         f"{'version ' + current if current else 'nothing'}; /readyz fails and requests get 503 "
-                         "until an operator promotes a version")
-            return
-        try:
-            moves = self._moves(strict=True)
-        except TestbedError as exc:  # the alias moved, and the trail cannot say to what: nothing is served
-            why = f"the production trail cannot be read: {exc.problem}"
-            self._refused = _Refusal(version, time.monotonic(), why, -1)
-            if served or self.reason != why:
-                self._swap(None, why)
-                self.log(f"{why}; stopped serving {'version ' + current if current else 'nothing'} and starting "
-                         f"nothing: /readyz fails and requests get 503 until an operator repeats the move "
-                         f"(`testbed production {self.pilot}` says more)")
-            return
-        refused = self._refused
-        if (refused and refused.version == version and refused.moves == moves
-                and time.monotonic() < refused.at + self.recheck_s
-                and (refused.review is None or self._reviewed(*refused.review[:2]) == refused.review)):
-            return
-        try:
-            ok = self.production.resolve(self.pilot)
-            new = self._launch(ok)
-        except TestbedError as exc:
-            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves)
-            if not served:
-                self._swap(None, f"refusing to serve version {version}: {exc.problem}")
-            if refused is None or (refused.version, refused.why) != (version, exc.problem):  # said once
-                still = f"still serving version {current}" if served and not served.crashed else "nothing is served"
-                self.log(f"refusing to serve version {version}: {exc.problem}; {still}")
-            return
-        self._refused = None
-        self._swap(new)
-        if served and served.crashed and ok.version == current:
-            self.log(f"started version {ok.version} ({ok.submission.id}) again after it exited; serving it")
-        else:
-            self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
-                     f"{'version ' + current if current else 'nothing'}")
-
-    def _moves(self, strict: bool = False) -> int:
-        """How many moves the production trail holds (it moved: a refused version is checked again); -1 when it
-        cannot be read, unless `strict` (then the refusal is raised)."""
-        try:
-            return len(self.production.history(self.pilot))
-        except TestbedError:
-            if strict:
-                raise
-            return -1
-
-    def _reviewed(self, submission: str, run) -> tuple:
-        """(submission, run, the hash of its latest review): a new review changes it (the hash None when there is
-        none, or the trail cannot be read)."""
-        try:
-            latest = self.production.book.latest(submission, run)
-        except TestbedError:
-            latest = None
-        return submission, run, latest.hash if latest is not None else None
-
-    def _cleared(self, served: Served) -> tuple[str, str]:
-        """Why the version in service may no longer be served, and the log line's account of it ("" when it may):
-        its latest review rejects it, a newer approval no longer clears it as a promotion checks it (e.g. without
-        the override of a gate it failed), or its review trail cannot be read (cut, or the run's tags a review
-        ahead of it): what cannot be confirmed approved is not served. A registry hiccup raises (served on)."""
-        version = served.version
-        try:
-            review = self.production.book.latest(served.ok.submission.id, served.ok.run)
-            if review is not None and review.decision != "approve":
-                return (f"version {version} ({review.submission}) was rejected after its promotion",
-                        f"version {version} ({review.submission}) was rejected by {review.by} at {review.at}")
-            known = served.ok.review.hash if served.ok.review is not None else None
-            if (review.hash if review is not None else None) != known:  # a new review: checked as a promotion is
-                served.ok = self.production.approved(served.ok.submission.id, version)
-        except TestbedError as exc:
-            return (f"version {version} ({served.ok.submission.id}) can no longer be served: {exc.problem}",
-                    f"version {version} ({served.ok.submission.id}) can no longer be served ({exc.problem})")
-        return "", ""
-
     def _crashed(self, served: Served, why: str = "") -> None:
         """`served` died (or, `why`, is stuck and is being stopped): 503 until the watcher starts it again."""
         with self._lock:
@@ -345,7 +169,7 @@ class ProductionServer(Proxy):
                 return
             served.crashed, served.died_at = True, time.monotonic()
             tail = [line for line in served.service.log_tail(4000).splitlines() if line.strip()]
-            self.reason = why or f"the served bundle (version {served.version}) stopped: {_observed(served.service)[1]}"
+            self.reason = why or f"the served bundle (version {served.version}) stopped: {observed(served.service)[1]}"
         self.metrics.ready.labels(self.pilot).set(0)
         self.log(f"{self.reason} ({tail[-1][:200] if tail else 'no output'}): /readyz fails and requests get 503; "
                  f"starting it again in {self.restart_s:g} s (or restart `testbed serve {self.pilot}`, or promote "
