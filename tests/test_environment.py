@@ -371,7 +371,7 @@ def test_uv_gets_only_the_operators_index_network_and_cache_settings(monkeypatch
     images) or a `UV_CONFIG_FILE` saying `compile-bytecode = true` made it compile with the new environment's
     Python with `site` loaded, running a wheel's `.pth` on the host (measured: as root). It is given what it
     needs to reach the index, and bytecode compilation off."""
-    from sandbox.environment import _build_environment
+    from sandbox.uvindex import build_environment
 
     allowed = {"PATH": "/usr/bin", "HOME": "/root", "UV_CACHE_DIR": "/c", "UV_INDEX_URL": "https://i/simple",
                "UV_EXTRA_INDEX_URL": "https://x/simple", "UV_FIND_LINKS": "/w", "UV_NO_INDEX": "1",
@@ -382,7 +382,7 @@ def test_uv_gets_only_the_operators_index_network_and_cache_settings(monkeypatch
                "UV_OVERRIDE": "/o.txt", "UV_NO_BUILD_ISOLATION": "1", "LD_PRELOAD": "/l.so"}
     for name, value in {**allowed, **refused, "UV_COMPILE_BYTECODE": "1"}.items():
         monkeypatch.setenv(name, value)
-    env = _build_environment()
+    env = build_environment()
     assert {k: env.get(k) for k in allowed} == allowed
     assert not set(refused) & set(env)
     assert env["UV_COMPILE_BYTECODE"] == "0"
@@ -460,14 +460,14 @@ def test_the_memory_bound_only_lowers_the_harness_s_own_limit():
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=120)
     assert out.stdout.strip() == "('', 0, 'ran\\n')", out.stdout + out.stderr
 
-    from sandbox.environment import UV_INSTALL_THREADS, _build_environment
+    from sandbox.uvindex import UV_INSTALL_THREADS, build_environment
 
     for asked, used in [("512", UV_INSTALL_THREADS), ("1", "1"), ("x", UV_INSTALL_THREADS), (None, UV_INSTALL_THREADS)]:
         with pytest.MonkeyPatch.context() as mp:
             mp.delenv("UV_CONCURRENT_INSTALLS", raising=False)
             if asked:
                 mp.setenv("UV_CONCURRENT_INSTALLS", asked)
-            assert _build_environment()["UV_CONCURRENT_INSTALLS"] == str(used) and UV_INSTALL_THREADS <= 16
+            assert build_environment()["UV_CONCURRENT_INSTALLS"] == str(used) and UV_INSTALL_THREADS <= 16
 
 
 @pytest.mark.slow
@@ -728,20 +728,20 @@ UV_SAID_BUNDLE = {  # ... and when the package the bundle declared is at fault
 
 @pytest.mark.parametrize("said", list(UV_SAID_INDEX), ids=list(UV_SAID_INDEX))
 def test_uv_s_words_for_a_failed_index_or_machine_are_the_machinerys(said):
-    from sandbox.environment import _index_trouble
+    from sandbox.uvindex import index_trouble
 
     local = {"UV_INDEX_URL": "file:///srv/index/simple", "UV_FIND_LINKS": "/srv/wheels"}
-    assert _index_trouble("\n".join(UV_SAID_INDEX[said]), local) == "\n".join(UV_SAID_INDEX[said])
+    assert index_trouble("\n".join(UV_SAID_INDEX[said]), local) == "\n".join(UV_SAID_INDEX[said])
 
 
 @pytest.mark.parametrize("said", list(UV_SAID_BUNDLE), ids=list(UV_SAID_BUNDLE))
 def test_uv_s_words_for_a_package_it_cannot_have_stay_the_bundles(said):
-    from sandbox.environment import _index_trouble
+    from sandbox.uvindex import index_trouble
 
     local = {"UV_INDEX_URL": "file:///srv/index/simple", "UV_FIND_LINKS": "/srv/wheels"}
-    assert _index_trouble("\n".join(UV_SAID_BUNDLE[said]), local) is None
+    assert index_trouble("\n".join(UV_SAID_BUNDLE[said]), local) is None
     # a file missing is the index's only where it is a file of the index
-    assert _index_trouble("\n".join(UV_SAID_INDEX["a local index's file"]), {"UV_INDEX_URL": "file:///x"}) is None
+    assert index_trouble("\n".join(UV_SAID_INDEX["a local index's file"]), {"UV_INDEX_URL": "file:///x"}) is None
 
 
 def test_an_index_failure_names_the_settings_without_their_credentials(local_index, tmp_path, monkeypatch):
@@ -754,6 +754,6 @@ def test_an_index_failure_names_the_settings_without_their_credentials(local_ind
             env.ensure()
     assert "s3cret" not in str(exc.value) and f"UV_INDEX_URL={url.replace('http://', 'http://***@')}" in str(exc.value)
     monkeypatch.delenv("UV_INDEX_URL")
-    from sandbox.environment import _build_environment, _index_settings
+    from sandbox.uvindex import build_environment, index_settings
 
-    assert _index_settings(_build_environment()) == "none set: PyPI"
+    assert index_settings(build_environment()) == "none set: PyPI"

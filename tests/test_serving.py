@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import serving.admission
 import serving.proxy
 from evaluation.families import open_family
+from serving.admission import MAX_WAITING, Admission
 from serving.batching import CLOSED, Batcher
 from serving.metrics import ServingMetrics
-from serving.admission import MAX_WAITING, Admission
 from serving.proxy import Proxy
 from testbed.config import PROJECT_ROOT
 from workflow.catalogue import get_pilot
@@ -832,7 +832,8 @@ def test_the_request_bytes_the_proxy_holds_at_once_are_bounded(monkeypatch, batc
     that kept up with nothing looked healthy), bodies still arriving are the clients' (`client_error`)."""
     import time
 
-    assert serving.admission.MAX_HELD_BYTES == 128 << 20 >= serving.admission.MAX_REQUEST_BYTES  # README; the largest fits
+    held, largest = serving.admission.MAX_HELD_BYTES, serving.admission.MAX_REQUEST_BYTES
+    assert held == 128 << 20 >= largest  # README; the largest request fits
     monkeypatch.setattr(serving.admission, "MAX_HELD_BYTES", 100_000)
     front = Front(lambda body, items: (time.sleep(0.5), honest(body, items))[1], batching)
     body = json.dumps(request(3)).encode()
