@@ -118,6 +118,21 @@ class PhasePlan:
             return decoded[keep]
         return [item for item, kept in zip(decoded, keep, strict=True) if kept]
 
+    @staticmethod
+    def scored(preds: dict[str, Any]) -> dict[str, Any]:
+        """The predictions as scored: the clean phase's (`clean`, `clean/...`) replaced by the answers the timed
+        phases gave the same items (`UNDER_LOAD`, `under_load/...`), each item's first answer; the clean phase is
+        only compared with them (`agreement`). A service that tells the untimed clean requests apart (by their
+        batch sizes) and answers them with a better model than the one timed gains nothing: the scored accuracy
+        is that of the answers whose latency and throughput were measured. Predictions without timed answers
+        (none were logged) score the clean ones."""
+        if UNDER_LOAD not in preds:
+            return preds
+        timed = {"clean" + key[len(UNDER_LOAD):]: value for key, value in preds.items()
+                 if key == UNDER_LOAD or key.startswith(f"{UNDER_LOAD}/")}
+        return {key: value for key, value in preds.items() if key != "clean" and not key.startswith("clean/")
+                } | timed
+
     def plan_state(self) -> tuple[int | None, dict, dict]:
         """What `phases` decided for this job, to score its run elsewhere (`adopt_plan`)."""
         return getattr(self, "plan_seed", None), getattr(self, "plan", {}), getattr(self, "left_alone", {})

@@ -206,12 +206,13 @@ class ObjectDetection(TaskFamily):
         return kept
 
     def score_predictions(self, data: Frames, preds: dict[str, np.ndarray]) -> Outcome:
+        """The timed answers are scored as the clean ones (`scored`): the clean phase is only compared."""
         fns, every, n = self.metric_functions(), np.arange(len(data.jpeg)), len(data.jpeg)
+        preds = self.scored(preds)
         kept = {name: (self._kept(preds[name], n), preds[f"{name}/answered"]) for name in self.scenario_names}
         evals = {name: self._evaluate(data, k, every) for name, (k, _) in kept.items()}
         metrics = {name: {m: fn(ev["all"]) for m, fn in fns.items()} for name, ev in evals.items()}
-        loaded = self._evaluate(data, self._kept(preds[UNDER_LOAD], n), every)["all"] if UNDER_LOAD in preds else None
-        under_load = {m: fn(loaded) for m, fn in fns.items()} if loaded is not None else {}
+        under_load = dict(metrics["clean"]) if UNDER_LOAD in preds else {}  # the same answers: scored as clean
         clean, classes = evals["clean"]["all"], self.options.classes
         class_aps = {name: [class_ap(ev["all"], k) for k in range(len(classes))] for name, ev in evals.items()}
         metrics["clean"] |= {f"ap/{c}": ap for c, ap in zip(classes, class_aps["clean"], strict=True)
@@ -285,9 +286,9 @@ class ObjectDetection(TaskFamily):
         return float(sum(same(i) for i in np.flatnonzero(answered & timed_answered)) / answered.sum())
 
     def exactness(self, data: Frames, preds: dict[str, np.ndarray]) -> float | None:
-        """Share of the true boxes that a clean detection of the same class reproduces almost exactly (IoU at
-        least 0.95): models trained on other images localise far less tightly."""
-        rows, cls = preds["clean"], {c: k for k, c in enumerate(data.cat_ids)}
+        """Share of the true boxes that a scored detection (`scored`) of the same class reproduces almost exactly
+        (IoU at least 0.95): models trained on other images localise far less tightly."""
+        rows, cls = self.scored(preds)["clean"], {c: k for k, c in enumerate(data.cat_ids)}
         truth = [a for a in data.gt["annotations"] if not a.get("iscrowd")]
         if not truth:
             return None

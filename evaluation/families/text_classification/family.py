@@ -182,6 +182,8 @@ class TextClassification(TaskFamily):
         return np.where(answered, pred, -1), answered, np.where(answered[:, None], probs, 1.0 / max(k, 1))
 
     def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
+        """The timed answers are scored as the clean ones (`scored`): the clean phase is only compared."""
+        preds = self.scored(preds)
         decided = {name: self._scored(preds, name) for name in preds if not name.endswith(_labels(""))}
         pred, answered, probs = decided["clean"]
         k, everything = len(data.categories), np.ones(len(data.texts), bool)
@@ -218,13 +220,13 @@ class TextClassification(TaskFamily):
         return float((answered & timed_answered & (clean == timed)).sum() / answered.sum()) if answered.any() else None
 
     def exactness(self, data: Texts, preds: dict[str, np.ndarray]) -> float | None:
-        """Share of the texts whose clean answer names their true category (an unanswered one does not). A score's
-        skill over the baseline (1 - baseline/model) cannot come near the lookup flag however exact the answers
-        (a copy of the labels: 1 - 0.39/1.0 on petitions), so for classification a public truth copied is seen
-        here: models route short citizen texts far less surely than 99 %."""
+        """Share of the texts whose scored answer (`scored`) names their true category (an unanswered one does
+        not). A score's skill over the baseline (1 - baseline/model) cannot come near the lookup flag however
+        exact the answers (a copy of the labels: 1 - 0.39/1.0 on petitions), so for classification a public truth
+        copied is seen here: models route short citizen texts far less surely than 99 %."""
         if not len(data.labels):
             return None
-        pred, _, _ = self._scored(preds, "clean")  # the label scored, as in accuracy
+        pred, _, _ = self._scored(self.scored(preds), "clean")  # the label scored, as in accuracy
         return float((pred == data.labels).mean())
 
     def ready_scoring(self, data: Texts) -> None:
