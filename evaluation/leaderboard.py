@@ -12,9 +12,10 @@ from evaluation.families import FAMILIES
 from evaluation.registry import METRICS, goal_of
 from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
+from testbed.config import harness_version
 from testbed.text import cell
 
-__all__ = ["ALTERED", "leaderboard_rows", "leaderboard_table", "rank_rows"]
+__all__ = ["ALTERED", "leaderboard_rows", "leaderboard_table", "rank_rows", "release"]
 
 ALTERED = "ALTERED record"
 """The review column of a row whose record or review trail was altered: ranked last, its gates not shown (the
@@ -23,17 +24,27 @@ warning printed with the table says what was found)."""
 CRITERIA = ("deep_learning_fit", "viability", "local_strength_fit")
 
 
+def release(version: str) -> str:
+    """A harness version's release, without the source checkout's commit (`0.1.0+g1a2b….dirty` -> `0.1.0`)."""
+    return version.split("+", 1)[0]
+
+
 def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | None = None) -> list[dict]:
     """One row per official evaluation (`runs`, by default the tracker's), ranked from the logged metrics
     (`rank_rows`). A run scored under another version of the pilot spec than `spec` (other weights, thresholds,
-    service level: its logged `pilot_spec_sha256`) is marked `spec_changed`, ranked after every run of this one,
-    with a warning: an edit of the catalogue during a call must not decide the ranking."""
-    primary, current = FAMILIES.get(spec.family).primary_metric, spec.sha256()
+    service level: its logged `pilot_spec_sha256`) is marked `spec_changed`, and one scored by another release
+    of the harness than the one installed (its logged `harness_version`: a formula may have changed, so the same
+    bytes may score otherwise) `harness_changed`; either is ranked after every run of this spec and release, with
+    a warning: neither an edit of the catalogue nor an upgrade of the testbed during a call may decide the
+    ranking. Commits of one release (a source checkout's `+g…`) rank together."""
+    primary, current, ours = FAMILIES.get(spec.family).primary_metric, spec.sha256(), release(harness_version())
     rows = []
-    for run in sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time):
+    runs_in_order = sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time)
+    for run in runs_in_order:
         m, tags = run.metrics, run.tags
         rows.append({
             "spec_changed": run.params.get("pilot_spec_sha256", current) != current,
+            "harness_changed": release(run.params.get("harness_version", ours)) != ours,
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
@@ -48,14 +59,22 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
                       "they are ranked after this spec's, marked 'other spec'; fix: put back the spec they were scored "
                       "under (each run's pilot_spec.json artifact), or give the changed spec a new pilot id and have "
                       "the vendors submit to it", stacklevel=2)
+    upgraded = [f"{row['submission']} ({release(run.params.get('harness_version', ''))})"
+                for row, run in zip(rows, runs_in_order, strict=True) if row["harness_changed"]]
+    if upgraded:
+        warnings.warn(f"{len(upgraded)} official evaluation(s) of {spec.id} were scored by another release of the "
+                      f"testbed than this one ({ours}): {', '.join(upgraded[:5])}{' …' if len(upgraded) > 5 else ''}; "
+                      "they are ranked after this release's, marked 'other harness'; fix: rank a call's evaluations "
+                      "with the release that scored them (install it), and upgrade the testbed between calls, not "
+                      "during one", stacklevel=2)
     return rank_rows(spec, rows)
 
 
 def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] = lambda row: ()) -> list[dict]:
-    """Sort `rows` (in place; returned) and number them (`rank`): runs of the current spec first (not
-    `spec_changed`), passed first, then `then` (e.g. rejected by an evaluator last), then by total. Equal
-    standings share a rank: the total is what the city decides on
-    (rounded to 0.01, and saturating: full deep-learning credit at the pilot's `full_credit_skill`, full
+    """Sort `rows` (in place; returned) and number them (`rank`): runs of the current spec and harness release
+    first (neither `spec_changed` nor `harness_changed`), passed first, then `then` (e.g. rejected by an
+    evaluator last), then by total. Equal standings share a rank: the total is what the city decides on (rounded
+    to 0.01, and saturating: full deep-learning credit at the pilot's `full_credit_skill`, full
     viability once every threshold and the service level are met), so two strong models often tie, and neither
     the order the runs come in nor a resubmission of the same model (new bytes, a newer run) may put one above
     the other. Within a tie the better primary metric is listed first, then the row that came first (the
@@ -64,7 +83,8 @@ def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] =
     better = goal_of(METRICS.where(family=spec.family)[primary])
 
     def standing(row: dict) -> tuple:
-        return bool(row.get("spec_changed")), not row["passed"], *then(row), -(row["total_score"] or 0)
+        other = bool(row.get("spec_changed") or row.get("harness_changed"))
+        return other, not row["passed"], *then(row), -(row["total_score"] or 0)
 
     def measured(row: dict) -> float:  # the better primary metric first; not measured last
         value = row.get(primary)
@@ -98,6 +118,7 @@ def leaderboard_table(spec: PilotSpec, rows: list[dict]) -> Table:
         review = {"approve": "[green]approved[/]", "reject": "[red]rejected[/]", "stale": "re-review"}.get(
             r.get("review"), r.get("review") or "awaiting")
         review += " · [yellow]other spec[/]" if r.get("spec_changed") else ""
+        review += " · [yellow]other harness[/]" if r.get("harness_changed") else ""
         table.add_row(str(r["rank"]), *(cell(str(r[k] or "")) for k in ("submission", "vendor", "verdict")),
                       "[green]pass[/]" if r["passed"] else "[yellow]unverified[/]" if r.get("review") == ALTERED
                       else "[red]rejected[/]", _fmt(r[primary], 4),

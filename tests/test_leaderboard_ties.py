@@ -80,6 +80,35 @@ def test_runs_scored_under_another_version_of_the_spec_are_ranked_after_with_a_w
         assert [r["submission"] for r in leaderboard_rows(edited, MemoryTracker(), runs[1:2])] == ["then"]
 
 
+def test_runs_scored_by_another_release_of_the_harness_are_ranked_after_with_a_warning(bike_spec, monkeypatch):
+    """A formula may change between releases (the same bytes then score otherwise): a run whose logged
+    `harness_version` is of another release than the one installed is ranked after every run of this release,
+    whatever its total, marked 'other harness', with a warning naming it and the fix. Commits of one release (a
+    source checkout's `+g<sha>`) rank together, and a run that logged no version is taken as this release's."""
+    import warnings
+
+    from rich.console import Console
+
+    import evaluation.leaderboard
+    from evaluation.leaderboard import leaderboard_table, release
+
+    monkeypatch.setattr(evaluation.leaderboard, "harness_version", lambda: "0.2.0+gaaaaaaaaaaaa.dirty")
+    assert release("0.2.0+gaaaaaaaaaaaa.dirty") == release("0.2.0") == "0.2.0"
+    runs = [official("now", 1, 60.0, 0.50), official("old", 2, 90.0, 0.10), official("commit", 3, 50.0, 0.6),
+            official("unlogged", 4, 40.0, 0.7)]
+    runs[0].params["harness_version"], runs[1].params["harness_version"] = "0.2.0", "0.1.0+gbbbbbbbbbbbb"
+    runs[2].params["harness_version"] = "0.2.0+gcccccccccccc"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = leaderboard_rows(bike_spec, MemoryTracker(), runs)
+    assert [(r["submission"], r["rank"]) for r in rows] == [("now", 1), ("commit", 2), ("unlogged", 3), ("old", 4)]
+    assert len(caught) == 1 and "old (0.1.0)" in str(caught[0].message) and "fix:" in str(caught[0].message)
+    console = Console(width=220, record=True)
+    console.print(leaderboard_table(bike_spec, rows))
+    assert [line.split("│")[2].strip() for line in console.export_text().splitlines() if "other harness" in line
+            ] == ["old"]
+
+
 def test_the_table_shows_how_fast_the_node_was_while_each_run_was_timed(bike_spec):
     """The slower of the timed phases' node speeds (`node_speed/…`, recorded beside the times, not applied):
     an evaluator sees which totals were timed on a slow node; a run without the record shows a dash."""
