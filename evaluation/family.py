@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from evaluation.contract import Contract
 from evaluation.phases import LOAD_PHASES, UNDER_LOAD, PhasePlan
-from evaluation.registry import METRICS, SCENARIOS, goal_of
+from evaluation.registry import METRICS, SCENARIOS, goal_of, span_of
 from pilots.spec import PilotSpec, ScenarioSpec
 from sandbox.bundle import sha256_file
 from sandbox.runner import SandboxResult
@@ -106,6 +106,14 @@ class TaskFamily(PhasePlan, ABC):
                                 f"{'lower' if lower_is_better else 'higher'}-is-better, so a `{bound}` bound would "
                                 "pass worse models more easily", where=where,
                                 fix=f"give `{'max' if lower_is_better else 'min'}` for {threshold.metric}")
+            lo, hi = span_of(metrics[threshold.metric])
+            value = threshold.max if bound == "max" else threshold.min
+            never, always = (value < lo, value >= hi) if lower_is_better else (value > hi, value <= lo)
+            if never or always:
+                raise SpecError(f"field `thresholds.{i}.{bound}`: {threshold.metric} can only be {lo:g} to {hi:g}, so "
+                                f"a `{bound}` of {value:g} would {'never' if never else 'always'} be met", where=where,
+                                fix=f"give a `{bound}` between {lo:g} and {hi:g} (exclusive of "
+                                    f"{hi if lower_is_better else lo:g}), or leave the threshold out")
         scenarios = SCENARIOS.where(family=cls.name)
         for i, sc in enumerate(spec.scenarios):
             if sc.name not in scenarios:

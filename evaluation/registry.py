@@ -10,9 +10,11 @@ what it uses.
 
 from __future__ import annotations
 
+import math
+
 from testbed.registry import Registry
 
-__all__ = ["FAMILIES", "METRICS", "SCENARIOS", "family", "metric", "scenario", "goal_of"]
+__all__ = ["FAMILIES", "METRICS", "SCENARIOS", "family", "metric", "scenario", "goal_of", "span_of"]
 
 FAMILIES: Registry = Registry("task family")
 METRICS: Registry = Registry("metric")
@@ -29,11 +31,12 @@ def family(name: str):
     return add
 
 
-def metric(name: str, *, family: str, goal: str):
-    """Register a metric of `family`; `goal` is "min" (errors) or "max" (scores)."""
+def metric(name: str, *, family: str, goal: str, span: tuple[float, float] = (0.0, math.inf)):
+    """Register a metric of `family`; `goal` is "min" (errors) or "max" (scores); `span`: the values it can take
+    (a threshold outside them could never fail, or never pass: the spec is refused)."""
     if goal not in ("min", "max"):
         raise ValueError("goal must be 'min' or 'max'")
-    return METRICS.register(name, family=family, goal=goal)
+    return METRICS.register(name, family=family, goal=goal, span=span)
 
 
 def scenario(name: str, *, family: str):
@@ -43,3 +46,8 @@ def scenario(name: str, *, family: str):
 
 def goal_of(fn) -> str:
     return fn.__testbed_goal__
+
+
+def span_of(fn) -> tuple[float, float]:
+    """The values a metric can take (`metric`'s `span`)."""
+    return fn.__testbed_span__

@@ -52,6 +52,9 @@ def test_catalogue_specs_are_valid():
     (lambda s: s["task"].update(season=200), "task", "shorter than `task.history`"),
     (lambda s: s["thresholds"][0].update(max=None, min=1.0), "thresholds.0.min", "give `max` for mase"),
     (lambda s: s["thresholds"][0].update(max=float("nan")), "thresholds.0.max", "finite"),
+    # a bound outside the metric's values: a gate that never fails (or never passes) loaded silently
+    (lambda s: s["thresholds"][0].update(max=-1.0), "thresholds.0.max", "never be met"),
+    (lambda s: s["thresholds"][1].update(max=200.0), "thresholds.1.max", "always be met"),  # smape: 0..200
     (lambda s: s["thresholds"].append(dict(s["thresholds"][0])), "thresholds", "more than once"),
     (lambda s: s["scenarios"].append(dict(s["scenarios"][0], seed=2)), "scenarios", "missing_hours given more"),
     (lambda s: s.update(department=""), "department", "owning department"),

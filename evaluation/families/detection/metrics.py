@@ -70,19 +70,19 @@ def class_count_mae(ev: DetectionEval, k: int) -> float:
     return float(np.mean(np.abs(ev.pred_counts[:, k] - ev.true_counts[:, k]))) if len(ev.true_counts) else float("nan")
 
 
-@metric("map", family="detection", goal="max")
+@metric("map", family="detection", goal="max", span=(0.0, 1.0))
 def mean_ap(ev: DetectionEval) -> float:
     """COCO mAP@[.50:.95]: precision averaged over 10 IoU thresholds, 101 recall points and the classes."""
     return _mean(ev.precision)
 
 
-@metric("map_50", family="detection", goal="max")
+@metric("map_50", family="detection", goal="max", span=(0.0, 1.0))
 def mean_ap_50(ev: DetectionEval) -> float:
     """COCO mAP at IoU 0.5 (the PASCAL VOC-style figure)."""
     return _mean(ev.precision[0])
 
 
-@metric("mar_100", family="detection", goal="max")
+@metric("mar_100", family="detection", goal="max", span=(0.0, 1.0))
 def mean_ar(ev: DetectionEval) -> float:
     """COCO mean recall with up to 100 detections per image, over IoU .50:.95 and the classes."""
     return _mean(ev.recall)

@@ -24,7 +24,7 @@ def rmse(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
     return float(largest * np.sqrt(np.mean((error / largest) ** 2)))
 
 
-@metric("smape", family="forecasting", goal="min")
+@metric("smape", family="forecasting", goal="min", span=(0.0, 200.0))
 def smape(y: np.ndarray, yhat: np.ndarray, scale: np.ndarray) -> float:
     """Symmetric MAPE in percent (0..200); points where truth and forecast are both 0 count as 0."""
     denom = np.abs(y) + np.abs(yhat)

@@ -48,13 +48,13 @@ def reliability(ev: ClassEval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return total / count, right / count, count
 
 
-@metric("accuracy", family=FAMILY, goal="max")
+@metric("accuracy", family=FAMILY, goal="max", span=(0.0, 1.0))
 def accuracy(ev: ClassEval) -> float:
     """Share of items routed to their true category."""
     return float(np.mean(ev.pred == ev.truth)) if len(ev.truth) else float("nan")
 
 
-@metric("macro_f1", family=FAMILY, goal="max")
+@metric("macro_f1", family=FAMILY, goal="max", span=(0.0, 1.0))
 def macro_f1(ev: ClassEval) -> float:
     """Mean F1 over the categories that occur among these items' true labels: every category counts the same,
     however rare (in a group of one category, that category's F1 within the group)."""
@@ -62,7 +62,7 @@ def macro_f1(ev: ClassEval) -> float:
     return float(np.mean(class_f1(ev)[present])) if len(present) else float("nan")
 
 
-@metric("ece", family=FAMILY, goal="min")
+@metric("ece", family=FAMILY, goal="min", span=(0.0, 1.0))
 def ece(ev: ClassEval) -> float:
     """Expected calibration error of the top score: |accuracy - confidence| per equal-width confidence bin,
     weighted by the bin's share of items (0 = a score of 0.8 is right 80 % of the time)."""
