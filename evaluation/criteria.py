@@ -124,7 +124,8 @@ def _dl_finding(found: ModelArtifact | None, model: ModelArtifact | None, opened
     if model is not None:
         return ("deep-learning model found by reading the bundle, " + ("and the service opened its file (seen from "
                 "outside the sandbox)" if opened is not None else "though which files the service opened was not "
-                "observed") + "; that the service computes its answers with it is for the evaluator to confirm")
+                "observed") + "; that the service computes its answers with it cannot be seen from outside: the "
+                "credit counts, and an evaluator who finds that it does not rejects the submission in review")
     if found is not None:
         return (f"the bundle holds a deep-learning model ({found.path}), but the service never opened it: no "
                 "deep-learning credit, whatever it beats")
