@@ -28,9 +28,9 @@ from workflow.submissions import SubmissionStore
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     """A retry is placed at once here, unless a test says otherwise (a real campaign waits before each)."""
-    import workflow.campaign
+    import workflow.campaign_driver
 
-    monkeypatch.setattr(workflow.campaign, "RETRY_BACKOFF_S", 0.0, raising=False)
+    monkeypatch.setattr(workflow.campaign_driver, "RETRY_BACKOFF_S", 0.0)
 
 
 @pytest.fixture
@@ -205,10 +205,10 @@ def test_a_failure_record_the_tracking_store_refuses_fails_that_submission_alone
 def test_a_retry_waits_a_growing_bounded_while(ws, subs, monkeypatch):
     """A retry was placed the moment the machinery's failure returned: a flapping node or cluster spent every
     retry within a second. It now waits `RETRY_BACKOFF_S`, doubled at each retry up to `RETRY_BACKOFF_MAX_S`."""
-    import workflow.campaign
+    import workflow.campaign_driver
 
-    monkeypatch.setattr(workflow.campaign, "RETRY_BACKOFF_S", 0.2, raising=False)
-    monkeypatch.setattr(workflow.campaign, "RETRY_BACKOFF_MAX_S", 0.3, raising=False)
+    monkeypatch.setattr(workflow.campaign_driver, "RETRY_BACKOFF_S", 0.2)
+    monkeypatch.setattr(workflow.campaign_driver, "RETRY_BACKOFF_MAX_S", 0.3)
     placed = []
 
     class Timed(Flaky):  # when each job is handed over (the double then runs it before `submit` returns)
@@ -245,9 +245,9 @@ class Later(FakeSandbox):
 
 def test_the_other_jobs_results_are_collected_while_a_retry_waits(ws, subs, monkeypatch):
     """The wait before a retry holds up that job alone: the campaign collects the others' results meanwhile."""
-    import workflow.campaign
+    import workflow.campaign_driver
 
-    monkeypatch.setattr(workflow.campaign, "RETRY_BACKOFF_S", 2.0, raising=False)
+    monkeypatch.setattr(workflow.campaign_driver, "RETRY_BACKOFF_S", 2.0)
     placed, collected = [], []
 
     def updated(item):
@@ -386,9 +386,9 @@ def test_a_job_no_live_node_can_run_any_more_fails_and_the_campaign_ends(ws, sub
     died under it when that node was the only one large enough."""
     import threading
 
-    import workflow.campaign
+    import workflow.campaign_driver
 
-    monkeypatch.setattr(workflow.campaign, "STRANDED_CHECK_S", 0.1, raising=False)
+    monkeypatch.setattr(workflow.campaign_driver, "STRANDED_CHECK_S", 0.1)
     tracker, items, executor = MemoryTracker(), [], Stranding(died)
     runner = threading.Thread(target=lambda: items.extend(run_campaign(
         subs[:1], executor=executor, tracker=tracker, ws=ws, retries=1)), daemon=True)
@@ -449,7 +449,7 @@ def test_one_evaluation_waiting_for_a_lost_node_fails_rather_than_waiting_for_ev
         return waiting
 
     monkeypatch.setattr(executor, "submit", placed)
-    monkeypatch.setattr(sandbox.executor, "STRANDED_CHECK_S", 0.1, raising=False)
+    monkeypatch.setattr(sandbox.executor, "STRANDED_CHECK_S", 0.1)
     monkeypatch.setattr(sandbox.executor, "_largest_node", lambda: {"CPU": 4.0, "memory": float(6 << 30)})
     monkeypatch.setattr(ray, "cancel", lambda ref, force: None)
     with pytest.raises(InfrastructureFailure, match="no live Ray node has the 8192 MB of memory"):
@@ -468,10 +468,10 @@ def test_preparation_runs_a_bounded_way_ahead_and_each_evaluation_is_let_go_once
     import weakref
     from pathlib import Path
 
-    import workflow.campaign
+    import workflow.campaign_driver
 
-    monkeypatch.setattr(workflow.campaign, "PREPARE_AHEAD", 1, raising=False)
-    prepare, index = workflow.campaign.prepare_evaluation, {s.id: i for i, s in enumerate(subs)}
+    monkeypatch.setattr(workflow.campaign_driver, "PREPARE_AHEAD", 1)
+    prepare, index = workflow.campaign_driver.prepare_evaluation, {s.id: i for i, s in enumerate(subs)}
     made, submitted, third_started, began, held = {}, [], threading.Event(), {}, []
 
     def counting(*args, submission, **kw):
@@ -494,7 +494,7 @@ def test_preparation_runs_a_bounded_way_ahead_and_each_evaluation_is_let_go_once
         return (sum(r() is not None for r in made.values()),
                 len(list(Path(tempfile.gettempdir()).glob(f"testbed-bundle-{os.getpid()}-*"))))
 
-    monkeypatch.setattr(workflow.campaign, "prepare_evaluation", counting)
+    monkeypatch.setattr(workflow.campaign_driver, "prepare_evaluation", counting)
     def updated(item):
         if item.status == "running":  # placed: what the driver still holds of its bytes
             held.append(len(made[item.submission]().job.bundle))
