@@ -637,7 +637,7 @@ def test_ctrl_c_as_a_production_moves_tag_is_written_takes_it_back(ws, monkeypat
 def test_a_rollback_goes_back_only_through_the_versions_promoted_since_the_last_withdrawal():
     """The README's rule: a withdrawal (a rollback to nothing) starts the rollback history anew, so a rollback
     after it and one promotion withdraws again, whatever was approved before."""
-    from workflow.promote import _stack
+    from workflow.production_trail import replay as _stack
 
     def move(action, version):
         return {"action": action, "version": version}

@@ -5,26 +5,25 @@ The pilot's registered model `testbed-<pilot>` in MLflow holds every evaluated b
 official evaluation of the submission, every hard gate passed and the registry's bytes still hash to what was
 evaluated and reviewed. Every move (promote, rollback, withdraw) is an entry in the pilot's append-only
 hash-chained trail `TESTBED_HOME/production/<pilot>.jsonl`, mirrored as registered-model tags
-`testbed.production.NNNN`. A pilot's moves are serialised by an exclusive lock on that trail held across the
-checks, the alias change and the entry, so two operators promoting at once are applied one after the other.
+`testbed.production.NNNN` (`workflow.production_trail`). A pilot's moves are serialised by an exclusive lock on
+that trail held across the checks, the alias change and the entry, so two operators promoting at once are applied
+one after the other.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import tempfile
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from evaluation.tracking import MlflowTracker, RunRecord, every_page, registered_model_name
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused, TestbedError
-from workflow.ledger import Anchor, AuditChain
+from workflow.ledger import AuditChain
 from workflow.pages import mark_in_service, refresh_scorecard
+from workflow.production_trail import ALIAS, left_at, production_chain, replay, trail_version, write_move
 from workflow.review import (
     Review,
     ReviewBook,
@@ -37,11 +36,6 @@ from workflow.review import (
 from workflow.submissions import Submission, SubmissionStore
 
 __all__ = ["Approved", "Production", "ALIAS", "trail_version"]
-
-ALIAS = "production"
-MOVE_TAG = "testbed.production."
-"""The registered model's tags mirroring the production trail: `testbed.production.0001`, one a move."""
-
 
 @dataclass
 class Approved:
@@ -59,10 +53,6 @@ class Approved:
         return self.review.bundle_sha256
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class Production:
     """The production alias of every pilot, its history and its checks (real MLflow registry)."""
 
@@ -73,31 +63,8 @@ class Production:
         self.store, self.book = SubmissionStore(ws), ReviewBook(ws, self.tracker)
 
     def chain(self, pilot: str) -> AuditChain:
-        """The pilot's trail, anchored to its last move as the registered model's tags mirror it (read when the
-        trail is locked)."""
-        name = registered_model_name(pilot)
-
-        def anchor(entries: list[dict]) -> Anchor:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                tags = self.client.get_registered_model(name).tags
-            except MlflowException:  # no registered model yet: nothing mirrored
-                tags = {}
-            moves = {k: k.removeprefix(MOVE_TAG) for k in tags if k.startswith(MOVE_TAG)}
-            mirror = f"the registered model {name}'s testbed.production tags"
-            if not moves:
-                return Anchor(0, "", mirror)
-            wrong = [k for k, n in moves.items() if not (n.isascii() and n.isdigit())]
-            last = wrong[0] if wrong else max(moves, key=lambda k: int(moves[k]))  # by number: 10000 after 9999
-            try:
-                seq, digest = int(moves[last]), json.loads(tags[last])["hash"]
-            except (ValueError, TypeError, KeyError):
-                raise AuditError(f"the registered model's tag {last} is malformed", where=f"models:/{name}",
-                                 fix="restore the registered model's tags from a backup") from None
-            return Anchor(seq, str(digest), f"the registered model {name}'s {last} tag")
-
-        return AuditChain(self.ws.home / "production" / f"{pilot}.jsonl", anchor, _move_record)
+        """The pilot's trail, anchored to its last move as the registered model's tags mirror it."""
+        return production_chain(self.client, self.ws.home, pilot)
 
     # -- checks ------------------------------------------------------------------------------------------------
 
@@ -251,7 +218,7 @@ class Production:
         by = _operator(by)
         skipped: list[str] = []
         with self.chain(pilot).locked() as txn:  # the trail says what is in service, whatever the alias says
-            stack, alias = _stack(txn.entries), self.current_version(pilot)
+            stack, alias = replay(txn.entries), self.current_version(pilot)
             previous = trail_version(txn.entries)
             if not stack or previous is None:
                 raise Refused(f"pilot {pilot} has nothing in production to roll back",
@@ -288,75 +255,10 @@ class Production:
 
     def _move(self, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
               previous: str | None, alias: str | None) -> dict:
-        """Set the alias and append the entry (`previous`: what the trail had in service; `alias`: what the
-        alias named, put back should the entry fail)."""
-        name = registered_model_name(pilot)
-        if ok is not None:
-            self.client.set_registered_model_alias(name, ALIAS, ok.version)
-        elif alias is not None:
-            self.client.delete_registered_model_alias(name, ALIAS)
-        event = {"action": action, "pilot": pilot, "version": ok.version if ok else None,
-                 "submission": ok.submission.id if ok else None, "run_id": ok.run.run_id if ok else None,
-                 "bundle_sha256": ok.sha256 if ok else None, "review_hash": ok.review.hash if ok else None,
-                 "previous_version": previous, "by": by, "note": note, "at": _now()}
-        mirrored: list[str] = []
-
-        def mirror(entry: dict) -> None:  # the registry's tag first, then the trail's line: both or neither
-            key = f"{MOVE_TAG}{entry['seq']:04d}"
-            mirrored.append(key)  # before: a Ctrl-C as the registry's write returns still takes the tag back
-            self.client.set_registered_model_tag(name, key, json.dumps(
-                {k: entry[k] for k in ("action", "version", "submission", "by", "at", "hash")}))
-
-        try:
-            return txn.append(event, mirror=mirror)
-        except BaseException:  # not recorded: put the alias (and the tag) back as they were
-            from mlflow.exceptions import MlflowException
-
-            if alias is None:
-                if ok is not None:
-                    self.client.delete_registered_model_alias(name, ALIAS)
-            else:
-                self.client.set_registered_model_alias(name, ALIAS, alias)
-            for key in mirrored:
-                with contextlib.suppress(MlflowException):  # never set (its write failed): nothing to take back
-                    self.client.delete_registered_model_tag(name, key)
-            raise
-
-
-def _move_record(entry: dict) -> None:
-    """ValueError unless `entry` is a production move as `Production._move` writes it."""
-    text = ("by", "at", "pilot")
-    optional = ("version", "submission", "run_id", "bundle_sha256", "review_hash", "previous_version")
-    if entry.get("action") not in ("promote", "rollback") or any(not isinstance(entry.get(k), str) for k in text) \
-            or any(k not in entry or not isinstance(entry[k], str | None) for k in optional) \
-            or (entry["action"] == "promote" and not (entry["version"] and entry["submission"])):
-        raise ValueError("not a production move: `action` promote or rollback, `by`, `at`, `pilot` and the version "
-                         "it put in service")
+        """Set the alias and append the entry (`production_trail.write_move`)."""
+        return write_move(self.client, txn, pilot, action, ok, by, note, previous, alias)
 
 
 def _operator(by: str) -> str:
     """Who moves production: named in the trail, so never blank (nor able to pass for someone else)."""
     return person_name(by, "--by")
-
-
-def trail_version(entries: list[dict]) -> str | None:
-    """The version a trail's last move put in production (None: none yet, or withdrawn)."""
-    return entries[-1]["version"] if entries else None
-
-
-def left_at(entries: list[dict], submission: str) -> str | None:
-    """When a trail's moves last took `submission` out of production (None: in service now, or never put in)."""
-    put = [i for i, e in enumerate(entries) if e["submission"] == submission]
-    return entries[put[-1] + 1]["at"] if put and put[-1] + 1 < len(entries) else None
-
-
-def _stack(entries: list[dict]) -> list[dict]:
-    """Replay the trail: a promotion pushes its version, a rollback pops back to its target (or empties)."""
-    stack: list[dict] = []
-    for e in entries:
-        if e["action"] == "promote":
-            stack.append(e)
-        elif e["action"] == "rollback":
-            while stack and stack[-1]["version"] != e["version"]:
-                stack.pop()
-    return stack
