@@ -240,7 +240,7 @@ def check_isolation() -> None:
             f"isolation tools missing: {', '.join(missing)}; untrusted bundles will not run",
             fix="run `make setup` (installs the Debian package bubblewrap), or pass --unsafe-no-sandbox to run "
                 "trusted code without isolation (recorded on the run, fails the isolation gate)")
-    from sandbox.host import UidLease
+    from sandbox.uids import UidLease
 
     with tempfile.TemporaryDirectory() as tmp:
         lease = UidLease() if os.geteuid() == 0 else None

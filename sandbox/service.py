@@ -33,9 +33,10 @@ import psutil
 from sandbox.bundle import import_bundle
 from sandbox.channel import MAX_RESPONSE_BYTES, Budget, Channel
 from sandbox.environment import declared_requirements
-from sandbox.host import RUN_PREFIX, Cgroups, UidLease, sweep_stale
+from sandbox.host import RUN_PREFIX, Cgroups, sweep_stale
 from sandbox.isolation import ENV_MOUNT, NOBODY, WORKER, SandboxLimits, SandboxPaths, launch
 from sandbox.observe import Evidence, Opened, OutputTail, Reports, Watch
+from sandbox.uids import UidLease
 from testbed.errors import BundleError
 from testbed.yamlio import safe_load_bounded
 

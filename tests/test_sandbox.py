@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sandbox.host import uid_range
 from sandbox.isolation import NOBODY, SandboxLimits, check_isolation
 from sandbox.runner import Phase, SandboxJob, run_job
+from sandbox.uids import uid_range
 from testbed.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import pytest
 from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
 from sandbox.executor import InlineExecutor
-from sandbox.host import uid_range
 from sandbox.isolation import SandboxLimits, check_isolation
 from sandbox.runner import Phase, SandboxJob, run_job
+from sandbox.uids import uid_range
 from testbed.config import PROJECT_ROOT
 from workflow.evaluate import evaluate_bundle
 

@@ -20,7 +20,7 @@ from evaluation.families.detection.contract import decode_response as decode_det
 from evaluation.families.forecasting.contract import decode_response as decode_forecast
 from evaluation.tracking_memory import MemoryTracker
 from pilots.vendor import VendorProfile
-from sandbox import host
+from sandbox import host, uids
 from sandbox.bundle import inspect_bundle
 from sandbox.executor import InlineExecutor
 from sandbox.isolation import SandboxLimits
@@ -134,13 +134,13 @@ def test_whatever_the_answers_the_evaluation_ends_with_a_verdict_a_scorecard_and
 @pytest.mark.skipif(os.geteuid() != 0, reason="uid leases are for root (otherwise a user namespace maps the uid)")
 def test_concurrent_sandboxes_get_distinct_uids_given_back_on_release(monkeypatch, tmp_path):
     monkeypatch.setenv("TESTBED_SANDBOX_UIDS", "1700000000-1700000001")
-    monkeypatch.setattr(host, "_lock_dir", lambda: tmp_path)
-    first, second = host.UidLease(), host.UidLease()
+    monkeypatch.setattr(uids, "_lock_dir", lambda: tmp_path)
+    first, second = uids.UidLease(), uids.UidLease()
     assert {first.uid, second.uid} == {1700000000, 1700000001}
     with pytest.raises(Exception, match="in use"):
-        host.UidLease()
+        uids.UidLease()
     first.release()
-    third = host.UidLease()
+    third = uids.UidLease()
     assert third.uid == 1700000000
     second.release()
     third.release()
@@ -672,12 +672,12 @@ def test_a_sandbox_uid_range_that_is_malformed_or_holds_an_account_is_refused(mo
     """A leased uid has its processes killed: a range holding root or another account would kill them."""
     monkeypatch.setenv("TESTBED_SANDBOX_UIDS", setting)
     with pytest.raises(SandboxUnavailable, match=words) as info:
-        host.uid_range()
+        uids.uid_range()
     assert info.value.where == "TESTBED_SANDBOX_UIDS" and "unset it" in info.value.fix
     monkeypatch.setenv("TESTBED_SANDBOX_UIDS", "")  # set to nothing: the default
-    assert host.uid_range() == range(1_600_000_000, 1_600_004_096)
+    assert uids.uid_range() == range(1_600_000_000, 1_600_004_096)
     monkeypatch.setenv("TESTBED_SANDBOX_UIDS", " 1700000000 - 1700000001 ")
-    assert host.uid_range() == range(1_700_000_000, 1_700_000_002)
+    assert uids.uid_range() == range(1_700_000_000, 1_700_000_002)
 
 
 def test_a_location_variable_set_to_nothing_counts_as_unset(monkeypatch):

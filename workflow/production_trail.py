@@ -11,16 +11,12 @@ import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from evaluation.tracking import registered_model_name
 from testbed.errors import AuditError
 from workflow.ledger import Anchor, AuditChain
 
-if TYPE_CHECKING:
-    from workflow.promote import Approved
-
-__all__ = ["ALIAS", "MOVE_TAG", "left_at", "production_chain", "replay", "trail_version", "write_move"]
+__all__ = ["ALIAS", "MOVE_TAG", "PUT_FIELDS", "left_at", "production_chain", "replay", "trail_version", "write_move"]
 
 ALIAS = "production"
 MOVE_TAG = "testbed.production."
@@ -55,18 +51,22 @@ def production_chain(client, home: Path, pilot: str) -> AuditChain:
     return AuditChain(home / "production" / f"{pilot}.jsonl", anchor, _move_record)
 
 
-def write_move(client, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
+PUT_FIELDS = ("version", "submission", "run_id", "bundle_sha256", "review_hash")
+"""What a move records of the version it puts in service (all None when it puts none: a withdrawal)."""
+
+
+def write_move(client, txn, pilot: str, action: str, put: dict[str, str] | None, by: str, note: str,
                previous: str | None, alias: str | None) -> dict:
-    """Set the alias and append the entry to the locked trail `txn` (`previous`: what the trail had in service;
-    `alias`: what the alias named, put back should the entry fail)."""
+    """Set the alias and append the entry to the locked trail `txn` (`put`: the `PUT_FIELDS` of the version put
+    in service, None for none; `previous`: what the trail had in service; `alias`: what the alias named, put back
+    should the entry fail)."""
     name = registered_model_name(pilot)
-    if ok is not None:
-        client.set_registered_model_alias(name, ALIAS, ok.version)
+    ok = put is not None
+    if ok:
+        client.set_registered_model_alias(name, ALIAS, put["version"])
     elif alias is not None:
         client.delete_registered_model_alias(name, ALIAS)
-    event = {"action": action, "pilot": pilot, "version": ok.version if ok else None,
-             "submission": ok.submission.id if ok else None, "run_id": ok.run.run_id if ok else None,
-             "bundle_sha256": ok.sha256 if ok else None, "review_hash": ok.review.hash if ok else None,
+    event = {"action": action, "pilot": pilot, **{k: put[k] if ok else None for k in PUT_FIELDS},
              "previous_version": previous, "by": by, "note": note,
              "at": datetime.now(UTC).isoformat(timespec="seconds")}
     mirrored: list[str] = []
@@ -83,7 +83,7 @@ def write_move(client, txn, pilot: str, action: str, ok: Approved | None, by: st
         from mlflow.exceptions import MlflowException
 
         if alias is None:
-            if ok is not None:
+            if ok:
                 client.delete_registered_model_alias(name, ALIAS)
         else:
             client.set_registered_model_alias(name, ALIAS, alias)
@@ -96,7 +96,7 @@ def write_move(client, txn, pilot: str, action: str, ok: Approved | None, by: st
 def _move_record(entry: dict) -> None:
     """ValueError unless `entry` is a production move as `write_move` writes it."""
     text = ("by", "at", "pilot")
-    optional = ("version", "submission", "run_id", "bundle_sha256", "review_hash", "previous_version")
+    optional = (*PUT_FIELDS, "previous_version")
     if entry.get("action") not in ("promote", "rollback") or any(not isinstance(entry.get(k), str) for k in text) \
             or any(k not in entry or not isinstance(entry[k], str | None) for k in optional) \
             or (entry["action"] == "promote" and not (entry["version"] and entry["submission"])):

@@ -255,8 +255,11 @@ class Production:
 
     def _move(self, txn, pilot: str, action: str, ok: Approved | None, by: str, note: str,
               previous: str | None, alias: str | None) -> dict:
-        """Set the alias and append the entry (`production_trail.write_move`)."""
-        return write_move(self.client, txn, pilot, action, ok, by, note, previous, alias)
+        """Set the alias and append the entry (`production_trail.write_move`), putting `ok` in service (None:
+        nothing)."""
+        put = None if ok is None else {"version": ok.version, "submission": ok.submission.id, "run_id": ok.run.run_id,
+                                       "bundle_sha256": ok.sha256, "review_hash": ok.review.hash}
+        return write_move(self.client, txn, pilot, action, put, by, note, previous, alias)
 
 
 def _operator(by: str) -> str:
