@@ -22,7 +22,7 @@ from testbed.config import Workspace
 from testbed.errors import AuditError
 
 __all__ = ["Tracker", "RunRecord", "MlflowTracker", "experiment_name", "registered_model_name",
-           "flatten", "disagreements", "official_per_submission", "missing_artifact", "every_page"]
+           "flatten", "disagreements", "official_per_submission", "missing_artifact", "every_page", "absent"]
 
 
 def experiment_name(pilot: str) -> str:
@@ -122,6 +122,12 @@ def _group_metric(label: str, metric: str) -> str:
 
 _METRIC_WORD = re.compile(r"[\w.\- :]+")
 """What a metric name's part may hold in MLflow (letters of any script, digits, `_.- :`)."""
+
+
+def absent(exc: BaseException) -> bool:
+    """Whether an MLflow error says that what was asked for does not exist (a run's artifact, a registered model),
+    rather than that the store failed (unreachable, a 5xx answer): only then may a caller take it as "none"."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def missing_artifact(run_id: str, path: str, exc: BaseException) -> AuditError:
@@ -319,6 +325,8 @@ class MlflowTracker:
         try:
             return Path(self.client.download_artifacts(run_id, path, str(dst)))
         except (MlflowException, OSError) as exc:
+            if isinstance(exc, MlflowException) and not absent(exc):
+                raise  # the store failing (a server down, a 503) is no missing artifact: nothing is judged on it
             raise missing_artifact(run_id, path, exc) from None
 
     def metric_history(self, run_id: str, keys: list[str]) -> dict[str, list[float]]:

@@ -687,6 +687,38 @@ def test_a_rollback_skips_an_earlier_version_that_cannot_be_confirmed_approved(w
     assert why.problem in skipped[0]
 
 
+def test_a_tracking_store_that_fails_is_never_read_as_none(ws, monkeypatch):
+    """A tracking server down (a 503, connection refused) was read as "no registered model" and "no alias": the
+    production trail's entries then looked "never recorded" (forged: cut them, said the fix) and the watcher
+    withdrew the version in service; a scorecard that could not be downloaded was "missing", and rollback
+    skipped an approved version for it. Only MLflow's "does not exist" reads as none; the store failing raises,
+    so the command fails saying so and nothing moves."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from evaluation.tracking import MlflowTracker
+    from workflow.promote import Production
+
+    prod, client = Production(ws), MlflowClient(ws.tracking_uri)
+    assert prod.current_version("bike-demand") is None and prod.history("bike-demand") == []  # none: truly none
+    client.create_registered_model("testbed-bike-demand")
+    assert prod.current_version("bike-demand") is None  # a model without the alias: none
+
+    def down(*args, **kwargs):
+        raise MlflowException("API request failed: 503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+
+    for method in ("get_model_version_by_alias", "get_registered_model"):
+        monkeypatch.setattr(prod.client, method, down)
+    with pytest.raises(MlflowException, match="503"):
+        prod.current_version("bike-demand")
+    with pytest.raises(MlflowException, match="503"):
+        prod.history("bike-demand")
+    tracker = MlflowTracker(ws)
+    monkeypatch.setattr(tracker.client, "download_artifacts", down)
+    with pytest.raises(MlflowException, match="503"):
+        tracker.download("r" * 32, "scorecard.json", ws.home / "dl")
+
+
 def test_a_registry_version_whose_bundle_is_gone_is_refused_naming_it(ws):
     """A registry version whose stored bundle was removed made promote, serve and rollback fail with MLflow's own
     error, which the CLI reports as 'the MLflow tracking store failed: check MLFLOW_TRACKING_URI' (the store was

@@ -519,6 +519,28 @@ def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_n
     assert server.served is None and "forbidden system call" in server.reason and launched == ["1", "2", "3"]
 
 
+def test_a_registry_that_fails_keeps_the_version_in_service(ws):
+    """The tracking store failing (a 503) read as "no production alias", and the watcher withdrew the version in
+    service. It raises now: the watcher says it will retry and serves on."""
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    server, alias, launched, logs = watched_server(ws)
+
+    def down(pilot):
+        raise MlflowException("API request failed: 503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+
+    server.production.current_version, server.poll_s = down, 0.01
+    watching = threading.Thread(target=server._watch)
+    watching.start()
+    time.sleep(0.2)
+    server._stop.set()
+    watching.join(timeout=5)
+    assert server.ready and server.served.version == "1" and launched == ["1"]
+    assert logs and all("could not check the production alias" in line and "503" in line for line in logs)
+
+
 def test_a_served_bundle_that_dies_is_started_again_after_restart_s(ws):
     """A bundle that dies (a crash on one input, the memory limit after a leak) was left dead until an operator
     restarted `testbed serve`: one request could take production down for good. The watcher starts the same

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evaluation.tracking import registered_model_name
+from evaluation.tracking import absent, registered_model_name
 from testbed.errors import AuditError
 from workflow.ledger import Anchor, AuditChain
 
@@ -33,7 +33,9 @@ def production_chain(client, home: Path, pilot: str) -> AuditChain:
 
         try:
             tags = client.get_registered_model(name).tags
-        except MlflowException:  # no registered model yet: nothing mirrored
+        except MlflowException as exc:  # no registered model yet: nothing mirrored
+            if not absent(exc):
+                raise  # the store failing says nothing of the trail: never "entries never recorded" for it
             tags = {}
         moves = {k: k.removeprefix(MOVE_TAG) for k in tags if k.startswith(MOVE_TAG)}
         mirror = f"the registered model {name}'s testbed.production tags"

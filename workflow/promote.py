@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.tracking import MlflowTracker, RunRecord, every_page, registered_model_name
+from evaluation.tracking import MlflowTracker, RunRecord, absent, every_page, registered_model_name
 from testbed.config import Workspace
 from testbed.errors import AuditError, NotFound, Refused, TestbedError
 from workflow.ledger import AuditChain
@@ -134,7 +134,7 @@ class Production:
                 path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                                 tracking_uri=self.ws.tracking_uri))
             except (MlflowException, FileNotFoundError) as exc:
-                if getattr(exc, "error_code", "RESOURCE_DOES_NOT_EXIST") != "RESOURCE_DOES_NOT_EXIST":
+                if isinstance(exc, MlflowException) and not absent(exc):
                     raise  # the store failing (a server down) is no refusal: a rollback must not skip a version then
                 detail = " ".join(str(exc).split())[:200]
                 raise Refused(f"the bundle of {name} version {version} cannot be read from the registry "
@@ -151,13 +151,16 @@ class Production:
     # -- state -------------------------------------------------------------------------------------------------
 
     def current_version(self, pilot: str) -> str | None:
-        """The version the `production` alias names now (None: nothing in production)."""
+        """The version the `production` alias names now (None: nothing in production, or no registered model
+        yet). The store failing raises: it never reads as a withdrawal (the watcher would stop serving)."""
         from mlflow.exceptions import MlflowException
 
         try:
             return str(self.client.get_model_version_by_alias(registered_model_name(pilot), ALIAS).version)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if absent(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":  # no such model, or no such alias
+                return None
+            raise
 
     def history(self, pilot: str) -> list[dict]:
         """Every production move of `pilot`, oldest first (chain verified)."""
