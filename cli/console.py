@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from testbed.errors import TestbedError, sigterm_as_ctrl_c
+from testbed.errors import TestbedError, from_tracking_store, sigterm_as_ctrl_c
 from testbed.jsonio import strict_dumps
 from testbed.text import printable
 
@@ -74,7 +74,7 @@ def friendly(fn):
                       f"{escape(fix)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as exc:
-            if not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+            if not from_tracking_store(exc):
                 raise
             detail = " ".join(str(exc).split())[:300]
             err.print(f"[bold red]error:[/] the MLflow tracking store failed ({type(exc).__name__}: {escape(detail)})"

@@ -12,7 +12,7 @@ from cli.console import emit_json as _emit_json
 from cli.console import err, friendly, out
 from evaluation.local_strength import CLAIMS
 from testbed.config import Workspace
-from testbed.errors import AuditError, TestbedError
+from testbed.errors import AuditError, TestbedError, from_tracking_store
 from testbed.text import cell, printable
 from testbed.yamlio import repeated
 from workflow.catalogue import all_pilots, get_pilot
@@ -137,16 +137,20 @@ def _decide(decision: str, submission: str, by: str, note: str, scores: list[str
         tracker, submission, decision, by=by, note=note, run_id=run_id,
         rubric=extra.scores if extra else parse_score_flags(scores), where=str(rubric) if rubric else "--score",
         overrides=extra.overrides if extra else (), confirmed_claims=confirmed)
-    try:  # the review is recorded: what it leaves unmet is said, never an error
+    try:  # the review is recorded: what it leaves unmet is said, never an error (nor a store failing now)
         failing, dropped = unmet_by(tracker, ws, review)
-    except TestbedError:
+    except Exception as exc:  # noqa: BLE001 - the testbed's own refusals and the tracking store's failures
+        if not (isinstance(exc, TestbedError) or from_tracking_store(exc)):
+            raise
         failing, dropped = [], []
     page = stale = None
     try:  # the review is recorded: whatever stops the page's refresh, say so and how to mend it
         page = refresh_scorecard(ws, tracker, review.submission)
     except KeyboardInterrupt:
         stale = "interrupted (Ctrl-C or SIGTERM)"
-    except (TestbedError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: the disk's too
+        if not (isinstance(exc, TestbedError | OSError) or from_tracking_store(exc)):
+            raise
         stale = " ".join(str(exc).split())[:300]
     if as_json:
         _emit_json(review.model_dump(mode="json"))

@@ -33,6 +33,7 @@ __all__ = [
     "AuditError",
     "InfrastructureFailure",
     "sigterm_as_ctrl_c",
+    "from_tracking_store",
 ]
 
 
@@ -117,3 +118,9 @@ def sigterm_as_ctrl_c(signum, frame) -> None:
     shut down, nothing half-recorded) and says so, exit 130. Python's default for SIGTERM ends the process on the
     spot, and so do Ray's driver handler and uvicorn's (after its own shutdown), leaving sandboxes behind."""
     raise KeyboardInterrupt
+
+
+def from_tracking_store(exc: BaseException) -> bool:
+    """Whether `exc` came from the tracking store's client (MLflow, or SQLAlchemy under it): the store failed, a
+    commonplace outage to say plainly (and, where something is recorded already, to survive), not a bug."""
+    return type(exc).__module__.startswith(("mlflow", "sqlalchemy"))

@@ -870,13 +870,21 @@ def test_review_show_names_no_worst_group_where_none_was_judged(ws, bike_spec, f
     # the claims an evaluator may confirm, as `--confirm`'s refusal tells them to look here
     assert "Vendor claims (--confirm CLAIM" in shown and "seoul_based (declared, unverified)" in shown, shown
 
+def _store_down():
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException("API request failed: 503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+
+
 @pytest.mark.parametrize("stop, code, says", [(KeyboardInterrupt, 130, "interrupted (Ctrl-C or SIGTERM)"),
-                                               (OSError(28, "No space left on device"), 0, "No space left")])
+                                               (OSError(28, "No space left on device"), 0, "No space left"),
+                                               (_store_down(), 0, "503 Service Unavailable")])
 def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_mend_the_page(
         ws, evaluated, monkeypatch, stop, code, says):
-    """Ctrl-C (or a full disk) after the review is recorded, while the page beside the submission is redrawn:
-    the evaluator is told the review is recorded and how to rewrite the page, never left with a silent exit (the
-    page, still showing the decision before, would fail the audit until restored)."""
+    """Ctrl-C (or a full disk, or the tracking store failing) after the review is recorded, while the page beside
+    the submission is redrawn: the evaluator is told the review is recorded and how to rewrite the page, never
+    left with a silent exit or an error (the page, still showing the decision before, would fail the audit until
+    restored; told "the tracking store failed", an evaluator would record the review again)."""
     from cli import app as cli
 
     tracker, sub, _, _ = evaluated
@@ -893,6 +901,26 @@ def test_a_review_whose_page_refresh_is_stopped_says_it_is_recorded_and_how_to_m
     assert "review #1 is recorded" in result.stderr and f"testbed scorecard {sub.id} --restore" in result.stderr
     assert "rejected " in result.stdout and "Traceback" not in result.output
     assert [r.decision for r in ReviewBook(ws).history(sub.id)] == ["reject"]
+
+
+def test_a_review_recorded_while_the_store_fails_reads_as_recorded(ws, evaluated, monkeypatch):
+    """The tracking store failing after the review is recorded, while the gates it leaves unmet are read: the
+    command said "error: the MLflow tracking store failed" (exit 2), and an evaluator retrying recorded the review
+    twice. It says what was recorded, exit 0."""
+    from cli import app as cli
+
+    tracker, sub, _, _ = evaluated
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+
+    def down(*args, **kwargs):
+        raise _store_down()
+
+    monkeypatch.setattr("workflow.review.unmet_by", down)
+    scores = [arg for i in range(len(GOOD)) for arg in ("--score", f"{i + 1}=2:fine")]
+    result = CliRunner().invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", *scores])
+    assert result.exit_code == 0 and "approved " in result.stdout and "Traceback" not in result.output, result.output
+    assert [r.decision for r in ReviewBook(ws).history(sub.id)] == ["approve"]
 
 
 @pytest.mark.parametrize("damage", [b"{", b"\xff\xfe", b"[1]", b'{"rows": 5}',

@@ -16,12 +16,11 @@ from evaluation.tracking import Tracker
 from sandbox.executor import STRANDED_CHECK_S, Executor
 from sandbox.runner import SandboxResult
 from testbed.config import Workspace
-from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError
+from testbed.errors import InfrastructureFailure, ResourceUnavailable, TestbedError, from_tracking_store
 from workflow.assess import Assessment
 from workflow.campaign_faults import (
     bundle_bytes,
     described,
-    from_store,
     gave_up,
     record_failed,
     traceback_of,
@@ -126,7 +125,7 @@ class CampaignDriver:
             return
         except Exception as exc:  # noqa: BLE001 - as in `record`: one that cannot be prepared never stops the others
             self.fail(item, unrecorded(exc, self.ws, sub.pilot, "reading whether it has an official evaluation "
-                                       "already", "nothing was evaluated") if from_store(exc) else exc)
+                                       "already", "nothing was evaluated") if from_tracking_store(exc) else exc)
             return
         self.place(item, prepared, time.monotonic())
 
@@ -238,7 +237,7 @@ class CampaignDriver:
             self.ended_by(item, exc, prepared.spec.id)
             return
         except Exception as exc:  # noqa: BLE001 - one evaluation that cannot be recorded never stops the others
-            self.fail(item, unrecorded(exc, self.ws, prepared.spec.id) if from_store(exc) else exc)
+            self.fail(item, unrecorded(exc, self.ws, prepared.spec.id) if from_tracking_store(exc) else exc)
             return
         item.status, item.verdict, item.total, item.passed = "evaluated", card.verdict, card.total_score, card.passed
         item.run_id, item.wall_s = card.mlflow_run_id, time.monotonic() - started
@@ -276,7 +275,7 @@ class CampaignDriver:
         try:
             official = self.tracker.official_run(pilot, item.submission)
         except Exception as unread:  # noqa: BLE001 - as in `record`: that one fails, the campaign goes on
-            if not from_store(unread):
+            if not from_tracking_store(unread):
                 raise
             official = None
         self.fail(item, exc, "skipped" if official else "failed")

@@ -11,10 +11,10 @@ import traceback
 from evaluation.tracking import Tracker
 from evaluation.tracking_uri import check_tracking_uri
 from testbed.config import Workspace
-from testbed.errors import AuditError, InfrastructureFailure, ResourceUnavailable
+from testbed.errors import AuditError, InfrastructureFailure, ResourceUnavailable, from_tracking_store
 from workflow.evaluate import PreparedEvaluation
 
-__all__ = ["TRACEBACK_CHARS", "bundle_bytes", "described", "from_store", "gave_up", "record_failed", "traceback_of",
+__all__ = ["TRACEBACK_CHARS", "bundle_bytes", "described", "gave_up", "record_failed", "traceback_of",
            "unexpected", "unrecorded"]
 
 TRACEBACK_CHARS = 6000
@@ -34,7 +34,7 @@ def record_failed(tracker: Tracker, ws: Workspace, prepared: PreparedEvaluation,
              "bundle_sha256": prepared.info.sha256, "resources": prepared.spec.resources.model_dump_json(),
              **params}), None
     except Exception as refused:  # noqa: BLE001 - that one fails, the campaign goes on
-        if not from_store(refused):
+        if not from_tracking_store(refused):
             raise
         return None, unrecorded(refused, ws, pilot, f"recording that {reason}")
 
@@ -81,11 +81,6 @@ def bundle_bytes(prepared: PreparedEvaluation) -> bytes:
                          fix=f"restore the submitted bundle; a rerun (`testbed evaluate --all {prepared.spec.id}`) "
                              "evaluates it again")
     return data
-
-
-def from_store(exc: BaseException) -> bool:
-    """Whether `exc` came from the tracking store's client (MLflow, or SQLAlchemy under it)."""
-    return type(exc).__module__.startswith(("mlflow", "sqlalchemy"))
 
 
 def unrecorded(exc: BaseException, ws: Workspace, pilot: str, doing: str = "recording the evaluation",

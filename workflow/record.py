@@ -12,7 +12,7 @@ from typing import Any
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import Tracker
 from testbed.config import Workspace
-from testbed.errors import AuditError, NotFound, TestbedError
+from testbed.errors import AuditError, NotFound, TestbedError, from_tracking_store
 from workflow.review import ReviewBook, official_card, official_evaluation, reviewed_card
 from workflow.submissions import SubmissionStore
 
@@ -65,7 +65,7 @@ def _record(ws: Workspace, tracker: Tracker, submission: str) -> tuple[Scorecard
     except TestbedError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - the store failing leaves the copy to show, unverified
-        if not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+        if not from_tracking_store(exc):
             raise
         return None, f"the MLflow tracking store failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
 
