@@ -51,8 +51,8 @@ class _Refusal(NamedTuple):
     why: str
     moves: int
     """The production trail's length then (-1: it could not be read)."""
-    review: tuple | None = None
-    """For a version refused on its review: (submission, run, that review's hash)."""
+    review: tuple[str, str | None] | None = None
+    """(its submission, the hash of the review in force then): a new review of it has it checked again at once."""
 
 
 class Watcher:
@@ -130,7 +130,7 @@ class Watcher:
             why, said = self._cleared(served)
             if why:
                 self._refused = _Refusal(version, time.monotonic(), why, self._moves(),
-                                         self._reviewed(served.ok.submission.id, served.ok.run))
+                                         self._reviewed(served.ok.submission.id))
                 self._swap(None, why)
                 self.log(f"{said}: stopped serving it; /readyz fails and requests get 503 until an operator rolls "
                          f"back (`testbed rollback {self.pilot} --by NAME`) or promotes another version, or an "
@@ -158,13 +158,15 @@ class Watcher:
         refused = self._refused
         if (refused and refused.version == version and refused.moves == moves
                 and time.monotonic() < refused.at + self.recheck_s
-                and (refused.review is None or self._reviewed(*refused.review[:2]) == refused.review)):
+                and (refused.review is None or self._reviewed(refused.review[0]) == refused.review)):
             return
         try:
             ok = self.production.resolve(self.pilot)
             new = self._launch(ok)
-        except TestbedError as exc:
-            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves)
+        except TestbedError as exc:  # checked again sooner should its submission get a new review
+            submission = self.production.submission_of(self.pilot, version)
+            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves,
+                                     self._reviewed(submission) if submission else None)
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
             if refused is None or (refused.version, refused.why) != (version, exc.problem):  # said once
@@ -189,14 +191,14 @@ class Watcher:
                 raise
             return -1
 
-    def _reviewed(self, submission: str, run) -> tuple:
-        """(submission, run, the hash of its latest review): a new review changes it (the hash None when there is
-        none, or the trail cannot be read)."""
+    def _reviewed(self, submission: str) -> tuple[str, str | None]:
+        """(submission, the hash of the review in force of its official evaluation): a new review changes it (the
+        hash None when there is none, or it cannot be read)."""
         try:
-            latest = self.production.book.latest(submission, run)
+            latest = self.production.review_of(submission)
         except TestbedError:
             latest = None
-        return submission, run, latest.hash if latest is not None else None
+        return submission, latest.hash if latest is not None else None
 
     def _cleared(self, served: Served) -> tuple[str, str]:
         """Why the version in service may no longer be served, and the log line's account of it ("" when it may):

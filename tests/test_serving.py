@@ -486,7 +486,9 @@ def watched_server(ws, **kw):
     server = ProductionServer(ws, "bike-demand", poll_s=3600, log=logs.append, **kw)
     server.production = SimpleNamespace(resolve=lambda pilot: approved(alias[0]),
                                         current_version=lambda pilot: alias[0],
-                                        book=SimpleNamespace(latest=lambda *a: None), history=lambda pilot: [])
+                                        book=SimpleNamespace(latest=lambda *a: None), history=lambda pilot: [],
+                                        submission_of=lambda pilot, version: f"bike-demand-{version}")
+    server.production.review_of = lambda submission: server.production.book.latest(submission, None)
     server._launch = lambda ok: launched.append(ok.version) or Served(ok, SandboxDouble())
     server._swap(server._launch(approved("1")))
     return server, alias, launched, logs
@@ -827,11 +829,39 @@ def test_a_version_kept_while_its_successor_cannot_start_still_stops_once_reject
     server.check()  # approved as before: kept while its successor cannot start
     assert server.served is served and server.ready
     assert any("refusing to serve version 2" in line and "still serving version 1" in line for line in logs)
-    server.production.book = SimpleNamespace(latest=lambda *a: SimpleNamespace(
-        decision="reject", submission="bike-demand-1", by="lee", at="now", hash="c" * 64))
+    server.production.book = SimpleNamespace(latest=lambda submission, run: SimpleNamespace(
+        decision="reject", submission="bike-demand-1", by="lee", at="now", hash="c" * 64)
+        if submission == "bike-demand-1" else None)
     server.check()
     assert server.served is None and not server.ready and served.service.stopped
     assert "rejected" in server.reason and any("was rejected by lee" in line for line in logs)
+
+
+def test_a_version_refused_on_its_review_is_served_at_the_next_check_once_approved(ws):
+    """The alias moved to a version whose review refuses it: the watcher checked it again only when the trail moved
+    or after `recheck_s` (30 s), though the README promises an approval is served at the next check. Its
+    submission's review is watched as the version in service's is."""
+    from testbed.errors import Refused
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=3600)
+    reviews = {"bike-demand-2": SimpleNamespace(decision="reject", hash="d" * 64)}
+    server.production.book = SimpleNamespace(latest=lambda submission, run: reviews.get(submission))
+    resolve = server.production.resolve
+
+    def refusing(pilot):
+        if reviews.get(f"bike-demand-{alias[0]}", SimpleNamespace(decision="approve")).decision != "approve":
+            raise Refused(f"bike-demand-{alias[0]} was rejected by lee at now: no")
+        return resolve(pilot)
+
+    server.production.resolve = refusing
+    alias[0] = "2"
+    server.check()
+    assert server.served.version == "1" and launched == ["1"]  # kept: version 2 refused
+    server.check()
+    assert launched == ["1"] and sum("refusing to serve version 2" in line for line in logs) == 1
+    reviews["bike-demand-2"] = SimpleNamespace(decision="approve", hash="e" * 64)  # an evaluator approves it
+    server.check()
+    assert server.ready and server.served.version == "2" and launched == ["1", "2"]
 
 
 def test_monitor_says_an_address_that_is_no_url_is_not_a_service():

@@ -193,11 +193,14 @@ class Production:
                           where=f"models:/{registered_model_name(pilot)}@{ALIAS}",
                           fix=f"an operator repeats the move (`testbed promote SUBMISSION --by NAME` or "
                           f"`testbed rollback {pilot} --by NAME`); `testbed production {pilot}` shows both")
-        mv = self.client.get_model_version(registered_model_name(pilot), version)
-        submission = mv.tags.get("testbed.submission")
+        submission = self.submission_of(pilot, version)
         if not submission:
             raise Refused(f"version {version} carries no testbed.submission tag", fix="promote with `testbed promote`")
         return self.approved(submission, version)
+
+    def submission_of(self, pilot: str, version: str) -> str | None:
+        """The submission whose bundle registry version `version` of `pilot` holds (its `testbed.submission` tag)."""
+        return self.client.get_model_version(registered_model_name(pilot), version).tags.get("testbed.submission")
 
     # -- moves -------------------------------------------------------------------------------------------------
 
