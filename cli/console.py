@@ -19,7 +19,7 @@ from testbed.errors import TestbedError, from_tracking_store, sigterm_as_ctrl_c
 from testbed.jsonio import strict_dumps
 from testbed.text import printable
 
-__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe", "unwrap_help"]
+__all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe", "warn_replaced", "unwrap_help"]
 
 PATH_SETTINGS = ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR")
 """Environment variables naming folders: a path under one that cannot be used names the variable."""
@@ -93,6 +93,18 @@ def friendly(fn):
 def emit_json(data) -> None:
     """`data` as strict JSON on stdout (a NaN, e.g. no requests measured, written null)."""
     print(strict_dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def warn_replaced(entries: list[tuple[int, dict | None]], kind: str) -> None:
+    """A warning for each trail entry `(seq, replaces)` that took the place of one the mirror recorded but the
+    trail never held (`workflow.ledger.REPLACES`): a recording cut short, or a line removed by hand."""
+    for seq, lost in entries:
+        if lost:
+            err.print(f"[bold yellow]warning:[/] {kind} #{seq} took the place of entry {lost.get('seq')} (hash "
+                      f"{str(lost.get('hash'))[:12]}…), which {escape(printable(str(lost.get('mirror'))))} recorded "
+                      f"({escape(printable(str(lost.get('recorded') or 'nothing more')))}) but the trail never held: "
+                      "its recording was cut short, or its line was removed from the file\n  fix: if it was removed, "
+                      "restore the file from a backup", highlight=False, soft_wrap=True)
 
 
 def warn_unsafe() -> None:

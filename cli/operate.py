@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.console import emit_json as _emit_json
-from cli.console import err, friendly, out
+from cli.console import err, friendly, out, warn_replaced
 from testbed.config import Workspace
 from testbed.errors import SpecError, TestbedError
 from testbed.text import cell, printable
@@ -94,6 +94,7 @@ def production(pilot: str, as_json: bool = typer.Option(False, "--json", help="P
         err.print(f"[bold red]warning:[/] version {version} ({serving}) was rejected by {escape(review.by)} at "
                   f"{review.at} after its promotion: a running `testbed serve` has stopped serving it (503); "
                   f"`testbed rollback {pilot} --by NAME` puts the previous approved version back")
+    warn_replaced([(e["seq"], e.get("replaces")) for e in history], "move")
     table = Table("#", "at", "action", "version", "submission", "by", "was", "note")
     for e in history:
         table.add_row(str(e["seq"]), e["at"], e["action"], e["version"] or "(withdrawn)", e["submission"] or "—",

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.console import emit_json as _emit_json
-from cli.console import err, friendly, out
+from cli.console import err, friendly, out, warn_replaced
 from evaluation.local_strength import CLAIMS
 from testbed.config import Workspace
 from testbed.errors import AuditError, TestbedError, from_tracking_store
@@ -218,4 +218,5 @@ def review_history(submission: str, as_json: bool = typer.Option(False, "--json"
         table.add_row(str(r.seq), r.at, cell(r.by), r.decision, r.run_id[:12], f"{r.policy_fit:.0f}", cell(r.note),
                       r.hash[:12])
     out.print(table)
+    warn_replaced([(r.seq, r.replaces) for r in history], "review")
     out.print(f"hash chain intact, {len(history)} review(s); the last one is in force" if history else "no reviews")

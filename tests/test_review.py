@@ -146,6 +146,26 @@ def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
     assert "set TESTBED_HOME to the folder the submissions were made in" in info.value.fix
 
 
+def test_an_entry_written_where_the_mirror_is_one_ahead_keeps_what_it_replaces(tmp_path):
+    """The mirror one entry ahead: the next entry takes that place and records the entry it replaces (its seq,
+    hash, mirror and what the mirror said of it), within its own hash; a payload cannot set that itself."""
+    from workflow.ledger import REPLACES, Anchor
+
+    entries = write_three(tmp_path / "t.jsonl").entries()
+    lines = (tmp_path / "t.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "t.jsonl").write_text("".join(lines[:2]))
+    lost = Anchor(3, entries[-1]["hash"], "the mirror", "reject by park at noon")
+    anchored = AuditChain(tmp_path / "t.jsonl", lambda entries: lost if len(entries) < 3 else Anchor(
+        3, entries[-1]["hash"], "the mirror"))
+    with pytest.warns(UserWarning, match=r"\(reject by park at noon\), was never written"), anchored.locked() as txn:
+        with pytest.raises(ValueError, match="must not set"):
+            txn.append({"note": "mine", REPLACES: {"seq": 1}})
+        entry = txn.append({"note": "next"})
+    assert entry[REPLACES] == {"seq": 3, "hash": entries[-1]["hash"], "mirror": "the mirror",
+                               "recorded": "reject by park at noon"}
+    assert anchored.entries()[-1] == entry  # whole, chained and hashed with it
+
+
 def test_an_entry_the_mirror_never_recorded_counts_for_nothing(tmp_path):
     """The chain has no secret: anyone who can write the file can append a well-chained entry (a forged approval
     after a real rejection). The mirror records each entry before the file does, so an entry after the mirror's
@@ -459,10 +479,10 @@ def test_a_review_is_recorded_whole_or_not_at_all_and_a_forged_one_counts_for_no
     monkeypatch.undo()
 
     book.record(tracker, sub.id, "reject", by="kim", note="privacy", rubric=GOOD)
-    forged = Review(**{**book.latest(sub.id, run).model_dump(exclude={"seq", "prev", "hash"}),
+    forged = Review(**{**book.latest(sub.id, run).model_dump(exclude={"seq", "prev", "hash", "replaces"}),
                        "decision": "approve", "by": "kim", "note": "forged"})
     with AuditChain(trail).locked() as txn:  # the trail file alone, well chained
-        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash"}))
+        txn.append(forged.model_dump(mode="json", exclude={"seq", "prev", "hash", "replaces"}))
     with pytest.warns(UserWarning, match="entry 2 follows the last entry MLflow run .* recorded .entry 1."):
         assert book.latest(sub.id, run).decision == "reject"
     with pytest.raises(AuditError, match="nothing is added after them"):
@@ -1159,6 +1179,34 @@ def test_the_trail_cannot_choose_its_mirror_and_a_write_cut_short_is_taken_back_
         book.latest(sub.id, run)
     assert book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD).seq == 2
     assert book.latest(sub.id, run).decision == "approve"
+
+
+def test_a_rejection_cut_from_the_trail_stays_on_record_in_the_review_that_takes_its_place(ws, evaluated,
+                                                                                          monkeypatch):
+    """The run's tags one review ahead of the trail is a recording cut short, or the trail's last line removed
+    by hand, and the next review takes that place. A rejection removed that way then left no trace once an
+    approval was written in its place (found in review: `review history` said "hash chain intact" and the audit
+    passed). The new entry keeps what the tags recorded of the one it replaces, and `review history` warns."""
+    from typer.testing import CliRunner
+
+    from cli import app as cli
+
+    tracker, sub, _, card = evaluated
+    book, run = ReviewBook(ws, tracker), tracker.runs[card.mlflow_run_id]
+    book.record(tracker, sub.id, "approve", by="kim", note="fine", rubric=GOOD)
+    rejected = book.record(tracker, sub.id, "reject", by="park", note="privacy", rubric=GOOD)
+    trail = book.chain(sub.id).path
+    trail.write_text(trail.read_text().splitlines(keepends=True)[0])  # the rejection's line removed by hand
+    with pytest.warns(UserWarning, match=r"entry 2, which .* recorded \(reject by park at .*\), was never written"):
+        approved = book.record(tracker, sub.id, "approve", by="choi", note="fine", rubric=GOOD)
+    assert approved.seq == 2 and approved.replaces["seq"] == 2 and approved.replaces["hash"] == rejected.hash
+    assert approved.replaces["recorded"] == f"reject by park at {rejected.at}"
+    assert book.history(sub.id, run)[-1].replaces == approved.replaces  # in the chain: hashed with the entry
+    monkeypatch.setenv("TESTBED_HOME", str(ws.home))
+    monkeypatch.setattr("evaluation.tracking.MlflowTracker", lambda ws: tracker)
+    shown = CliRunner().invoke(cli.app, ["review", "history", sub.id])
+    assert shown.exit_code == 0 and "review #2 took the place of entry 2" in shown.stderr, shown.output
+    assert "(reject by park at" in shown.stderr and "restore the file from a backup" in shown.stderr
 
 
 def test_two_reviews_at_once_leave_the_page_of_the_later_one(ws, evaluated, monkeypatch):

@@ -6,12 +6,12 @@ breaks its own hash; removing or reordering entries breaks the `prev` links. The
 mirror kept elsewhere (MLflow tags) records each entry as it is written, before the line is: a chain read
 with its `anchor` (the last entry the mirror recorded, read once the file is locked and read) must hold that
 entry, or every read refuses (entries were removed, or the file replaced; when the mirror is just one entry
-ahead, a write was cut short, and the next writer's entry takes its place), and any entry after it is one
-the mirror never recorded (forged by someone who can write the file): reads leave such entries out with a
-warning, and writers refuse to append after them. Writers hold an exclusive `flock` on the file for the
-whole read-check-mirror-append, so two operators acting at once are serialised, and each line is written
-with one `write` on an `O_APPEND` descriptor and flushed to disk before the lock is released: an entry is
-whole or absent.
+ahead, a write was cut short, and the next writer's entry takes its place, recording what it replaces), and
+any entry after it is one the mirror never recorded (forged by someone who can write the file): reads leave such
+entries out with a warning, and writers refuse to append after them. Writers hold an exclusive `flock` on the
+file for the whole read-check-mirror-append, so two operators acting at once are serialised, and each line is
+written with one `write` on an `O_APPEND` descriptor and flushed to disk before the lock is released: an entry
+is whole or absent.
 
     chain = AuditChain(path, anchor=lambda entries: Anchor(...))
     with chain.locked() as txn:          # exclusive; txn.entries are the verified entries so far
@@ -36,10 +36,15 @@ from typing import Any
 
 from testbed.errors import AuditError
 
-__all__ = ["AuditChain", "Anchor", "Anchoring", "CutShort", "Mirror", "GENESIS", "entry_hash"]
+__all__ = ["AuditChain", "Anchor", "Anchoring", "CutShort", "Mirror", "GENESIS", "REPLACES", "entry_hash"]
 
 GENESIS = "0" * 64
 """The `prev` of the first entry."""
+REPLACES = "replaces"
+"""The field of an entry written in the place of one the mirror recorded but the trail never held (its recording
+cut short, or the trail's last entry removed by hand): that entry's `seq`, `hash`, `mirror` and what the mirror
+`recorded` of it. The chain then still says that an entry stood there, and what it was, once the mirror holds
+the new one."""
 _CHAIN_KEYS = ("seq", "prev", "hash")
 
 
@@ -52,6 +57,9 @@ class Anchor:
     hash: str
     mirror: str
     """Where it was recorded, for the message (e.g. "MLflow run 3f2a…'s testbed.review tags")."""
+    said: str = ""
+    """What the mirror recorded of that entry (the decision or move, who, when): kept by an entry that takes its
+    place when the trail never held it (`REPLACES`)."""
 
     @property
     def latest(self) -> str:
@@ -142,9 +150,10 @@ def _verify(path: Path, data: bytes, anchoring: Anchoring | None = None,
                              "if the file was removed, restore it from a backup")
     if anchor.seq == len(entries) + 1:
         if writing:
-            warnings.warn(f"{path}: entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the "
-                          "trail (its recording cut short, or the trail's last entry removed): this entry takes its "
-                          "place", stacklevel=4)
+            warnings.warn(f"{path}: entry {anchor.seq}, which {anchor.mirror} recorded"
+                          f"{' (' + anchor.said + ')' if anchor.said else ''}, was never written to the trail (its "
+                          "recording cut short, or the trail's last entry removed): this entry takes its place, and "
+                          f"says so (`{REPLACES}`)", stacklevel=4)
             return entries, [], anchor
         raise CutShort(f"entry {anchor.seq}, which {anchor.mirror} recorded, was never written to the trail: its "
                        "recording was cut short (or the trail's last entry was removed)", where=str(path),
@@ -165,8 +174,9 @@ def _unconfirmed(anchor: Anchor, seqs: list[int]) -> str:
 
 
 class _Transaction:
-    def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]]):
-        self.chain, self._fd, self.entries = chain, fd, entries
+    def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]], replacing: Anchor | None = None):
+        self.chain, self._fd, self.entries, self._replacing = chain, fd, entries, replacing
+        """`replacing`: the mirror's entry the trail never held, whose place the next entry takes (`REPLACES`)."""
         self._deferred, self._ctrl_c = ExitStack(), None
         """Ctrl-C held back from an entry's write to the lock's release (`_ctrl_c`: noted, once held back)."""
 
@@ -178,8 +188,13 @@ class _Transaction:
     def append(self, payload: dict[str, Any], mirror: Mirror | None = None) -> dict[str, Any]:
         """Chain `payload` after the last entry, record it with `mirror` (nothing is written when that fails),
         then write it durably; returns the entry with seq/prev/hash."""
-        if any(k in payload for k in _CHAIN_KEYS):
-            raise ValueError(f"payload must not set {_CHAIN_KEYS}")
+        if any(k in payload for k in _CHAIN_KEYS) or payload.get(REPLACES) is not None:
+            raise ValueError(f"payload must not set {(*_CHAIN_KEYS, REPLACES)}")
+        payload = {k: v for k, v in payload.items() if k != REPLACES}  # a record's own None: the chain's to set
+        lost = self._replacing
+        if lost is not None and lost.seq == len(self.entries) + 1:
+            payload = {**payload, REPLACES: {"seq": lost.seq, "hash": lost.hash, "mirror": lost.mirror,
+                                              "recorded": lost.said}}
         entry = {**payload, "seq": len(self.entries) + 1, "prev": self.entries[-1]["hash"] if self.entries
                  else GENESIS}
         entry["hash"] = entry_hash(entry)
@@ -250,7 +265,7 @@ class AuditChain:
                                                    writing=True)
             if unconfirmed:
                 raise self._refused(anchor, unconfirmed, "nothing is added after them")
-            txn = _Transaction(self, fd, entries)
+            txn = _Transaction(self, fd, entries, anchor if anchor and anchor.seq == len(entries) + 1 else None)
             yield txn
         finally:
             try:

@@ -44,11 +44,14 @@ def production_chain(client, home: Path, pilot: str) -> AuditChain:
         wrong = [k for k, n in moves.items() if not (n.isascii() and n.isdigit())]
         last = wrong[0] if wrong else max(moves, key=lambda k: int(moves[k]))  # by number: 10000 after 9999
         try:
-            seq, digest = int(moves[last]), json.loads(tags[last])["hash"]
-        except (ValueError, TypeError, KeyError):
+            move = json.loads(tags[last])
+            seq, digest = int(moves[last]), move["hash"]
+            said = (f"{move.get('action')} of version {move.get('version')} ({move.get('submission')}) by "
+                    f"{move.get('by')} at {move.get('at')}")
+        except (ValueError, TypeError, KeyError, AttributeError):
             raise AuditError(f"the registered model's tag {last} is malformed", where=f"models:/{name}",
                              fix="restore the registered model's tags from a backup") from None
-        return Anchor(seq, str(digest), f"the registered model {name}'s {last} tag")
+        return Anchor(seq, str(digest), f"the registered model {name}'s {last} tag", said)
 
     return AuditChain(home / "production" / f"{pilot}.jsonl", anchor, _move_record)
 

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +78,9 @@ class Review(BaseModel):
     """Hash of the previous entry (64 zeros for the first)."""
     hash: str | None = None
     """sha256 of this entry (see `workflow.ledger`)."""
+    replaces: dict[str, Any] | None = None
+    """The entry this one took the place of: one the run's tags recorded (`recorded`: its decision, who, when) but
+    the trail never held, its recording cut short or the line removed (`workflow.ledger.REPLACES`)."""
 
 
 def official_evaluation(tracker: Tracker, sub: Submission) -> RunRecord | None:
@@ -109,7 +113,9 @@ class ReviewBook:
             if not (isinstance(seq, str) and seq.isascii() and seq.isdigit() and int(seq) > 0 and digest):
                 raise AuditError(f"{mirror} are malformed (testbed.review.seq {str(seq)[:20]!r})",
                                  where=f"MLflow run {run.run_id}", fix="restore the run's tags from a backup")
-            return Anchor(int(seq), digest, mirror)
+            said = f"{tags.get('testbed.review', '?')} by {tags.get('testbed.review.by', '?')} at " \
+                   f"{tags.get('testbed.review.at', '?')}"
+            return Anchor(int(seq), digest, mirror, said)
 
         return AuditChain(self.root / f"{submission}.jsonl", anchor, Review.model_validate)
 
