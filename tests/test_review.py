@@ -146,6 +146,16 @@ def test_a_trail_cut_short_or_replaced_is_detected_against_its_anchor(tmp_path):
     assert "set TESTBED_HOME to the folder the submissions were made in" in info.value.fix
 
 
+def test_a_file_where_the_trails_folder_should_be_is_named_with_the_fix(tmp_path):
+    """`TESTBED_HOME/reviews` a file: the fix said to `chmod` the trail, which mends nothing."""
+    (tmp_path / "reviews").write_text("not a folder")
+    chain = AuditChain(tmp_path / "reviews" / "sub.jsonl")
+    for attempt in (chain.entries, lambda: chain.locked().__enter__()):
+        with pytest.raises(AuditError, match="reviews is a file, where a folder is needed") as info:
+            attempt()
+        assert f"move {tmp_path / 'reviews'} away" in info.value.fix and "chmod" not in info.value.fix
+
+
 def test_an_entry_written_where_the_mirror_is_one_ahead_keeps_what_it_replaces(tmp_path):
     """The mirror one entry ahead: the next entry takes that place and records the entry it replaces (its seq,
     hash, mirror and what the mirror said of it), within its own hash; a payload cannot set that itself."""

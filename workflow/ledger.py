@@ -22,6 +22,7 @@ is whole or absent.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -256,9 +257,8 @@ class AuditChain:
         except AuditError:
             raise
         except OSError as exc:  # read-only (the file or its folder): nothing decided or mirrored yet
-            raise AuditError(f"the trail cannot be opened to record an entry ({exc.strerror or exc})",
-                             where=str(self.path), fix="make it writable by this user (the file and its folder; "
-                             "e.g. `chmod u+w` it), then retry: nothing was recorded") from None
+            raise self._unopenable(exc, "opened to record an entry", "writable by this user (the file and its "
+                                   "folder; e.g. `chmod u+w` it), then retry: nothing was recorded") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             entries, unconfirmed, anchor = _verify(self.path, self._read(fd), self.anchor, self.validate,
@@ -290,8 +290,7 @@ class AuditChain:
         except FileNotFoundError:
             return _verify(self.path, b"", self.anchor, self.validate)[0]  # no file: none, unless a mirror has one
         except OSError as exc:
-            raise AuditError(f"the trail cannot be read ({exc.strerror or exc})", where=str(self.path),
-                             fix="make it readable by this user (e.g. `chmod u+r` it), then retry") from None
+            raise self._unopenable(exc, "read", "readable by this user (e.g. `chmod u+r` it), then retry") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:
@@ -308,6 +307,16 @@ class AuditChain:
             warnings.warn(f"{self.path}: {_unconfirmed(anchor, unconfirmed)}: left out; no entry can follow until "
                           f"they are cut from the end of the file (keep its first {anchor.seq} line(s))", stacklevel=2)
         return entries
+
+    def _unopenable(self, exc: OSError, doing: str, make: str) -> AuditError:
+        """Why the trail cannot be `doing`: a file where one of its folders should be, or access (`make` it so)."""
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            blocker = next((p for p in self.path.parents if p.is_file()), self.path.parent)
+            return AuditError(f"the trail cannot be {doing}: {blocker} is a file, where a folder is needed",
+                              where=str(self.path), fix=f"move {blocker} away (TESTBED_HOME's folders are the "
+                              "testbed's), then retry: nothing was recorded")
+        return AuditError(f"the trail cannot be {doing} ({exc.strerror or exc})", where=str(self.path),
+                          fix=f"make it {make}")
 
     def _open(self, flags: int) -> int:
         """The trail's descriptor; AuditError when something other than a file is in its place (a folder, or a named
