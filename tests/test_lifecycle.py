@@ -249,8 +249,9 @@ def test_testbed_serve_stopped_with_sigterm_or_ctrl_c_stops_its_sandbox_says_so_
                 if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
                     break
             time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()  # ended before it was ready: say why, not "no such process"
         sandbox = psutil.Process(proc.pid).children(recursive=True)
-        assert sandbox, proc.stderr.read() if proc.poll() is not None else "not ready in 120 s"
+        assert sandbox, "not ready in 120 s"
         proc.send_signal(stop)
         _, err = proc.communicate(timeout=60)
     finally:
