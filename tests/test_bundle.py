@@ -345,7 +345,8 @@ def test_the_private_copies_of_a_killed_evaluation_are_removed_by_the_next_one(t
     import sys
     import tempfile
 
-    from sandbox.bundle import private_copy, sha256_file
+    from sandbox.bundle import sha256_file
+    from sandbox.copies import private_copy
     from testbed.config import PROJECT_ROOT
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
@@ -353,7 +354,7 @@ def test_the_private_copies_of_a_killed_evaluation_are_removed_by_the_next_one(t
     stored = tmp_path / "bundle.bento"
     stored.write_bytes(b"a bundle")
     killed = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                               "from sandbox.bundle import private_copy; from pathlib import Path; "
+                               "from sandbox.copies import private_copy; from pathlib import Path; "
                                "private_copy(Path(sys.argv[2]), sys.argv[3], 's'); print(flush=True); "
                                "import time; time.sleep(60)", str(PROJECT_ROOT), str(stored), sha256_file(stored)],
                               stdout=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})

@@ -24,8 +24,9 @@ from evaluation.tracking import Tracker
 from pilots.spec import PilotSpec
 from pilots.vendor import VendorProfile
 from sandbox.artifacts import scan_models
-from sandbox.bundle import inspect_bundle, private_copy
+from sandbox.bundle import inspect_bundle
 from sandbox.contention import yield_cpu
+from sandbox.copies import private_copy
 from sandbox.environment import PythonEnvironment, bundle_environment
 from sandbox.executor import Executor
 from sandbox.isolation import SandboxLimits, check_isolation, hidden_paths
