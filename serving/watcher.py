@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from sandbox.runner import classify
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, from_tracking_store
 
 if TYPE_CHECKING:
     import threading
@@ -164,9 +164,7 @@ class Watcher:
             ok = self.production.resolve(self.pilot)
             new = self._launch(ok)
         except TestbedError as exc:  # checked again sooner should its submission get a new review
-            submission = self.production.submission_of(self.pilot, version)
-            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves,
-                                     self._reviewed(submission) if submission else None)
+            self._refused = _Refusal(version, time.monotonic(), exc.problem, moves, self._version_reviewed(version))
             if not served:
                 self._swap(None, f"refusing to serve version {version}: {exc.problem}")
             if refused is None or (refused.version, refused.why) != (version, exc.problem):  # said once
@@ -190,6 +188,17 @@ class Watcher:
             if strict:
                 raise
             return -1
+
+    def _version_reviewed(self, version: str) -> tuple[str, str | None] | None:
+        """`_reviewed` of the submission registry version `version` holds; None when that cannot be read (the
+        refusal is then checked again after `recheck_s`, or when the trail moves)."""
+        try:
+            submission = self.production.submission_of(self.pilot, version)
+        except Exception as exc:  # noqa: BLE001 - the registry failing: the refusal stands as it is
+            if not (isinstance(exc, TestbedError) or from_tracking_store(exc)):
+                raise
+            return None
+        return self._reviewed(submission) if submission else None
 
     def _reviewed(self, submission: str) -> tuple[str, str | None]:
         """(submission, the hash of the review in force of its official evaluation): a new review changes it (the

@@ -864,6 +864,29 @@ def test_a_version_refused_on_its_review_is_served_at_the_next_check_once_approv
     assert server.ready and server.served.version == "2" and launched == ["1", "2"]
 
 
+def test_a_refusal_stands_when_the_refused_versions_submission_cannot_be_read(ws):
+    """Watching the refused version's review is a shortcut: a registry version that cannot be read (deleted, or
+    the store failing) leaves the refusal as it was, said once, rechecked after `recheck_s`."""
+    from mlflow.exceptions import MlflowException
+
+    from testbed.errors import Refused
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=3600)
+
+    def refused(pilot):
+        raise Refused("the production alias names version 2, but the trail's last move put version 1 in production")
+
+    def gone(pilot, version):
+        raise MlflowException(f"Model Version (name=testbed-bike-demand, version={version}) not found",
+                              error_code="RESOURCE_DOES_NOT_EXIST")
+
+    server.production.resolve, server.production.submission_of, alias[0] = refused, gone, "2"
+    server.check()
+    server.check()
+    assert server.served.version == "1" and launched == ["1"]
+    assert sum("refusing to serve version 2" in line for line in logs) == 1
+
+
 def test_monitor_says_an_address_that_is_no_url_is_not_a_service():
     """httpx refuses a malformed address with InvalidURL, which is no httpx.HTTPError: `scrape` let it through
     as a traceback."""
