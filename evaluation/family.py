@@ -46,7 +46,7 @@ class Outcome:
     """Per-group intervals, gap and too-small groups on the primary metric (`evaluation.equity.assess_groups`);
     None: the scorecard ranks `groups` without uncertainty."""
     exactness: float | None = None
-    """`TaskFamily.exactness` of the clean predictions (1 = the truth copied up to offset and scale)."""
+    """`TaskFamily.exactness` of the scored predictions (1 = the truth copied up to offset and scale)."""
     agreement: float | None = None
     """`TaskFamily.agreement`: share of the items answered in the clean phase whose timed answer agrees."""
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
@@ -266,7 +266,7 @@ class TaskFamily(PhasePlan, ABC):
         return None
 
     def exactness(self, data: Any, preds: dict[str, np.ndarray]) -> float | None:
-        """How exactly the clean predictions reproduce the ground truth up to a constant offset and scale (1 =
+        """How exactly the scored predictions reproduce the ground truth up to a constant offset and scale (1 =
         a copy of the truth); None when the family does not say. Flags a lookup when the truth is public."""
         return None
 

@@ -19,8 +19,8 @@ LOAD_PHASES = ("single_stream", "offline")
 """Phases that measure the service (latency, throughput); between them they carry every item once, and their
 answers are checked against the contract and scored as `UNDER_LOAD`."""
 UNDER_LOAD = "under_load"
-"""Name of the predictions the load phases gave, all items together: scored like the clean phase's, so the
-scorecard can tell whether the timed answers are the ones that earned the accuracy."""
+"""Name of the predictions the load phases gave, all items together: the answers scored (`PhasePlan.scored`),
+whose latency and throughput were measured; the clean phase's are only compared with them (`agreement`)."""
 VIOLATION_CHARS = 300
 """Characters kept of a contract violation's message: it may quote what the service sent (a box of a million
 numbers), and it reaches the verdict's reason, the scorecard, its page and the terminal."""
