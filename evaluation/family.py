@@ -159,6 +159,7 @@ class TaskFamily(PhasePlan, ABC):
         if digest != ds.sha256:
             raise SpecError(f"{pinned} has sha256 {digest}, the spec says {ds.sha256}", where=where,
                             fix="restore the original data, or update dataset.sha256 on purpose")
+        self._pinned = {self.data_path.resolve()} if not ds.manifest else set()
         if ds.manifest:
             for number, line in enumerate(pinned.read_text().splitlines(), 1):
                 if not line.strip():
@@ -173,7 +174,35 @@ class TaskFamily(PhasePlan, ABC):
                 if not member.is_file() or sha256_file(member) != expected:
                     raise SpecError(f"{member} is missing or differs from {pinned.name}", where=where,
                                     fix="restore the original data files listed in the manifest")
+                self._pinned.add(member.resolve())
+        self.require_pinned([self.data_path], "dataset.path")
+        for path, field in self.data_files():
+            self.require_pinned([path], field)
         return digest
+
+    def data_files(self) -> list[tuple[Path, str]]:
+        """The files the family reads beside `dataset.path`, each with the spec field naming it (none by
+        default): each must be pinned (`require_pinned`)."""
+        return []
+
+    def require_pinned(self, paths: list[Path], field: str) -> None:
+        """Refuse to read a data file whose bytes the spec does not pin: `dataset.sha256` pins `dataset.path`
+        alone, a `dataset.manifest` every file it lists. Otherwise a file the manifest leaves out (a splits list,
+        the annotations) could be changed under an unchanged `dataset_sha256`. A no-op for a family opened
+        without verifying its data (serving reads none)."""
+        pinned = getattr(self, "_pinned", None)
+        if pinned is None:
+            return
+        loose = [p for p in paths if p.resolve() not in pinned]
+        if loose:
+            ds = self.spec.dataset
+            more = f" ({len(loose)} files in all)" if len(loose) > 1 else ""
+            pins = f"the manifest {ds.manifest}" if ds.manifest else f"dataset.sha256, which pins {ds.path} alone"
+            raise SpecError(f"{loose[0]}{more}, read for `{field}`, is not pinned by {pins}: its bytes could change "
+                            "under the same dataset sha256", where=f"pilot {self.spec.id}: "
+                            f"{'dataset.manifest' if ds.manifest else 'dataset'}",
+                            fix="list every data file in a manifest (`sha256sum FILES > SHA256SUMS` in the dataset's "
+                                "folder) and give it as dataset.manifest, with the manifest's sha256 as dataset.sha256")
 
     def metric_functions(self) -> dict[str, Any]:
         return METRICS.where(family=self.name)

@@ -325,6 +325,36 @@ def test_the_citys_bad_ground_truth_is_a_spec_error_naming_it(spec, tmp_path, fi
     fam.load("sample")  # the other split's truth is whole
 
 
+@pytest.mark.parametrize("left_out, field", [("splits.json", "task.splits_file"),
+                                              ("annotations.json", "dataset.path"),
+                                              ("images/000000000049.jpg", "task.images")])
+def test_every_file_a_detection_pilot_reads_is_pinned_by_its_manifest(spec, tmp_path, left_out, field):
+    """With a manifest, only the files it listed were checked: the annotations or the splits file left out of it
+    could be edited (truth boxes deleted, a split cut to three frames) under the same dataset sha256 (found in
+    review). Every file the family reads must be listed; with `dataset.sha256` alone only `dataset.path` is
+    pinned, so a detection pilot needs a manifest."""
+    import hashlib
+    import shutil
+
+    from evaluation.families import open_family
+
+    root = tmp_path / "data" / "coco-street"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", root)
+    manifest = root / "SHA256SUMS"
+    lines = [line for line in manifest.read_text().splitlines() if not line.endswith(f"  {left_out}")]
+    assert len(lines) == len(manifest.read_text().splitlines()) - 1
+    manifest.write_text("\n".join(lines) + "\n")
+    loose = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={
+        "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()})})
+    with pytest.raises(SpecError, match=f"read for `{field}`, is not pinned by the manifest") as refused:
+        open_family(loose, tmp_path / "data").load("sample")
+    assert "sha256sum" in refused.value.fix and refused.value.where.endswith("dataset.manifest")
+    alone = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={
+        "manifest": None, "sha256": hashlib.sha256((root / "annotations.json").read_bytes()).hexdigest()})})
+    with pytest.raises(SpecError, match="not pinned by dataset.sha256, which pins .* alone"):
+        open_family(alone, tmp_path / "data")
+
+
 def test_another_folder_layout_is_a_spec_change(spec, fam, test_frames, tmp_path):
     """Annotations, images and the splits file where the data keep them (coco128: `annotations/`,
     `images/train2017/`): the spec's `task.images` and `task.splits_file` name them, inside the data folder."""

@@ -59,6 +59,10 @@ class ObjectDetection(TaskFamily):
                             f"task.{field}", fix="give a path inside the data folder (TESTBED_DATA_DIR)")
         return path
 
+    def data_files(self) -> list[tuple[Path, str]]:
+        """The splits file (its frames are pinned as they are read: `read`)."""
+        return [(self._beside("splits_file"), "task.splits_file")]
+
     def _members(self, split: str) -> list[str]:
         where = f"pilot {self.spec.id}: dataset.splits.{split}.members"
         key, path = self.spec.dataset.splits[split].members, self._beside("splits_file")
@@ -111,6 +115,7 @@ class ObjectDetection(TaskFamily):
         where = f"pilot {self.spec.id}: dataset {self.data_path}"
         check_annotations(coco["annotations"], images, coco["categories"], where)
         folder = self._beside("images")
+        self.require_pinned([folder / str(im["file_name"]) for im in images], "task.images")
         absent = [im["file_name"] for im in images if not (folder / str(im["file_name"])).is_file()]
         if absent:
             raise SpecError(f"no image file {folder / str(absent[0])} ({len(absent)} of the split's {len(images)} "
