@@ -229,6 +229,19 @@ def test_whole_numbers_of_any_size_and_infinities_are_labels(tmp_path):
     assert panel.continuous == {"measured"}
 
 
+def test_series_keys_are_read_as_written(tmp_path):
+    """Station codes `007` and `7` are two stations: read as numbers they merged into one, and the error blamed
+    duplicate rows the data did not have (found by trying new pilots); `0150` was exported as `150`."""
+    from evaluation.families.forecasting.series import SeriesData, read_panel
+
+    path = tmp_path / "panel.csv"
+    hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")
+    pd.DataFrame({"time": [*hours, *hours, *hours], "station": ["007"] * 24 + ["7"] * 24 + ["0150"] * 24,
+                  "y": range(72)}).to_csv(path, index=False)
+    panel = read_panel(path, SeriesData(time="time", frequency="h", target="y", series_keys=["station"]), "test")
+    assert sorted(panel.keys[:, 0]) == ["007", "0150", "7"] and panel.present.all()
+
+
 def test_a_target_below_zero_needs_the_spec_to_say_so(districts):
     """Forecasts below zero break the contract, so a target that goes below zero (a net flow) is refused until the
     spec sets `task.nonnegative: false`; then negative forecasts are answers like any other."""

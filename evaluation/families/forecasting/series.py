@@ -166,7 +166,8 @@ def _fail(where: str, problem: str, fix: str):
 
 def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     try:
-        raw = pd.read_csv(path, encoding=data.encoding, low_memory=False)
+        raw = pd.read_csv(path, encoding=data.encoding, low_memory=False,  # keys as written: `007` is not `7`
+                          dtype=dict.fromkeys(data.series_keys, str))
     except (UnicodeError, LookupError) as exc:
         _fail(where, f"{path.name} cannot be read as {data.encoding} ({exc.__class__.__name__})",
               "set `task.data.encoding` to the file's encoding")
