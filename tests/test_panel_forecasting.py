@@ -229,6 +229,17 @@ def test_whole_numbers_of_any_size_and_infinities_are_labels(tmp_path):
     assert panel.continuous == {"measured"}
 
 
+def test_a_split_without_a_window_names_the_stride_when_it_is_the_cause(districts):
+    """Origins fall every `stride` steps from the data's first timestamp: a stride longer than the split left no
+    window, and the fix named only the split's width and task.history / task.horizon (found by trying new pilots)."""
+    spec_path, data_dir = districts
+    spec = get_pilot("district-demand")
+    wide = spec.model_copy(update={"task": {**spec.task, "stride": 24 * 19}})
+    with pytest.raises(SpecError, match="with an origin every 456 steps") as info:
+        open_family(wide, data_dir).load("test")
+    assert "task.stride" in info.value.fix and info.value.where.endswith("dataset.splits.test")
+
+
 def test_series_keys_are_read_as_written(tmp_path):
     """Station codes `007` and `7` are two stations: read as numbers they merged into one, and the error blamed
     duplicate rows the data did not have (found by trying new pilots); `0150` was exported as `150`."""

@@ -179,9 +179,12 @@ class Forecasting(TaskFamily):
         complete = filled[:, origins + o.horizon] - filled[:, origins - o.history] == o.history + o.horizon
         s, k = np.nonzero(complete)  # series-major, then origin order
         if not len(s):
-            raise SpecError(f"split {split!r} has no complete window of {o.history} + {o.horizon} steps",
+            strided = f", with an origin every {o.stride} steps from the data's first timestamp" if o.stride > 1 \
+                else ""
+            raise SpecError(f"split {split!r} has no complete window of {o.history} + {o.horizon} steps{strided}",
                             where=f"pilot {self.spec.id}: dataset.splits.{split}",
-                            fix="widen the split, or shorten task.history / task.horizon")
+                            fix="widen the split, or shorten task.history / task.horizon"
+                                + (" or task.stride" if o.stride > 1 else ""))
         t = origins[k]
         past, ahead = t[:, None] + np.arange(-o.history, 0), t[:, None] + np.arange(o.horizon)
         hist = panel.values[s[:, None], past]
