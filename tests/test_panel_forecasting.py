@@ -240,6 +240,21 @@ def test_a_split_without_a_window_names_the_stride_when_it_is_the_cause(district
     assert "task.stride" in info.value.fix and info.value.where.endswith("dataset.splits.test")
 
 
+def test_an_adapter_meant_for_another_file_names_the_field(tmp_path):
+    """The bike adapter on a tidy file raised pandas' KeyError, quoted under a fix about `task` and `dataset` in
+    general (found by trying new pilots): the field is named, with what the adapter reads."""
+    from evaluation.families.forecasting.series import SeriesData, read_panel
+
+    path = tmp_path / "panel.csv"
+    hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")
+    pd.DataFrame({"time": hours, "y": range(24)}).to_csv(path, index=False)
+    for name in ("uci_seoul_bike", "seoul_subway_hourly"):
+        data = SeriesData(time="time", frequency="h", target="y", adapter=name)
+        with pytest.raises(SpecError, match=f"`task.data.adapter` {name} cannot reshape panel.csv") as info:
+            read_panel(path, data, "test")
+        assert "it reads" in info.value.problem and "task.data.adapter" in info.value.fix
+
+
 def test_series_keys_are_read_as_written(tmp_path):
     """Station codes `007` and `7` are two stations: read as numbers they merged into one, and the error blamed
     duplicate rows the data did not have (found by trying new pilots); `0150` was exported as `150`."""

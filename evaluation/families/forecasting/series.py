@@ -164,6 +164,20 @@ def _fail(where: str, problem: str, fix: str):
     raise SpecError(problem, where=where, fix=fix)
 
 
+def _adapted(raw: pd.DataFrame, name: str, path: Path, where: str) -> pd.DataFrame:
+    """`raw` reshaped by adapter `name`; one that cannot read the file (another source's columns) is the spec's
+    error, naming the field and what the adapter reads, not a pandas KeyError."""
+    reshape = ADAPTERS.get(name)
+    try:
+        return reshape(raw)
+    except Exception as exc:  # noqa: BLE001 - an adapter meets a file it was not written for
+        reads = " ".join((reshape.__doc__ or "").split(".")[0].split())
+        detail = " ".join(str(exc).split())[:160]
+        _fail(where, f"`task.data.adapter` {name} cannot reshape {path.name} ({type(exc).__name__}: {detail}); it "
+                     f"reads {reads}", "name the adapter written for this file in `task.data.adapter`, or leave it "
+                                       "out for a tidy file (one row per time step and series)")
+
+
 def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, encoding=data.encoding, low_memory=False,  # keys as written: `007` is not `7`
@@ -176,7 +190,7 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
               "give a comma-separated file with a header row")
     if raw.empty:
         _fail(where, f"{path.name} has no rows", "give the data file its rows")
-    frame = ADAPTERS.get(data.adapter)(raw) if data.adapter else raw
+    frame = _adapted(raw, data.adapter, path, where) if data.adapter else raw
     needed = [c for c in data.columns if c not in DERIVED_FEATURES or c not in data.calendar]
     unknown = [c for c in needed if c not in frame.columns]
     if unknown:
