@@ -161,6 +161,7 @@ def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test
     assert outcome.under_load == outcome.metrics["clean"]  # the timed phases' answers, every text once
     assert outcome.metrics["typos"]["accuracy"] < 1.0  # perturbed titles are not in the oracle's table
     assert outcome.groups["category=pets"]["class_f1"] == 1.0 and "length=40_plus" in outcome.groups
+    assert "macro_f1" not in outcome.groups["category=pets"]  # one category's texts: its class F1 says it
     groups = outcome.equity["groups"]  # accuracy per group with bootstrap intervals; rare categories too small
     assert outcome.equity["metric"] == "accuracy" and "category=pets" in groups
     assert any(not g["judged"] for g in groups.values()) and any(g["judged"] for g in groups.values())

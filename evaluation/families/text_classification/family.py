@@ -195,7 +195,8 @@ class TextClassification(TaskFamily):
             for value in sorted(set(labels)):
                 groups[f"{key}={value}"] = self._metrics(data, pred, probs, labels == value)
                 groups[f"{key}={value}"]["items"] = float((labels == value).sum())
-                if key == "category":
+                if key == "category":  # its texts are of one category: the class's F1, not a macro-F1 over them
+                    groups[f"{key}={value}"].pop("macro_f1", None)
                     groups[f"{key}={value}"]["class_f1"] = float(f1[short.index(value)])
         metrics = {name: self._metrics(data, p, pr, everything) for name, (p, _, pr) in decided.items()
                    if name in (*self.scenario_names, UNDER_LOAD)}
