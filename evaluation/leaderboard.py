@@ -38,13 +38,14 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
     a warning: neither an edit of the catalogue nor an upgrade of the testbed during a call may decide the
     ranking. Commits of one release (a source checkout's `+g…`) rank together."""
     primary, current, ours = FAMILIES.get(spec.family).primary_metric, spec.sha256(), release(harness_version())
-    rows = []
-    runs_in_order = sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time)
-    for run in runs_in_order:
-        m, tags = run.metrics, run.tags
+    rows, upgraded = [], []
+    for run in sorted(tracker.official_runs(spec.id) if runs is None else runs, key=lambda r: r.start_time):
+        m, tags, theirs = run.metrics, run.tags, release(run.params.get("harness_version", ours))
+        if theirs != ours:
+            upgraded.append(f"{tags.get('testbed.submission')} ({theirs})")
         rows.append({
             "spec_changed": run.params.get("pilot_spec_sha256", current) != current,
-            "harness_changed": release(run.params.get("harness_version", ours)) != ours,
+            "harness_changed": theirs != ours,
             "submission": tags.get("testbed.submission"), "vendor": tags.get("testbed.vendor"),
             "verdict": tags.get("testbed.verdict"), "passed": tags.get("testbed.passed") == "true",
             primary: m.get(f"clean/{primary}"), "total_score": m.get("total_score"),
@@ -59,8 +60,6 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
                       "they are ranked after this spec's, marked 'other spec'; fix: put back the spec they were scored "
                       "under (each run's pilot_spec.json artifact), or give the changed spec a new pilot id and have "
                       "the vendors submit to it", stacklevel=2)
-    upgraded = [f"{row['submission']} ({release(run.params.get('harness_version', ''))})"
-                for row, run in zip(rows, runs_in_order, strict=True) if row["harness_changed"]]
     if upgraded:
         warnings.warn(f"{len(upgraded)} official evaluation(s) of {spec.id} were scored by another release of the "
                       f"testbed than this one ({ours}): {', '.join(upgraded[:5])}{' …' if len(upgraded) > 5 else ''}; "

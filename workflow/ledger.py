@@ -175,9 +175,10 @@ def _unconfirmed(anchor: Anchor, seqs: list[int]) -> str:
 
 
 class _Transaction:
-    def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]], replacing: Anchor | None = None):
-        self.chain, self._fd, self.entries, self._replacing = chain, fd, entries, replacing
-        """`replacing`: the mirror's entry the trail never held, whose place the next entry takes (`REPLACES`)."""
+    def __init__(self, chain: AuditChain, fd: int, entries: list[dict[str, Any]], anchor: Anchor | None = None):
+        self.chain, self._fd, self.entries, self._anchor = chain, fd, entries, anchor
+        """`anchor`: the mirror's last entry; one ahead of `entries`, the trail never held it, and the next entry
+        takes its place (`REPLACES`)."""
         self._deferred, self._ctrl_c = ExitStack(), None
         """Ctrl-C held back from an entry's write to the lock's release (`_ctrl_c`: noted, once held back)."""
 
@@ -192,7 +193,7 @@ class _Transaction:
         if any(k in payload for k in _CHAIN_KEYS) or payload.get(REPLACES) is not None:
             raise ValueError(f"payload must not set {(*_CHAIN_KEYS, REPLACES)}")
         payload = {k: v for k, v in payload.items() if k != REPLACES}  # a record's own None: the chain's to set
-        lost = self._replacing
+        lost = self._anchor
         if lost is not None and lost.seq == len(self.entries) + 1:
             payload = {**payload, REPLACES: {"seq": lost.seq, "hash": lost.hash, "mirror": lost.mirror,
                                               "recorded": lost.said}}
@@ -265,7 +266,7 @@ class AuditChain:
                                                    writing=True)
             if unconfirmed:
                 raise self._refused(anchor, unconfirmed, "nothing is added after them")
-            txn = _Transaction(self, fd, entries, anchor if anchor and anchor.seq == len(entries) + 1 else None)
+            txn = _Transaction(self, fd, entries, anchor)
             yield txn
         finally:
             try:

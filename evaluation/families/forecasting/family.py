@@ -308,7 +308,7 @@ class Forecasting(TaskFamily):
         is never scored, however close (a clean answer within the agreement tolerance could still be nudged
         toward a truth learnt since), nor does it stand in for a timed answer that failed: that window counts
         as no forecast (`_or_none`). Predictions without timed answers (none were logged) score the clean ones."""
-        first = preds.get(UNDER_LOAD, preds["clean"])
+        first = self.scored(preds)["clean"]
         return self._or_none(first), np.isfinite(first).all(axis=1)
 
     def agreement(self, data: Windows, preds: dict[str, np.ndarray]) -> float | None:
@@ -328,7 +328,7 @@ class Forecasting(TaskFamily):
         in each window's own scale (MASE units). 1 means the forecast is the truth shifted or scaled; an honest
         forecast reads about as its squared-error skill over the baseline, however much the series differ in
         level (a pooled R² reads ~0.99 for any forecast that knows which station is large)."""
-        scored = preds.get(UNDER_LOAD, preds["clean"])
+        scored = self.scored(preds)["clean"]
         ok = np.isfinite(scored) & np.isfinite(data.baseline)
         weight = np.broadcast_to(1 / data.scale[:, None], ok.shape)[ok]
         y, x, base = scored[ok], data.truth[ok], data.baseline[ok]

@@ -184,7 +184,7 @@ class TextClassification(TaskFamily):
     def score_predictions(self, data: Texts, preds: dict[str, np.ndarray]) -> Outcome:
         """The timed answers are scored as the clean ones (`scored`): the clean phase is only compared."""
         preds = self.scored(preds)
-        decided = {name: self._scored(preds, name) for name in preds if not name.endswith(_labels(""))}
+        decided = {name: self._scored(preds, name) for name in self.scenario_names}
         pred, answered, probs = decided["clean"]
         k, everything = len(data.categories), np.ones(len(data.texts), bool)
         f1 = class_f1(ClassEval(data.labels, pred, probs, k))
@@ -198,9 +198,8 @@ class TextClassification(TaskFamily):
                 if key == "category":  # its texts are of one category: the class's F1, not a macro-F1 over them
                     groups[f"{key}={value}"].pop("macro_f1", None)
                     groups[f"{key}={value}"]["class_f1"] = float(f1[short.index(value)])
-        metrics = {name: self._metrics(data, p, pr, everything) for name, (p, _, pr) in decided.items()
-                   if name in (*self.scenario_names, UNDER_LOAD)}
-        under_load = metrics.pop(UNDER_LOAD, {})
+        metrics = {name: self._metrics(data, p, pr, everything) for name, (p, _, pr) in decided.items()}
+        under_load = dict(metrics["clean"]) if UNDER_LOAD in preds else {}  # the same answers: scored as clean
         correct = (pred == data.labels).astype(float)
         equity = assess_groups({key: data.groups[key] for key in self.spec.groups}, metric="accuracy", goal="max",
                                values=correct, overall=metrics["clean"].get("accuracy"), settings=self.spec.equity)
