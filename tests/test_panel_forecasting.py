@@ -217,7 +217,7 @@ def test_a_group_on_measured_values_is_refused_with_the_data(tmp_path):
 def test_whole_numbers_of_any_size_and_infinities_are_labels(tmp_path):
     """A column of whole numbers is a column of labels, however large (1e20 had failed the whole file: no int64
     holds it) and whatever infinities it holds (which had made it "measured values, e.g. inf")."""
-    from evaluation.families.forecasting.series import SeriesData, read_panel
+    from evaluation.families.forecasting import SeriesData, read_panel
 
     path = tmp_path / "panel.csv"
     hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")
@@ -244,7 +244,7 @@ def test_a_split_without_a_window_names_the_stride_when_it_is_the_cause(district
 def test_an_adapter_meant_for_another_file_names_the_field(tmp_path):
     """The bike adapter on a tidy file raised pandas' KeyError, quoted under a fix about `task` and `dataset` in
     general (found by trying new pilots): the field is named, with what the adapter reads."""
-    from evaluation.families.forecasting.series import SeriesData, read_panel
+    from evaluation.families.forecasting import SeriesData, read_panel
 
     path = tmp_path / "panel.csv"
     hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")
@@ -259,7 +259,7 @@ def test_an_adapter_meant_for_another_file_names_the_field(tmp_path):
 def test_series_keys_are_read_as_written(tmp_path):
     """Station codes `007` and `7` are two stations: read as numbers they merged into one, and the error blamed
     duplicate rows the data did not have (found by trying new pilots); `0150` was exported as `150`."""
-    from evaluation.families.forecasting.series import SeriesData, read_panel
+    from evaluation.families.forecasting import SeriesData, read_panel
 
     path = tmp_path / "panel.csv"
     hours = pd.date_range("2024-01-01", periods=24, freq="h").strftime("%Y-%m-%d %H:%M")

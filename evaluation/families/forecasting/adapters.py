@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from evaluation.families.forecasting.series import adapter
+from evaluation.families.forecasting.options import adapter
 
 __all__ = ["uci_seoul_bike", "seoul_subway_hourly"]
 

@@ -1,5 +1,6 @@
 """Forecasting driven by the pilot spec: windows of `history` steps in, the next `horizon` steps out, for one
-series or a panel of them (`task.data` in the spec says how to read the data; `series.py` reads them)."""
+series or a panel of them (`options.py`: what the spec may say; `series.py` reads the data as `task.data`
+describes)."""
 
 from __future__ import annotations
 
@@ -9,49 +10,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.equity import assess_groups
 from evaluation.families.forecasting.contract import FORECAST, NPZ, decode_response, encode_request
-from evaluation.families.forecasting.series import DERIVED_FEATURES, DERIVED_GROUPS, Panel, SeriesData, remembered_panel
+from evaluation.families.forecasting.options import DERIVED_FEATURES, DERIVED_GROUPS, ForecastOptions
+from evaluation.families.forecasting.series import Panel, remembered_panel
 from evaluation.family import UNDER_LOAD, Outcome, TaskFamily
 from evaluation.registry import SCENARIOS, family
 from pilots.spec import PilotSpec, ScenarioSpec, require_split_kind
 from sandbox.runner import SandboxResult
 from testbed.errors import ContractViolation, SpecError
 
-__all__ = ["Forecasting", "ForecastOptions", "Windows"]
-
-
-class ForecastOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    data: SeriesData
-    """How to read the dataset as time series: time column, target, covariates, frequency, series keys."""
-    history: int = Field(ge=2, le=5000)
-    """Steps of history in each window."""
-    horizon: int = Field(ge=1, le=1000)
-    """Steps to forecast from each origin."""
-    stride: int = Field(default=1, ge=1, le=1_000_000)
-    """Steps between consecutive forecast origins (counted from the first timestamp of the data)."""
-    season: int = Field(default=1, ge=1)
-    """Lag of the seasonal-naive baseline and of the MASE scale, in steps (1 = the last value)."""
-    mase_floor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    """Smallest in-sample error that scales MASE, in target units (keeps near-constant series from dominating)."""
-    batch_size: int = Field(default=32, ge=1, le=4096)
-    """Windows per request in the scenario phases."""
-    single_stream_requests: int = Field(default=60, ge=1, le=10_000)
-    """One-window requests sent one after another to measure latency."""
-    nonnegative: bool = True
-    """The target is a count or an amount: forecasts below zero break the contract. false for a target that can go
-    below zero (a temperature, a net flow); the data are checked against it."""
-
-    @model_validator(mode="after")
-    def _season_within_history(self) -> ForecastOptions:
-        if self.season >= self.history:
-            raise ValueError(f"`task.season` ({self.season}) must be shorter than `task.history` ({self.history}): "
-                             "the baseline and the MASE scale are computed from each window's history")
-        return self
+__all__ = ["Forecasting", "Windows"]
 
 
 @dataclass
