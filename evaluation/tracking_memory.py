@@ -10,16 +10,16 @@ import time
 import weakref
 from pathlib import Path
 
-from evaluation.scorecard import Scorecard
-from evaluation.tracking import (
+from evaluation.records import (
     RunRecord,
-    _failure_tags,
-    _outcome_tags,
-    _tags,
+    failure_tags,
     flatten,
     missing_artifact,
     official_per_submission,
+    outcome_tags,
+    run_tags,
 )
+from evaluation.scorecard import Scorecard
 
 __all__ = ["MemoryTracker"]
 
@@ -39,7 +39,7 @@ class MemoryTracker:
 
     def start(self, card: Scorecard, params: dict[str, str]) -> str:
         run_id = f"memory-{next(self._ids)}"
-        self.runs[run_id] = RunRecord(run_id, _tags(card), {}, params={k: str(v) for k, v in params.items()},
+        self.runs[run_id] = RunRecord(run_id, run_tags(card), {}, params={k: str(v) for k, v in params.items()},
                                       start_time=time.time_ns() // 1_000_000 + len(self.runs))
         return run_id
 
@@ -47,7 +47,7 @@ class MemoryTracker:
         run = self.runs[run_id]
         run.metrics, run.status = flatten(card), "FINISHED"
         self.history[run_id] = {k: [v] for k, v in run.metrics.items()}
-        run.tags |= _outcome_tags(card)
+        run.tags |= outcome_tags(card)
         store = self._store / run_id  # copies, as MLflow keeps: not the files
         store.mkdir()
         run.artifacts = {name: Path(shutil.copy(path, store / name.replace("/", "_")))
@@ -90,7 +90,7 @@ class MemoryTracker:
 
     def record_failure(self, pilot: str, submission: str, vendor: str, reason: str, params: dict[str, str]) -> str:
         run_id = f"memory-{next(self._ids)}"
-        self.runs[run_id] = RunRecord(run_id, _failure_tags(pilot, submission, vendor, reason), {}, "FAILED",
+        self.runs[run_id] = RunRecord(run_id, failure_tags(pilot, submission, vendor, reason), {}, "FAILED",
                                       time.time_ns() // 1_000_000 + len(self.runs),
                                       {k: str(v) for k, v in params.items()})
         return run_id
