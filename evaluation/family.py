@@ -193,6 +193,11 @@ class TaskFamily(PhasePlan, ABC):
         pinned = getattr(self, "_pinned", None)
         if pinned is None:
             return
+        absent = [p for p in paths if not p.is_file()]  # a misspelt name: what to fix is the name, not the pins
+        if absent:
+            more = f" ({len(absent)} of {len(paths)} files)" if len(paths) > 1 else ""
+            raise SpecError(f"no file {absent[0]}{more}, read for `{field}`", where=f"pilot {self.spec.id}: {field}",
+                            fix=f"correct `{field}` in the pilot spec, or restore the missing data files")
         loose = [p for p in paths if p.resolve() not in pinned]
         if loose:
             ds = self.spec.dataset

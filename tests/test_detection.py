@@ -355,6 +355,22 @@ def test_every_file_a_detection_pilot_reads_is_pinned_by_its_manifest(spec, tmp_
         open_family(alone, tmp_path / "data")
 
 
+@pytest.mark.parametrize("field, update", [("task.images", {"task": {"images": "frame"}}),
+                                           ("task.splits_file", {"task": {"splits_file": "part.json"}}),
+                                           ("dataset.path", {"dataset": {"path": "coco-street/cocoo.json"}})])
+def test_a_misspelt_data_file_is_named_as_missing_not_as_unpinned(spec, field, update):
+    """With a manifest, a misspelt file or folder name was refused as "not pinned by the manifest", with the fix
+    to list it there: a file that does not exist cannot be listed. It is named as missing, with its field."""
+    from evaluation.families import open_family
+
+    changes = {"task": {**spec.task, **update.get("task", {})}}
+    if "dataset" in update:
+        changes["dataset"] = spec.dataset.model_copy(update=update["dataset"])
+    with pytest.raises(SpecError, match=f"no file .*, read for `{field}`\n") as refused:
+        open_family(spec.model_copy(update=changes), PROJECT_ROOT / "data").load("sample")
+    assert refused.value.where.endswith(field) and f"correct `{field}`" in refused.value.fix
+
+
 def test_another_folder_layout_is_a_spec_change(spec, fam, test_frames, tmp_path):
     """Annotations, images and the splits file where the data keep them (coco128: `annotations/`,
     `images/train2017/`): the spec's `task.images` and `task.splits_file` name them, inside the data folder."""

@@ -1,6 +1,8 @@
 """The text-classification family (petition routing): data splits, contract, Korean-aware scenarios, metrics,
 scoring against the TF-IDF baseline."""
 
+import csv
+import io
 import json
 import re
 
@@ -264,9 +266,9 @@ def test_the_citys_bad_rows_are_named(spec, tmp_path, edit, words):
 
 
 def test_a_bad_row_of_the_training_split_stops_the_test_splits_load(spec, tmp_path):
-    """The baseline learns from the public training split, read beside the sandbox run: a row there with a
+    """The baseline learns from the public splits, read beside the sandbox run: a row there with a
     category the spec does not list was found only once the bundle had run (minutes, for nothing). Loading the
-    split to score reads the training split too, so the spec's mistake stops the evaluation before any bundle."""
+    split to score reads the public splits too, so the spec's mistake stops the evaluation before any bundle."""
     from testbed.errors import SpecError
 
     lines = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig").splitlines()
@@ -274,6 +276,59 @@ def test_a_bad_row_of_the_training_split_stops_the_test_splits_load(spec, tmp_pa
     lines[-1] = lines[-1].replace(lines[-1].split(",")[1], "미분류", 1)
     with pytest.raises(SpecError, match=r"split 'train' has labels that are not in task.categories: \['미분류'\]"):
         _variant(spec, tmp_path, "\n".join(lines) + "\n").load("test")
+
+
+def test_a_repeated_id_belongs_to_its_first_rows_split_only(spec, tmp_path):
+    """A repeated id keeps its first row: a later copy of a public training row dated inside the sequestered
+    period put that item in both splits (a public answer among the scored ones)."""
+    text = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    row = next(r for r in rows if r["expiryDate"] < "2020-08-31")  # a training row
+    copy = io.StringIO()
+    csv.DictWriter(copy, list(row)).writerow({**row, "expiryDate": "2020-11-15"})  # dated inside `test`
+    item = row["id"]
+    fam = _variant(spec, tmp_path, text.rstrip("\n") + "\n" + copy.getvalue())
+    assert item in fam.load("train").ids
+    assert item not in fam.load("test").ids
+
+
+def test_the_baseline_learns_from_every_public_split_whatever_its_name(spec, tmp_path):
+    """The baseline learned only from a split named `train`, else from the small sample: a spec naming its
+    training split otherwise silently got a weaker baseline (and every bundle a larger skill over it)."""
+    text = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig")
+    splits = dict(spec.dataset.splits)
+    renamed = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+        update={"splits": {("history" if k == "train" else k): v for k, v in splits.items()}})})
+    fam = _variant(renamed, tmp_path, text)
+    public = {k for k, v in renamed.dataset.splits.items() if v.public}
+    assert public == {"history", "sample"}
+    expected = set(fam.load("history").ids) | set(fam.load("sample").ids)
+    assert set(fam._training.ids) == expected and len(fam._training.ids) == len(expected)
+    assert len(fam._training.texts) == len(fam._training.labels) == len(expected)
+
+
+def test_a_time_column_written_another_way_reads_with_task_time_format(spec, tmp_path):
+    """Only ISO dates were read, and the error's fix (correct the row) could not help a file written `2020.11.15`
+    throughout: `task.time_format` reads it, the error names that field, and a format that cannot read back a
+    date is refused in the spec."""
+    import pydantic
+
+    from testbed.errors import SpecError
+
+    text = (PROJECT_ROOT / "data" / spec.dataset.path).read_text(encoding="utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(rows[0]))
+    writer.writeheader()
+    writer.writerows({**r, "expiryDate": r["expiryDate"][:10].replace("-", ".")} for r in rows)
+    with pytest.raises(SpecError, match=r"not a date YYYY-MM-DD") as refused:
+        _variant(spec, tmp_path, out.getvalue()).load("test")
+    assert "task.time_format" in refused.value.fix
+    dotted = _variant(spec, tmp_path, out.getvalue(), time_format="%Y.%m.%d").load("test")
+    original = _variant(spec, tmp_path, text).load("test")
+    assert dotted.ids == original.ids and dotted.times == original.times
+    with pytest.raises(pydantic.ValidationError, match="not a strptime format"):
+        _variant(spec, tmp_path, text, time_format="%H:%M")
 
 
 def test_a_row_ending_before_its_fields_is_refused_naming_its_line(spec, tmp_path):

@@ -29,7 +29,10 @@ class TextOptions(BaseModel):
     label_column: str = "category"
     """CSV column holding the true category."""
     time_column: str = "expiryDate"
-    """CSV column (YYYY-MM-DD) the splits' `start`/`end` cut on."""
+    """CSV column (a date, or a date and time) the splits' `start`/`end` cut on."""
+    time_format: str | None = None
+    """strptime format of the time column (e.g. `%Y.%m.%d %H:%M`, `%d/%m/%Y`); default: ISO 8601, its first ten
+    characters read as YYYY-MM-DD."""
     id_column: str = "id"
     """CSV column identifying an item; a repeated id keeps its first row."""
     length_bins: list[int] = Field(default_factory=lambda: [20, 40], min_length=1)
@@ -52,6 +55,19 @@ class TextOptions(BaseModel):
         names = list(value.values())
         if len(set(names)) != len(names) or not all(n.isascii() and n.replace("_", "").isalnum() for n in names):
             raise ValueError("short names must be unique ASCII identifiers (letters, digits, _)")
+        return value
+
+    @field_validator("time_format")
+    @classmethod
+    def _a_format(cls, value: str | None) -> str | None:
+        sample = datetime(2001, 12, 31, 23, 59, 58)
+        try:
+            readable = value is None or datetime.strptime(sample.strftime(value), value).date() == sample.date()
+        except ValueError:
+            readable = False
+        if not readable:
+            raise ValueError(f"{value!r} is not a strptime format that reads back a date (e.g. %Y.%m.%d, %d/%m/%Y "
+                             "%H:%M)")
         return value
 
     @field_validator("length_bins")
@@ -83,6 +99,10 @@ def _day(value: datetime | None) -> date | None:
     return value.date() if value is not None else None
 
 
+def _date(value: str, fmt: str | None) -> date:
+    return datetime.strptime(value.strip(), fmt).date() if fmt else date.fromisoformat(value[:10])
+
+
 def length_groups(texts: list[str], bins: list[int]) -> np.ndarray:
     edges = [0, *bins]
     names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)] + [f"{bins[-1]}_plus"]
@@ -91,14 +111,14 @@ def length_groups(texts: list[str], bins: list[int]) -> np.ndarray:
 
 def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime | None, split: str,
                where: str) -> tuple[Texts, list[str]]:
-    """The rows of `path` whose time falls in [start, end] (days, inclusive), ids deduplicated; also the
+    """The rows of `path` whose time falls in [start, end] (days, inclusive), a repeated id only by its first row
+    in the file (a later row of it, whatever its date, belongs to no split: an item is never in two); also the
     labels found that are not among the categories (the caller decides what that means). A missing column or
     a row without a date is a SpecError at `where`, naming the column or the line."""
     categories = list(o.categories)
     index = {c: k for k, c in enumerate(categories)}
     first, last = _day(start), _day(end)
     seen: dict[str, tuple[str, int]] = {}  # id -> (category, line) of its first row in the file
-    counted: set[str] = set()
     ids, texts, labels, times, unknown = [], [], [], [], []
     encoding = "utf-8-sig" if codecs.lookup(o.encoding).name == "utf-8" else o.encoding
     with open(path, encoding=encoding, newline="") as fh:
@@ -118,11 +138,13 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
                                 fix="give every row all the header's fields (quote a text holding commas or "
                                     "line breaks), or remove the row")
             try:
-                when = date.fromisoformat((row[o.time_column] or "")[:10])
+                when = _date(row[o.time_column] or "", o.time_format)
             except ValueError:
                 raise SpecError(f"{path.name} line {reader.line_num} (id {row[o.id_column]!r}): `{o.time_column}` is "
-                                f"{row[o.time_column]!r}, not a date YYYY-MM-DD", where=where,
-                                fix=f"correct the row's {o.time_column}, or remove the row") from None
+                                f"{row[o.time_column]!r}, not a date {o.time_format or 'YYYY-MM-DD'}", where=where,
+                                fix=f"correct the row's {o.time_column}, or remove the row; if the whole column is "
+                                    "written another way, give its format as task.time_format (e.g. %Y.%m.%d)"
+                                ) from None
             key, label = row[o.id_column], row[o.label_column]
             if key in seen and seen[key][0] != label:  # a repeated row (a crawl's duplicate) keeps its category
                 raise SpecError(f"{path.name}: `{o.id_column}` value {key[:40]!r} is on line {seen[key][1]} (category "
@@ -130,17 +152,18 @@ def read_texts(path: Path, o: TextOptions, start: datetime | None, end: datetime
                                 "identify one text", where=where,
                                 fix="set task.id_column to a column that identifies each text (a repeated id keeps "
                                     "its first row)")
-            seen.setdefault(key, (label, reader.line_num))
-            if (first and when < first) or (last and when > last) or key in counted:
+            if key in seen:  # its first row, and that row's date alone, decide its split
                 continue
-            counted.add(key)
+            seen[key] = (label, reader.line_num)
+            if (first and when < first) or (last and when > last):
+                continue
             if row[o.label_column] not in index:
                 unknown.append(row[o.label_column])
                 continue
             ids.append(row[o.id_column])
             texts.append(row[o.text_column])
             labels.append(index[row[o.label_column]])
-            times.append(row[o.time_column][:10])
+            times.append(when.isoformat())
     y = np.array(labels, int)
     short = np.array(list(o.categories.values()))
     groups = {"category": short[y] if len(y) else np.array([], str), "length": length_groups(texts, o.length_bins)}

@@ -51,7 +51,7 @@ def _labels(phase: str) -> str:
 
 def tfidf_baseline(train: Texts, texts: list[str], n_classes: int) -> np.ndarray:
     """The non-deep-learning reference: TF-IDF of character 1-3-grams (within words) and a logistic regression
-    (one-vs-rest, fitted by seeded SGD) on the public training split; (items, categories) probabilities
+    (one-vs-rest, fitted by seeded SGD) on the public splits; (items, categories) probabilities
     (read-only: computed once per process for the same texts)."""
     return _baseline_probs(tuple(train.texts), tuple(int(y) for y in train.labels), tuple(texts), n_classes)
 
@@ -114,8 +114,8 @@ class TextClassification(TaskFamily):
         if not data.texts:
             raise SpecError(f"split {split!r} selects no rows of {self.data_path.name}", where=where,
                             fix="set the split's start/end inside the data's time range")
-        if split != self._training_split():
-            self._training  # noqa: B018 - the baseline's split, read now: its mistakes stop the run before the bundle's
+        if not self.spec.dataset.splits[split].public:
+            self._training  # noqa: B018 - the baseline's splits, read now: their mistakes stop the run before the bundle's
         return data
 
     def inputs(self, data: Texts) -> list[str]:
@@ -237,13 +237,15 @@ class TextClassification(TaskFamily):
 
     @functools.cached_property
     def _training(self) -> Texts:
-        """The public split the baseline learns from, read once (by `ready_scoring`, beside the sandbox)."""
-        return self.load(self._training_split())
-
-    def _training_split(self) -> str:
-        """The public split the baseline learns from: `train`, else the public `sample`."""
-        splits = self.spec.dataset.splits
-        return "train" if "train" in splits and splits["train"].public else "sample"
+        """What the baseline learns from: every public split, whatever its name (all that any vendor could learn
+        from), an id once; read once (by `ready_scoring`, beside the sandbox)."""
+        parts = [self.load(name) for name, split in self.spec.dataset.splits.items() if split.public]
+        rows = {}  # id -> (text, label, time), the first split's
+        for part in parts:
+            for row in zip(part.ids, part.texts, part.labels, part.times, strict=True):
+                rows.setdefault(row[0], row[1:])
+        texts, labels, times = zip(*rows.values(), strict=True) if rows else ((), (), ())
+        return Texts(list(rows), list(texts), np.array(labels, int), list(times), parts[0].categories, {}, "public")
 
     def export(self, data: Texts, out_dir: Path) -> list[Path]:
         """`<split>.csv` (id, time, text, label; UTF-8) and `<split>.npz` (the same columns as string arrays,
