@@ -60,6 +60,9 @@ def _fix(model: type[BaseModel], item: dict, path: str) -> str:
     if item["type"] == "invalid_key":  # `null:`, `1:` or `true:` read as no name
         return (f"name the field at `{path}` with a word (YAML reads `null:`, a number or `true:` as no name), or "
                 "remove it")
+    if item["loc"][-1] == "[key]":  # a key of a mapping of names that YAML read as a number, `true`, a date…
+        return (f"quote the key at `{path.removesuffix('.[key]')}` ('{item.get('input')}': …): YAML reads an unquoted "
+                "number, `true`, `null` or a date as no text")
     doc = _describe(model, tuple(item["loc"]))[0]
     todo = f"add `{path}`" if item["type"] == "missing" else f"give `{path}` a value as the message says"
     if not doc:

@@ -325,6 +325,29 @@ def test_the_citys_bad_ground_truth_is_a_spec_error_naming_it(spec, tmp_path, fi
     fam.load("sample")  # the other split's truth is whole
 
 
+@pytest.mark.parametrize("name, content, words, field", [
+    ("splits.json", "[]", "holds a JSON list, not an object", "task.splits_file"),
+    ("splits.json", "{\"sample\": ", "is not JSON", "task.splits_file"),
+    ("annotations.json", "{\"images\": [], \"annotations\": []}", "`categories` is missing", "dataset.path"),
+    ("annotations.json", "{\"images\": {}, \"annotations\": [], \"categories\": []}", "`images` is not a list",
+     "dataset.path"),
+])
+def test_a_data_file_of_the_wrong_form_is_named_with_its_field(spec, tmp_path, name, content, words, field):
+    """A splits file that is not an object of lists, or annotations without COCO's lists, read as a bare
+    AttributeError or KeyError blamed on `dataset.path` with a generic fix; the file and the field that names it
+    are given, with the form the file must have."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(PROJECT_ROOT / "data" / "coco-street", data / "coco-street")
+    (data / "coco-street" / name).write_text(content)
+    fam = FAMILIES.get("detection")(spec.model_copy(update={"scenarios": []}), data)
+    with pytest.raises(SpecError, match=words) as refused:
+        fam.load("sample")
+    assert refused.value.where.endswith(field) and f"give `{field}` a JSON file of the form" in refused.value.fix
+    assert name in str(refused.value)
+
+
 @pytest.mark.parametrize("left_out, field", [("splits.json", "task.splits_file"),
                                               ("annotations.json", "dataset.path"),
                                               ("images/000000000049.jpg", "task.images")])

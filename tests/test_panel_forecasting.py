@@ -154,7 +154,7 @@ def test_the_city_validates_every_split_before_the_call_opens(districts, monkeyp
 @pytest.mark.parametrize("changes, csv_kwargs, words", [
     ({"series_keys": [], "attributes": ["zone", "district"]}, {}, "duplicate timestamp 2024-03-01 00:00:00"),
     ({}, {"drop": [30]}, "gap: district=district-00 has no row for 2024-03-02 06:00:00"),
-    ({"known": ["temperature", "rain"]}, {}, "unknown columns ['rain']"),
+    ({"known": ["temperature", "rain"]}, {}, "no column 'rain' (`task.data.known`)"),
     ({"calendar": ["hour", "weekday"]}, {}, "derives from the time: hour, day_of_week"),  # the names it derives
     ({"known": ["temperature", "zone"], "attributes": []}, {}, "column 'zone' is not numeric"),
     ({"frequency": "2h"}, {}, "not on the `2h` grid"),

@@ -114,6 +114,20 @@ def test_a_key_that_yaml_reads_as_no_name_is_told_as_such(tmp_path):
     assert "name the field" in info.value.fix and "a value" not in info.value.fix
 
 
+def test_a_mapping_key_that_yaml_reads_as_a_number_is_told_to_be_quoted():
+    """Category codes written `101: road` are read by YAML as numbers; the fix given was "give
+    `task.categories.101.[key]` a value as the message says", which no value could satisfy."""
+    import pydantic
+
+    from evaluation.families.text_classification.data import TextOptions
+    from testbed.yamlio import validation_error
+
+    with pytest.raises(pydantic.ValidationError) as raw:
+        TextOptions.model_validate({"categories": {101: "road", "102": "water"}})
+    error = validation_error("pilot x", TextOptions, raw.value, prefix="task.")
+    assert "quote the key at `task.categories.101` ('101': …)" in error.fix, error.fix
+
+
 def test_yaml_merge_keys_are_read_as_yaml_reads_them(tmp_path):
     """`<<: *anchor` (YAML's merge key, which `yaml.safe_load` reads) takes the anchored mapping's keys, the ones
     written beside it overriding them: it is not a key given twice, nor invalid YAML. A key written twice beside it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from testbed.errors import SpecError
 
 __all__ = ["ROAD_USERS", "Kept", "DetectionOptions", "Frames", "decode_image", "png", "object_counts", "decode_frames",
-           "check_annotations"]
+           "check_annotations", "read_json_object"]
 
 ROAD_USERS = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 Kept = list[list[tuple[int, float, tuple[float, float, float, float]]]]
@@ -152,3 +153,20 @@ def check_annotations(anns: list[dict], images: list[dict], categories: list[dic
         area = a.get("area")
         if not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area) or area < 0:
             raise SpecError(f"{what}: field `area` is {area!r}, not a number of pixels", where=where, fix=fix)
+
+
+def read_json_object(path: Path, lists: tuple[str, ...], field: str, where: str, form: str) -> dict:
+    """`path` read as a JSON object whose keys `lists` (all of them; none given: every key) hold lists, or a
+    SpecError naming the file, the spec field that names it and the form it must have."""
+    fix = f"give `{field}` a JSON file of the form {form}"
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path} is not JSON ({type(exc).__name__}: {str(exc)[:120]})", where=where, fix=fix) from None
+    if not isinstance(value, dict):
+        raise SpecError(f"{path} holds a JSON {type(value).__name__}, not an object", where=where, fix=fix)
+    wrong = [k for k in (lists or tuple(value)) if not isinstance(value.get(k), list)]
+    if wrong:
+        raise SpecError(f"{path}: `{wrong[0]}` is {'missing' if wrong[0] not in value else 'not a list'}", where=where,
+                        fix=fix)
+    return value

@@ -21,6 +21,7 @@ from evaluation.families.detection.data import (
     decode_frames,
     object_counts,
     png,
+    read_json_object,
 )
 from evaluation.families.detection.metrics import AREA_RANGES, DetectionEval, class_ap, class_count_mae, coco_evaluate
 from evaluation.families.detection.plots import detection_plots
@@ -70,14 +71,18 @@ class ObjectDetection(TaskFamily):
             raise SpecError(f"no splits file {path}", where=f"pilot {self.spec.id}: task.splits_file",
                             fix="set task.splits_file to the JSON file (relative to the annotations file's folder) "
                                 "that lists each split's image file names")
-        members = json.loads(path.read_text()).get(key) if key else None
+        listed = read_json_object(path, (), "task.splits_file", f"pilot {self.spec.id}: task.splits_file",
+                                  '{"SPLIT": ["IMAGE FILE NAME", ...], ...}')
+        members = listed.get(key) if key else None
         if not members:
             raise SpecError(f"no list {key!r} in {path}", where=where,
                             fix="name a key of the splits file (task.splits_file, beside the annotations file)")
         return members
 
     def _read(self, split: str) -> tuple[dict, list[dict], list[int]]:
-        coco = json.loads(self.data_path.read_text())
+        coco = read_json_object(self.data_path, ("images", "annotations", "categories"), "dataset.path",
+                                f"pilot {self.spec.id}: dataset.path", 'COCO\'s {"images": [...], "annotations": '
+                                '[...], "categories": [...]}')
         by_name = {c["name"]: c["id"] for c in coco["categories"]}
         unknown = [c for c in self.options.classes if c not in by_name]
         if unknown:

@@ -115,15 +115,23 @@ class SeriesData(BaseModel):
     @model_validator(mode="after")
     def _each_column_once(self) -> SeriesData:
         seen: dict[str, str] = {}
-        for role in ("time", "target", "series_keys", "calendar", "known", "observed", "attributes"):
-            value = getattr(self, role)
-            for column in value if isinstance(value, list) else [value]:
-                if column in seen:
-                    raise ValueError(f"column {column!r} is given both as `{seen[column]}` and as `{role}`: give "
-                                     "each column one role (a derived calendar feature such as `month` needs the time "
-                                     "column to have another name: rename it in the data, or leave the feature out)")
-                seen[column] = role
+        for role, column in self._roles():
+            if column in seen:
+                raise ValueError(f"column {column!r} is given both as `{seen[column]}` and as `{role}`: give "
+                                 "each column one role (a derived calendar feature such as `month` needs the time "
+                                 "column to have another name: rename it in the data, or leave the feature out)")
+            seen[column] = role
         return self
+
+    def _roles(self) -> list[tuple[str, str]]:
+        """(field, column) for every column the spec names, in the fields' order."""
+        fields = ("time", "target", "series_keys", "calendar", "known", "observed", "attributes")
+        return [(role, column) for role in fields
+                for column in (getattr(self, role) if isinstance(getattr(self, role), list) else [getattr(self, role)])]
+
+    def role(self, column: str) -> str:
+        """The field of `task.data` that names `column`."""
+        return next(role for role, named in self._roles() if named == column)
 
     @property
     def history_features(self) -> list[str]:

@@ -66,9 +66,11 @@ def _frame(path: Path, data: SeriesData, where: str) -> pd.DataFrame:
     unknown = [c for c in needed if c not in frame.columns]
     if unknown:
         derived = [c for c in unknown if c in data.calendar]
-        _fail(where, f"unknown columns {unknown}: {path.name}{' after adapter ' + data.adapter if data.adapter else ''}"
-                     f" has {list(frame.columns)}", "name columns of the data in `task.data` (names that read "
-                                                    "garbled: set `task.data.encoding` to the file's encoding)"
+        named = ", ".join(f"{c!r} (`task.data.{data.role(c)}`)" for c in unknown)
+        _fail(where, f"no column {named} in {path.name}{' after adapter ' + data.adapter if data.adapter else ''}, "
+                     f"which has {list(frame.columns)[:30]}",
+              "name columns of the data in `task.data` (names that read garbled: set `task.data.encoding` to the "
+              "file's encoding)"
               + (f"; `task.data.calendar` may also name the features the harness derives from the time: "
                  f"{', '.join(DERIVED_FEATURES)}" if derived else ""))
     for c in [data.target, *data.known, *data.observed, *(c for c in data.calendar if c in frame.columns)]:
