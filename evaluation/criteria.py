@@ -24,7 +24,8 @@ from sandbox.artifacts import ModelArtifact, deep_learning_model
 from sandbox.runner import SandboxResult
 
 __all__ = ["build_scorecard", "LOOKUP_EXACTNESS", "LOOKUP_SKILL", "lookup_gate", "load_gate", "threshold_gates",
-           "viability_parts", "skill_over_baseline", "retention_ratio", "against", "plain_equity"]
+           "viability_parts", "skill_over_baseline", "retention_ratio", "credited_retention", "against",
+           "plain_equity"]
 
 LOOKUP_EXACTNESS = 0.99
 """When the truth is public, predictions whose `exactness` reaches this are a suspected lookup..."""
@@ -43,6 +44,8 @@ def against(value: float, bound: float, spec: str) -> str:
     requirement itself (an error rate of 1.04% against 1.0% reads 1.04%, an error of 1.00004 against max 1.0 reads
     1.00004)."""
     digits, kind = int(spec[1:-1]), spec[-1]
+    if kind == "f" and math.isfinite(value) and abs(value) >= 1e9:  # fixed point would write hundreds of digits
+        digits, kind = 4, "g"
     while math.isfinite(value) and value != bound and digits < 17 and (
             f"{value:.{digits}{kind}}" == f"{bound:.{digits}{kind}}"):
         digits += 1
@@ -58,6 +61,24 @@ def retention_ratio(goal: str, clean: float | None, other: float | None) -> floa
     if goal == "min":
         return float("nan") if math.isinf(clean) else (clean / other if other > 0 else 1.0)
     return other / clean if clean > 0 else float("nan")
+
+
+def credited_retention(spec: PilotSpec, fam: TaskFamily, outcome: Outcome) -> dict[str, float]:
+    """What each scenario retains of the clean score, as the robustness credit counts it: the clean score only up
+    to the level where deep-learning fit reaches full credit (`criteria.full_credit_skill` over the baseline, where
+    the family compares the baseline on its primary metric). No criterion credits a clean score beyond that level,
+    so neither may its loss under a scenario cost more than a loss from that level: with the plain ratio a model
+    worse clean and under every scenario, which lost nothing, outranked one that lost a little of its lead."""
+    primary = fam.primary_metric
+    goal = goal_of(METRICS.where(family=fam.name)[primary])
+    clean = outcome.metrics.get("clean", {}).get(primary)
+    base = outcome.baseline.get(primary) if (fam.baseline_metric or primary) == primary else None
+    full = spec.criteria.full_credit_skill
+    if _known(clean, base) and base > 0:
+        clean = max(clean, base * (1 - full)) if goal == "min" else min(clean, base / (1 - full) if full < 1 else
+                                                                           math.inf)
+    return {name: retention_ratio(goal, clean, m.get(primary)) for name, m in outcome.metrics.items()
+            if name != "clean"}
 
 
 def _skill(goal: str, baseline: float | None, model: float | None) -> float:
@@ -157,13 +178,14 @@ def viability_parts(spec: PilotSpec, clean: dict[str, float], retention: list[fl
                     skill: float) -> dict[str, float]:
     """Criterion 2's components, each 0–1: thresholds met, robustness, reliability, latency and throughput
     credits (the criterion is 100 × their mean when the run completed, else 0). Robustness is what the scenarios
-    retain of a clean score worth retaining: its credit shrinks as the clean score falls behind the harness's
+    retain (`credited_retention`; a pilot without scenarios: all) of a clean score worth retaining: its credit shrinks
+    as the clean score falls behind the harness's
     baseline (`skill` below 0) and is none at twice the baseline's error (half its score), so a model that ignores
     its input, or is wrong by orders of magnitude, is not "perfectly robust" (nothing it does gets worse)."""
     latency, throughput = credits(perf, spec.service_level)
     worth = 1.0 if math.isnan(skill) else _clip(1 + skill)
     return {"accuracy": float(np.mean([t.passes(clean.get(t.metric)) for t in spec.thresholds])),
-            "robustness": worth * float(np.mean([_clip(r) for r in retention])) if retention else 1.0,
+            "robustness": worth * (float(np.mean([_clip(r) for r in retention])) if retention else 1.0),
             "reliability": 1 - perf["error_rate"], "latency": latency, "throughput": throughput}
 
 
@@ -220,10 +242,9 @@ def load_gate(spec: PilotSpec, primary: str, clean: dict, outcome: Outcome) -> G
     if agreement is None:
         return Gate(name="consistent_under_load", passed=True,
                     detail="not measured: no answers from the timed phases, or none from clean, to compare")
-    timed = outcome.under_load.get(primary, math.nan)
-    detail = (f"{against(agreement, need, '.1%')} of the items answered alike while timed and in the clean phase "
-              f"(min {need:.0%}); "
-              f"{primary} {timed:.4g} timed, {clean.get(primary, math.nan):.4g} clean")
+    detail = (f"{against(agreement, need, '.1%')} of the items answered alike while timed and in the untimed clean "
+              f"phase (min {need:.0%}); the scores are the timed answers' ({primary} "
+              f"{clean.get(primary, math.nan):.4g})")
     passed = agreement >= need
     return Gate(name="consistent_under_load", passed=passed, detail=detail if passed else
                 "the answers given while timed differ from the clean answers to the same items: the latency and "
@@ -262,9 +283,11 @@ def build_scorecard(spec: PilotSpec, fam: TaskFamily, profile: VendorProfile, ou
     equity = outcome.equity or plain_equity(outcome.groups, primary, goal, clean.get(primary))
 
     dl, skill = _deep_learning_fit(spec, fam, profile, outcome, models or [], result.opened)
-    parts = viability_parts(spec, clean, list(retention.values()), perf, skill)
+    credited = credited_retention(spec, fam, outcome)
+    parts = viability_parts(spec, clean, list(credited.values()), perf, skill)
     viability = Criterion(score=100 * float(np.mean(list(parts.values()))) if verdict == "completed" else 0.0,
-                          evidence={"components": parts, "p95_latency_ms": perf["service_latency_ms"].get("p95"),
+                          evidence={"components": parts, "credited_retention": credited,
+                                    "p95_latency_ms": perf["service_latency_ms"].get("p95"),
                                     "throughput_items_per_s": perf["service_throughput_items_per_s"],
                                     "performance_method": perf["method"], "coverage": outcome.coverage})
     policy = Criterion(score=None, status="pending_evaluator",

@@ -61,6 +61,14 @@ def _queued(cpu: float, wait: float, cap: float) -> float:
     return min(cap, wait / (cpu + wait)) if cpu + wait > 0 else 0.0
 
 
+def _corrected(time_s: float, queued: float, floor_s: float) -> float:
+    """`time_s` without its share `queued` of queueing behind other processes, at least `floor_s`; all of it
+    where nothing would be left (no CPU time of the service's own was counted: there is nothing to correct it to,
+    and a time of zero would make a latency free, a throughput infinite)."""
+    kept = max(time_s * (1 - queued), floor_s)
+    return kept if kept > 0 else time_s
+
+
 def _request(phase: PhaseResult, i: int) -> tuple[float, float]:
     return (phase.cpu_s[i], phase.wait_s[i]) if i < min(len(phase.cpu_s), len(phase.wait_s)) else (0.0, 0.0)
 
@@ -106,7 +114,7 @@ def performance(result: SandboxResult) -> dict[str, Any]:
             if status == 200:
                 raw.append(lat * 1000)
                 cpu = single.request_sandbox_cpu_s[i] if i < len(single.request_sandbox_cpu_s) else None
-                service.append(1000 * max(lat * (1 - _queued(*_request(single, i), cap)), _at_quota(single, cpu, lat)))
+                service.append(1000 * _corrected(lat, _queued(*_request(single, i), cap), _at_quota(single, cpu, lat)))
             else:  # as slow as the whole phase: failing its slowest requests cannot make a service look faster
                 unanswered.append(max(single.wall_s, *single.latencies_s) * 1000)
         contention["single_stream"] = {"others_busy": cap, "queued": _queued(sum(single.cpu_s), sum(single.wait_s), 1)}
@@ -116,8 +124,8 @@ def performance(result: SandboxResult) -> dict[str, Any]:
         cap = _external(offline)
         throughput = done / offline.wall_s
         queued = _queued(sum(offline.cpu_s), sum(offline.wait_s), 1)
-        service_throughput = done / max(offline.wall_s * (1 - min(queued, cap)),
-                                        _at_quota(offline, offline.sandbox_cpu_s, offline.wall_s))
+        service_throughput = done / _corrected(offline.wall_s, min(queued, cap),
+                                              _at_quota(offline, offline.sandbox_cpu_s, offline.wall_s))
         contention["offline"] = {"others_busy": cap, "queued": queued}
     failed = sum(s != 200 for s in statuses)
     return {

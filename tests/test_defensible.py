@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from evaluation.criteria import _skill, retention_ratio, viability_parts
+from evaluation.criteria import _skill, credited_retention, retention_ratio, viability_parts
 from evaluation.decisions import apply_review
 from evaluation.families import open_family
 from evaluation.performance import performance
@@ -137,6 +137,8 @@ def test_robustness_credit_shrinks_behind_the_baseline_and_is_none_at_twice_its_
     parts = viability_parts(bike_spec, {}, [1.0, 1.0], perf, skill)
     assert parts["robustness"] == pytest.approx(credit)
     assert viability_parts(bike_spec, {}, [0.5, 1.0], perf, skill)["robustness"] == pytest.approx(0.75 * credit)
+    # a pilot without scenarios: nothing is lost, and the credit is still only what the clean score is worth
+    assert viability_parts(bike_spec, {}, [], perf, skill)["robustness"] == pytest.approx(credit)
 
 
 def test_models_are_read_statically_and_a_hostile_pickle_never_runs(tmp_path):
@@ -703,6 +705,39 @@ def test_a_crash_shows_the_log_and_no_empty_plots(ws, bike_spec, tmp_path):
     assert "ModuleNotFoundError" in html and "of 0" not in html and "none were sent" in html
 
 
+@pytest.mark.parametrize("better, worse", [
+    ({"clean": 0.50, "missing_hours": 0.69}, {"clean": 0.70, "missing_hours": 0.70}),  # found in review
+    ({"clean": 0.30, "missing_hours": 0.60}, {"clean": 0.65, "missing_hours": 0.65}),
+    ({"clean": 0.75, "missing_hours": 0.90}, {"clean": 0.78, "missing_hours": 0.90}),  # past full credit
+    ({"clean": 1.20, "missing_hours": 1.50}, {"clean": 1.40, "missing_hours": 1.50}),  # behind the baseline
+])
+def test_a_model_better_clean_and_under_every_scenario_never_ranks_below(bike_spec, better, worse):
+    """Robustness as the plain ratio of scenario to clean error let a model worse clean and under every scenario
+    (it lost nothing) outrank one that lost a little of a lead no criterion credits (deep-learning fit is full at
+    `full_credit_skill`): the clean score counts for retention only up to that level. Past the review's case, the
+    totals of every such pair follow the errors."""
+    from evaluation.families import FAMILIES
+    from evaluation.family import Outcome
+
+    fam = FAMILIES.get("forecasting")
+    perf = {"error_rate": 0.0, "service_latency_ms": {"p95": 1.0}, "service_throughput_items_per_s": 1e6}
+
+    def score(errors: dict[str, float]) -> tuple[float, float]:
+        outcome = Outcome(metrics={k: {"mase": v} for k, v in errors.items()}, groups={},
+                          baseline={"name": "seasonal_naive", "mase": 1.0})
+        skill = _skill("min", 1.0, errors["clean"])
+        parts = viability_parts(bike_spec, {}, list(credited_retention(bike_spec, fam, outcome).values()), perf,
+                                skill)
+        w = bike_spec.criteria.weights
+        dl = 100 * min(1.0, max(0.0, skill / bike_spec.criteria.full_credit_skill))
+        return parts["robustness"], w.deep_learning_fit * dl + w.viability * 100 * float(np.mean(list(parts.values())))
+
+    (robust_better, total_better), (robust_worse, total_worse) = score(better), score(worse)
+    assert total_better >= total_worse  # a tie: the leaderboard lists the better primary metric first
+    if better["clean"] <= 1 - bike_spec.criteria.full_credit_skill:  # where deep-learning fit is full
+        assert robust_better >= robust_worse
+
+
 def test_zero_error_is_perfect_not_zero():
     assert _skill("min", 2.0, 0.0) == 1 and _skill("max", 0.5, 1.0) == 0.5
     assert retention_ratio("min", 0.0, 0.0) == 1 and retention_ratio("min", 0.0, 1.0) == 0
@@ -856,6 +891,18 @@ def test_queueing_behind_other_processes_is_taken_out_but_self_inflicted_is_not(
     assert performance(SandboxResult("completed", "", {"single_stream": hidden}, "", 1, 1, True)
                        )["service_latency_ms"]["p95"] == pytest.approx(200)
 
+
+
+def test_a_time_that_was_all_queueing_is_not_taken_to_zero():
+    """With the machine fully busy and no CPU time of the service's own counted (its threads' counters at zero, its
+    cgroup not counted), the offline phase's corrected time was zero: scoring stopped on a ZeroDivisionError, and a
+    request's latency was scored as free. Nothing is left to correct it to: the time stays as measured."""
+    offline = PhaseResult("offline", [b""], [200], [1.0], [100], 1.0, cpu_s=[0.0], wait_s=[0.5], machine_busy=1.0,
+                          sandbox_cpu_s=None, cores=2)
+    single = phase("single_stream", [0.1] * 20, [0.0] * 20, [0.05] * 20, 1.0)
+    perf = performance(SandboxResult("completed", "", {"offline": offline, "single_stream": single}, "", 0.1, 1, True))
+    assert perf["service_throughput_items_per_s"] == pytest.approx(100)
+    assert perf["service_latency_ms"]["p95"] == pytest.approx(100)
 
 
 def test_waiting_for_its_own_cpu_quota_or_threads_is_no_discount():

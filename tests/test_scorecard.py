@@ -409,11 +409,13 @@ def test_a_gate_never_shows_a_value_as_its_requirement_when_it_is_not(bike_spec)
                       agreement=0.94996, exactness=0.989996)
     load = load_gate(bike_spec, "mase", {"mase": 0.5}, outcome)
     assert not load.passed and load.detail.endswith("94.996% of the items answered alike while timed and in the "
-                                                    "clean phase (min 95%); mase 0.5 timed, 0.5 clean")
+                                                    "untimed clean phase (min 95%); the scores are the timed "
+                                                    "answers' (mase 0.5)")  # not "0.5 timed, 0.5 clean": both timed
     lookup = lookup_gate(bike_spec, "test", outcome, 0.9496)
     assert lookup.passed and "exactness 0.989996 (flag at 0.99), skill over baseline 0.9496 (flag at" in lookup.detail
     assert against(1 / 99, 0.01, ".1%") == "1.01%" and against(0.01, 0.01, ".1%") == "1.0%"
     assert against(math.inf, 1.0, ".4g") == "inf" and against(math.nan, 1.0, ".4g") == "nan"
+    assert against(-1.8e300, 0.95, ".3f") == "-1.8e+300"  # a skill of an absurd forecast: not 300 digits
 
 def test_a_name_the_bundle_chose_is_shown_cut_and_written_out_on_the_page(evaluated):
     """The static scan's summary names the largest tensors as the file names them: a safetensors header (a few KiB

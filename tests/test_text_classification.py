@@ -137,6 +137,23 @@ def test_metrics_on_a_hand_example():
     assert fns["ece"](ev) == pytest.approx(abs(0.5 - (0.6 + 0.4 / 3)))  # one bin, all at the same confidence
 
 
+def test_macro_f1_counts_a_category_answered_but_absent_as_scikit_learn_does():
+    """Macro-F1 averaged only over the true labels' categories: sending the mistakes to a category none of the items
+    has cost less than sending them to a present one (found in review: at equal accuracy the former ranked first).
+    It averages over the true and answered categories, as scikit-learn's default does."""
+    from sklearn.metrics import f1_score
+
+    truth = np.array([0, 0, 1, 1, 2, 2, 4, 4, 0, 1])
+    absent = np.array([0, 3, 1, 3, 2, 2, 0, 1, 0, 1])  # category 3 is no item's
+    present = np.where(absent == 3, 4, absent)
+    macro = METRICS.where(family="text-classification")["macro_f1"]
+    for pred in (absent, present):
+        ev = ClassEval(truth, pred, np.eye(5)[pred], 5)
+        assert macro(ev) == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert macro(ClassEval(truth, absent, np.eye(5)[absent], 5)) < macro(ClassEval(truth, present, np.eye(5)[present],
+                                                                                    5))
+
+
 def test_an_oracle_scores_perfectly_and_the_baseline_is_reported(fam, spec, test_texts):
     truth = dict(zip(test_texts.texts, test_texts.labels.tolist(), strict=False))
     cats = test_texts.categories

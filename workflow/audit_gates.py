@@ -10,15 +10,14 @@ from typing import Any
 import numpy as np
 
 from evaluation.criteria import (
+    credited_retention,
     load_gate,
     lookup_gate,
-    retention_ratio,
     skill_over_baseline,
     threshold_gates,
     viability_parts,
 )
 from evaluation.family import Outcome, TaskFamily
-from evaluation.registry import METRICS, goal_of
 from evaluation.scorecard import Scorecard
 from evaluation.tracking import RunRecord, Tracker
 from pilots.spec import PilotSpec
@@ -80,10 +79,8 @@ def criteria_checks(card: Scorecard, spec: PilotSpec, fam: TaskFamily, outcome: 
     """Viability and deep-learning fit recomputed from the recomputed metrics, the card's performance (checked
     against the run's metrics) and its model evidence. Policy fit and local strength wait for an evaluator on a
     logged card: they must still be pending."""
-    clean, primary = outcome.metrics.get("clean", {}), fam.primary_metric
-    goal, perf = goal_of(METRICS.where(family=fam.name)[primary]), card.performance
-    retention = [retention_ratio(goal, clean.get(primary), m.get(primary)) for s, m in outcome.metrics.items()
-                 if s != "clean"]
+    clean, perf = outcome.metrics.get("clean", {}), card.performance
+    retention = list(credited_retention(spec, fam, outcome).values())
     checks: list[Check] = []
     skill = skill_over_baseline(fam, outcome)
     try:

@@ -41,7 +41,8 @@ class DetectionOptions(BaseModel):
     example_frames: int = Field(default=2, ge=0, le=8)
     """Frames drawn with their boxes in the scorecard."""
     max_detections: int = Field(default=100, ge=1, le=1000)
-    """Detections scored per frame (the best-scoring ones); COCO's maxDets."""
+    """Detections scored per frame, over all its classes (the best-scoring ones), as the COCO detection challenge
+    limits each image's results (COCOeval's own `maxDets`, per class, is then never reached)."""
     images: str = "images"
     """Folder of the image files (their COCO `file_name`s), relative to the annotations file's folder and inside
     the data folder (e.g. `../images/train2017`)."""

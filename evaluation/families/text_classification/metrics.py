@@ -56,10 +56,11 @@ def accuracy(ev: ClassEval) -> float:
 
 @metric("macro_f1", family=FAMILY, goal="max", span=(0.0, 1.0))
 def macro_f1(ev: ClassEval) -> float:
-    """Mean F1 over the categories that occur among these items' true labels: every category counts the same,
-    however rare (in a group of one category, that category's F1 within the group)."""
-    present = np.unique(ev.truth)
-    return float(np.mean(class_f1(ev)[present])) if len(present) else float("nan")
+    """Mean F1 over the categories that occur among these items' true labels or their answers (scikit-learn's
+    default): every category counts the same, however rare, and answering a category none of these items has
+    costs as a wrong answer to a present one does (it counted only once, in the true category's recall)."""
+    f1 = class_f1(ev)
+    return float(np.nanmean(f1)) if len(ev.truth) and not np.isnan(f1).all() else float("nan")
 
 
 @metric("ece", family=FAMILY, goal="min", span=(0.0, 1.0))
