@@ -123,6 +123,10 @@ def evaluate(submissions: list[str] = typer.Argument(None, help="Submission ids 
     from workflow.evaluate import evaluate_bundle
 
     submissions = submissions or []
+    if reason is not None and not reevaluate:  # an official evaluation takes no reason: it would be dropped
+        raise TestbedError("--reason is the reason for a re-evaluation; it goes with --reevaluate",
+                           where="testbed evaluate", fix="add --reevaluate to re-evaluate an evaluated submission, or "
+                                                         "leave --reason out for its official evaluation")
     if all_pilot and submissions:
         raise TestbedError("give either submission ids or --all PILOT, not both", where="testbed evaluate",
                            fix=f"testbed evaluate --all {all_pilot}, or testbed evaluate {' '.join(submissions)}")

@@ -62,10 +62,7 @@ def friendly(fn):
                 raise
             where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f)
             failed = Path(os.fsdecode(exc.filename))
-            setting = next((f"{name}={os.environ[name]}" for name in PATH_SETTINGS if os.environ.get(name) and
-                            Path(os.environ[name]) in (failed, *failed.parents)), None)
-            fix = (f"{setting} must name a folder the testbed can create and write in: correct or unset it"
-                   if setting else "give a path that exists and can be used as the option expects (a file or a folder)")
+            fix = _path_fix(failed)
             problem = exc.strerror or str(exc)
             if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # "File exists" where a folder was to be made
                 blocker = next((p for p in (failed, *failed.parents) if p.is_file()), None)
@@ -88,6 +85,26 @@ def friendly(fn):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _path_fix(failed: Path) -> str:
+    """What to do about a path that could not be used: the folder setting it lies under, set (correct or unset
+    it) or by default (make the folder writable, or set the variable), else the option or file given."""
+    from testbed.config import Workspace
+
+    ws = Workspace.from_env()
+    defaults = {"TESTBED_HOME": ws.home, "BENTOML_HOME": ws.bentoml_home, "TESTBED_ENVS_DIR": ws.envs,
+                "TESTBED_DATA_DIR": ws.data_dir}
+    under = [(name, Path(os.environ.get(name) or defaults.get(name) or "")) for name in PATH_SETTINGS]
+    under = [(name, path) for name, path in under if str(path) not in ("", ".") and path in (failed, *failed.parents)]
+    if not under:
+        return "give a path that exists and can be used as the option expects (a file or a folder)"
+    explicit = [item for item in under if os.environ.get(item[0])]  # a setting given is the likelier mistake
+    name, path = max(explicit or under, key=lambda item: len(item[1].parts))  # the most specific one
+    if os.environ.get(name):
+        return f"{name}={os.environ[name]} must name a folder the testbed can create and write in: correct or unset it"
+    return (f"{path} ({name} unset: the default) must be a folder the testbed can create and write in: make it "
+            f"writable for this user, or set {name} to one that is")
 
 
 def emit_json(data) -> None:

@@ -101,6 +101,9 @@ def pilots_data(pilot: str, out_dir: Path = typer.Option(..., "--out", help="Fol
     """Export the pilot's PUBLIC splits (training data and sample) in the contract's own format."""
     from evaluation.families import open_family
 
+    if not str(out_dir).strip() or out_dir == Path():  # `--out ''` or `--out .`: not the working folder by mistake
+        raise TestbedError(f"--out {str(out_dir)!r} names no folder of its own", where="--out",
+                           fix="give the folder to write the public splits to, e.g. --out public-data")
     spec = get_pilot(pilot)
     fam = open_family(spec, Workspace.from_env().data_dir)
     splits = {name: fam.load(name) for name, split in spec.dataset.splits.items() if split.public}  # all, or none

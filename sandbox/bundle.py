@@ -211,17 +211,32 @@ def inspect_bundle(path: Path, limits: Limits = Limits(), vetted: tuple[str, byt
         manifest, tag = _manifest(vetted[1], str(path))
         return BundleInfo(path=path, sha256=vetted[0], size=path.stat().st_size, tag=tag, manifest=manifest,
                           manifest_bytes=vetted[1])
-    manifest_bytes = None
+    manifest_bytes, files = None, set()
     with _open(path, limits, "r:xz") as tar:
         for member, normal in _checked(tar, str(path), limits):
+            files |= {normal} if member.isfile() else set()
             if normal == "bento.yaml" and member.isfile():
                 try:  # read here, outside `_checked`'s own guard: a cut inside it is the archive's fault too
                     manifest_bytes = tar.extractfile(member).read(MAX_MANIFEST_BYTES + 1)
                 except (tarfile.TarError, EOFError, OSError) as exc:
                     raise _unreadable(str(path), exc) from None
     manifest, tag = _manifest(manifest_bytes, str(path))
+    _check_service_code(manifest, files, str(path))
     return BundleInfo(path=path, sha256=sha256_file(path), size=path.stat().st_size, tag=tag, manifest=manifest,
                       manifest_bytes=manifest_bytes)
+
+
+def _check_service_code(manifest: dict, files: set[str], where: str) -> None:
+    """The module `bento.yaml`'s `service` (`module:Name`) names is in the archive's `src/`, where `bentoml
+    build` puts the service's code: without it the bundle cannot start, and would be found out only in a sandbox."""
+    service = manifest.get("service")
+    module = service.partition(":")[0] if isinstance(service, str) else ""
+    stem = "src/" + module.replace(".", "/")
+    if module and not {f"{stem}.py", f"{stem}/__init__.py"} & files:
+        raise BundleError(f"bento.yaml `service` is {service[:80]!r}, and the archive holds no {stem}.py: the "
+                          "service's code is not in the bundle", where=f"{where}: bento.yaml",
+                          fix="build the bundle with `bentoml build` (it copies the service's code into src/) and "
+                              "export it unmodified")
 
 
 def _check_routes_shape(manifest: dict, where: str) -> None:

@@ -366,3 +366,20 @@ def test_the_private_copies_of_a_killed_evaluation_are_removed_by_the_next_one(t
     assert not orphan.exists() and mine.parent.exists()
     theirs = private_copy(stored, sha256_file(stored), "s")  # a live process's copy (this one's) is kept
     assert mine.exists() and theirs.exists()
+
+
+def test_a_bundle_without_its_services_code_is_refused_at_submission(tmp_path):
+    """A bundle whose `src/` lost the module `bento.yaml`'s `service` names was accepted, stored with an id, and
+    found out only in a sandbox (a FileNotFoundError's traceback in the log tail): it is refused, naming it."""
+    manifest = b"name: svc\nversion: v1\nservice: service:Forecaster\n"
+    bare = archive(tmp_path, [file_member("./bento.yaml", manifest), file_member("./README.md", b"x")], "bare.bento")
+    with pytest.raises(BundleError, match=r"`service` is 'service:Forecaster', and the archive holds no "
+                                          r"src/service.py") as refused:
+        inspect_bundle(bare)
+    assert "bentoml build" in refused.value.fix
+    whole = archive(tmp_path, [file_member("./bento.yaml", manifest), file_member("./src/service.py", b"")], "ok.bento")
+    assert inspect_bundle(whole).tag == "svc:v1"
+    package = archive(tmp_path, [file_member("./bento.yaml", manifest.replace(b"service:F", b"app.service:F")),
+                                 file_member("./src/app/service/__init__.py", b"")], "package.bento")
+    assert inspect_bundle(package).tag == "svc:v1"
+

@@ -75,6 +75,9 @@ def test_command_lists_keep_each_sentence_on_one_line(group):
     (["serve", "bike-demand", "--host", " "], "--host is empty"),
     (["evaluate", "bike-demand-000", "--reevaluate"], "--reevaluate needs a --reason"),
     (["evaluate", "bike-demand-000", "--reevaluate", "--reason", " "], "--reevaluate needs a --reason"),
+    # a reason given to an official evaluation was silently dropped; an empty --out wrote into the working folder
+    (["evaluate", "bike-demand-000", "--reason", "retry"], "--reason is the reason for a re-evaluation"),
+    (["pilots", "data", "bike-demand", "--out", ""], "--out '.' names no folder of its own"),
 ])
 def test_user_errors_are_clean(args, words):
     result = runner.invoke(app, args)
@@ -291,6 +294,22 @@ def test_a_home_that_cannot_be_a_folder_is_named_before_ray_not_blamed_on_a_node
     assert result.exit_code == 2 and "Ray" not in result.stderr, result.output
     assert "TESTBED_HOME=" in result.stderr
     assert "must name a folder the testbed can create and write in" in result.stderr and not fake.jobs
+
+
+def test_a_default_folder_that_cannot_be_written_names_its_setting(monkeypatch):
+    """A write refused under the default home (`var/` read-only) was told to "give a path … as the option
+    expects", though no option named it: the fix names the folder and the variable that moves it."""
+    from cli.console import _path_fix
+    from testbed.config import PROJECT_ROOT
+
+    for name in ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    home = (PROJECT_ROOT / "var").resolve()
+    fix = _path_fix(home / "submissions" / "bike-demand-0" / ".official.lock")
+    assert fix.startswith(f"{home} (TESTBED_HOME unset: the default) must be a folder the testbed can create") and \
+        "set TESTBED_HOME" in fix
+    assert "BENTOML_HOME unset" in _path_fix(home / "bentoml" / "bentos")
+    assert "as the option expects" in _path_fix(Path("/nonexistent/card.html"))
 
 
 def test_check_without_a_vendor_profile_scores_a_vendor_that_claims_nothing_and_says_so(tmp_path, fake_bento,
@@ -540,12 +559,49 @@ def test_a_tracking_server_that_is_not_there_is_refused_at_once(monkeypatch):
     ("sqlite:///{root}/data", "is a folder, not a SQLite file"),
     ("sqlite:///{root}/README.md", "is not a SQLite database"),
     ("postgresql://127.0.0.1:1/mlflow", "no Python driver for postgresql is installed"),
+    ("http://127.0.0.1:abc", "the server's port is not a port number"),  # was a ValueError's traceback
+    ("http://127.0.0.1:99999", "the server's port is not a port number"),
+    ("http://", "the server's address names no host"),  # was minutes of retries
+    ("https://", "the server's address names no host"),
 ])
 def test_a_tracking_uri_that_cannot_work_is_refused_and_creates_nothing(monkeypatch, uri, says):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(root=PROJECT_ROOT))
     result = runner.invoke(app, ["leaderboard", "bike-demand"])
     assert result.exit_code == 2 and says in result.stderr and "Traceback" not in result.output, result.output
     assert not Path("/nonexistent").exists() and not Path("/tmp/testbed-mlruns").exists()
+
+
+def test_a_tracking_server_that_never_answers_is_refused_at_once(monkeypatch):
+    """Something that accepts the connection and never answers (a wrong port, a hung server) held every command
+    for minutes; it is refused after `ANSWER_TIMEOUT_S`."""
+    import socket
+
+    import evaluation.tracking_uri
+
+    monkeypatch.setattr(evaluation.tracking_uri, "ANSWER_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        result = runner.invoke(app, ["leaderboard", "bike-demand"])
+    assert result.exit_code == 2 and "does not answer HTTP within 0.5 s" in result.stderr, result.output
+
+
+def test_a_sqlite_store_that_cannot_be_written_is_refused_before_any_evaluation(monkeypatch, tmp_path):
+    """A read-only store was found only once an evaluation had run (minutes), in ninety lines of MLflow's
+    tracebacks; it is refused at once. (As root only a read-only mount refuses a write: `os.access` stands in.)"""
+    import os
+
+    import evaluation.tracking_uri
+
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(evaluation.tracking_uri.SQLITE_HEADER)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setattr(evaluation.tracking_uri.os, "access", lambda path, mode: Path(path) != store or
+                        mode != os.W_OK)
+    result = runner.invoke(app, ["leaderboard", "bike-demand"])
+    assert result.exit_code == 2 and f"the SQLite store {store} cannot be written" in result.stderr, result.output
+    assert "make the store's file and its folder writable" in result.stderr
 
 
 @pytest.mark.parametrize("empty_file", [False, True])  # `touch`ed first: MLflow makes a new store in it too
