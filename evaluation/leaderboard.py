@@ -70,9 +70,10 @@ def leaderboard_rows(spec: PilotSpec, tracker: Tracker, runs: list[RunRecord] | 
 
 
 def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] = lambda row: ()) -> list[dict]:
-    """Sort `rows` (in place; returned) and number them (`rank`): runs of the current spec and harness release
-    first (neither `spec_changed` nor `harness_changed`), passed first, then `then` (e.g. rejected by an
-    evaluator last), then by total. Equal standings share a rank: the total is what the city decides on (rounded
+    """Sort `rows` (in place; returned) and number them (`rank`): a row whose record was found `altered` last of
+    all (its logged numbers are not to be believed), runs of the current spec and harness release first (neither
+    `spec_changed` nor `harness_changed`), passed first, then `then` (e.g. rejected by an evaluator last), then by
+    total. Equal standings share a rank: the total is what the city decides on (rounded
     to 0.01, and saturating: full deep-learning credit at the pilot's `full_credit_skill`, full
     viability once every threshold and the service level are met), so two strong models often tie, and neither
     the order the runs come in nor a resubmission of the same model (new bytes, a newer run) may put one above
@@ -83,7 +84,7 @@ def rank_rows(spec: PilotSpec, rows: list[dict], then: Callable[[dict], tuple] =
 
     def standing(row: dict) -> tuple:
         other = bool(row.get("spec_changed") or row.get("harness_changed"))
-        return other, not row["passed"], *then(row), -(row["total_score"] or 0)
+        return bool(row.get("altered")), other, not row["passed"], *then(row), -(row["total_score"] or 0)
 
     def measured(row: dict) -> float:  # the better primary metric first; not measured last
         value = row.get(primary)

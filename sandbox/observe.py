@@ -70,8 +70,15 @@ class OutputTail(threading.Thread):
                 if len(self.data) > 2 * self.keep:
                     del self.data[:-self.keep]
 
-    def text(self) -> str:
-        return printable(bytes(self.data[-self.keep:]).decode(errors="replace"))
+    def text(self, limit: int | None = None) -> str:
+        """The last `limit` bytes kept (at most `keep`), as text safe to show; when the service printed more, a
+        first line says how much is left out (a flood of output pushes out what came before it, such as the
+        traceback of an error)."""
+        keep = min(self.keep, limit or self.keep)
+        left_out = self.total - min(len(self.data), keep)
+        shown = printable(bytes(self.data[-keep:]).decode(errors="replace"))
+        return (f"[the {left_out:,} bytes the service printed before these are left out]\n" if left_out > 0 else
+                "") + shown
 
 
 class Reports(threading.Thread):

@@ -341,5 +341,6 @@ class SandboxedService:
         return path[len(self._bento) + 1:] if path.startswith(self._bento + "/") else path
 
     def log_tail(self, limit: int = 200_000) -> str:
-        """The last `limit` bytes of what the service printed (drained from a pipe as it was written)."""
-        return self._output.text()[-limit:] if self._output else ""
+        """The last `limit` bytes of what the service printed (drained from a pipe as it was written), after a line
+        saying how much came before them, if anything did."""
+        return self._output.text(limit) if self._output else ""

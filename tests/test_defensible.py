@@ -249,6 +249,36 @@ def test_a_torch_archive_s_directory_declaring_sizes_or_sharing_bytes_earns_noth
     assert found["src/shared.pt"].parameters == 256 * 256 and not found["src/shared.pt"].is_deep_learning
 
 
+def test_a_network_split_over_files_is_judged_file_by_file(tmp_path):
+    """README: a model split over many files is judged file by file. Two one-matrix `.npy` files that together
+    make an MLP earn no deep-learning credit; the same two matrices in one `.npz` do."""
+    from sandbox.artifacts import deep_learning_model
+
+    def npy(array) -> bytes:
+        out = io.BytesIO()
+        np.save(out, array)
+        return out.getvalue()
+
+    w1, w2 = np.random.default_rng(0).normal(size=(64, 64)), np.random.default_rng(1).normal(size=(64, 8))
+    split = scan_models(bento(tmp_path, [], {"src/w1.npy": npy(w1), "src/w2.npy": npy(w2)}, name="split"))
+    assert len(split) == 2 and deep_learning_model(split) is None
+    whole = io.BytesIO()
+    np.savez(whole, w1=w1, w2=w2)
+    assert deep_learning_model(scan_models(bento(tmp_path, [], {"src/w.npz": whole.getvalue()}, name="whole")))
+
+
+def test_the_scan_reads_at_most_max_onnx_files_onnx_files(tmp_path):
+    """THREAT-MODEL: the static scan reads at most `MAX_ONNX_FILES` ONNX files a bundle (parsing each costs
+    memory and time); those past it are listed as not read, never credited."""
+    from sandbox.artifacts.onnx_graph import MAX_ONNX_FILES
+
+    graph = onnx_mlp()
+    files = {f"src/m{i:02d}.onnx": graph for i in range(MAX_ONNX_FILES + 2)}
+    found = scan_models(bento(tmp_path, [], files, name="many"))
+    unread = [a for a in found if "not read" in a.summary]
+    assert len(found) == MAX_ONNX_FILES + 2 and len(unread) == 2 and not any(a.is_deep_learning for a in unread)
+
+
 def test_an_empty_or_negative_shape_is_no_layer(tmp_path):
     """A deep-learning model needs two weight matrices holding values: a 1,000-value table beside an empty
     matrix, or a matrix of negative shape (which a shape's product would count as positive), is not one."""
@@ -575,8 +605,10 @@ def test_no_model_no_deep_learning_credit_and_a_lookup_is_flagged(ws, bike_spec,
     gate = next(g for g in card.gates if g.name == "suspected_lookup")
     assert not gate.passed and "SUSPECTED LOOKUP" in gate.detail and not card.passed
 
-    with pytest.raises(TestbedError, match="cannot be overridden"):
-        apply_review(card, overrides={"verdict": "trust me"})
+    for gate_name in ("verdict", "isolation", "error_rate", "consistent_under_load", "threshold:mase"):
+        assert gate_name in {g.name for g in card.gates}  # every other gate is final
+        with pytest.raises(TestbedError, match=f"gate.s. {gate_name} cannot be overridden"):
+            apply_review(card, overrides={gate_name: "trust me"})
     reviewed = apply_review(card, overrides={"suspected_lookup": "vendor showed it is a forecast"})
     gate = next(g for g in reviewed.gates if g.name == "suspected_lookup")
     assert gate.passed and gate.override and reviewed.review["overrides"]
@@ -736,6 +768,25 @@ def test_a_model_better_clean_and_under_every_scenario_never_ranks_below(bike_sp
     assert total_better >= total_worse  # a tie: the leaderboard lists the better primary metric first
     if better["clean"] <= 1 - bike_spec.criteria.full_credit_skill:  # where deep-learning fit is full
         assert robust_better >= robust_worse
+
+
+@pytest.mark.parametrize("p95, throughput, error_rate, clean, expected", [
+    (250.0, 50.0, 0.0, {"mase": 0.9, "smape": 40.0}, {"accuracy": 1.0, "latency": 1.0, "throughput": 1.0,
+                                                     "reliability": 1.0}),  # at the service level: full
+    (500.0, 25.0, 0.005, {"mase": 0.9, "smape": 50.0}, {"accuracy": 0.5, "latency": 0.5, "throughput": 0.5,
+                                                        "reliability": 0.995}),  # twice as slow, half as fast
+    (math.nan, 1e6, 0.0, {"mase": 1.1}, {"accuracy": 0.0, "latency": 0.0, "throughput": 1.0, "reliability": 1.0}),
+])
+def test_viability_credits_are_full_within_the_service_level_and_proportional_beyond(bike_spec, p95, throughput,
+                                                                                     error_rate, clean, expected):
+    """README, criterion 2: accuracy is the share of the pilot's thresholds met (bike: mase max 1.0, smape max
+    45); latency and throughput are full at or within the service level (p95 250 ms, 50 items/s) and proportional
+    beyond it (no latency measured: none); reliability is 1 - the error rate; viability is 100 × their mean."""
+    perf = {"error_rate": error_rate, "service_latency_ms": {"p95": p95},
+            "service_throughput_items_per_s": throughput}
+    parts = viability_parts(bike_spec, clean, [1.0], perf, 0.1)
+    assert {k: parts[k] for k in expected} == pytest.approx(expected)
+    assert parts["robustness"] == 1.0 and set(parts) == {*expected, "robustness"}
 
 
 def test_zero_error_is_perfect_not_zero():

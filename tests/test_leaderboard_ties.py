@@ -36,6 +36,20 @@ def test_the_reviewed_leaderboard_can_rank_the_same_way(bike_spec):
     assert [(r["submission"], r["rank"]) for r in ranked] == [("old", 1), ("new", 1), ("no", 3)]
 
 
+def test_an_altered_record_is_ranked_last_of_all(bike_spec):
+    """README: an altered record is ranked last. It kept its logged total (perhaps the altered number) and was
+    sorted among the failed runs by it: above genuine failures, rejected runs and runs of another spec."""
+    from evaluation.leaderboard import rank_rows
+
+    rows = [{"submission": s, "passed": p, "total_score": t, "mase": 0.5, "review": r, **extra}
+            for s, p, t, r, extra in [("altered", False, None, "ALTERED record", {"altered": True}),
+                                      ("failed", False, 60.0, "pending", {}), ("rejected", False, 95.0, "reject", {}),
+                                      ("old-spec", True, 80.0, "approve", {"spec_changed": True}),
+                                      ("good", True, 70.0, "approve", {})]]
+    ranked = rank_rows(bike_spec, rows, then=lambda r: (r["review"] == "reject",))
+    assert [r["submission"] for r in ranked] == ["good", "failed", "rejected", "old-spec", "altered"]
+
+
 def test_the_table_shows_the_totals_to_the_hundredth_they_are_ranked_on(bike_spec):
     """Three significant digits showed 59.99 (rank 2) as 60, the total of rank 1, and 85.65 as 85.67."""
     from rich.console import Console

@@ -425,9 +425,11 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
     run's metrics: an edited copy beside the submission changes nothing (the audit reports it), an edited record
     is refused, and a review trail cut back to an earlier decision is caught against the run's review tags."""
     from workflow.audit import audit_submission
+    from workflow.promote import Production
     from workflow.review import official_card
 
     tracker, sub, _, card = evaluated
+    ReviewBook(ws, tracker).record(tracker, sub.id, "approve", by="kim", note="ok", rubric=GOOD)
     before = reviewed_rows(bike_spec, tracker, ws)[0]
     copy = SubmissionStore(ws).report_dir(sub.id) / "scorecard.json"
     forged = json.loads(copy.read_text())
@@ -446,6 +448,11 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
         official_card(tracker, tracker.runs[card.mlflow_run_id])
     row = reviewed_rows(bike_spec, tracker, ws)[0]
     assert row["review"] == "ALTERED record" and not row["passed"] and row["rank"] == 1
+    assert row["altered"] and row["total_score"] is None  # the forged 99.0 is never shown, nor ranked on
+    prod = Production(ws)
+    prod.tracker, prod.book = tracker, ReviewBook(ws, tracker)  # the in-memory record
+    with pytest.raises(AuditError, match="disagrees with the run's metrics"):  # approved, yet never promoted
+        prod.approved(sub.id)
     shown = io.StringIO()  # its gates are not known: "unverified", not "rejected" (= failed a hard gate)
     Console(file=shown, width=400).print(leaderboard_table(bike_spec, [row]))
     assert "unverified" in shown.getvalue() and "rejected" not in shown.getvalue().split("rejected =")[0]
@@ -458,9 +465,9 @@ def test_decisions_read_the_record_never_the_copy_beside_the_submission(ws, eval
     book.record(tracker, sub.id, "reject", by="lee", note="no", rubric=GOOD)
     book.record(tracker, sub.id, "reject", by="park", note="still no", rubric=GOOD)
     trail = book.chain(sub.id).path
-    trail.write_text(trail.read_text().splitlines(keepends=True)[0])  # back to the approval, links intact
+    trail.write_text("".join(trail.read_text().splitlines(keepends=True)[:2]))  # back to an approval, links intact
     run = tracker.runs[card.mlflow_run_id]
-    with pytest.raises(AuditError, match="entry 3 .*testbed.review tags recorded, is not in the trail"):
+    with pytest.raises(AuditError, match="entry 4 .*testbed.review tags recorded, is not in the trail"):
         book.latest(sub.id, run)
     assert reviewed_rows(bike_spec, tracker, ws)[0]["review"] == "ALTERED record"
     with pytest.raises(AuditError):

@@ -2,6 +2,7 @@
 what killed harnesses left, hostile response bodies, and uid leases."""
 
 import contextlib
+import dataclasses
 import gzip
 import io
 import os
@@ -318,6 +319,23 @@ def test_what_the_service_writes_is_shown_as_its_own_text_never_as_terminal_code
     assert not any("\x1b" in line for line in ev.card.log_tail) and ev.card.verdict == "crashed"
 
 
+def test_a_log_cut_by_a_flood_says_how_much_was_left_out():
+    """A service printing megabytes pushes its own traceback out of the kept tail; nothing said the log was cut,
+    so an evaluator read the flood's end as all there was. The first line says how much came before."""
+    from sandbox.observe import OutputTail
+
+    read, write = os.pipe()
+    tail = OutputTail(read, keep=1000)
+    tail.start()
+    with os.fdopen(write, "wb") as pipe:
+        pipe.write(b"Traceback: the real error\n" + b"x" * 5000)
+    tail.join(5)
+    text = tail.text()
+    assert text.startswith("[the 4,026 bytes the service printed before these are left out]\n")
+    assert text.endswith("x" * 1000) and "Traceback" not in text
+    assert tail.text(100).startswith("[the 4,926 bytes") and tail.text(100).endswith("\n" + "x" * 100)
+
+
 def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_refused(monkeypatch):
     """Ray is asked for the sandbox's memory limit too (its `memory` resource), so the sandboxes it runs at once
     on a node never hold more than Ray counts there; a job larger than every live node is refused with the fix
@@ -358,6 +376,14 @@ def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_r
     with pytest.raises(ResourceUnavailable, match="8192 MB of memory, the largest Ray node has 6144 MB") as info:
         RayExecutor().submit(job(8192))
     assert "ray start --memory" in info.value.fix and "testbed check" in info.value.fix and len(placed) == 1
+    # README: a pilot's `resources.gpus` becomes the task's GPUs, which Ray places on a node that has them
+    assert placed[0]["num_gpus"] == 0
+    with pytest.raises(ResourceUnavailable, match="the largest Ray node has"):
+        RayExecutor().submit(dataclasses.replace(job(1024), gpus=1))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0,
+                                                                           "memory": 6.0 * gib}}])
+    RayExecutor().submit(dataclasses.replace(job(1024), gpus=1))
+    assert placed[-1]["num_gpus"] == 1 and placed[-1]["num_cpus"] == 1
 
 
 def test_a_phase_sent_in_parts_reads_as_one():

@@ -322,6 +322,9 @@ def test_gpu_runs_limit_writable_memory_not_address_space():
     assert f"--as={1 << 30}" in sandbox_command(paths, limits, 3)
     gpu = sandbox_command(paths, limits, 3, gpu=True)
     assert f"--data={1 << 30}" in gpu and not any(a.startswith("--as=") for a in gpu)
+    # README: CPU time bounded by RLIMIT_CPU (SIGXCPU at the limit, SIGKILL 5 s later), open files by RLIMIT_NOFILE
+    for command in (sandbox_command(paths, limits, 3), gpu):
+        assert "--cpu=10:15" in command and "--nofile=4096" in command and "--core=0" in command
 
 
 PETITIONS = yaml.safe_load((CATALOGUE_DIR / "petition-routing.yaml").read_text())

@@ -284,7 +284,8 @@ def reviewed_rows(spec: PilotSpec, tracker: Tracker, ws: Workspace) -> list[dict
             card = reviewed_card(official_card(tracker, run), review)
         except AuditError as exc:  # ranked last, with the reason: one altered record never hides the others
             warnings.warn(str(exc), stacklevel=2)
-            row |= {"review": ALTERED, "passed": False, "policy_fit": None, "provisional": True}
+            row |= {"review": ALTERED, "altered": True, "passed": False, "policy_fit": None, "provisional": True,
+                    "total_score": None}  # its logged total may be the altered number
             continue
         row["review"] = status
         row |= {c: card.criteria[c].score for c in ("deep_learning_fit", "viability", "policy_fit",
