@@ -130,7 +130,13 @@ class RayExecutor(_Closing):
                 raise ResourceUnavailable(f"could not join the Ray cluster: {str(exc).splitlines()[0][:300]}",
                                           where=f"RAY_ADDRESS={self.address}", fix=_CLUSTER_FIX) from None
         else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+            try:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+            except BaseException as exc:  # Ctrl-C, or SIGTERM through the handler ray.init sets: sys.exit(15)
+                _stop_local_start()
+                if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+                    raise KeyboardInterrupt from None  # said as an interruption, never a silent exit 15
+                raise
             self.started_local = True
         if threading.current_thread() is threading.main_thread():  # after ray.init, which sets its own
             signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
@@ -325,3 +331,15 @@ def _harness_failed(cause: BaseException, node: str) -> InfrastructureFailure:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else ""
+
+
+def _stop_local_start() -> None:
+    """The processes of a local Ray whose start was cut short (its GCS, raylet and agents), stopped now rather
+    than left to notice their driver is gone (about a minute)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001, S110 - nothing more to do for a start that never finished
+        pass
+

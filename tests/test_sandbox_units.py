@@ -336,6 +336,29 @@ def test_a_log_cut_by_a_flood_says_how_much_was_left_out():
     assert tail.text(100).startswith("[the 4,926 bytes") and tail.text(100).endswith("\n" + "x" * 100)
 
 
+@pytest.mark.parametrize("cut", [SystemExit(signal.SIGTERM), KeyboardInterrupt()])
+def test_a_local_ray_start_cut_short_stops_what_it_started_and_says_interrupted(monkeypatch, cut):
+    """SIGTERM while `ray.init` runs met the handler Ray sets (`sys.exit(15)`): the command ended silently with
+    exit 15 and the local node's agents lived on for a minute. The start is stopped, and the cut is an
+    interruption (`friendly` says so, exit 130)."""
+    import ray
+
+    from sandbox.executor import RayExecutor
+
+    stopped = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
+
+    def init(**kw):
+        raise cut
+
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(KeyboardInterrupt):
+        RayExecutor().connect()
+    assert stopped == [True]
+
+
 def test_a_ray_task_reserves_its_sandboxs_memory_and_one_no_node_could_hold_is_refused(monkeypatch):
     """Ray is asked for the sandbox's memory limit too (its `memory` resource), so the sandboxes it runs at once
     on a node never hold more than Ray counts there; a job larger than every live node is refused with the fix
