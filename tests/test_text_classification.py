@@ -320,8 +320,11 @@ def test_the_baseline_learns_from_every_public_split_whatever_its_name(spec, tmp
     public = {k for k, v in renamed.dataset.splits.items() if v.public}
     assert public == {"history", "sample"}
     expected = set(fam.load("history").ids) | set(fam.load("sample").ids)
-    assert set(fam._training.ids) == expected and len(fam._training.ids) == len(expected)
-    assert len(fam._training.texts) == len(fam._training.labels) == len(expected)
+    learnt = fam._training("test")
+    assert set(learnt.ids) == expected and len(learnt.ids) == len(expected)
+    assert len(learnt.texts) == len(learnt.labels) == len(expected)
+    # a check on the public sample: the baseline never learns the texts it is scored on
+    assert set(fam._training("sample").ids) == set(fam.load("history").ids)
 
 
 def test_a_time_column_written_another_way_reads_with_task_time_format(spec, tmp_path):

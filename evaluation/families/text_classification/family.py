@@ -115,7 +115,7 @@ class TextClassification(TaskFamily):
             raise SpecError(f"split {split!r} selects no rows of {self.data_path.name}", where=where,
                             fix="set the split's start/end inside the data's time range")
         if not self.spec.dataset.splits[split].public:
-            self._training  # noqa: B018 - the baseline's splits, read now: their mistakes stop the run before the bundle's
+            self._training(split)  # the baseline's splits, read now: their mistakes stop the run before the bundle's
         return data
 
     def inputs(self, data: Texts) -> list[str]:
@@ -233,13 +233,24 @@ class TextClassification(TaskFamily):
         self._baseline(data)  # the fit (seconds) is cached for the scoring
 
     def _baseline(self, data: Texts) -> np.ndarray:
-        return tfidf_baseline(self._training, data.texts, len(data.categories))
+        return tfidf_baseline(self._training(data.split), data.texts, len(data.categories))
 
     @functools.cached_property
-    def _training(self) -> Texts:
-        """What the baseline learns from: every public split, whatever its name (all that any vendor could learn
-        from), an id once; read once (by `ready_scoring`, beside the sandbox)."""
-        parts = [self.load(name) for name, split in self.spec.dataset.splits.items() if split.public]
+    def _learnt(self) -> dict[str, Texts]:
+        """`_training`'s answers, by the split scored."""
+        return {}
+
+    def _training(self, scored: str) -> Texts:
+        """What the baseline learns from to score split `scored`: every public split but that one, whatever their
+        names (all that any vendor could learn from), an id once; the sample alone where no other split is
+        public. Read once (by `ready_scoring`, beside the sandbox)."""
+        if scored not in self._learnt:
+            self._learnt[scored] = self._public_texts(scored)
+        return self._learnt[scored]
+
+    def _public_texts(self, scored: str) -> Texts:
+        public = [name for name, split in self.spec.dataset.splits.items() if split.public]
+        parts = [self.load(name) for name in [name for name in public if name != scored] or public]
         rows = {}  # id -> (text, label, time), the first split's
         for part in parts:
             for row in zip(part.ids, part.texts, part.labels, part.times, strict=True):
