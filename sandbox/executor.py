@@ -4,6 +4,7 @@ inside the sandbox that the task starts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -338,8 +339,6 @@ def _stop_local_start() -> None:
     than left to notice their driver is gone (about a minute)."""
     import ray
 
-    try:
+    with contextlib.suppress(Exception):  # nothing more to do for a start that never finished
         ray.shutdown()
-    except Exception:  # noqa: BLE001, S110 - nothing more to do for a start that never finished
-        pass
 
