@@ -125,13 +125,13 @@ def serve(pilot: str, host: str = typer.Option("127.0.0.1", "--host", help="Addr
     if not host.strip():  # the socket would listen on every interface: never what an empty value meant
         raise SpecError("--host is empty", where="--host", fix=local)
     try:  # fail before starting the sandbox when the address is taken
-        with socket.create_server((host, port)):
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.create_server((host, port), family=addresses[0][0]):  # IPv6 too (`--host ::1`)
             pass
-        addresses = socket.getaddrinfo(host, port)
     except OSError as exc:
-        taken = exc.errno == errno.EADDRINUSE
-        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})",
-                      fix="choose another --port" if taken else local) from None
+        fix = {errno.EADDRINUSE: "choose another --port",
+               errno.EACCES: "choose a --port of 1024 or more (lower ones need root)"}.get(exc.errno, local)
+        raise Refused(f"cannot listen on {host}:{port} ({exc.strerror})", fix=fix) from None
     if not all(ipaddress.ip_address(a[4][0].split("%")[0]).is_loopback for a in addresses):
         err.print(f"[bold yellow]warning:[/] --host {escape(host)} serves the API and /metrics beyond this machine; "
                   "put an authenticating proxy in front of it (the testbed's own is for loopback)")

@@ -114,6 +114,8 @@ class Proxy:
         """One call into the served bundle with `items` items; its answer checked (`_checked`)."""
         per_item = self.family.answer_bytes_per_item
         with served.lock:
+            if served.closing:  # replaced, refused or withdrawn since the request came in: never sent to it
+                return 503, error_body(f"version {served.version} was taken out of service; retry")
             served.inflight += 1
         try:
             status, out, _, error = served.channel.post(self.contract.route, body, "application/json",

@@ -139,10 +139,17 @@ class ProductionServer(Proxy, Watcher):
             raise
         if ready is None:
             tail = [line for line in service.log_tail(4000).splitlines() if line.strip()]
+            verdict, why = observed(service)  # read before the sandbox goes: caught while starting?
             service.stop()
             service.close()
-            raise Refused(f"version {ok.version} ({ok.submission.id}) did not become ready within "
-                          f"{r.startup_timeout_s} s in the sandbox: {tail[-1] if tail else 'no output'}",
+            if verdict == "sandbox_violation":  # as if caught while serving: never started again
+                self._violated[ok.version] = why
+                self.log(f"SANDBOX VIOLATION by version {ok.version} ({ok.submission.id}) while it started: {why}")
+                raise Refused(f"version {ok.version} was stopped while it started: {why}",
+                              fix="promote or roll back to another version; this server never starts it again")
+            when = f"within {r.startup_timeout_s} s" if service.stopped_by_us else "(it exited)"
+            raise Refused(f"version {ok.version} ({ok.submission.id}) did not become ready {when} in the sandbox: "
+                          f"{tail[-1] if tail else 'no output'}",
                           fix="check the bundle with `testbed check`; the previous state is kept")
         return Served(ok, service, schema)
 
@@ -210,7 +217,7 @@ def _listening(server: ProductionServer, host: str, port: int) -> Iterator[tuple
                 raise Refused(f"could not listen on {host}:{port}", fix="choose another --port")
             time.sleep(0.05)
         bound = web.servers[0].sockets[0].getsockname()
-        yield f"http://{host}:{bound[1]}", thread
+        yield f"http://{f'[{host}]' if ':' in host else host}:{bound[1]}", thread
     finally:
         web.should_exit = True
         thread.join(timeout=15)

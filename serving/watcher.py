@@ -171,6 +171,11 @@ class Watcher:
                 still = f"still serving version {current}" if served and not served.crashed else "nothing is served"
                 self.log(f"refusing to serve version {version}: {exc.problem}; {still}")
             return
+        if self._moved_meanwhile(version, moves):  # e.g. rolled back while it started: never served, not even briefly
+            new.close(drain_s=0)
+            self.log(f"version {version} started, but production moved while it did (or the server is stopping): "
+                     "not serving it; checking again")
+            return
         self._refused = None
         self._swap(new)
         if served and served.crashed and ok.version == current:
@@ -178,6 +183,15 @@ class Watcher:
         else:
             self.log(f"now serving {self.model} version {ok.version} ({ok.submission.id}), was "
                      f"{'version ' + current if current else 'nothing'}")
+
+    def _moved_meanwhile(self, version: str, moves: int) -> bool:
+        """Whether, since this check read them, the alias or the trail moved or the server began to stop (a
+        start takes seconds to minutes); True when the store cannot say."""
+        try:
+            return (self._stop.is_set() or self.production.current_version(self.pilot) != version
+                    or self._moves(strict=True) != moves)
+        except Exception:  # noqa: BLE001 - not known to be current: the next check decides
+            return True
 
     def _moves(self, strict: bool = False) -> int:
         """How many moves the production trail holds (it moved: a refused version is checked again); -1 when it

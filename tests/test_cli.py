@@ -86,6 +86,21 @@ def test_user_errors_are_clean(args, words):
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
+def test_serve_takes_an_ipv6_loopback_address(monkeypatch):
+    """The pre-check before the sandbox starts listened with IPv4 only: `--host ::1` was refused with a wrong
+    fix ("give an address of this machine"), though the server could listen there."""
+    import serving.server
+    from testbed.errors import Refused
+
+    def no_sandbox(*args, **kwargs):
+        raise Refused("the sandbox was about to start")
+
+    monkeypatch.setattr(serving.server, "ProductionServer", no_sandbox)
+    result = runner.invoke(app, ["serve", "bike-demand", "--host", "::1", "--port", str(free_port())])
+    assert result.exit_code == 2 and "about to start" in result.stderr, result.output
+    assert "beyond this machine" not in result.stderr  # ::1 is loopback
+
+
 def test_serve_on_a_taken_port_is_refused_before_the_sandbox_starts(monkeypatch):
     import socket
 

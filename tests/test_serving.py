@@ -521,6 +521,48 @@ def test_a_served_bundle_caught_trying_what_the_sandbox_forbids_is_stopped_and_n
     assert server.served is None and "forbidden system call" in server.reason and launched == ["1", "2", "3"]
 
 
+def test_a_version_rolled_back_while_it_started_is_never_served(ws):
+    """The watcher read the alias, started that version (seconds to minutes) and swapped it in whatever had
+    happened meanwhile: a rollback, another promotion or the server stopping. It checks again after the start;
+    what production no longer names is stopped, never served, and the version in service stays."""
+    from serving.proxy import Served
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=0)
+    started = []
+
+    def launch_while_rolled_back(ok):
+        launched.append(ok.version)
+        alias[0] = "1"  # the operator rolls back while version 2 starts
+        started.append(Served(ok, SandboxDouble()))
+        return started[-1]
+
+    server._launch = launch_while_rolled_back
+    alias[0] = "2"
+    server.check()
+    assert server.served.version == "1" and launched == ["1", "2"] and started[0].service.stopped
+    assert any("production moved while it did" in line for line in logs)
+    server._stop.set()  # a start that ends after the server was told to stop is not swapped in either
+    alias[0] = "3"
+    server._launch = lambda ok: launched.append(ok.version) or started.append(Served(ok, SandboxDouble())) or \
+        started[-1]
+    server.check()
+    assert server.served.version == "1" and started[-1].service.stopped
+
+
+def test_a_version_taken_out_of_service_gets_no_new_call(ws):
+    """A request that took hold of the served version before it was replaced (or refused, or withdrawn) and
+    reached a worker thread afterwards was still sent to it, and kept its drain busy: once it is closing it
+    gets a 503, never the bundle."""
+    server, alias, launched, logs = watched_server(ws)
+    served = server.served
+    sent = []
+    served.channel = SimpleNamespace(post=lambda *a, **kw: sent.append(a) or (200, b"[]", 0.0, ""),
+                                     close=lambda: None)
+    served.closing = True
+    status, body = server._call(served, b"{}", 1)
+    assert status == 503 and b"taken out of service" in body and not sent and served.inflight == 0
+
+
 def test_a_registry_that_fails_keeps_the_version_in_service(ws):
     """The tracking store failing (a 503) read as "no production alias", and the watcher withdrew the version in
     service. It raises now: the watcher says it will retry and serves on."""
@@ -599,6 +641,40 @@ def test_a_launch_that_fails_midway_leaves_no_sandbox_behind(ws, monkeypatch):
     with pytest.raises(RuntimeError, match="no sandbox uid"):
         serving.server.ProductionServer._launch(server, server.served.ok)
     assert seen == ["start", "stop", "close"]
+
+
+def test_a_version_caught_trying_the_forbidden_while_it_starts_is_never_started_again(ws, monkeypatch):
+    """Only the version in service was checked for violations: one that tried the network while starting, and
+    died, was refused as "did not become ready" and its code run again every `recheck_s`. It is marked as a
+    violation, said so, and the watcher never starts it again."""
+    import serving.server
+
+    starts = []
+
+    class Violating(SandboxDouble):
+        def __init__(self, *args, **kw):
+            super().__init__()
+            self.stopped_by_us = False
+
+        def start(self):
+            starts.append(1)
+            self.network["TcpActiveOpens"] = 1  # tried the network, then exited
+            self.status = 1
+
+        def wait_ready(self, timeout):
+            return None
+
+    server, alias, launched, logs = watched_server(ws, recheck_s=0)
+    monkeypatch.setattr(serving.server, "SandboxedService", Violating)
+    monkeypatch.setattr(serving.server.ProductionServer, "_environment", lambda self, ok: (None, b"{}"))
+    server._launch = lambda ok: serving.server.ProductionServer._launch(server, ok)
+    alias[0] = "2"
+    server.check()
+    assert server.served.version == "1" and starts == [1] and "tried to reach the network" in server._violated["2"]
+    assert any("SANDBOX VIOLATION by version 2" in line and "while it started" in line for line in logs)
+    server.check()
+    server.check()
+    assert starts == [1] and server.served.version == "1"  # never run again; version 1 stays in service
 
 
 def test_a_bundle_that_answers_nothing_for_two_timeouts_is_stopped_and_started_again(ws):
