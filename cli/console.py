@@ -23,8 +23,9 @@ __all__ = ["out", "err", "friendly", "emit_json", "warn_unsafe", "warn_replaced"
 
 PATH_SETTINGS = ("TESTBED_HOME", "BENTOML_HOME", "TESTBED_ENVS_DIR", "TESTBED_DATA_DIR", "TESTBED_PILOTS_DIR")
 """Environment variables naming folders: a path under one that cannot be used names the variable."""
-out = Console(width=None if Console().is_terminal else 160)  # logs and pipes get full lines, not 80 columns
-err = Console(stderr=True)
+# emoji off: a `:code:` in a vendor's or pilot's text is shown as written, never as an emoji (names stay verbatim)
+out = Console(width=None if Console().is_terminal else 160, emoji=False)  # logs and pipes: full lines, not 80
+err = Console(stderr=True, emoji=False)
 _show_warning = warnings.showwarning
 
 

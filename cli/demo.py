@@ -127,12 +127,12 @@ def _review_promote_serve(out: Console, ws: Workspace, tracker: MlflowTracker, p
     try:
         prod.promote(reference.submission, by="demo-operator")
     except Refused as why:
-        out.print(f"promotion of {reference.submission} refused: {why.problem}")
+        out.print(f"promotion of {reference.submission} refused: {escape(why.problem)}")
 
     fam = open_family(spec, ws.data_dir)
     inputs = fam.inputs(fam.load("sample"))
     names = list(fam.contract.inputs)
-    server = ProductionServer(ws, pilot, poll_s=0.5, log=lambda line: out.print(f"[dim]serve: {line}[/]"))
+    server = ProductionServer(ws, pilot, poll_s=0.5, log=lambda line: out.print(f"[dim]serve: {escape(line)}[/]"))
     with running(server) as url:
         client = bentoml.SyncHTTPClient(url)
         sent = 20

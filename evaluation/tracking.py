@@ -111,10 +111,10 @@ class MlflowTracker:
             self.client.log_artifact(run_id, str(bundle), "bento")
             if card.evaluation == "official":
                 self._register(run_id, card)
+            self.client.set_terminated(run_id, status="FINISHED")
         except BaseException:  # Ctrl-C too: a run left RUNNING would look half-done for ever
             self.fail(run_id)
             raise
-        self.client.set_terminated(run_id, status="FINISHED")
 
     def fail(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FAILED")
@@ -139,12 +139,24 @@ class MlflowTracker:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         known = every_page(self.client.search_model_versions, f"name='{name}'")
-        if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256 for v in known):
-            return  # one registered version per bundle hash, however often the bytes are evaluated
+        if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256 and self._finished(v.run_id)
+               for v in known):
+            return  # one registered version per bundle hash, however often the bytes are evaluated; one whose
+            # run never finished (cut short after registering) does not count: this run gets its own
         source = f"{self.client.get_run(run_id).info.artifact_uri}/bento"
         self.client.create_model_version(name, source=source, run_id=run_id, tags={
             "testbed.submission": card.submission, "testbed.verdict": card.verdict,
             "testbed.passed": str(card.passed).lower(), "testbed.bundle_sha256": card.bundle_sha256})
+
+    def _finished(self, run_id: str | None) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return bool(run_id) and self.client.get_run(run_id).info.status == "FINISHED"
+        except MlflowException as exc:
+            if absent(exc):  # its run deleted: it counts for nothing
+                return False
+            raise
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

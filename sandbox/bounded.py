@@ -16,7 +16,8 @@ it then would not install), what uv added to its cache is removed: the wheels it
 uv unpacked, never by the names a wheel gives itself, and by `rm -rf` (a wheel's folders may nest deeper than
 Python's recursion). Each of a command's processes has `MAX_BUILD_MEMORY_BYTES` of data segment (`RLIMIT_DATA`):
 compiling a long list literal takes ~400 bytes of memory per byte of source (a 10 KB wheel's 9.5 MiB module
-took 3.7 GiB); one that ran out is refused naming the bound.
+took 3.7 GiB); one that ran out is refused naming the bound. A command that failed with the disk full after writing
+(nearly) all that was free when it started filled it itself (`FILLED`): refused too, not the machine's failure.
 
     budget = Budget()
     problem, returncode, output = run_bounded([uv, "pip", "install", ...], env, budget, uv=uv, tree=target)
@@ -60,6 +61,11 @@ UV_OUT_OF_THREADS = "failed to initialize global rayon pool"
 """What uv panics with when its install threads cannot get their stacks within the bound."""
 POLL_S = 0.25
 """How often a running command's bytes written are read."""
+FILLED = 0.9
+"""A command that failed with the disk full (or over quota) filled it itself when it wrote at least this share of
+what was free when it started: the bundle's failure (its packages need more disk than the node has), not the
+machine's, which a campaign would retry for ever."""
+DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 class Budget:
@@ -81,7 +87,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
     before = _unpacked(cache)
     if uv:
         budget.uv_cache = (uv, cache, before)
-    memory = _memory_bound()
+    memory, free = _memory_bound(), _free([p for p in (tree, cache) if p is not None])
     prlimit = shutil.which("prlimit")  # it sets the bound on itself, then execs the command (the same process)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([prlimit, f"--data={memory}", *cmd] if prlimit else cmd, stdout=log,
@@ -102,6 +108,10 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
         if not problem and proc.returncode != 0 and _out_of_memory(output):
             problem = (f"need more than {memory >> 20} MiB of memory in one process while they are installed (a "
                        "small wheel can hold a module whose bytecode takes gigabytes to compile); stopped there")
+        if not problem and proc.returncode != 0 and free is not None and written >= FILLED * free and \
+                any(words in output for words in DISK_FULL):
+            problem = (f"fill this node's disk: they wrote {written >> 20} MiB where {free >> 20} MiB were free when "
+                       "the command started (an environment must fit in what a node has free); stopped there")
         if not problem and tree is not None and _entries(tree) > MAX_BUILD_ENTRIES:
             problem = (f"unpack to more than {MAX_BUILD_ENTRIES:,} files and folders (empty folders take disk and "
                        "inodes that a wheel's size does not show)")
@@ -110,6 +120,17 @@ def run_bounded(cmd: list[str], env: dict[str, str], budget: Budget, *, uv: str 
         elif problem and budget.uv_cache is not None:  # e.g. the bytecode of what uv installed, past a bound
             _forget(budget.uv_cache[0], env, *budget.uv_cache[1:], stopped=True)
         return problem, proc.returncode, output
+
+
+def _free(paths: list[Path]) -> int | None:
+    """The fewest bytes free on the file systems of `paths` (each at its nearest folder that exists); None: unknown."""
+    free = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            free.append(shutil.disk_usage(path).free)
+    return min(free, default=None)
 
 
 def _memory_bound() -> int:

@@ -19,6 +19,7 @@ import posixpath
 import select
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class Evidence:
     raises `InfrastructureFailure` for it after a run)."""
     pid_limit_hits: int = 0
     """Forks refused at the pids cgroup's limit."""
+    memory_over_mb: float = 0
+    """Without a memory cgroup: MiB the sandbox held (its processes' proportional share, its `/tmp` and
+    `/dev/shm`) when the harness stopped it for holding more than its memory limit (0: it never did)."""
     oversize: list[str] = field(default_factory=list)
     """Responses the harness cut at the size cap."""
     opened: list[str] | None = None
@@ -116,11 +120,14 @@ def network_counters(pid: int) -> dict[str, int]:
 
 class Watch(threading.Thread):
     """Samples the sandbox every 0.2 s: its network counters (from a process inside its network namespace)
-    and, without a memory cgroup, the resident memory of its process tree."""
+    and, without a memory cgroup, the memory it holds: its processes' proportional share of their resident pages
+    (a page shared by forks counted once in all) and what its `/tmp` and `/dev/shm` hold. Past `limit` bytes
+    it calls `over` once (which stops the sandbox), having noted what it held (`over_limit`)."""
 
-    def __init__(self, pid: int, sample_memory: bool):
+    def __init__(self, pid: int, sample_memory: bool, limit: int = 0, over: Callable[[], object] | None = None):
         super().__init__(daemon=True)
         self.pid, self.sample_memory, self.peak, self.stop = pid, sample_memory, 0, threading.Event()
+        self.limit, self.over, self.over_limit = limit, over, 0
         self.network: dict[str, int] = {}
         self._inside: int | None = None
         self._own_ns = _netns(os.getpid())
@@ -137,15 +144,36 @@ class Watch(threading.Thread):
             for key, value in network_counters(self._inside).items():
                 self.network[key] = max(value, self.network.get(key, 0))
         if self.sample_memory:
-            rss = 0
-            for proc in tree:
-                with contextlib.suppress(psutil.Error):
-                    rss += proc.memory_info().rss
-            self.peak = max(self.peak, rss)
+            held = sum(_proportional(proc) for proc in tree) + self._tmpfs_used()
+            self.peak = max(self.peak, held)
+            if self.limit and held > self.limit and not self.over_limit:
+                self.over_limit = held
+                if self.over is not None:
+                    self.over()
+
+    def _tmpfs_used(self) -> int:
+        """Bytes the sandbox's own `/tmp` and `/dev/shm` hold (seen through a process inside it; 0 where none is)."""
+        used = 0
+        for mount in ("tmp", "dev/shm") if self._inside is not None else ():
+            with contextlib.suppress(OSError):
+                st = os.statvfs(f"/proc/{self._inside}/root/{mount}")
+                used += (st.f_blocks - st.f_bfree) * st.f_frsize
+        return used
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
             self.sample()
+
+
+def _proportional(proc: psutil.Process) -> int:
+    """A process's proportional set size (each resident page divided among the processes sharing it), or its
+    resident size where the kernel will not say."""
+    with contextlib.suppress(psutil.Error):
+        try:
+            return proc.memory_full_info().pss
+        except (psutil.AccessDenied, AttributeError):
+            return proc.memory_info().rss
+    return 0
 
 
 def _netns(pid: int) -> int | None:

@@ -58,6 +58,10 @@ def classify(*, returncode: int | None, timed_out: bool, stopped_by_us: bool, ev
     if ev.oom_kills:
         return "resource_limit", (f"memory limit reached: the kernel stopped {ev.oom_kills} process(es) in the "
                                   "sandbox's memory cgroup")
+    if ev.memory_over_mb:
+        return "resource_limit", (f"memory limit reached: the sandbox held {ev.memory_over_mb:,.0f} MiB (its "
+                                  "processes, /tmp and /dev/shm together), more than its limit, and was stopped "
+                                  "(no memory cgroup on this host: sampled every 0.2 s)")
     if ev.pid_limit_hits:
         return "resource_limit", (f"process limit reached: {ev.pid_limit_hits} fork(s) refused by the sandbox's "
                                   "pids cgroup")

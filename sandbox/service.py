@@ -132,7 +132,8 @@ class SandboxedService:
         self._output, self._reports = OutputTail(out_r), Reports(rep_r, self.forbidden)
         self._output.start()
         self._reports.start()
-        self._watch = Watch(self.proc.pid, sample_memory=not (self._cgroups and self._cgroups.available))
+        self._watch = Watch(self.proc.pid, sample_memory=not (self._cgroups and self._cgroups.available),
+                            limit=self.limits.memory_mb << 20, over=lambda: self._terminate(signal.SIGKILL))
         self._watch.start()
         try:  # a refused archive: the pipe closes with no tag, and the service exits without loading anything
             tag = self._import()
@@ -296,7 +297,8 @@ class SandboxedService:
 
     @property
     def peak_rss_mb(self) -> float:
-        """Peak memory: the memory cgroup's high-water mark (shared pages once), else sampled RSS."""
+        """Peak memory: the memory cgroup's high-water mark (shared pages once), else the sampled peak of what the
+        sandbox held (`Watch`: its processes' proportional share, its /tmp and /dev/shm)."""
         if self._cgroups and self._cgroups.available:
             return self._cgroups.peak_memory_bytes() / 2**20
         return (self._watch.peak if self._watch else 0) / 2**20
@@ -333,6 +335,7 @@ class SandboxedService:
                         harness_paths=list(self._reports.hits) if self._reports else [],
                         oom_kills=cg.oom_kills() if cg else 0, host_oom_kills=cg.host_oom_kills() if cg else 0,
                         pid_limit_hits=cg.pid_limit_hits() if cg else 0,
+                        memory_over_mb=self._watch.over_limit / 2**20 if self._watch else 0,
                         opened=None if opened is None else [self._member(p) for p in opened])
 
     def _member(self, path: str) -> str:

@@ -8,7 +8,7 @@ import re
 
 from rich.markup import escape
 
-__all__ = ["hidden", "printable", "cell"]
+__all__ = ["blank", "hidden", "printable", "cell"]
 
 _HIDDEN = re.compile(
     "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
@@ -22,6 +22,11 @@ def hidden(text: str) -> bool:
     """Whether `text` holds a control or formatting character (a line break too): a name that must read as one
     plain line cannot."""
     return _HIDDEN.search(text) is not None
+
+
+def blank(text: str) -> bool:
+    """Whether `text` says nothing: only white space and control or formatting characters (a zero-width space)."""
+    return not _HIDDEN.sub("", text).strip()
 
 
 def printable(text: str) -> str:

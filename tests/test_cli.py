@@ -157,15 +157,17 @@ def test_square_brackets_in_a_pilots_texts_are_shown_as_written(tmp_path, monkey
     from workflow.catalogue import get_pilot
 
     spec = yaml.safe_load((CATALOGUE_DIR / "bike-demand.yaml").read_text())
-    spec.update(id="bike-brackets", department="Transport Office [/b]", policy_goals=["Reach every station [KPI 3]"])
+    spec.update(id="bike-brackets", department="Transport Office [/b] :thumbs_up:",
+                policy_goals=["Reach every station [KPI 3] :white_check_mark:"])
     spec["title"]["en"] = "Bikes [pilot 2]"
     (tmp_path / "bike-brackets.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
     monkeypatch.setenv("TESTBED_PILOTS_DIR", str(tmp_path))
     for args in (["pilots", "list"], ["pilots", "show", "bike-brackets"]):
         result = runner.invoke(app, args, terminal_width=200)
         assert result.exit_code == 0, result.output
-        assert "Bikes [pilot 2]" in result.stdout and "Transport Office [/b]" in result.stdout, result.stdout
-    assert "Reach every station [KPI 3]" in result.stdout
+        assert "Bikes [pilot 2]" in result.stdout and "Transport Office [/b] :thumbs_up:" in result.stdout, \
+            result.stdout
+    assert "Reach every station [KPI 3] :white_check_mark:" in result.stdout  # as written: no markup, no emoji
     from rich.console import Console
 
     console = Console(record=True, width=200)

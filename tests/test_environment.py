@@ -270,6 +270,35 @@ def test_a_declared_package_cannot_fill_the_hosts_disk(tmp_path, monkeypatch, po
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small file system (CI runs as root)")
+def test_a_declared_package_that_fills_the_disk_by_itself_is_the_bundles_failure(tmp_path, monkeypatch):
+    """A node with less free disk than the write bound: a wheel unpacking past what is free filled the disk,
+    and uv's "No space left on device" read as the machine's failure, which a campaign retries and which leaves the
+    submission without a verdict for ever. A build that wrote (nearly) all that was free when it started filled
+    the disk itself: the bundle is refused naming its packages, and what it unpacked is removed."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
+    try:
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        bomb = _wheel(wheels, "testbeddiskfill", {"testbeddiskfill.py": "VALUE = 1\n"})
+        with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as whl, whl.open("testbeddiskfill/w.bin", "w") as out:
+            for _ in range(96):
+                out.write(bytes(1 << 20))
+        monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+        monkeypatch.setenv("UV_NO_INDEX", "1")
+        monkeypatch.setenv("UV_CACHE_DIR", str(small / "uv-cache"))
+        env = PythonEnvironment(("testbeddiskfill==0.1",), small / "envs")
+        with pytest.raises(BundleError, match="testbeddiskfill") as exc:
+            env.ensure()
+        assert "fill this node's disk" in str(exc.value), str(exc.value)
+        assert not env.ready and not list((small / "uv-cache").glob("archive-v*/*"))  # its unpacking removed
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.slow
 def test_a_declared_package_of_empty_folders_or_bloated_bytecode_is_refused(tmp_path, monkeypatch):
     """Bytes written are not all a package costs the host: a 2 MB wheel of 20,000 empty folders took 165 MB and
     40,000 inodes, and constant folding made a module's bytecode hundreds of times its source, both unbounded.

@@ -288,3 +288,36 @@ def test_in_mlflow_a_missing_artifact_is_named_and_a_relogged_metric_caught(ws, 
     report = audit_submission(sub.id, ws=ws, tracker=tracker)
     assert {"artifact scorecard.json", "artifact predictions.npz"} <= names(report)
     assert np.all([c.ok for c in report.checks if c.name in ("bundle sha256", "pilot spec sha256")])
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_after_registering_its_bundle_leaves_the_next_official_run_its_own_version(
+        ws, bike_spec, fake_bento):
+    """An evaluation stopped (Ctrl-C, the store failing) after its bundle was registered but before its run was
+    FINISHED left the registry's one version for that bundle naming the FAILED run, with its verdict: the official
+    run that followed found the hash registered and added none, so promotion served a version of a run that does
+    not count. A version counts only when its run finished."""
+    from evaluation.tracking import MlflowTracker, registered_model_name
+
+    tracker = MlflowTracker(ws)
+    real, cut = tracker.client.set_terminated, []
+
+    def cut_short(run_id, status=None, **kw):
+        if status == "FINISHED" and not cut:
+            cut.append(run_id)
+            raise KeyboardInterrupt
+        return real(run_id, status=status, **kw)
+
+    tracker.client.set_terminated = cut_short
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(ws, bike_spec, fake_bento, tracker)
+    assert tracker.client.get_run(cut[0]).info.status == "FAILED"
+    sub, card = evaluate(ws, bike_spec, fake_bento, tracker)
+    assert card.mlflow_run_id != cut[0]
+    versions = tracker.client.search_model_versions(f"name='{registered_model_name('bike-demand')}'")
+    assert card.mlflow_run_id in [v.run_id for v in versions if v.tags["testbed.bundle_sha256"] == card.bundle_sha256]
+    again = evaluate_bundle(bike_spec, SubmissionStore(ws).bundle(sub.id), sub.vendor, executor=FakeSandbox(last_day),
+                            ws=ws, tracker=tracker, out_dir=ws.home / "again", submission=sub.id,
+                            reevaluate="harness upgrade").card
+    assert again.evaluation != "official"
+    assert len(tracker.client.search_model_versions(f"name='{registered_model_name('bike-demand')}'")) == 2

@@ -273,7 +273,8 @@ def test_score_flags_and_rubric_resolution(bike_spec):
                                         ("1=5:x", "score '5' of goal 1 is not a whole number from 0 to 4"),
                                         pytest.param("1=" + "9" * 5000 + ":x", "of goal 1 is not a whole number",
                                                      id="5000 digits"),
-                                        ("1=3", "no justification"), ("1=3:  ", "no justification")])
+                                        ("1=3", "no justification"), ("1=3:  ", "no justification"),
+                                        ("1=3:\u200b", "no justification")])
 def test_a_score_flag_out_of_range_or_without_justification_says_which(flag, says):
     """`--score 1=-1:...` or `1=4.5:...` (a score out of range) and `1=3` (no justification) were all 'cannot read',
     with the format the evaluator had followed as the fix: the message says what is wrong with the flag."""
@@ -397,11 +398,18 @@ def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated,
                            "passed in this evaluation: there is nothing to override"),
                           ({"confirmed_claims": ["startup", "startup"]}, "names startup more than once"),
                           ({"scores": [{**g, "goal": True} for g in GOOD]}, "unknown policy goal True"),
-                          ({"scores": [{**g, "score": True} for g in GOOD]}, "score")):
+                          ({"scores": [{**g, "score": True} for g in GOOD]}, "score"),
+                          ({"scores": [{**g, "justification": " \u200b "} for g in GOOD]}, "justification is blank"),
+                          ({"overrides": [{"gate": "suspected_lookup", "justification": "  "}]},
+                           "justification is blank")):
         rubric.write_text(yaml.safe_dump({"scores": GOOD, **mistake}))
         result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
                                          str(rubric)])
         assert result.exit_code == 2 and says in result.stderr and "Traceback" not in result.output, result.output
+    rubric.write_text(yaml.safe_dump({"scores": GOOD}))
+    result = runner.invoke(cli.app, ["review", "reject", sub.id, "--by", "kim", "--note", "\u200b", "--rubric",
+                                     str(rubric)])
+    assert result.exit_code == 2 and "needs a note" in result.stderr, result.output
     assert ReviewBook(ws).history(sub.id) == []  # nothing recorded by a refused review
     rubric.write_text(yaml.safe_dump({"scores": GOOD, "confirmed_claims": ["seoul_based"]}))
     result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
@@ -616,9 +624,9 @@ def test_ctrl_c_while_the_trails_line_is_written_keeps_the_review_and_its_mirror
     request.addfinalizer(functools.partial(signal.signal, signal.SIGINT,
                                            signal.signal(signal.SIGINT, signal.default_int_handler)))
     tracker, sub, _, card = evaluated
-    interrupting = SimpleNamespace(**{n: getattr(os, n) for n in ("write", "lseek", "read", "open", "close",
-                                                                   "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY",
-                                                                   "O_NONBLOCK", "SEEK_SET", "fstat", "set_blocking")})
+    interrupting = SimpleNamespace(**{n: getattr(os, n) for n in (
+        "write", "lseek", "read", "open", "close", "O_RDWR", "O_APPEND", "O_CREAT", "O_RDONLY", "O_NONBLOCK",
+        "SEEK_SET", "SEEK_END", "fstat", "set_blocking", "ftruncate")})
     main = threading.main_thread().ident  # delivered there, during the write, whichever threads the process has
     interrupting.fsync = lambda fd: (signal.pthread_kill(main, signal.SIGINT), os.fsync(fd))
     monkeypatch.setattr("workflow.ledger.os", interrupting)
@@ -1190,6 +1198,14 @@ def test_the_trail_cannot_choose_its_mirror_and_a_write_cut_short_is_taken_back_
     monkeypatch.undo()
     assert run.tags["testbed.review.seq"] == "1" and run.tags["testbed.review"] == "reject"  # taken back
     assert len(trail.read_text().splitlines()) == 1
+    before, write = trail.read_bytes(), os.write
+    for name, broken in (("write", lambda fd, data: write(fd, data[:40])),  # a part of the line, then the disk full
+                         ("fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))):
+        monkeypatch.setattr(os, name, broken)  # the line (or part of it) is on disk when the error comes
+        with pytest.raises(AuditError, match="could not be written"):
+            book.record(tracker, sub.id, "approve", by="lee", note="fine", rubric=GOOD)
+        monkeypatch.undo()
+        assert trail.read_bytes() == before and run.tags["testbed.review.seq"] == "1"  # all or nothing
 
     tracker.tag(run.run_id, {"testbed.review.seq": "2", "testbed.review.hash": "ab" * 32})  # killed in between
     with pytest.raises(CutShort, match="entry 2, which .* was never written"):

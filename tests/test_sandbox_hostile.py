@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -93,6 +94,23 @@ def test_limits_bound_the_host(built):
     memfd = run_job(job(built("hostile_memory"), "/hog", [{"kind": "memfd", "mb": 3 * LIMITS.memory_mb}]))
     assert memfd.verdict == "resource_limit" and "memory" in memfd.reason
     assert memfd.peak_rss_mb <= LIMITS.memory_mb + 1 and memfd.limits["memory"].startswith("cgroup")
+
+
+def test_without_cgroups_the_sandbox_is_stopped_once_it_holds_more_than_its_memory_limit(built, monkeypatch):
+    """Where cgroups are unavailable (not root, cgroup v2 only) each process has its address-space rlimit, and
+    forks could hold that many times over: the harness samples what the sandbox holds (its processes'
+    proportional share, pages shared by forks once) and stops it past its limit, a `resource_limit` verdict,
+    never a death the machinery would be blamed (and retried) for. Forks sharing their pages still pass."""
+    from sandbox.host import Cgroups
+
+    monkeypatch.setattr(Cgroups, "available", property(lambda self: False))
+    limits = replace(LIMITS, memory_mb=3072)
+    apart = run_job(job(built("hostile_memory"), "/hog", [{"kind": "forks_apart", "mb": 1024}], limits=limits))
+    assert apart.limits["memory"].startswith("rlimit"), apart.limits
+    assert apart.verdict == "resource_limit" and "held" in apart.reason and "stopped" in apart.reason, apart.reason
+    shared = run_job(job(built("hostile_memory"), "/hog", [{"kind": "shared_forks", "mb": 400}], limits=limits))
+    assert shared.verdict == "completed" and answers(shared) == [{"children": 8, "block_mb": 400}], shared.reason
+    assert 400 < shared.peak_rss_mb < 3072  # a per-process RSS sum says ~5000
 
 
 def test_the_harness_cannot_be_knocked_over(built):

@@ -484,6 +484,38 @@ def test_an_oom_kill_at_the_sandboxs_own_memory_limit_is_the_bundles(tmp_path, m
     assert verdict == "resource_limit" and "memory limit reached" in reason
 
 
+def test_without_a_memory_cgroup_what_the_processes_hold_together_is_watched_and_stopped_past_the_limit():
+    """Without cgroups each process has only its own address-space rlimit: forks holding 80 MiB each pass it, but
+    together (240 MiB) pass a 150 MiB limit. The watch stops them once (the sandbox's processes killed) and the
+    verdict is `resource_limit`, not a crash, nor a host OOM the machinery would be blamed for."""
+    from sandbox.observe import Watch
+    from sandbox.runner import classify
+
+    hold = ("import os, time\n"
+            "for _ in range(3):\n"
+            "    if os.fork() == 0:\n"
+            "        block = bytearray(80 << 20)\n"
+            "        block[::4096] = b'\\1' * len(block[::4096])\n"
+            "        time.sleep(30)\n"
+            "        os._exit(0)\n"
+            "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", hold], start_new_session=True)
+    stopped = []
+    watch = Watch(proc.pid, sample_memory=True, limit=150 << 20,
+                  over=lambda: stopped.append(True) or os.killpg(proc.pid, signal.SIGKILL))
+    watch.start()
+    try:
+        proc.wait(timeout=20)
+    finally:
+        watch.stop.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert stopped == [True] and watch.over_limit > 150 << 20 and watch.peak >= watch.over_limit
+    verdict, reason = classify(returncode=-9, timed_out=False, stopped_by_us=False, isolated=False,
+                               evidence=Evidence(memory_over_mb=watch.over_limit / 2**20))
+    assert verdict == "resource_limit" and "memory limit reached" in reason and "MiB" in reason
+
+
 def test_an_oom_kill_while_the_sandbox_stayed_under_its_limit_is_the_machinerys(tmp_path, monkeypatch):
     """The kernel's `oom_kill` counts the group's processes "killed by any kind of OOM killer": the host's own,
     out of memory as a whole, or a group's above the sandbox's (measured: a process of a group limited to 512 MiB

@@ -30,7 +30,7 @@ import os
 import stat
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,15 +205,17 @@ class _Transaction:
         line = (json.dumps(entry, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
         if self._ctrl_c is None:  # from the write to the lock's release: a Ctrl-C must not undo the mirror then
             self._ctrl_c = self._deferred.enter_context(_ctrl_c_deferred())
+        size = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "written in part")
             os.fsync(self._fd)
-        except OSError as exc:
+        except OSError as exc:  # all or nothing: the caller undoes the mirror, so the line goes too
+            with suppress(OSError):
+                os.ftruncate(self._fd, size)
             raise AuditError(f"the entry could not be written ({exc.strerror or exc})", where=str(self.chain.path),
                              fix="free disk space (or fix the folder's permissions), then retry") from None
-        if written != len(line):
-            raise AuditError("the entry could not be written whole (disk full?)", where=str(self.chain.path),
-                             fix="free disk space, then remove the incomplete last line by hand and retry")
         self.entries.append(entry)
         return entry
 

@@ -22,6 +22,7 @@ from evaluation.tracking import RunRecord, Tracker, disagreements
 from pilots.spec import PilotSpec
 from testbed.config import Workspace
 from testbed.errors import AuditError, Refused, SpecError
+from testbed.text import blank
 from workflow.catalogue import get_pilot
 from workflow.ledger import Anchor, AuditChain
 from workflow.rubric import (
@@ -166,7 +167,7 @@ class ReviewBook:
             raise AuditError(mismatch, where=f"MLflow run {run.run_id}",
                              fix="restore the run's tags from a backup; `testbed audit` shows what differs")
         by, note = person_name(by, "--by"), note.strip()
-        if not note:
+        if blank(note):
             raise SpecError("a review needs a note", where="--note", fix='give --note "why" (kept in the audit trail)')
         if same_person(by, sub.vendor.name):
             raise Refused(f"{by} is the vendor of {sub.id}: a vendor cannot review its own submission",

@@ -8,11 +8,11 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from evaluation.decisions import RUBRIC_MAX
 from testbed.errors import SpecError
-from testbed.text import hidden
+from testbed.text import blank, hidden
 from testbed.yamlio import load_model, repeated, validation_error
 
 __all__ = ["Claim", "Decision", "GoalScore", "Override", "RubricFile", "resolve_rubric", "parse_score_flags",
@@ -26,6 +26,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+def _said(text: str) -> str:
+    """A justification that says something (white space or a zero-width space alone does not)."""
+    if blank(text):
+        raise ValueError("the justification is blank: say why, in words (kept in the audit trail)")
+    return text
+
+
 class GoalScore(_Model):
     goal: str
     """One of the pilot's Seoul policy goals, exactly as the spec words it."""
@@ -34,6 +41,8 @@ class GoalScore(_Model):
     justification: str = Field(min_length=1, max_length=2000)
     """Why this score: what in the evidence (scorecard, equity across groups, vendor material) supports it."""
 
+    _justified = field_validator("justification")(_said)
+
 
 class Override(_Model):
     gate: str = Field(min_length=1)
@@ -41,6 +50,8 @@ class Override(_Model):
     public truth) takes an override; every other gate is final."""
     justification: str = Field(min_length=1, max_length=2000)
     """Why the evaluator judges the gate's finding not to disqualify the submission."""
+
+    _justified = field_validator("justification")(_said)
 
 
 class RubricFile(_Model):
@@ -107,7 +118,7 @@ def parse_score_flags(flags: list[str]) -> list[dict]:
             raise SpecError(f"score {score!r} of goal {goal} is not a whole number from 0 to {RUBRIC_MAX}",
                             where="--score", fix=f"score each goal 0 (does not serve it) to {RUBRIC_MAX} (fully "
                                                  f"serves it), {example}")
-        if not why:
+        if blank(why):
             raise SpecError(f"the score of goal {goal} has no justification", where="--score",
                             fix=f"write GOAL=SCORE:JUSTIFICATION (SCORE 0–{RUBRIC_MAX}), {example}")
         items.append({"goal": goal, "score": int(score), "justification": why})

@@ -1,5 +1,5 @@
 """Hostile test bundle: memory the address-space limit does not see (memfd), the /tmp filesystem's inodes, and
-forks sharing their pages (which a per-process RSS sum counts many times)."""
+forks sharing their pages (which a per-process RSS sum counts many times), and forks each holding their own."""
 
 import errno
 import os
@@ -43,4 +43,18 @@ class Memory:
             for pid in children:
                 os.waitpid(pid, 0)
             return {"children": len(children), "block_mb": len(block) >> 20}
+        if kind == "forks_apart":  # each child under the address-space limit, all of them together far over it
+            children = []
+            for _ in range(4):
+                pid = os.fork()
+                if pid == 0:
+                    block = bytearray(mb << 20)
+                    for page in range(0, len(block), 4096):
+                        block[page] = 1
+                    time.sleep(20)
+                    os._exit(0)
+                children.append(pid)
+            for pid in children:
+                os.waitpid(pid, 0)
+            return {"children": len(children)}
         return {}
