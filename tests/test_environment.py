@@ -278,7 +278,8 @@ def test_a_declared_package_that_fills_the_disk_by_itself_is_the_bundles_failure
     the disk itself: the bundle is refused naming its packages, and what it unpacked is removed."""
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)]).returncode:
+        pytest.skip("no tmpfs can be mounted here (a container without CAP_SYS_ADMIN)")
     try:
         wheels = tmp_path / "wheels"
         wheels.mkdir()

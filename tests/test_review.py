@@ -399,9 +399,10 @@ def test_the_cli_reviews_from_a_rubric_file_and_shows_the_history(ws, evaluated,
                           ({"confirmed_claims": ["startup", "startup"]}, "names startup more than once"),
                           ({"scores": [{**g, "goal": True} for g in GOOD]}, "unknown policy goal True"),
                           ({"scores": [{**g, "score": True} for g in GOOD]}, "score"),
-                          ({"scores": [{**g, "justification": " \u200b "} for g in GOOD]}, "justification is blank"),
+                          ({"scores": [{**g, "justification": " \u200b "} for g in GOOD]}, "(score 1): the "
+                           "justification of goal"),
                           ({"overrides": [{"gate": "suspected_lookup", "justification": "  "}]},
-                           "justification is blank")):
+                           "justification of the override of suspected_lookup is blank")):
         rubric.write_text(yaml.safe_dump({"scores": GOOD, **mistake}))
         result = runner.invoke(cli.app, ["review", "approve", sub.id, "--by", "kim", "--note", "ok", "--rubric",
                                          str(rubric)])

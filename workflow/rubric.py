@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from evaluation.decisions import RUBRIC_MAX
 from testbed.errors import SpecError
@@ -26,13 +26,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
-def _said(text: str) -> str:
-    """A justification that says something (white space or a zero-width space alone does not)."""
-    if blank(text):
-        raise ValueError("the justification is blank: say why, in words (kept in the audit trail)")
-    return text
-
-
 class GoalScore(_Model):
     goal: str
     """One of the pilot's Seoul policy goals, exactly as the spec words it."""
@@ -41,8 +34,6 @@ class GoalScore(_Model):
     justification: str = Field(min_length=1, max_length=2000)
     """Why this score: what in the evidence (scorecard, equity across groups, vendor material) supports it."""
 
-    _justified = field_validator("justification")(_said)
-
 
 class Override(_Model):
     gate: str = Field(min_length=1)
@@ -50,8 +41,6 @@ class Override(_Model):
     public truth) takes an override; every other gate is final."""
     justification: str = Field(min_length=1, max_length=2000)
     """Why the evaluator judges the gate's finding not to disqualify the submission."""
-
-    _justified = field_validator("justification")(_said)
 
 
 class RubricFile(_Model):
@@ -72,6 +61,9 @@ class RubricFile(_Model):
             twice = repeated(names)
             if twice:
                 raise ValueError(f"`{field}` names {', '.join(twice)} more than once: give each once")
+        for o in self.overrides:  # checked as given, not as the trail reads entries back
+            if blank(o.justification):
+                raise ValueError(f"the justification of the override of {o.gate} is blank: say why, in words")
         return self
 
 
@@ -98,6 +90,9 @@ def resolve_rubric(goals: list[str], items: list[dict], where: str) -> list[Goal
             scored[goal] = GoalScore.model_validate({**item, "goal": goal})
         except ValidationError as exc:
             raise validation_error(f"{where} (score {i + 1})", GoalScore, exc) from None
+        if blank(scored[goal].justification):  # checked as given, not as the trail reads entries back
+            raise SpecError(f"the justification of goal {goal!r} is blank", where=f"{where} (score {i + 1})",
+                            fix="say why, in words: it is kept in the audit trail")
     missing = [f"{i}. {g}" for i, g in enumerate(goals, 1) if g not in scored]
     if missing:
         raise SpecError(f"the rubric does not score every policy goal (missing: {'; '.join(missing)})", where=where,
