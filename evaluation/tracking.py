@@ -139,8 +139,8 @@ class MlflowTracker:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         known = every_page(self.client.search_model_versions, f"name='{name}'")
-        if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256 and self._finished(v.run_id)
-               for v in known):
+        if any(v.tags.get("testbed.bundle_sha256") == card.bundle_sha256
+               and (v.run_id == run_id or self._finished(v.run_id)) for v in known):
             return  # one registered version per bundle hash, however often the bytes are evaluated; one whose
             # run never finished (cut short after registering) does not count: this run gets its own
         source = f"{self.client.get_run(run_id).info.artifact_uri}/bento"

@@ -622,10 +622,13 @@ def test_a_paused_sandbox_runs_nothing_and_still_dies_when_killed():
             time.sleep(seconds)
             return cgroups.cpu_used_s() - before
 
-        assert used_in(0.2) > 0.1
+        def runs() -> bool:  # the spinners get CPU within a few looks (a busy CI machine shares its cores)
+            return any(used_in(0.2) > 0.05 for _ in range(10))
+
+        assert runs()
         with cgroups.paused() as frozen:
             assert frozen and used_in(0.2) < 0.01
-        assert used_in(0.2) > 0.1
+        assert runs()
         with cgroups.paused() as frozen:
             cgroups.remove()
             assert spinner.wait(timeout=5) == -signal.SIGKILL
