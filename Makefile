@@ -53,8 +53,8 @@ lint: setup ## ruff check
 bench: setup ## measure evaluation wall time and harness overhead; writes benchmarks/report.md
 	$(BIN)/python benchmarks/bench.py
 
-mlflow-ui: setup ## open the MLflow UI on the local store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+mlflow-ui: setup ## open the MLflow UI on MLFLOW_TRACKING_URI (default: the local store) at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow/mlflow.db}" --host 127.0.0.1 --port 5000
 
 clean: ## remove the local stores (submissions, BentoML home, MLflow store)
 	rm -rf var mlflow/mlflow.db mlflow/artifacts

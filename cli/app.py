@@ -58,7 +58,8 @@ def check(pilot: str, bundle: Path,
           as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
           unsafe: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP)):
     """Vendor kit: the city's own sandbox and contract checks on the PUBLIC sample. Nothing is logged. Exits 1
-    when the bundle would be rejected (the run did not complete, or a hard gate failed)."""
+    when the bundle would be rejected (the run did not complete, or a hard gate failed), 2 when it cannot be run at
+    all (not a .bento, another pilot's bundle, a bad vendor profile…)."""
     from pilots.vendor import VendorProfile
     from sandbox.bundle import inspect_bundle
     from sandbox.executor import RayExecutor
@@ -220,7 +221,8 @@ def _report(card, files, as_json: bool) -> None:
 
 @app.command()
 @friendly
-def scorecard(submission: str, html: Path | None = typer.Option(None, "--html", help="Copy the HTML page here."),
+def scorecard(submission: str,
+              html: Path | None = typer.Option(None, "--html", help="Draw the card's HTML page to this path."),
               as_json: bool = typer.Option(False, "--json", help="Print the scorecard JSON."),
               restore: bool = typer.Option(False, "--restore", help="Rewrite the copy beside the submission "
                                            "(JSON and HTML) from the MLflow record.")):

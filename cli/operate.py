@@ -151,7 +151,8 @@ def monitor(pilot: str, url: str = typer.Option("http://127.0.0.1:3000", "--url"
             window: float = typer.Option(5.0, "--window", help="Seconds between two readings (0: since start)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Latency, throughput and error rate of the live service against the pilot's service level; adds an
-    "in service" section to the production version's scorecard page. Exits 1 when the service is not ready."""
+    "in service" section to the production version's scorecard page. Exits 1 when the service is not ready, 2 when it
+    cannot be reached."""
     import time
 
     import httpx
