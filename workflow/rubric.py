@@ -61,7 +61,12 @@ class RubricFile(_Model):
             twice = repeated(names)
             if twice:
                 raise ValueError(f"`{field}` names {', '.join(twice)} more than once: give each once")
-        for o in self.overrides:  # checked as given, not as the trail reads entries back
+        return self
+
+    @model_validator(mode="after")
+    def _overrides_justified(self) -> RubricFile:
+        """Checked as the evaluator gives them, not as the trail reads its entries back (`Override` itself)."""
+        for o in self.overrides:
             if blank(o.justification):
                 raise ValueError(f"the justification of the override of {o.gate} is blank: say why, in words")
         return self
