@@ -159,3 +159,20 @@ def test_the_wheel_works_without_the_source_tree(tmp_path):
                             capture_output=True, text=True, env=env)
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert {"bike-demand", "cctv-road-users"} <= {p["id"] for p in __import__("json").loads(listed.stdout)}
+
+
+def test_make_mlflow_ui_opens_the_store_mlflow_tracking_uri_names(tmp_path):
+    """`make mlflow-ui` opened the project's SQLite store whatever MLFLOW_TRACKING_URI named: a user with their own
+    store got a UI on another, perhaps empty, one. It opens the one named, else the project's (`mlflow` stubbed)."""
+    stub = tmp_path / "mlflow"
+    stub.write_text('#!/bin/sh\necho "$@"\n')
+    stub.chmod(0o755)
+
+    def opened(**env: str) -> str:
+        environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | env
+        return subprocess.run(["make", "-s", "-o", "setup", "mlflow-ui", f"BIN={tmp_path}"], cwd=PROJECT_ROOT,
+                              env=environ, capture_output=True, text=True, check=True).stdout
+
+    assert "--backend-store-uri sqlite:///mlflow/mlflow.db " in opened()
+    city = "sqlite:////srv/stores/city.db"
+    assert f"--backend-store-uri {city} " in opened(MLFLOW_TRACKING_URI=city)
